@@ -1,0 +1,34 @@
+"""rnnreg_jax: regularized recurrent networks in JAX.
+
+Pure core: `cells` (steps), `noise` (masks from explicit keys),
+`regularizers` (specs), `rnn` (scan unrolling). Flax: `nn`, `models`.
+"""
+
+from rnnreg_jax import cells, noise, regularizers, rnn
+from rnnreg_jax.regularizers import (
+    NONE,
+    MaskSpec,
+    Regularization,
+    compose,
+    dropout,
+    embedding_dropout,
+    naive_dropout,
+    norm_stabilizer,
+    norm_stabilizer_penalty,
+    recurrent_dropout,
+    stochastic_depth,
+    variational,
+    weight_noise,
+    zaremba,
+    zoneout,
+)
+from rnnreg_jax.rnn import initial_carry, scan_layer, unroll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NONE", "MaskSpec", "Regularization", "cells", "compose", "dropout", "embedding_dropout",
+    "initial_carry", "naive_dropout", "noise", "norm_stabilizer", "norm_stabilizer_penalty",
+    "recurrent_dropout", "regularizers", "rnn", "scan_layer", "stochastic_depth", "unroll",
+    "variational", "weight_noise", "zaremba", "zoneout",
+]

@@ -1,0 +1,263 @@
+"""Pure recurrent cell steps: LSTM, GRU and the tanh RNN.
+
+A cell is split in two so the input projection of every time step runs as one
+large matmul outside `lax.scan` (the fast path), and only `h @ W_h` stays in
+the loop:
+
+    xw = project_inputs(params, x, input_mask)        # [T, B, G*H], once
+    carry, y_t = step(params, carry, xw[t], noise_t)  # per step, in the scan
+
+A step is deterministic given its arguments: it never samples noise. Every
+mask or mixing coefficient arrives in `noise_t` (a `StepNoise`), sampled from
+explicit keys by `rnnreg_jax.noise`.
+
+Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
+  * LSTM ``i, f, g, o``: the columns of `w_x`, `w_h`, `b` hold the input,
+    forget, candidate and output gate blocks of width H, in that order.
+  * GRU ``r, z, n`` with PyTorch's *reset-after* candidate:
+    ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``, ``h' = (1 - z) n + z h``.
+  * RNN: ``h' = tanh(x W_x + b + h W_h)``.
+
+Weights are stored input-major (`w_x: [F, G*H]`, `w_h: [H, G*H]`), the
+transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+Carry = dict[str, Array]
+
+CELL_TYPES = ("lstm", "gru", "rnn")
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+class StepNoise(NamedTuple):
+    """The noise one step consumes; every field is optional (None = off).
+
+    Dropout masks are already scaled by 1/(1 - rate) (inverted dropout), so
+    None is both "off" and the deterministic expectation. Mixing coefficients
+    (`zone_*`, `depth`, `output_gate`) are the probability of *keeping the
+    previous value*: a {0, 1} sample in training and the rate itself (the
+    expectation) in deterministic mode.
+
+    Attributes:
+      recurrent: mask on h_{t-1} before `W_h`, `[B, H]`, or `[G, B, H]` with a
+        separate mask per gate (Gal's untied variant).
+      cell: rnnDrop mask on the new cell `c_t`, `[B, H]` (LSTM only).
+      update: Semeniuta recurrent-dropout mask on the candidate `g`, `[B, H]`.
+      output_gate: output-zoneout coefficient `d`: `o_t <- d o_{t-1} + (1-d) o_t`.
+      zone_c: zoneout coefficient of the cell, `[B, H]` or a scalar.
+      zone_h: zoneout coefficient of the hidden state, `[B, H]` or a scalar.
+      depth: stochastic-depth coefficient, `[B, 1]` or a scalar: the whole
+        layer keeps its previous state.
+    """
+
+    recurrent: Any = None
+    cell: Any = None
+    update: Any = None
+    output_gate: Any = None
+    zone_c: Any = None
+    zone_h: Any = None
+    depth: Any = None
+
+
+def check_cell_type(cell: str) -> None:
+    if cell not in CELL_TYPES:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of {CELL_TYPES}.")
+
+
+def default_init_scale(hidden_size: int) -> float:
+    """PyTorch's default: uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    return 1.0 / float(hidden_size) ** 0.5
+
+
+def init_params(
+    key: Array,
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    init_scale: float | None = None,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """Parameters of one layer, every entry uniform in [-scale, scale].
+
+    The papers initialise all weights uniformly (Zaremba 0.1/0.05/0.04, the
+    zoneout paper 0.05); `init_scale=None` uses PyTorch's 1/sqrt(H).
+
+    Returns:
+      `{"w_x": [F, G*H], "w_h": [H, G*H], "b": [G*H]}`, plus `"b_h": [G*H]`
+      for the GRU, whose recurrent bias sits inside the reset gate's product.
+    """
+    check_cell_type(cell)
+    scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+    width = NUM_GATES[cell] * hidden_size
+    shapes = {"w_x": (input_size, width), "w_h": (hidden_size, width), "b": (width,)}
+    if cell == "gru":
+        shapes["b_h"] = (width,)
+    keys = jax.random.split(key, len(shapes))
+    return {
+        name: jax.random.uniform(k, shape, dtype, -scale, scale)
+        for k, (name, shape) in zip(keys, sorted(shapes.items()))
+    }
+
+
+def init_carry(
+    cell: str, batch_size: int, hidden_size: int, dtype: Any = jnp.float32,
+    output_gate: bool = False,
+) -> Carry:
+    """Zero state: `{"h"}` (GRU, RNN) or `{"h", "c"}` (LSTM), each `[B, H]`.
+
+    `output_gate=True` adds `"o"`, the previous output gate, which output
+    zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
+    """
+    check_cell_type(cell)
+    zeros = jnp.zeros((batch_size, hidden_size), dtype)
+    carry = {"h": zeros}
+    if cell == "lstm":
+        carry["c"] = zeros
+        if output_gate:
+            carry["o"] = zeros
+    return carry
+
+
+def project_inputs(
+    params: Params, x: Array, input_mask: Array | None = None, per_gate: bool = False
+) -> Array:
+    """Input projections of every step in one matmul: `(x * mask) W_x + b`.
+
+    Args:
+      params: one layer's parameters.
+      x: inputs `[T, B, F]` (time-major).
+      input_mask: None; a mask shared by all gates, `[B, F]` (tied per
+        sequence) or `[T, B, F]` (per step); or with `per_gate=True` one mask
+        per gate, `[G, B, F]` or `[G, T, B, F]`, which makes the projection
+        one batched matmul over the G gate blocks.
+      per_gate: whether `input_mask` has a leading gate axis.
+
+    Returns:
+      `[T, B, G*H]`.
+    """
+    w_x, b = params["w_x"], params["b"]
+    if input_mask is None:
+        return x @ w_x + b
+    if not per_gate:
+        return (x * input_mask) @ w_x + b
+    num_gates = input_mask.shape[0]
+    masked = x[None] * (input_mask[:, None] if input_mask.ndim == x.ndim else input_mask)
+    w = w_x.reshape(w_x.shape[0], num_gates, -1)  # [F, G, H]
+    out = jnp.einsum("gtbf,fgh->tbgh", masked, w)
+    return out.reshape(*x.shape[:2], -1) + b
+
+
+def recurrent_projection(h: Array, w_h: Array, mask: Array | None) -> Array:
+    """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `[G, B, H]` mask is per gate."""
+    if mask is None:
+        return h @ w_h
+    if mask.ndim == h.ndim:
+        return (h * mask) @ w_h
+    num_gates = mask.shape[0]
+    w = w_h.reshape(w_h.shape[0], num_gates, -1)  # [H, G, H]
+    out = jnp.einsum("gbh,hgk->bgk", h[None] * mask, w)
+    return out.reshape(h.shape[0], -1)
+
+
+def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:
+    """`d * previous + (1 - d) * new`; `d = None` means no mixing."""
+    if keep_coef is None:
+        return new
+    return new + keep_coef * (previous - new)
+
+
+def _maybe_scale(mask: Any, value: Array) -> Array:
+    return value if mask is None else value * mask
+
+
+def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
+    """One LSTM step from the projected input `xw_t = x_t W_x + b: [B, 4H]`.
+
+    Formulas (LSTM notation of DESIGN.md; every noise term optional):
+      z = xw_t + (h_{t-1} * m_h) W_h                 (variational / naive)
+      i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+      c~ = f c_{t-1} + i (g * m_u)                  (Semeniuta update dropout)
+      o  = d_o o_{t-1} + (1 - d_o) o                 (output zoneout)
+      c~ = c~ * m_c                                  (rnnDrop cell mask)
+      h~ = o tanh(c~)                                (from the un-zoned c~)
+      c_t = d_c c_{t-1} + (1 - d_c) c~;  h_t = d_h h_{t-1} + (1 - d_h) h~  (zoneout)
+      (c_t, h_t) = d_s (c_{t-1}, h_{t-1}) + (1 - d_s)(c_t, h_t)  (stochastic depth)
+
+    Returns:
+      `(carry, h_t)`.
+    """
+    h_prev, c_prev = carry["h"], carry["c"]
+    z = xw_t + recurrent_projection(h_prev, params["w_h"], noise.recurrent)
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
+    g = _maybe_scale(noise.update, jnp.tanh(zg))
+    c_new = f * c_prev + i * g
+    new_carry = {}
+    if "o" in carry:
+        o = _mix(noise.output_gate, carry["o"], o)
+        new_carry["o"] = o
+    elif noise.output_gate is not None:
+        raise ValueError("Output zoneout needs the previous output gate in the carry; "
+                         "build it with init_carry(..., output_gate=True).")
+    c_new = _maybe_scale(noise.cell, c_new)
+    h_new = o * jnp.tanh(c_new)
+    c_t = _mix(noise.zone_c, c_prev, c_new)
+    h_t = _mix(noise.zone_h, h_prev, h_new)
+    c_t = _mix(noise.depth, c_prev, c_t)
+    h_t = _mix(noise.depth, h_prev, h_t)
+    new_carry.update(h=h_t, c=c_t)
+    return new_carry, h_t
+
+
+def gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
+    """One GRU step (PyTorch's reset-after form) from `xw_t = x_t W_x + b_x: [B, 3H]`.
+
+      a = (h_{t-1} * m_h) W_h + b_h                  (variational / naive)
+      r = sigmoid(xw_r + a_r);  z = sigmoid(xw_z + a_z)
+      n = tanh(xw_n + r a_n) * m_u                  (Semeniuta update dropout)
+      h~ = (1 - z) n + z h_{t-1}
+      h_t = d_h h_{t-1} + (1 - d_h) h~, then stochastic depth likewise.
+    """
+    _reject_lstm_only(noise, "gru")
+    h_prev = carry["h"]
+    a = recurrent_projection(h_prev, params["w_h"], noise.recurrent) + params["b_h"]
+    xr, xz, xn = jnp.split(xw_t, 3, axis=-1)
+    ar, az, an = jnp.split(a, 3, axis=-1)
+    r, z = jax.nn.sigmoid(xr + ar), jax.nn.sigmoid(xz + az)
+    n = _maybe_scale(noise.update, jnp.tanh(xn + r * an))
+    h_new = (1.0 - z) * n + z * h_prev
+    h_t = _mix(noise.depth, h_prev, _mix(noise.zone_h, h_prev, h_new))
+    return {"h": h_t}, h_t
+
+
+def rnn_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
+    """One tanh-RNN step: `h~ = tanh(xw_t + (h_{t-1} * m_h) W_h) * m_u`, then zoneout/depth."""
+    _reject_lstm_only(noise, "rnn")
+    h_prev = carry["h"]
+    h_new = jnp.tanh(xw_t + recurrent_projection(h_prev, params["w_h"], noise.recurrent))
+    h_new = _maybe_scale(noise.update, h_new)
+    h_t = _mix(noise.depth, h_prev, _mix(noise.zone_h, h_prev, h_new))
+    return {"h": h_t}, h_t
+
+
+def _reject_lstm_only(noise: StepNoise, cell: str) -> None:
+    for name in ("cell", "output_gate", "zone_c"):
+        if getattr(noise, name) is not None:
+            raise ValueError(f"Noise site {name!r} needs an LSTM cell state; {cell} has none.")
+
+
+STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step}
+
+
+def get_step(cell: str):
+    """The step function of a cell type."""
+    check_cell_type(cell)
+    return STEPS[cell]

@@ -1,0 +1,133 @@
+"""Task models built on `StackedRNN`: a language model and sequence heads.
+
+All weights (embedding, recurrent, softmax) are uniform in
+[-init_scale, init_scale], as in Zaremba's and the zoneout authors' code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import noise
+from rnnreg_jax.nn import StackedRNN
+from rnnreg_jax.regularizers import NONE, Regularization
+
+
+def uniform_init(scale: float | None):
+    """Flax initializer: uniform in [-scale, scale] (None: lecun normal)."""
+    if scale is None:
+        return nn.initializers.lecun_normal()
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> (embedding dropout) -> stacked RNN -> softmax logits.
+
+    Attributes:
+      vocab_size: V.
+      hidden_sizes: recurrent widths, bottom first.
+      embed_size: E (defaults to the first hidden size, as in Zaremba).
+      cell: "lstm", "gru" or "rnn".
+      reg: regularization; `embedding` drops word types, `input`/`output`
+        sites act on the embedding output and the last layer's output.
+      init_scale: uniform init range of every weight.
+      tie_embeddings: use the embedding matrix as the softmax weights
+        (needs last hidden size == embed size).
+      unroll: `lax.scan` unroll factor.
+    """
+
+    vocab_size: int
+    hidden_sizes: Sequence[int]
+    embed_size: int | None = None
+    cell: str = "lstm"
+    reg: Regularization = NONE
+    init_scale: float | None = 0.1
+    tie_embeddings: bool = False
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True):
+        """Logits for a window of token ids.
+
+        Args:
+          ids: int `[B, T]`.
+          carry: per-layer states from the previous window (or None = zeros).
+          deterministic: evaluation mode.
+
+        Returns:
+          `(logits [B, T, V], carry)`.
+        """
+        embed_size = self.embed_size or self.hidden_sizes[0]
+        embed = nn.Embed(self.vocab_size, embed_size,
+                         embedding_init=uniform_init(self.init_scale), name="embed")
+        x = embed(ids)
+        key = None
+        if not deterministic and self.reg.embedding > 0:
+            key = self.make_rng("dropout")
+        mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic, x.dtype)
+        if mask is not None:
+            x = x * mask
+        y, carry = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
+                              unroll=self.unroll, name="rnn")(x, carry, deterministic)
+        if self.tie_embeddings:
+            if y.shape[-1] != embed_size:
+                raise ValueError("tie_embeddings needs the last hidden size to equal "
+                                 f"embed_size ({y.shape[-1]} != {embed_size}).")
+            bias = self.param("softmax_bias", uniform_init(self.init_scale), (self.vocab_size,))
+            logits = embed.attend(y) + bias
+        else:
+            logits = nn.Dense(self.vocab_size, kernel_init=uniform_init(self.init_scale),
+                              bias_init=uniform_init(self.init_scale), name="softmax")(y)
+        return logits, carry
+
+
+class SequenceModel(nn.Module):
+    """(Embedding ->) stacked RNN -> last output -> dense head.
+
+    Used for permuted sequential MNIST (float inputs `[B, T, F]`,
+    `vocab_size=None`), sentiment regression (`num_outputs=1`) and IMDB
+    classification. The `output` dropout site acts on the last output before
+    the dense layer (Gal's "dense" dropout).
+
+    Attributes:
+      num_outputs: number of classes (logits) or 1 for regression.
+      hidden_sizes: recurrent widths.
+      vocab_size: if set, inputs are token ids embedded to `embed_size`.
+      embed_size: E.
+      cell, reg, init_scale, unroll: as in `LanguageModel`.
+    """
+
+    num_outputs: int
+    hidden_sizes: Sequence[int]
+    vocab_size: int | None = None
+    embed_size: int = 128
+    cell: str = "lstm"
+    reg: Regularization = NONE
+    init_scale: float | None = None
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, deterministic: bool = True):
+        """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]`."""
+        x = inputs
+        if self.vocab_size is not None:
+            x = nn.Embed(self.vocab_size, self.embed_size,
+                         embedding_init=uniform_init(self.init_scale or 0.05), name="embed")(x)
+            key = None
+            if not deterministic and self.reg.embedding > 0:
+                key = self.make_rng("dropout")
+            mask = noise.embedding_mask(self.reg, key, inputs, self.vocab_size, deterministic,
+                                        x.dtype)
+            if mask is not None:
+                x = x * mask
+        y, _ = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
+                          unroll=self.unroll, name="rnn")(x, None, deterministic)
+        return nn.Dense(self.num_outputs, name="head")(y[:, -1])

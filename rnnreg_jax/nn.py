@@ -1,0 +1,112 @@
+"""Flax linen wrappers: parameters plus one `dropout` PRNG stream -> the pure core.
+
+    layer = StackedRNN(hidden_sizes=(650, 650), reg=variational(0.35, 0.2, 0.35))
+    variables = layer.init(jax.random.key(0), x)                     # x: [B, T, F]
+    ys, carry = layer.apply(variables, x, deterministic=False,
+                            rngs={"dropout": jax.random.key(1)})
+
+Each layer's parameters live under `layer_<l>` as `{"w_x", "w_h", "b"}` (plus
+`"b_h"` for the GRU), exactly the dicts `rnnreg_jax.rnn.unroll` takes, so
+`variables["params"]` ports to the pure API and to PyTorch
+(`rnnreg_jax.torch_port`) without renaming. The norm-stabilizer penalty is
+sown into the `penalties` collection; a training loop that applies the model
+with `mutable=["penalties"]` adds every entry to the loss without knowing
+which regularizer produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import cells, rnn
+from rnnreg_jax.regularizers import NONE, Regularization, norm_stabilizer_penalty
+
+
+class StackedRNN(nn.Module):
+    """A stack of recurrent layers regularized by one `Regularization` spec.
+
+    Attributes:
+      hidden_sizes: width of each layer, bottom first (an int for one layer).
+      cell: "lstm", "gru" or "rnn".
+      reg: the regularization spec.
+      init_scale: weights uniform in [-init_scale, init_scale]; None uses
+        1/sqrt(H) (PyTorch's default).
+      time_major: whether inputs and outputs are `[T, B, F]`.
+      unroll: `lax.scan` unroll factor.
+    """
+
+    hidden_sizes: Sequence[int] | int
+    cell: str = "lstm"
+    reg: Regularization = NONE
+    init_scale: float | None = None
+    time_major: bool = False
+    unroll: int = 1
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        if isinstance(self.hidden_sizes, int):
+            return (self.hidden_sizes,)
+        return tuple(self.hidden_sizes)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True):
+        """Run the stack over a window.
+
+        Args:
+          inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
+          carry: list of per-layer state dicts from a previous window, or None.
+          deterministic: evaluation mode (noise replaced by its expectation).
+
+        Returns:
+          `(outputs [B, T, H_last], carry)`.
+        """
+        self.reg.check_cell(self.cell)
+        params, in_size = [], inputs.shape[-1]
+        for index, hidden in enumerate(self.sizes):
+            init = lambda key, f=in_size, h=hidden: cells.init_params(
+                key, self.cell, f, h, self.init_scale, jnp.float32)
+            params.append(self.param(f"layer_{index}", init))
+            in_size = hidden
+        key = None
+        if not deterministic and self.reg.has_noise:
+            key = self.make_rng("dropout")
+        outputs, carry, hiddens = rnn.unroll(
+            self.cell, params, inputs, carry, reg=self.reg, key=key,
+            deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
+            return_hiddens=True)
+        if self.reg.norm_stabilizer > 0 and not deterministic:
+            time_axis = 0 if self.time_major else 1
+            penalty = sum(norm_stabilizer_penalty(h, self.reg.norm_stabilizer, time_axis)
+                          for h in hiddens)
+            self.sow("penalties", "norm_stabilizer", penalty)
+        return outputs, carry
+
+    def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[cells.Carry]:
+        """Zero state for every layer (usable outside `apply`)."""
+        return [cells.init_carry(self.cell, batch_size, h, dtype,
+                                 output_gate=self.reg.needs_output_gate) for h in self.sizes]
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer; the carry is a single state dict.
+
+    Attributes are those of `StackedRNN` with one `hidden_size`.
+    """
+
+    hidden_size: int
+    cell: str = "lstm"
+    reg: Regularization = NONE
+    init_scale: float | None = None
+    time_major: bool = False
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True):
+        stack = StackedRNN((self.hidden_size,), self.cell, self.reg, self.init_scale,
+                           self.time_major, self.unroll, name="stack")
+        outputs, carries = stack(inputs, None if carry is None else [carry], deterministic)
+        return outputs, carries[0]

@@ -1,0 +1,223 @@
+"""All randomness of the library: masks drawn from explicit keys.
+
+Tying is key splitting. A site tied per sequence draws one mask `[B, F]` from
+its key and the scan reuses it at every step; a per-step site splits its key
+into T keys and draws `[T, B, F]`, one mask per step. Each site derives its
+key with `fold_in`, so switching one site on never changes another's masks:
+
+    site key = fold_in(fold_in(key, LAYER_BASE + layer), SITE_IDS[site])   # per layer
+    site key = fold_in(key, SITE_IDS[site])                                 # network level
+
+Masks always carry the batch axis, so every example gets its own mask, and
+running the K samples of MC evaluation as K copies of the batch draws K
+independent masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import cells
+from rnnreg_jax.regularizers import MaskSpec, Regularization
+
+Array = jax.Array
+
+SITE_IDS = {
+    "input": 1, "recurrent": 2, "cell": 3, "output": 4, "update": 5,
+    "zoneout_cells": 6, "zoneout_hiddens": 7, "depth": 8, "weight_noise": 9,
+    "embedding": 10,
+}
+LAYER_BASE = 1000  # per-layer keys live far from the network-level site ids
+
+
+class LayerNoise(NamedTuple):
+    """The noise of one layer for one window.
+
+    Attributes:
+      input: mask on the layer input, None, `[B, F]`, `[T, B, F]`, or with a
+        leading gate axis when `input_per_gate`.
+      input_per_gate: whether `input` has a gate axis.
+      tied: `StepNoise` reused at every step (masks `[B, H]`, or scalars).
+      per_step: `StepNoise` whose arrays have a leading time axis, scanned.
+    """
+
+    input: Any = None
+    input_per_gate: bool = False
+    tied: cells.StepNoise = cells.StepNoise()
+    per_step: cells.StepNoise = cells.StepNoise()
+
+
+def site_key(key: Array, site: str, layer: int | None = None) -> Array:
+    """The key of one noise site (of one layer, or of the network)."""
+    if site not in SITE_IDS:
+        raise ValueError(f"Unknown noise site {site!r}; expected one of {tuple(SITE_IDS)}.")
+    if layer is not None:
+        key = jax.random.fold_in(key, LAYER_BASE + layer)
+    return jax.random.fold_in(key, SITE_IDS[site])
+
+
+def bernoulli(key: Array, p: float, shape: tuple[int, ...], tie: str, steps: int,
+              dtype: Any = jnp.float32) -> Array:
+    """{0, 1} samples equal to 1 with probability p, tied or per step.
+
+    `tie="sequence"`: one draw of `shape`; `tie="step"`: `steps` draws from
+    keys split per step, stacked to `[steps, *shape]`.
+    """
+    if tie == "sequence":
+        return jax.random.bernoulli(key, p, shape).astype(dtype)
+    keys = jax.random.split(key, steps)
+    return jax.vmap(lambda k: jax.random.bernoulli(k, p, shape))(keys).astype(dtype)
+
+
+def dropout_mask(key: Array, spec: MaskSpec, shape: tuple[int, ...], steps: int,
+                 num_gates: int = 1, dtype: Any = jnp.float32) -> Array:
+    """Inverted-dropout mask: keep ~ Bernoulli(1 - rate), scaled by 1/(1 - rate).
+
+    Returns `[*shape]` (tied) or `[T, *shape]` (per step), with a leading gate
+    axis `[G, ...]` when `spec.per_gate`.
+    """
+    full = (num_gates, *shape) if spec.per_gate else shape
+    keep = bernoulli(key, 1.0 - spec.rate, full, spec.tie, steps, dtype)
+    if spec.per_gate and spec.tie == "step":
+        keep = jnp.swapaxes(keep, 0, 1)  # [T, G, ...] -> [G, T, ...]
+    return keep / (1.0 - spec.rate)
+
+
+def _active(spec: MaskSpec | None) -> bool:
+    return spec is not None and spec.active
+
+
+def layer_noise(
+    reg: Regularization, key: Array | None, layer: int, cell: str, batch: int, steps: int,
+    input_size: int, hidden_size: int, deterministic: bool, dtype: Any = jnp.float32,
+) -> LayerNoise:
+    """Sample (or take the expectation of) every noise site of one layer.
+
+    Args:
+      reg: the regularization spec.
+      key: the window's key; required unless `deterministic`.
+      layer: index of the layer in the stack (for key derivation).
+      cell: "lstm", "gru" or "rnn".
+      batch, steps: B and T of the window.
+      input_size, hidden_size: F and H of this layer.
+      deterministic: evaluation mode, every noise replaced by its expectation.
+    """
+    reg.check_cell(cell)
+    if deterministic:
+        return _expected_layer_noise(reg)
+    if not reg.has_noise:
+        return LayerNoise()
+    if key is None:
+        raise ValueError("A PRNG key is required in training mode (deterministic=False); "
+                         "pass one, or deterministic=True for evaluation.")
+    num_gates = cells.NUM_GATES[cell]
+    tied: dict[str, Any] = {}
+    per_step: dict[str, Any] = {}
+
+    def put(name: str, value: Array, tie: str) -> None:
+        (tied if tie == "sequence" else per_step)[name] = value
+
+    def k(site: str) -> Array:
+        return site_key(key, site, layer)
+
+    bh = (batch, hidden_size)
+    input_mask = None
+    if _active(reg.input):
+        input_mask = dropout_mask(k("input"), reg.input, (batch, input_size), steps,
+                                  num_gates, dtype)
+    if _active(reg.recurrent):
+        mask = dropout_mask(k("recurrent"), reg.recurrent, bh, steps, num_gates, dtype)
+        if reg.recurrent.per_gate and reg.recurrent.tie == "step":
+            mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
+        put("recurrent", mask, reg.recurrent.tie)
+    if _active(reg.cell):
+        put("cell", dropout_mask(k("cell"), reg.cell, bh, steps, dtype=dtype), reg.cell.tie)
+    if _active(reg.update):
+        spec = reg.update
+        keep = bernoulli(k("update"), 1.0 - spec.rate, bh, spec.tie, steps, dtype)
+        put("update", keep / (1.0 - spec.rate), spec.tie)
+        if reg.output_zoneout:
+            put("output_gate", 1.0 - keep, spec.tie)
+    zc, zh = reg.zoneout_cells, reg.zoneout_hiddens
+    if zc > 0 and cell == "lstm":
+        put("zone_c", bernoulli(k("zoneout_cells"), zc, bh, reg.zoneout_tie, steps, dtype),
+            reg.zoneout_tie)
+    if zh > 0:
+        if reg.zoneout_shared and zc > 0:
+            mask = (tied | per_step)["zone_c"]
+        else:
+            mask = bernoulli(k("zoneout_hiddens"), zh, bh, reg.zoneout_tie, steps, dtype)
+        put("zone_h", mask, reg.zoneout_tie)
+    if reg.stochastic_depth > 0:
+        put("depth", bernoulli(k("depth"), reg.stochastic_depth, (batch, 1), "step", steps,
+                               dtype), "step")
+    return LayerNoise(input=input_mask,
+                      input_per_gate=_active(reg.input) and reg.input.per_gate,
+                      tied=cells.StepNoise(**tied), per_step=cells.StepNoise(**per_step))
+
+
+def _expected_layer_noise(reg: Regularization) -> LayerNoise:
+    """Deterministic mode: dropout -> identity, mixing coefficients -> their rates."""
+    tied: dict[str, Any] = {}
+    if reg.zoneout_cells > 0:
+        tied["zone_c"] = reg.zoneout_cells
+    if reg.zoneout_hiddens > 0:
+        tied["zone_h"] = reg.zoneout_hiddens
+    if reg.stochastic_depth > 0:
+        tied["depth"] = reg.stochastic_depth
+    if reg.needs_output_gate:
+        tied["output_gate"] = reg.update.rate
+    return LayerNoise(tied=cells.StepNoise(**tied))
+
+
+def weight_noise(reg: Regularization, key: Array | None, layer: int, w_h: Array,
+                 deterministic: bool) -> Array:
+    """`W_h + std * N(0, 1)` in training (one draw per call = per minibatch)."""
+    if deterministic or reg.weight_noise <= 0:
+        return w_h
+    if key is None:
+        raise ValueError("A PRNG key is required for weight noise in training mode.")
+    eps = jax.random.normal(site_key(key, "weight_noise", layer), w_h.shape, w_h.dtype)
+    return w_h + reg.weight_noise * eps
+
+
+def output_mask(reg: Regularization, key: Array | None, batch: int, steps: int,
+                features: int, deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
+    """Mask for the last layer's output, `[B, F]` or `[T, B, F]` (time-major), or None."""
+    if deterministic or not _active(reg.output):
+        return None
+    if key is None:
+        raise ValueError("A PRNG key is required in training mode (deterministic=False).")
+    return dropout_mask(site_key(key, "output"), reg.output, (batch, features), steps,
+                        dtype=dtype)
+
+
+def embedding_mask(reg: Regularization, key: Array | None, ids: Array, vocab_size: int,
+                   deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
+    """Gal's embedding dropout: a per-example mask over word *types*.
+
+    Every occurrence of a word in a sequence shares its mask, drawn once per
+    window: `keep[b, v] ~ Bernoulli(1 - p) / (1 - p)`, looked up at `ids`.
+
+    Args:
+      ids: token ids `[B, T]` (batch-major).
+
+    Returns:
+      `[B, T, 1]` multipliers for the embedded vectors, or None.
+    """
+    if deterministic or reg.embedding <= 0:
+        return None
+    if key is None:
+        raise ValueError("A PRNG key is required in training mode (deterministic=False).")
+    p = reg.embedding
+    keep = jax.random.bernoulli(site_key(key, "embedding"), 1.0 - p, (ids.shape[0], vocab_size))
+    per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype) / (1.0 - p)
+    return per_token[..., None]
+
+
+def mc_keys(key: Array, num_samples: int) -> Array:
+    """K independent keys for Monte Carlo dropout: `[K, *key.shape]`."""
+    return jax.random.split(key, num_samples)

@@ -1,0 +1,269 @@
+"""Regularizer specs: frozen, hashable descriptions of what noise goes where.
+
+A spec never touches parameters or samples anything; `rnnreg_jax.noise`
+turns it into masks from explicit keys and the cells consume the masks. Specs
+compose like optax transforms: every constructor below returns a
+`Regularization` with only its own fields set, and `compose(a, b, ...)` (or
+`a + b`) merges them, refusing two different settings of the same field.
+
+    reg = variational(input=0.35, recurrent=0.2, output=0.35, embedding=0.2)
+    reg = zoneout(cells=0.5, hiddens=0.05) + zaremba(0.25)
+
+Catalog (LSTM notation of DESIGN.md; rates are drop probabilities):
+
+| constructor           | paper                | effect in training                              |
+|-----------------------|----------------------|-------------------------------------------------|
+| `zaremba(p)`          | Zaremba et al. 2014  | inverted dropout on every layer input and the    |
+|                       |                      | last output, a fresh mask every step             |
+| `variational(...)`    | Gal & Ghahramani 2016| same sites plus h_{t-1} into W_h (and the cell), |
+|                       |                      | one mask per sequence reused at every step       |
+| `naive_dropout(...)`  | Gal's baseline       | the variational sites with per-step masks        |
+| `embedding_dropout(p)`| Gal & Ghahramani 2016| whole word types dropped per sequence            |
+| `zoneout(c, h)`       | Krueger et al. 2016  | c_t = d c_{t-1} + (1-d) c~, d ~ Bernoulli(z)    |
+| `recurrent_dropout(p)`| Semeniuta et al. 2016| c_t = f c_{t-1} + i drop(g)                      |
+| `stochastic_depth(p)` | Krueger's baseline   | the layer keeps (h, c) of t-1 w.p. p             |
+| `weight_noise(s)`     | Krueger's baseline   | W_h + s N(0, 1), one draw per minibatch          |
+| `norm_stabilizer(b)`  | Krueger & Memisevic  | loss + b mean_t (|h_t| - |h_{t-1}|)^2            |
+| weight decay          | Gal & Ghahramani 2016| L2 in the optimizer: `rnnreg_jax.train`          |
+
+In deterministic mode every noise is replaced by its expectation: dropout is
+the identity (inverted scaling), zoneout and depth coefficients become their
+rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+TIES = ("sequence", "step")
+DROPOUT_SITES = ("input", "recurrent", "cell", "output", "update")
+
+
+def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients)."""
+    rate = float(rate)
+    ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
+    if not ok:
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
+    return rate
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """One dropout site: drop probability, tying and per-gate masks.
+
+    Attributes:
+      rate: drop probability in [0, 1).
+      tie: "sequence" (one mask per sequence, Gal) or "step" (fresh each step).
+      per_gate: a separate mask for each gate's copy of the input (Gal's
+        untied variant); only meaningful on the `input` and `recurrent` sites.
+    """
+
+    rate: float
+    tie: str = "sequence"
+    per_gate: bool = False
+
+    def __post_init__(self):
+        check_rate(self.rate, "Dropout")
+        if self.tie not in TIES:
+            raise ValueError(f"tie must be one of {TIES}, got {self.tie!r}.")
+
+    @property
+    def active(self) -> bool:
+        return self.rate > 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularization:
+    """Everything that can be switched on; the default is an unregularized net.
+
+    Attributes:
+      input: dropout on every layer's input (embedding output, between layers).
+      recurrent: dropout on h_{t-1} where it enters W_h.
+      cell: rnnDrop mask on the new cell state (LSTM only).
+      output: dropout on the last layer's output (before the softmax).
+      update: Semeniuta recurrent dropout on the cell update g.
+      output_zoneout: with `update`, where the update was dropped the output
+        gate keeps its previous value: o_t = d o_{t-1} + (1 - d) o_t, d = 1 - keep.
+      embedding: probability of dropping a word type for the whole window.
+      zoneout_cells, zoneout_hiddens: zoneout probabilities z_c, z_h.
+      zoneout_shared: one mask for cells and hiddens (drawn at rate z_c).
+      zoneout_tie: "step" (the paper) or "sequence".
+      stochastic_depth: probability that a layer keeps its whole state.
+      weight_noise: std of Gaussian noise on W_h, one draw per minibatch.
+      norm_stabilizer: beta of the norm-stabilizer penalty.
+    """
+
+    input: MaskSpec | None = None
+    recurrent: MaskSpec | None = None
+    cell: MaskSpec | None = None
+    output: MaskSpec | None = None
+    update: MaskSpec | None = None
+    output_zoneout: bool = False
+    embedding: float = 0.0
+    zoneout_cells: float = 0.0
+    zoneout_hiddens: float = 0.0
+    zoneout_shared: bool = False
+    zoneout_tie: str = "step"
+    stochastic_depth: float = 0.0
+    weight_noise: float = 0.0
+    norm_stabilizer: float = 0.0
+
+    def __post_init__(self):
+        check_rate(self.embedding, "Embedding dropout")
+        check_rate(self.zoneout_cells, "Zoneout (cells)", allow_one=True)
+        check_rate(self.zoneout_hiddens, "Zoneout (hiddens)", allow_one=True)
+        check_rate(self.stochastic_depth, "Stochastic depth", allow_one=True)
+        if self.zoneout_tie not in TIES:
+            raise ValueError(f"zoneout_tie must be one of {TIES}, got {self.zoneout_tie!r}.")
+        if self.weight_noise < 0 or self.norm_stabilizer < 0:
+            raise ValueError("weight_noise and norm_stabilizer must be non-negative.")
+        if self.output_zoneout and self.update is None:
+            raise ValueError("output_zoneout needs recurrent (update) dropout to be on.")
+        for site in ("cell", "output", "update"):
+            spec = getattr(self, site)
+            if spec is not None and spec.per_gate:
+                raise ValueError(f"per_gate masks apply to the input and recurrent sites, "
+                                 f"not {site!r}.")
+
+    def __add__(self, other: Regularization) -> Regularization:
+        return compose(self, other)
+
+    @property
+    def has_noise(self) -> bool:
+        """Whether training draws any random numbers (and so needs a key)."""
+        masks = any(s is not None and s.active
+                    for s in (self.input, self.recurrent, self.cell, self.output, self.update))
+        return masks or any(v > 0 for v in (self.embedding, self.zoneout_cells,
+                                            self.zoneout_hiddens, self.stochastic_depth,
+                                            self.weight_noise))
+
+    @property
+    def needs_output_gate(self) -> bool:
+        return self.output_zoneout and self.update is not None and self.update.active
+
+    def check_cell(self, cell: str) -> None:
+        """Raise if a site needs an LSTM cell state and `cell` has none."""
+        if cell == "lstm":
+            return
+        lstm_only = {"cell": self.cell is not None and self.cell.active,
+                     "output_zoneout": self.output_zoneout,
+                     "zoneout_cells": self.zoneout_cells > 0}
+        for name, on in lstm_only.items():
+            if on:
+                raise ValueError(f"{name} needs an LSTM cell state; a {cell} has none.")
+
+
+NONE = Regularization()
+
+
+def compose(*regs: Regularization) -> Regularization:
+    """Merge specs; a field set (non-default) in two specs must agree."""
+    merged: dict[str, Any] = {}
+    for reg in regs:
+        for field in dataclasses.fields(Regularization):
+            value = getattr(reg, field.name)
+            if value == field.default:
+                continue
+            if field.name in merged and merged[field.name] != value:
+                raise ValueError(f"Cannot compose: {field.name} set twice "
+                                 f"({merged[field.name]} and {value}).")
+            merged[field.name] = value
+    return Regularization(**merged)
+
+
+def _mask(rate: float, tie: str, per_gate: bool = False) -> MaskSpec | None:
+    return MaskSpec(rate, tie, per_gate) if rate > 0 else None
+
+
+def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -> Regularization:
+    """Dropout on one named site (`input`, `recurrent`, `cell`, `output`, `update`)."""
+    if site not in DROPOUT_SITES:
+        raise ValueError(f"Unknown dropout site {site!r}; expected one of {DROPOUT_SITES}.")
+    check_rate(rate, f"Dropout ({site})")
+    return Regularization(**{site: _mask(rate, tie, per_gate)})
+
+
+def zaremba(rate: float) -> Regularization:
+    """Zaremba et al. 2014: dropout on non-recurrent connections, per step."""
+    check_rate(rate, "Zaremba dropout")
+    return Regularization(input=_mask(rate, "step"), output=_mask(rate, "step"))
+
+
+def variational(
+    input: float = 0.0, recurrent: float = 0.0, output: float = 0.0, cell: float = 0.0,
+    embedding: float = 0.0, per_gate: bool = False, tie: str = "sequence",
+) -> Regularization:
+    """Gal & Ghahramani 2016: masks tied per sequence on inputs, h_{t-1}, outputs.
+
+    `per_gate=True` draws a separate mask for each gate's copy of x and h
+    (Gal's code and Keras); otherwise one mask is shared by all gates.
+    `tie="step"` gives the naive-dropout baseline (see `naive_dropout`).
+    """
+    for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
+                       ("cell", cell)):
+        check_rate(rate, f"Variational dropout ({name})")
+    return Regularization(
+        input=_mask(input, tie, per_gate), recurrent=_mask(recurrent, tie, per_gate),
+        output=_mask(output, tie), cell=_mask(cell, tie), embedding=embedding)
+
+
+def naive_dropout(**kwargs) -> Regularization:
+    """The variational sites with a fresh mask every step (Gal's baseline)."""
+    return variational(tie="step", **kwargs)
+
+
+def embedding_dropout(rate: float) -> Regularization:
+    """Gal & Ghahramani 2016: drop whole word types for the window."""
+    return Regularization(embedding=rate)
+
+
+def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
+            tie: str = "step") -> Regularization:
+    """Krueger et al. 2016: units keep their previous value with probability z."""
+    if shared and cells != hiddens:
+        raise ValueError("A shared zoneout mask needs cells == hiddens.")
+    return Regularization(zoneout_cells=cells, zoneout_hiddens=hiddens,
+                          zoneout_shared=shared, zoneout_tie=tie)
+
+
+def recurrent_dropout(rate: float, tie: str = "step",
+                      output_zoneout: bool = False) -> Regularization:
+    """Semeniuta et al. 2016: dropout on the cell update, c = f c + i drop(g)."""
+    check_rate(rate, "Recurrent dropout")
+    return Regularization(update=_mask(rate, tie), output_zoneout=output_zoneout and rate > 0)
+
+
+def stochastic_depth(rate: float) -> Regularization:
+    """A layer keeps its whole state (h, c) for an example at a step w.p. `rate`."""
+    return Regularization(stochastic_depth=rate)
+
+
+def weight_noise(std: float) -> Regularization:
+    """Gaussian noise of std `std` on W_h, sampled once per minibatch."""
+    return Regularization(weight_noise=std)
+
+
+def norm_stabilizer(beta: float) -> Regularization:
+    """Krueger & Memisevic 2016: penalty beta mean_t (|h_t| - |h_{t-1}|)^2."""
+    return Regularization(norm_stabilizer=beta)
+
+
+def norm_stabilizer_penalty(hiddens: jax.Array, beta: float, time_axis: int = 1) -> jax.Array:
+    """`beta * mean_{b,t} (||h_t|| - ||h_{t-1}||)^2` over the window.
+
+    Differences are taken inside the window (t = 1 .. T-1), so a state reset
+    to zero at the window start is not penalised.
+
+    Args:
+      hiddens: hidden states `[B, T, H]` (or time-major with `time_axis=0`).
+      beta: penalty weight.
+    """
+    norms = jnp.linalg.norm(hiddens, axis=-1)
+    diffs = jnp.diff(norms, axis=time_axis)
+    return beta * jnp.mean(jnp.square(diffs))

@@ -1,0 +1,146 @@
+"""Unrolling: `lax.scan` over time, one layer or a stack of layers.
+
+    ys, carry = unroll("lstm", params, x)                       # [B, T, F] -> [B, T, H]
+    ys, carry = unroll("lstm", [p0, p1], x, carry,              # a stack, state carried in
+                       reg=variational(input=0.35, recurrent=0.2), key=key,
+                       deterministic=False)
+
+Inside, the scan runs time-major; per-step masks are scanned with the inputs
+and masks tied per sequence are closed over, so a tied mask costs nothing per
+step beyond its multiply. The input projection of each layer is one matmul
+over all steps (`cells.project_inputs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import cells, noise
+from rnnreg_jax.regularizers import NONE, Regularization
+
+Array = jax.Array
+
+
+def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
+    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step)))
+
+
+def scan_layer(
+    cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
+    layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
+) -> tuple[Array, cells.Carry]:
+    """Run one layer over a time-major window.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      params: the layer's parameters.
+      xs: inputs `[T, B, F]`.
+      carry: initial state, dict of `[B, H]`.
+      layer_noise: the layer's masks (see `noise.layer_noise`).
+      unroll: `lax.scan` unroll factor.
+
+    Returns:
+      `(ys [T, B, H], final carry)`.
+    """
+    step = cells.get_step(cell)
+    xw = cells.project_inputs(params, xs, layer_noise.input, layer_noise.input_per_gate)
+
+    def body(c, inputs):
+        xw_t, noise_t = inputs
+        new_c, y_t = step(params, c, xw_t, _merge(layer_noise.tied, noise_t))
+        return new_c, y_t
+
+    final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)
+    return ys, final
+
+
+def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
+    if isinstance(params, dict):
+        return [params], True
+    return list(params), False
+
+
+def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batch_size: int,
+                  reg: Regularization = NONE, dtype: Any = jnp.float32):
+    """Zero state for one layer (a dict) or a stack (a list of dicts)."""
+    layers, single = _as_list(params)
+    carries = [cells.init_carry(cell, batch_size, p["w_h"].shape[0], dtype,
+                                output_gate=reg.needs_output_gate) for p in layers]
+    return carries[0] if single else carries
+
+
+def unroll(
+    cell: str,
+    params: cells.Params | Sequence[cells.Params],
+    inputs: Array,
+    carry: cells.Carry | Sequence[cells.Carry] | None = None,
+    *,
+    reg: Regularization = NONE,
+    key: Array | None = None,
+    deterministic: bool = True,
+    time_major: bool = False,
+    unroll: int = 1,
+    return_hiddens: bool = False,
+):
+    """Run a layer or a stack of layers over a window, regularized by `reg`.
+
+    Dropout on layer inputs applies to every layer (the embedding output and
+    between layers); dropout on the output applies to the last layer's
+    outputs. Weight noise perturbs every layer's `W_h` once per call.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      params: one layer's params (a dict) or a list of them, bottom first.
+      inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
+      carry: initial state (dict, or list of dicts for a stack); zeros if None.
+      reg: the regularization spec.
+      key: PRNG key of this window; required in training mode when `reg` has
+        noise. The same key gives the same masks.
+      deterministic: evaluation mode (every noise replaced by its expectation).
+      time_major: layout of `inputs` and outputs.
+      unroll: `lax.scan` unroll factor.
+      return_hiddens: also return each layer's (undropped) outputs.
+
+    Returns:
+      `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
+      carry shaped like the input carry; with `return_hiddens` a third item,
+      the list of each layer's outputs in the same layout.
+    """
+    cells.check_cell_type(cell)
+    layers, single = _as_list(params)
+    x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
+    steps, batch = x.shape[0], x.shape[1]
+    if carry is None:
+        carries = _as_list(initial_carry(cell, layers, batch, reg, x.dtype))[0]
+    else:
+        carries = [carry] if single else list(carry)
+    if len(carries) != len(layers):
+        raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
+    if not deterministic and key is None and reg.has_noise:
+        raise ValueError("A PRNG key is required in training mode (deterministic=False) "
+                         "when a noise regularizer is on.")
+    new_carries, hiddens = [], []
+    for index, (p, c) in enumerate(zip(layers, carries)):
+        hidden = p["w_h"].shape[0]
+        if reg.needs_output_gate and "o" not in c:
+            c = dict(c, o=jnp.zeros_like(c["h"]))
+        ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
+                               deterministic, x.dtype)
+        p = dict(p, w_h=noise.weight_noise(reg, key, index, p["w_h"], deterministic))
+        x, c = scan_layer(cell, p, x, c, ln, unroll)
+        new_carries.append(c)
+        hiddens.append(x)
+    mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic, x.dtype)
+    if mask is not None:
+        x = x * mask
+    if not time_major:
+        x = jnp.swapaxes(x, 0, 1)
+        hiddens = [jnp.swapaxes(h, 0, 1) for h in hiddens]
+    out_carry = new_carries[0] if single else new_carries
+    if return_hiddens:
+        return x, out_carry, hiddens
+    return x, out_carry

@@ -1,0 +1,72 @@
+"""Weights to and from PyTorch `nn.LSTM` / `nn.GRU` / `nn.RNN` state dicts.
+
+Works on plain arrays (numpy or anything `np.asarray` takes), so neither
+direction imports torch. Gate orders already agree (LSTM `i, f, g, o`, GRU
+`r, z, n`), so a port is a transpose plus bias bookkeeping:
+
+* PyTorch stores `weight_ih_l{k}: [G*H, F]`; we store `w_x = weight_ih.T`.
+* LSTM and RNN have one effective bias, `b = bias_ih + bias_hh`; exporting
+  puts it all in `bias_ih` and zeros in `bias_hh` (same function).
+* The GRU keeps both: `b = bias_ih`, `b_h = bias_hh` (the latter sits inside
+  the reset gate's product, so it cannot be merged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from rnnreg_jax import cells
+
+
+def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | None = None
+               ) -> list[cells.Params]:
+    """Our per-layer params from a PyTorch RNN module's `state_dict()` arrays.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      state_dict: keys `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`,
+        `bias_hh_l{k}` (tensors are accepted via `.detach().numpy()` by the
+        caller, or anything `np.asarray` converts).
+      num_layers: defaults to the number of `weight_ih_l*` keys.
+
+    Returns:
+      A list of parameter dicts, bottom layer first.
+    """
+    cells.check_cell_type(cell)
+    if num_layers is None:
+        num_layers = sum(1 for k in state_dict if k.startswith("weight_ih_l"))
+    if num_layers == 0:
+        raise ValueError("The state dict has no 'weight_ih_l0'; is it from nn.LSTM/GRU/RNN?")
+    layers = []
+    for k in range(num_layers):
+        get = lambda name, k=k: np.asarray(state_dict[f"{name}_l{k}"], np.float32)
+        w_ih, w_hh = get("weight_ih"), get("weight_hh")
+        b_ih, b_hh = get("bias_ih"), get("bias_hh")
+        params = {"w_x": jnp.asarray(w_ih.T), "w_h": jnp.asarray(w_hh.T)}
+        if cell == "gru":
+            params.update(b=jnp.asarray(b_ih), b_h=jnp.asarray(b_hh))
+        else:
+            params["b"] = jnp.asarray(b_ih + b_hh)
+        layers.append(params)
+    return layers
+
+
+def to_torch(cell: str, layers: cells.Params | Sequence[cells.Params]) -> dict[str, np.ndarray]:
+    """PyTorch state-dict arrays (numpy) from our params; load with
+    `module.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})`."""
+    cells.check_cell_type(cell)
+    if isinstance(layers, Mapping):
+        layers = [layers]
+    out: dict[str, np.ndarray] = {}
+    for k, params in enumerate(layers):
+        out[f"weight_ih_l{k}"] = np.asarray(params["w_x"]).T.copy()
+        out[f"weight_hh_l{k}"] = np.asarray(params["w_h"]).T.copy()
+        out[f"bias_ih_l{k}"] = np.asarray(params["b"]).copy()
+        if cell == "gru":
+            out[f"bias_hh_l{k}"] = np.asarray(params["b_h"]).copy()
+        else:
+            out[f"bias_hh_l{k}"] = np.zeros_like(out[f"bias_ih_l{k}"])
+    return out
