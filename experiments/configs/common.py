@@ -1,0 +1,90 @@
+"""Pieces every preset shares: the regularization block and the base config.
+
+A config has five blocks:
+  data   what to read and how to batch it
+  model  the network
+  reg    the regularizers, a flat block turned into a `Regularization` by
+         `regularization(config.reg)`
+  train  the engine's settings (`rnnreg_jax.train.default_train_config`)
+  paper  the numbers the preset should reproduce and where they come from
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+import rnnreg_jax as rj
+
+
+def reg_config(**overrides) -> ml_collections.ConfigDict:
+    """The regularization block; every rate is a drop probability, 0 = off."""
+    reg = ml_collections.ConfigDict()
+    reg.input = 0.0  # dropout on every layer's input (embedding output, between layers)
+    reg.recurrent = 0.0  # dropout on h_{t-1} into W_h (variational / naive)
+    reg.output = 0.0  # dropout on the last layer's output
+    reg.cell = 0.0  # rnnDrop mask on the cell state
+    reg.tie = "step"  # "sequence": Gal's tied masks; "step": Zaremba / naive dropout
+    reg.per_gate = False  # a separate mask per gate's copy of x and h (Gal's untied variant)
+    reg.embedding = 0.0  # Gal's embedding dropout: word types dropped per sequence
+    reg.update_dropout = 0.0  # Semeniuta recurrent dropout on the cell update g
+    reg.update_tie = "step"  # tying of the update mask
+    reg.output_zoneout = False  # where the update was dropped, keep o_{t-1}
+    reg.zoneout_cells = 0.0  # zoneout probability of c
+    reg.zoneout_hiddens = 0.0  # zoneout probability of h
+    reg.zoneout_shared = False  # one zoneout mask for c and h
+    reg.stochastic_depth = 0.0  # probability that the layer keeps its state
+    reg.weight_noise = 0.0  # std of Gaussian noise on W_h, per minibatch
+    reg.norm_stabilizer = 0.0  # beta of the norm-stabilizer penalty
+    for key, value in overrides.items():
+        if key not in reg:
+            raise ValueError(f"Unknown reg field {key!r}.")
+        reg[key] = value
+    return reg
+
+
+def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
+    """The `Regularization` a reg block describes."""
+    parts = [
+        rj.variational(input=reg.input, recurrent=reg.recurrent, output=reg.output,
+                       cell=reg.cell, embedding=reg.embedding, per_gate=reg.per_gate,
+                       tie=reg.tie),
+        rj.recurrent_dropout(reg.update_dropout, tie=reg.update_tie, output_zoneout=reg.output_zoneout),
+        rj.zoneout(reg.zoneout_cells, reg.zoneout_hiddens, shared=reg.zoneout_shared),
+        rj.stochastic_depth(reg.stochastic_depth),
+        rj.weight_noise(reg.weight_noise),
+        rj.norm_stabilizer(reg.norm_stabilizer),
+    ]
+    return rj.compose(*parts)
+
+
+def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
+    """Reference numbers of the preset (None where the paper gives none)."""
+    paper = ml_collections.ConfigDict()
+    paper.source = source
+    for key in ("valid", "test", "test_mc"):
+        paper[key] = numbers.pop(key, None)
+    if numbers:
+        raise ValueError(f"Unknown paper numbers {sorted(numbers)}.")
+    return paper
+
+
+# Fields the experiments add to the engine's config: `carry_state` decides how
+# the task is built (LM state carried between windows), `early_stop_patience`
+# is the stopping rule of presets trained "until validation stops improving".
+EXTRA_TRAIN_FIELDS = {"carry_state": False, "early_stop_patience": 0}
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """The engine's defaults (`rnnreg_jax.train.default_train_config`) with overrides."""
+    from rnnreg_jax.train import default_train_config
+
+    train = default_train_config()
+    with train.unlocked():
+        for key, value in EXTRA_TRAIN_FIELDS.items():
+            if key not in train:
+                train[key] = value
+    for key, value in overrides.items():
+        if key not in train:
+            raise ValueError(f"Unknown train field {key!r}.")
+        train[key] = value
+    return train

@@ -1,0 +1,254 @@
+"""Penn Treebank presets: one per row of the three papers' PTB tables.
+
+Sources:
+  Zaremba, Sutskever, Vinyals 2014, Table 1 and their Lua code (main.lua).
+  Gal & Ghahramani 2016, Table 1 (word level, "Variational (tied weights)"
+    and "Variational (untied weights)") and their code extending Zaremba's.
+  Krueger et al. 2016 (zoneout), Table 2 (word level, validation perplexity)
+    and Table 3 (character level, bits per character).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs.common import paper_config, reg_config, train_config
+
+
+def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
+    data = ml_collections.ConfigDict()
+    data.dataset = dataset  # "ptb_word" or "ptb_char"
+    data.batch_size = batch_size  # global batch B (split over devices and hosts)
+    data.seq_len = seq_len  # window length T
+    data.batching = batching  # "contiguous" (streams, state carried), "shuffled", "overlapping"
+    data.stride = kw.pop("stride", seq_len)  # window start spacing for "overlapping"
+    data.eval_batch_size = kw.pop("eval_batch_size", batch_size)  # validation batch
+    data.test_batch_size = kw.pop("test_batch_size", 1)  # the test protocol: batch 1
+    data.shuffle_seed = kw.pop("shuffle_seed", 0)  # window order of "shuffled" batching
+    assert not kw, kw
+    return data
+
+
+def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm"):
+    model = ml_collections.ConfigDict()
+    model.cell = cell  # "lstm", "gru" or "rnn"
+    model.hidden_sizes = (hidden,) * layers  # widths, bottom first
+    model.embed_size = hidden  # embedding width
+    model.init_scale = init_scale  # every weight uniform in [-init_scale, init_scale]
+    model.tie_embeddings = False  # share embedding and softmax weights
+    model.unroll = 1  # lax.scan unroll factor
+    return model
+
+
+def _config(data, model, reg, train, paper) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "lm"
+    config.data, config.model, config.reg, config.train, config.paper = (
+        data, model, reg, train, paper)
+    return config
+
+
+# --- Zaremba et al. 2014 -------------------------------------------------------
+
+def _zaremba(hidden, init, dropout, epochs, decay_after, decay, clip, seq_len, paper, reg=None):
+    # main.lua: lr 1, SGD, loss summed over the window and averaged over the batch,
+    # state carried between windows, batch 20.
+    return _config(
+        _data("ptb_word", 20, seq_len, "contiguous"),
+        _model(hidden, 2, init),
+        reg or reg_config(input=dropout, output=dropout, tie="step"),
+        train_config(num_epochs=epochs, optimizer="sgd", learning_rate=1.0,
+                     lr_schedule="zaremba", decay_after=decay_after, decay_factor=decay,
+                     clip_norm=clip, loss_sum_over_time=True, carry_state=True),
+        paper)
+
+
+def zaremba_small():
+    # Zaremba "small": 2x200, no dropout, 13 epochs, /2 after 4, T 20, clip 5, init 0.1.
+    return _zaremba(200, 0.1, 0.0, 13, 4, 2.0, 5.0, 20,
+                    paper_config("Zaremba et al. 2014, Table 1 (small)", valid=120.7, test=114.5))
+
+
+def zaremba_medium():
+    # Zaremba "medium": 2x650, dropout 0.5, 39 epochs, /1.2 after 6, T 35, clip 5, init 0.05.
+    return _zaremba(650, 0.05, 0.5, 39, 6, 1.2, 5.0, 35,
+                    paper_config("Zaremba et al. 2014, Table 1 (medium)", valid=86.2, test=82.7))
+
+
+def zaremba_large():
+    # Zaremba "large": 2x1500, dropout 0.65, 55 epochs, /1.15 after 14, T 35, clip 10, init 0.04.
+    return _zaremba(1500, 0.04, 0.65, 55, 14, 1.15, 10.0, 35,
+                    paper_config("Zaremba et al. 2014, Table 1 (large)", valid=82.2, test=78.4))
+
+
+# --- Gal & Ghahramani 2016 ------------------------------------------------------
+
+def _gal(size: str, tie: str, per_gate: bool, paper):
+    if size == "medium":
+        # Zaremba medium with variational dropout: embedding and recurrent 0.2,
+        # input and output 0.35 (Gal's medium model).
+        reg = reg_config(input=0.35, output=0.35, recurrent=0.2, embedding=0.2, tie=tie,
+                         per_gate=per_gate)
+        config = _zaremba(650, 0.05, 0.0, 39, 6, 1.2, 5.0, 35, paper, reg=reg)
+    else:
+        # Gal's large: embedding and recurrent 0.3, input and output 0.5, weight decay
+        # 1e-7, lr /1.15 after epoch 10, 55 epochs, clip 10, init 0.04.
+        reg = reg_config(input=0.5, output=0.5, recurrent=0.3, embedding=0.3, tie=tie,
+                         per_gate=per_gate)
+        config = _zaremba(1500, 0.04, 0.0, 55, 10, 1.15, 10.0, 35, paper, reg=reg)
+        config.train.weight_decay = 1e-7
+    config.train.mc_samples = 1000 if tie == "sequence" else 0  # Gal: MC dropout, 1000 samples
+    return config
+
+
+def variational_medium():
+    return _gal("medium", "sequence", False, paper_config(
+        "Gal & Ghahramani 2016, Table 1 (medium, tied)", valid=81.9, test=79.7, test_mc=78.6))
+
+
+def variational_medium_untied():
+    return _gal("medium", "sequence", True, paper_config(
+        "Gal & Ghahramani 2016, Table 1 (medium, untied: per-gate masks)"))
+
+
+def variational_large():
+    return _gal("large", "sequence", False, paper_config(
+        "Gal & Ghahramani 2016, Table 1 (large, tied)", valid=77.9, test=75.2, test_mc=73.4))
+
+
+def variational_large_untied():
+    return _gal("large", "sequence", True, paper_config(
+        "Gal & Ghahramani 2016, Table 1 (large, untied: per-gate masks)"))
+
+
+def naive_dropout_medium():
+    return _gal("medium", "step", False, paper_config(
+        "Gal & Ghahramani 2016: naive dropout baseline (medium), masks per step"))
+
+
+def naive_dropout_large():
+    return _gal("large", "step", False, paper_config(
+        "Gal & Ghahramani 2016: naive dropout baseline (large), masks per step"))
+
+
+# --- Krueger et al. 2016 (zoneout), word level -----------------------------------
+
+def _zoneout_word(paper_valid, row, **reg):
+    # 1x256, init 0.05, non-overlapping windows of T 35, batch 32, SGD momentum 0.99,
+    # clip 10, lr 1 divided by 1.5 after an epoch without validation improvement,
+    # state reset every batch (no carry). Loss averaged over tokens (Blocks' cost).
+    return _config(
+        _data("ptb_word", 32, 35, "shuffled"),
+        _model(256, 1, 0.05),
+        reg_config(**reg),
+        train_config(num_epochs=100, optimizer="momentum", learning_rate=1.0, momentum=0.99,
+                     lr_schedule="plateau", plateau_factor=1.5, early_stop_patience=5,
+                     clip_norm=10.0, loss_sum_over_time=False, carry_state=False),
+        paper_config(f"Krueger et al. 2016, Table 2 (word level): {row}", valid=paper_valid))
+
+
+def zoneout():
+    return _zoneout_word(115.2, "zoneout z_h = 0.25", zoneout_hiddens=0.25)
+
+
+def recurrent_dropout_output_zoneout():
+    return _zoneout_word(115.7, "recurrent dropout + output zoneout 0.25",
+                         update_dropout=0.25, output_zoneout=True)
+
+
+def zoneout_cells_states():
+    return _zoneout_word(117.3, "zoneout cells and states 0.05",
+                         zoneout_cells=0.05, zoneout_hiddens=0.05)
+
+
+def recurrent_dropout():
+    return _zoneout_word(119.9, "recurrent dropout 0.5", update_dropout=0.5)
+
+
+def stochastic_depth():
+    return _zoneout_word(129.9, "stochastic depth 0.25", stochastic_depth=0.25)
+
+
+def norm_stabilizer():
+    return _zoneout_word(141.8, "norm stabilizer beta 50", norm_stabilizer=50.0)
+
+
+def zoneout_cells():
+    return _zoneout_word(143.6, "zoneout cells 0.5", zoneout_cells=0.5)
+
+
+def baseline():
+    return _zoneout_word(145.4, "unregularized LSTM")
+
+
+def weight_noise():
+    return _zoneout_word(172.0, "weight noise 0.075", weight_noise=0.075)
+
+
+# --- Krueger et al. 2016 (zoneout), character level -------------------------------
+
+def _zoneout_char(row, batching="shuffled", valid=None, test=None, **reg):
+    # 1x1000, non-overlapping windows of T 100, batch 32, Adam 0.002, clip 1.
+    return _config(
+        _data("ptb_char", 32, 100, batching, stride=50 if batching == "overlapping" else 100),
+        _model(1000, 1, 0.05),
+        reg_config(**reg),
+        train_config(num_epochs=50, optimizer="adam", learning_rate=0.002, clip_norm=1.0,
+                     lr_schedule="constant", early_stop_patience=5,
+                     loss_sum_over_time=False, carry_state=False),
+        paper_config(f"Krueger et al. 2016, Table 3 (character level): {row}",
+                     valid=valid, test=test))
+
+
+def zoneout_char():
+    return _zoneout_char("zoneout z_c = 0.5, z_h = 0.05", valid=1.362, test=1.297,
+                         zoneout_cells=0.5, zoneout_hiddens=0.05)
+
+
+def zoneout_char_overlapping():
+    return _zoneout_char("zoneout z_c = 0.5, z_h = 0.05, overlapping windows (stride 50)",
+                         batching="overlapping", zoneout_cells=0.5, zoneout_hiddens=0.05)
+
+
+def baseline_char():
+    return _zoneout_char("unregularized LSTM")
+
+
+def recurrent_dropout_char():
+    return _zoneout_char("recurrent dropout 0.25", update_dropout=0.25)
+
+
+def stochastic_depth_char():
+    return _zoneout_char("stochastic depth 0.25", stochastic_depth=0.25)
+
+
+def weight_noise_char():
+    return _zoneout_char("weight noise 0.075", weight_noise=0.075)
+
+
+def norm_stabilizer_char():
+    return _zoneout_char("norm stabilizer beta 50", norm_stabilizer=50.0)
+
+
+# --- smoke test ----------------------------------------------------------------
+
+def tiny():
+    """Seconds on a laptop: 2x16 LSTM, variational dropout, 2 short epochs."""
+    config = _zaremba(16, 0.1, 0.0, 2, 1, 2.0, 5.0, 10, paper_config("smoke test"),
+                      reg=reg_config(input=0.2, recurrent=0.2, output=0.2, embedding=0.1,
+                                     tie="sequence"))
+    config.train.max_steps = 30
+    config.train.mc_samples = 4
+    return config
+
+
+PRESETS = {fn.__name__: fn for fn in (
+    zaremba_small, zaremba_medium, zaremba_large,
+    variational_medium, variational_medium_untied, variational_large, variational_large_untied,
+    naive_dropout_medium, naive_dropout_large,
+    zoneout, recurrent_dropout_output_zoneout, zoneout_cells_states, recurrent_dropout,
+    stochastic_depth, norm_stabilizer, zoneout_cells, baseline, weight_noise,
+    zoneout_char, zoneout_char_overlapping, baseline_char, recurrent_dropout_char,
+    stochastic_depth_char, weight_noise_char, norm_stabilizer_char,
+    tiny,
+)}
