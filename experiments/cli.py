@@ -19,6 +19,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Name of a preset in experiments/configs/<task>.py.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.DEFINE_string("data_dir", None, "Data directory (default $RNNREG_DATA_DIR, then cache).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-host: host:port of process 0 (auto-detected on Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 
 Presets = Mapping[str, Callable[[], ml_collections.ConfigDict]]
 

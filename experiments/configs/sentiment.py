@@ -1,0 +1,93 @@
+"""Sentiment presets: Gal & Ghahramani 2016 (Cornell scale data regression) and IMDB.
+
+Gal's BayesianRNN sentiment script (Keras): embedding 128, one LSTM (or GRU) of
+128, dropout 0.25 on the inputs, the recurrent connections (one mask per gate,
+Keras' implementation), the dense layer and the embedding (word types), weight
+decay 1e-4, Adam, batch 128, 200-word chunks; test RMSE reported with the
+dropout approximation and with MC dropout (T = 50 samples).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs.common import paper_config, reg_config, train_config
+
+GAL_RATE = 0.25  # p_W = p_U = p_dense = p_emb in Gal's script
+GAL_WEIGHT_DECAY = 1e-4
+
+
+def _config(dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "regression" if dataset == "cornell" else "classification"
+    data = config.data = ml_collections.ConfigDict()
+    data.dataset = dataset  # "cornell" (regression) or "imdb" (classification)
+    data.vocab_size = 20000  # most frequent words kept (ids 0 pad, 1 start, 2 OOV)
+    data.seq_len = 200  # Cornell: chunk length; IMDB: reviews cut to the last 200 ids
+    data.split = "chunks"  # Cornell: "chunks" (Gal) or "by_document"
+    data.split_seed = 0  # shuffle of the chunks before the 80/20 split
+    data.batch_size = 128
+    data.eval_batch_size = 512
+    data.shuffle_seed = 0
+    data.source = "files"  # IMDB: "files" or "tfds"
+    model = config.model = ml_collections.ConfigDict()
+    model.cell = cell
+    model.hidden_sizes = (128,)
+    model.embed_size = 128
+    model.init_scale = None  # None: PyTorch-style 1/sqrt(H)
+    model.unroll = 1
+    config.reg = reg_config(**reg)
+    config.train = train_config(
+        num_epochs=20, optimizer="adam", learning_rate=0.001, clip_norm=0.0,
+        weight_decay=GAL_WEIGHT_DECAY, lr_schedule="constant", mc_samples=50)
+    config.paper = paper_config(f"Gal & Ghahramani 2016, sentiment ({dataset}): {row}")
+    return config
+
+
+def _variational(tie="sequence"):
+    return dict(input=GAL_RATE, recurrent=GAL_RATE, output=GAL_RATE, embedding=GAL_RATE,
+                per_gate=True, tie=tie)
+
+
+def variational_lstm():
+    return _config("cornell", "lstm", "variational LSTM", **_variational())
+
+
+def variational_gru():
+    return _config("cornell", "gru", "variational GRU", **_variational())
+
+
+def naive_dropout():
+    # Gal's Figure 1: naive dropout uses a fresh mask per step on inputs and
+    # outputs and none on the recurrent connections or the word types.
+    reg = dict(input=GAL_RATE, output=GAL_RATE, tie="step")
+    return _config("cornell", "lstm", "naive dropout LSTM", **reg)
+
+
+def no_dropout():
+    return _config("cornell", "lstm", "LSTM without dropout")
+
+
+def imdb_variational():
+    return _config("imdb", "lstm", "variational LSTM, IMDB classification", **_variational())
+
+
+def imdb_baseline():
+    return _config("imdb", "lstm", "LSTM without dropout, IMDB classification")
+
+
+def tiny():
+    config = variational_lstm()
+    config.model.hidden_sizes = (8,)
+    config.model.embed_size = 8
+    config.data.vocab_size = 500
+    config.data.seq_len = 20
+    config.data.batch_size = 16
+    config.train.num_epochs = 1
+    config.train.max_steps = 5
+    config.train.mc_samples = 4
+    return config
+
+
+PRESETS = {fn.__name__: fn for fn in (variational_lstm, variational_gru, naive_dropout,
+                                      no_dropout, imdb_variational, imdb_baseline, tiny)}

@@ -1,0 +1,75 @@
+"""The body every experiment binary shares: config -> task -> train_and_evaluate.
+
+    python -m experiments.ptb --config=zaremba_small --workdir=runs/zaremba_small
+    python -m experiments.ptb --config=zoneout --config.train.num_epochs=3
+
+Data errors end the run with one sentence and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+from absl import app, logging
+
+from experiments import cli
+from experiments.configs.common import regularization
+
+
+def _start_distributed(config) -> None:
+    """Multi-host: connect the processes before anything reads data or devices."""
+    flags = cli.FLAGS
+    if config.train.get("distributed", False) or flags.coordinator_address:
+        # On Cloud TPU every argument is auto-detected; elsewhere pass all three.
+        jax.distributed.initialize(coordinator_address=flags.coordinator_address,
+                                   num_processes=flags.num_processes,
+                                   process_id=flags.process_id)
+
+
+def run(task_name: str, config) -> dict:
+    """Train and evaluate one config; returns the final metrics."""
+    from rnnreg_jax.data import DataError
+    from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.train import train_and_evaluate
+
+    _start_distributed(config)
+    workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
+    try:
+        reg = regularization(config.reg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        task = build_task(config, reg, cli.FLAGS.data_dir)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    batch = config.data.batch_size
+    logging.info("process %d of %d, %d local devices of %d; global batch %d, per host %d",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), batch, batch // jax.process_count())
+    logging.info("regularization: %s", reg)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump({"task": task_name, "command": " ".join(sys.argv),
+                       "config": config.to_dict()}, f, indent=2, default=str)
+    return train_and_evaluate(task, config.train, workdir)
+
+
+def main_for(task_name: str, presets: cli.Presets) -> None:
+    """absl entry point of one experiment binary."""
+    holder: dict = {}
+
+    def main(argv):
+        if len(argv) > 1:
+            print(f"error: unexpected arguments {argv[1:]}.", file=sys.stderr)
+            sys.exit(2)
+        metrics = run(task_name, holder["config"])
+        print(json.dumps({k: v for k, v in metrics.items()
+                          if isinstance(v, int | float | str)}, indent=1, default=str))
+
+    app.run(main, flags_parser=cli.make_flags_parser(presets, holder))

@@ -1,0 +1,101 @@
+"""From an experiment config to a `Task`: data sources plus the model.
+
+Shared by the experiment binaries and notebooks:
+
+    from experiments.configs import ptb
+    task = build_task(ptb.zaremba_small(), data_dir="../shared/data")
+    train_and_evaluate(task, config.train, workdir)
+
+Evaluation protocols (DESIGN.md):
+  * LM with carried state (Zaremba, Gal): validation on `eval_batch_size`
+    contiguous streams with carried state; test is one pass over the test
+    stream with batch 1 and carried state (the last window zero-padded and
+    masked by `weights`).
+  * LM without state carry (zoneout paper): validation and test on
+    non-overlapping windows with the state reset per window; the incomplete
+    last batch of windows is dropped.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rnnreg_jax import data as rdata
+from rnnreg_jax.models import LanguageModel, SequenceModel
+from rnnreg_jax.regularizers import Regularization
+from rnnreg_jax.train import Task
+
+
+def build_task(config: ml_collections.ConfigDict, reg: Regularization,
+               data_dir: str | None = None) -> Task:
+    """The `Task` of a config (`config.task` in "lm", "classification", "regression")."""
+    dataset = config.data.dataset
+    if dataset in ("ptb_word", "ptb_char"):
+        return _language_model(config, reg, data_dir)
+    if dataset == "pmnist":
+        return _pmnist(config, reg, data_dir)
+    if dataset in ("cornell", "imdb"):
+        return _sentiment(config, reg, data_dir)
+    raise ValueError(f"Unknown dataset {dataset!r}; expected ptb_word, ptb_char, pmnist, "
+                     "cornell or imdb.")
+
+
+def _language_model(config, reg, data_dir) -> Task:
+    d, m = config.data, config.model
+    load = rdata.load_ptb_word if d.dataset == "ptb_word" else rdata.load_ptb_char
+    corpus = load(data_dir)
+    carry = bool(config.train.carry_state)
+    if d.batching == "contiguous":
+        train = corpus.batches("train", d.batch_size, d.seq_len, mode="contiguous")
+    elif d.batching in ("shuffled", "overlapping"):
+        train = corpus.batches("train", d.batch_size, d.seq_len, mode="shuffled",
+                               stride=d.stride, seed=d.shuffle_seed)
+    else:
+        raise ValueError(f"Unknown batching {d.batching!r}; expected contiguous, shuffled "
+                         "or overlapping.")
+    if carry:
+        evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
+                                         mode="contiguous"),
+                 "test": corpus.batches("test", 1, d.seq_len, mode="eval")}
+    else:
+        evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="shuffled",
+                                       seed=0)
+                 for split in ("valid", "test")}
+    model = LanguageModel(
+        vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
+        embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
+        tie_embeddings=m.tie_embeddings, unroll=m.unroll)
+    metric = "perplexity" if d.dataset == "ptb_word" else "bpc"
+    return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
+                metric=metric)
+
+
+def _pmnist(config, reg, data_dir) -> Task:
+    d, m = config.data, config.model
+    mnist = rdata.load_mnist(data_dir, permuted=d.permuted, permutation_seed=d.permutation_seed,
+                             validation_size=d.validation_size, source=d.source)
+    train = mnist.batches("train", d.batch_size, seed=d.shuffle_seed)
+    evals = {split: mnist.batches(split, d.eval_batch_size) for split in ("valid", "test")
+             if mnist.num_examples(split) > 0}
+    model = SequenceModel(num_outputs=10, hidden_sizes=tuple(m.hidden_sizes), cell=m.cell,
+                          reg=reg, init_scale=m.init_scale, unroll=m.unroll)
+    return Task(model=model, kind="classification", train=train, evals=evals)
+
+
+def _sentiment(config, reg, data_dir) -> Task:
+    d, m = config.data, config.model
+    if d.dataset == "cornell":
+        data = rdata.load_cornell(data_dir, vocab_size=d.vocab_size, chunk_len=d.seq_len,
+                                  seed=d.split_seed, split=d.split)
+        kind, outputs = "regression", 1
+    else:
+        data = rdata.load_imdb(data_dir, vocab_size=d.vocab_size, max_len=d.seq_len,
+                               source=d.source)
+        kind, outputs = "classification", 2
+    train = data.batches("train", d.batch_size, seed=d.shuffle_seed)
+    evals = {"test": data.batches("test", d.eval_batch_size)}
+    model = SequenceModel(num_outputs=outputs, hidden_sizes=tuple(m.hidden_sizes),
+                          vocab_size=data.num_ids, embed_size=m.embed_size, cell=m.cell,
+                          reg=reg, init_scale=m.init_scale, unroll=m.unroll)
+    return Task(model=model, kind=kind, train=train, evals=evals,
+                target_scale=data.target_std if kind == "regression" else 1.0)
