@@ -1,0 +1,159 @@
+"""Training throughput and peak memory: ours against Flax and PyTorch, in one run.
+
+    python -m experiments.bench                              # all workloads, table on stdout
+    python -m experiments.bench --workloads=ptb_small --json=bench.json
+    python -m experiments.bench --memory                     # also peak memory (subprocesses)
+
+A step is forward + backward + optimizer update (SGD) on random data of the
+workload's shape. Every contender is compiled / warmed up first, then timed in
+interleaved rounds (each round runs `--steps` steps of every contender), and
+the median step time gives tokens (or examples x steps) per second. Ratios
+are only meaningful within one run: this machine's absolute speed drifts.
+
+Peak memory runs each contender in a fresh subprocess and reports the peak
+resident set during steady-state steps (VmHWM, reset after warm-up through
+/proc/self/clear_refs) minus the resident set before the model was built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from absl import app, flags
+
+from experiments import bench_models as bm
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("workloads", list(bm.WORKLOADS), "Workloads to run.")
+flags.DEFINE_list("contenders", list(bm.CONTENDERS), "Contenders to run (those that apply).")
+flags.DEFINE_integer("steps", 5, "Timed steps per contender per round.")
+flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
+flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
+flags.DEFINE_bool("memory", False, "Also measure peak memory (one subprocess per contender).")
+flags.DEFINE_list("memory_workloads", ["ptb_medium"], "Workloads for the memory measurement.")
+flags.DEFINE_string("_memory_child", None, "internal: workload:contender to measure")
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Float32 matmul rate of this machine through XLA, GFLOP/s."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def time_contenders(steps: dict[str, Callable[[], None]], n: int, rounds: int) -> dict:
+    """Median seconds per step of every contender, timed in interleaved rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(n):
+                start = time.perf_counter()
+                step()
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(spec: str) -> None:
+    """Subprocess body: peak RSS (MiB) of steady-state training steps."""
+    workload, contender = spec.split(":")
+    before = _rss_kb("VmRSS")
+    step = bm.build(contender, bm.WORKLOADS[workload])
+    for _ in range(3):
+        step()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM: compilation and warm-up peaks do not count
+    for _ in range(5):
+        step()
+    print(json.dumps({"peak_mib": (_rss_kb("VmHWM") - before) / 1024}))
+
+
+def measure_memory(workload: str, contender: str) -> float | None:
+    cmd = [sys.executable, "-m", "experiments.bench", f"--_memory_child={workload}:{contender}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"memory of {contender} on {workload} failed: {out.stderr.strip()[-300:]}",
+              file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main(argv):
+    del argv
+    if FLAGS._memory_child:
+        memory_child(FLAGS._memory_child)
+        return
+    unknown = [w for w in FLAGS.workloads if w not in bm.WORKLOADS]
+    if unknown:
+        raise app.UsageError(f"Unknown workloads {unknown}; choose from {list(bm.WORKLOADS)}.")
+    import jax
+
+    info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "torch": bm.torch_version(), "matmul_gflops": matmul_gflops()}
+    print(f"# {info}")
+    results = {"info": info, "workloads": {}}
+    for name in FLAGS.workloads:
+        spec = bm.WORKLOADS[name]
+        steps = {c: bm.build(c, spec) for c in FLAGS.contenders if bm.applies(c, spec)}
+        for step in steps.values():  # compile and warm up
+            step()
+            step()
+        seconds = time_contenders(steps, FLAGS.steps, FLAGS.rounds)
+        tokens = spec["batch"] * spec["steps"]
+        rows = {c: {"seconds_per_step": s, "tokens_per_s": tokens / s} for c, s in seconds.items()}
+        if FLAGS.memory and name in FLAGS.memory_workloads:
+            for c in rows:
+                rows[c]["peak_mib"] = measure_memory(name, c)
+        results["workloads"][name] = rows
+        print_table(name, rows)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def print_table(workload: str, rows: dict) -> None:
+    """Absolute figures and ratios to the peers and to our unregularized model."""
+    base = rows.get("ours_none", {}).get("tokens_per_s")
+    peers = [p for p in ("flax", "torch_lstm", "torch_cell_variational") if p in rows]
+    header = f"{'contender':26s} {'tokens/s':>10s} {'ms/step':>9s}"
+    header += "".join(f" {'x ' + p:>24s}" for p in peers) + f" {'x ours_none':>12s}"
+    if any("peak_mib" in r for r in rows.values()):
+        header += f" {'peak MiB':>9s}"
+    print(f"\n## {workload}\n{header}")
+    for name, r in rows.items():
+        line = f"{name:26s} {r['tokens_per_s']:10.0f} {1e3 * r['seconds_per_step']:9.1f}"
+        line += "".join(f" {r['tokens_per_s'] / rows[p]['tokens_per_s']:24.2f}" for p in peers)
+        line += f" {r['tokens_per_s'] / base:12.2f}" if base else f" {'':>12s}"
+        if "peak_mib" in r:
+            peak = r["peak_mib"]
+            line += f" {peak:9.0f}" if peak is not None else f" {'n/a':>9s}"
+        print(line)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)

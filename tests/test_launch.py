@@ -1,0 +1,297 @@
+"""launch.sh: the `tpu` subcommands (dry run and a fake gcloud), errors, shellcheck.
+
+The launcher and scripts/tpu.sh are copied into a sandbox root with a stub
+experiment, so the tests never touch the real venv, git history or network. A
+fake `gcloud` first on PATH records each call's argv (one JSON list a line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BASH = shutil.which("bash") or "/bin/bash"
+ENV_KEYS = ("TPU_NAME", "TPU_ZONE", "TPU_TYPE", "TPU_VERSION", "TPU_PROJECT", "TPU_BUCKET",
+            "CLOUDSDK_CORE_PROJECT", "DRY_RUN")
+TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+WHERE = ["--zone=us-central2-b", "--project=proj"]  # the defaults + the test project
+INSTALL = ("rm -rf ~/rnnreg_jax && mkdir -p ~/rnnreg_jax && tar -xzf ~/rnnreg_jax.tar.gz "
+           "-C ~/rnnreg_jax && cd ~/rnnreg_jax && python3 -m pip install -e \".[tfds]\" "
+           "\"jax[tpu]\"")
+DATA_ENV = "if [ -d ~/data ]; then export RNNREG_DATA_DIR=$HOME/data; fi; "
+RUN_TAIL = " > ~/rnnreg_run.log 2>&1 < /dev/null &"
+
+FAKE_GCLOUD = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A copy of the launcher with one stub experiment, committed to its own git repo."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copy2(REPO / "launch.sh", root / "launch.sh")
+    (root / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "tpu.sh", root / "scripts" / "tpu.sh")
+    (root / "experiments").mkdir()
+    (root / "experiments" / "ptb.py").write_text("print('stub')\n")
+    (root / "experiments" / "cli.py").write_text("")
+    (root / "pyproject.toml").write_text("[project]\nname = 'stub'\n")
+    if shutil.which("git"):
+        git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run([*git, "init", "-q"], check=True)
+        subprocess.run([*git, "add", "."], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "stub"], check=True)
+    return root
+
+
+@pytest.fixture()
+def sandbox(tmp_path, root):
+    """(run, calls): run the launcher with a fake gcloud first on PATH; calls() reads its log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "gcloud"
+    fake.write_text(FAKE_GCLOUD)
+    fake.chmod(0o755)
+    log = tmp_path / "gcloud.log"
+    base = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    base.update(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                FAKE_GCLOUD_LOG=str(log), TMPDIR=str(tmp_path), TPU_PROJECT="proj")
+
+    def run(*args, env=None, unset=()):
+        e = {**base, **(env or {})}
+        for k in unset:
+            e.pop(k, None)
+        return subprocess.run([BASH, str(root / "launch.sh"), *args], env=e,
+                              capture_output=True, text=True, timeout=20, cwd=tmp_path)
+
+    def calls():
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    run.tmp = tmp_path
+    return run, calls
+
+
+def dry_lines(result) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def expected(sub: str, tmp: Path, root: Path) -> list[list[str]]:
+    """The documented commands for `./launch.sh tpu <sub>` with defaults and project `proj`."""
+    tarball = str(tmp / "rnnreg_jax-rnnreg.tar.gz")
+    return {
+        "create": [[*TPU_VM, "create", "rnnreg", "--accelerator-type=v4-8",
+                    "--version=tpu-ubuntu2204-base", *WHERE]],
+        "setup": [["git", "-C", str(root), "archive", "--format=tar.gz", f"--output={tarball}",
+                   "HEAD"],
+                  [*TPU_VM, "scp", tarball, "rnnreg:rnnreg_jax.tar.gz", "--worker=all",
+                   "--recurse", *WHERE],
+                  [*TPU_VM, "ssh", "rnnreg", "--worker=all", f"--command={INSTALL}", *WHERE]],
+        "run": [[*TPU_VM, "ssh", "rnnreg", "--worker=all",
+                 "--command=cd ~/rnnreg_jax || exit 1; " + DATA_ENV +
+                 "nohup python3 -m experiments.ptb "
+                 "--config=tiny --config.train.distributed=true "
+                 "--workdir=$HOME/runs/ptb-tiny" + RUN_TAIL, *WHERE]],
+        "logs": [[*TPU_VM, "ssh", "rnnreg", "--worker=0", "--command=tail -f ~/rnnreg_run.log",
+                  *WHERE]],
+        "ssh": [[*TPU_VM, "ssh", "rnnreg", "--worker=0", *WHERE]],
+        "delete": [[*TPU_VM, "delete", "rnnreg", "--quiet", *WHERE]],
+    }[sub]
+
+
+SUBCOMMANDS = {
+    "create": ["create"],
+    "setup": ["setup"],
+    "run": ["run", "ptb", "--config=tiny"],
+    "logs": ["logs"],
+    "ssh": ["ssh"],
+    "delete": ["delete"],
+}
+
+
+@pytest.mark.parametrize("sub", list(SUBCOMMANDS))
+def test_dry_run_prints_the_documented_commands(sandbox, root, sub):
+    run, calls = sandbox
+    got = dry_lines(run("tpu", *SUBCOMMANDS[sub], "--dry-run"))
+    assert got == expected(sub, run.tmp, root)
+    assert calls() == []  # nothing ran
+    assert not (run.tmp / "rnnreg_jax-rnnreg.tar.gz").exists()
+
+
+@pytest.mark.parametrize("sub", list(SUBCOMMANDS))
+def test_real_run_executes_the_same_gcloud_argv(sandbox, root, sub):
+    run, calls = sandbox
+    if sub == "setup" and not shutil.which("git"):
+        pytest.skip("git is not installed")
+    dry = dry_lines(run("tpu", *SUBCOMMANDS[sub], "--dry-run"))
+    result = run("tpu", *SUBCOMMANDS[sub])
+    assert result.returncode == 0, result.stderr
+    assert calls() == [argv[1:] for argv in dry if argv[0] == "gcloud"]
+    if sub == "setup":  # the local step really ran: a tarball of the committed tree
+        with tarfile.open(run.tmp / "rnnreg_jax-rnnreg.tar.gz") as tar:
+            assert {"launch.sh", "scripts/tpu.sh", "experiments/ptb.py"} <= set(tar.getnames())
+
+
+@pytest.mark.parametrize("args,env", [
+    (["--dry-run", "create"], {}),
+    (["create", "--dry-run"], {}),
+    (["create"], {"DRY_RUN": "1"}),
+])
+def test_dry_run_anywhere_or_from_env(sandbox, root, args, env):
+    run, calls = sandbox
+    assert dry_lines(run("tpu", *args, env=env)) == expected("create", run.tmp, root)
+    assert calls() == []
+
+
+def test_flags_override_environment_and_defaults(sandbox):
+    run, _ = sandbox
+    env = {"TPU_NAME": "envname", "TPU_ZONE": "europe-west4-a", "TPU_TYPE": "v3-8",
+           "TPU_VERSION": "envver", "TPU_PROJECT": "envproj"}
+    assert dry_lines(run("tpu", "create", "--dry-run", env=env)) == [
+        [*TPU_VM, "create", "envname", "--accelerator-type=v3-8", "--version=envver",
+         "--zone=europe-west4-a", "--project=envproj"]]
+    flags = ["--name=flagname", "--zone", "us-east5-a", "--accelerator-type=v5litepod-16",
+             "--version=v2-alpha-tpuv5-lite", "--project=flagproj", "--spot"]
+    assert dry_lines(run("tpu", "create", *flags, "--dry-run", env=env)) == [
+        [*TPU_VM, "create", "flagname", "--accelerator-type=v5litepod-16",
+         "--version=v2-alpha-tpuv5-lite", "--spot", "--zone=us-east5-a", "--project=flagproj"]]
+
+
+def test_project_falls_back_to_cloudsdk_core_project(sandbox):
+    run, _ = sandbox
+    got = dry_lines(run("tpu", "delete", "--dry-run", env={"CLOUDSDK_CORE_PROJECT": "sdk"},
+                        unset=["TPU_PROJECT"]))
+    assert got == [[*TPU_VM, "delete", "rnnreg", "--quiet", "--zone=us-central2-b",
+                    "--project=sdk"]]
+
+
+def test_setup_with_bucket_syncs_data_and_worktree_uses_tar(sandbox, root):
+    run, _ = sandbox
+    got = dry_lines(run("tpu", "setup", "--bucket=gs://bk/", "--worktree", "--dry-run"))
+    tarball = str(run.tmp / "rnnreg_jax-rnnreg.tar.gz")
+    assert got[0][:3] == ["tar", "-czf", tarball] and got[0][-3:] == ["-C", str(root), "."]
+    assert got[1:3] == expected("setup", run.tmp, root)[1:]
+    assert got[3:] == [[*TPU_VM, "ssh", "rnnreg", "--worker=all",
+                        "--command=mkdir -p ~/data && gsutil -m rsync -r gs://bk/data ~/data",
+                        *WHERE]]
+
+
+def remote_words(argv: list[str]) -> list[str]:
+    """The words of the `--command=` string, as the worker's shell would split them."""
+    command = next(a for a in argv if a.startswith("--command="))
+    return shlex.split(command[len("--command="):])
+
+
+def test_run_with_bucket_workdir_data_and_quoting(sandbox):
+    run, _ = sandbox
+    env = {"TPU_BUCKET": "bk", "TPU_NAME": "pod"}
+    (argv,) = dry_lines(run("tpu", "run", "ptb", "--config", "zaremba_small",
+                            "--config.model.name=it's a b", "--dry-run", env=env))
+    assert argv[:7] == [*TPU_VM, "ssh", "pod", "--worker=all"]
+    command = next(a for a in argv if a.startswith("--command="))
+    assert "; " + DATA_ENV + "export TFDS_DATA_DIR=gs://bk/tfds; nohup " in command
+    words = remote_words(argv)
+    start = words.index("nohup")
+    assert words[start:] == [
+        "nohup", "python3", "-m", "experiments.ptb", "--config", "zaremba_small",
+        "--config.model.name=it's a b", "--config.train.distributed=true",
+        "--workdir=gs://bk/pod/ptb-zaremba_small", ">", "~/rnnreg_run.log", "2>&1", "<",
+        "/dev/null", "&"]
+
+
+def test_run_keeps_the_users_workdir_and_distributed_flag(sandbox):
+    run, _ = sandbox
+    (argv,) = dry_lines(run("tpu", "run", "ptb", "--config=tiny", "--workdir=gs://x/y",
+                            "--config.train.distributed=false", "--dry-run"))
+    words = remote_words(argv)
+    assert "--workdir=gs://x/y" in words and "--config.train.distributed=false" in words
+    assert sum(w.startswith("--workdir") for w in words) == 1
+    assert "--config.train.distributed=true" not in words
+
+
+def test_ssh_and_logs_take_a_worker(sandbox):
+    run, _ = sandbox
+    assert dry_lines(run("tpu", "ssh", "--worker=3", "--dry-run"))[0][6] == "--worker=3"
+    assert dry_lines(run("tpu", "logs", "--worker", "1", "--dry-run"))[0][6] == "--worker=1"
+
+
+def test_help_prints_usage(sandbox):
+    run, _ = sandbox
+    top = run("help")
+    assert top.returncode == 0 and "./launch.sh tpu <command>" in top.stdout
+    tpu = run("tpu", "help")
+    assert tpu.returncode == 0
+    for word in ("create", "setup", "run", "logs", "ssh", "delete", "--spot", "TPU_PROJECT",
+                 "--dry-run"):
+        assert word in tpu.stdout
+
+
+@pytest.mark.parametrize("args,env,unset,needle", [
+    (["tpu", "create"], {"PATH": "EMPTY"}, [], "gcloud is not on PATH"),
+    (["tpu", "create", "--dry-run"], {}, ["TPU_PROJECT"], "no GCP project"),
+    (["tpu", "create"], {}, ["TPU_PROJECT"], "no GCP project"),
+    (["tpu", "frobnicate", "--dry-run"], {}, [], "unknown tpu command 'frobnicate'"),
+    (["frobnicate"], {}, [], "unknown command 'frobnicate'"),
+    (["tpu", "run", "--dry-run"], {}, [], "needs an experiment name"),
+    (["tpu", "run", "nope", "--config=x", "--dry-run"], {}, [], "unknown experiment 'nope'"),
+    (["tpu", "run", "ptb", "--dry-run"], {}, [], "needs --config=PRESET"),
+    (["tpu", "create", "--name=Bad_Name", "--dry-run"], {}, [], "bad TPU name"),
+    (["tpu", "ssh", "--worker=all", "--dry-run"], {}, [], "--worker must be"),
+    (["tpu", "delete", "extra", "--dry-run"], {}, [], "takes no argument"),
+    (["tpu", "create", "--zone"], {}, [], "--zone needs a value"),
+    (["run", "nope"], {}, [], "unknown experiment 'nope'"),
+])
+def test_errors_are_one_line_and_exit_2(sandbox, args, env, unset, needle):
+    run, calls = sandbox
+    if env.get("PATH") == "EMPTY":  # no gcloud, and nothing else either
+        empty = run.tmp / "empty"
+        empty.mkdir()
+        env = {**env, "PATH": str(empty)}
+    result = run(*args, env=env, unset=unset)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert calls() == []
+
+
+SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh"]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.parametrize("path", SHELL_FILES)
+def test_shellcheck_clean(path):
+    result = subprocess.run(["shellcheck", str(REPO / path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docs_show_the_commands_launch_sh_runs(sandbox):
+    """Every gcloud line in docs/TPU.md's command listing is what the dry run prints."""
+    run, _ = sandbox
+    env = {"TPU_PROJECT": "my-project", "TPU_BUCKET": "my-bucket", "TMPDIR": "/tmp"}
+    printed = set()
+    for args in (["create"], ["setup"], ["run", "ptb", "--config=zaremba_small"], ["logs"],
+                 ["delete"]):
+        result = run("tpu", *args, "--dry-run", env=env)
+        assert result.returncode == 0, result.stderr
+        printed.update(result.stdout.splitlines())
+    doc = (REPO / "docs" / "TPU.md").read_text().splitlines()
+    listed = [line for line in doc if line.startswith("gcloud compute tpus tpu-vm ")
+              and "my-project" in line]
+    assert len(listed) == 7
+    assert set(listed) <= printed
