@@ -1,0 +1,86 @@
+"""`python -m rnnreg_jax.data <dataset> [--data_dir D]`: load a data set, print its stats.
+
+Exit status 2 with one sentence on stderr (no traceback) when the data is
+missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from rnnreg_jax.data.errors import DataError
+
+DATASETS = ("ptb_word", "ptb_char", "mnist", "cornell", "imdb")
+
+
+def describe(name: str, data_dir: str | None, source: str = "files") -> list[str]:
+    """Loads data set `name` and returns lines of statistics."""
+    from rnnreg_jax import data
+
+    if name in ("ptb_word", "ptb_char"):
+        c = (data.load_ptb_word if name == "ptb_word" else data.load_ptb_char)(data_dir)
+        lines = [f"vocab size: {c.vocab_size}"]
+        lines += [f"{s}: {len(c.split(s)):,} tokens" for s in ("train", "valid", "test")]
+        lines.append("first symbols: " + " ".join(c.decode(c.train[:12])))
+        return lines
+    if name == "mnist":
+        m = data.load_mnist(data_dir, source=source)
+        lines = [f"permutation seed: {data.PERMUTATION_SEED}"]
+        for s in ("train", "valid", "test"):
+            counts = np.bincount(m.labels[s], minlength=10)
+            lines.append(f"{s}: {m.num_examples(s):,} images, labels {counts.tolist()}")
+        return lines
+    if name == "cornell":
+        d = data.load_cornell(data_dir)
+        docs = len(np.union1d(d.doc_ids["train"], d.doc_ids["test"]))
+        return [
+            f"documents: {docs:,}; vocabulary {len(d.vocab):,} words ({d.num_ids:,} ids)",
+            f"train: {d.num_examples('train'):,} chunks; test: {d.num_examples('test'):,} chunks",
+            f"rating mean {d.target_mean:.4f}, std {d.target_std:.4f} (training chunks)",
+        ]
+    if name == "imdb":
+        d = data.load_imdb(data_dir, source=source)
+        return [
+            f"vocabulary {len(d.vocab):,} words ({d.num_ids:,} ids), "
+            f"length {d.inputs['train'].shape[1]}",
+        ] + [
+            f"{s}: {d.num_examples(s):,} reviews, {int(d.targets[s].sum()):,} positive"
+            for s in ("train", "test")
+        ]
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rnnreg_jax.data", description=__doc__)
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="data root (default: $RNNREG_DATA_DIR, else the download cache)",
+    )
+    parser.add_argument(
+        "--source",
+        default="files",
+        choices=("files", "tfds"),
+        help="mnist/imdb only: raw files or a prepared TFDS data dir",
+    )
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        lines = describe(args.dataset, args.data_dir, args.source)
+    except DataError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(f"{args.dataset}:")
+    for line in lines:
+        print("  " + line)
+    print(f"  load time: {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

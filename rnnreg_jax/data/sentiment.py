@@ -1,0 +1,230 @@
+"""Sentiment data: shared word ids and containers, and Pang & Lee's Cornell scale data.
+
+Both use the Keras-style special ids `PAD = 0`, `START = 1`, `OOV = 2`; word
+`k` of the vocabulary (most frequent first, ties by first appearance) has id
+`k + 3`, so a vocabulary of `V` words needs `V + 3` embedding rows
+(`num_ids`).
+
+Cornell, as Gal's BayesianRNN `Sentiment_analysis_code` prepares it: the 4
+authors in sorted order, one review per line of `subj.<author>`, its rating in
+`rating.<author>`; lowercase whitespace tokens; the 20,000 most frequent words;
+every review cut into chunks of 200 words (a shorter last chunk, or a short
+review, left-padded with 0), each chunk with its review's rating; chunks
+shuffled with a fixed seed and split 80/20; targets normalized with the
+training chunks' mean and std. `split="by_document"` splits the reviews 80/20
+first (vocabulary from the training reviews), so no review is on both sides.
+
+IMDB lives in `imdb.py` and shares the ids and `SentimentData` defined here.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Literal
+
+import numpy as np
+
+from rnnreg_jax.data import batching
+from rnnreg_jax.data.errors import corrupt, missing, read_text
+from rnnreg_jax.data.locate import dataset_dir
+
+PAD, START, OOV = 0, 1, 2
+FIRST_WORD_ID = 3
+CORNELL_FOLDER = "cornell_scale_v1.0"
+
+
+def top_words(counts: collections.Counter, vocab_size: int) -> tuple[str, ...]:
+    """The `vocab_size` most frequent words; ties keep first-appearance order."""
+    return tuple(w for w, _ in counts.most_common(vocab_size))  # most_common is stable
+
+
+def encode(tokens: list[str], word_to_id: dict[str, int]) -> list[int]:
+    """Maps words to ids, unknown words to `OOV`."""
+    get = word_to_id.get
+    return [get(t, OOV) for t in tokens]
+
+
+def word_ids(vocab: tuple[str, ...]) -> dict[str, int]:
+    return {w: i + FIRST_WORD_ID for i, w in enumerate(vocab)}
+
+
+def pad_left(seqs: list[list[int]], length: int) -> np.ndarray:
+    """Left-pads (and keeps the last `length` ids of) each sequence: int32 `[N, length]`."""
+    out = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        s = s[-length:]
+        if s:
+            out[i, length - len(s) :] = s
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SentimentData:
+    """Padded id sequences and targets per split.
+
+    Attributes:
+        inputs: split -> int32 `[N, L]` left-padded ids.
+        targets: split -> float32 `[N]` normalized ratings (Cornell) or int32
+            `[N]` labels, 1 = positive (IMDB).
+        vocab: the words; word `vocab[k]` has id `k + 3`.
+        target_mean, target_std: normalization of Cornell ratings (0, 1 for IMDB).
+        doc_ids: split -> int32 `[N]` review each chunk came from (Cornell).
+        target_key: batch key of the targets: "targets" (Cornell) or "labels" (IMDB).
+    """
+
+    inputs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    vocab: tuple[str, ...]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    doc_ids: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    target_key: str = "targets"
+
+    @property
+    def num_ids(self) -> int:
+        """Embedding rows needed: `len(vocab) + 3`."""
+        return len(self.vocab) + FIRST_WORD_ID
+
+    def num_examples(self, split: str) -> int:
+        return len(self.targets[split])
+
+    def denormalize(self, y: np.ndarray) -> np.ndarray:
+        """Maps normalized predictions back to the rating scale (for RMSE)."""
+        return np.asarray(y) * self.target_std + self.target_mean
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        drop_remainder: bool | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> batching.ArrayBatches:
+        """Returns batches `{"inputs": int32[B/P, L], <target_key>: [B/P]}`.
+
+        `shuffle` and `drop_remainder` default to True for "train", else False.
+        """
+        train = split == "train"
+        return batching.ArrayBatches(
+            {"inputs": self.inputs[split], self.target_key: self.targets[split]},
+            batch_size,
+            shuffle=train if shuffle is None else shuffle,
+            seed=seed,
+            drop_remainder=train if drop_remainder is None else drop_remainder,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+
+# ----------------------------------------------------------------------------- Cornell
+
+
+def read_cornell(data_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
+    """Returns the reviews (authors sorted, file order) and their float32 ratings `[D]`."""
+    root = dataset_dir(CORNELL_FOLDER, data_dir) / "scaledata"
+    if not root.is_dir():
+        raise missing("Cornell folder", root)
+    authors = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not authors:
+        raise missing("Cornell author folder", root / "Dennis+Schwartz")
+    docs: list[str] = []
+    ratings: list[float] = []
+    for a in authors:
+        subj, rating = root / a / f"subj.{a}", root / a / f"rating.{a}"
+        for p in (subj, rating):
+            if not p.is_file():
+                raise missing("Cornell file", p)
+        lines = read_text(subj, "Cornell file").splitlines()
+        values = read_text(rating, "Cornell file").split()
+        if len(lines) != len(values):
+            raise corrupt(
+                "Cornell file",
+                rating,
+                f"has {len(values)} ratings for {len(lines)} reviews in {subj.name}",
+            )
+        try:
+            ratings.extend(float(v) for v in values)
+        except ValueError as e:
+            raise corrupt(
+                "Cornell file", rating, f"has a value that is not a number ({e})"
+            ) from None
+        docs.extend(lines)
+    return docs, np.asarray(ratings, np.float32)
+
+
+def chunk(ids: list[int], chunk_len: int) -> list[list[int]]:
+    """Cuts a review into `chunk_len`-word pieces (the last may be shorter; at least one)."""
+    return [ids[i : i + chunk_len] for i in range(0, max(len(ids), 1), chunk_len)]
+
+
+def _chunks(docs_ids: list[list[int]], ratings: np.ndarray, doc_index: np.ndarray, n: int):
+    pieces, ys, owners = [], [], []
+    for d in doc_index:
+        for c in chunk(docs_ids[d], n):
+            pieces.append(c)
+            ys.append(ratings[d])
+            owners.append(d)
+    return pad_left(pieces, n), np.asarray(ys, np.float32), np.asarray(owners, np.int32)
+
+
+def load_cornell(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    vocab_size: int = 20000,
+    chunk_len: int = 200,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    split: Literal["chunks", "by_document"] = "chunks",
+) -> SentimentData:
+    """Loads the Cornell scale data as 200-word chunks with normalized ratings.
+
+    Args:
+        data_dir: data root holding `cornell_scale_v1.0/scaledata/<author>/`.
+        vocab_size: number of words kept (ids 3 .. vocab_size + 2).
+        chunk_len: words per chunk `L`.
+        test_fraction: share of chunks (or reviews) in "test".
+        seed: `np.random.RandomState(seed)` shuffles the chunks (or reviews).
+        split: "chunks" as the original (a review can be on both sides) or
+            "by_document" (reviews split first; vocabulary from train reviews).
+
+    Returns:
+        `SentimentData` with splits "train" and "test": inputs int32 `[N, L]`,
+        targets float32 `[N]` normalized by the training mean/std, `doc_ids`.
+    """
+    docs, ratings = read_cornell(data_dir)
+    tokens = [d.lower().split() for d in docs]
+    rng = np.random.RandomState(seed)
+    if split == "chunks":
+        counts = collections.Counter(t for doc in tokens for t in doc)
+        vocab = top_words(counts, vocab_size)
+        w2i = word_ids(vocab)
+        ids = [encode(t, w2i) for t in tokens]
+        x, y, owner = _chunks(ids, ratings, np.arange(len(docs)), chunk_len)
+        order = rng.permutation(len(x))
+        n_train = int(len(x) * (1 - test_fraction))  # floor, as X[:int(0.8 * N)]
+        parts = {"train": order[:n_train], "test": order[n_train:]}
+        inputs = {k: x[v] for k, v in parts.items()}
+        targets = {k: y[v] for k, v in parts.items()}
+        owners = {k: owner[v] for k, v in parts.items()}
+    elif split == "by_document":
+        order = rng.permutation(len(docs))
+        n_train = int(len(docs) * (1 - test_fraction))
+        doc_parts = {"train": order[:n_train], "test": order[n_train:]}
+        counts = collections.Counter(t for d in doc_parts["train"] for t in tokens[d])
+        vocab = top_words(counts, vocab_size)
+        w2i = word_ids(vocab)
+        ids = [encode(t, w2i) for t in tokens]
+        inputs, targets, owners = {}, {}, {}
+        for k, v in doc_parts.items():
+            inputs[k], targets[k], owners[k] = _chunks(ids, ratings, v, chunk_len)
+    else:
+        raise ValueError(f"unknown split {split!r}")
+    mean, std = float(targets["train"].mean()), float(targets["train"].std())
+    std = std if std > 0 else 1.0
+    targets = {k: ((v - mean) / std).astype(np.float32) for k, v in targets.items()}
+    return SentimentData(inputs, targets, vocab, mean, std, owners, "targets")

@@ -1,0 +1,78 @@
+"""Checks on the real data sets; run with RNNREG_DATA_DIR pointing at them."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from rnnreg_jax import data
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not os.environ.get("RNNREG_DATA_DIR"), reason="RNNREG_DATA_DIR not set"),
+]
+
+ONE = {"process_index": 0, "process_count": 1}
+
+
+def test_ptb_word():
+    elapsed = []
+    for _ in range(2):  # best of two: the first read may hit a cold page cache
+        start = time.perf_counter()
+        c = data.load_ptb_word()
+        elapsed.append(time.perf_counter() - start)
+    assert c.vocab_size == 10000 and "<eos>" in c.vocab and "<unk>" in c.vocab
+    assert (len(c.train), len(c.valid), len(c.test)) == (929589, 73760, 82430)
+    assert c.decode(c.train[:3]) == ["aer", "banknote", "berlitz"]  # first appearance
+    assert min(elapsed) < 2.0, f"loading PTB word took {min(elapsed):.2f} s"
+    it = c.batches("train", 20, 35, **ONE)
+    assert it.num_batches == (929589 // 20 - 1) // 35 == 1327
+    assert c.batches("test", 1, 35, mode="eval").num_batches == -(-82429 // 35)
+
+
+def test_ptb_char():
+    c = data.load_ptb_char()
+    assert c.vocab_size == 50 and "<eol>" in c.vocab and "_" in c.vocab
+    assert (len(c.train), len(c.valid), len(c.test)) == (5017482, 393042, 442423)
+
+
+def test_mnist():
+    m = data.load_mnist(validation_size=0)
+    assert m.num_examples("train") == 60000 and m.num_examples("test") == 10000
+    assert np.bincount(m.labels["test"]).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+    m = data.load_mnist()
+    assert [m.num_examples(s) for s in ("train", "valid", "test")] == [55000, 5000, 10000]
+    b = m.batches("train", 100, **ONE).get_batch(0, 0)
+    assert b["inputs"].shape == (100, 784, 1) and 0 <= b["inputs"].min() <= b["inputs"].max() <= 1
+
+
+def test_cornell():
+    d = data.load_cornell()
+    docs = np.union1d(d.doc_ids["train"], d.doc_ids["test"])
+    assert len(docs) == 5006 and len(d.vocab) == 20000 and d.num_ids == 20003
+    assert d.inputs["train"].shape[1] == 200
+    assert 0 < d.target_mean < 1 and 0 < d.target_std < 1
+
+
+def test_imdb(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measure a real parse, keep no cache
+    d = data.load_imdb()
+    assert d.num_examples("train") == 25000 and d.num_examples("test") == 25000
+    assert int(d.targets["train"].sum()) == 12500 and int(d.targets["test"].sum()) == 12500
+    assert d.inputs["train"].shape == (25000, 400) and len(d.vocab) == 20000
+    start = time.perf_counter()
+    again = data.load_imdb()
+    assert time.perf_counter() - start < 5.0  # from the .npz cache
+    np.testing.assert_array_equal(again.inputs["test"], d.inputs["test"])

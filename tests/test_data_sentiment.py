@@ -1,0 +1,187 @@
+"""Tests of the Cornell scale (Gal's chunking) and IMDB loaders on small files."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from rnnreg_jax.data import DataError, load_cornell, load_imdb
+from rnnreg_jax.data.imdb import tokenize
+from rnnreg_jax.data.sentiment import OOV, PAD, START, chunk
+
+try:
+    from tests import data_fixtures as fx
+except ImportError:
+    import data_fixtures as fx
+
+ONE = {"process_index": 0, "process_count": 1}
+
+
+def expected_cornell(vocab):
+    """(review index, padded chunk, rating) for every chunk, computed independently."""
+    w2i = {w: i + 3 for i, w in enumerate(vocab)}
+    out, doc = [], 0
+    for author in sorted(fx.CORNELL_AUTHORS):
+        texts, ratings = fx.cornell_docs()[author]
+        for text, rating in zip(texts, ratings, strict=True):
+            ids = [w2i.get(w, OOV) for w in text.lower().split()]
+            for start in range(0, len(ids), 200):
+                piece = ids[start : start + 200]
+                out.append((doc, tuple([PAD] * (200 - len(piece)) + piece), rating))
+            doc += 1
+    return out
+
+
+def test_chunk():
+    assert chunk(list(range(450)), 200) == [
+        list(range(200)),
+        list(range(200, 400)),
+        list(range(400, 450)),
+    ]
+    assert chunk([], 200) == [[]]
+
+
+def test_cornell_chunks_exact(tmp_path):
+    fx.write_cornell(tmp_path)
+    d = load_cornell(tmp_path)
+    assert all(w == w.lower() for w in d.vocab) and d.num_ids == len(d.vocab) + 3
+    counts = collections.Counter(
+        w for a in fx.CORNELL_AUTHORS for t in fx.cornell_docs()[a][0] for w in t.lower().split()
+    )
+    assert d.vocab[0] == counts.most_common(1)[0][0]
+    expected = expected_cornell(d.vocab)
+    assert len(expected) == 24  # 4 authors x (1 + 1 + 3 + 1) chunks
+    assert d.num_examples("train") == int(24 * 0.8) and d.num_examples("test") == 24 - 19
+    got = []
+    for split in ("train", "test"):
+        assert d.inputs[split].shape[1] == 200 and d.inputs[split].dtype == np.int32
+        ratings = d.denormalize(d.targets[split])
+        got += [
+            (int(o), tuple(x.tolist()), round(float(r), 4))
+            for o, x, r in zip(d.doc_ids[split], d.inputs[split], ratings, strict=True)
+        ]
+    assert sorted(got) == sorted((o, x, round(r, 4)) for o, x, r in expected)
+    assert abs(d.targets["train"].mean()) < 1e-5 and abs(d.targets["train"].std() - 1) < 1e-4
+    # fixed seed: same split twice, another seed differs
+    again = load_cornell(tmp_path)
+    np.testing.assert_array_equal(again.inputs["test"], d.inputs["test"])
+    other = load_cornell(tmp_path, seed=1)
+    assert not np.array_equal(other.doc_ids["test"], d.doc_ids["test"])
+
+
+def test_cornell_vocab_limit_maps_to_oov(tmp_path):
+    fx.write_cornell(tmp_path)
+    d = load_cornell(tmp_path, vocab_size=5)
+    assert len(d.vocab) == 5 and d.num_ids == 8
+    x = d.inputs["train"]
+    assert x.max() == 7 and (x == OOV).any() and not (x == START).any()
+
+
+def test_cornell_by_document(tmp_path):
+    fx.write_cornell(tmp_path)
+    d = load_cornell(tmp_path, split="by_document")
+    train, test = set(d.doc_ids["train"].tolist()), set(d.doc_ids["test"].tolist())
+    assert not train & test and len(train | test) == 16 and len(train) == int(16 * 0.8)
+    assert d.num_examples("train") + d.num_examples("test") == 24
+    it = d.batches("train", 4, seed=0, **ONE)
+    b = it.get_batch(0, 0)
+    assert b["inputs"].shape == (4, 200) and b["targets"].dtype == np.float32
+
+
+def test_cornell_errors(tmp_path):
+    fx.write_cornell(tmp_path)
+    rating = tmp_path / "cornell_scale_v1.0/scaledata/Scott+Renshaw/rating.Scott+Renshaw"
+    rating.write_text("0.5\n")
+    with pytest.raises(DataError, match="has 1 ratings for 4 reviews"):
+        load_cornell(tmp_path)
+    rating.unlink()
+    with pytest.raises(DataError, match="rating.Scott\\+Renshaw is missing"):
+        load_cornell(tmp_path)
+
+
+def test_tokenize():
+    assert tokenize("A great film.<br /><br />Great acting!") == [
+        "a",
+        "great",
+        "film",
+        "great",
+        "acting",
+    ]
+    assert tokenize("Bad. Just bad_movie (really).") == ["bad", "just", "bad", "movie", "really"]
+    assert tokenize("Caf\u00e9 42") == ["caf\u00e9", "42"]
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_imdb(tmp_path, monkeypatch, archive):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    fx.write_imdb(data, archive=archive)
+    before = sorted(p.name for p in data.rglob("*"))
+    d = load_imdb(data, vocab_size=6, max_len=8)
+    np.testing.assert_array_equal(d.targets["train"], [0, 0, 1, 1])  # neg 0,1 then pos 0,1
+    np.testing.assert_array_equal(d.targets["test"], [0, 0, 1])
+    train = sorted(
+        (c == "pos", i, t) for (s, c, i, _), t in fx.IMDB_REVIEWS.items() if s == "train"
+    )  # the loader's order: ties go to the first seen
+    counts = collections.Counter(w for *_, t in train for w in tokenize(t))
+    assert d.vocab == tuple(w for w, _ in counts.most_common(6))
+    w2i = {w: i + 3 for i, w in enumerate(d.vocab)}
+    text = fx.IMDB_REVIEWS[("train", "pos", 0, 9)]
+    ids = [START] + [w2i.get(t, OOV) for t in tokenize(text)]
+    np.testing.assert_array_equal(d.inputs["train"][2], ids[-8:])  # keeps the last 8
+    short = [START] + [w2i.get(t, OOV) for t in tokenize(fx.IMDB_REVIEWS[("test", "pos", 0, 10)])]
+    np.testing.assert_array_equal(d.inputs["test"][2], [PAD] * (8 - len(short)) + short)
+    assert sorted(p.name for p in data.rglob("*")) == before  # data dir never written
+    cached = list((tmp_path / "cache" / "rnnreg_jax" / "imdb").glob("*.npz"))
+    assert len(cached) == (1 if archive else 0)
+    again = load_imdb(data, vocab_size=6, max_len=8)
+    np.testing.assert_array_equal(again.inputs["train"], d.inputs["train"])
+    assert again.vocab == d.vocab
+    b = d.batches("train", 2, seed=0, **ONE).get_batch(0, 0)
+    assert set(b) == {"inputs", "labels"} and b["inputs"].shape == (2, 8)
+
+
+def test_imdb_archive_and_folder_agree(tmp_path):
+    fx.write_imdb(tmp_path / "a", archive=True)
+    fx.write_imdb(tmp_path / "b", archive=False)
+    a = load_imdb(tmp_path / "a", cache=False)
+    b = load_imdb(tmp_path / "b", cache=False)
+    for s in ("train", "test"):
+        np.testing.assert_array_equal(a.inputs[s], b.inputs[s])
+
+
+def test_imdb_errors(tmp_path):
+    with pytest.raises(DataError, match="IMDB folder .* is missing"):
+        load_imdb(tmp_path, cache=False)
+    (tmp_path / "imdb").mkdir()
+    with pytest.raises(DataError, match="aclImdb_labeled.tar.xz is missing"):
+        load_imdb(tmp_path, cache=False)
+    archive = fx.write_imdb(tmp_path)
+    archive.write_bytes(archive.read_bytes()[:100])
+    with pytest.raises(DataError, match="is truncated or corrupt"):
+        load_imdb(tmp_path, cache=False)
+
+
+def test_tfds_missing_is_clear(tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import tensorflow_datasets  # noqa: F401
+
+        pytest.skip("tensorflow_datasets is installed")
+    except ImportError:
+        pass
+    with pytest.raises(DataError, match="needs tensorflow_datasets"):
+        load_imdb(tmp_path, source="tfds")
+
+
+@pytest.mark.parametrize("add_start", [True, False])
+def test_encode_padded_matches_reference(add_start):
+    from rnnreg_jax.data.imdb import encode_padded
+    from rnnreg_jax.data.sentiment import encode, pad_left
+
+    rng = np.random.RandomState(0)
+    words = [f"w{i}" for i in range(30)]
+    docs = [list(rng.choice(words, n)) for n in (0, 1, 5, 9, 10, 11, 40)]
+    w2i = {w: i + 3 for i, w in enumerate(words[:20])}
+    ref = pad_left([([START] if add_start else []) + encode(d, w2i) for d in docs], 10)
+    np.testing.assert_array_equal(encode_padded(docs, w2i, 10, add_start), ref)
