@@ -32,6 +32,7 @@ def _regs():
 
     return {
         "ours_none": rj.NONE,
+        "ours_none_autodiff": rj.NONE,
         "ours_zaremba": rj.zaremba(0.5),
         "ours_variational": rj.variational(input=0.35, recurrent=0.2, output=0.35,
                                            embedding=0.2, per_gate=True),
@@ -41,7 +42,7 @@ def _regs():
     }
 
 
-CONTENDERS = ("ours_none", "ours_zaremba", "ours_variational", "ours_variational_shared",
+CONTENDERS = ("ours_none", "ours_none_autodiff", "ours_zaremba", "ours_variational", "ours_variational_shared",
               "ours_zoneout", "flax", "torch_lstm", "torch_cell_variational")
 
 
@@ -73,7 +74,8 @@ def _data(spec: dict, seed: int = 0):
 
 def build(contender: str, spec: dict) -> Callable[[], None]:
     if contender.startswith("ours"):
-        return _jax_step(spec, _regs()[contender], flax_peer=False)
+        impl = "autodiff" if contender.endswith("_autodiff") else "fused"
+        return _jax_step(spec, _regs()[contender], flax_peer=False, implementation=impl)
     if contender == "flax":
         return _jax_step(spec, None, flax_peer=True)
     if contender == "torch_lstm":
@@ -83,7 +85,8 @@ def build(contender: str, spec: dict) -> Callable[[], None]:
     raise ValueError(f"Unknown contender {contender!r}; choose from {CONTENDERS}.")
 
 
-def _jax_step(spec: dict, reg, flax_peer: bool) -> Callable[[], None]:
+def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "fused"
+              ) -> Callable[[], None]:
     lm = spec["kind"] == "lm"
     sizes = (spec["hidden"],) * spec["layers"]
     if flax_peer:
@@ -91,10 +94,10 @@ def _jax_step(spec: dict, reg, flax_peer: bool) -> Callable[[], None]:
                          spec["vocab"] if lm else spec["classes"])
     elif lm:
         model = LanguageModel(vocab_size=spec["vocab"], hidden_sizes=sizes, reg=reg,
-                              init_scale=0.05)
+                              init_scale=0.05, implementation=implementation)
     else:
         model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes, reg=reg,
-                              init_scale=0.05)
+                              init_scale=0.05, implementation=implementation)
     x, y = (jnp.asarray(a) for a in _data(spec))
     params = model.init(jax.random.key(0), x)["params"]
     tx = optax.sgd(0.1)

@@ -24,6 +24,7 @@ transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -101,8 +102,10 @@ def init_params(
     if cell == "gru":
         shapes["b_h"] = (width,)
     keys = jax.random.split(key, len(shapes))
+    # Drawn flat and reshaped: XLA on CPU compiles multi-dimensional threefry
+    # draws many times slower, and the values are the same.
     return {
-        name: jax.random.uniform(k, shape, dtype, -scale, scale)
+        name: jax.random.uniform(k, (math.prod(shape),), dtype, -scale, scale).reshape(shape)
         for k, (name, shape) in zip(keys, sorted(shapes.items()))
     }
 
@@ -171,7 +174,8 @@ def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:
     """`d * previous + (1 - d) * new`; `d = None` means no mixing."""
     if keep_coef is None:
         return new
-    return new + keep_coef * (previous - new)
+    # Written as a convex combination so d = 1 keeps `previous` bit for bit.
+    return keep_coef * previous + (1.0 - keep_coef) * new
 
 
 def _maybe_scale(mask: Any, value: Array) -> Array:
@@ -194,8 +198,15 @@ def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = Step
     Returns:
       `(carry, h_t)`.
     """
+    rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+    return lstm_update(params, carry, xw_t, rec_t, noise)
+
+
+def lstm_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
+    """The elementwise rest of `lstm_step`, given `rec_t = (h_{t-1} * m_h) W_h`."""
+    del params
     h_prev, c_prev = carry["h"], carry["c"]
-    z = xw_t + recurrent_projection(h_prev, params["w_h"], noise.recurrent)
+    z = xw_t + rec_t
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
     g = _maybe_scale(noise.update, jnp.tanh(zg))
@@ -227,8 +238,14 @@ def gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepN
       h_t = d_h h_{t-1} + (1 - d_h) h~, then stochastic depth likewise.
     """
     _reject_lstm_only(noise, "gru")
+    rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+    return gru_update(params, carry, xw_t, rec_t, noise)
+
+
+def gru_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
+    """The elementwise rest of `gru_step`, given `rec_t = (h_{t-1} * m_h) W_h`."""
     h_prev = carry["h"]
-    a = recurrent_projection(h_prev, params["w_h"], noise.recurrent) + params["b_h"]
+    a = rec_t + params["b_h"]
     xr, xz, xn = jnp.split(xw_t, 3, axis=-1)
     ar, az, an = jnp.split(a, 3, axis=-1)
     r, z = jax.nn.sigmoid(xr + ar), jax.nn.sigmoid(xz + az)
@@ -241,8 +258,15 @@ def gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepN
 def rnn_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
     """One tanh-RNN step: `h~ = tanh(xw_t + (h_{t-1} * m_h) W_h) * m_u`, then zoneout/depth."""
     _reject_lstm_only(noise, "rnn")
+    rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+    return rnn_update(params, carry, xw_t, rec_t, noise)
+
+
+def rnn_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
+    """The elementwise rest of `rnn_step`, given `rec_t = (h_{t-1} * m_h) W_h`."""
+    del params
     h_prev = carry["h"]
-    h_new = jnp.tanh(xw_t + recurrent_projection(h_prev, params["w_h"], noise.recurrent))
+    h_new = jnp.tanh(xw_t + rec_t)
     h_new = _maybe_scale(noise.update, h_new)
     h_t = _mix(noise.depth, h_prev, _mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
@@ -255,9 +279,16 @@ def _reject_lstm_only(noise: StepNoise, cell: str) -> None:
 
 
 STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step}
+UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update}
 
 
 def get_step(cell: str):
     """The step function of a cell type."""
     check_cell_type(cell)
     return STEPS[cell]
+
+
+def get_update(cell: str):
+    """The elementwise update of a cell type: `(params, carry, xw_t, rec_t, noise)`."""
+    check_cell_type(cell)
+    return UPDATES[cell]

@@ -42,6 +42,7 @@ class LanguageModel(nn.Module):
       tie_embeddings: use the embedding matrix as the softmax weights
         (needs last hidden size == embed size).
       unroll: `lax.scan` unroll factor.
+      implementation: "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
     """
 
     vocab_size: int
@@ -52,6 +53,7 @@ class LanguageModel(nn.Module):
     init_scale: float | None = 0.1
     tie_embeddings: bool = False
     unroll: int = 1
+    implementation: str = "fused"
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True):
@@ -76,7 +78,8 @@ class LanguageModel(nn.Module):
         if mask is not None:
             x = x * mask
         y, carry = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
-                              unroll=self.unroll, name="rnn")(x, carry, deterministic)
+                              unroll=self.unroll, implementation=self.implementation,
+                              name="rnn")(x, carry, deterministic)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
@@ -113,6 +116,7 @@ class SequenceModel(nn.Module):
     reg: Regularization = NONE
     init_scale: float | None = None
     unroll: int = 1
+    implementation: str = "fused"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True):
@@ -129,5 +133,6 @@ class SequenceModel(nn.Module):
             if mask is not None:
                 x = x * mask
         y, _ = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
-                          unroll=self.unroll, name="rnn")(x, None, deterministic)
+                          unroll=self.unroll, implementation=self.implementation,
+                          name="rnn")(x, None, deterministic)
         return nn.Dense(self.num_outputs, name="head")(y[:, -1])

@@ -37,6 +37,7 @@ class StackedRNN(nn.Module):
         1/sqrt(H) (PyTorch's default).
       time_major: whether inputs and outputs are `[T, B, F]`.
       unroll: `lax.scan` unroll factor.
+      implementation: "fused" (hoisted `dW_h` backward pass) or "autodiff".
     """
 
     hidden_sizes: Sequence[int] | int
@@ -45,6 +46,7 @@ class StackedRNN(nn.Module):
     init_scale: float | None = None
     time_major: bool = False
     unroll: int = 1
+    implementation: str = "fused"
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -72,12 +74,12 @@ class StackedRNN(nn.Module):
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
         key = None
-        if not deterministic and self.reg.has_noise:
+        if not deterministic and self.reg.has_recurrent_noise:
             key = self.make_rng("dropout")
         outputs, carry, hiddens = rnn.unroll(
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
-            return_hiddens=True)
+            return_hiddens=True, implementation=self.implementation)
         if self.reg.norm_stabilizer > 0 and not deterministic:
             time_axis = 0 if self.time_major else 1
             penalty = sum(norm_stabilizer_penalty(h, self.reg.norm_stabilizer, time_axis)

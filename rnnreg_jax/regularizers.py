@@ -24,11 +24,12 @@ Catalog (LSTM notation of DESIGN.md; rates are drop probabilities):
 | `stochastic_depth(p)` | Krueger's baseline   | the layer keeps (h, c) of t-1 w.p. p             |
 | `weight_noise(s)`     | Krueger's baseline   | W_h + s N(0, 1), one draw per minibatch          |
 | `norm_stabilizer(b)`  | Krueger & Memisevic  | loss + b mean_t (|h_t| - |h_{t-1}|)^2            |
-| weight decay          | Gal & Ghahramani 2016| L2 in the optimizer: `rnnreg_jax.train`          |
+| weight decay          | Gal & Ghahramani 2016| L2 in the optimizer (`optax.add_decayed_weights`)|
 
 In deterministic mode every noise is replaced by its expectation: dropout is
 the identity (inverted scaling), zoneout and depth coefficients become their
-rates.
+rates. `docs/REGULARIZERS.md` has the full table (papers, formulas, train vs
+eval behaviour).
 """
 
 from __future__ import annotations
@@ -44,13 +45,25 @@ DROPOUT_SITES = ("input", "recurrent", "cell", "output", "update")
 
 
 def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
-    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients)."""
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients).
+
+    Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
+    and stochastic-depth probabilities may be 1 (the state never changes).
+    NaN is rejected.
+    """
     rate = float(rate)
     ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
     if not ok:
         interval = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
     return rate
+
+
+def check_tie(tie: str, name: str = "tie") -> str:
+    """`tie` must be "sequence" (one mask per window) or "step" (fresh each step)."""
+    if tie not in TIES:
+        raise ValueError(f"{name} must be one of {TIES}, got {tie!r}.")
+    return tie
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +83,7 @@ class MaskSpec:
 
     def __post_init__(self):
         check_rate(self.rate, "Dropout")
-        if self.tie not in TIES:
-            raise ValueError(f"tie must be one of {TIES}, got {self.tie!r}.")
+        check_tie(self.tie)
 
     @property
     def active(self) -> bool:
@@ -89,7 +101,8 @@ class Regularization:
       output: dropout on the last layer's output (before the softmax).
       update: Semeniuta recurrent dropout on the cell update g.
       output_zoneout: with `update`, where the update was dropped the output
-        gate keeps its previous value: o_t = d o_{t-1} + (1 - d) o_t, d = 1 - keep.
+        gate keeps its previous value: o_t <- (1 - m) o_{t-1} + m o_t with m
+        the update's {0, 1} keep mask; p o_{t-1} + (1 - p) o_t in evaluation.
       embedding: probability of dropping a word type for the whole window.
       zoneout_cells, zoneout_hiddens: zoneout probabilities z_c, z_h.
       zoneout_shared: one mask for cells and hiddens (drawn at rate z_c).
@@ -119,8 +132,7 @@ class Regularization:
         check_rate(self.zoneout_cells, "Zoneout (cells)", allow_one=True)
         check_rate(self.zoneout_hiddens, "Zoneout (hiddens)", allow_one=True)
         check_rate(self.stochastic_depth, "Stochastic depth", allow_one=True)
-        if self.zoneout_tie not in TIES:
-            raise ValueError(f"zoneout_tie must be one of {TIES}, got {self.zoneout_tie!r}.")
+        check_tie(self.zoneout_tie, "zoneout_tie")
         if self.weight_noise < 0 or self.norm_stabilizer < 0:
             raise ValueError("weight_noise and norm_stabilizer must be non-negative.")
         if self.output_zoneout and self.update is None:
@@ -144,6 +156,11 @@ class Regularization:
                                             self.weight_noise))
 
     @property
+    def has_recurrent_noise(self) -> bool:
+        """Whether the recurrent stack itself (all but the embedding) draws noise."""
+        return dataclasses.replace(self, embedding=0.0).has_noise
+
+    @property
     def needs_output_gate(self) -> bool:
         return self.output_zoneout and self.update is not None and self.update.active
 
@@ -163,7 +180,12 @@ NONE = Regularization()
 
 
 def compose(*regs: Regularization) -> Regularization:
-    """Merge specs; a field set (non-default) in two specs must agree."""
+    """Merge specs field by field, like `optax.chain` for regularizers.
+
+    A field left at its default in a spec is "not set"; a field set in two
+    specs must have the same value there, else `ValueError`. `a + b` is
+    `compose(a, b)`.
+    """
     merged: dict[str, Any] = {}
     for reg in regs:
         for field in dataclasses.fields(Regularization):
@@ -182,15 +204,27 @@ def _mask(rate: float, tie: str, per_gate: bool = False) -> MaskSpec | None:
 
 
 def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -> Regularization:
-    """Dropout on one named site (`input`, `recurrent`, `cell`, `output`, `update`)."""
+    """Inverted dropout on one named site: `v * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)`.
+
+    Sites: `input` (x_t of every layer), `recurrent` (h_{t-1} into W_h),
+    `cell` (c~, LSTM only), `output` (last layer's h_t), `update` (g, the
+    Semeniuta site). `tie="step"` draws a fresh mask every step,
+    `tie="sequence"` one per window; evaluation is the identity.
+    """
     if site not in DROPOUT_SITES:
         raise ValueError(f"Unknown dropout site {site!r}; expected one of {DROPOUT_SITES}.")
     check_rate(rate, f"Dropout ({site})")
+    check_tie(tie)
     return Regularization(**{site: _mask(rate, tie, per_gate)})
 
 
 def zaremba(rate: float) -> Regularization:
-    """Zaremba et al. 2014: dropout on non-recurrent connections, per step."""
+    """Zaremba et al. 2014: dropout on non-recurrent connections, per step.
+
+    Every layer input (embedding output, between layers) and the last output
+    get `v * m_t / (1 - rate)` with a fresh `m_t ~ Bernoulli(1 - rate)` at each
+    step; h_{t-1} -> W_h is never dropped.
+    """
     check_rate(rate, "Zaremba dropout")
     return Regularization(input=_mask(rate, "step"), output=_mask(rate, "step"))
 
@@ -201,10 +235,14 @@ def variational(
 ) -> Regularization:
     """Gal & Ghahramani 2016: masks tied per sequence on inputs, h_{t-1}, outputs.
 
+    `z_t = (x_t * m_x) W_x + (h_{t-1} * m_h) W_h + b` with `m ~ Bernoulli(1 - p)
+    / (1 - p)` drawn once per window and example; `output` masks the last
+    layer's h_t, `cell` masks c~ (rnnDrop), `embedding` drops word types.
     `per_gate=True` draws a separate mask for each gate's copy of x and h
     (Gal's code and Keras); otherwise one mask is shared by all gates.
     `tie="step"` gives the naive-dropout baseline (see `naive_dropout`).
     """
+    check_tie(tie)
     for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
                        ("cell", cell)):
         check_rate(rate, f"Variational dropout ({name})")
@@ -219,13 +257,23 @@ def naive_dropout(**kwargs) -> Regularization:
 
 
 def embedding_dropout(rate: float) -> Regularization:
-    """Gal & Ghahramani 2016: drop whole word types for the window."""
+    """Gal & Ghahramani 2016: drop whole word types for the window.
+
+    `e(w_t) * m[b, w_t] / (1 - rate)` with `m[b, v] ~ Bernoulli(1 - rate)` per
+    sequence b and vocabulary id v: every occurrence of a word shares its mask.
+    """
     return Regularization(embedding=rate)
 
 
 def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
             tie: str = "step") -> Regularization:
-    """Krueger et al. 2016: units keep their previous value with probability z."""
+    """Krueger et al. 2016: units keep their previous value with probability z.
+
+    `c_t = d_c c_{t-1} + (1 - d_c) c~`, `h_t = d_h h_{t-1} + (1 - d_h) h~`,
+    `d ~ Bernoulli(z)` per unit, example and step (`tie="step"`, the paper) or
+    per window (`tie="sequence"`); evaluation uses `d = z`. `cells` needs an
+    LSTM; `shared=True` uses the cell mask for the hiddens too.
+    """
     if shared and cells != hiddens:
         raise ValueError("A shared zoneout mask needs cells == hiddens.")
     return Regularization(zoneout_cells=cells, zoneout_hiddens=hiddens,
@@ -234,36 +282,61 @@ def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
 
 def recurrent_dropout(rate: float, tie: str = "step",
                       output_zoneout: bool = False) -> Regularization:
-    """Semeniuta et al. 2016: dropout on the cell update, c = f c + i drop(g)."""
+    """Semeniuta et al. 2016: dropout on the cell update, c = f c + i drop(g).
+
+    `drop(g) = g * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)` (GRU: the
+    candidate n, tanh RNN: the new state); evaluation is the identity.
+    `output_zoneout=True` (LSTM only, Krueger et al.) also freezes the output
+    gate where the update was dropped: `o_t <- (1 - m) o_{t-1} + m o_t`, at
+    evaluation `p o_{t-1} + (1 - p) o_t`.
+    """
     check_rate(rate, "Recurrent dropout")
+    check_tie(tie)
     return Regularization(update=_mask(rate, tie), output_zoneout=output_zoneout and rate > 0)
 
 
 def stochastic_depth(rate: float) -> Regularization:
-    """A layer keeps its whole state (h, c) for an example at a step w.p. `rate`."""
+    """A layer keeps its whole state (h, c) for an example at a step w.p. `rate`.
+
+    `(h_t, c_t) = d (h_{t-1}, c_{t-1}) + (1 - d) (h_t, c_t)`, `d ~ Bernoulli(rate)`
+    of shape `[B, 1]` per step; evaluation uses `d = rate`.
+    """
     return Regularization(stochastic_depth=rate)
 
 
 def weight_noise(std: float) -> Regularization:
-    """Gaussian noise of std `std` on W_h, sampled once per minibatch."""
+    """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, once per minibatch (per
+    `unroll` call) and layer; evaluation uses `W_h`."""
     return Regularization(weight_noise=std)
 
 
 def norm_stabilizer(beta: float) -> Regularization:
-    """Krueger & Memisevic 2016: penalty beta mean_t (|h_t| - |h_{t-1}|)^2."""
+    """Krueger & Memisevic 2016: penalty beta mean_t (|h_t| - |h_{t-1}|)^2.
+
+    A loss term, not noise: `StackedRNN` sows `norm_stabilizer_penalty` of each
+    layer's hiddens into the `penalties` collection in training only.
+    """
     return Regularization(norm_stabilizer=beta)
 
 
 def norm_stabilizer_penalty(hiddens: jax.Array, beta: float, time_axis: int = 1) -> jax.Array:
     """`beta * mean_{b,t} (||h_t|| - ||h_{t-1}||)^2` over the window.
 
-    Differences are taken inside the window (t = 1 .. T-1), so a state reset
-    to zero at the window start is not penalised.
+    Differences are taken inside the window (t = 1 .. T-1, so T-1 terms per
+    example), so a state reset to zero at the window start is not penalised.
+    The norm's gradient at h_t = 0 (a zero state kept by zoneout or stochastic
+    depth) is taken as 0 instead of `jnp.linalg.norm`'s NaN.
 
     Args:
       hiddens: hidden states `[B, T, H]` (or time-major with `time_axis=0`).
       beta: penalty weight.
+      time_axis: the time axis of `hiddens`.
+
+    Returns:
+      A scalar.
     """
-    norms = jnp.linalg.norm(hiddens, axis=-1)
+    squares = jnp.sum(jnp.square(hiddens), axis=-1)
+    nonzero = squares > 0
+    norms = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
     diffs = jnp.diff(norms, axis=time_axis)
     return beta * jnp.mean(jnp.square(diffs))

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, noise
+from rnnreg_jax import cells, fused, noise
 from rnnreg_jax.regularizers import NONE, Regularization
 
 Array = jax.Array
@@ -32,6 +32,7 @@ def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
 def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
+    implementation: str = "fused",
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
@@ -42,12 +43,21 @@ def scan_layer(
       carry: initial state, dict of `[B, H]`.
       layer_noise: the layer's masks (see `noise.layer_noise`).
       unroll: `lax.scan` unroll factor.
+      implementation: "fused" (hand-written backward pass with `dW_h` hoisted
+        out of the loop, `rnnreg_jax.fused`) or "autodiff" (plain scan of the
+        step function; supports forward-mode differentiation).
 
     Returns:
       `(ys [T, B, H], final carry)`.
     """
     step = cells.get_step(cell)
     xw = cells.project_inputs(params, xs, layer_noise.input, layer_noise.input_per_gate)
+    if implementation == "fused":
+        return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
+                                unroll)
+    if implementation != "autodiff":
+        raise ValueError(f"Unknown implementation {implementation!r}; use 'fused' or "
+                         "'autodiff'.")
 
     def body(c, inputs):
         xw_t, noise_t = inputs
@@ -85,6 +95,7 @@ def unroll(
     time_major: bool = False,
     unroll: int = 1,
     return_hiddens: bool = False,
+    implementation: str = "fused",
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
@@ -104,6 +115,7 @@ def unroll(
       time_major: layout of `inputs` and outputs.
       unroll: `lax.scan` unroll factor.
       return_hiddens: also return each layer's (undropped) outputs.
+      implementation: "fused" or "autodiff", see `scan_layer`.
 
     Returns:
       `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
@@ -120,7 +132,7 @@ def unroll(
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
-    if not deterministic and key is None and reg.has_noise:
+    if not deterministic and key is None and reg.has_recurrent_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
     new_carries, hiddens = [], []
@@ -131,7 +143,7 @@ def unroll(
         ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
                                deterministic, x.dtype)
         p = dict(p, w_h=noise.weight_noise(reg, key, index, p["w_h"], deterministic))
-        x, c = scan_layer(cell, p, x, c, ln, unroll)
+        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation)
         new_carries.append(c)
         hiddens.append(x)
     mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic, x.dtype)

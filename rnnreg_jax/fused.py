@@ -1,0 +1,129 @@
+"""The recurrence with a hand-written backward pass that hoists `dW_h` out of the scan.
+
+Autodiff of `lax.scan` accumulates `dW_h += (h_{t-1} * m_t)^T dz_t` inside
+the backward loop: one small rank-B update per step, far below the matmul
+ceiling when B is 20. Here the backward scan only propagates the state
+cotangents (`dz_t W_h^T`, the one matmul a step cannot avoid) and the
+elementwise part of each step is re-derived with `jax.vjp` of the cell's
+update function; `dW_h` is then one large `[H, T*B] @ [T*B, G*H]` matmul
+after the loop. Every regularizer is supported unchanged, because the
+noise only enters the elementwise update and the masked `h_{t-1}`.
+
+Forward-mode differentiation (jvp) is not defined for this function; use
+`implementation="autodiff"` in `rnn.unroll` where it is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import cells
+
+Array = jax.Array
+
+
+def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
+    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step)))
+
+
+def _extra_params(cell: str, params: cells.Params) -> dict:
+    """Parameters the elementwise update reads (the GRU's recurrent bias)."""
+    return {"b_h": params["b_h"]} if cell == "gru" else {}
+
+
+def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
+               tied: cells.StepNoise, per_step: cells.StepNoise, unroll: int = 1):
+    """Scan a layer's steps over projected inputs `xw: [T, B, G*H]`.
+
+    Same results as scanning `cells.get_step(cell)`; gradients computed by
+    the hoisted backward pass described in the module docstring.
+
+    Returns:
+      `(ys [T, B, H], final carry)`.
+    """
+    tied = jax.tree.map(jnp.asarray, tied)  # eval-mode scalars become arrays
+    return _recurrence(cell, unroll, params["w_h"], _extra_params(cell, params), xw, carry,
+                       tied, per_step)
+
+
+def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
+    update = cells.get_update(cell)
+
+    def body(c, inputs):
+        xw_t, noise_t = inputs
+        noise = _merge(tied, noise_t)
+        rec_t = cells.recurrent_projection(c["h"], w_h, noise.recurrent)
+        new_c, y_t = update(extra, c, xw_t, rec_t, noise)
+        return new_c, ((y_t, c, rec_t) if save else y_t)
+
+    return jax.lax.scan(body, carry, (xw, per_step), unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(cell, unroll, w_h, extra, xw, carry, tied, per_step):
+    final, ys = _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save=False)
+    return ys, final
+
+
+def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
+    final, (ys, prev_carries, recs) = _forward_scan(cell, unroll, w_h, extra, xw, carry, tied,
+                                                    per_step, save=True)
+    return (ys, final), (w_h, extra, xw, tied, per_step, prev_carries, recs)
+
+
+def _project_transpose(d_rec: Array, w_h: Array, mask) -> Array:
+    """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`."""
+    if mask is None:
+        return d_rec @ w_h.T
+    if mask.ndim == 2:
+        return (d_rec @ w_h.T) * mask
+    num_gates = mask.shape[0]
+    d = d_rec.reshape(d_rec.shape[0], num_gates, -1)  # [B, G, H]
+    w = w_h.reshape(w_h.shape[0], num_gates, -1)  # [H, G, H]
+    return jnp.sum(jnp.einsum("bgk,hgk->gbh", d, w) * mask, axis=0)
+
+
+def _weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
+    """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows."""
+    mask = tied_mask if tied_mask is not None else step_mask
+    steps, batch, hidden = h_prev.shape
+    per_gate = mask is not None and (
+        (tied_mask is not None and mask.ndim == 3) or (step_mask is not None and mask.ndim == 4))
+    if not per_gate:
+        hm = h_prev if mask is None else h_prev * mask
+        return hm.reshape(-1, hidden).T @ d_recs.reshape(steps * batch, -1)
+    num_gates = mask.shape[0] if tied_mask is not None else mask.shape[1]
+    hm = h_prev[:, None] * (mask[None] if tied_mask is not None else mask)  # [T, G, B, H]
+    d = d_recs.reshape(steps, batch, num_gates, -1)  # [T, B, G, H]
+    return jnp.einsum("tgbh,tbgk->hgk", hm, d).reshape(hidden, -1)
+
+
+def _recurrence_bwd(cell, unroll, residuals, cotangents):
+    w_h, extra, xw, tied, per_step, prev_carries, recs = residuals
+    ct_ys, ct_final = cotangents
+    update = cells.get_update(cell)
+
+    def body(acc, inputs):
+        ct_carry, ct_extra = acc
+        xw_t, noise_t, c_prev, rec_t, ct_y = inputs
+        noise = _merge(tied, noise_t)
+        _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
+                         rec_t)
+        d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
+        d_c = dict(d_c, h=d_c["h"] + _project_transpose(d_rec, w_h, noise.recurrent))
+        ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
+        return (d_c, ct_extra), (d_xw, d_rec)
+
+    zeros_extra = jax.tree.map(jnp.zeros_like, extra)
+    (d_carry0, d_extra), (d_xw, d_recs) = jax.lax.scan(
+        body, (ct_final, zeros_extra), (xw, per_step, prev_carries, recs, ct_ys),
+        reverse=True, unroll=unroll)
+    d_w_h = _weight_grad(prev_carries["h"], d_recs, tied.recurrent, per_step.recurrent)
+    zeros = functools.partial(jax.tree.map, jnp.zeros_like)
+    return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step)
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -1,0 +1,74 @@
+"""The fused recurrence (hoisted dW_h backward pass) equals plain scan autodiff."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnreg_jax as rj
+from rnnreg_jax import cells, rnn
+
+REGS = {
+    "none": lambda cell: rj.NONE,
+    "zaremba": lambda cell: rj.zaremba(0.3),
+    "variational_per_gate": lambda cell: rj.variational(0.3, 0.2, 0.4, per_gate=True),
+    "variational_shared": lambda cell: rj.variational(0.3, 0.2, 0.4),
+    "naive_per_gate": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3, per_gate=True),
+    "naive_shared": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3),
+    "zoneout": lambda cell: rj.zoneout(0.3 if cell == "lstm" else 0.0, 0.2),
+    "recurrent_dropout": lambda cell: rj.recurrent_dropout(0.3, output_zoneout=cell == "lstm"),
+    "stochastic_depth": lambda cell: rj.stochastic_depth(0.2),
+    "weight_noise": lambda cell: rj.weight_noise(0.1),
+    "cell_dropout": lambda cell: rj.variational(cell=0.3) if cell == "lstm" else rj.NONE,
+}
+
+
+def _loss(cell, reg, deterministic, implementation):
+    key = jax.random.key(3)
+
+    def loss(params, x, carry):
+        ys, carry = rnn.unroll(cell, params, x, carry, reg=reg, key=key,
+                               deterministic=deterministic, implementation=implementation)
+        state = sum(jnp.sum(v**3) for c in carry for v in c.values())
+        return jnp.sum(jnp.sin(ys)) + state
+
+    return loss
+
+
+# The default suite checks one composition that touches every site per cell
+# (training and evaluation); the whole matrix runs with -m slow.
+DEFAULT_CASES = [("lstm", "all", False), ("lstm", "all", True), ("gru", "all", False),
+                 ("rnn", "all", False), ("lstm", "variational_shared", False)]
+SLOW_CASES = [pytest.param(c, r, d, marks=pytest.mark.slow)
+              for c in ("lstm", "gru", "rnn") for r in sorted(REGS) for d in (False, True)]
+
+
+def _all_sites(cell):
+    reg = (rj.variational(0.3, 0.2, 0.4, per_gate=True) + rj.recurrent_dropout(0.3)
+           + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.2) + rj.stochastic_depth(0.1)
+           + rj.weight_noise(0.05))
+    return reg
+
+
+REGS["all"] = _all_sites
+
+
+@pytest.mark.parametrize("cell,reg_name,deterministic", DEFAULT_CASES + SLOW_CASES)
+def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
+    reg = REGS[reg_name](cell)
+    params = [cells.init_params(jax.random.key(i), cell, 5 if i == 0 else 6, 6) for i in range(2)]
+    x = jax.random.normal(jax.random.key(9), (3, 7, 5))
+    carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, 3, reg))
+    grads, values = {}, {}
+    for impl in ("fused", "autodiff"):
+        f = jax.jit(jax.value_and_grad(_loss(cell, reg, deterministic, impl), argnums=(0, 1, 2)))
+        values[impl], grads[impl] = f(params, x, carry)
+    np.testing.assert_allclose(values["fused"], values["autodiff"], rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["autodiff"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_implementation_is_rejected():
+    params = cells.init_params(jax.random.key(0), "lstm", 2, 3)
+    with pytest.raises(ValueError, match="implementation"):
+        rnn.unroll("lstm", params, jnp.ones((1, 2, 2)), implementation="magic")
