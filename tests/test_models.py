@@ -1,0 +1,120 @@
+"""Tests of the task models `LanguageModel` and `SequenceModel`."""
+
+from __future__ import annotations
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from rnnreg_jax import rnn
+from rnnreg_jax.models import LanguageModel, SequenceModel
+from rnnreg_jax.regularizers import embedding_dropout, norm_stabilizer, variational, zoneout
+
+B, T, V = 2, 5, 11
+
+
+def token_ids(steps: int = T, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, V, (B, steps)).astype(np.int32)
+
+
+def close(a, b) -> None:
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+
+
+def test_language_model_is_embed_unroll_dense() -> None:
+    """Logits `[B, T, V]` equal embedding lookup -> `rnn.unroll` -> dense, carry included."""
+    reg = zoneout(cells=0.2, hiddens=0.1)
+    model = LanguageModel(V, (6, 4), embed_size=3, reg=reg, init_scale=0.1)
+    ids = token_ids()
+    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    p = variables["params"]
+    assert set(p) == {"embed", "rnn", "softmax"}
+    assert p["embed"]["embedding"].shape == (V, 3)
+    assert p["softmax"]["kernel"].shape == (4, V)
+    assert max(float(np.abs(v).max()) for v in jax.tree.leaves(p)) <= 0.1
+
+    @jax.jit
+    def run(variables, ids):
+        logits, carry = model.apply(variables, ids)
+        layers = [p["rnn"]["layer_0"], p["rnn"]["layer_1"]]
+        ys, ref_carry = rnn.unroll("lstm", layers, p["embed"]["embedding"][ids], reg=reg)
+        ref = ys @ p["softmax"]["kernel"] + p["softmax"]["bias"]
+        ys1, mid = model.apply(variables, ids[:, :2])
+        ys2, carry2 = model.apply(variables, ids[:, 2:], mid)
+        return (logits, carry), (ref, ref_carry), (ys1, ys2, carry2)
+
+    (logits, carry), expected, (ys1, ys2, carry2) = run(variables, ids)
+    assert logits.shape == (B, T, V) and len(carry) == 2
+    close((logits, carry), expected)
+    close(np.concatenate([ys1, ys2], axis=1), logits)  # the carry continues the stream
+    close(carry2, carry)
+
+
+def test_language_model_training_mode() -> None:
+    """Dropout needs the `dropout` rng; same rng same logits; penalties are sown."""
+    reg = variational(input=0.3, output=0.3) + embedding_dropout(0.2) + norm_stabilizer(1.0)
+    model = LanguageModel(V, (4,), reg=reg)
+    ids = token_ids()
+    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+        model.apply(variables, ids, deterministic=False)
+
+    @jax.jit
+    def run(variables, keys):
+        def train(key):
+            (logits, _), state = model.apply(variables, ids, deterministic=False,
+                                             rngs={"dropout": key}, mutable=["penalties"])
+            return logits, state["penalties"]
+
+        return jax.vmap(train)(keys), model.apply(variables, ids)[0]
+
+    ((a, b, c), penalties), evaluated = run(
+        variables, jax.random.split(jax.random.key(1), 3)[np.array([0, 0, 1])])
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert np.all(penalties["rnn"]["norm_stabilizer"][0] > 0)
+    assert not np.allclose(a, evaluated)
+
+
+def test_tied_embeddings() -> None:
+    """Tied softmax uses the embedding matrix; mismatched sizes are a clear error."""
+    model = LanguageModel(V, (4,), tie_embeddings=True)
+    ids = token_ids()
+    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    assert "softmax" not in variables["params"]
+    assert variables["params"]["softmax_bias"].shape == (V,)
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        bad = LanguageModel(V, (4, 5), tie_embeddings=True)
+        jax.eval_shape(bad.init, jax.random.key(0), ids)  # traced only: fast
+
+
+def test_sequence_model_float_inputs() -> None:
+    """`[B, T, F]` floats -> `[B, C]`: a dense head on the last output of the stack."""
+    model = SequenceModel(num_outputs=3, hidden_sizes=(4,), cell="gru")
+    x = np.random.default_rng(1).standard_normal((B, T, 2)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    p = variables["params"]
+    assert set(p) == {"rnn", "head"}
+
+    @jax.jit
+    def run(variables):
+        ys, _ = rnn.unroll("gru", p["rnn"]["layer_0"], x)
+        return model.apply(variables, x), ys[:, -1] @ p["head"]["kernel"] + p["head"]["bias"]
+
+    out, expected = run(variables)
+    assert out.shape == (B, 3)
+    close(out, expected)
+
+
+def test_sequence_model_token_inputs() -> None:
+    """Token ids are embedded; regression head `[B, 1]`; training mode needs the rng."""
+    model = SequenceModel(num_outputs=1, hidden_sizes=(4, 3), vocab_size=V, embed_size=5,
+                          reg=variational(input=0.2, output=0.2, embedding=0.2))
+    ids = token_ids()
+    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    assert variables["params"]["embed"]["embedding"].shape == (V, 5)
+    out = jax.jit(model.apply)(variables, ids)
+    assert out.shape == (B, 1) and np.all(np.isfinite(out))
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+        model.apply(variables, ids, deterministic=False)

@@ -1,0 +1,159 @@
+"""Tests of the Flax wrappers `StackedRNN` and `RecurrentLayer`."""
+
+from __future__ import annotations
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from rnnreg_jax import cells, rnn
+from rnnreg_jax.nn import RecurrentLayer, StackedRNN
+from rnnreg_jax.regularizers import (
+    NONE,
+    Regularization,
+    norm_stabilizer,
+    stochastic_depth,
+    variational,
+    zoneout,
+)
+
+B, T, F = 2, 6, 5
+SIZES = (4, 3)
+
+
+def inputs(steps: int = T, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((B, steps, F)).astype(np.float32)
+
+
+def eval_reg(cell: str) -> Regularization:
+    """Deterministic mode of zoneout/depth is not the identity: a real check."""
+    reg = zoneout(cells=0.3, hiddens=0.2) if cell == "lstm" else zoneout(hiddens=0.2)
+    return reg + stochastic_depth(0.1)
+
+
+def init(module, x: np.ndarray) -> dict:
+    return jax.jit(module.init)(jax.random.key(0), x)
+
+
+def close(a, b) -> None:
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stacked_rnn_params_are_what_unroll_takes(cell: str) -> None:
+    """Param tree `layer_i: {w_x, w_h, b(, b_h)}`; apply == `rnn.unroll` on those dicts."""
+    reg = eval_reg(cell)
+    module = StackedRNN(SIZES, cell=cell, reg=reg, init_scale=0.3)
+    x = inputs()
+
+    @jax.jit  # init, apply and the pure reference in one compile
+    def run(key, x):
+        variables = module.init(key, x)
+        params = variables["params"]
+        layers = [params["layer_0"], params["layer_1"]]
+        expected = rnn.unroll(cell, layers, x, reg=reg, deterministic=True)
+        return variables, module.apply(variables, x), expected
+
+    variables, (ys, carry), expected = run(jax.random.key(0), x)
+    params = variables["params"]
+    assert set(variables) == {"params"} and set(params) == {"layer_0", "layer_1"}
+    gates = cells.NUM_GATES[cell]
+    assert params["layer_0"]["w_x"].shape == (F, gates * SIZES[0])
+    assert params["layer_1"]["w_h"].shape == (SIZES[1], gates * SIZES[1])
+    assert ("b_h" in params["layer_1"]) == (cell == "gru")
+    assert max(float(np.abs(v).max()) for v in jax.tree.leaves(params)) <= 0.3
+    assert ys.shape == (B, T, SIZES[-1])
+    assert [c["h"].shape for c in carry] == [(B, h) for h in SIZES]
+    close((ys, carry), expected)
+
+
+def test_carry_continues_the_sequence() -> None:
+    """Two windows with the carry passed back equal one long window."""
+    module = StackedRNN(SIZES, reg=eval_reg("lstm"))
+    x = inputs()
+    variables = init(module, x)
+
+    @jax.jit  # one compile for every call of this test
+    def run(variables, x):
+        ys, carry = module.apply(variables, x)
+        ys1, mid = module.apply(variables, x[:, :3])
+        ys2, carry2 = module.apply(variables, x[:, 3:], mid)
+        reset = module.apply(variables, x[:, 3:], module.initial_carry(B))[0]
+        return ys, carry, (ys1, ys2), carry2, reset
+
+    ys, carry, (ys1, ys2), carry2, reset = run(variables, x)
+    close(np.concatenate([ys1, ys2], axis=1), ys)
+    close(carry2, carry)
+    assert not np.allclose(reset, ys2, atol=1e-4)
+
+
+def test_training_mode_needs_a_dropout_rng() -> None:
+    """`deterministic=False` with noise and no `dropout` rng raises; with one, it samples."""
+    module = StackedRNN(SIZES, reg=variational(input=0.3, recurrent=0.3))
+    x = inputs()
+    variables = init(module, x)
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+        module.apply(variables, x, deterministic=False)
+
+    @jax.jit
+    def run(variables, keys):
+        train = jax.vmap(lambda key: module.apply(variables, x, deterministic=False,
+                                                  rngs={"dropout": key})[0])
+        return train(keys), module.apply(variables, x)[0]
+
+    keys = jax.random.split(jax.random.key(1), 3)[np.array([0, 0, 1])]  # two equal keys
+    (a, b, c), evaluated = run(variables, keys)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert not np.allclose(a, evaluated)
+
+
+def test_norm_stabilizer_sows_a_positive_penalty() -> None:
+    """Training mode sows `penalties/norm_stabilizer` > 0 (no rng needed); eval sows none."""
+    module = StackedRNN(SIZES, reg=norm_stabilizer(50.0))
+    x = inputs()
+    variables = init(module, x)
+
+    @jax.jit
+    def run(variables):
+        train = module.apply(variables, x, deterministic=False, mutable=["penalties"])
+        return train, module.apply(variables, x, mutable=["penalties"])
+
+    ((ys, _), state), ((ys_eval, _), state_eval) = run(variables)
+    (penalty,) = state["penalties"]["norm_stabilizer"]
+    assert penalty.shape == () and float(penalty) > 0
+    np.testing.assert_allclose(ys, ys_eval, rtol=1e-6)
+    assert not state_eval.get("penalties")
+
+
+def test_recurrent_layer_single_carry_and_time_major() -> None:
+    """One layer, one dict carry; `time_major=True` transposes; params under `stack`."""
+    module = RecurrentLayer(4, cell="gru")
+    tm = RecurrentLayer(4, cell="gru", time_major=True)
+    x = inputs()
+    variables = init(module, x)
+    layer = variables["params"]["stack"]["layer_0"]
+
+    @jax.jit
+    def run(variables, x):
+        ys1, mid = module.apply(variables, x[:, :2])
+        halves = (ys1, module.apply(variables, x[:, 2:], mid)[0])
+        time_major = tm.apply(variables, x.swapaxes(0, 1))
+        return module.apply(variables, x), rnn.unroll("gru", layer, x), halves, time_major
+
+    (ys, carry), expected, (ys1, ys2), (ys_tm, carry_tm) = run(variables, x)
+    assert ys.shape == (B, T, 4) and isinstance(carry, dict) and set(carry) == {"h"}
+    close((ys, carry), expected)
+    close(np.concatenate([ys1, ys2], axis=1), ys)
+    close((np.swapaxes(ys_tm, 0, 1), carry_tm), (ys, carry))
+
+
+def test_int_hidden_size_and_cell_checks() -> None:
+    """An int `hidden_sizes` is one layer; LSTM-only regularizers on a GRU raise."""
+    module = StackedRNN(3, cell="rnn", reg=NONE)
+    variables = init(module, inputs())
+    assert set(variables["params"]) == {"layer_0"}
+    assert [c["h"].shape for c in module.initial_carry(B)] == [(B, 3)]
+    with pytest.raises(ValueError, match="needs an LSTM cell state"):
+        StackedRNN(3, cell="gru", reg=zoneout(cells=0.2)).init(jax.random.key(0), inputs())

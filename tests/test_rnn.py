@@ -1,0 +1,193 @@
+"""Tests of `rnnreg_jax.rnn.unroll`: jit/grad, carried state, layouts, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnreg_jax import cells, rnn
+from rnnreg_jax.regularizers import (
+    NONE,
+    Regularization,
+    recurrent_dropout,
+    stochastic_depth,
+    variational,
+    zoneout,
+)
+
+B, T, F, H = 3, 6, 5, 4
+ALL_CELLS = ("lstm", "gru", "rnn")
+
+
+# Test data comes from numpy: every eager JAX op compiles a tiny program, which
+# dominates the run time of small tests on a 2-core machine.
+
+
+def make_params(cell: str, num_layers: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Layers of widths H, H + 1, ... with weights uniform in [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    sizes = [F] + [H + k for k in range(num_layers)]  # distinct widths per layer
+    gates = cells.NUM_GATES[cell]
+    layers = []
+    for k in range(num_layers):
+        width = gates * sizes[k + 1]
+        shapes = {"w_x": (sizes[k], width), "w_h": (sizes[k + 1], width), "b": (width,)}
+        if cell == "gru":
+            shapes["b_h"] = (width,)
+        layers.append({name: rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+                       for name, shape in shapes.items()})
+    return layers
+
+
+def inputs(time_major: bool = False, steps: int = T, seed: int = 1) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((B, steps, F)).astype(np.float32)
+    return np.swapaxes(x, 0, 1) if time_major else x
+
+
+unroll = jax.jit(rnn.unroll, static_argnums=0, static_argnames=(
+    "reg", "deterministic", "time_major", "unroll", "return_hiddens"))
+
+
+def eval_reg(cell: str) -> Regularization:
+    """A regularizer whose deterministic mode is not the identity (zoneout + depth)."""
+    reg = zoneout(cells=0.3, hiddens=0.2) if cell == "lstm" else zoneout(hiddens=0.2)
+    return reg + stochastic_depth(0.1)
+
+
+def assert_tree_close(a, b, atol: float = 1e-6) -> None:
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol), a, b)
+
+
+# Every cell meets all four (layers, layout) pairs, and each of the
+# unregularized / eval-mode-regularized settings meets both layer counts and
+# both layouts: a covering table, half the compiles of the full product.
+ROUND_TRIP_CASES = [
+    (cell, num_layers, time_major, regularized)
+    for cell in ALL_CELLS
+    for num_layers, time_major, regularized in [
+        (1, False, False), (2, True, False), (1, True, True), (2, False, True)]
+]
+
+
+@pytest.mark.parametrize("cell,num_layers,time_major,regularized", ROUND_TRIP_CASES)
+def test_carry_round_trip(cell: str, num_layers: int, time_major: bool,
+                          regularized: bool) -> None:
+    """Unrolling T steps equals unrolling T1 then T2 steps from the carried state."""
+    reg = eval_reg(cell) if regularized else NONE
+    params = make_params(cell, num_layers)
+    axis = 0 if time_major else 1
+    first, second = np.split(inputs(time_major), [T // 2], axis=axis)
+
+    @jax.jit  # one compile per case: the whole window, both halves, a reset second half
+    def run(first, second):
+        run = lambda x, c: rnn.unroll(cell, params, x, c, reg=reg, time_major=time_major)
+        carry0 = rnn.initial_carry(cell, params, B, reg)
+        ys, final = run(jnp.concatenate([first, second], axis=axis), carry0)
+        ys1, mid = run(first, carry0)
+        ys2, final2 = run(second, mid)
+        return ys, final, jnp.concatenate([ys1, ys2], axis=axis), final2, run(second, carry0)[0]
+
+    ys, final, ys_halves, final2, ys_reset = run(first, second)
+    width = H + num_layers - 1
+    assert ys.shape == ((T, B, width) if time_major else (B, T, width))
+    assert_tree_close(ys_halves, ys)
+    assert_tree_close(final2, final)
+    # The carry matters: restarting the second half from zeros gives other outputs.
+    assert not np.allclose(ys_reset, np.split(ys, [T // 2], axis=axis)[1], atol=1e-4)
+
+
+def test_carry_round_trip_output_zoneout_in_eval() -> None:
+    """The LSTM's previous output gate travels in the carry (output zoneout)."""
+    reg = recurrent_dropout(0.3, output_zoneout=True)
+    params = make_params("lstm", 2)
+    run = jax.jit(lambda x, c: rnn.unroll("lstm", params, x, c, reg=reg))
+    carry0 = rnn.initial_carry("lstm", params, B, reg)
+    assert all(set(c) == {"h", "c", "o"} for c in carry0)
+    x = inputs()
+    ys, final = run(x, carry0)
+    ys1, mid = run(x[:, :3], carry0)
+    ys2, final2 = run(x[:, 3:], mid)
+    assert_tree_close(np.concatenate([ys1, ys2], axis=1), ys)
+    assert_tree_close(final2, final)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_jit_and_grad(cell: str) -> None:
+    """`unroll` under jit and grad: the gradient reaches every weight and the input."""
+    params = make_params(cell, 2 if cell == "lstm" else 1)
+    x = inputs()
+    reg = variational(input=0.2, recurrent=0.2, output=0.2)
+    key = jax.random.key(7)
+
+    def loss(params, x):
+        ys, carry = rnn.unroll(cell, params, x, reg=reg, key=key, deterministic=False)
+        return jnp.sum(ys**2) + sum(jnp.sum(c["h"]) for c in carry)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    value, (g_params, g_x) = value_and_grad(params, x)
+    assert np.isfinite(value)
+    for g in jax.tree.leaves(g_params) + [g_x]:
+        assert np.all(np.isfinite(g)) and np.any(g != 0)
+    # A central finite difference agrees with the gradient along one direction.
+    direction = jax.tree.map(lambda p: np.sign(p) * 1e-3, params)
+    plus, _ = value_and_grad(jax.tree.map(np.add, params, direction), x)
+    minus, _ = value_and_grad(jax.tree.map(np.subtract, params, direction), x)
+    analytic = 2 * sum(float(np.vdot(g, d)) for g, d in
+                       zip(jax.tree.leaves(g_params), jax.tree.leaves(direction), strict=True))
+    np.testing.assert_allclose(float(plus - minus), analytic, rtol=2e-2)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_stack_equals_layer_by_layer(cell: str) -> None:
+    """A stack is the layers run in sequence; one dict in, one dict carry out."""
+    params = make_params(cell, 2)
+    x = inputs()
+    ys, carry, hiddens = unroll(cell, params, x, return_hiddens=True)
+    y0, c0 = unroll(cell, params[0], x)
+    y1, c1 = unroll(cell, params[1], y0)
+    assert isinstance(c0, dict) and isinstance(carry, list) and len(carry) == 2
+    assert_tree_close([y0, y1], hiddens)
+    assert_tree_close(y1, ys)
+    assert_tree_close([c0, c1], carry)
+
+
+def test_time_major_is_a_transpose() -> None:
+    """`time_major=True` transposes inputs and outputs; eager equals jit."""
+    params = make_params("lstm", 2)
+    x = inputs()
+    ys, carry = rnn.unroll("lstm", params, x)  # eager
+    assert_tree_close(unroll("lstm", params, x), (ys, carry))
+    ys_tm, carry_tm = unroll("lstm", params, np.swapaxes(x, 0, 1), time_major=True)
+    assert_tree_close(np.swapaxes(ys_tm, 0, 1), ys)
+    assert_tree_close(carry_tm, carry)
+
+
+def test_keys_and_modes() -> None:
+    """Same key same output; another key differs; eval dropout is the identity."""
+    params = make_params("lstm", 2)
+    x = inputs()
+    reg = variational(input=0.3, recurrent=0.3, output=0.3)
+    run = lambda key: unroll("lstm", params, x, reg=reg, key=key, deterministic=False)[0]
+    a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    plain, _ = unroll("lstm", params, x)
+    assert not np.allclose(a, plain)
+    evaluated, _ = unroll("lstm", params, x, reg=reg, deterministic=True)
+    assert_tree_close(evaluated, plain)
+
+
+def test_errors() -> None:
+    """Missing key in training, carry/layer mismatch, unknown cell, LSTM-only sites."""
+    params = make_params("gru", 2)
+    x = inputs()
+    with pytest.raises(ValueError, match="PRNG key is required"):
+        rnn.unroll("gru", params, x, reg=zoneout(hiddens=0.1), deterministic=False)
+    with pytest.raises(ValueError, match="1 carries for 2 layers"):
+        rnn.unroll("gru", params, x, [cells.init_carry("gru", B, H)])
+    with pytest.raises(ValueError, match="Unknown cell type"):
+        rnn.unroll("lstm2", params, x)
+    with pytest.raises(ValueError, match="needs an LSTM cell state"):
+        rnn.unroll("gru", params, x, reg=zoneout(cells=0.1))
