@@ -21,12 +21,16 @@ from experiments.configs.common import regularization
 
 def _start_distributed(config) -> None:
     """Multi-host: connect the processes before anything reads data or devices."""
+    from rnnreg_jax.train.mesh import maybe_initialize_distributed
+
     flags = cli.FLAGS
-    if config.train.get("distributed", False) or flags.coordinator_address:
-        # On Cloud TPU every argument is auto-detected; elsewhere pass all three.
+    if flags.coordinator_address:
+        # Explicit cluster (local multi-process runs); on Cloud TPU the engine's
+        # `distributed` flag auto-detects everything instead.
         jax.distributed.initialize(coordinator_address=flags.coordinator_address,
                                    num_processes=flags.num_processes,
                                    process_id=flags.process_id)
+    maybe_initialize_distributed(bool(config.train.get("distributed", False)))
 
 
 def run(task_name: str, config) -> dict:

@@ -65,9 +65,8 @@ def _language_model(config, reg, data_dir) -> Task:
         vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
         embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
         tie_embeddings=m.tie_embeddings, unroll=m.unroll)
-    metric = "perplexity" if d.dataset == "ptb_word" else "bpc"
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
-                metric=metric)
+                test_protocol=carry)
 
 
 def _pmnist(config, reg, data_dir) -> Task:

@@ -69,9 +69,8 @@ def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
 
 
 # Fields the experiments add to the engine's config: `carry_state` decides how
-# the task is built (LM state carried between windows), `early_stop_patience`
-# is the stopping rule of presets trained "until validation stops improving".
-EXTRA_TRAIN_FIELDS = {"carry_state": False, "early_stop_patience": 0}
+# the task is built (LM state carried between windows and the batch-1 test protocol).
+EXTRA_TRAIN_FIELDS = {"carry_state": False}
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:

@@ -1,0 +1,79 @@
+"""Checkpoints with orbax: `workdir/checkpoints` (the last N) and `workdir/best`.
+
+Saves are synchronous (exact resume is simpler to reason about) and atomic:
+orbax writes into a temporary directory and renames it when complete, so a
+process killed mid-write leaves no step directory that `all_steps()` lists.
+Restore takes the newest step that actually restores, falling back to older
+ones with a warning if the newest is unreadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class Checkpointer:
+    """The run's two checkpoint managers (latest N and best)."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.latest = _manager(os.path.join(workdir, "checkpoints"), max(1, keep))
+        self.best = _manager(os.path.join(workdir, "best"), 1)
+
+    def save(self, state, step: int) -> None:
+        """Save `state` as `step` (no-op if that step is already saved)."""
+        if step in self.latest.all_steps():
+            return
+        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.latest.wait_until_finished()
+
+    def save_best(self, state, step: int) -> None:
+        if step in self.best.all_steps():
+            return
+        self.best.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.best.wait_until_finished()
+
+    def restore_latest(self, target):
+        """Newest restorable state shaped like `target` (arrays or abstract), or None."""
+        return restore_newest(self.latest, target)
+
+    def restore_best(self, target):
+        return restore_newest(self.best, target)
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def abstract(state):
+    """ShapeDtypeStructs with shardings: the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def restore_newest(manager: ocp.CheckpointManager, target):
+    """Restore the newest step that restores; None if there is none."""
+    manager.reload()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract(target)))
+        except Exception as err:  # noqa: BLE001 - an unreadable step: try an older one
+            logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one.",
+                            step, manager.directory, err)
+    return None
+
+
+def restore_state(directory: str, target):
+    """Restore the newest checkpoint under `directory` into the shape of `target`
+    (e.g. `workdir/checkpoints` or `workdir/best`), for notebooks."""
+    with _manager(directory, None) as manager:
+        return restore_newest(manager, target)

@@ -1,0 +1,64 @@
+"""The training configuration: every field with its default and meaning."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """Defaults for `train_and_evaluate`; experiment presets override fields."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0                    # PRNG seed: parameter init, dropout keys, MC keys.
+    c.num_epochs = 1              # passes over the training source.
+    c.max_steps = 0               # stop after this many optimizer steps in all (0 = no cap).
+    # Optimizer: clip_by_global_norm -> add_decayed_weights -> update rule.
+    c.optimizer = "sgd"           # "sgd" | "momentum" | "adam" | "rmsprop".
+    c.learning_rate = 1.0         # initial learning rate (Zaremba: 1 on the summed loss).
+    c.momentum = 0.9              # "momentum" only.
+    c.rmsprop_decay = 0.9         # "rmsprop" only: decay of the squared-gradient average
+                                  # (0.5 in the zoneout preset).
+    c.clip_norm = 5.0             # clip gradients to this global norm (0 = off).
+    c.weight_decay = 0.0          # L2: weight_decay * param added to the gradient (after
+                                  # clipping, before the lr scaling), as in Gal's code.
+    # Epoch-level learning-rate rules, applied after each epoch's validation.
+    c.lr_schedule = "constant"    # "constant" | "zaremba" | "plateau".
+    c.decay_after = 4             # zaremba: if epoch (1-based) > decay_after: lr /= decay_factor.
+    c.decay_factor = 2.0          # zaremba divisor.
+    c.plateau_factor = 1.5        # plateau: lr /= plateau_factor after an epoch whose
+                                  # validation metric did not improve (zoneout paper).
+    c.early_stop_patience = 0     # stop after this many epochs in a row without validation
+                                  # improvement (0 = never; the zoneout presets' rule).
+    # Loss.
+    c.loss_sum_over_time = False  # LM: cross entropy summed over the T steps of a window and
+                                  # averaged over the batch (Zaremba's scale); else averaged
+                                  # over all tokens. Logged loss/ppl are always per token.
+    # Evaluation.
+    c.eval_batch_size = 0         # read by task builders when they build eval sources
+                                  # (0 = same as training); the engine evaluates the
+                                  # batches the sources yield.
+    c.mc_samples = 0              # K for MC dropout evaluation at the end (0 = off).
+    c.mc_chunk = 0                # MC samples per forward pass (0 = all K at once); halves
+                                  # automatically on out-of-memory.
+    c.mc_splits = ("test",)       # eval splits that also get MC evaluation at the end.
+    # Checkpoints (workdir/checkpoints and workdir/best).
+    c.checkpoint_every_steps = 0  # also save every N steps (0 = only at epoch ends).
+    c.keep_checkpoints = 3        # latest checkpoints kept; the best is kept apart.
+    # Logs (workdir/metrics.jsonl, workdir/tb, console).
+    c.log_every_steps = 100       # training-metrics event + NaN check every N steps.
+    c.tensorboard = True          # write TensorBoard event files in workdir/tb.
+    # Runtime.
+    c.distributed = False         # call jax.distributed.initialize() (multi-host runs).
+    c.stop_on_nan = True          # raise NonFiniteLossError on a NaN/inf training loss.
+    return c
+
+
+def with_defaults(config) -> ml_collections.ConfigDict:
+    """`config` on top of the defaults (missing fields take default values)."""
+    merged = default_train_config()
+    for key, value in (config.items() if config is not None else []):
+        if key in merged:
+            merged[key] = value
+        else:
+            with merged.unlocked():
+                merged[key] = value
+    return merged

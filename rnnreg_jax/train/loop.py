@@ -1,0 +1,259 @@
+"""`train_and_evaluate`: the epoch loop, resume, LR rules, logs, final evaluation."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnreg_jax.train import checkpoint as ckpt_lib
+from rnnreg_jax.train import losses, optim, steps
+from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train.config import with_defaults
+from rnnreg_jax.train.logging import MetricsLogger, progress_line
+from rnnreg_jax.train.task import Task
+
+MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _epoch_end_update(state, lr, best, bad_epochs, epoch):
+    state = state.replace(epoch=jnp.asarray(epoch, jnp.int32),
+                          batch_in_epoch=jnp.zeros((), jnp.int32),
+                          best_metric=jnp.asarray(best, jnp.float32),
+                          bad_epochs=jnp.asarray(bad_epochs, jnp.int32))
+    hyper = dict(state.opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+class _Run:
+    """The mutable bookkeeping of one `train_and_evaluate` call."""
+
+    def __init__(self, task: Task, config, workdir: str):
+        self.task, self.config, self.workdir = task, config, workdir
+        self.mesh = mesh_lib.make_mesh()
+        self.tx = optim.make_optimizer(config)
+        sample = next(iter(task.train.iterate(0)))
+        global_b = sample["inputs"].shape[0] * jax.process_count()
+        if global_b % self.mesh.devices.size:
+            raise ValueError(f"The global training batch ({global_b}) must divide over the "
+                             f"{self.mesh.devices.size} devices of the data mesh.")
+        self.window = int(np.prod(sample["inputs"].shape[:2])) if task.kind == "lm" else None
+        state = steps.init_state(task, config, self.mesh, self.tx, sample)
+        self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+        restored = self.ckpt.restore_latest(state)
+        self.resumed = restored is not None
+        self.state = restored if restored is not None else state
+        self.shardings = steps.state_shardings(self.state, self.mesh)
+        self.train_step = steps.make_train_step(task, config, self.tx, self.mesh, self.shardings)
+        self.evaluator = steps.Evaluator(task, self.mesh, config.mc_chunk)
+        self.zero_carry = jax.jit(lambda c: jax.tree.map(jnp.zeros_like, c),
+                                  out_shardings=self.shardings.carry, donate_argnums=0)
+        self.epoch_end = jax.jit(_epoch_end_update, out_shardings=self.shardings,
+                                 donate_argnums=0)
+        self.logger = MetricsLogger(workdir, tensorboard=config.tensorboard)
+        self.step = int(self.state.step)
+        self.epoch = int(self.state.epoch)
+        self.pos = int(self.state.batch_in_epoch)
+        self.lr = float(self.state.learning_rate)
+        self.best = float(self.state.best_metric)
+        self.bad_epochs = int(self.state.bad_epochs)
+        self.pending: list = []
+        self.last_saved = self.step if self.resumed else None
+        self.last_train: dict = {}
+        spe = task.train.steps_per_epoch
+        self.total_steps = config.num_epochs * spe
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.t_last, self.step_last = time.time(), self.step
+
+    # -- training metrics, NaN check -------------------------------------------------------
+    def flush(self) -> None:
+        """Fetch pending step metrics, raise on a non-finite loss, log an event."""
+        if not self.pending:
+            return
+        fetched = jax.device_get(self.pending)
+        first_step = self.step - len(fetched) + 1
+        for i, m in enumerate(fetched):
+            value = float(m["objective"])
+            if not math.isfinite(value):
+                self.pending = []
+                self._non_finite(value, first_step + i)
+                return
+        self.pending = []
+        totals = {k: sum(float(m[k]) for m in fetched) for k in ("loss_sum", "count", "errors")}
+        metrics = losses.summarize(self.task.kind, totals, self.task.target_scale)
+        if self.task.kind == "classification" or self.task.kind == "regression":
+            metrics.pop("accuracy", None)
+        metrics["objective"] = sum(float(m["objective"]) for m in fetched) / len(fetched)
+        metrics["penalty"] = sum(float(m["penalty"]) for m in fetched) / len(fetched)
+        metrics["grad_norm"] = sum(float(m["grad_norm"]) for m in fetched) / len(fetched)
+        metrics["lr"] = self.lr
+        now = time.time()
+        dt = max(now - self.t_last, 1e-9)
+        unit = "tokens" if self.task.kind == "lm" else "examples"
+        rate = totals["count"] / dt
+        steps_per_s = (self.step - self.step_last) / dt
+        metrics[f"{unit}_per_sec"] = rate
+        metrics["steps_per_sec"] = steps_per_s
+        self.t_last, self.step_last = now, self.step
+        self.last_train = metrics
+        self.logger.write("train", self.step, self.epoch, metrics)
+        eta = (self.total_steps - self.step) / steps_per_s if steps_per_s > 0 else math.inf
+        self.logger.console(progress_line(self.epoch, self.step, self.total_steps, metrics,
+                                          rate, unit, eta))
+
+    def _non_finite(self, value: float, step: int) -> None:
+        where = (f"the last good checkpoint (step {self.last_saved}) is kept in "
+                 f"{os.path.join(self.workdir, 'checkpoints')}" if self.last_saved is not None
+                 else "no checkpoint had been saved yet")
+        message = (f"The training loss became {value} at step {step} (epoch {self.epoch + 1}); "
+                   f"the run stopped and {where}.")
+        self.logger.write("train", step, self.epoch, {"objective": value, "error_message": message})
+        if self.config.stop_on_nan:
+            raise NonFiniteLossError(message)
+        self.logger.console("WARNING: " + message)
+        self.skip_saves = True
+
+    skip_saves = False
+
+    def save(self) -> None:
+        self.flush()  # never save a non-finite state
+        if self.skip_saves:
+            return
+        self.ckpt.save(self.state, self.step)
+        self.last_saved = self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, task = self.config, self.task
+        spe = task.train.steps_per_epoch
+        carry_state = task.kind == "lm" and task.carry_state
+        while self.epoch < cfg.num_epochs:
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                return
+            if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
+                self.logger.console(f"Stopping early: {self.bad_epochs} epochs without "
+                                    "validation improvement.")
+                return
+            if self.pos == 0 and carry_state:
+                self.state = self.state.replace(carry=self.zero_carry(self.state.carry))
+            if self.pos < spe:
+                for batch in task.train.iterate(self.epoch, self.pos):
+                    g = mesh_lib.global_batch(self.mesh, batch)
+                    self.state, metrics = self.train_step(self.state, g)
+                    self.step += 1
+                    self.pos += 1
+                    self.pending.append(metrics)
+                    if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
+                        self.flush()
+                    if (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
+                            and self.pos < spe):
+                        self.save()
+                    if cfg.max_steps and self.step >= cfg.max_steps:
+                        break
+                    if self.pos >= spe:
+                        break
+            self.flush()
+            if self.pos < spe:  # stopped by max_steps mid-epoch
+                self.save()
+                return
+            self.end_epoch()
+
+    def end_epoch(self) -> None:
+        cfg, task = self.config, self.task
+        split = task.validation_split
+        improved = False
+        if split is not None:
+            metrics = self.evaluator.evaluate(self.state.params, task.evals[split])
+            value = metrics[losses.task_metric(task.kind)]
+            improved = optim.improved(value, self.best)
+            metrics["lr"] = self.lr
+            self.logger.write(split, self.step, self.epoch, dict(metrics, phase="epoch_end"))
+            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            self.logger.console(f"epoch {self.epoch + 1} {split}: {shown}")
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if split is not None or cfg.lr_schedule != "plateau":  # plateau needs a validation
+            self.lr = optim.next_learning_rate(cfg, self.epoch + 1, self.lr, improved)
+        self.epoch += 1
+        self.pos = 0
+        self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)
+        self.save()
+        if improved and not self.skip_saves:
+            self.ckpt.save_best(self.state, self.step)
+
+    def final_eval(self) -> dict:
+        cfg, task = self.config, self.task
+        params = self.state.params
+        out: dict = {"step": self.step, "epoch": self.epoch}
+        out.update({f"train/{k}": v for k, v in self.last_train.items()})
+        mc_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MC_KEY_SALT)
+        for index, (name, source) in enumerate(task.evals.items()):
+            protocol = task.test_protocol is True and name == "test"
+            carry = True if protocol else None
+            metrics = self.evaluator.evaluate(params, source, carry_state=carry)
+            self._record(out, name, metrics)
+            if cfg.mc_samples and (name in cfg.mc_splits or protocol):
+                mc = self.evaluator.evaluate_mc(params, source, cfg.mc_samples,
+                                                jax.random.fold_in(mc_key, index),
+                                                carry_state=carry)
+                self._record(out, f"{name}_mc", mc)
+        if callable(task.test_protocol):
+            extra = task.test_protocol(params, self.evaluator)
+            self.logger.write("test_protocol", self.step, self.epoch, extra)
+            out.update(extra)
+        return out
+
+    def _record(self, out, split, metrics):
+        self.logger.write(split, self.step, self.epoch, dict(metrics, phase="final"))
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        self.logger.console(f"final {split}: {shown}")
+        out.update({f"{split}/{k}": v for k, v in metrics.items()})
+
+    def close(self) -> None:
+        self.logger.close()
+        self.ckpt.close()
+
+
+def train_and_evaluate(task: Task, config, workdir: str) -> dict:
+    """Train `task` under `config`, checkpointing in `workdir`; resume if possible.
+
+    Args:
+      task: what to train (`rnnreg_jax.train.Task`).
+      config: an `ml_collections.ConfigDict`; missing fields take the values of
+        `default_train_config()`.
+      workdir: holds `checkpoints/`, `best/`, `metrics.jsonl` and `tb/`. A
+        workdir with a checkpoint is resumed from its newest readable one.
+
+    Returns:
+      Final metrics: `"<split>/<metric>"` for every eval split (deterministic),
+      `"<split>_mc/<metric>"` for MC evaluation, the last `"train/..."` log
+      values, `"step"` and `"epoch"`.
+
+    Raises:
+      NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
+    """
+    config = with_defaults(config)
+    mesh_lib.maybe_initialize_distributed(config.distributed)
+    os.makedirs(workdir, exist_ok=True)
+    run = _Run(task, config, workdir)
+    try:
+        if run.resumed:
+            run.logger.write("resume", run.step, run.epoch, {"batch_in_epoch": run.pos})
+            run.logger.console(f"Resumed from step {run.step} (epoch {run.epoch + 1}, "
+                               f"batch {run.pos}) in {workdir}.")
+        run.train()
+        return run.final_eval()
+    finally:
+        run.close()

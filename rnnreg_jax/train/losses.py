@@ -1,0 +1,149 @@
+"""Losses and metrics.
+
+Steps return *sums* (`loss_sum`, `count`, `errors`), so metrics aggregated
+over many batches and devices are exact; `summarize` turns them into the
+reported numbers. The logged loss is always per token (LM) or per example:
+
+    lm:             loss = mean NLL per token, ppl = exp(loss), bpc = loss / ln 2
+    classification: loss = mean cross entropy, error = misclassified fraction
+    regression:     loss = MSE (normalized targets), rmse = sqrt(MSE) * target_scale
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def _weights(batch: dict, shape) -> Array:
+    w = batch.get("weights")
+    return jnp.ones(shape, jnp.float32) if w is None else w.astype(jnp.float32)
+
+
+def token_nll(logits: Array, targets: Array) -> Array:
+    """NLL of integer targets: logits `[..., V]`, targets `[...]` -> `[...]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: bool = False):
+    """The differentiated loss (without penalties) and the metric sums.
+
+    Args:
+      kind: "lm", "classification" or "regression".
+      outputs: logits `[B, T, V]` (lm), `[B, C]` (classification) or
+        predictions `[B, 1]` / `[B]` (regression).
+      batch: the batch dict (`targets` or `labels`, optional `weights`).
+      sum_over_time: LM: sum the NLL over the T steps of the window and average
+        over the batch (Zaremba's scale) instead of averaging over all tokens.
+
+    Returns:
+      `(objective, {"loss_sum", "count", "errors"})`.
+    """
+    if kind == "lm":
+        targets = batch["targets"]
+        w = _weights(batch, targets.shape)
+        nll = token_nll(outputs, targets) * w
+        loss_sum = jnp.sum(nll)
+        count = jnp.sum(w)
+        if sum_over_time:
+            objective = loss_sum / targets.shape[0]
+        else:
+            objective = loss_sum / jnp.maximum(count, 1.0)
+        errors = jnp.sum((jnp.argmax(outputs, -1) != targets) * w)
+    elif kind == "classification":
+        labels = batch["labels"]
+        w = _weights(batch, labels.shape)
+        nll = token_nll(outputs, labels) * w
+        loss_sum, count = jnp.sum(nll), jnp.sum(w)
+        objective = loss_sum / jnp.maximum(count, 1.0)
+        errors = jnp.sum((jnp.argmax(outputs, -1) != labels) * w)
+    elif kind == "regression":
+        preds = outputs.reshape(outputs.shape[0]).astype(jnp.float32)
+        targets = batch["targets"].astype(jnp.float32)
+        w = _weights(batch, targets.shape)
+        loss_sum, count = jnp.sum(jnp.square(preds - targets) * w), jnp.sum(w)
+        objective = loss_sum / jnp.maximum(count, 1.0)
+        errors = jnp.zeros((), jnp.float32)
+    else:
+        raise ValueError(f"Unknown task kind {kind!r}.")
+    return objective, {"loss_sum": loss_sum, "count": count, "errors": errors.astype(jnp.float32)}
+
+
+def mc_summary(kind: str, outputs: Array, batch: dict) -> Array:
+    """Sufficient statistic of K stacked MC samples, additive over chunks.
+
+    Args:
+      outputs: K samples on a leading axis: `[K, B, T, V]` (lm), `[K, B, C]`
+        (classification), `[K, B, 1]` (regression).
+
+    Returns:
+      lm: `log sum_k p_k(target)` `[B, T]`; classification: `log sum_k p_k`
+      `[B, C]` (combine chunks with `logaddexp`); regression: `sum_k pred_k`
+      `[B]` (combine with `+`).
+    """
+    if kind == "regression":
+        return jnp.sum(outputs.astype(jnp.float32).reshape(outputs.shape[:2]), axis=0)
+    logp = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
+    if kind == "lm":
+        logp = jnp.take_along_axis(logp, batch["targets"][None, ..., None], -1)[..., 0]
+    return jax.nn.logsumexp(logp, axis=0)
+
+
+def combine_mc_summaries(kind: str, a: Array | None, b: Array) -> Array:
+    if a is None:
+        return b
+    return a + b if kind == "regression" else jnp.logaddexp(a, b)
+
+
+def mc_stats(kind: str, summary: Array, batch: dict, num_samples: int) -> dict:
+    """Metric sums of MC evaluation from the combined summary of K samples.
+
+    Probabilities are averaged over the K samples (not log-probabilities):
+    the NLL is `-log(mean_k p_k(target))`; regression averages predictions.
+    LM error counts are not computed under MC (they would need the full
+    averaged distribution) and are reported as 0.
+    """
+    log_k = math.log(num_samples)
+    if kind == "regression":
+        return objective_and_stats("regression", summary / num_samples, batch)[1]
+    targets = batch["targets"] if kind == "lm" else batch["labels"]
+    w = _weights(batch, targets.shape)
+    if kind == "lm":
+        nll = -(summary - log_k)
+        errors = jnp.zeros((), jnp.float32)
+    else:
+        mean_logp = summary - log_k
+        nll = -jnp.take_along_axis(mean_logp, targets[..., None], -1)[..., 0]
+        errors = jnp.sum((jnp.argmax(mean_logp, -1) != targets) * w).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(nll * w), "count": jnp.sum(w), "errors": errors}
+
+
+def summarize(kind: str, stats: dict, target_scale: float = 1.0) -> dict[str, float]:
+    """Reported metrics from accumulated sums (host floats)."""
+    count = max(float(stats["count"]), 1e-12)
+    loss = float(stats["loss_sum"]) / count
+    out = {"loss": loss}
+    if kind == "lm":
+        out["ppl"] = math.exp(loss) if loss < 700 else math.inf
+        out["bpc"] = loss / math.log(2.0)
+        out["error"] = float(stats["errors"]) / count
+    elif kind == "classification":
+        out["error"] = float(stats["errors"]) / count
+        out["accuracy"] = 1.0 - out["error"]
+    else:
+        out["rmse"] = math.sqrt(max(loss, 0.0)) * target_scale if math.isfinite(loss) else loss
+    return out
+
+
+def task_metric(kind: str) -> str:
+    """The metric (lower is better) that drives LR rules and the best checkpoint."""
+    return {"lm": "loss", "classification": "error", "regression": "rmse"}[kind]
+
+
+def add_stats(a: dict | None, b: dict) -> dict:
+    return b if a is None else jax.tree.map(jnp.add, a, b)

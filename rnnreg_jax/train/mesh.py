@@ -1,0 +1,89 @@
+"""Data parallelism: one `data` mesh axis over every device of every host.
+
+Parameters and optimizer state are replicated; batches and the carried LM
+state are sharded on their batch axis. Each host feeds its own share of the
+global batch (`jax.make_array_from_process_local_data`). Dropout masks are
+drawn from one per-step key over the GLOBAL batch shape, and
+`jax_threefry_partitionable` (the default) makes the random bits independent
+of the sharding, so results do not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+
+
+def maybe_initialize_distributed(enabled: bool) -> None:
+    """`jax.distributed.initialize()` (arguments from the environment: TPU
+    pods, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID) once per process when `enabled`."""
+    if not enabled:
+        return
+    try:
+        if jax.distributed.is_initialized():
+            return
+    except AttributeError:  # older jax
+        pass
+    jax.distributed.initialize()
+    logging.info("jax.distributed: process %d of %d, %d devices in all",
+                 jax.process_index(), jax.process_count(), jax.device_count())
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named `data` over all devices (all hosts)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over `data`; other axes whole."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def batch_sharding_for(mesh: Mesh, global_batch: int) -> NamedSharding:
+    """Batch-sharded if the batch divides over the devices, else replicated
+    (e.g. the batch-1 PTB test protocol on several devices)."""
+    if global_batch % mesh.devices.size == 0:
+        return batch_sharded(mesh)
+    return replicated(mesh)
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This host's share of a batch -> global arrays sharded on the batch axis.
+
+    With one process this is a `device_put`. With several, every host passes
+    its own `[B / num_hosts, ...]` share. A batch that cannot be split over
+    the devices (batch 1) is replicated, and every host must then pass the
+    same full batch.
+    """
+    nproc = jax.process_count()
+    first = next(iter(local.values()))
+    global_b = first.shape[0] * nproc
+    if global_b % mesh.devices.size != 0:
+        sharding = replicated(mesh)
+        if nproc == 1:
+            return {k: jax.device_put(v, sharding) for k, v in local.items()}
+        return {k: jax.make_array_from_process_local_data(sharding, v, v.shape)
+                for k, v in local.items()}
+    sharding = batch_sharded(mesh)
+    if nproc == 1:
+        return {k: jax.device_put(v, sharding) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(
+        sharding, v, (v.shape[0] * nproc, *v.shape[1:])) for k, v in local.items()}
+
+
+def global_batch_size(local_batch_size: int, mesh: Mesh) -> int:
+    """Global batch size from one host's share (replicated batches stay whole)."""
+    b = local_batch_size * jax.process_count()
+    return b if b % mesh.devices.size == 0 else local_batch_size

@@ -1,0 +1,69 @@
+"""Optimizers (optax chains) and the epoch-level learning-rate rules.
+
+    clip_by_global_norm -> add_decayed_weights -> sgd | momentum | adam | rmsprop
+
+The whole chain is wrapped in `optax.inject_hyperparams`, so the learning
+rate is an array in the optimizer state: the epoch-level rules set it on the
+host between epochs and it is checkpointed with the rest of the state.
+Weight decay is L2 added to the gradient before the learning-rate scaling
+(Gal's code), after clipping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+LR_SCHEDULES = ("constant", "zaremba", "plateau")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """The optax chain described by `config` (see `default_train_config`)."""
+    name = config.optimizer
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {name!r}.")
+
+    def chain(learning_rate):
+        parts = []
+        if config.clip_norm and config.clip_norm > 0:
+            parts.append(optax.clip_by_global_norm(config.clip_norm))
+        if config.weight_decay and config.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(config.weight_decay))
+        if name == "sgd":
+            parts.append(optax.sgd(learning_rate))
+        elif name == "momentum":
+            parts.append(optax.sgd(learning_rate, momentum=config.momentum))
+        elif name == "adam":
+            parts.append(optax.adam(learning_rate))
+        else:
+            parts.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(chain)(learning_rate=config.learning_rate)
+
+
+def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
+    """The learning rate after epoch `epoch` (1-based) and its validation.
+
+    - "constant": unchanged.
+    - "zaremba": `if epoch > decay_after: lr /= decay_factor` (Zaremba's
+      main.lua with `max_epoch = decay_after`); with `decay_after=4` epochs
+      1..5 train at the initial lr, epoch 6 at lr / decay_factor, ...
+    - "plateau": `lr /= plateau_factor` after an epoch whose validation metric
+      did not improve on the best so far (the zoneout paper).
+    """
+    rule = config.lr_schedule
+    if rule == "constant":
+        return lr
+    if rule == "zaremba":
+        return lr / config.decay_factor if epoch > config.decay_after else lr
+    if rule == "plateau":
+        return lr if improved else lr / config.plateau_factor
+    raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}, got {rule!r}.")
+
+
+def improved(metric: float, best: float) -> bool:
+    """Whether a validation metric (lower is better) beats the best so far."""
+    return math.isfinite(metric) and metric < best

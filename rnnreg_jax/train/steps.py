@@ -1,0 +1,236 @@
+"""Jitted steps: state init, the train step, deterministic and MC evaluation.
+
+The train step is ONE `jax.jit` with explicit shardings (state replicated
+except the carried LM state, batch sharded on `data`) that donates the state.
+Step s draws its noise from `fold_in(state.key, s)` over the global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnnreg_jax.train import losses
+from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train.state import TrainState
+
+
+def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False):
+    """Run the model; returns `(outputs, new_carry_or_None, penalties)`."""
+    variables = {"params": params}
+    rngs = {} if key is None else {"dropout": key}
+    kwargs = {"deterministic": deterministic, "rngs": rngs}
+    if mutable:
+        kwargs["mutable"] = ["penalties"]
+    if kind == "lm":
+        res = model.apply(variables, inputs, carry, **kwargs)
+    else:
+        res = model.apply(variables, inputs, **kwargs)
+    out, mutated = res if mutable else (res, {})
+    new_carry = None
+    if kind == "lm":
+        out, new_carry = out
+    return out, new_carry, mutated.get("penalties", {})
+
+
+def total_penalty(penalties) -> jax.Array:
+    """Sum of every value sown into the `penalties` collection."""
+    leaves = jax.tree.leaves(penalties)
+    return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.float32))
+
+
+def zero_carry(model, params, inputs_shape, inputs_dtype, sharding=None):
+    """Zero LM state for inputs of this shape (structure from `eval_shape`),
+    created by a jitted function placed with `sharding` (multi-host safe)."""
+    inputs = jax.ShapeDtypeStruct(inputs_shape, inputs_dtype)
+    _, carry = jax.eval_shape(
+        lambda p, x: model.apply({"params": p}, x, None, deterministic=True), params, inputs)
+    make = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry)  # noqa: E731
+    return jax.jit(make, out_shardings=sharding)()
+
+
+def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainState:
+    """A fresh state from `config.seed`; `sample` is one (host-local) batch."""
+    rep = mesh_lib.replicated(mesh)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    x = sample["inputs"]
+    x1 = jnp.zeros((1, *x.shape[1:]), x.dtype)
+
+    def init(key):
+        if task.kind == "lm":
+            variables = task.model.init({"params": key}, x1, None, deterministic=True)
+        else:
+            variables = task.model.init({"params": key}, x1, deterministic=True)
+        params = variables["params"]
+        return params, tx.init(params)
+
+    params, opt_state = jax.jit(init, out_shardings=rep)(init_key)
+    carry = {}
+    if task.kind == "lm" and task.carry_state:
+        gb = mesh_lib.global_batch_size(x.shape[0], mesh)
+        carry = zero_carry(task.model, params, (gb, *x.shape[1:]), x.dtype,
+                           mesh_lib.batch_sharding_for(mesh, gb))
+
+    def put(value, dtype=np.int32):  # host value -> replicated array (same on every host)
+        return jax.device_put(np.asarray(value, dtype), rep)
+
+    return TrainState(
+        step=put(0), epoch=put(0), batch_in_epoch=put(0), params=params, opt_state=opt_state,
+        key=put(jax.device_get(run_key), np.uint32), carry=carry,
+        best_metric=put(np.inf, np.float32), bad_epochs=put(0))
+
+
+def state_shardings(state: TrainState, mesh) -> TrainState:
+    """Replicated everywhere except the carried state (batch-sharded)."""
+    rep = mesh_lib.replicated(mesh)
+    shardings = jax.tree.map(lambda _: rep, state)
+    carry = jax.tree.map(lambda x: x.sharding, state.carry)
+    return shardings.replace(carry=carry)
+
+
+def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)`, jitted and donating the state.
+
+    metrics: sums `loss_sum`, `count`, `errors`, plus `objective` (the
+    differentiated loss incl. penalties), `penalty`, `grad_norm`.
+    """
+    kind, model = task.kind, task.model
+    carry_state = task.kind == "lm" and task.carry_state
+    sum_over_time = bool(config.loss_sum_over_time)
+
+    def step(state: TrainState, batch):
+        key = jax.random.fold_in(state.key, state.step)
+
+        def loss_fn(params):
+            carry = state.carry if carry_state else None
+            out, new_carry, pens = _apply(model, kind, params, batch["inputs"], carry,
+                                          False, key, mutable=True)
+            objective, stats = losses.objective_and_stats(kind, out, batch, sum_over_time)
+            penalty = total_penalty(pens)
+            return objective + penalty, (stats, new_carry, penalty)
+
+        (loss, (stats, new_carry, penalty)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        carry = jax.lax.stop_gradient(new_carry) if carry_state else state.carry
+        metrics = dict(stats, objective=loss, penalty=penalty, grad_norm=optax.tree.norm(grads))
+        new_state = state.replace(step=state.step + 1, batch_in_epoch=state.batch_in_epoch + 1,
+                                  params=params, opt_state=opt_state, carry=carry)
+        return new_state, metrics
+
+    rep = mesh_lib.replicated(mesh)
+    return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharded(mesh)),
+                   out_shardings=(shardings, rep), donate_argnums=(0,))
+
+
+def _is_oom(err: Exception) -> bool:
+    msg = str(err)
+    return "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg or "out of memory" in msg
+
+
+class Evaluator:
+    """Deterministic and Monte Carlo evaluation over a data source.
+
+    LM sources with `carry_state` carry the hidden state from window to
+    window through the whole stream (zeros at the start of each pass).
+    """
+
+    def __init__(self, task, mesh, mc_chunk: int = 0):
+        self.task, self.mesh, self.mc_chunk = task, mesh, mc_chunk
+        kind, model = task.kind, task.model
+
+        def det(params, batch, carry):
+            out, new_carry, _ = _apply(model, kind, params, batch["inputs"], carry, True, None)
+            return losses.objective_and_stats(kind, out, batch)[1], new_carry
+
+        def mc(params, batch, carry, key, k):
+            x = batch["inputs"]
+            b = x.shape[0]
+            xs = jnp.tile(x, (k,) + (1,) * (x.ndim - 1))           # [K*B, ...], sample-major
+            out, new_carry, _ = _apply(model, kind, params, xs, carry, False, key)
+            out = out.reshape((k, b) + out.shape[1:])
+            return losses.mc_summary(kind, out, batch), new_carry
+
+        self._det = jax.jit(det)
+        self._mc = jax.jit(mc, static_argnums=(4,))
+        self._mc_stats = jax.jit(losses.mc_stats, static_argnums=(0, 3))
+
+    def _uses_carry(self, carry_state):
+        carry_state = self.task.carry_state if carry_state is None else carry_state
+        return self.task.kind == "lm" and carry_state
+
+    def evaluate(self, params, source, carry_state: bool | None = None) -> dict[str, float]:
+        """Deterministic (noise expectation) metrics over one pass of `source`."""
+        use_carry = self._uses_carry(carry_state)
+        totals, carry = None, None
+        for batch in source.iterate(0):
+            g = mesh_lib.global_batch(self.mesh, batch)
+            if use_carry and carry is None:
+                carry = zero_carry(self.task.model, params, g["inputs"].shape, g["inputs"].dtype,
+                                   g["inputs"].sharding)
+            stats, new_carry = self._det(params, g, carry if use_carry else None)
+            carry = new_carry if use_carry else None
+            totals = losses.add_stats(totals, stats)
+        return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
+
+    def evaluate_mc(self, params, source, num_samples: int, key: jax.Array,
+                    carry_state: bool | None = None) -> dict[str, float]:
+        """MC dropout: K noise samples per window, probabilities averaged.
+
+        The K samples run as a batch axis (the batch tiled K times, one key
+        `fold_in(key, window)`; masks are per example, so the K copies are
+        independent), in chunks of `mc_chunk` samples (chunk c > 0 uses
+        `fold_in(window_key, c)`); the chunk size halves on out-of-memory.
+        Each sample carries its own LM state through the stream.
+        """
+        chunk = self.mc_chunk if 0 < self.mc_chunk < num_samples else num_samples
+        while True:
+            try:
+                return self._evaluate_mc(params, source, num_samples, key, chunk, carry_state)
+            except Exception as err:  # noqa: BLE001 - only OOM is retried
+                if not _is_oom(err) or chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                logging.warning("MC evaluation ran out of memory; retrying with chunks of %d "
+                                "samples.", chunk)
+
+    def _evaluate_mc(self, params, source, k, key, chunk, carry_state):
+        use_carry = self._uses_carry(carry_state)
+        sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
+        totals, carries = None, None
+        for window, batch in enumerate(source.iterate(0)):
+            g = mesh_lib.global_batch(self.mesh, batch)
+            wkey = jax.random.fold_in(key, window)
+            if use_carry and carries is None:
+                b = g["inputs"].shape[0]
+                carries = [zero_carry(self.task.model, params, (n * b, *g["inputs"].shape[1:]),
+                                      g["inputs"].dtype,
+                                      mesh_lib.batch_sharding_for(self.mesh, n * b))
+                           for n in sizes]
+            summary = None
+            for c, n in enumerate(sizes):
+                ckey = wkey if c == 0 else jax.random.fold_in(wkey, c)
+                part, new_carry = self._mc(params, g, carries[c] if use_carry else None, ckey, n)
+                if use_carry:
+                    carries[c] = new_carry
+                summary = losses.combine_mc_summaries(self.task.kind, summary, part)
+            totals = losses.add_stats(totals, self._mc_stats(self.task.kind, summary, g, k))
+        out = losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
+        if self.task.kind == "lm":
+            out.pop("error", None)
+        return out
+
+
+def finite(x) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(x))))
+
+
+def is_finite_metrics(metrics_list) -> bool:
+    return all(math.isfinite(float(m["objective"])) for m in metrics_list)

@@ -1,0 +1,83 @@
+"""What to train: a model, its kind, and its data sources.
+
+A data source is any object with
+
+    steps_per_epoch: int                 # batches per epoch (this host)
+    iterate(epoch, start_batch=0)        # -> Iterator[dict[str, np.ndarray]]
+
+yielding THIS HOST's share of each global batch (numpy, batch axis first),
+deterministic given `(epoch, start_batch)` so that a resumed run sees exactly
+the batches an uninterrupted run would. Batch dicts:
+
+    lm:             {"inputs": int32[B, T], "targets": int32[B, T]}
+    classification: {"inputs": [B, T] or [B, T, F], "labels": int32[B]}
+    regression:     {"inputs": [B, T] or [B, T, F], "targets": float32[B]}
+
+An optional `"weights"` entry (float32 `[B, T]` for LM, `[B]` otherwise)
+masks padded positions out of losses and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+KINDS = ("lm", "classification", "regression")
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """The data-source interface (see the module docstring)."""
+
+    steps_per_epoch: int
+
+    def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        ...
+
+
+@dataclasses.dataclass
+class Task:
+    """A training task.
+
+    Attributes:
+      model: a Flax module. LM models are called
+        `model.apply(vars, inputs, carry, deterministic=..., rngs=...) -> (logits, carry)`;
+        sequence models `model.apply(vars, inputs, deterministic=...) -> [B, num_outputs]`.
+      kind: "lm", "classification" or "regression".
+      train: the training source.
+      evals: named evaluation sources; "valid" drives the LR rules and the
+        best checkpoint (the first one if there is no "valid").
+      carry_state: LM only: carry the hidden state from window to window
+        (gradient stopped), reset at each epoch start and each eval pass.
+      target_scale: regression only: RMSE is reported on the original scale,
+        `rmse_normalized * target_scale`.
+      test_protocol: PTB test protocol. `True`: the "test" source yields
+        `[1, T]` windows and is evaluated once at the end with batch 1 and
+        carried state, deterministically and (if `config.mc_samples`) with MC
+        dropout. A callable `f(params, evaluator) -> dict[str, float]` runs a
+        custom protocol instead (see `rnnreg_jax.train.steps.Evaluator`).
+    """
+
+    model: Any
+    kind: str
+    train: DataSource
+    evals: dict[str, DataSource] = dataclasses.field(default_factory=dict)
+    carry_state: bool = False
+    target_scale: float = 1.0
+    test_protocol: bool | Callable[..., dict[str, float]] = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Task.kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.carry_state and self.kind != "lm":
+            raise ValueError("carry_state applies to language models (kind='lm') only.")
+
+    @property
+    def validation_split(self) -> str | None:
+        """The split whose metric drives LR rules and the best checkpoint."""
+        if "valid" in self.evals:
+            return "valid"
+        return next(iter(self.evals), None)

@@ -1,0 +1,78 @@
+"""train_and_evaluate end to end: learning, LR rule wiring, logs, NaN stop."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import train_helpers as th
+
+from rnnreg_jax import regularizers, train
+from rnnreg_jax.train import checkpoint as ckpt_lib
+from rnnreg_jax.train.logging import read_metrics
+
+th.enable_compilation_cache()
+
+
+def test_lm_training_loss_falls_and_logs(tmp_path):
+    task = train.Task(
+        model=th.tiny_lm(hidden=16, reg=regularizers.zaremba(0.1)), kind="lm",
+        train=th.LMSource(batch=8, steps=6, num_windows=8),
+        evals={"valid": th.LMSource(batch=4, steps=6, num_windows=3, seed=1),
+               "test": th.LMSource(batch=1, steps=6, num_windows=6, seed=2)},
+        carry_state=True, test_protocol=True)
+    c = train.default_train_config()
+    c.num_epochs, c.learning_rate, c.loss_sum_over_time = 5, 1.0, True
+    c.lr_schedule, c.decay_after, c.decay_factor = "zaremba", 3, 2.0
+    c.log_every_steps, c.mc_samples = 4, 4
+    final = train.train_and_evaluate(task, c, str(tmp_path))
+    events = read_metrics(str(tmp_path))
+    train_losses = [e["loss"] for e in events if e["split"] == "train"]
+    valid = [e for e in events if e["split"] == "valid" and e["phase"] == "epoch_end"]
+    print(f"train loss {train_losses[0]:.3f} -> {train_losses[-1]:.3f}, valid ppl "
+          f"{valid[0]['ppl']:.2f} -> {valid[-1]['ppl']:.2f}, test ppl {final['test/ppl']:.2f}, "
+          f"test MC ppl {final['test_mc/ppl']:.2f}")
+    assert train_losses[-1] < 0.75 * train_losses[0], train_losses
+    assert valid[-1]["loss"] < valid[0]["loss"]
+    # Zaremba's rule wired into the loop: epochs 1..4 at lr 1, epoch 5 at 1/2
+    assert [e["lr"] for e in valid] == [1.0, 1.0, 1.0, 1.0, 0.5]
+    assert final["step"] == 40 and final["epoch"] == 5
+    for key in ("valid/ppl", "test/ppl", "test_mc/ppl", "train/tokens_per_sec"):
+        assert np.isfinite(final[key]), key
+    assert {"step", "epoch", "split", "loss", "lr", "wall_time"} <= set(events[0])
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tb"))
+    assert sorted(os.listdir(tmp_path / "best"))  # best checkpoint kept apart
+    # a finished run restarted on its workdir resumes and only re-evaluates
+    again = train.train_and_evaluate(task, c, str(tmp_path))
+    assert again["step"] == 40 and again["valid/loss"] == pytest.approx(final["valid/loss"])
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    source = th.SeqSource(kind="regression", num_batches=5, nan_at=7)   # epoch 2, batch 2
+    task = train.Task(model=th.tiny_seq(num_outputs=1), kind="regression", train=source,
+                      evals={"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)})
+    c = train.default_train_config()
+    c.num_epochs, c.optimizer, c.learning_rate = 3, "adam", 1e-2
+    c.log_every_steps, c.checkpoint_every_steps = 4, 0
+    with pytest.raises(train.NonFiniteLossError, match=r"became nan at step 8 .*step 5"):
+        train.train_and_evaluate(task, c, str(tmp_path))
+    manager = ckpt_lib.Checkpointer(str(tmp_path))
+    assert manager.latest.all_steps() == [5]
+    restored = ckpt_lib.restore_state(str(tmp_path / "checkpoints"), None)
+    assert int(restored["step"]) == 5
+    for leaf in __import__("jax").tree.leaves(restored["params"]):
+        assert np.all(np.isfinite(leaf))
+    manager.close()
+
+
+def test_classification_runs_and_reports_error(tmp_path):
+    task = train.Task(model=th.tiny_seq(num_outputs=2), kind="classification",
+                      train=th.SeqSource(num_batches=4),
+                      evals={"valid": th.SeqSource(num_batches=2, seed=1)})
+    c = train.default_train_config()
+    c.num_epochs, c.optimizer, c.learning_rate = 2, "rmsprop", 1e-2
+    c.rmsprop_decay, c.lr_schedule, c.max_steps = 0.5, "plateau", 6
+    final = train.train_and_evaluate(task, c, str(tmp_path))
+    assert final["step"] == 6
+    assert 0.0 <= final["valid/error"] <= 1.0

@@ -1,0 +1,118 @@
+"""Deterministic and Monte Carlo evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+import train_helpers as th
+
+from rnnreg_jax import models, regularizers, train
+from rnnreg_jax.train import optim, steps
+
+th.enable_compilation_cache()
+
+VOCAB = 12
+
+
+@pytest.fixture(scope="module")
+def setup():
+    reg = regularizers.compose(regularizers.zaremba(0.5), regularizers.variational(recurrent=0.3))
+    source = th.LMSource(vocab=VOCAB, batch=2, steps=4, num_windows=3, seed=3)
+    model = models.LanguageModel(vocab_size=VOCAB, hidden_sizes=(8,), reg=reg, init_scale=0.8)
+    task = train.Task(model=model, kind="lm",
+                      train=source, carry_state=True)
+    config = train.default_train_config()
+    mesh = train.make_mesh()
+    state = steps.init_state(task, config, mesh, optim.make_optimizer(config),
+                             next(iter(source.iterate(0))))
+    return task, source, state.params, mesh
+
+
+_APPLY = {}
+
+
+def _stochastic_target_probs(task, source, params, key):
+    """One stochastic pass per window with key fold_in(key, w), carried state:
+    p(target) `[num_windows, B, T]`."""
+    if task.model not in _APPLY:
+        _APPLY[task.model] = jax.jit(lambda p, x, c, k: task.model.apply(
+            {"params": p}, x, c, deterministic=False, rngs={"dropout": k}))
+    apply = _APPLY[task.model]
+    carry, out = None, []
+    for w, batch in enumerate(source.iterate(0)):
+        logits, carry = apply(params, batch["inputs"], carry, jax.random.fold_in(key, w))
+        probs = jax.nn.softmax(logits.astype(np.float32), -1)
+        out.append(np.take_along_axis(np.asarray(probs), batch["targets"][..., None], -1)[..., 0])
+    return np.stack(out)
+
+
+def test_mc_with_one_sample_equals_one_stochastic_pass(setup):
+    task, source, params, mesh = setup
+    key = jax.random.PRNGKey(7)
+    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, 1, key)
+    p = _stochastic_target_probs(task, source, params, key)
+    assert mc["loss"] == pytest.approx(float(np.mean(-np.log(p))), rel=1e-5)
+
+
+def test_mc_with_many_samples_matches_mean_of_separate_passes(setup):
+    task, source, params, mesh = setup
+    k = 200
+    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, k, jax.random.PRNGKey(1))
+    samples = np.stack([_stochastic_target_probs(task, source, params, jax.random.PRNGKey(100 + i))
+                        for i in range(k)])                              # [K, W, B, T]
+    mean_p = samples.mean(0)
+    nll_of_mean = float(np.mean(-np.log(mean_p)))
+    mean_of_nll = float(np.mean(-np.log(samples)))
+    # standard error of the per-token log of the mean, propagated to the mean NLL
+    se = float(np.sqrt(np.mean((samples.std(0) / mean_p) ** 2) / k / mean_p.size))
+    print(f"MC K={k}: {mc['loss']:.4f}, NLL of mean of {k} passes: {nll_of_mean:.4f} "
+          f"(se {se:.4f}), mean NLL of passes: {mean_of_nll:.4f}")
+    assert abs(mc["loss"] - nll_of_mean) < 6 * math.sqrt(2) * se + 1e-4, (mc, nll_of_mean, se)
+    # averaging probabilities (not log-probabilities) gives a lower NLL (Jensen)
+    assert mean_of_nll - nll_of_mean > 5 * se
+    assert abs(mc["loss"] - nll_of_mean) < abs(mc["loss"] - mean_of_nll)
+    deterministic = steps.Evaluator(task, mesh).evaluate(params, source)["loss"]
+    assert abs(deterministic - mc["loss"]) > 1e-3
+
+
+def test_mc_in_chunks_matches_mc_at_once_statistically(setup):
+    task, source, params, mesh = setup
+    at_once = steps.Evaluator(task, mesh).evaluate_mc(params, source, 200, jax.random.PRNGKey(2))
+    chunked = steps.Evaluator(task, mesh, mc_chunk=100).evaluate_mc(params, source, 200,
+                                                                   jax.random.PRNGKey(2))
+    assert chunked["loss"] == pytest.approx(at_once["loss"], rel=0.03)
+    assert chunked["loss"] != at_once["loss"]  # different masks, same expectation
+
+
+def test_deterministic_eval_carries_state(setup):
+    task, source, params, mesh = setup
+    ev = steps.Evaluator(task, mesh)
+    carried = ev.evaluate(params, source)
+    reset = ev.evaluate(params, source, carry_state=False)
+    assert carried["loss"] != reset["loss"]
+    assert carried["ppl"] == pytest.approx(math.exp(carried["loss"]))
+
+
+def test_regression_mc_averages_predictions():
+    reg = regularizers.zaremba(0.5)
+    source = th.SeqSource(kind="regression", batch=4, num_batches=2)
+    task = train.Task(model=th.tiny_seq(num_outputs=1, reg=reg), kind="regression", train=source,
+                      target_scale=2.0)
+    config = train.default_train_config()
+    mesh = train.make_mesh()
+    params = steps.init_state(task, config, mesh, optim.make_optimizer(config),
+                              next(iter(source.iterate(0)))).params
+    key = jax.random.PRNGKey(0)
+    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, 3, key)
+    sq, n = 0.0, 0
+    for w, batch in enumerate(source.iterate(0)):
+        wkey = jax.random.fold_in(key, w)
+        x = np.tile(batch["inputs"], (3, 1, 1))
+        pred = task.model.apply({"params": params}, x, deterministic=False, rngs={"dropout": wkey})
+        mean = np.asarray(pred).reshape(3, -1).mean(0)
+        sq += float(np.sum((mean - batch["targets"]) ** 2))
+        n += len(mean)
+    assert mc["rmse"] == pytest.approx(math.sqrt(sq / n) * 2.0, rel=1e-5)

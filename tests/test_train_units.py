@@ -1,0 +1,161 @@
+"""Optimizer chain, LR rules, losses, penalties, state sharding (fast, no big compiles)."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import train_helpers as th
+
+from rnnreg_jax import train
+from rnnreg_jax.train import losses, optim, steps
+
+th.enable_compilation_cache()
+
+
+def _cfg(**kw):
+    c = train.default_train_config()
+    c.update(kw)
+    return c
+
+
+def _lr_trajectory(config, valid):
+    """Learning rate of each epoch (1-based) given validation metrics, via the loop's rules."""
+    lr, best, lrs = config.learning_rate, math.inf, []
+    for epoch, metric in enumerate(valid, start=1):
+        lrs.append(lr)
+        improved = optim.improved(metric, best)
+        best = min(best, metric) if improved else best
+        lr = optim.next_learning_rate(config, epoch, lr, improved)
+    return lrs
+
+
+def test_zaremba_rule_matches_main_lua():
+    c = _cfg(lr_schedule="zaremba", learning_rate=1.0, decay_after=4, decay_factor=2.0)
+    lrs = _lr_trajectory(c, [5.0, 4.0, 3.0, 2.0, 1.9, 1.8, 1.7, 1.6])
+    assert lrs == [1, 1, 1, 1, 1, 0.5, 0.25, 0.125]   # epochs 1..5 at 1, epoch 6 at 1/2
+
+
+def test_plateau_rule_divides_after_epochs_without_improvement():
+    c = _cfg(lr_schedule="plateau", learning_rate=1.0, plateau_factor=1.5)
+    lrs = _lr_trajectory(c, [5.0, 4.0, 4.5, 3.0, 3.0, 3.5, 2.0, float("nan")])
+    assert np.allclose(lrs, [1, 1, 1, 1 / 1.5, 1 / 1.5, 1 / 1.5**2, 1 / 1.5**3, 1 / 1.5**3])
+
+
+def test_constant_rule():
+    assert _lr_trajectory(_cfg(lr_schedule="constant"), [3.0, 4.0, 5.0]) == [1.0, 1.0, 1.0]
+
+
+def test_weight_decay_is_l2_added_to_the_gradient_before_lr():
+    params = {"w": jnp.full((3,), 2.0)}
+    zero = {"w": jnp.zeros(3)}
+    for name in ("sgd", "momentum"):
+        tx = optim.make_optimizer(_cfg(optimizer=name, learning_rate=0.5, weight_decay=0.1,
+                                       clip_norm=0.0))
+        updates, _ = tx.update(zero, tx.init(params), params)
+        np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * 2.0, rtol=1e-6)  # -lr * wd * w
+    tx = optim.make_optimizer(_cfg(learning_rate=0.5, weight_decay=0.0, clip_norm=0.0))
+    updates, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_array_equal(updates["w"], 0.0)
+
+
+def test_clipping_happens_before_weight_decay():
+    params = {"w": jnp.array([1.0, 0.0])}
+    grads = {"w": jnp.array([0.0, 100.0])}
+    tx = optim.make_optimizer(_cfg(learning_rate=1.0, weight_decay=0.5, clip_norm=1.0))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-0.5, -1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "rmsprop"])
+def test_learning_rate_lives_in_the_state_and_can_be_set(name):
+    params = {"w": jnp.ones(2)}
+    tx = optim.make_optimizer(_cfg(optimizer=name, learning_rate=0.3, clip_norm=5.0))
+    opt_state = tx.init(params)
+    assert float(opt_state.hyperparams["learning_rate"]) == pytest.approx(0.3)
+    hyper = dict(opt_state.hyperparams, learning_rate=jnp.asarray(0.0))
+    updates, _ = tx.update({"w": jnp.ones(2)}, opt_state._replace(hyperparams=hyper), params)
+    np.testing.assert_array_equal(updates["w"], 0.0)
+
+
+def test_lm_losses_and_metrics():
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))  # [1, 2, 3]
+    batch = {"targets": jnp.array([[0, 1]])}
+    per_token, stats = losses.objective_and_stats("lm", logits, batch, sum_over_time=False)
+    summed, _ = losses.objective_and_stats("lm", logits, batch, sum_over_time=True)
+    nll = (-math.log(0.5) - math.log(0.8)) / 2
+    assert float(per_token) == pytest.approx(nll, rel=1e-5)
+    assert float(summed) == pytest.approx(2 * nll, rel=1e-5)   # summed over T, mean over B
+    m = losses.summarize("lm", jax.device_get(stats))
+    assert m["ppl"] == pytest.approx(math.exp(nll), rel=1e-5)
+    assert m["bpc"] == pytest.approx(nll / math.log(2), rel=1e-5)
+    assert m["error"] == 0.0
+
+
+def test_classification_and_regression_metrics():
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = {"labels": jnp.array([0, 1, 1])}
+    _, stats = losses.objective_and_stats("classification", logits, labels)
+    assert losses.summarize("classification", stats)["error"] == pytest.approx(1 / 3)
+    preds = jnp.array([[1.0], [2.0]])
+    _, stats = losses.objective_and_stats("regression", preds, {"targets": jnp.array([0.0, 2.0])})
+    m = losses.summarize("regression", stats, target_scale=3.0)
+    assert m["loss"] == pytest.approx(0.5)
+    assert m["rmse"] == pytest.approx(math.sqrt(0.5) * 3.0)
+
+
+def test_mc_stats_average_probabilities_not_log_probabilities():
+    # two samples: p(target) = 0.9 and 0.1 -> NLL of the mean = -log 0.5
+    p = jnp.array([[[[0.9, 0.1]]], [[[0.1, 0.9]]]])           # [K=2, B=1, T=1, V=2]
+    batch = {"targets": jnp.array([[0]])}
+    summary = losses.mc_summary("lm", jnp.log(p), batch)
+    stats = losses.mc_stats("lm", summary, batch, 2)
+    assert float(stats["loss_sum"]) == pytest.approx(-math.log(0.5), rel=1e-5)
+
+
+class _Sower(nn.Module):
+    """Regression model that sows two penalties of known value."""
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        y = nn.Dense(1)(x[:, -1])
+        if not deterministic:
+            self.sow("penalties", "a", jnp.asarray(0.25))
+            self.sow("penalties", "b", jnp.asarray(1.5))
+        return y
+
+
+def test_every_penalty_is_added_to_the_training_loss():
+    source = th.SeqSource(kind="regression")
+    task = train.Task(model=_Sower(), kind="regression", train=source)
+    config = _cfg(learning_rate=0.0)
+    mesh = train.make_mesh()
+    tx = optim.make_optimizer(config)
+    batch = next(iter(source.iterate(0)))
+    state = steps.init_state(task, config, mesh, tx, batch)
+    step = steps.make_train_step(task, config, tx, mesh, steps.state_shardings(state, mesh))
+    _, metrics = step(state, train.global_batch(mesh, batch))
+    mse = float(metrics["loss_sum"]) / float(metrics["count"])
+    assert float(metrics["penalty"]) == pytest.approx(1.75)
+    assert float(metrics["objective"]) == pytest.approx(mse + 1.75, rel=1e-5)
+
+
+def test_norm_stabilizer_penalty_reaches_the_loss():
+    from rnnreg_jax import regularizers
+    source = th.LMSource(batch=2, steps=3, num_windows=1)
+    task = train.Task(model=th.tiny_lm(hidden=4, reg=regularizers.norm_stabilizer(10.0)),
+                      kind="lm", train=source)
+    config = _cfg()
+    mesh = train.make_mesh()
+    tx = optim.make_optimizer(config)
+    batch = next(iter(source.iterate(0)))
+    state = steps.init_state(task, config, mesh, tx, batch)
+    step = steps.make_train_step(task, config, tx, mesh, steps.state_shardings(state, mesh))
+    _, metrics = step(state, train.global_batch(mesh, batch))
+    nll = float(metrics["loss_sum"]) / float(metrics["count"])
+    assert float(metrics["penalty"]) > 0
+    assert float(metrics["objective"]) == pytest.approx(nll + float(metrics["penalty"]), rel=1e-5)
