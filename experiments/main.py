@@ -9,6 +9,7 @@ Data errors end the run with one sentence and exit status 2.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
 import sys
 
@@ -17,6 +18,12 @@ from absl import app, logging
 
 from experiments import cli
 from experiments.configs.common import regularization
+
+
+def _quiet_orbax() -> None:
+    """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
+    py_logging.getLogger("absl").addFilter(
+        lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname)
 
 
 def _start_distributed(config) -> None:
@@ -39,6 +46,7 @@ def run(task_name: str, config) -> dict:
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import train_and_evaluate
 
+    _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
     try:

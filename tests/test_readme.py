@@ -1,4 +1,7 @@
-"""The README's quickstart code blocks run as written."""
+"""The README's quickstart code blocks (```python) run as written.
+
+Blocks fenced as ```py show longer jobs (a full training run) and are not run.
+"""
 
 import pathlib
 import re
