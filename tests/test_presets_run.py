@@ -1,0 +1,162 @@
+"""Every preset trains 2 steps and evaluates, shrunk but with its structure, so none rots.
+
+Each preset of experiments/configs/{ptb,pmnist,sentiment}.py is built, shrunk
+(8 units per layer, embeddings 8, batch 4, windows of 6, at most 2 MC samples)
+keeping its cell, layer count, regularizers, optimizer and LR rule, loss
+convention, batching mode and state carry, and run through
+`experiments.main.run` on tiny generated data in the real layout. The cost is
+XLA compile time, so the default suite runs one preset per distinct structure
+(task, regularizer family, batching); the rest are `slow` (`pytest -m slow`).
+pMNIST keeps its 784 pixel steps (the data fixes the length); only the image
+count shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments import cli
+from experiments.configs import pmnist as pmnist_configs
+from experiments.configs import ptb as ptb_configs
+from experiments.configs import sentiment as sentiment_configs
+from tests import data_fixtures as fx
+
+PRESETS = {"ptb": ptb_configs.PRESETS, "pmnist": pmnist_configs.PRESETS,
+           "sentiment": sentiment_configs.PRESETS}
+
+# One per distinct (task, regularizer family, batching) structure; the rest are slow.
+DEFAULT = {
+    ("ptb", "variational_medium_untied"),  # contiguous + carried state, Gal (per gate), MC, b1 test
+    ("ptb", "zaremba_medium"),  # contiguous + carry, Zaremba per-step dropout, no MC
+    ("ptb", "recurrent_dropout_output_zoneout"),  # shuffled windows, Semeniuta, momentum/plateau
+    ("ptb", "norm_stabilizer"),  # shuffled windows, loss penalty on the hidden norms
+    ("ptb", "zoneout_char_overlapping"),  # char level, overlapping windows, zoneout, Adam
+    ("pmnist", "zoneout"),  # 784 steps, RMSProp
+    ("sentiment", "variational_gru"),  # Cornell regression, GRU, per-gate masks, MC
+    ("sentiment", "imdb_baseline"),  # IMDB classification
+}
+
+HIDDEN = 8
+BATCH = 4
+SEQ_LEN = 6
+
+
+def _cases():
+    for task, presets in PRESETS.items():
+        for name in presets:
+            marks = () if (task, name) in DEFAULT else (pytest.mark.slow,)
+            yield pytest.param(task, name, id=f"{task}-{name}", marks=marks)
+
+
+def test_default_subset_names_exist():
+    for task, name in DEFAULT:
+        assert name in PRESETS[task], (task, name)
+
+
+def _word_text(rng: np.random.RandomState, lines: int, vocab: list[str]) -> str:
+    out = []
+    for _ in range(lines):
+        n = rng.randint(4, 12)
+        out.append(" " + " ".join(vocab[i] for i in rng.randint(0, len(vocab), n)) + " \n")
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """ptb_word, ptb_char, mnist, Cornell and IMDB in the real layout, big enough for
+    batch 4 x windows of 6 (and batch-1 test streams) to have a few batches."""
+    root = tmp_path_factory.mktemp("preset_data")
+    rng = np.random.RandomState(0)
+    vocab = [f"w{i}" for i in range(30)]
+    texts = {"train": " " + " ".join(vocab) + " \n" + _word_text(rng, 60, vocab),
+             "valid": _word_text(rng, 15, vocab), "test": _word_text(rng, 15, vocab)}
+    fx.write_ptb_word(root, texts)
+    # Characters: the words' letters, so every valid/test symbol is in the train vocabulary.
+    char_texts = {s: " ".join(t.split(" ")[:80]) + " \n" for s, t in texts.items()}
+    for split, text in char_texts.items():
+        fx.write(root / "ptb_char" / f"ptb.char.{split}.txt", fx.char_text(text))
+    fx.write_mnist(root, n_train=24, n_test=8)
+    fx.write_cornell(root)
+    fx.write_imdb(root)
+    return str(root)
+
+
+def shrink(config):
+    """The preset's structure at toy size (every structural field left alone)."""
+    d, m, t = config.data, config.model, config.train
+    with config.unlocked():
+        m.hidden_sizes = (HIDDEN,) * len(m.hidden_sizes)
+        if "embed_size" in m:
+            m.embed_size = HIDDEN
+        d.batch_size = BATCH
+        d.eval_batch_size = BATCH
+        if "stride" in d:  # keep the window overlap ratio ("overlapping": stride T/2)
+            d.stride = max(1, round(d.stride * SEQ_LEN / d.seq_len))
+        if "seq_len" in d:
+            d.seq_len = SEQ_LEN
+        if "vocab_size" in d:
+            d.vocab_size = 100
+        if "validation_size" in d:
+            d.validation_size = 8
+        t.max_steps = 2
+        t.mc_samples = min(int(t.mc_samples), 2)
+        t.log_every_steps = 1
+        t.tensorboard = False
+        t.keep_checkpoints = 1
+    return config
+
+
+def _run(task: str, config, workdir: str, data_dir: str) -> dict:
+    from experiments.main import run
+
+    argv = ["test", f"--workdir={workdir}", f"--data_dir={data_dir}"]
+    was_parsed = cli.FLAGS.is_parsed()
+    saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
+    cli.FLAGS(argv)
+    try:
+        return run(task, config)
+    finally:
+        if saved is not None:
+            for k, v in saved.items():
+                cli.FLAGS[k].value = v
+        else:
+            cli.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("task,name", list(_cases()))
+def test_preset_runs_two_steps(task, name, data_dir, tmp_path):
+    config = PRESETS[task][name]()
+    with config.unlocked():
+        config.preset = name
+    reference = PRESETS[task][name]()
+    config = shrink(config)
+    # The shrink kept the structure.
+    assert config.model.cell == reference.model.cell
+    assert len(config.model.hidden_sizes) == len(reference.model.hidden_sizes)
+    assert config.reg.to_dict() == reference.reg.to_dict()
+    for key in ("optimizer", "lr_schedule", "loss_sum_over_time", "carry_state", "weight_decay"):
+        assert config.train[key] == reference.train[key], key
+    assert config.data.get("batching") == reference.data.get("batching")
+
+    final = _run(task, config, str(tmp_path / "wd"), data_dir)
+
+    assert final["step"] == 2
+    numbers = {k: v for k, v in final.items()
+               if "/" in k and isinstance(v, int | float) and not k.startswith("train/")}
+    assert "test/loss" in numbers, sorted(final)
+    bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
+    assert not bad, bad
+    assert math.isfinite(final["train/loss"])
+    if reference.train.mc_samples:
+        assert math.isfinite(final["test_mc/loss"])
+    train_events = [e for e in _events(tmp_path / "wd") if e["split"] == "train"]
+    assert [e["step"] for e in train_events] == [1, 2]
+
+
+def _events(workdir):
+    from rnnreg_jax.train.logging import read_metrics
+
+    return read_metrics(str(workdir))

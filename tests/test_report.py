@@ -1,0 +1,154 @@
+"""experiments.report on synthetic workdirs: tables, gaps, unfinished runs, PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+
+
+def _paper(source="", valid=None, test=None, test_mc=None):
+    return {"source": source, "valid": valid, "test": test, "test_mc": test_mc}
+
+
+def write_run(root: Path, name: str, task: str, preset: str, dataset: str, metric: str,
+              num_epochs: int, curve: list[float], final: dict[str, float] | None,
+              paper: dict, extra_args: str = "", carry_state=False,
+              partial_line: bool = False) -> Path:
+    """A workdir like experiments/main.py + train_and_evaluate write (steps_per_epoch 10)."""
+    workdir = root / name
+    workdir.mkdir(parents=True)
+    command = (f"/repo/experiments/{task}.py --config={preset}{extra_args} "
+               f"--workdir=runs/{name}")
+    config = {"preset": preset, "task": "lm", "data": {"dataset": dataset},
+              "train": {"num_epochs": num_epochs, "max_steps": 0, "carry_state": carry_state},
+              "paper": paper}
+    (workdir / "config.json").write_text(json.dumps(
+        {"task": task, "command": command, "config": config}, indent=2))
+    events, split = [], ("test" if dataset in ("cornell", "imdb") else "valid")
+    for epoch, value in enumerate(curve):
+        for k in (5, 10):
+            events.append({"step": epoch * 10 + k, "epoch": epoch, "split": "train",
+                           metric: value * 0.9, "loss": 1.0, "wall_time": 0.0})
+        events.append({"step": epoch * 10 + 10, "epoch": epoch, "split": split,
+                       metric: value, "loss": 1.0, "phase": "epoch_end", "wall_time": 0.0})
+    for s, value in (final or {}).items():
+        events.append({"step": len(curve) * 10, "epoch": len(curve), "split": s,
+                       metric: value, "phase": "final", "wall_time": 0.0})
+    text = "".join(json.dumps(e) + "\n" for e in events)
+    if partial_line:
+        text += '{"step": 99, "epoch": 3, "spl'  # a live run mid-write
+    (workdir / "metrics.jsonl").write_text(text)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    runs = tmp / "runs"
+    write_run(runs, "zs", "ptb", "zaremba_small", "ptb_word", "ppl", 3,
+              [200.0, 150.0, 125.0], {"valid": 121.0, "test": 115.0},
+              _paper("Zaremba et al. 2014, Table 1 (small)", valid=120.7, test=114.5),
+              carry_state=True)
+    write_run(runs, "vm", "ptb", "variational_medium", "ptb_word", "ppl", 39,
+              [180.0, 140.0, 110.0], None,
+              _paper("Gal", valid=81.9, test=79.7, test_mc=78.6), partial_line=True,
+              extra_args=" --config.model.hidden_sizes=(8,8)")
+    write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
+              {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
+    write_run(runs / "sentiment", "var", "sentiment", "variational_lstm", "cornell", "rmse", 2,
+              [0.19, 0.17], {"test": 0.168, "test_mc": 0.165}, _paper("Gal sentiment"))
+    write_run(runs / "sentiment", "nod", "sentiment", "no_dropout", "cornell", "rmse", 2,
+              [0.18, 0.19], {"test": 0.19, "test_mc": 0.19}, _paper("Gal sentiment"))
+    out = tmp / "RESULTS.md"
+    rc = report.main([f"--runs={runs}", f"--out={out}", f"--plots={tmp / 'docs' / 'results'}"])
+    assert rc == 0
+    return tmp, out.read_text()
+
+
+def _row(text: str, preset: str) -> list[str]:
+    rows = [line for line in text.splitlines() if line.startswith(f"| `{preset}`")]
+    assert len(rows) == 1, rows
+    return [c.strip() for c in rows[0].strip("|").split(" | ")]
+
+
+def test_relative_gap():
+    assert report.relative_gap(121.0, 120.7) == pytest.approx(0.3 / 120.7)
+    assert report.relative_gap(0.11, 0.102) == pytest.approx(0.008 / 0.102)
+    assert report.relative_gap(None, 1.0) is None
+    assert report.relative_gap(1.0, None) is None
+    assert report.relative_gap(math.inf, 1.0) is None
+    assert report.fmt_gap(0.3 / 120.7) == "+0.2%"
+    assert report.fmt_gap(-0.05) == "-5.0%"
+
+
+def test_copy_paste_command():
+    assert (report.copy_paste_command("/w/experiments/ptb.py --config=tiny --workdir=/r/t", "ptb")
+            == "python -m experiments.ptb --config=tiny --workdir=/r/t")
+    assert (report.copy_paste_command(
+        "/w/experiments/pmnist.py --config=zoneout --config.model.hidden_sizes=(8,)", "pmnist")
+        == "python -m experiments.pmnist --config=zoneout '--config.model.hidden_sizes=(8,)'")
+    assert (report.copy_paste_command("python -m experiments.sentiment --config=tiny", "x")
+            == "python -m experiments.sentiment --config=tiny")
+
+
+def test_finished_word_lm_row_has_ours_paper_gap_epochs_command(built):
+    _, text = built
+    assert "## Penn Treebank, word level" in text
+    header = [line for line in text.splitlines() if line.startswith("| preset | valid ppl")][0]
+    assert header.strip("|").split(" | ")[1:8] == [
+        "valid ppl", "paper", "gap", "test ppl", "paper", "gap", "test ppl (MC)"]
+    row = _row(text, "zaremba_small")
+    assert row[1:7] == ["121.0", "120.7", "+0.2%", "115.0", "114.5", "+0.4%"]
+    assert row[7] == "–"  # no MC for Zaremba
+    assert row[-2] == "3/3"
+    assert row[-1] == "`python -m experiments.ptb --config=zaremba_small --workdir=runs/zs`"
+    assert "batch 1 and carried state" in text
+
+
+def test_unfinished_run_shows_latest_validation(built):
+    _, text = built
+    row = _row(text, "variational_medium")
+    assert row[1] == "110.0 (epoch 3)"
+    assert row[2:4] == ["81.9", "+34.3%"]
+    assert row[4] == "–" and row[5] == "79.7" and row[7] == "–" and row[8] == "78.6"
+    assert row[-2].startswith("3/39 **unfinished**")
+    assert "--config.model.hidden_sizes=(8,8)'" in row[-1]
+    # Paper's row order within a table (PRESETS order), not alphabetical.
+    assert text.index("`zaremba_small`") < text.index("`variational_medium`")
+
+
+def test_pmnist_and_sentiment_tables(built):
+    _, text = built
+    row = _row(text, "zoneout")
+    assert row[1:5] == ["12.00%", "11.00%", "10.20%", "+7.8%"]
+    assert row[-2] == "2/2"
+    assert "## Sentiment regression (Cornell scale data)" in text
+    assert "| preset | test RMSE (dropout approx.) | test RMSE (MC) | epochs | command |" in text
+    assert _row(text, "variational_lstm")[1:3] == ["0.1680", "0.1650"]
+    assert _row(text, "no_dropout")[1:3] == ["0.1900", "0.1900"]
+    assert "Penn Treebank, character level" not in text  # no runs, no table
+
+
+def test_pngs_written_and_linked(built):
+    tmp, text = built
+    for name in ("ptb_word", "pmnist", "cornell"):
+        png = tmp / "docs" / "results" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 5000
+        assert f"](docs/results/{name}.png)" in text
+
+
+def test_run_curves_and_missing_dir(tmp_path, capsys):
+    wd = write_run(tmp_path, "r", "ptb", "tiny", "ptb_word", "ppl", 5, [300.0, 200.0], None,
+                   _paper())
+    run = report.load_run(str(wd))
+    assert run.epoch_curve() == [(1, 300.0), (2, 200.0)]
+    assert run.train_curve()[0] == (0.5, 270.0)  # step 5 of 10 per epoch
+    assert not run.finished and run.epochs_trained() == 2
+    assert report.main([f"--runs={tmp_path / 'nope'}", f"--out={tmp_path / 'R.md'}"]) == 2
+    assert "No run directory" in capsys.readouterr().err
