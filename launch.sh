@@ -4,11 +4,19 @@
 #   ./launch.sh setup                      create or reuse .venv and install the package
 #   ./launch.sh test [pytest args]         setup, then run the test suite
 #   ./launch.sh run <experiment> [flags]   setup, then python -m experiments.<experiment>
+#   ./launch.sh multihost N <experiment> [flags]
+#                                          setup, then N local processes of the experiment joined
+#                                          by jax.distributed on 127.0.0.1 (docs/TPU.md)
 #   ./launch.sh tpu <command> [options]    Cloud TPU VMs: create, setup, run, logs, ssh, delete
 #                                          (./launch.sh tpu help; docs/TPU.md)
 #   ./launch.sh help                       this text
 #
 # Environment: VENV (default .venv), PYTHON (default python3).
+# multihost: DEVICES_PER_PROCESS (default 2 CPU devices each), MULTIHOST_PORT (default: a
+# free port), JAX_PLATFORMS (default cpu), DRY_RUN=1 or --dry-run (first, before N): print
+# one command per process and run nothing. Process 0 writes to this terminal, process i to
+# <workdir>/process_<i>.log; the exit status is the first failing process's (the others
+# are then stopped), else 0.
 set -euo pipefail
 
 # Bash only up to the dispatch (no dirname): `tpu` must give its own errors on any PATH.
@@ -35,6 +43,128 @@ setup() {
   fi
 }
 
+# One word for a POSIX shell: bare when safe, else in single quotes (like Python's shlex.quote).
+quote() {
+  local squote="'" escaped="'\\''"
+  if [[ "$1" =~ ^[-A-Za-z0-9_./=:@,+%]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//$squote/$escaped}"
+  fi
+}
+
+check_experiment() {
+  [[ -f "$ROOT/experiments/$1.py" ]] || die "unknown experiment '$1'; choose one of: $(cd "$ROOT/experiments" && printf '%s ' [a-z]*.py | sed 's/\.py//g')"
+}
+
+# The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
+flag_value() {
+  local flag="$1" prev="" arg; shift
+  for arg in "$@"; do
+    [[ "$prev" == "$flag" ]] && { echo "$arg"; return; }
+    [[ "$arg" == "$flag="* ]] && { echo "${arg#"$flag"=}"; return; }
+    prev="$arg"
+  done
+}
+
+# A free TCP port on 127.0.0.1 (the kernel's pick), for the jax.distributed coordinator.
+free_port() {
+  "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ./launch.sh multihost N <experiment> [flags]: N local processes through jax.distributed.
+multihost() {
+  local dry="${DRY_RUN:-0}"
+  if [[ "${1:-}" == --dry-run ]]; then dry=1; shift; fi
+  [[ $# -ge 2 ]] || die "multihost needs a process count and an experiment name, e.g. ./launch.sh multihost 2 ptb --config=tiny."
+  local n="$1" exp="$2"; shift 2
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "multihost: the process count must be a positive integer, not '$n'."
+  check_experiment "$exp"
+  local per="${DEVICES_PER_PROCESS:-2}"
+  [[ "$per" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS must be a positive integer, not '$per'."
+  local flags=("$@")
+  local preset workdir
+  preset="$(flag_value --config ${flags[@]+"${flags[@]}"})"
+  workdir="$(flag_value --workdir ${flags[@]+"${flags[@]}"})"
+  if [[ -z "$workdir" ]]; then
+    # The experiment's own default (experiments/main.py), made explicit: every process
+    # must see the same workdir, and the logs of processes 1.. go there.
+    [[ -n "$preset" ]] || die "multihost needs --config=PRESET (or --workdir=DIR), e.g. ./launch.sh multihost $n $exp --config=tiny."
+    workdir="runs/${exp}_${preset}"
+    flags+=("--workdir=$workdir")
+  fi
+  local python="$VENV/bin/python"
+  if [[ "$dry" != 1 ]]; then
+    setup
+  fi
+  cd "$ROOT"
+  local port="${MULTIHOST_PORT:-}"
+  if [[ -z "$port" ]]; then
+    if [[ "$dry" == 1 ]]; then port=PORT; else port="$(free_port "$python")"; fi
+  fi
+  local xla="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$per"
+  local platforms="${JAX_PLATFORMS:-cpu}"
+  local i line word argv log pids=()
+  if [[ "$dry" == 1 ]]; then
+    for ((i = 0; i < n; i++)); do
+      argv=(env "XLA_FLAGS=$xla" "JAX_PLATFORMS=$platforms" "$python" -m "experiments.$exp"
+            ${flags[@]+"${flags[@]}"} "--coordinator_address=127.0.0.1:$port"
+            "--num_processes=$n" "--process_id=$i")
+      line=""
+      for word in "${argv[@]}"; do line+="${line:+ }$(quote "$word")"; done
+      ((i == 0)) || line+=" > $(quote "$workdir/process_$i.log") 2>&1"
+      echo "$line"
+    done
+    return 0
+  fi
+  mkdir -p "$workdir"
+  echo "launch.sh: $n processes x $per devices, coordinator 127.0.0.1:$port, workdir $workdir" >&2
+  # Stop every process that is still running (on a failure, Ctrl-C or kill).
+  stop_all() {
+    local pid
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      [[ -z "$pid" ]] || kill "$pid" 2>/dev/null || true
+    done
+  }
+  trap 'stop_all; exit 130' INT
+  trap 'stop_all; exit 143' TERM
+  for ((i = 0; i < n; i++)); do
+    argv=("$python" -m "experiments.$exp" ${flags[@]+"${flags[@]}"}
+          "--coordinator_address=127.0.0.1:$port" "--num_processes=$n" "--process_id=$i")
+    if ((i == 0)); then
+      XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" &
+    else
+      log="$workdir/process_$i.log"
+      echo "launch.sh: process $i logs to $log" >&2
+      XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" > "$log" 2>&1 &
+    fi
+    pids+=("$!")
+  done
+  # Wait for all; the first failure stops the others (they would wait for it forever).
+  # Polling, not `wait -n -p` (bash 5.1): bash reaps each child when it exits and keeps
+  # its status for `wait PID`.
+  local status=0 rc left="$n"
+  while ((left > 0)); do
+    for i in "${!pids[@]}"; do
+      if [[ -z "${pids[$i]}" ]] || kill -0 "${pids[$i]}" 2>/dev/null; then
+        continue  # reaped already, or still running
+      fi
+      rc=0
+      wait "${pids[$i]}" || rc=$?
+      pids[i]=""
+      left=$((left - 1))
+      if ((rc != 0 && status == 0)); then
+        echo "launch.sh: process $i exited with status $rc; stopping the others." >&2
+        status=$rc
+        stop_all
+      fi
+    done
+    ((left == 0)) || sleep 0.5
+  done
+  trap - INT TERM
+  return "$status"
+}
+
 usage() {
   # The comment block at the top of this file, without the shebang and the '# '.
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -53,15 +183,16 @@ case "$cmd" in
   run)
     [[ $# -ge 1 ]] || die "run needs an experiment name, e.g. ./launch.sh run ptb --config=tiny."
     exp="$1"; shift
-    [[ -f "$ROOT/experiments/$exp.py" ]] || die "unknown experiment '$exp'; choose one of: $(cd "$ROOT/experiments" && printf '%s ' [a-z]*.py | sed 's/\.py//g')"
+    check_experiment "$exp"
     setup
     cd "$ROOT"
     exec "$VENV/bin/python" -m "experiments.$exp" "$@"
     ;;
+  multihost) multihost "$@" ;;
   tpu)
     # Its own script: it never touches the local venv (gcloud is all it needs).
     exec "$BASH" "$ROOT/scripts/tpu.sh" "$@"
     ;;
   -h|--help|help) usage ;;
-  *) die "unknown command '$cmd'; use setup, test, run, tpu or help." ;;
+  *) die "unknown command '$cmd'; use setup, test, run, multihost, tpu or help." ;;
 esac

@@ -1,8 +1,11 @@
-"""launch.sh: the `tpu` subcommands (dry run and a fake gcloud), errors, shellcheck.
+"""launch.sh: the `tpu` subcommands (dry run and a fake gcloud), `multihost`, errors,
+shellcheck.
 
-The launcher and scripts/tpu.sh are copied into a sandbox root with a stub
-experiment, so the tests never touch the real venv, git history or network. A
+The launcher and scripts/tpu.sh are copied into a sandbox root with stub
+experiments, so the tests never touch the real venv, git history or network. A
 fake `gcloud` first on PATH records each call's argv (one JSON list a line).
+`multihost` runs a stub experiment under a stand-in venv (tests/test_multihost.py
+runs the real one).
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ INSTALL = ("rm -rf ~/rnnreg_jax && mkdir -p ~/rnnreg_jax && tar -xzf ~/rnnreg_ja
 DATA_ENV = "if [ -d ~/data ]; then export RNNREG_DATA_DIR=$HOME/data; fi; "
 RUN_TAIL = " > ~/rnnreg_run.log 2>&1 < /dev/null &"
 
+# A stub experiment for `multihost`: prints its argv and JAX environment as JSON; with
+# MH_FAIL set, process 1 exits 3 at once and the others sleep (as if waiting for it).
+STUB_MH = """import json, os, sys, time
+print(json.dumps({"argv": sys.argv[1:], "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+                  "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS")}), flush=True)
+if os.environ.get("MH_FAIL"):
+    if "--process_id=1" in sys.argv:
+        sys.exit(3)
+    time.sleep(60)
+"""
+
 FAKE_GCLOUD = f"""#!{sys.executable}
 import json, os, sys
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
@@ -47,6 +61,7 @@ def root(tmp_path_factory) -> Path:
     (root / "experiments").mkdir()
     (root / "experiments" / "ptb.py").write_text("print('stub')\n")
     (root / "experiments" / "cli.py").write_text("")
+    (root / "experiments" / "mh.py").write_text(STUB_MH)
     (root / "pyproject.toml").write_text("[project]\nname = 'stub'\n")
     if shutil.which("git"):
         git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -233,6 +248,7 @@ def test_help_prints_usage(sandbox):
     run, _ = sandbox
     top = run("help")
     assert top.returncode == 0 and "./launch.sh tpu <command>" in top.stdout
+    assert "./launch.sh multihost N <experiment>" in top.stdout
     tpu = run("tpu", "help")
     assert tpu.returncode == 0
     for word in ("create", "setup", "run", "logs", "ssh", "delete", "--spot", "TPU_PROJECT",
@@ -254,6 +270,12 @@ def test_help_prints_usage(sandbox):
     (["tpu", "delete", "extra", "--dry-run"], {}, [], "takes no argument"),
     (["tpu", "create", "--zone"], {}, [], "--zone needs a value"),
     (["run", "nope"], {}, [], "unknown experiment 'nope'"),
+    (["multihost", "2"], {}, [], "multihost needs a process count and an experiment name"),
+    (["multihost", "two", "ptb"], {}, [], "process count must be a positive integer"),
+    (["multihost", "2", "nope"], {}, [], "unknown experiment 'nope'"),
+    (["multihost", "2", "ptb"], {}, [], "multihost needs --config=PRESET"),
+    (["multihost", "2", "ptb", "--config=tiny"], {"DEVICES_PER_PROCESS": "0"}, [],
+     "DEVICES_PER_PROCESS must be a positive integer"),
 ])
 def test_errors_are_one_line_and_exit_2(sandbox, args, env, unset, needle):
     run, calls = sandbox
@@ -295,3 +317,71 @@ def test_docs_show_the_commands_launch_sh_runs(sandbox):
               and "my-project" in line]
     assert len(listed) == 7
     assert set(listed) <= printed
+
+
+# --- multihost ------------------------------------------------------------------------------
+
+def multihost_argv(root: Path, venv: Path, n: int, i: int, port: str, workdir: str,
+                   *flags: str, devices: int = 2) -> list[str]:
+    return ["env", f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS=cpu", str(venv / "bin" / "python"), "-m", "experiments.ptb", *flags,
+            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
+            f"--process_id={i}"] + ([] if i == 0 else [">", f"{workdir}/process_{i}.log", "2>&1"])
+
+
+def test_multihost_dry_run_prints_one_command_per_process(sandbox, root):
+    run, _ = sandbox
+    got = dry_lines(run("multihost", "--dry-run", "2", "ptb", "--config=tiny", "--x=a b",
+                        env={"MULTIHOST_PORT": "4321"}, unset=["VENV", "XLA_FLAGS",
+                                                               "JAX_PLATFORMS"]))
+    venv = root / ".venv"
+    flags = ["--config=tiny", "--x=a b", "--workdir=runs/ptb_tiny"]  # the default workdir
+    assert got == [multihost_argv(root, venv, 2, i, "4321", "runs/ptb_tiny", *flags)
+                   for i in range(2)]
+    # DRY_RUN=1, the user's workdir and devices per process; no port: a placeholder.
+    got = dry_lines(run("multihost", "3", "ptb", "--config", "tiny", "--workdir", "/w",
+                        env={"DRY_RUN": "1", "DEVICES_PER_PROCESS": "4"},
+                        unset=["VENV", "XLA_FLAGS", "JAX_PLATFORMS", "MULTIHOST_PORT"]))
+    assert got == [multihost_argv(root, venv, 3, i, "PORT", "/w", "--config", "tiny",
+                                  "--workdir", "/w", devices=4) for i in range(3)]
+    assert not (root / ".venv").exists()  # a dry run sets nothing up
+
+
+@pytest.fixture()
+def stand_in_venv(tmp_path) -> Path:
+    """bin/python execs this interpreter; the install stamp makes `setup` skip pip."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (venv / ".rnnreg_installed").touch()
+    return venv
+
+
+def test_multihost_starts_n_processes_and_separates_their_logs(sandbox, stand_in_venv):
+    run, _ = sandbox
+    workdir = run.tmp / "work"
+    result = run("multihost", "3", "mh", f"--workdir={workdir}", "--flag=1",
+                 env={"VENV": str(stand_in_venv)}, unset=["XLA_FLAGS", "MULTIHOST_PORT"])
+    assert result.returncode == 0, result.stderr
+    seen = [json.loads(result.stdout)]  # process 0: this terminal
+    seen += [json.loads((workdir / f"process_{i}.log").read_text()) for i in (1, 2)]
+    ports = set()
+    for i, got in enumerate(seen):
+        *rest, coordinator, nproc, pid = got["argv"]
+        assert rest == [f"--workdir={workdir}", "--flag=1"]
+        assert (nproc, pid) == ("--num_processes=3", f"--process_id={i}")
+        assert coordinator.startswith("--coordinator_address=127.0.0.1:")
+        ports.add(int(coordinator.rsplit(":", 1)[1]))
+        assert got["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+        assert got["JAX_PLATFORMS"] == "cpu"
+    assert len(ports) == 1  # one coordinator for all
+
+
+def test_multihost_stops_the_others_when_one_fails(sandbox, stand_in_venv):
+    run, _ = sandbox
+    result = run("multihost", "2", "mh", f"--workdir={run.tmp / 'work'}",
+                 env={"VENV": str(stand_in_venv), "MH_FAIL": "1"})  # process 0 would sleep 60 s
+    assert result.returncode == 3
+    assert "launch.sh: process 1 exited with status 3; stopping the others." in result.stderr
