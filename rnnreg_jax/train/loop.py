@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnreg_jax.train import checkpoint as ckpt_lib
-from rnnreg_jax.train import losses, optim, steps
+from rnnreg_jax.train import losses, ntasgd, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
-from rnnreg_jax.train.logging import MetricsLogger, progress_line
+from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.task import Task
 
 MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
@@ -66,6 +66,20 @@ class _Run:
         self.lr = float(self.state.learning_rate)
         self.best = float(self.state.best_metric)
         self.bad_epochs = int(self.state.bad_epochs)
+        # NT-ASGD (optimizer="ntasgd"): the host keeps the validation history and decides
+        # when to start averaging; evaluation then uses the averaged weights.
+        self.ntasgd = config.optimizer == "ntasgd"
+        self.averaging = self.ntasgd and bool(ntasgd.is_averaging(self.state.opt_state))
+        self.val_history: list[float] = []
+        if self.ntasgd and self.resumed and jax.process_count() == 1:  # multi-host: restart
+            self.val_history = [e[losses.task_metric(task.kind)] for e in read_metrics(workdir)
+                                if e.get("phase") == "epoch_end" and e["step"] <= self.step
+                                and e["split"] == task.validation_split]
+        if self.ntasgd:
+            self.averaged = jax.jit(ntasgd.averaged_params, out_shardings=self.shardings.params)
+            self.start_averaging = jax.jit(
+                lambda s: s.replace(opt_state=ntasgd.start_averaging(s.opt_state)),
+                out_shardings=self.shardings, donate_argnums=0)
         self.pending: list = []
         self.last_saved = self.step if self.resumed else None
         self.last_train: dict = {}
@@ -74,6 +88,12 @@ class _Run:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
+
+    def eval_params(self):
+        """The weights to evaluate: NT-ASGD's average once averaging is on."""
+        if not self.ntasgd:
+            return self.state.params
+        return self.averaged(self.state.opt_state, self.state.params)
 
     # -- training metrics, NaN check -------------------------------------------------------
     def flush(self) -> None:
@@ -153,6 +173,7 @@ class _Run:
                     self.step += 1
                     self.pos += 1
                     self.pending.append(metrics)
+                    steps.throttle(self.mesh, self.step, metrics)
                     if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
                         self.flush()
                     if (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
@@ -173,9 +194,14 @@ class _Run:
         split = task.validation_split
         improved = False
         if split is not None:
-            metrics = self.evaluator.evaluate(self.state.params, task.evals[split])
+            metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split])
             value = metrics[losses.task_metric(task.kind)]
             improved = optim.improved(value, self.best)
+            if self.ntasgd and not self.averaging and ntasgd.nonmono_trigger(
+                    self.val_history, value, cfg.ntasgd_nonmono):
+                self.state, self.averaging = self.start_averaging(self.state), True
+                self.logger.console(f"epoch {self.epoch + 1}: NT-ASGD starts averaging.")
+            self.val_history.append(value)
             metrics["lr"] = self.lr
             self.logger.write(split, self.step, self.epoch, dict(metrics, phase="epoch_end"))
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -195,7 +221,7 @@ class _Run:
 
     def final_eval(self) -> dict:
         cfg, task = self.config, self.task
-        params = self.state.params
+        params = self.eval_params()
         out: dict = {"step": self.step, "epoch": self.epoch}
         out.update({f"train/{k}": v for k, v in self.last_train.items()})
         mc_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MC_KEY_SALT)

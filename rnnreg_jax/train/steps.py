@@ -135,6 +135,19 @@ def _is_oom(err: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg or "out of memory" in msg
 
 
+# XLA's CPU collectives can deadlock when too many multi-device steps are in
+# flight (seen with 4 host-platform devices: an all-reduce waits forever with
+# 3 of 4 participants). On CPU with several devices, wait every few steps.
+_CPU_SYNC_EVERY = 8
+
+
+def throttle(mesh, step: int, value) -> None:
+    """Block on `value` every few steps on a multi-device CPU mesh (see above)."""
+    if (step % _CPU_SYNC_EVERY == 0 and mesh.devices.size > 1
+            and mesh.devices.flat[0].platform == "cpu"):
+        jax.block_until_ready(value)
+
+
 class Evaluator:
     """Deterministic and Monte Carlo evaluation over a data source.
 
@@ -170,7 +183,7 @@ class Evaluator:
         """Deterministic (noise expectation) metrics over one pass of `source`."""
         use_carry = self._uses_carry(carry_state)
         totals, carry = None, None
-        for batch in source.iterate(0):
+        for index, batch in enumerate(source.iterate(0)):
             g = mesh_lib.global_batch(self.mesh, batch)
             if use_carry and carry is None:
                 carry = zero_carry(self.task.model, params, g["inputs"].shape, g["inputs"].dtype,
@@ -178,6 +191,7 @@ class Evaluator:
             stats, new_carry = self._det(params, g, carry if use_carry else None)
             carry = new_carry if use_carry else None
             totals = losses.add_stats(totals, stats)
+            throttle(self.mesh, index, totals)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
     def evaluate_mc(self, params, source, num_samples: int, key: jax.Array,
@@ -222,6 +236,7 @@ class Evaluator:
                     carries[c] = new_carry
                 summary = losses.combine_mc_summaries(self.task.kind, summary, part)
             totals = losses.add_stats(totals, self._mc_stats(self.task.kind, summary, g, k))
+            throttle(self.mesh, window, totals)
         out = losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
         if self.task.kind == "lm":
             out.pop("error", None)
