@@ -42,7 +42,8 @@ def _regs():
     }
 
 
-CONTENDERS = ("ours_none", "ours_none_autodiff", "ours_zaremba", "ours_variational", "ours_variational_shared",
+CONTENDERS = ("ours_none", "ours_none_autodiff", "ours_zaremba", "ours_variational",
+              "ours_variational_shared",
               "ours_zoneout", "flax", "torch_lstm", "torch_cell_variational")
 
 

@@ -15,6 +15,7 @@ import sys
 
 import jax
 from absl import app, logging
+from etils import epath
 
 from experiments import cli
 from experiments.configs.common import regularization
@@ -64,11 +65,12 @@ def run(task_name: str, config) -> dict:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump({"task": task_name, "command": " ".join(sys.argv),
-                       "config": config.to_dict()}, f, indent=2, default=str)
+    if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(
+            {"task": task_name, "command": " ".join(sys.argv), "config": config.to_dict()},
+            indent=2, default=str))
     return train_and_evaluate(task, config.train, workdir)
 
 

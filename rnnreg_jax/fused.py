@@ -26,12 +26,13 @@ Array = jax.Array
 
 
 def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
-    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step)))
+    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
 
 
 def _extra_params(cell: str, params: cells.Params) -> dict:
-    """Parameters the elementwise update reads (the GRU's recurrent bias)."""
-    return {"b_h": params["b_h"]} if cell == "gru" else {}
+    """Parameters the elementwise update reads (the GRU's recurrent bias, the
+    LN-LSTM's recurrent and cell normalization gains and biases)."""
+    return {name: params[name] for name in cells.UPDATE_PARAMS[cell]}
 
 
 def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,

@@ -26,7 +26,7 @@ Array = jax.Array
 
 
 def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
-    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step)))
+    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
 
 
 def scan_layer(
@@ -37,7 +37,7 @@ def scan_layer(
     """Run one layer over a time-major window.
 
     Args:
-      cell: "lstm", "gru" or "rnn".
+      cell: "lstm", "gru", "rnn" or "lstm_ln".
       params: the layer's parameters.
       xs: inputs `[T, B, F]`.
       carry: initial state, dict of `[B, H]`.
@@ -51,7 +51,7 @@ def scan_layer(
       `(ys [T, B, H], final carry)`.
     """
     step = cells.get_step(cell)
-    xw = cells.project_inputs(params, xs, layer_noise.input, layer_noise.input_per_gate)
+    xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate)
     if implementation == "fused":
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
@@ -100,11 +100,13 @@ def unroll(
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
     Dropout on layer inputs applies to every layer (the embedding output and
-    between layers); dropout on the output applies to the last layer's
-    outputs. Weight noise perturbs every layer's `W_h` once per call.
+    between layers; with `reg.hidden` set, `input` masks the first layer's
+    input and `hidden` the others); dropout on the output applies to the last
+    layer's outputs. Weight drop (DropConnect) and then weight noise perturb
+    every layer's `W_h` once per call: `W_h * m + sigma * eps`.
 
     Args:
-      cell: "lstm", "gru" or "rnn".
+      cell: "lstm", "gru", "rnn" or "lstm_ln".
       params: one layer's params (a dict) or a list of them, bottom first.
       inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
       carry: initial state (dict, or list of dicts for a stack); zeros if None.
@@ -136,13 +138,14 @@ def unroll(
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
     new_carries, hiddens = [], []
-    for index, (p, c) in enumerate(zip(layers, carries)):
+    for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         hidden = p["w_h"].shape[0]
         if reg.needs_output_gate and "o" not in c:
             c = dict(c, o=jnp.zeros_like(c["h"]))
         ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
                                deterministic, x.dtype)
-        p = dict(p, w_h=noise.weight_noise(reg, key, index, p["w_h"], deterministic))
+        w_h = noise.weight_drop(reg, key, index, p["w_h"], deterministic)
+        p = dict(p, w_h=noise.weight_noise(reg, key, index, w_h, deterministic))
         x, c = scan_layer(cell, p, x, c, ln, unroll, implementation)
         new_carries.append(c)
         hiddens.append(x)

@@ -64,7 +64,8 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
         f = jax.jit(jax.value_and_grad(_loss(cell, reg, deterministic, impl), argnums=(0, 1, 2)))
         values[impl], grads[impl] = f(params, x, carry)
     np.testing.assert_allclose(values["fused"], values["autodiff"], rtol=1e-6, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["autodiff"])):
+    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["autodiff"]),
+                    strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

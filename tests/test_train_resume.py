@@ -25,7 +25,8 @@ def _env(devices: int = 1) -> dict:
     env = dict(os.environ)
     th.enable_compilation_cache()
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    devices_flag = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {devices_flag}"
     env["PYTHONPATH"] = ROOT
     return env
 

@@ -19,7 +19,9 @@ import rnnreg_jax as rj
 def reg_config(**overrides) -> ml_collections.ConfigDict:
     """The regularization block; every rate is a drop probability, 0 = off."""
     reg = ml_collections.ConfigDict()
-    reg.input = 0.0  # dropout on every layer's input (embedding output, between layers)
+    reg.input = 0.0  # dropout on every layer's input (embedding output, between layers);
+    #                  the first layer's only when `hidden` > 0 (AWD's dropouti)
+    reg.hidden = 0.0  # dropout between layers only (AWD's dropouth); 0 = `input` everywhere
     reg.recurrent = 0.0  # dropout on h_{t-1} into W_h (variational / naive)
     reg.output = 0.0  # dropout on the last layer's output
     reg.cell = 0.0  # rnnDrop mask on the cell state
@@ -35,6 +37,9 @@ def reg_config(**overrides) -> ml_collections.ConfigDict:
     reg.stochastic_depth = 0.0  # probability that the layer keeps its state
     reg.weight_noise = 0.0  # std of Gaussian noise on W_h, per minibatch
     reg.norm_stabilizer = 0.0  # beta of the norm-stabilizer penalty
+    reg.weight_drop = 0.0  # DropConnect on W_h, one mask per minibatch (AWD-LSTM)
+    reg.activation_reg = 0.0  # AR alpha: alpha * mean(h^2) of the dropped last output
+    reg.temporal_activation_reg = 0.0  # TAR beta: beta * mean((h_t - h_{t-1})^2), last layer
     for key, value in overrides.items():
         if key not in reg:
             raise ValueError(f"Unknown reg field {key!r}.")
@@ -48,11 +53,16 @@ def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
         rj.variational(input=reg.input, recurrent=reg.recurrent, output=reg.output,
                        cell=reg.cell, embedding=reg.embedding, per_gate=reg.per_gate,
                        tie=reg.tie),
-        rj.recurrent_dropout(reg.update_dropout, tie=reg.update_tie, output_zoneout=reg.output_zoneout),
+        rj.recurrent_dropout(reg.update_dropout, tie=reg.update_tie,
+                             output_zoneout=reg.output_zoneout),
         rj.zoneout(reg.zoneout_cells, reg.zoneout_hiddens, shared=reg.zoneout_shared),
         rj.stochastic_depth(reg.stochastic_depth),
         rj.weight_noise(reg.weight_noise),
         rj.norm_stabilizer(reg.norm_stabilizer),
+        rj.dropout("hidden", reg.hidden, tie=reg.tie, per_gate=reg.per_gate),
+        rj.weight_drop(reg.weight_drop),
+        rj.activation_regularization(reg.activation_reg),
+        rj.temporal_activation_regularization(reg.temporal_activation_reg),
     ]
     return rj.compose(*parts)
 

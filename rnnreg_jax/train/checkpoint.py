@@ -20,7 +20,9 @@ def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # Orbax takes local paths and URLs (gs://) alike; only local ones are made absolute.
+    path = directory if "://" in directory else os.path.abspath(directory)
+    return ocp.CheckpointManager(path, options=options)
 
 
 class Checkpointer:

@@ -4,24 +4,33 @@ Only process 0 writes. Each JSON line is one event: `step`, `epoch`, `split`
 ("train", "valid", "test", "test_mc", ...), the metrics, and `wall_time`.
 TensorBoard scalars are written with `tensorboardX` (no TensorFlow needed)
 as `<split>/<metric>`.
+
+A workdir may be a URL (`gs://bucket/run`, through `etils.epath`): object
+stores cannot append, so metrics.jsonl is then rewritten whole at each event
+(it stays small: one line per log step).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 from absl import logging as absl_logging
+from etils import epath
 
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf
     return value
+
+
+def is_remote(path: str) -> bool:
+    """Whether `path` is a URL such as gs://... rather than a local path."""
+    return "://" in str(path)
 
 
 def _summary_writer_class():
@@ -50,16 +59,24 @@ class MetricsLogger:
 
     def __init__(self, workdir: str, enabled: bool | None = None, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.remote = is_remote(workdir)
         self._file = None
+        self._lines: list[str] = []
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+            if self.remote:
+                self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
+            else:
+                self._file = open(self.path, "a", encoding="utf-8")
             if tensorboard:
                 writer_cls = _summary_writer_class()
                 if writer_cls is not None:
-                    self._tb = writer_cls(os.path.join(workdir, "tb"))
+                    try:
+                        self._tb = writer_cls(str(epath.Path(workdir) / "tb"))
+                    except Exception as err:  # noqa: BLE001 - e.g. no GCS support installed
+                        absl_logging.warning("TensorBoard logs disabled for %s: %s", workdir, err)
 
     def write(self, split: str, step: int, epoch: int, metrics: dict) -> None:
         if not self.enabled:
@@ -68,8 +85,13 @@ class MetricsLogger:
                   **{k: _clean(float(v)) if isinstance(v, (int, float)) else v
                      for k, v in metrics.items()},
                   "wall_time": time.time()}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+        else:
+            self._file.write(line)
+            self._file.flush()
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
@@ -109,8 +131,7 @@ def progress_line(epoch: int, step: int, total_steps: int, metrics: dict, rate: 
 
 def read_metrics(workdir: str) -> list[dict]:
     """All events of a run's metrics.jsonl (for notebooks and tests)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -9,6 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, ntasgd, optim, steps
@@ -272,7 +273,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
     """
     config = with_defaults(config)
     mesh_lib.maybe_initialize_distributed(config.distributed)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
     run = _Run(task, config, workdir)
     try:
         if run.resumed:
