@@ -36,6 +36,7 @@ flags.DEFINE_list("contenders", list(bm.CONTENDERS), "Contenders to run (those t
 flags.DEFINE_integer("steps", 5, "Timed steps per contender per round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
+flags.DEFINE_string("markdown", None, "Write the tables as Markdown to this file.")
 flags.DEFINE_bool("memory", False, "Also measure peak memory (one subprocess per contender).")
 flags.DEFINE_list("memory_workloads", ["ptb_medium"], "Workloads for the memory measurement.")
 flags.DEFINE_string("_memory_child", None, "internal: workload:contender to measure")
@@ -133,6 +134,36 @@ def main(argv):
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(results, f, indent=1)
+    if FLAGS.markdown:
+        with open(FLAGS.markdown, "w") as f:
+            f.write(markdown(results, " ".join(["python -m experiments.bench", *sys.argv[1:]])))
+
+
+def markdown(results: dict, command: str) -> str:
+    """The run's tables as Markdown: absolute figures and ratios to the peers."""
+    info = results["info"]
+    lines = [f"Command: `{command}`", "",
+             f"Machine: {info['cpus']} CPUs ({info['machine']}), backend {info['backend']}, "
+             f"jax {info['jax']}, torch {info['torch']}; float32 matmul "
+             f"{info['matmul_gflops']:.1f} GFLOP/s (1024x1024 through XLA).", ""]
+    for workload, rows in results["workloads"].items():
+        base = rows.get("ours_none", {}).get("tokens_per_s")
+        peers = [p for p in ("flax", "torch_lstm", "torch_cell_variational") if p in rows]
+        memory = any("peak_mib" in r for r in rows.values())
+        head = ["contender", "tokens/s", "ms/step", *[f"x {p}" for p in peers], "x ours_none"]
+        head += ["peak MiB"] if memory else []
+        lines += [f"### {workload}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for name, r in rows.items():
+            cells = [name, f"{r['tokens_per_s']:.0f}", f"{1e3 * r['seconds_per_step']:.1f}"]
+            cells += [f"{r['tokens_per_s'] / rows[p]['tokens_per_s']:.2f}" for p in peers]
+            cells += [f"{r['tokens_per_s'] / base:.2f}" if base else ""]
+            if memory:
+                peak = r.get("peak_mib")
+                cells += [f"{peak:.0f}" if peak is not None else "n/a"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def print_table(workload: str, rows: dict) -> None:
