@@ -9,6 +9,9 @@ from rnnreg_jax.regularizers import (
     NONE,
     MaskSpec,
     Regularization,
+    activation_penalty,
+    activation_regularization,
+    awd_lstm,
     compose,
     dropout,
     embedding_dropout,
@@ -17,7 +20,10 @@ from rnnreg_jax.regularizers import (
     norm_stabilizer_penalty,
     recurrent_dropout,
     stochastic_depth,
+    temporal_activation_penalty,
+    temporal_activation_regularization,
     variational,
+    weight_drop,
     weight_noise,
     zaremba,
     zoneout,
@@ -31,4 +37,7 @@ __all__ = [
     "initial_carry", "naive_dropout", "noise", "norm_stabilizer", "norm_stabilizer_penalty",
     "recurrent_dropout", "regularizers", "rnn", "scan_layer", "stochastic_depth", "unroll",
     "variational", "weight_noise", "zaremba", "zoneout",
+    # Beyond the papers: AWD-LSTM's regularizers (Merity et al. 2017).
+    "activation_penalty", "activation_regularization", "awd_lstm",
+    "temporal_activation_penalty", "temporal_activation_regularization", "weight_drop",
 ]

@@ -17,6 +17,9 @@ Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
   * GRU ``r, z, n`` with PyTorch's *reset-after* candidate:
     ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``, ``h' = (1 - z) n + z h``.
   * RNN: ``h' = tanh(x W_x + b + h W_h)``.
+  * ``lstm_ln``: the layer-normalized LSTM of Ba et al. 2016 (same gate
+    order; see `lstm_ln_update`). Not one of the papers' cells, so it is in
+    `ALL_CELL_TYPES` but not in `CELL_TYPES`, and it has no PyTorch port.
 
 Weights are stored input-major (`w_x: [F, G*H]`, `w_h: [H, G*H]`), the
 transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
@@ -34,8 +37,12 @@ Array = jax.Array
 Params = dict[str, Array]
 Carry = dict[str, Array]
 
-CELL_TYPES = ("lstm", "gru", "rnn")
-NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELL_TYPES = ("lstm", "gru", "rnn")  # the reproduced papers' cells (PyTorch-portable)
+EXTRA_CELL_TYPES = ("lstm_ln",)  # beyond the papers: layer-normalized LSTM (Ba et al. 2016)
+ALL_CELL_TYPES = CELL_TYPES + EXTRA_CELL_TYPES
+LSTM_TYPES = ("lstm", "lstm_ln")  # cells with a memory cell `c` (every LSTM-only site applies)
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4}
+LN_EPSILON = 1e-5  # added to the variance in every layer normalization
 
 
 class StepNoise(NamedTuple):
@@ -69,8 +76,8 @@ class StepNoise(NamedTuple):
 
 
 def check_cell_type(cell: str) -> None:
-    if cell not in CELL_TYPES:
-        raise ValueError(f"Unknown cell type {cell!r}; expected one of {CELL_TYPES}.")
+    if cell not in ALL_CELL_TYPES:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of {ALL_CELL_TYPES}.")
 
 
 def default_init_scale(hidden_size: int) -> float:
@@ -94,6 +101,9 @@ def init_params(
     Returns:
       `{"w_x": [F, G*H], "w_h": [H, G*H], "b": [G*H]}`, plus `"b_h": [G*H]`
       for the GRU, whose recurrent bias sits inside the reset gate's product.
+      `lstm_ln` draws `w_x`, `w_h`, `b` exactly as the LSTM does from the same
+      key and adds the normalization gains (ones) and biases (zeros, Ba et
+      al.): `ln_x_g, ln_x_b, ln_h_g, ln_h_b: [4H]`, `ln_c_g, ln_c_b: [H]`.
     """
     check_cell_type(cell)
     scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
@@ -104,10 +114,15 @@ def init_params(
     keys = jax.random.split(key, len(shapes))
     # Drawn flat and reshaped: XLA on CPU compiles multi-dimensional threefry
     # draws many times slower, and the values are the same.
-    return {
+    params = {
         name: jax.random.uniform(k, (math.prod(shape),), dtype, -scale, scale).reshape(shape)
-        for k, (name, shape) in zip(keys, sorted(shapes.items()))
+        for k, (name, shape) in zip(keys, sorted(shapes.items()), strict=True)
     }
+    if cell == "lstm_ln":
+        for site, size in (("x", width), ("h", width), ("c", hidden_size)):
+            params[f"ln_{site}_g"] = jnp.ones((size,), dtype)
+            params[f"ln_{site}_b"] = jnp.zeros((size,), dtype)
+    return params
 
 
 def init_carry(
@@ -122,7 +137,7 @@ def init_carry(
     check_cell_type(cell)
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
-    if cell == "lstm":
+    if cell in LSTM_TYPES:
         carry["c"] = zeros
         if output_gate:
             carry["o"] = zeros
@@ -156,6 +171,37 @@ def project_inputs(
     w = w_x.reshape(w_x.shape[0], num_gates, -1)  # [F, G, H]
     out = jnp.einsum("gtbf,fgh->tbgh", masked, w)
     return out.reshape(*x.shape[:2], -1) + b
+
+
+def layer_norm(x: Array, gain: Array, bias: Array, groups: int = 1) -> Array:
+    """Layer normalization over the last axis, per group of units.
+
+    The last axis (width `G*H`) is split into `groups` blocks of width H (the
+    gates); each block is normalized by its own mean and variance over its H
+    units, `(x - mean) / sqrt(var + LN_EPSILON)`, then scaled and shifted
+    unit by unit: `* gain + bias` (gain and bias `[G*H]`).
+    """
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], groups, shape[-1] // groups)
+    mean = jnp.mean(blocks, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(blocks - mean), axis=-1, keepdims=True)
+    normed = (blocks - mean) * jax.lax.rsqrt(var + LN_EPSILON)
+    return normed.reshape(shape) * gain + bias
+
+
+def project(cell: str, params: Params, x: Array, input_mask: Array | None = None,
+            per_gate: bool = False) -> Array:
+    """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
+
+    `project_inputs` for the papers' cells; for `lstm_ln` the normalized
+    projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
+    of each step and example are taken per gate block, so hoisting it out of
+    the scan is exact).
+    """
+    if cell != "lstm_ln":
+        return project_inputs(params, x, input_mask, per_gate)
+    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
+    return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES[cell]) + params["b"]
 
 
 def recurrent_projection(h: Array, w_h: Array, mask: Array | None) -> Array:
@@ -205,8 +251,42 @@ def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = Step
 def lstm_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
     """The elementwise rest of `lstm_step`, given `rec_t = (h_{t-1} * m_h) W_h`."""
     del params
+    return _lstm_gates(carry, xw_t + rec_t, noise, jnp.tanh)
+
+
+def lstm_ln_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
+    """One layer-normalized LSTM step (Ba et al. 2016), from `xw_t = project("lstm_ln", ...)[t]`.
+
+    `xw_t` is the already normalized input projection
+    `LN_gates(x_t W_x; ln_x_g, ln_x_b) + b`; then:
+
+      z  = xw_t + LN_gates((h_{t-1} * m_h) W_h; ln_h_g, ln_h_b)
+      i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+      c~ = f c_{t-1} + i g;   h~ = o tanh(LN(c~; ln_c_g, ln_c_b))
+
+    `LN_gates` normalizes each gate block of H units separately (its own mean
+    and variance, gains and biases per unit). Every LSTM noise site acts as in
+    `lstm_step` (the rnnDrop mask on c~ before its normalization; zoneout and
+    stochastic depth on the un-normalized `c`).
+    """
+    rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+    return lstm_ln_update(params, carry, xw_t, rec_t, noise)
+
+
+def lstm_ln_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
+    """The elementwise rest of `lstm_ln_step`, given `rec_t = (h_{t-1} * m_h) W_h`.
+
+    Reads only `ln_h_g, ln_h_b, ln_c_g, ln_c_b` from `params`
+    (`UPDATE_PARAMS["lstm_ln"]`).
+    """
+    z = xw_t + layer_norm(rec_t, params["ln_h_g"], params["ln_h_b"], NUM_GATES["lstm_ln"])
+    squash = lambda c: jnp.tanh(layer_norm(c, params["ln_c_g"], params["ln_c_b"]))  # noqa: E731
+    return _lstm_gates(carry, z, noise, squash)
+
+
+def _lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash):
+    """The LSTM's gates and noise from the pre-activation `z`; `h~ = o * squash(c~)`."""
     h_prev, c_prev = carry["h"], carry["c"]
-    z = xw_t + rec_t
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
     g = _maybe_scale(noise.update, jnp.tanh(zg))
@@ -219,7 +299,7 @@ def lstm_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: 
         raise ValueError("Output zoneout needs the previous output gate in the carry; "
                          "build it with init_carry(..., output_gate=True).")
     c_new = _maybe_scale(noise.cell, c_new)
-    h_new = o * jnp.tanh(c_new)
+    h_new = o * squash(c_new)
     c_t = _mix(noise.zone_c, c_prev, c_new)
     h_t = _mix(noise.zone_h, h_prev, h_new)
     c_t = _mix(noise.depth, c_prev, c_t)
@@ -278,8 +358,13 @@ def _reject_lstm_only(noise: StepNoise, cell: str) -> None:
             raise ValueError(f"Noise site {name!r} needs an LSTM cell state; {cell} has none.")
 
 
-STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step}
-UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update}
+STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "lstm_ln": lstm_ln_step}
+UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update,
+           "lstm_ln": lstm_ln_update}
+# The parameters an update function reads (besides the carry, xw_t and rec_t);
+# the fused backward pass differentiates the update with respect to them.
+UPDATE_PARAMS = {"lstm": (), "gru": ("b_h",), "rnn": (),
+                 "lstm_ln": ("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b")}
 
 
 def get_step(cell: str):

@@ -35,7 +35,7 @@ class LanguageModel(nn.Module):
       vocab_size: V.
       hidden_sizes: recurrent widths, bottom first.
       embed_size: E (defaults to the first hidden size, as in Zaremba).
-      cell: "lstm", "gru" or "rnn".
+      cell: "lstm", "gru", "rnn" or "lstm_ln".
       reg: regularization; `embedding` drops word types, `input`/`output`
         sites act on the embedding output and the last layer's output.
       init_scale: uniform init range of every weight.

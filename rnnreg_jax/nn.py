@@ -8,10 +8,10 @@
 Each layer's parameters live under `layer_<l>` as `{"w_x", "w_h", "b"}` (plus
 `"b_h"` for the GRU), exactly the dicts `rnnreg_jax.rnn.unroll` takes, so
 `variables["params"]` ports to the pure API and to PyTorch
-(`rnnreg_jax.torch_port`) without renaming. The norm-stabilizer penalty is
-sown into the `penalties` collection; a training loop that applies the model
-with `mutable=["penalties"]` adds every entry to the loss without knowing
-which regularizer produced it.
+(`rnnreg_jax.torch_port`) without renaming. The loss terms (norm stabilizer,
+AR and TAR) are sown into the `penalties` collection in training only; a
+training loop that applies the model with `mutable=["penalties"]` adds every
+entry to the loss without knowing which regularizer produced it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, rnn
-from rnnreg_jax.regularizers import NONE, Regularization, norm_stabilizer_penalty
+from rnnreg_jax.regularizers import (
+    NONE,
+    Regularization,
+    activation_penalty,
+    norm_stabilizer_penalty,
+    temporal_activation_penalty,
+)
 
 
 class StackedRNN(nn.Module):
@@ -31,7 +37,7 @@ class StackedRNN(nn.Module):
 
     Attributes:
       hidden_sizes: width of each layer, bottom first (an int for one layer).
-      cell: "lstm", "gru" or "rnn".
+      cell: "lstm", "gru", "rnn" or "lstm_ln".
       reg: the regularization spec.
       init_scale: weights uniform in [-init_scale, init_scale]; None uses
         1/sqrt(H) (PyTorch's default).
@@ -80,11 +86,18 @@ class StackedRNN(nn.Module):
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation)
+        time_axis = 0 if self.time_major else 1
         if self.reg.norm_stabilizer > 0 and not deterministic:
-            time_axis = 0 if self.time_major else 1
             penalty = sum(norm_stabilizer_penalty(h, self.reg.norm_stabilizer, time_axis)
                           for h in hiddens)
             self.sow("penalties", "norm_stabilizer", penalty)
+        if self.reg.activation_reg > 0 and not deterministic:  # AR: the dropped last output
+            self.sow("penalties", "activation_reg",
+                     activation_penalty(outputs, self.reg.activation_reg))
+        if self.reg.temporal_activation_reg > 0 and not deterministic:  # TAR: undropped
+            self.sow("penalties", "temporal_activation_reg",
+                     temporal_activation_penalty(hiddens[-1], self.reg.temporal_activation_reg,
+                                                 time_axis))
         return outputs, carry
 
     def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[cells.Carry]:

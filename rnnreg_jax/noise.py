@@ -29,7 +29,7 @@ Array = jax.Array
 SITE_IDS = {
     "input": 1, "recurrent": 2, "cell": 3, "output": 4, "update": 5,
     "zoneout_cells": 6, "zoneout_hiddens": 7, "depth": 8, "weight_noise": 9,
-    "embedding": 10,
+    "embedding": 10, "weight_drop": 11, "hidden": 12,
 }
 LAYER_BASE = 1000  # per-layer keys live far from the network-level site ids
 
@@ -117,7 +117,7 @@ def layer_noise(
       reg: the regularization spec.
       key: the window's key; required unless `deterministic`.
       layer: index of the layer in the stack (for key derivation).
-      cell: "lstm", "gru" or "rnn".
+      cell: "lstm", "gru", "rnn" or "lstm_ln".
       batch, steps: B and T of the window.
       input_size, hidden_size: F and H of this layer.
       deterministic: evaluation mode, every noise replaced by its expectation.
@@ -142,8 +142,10 @@ def layer_noise(
 
     bh = (batch, hidden_size)
     input_mask = None
-    if _active(reg.input):
-        input_mask = dropout_mask(k("input"), reg.input, (batch, input_size), steps,
+    input_spec = reg.layer_input(layer)
+    if _active(input_spec):
+        site = "hidden" if layer > 0 and reg.hidden is not None else "input"
+        input_mask = dropout_mask(k(site), input_spec, (batch, input_size), steps,
                                   num_gates, dtype)
     if _active(reg.recurrent):
         mask = dropout_mask(k("recurrent"), reg.recurrent, bh, steps, num_gates, dtype)
@@ -159,7 +161,7 @@ def layer_noise(
         if reg.output_zoneout:
             put("output_gate", 1.0 - keep, spec.tie)
     zc, zh = reg.zoneout_cells, reg.zoneout_hiddens
-    if zc > 0 and cell == "lstm":
+    if zc > 0 and cell in cells.LSTM_TYPES:
         put("zone_c", bernoulli(k("zoneout_cells"), zc, bh, reg.zoneout_tie, steps, dtype),
             reg.zoneout_tie)
     if zh > 0:
@@ -172,7 +174,7 @@ def layer_noise(
         put("depth", bernoulli(k("depth"), reg.stochastic_depth, (batch, 1), "step", steps,
                                dtype), "step")
     return LayerNoise(input=input_mask,
-                      input_per_gate=_active(reg.input) and reg.input.per_gate,
+                      input_per_gate=_active(input_spec) and input_spec.per_gate,
                       tied=cells.StepNoise(**tied), per_step=cells.StepNoise(**per_step))
 
 
@@ -200,6 +202,23 @@ def weight_noise(reg: Regularization, key: Array | None, layer: int, w_h: Array,
     eps = _flat(lambda k, s: jax.random.normal(k, s, w_h.dtype),
                 site_key(key, "weight_noise", layer), w_h.shape)
     return w_h + reg.weight_noise * eps
+
+
+def weight_drop(reg: Regularization, key: Array | None, layer: int, w_h: Array,
+                deterministic: bool) -> Array:
+    """DropConnect on W_h (AWD-LSTM): `W_h * keep / (1 - p)`, `keep ~ Bernoulli(1 - p)`.
+
+    One mask of W_h's shape per layer and call (per minibatch): the same
+    dropped weights for every example and step. Deterministic: `W_h`.
+    """
+    if deterministic or reg.weight_drop <= 0:
+        return w_h
+    if key is None:
+        raise ValueError("A PRNG key is required for weight drop in training mode.")
+    p = reg.weight_drop
+    keep = _flat(lambda k, s: jax.random.bernoulli(k, 1.0 - p, s),
+                 site_key(key, "weight_drop", layer), w_h.shape)
+    return w_h * (keep.astype(w_h.dtype) / (1.0 - p))
 
 
 def output_mask(reg: Regularization, key: Array | None, batch: int, steps: int,

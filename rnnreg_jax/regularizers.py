@@ -25,6 +25,11 @@ Catalog (LSTM notation of DESIGN.md; rates are drop probabilities):
 | `weight_noise(s)`     | Krueger's baseline   | W_h + s N(0, 1), one draw per minibatch          |
 | `norm_stabilizer(b)`  | Krueger & Memisevic  | loss + b mean_t (|h_t| - |h_{t-1}|)^2            |
 | weight decay          | Gal & Ghahramani 2016| L2 in the optimizer (`optax.add_decayed_weights`)|
+| `weight_drop(p)`      | Merity et al. 2017   | W_h * m/(1-p): DropConnect, one mask per minibatch|
+| `dropout("hidden", p)`| Merity et al. 2017   | dropout between layers only (AWD's dropouth);    |
+|                       |                      | `input` then masks the first layer's input only  |
+| `activation_regularization(a)` | Merity 2017 | loss + a mean(h_t^2), dropped last-layer output  |
+| `temporal_activation_regularization(b)` | Merity 2017 | loss + b mean((h_t - h_{t-1})^2)    |
 
 In deterministic mode every noise is replaced by its expectation: dropout is
 the identity (inverted scaling), zoneout and depth coefficients become their
@@ -41,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 TIES = ("sequence", "step")
-DROPOUT_SITES = ("input", "recurrent", "cell", "output", "update")
+DROPOUT_SITES = ("input", "hidden", "recurrent", "cell", "output", "update")
 
 
 def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
@@ -95,7 +100,10 @@ class Regularization:
     """Everything that can be switched on; the default is an unregularized net.
 
     Attributes:
-      input: dropout on every layer's input (embedding output, between layers).
+      input: dropout on every layer's input (embedding output, between layers);
+        on the first layer's input only when `hidden` is set.
+      hidden: dropout on the inputs of layers 1..L-1 (between layers, AWD's
+        `dropouth`); None keeps `input` on every layer.
       recurrent: dropout on h_{t-1} where it enters W_h.
       cell: rnnDrop mask on the new cell state (LSTM only).
       output: dropout on the last layer's output (before the softmax).
@@ -110,9 +118,15 @@ class Regularization:
       stochastic_depth: probability that a layer keeps its whole state.
       weight_noise: std of Gaussian noise on W_h, one draw per minibatch.
       norm_stabilizer: beta of the norm-stabilizer penalty.
+      weight_drop: DropConnect rate on W_h, one mask per minibatch (AWD).
+      activation_reg: alpha of AR, `alpha * mean(h_t^2)` on the last layer's
+        dropped output.
+      temporal_activation_reg: beta of TAR, `beta * mean((h_t - h_{t-1})^2)`
+        on the last layer's undropped output.
     """
 
     input: MaskSpec | None = None
+    hidden: MaskSpec | None = None
     recurrent: MaskSpec | None = None
     cell: MaskSpec | None = None
     output: MaskSpec | None = None
@@ -126,15 +140,21 @@ class Regularization:
     stochastic_depth: float = 0.0
     weight_noise: float = 0.0
     norm_stabilizer: float = 0.0
+    weight_drop: float = 0.0
+    activation_reg: float = 0.0
+    temporal_activation_reg: float = 0.0
 
     def __post_init__(self):
         check_rate(self.embedding, "Embedding dropout")
         check_rate(self.zoneout_cells, "Zoneout (cells)", allow_one=True)
         check_rate(self.zoneout_hiddens, "Zoneout (hiddens)", allow_one=True)
         check_rate(self.stochastic_depth, "Stochastic depth", allow_one=True)
+        check_rate(self.weight_drop, "Weight drop")
         check_tie(self.zoneout_tie, "zoneout_tie")
-        if self.weight_noise < 0 or self.norm_stabilizer < 0:
-            raise ValueError("weight_noise and norm_stabilizer must be non-negative.")
+        for name in ("weight_noise", "norm_stabilizer", "activation_reg",
+                     "temporal_activation_reg"):
+            if not getattr(self, name) >= 0:  # also rejects NaN
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}.")
         if self.output_zoneout and self.update is None:
             raise ValueError("output_zoneout needs recurrent (update) dropout to be on.")
         for site in ("cell", "output", "update"):
@@ -150,10 +170,27 @@ class Regularization:
     def has_noise(self) -> bool:
         """Whether training draws any random numbers (and so needs a key)."""
         masks = any(s is not None and s.active
-                    for s in (self.input, self.recurrent, self.cell, self.output, self.update))
+                    for s in (self.input, self.hidden, self.recurrent, self.cell, self.output,
+                              self.update))
         return masks or any(v > 0 for v in (self.embedding, self.zoneout_cells,
                                             self.zoneout_hiddens, self.stochastic_depth,
-                                            self.weight_noise))
+                                            self.weight_noise, self.weight_drop))
+
+    @property
+    def has_penalty(self) -> bool:
+        """Whether training adds a loss term (norm stabilizer, AR, TAR)."""
+        return any(v > 0 for v in (self.norm_stabilizer, self.activation_reg,
+                                   self.temporal_activation_reg))
+
+    def layer_input(self, layer: int) -> MaskSpec | None:
+        """The dropout spec on the input of layer `layer` (0 = the bottom layer).
+
+        `input` on every layer, unless `hidden` is set: then `input` on layer 0
+        (AWD's `dropouti`) and `hidden` between layers (AWD's `dropouth`).
+        """
+        if layer > 0 and self.hidden is not None:
+            return self.hidden
+        return self.input
 
     @property
     def has_recurrent_noise(self) -> bool:
@@ -166,7 +203,7 @@ class Regularization:
 
     def check_cell(self, cell: str) -> None:
         """Raise if a site needs an LSTM cell state and `cell` has none."""
-        if cell == "lstm":
+        if cell in ("lstm", "lstm_ln"):
             return
         lstm_only = {"cell": self.cell is not None and self.cell.active,
                      "output_zoneout": self.output_zoneout,
@@ -206,7 +243,9 @@ def _mask(rate: float, tie: str, per_gate: bool = False) -> MaskSpec | None:
 def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -> Regularization:
     """Inverted dropout on one named site: `v * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)`.
 
-    Sites: `input` (x_t of every layer), `recurrent` (h_{t-1} into W_h),
+    Sites: `input` (x_t of every layer, of the first one only when `hidden` is
+    set), `hidden` (the inputs of layers 1..L-1, AWD's dropouth),
+    `recurrent` (h_{t-1} into W_h),
     `cell` (c~, LSTM only), `output` (last layer's h_t), `update` (g, the
     Semeniuta site). `tie="step"` draws a fresh mask every step,
     `tie="sequence"` one per window; evaluation is the identity.
@@ -340,3 +379,76 @@ def norm_stabilizer_penalty(hiddens: jax.Array, beta: float, time_axis: int = 1)
     norms = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
     diffs = jnp.diff(norms, axis=time_axis)
     return beta * jnp.mean(jnp.square(diffs))
+
+
+def weight_drop(rate: float) -> Regularization:
+    """Merity et al. 2017 (AWD-LSTM): DropConnect on the recurrent weights.
+
+    `W_h <- W_h * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)` of W_h's shape,
+    one mask per layer and `unroll` call (per minibatch): the same dropped
+    weights for every example and step of the window. Evaluation uses `W_h`.
+    """
+    check_rate(rate, "Weight drop")
+    return Regularization(weight_drop=rate)
+
+
+def activation_regularization(alpha: float) -> Regularization:
+    """Merity et al. 2017: AR, `alpha * mean(h_t^2)` on the last layer's dropped output.
+
+    A loss term: `StackedRNN` sows `activation_penalty` into `penalties` in
+    training only.
+    """
+    return Regularization(activation_reg=alpha)
+
+
+def temporal_activation_regularization(beta: float) -> Regularization:
+    """Merity et al. 2017: TAR, `beta * mean((h_t - h_{t-1})^2)` on the last
+    layer's undropped output, differences within the window.
+
+    A loss term: `StackedRNN` sows `temporal_activation_penalty` into
+    `penalties` in training only.
+    """
+    return Regularization(temporal_activation_reg=beta)
+
+
+def activation_penalty(outputs: jax.Array, alpha: float) -> jax.Array:
+    """AR: `alpha * mean_{b,t,k} h[b,t,k]^2`, a scalar.
+
+    Merity et al. apply it to the *dropped* output of the last layer (the
+    tensor the softmax sees in training); the mean runs over every element.
+    """
+    return alpha * jnp.mean(jnp.square(outputs))
+
+
+def temporal_activation_penalty(hiddens: jax.Array, beta: float,
+                                time_axis: int = 1) -> jax.Array:
+    """TAR: `beta * mean_{b,t,k} (h[b,t,k] - h[b,t-1,k])^2` for t = 1..T-1, a scalar.
+
+    Merity et al. apply it to the *undropped* output of the last layer. As for
+    the norm stabilizer, differences are taken within the window (no term
+    against the state carried in).
+
+    Args:
+      hiddens: `[B, T, H]` (or time-major with `time_axis=0`).
+      beta: penalty weight.
+      time_axis: the time axis of `hiddens`.
+    """
+    return beta * jnp.mean(jnp.square(jnp.diff(hiddens, axis=time_axis)))
+
+
+def awd_lstm(embedding: float = 0.1, input: float = 0.4, hidden: float = 0.3,
+             output: float = 0.4, weight_drop_rate: float = 0.5, alpha: float = 2.0,
+             beta: float = 1.0) -> Regularization:
+    """Merity et al. 2017's regularizers together (AWD-LSTM, PTB values as defaults).
+
+    Word types dropped per sequence (`embedding`; AWD drops them per minibatch),
+    locked (tied per sequence, shared by the gates) dropout on the first
+    layer's input, between layers and on the output, DropConnect on every
+    W_h, AR and TAR. Weight decay and NT-ASGD live in the optimizer.
+    """
+    return compose(
+        variational(input=input, output=output, embedding=embedding),
+        dropout("hidden", hidden, tie="sequence"),
+        weight_drop(weight_drop_rate),
+        activation_regularization(alpha),
+        temporal_activation_regularization(beta))

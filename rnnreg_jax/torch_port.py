@@ -21,6 +21,13 @@ import numpy as np
 from rnnreg_jax import cells
 
 
+def _check_portable(cell: str) -> None:
+    """Only cells with a PyTorch counterpart port (not the layer-normalized LSTM)."""
+    if cell not in cells.CELL_TYPES:
+        raise ValueError(f"Cell {cell!r} has no PyTorch counterpart; portable cells are "
+                         f"{cells.CELL_TYPES}.")
+
+
 def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | None = None
                ) -> list[cells.Params]:
     """Our per-layer params from a PyTorch RNN module's `state_dict()` arrays.
@@ -35,7 +42,7 @@ def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | No
     Returns:
       A list of parameter dicts, bottom layer first.
     """
-    cells.check_cell_type(cell)
+    _check_portable(cell)
     if num_layers is None:
         num_layers = sum(1 for k in state_dict if k.startswith("weight_ih_l"))
     if num_layers == 0:
@@ -57,7 +64,7 @@ def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | No
 def to_torch(cell: str, layers: cells.Params | Sequence[cells.Params]) -> dict[str, np.ndarray]:
     """PyTorch state-dict arrays (numpy) from our params; load with
     `module.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})`."""
-    cells.check_cell_type(cell)
+    _check_portable(cell)
     if isinstance(layers, Mapping):
         layers = [layers]
     out: dict[str, np.ndarray] = {}

@@ -37,7 +37,7 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("argv,message", [
     (["prog"], "Pass --config=NAME"),
-    (["prog", "--config=nope"], "Unknown preset 'nope'; valid presets: baseline"),
+    (["prog", "--config=nope"], "Unknown preset 'nope'; valid presets: awd, awd_small, baseline"),
     (["prog", "--config=zoneout", "--config.train.lr=1"], "Unknown config field 'train.lr'"),
     (["prog", "--config=zoneout", "--config.bogus=1"], "fields of config:"),
     (["prog", "--config=zoneout", "--config.train.num_epochs=many"], "Cannot parse 'many'"),

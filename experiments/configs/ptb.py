@@ -6,6 +6,8 @@ Sources:
     and "Variational (untied weights)") and their code extending Zaremba's.
   Krueger et al. 2016 (zoneout), Table 2 (word level, validation perplexity)
     and Table 3 (character level, bits per character).
+  Beyond the papers: Merity, Keskar, Socher 2017 (AWD-LSTM), Table 1 (PTB,
+    before fine-tuning and the cache pointer) and their code (salesforce/awd-lstm-lm).
 """
 
 from __future__ import annotations
@@ -230,6 +232,54 @@ def norm_stabilizer_char():
     return _zoneout_char("norm stabilizer beta 50", norm_stabilizer=50.0)
 
 
+# --- Merity et al. 2017 (AWD-LSTM), beyond the papers -----------------------------
+
+def _awd(hidden_sizes, embed, batch_size, epochs, paper):
+    # The paper's PTB setting: word dropout (embedding) 0.1, locked dropout on the word
+    # vectors 0.4 (dropouti), between layers 0.3 (dropouth) and on the output 0.4, weight
+    # drop 0.5 on every W_h, AR 2, TAR 1, weight decay 1.2e-6, NT-ASGD lr 30 with n = 5,
+    # clip 0.25, BPTT 70, batch 40 (the repository's PTB command:
+    # `main.py --dropouti 0.4 --batch_size 40`; main.py's own defaults are dropouti 0.65
+    # and batch 80), 750 epochs, loss averaged over tokens, state carried between windows.
+    # Differences from the code, all documented in docs/REGULARIZERS.md:
+    #  * fixed windows of 70: AWD's variable-length windows (BPTT ~ N(70, 5), p = 0.95,
+    #    else N(35, 5), with the lr rescaled by seq_len / 70) are out of scope;
+    #  * embedding dropout drops word types per sequence (Gal's), AWD per minibatch;
+    #  * every weight uniform in [-0.1, 0.1] (AWD: embedding 0.1, LSTM PyTorch's
+    #    1/sqrt(H), softmax bias 0): the task builder has one init scale.
+    return _config(
+        _data("ptb_word", batch_size, 70, "contiguous", eval_batch_size=10),
+        _awd_model(hidden_sizes, embed),
+        reg_config(embedding=0.1, input=0.4, hidden=0.3, output=0.4, tie="sequence",
+                   weight_drop=0.5, activation_reg=2.0, temporal_activation_reg=1.0),
+        train_config(num_epochs=epochs, optimizer="ntasgd", learning_rate=30.0,
+                     ntasgd_nonmono=5, lr_schedule="constant", clip_norm=0.25,
+                     weight_decay=1.2e-6, loss_sum_over_time=False, carry_state=True),
+        paper)
+
+
+def _awd_model(hidden_sizes, embed):
+    model = _model(hidden_sizes[0], len(hidden_sizes), 0.1)
+    model.hidden_sizes = tuple(hidden_sizes)
+    model.embed_size = embed
+    model.tie_embeddings = True  # the last layer's width equals the embedding's
+    return model
+
+
+def awd():
+    """AWD-LSTM: 3 layers 1150/1150/400, embeddings 400 tied to the softmax."""
+    return _awd((1150, 1150, 400), 400, 40, 750, paper_config(
+        "Merity et al. 2017, Table 1 (AWD-LSTM, PTB, before fine-tuning)",
+        valid=60.0, test=57.3))
+
+
+def awd_small():
+    """AWD-LSTM's regularizers and optimizer on a 2x400 LSTM (CPU-sized), 50 epochs."""
+    config = _awd((400, 400), 400, 20, 50, paper_config(
+        "Merity et al. 2017's recipe on a 2x400 LSTM (no published number)"))
+    return config
+
+
 # --- smoke test ----------------------------------------------------------------
 
 def tiny():
@@ -250,5 +300,6 @@ PRESETS = {fn.__name__: fn for fn in (
     stochastic_depth, norm_stabilizer, zoneout_cells, baseline, weight_noise,
     zoneout_char, zoneout_char_overlapping, baseline_char, recurrent_dropout_char,
     stochastic_depth_char, weight_noise_char, norm_stabilizer_char,
+    awd, awd_small,
     tiny,
 )}

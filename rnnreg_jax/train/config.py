@@ -12,11 +12,15 @@ def default_train_config() -> ml_collections.ConfigDict:
     c.num_epochs = 1              # passes over the training source.
     c.max_steps = 0               # stop after this many optimizer steps in all (0 = no cap).
     # Optimizer: clip_by_global_norm -> add_decayed_weights -> update rule.
-    c.optimizer = "sgd"           # "sgd" | "momentum" | "adam" | "rmsprop".
+    c.optimizer = "sgd"           # "sgd" | "momentum" | "adam" | "rmsprop" | "ntasgd".
     c.learning_rate = 1.0         # initial learning rate (Zaremba: 1 on the summed loss).
     c.momentum = 0.9              # "momentum" only.
     c.rmsprop_decay = 0.9         # "rmsprop" only: decay of the squared-gradient average
                                   # (0.5 in the zoneout preset).
+    c.ntasgd_nonmono = 5          # "ntasgd" only: start averaging the iterates after a
+                                  # validation loss worse than the best one older than this
+                                  # many evaluations (AWD-LSTM's non-monotone trigger); once
+                                  # averaging, evaluation and checkpoints' eval use the average.
     c.clip_norm = 5.0             # clip gradients to this global norm (0 = off).
     c.weight_decay = 0.0          # L2: weight_decay * param added to the gradient (after
                                   # clipping, before the lr scaling), as in Gal's code.

@@ -1,6 +1,6 @@
 """Optimizers (optax chains) and the epoch-level learning-rate rules.
 
-    clip_by_global_norm -> add_decayed_weights -> sgd | momentum | adam | rmsprop
+    clip_by_global_norm -> add_decayed_weights -> sgd | momentum | adam | rmsprop | ntasgd
 
 The whole chain is wrapped in `optax.inject_hyperparams`, so the learning
 rate is an array in the optimizer state: the epoch-level rules set it on the
@@ -15,7 +15,9 @@ import math
 
 import optax
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+from rnnreg_jax.train import ntasgd as ntasgd_lib
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 LR_SCHEDULES = ("constant", "zaremba", "plateau")
 
 
@@ -37,6 +39,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
             parts.append(optax.sgd(learning_rate, momentum=config.momentum))
         elif name == "adam":
             parts.append(optax.adam(learning_rate))
+        elif name == "ntasgd":  # SGD + iterate averaging switched on by the loop (AWD-LSTM)
+            parts.append(ntasgd_lib.ntasgd(learning_rate))
         else:
             parts.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay))
         return optax.chain(*parts)
