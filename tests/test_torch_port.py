@@ -170,9 +170,11 @@ def test_to_torch_single_layer_dict_and_golden_round_trip() -> None:
 
 def test_errors() -> None:
     """Unknown cells and state dicts without layers are clear errors."""
-    with pytest.raises(ValueError, match="Unknown cell type"):
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
         torch_port.from_torch("transformer", {"weight_ih_l0": np.zeros((1, 1))})
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
+        torch_port.from_torch("lstm_ln", {"weight_ih_l0": np.zeros((1, 1))})
     with pytest.raises(ValueError, match="weight_ih_l0"):
         torch_port.from_torch("lstm", {"fc.weight": np.zeros((1, 1))})
-    with pytest.raises(ValueError, match="Unknown cell type"):
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
         torch_port.to_torch("lstmx", {})
