@@ -39,7 +39,8 @@ def _config(dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDi
     config.reg = reg_config(**reg)
     config.train = train_config(
         num_epochs=20, optimizer="adam", learning_rate=0.001, clip_norm=0.0,
-        weight_decay=GAL_WEIGHT_DECAY, lr_schedule="constant", mc_samples=50)
+        weight_decay=GAL_WEIGHT_DECAY, lr_schedule="constant", mc_samples=50,
+        mc_chunk=5)  # 5 samples x 512 reviews per pass keeps MC under ~2 GB
     config.paper = paper_config(f"Gal & Ghahramani 2016, sentiment ({dataset}): {row}")
     return config
 
