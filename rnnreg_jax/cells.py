@@ -75,6 +75,12 @@ class StepNoise(NamedTuple):
     depth: Any = None
 
 
+def merge_noise(tied: StepNoise, step: StepNoise) -> StepNoise:
+    """One step's noise: each field from `tied` (reused every step) or, if None there,
+    from `step` (this step's slice of the per-step arrays)."""
+    return StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
+
+
 def check_cell_type(cell: str) -> None:
     if cell not in ALL_CELL_TYPES:
         raise ValueError(f"Unknown cell type {cell!r}; expected one of {ALL_CELL_TYPES}.")

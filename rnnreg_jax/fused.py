@@ -25,10 +25,6 @@ from rnnreg_jax import cells
 Array = jax.Array
 
 
-def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
-    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
-
-
 def _extra_params(cell: str, params: cells.Params) -> dict:
     """Parameters the elementwise update reads (the GRU's recurrent bias, the
     LN-LSTM's recurrent and cell normalization gains and biases)."""
@@ -55,7 +51,7 @@ def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
 
     def body(c, inputs):
         xw_t, noise_t = inputs
-        noise = _merge(tied, noise_t)
+        noise = cells.merge_noise(tied, noise_t)
         rec_t = cells.recurrent_projection(c["h"], w_h, noise.recurrent)
         new_c, y_t = update(extra, c, xw_t, rec_t, noise)
         return new_c, ((y_t, c, rec_t) if save else y_t)
@@ -110,7 +106,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     def body(acc, inputs):
         ct_carry, ct_extra = acc
         xw_t, noise_t, c_prev, rec_t, ct_y = inputs
-        noise = _merge(tied, noise_t)
+        noise = cells.merge_noise(tied, noise_t)
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
         d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))

@@ -25,10 +25,6 @@ from rnnreg_jax.regularizers import NONE, Regularization
 Array = jax.Array
 
 
-def _merge(tied: cells.StepNoise, step: cells.StepNoise) -> cells.StepNoise:
-    return cells.StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
-
-
 def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
@@ -61,7 +57,7 @@ def scan_layer(
 
     def body(c, inputs):
         xw_t, noise_t = inputs
-        new_c, y_t = step(params, c, xw_t, _merge(layer_noise.tied, noise_t))
+        new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         return new_c, y_t
 
     final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)
