@@ -43,15 +43,8 @@ setup() {
   fi
 }
 
-# One word for a POSIX shell: bare when safe, else in single quotes (like Python's shlex.quote).
-quote() {
-  local squote="'" escaped="'\\''"
-  if [[ "$1" =~ ^[-A-Za-z0-9_./=:@,+%]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//$squote/$escaped}"
-  fi
-}
+# shellcheck source=scripts/quote.sh
+source "$ROOT/scripts/quote.sh"
 
 check_experiment() {
   [[ -f "$ROOT/experiments/$1.py" ]] || die "unknown experiment '$1'; choose one of: $(cd "$ROOT/experiments" && printf '%s ' [a-z]*.py | sed 's/\.py//g')"

@@ -47,15 +47,8 @@ usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
 
-# One word for a POSIX shell: bare when safe, else in single quotes (like Python's shlex.quote).
-quote() {
-  local squote="'" escaped="'\\''"
-  if [[ "$1" =~ ^[-A-Za-z0-9_./=:@,+%]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//$squote/$escaped}"
-  fi
-}
+# shellcheck source=scripts/quote.sh
+source "$ROOT/scripts/quote.sh"
 
 # One command: printed shell-quoted (pasteable) in a dry run, else echoed to stderr and run.
 run_cmd() {

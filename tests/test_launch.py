@@ -58,6 +58,7 @@ def root(tmp_path_factory) -> Path:
     shutil.copy2(REPO / "launch.sh", root / "launch.sh")
     (root / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "tpu.sh", root / "scripts" / "tpu.sh")
+    shutil.copy2(REPO / "scripts" / "quote.sh", root / "scripts" / "quote.sh")
     (root / "experiments").mkdir()
     (root / "experiments" / "ptb.py").write_text("print('stub')\n")
     (root / "experiments" / "cli.py").write_text("")
@@ -291,14 +292,15 @@ def test_errors_are_one_line_and_exit_2(sandbox, args, env, unset, needle):
     assert calls() == []
 
 
-SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh"]
+SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/quote.sh"]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("path", SHELL_FILES)
 def test_shellcheck_clean(path):
-    result = subprocess.run(["shellcheck", str(REPO / path)], capture_output=True, text=True,
-                            timeout=60)
+    # -x follows the `source`d scripts/quote.sh, so it is checked in context too.
+    result = subprocess.run(["shellcheck", "-x", path], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
