@@ -280,6 +280,25 @@ class ArrayBatches(BatchSource):
                 f"{n} examples are fewer than one batch of {b}; use a smaller batch size."
             )
 
+    @classmethod
+    def for_split(
+        cls,
+        split: str,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        *,
+        shuffle: bool | None = None,
+        drop_remainder: bool | None = None,
+        **kwargs,
+    ) -> ArrayBatches:
+        """`ArrayBatches` with the split's defaults: "train" shuffles and drops the
+        remainder; other splits keep their order and every example (with `weights`)."""
+        train = split == "train"
+        return cls(arrays, batch_size,
+                   shuffle=train if shuffle is None else shuffle,
+                   drop_remainder=train if drop_remainder is None else drop_remainder,
+                   **kwargs)
+
     def order(self, epoch: int) -> np.ndarray:
         """Returns the example indices of epoch `epoch` in batch order."""
         if not self.shuffle:

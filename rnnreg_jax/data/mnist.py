@@ -121,18 +121,18 @@ class MNIST:
         `shuffle` and `drop_remainder` default to True for "train" and False
         otherwise (evaluation batches then carry `weights`, see `ArrayBatches`).
         """
-        train = split == "train"
         perm = self.permutation
 
         def transform(batch: batching.Batch) -> batching.Batch:
             return {"inputs": to_sequences(batch["inputs"], perm), "labels": batch["labels"]}
 
-        return batching.ArrayBatches(
+        return batching.ArrayBatches.for_split(
+            split,
             {"inputs": self.images[split], "labels": self.labels[split]},
             batch_size,
-            shuffle=train if shuffle is None else shuffle,
+            shuffle=shuffle,
             seed=seed,
-            drop_remainder=train if drop_remainder is None else drop_remainder,
+            drop_remainder=drop_remainder,
             transform=transform,
             process_index=process_index,
             process_count=process_count,

@@ -109,13 +109,13 @@ class SentimentData:
 
         `shuffle` and `drop_remainder` default to True for "train", else False.
         """
-        train = split == "train"
-        return batching.ArrayBatches(
+        return batching.ArrayBatches.for_split(
+            split,
             {"inputs": self.inputs[split], self.target_key: self.targets[split]},
             batch_size,
-            shuffle=train if shuffle is None else shuffle,
+            shuffle=shuffle,
             seed=seed,
-            drop_remainder=train if drop_remainder is None else drop_remainder,
+            drop_remainder=drop_remainder,
             process_index=process_index,
             process_count=process_count,
         )
