@@ -32,13 +32,11 @@ def _start_distributed(config) -> None:
     from rnnreg_jax.train.mesh import maybe_initialize_distributed
 
     flags = cli.FLAGS
-    if flags.coordinator_address:
-        # Explicit cluster (local multi-process runs); on Cloud TPU the engine's
-        # `distributed` flag auto-detects everything instead.
-        jax.distributed.initialize(coordinator_address=flags.coordinator_address,
-                                   num_processes=flags.num_processes,
-                                   process_id=flags.process_id)
-    maybe_initialize_distributed(bool(config.train.get("distributed", False)))
+    # An explicit coordinator (local multi-process runs) or the `distributed` flag (Cloud
+    # TPU, where everything is auto-detected) turns it on.
+    enabled = bool(flags.coordinator_address) or bool(config.train.get("distributed", False))
+    maybe_initialize_distributed(enabled, flags.coordinator_address, flags.num_processes,
+                                 flags.process_id)
 
 
 def run(task_name: str, config) -> dict:

@@ -20,10 +20,15 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """`jax.distributed.initialize()` (arguments from the environment: TPU
-    pods, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-    JAX_PROCESS_ID) once per process when `enabled`."""
+def maybe_initialize_distributed(enabled: bool, coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> None:
+    """`jax.distributed.initialize(...)` once per process when `enabled`.
+
+    Arguments left None are auto-detected (TPU pods, SLURM, or
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); local
+    multi-process runs pass all three.
+    """
     if not enabled:
         return
     try:
@@ -31,7 +36,8 @@ def maybe_initialize_distributed(enabled: bool) -> None:
             return
     except AttributeError:  # older jax
         pass
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
     logging.info("jax.distributed: process %d of %d, %d devices in all",
                  jax.process_index(), jax.process_count(), jax.device_count())
 
