@@ -46,8 +46,15 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
                        tied, per_step)
 
 
+def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise) -> Array:
+    """`W_h` in the layout the per-step product wants (gate-major for per-gate masks)."""
+    gates = cells.per_gate_recurrent(tied, per_step)
+    return w_h if gates is None else cells.gate_major(w_h, gates)
+
+
 def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
     update = cells.get_update(cell)
+    w_h = _recurrent_weights(w_h, tied, per_step)
 
     def body(c, inputs):
         xw_t, noise_t = inputs
@@ -72,15 +79,17 @@ def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
 
 
 def _project_transpose(d_rec: Array, w_h: Array, mask) -> Array:
-    """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`."""
+    """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
+
+    With a per-gate mask `w_h` is gate-major `[G, H, H]` (`_recurrent_weights`).
+    """
     if mask is None:
         return d_rec @ w_h.T
     if mask.ndim == 2:
         return (d_rec @ w_h.T) * mask
     num_gates = mask.shape[0]
-    d = d_rec.reshape(d_rec.shape[0], num_gates, -1)  # [B, G, H]
-    w = w_h.reshape(w_h.shape[0], num_gates, -1)  # [H, G, H]
-    return jnp.sum(jnp.einsum("bgk,hgk->gbh", d, w) * mask, axis=0)
+    d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
+    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
 
 
 def _weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
@@ -102,6 +111,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     w_h, extra, xw, tied, per_step, prev_carries, recs = residuals
     ct_ys, ct_final = cotangents
     update = cells.get_update(cell)
+    w_rec = _recurrent_weights(w_h, tied, per_step)
 
     def body(acc, inputs):
         ct_carry, ct_extra = acc
@@ -110,7 +120,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
         d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
-        d_c = dict(d_c, h=d_c["h"] + _project_transpose(d_rec, w_h, noise.recurrent))
+        d_c = dict(d_c, h=d_c["h"] + _project_transpose(d_rec, w_rec, noise.recurrent))
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
         return (d_c, ct_extra), (d_xw, d_rec)
 

@@ -55,6 +55,10 @@ def scan_layer(
         raise ValueError(f"Unknown implementation {implementation!r}; use 'fused' or "
                          "'autodiff'.")
 
+    gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
+    if gates is not None:  # rearranged once here, not in every step
+        params = dict(params, w_h=cells.gate_major(params["w_h"], gates))
+
     def body(c, inputs):
         xw_t, noise_t = inputs
         new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
