@@ -58,6 +58,22 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def torch_matmul_gflops(n: int = 1024, repeats: int = 10) -> float | None:
+    """The same rate through PyTorch's GEMM (None without torch): the peers' ceiling."""
+    if bm.torch_version() is None:
+        return None
+    import torch
+
+    a = torch.randn(n, n)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def time_contenders(steps: dict[str, Callable[[], None]], n: int, rounds: int) -> dict:
     """Median seconds per step of every contender, timed in interleaved rounds."""
     samples: dict[str, list[float]] = {name: [] for name in steps}
@@ -114,7 +130,8 @@ def main(argv):
 
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "jax": jax.__version__, "backend": jax.default_backend(),
-            "torch": bm.torch_version(), "matmul_gflops": matmul_gflops()}
+            "torch": bm.torch_version(), "matmul_gflops": matmul_gflops(),
+            "torch_matmul_gflops": torch_matmul_gflops()}
     print(f"# {info}")
     results = {"info": info, "workloads": {}}
     for name in FLAGS.workloads:
@@ -125,7 +142,9 @@ def main(argv):
             step()
         seconds = time_contenders(steps, FLAGS.steps, FLAGS.rounds)
         tokens = spec["batch"] * spec["steps"]
-        rows = {c: {"seconds_per_step": s, "tokens_per_s": tokens / s} for c, s in seconds.items()}
+        flops = bm.flops_per_step(spec)
+        rows = {c: {"seconds_per_step": s, "tokens_per_s": tokens / s, "gflops": flops / s / 1e9}
+                for c, s in seconds.items()}
         if FLAGS.memory and name in FLAGS.memory_workloads:
             for c in rows:
                 rows[c]["peak_mib"] = measure_memory(name, c)
@@ -145,17 +164,23 @@ def markdown(results: dict, command: str) -> str:
     lines = [f"Command: `{command}`", "",
              f"Machine: {info['cpus']} CPUs ({info['machine']}), backend {info['backend']}, "
              f"jax {info['jax']}, torch {info['torch']}; float32 matmul "
-             f"{info['matmul_gflops']:.1f} GFLOP/s (1024x1024 through XLA).", ""]
+             f"{info['matmul_gflops']:.1f} GFLOP/s (1024x1024 through XLA)"
+             + (f", {info['torch_matmul_gflops']:.1f} GFLOP/s through PyTorch"
+                if info.get("torch_matmul_gflops") else "") + ".",
+             "", "GFLOP/s: the step's matmul FLOPs (forward and backward, "
+             "`bench_models.flops_per_step`) over its time.", ""]
     for workload, rows in results["workloads"].items():
         base = rows.get("ours_none", {}).get("tokens_per_s")
         peers = [p for p in ("flax", "torch_lstm", "torch_cell_variational") if p in rows]
         memory = any("peak_mib" in r for r in rows.values())
-        head = ["contender", "tokens/s", "ms/step", *[f"x {p}" for p in peers], "x ours_none"]
+        head = ["contender", "tokens/s", "ms/step", "GFLOP/s", *[f"x {p}" for p in peers],
+                "x ours_none"]
         head += ["peak MiB"] if memory else []
         lines += [f"### {workload}", "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]
         for name, r in rows.items():
-            cells = [name, f"{r['tokens_per_s']:.0f}", f"{1e3 * r['seconds_per_step']:.1f}"]
+            cells = [name, f"{r['tokens_per_s']:.0f}", f"{1e3 * r['seconds_per_step']:.1f}",
+                     f"{r['gflops']:.1f}" if "gflops" in r else ""]
             cells += [f"{r['tokens_per_s'] / rows[p]['tokens_per_s']:.2f}" for p in peers]
             cells += [f"{r['tokens_per_s'] / base:.2f}" if base else ""]
             if memory:
@@ -170,13 +195,14 @@ def print_table(workload: str, rows: dict) -> None:
     """Absolute figures and ratios to the peers and to our unregularized model."""
     base = rows.get("ours_none", {}).get("tokens_per_s")
     peers = [p for p in ("flax", "torch_lstm", "torch_cell_variational") if p in rows]
-    header = f"{'contender':26s} {'tokens/s':>10s} {'ms/step':>9s}"
+    header = f"{'contender':26s} {'tokens/s':>10s} {'ms/step':>9s} {'GFLOP/s':>8s}"
     header += "".join(f" {'x ' + p:>24s}" for p in peers) + f" {'x ours_none':>12s}"
     if any("peak_mib" in r for r in rows.values()):
         header += f" {'peak MiB':>9s}"
     print(f"\n## {workload}\n{header}")
     for name, r in rows.items():
         line = f"{name:26s} {r['tokens_per_s']:10.0f} {1e3 * r['seconds_per_step']:9.1f}"
+        line += f" {r.get('gflops', float('nan')):8.1f}"
         line += "".join(f" {r['tokens_per_s'] / rows[p]['tokens_per_s']:24.2f}" for p in peers)
         line += f" {r['tokens_per_s'] / base:12.2f}" if base else f" {'':>12s}"
         if "peak_mib" in r:

@@ -27,6 +27,22 @@ WORKLOADS = {
 }
 
 
+def flops_per_step(spec: dict) -> float:
+    """Matmul FLOPs of one training step (forward x 3 for forward + backward).
+
+    Per token and layer `2 (F + H) 4H` for the input and recurrent products,
+    plus the output layer (`2 H V` per token for a language model, `2 H C` per
+    sequence for a classifier); elementwise work is not counted, so a
+    contender's FLOP rate over this count is a lower bound of its matmul rate.
+    """
+    h, layers, b, t = spec["hidden"], spec["layers"], spec["batch"], spec["steps"]
+    first_in = h if spec["kind"] == "lm" else spec["features"]
+    lstm = sum(2 * (first_in if i == 0 else h) * 4 * h + 2 * h * 4 * h
+               for i in range(layers)) * b * t
+    head = 2 * h * spec["vocab"] * b * t if spec["kind"] == "lm" else 2 * h * spec["classes"] * b
+    return 3.0 * (lstm + head)
+
+
 def _regs():
     import rnnreg_jax as rj
 

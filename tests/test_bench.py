@@ -26,3 +26,27 @@ def test_markdown_ratios():
             if line.startswith("| ours") or line.startswith("| flax")}
     assert "| 2.00 | 1.00 |" in rows["ours_none"]  # x flax, x ours_none
     assert "| 1.00 | 0.50 |" in rows["ours_zoneout"]
+
+
+def test_flops_per_step_counts_every_matmul_of_forward_and_backward():
+    from experiments import bench_models as bm
+
+    # LM, 2 layers of H 3 over embeddings of width 3, V 5, B 2, T 4 (8 tokens):
+    # per token and layer x and h products 2*3*12 + 2*3*12 = 144; softmax 2*3*5 = 30.
+    lm = dict(kind="lm", vocab=5, hidden=3, layers=2, batch=2, steps=4)
+    assert bm.flops_per_step(lm) == 3 * 8 * (2 * 144 + 30)
+    # Classifier over 1 feature: first layer 2*1*12 + 2*3*12 = 96 per step; head per sequence.
+    seq = dict(kind="seq", classes=10, features=1, hidden=3, layers=1, batch=2, steps=4)
+    assert bm.flops_per_step(seq) == 3 * (8 * 96 + 2 * 2 * 3 * 10)
+
+
+def test_markdown_reports_gflops_and_both_matmul_ceilings():
+    results = {
+        "info": {"cpus": 2, "machine": "x86_64", "backend": "cpu", "jax": "0", "torch": "2",
+                 "matmul_gflops": 80.0, "torch_matmul_gflops": 100.0},
+        "workloads": {"w": {"ours_none": {"seconds_per_step": 0.5, "tokens_per_s": 200.0,
+                                          "gflops": 42.25}}},
+    }
+    text = bench.markdown(results, "cmd")
+    assert "80.0 GFLOP/s (1024x1024 through XLA), 100.0 GFLOP/s through PyTorch" in text
+    assert "| ours_none | 200 | 500.0 | 42.2 |" in text
