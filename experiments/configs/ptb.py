@@ -280,6 +280,15 @@ def awd_small():
     return config
 
 
+def variational_small():
+    """Gal's medium recipe (tied masks, SGD lr 1) on awd_small's 2x400 LSTM: its peer."""
+    config = _gal("medium", "sequence", False, paper_config(
+        "Gal & Ghahramani 2016's medium recipe on a 2x400 LSTM (no published number)"))
+    config.model.hidden_sizes = (400, 400)
+    config.model.embed_size = 400
+    return config
+
+
 # --- smoke test ----------------------------------------------------------------
 
 def tiny():
@@ -300,6 +309,6 @@ PRESETS = {fn.__name__: fn for fn in (
     stochastic_depth, norm_stabilizer, zoneout_cells, baseline, weight_noise,
     zoneout_char, zoneout_char_overlapping, baseline_char, recurrent_dropout_char,
     stochastic_depth_char, weight_noise_char, norm_stabilizer_char,
-    awd, awd_small,
+    awd, awd_small, variational_small,
     tiny,
 )}
