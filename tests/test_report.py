@@ -64,6 +64,8 @@ def built(tmp_path_factory):
               [0.19, 0.17], {"test": 0.168, "test_mc": 0.165}, _paper("Gal sentiment"))
     write_run(runs / "sentiment", "nod", "sentiment", "no_dropout", "cornell", "rmse", 2,
               [0.18, 0.19], {"test": 0.19, "test_mc": 0.19}, _paper("Gal sentiment"))
+    write_run(runs, "awd", "ptb", "awd_small", "ptb_word", "ppl", 2, [300.0, 200.0],
+              {"valid": 200.0, "test": 190.0}, _paper("Merity"), carry_state=True)
     out = tmp / "RESULTS.md"
     rc = report.main([f"--runs={runs}", f"--out={out}", f"--plots={tmp / 'docs' / 'results'}"])
     assert rc == 0
@@ -152,3 +154,19 @@ def test_run_curves_and_missing_dir(tmp_path, capsys):
     assert not run.finished and run.epochs_trained() == 2
     assert report.main([f"--runs={tmp_path / 'nope'}", f"--out={tmp_path / 'R.md'}"]) == 2
     assert "No run directory" in capsys.readouterr().err
+
+
+def test_report_group_gets_its_own_section_and_plot(built):
+    from experiments.configs import ptb
+
+    tmp, text = built
+    group = ptb.REPORT_GROUPS["awd_small"]
+    title = f"## Penn Treebank, word level: {group}"
+    assert title in text
+    section = text.split(title)[1].split("\n## ")[0]
+    assert "| `awd_small` | 200.0 |" in section and "zaremba_small" not in section
+    main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
+    assert "awd_small" not in main and "`zaremba_small`" in main
+    png = tmp / "docs" / "results" / f"ptb_word_{report._slug(group)}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](docs/results/{png.name})" in section

@@ -301,6 +301,12 @@ def tiny():
     return config
 
 
+# Presets the report puts in a section and plot of their own (not rows of a paper's table).
+REPORT_GROUPS = {
+    "awd_small": "AWD-LSTM's recipe vs variational dropout (2x400)",
+    "variational_small": "AWD-LSTM's recipe vs variational dropout (2x400)",
+}
+
 PRESETS = {fn.__name__: fn for fn in (
     zaremba_small, zaremba_medium, zaremba_large,
     variational_medium, variational_medium_untied, variational_large, variational_large_untied,
