@@ -20,6 +20,8 @@ Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
   * ``lstm_ln``: the layer-normalized LSTM of Ba et al. 2016 (same gate
     order; see `lstm_ln_update`). Not one of the papers' cells, so it is in
     `ALL_CELL_TYPES` but not in `CELL_TYPES`, and it has no PyTorch port.
+  * ``lstm_bn``: the recurrently batch-normalized LSTM of Cooijmans et al.
+    2016 (same gate order), in `rnnreg_jax.batchnorm`; likewise beyond the papers.
 
 Weights are stored input-major (`w_x: [F, G*H]`, `w_h: [H, G*H]`), the
 transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
@@ -38,10 +40,13 @@ Params = dict[str, Array]
 Carry = dict[str, Array]
 
 CELL_TYPES = ("lstm", "gru", "rnn")  # the reproduced papers' cells (PyTorch-portable)
-EXTRA_CELL_TYPES = ("lstm_ln",)  # beyond the papers: layer-normalized LSTM (Ba et al. 2016)
+# Beyond the papers: layer-normalized LSTM (Ba et al. 2016), recurrent batch
+# normalization (Cooijmans et al. 2016, `rnnreg_jax.batchnorm`).
+EXTRA_CELL_TYPES = ("lstm_ln", "lstm_bn")
 ALL_CELL_TYPES = CELL_TYPES + EXTRA_CELL_TYPES
-LSTM_TYPES = ("lstm", "lstm_ln")  # cells with a memory cell `c` (every LSTM-only site applies)
-NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4}
+# cells with a memory cell `c` (every LSTM-only site applies)
+LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn")
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4, "lstm_bn": 4}
 LN_EPSILON = 1e-5  # added to the variance in every layer normalization
 
 
@@ -110,6 +115,8 @@ def init_params(
       `lstm_ln` draws `w_x`, `w_h`, `b` exactly as the LSTM does from the same
       key and adds the normalization gains (ones) and biases (zeros, Ba et
       al.): `ln_x_g, ln_x_b, ln_h_g, ln_h_b: [4H]`, `ln_c_g, ln_c_b: [H]`.
+      `lstm_bn` likewise adds `bn_x_g, bn_h_g: [4H]`, `bn_c_g, bn_c_b: [H]`
+      (`batchnorm.init_params`: gains 0.1, shift 0).
     """
     check_cell_type(cell)
     scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
@@ -128,6 +135,8 @@ def init_params(
         for site, size in (("x", width), ("h", width), ("c", hidden_size)):
             params[f"ln_{site}_g"] = jnp.ones((size,), dtype)
             params[f"ln_{site}_b"] = jnp.zeros((size,), dtype)
+    if cell == "lstm_bn":
+        params.update(_batchnorm.init_params(hidden_size, dtype))
     return params
 
 
@@ -199,14 +208,18 @@ def layer_norm(x: Array, gain: Array, bias: Array, groups: int = 1) -> Array:
 
 
 def project(cell: str, params: Params, x: Array, input_mask: Array | None = None,
-            per_gate: bool = False) -> Array:
+            per_gate: bool = False, population: dict | None = None) -> Array:
     """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
 
     `project_inputs` for the papers' cells; for `lstm_ln` the normalized
     projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
     of each step and example are taken per gate block, so hoisting it out of
-    the scan is exact).
+    the scan is exact). For `lstm_bn` a dict `{"x": [T, B, 4H], "stats"}` from
+    `batchnorm.project`, normalized by the `population` statistics if given,
+    else by each step's batch statistics.
     """
+    if cell == "lstm_bn":
+        return _batchnorm.project(params, x, input_mask, per_gate, population)
     if cell != "lstm_ln":
         return project_inputs(params, x, input_mask, per_gate)
     xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
@@ -397,7 +410,8 @@ UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update,
 # The parameters an update function reads (besides the carry, xw_t and rec_t);
 # the fused backward pass differentiates the update with respect to them.
 UPDATE_PARAMS = {"lstm": (), "gru": ("b_h",), "rnn": (),
-                 "lstm_ln": ("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b")}
+                 "lstm_ln": ("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b"),
+                 "lstm_bn": ("bn_h_g", "bn_c_g", "bn_c_b")}
 
 
 def get_step(cell: str):
@@ -410,3 +424,10 @@ def get_update(cell: str):
     """The elementwise update of a cell type: `(params, carry, xw_t, rec_t, noise)`."""
     check_cell_type(cell)
     return UPDATES[cell]
+
+
+# The BN-LSTM builds on this module (it imports it), so it is registered last.
+from rnnreg_jax import batchnorm as _batchnorm  # noqa: E402
+
+STEPS["lstm_bn"] = _batchnorm.lstm_bn_step
+UPDATES["lstm_bn"] = _batchnorm.lstm_bn_update

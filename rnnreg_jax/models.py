@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import noise
+from rnnreg_jax import batchnorm, noise
 from rnnreg_jax.nn import StackedRNN
 from rnnreg_jax.regularizers import NONE, Regularization
 
@@ -35,7 +35,7 @@ class LanguageModel(nn.Module):
       vocab_size: V.
       hidden_sizes: recurrent widths, bottom first.
       embed_size: E (defaults to the first hidden size, as in Zaremba).
-      cell: "lstm", "gru", "rnn" or "lstm_ln".
+      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
       reg: regularization; `embedding` drops word types, `input`/`output`
         sites act on the embedding output and the last layer's output.
       init_scale: uniform init range of every weight.
@@ -43,6 +43,9 @@ class LanguageModel(nn.Module):
         (needs last hidden size == embed size).
       unroll: `lax.scan` unroll factor.
       implementation: "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
+      bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
+        index of the per-step statistics restarts at 0 in every window, also
+        when the state is carried from window to window.
     """
 
     vocab_size: int
@@ -54,15 +57,19 @@ class LanguageModel(nn.Module):
     tie_embeddings: bool = False
     unroll: int = 1
     implementation: str = "fused"
+    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
+    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
 
     @nn.compact
-    def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True):
+    def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
+                 use_running_average: bool | None = None):
         """Logits for a window of token ids.
 
         Args:
           ids: int `[B, T]`.
           carry: per-layer states from the previous window (or None = zeros).
           deterministic: evaluation mode.
+          use_running_average: "lstm_bn" only, see `nn.StackedRNN`.
 
         Returns:
           `(logits [B, T, V], carry)`.
@@ -79,7 +86,8 @@ class LanguageModel(nn.Module):
             x = x * mask
         y, carry = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
                               unroll=self.unroll, implementation=self.implementation,
-                              name="rnn")(x, carry, deterministic)
+                              bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
+                              name="rnn")(x, carry, deterministic, use_running_average)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
@@ -105,7 +113,8 @@ class SequenceModel(nn.Module):
       hidden_sizes: recurrent widths.
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
-      cell, reg, init_scale, unroll: as in `LanguageModel`.
+      cell, reg, init_scale, unroll, implementation, bn_max_steps, bn_momentum:
+        as in `LanguageModel`.
     """
 
     num_outputs: int
@@ -117,10 +126,14 @@ class SequenceModel(nn.Module):
     init_scale: float | None = None
     unroll: int = 1
     implementation: str = "fused"
+    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
+    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, deterministic: bool = True):
-        """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]`."""
+    def __call__(self, inputs: jax.Array, deterministic: bool = True,
+                 use_running_average: bool | None = None):
+        """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]`
+        (`use_running_average`: "lstm_bn" only, see `nn.StackedRNN`)."""
         x = inputs
         if self.vocab_size is not None:
             x = nn.Embed(self.vocab_size, self.embed_size,
@@ -134,5 +147,6 @@ class SequenceModel(nn.Module):
                 x = x * mask
         y, _ = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
                           unroll=self.unroll, implementation=self.implementation,
-                          name="rnn")(x, None, deterministic)
+                          bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
+                          name="rnn")(x, None, deterministic, use_running_average)
         return nn.Dense(self.num_outputs, name="head")(y[:, -1])

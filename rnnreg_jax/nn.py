@@ -12,6 +12,14 @@ Each layer's parameters live under `layer_<l>` as `{"w_x", "w_h", "b"}` (plus
 AR and TAR) are sown into the `penalties` collection in training only; a
 training loop that applies the model with `mutable=["penalties"]` adds every
 entry to the loss without knowing which regularizer produced it.
+
+`cell="lstm_bn"` (recurrent batch normalization, `rnnreg_jax.batchnorm`) keeps
+each layer's population statistics in the `batch_stats` collection, under
+`layer_<l>` (`{name: [T_max, ...]}`). In training (`deterministic=False`)
+each step is normalized by the minibatch's statistics and the running
+averages are updated, which needs `mutable=["batch_stats"]` like Flax's
+`BatchNorm`; otherwise (`deterministic=True`, or `use_running_average=True`
+as in MC evaluation) the population statistics are used.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, rnn
+from rnnreg_jax import batchnorm, cells, rnn
 from rnnreg_jax.regularizers import (
     NONE,
     Regularization,
@@ -37,13 +45,17 @@ class StackedRNN(nn.Module):
 
     Attributes:
       hidden_sizes: width of each layer, bottom first (an int for one layer).
-      cell: "lstm", "gru", "rnn" or "lstm_ln".
+      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
       reg: the regularization spec.
       init_scale: weights uniform in [-init_scale, init_scale]; None uses
         1/sqrt(H) (PyTorch's default).
       time_major: whether inputs and outputs are `[T, B, F]`.
       unroll: `lax.scan` unroll factor.
       implementation: "fused" (hoisted `dW_h` backward pass) or "autodiff".
+      bn_max_steps: "lstm_bn": T_max, the steps with their own population
+        statistics; later steps use those of step T_max - 1.
+      bn_momentum: "lstm_bn": `running = m * running + (1 - m) * batch` per
+        training apply (Flax's convention; PyTorch's momentum 0.1 is m = 0.9).
     """
 
     hidden_sizes: Sequence[int] | int
@@ -53,6 +65,8 @@ class StackedRNN(nn.Module):
     time_major: bool = False
     unroll: int = 1
     implementation: str = "fused"
+    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
+    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -61,13 +75,17 @@ class StackedRNN(nn.Module):
         return tuple(self.hidden_sizes)
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True):
+    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
+                 use_running_average: bool | None = None):
         """Run the stack over a window.
 
         Args:
           inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
           carry: list of per-layer state dicts from a previous window, or None.
           deterministic: evaluation mode (noise replaced by its expectation).
+          use_running_average: "lstm_bn": normalize with the population
+            statistics (True) or the minibatch's, updating the population
+            (False); None means `deterministic`.
 
         Returns:
           `(outputs [B, T, H_last], carry)`.
@@ -82,10 +100,15 @@ class StackedRNN(nn.Module):
         key = None
         if not deterministic and self.reg.has_recurrent_noise:
             key = self.make_rng("dropout")
-        outputs, carry, hiddens = rnn.unroll(
+        populations, to_update = self._population(use_running_average, deterministic)
+        outputs, carry, hiddens, stats = rnn.unroll(
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
-            return_hiddens=True, implementation=self.implementation)
+            return_hiddens=True, implementation=self.implementation,
+            bn_stats=populations, return_bn_stats=True)
+        for var, layer_stats in zip(to_update, stats, strict=False):  # training only
+            var.value = batchnorm.update_population(
+                var.value, jax.lax.stop_gradient(layer_stats), self.bn_momentum)
         time_axis = 0 if self.time_major else 1
         if self.reg.norm_stabilizer > 0 and not deterministic:
             penalty = sum(norm_stabilizer_penalty(h, self.reg.norm_stabilizer, time_axis)
@@ -99,6 +122,25 @@ class StackedRNN(nn.Module):
                      temporal_activation_penalty(hiddens[-1], self.reg.temporal_activation_reg,
                                                  time_axis))
         return outputs, carry
+
+    def _population(self, use_running_average, deterministic):
+        """`(statistics to normalize with or None for the batch's, variables to update)`."""
+        if self.cell != "lstm_bn":
+            return None, []
+        batchnorm.check_max_steps(self.bn_max_steps)
+        batchnorm.check_momentum(self.bn_momentum)
+        variables = [self.variable("batch_stats", f"layer_{i}", batchnorm.init_population,
+                                   h, self.bn_max_steps) for i, h in enumerate(self.sizes)]
+        use_average = deterministic if use_running_average is None else use_running_average
+        if use_average:
+            return [v.value for v in variables], []
+        if self.is_initializing():  # like Flax's BatchNorm: init leaves the averages alone
+            return None, []
+        if not self.is_mutable_collection("batch_stats"):
+            raise ValueError("Training an lstm_bn stack (deterministic=False) updates its "
+                             "population statistics: apply with mutable=['batch_stats'], or "
+                             "pass use_running_average=True.")
+        return None, variables
 
     def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[cells.Carry]:
         """Zero state for every layer (usable outside `apply`)."""
@@ -120,8 +162,10 @@ class RecurrentLayer(nn.Module):
     unroll: int = 1
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True):
+    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
+                 use_running_average: bool | None = None):
         stack = StackedRNN((self.hidden_size,), self.cell, self.reg, self.init_scale,
                            self.time_major, self.unroll, name="stack")
-        outputs, carries = stack(inputs, None if carry is None else [carry], deterministic)
+        outputs, carries = stack(inputs, None if carry is None else [carry], deterministic,
+                                 use_running_average)
         return outputs, carries[0]

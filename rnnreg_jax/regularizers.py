@@ -45,6 +45,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rnnreg_jax.cells import LSTM_TYPES
+
 TIES = ("sequence", "step")
 DROPOUT_SITES = ("input", "hidden", "recurrent", "cell", "output", "update")
 
@@ -203,7 +205,7 @@ class Regularization:
 
     def check_cell(self, cell: str) -> None:
         """Raise if a site needs an LSTM cell state and `cell` has none."""
-        if cell in ("lstm", "lstm_ln"):
+        if cell in LSTM_TYPES:
             return
         lstm_only = {"cell": self.cell is not None and self.cell.active,
                      "output_zoneout": self.output_zoneout,

@@ -28,12 +28,12 @@ Array = jax.Array
 def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
-    implementation: str = "fused",
+    implementation: str = "fused", population: dict | None = None,
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
     Args:
-      cell: "lstm", "gru", "rnn" or "lstm_ln".
+      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
       params: the layer's parameters.
       xs: inputs `[T, B, F]`.
       carry: initial state, dict of `[B, H]`.
@@ -42,12 +42,18 @@ def scan_layer(
       implementation: "fused" (hand-written backward pass with `dW_h` hoisted
         out of the loop, `rnnreg_jax.fused`) or "autodiff" (plain scan of the
         step function; supports forward-mode differentiation).
+      population: "lstm_bn" only: the layer's population statistics
+        (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.
 
     Returns:
-      `(ys [T, B, H], final carry)`.
+      `(ys [T, B, H], final carry)`; for "lstm_bn" the ys are the pair
+      `(ys [T, B, H], stats {name: [T, ...]})`, the statistics each step used.
     """
     step = cells.get_step(cell)
-    xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate)
+    if population is not None and cell != "lstm_bn":
+        raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
+    xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
+                       population=population)
     if implementation == "fused":
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
@@ -96,6 +102,8 @@ def unroll(
     unroll: int = 1,
     return_hiddens: bool = False,
     implementation: str = "fused",
+    bn_stats: cells.Params | Sequence[cells.Params] | None = None,
+    return_bn_stats: bool = False,
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
@@ -106,7 +114,7 @@ def unroll(
     every layer's `W_h` once per call: `W_h * m + sigma * eps`.
 
     Args:
-      cell: "lstm", "gru", "rnn" or "lstm_ln".
+      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
       params: one layer's params (a dict) or a list of them, bottom first.
       inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
       carry: initial state (dict, or list of dicts for a stack); zeros if None.
@@ -118,11 +126,19 @@ def unroll(
       unroll: `lax.scan` unroll factor.
       return_hiddens: also return each layer's (undropped) outputs.
       implementation: "fused" or "autodiff", see `scan_layer`.
+      bn_stats: "lstm_bn" only: population statistics per layer (a dict, or a
+        list of dicts for a stack, `batchnorm.init_population`'s layout), used
+        whatever `deterministic` says; None normalizes every step by the
+        minibatch's statistics at that step (training).
+      return_bn_stats: also return the per-step statistics each layer used,
+        `{name: [T, ...]}` (the minibatch's when `bn_stats` is None), shaped
+        like `bn_stats` (dict or list); empty dicts for the other cells.
 
     Returns:
       `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
       carry shaped like the input carry; with `return_hiddens` a third item,
-      the list of each layer's outputs in the same layout.
+      the list of each layer's outputs in the same layout; with
+      `return_bn_stats` a last item, the statistics.
     """
     cells.check_cell_type(cell)
     layers, single = _as_list(params)
@@ -134,10 +150,15 @@ def unroll(
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
+    populations = [None] * len(layers)
+    if bn_stats is not None:
+        populations = [bn_stats] if single else list(bn_stats)
+        if len(populations) != len(layers):
+            raise ValueError(f"Got {len(populations)} bn_stats for {len(layers)} layers.")
     if not deterministic and key is None and reg.has_recurrent_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
-    new_carries, hiddens = [], []
+    new_carries, hiddens, stats = [], [], []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         hidden = p["w_h"].shape[0]
         if reg.needs_output_gate and "o" not in c:
@@ -146,7 +167,9 @@ def unroll(
                                deterministic, x.dtype)
         w_h = noise.weight_drop(reg, key, index, p["w_h"], deterministic)
         p = dict(p, w_h=noise.weight_noise(reg, key, index, w_h, deterministic))
-        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation)
+        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index])
+        x, layer_stats = x if cell == "lstm_bn" else (x, {})
+        stats.append(layer_stats)
         new_carries.append(c)
         hiddens.append(x)
     mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic, x.dtype)
@@ -156,6 +179,5 @@ def unroll(
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [jnp.swapaxes(h, 0, 1) for h in hiddens]
     out_carry = new_carries[0] if single else new_carries
-    if return_hiddens:
-        return x, out_carry, hiddens
-    return x, out_carry
+    out = (x, out_carry) + ((hiddens,) if return_hiddens else ())
+    return out + ((stats[0] if single else stats,) if return_bn_stats else ())

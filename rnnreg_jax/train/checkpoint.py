@@ -9,6 +9,7 @@ ones with a warning if the newest is unreadable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -67,11 +68,26 @@ def restore_newest(manager: ocp.CheckpointManager, target):
     manager.reload()
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract(target)))
+            return _restore(manager, step, target)
         except Exception as err:  # noqa: BLE001 - an unreadable step: try an older one
             logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one.",
                             step, manager.directory, err)
     return None
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, target):
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract(target)))
+    except ValueError:
+        # Checkpoints written before TrainState had `model_state` lack the field; a
+        # target whose model_state is empty restores from them field by field.
+        state = getattr(target, "model_state", None)
+        if not (isinstance(state, dict) and not state and dataclasses.is_dataclass(target)):
+            raise
+        fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
+                  if f.name != "model_state"}
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract(fields)))
+        return target.replace(**restored)
 
 
 def restore_state(directory: str, target):

@@ -91,7 +91,9 @@ class _Run:
         self.t_last, self.step_last = time.time(), self.step
 
     def eval_params(self):
-        """The weights to evaluate: NT-ASGD's average once averaging is on."""
+        """The weights to evaluate: NT-ASGD's average once averaging is on (the
+        non-parameter `model_state`, e.g. BN population statistics, is the
+        running one, not averaged)."""
         if not self.ntasgd:
             return self.state.params
         return self.averaged(self.state.opt_state, self.state.params)
@@ -195,7 +197,8 @@ class _Run:
         split = task.validation_split
         improved = False
         if split is not None:
-            metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split])
+            metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split],
+                                              model_state=self.state.model_state)
             value = metrics[losses.task_metric(task.kind)]
             improved = optim.improved(value, self.best)
             if self.ntasgd and not self.averaging and ntasgd.nonmono_trigger(
@@ -229,12 +232,14 @@ class _Run:
         for index, (name, source) in enumerate(task.evals.items()):
             protocol = task.test_protocol is True and name == "test"
             carry = True if protocol else None
-            metrics = self.evaluator.evaluate(params, source, carry_state=carry)
+            metrics = self.evaluator.evaluate(params, source, carry_state=carry,
+                                              model_state=self.state.model_state)
             self._record(out, name, metrics)
             if cfg.mc_samples and (name in cfg.mc_splits or protocol):
                 mc = self.evaluator.evaluate_mc(params, source, cfg.mc_samples,
                                                 jax.random.fold_in(mc_key, index),
-                                                carry_state=carry)
+                                                carry_state=carry,
+                                                model_state=self.state.model_state)
                 self._record(out, f"{name}_mc", mc)
         if callable(task.test_protocol):
             extra = task.test_protocol(params, self.evaluator)

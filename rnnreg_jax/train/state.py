@@ -26,6 +26,10 @@ class TrainState(flax.struct.PyTreeNode):
         axis), or an empty dict.
       best_metric: best validation metric so far (lower is better; inf).
       bad_epochs: epochs since the validation metric last improved.
+      model_state: the model's variables other than parameters, by collection
+        (`{"batch_stats": ...}` for `lstm_bn`'s population statistics;
+        replicated), updated by every train step; an empty dict for models
+        without any.
     """
 
     step: jax.Array
@@ -37,6 +41,7 @@ class TrainState(flax.struct.PyTreeNode):
     carry: Any
     best_metric: jax.Array
     bad_epochs: jax.Array
+    model_state: Any = flax.struct.field(default_factory=dict)
 
     @property
     def learning_rate(self) -> jax.Array:

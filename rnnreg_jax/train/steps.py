@@ -3,6 +3,9 @@
 The train step is ONE `jax.jit` with explicit shardings (state replicated
 except the carried LM state, batch sharded on `data`) that donates the state.
 Step s draws its noise from `fold_in(state.key, s)` over the global batch.
+Model variables other than parameters (`TrainState.model_state`, e.g. the
+population statistics of `lstm_bn` in `batch_stats`) are mutable in the train
+step, which stores their update, and read-only in evaluation.
 """
 
 from __future__ import annotations
@@ -20,14 +23,24 @@ from rnnreg_jax.train import losses
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.state import TrainState
 
+MODEL_STATE_COLLECTIONS = ("batch_stats",)  # the non-parameter collections a TrainState keeps
 
-def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False):
-    """Run the model; returns `(outputs, new_carry_or_None, penalties)`."""
-    variables = {"params": params}
+
+def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False,
+           model_state=None, use_running_average=None):
+    """Run the model; returns `(outputs, new_carry_or_None, penalties, new_model_state)`.
+
+    `model_state` (`{collection: variables}`) joins the parameters; with
+    `mutable` (training) its collections are mutable and come back updated.
+    """
+    model_state = model_state or {}
+    variables = {"params": params, **model_state}
     rngs = {} if key is None else {"dropout": key}
     kwargs = {"deterministic": deterministic, "rngs": rngs}
+    if use_running_average is not None and "batch_stats" in model_state:
+        kwargs["use_running_average"] = use_running_average
     if mutable:
-        kwargs["mutable"] = ["penalties"]
+        kwargs["mutable"] = ["penalties", *model_state]
     if kind == "lm":
         res = model.apply(variables, inputs, carry, **kwargs)
     else:
@@ -36,7 +49,8 @@ def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False
     new_carry = None
     if kind == "lm":
         out, new_carry = out
-    return out, new_carry, mutated.get("penalties", {})
+    new_state = {name: mutated.get(name, value) for name, value in model_state.items()}
+    return out, new_carry, mutated.get("penalties", {}), new_state
 
 
 def total_penalty(penalties) -> jax.Array:
@@ -45,12 +59,13 @@ def total_penalty(penalties) -> jax.Array:
     return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.float32))
 
 
-def zero_carry(model, params, inputs_shape, inputs_dtype, sharding=None):
+def zero_carry(model, params, inputs_shape, inputs_dtype, sharding=None, model_state=None):
     """Zero LM state for inputs of this shape (structure from `eval_shape`),
     created by a jitted function placed with `sharding` (multi-host safe)."""
     inputs = jax.ShapeDtypeStruct(inputs_shape, inputs_dtype)
     _, carry = jax.eval_shape(
-        lambda p, x: model.apply({"params": p}, x, None, deterministic=True), params, inputs)
+        lambda p, s, x: model.apply({"params": p, **s}, x, None, deterministic=True), params,
+        model_state or {}, inputs)
     make = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry)  # noqa: E731
     return jax.jit(make, out_shardings=sharding)()
 
@@ -68,14 +83,15 @@ def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainSt
         else:
             variables = task.model.init({"params": key}, x1, deterministic=True)
         params = variables["params"]
-        return params, tx.init(params)
+        model_state = {k: variables[k] for k in MODEL_STATE_COLLECTIONS if k in variables}
+        return params, model_state, tx.init(params)
 
-    params, opt_state = jax.jit(init, out_shardings=rep)(init_key)
+    params, model_state, opt_state = jax.jit(init, out_shardings=rep)(init_key)
     carry = {}
     if task.kind == "lm" and task.carry_state:
         gb = mesh_lib.global_batch_size(x.shape[0], mesh)
         carry = zero_carry(task.model, params, (gb, *x.shape[1:]), x.dtype,
-                           mesh_lib.batch_sharding_for(mesh, gb))
+                           mesh_lib.batch_sharding_for(mesh, gb), model_state)
 
     def put(value, dtype=np.int32):  # host value -> replicated array (same on every host)
         return jax.device_put(np.asarray(value, dtype), rep)
@@ -83,7 +99,7 @@ def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainSt
     return TrainState(
         step=put(0), epoch=put(0), batch_in_epoch=put(0), params=params, opt_state=opt_state,
         key=put(jax.device_get(run_key), np.uint32), carry=carry,
-        best_metric=put(np.inf, np.float32), bad_epochs=put(0))
+        best_metric=put(np.inf, np.float32), bad_epochs=put(0), model_state=model_state)
 
 
 def state_shardings(state: TrainState, mesh) -> TrainState:
@@ -97,6 +113,10 @@ def state_shardings(state: TrainState, mesh) -> TrainState:
 def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
     """`train_step(state, batch) -> (state, metrics)`, jitted and donating the state.
 
+    Under the data mesh the batch axis is sharded, so the batch statistics of
+    `lstm_bn` are taken over the global batch (jit inserts the all-reduce) and
+    the updated `model_state` stays replicated.
+
     metrics: sums `loss_sum`, `count`, `errors`, plus `objective` (the
     differentiated loss incl. penalties), `penalty`, `grad_norm`.
     """
@@ -109,20 +129,22 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
 
         def loss_fn(params):
             carry = state.carry if carry_state else None
-            out, new_carry, pens = _apply(model, kind, params, batch["inputs"], carry,
-                                          False, key, mutable=True)
+            out, new_carry, pens, model_state = _apply(
+                model, kind, params, batch["inputs"], carry, False, key, mutable=True,
+                model_state=state.model_state)
             objective, stats = losses.objective_and_stats(kind, out, batch, sum_over_time)
             penalty = total_penalty(pens)
-            return objective + penalty, (stats, new_carry, penalty)
+            return objective + penalty, (stats, new_carry, penalty, model_state)
 
-        (loss, (stats, new_carry, penalty)), grads = jax.value_and_grad(
+        (loss, (stats, new_carry, penalty, model_state)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         carry = jax.lax.stop_gradient(new_carry) if carry_state else state.carry
         metrics = dict(stats, objective=loss, penalty=penalty, grad_norm=optax.tree.norm(grads))
         new_state = state.replace(step=state.step + 1, batch_in_epoch=state.batch_in_epoch + 1,
-                                  params=params, opt_state=opt_state, carry=carry)
+                                  params=params, opt_state=opt_state, carry=carry,
+                                  model_state=model_state)
         return new_state, metrics
 
     rep = mesh_lib.replicated(mesh)
@@ -159,43 +181,50 @@ class Evaluator:
         self.task, self.mesh, self.mc_chunk = task, mesh, mc_chunk
         kind, model = task.kind, task.model
 
-        def det(params, batch, carry):
-            out, new_carry, _ = _apply(model, kind, params, batch["inputs"], carry, True, None)
+        def det(params, model_state, batch, carry):
+            out, new_carry, _, _ = _apply(model, kind, params, batch["inputs"], carry, True,
+                                          None, model_state=model_state)
             return losses.objective_and_stats(kind, out, batch)[1], new_carry
 
-        def mc(params, batch, carry, key, k):
+        def mc(params, model_state, batch, carry, key, k):
             x = batch["inputs"]
             b = x.shape[0]
             xs = jnp.tile(x, (k,) + (1,) * (x.ndim - 1))           # [K*B, ...], sample-major
-            out, new_carry, _ = _apply(model, kind, params, xs, carry, False, key)
+            # Noise sampled, but normalized by the population statistics (lstm_bn):
+            # the K copies must not share batch statistics with each other or the test batch.
+            out, new_carry, _, _ = _apply(model, kind, params, xs, carry, False, key,
+                                          model_state=model_state, use_running_average=True)
             out = out.reshape((k, b) + out.shape[1:])
             return losses.mc_summary(kind, out, batch), new_carry
 
         self._det = jax.jit(det)
-        self._mc = jax.jit(mc, static_argnums=(4,))
+        self._mc = jax.jit(mc, static_argnums=(5,))
         self._mc_stats = jax.jit(losses.mc_stats, static_argnums=(0, 3))
 
     def _uses_carry(self, carry_state):
         carry_state = self.task.carry_state if carry_state is None else carry_state
         return self.task.kind == "lm" and carry_state
 
-    def evaluate(self, params, source, carry_state: bool | None = None) -> dict[str, float]:
-        """Deterministic (noise expectation) metrics over one pass of `source`."""
+    def evaluate(self, params, source, carry_state: bool | None = None,
+                 model_state=None) -> dict[str, float]:
+        """Deterministic (noise expectation) metrics over one pass of `source`;
+        `model_state`: the non-parameter variables (`TrainState.model_state`)."""
         use_carry = self._uses_carry(carry_state)
+        model_state = model_state or {}
         totals, carry = None, None
         for index, batch in enumerate(source.iterate(0)):
             g = mesh_lib.global_batch(self.mesh, batch)
             if use_carry and carry is None:
                 carry = zero_carry(self.task.model, params, g["inputs"].shape, g["inputs"].dtype,
-                                   g["inputs"].sharding)
-            stats, new_carry = self._det(params, g, carry if use_carry else None)
+                                   g["inputs"].sharding, model_state)
+            stats, new_carry = self._det(params, model_state, g, carry if use_carry else None)
             carry = new_carry if use_carry else None
             totals = losses.add_stats(totals, stats)
             throttle(self.mesh, index, totals)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
     def evaluate_mc(self, params, source, num_samples: int, key: jax.Array,
-                    carry_state: bool | None = None) -> dict[str, float]:
+                    carry_state: bool | None = None, model_state=None) -> dict[str, float]:
         """MC dropout: K noise samples per window, probabilities averaged.
 
         The K samples run as a batch axis (the batch tiled K times, one key
@@ -207,7 +236,8 @@ class Evaluator:
         chunk = self.mc_chunk if 0 < self.mc_chunk < num_samples else num_samples
         while True:
             try:
-                return self._evaluate_mc(params, source, num_samples, key, chunk, carry_state)
+                return self._evaluate_mc(params, source, num_samples, key, chunk, carry_state,
+                                         model_state or {})
             except Exception as err:  # noqa: BLE001 - only OOM is retried
                 if not _is_oom(err) or chunk == 1:
                     raise
@@ -215,7 +245,7 @@ class Evaluator:
                 logging.warning("MC evaluation ran out of memory; retrying with chunks of %d "
                                 "samples.", chunk)
 
-    def _evaluate_mc(self, params, source, k, key, chunk, carry_state):
+    def _evaluate_mc(self, params, source, k, key, chunk, carry_state, model_state):
         use_carry = self._uses_carry(carry_state)
         sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
         totals, carries = None, None
@@ -226,12 +256,13 @@ class Evaluator:
                 b = g["inputs"].shape[0]
                 carries = [zero_carry(self.task.model, params, (n * b, *g["inputs"].shape[1:]),
                                       g["inputs"].dtype,
-                                      mesh_lib.batch_sharding_for(self.mesh, n * b))
+                                      mesh_lib.batch_sharding_for(self.mesh, n * b), model_state)
                            for n in sizes]
             summary = None
             for c, n in enumerate(sizes):
                 ckey = wkey if c == 0 else jax.random.fold_in(wkey, c)
-                part, new_carry = self._mc(params, g, carries[c] if use_carry else None, ckey, n)
+                part, new_carry = self._mc(params, model_state, g,
+                                           carries[c] if use_carry else None, ckey, n)
                 if use_carry:
                     carries[c] = new_carry
                 summary = losses.combine_mc_summaries(self.task.kind, summary, part)

@@ -46,6 +46,9 @@ class Task:
       model: a Flax module. LM models are called
         `model.apply(vars, inputs, carry, deterministic=..., rngs=...) -> (logits, carry)`;
         sequence models `model.apply(vars, inputs, deterministic=...) -> [B, num_outputs]`.
+        A model with a `batch_stats` collection (`cell="lstm_bn"`) also takes
+        `use_running_average=True` (MC evaluation: noise sampled, population
+        statistics used).
       kind: "lm", "classification" or "regression".
       train: the training source.
       evals: named evaluation sources; "valid" drives the LR rules and the
