@@ -35,6 +35,7 @@ DEFAULT = {
     ("ptb", "norm_stabilizer"),  # shuffled windows, loss penalty on the hidden norms
     ("ptb", "zoneout_char_overlapping"),  # char level, overlapping windows, zoneout, Adam
     ("pmnist", "zoneout"),  # 784 steps, RMSProp
+    ("pmnist", "batchnorm_zoneout"),  # lstm_bn: batch_stats in the train state, per-step stats
     ("sentiment", "variational_gru"),  # Cornell regression, GRU, per-gate masks, MC
     ("sentiment", "imdb_baseline"),  # IMDB classification
 }
