@@ -354,13 +354,18 @@ def _preset_order(task: str) -> list[str]:
         return []
 
 
-def _report_groups(task: str) -> dict[str, str]:
-    """The task's presets that get their own section and plot (`REPORT_GROUPS`), if any."""
+def _config_table(task: str, name: str) -> dict[str, str]:
+    """A dict a task's config module may define (`REPORT_GROUPS`, `REPORT_NOTES`)."""
     try:
-        module = __import__(f"experiments.configs.{task}", fromlist=["REPORT_GROUPS"])
-        return dict(getattr(module, "REPORT_GROUPS", {}))
+        module = __import__(f"experiments.configs.{task}", fromlist=[name])
+        return dict(getattr(module, name, {}))
     except Exception:  # noqa: BLE001 -- grouping only
         return {}
+
+
+def _report_groups(task: str) -> dict[str, str]:
+    """The task's presets that get their own section and plot (`REPORT_GROUPS`), if any."""
+    return _config_table(task, "REPORT_GROUPS")
 
 
 def sort_runs(runs: Sequence[Run]) -> list[Run]:
@@ -463,6 +468,9 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None) -> str:
         if group_name:
             cat["title"] = f"{cat['title']}: {group_name}"
         lines += [f"## {cat['title']}", ""]
+        if group_name:  # what the comparison shows, from the config module's REPORT_NOTES
+            note = _config_table(group[0].task, "REPORT_NOTES").get(group_name)
+            lines += [note, ""] if note else []
         lines += _protocol_notes(group)
         lines += category_table(group, dataset)
         lines.append("")

@@ -165,6 +165,7 @@ def test_report_group_gets_its_own_section_and_plot(built):
     assert title in text
     section = text.split(title)[1].split("\n## ")[0]
     assert "| `awd_small` | 200.0 |" in section and "zaremba_small" not in section
+    assert ptb.REPORT_NOTES[group] in section
     main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
     assert "awd_small" not in main and "`zaremba_small`" in main
     png = tmp / "docs" / "results" / f"ptb_word_{report._slug(group)}.png"
