@@ -161,3 +161,31 @@ def _events(workdir):
     from rnnreg_jax.train.logging import read_metrics
 
     return read_metrics(str(workdir))
+
+
+def test_full_size_awd_preset_runs_two_steps(tmp_path):
+    """`awd` at its published size (3 layers 1150/1150/400, batch 40, windows of 70,
+    tied embeddings, NT-ASGD): only the data is toy, a 30-word text long enough for
+    two batches of 40 x 70 tokens."""
+    rng = np.random.RandomState(1)
+    vocab = [f"w{i}" for i in range(30)]
+    texts = {"train": " " + " ".join(vocab) + " \n" + _word_text(rng, 800, vocab),
+             "valid": _word_text(rng, 200, vocab), "test": _word_text(rng, 15, vocab)}
+    fx.write_ptb_word(tmp_path / "data", texts)
+    config = ptb_configs.awd()
+    reference = ptb_configs.awd()
+    with config.unlocked():
+        config.preset = "awd"
+        config.train.max_steps = 2
+        config.train.log_every_steps = 1
+        config.train.tensorboard = False
+        config.train.keep_checkpoints = 1
+    assert config.model.to_dict() == reference.model.to_dict()
+    assert config.data.to_dict() == reference.data.to_dict()
+
+    final = _run("ptb", config, str(tmp_path / "wd"), str(tmp_path / "data"))
+
+    assert final["step"] == 2
+    assert all(math.isfinite(final[k]) for k in ("train/loss", "valid/loss", "test/loss"))
+    train_events = [e for e in _events(tmp_path / "wd") if e["split"] == "train"]
+    assert [e["step"] for e in train_events] == [1, 2]
