@@ -468,9 +468,10 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None) -> str:
         if group_name:
             cat["title"] = f"{cat['title']}: {group_name}"
         lines += [f"## {cat['title']}", ""]
-        if group_name:  # what the comparison shows, from the config module's REPORT_NOTES
-            note = _config_table(group[0].task, "REPORT_NOTES").get(group_name)
-            lines += [note, ""] if note else []
+        # A note on the section from the task's config module (`REPORT_NOTES`, keyed by
+        # group title; "" is the data set's main section).
+        note = _config_table(group[0].task, "REPORT_NOTES").get(group_name)
+        lines += [note, ""] if note else []
         lines += _protocol_notes(group)
         lines += category_table(group, dataset)
         lines.append("")

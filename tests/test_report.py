@@ -171,3 +171,13 @@ def test_report_group_gets_its_own_section_and_plot(built):
     png = tmp / "docs" / "results" / f"ptb_word_{report._slug(group)}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"](docs/results/{png.name})" in section
+
+
+def test_main_section_note_from_the_config_module(built):
+    from experiments.configs import pmnist
+
+    _, text = built
+    section = text.split("## Permuted sequential MNIST\n")[1].split("\n## ")[0]
+    assert pmnist.REPORT_NOTES[""] in section
+    ptb_main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
+    assert "REPORT_NOTES" not in ptb_main and "150 epochs" not in ptb_main
