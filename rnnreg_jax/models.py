@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, noise
-from rnnreg_jax.nn import StackedRNN
+from rnnreg_jax.nn import StackedRNN, dropout_key
 from rnnreg_jax.regularizers import NONE, Regularization
 
 
@@ -80,7 +80,7 @@ class LanguageModel(nn.Module):
         x = embed(ids)
         key = None
         if not deterministic and self.reg.embedding > 0:
-            key = self.make_rng("dropout")
+            key = dropout_key(self)
         mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic, x.dtype)
         if mask is not None:
             x = x * mask
@@ -140,7 +140,7 @@ class SequenceModel(nn.Module):
                          embedding_init=uniform_init(self.init_scale or 0.05), name="embed")(x)
             key = None
             if not deterministic and self.reg.embedding > 0:
-                key = self.make_rng("dropout")
+                key = dropout_key(self)
             mask = noise.embedding_mask(self.reg, key, inputs, self.vocab_size, deterministic,
                                         x.dtype)
             if mask is not None:

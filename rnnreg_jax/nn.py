@@ -40,6 +40,15 @@ from rnnreg_jax.regularizers import (
 )
 
 
+def dropout_key(module: nn.Module) -> jax.Array:
+    """The module's `dropout` PRNG key (Flax falls back to `params` during init); a
+    one-sentence error instead of Flax's InvalidRngError when the caller gave neither."""
+    if not (module.has_rng("dropout") or module.has_rng("params")):
+        raise ValueError("Training mode (deterministic=False) with noise regularizers needs "
+                         "a dropout PRNG key: apply(..., rngs={'dropout': key}).")
+    return module.make_rng("dropout")
+
+
 class StackedRNN(nn.Module):
     """A stack of recurrent layers regularized by one `Regularization` spec.
 
@@ -99,7 +108,7 @@ class StackedRNN(nn.Module):
             in_size = hidden
         key = None
         if not deterministic and self.reg.has_recurrent_noise:
-            key = self.make_rng("dropout")
+            key = dropout_key(self)
         populations, to_update = self._population(use_running_average, deterministic)
         outputs, carry, hiddens, stats = rnn.unroll(
             self.cell, params, inputs, carry, reg=self.reg, key=key,

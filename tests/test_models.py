@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import flax
 import jax
 import numpy as np
 import pytest
@@ -57,7 +56,7 @@ def test_language_model_training_mode() -> None:
     model = LanguageModel(V, (4,), reg=reg)
     ids = token_ids()
     variables = jax.jit(model.init)(jax.random.key(0), ids)
-    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+    with pytest.raises(ValueError, match="needs a dropout PRNG key"):
         model.apply(variables, ids, deterministic=False)
 
     @jax.jit
@@ -116,5 +115,16 @@ def test_sequence_model_token_inputs() -> None:
     assert variables["params"]["embed"]["embedding"].shape == (V, 5)
     out = jax.jit(model.apply)(variables, ids)
     assert out.shape == (B, 1) and np.all(np.isfinite(out))
-    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+    with pytest.raises(ValueError, match="needs a dropout PRNG key"):
         model.apply(variables, ids, deterministic=False)
+
+
+def test_embedding_dropout_alone_needs_a_dropout_key_too() -> None:
+    model = LanguageModel(vocab_size=11, hidden_sizes=(5,), reg=embedding_dropout(0.2))
+    ids = np.zeros((2, 3), np.int32)
+    variables = model.init(jax.random.key(0), ids)
+    with pytest.raises(ValueError, match="needs a dropout PRNG key"):
+        model.apply(variables, ids, deterministic=False)
+    logits, _ = model.apply(variables, ids, deterministic=False,
+                            rngs={"dropout": jax.random.key(1)})
+    assert logits.shape == (2, 3, 11)
