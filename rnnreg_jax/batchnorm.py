@@ -13,7 +13,8 @@ Statistics are explicit values, never hidden state, so everything here is pure:
 
   * `population=None`: each step is normalized by the minibatch's statistics
     at that step (training);
-  * `population={name: [T_max, ...]}`: by the population statistics of that
+  * `population={name: [T_max, ...], "weight": [T_max]}` (debiased running
+    averages, see `init_population`): by the population statistics of that
     step, steps t >= T_max by those of T_max - 1 (evaluation).
 
 Either way the statistics used come back per step (`{name: [T, ...]}`), so a
@@ -47,6 +48,7 @@ Stats = dict[str, Array]
 
 GAMMA_INIT = 0.1  # Cooijmans et al.: small gains keep tanh/sigmoid out of saturation
 STAT_NAMES = ("x_mean", "x_var", "h_mean", "h_var", "c_mean", "c_var")
+WEIGHT = "weight"  # a population's debiasing weight per row, 1 - momentum^n
 PARAM_NAMES = ("bn_x_g", "bn_h_g", "bn_c_g", "bn_c_b")
 DEFAULT_MAX_STEPS = 1000  # T_max: pMNIST has 784 steps
 DEFAULT_MOMENTUM = 0.9  # running = momentum * running + (1 - momentum) * batch
@@ -75,15 +77,38 @@ def init_params(hidden_size: int, dtype: Any = jnp.float32) -> cells.Params:
 
 def init_population(hidden_size: int, max_steps: int = DEFAULT_MAX_STEPS,
                     dtype: Any = jnp.float32) -> Stats:
-    """Population statistics of one layer before any training: means 0, variances 1,
-    `[T_max, 4H]` (x, h) and `[T_max, H]` (c)."""
+    """Population statistics of one layer before any training.
+
+    Stored as debiased running averages (as Adam debiases its moments): every
+    accumulator `[T_max, 4H]` (x, h) or `[T_max, H]` (c) starts at 0 and
+    `weight: [T_max]`, the running average of the constant 1, at 0; the
+    statistics are accumulator / weight (`statistics`), and a row no update
+    has reached reads as mean 0, variance 1. Starting the averages at (0, 1)
+    instead left a residue `momentum^n` of the initial variance: 0.004 after
+    550 updates at 0.99, more than the variance of most pMNIST steps, so
+    evaluation normalized them 20x too weakly.
+    """
     check_max_steps(max_steps)
     width = cells.NUM_GATES["lstm_bn"] * hidden_size
     out = {}
     for site, size in (("x", width), ("h", width), ("c", hidden_size)):
         out[f"{site}_mean"] = jnp.zeros((max_steps, size), dtype)
-        out[f"{site}_var"] = jnp.ones((max_steps, size), dtype)
+        out[f"{site}_var"] = jnp.zeros((max_steps, size), dtype)
+    out[WEIGHT] = jnp.zeros((max_steps,), dtype)
     return out
+
+
+def statistics(population: Stats) -> Stats:
+    """Means and variances per row of a population: accumulator / weight, and mean 0,
+    variance 1 where the weight is 0. A dict without `weight` already holds statistics."""
+    if WEIGHT not in population:
+        return {name: population[name] for name in STAT_NAMES}
+    weight = population[WEIGHT][:, None]
+    seen = weight > 0
+    safe = jnp.where(seen, weight, 1.0)
+    return {name: jnp.where(seen, population[name] / safe,
+                            1.0 if name.endswith("_var") else 0.0)
+            for name in STAT_NAMES}
 
 
 def batch_norm(v: Array, gain: Array, bias: Array | None = None, mean: Array | None = None,
@@ -110,25 +135,30 @@ def batch_norm(v: Array, gain: Array, bias: Array | None = None, mean: Array | N
 
 def per_step(population: Stats, steps: int) -> Stats:
     """Population statistics of steps 0..T-1: step t uses row min(t, T_max - 1)."""
-    max_steps = population["x_mean"].shape[0]
+    stats = statistics(population)
+    max_steps = stats["x_mean"].shape[0]
     index = jnp.minimum(jnp.arange(steps), max_steps - 1)
-    return {name: population[name][index] for name in STAT_NAMES}
+    return {name: stats[name][index] for name in STAT_NAMES}
 
 
 def update_population(population: Stats, batch: Stats, momentum: float = DEFAULT_MOMENTUM
                       ) -> Stats:
     """Fold one window's per-step batch statistics into the running averages.
 
-    Row t (t < min(T, T_max)) becomes `momentum * row + (1 - momentum) * batch[t]`;
-    rows of steps the window did not reach are unchanged, and statistics of
-    steps t >= T_max are not kept (those steps are normalized with row T_max - 1).
+    Row t (t < min(T, T_max)) of every accumulator becomes
+    `momentum * row + (1 - momentum) * batch[t]` and its weight
+    `momentum * weight + (1 - momentum)`; rows of steps the window did not
+    reach are unchanged, and statistics of steps t >= T_max are not kept
+    (those steps are normalized with row T_max - 1).
     """
     out = {}
+    n = min(population[WEIGHT].shape[0], batch["x_mean"].shape[0])
     for name in STAT_NAMES:
         pop, new = population[name], batch[name]
-        n = min(pop.shape[0], new.shape[0])
         row = momentum * pop[:n] + (1.0 - momentum) * new[:n].astype(pop.dtype)
         out[name] = pop.at[:n].set(row)
+    weight = population[WEIGHT]
+    out[WEIGHT] = weight.at[:n].set(momentum * weight[:n] + (1.0 - momentum))
     return out
 
 

@@ -41,6 +41,9 @@ def random_population(seed, max_steps, hidden=H):
     rng = np.random.default_rng(seed)
     out = {}
     for name, value in batchnorm.init_population(hidden, max_steps).items():
+        if name == batchnorm.WEIGHT:  # every row seen: the accumulators are the statistics
+            out[name] = jnp.ones_like(value)
+            continue
         shift = rng.uniform(0.3, 2.0, value.shape) if name.endswith("var") else \
             rng.normal(0.0, 0.5, value.shape)
         out[name] = jnp.asarray(value * (1.0 if name.endswith("var") else 0.0) + shift,
@@ -206,7 +209,9 @@ def test_population_statistics_are_the_running_average_of_the_batch_statistics()
     variables = layer.init(KEY, xs[0])
     params = [variables["params"][f"layer_{i}"] for i in range(2)]
     expected = [batchnorm.init_population(H, t_max) for _ in range(2)]
-    np.testing.assert_array_equal(variables["batch_stats"]["layer_1"]["h_var"], 1.0)
+    unseen = batchnorm.statistics(variables["batch_stats"]["layer_1"])
+    np.testing.assert_array_equal(unseen["h_var"], 1.0)
+    np.testing.assert_array_equal(unseen["h_mean"], 0.0)
     state = variables["batch_stats"]
     for x in xs:
         _, mutated = layer.apply({"params": variables["params"], "batch_stats": state}, x,
@@ -219,11 +224,17 @@ def test_population_statistics_are_the_running_average_of_the_batch_statistics()
                 old[:t_max] = momentum * old[:t_max] + (1 - momentum) * np.asarray(
                     batch[layer_index][name])[:t_max]
                 expected[layer_index][name] = old
+    weight = 1 - momentum**3  # three updates of rows 0..T_max-1, none of the others
     for layer_index in range(2):
+        stats = batchnorm.statistics(state[f"layer_{layer_index}"])
+        np.testing.assert_allclose(state[f"layer_{layer_index}"][batchnorm.WEIGHT],
+                                   [weight] * t_max, rtol=1e-6)
         for name in batchnorm.STAT_NAMES:
             np.testing.assert_allclose(state[f"layer_{layer_index}"][name],
                                        expected[layer_index][name], rtol=1e-5, atol=1e-6,
                                        err_msg=f"layer {layer_index} {name}")
+            np.testing.assert_allclose(stats[name], expected[layer_index][name] / weight,
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{layer_index} {name}")
     # Evaluation reads them and changes nothing, nor does sampling noise with
     # use_running_average=True (MC evaluation).
     frozen = {"params": variables["params"], "batch_stats": state}
@@ -366,3 +377,18 @@ def test_checkpoints_from_before_model_state_restore_with_an_empty_one(tmp_path)
     checkpointer.close()
     assert restored is not None and int(restored.step) == 7 and restored.model_state == {}
     np.testing.assert_array_equal(restored.params["w"], [0.0, 1.0, 2.0])
+
+
+def test_population_of_identical_batches_is_their_statistics_without_residue():
+    """Debiased averages: after n updates with the same batch statistics s, the
+    population reads s exactly, whatever n and the momentum (the averages started at
+    (0, 1) kept momentum^n of the initial variance, which wrecked pMNIST evaluation)."""
+    population = batchnorm.init_population(3, 5)
+    rng = np.random.default_rng(0)
+    batch = {name: jnp.asarray(rng.uniform(1e-4, 1e-3, (5, 12 if name[0] != "c" else 3)),
+                               jnp.float32) for name in batchnorm.STAT_NAMES}
+    for _ in range(7):
+        population = batchnorm.update_population(population, batch, momentum=0.99)
+    stats = batchnorm.statistics(population)
+    for name in batchnorm.STAT_NAMES:
+        np.testing.assert_allclose(stats[name], batch[name], rtol=1e-4, err_msg=name)
