@@ -44,6 +44,7 @@ def run(task_name: str, config) -> dict:
     from rnnreg_jax.data import DataError
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import train_and_evaluate
+    from rnnreg_jax.train.checkpoint import CheckpointMismatchError
 
     _quiet_orbax()
     _start_distributed(config)
@@ -69,7 +70,11 @@ def run(task_name: str, config) -> dict:
         (path / "config.json").write_text(json.dumps(
             {"task": task_name, "command": " ".join(sys.argv), "config": config.to_dict()},
             indent=2, default=str))
-    return train_and_evaluate(task, config.train, workdir)
+    try:
+        return train_and_evaluate(task, config.train, workdir)
+    except CheckpointMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main_for(task_name: str, presets: cli.Presets) -> None:

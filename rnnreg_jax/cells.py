@@ -46,6 +46,9 @@ EXTRA_CELL_TYPES = ("lstm_ln", "lstm_bn")
 ALL_CELL_TYPES = CELL_TYPES + EXTRA_CELL_TYPES
 # cells with a memory cell `c` (every LSTM-only site applies)
 LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn")
+# Cells that may carry a second, additive bias `b_h` (`init_params(recurrent_bias=True)`);
+# the GRU always has its `b_h`, inside the reset gate's product.
+RECURRENT_BIAS_CELLS = ("lstm", "rnn")
 NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4, "lstm_bn": 4}
 LN_EPSILON = 1e-5  # added to the variance in every layer normalization
 
@@ -103,6 +106,7 @@ def init_params(
     hidden_size: int,
     init_scale: float | None = None,
     dtype: Any = jnp.float32,
+    recurrent_bias: bool = False,
 ) -> Params:
     """Parameters of one layer, every entry uniform in [-scale, scale].
 
@@ -117,8 +121,17 @@ def init_params(
       al.): `ln_x_g, ln_x_b, ln_h_g, ln_h_b: [4H]`, `ln_c_g, ln_c_b: [H]`.
       `lstm_bn` likewise adds `bn_x_g, bn_h_g: [4H]`, `bn_c_g, bn_c_b: [H]`
       (`batchnorm.init_params`: gains 0.1, shift 0).
+      With `recurrent_bias` ("lstm" and "rnn" only) a second bias `"b_h": [G*H]`
+      joins `b` in the pre-activations, as in Zaremba's Lua LSTM (input and
+      recurrent products are both `nn.Linear` with a bias, each drawn uniform)
+      and PyTorch's `bias_hh`: the sum starts triangular on [-2s, 2s] and SGD
+      moves it twice as fast as one bias. The other entries are the draws
+      without it.
     """
     check_cell_type(cell)
+    if recurrent_bias and cell not in RECURRENT_BIAS_CELLS:
+        raise ValueError(f"recurrent_bias applies to cells {RECURRENT_BIAS_CELLS}, not "
+                         f"{cell!r}.")
     scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
     width = NUM_GATES[cell] * hidden_size
     shapes = {"w_x": (input_size, width), "w_h": (hidden_size, width), "b": (width,)}
@@ -131,6 +144,9 @@ def init_params(
         name: jax.random.uniform(k, (math.prod(shape),), dtype, -scale, scale).reshape(shape)
         for k, (name, shape) in zip(keys, sorted(shapes.items()), strict=True)
     }
+    if recurrent_bias:
+        params["b_h"] = jax.random.uniform(jax.random.fold_in(key, 1), (width,), dtype,
+                                           -scale, scale)
     if cell == "lstm_ln":
         for site, size in (("x", width), ("h", width), ("c", hidden_size)):
             params[f"ln_{site}_g"] = jnp.ones((size,), dtype)
@@ -211,7 +227,8 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
             per_gate: bool = False, population: dict | None = None) -> Array:
     """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
 
-    `project_inputs` for the papers' cells; for `lstm_ln` the normalized
+    `project_inputs` for the papers' cells (plus the second bias `b_h` of an
+    "lstm" or "rnn" that has one); for `lstm_ln` the normalized
     projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
     of each step and example are taken per gate block, so hoisting it out of
     the scan is exact). For `lstm_bn` a dict `{"x": [T, B, 4H], "stats"}` from
@@ -220,6 +237,8 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
     """
     if cell == "lstm_bn":
         return _batchnorm.project(params, x, input_mask, per_gate, population)
+    if cell in RECURRENT_BIAS_CELLS and "b_h" in params:  # the second bias simply adds
+        params = dict(params, b=params["b"] + params["b_h"])
     if cell != "lstm_ln":
         return project_inputs(params, x, input_mask, per_gate)
     xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)

@@ -65,6 +65,8 @@ class StackedRNN(nn.Module):
         statistics; later steps use those of step T_max - 1.
       bn_momentum: "lstm_bn": `running = m * running + (1 - m) * batch` per
         training apply (Flax's convention; PyTorch's momentum 0.1 is m = 0.9).
+      recurrent_bias: "lstm"/"rnn": a second additive bias per layer, as in
+        Zaremba's Lua LSTM (`cells.init_params`).
     """
 
     hidden_sizes: Sequence[int] | int
@@ -76,6 +78,7 @@ class StackedRNN(nn.Module):
     implementation: str = "fused"
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
+    recurrent_bias: bool = False
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -103,7 +106,7 @@ class StackedRNN(nn.Module):
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             init = lambda key, f=in_size, h=hidden: cells.init_params(
-                key, self.cell, f, h, self.init_scale, jnp.float32)
+                key, self.cell, f, h, self.init_scale, jnp.float32, self.recurrent_bias)
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
         key = None

@@ -25,10 +25,13 @@ from rnnreg_jax.models import LanguageModel, SequenceModel
 from rnnreg_jax.regularizers import Regularization
 from rnnreg_jax.train import Task
 
+_OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias")
 
-def _bn_kwargs(model_config) -> dict:
-    """`bn_max_steps` / `bn_momentum` of `cell="lstm_bn"` where the config sets them."""
-    return {k: model_config[k] for k in ("bn_max_steps", "bn_momentum") if k in model_config}
+
+def _optional_kwargs(model_config) -> dict:
+    """Model options that only some configs set (`lstm_bn`'s statistics, the
+    second bias); the models' defaults apply elsewhere."""
+    return {k: model_config[k] for k in _OPTIONAL_MODEL_FIELDS if k in model_config}
 
 
 def build_task(config: ml_collections.ConfigDict, reg: Regularization,
@@ -69,7 +72,7 @@ def _language_model(config, reg, data_dir) -> Task:
     model = LanguageModel(
         vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
         embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
-        tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_bn_kwargs(m))
+        tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_optional_kwargs(m))
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
                 test_protocol=carry)
 
@@ -82,7 +85,7 @@ def _pmnist(config, reg, data_dir) -> Task:
     evals = {split: mnist.batches(split, d.eval_batch_size) for split in ("valid", "test")
              if mnist.num_examples(split) > 0}
     model = SequenceModel(num_outputs=10, hidden_sizes=tuple(m.hidden_sizes), cell=m.cell,
-                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_bn_kwargs(m))
+                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_optional_kwargs(m))
     return Task(model=model, kind="classification", train=train, evals=evals)
 
 
@@ -100,6 +103,6 @@ def _sentiment(config, reg, data_dir) -> Task:
     evals = {"test": data.batches("test", d.eval_batch_size)}
     model = SequenceModel(num_outputs=outputs, hidden_sizes=tuple(m.hidden_sizes),
                           vocab_size=data.num_ids, embed_size=m.embed_size, cell=m.cell,
-                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_bn_kwargs(m))
+                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_optional_kwargs(m))
     return Task(model=model, kind=kind, train=train, evals=evals,
                 target_scale=data.target_std if kind == "regression" else 1.0)

@@ -6,7 +6,9 @@ direction imports torch. Gate orders already agree (LSTM `i, f, g, o`, GRU
 
 * PyTorch stores `weight_ih_l{k}: [G*H, F]`; we store `w_x = weight_ih.T`.
 * LSTM and RNN have one effective bias, `b = bias_ih + bias_hh`; exporting
-  puts it all in `bias_ih` and zeros in `bias_hh` (same function).
+  puts it all in `bias_ih` and zeros in `bias_hh` (same function). With
+  `recurrent_bias=True` (or params that have `b_h`) both are kept, `b_h =
+  bias_hh`, which also keeps their training dynamics (`cells.init_params`).
 * The GRU keeps both: `b = bias_ih`, `b_h = bias_hh` (the latter sits inside
   the reset gate's product, so it cannot be merged).
 """
@@ -28,8 +30,8 @@ def _check_portable(cell: str) -> None:
                          f"{cells.CELL_TYPES}.")
 
 
-def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | None = None
-               ) -> list[cells.Params]:
+def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | None = None,
+               recurrent_bias: bool = False) -> list[cells.Params]:
     """Our per-layer params from a PyTorch RNN module's `state_dict()` arrays.
 
     Args:
@@ -38,6 +40,8 @@ def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | No
         `bias_hh_l{k}` (tensors are accepted via `.detach().numpy()` by the
         caller, or anything `np.asarray` converts).
       num_layers: defaults to the number of `weight_ih_l*` keys.
+      recurrent_bias: LSTM / RNN: keep `bias_hh` as our second bias `b_h`
+        instead of adding it into `b`.
 
     Returns:
       A list of parameter dicts, bottom layer first.
@@ -53,7 +57,7 @@ def from_torch(cell: str, state_dict: Mapping[str, object], num_layers: int | No
         w_ih, w_hh = get("weight_ih"), get("weight_hh")
         b_ih, b_hh = get("bias_ih"), get("bias_hh")
         params = {"w_x": jnp.asarray(w_ih.T), "w_h": jnp.asarray(w_hh.T)}
-        if cell == "gru":
+        if cell == "gru" or recurrent_bias:
             params.update(b=jnp.asarray(b_ih), b_h=jnp.asarray(b_hh))
         else:
             params["b"] = jnp.asarray(b_ih + b_hh)
@@ -72,7 +76,7 @@ def to_torch(cell: str, layers: cells.Params | Sequence[cells.Params]) -> dict[s
         out[f"weight_ih_l{k}"] = np.asarray(params["w_x"]).T.copy()
         out[f"weight_hh_l{k}"] = np.asarray(params["w_h"]).T.copy()
         out[f"bias_ih_l{k}"] = np.asarray(params["b"]).copy()
-        if cell == "gru":
+        if "b_h" in params:
             out[f"bias_hh_l{k}"] = np.asarray(params["b_h"]).copy()
         else:
             out[f"bias_hh_l{k}"] = np.zeros_like(out[f"bias_ih_l{k}"])

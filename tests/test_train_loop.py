@@ -76,3 +76,18 @@ def test_classification_runs_and_reports_error(tmp_path):
     final = train.train_and_evaluate(task, c, str(tmp_path))
     assert final["step"] == 6
     assert 0.0 <= final["valid/error"] <= 1.0
+
+
+def test_checkpoints_of_another_model_are_a_one_sentence_error(tmp_path):
+    """Resuming a workdir written by a different model must not start over on top of it."""
+    def task(hidden):
+        return train.Task(model=th.tiny_lm(hidden=hidden), kind="lm",
+                          train=th.LMSource(batch=4, steps=5, num_windows=2),
+                          evals={"valid": th.LMSource(batch=4, steps=5, num_windows=1, seed=1)})
+    c = train.default_train_config()
+    c.num_epochs = 1
+    train.train_and_evaluate(task(8), c, str(tmp_path))
+    saved = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="use a fresh --workdir"):
+        train.train_and_evaluate(task(12), c, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == saved  # nothing replaced

@@ -31,9 +31,11 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     return data
 
 
-def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm"):
+def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm",
+           recurrent_bias: bool = False):
     model = ml_collections.ConfigDict()
     model.cell = cell  # "lstm", "gru" or "rnn"
+    model.recurrent_bias = recurrent_bias  # a second additive bias per layer (lstm, rnn)
     model.hidden_sizes = (hidden,) * layers  # widths, bottom first
     model.embed_size = hidden  # embedding width
     model.init_scale = init_scale  # every weight uniform in [-init_scale, init_scale]
@@ -54,10 +56,11 @@ def _config(data, model, reg, train, paper) -> ml_collections.ConfigDict:
 
 def _zaremba(hidden, init, dropout, epochs, decay_after, decay, clip, seq_len, paper, reg=None):
     # main.lua: lr 1, SGD, loss summed over the window and averaged over the batch,
-    # state carried between windows, batch 20.
+    # state carried between windows, batch 20. Its LSTM sums two nn.Linear
+    # (i2h, h2h), each with a bias: two biases, both uniform in [-init, init].
     return _config(
         _data("ptb_word", 20, seq_len, "contiguous"),
-        _model(hidden, 2, init),
+        _model(hidden, 2, init, recurrent_bias=True),
         reg or reg_config(input=dropout, output=dropout, tie="step"),
         train_config(num_epochs=epochs, optimizer="sgd", learning_rate=1.0,
                      lr_schedule="zaremba", decay_after=decay_after, decay_factor=decay,

@@ -63,15 +63,30 @@ def abstract(state):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+class CheckpointMismatchError(ValueError):
+    """Checkpoints exist but none restores into the current state's structure."""
+
+
 def restore_newest(manager: ocp.CheckpointManager, target):
-    """Restore the newest step that restores; None if there is none."""
+    """Restore the newest step that restores; None if there are no steps.
+
+    Raises `CheckpointMismatchError` when there are steps and none restores
+    (usually a workdir written by a different model or config): starting
+    over there would silently replace that run's checkpoints.
+    """
     manager.reload()
-    for step in sorted(manager.all_steps(), reverse=True):
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
         try:
             return _restore(manager, step, target)
         except Exception as err:  # noqa: BLE001 - an unreadable step: try an older one
             logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one.",
                             step, manager.directory, err)
+    if steps:
+        raise CheckpointMismatchError(
+            f"None of the checkpoints in {manager.directory} (steps {steps}) restores into "
+            "this model, probably written with another config; use a fresh --workdir or "
+            "move them away.")
     return None
 
 

@@ -1,0 +1,81 @@
+"""The second, additive bias of Zaremba's Lua LSTM (`recurrent_bias=True`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnreg_jax as rj
+from rnnreg_jax import cells, rnn, torch_port
+from rnnreg_jax.models import LanguageModel
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_init_adds_b_h_and_keeps_the_other_draws(cell):
+    key = jax.random.key(0)
+    one = cells.init_params(key, cell, 3, 5, 0.1)
+    two = cells.init_params(key, cell, 3, 5, 0.1, recurrent_bias=True)
+    assert set(two) == set(one) | {"b_h"}
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
+    assert two["b_h"].shape == one["b"].shape
+    assert float(jnp.max(jnp.abs(two["b_h"]))) <= 0.1
+    assert not np.allclose(two["b_h"], two["b"])  # its own draw
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm_ln", "lstm_bn"])
+def test_other_cells_reject_it(cell):
+    with pytest.raises(ValueError, match="recurrent_bias applies to cells"):
+        cells.init_params(jax.random.key(0), cell, 3, 5, recurrent_bias=True)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_same_function_as_one_summed_bias_and_equal_gradients(cell, implementation):
+    params = cells.init_params(jax.random.key(1), cell, 4, 6, 0.3, recurrent_bias=True)
+    merged = {k: v for k, v in params.items() if k != "b_h"}
+    merged["b"] = params["b"] + params["b_h"]
+    x = jax.random.normal(jax.random.key(2), (3, 7, 4))
+    reg = rj.variational(0.2, 0.3, 0.1)
+
+    def loss(p):
+        ys, _ = rnn.unroll(cell, p, x, reg=reg, key=jax.random.key(4), deterministic=False,
+                           implementation=implementation)
+        return jnp.sum(jnp.sin(ys))
+
+    np.testing.assert_allclose(loss(params), loss(merged), rtol=1e-6)
+    grads = jax.grad(loss)(params)
+    # Both biases receive the gradient of their sum: one SGD step moves the sum twice as far.
+    np.testing.assert_allclose(grads["b"], grads["b_h"], rtol=1e-6)
+    np.testing.assert_allclose(grads["b"], jax.grad(loss)(merged)["b"], rtol=1e-5, atol=1e-7)
+    assert float(jnp.max(jnp.abs(grads["b_h"]))) > 0
+
+
+def test_language_model_carries_one_b_h_per_layer():
+    model = LanguageModel(vocab_size=11, hidden_sizes=(5, 5), recurrent_bias=True)
+    params = model.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))["params"]
+    for layer in ("layer_0", "layer_1"):
+        assert params["rnn"][layer]["b_h"].shape == (20,)
+    plain = LanguageModel(vocab_size=11, hidden_sizes=(5, 5))
+    plain_params = plain.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))["params"]
+    assert "b_h" not in plain_params["rnn"]["layer_0"]
+
+
+def test_torch_port_keeps_both_biases():
+    params = cells.init_params(jax.random.key(3), "lstm", 4, 6, 0.2, recurrent_bias=True)
+    sd = torch_port.to_torch("lstm", params)
+    np.testing.assert_array_equal(sd["bias_hh_l0"], params["b_h"])
+    back = torch_port.from_torch("lstm", sd, recurrent_bias=True)[0]
+    for name in params:
+        np.testing.assert_array_equal(back[name], params[name])
+    summed = torch_port.from_torch("lstm", sd)[0]
+    np.testing.assert_allclose(summed["b"], params["b"] + params["b_h"])
+    assert "b_h" not in summed
+
+
+def test_zaremba_and_gal_presets_use_two_biases():
+    from experiments.configs import ptb
+
+    for name in ("zaremba_small", "zaremba_medium", "variational_medium", "variational_large"):
+        assert getattr(ptb, name)().model.recurrent_bias, name
+    assert not ptb.zoneout().model.recurrent_bias
