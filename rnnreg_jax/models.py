@@ -42,7 +42,7 @@ class LanguageModel(nn.Module):
       tie_embeddings: use the embedding matrix as the softmax weights
         (needs last hidden size == embed size).
       unroll: `lax.scan` unroll factor.
-      implementation: "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
+      implementation: "auto", "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
       recurrent_bias: a second additive bias per layer ("lstm"/"rnn", Zaremba's
         Lua LSTM; see `cells.init_params`).
       bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
@@ -58,7 +58,7 @@ class LanguageModel(nn.Module):
     init_scale: float | None = 0.1
     tie_embeddings: bool = False
     unroll: int = 1
-    implementation: str = "fused"
+    implementation: str = "auto"
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
@@ -129,7 +129,7 @@ class SequenceModel(nn.Module):
     reg: Regularization = NONE
     init_scale: float | None = None
     unroll: int = 1
-    implementation: str = "fused"
+    implementation: str = "auto"
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False

@@ -60,7 +60,8 @@ class StackedRNN(nn.Module):
         1/sqrt(H) (PyTorch's default).
       time_major: whether inputs and outputs are `[T, B, F]`.
       unroll: `lax.scan` unroll factor.
-      implementation: "fused" (hoisted `dW_h` backward pass) or "autodiff".
+      implementation: "auto" (by batch size), "fused" (hoisted `dW_h` backward
+        pass) or "autodiff"; see `rnn.scan_layer`.
       bn_max_steps: "lstm_bn": T_max, the steps with their own population
         statistics; later steps use those of step T_max - 1.
       bn_momentum: "lstm_bn": `running = m * running + (1 - m) * batch` per
@@ -75,7 +76,7 @@ class StackedRNN(nn.Module):
     init_scale: float | None = None
     time_major: bool = False
     unroll: int = 1
-    implementation: str = "fused"
+    implementation: str = "auto"
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False

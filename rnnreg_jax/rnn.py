@@ -25,10 +25,30 @@ from rnnreg_jax.regularizers import NONE, Regularization
 Array = jax.Array
 
 
+IMPLEMENTATIONS = ("auto", "fused", "autodiff")
+# "auto" runs the fused backward pass below this batch size and plain scan
+# autodiff from it on. Measured on CPU (BENCHMARKS.md): hoisting dW_h pays
+# when each step's rank-B update is a thin matmul (PTB, B = 20: 1.09x on
+# medium), and costs when B is large enough for those updates to run well
+# while the fused pass still re-derives every step's gates (pMNIST, B = 100:
+# fused 0.83x of autodiff).
+AUTO_FUSED_BELOW_BATCH = 64
+
+
+def resolve_implementation(implementation: str, batch_size: int) -> str:
+    """"fused" or "autodiff" for `implementation` ("auto" decides by batch size)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown implementation {implementation!r}; use one of "
+                         f"{IMPLEMENTATIONS}.")
+    if implementation != "auto":
+        return implementation
+    return "fused" if batch_size < AUTO_FUSED_BELOW_BATCH else "autodiff"
+
+
 def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
-    implementation: str = "fused", population: dict | None = None,
+    implementation: str = "auto", population: dict | None = None,
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
@@ -40,8 +60,10 @@ def scan_layer(
       layer_noise: the layer's masks (see `noise.layer_noise`).
       unroll: `lax.scan` unroll factor.
       implementation: "fused" (hand-written backward pass with `dW_h` hoisted
-        out of the loop, `rnnreg_jax.fused`) or "autodiff" (plain scan of the
-        step function; supports forward-mode differentiation).
+        out of the loop, `rnnreg_jax.fused`), "autodiff" (plain scan of the
+        step function; supports forward-mode differentiation) or "auto"
+        (fused for batches below `AUTO_FUSED_BELOW_BATCH`, else autodiff; both
+        give the same numbers up to float rounding).
       population: "lstm_bn" only: the layer's population statistics
         (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.
 
@@ -54,12 +76,9 @@ def scan_layer(
         raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
     xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
                        population=population)
-    if implementation == "fused":
+    if resolve_implementation(implementation, xs.shape[1]) == "fused":
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
-    if implementation != "autodiff":
-        raise ValueError(f"Unknown implementation {implementation!r}; use 'fused' or "
-                         "'autodiff'.")
 
     gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
     if gates is not None:  # rearranged once here, not in every step
@@ -101,7 +120,7 @@ def unroll(
     time_major: bool = False,
     unroll: int = 1,
     return_hiddens: bool = False,
-    implementation: str = "fused",
+    implementation: str = "auto",
     bn_stats: cells.Params | Sequence[cells.Params] | None = None,
     return_bn_stats: bool = False,
 ):
@@ -125,7 +144,7 @@ def unroll(
       time_major: layout of `inputs` and outputs.
       unroll: `lax.scan` unroll factor.
       return_hiddens: also return each layer's (undropped) outputs.
-      implementation: "fused" or "autodiff", see `scan_layer`.
+      implementation: "auto", "fused" or "autodiff", see `scan_layer`.
       bn_stats: "lstm_bn" only: population statistics per layer (a dict, or a
         list of dicts for a stack, `batchnorm.init_population`'s layout), used
         whatever `deterministic` says; None normalizes every step by the

@@ -73,3 +73,17 @@ def test_unknown_implementation_is_rejected():
     params = cells.init_params(jax.random.key(0), "lstm", 2, 3)
     with pytest.raises(ValueError, match="implementation"):
         rnn.unroll("lstm", params, jnp.ones((1, 2, 2)), implementation="magic")
+
+
+def test_auto_is_fused_for_small_batches_and_autodiff_from_the_threshold():
+    assert rnn.resolve_implementation("auto", 20) == "fused"
+    assert rnn.resolve_implementation("auto", rnn.AUTO_FUSED_BELOW_BATCH) == "autodiff"
+    assert rnn.resolve_implementation("fused", 1000) == "fused"
+    params = cells.init_params(jax.random.key(0), "lstm", 2, 3)
+
+    def traced(batch):
+        x = jnp.ones((batch, 4, 2))
+        return str(jax.make_jaxpr(lambda p: rnn.unroll("lstm", p, x)[0])(params))
+
+    assert "custom_vjp" in traced(2)
+    assert "custom_vjp" not in traced(rnn.AUTO_FUSED_BELOW_BATCH)
