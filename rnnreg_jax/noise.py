@@ -71,26 +71,56 @@ def _flat(sample, key: Array, shape: tuple[int, ...]) -> Array:
     return sample(key, (math.prod(shape),)).reshape(shape)
 
 
+# Bernoulli draws take 16 random bits each, two per 32-bit threefry word. Mask
+# sampling is threefry-bound on CPU (about 13 ns per word here), so this halves
+# its cost: 15.7M draws (pMNIST zoneout, one step) 231 -> 119 ms. Probabilities
+# are therefore multiples of 2^-16 (`quantize_probability`); inverted dropout
+# divides by the quantized keep probability and evaluation uses the quantized
+# mixing rates, so every expectation stays exact.
+PROBABILITY_BITS = 16
+_LEVELS = 1 << PROBABILITY_BITS
+
+
+def quantize_probability(p: float) -> float:
+    """The probability a Bernoulli(p) draw here really has: p rounded to a multiple
+    of 2^-16 (within 2^-17 of p; 1 - p quantizes to 1 - its quantization)."""
+    return round(float(p) * _LEVELS) / _LEVELS
+
+
+def _bernoulli_flat(key: Array, p: float, size: int) -> Array:
+    """`size` booleans, True with probability `quantize_probability(p)`."""
+    threshold = jnp.uint32(round(float(p) * _LEVELS))  # 0 .. 2^16: never .. always
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    halves = jnp.stack([words & (_LEVELS - 1), words >> PROBABILITY_BITS], axis=-1)
+    return halves.reshape(-1)[:size] < threshold
+
+
+def bernoulli_draw(key: Array, p: float, shape: tuple[int, ...]) -> Array:
+    """Booleans of `shape`, each True with probability `quantize_probability(p)`."""
+    return _bernoulli_flat(key, p, math.prod(shape)).reshape(shape)
+
+
 def bernoulli(key: Array, p: float, shape: tuple[int, ...], tie: str, steps: int,
               dtype: Any = jnp.float32) -> Array:
     """{0, 1} samples `d ~ Bernoulli(p)` (1 with probability p), tied or per step.
 
     `tie="sequence"`: one draw of `shape` from `key`; `tie="step"`: `steps`
     draws from `jax.random.split(key, steps)`, stacked to `[steps, *shape]`.
+    The probability is `quantize_probability(p)` (see `PROBABILITY_BITS`).
     """
     if tie == "sequence":
-        return _flat(lambda k, s: jax.random.bernoulli(k, p, s), key, shape).astype(dtype)
+        return bernoulli_draw(key, p, shape).astype(dtype)
     keys = jax.random.split(key, steps)
-    draw = jax.vmap(lambda k: _flat(lambda k, s: jax.random.bernoulli(k, p, s), k, shape))
-    return draw(keys).astype(dtype)
+    return jax.vmap(lambda k: bernoulli_draw(k, p, shape))(keys).astype(dtype)
 
 
 def dropout_mask(key: Array, spec: MaskSpec, shape: tuple[int, ...], steps: int,
                  num_gates: int = 1, dtype: Any = jnp.float32) -> Array:
-    """Inverted-dropout mask `m = keep / (1 - rate)`, `keep ~ Bernoulli(1 - rate)`.
+    """Inverted-dropout mask `m = keep / q`, `keep ~ Bernoulli(q)`, q = 1 - rate
+    quantized (`quantize_probability`, within 2^-17).
 
-    Values are exactly 0 or 1/(1 - rate), so `E[m] = 1` and evaluation (no
-    mask) is the expectation.
+    Values are exactly 0 or 1/q, so `E[m] = 1` and evaluation (no mask) is the
+    expectation.
 
     Returns:
       `[*shape]` (tied) or `[T, *shape]` (per step), with a leading gate axis
@@ -100,7 +130,7 @@ def dropout_mask(key: Array, spec: MaskSpec, shape: tuple[int, ...], steps: int,
     keep = bernoulli(key, 1.0 - spec.rate, full, spec.tie, steps, dtype)
     if spec.per_gate and spec.tie == "step":
         keep = jnp.swapaxes(keep, 0, 1)  # [T, G, ...] -> [G, T, ...]
-    return keep / (1.0 - spec.rate)
+    return keep / quantize_probability(1.0 - spec.rate)
 
 
 def _active(spec: MaskSpec | None) -> bool:
@@ -157,7 +187,7 @@ def layer_noise(
     if _active(reg.update):
         spec = reg.update
         keep = bernoulli(k("update"), 1.0 - spec.rate, bh, spec.tie, steps, dtype)
-        put("update", keep / (1.0 - spec.rate), spec.tie)
+        put("update", keep / quantize_probability(1.0 - spec.rate), spec.tie)
         if reg.output_zoneout:
             put("output_gate", 1.0 - keep, spec.tie)
     zc, zh = reg.zoneout_cells, reg.zoneout_hiddens
@@ -179,16 +209,17 @@ def layer_noise(
 
 
 def _expected_layer_noise(reg: Regularization) -> LayerNoise:
-    """Deterministic mode: dropout -> identity, mixing coefficients -> their rates."""
+    """Deterministic mode: dropout -> identity, mixing coefficients -> their
+    (quantized, as drawn) rates."""
     tied: dict[str, Any] = {}
     if reg.zoneout_cells > 0:
-        tied["zone_c"] = reg.zoneout_cells
+        tied["zone_c"] = quantize_probability(reg.zoneout_cells)
     if reg.zoneout_hiddens > 0:
-        tied["zone_h"] = reg.zoneout_hiddens
+        tied["zone_h"] = quantize_probability(reg.zoneout_hiddens)
     if reg.stochastic_depth > 0:
-        tied["depth"] = reg.stochastic_depth
-    if reg.needs_output_gate:
-        tied["output_gate"] = reg.update.rate
+        tied["depth"] = quantize_probability(reg.stochastic_depth)
+    if reg.needs_output_gate:  # 1 - keep, keep ~ Bernoulli(q(1 - rate))
+        tied["output_gate"] = 1.0 - quantize_probability(1.0 - reg.update.rate)
     return LayerNoise(tied=cells.StepNoise(**tied))
 
 
@@ -215,10 +246,9 @@ def weight_drop(reg: Regularization, key: Array | None, layer: int, w_h: Array,
         return w_h
     if key is None:
         raise ValueError("A PRNG key is required for weight drop in training mode.")
-    p = reg.weight_drop
-    keep = _flat(lambda k, s: jax.random.bernoulli(k, 1.0 - p, s),
-                 site_key(key, "weight_drop", layer), w_h.shape)
-    return w_h * (keep.astype(w_h.dtype) / (1.0 - p))
+    q = quantize_probability(1.0 - reg.weight_drop)
+    keep = bernoulli_draw(site_key(key, "weight_drop", layer), q, w_h.shape)
+    return w_h * (keep.astype(w_h.dtype) / q)
 
 
 def output_mask(reg: Regularization, key: Array | None, batch: int, steps: int,
@@ -249,10 +279,9 @@ def embedding_mask(reg: Regularization, key: Array | None, ids: Array, vocab_siz
         return None
     if key is None:
         raise ValueError("A PRNG key is required in training mode (deterministic=False).")
-    p = reg.embedding
-    keep = _flat(lambda k, s: jax.random.bernoulli(k, 1.0 - p, s), site_key(key, "embedding"),
-                 (ids.shape[0], vocab_size))
-    per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype) / (1.0 - p)
+    q = quantize_probability(1.0 - reg.embedding)
+    keep = bernoulli_draw(site_key(key, "embedding"), q, (ids.shape[0], vocab_size))
+    per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype) / q
     return per_token[..., None]
 
 

@@ -50,3 +50,14 @@ def test_markdown_reports_gflops_and_both_matmul_ceilings():
     text = bench.markdown(results, "cmd")
     assert "80.0 GFLOP/s (1024x1024 through XLA), 100.0 GFLOP/s through PyTorch" in text
     assert "| ours_none | 200 | 500.0 | 42.2 |" in text
+
+
+def test_mask_sampling_script_runs_and_reports_a_ratio():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "mask_sampling.py"
+    out = subprocess.run([sys.executable, str(script), "--size", "1001",
+                          "--repeats", "1"], capture_output=True, text=True, check=True)
+    assert "1,001 draws on cpu" in out.stdout and "x faster" in out.stdout

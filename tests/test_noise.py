@@ -33,18 +33,21 @@ B, T, F, H = 16, 6, 20, 12
 
 
 def assert_rate(sample, p: float):
-    """Fraction of ones in a {0, 1} sample within 3 sigma of p (binomial)."""
+    """Fraction of ones in a {0, 1} sample within 4 sigma of p (binomial): with
+    dozens of such checks on fixed keys, 3 sigma (0.27% each) failed on draws
+    that are fine (checked over 500 keys)."""
     sample = np.asarray(sample)
     assert set(np.unique(sample)) <= {0.0, 1.0}
     n = sample.size
     sigma = np.sqrt(p * (1 - p) / n)
-    assert abs(sample.mean() - p) <= 3 * sigma + 1e-12, (sample.mean(), p, sigma, n)
+    assert abs(sample.mean() - p) <= 4 * sigma + 1e-12, (sample.mean(), p, sigma, n)
 
 
 def assert_inverted(mask, rate: float):
-    """Mask values are exactly 0 or 1/(1 - rate); keep-rate ~ 1 - rate."""
+    """Mask values are exactly 0 or 1/q, q = 1 - rate as drawn (quantized to
+    2^-16); keep-rate ~ 1 - rate."""
     mask = np.asarray(mask)
-    scale = np.float32(1.0) / np.float32(1.0 - rate)
+    scale = np.float32(1.0) / np.float32(noise.quantize_probability(1.0 - rate))
     kept = mask != 0
     np.testing.assert_allclose(mask[kept], scale, rtol=1e-6)
     assert_rate(kept.astype(np.float32), 1.0 - rate)
@@ -190,7 +193,8 @@ def test_layer_noise_sites(name, reg, cell, path, shape, kind, rate):
         assert_rate(mask, rate)
     # Per example: the batch axis is in the shape and examples get different masks.
     batch_axis = len(shape) - 2
-    assert distinct(mask, batch_axis) > (1 if shape[-1] == 1 else mask.shape[batch_axis] - 1)
+    # Per example, not shared over the batch (a few equal rows of 12 bits are chance).
+    assert distinct(mask, batch_axis) > (1 if shape[-1] == 1 else mask.shape[batch_axis] // 2)
     # Per-step masks differ across steps.
     if path[0] == "per_step" or (path == ("input",) and reg.input.tie == "step"):
         time_axis = 1 if (path == ("input",) and reg.input.per_gate) else 0
@@ -272,8 +276,9 @@ def test_deterministic_layer_noise_is_the_expectation():
     assert ln.input is None
     for name in ("recurrent", "cell", "update"):
         assert getattr(ln.tied, name) is None and getattr(ln.per_step, name) is None
-    assert ln.tied.zone_c == 0.4 and ln.tied.zone_h == 0.1
-    assert ln.tied.depth == 0.2 and ln.tied.output_gate == 0.25
+    q = noise.quantize_probability
+    assert ln.tied.zone_c == q(0.4) and ln.tied.zone_h == q(0.1)
+    assert ln.tied.depth == q(0.2) and ln.tied.output_gate == q(0.25)
     assert ln.per_step == cells.StepNoise()
 
 
@@ -413,7 +418,32 @@ def test_compose_is_what_layer_noise_sees():
     np.testing.assert_array_equal(ln.per_step.zone_c, lnoise(zoneout(cells=0.3)).per_step.zone_c)
 
 
-def test_flat_draws_equal_direct_draws():
-    """`noise` draws flat and reshapes (fast to compile); the numbers are jax.random's own."""
-    np.testing.assert_array_equal(noise.bernoulli(KEY, 0.3, (2, 3), "sequence", T),
-                                  jax.random.bernoulli(KEY, 0.3, (2, 3)).astype(jnp.float32))
+def test_draws_are_16_bit_halves_of_threefry_words():
+    """Element 2i is the low half of word i, 2i + 1 its high half, kept below
+    round(p 2^16); a shaped draw is the flat draw reshaped."""
+    words = np.asarray(jax.random.bits(KEY, (3,), jnp.uint32)).astype(np.int64)
+    halves = np.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1)[:5]
+    threshold = round(0.3 * 65536)
+    expected = (halves < threshold).astype(np.float32).reshape(5, 1)
+    np.testing.assert_array_equal(noise.bernoulli(KEY, 0.3, (5, 1), "sequence", T), expected)
+    np.testing.assert_array_equal(noise.bernoulli_draw(KEY, 0.3, (5,)), expected[:, 0] > 0)
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-6, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.65, 0.999, 1.0])
+def test_quantized_probability_is_within_2_to_the_minus_17(p):
+    q = noise.quantize_probability(p)
+    assert abs(q - p) <= 2.0 ** -17
+    assert q * 65536 == int(q * 65536)
+    assert noise.quantize_probability(1.0 - p) == pytest.approx(1.0 - q, abs=1e-12)
+
+
+def test_always_and_never_are_exact():
+    assert bool(jnp.all(noise.bernoulli_draw(KEY, 1.0, (4096,))))
+    assert not bool(jnp.any(noise.bernoulli_draw(KEY, 0.0, (4096,))))
+
+
+def test_evaluation_uses_the_rates_as_drawn():
+    """Deterministic mixing coefficients are the quantized rates the training draws use."""
+    ln = lnoise(zoneout(cells=0.1, hiddens=1 / 3), deterministic=True)
+    assert ln.tied.zone_c == noise.quantize_probability(0.1) != 0.1
+    assert ln.tied.zone_h == noise.quantize_probability(1 / 3)
