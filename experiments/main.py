@@ -3,7 +3,9 @@
     python -m experiments.ptb --config=zaremba_small --workdir=runs/zaremba_small
     python -m experiments.ptb --config=zoneout --config.train.num_epochs=3
 
-Data errors end the run with one sentence and exit status 2.
+Data errors, and a workdir whose checkpoints belong to a run with another
+model, data or regularization config, end the run with one sentence and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -25,6 +27,40 @@ def _quiet_orbax() -> None:
     """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
     py_logging.getLogger("absl").addFilter(
         lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname)
+
+
+# Config sections a resumed run must share with the run that wrote its checkpoints
+# (training length, logging and evaluation settings may change between restarts).
+RESUME_FIXED_SECTIONS = ("model", "data", "reg")
+
+
+def resume_conflict(workdir, config: dict) -> str | None:
+    """Why `config` cannot resume the run in `workdir`, or None.
+
+    A workdir with checkpoints and a `config.json` resumes only with the same
+    model, data and regularization fields (a field the stored config lacks
+    counts as unset: equal to False, 0 or None). Without this a changed preset
+    would continue another model's weights and overwrite its `config.json`.
+    """
+    path = epath.Path(workdir)
+    checkpoints = path / "checkpoints"
+    if not (path / "config.json").exists() or not checkpoints.exists() or not any(
+            checkpoints.iterdir()):
+        return None
+    stored = json.loads((path / "config.json").read_text()).get("config", {})
+    current = json.loads(json.dumps(config, default=str))  # tuples -> lists, as stored
+    for section in RESUME_FIXED_SECTIONS:
+        old, new = stored.get(section, {}), current.get(section, {})
+        for field in sorted(set(old) | set(new)):
+            value = new.get(field)
+            # A field the stored config lacks was added to the code later, with a
+            # default (False / 0) that run used.
+            before = old[field] if field in old else (False if isinstance(value, bool) else 0)
+            if before != value:
+                return (f"{workdir} holds a run with {section}.{field} = {before}, not "
+                        f"{value}: resume it with --config.{section}.{field}={before}, or use "
+                        "a fresh --workdir.")
+    return None
 
 
 def _start_distributed(config) -> None:
@@ -64,6 +100,10 @@ def run(task_name: str, config) -> dict:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
+    conflict = resume_conflict(workdir, config.to_dict())
+    if conflict:
+        print(f"error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)

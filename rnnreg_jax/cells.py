@@ -224,17 +224,21 @@ def layer_norm(x: Array, gain: Array, bias: Array, groups: int = 1) -> Array:
 
 
 def project(cell: str, params: Params, x: Array, input_mask: Array | None = None,
-            per_gate: bool = False, population: dict | None = None) -> Array:
+            per_gate: bool = False, population: dict | None = None,
+            forget_bias: float = 0.0) -> Array:
     """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
 
     `project_inputs` for the papers' cells (plus the second bias `b_h` of an
-    "lstm" or "rnn" that has one); for `lstm_ln` the normalized
+    "lstm" or "rnn" that has one, and an LSTM's constant `forget_bias` on the
+    forget block, `with_forget_bias`); for `lstm_ln` the normalized
     projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
     of each step and example are taken per gate block, so hoisting it out of
     the scan is exact). For `lstm_bn` a dict `{"x": [T, B, 4H], "stats"}` from
     `batchnorm.project`, normalized by the `population` statistics if given,
     else by each step's batch statistics.
     """
+    if forget_bias:
+        params = with_forget_bias(cell, params, forget_bias)
     if cell == "lstm_bn":
         return _batchnorm.project(params, x, input_mask, per_gate, population)
     if cell in RECURRENT_BIAS_CELLS and "b_h" in params:  # the second bias simply adds
@@ -243,6 +247,20 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
         return project_inputs(params, x, input_mask, per_gate)
     xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
     return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES[cell]) + params["b"]
+
+
+def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
+    """`params` with a constant added to the forget gate's bias block.
+
+    The zoneout authors' Blocks LSTM adds +1 to the forget gate's
+    pre-activation (DESIGN.md). A constant offset on the pre-activation gets
+    the same gradients as the bias it shifts, so this is also "initialise b_f
+    at b_f + forget_bias" for any optimizer without weight decay on biases.
+    """
+    if cell not in LSTM_TYPES:
+        raise ValueError(f"forget_bias applies to LSTM cells {LSTM_TYPES}, not {cell!r}.")
+    hidden = params["w_h"].shape[0]
+    return dict(params, b=params["b"].at[hidden:2 * hidden].add(forget_bias))
 
 
 def gate_major(w: Array, num_gates: int) -> Array:

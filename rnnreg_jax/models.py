@@ -45,6 +45,8 @@ class LanguageModel(nn.Module):
       implementation: "auto", "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
       recurrent_bias: a second additive bias per layer ("lstm"/"rnn", Zaremba's
         Lua LSTM; see `cells.init_params`).
+      forget_bias: LSTM cells: a constant on the forget gate's pre-activation
+        (the zoneout authors' +1; `cells.with_forget_bias`).
       bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
         index of the per-step statistics restarts at 0 in every window, also
         when the state is carried from window to window.
@@ -62,6 +64,7 @@ class LanguageModel(nn.Module):
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
+    forget_bias: float = 0.0
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
@@ -90,7 +93,7 @@ class LanguageModel(nn.Module):
         y, carry = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
                               unroll=self.unroll, implementation=self.implementation,
                               bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
-                              recurrent_bias=self.recurrent_bias,
+                              recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
                               name="rnn")(x, carry, deterministic, use_running_average)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
@@ -117,8 +120,8 @@ class SequenceModel(nn.Module):
       hidden_sizes: recurrent widths.
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
-      cell, reg, init_scale, unroll, implementation, recurrent_bias, bn_max_steps,
-        bn_momentum: as in `LanguageModel`.
+      cell, reg, init_scale, unroll, implementation, recurrent_bias, forget_bias,
+        bn_max_steps, bn_momentum: as in `LanguageModel`.
     """
 
     num_outputs: int
@@ -133,6 +136,7 @@ class SequenceModel(nn.Module):
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
+    forget_bias: float = 0.0
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,
@@ -153,6 +157,6 @@ class SequenceModel(nn.Module):
         y, _ = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
                           unroll=self.unroll, implementation=self.implementation,
                           bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
-                          recurrent_bias=self.recurrent_bias,
+                          recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
                           name="rnn")(x, None, deterministic, use_running_average)
         return nn.Dense(self.num_outputs, name="head")(y[:, -1])

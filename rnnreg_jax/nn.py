@@ -68,6 +68,8 @@ class StackedRNN(nn.Module):
         training apply (Flax's convention; PyTorch's momentum 0.1 is m = 0.9).
       recurrent_bias: "lstm"/"rnn": a second additive bias per layer, as in
         Zaremba's Lua LSTM (`cells.init_params`).
+      forget_bias: LSTM cells: a constant on the forget gate's pre-activation
+        (the zoneout authors' +1, `cells.with_forget_bias`).
     """
 
     hidden_sizes: Sequence[int] | int
@@ -80,6 +82,7 @@ class StackedRNN(nn.Module):
     bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
+    forget_bias: float = 0.0
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -118,7 +121,7 @@ class StackedRNN(nn.Module):
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation,
-            bn_stats=populations, return_bn_stats=True)
+            bn_stats=populations, return_bn_stats=True, forget_bias=self.forget_bias)
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
             var.value = batchnorm.update_population(
                 var.value, jax.lax.stop_gradient(layer_stats), self.bn_momentum)

@@ -48,7 +48,7 @@ def resolve_implementation(implementation: str, batch_size: int) -> str:
 def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
-    implementation: str = "auto", population: dict | None = None,
+    implementation: str = "auto", population: dict | None = None, forget_bias: float = 0.0,
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
@@ -66,6 +66,8 @@ def scan_layer(
         give the same numbers up to float rounding).
       population: "lstm_bn" only: the layer's population statistics
         (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.
+      forget_bias: LSTM cells: a constant added to the forget gate's
+        pre-activation (`cells.with_forget_bias`).
 
     Returns:
       `(ys [T, B, H], final carry)`; for "lstm_bn" the ys are the pair
@@ -75,7 +77,7 @@ def scan_layer(
     if population is not None and cell != "lstm_bn":
         raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
     xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
-                       population=population)
+                       population=population, forget_bias=forget_bias)
     if resolve_implementation(implementation, xs.shape[1]) == "fused":
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
@@ -123,6 +125,7 @@ def unroll(
     implementation: str = "auto",
     bn_stats: cells.Params | Sequence[cells.Params] | None = None,
     return_bn_stats: bool = False,
+    forget_bias: float = 0.0,
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
@@ -152,6 +155,8 @@ def unroll(
       return_bn_stats: also return the per-step statistics each layer used,
         `{name: [T, ...]}` (the minibatch's when `bn_stats` is None), shaped
         like `bn_stats` (dict or list); empty dicts for the other cells.
+      forget_bias: LSTM cells: a constant added to every layer's forget-gate
+        pre-activation (the zoneout authors' +1; `cells.with_forget_bias`).
 
     Returns:
       `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
@@ -160,6 +165,8 @@ def unroll(
       `return_bn_stats` a last item, the statistics.
     """
     cells.check_cell_type(cell)
+    if forget_bias and cell not in cells.LSTM_TYPES:
+        raise ValueError(f"forget_bias applies to LSTM cells {cells.LSTM_TYPES}, not {cell!r}.")
     layers, single = _as_list(params)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
@@ -186,7 +193,8 @@ def unroll(
                                deterministic, x.dtype)
         w_h = noise.weight_drop(reg, key, index, p["w_h"], deterministic)
         p = dict(p, w_h=noise.weight_noise(reg, key, index, w_h, deterministic))
-        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index])
+        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
+                          forget_bias)
         x, layer_stats = x if cell == "lstm_bn" else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)

@@ -54,3 +54,49 @@ def test_binary_reports_unknown_preset_in_one_line():
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "valid presets" in lines[0] and "zaremba_small" in lines[0]
     assert "Traceback" not in out.stderr
+
+
+def _stored_run(tmp_path, config, with_checkpoint=True):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"task": "ptb", "command": "x", "config": config}, default=str))
+    if with_checkpoint:
+        (tmp_path / "checkpoints" / "100").mkdir(parents=True)
+    return str(tmp_path)
+
+
+def test_resuming_with_another_model_config_is_refused_in_one_sentence(tmp_path):
+    from experiments.main import resume_conflict
+
+    old = ptb.baseline()
+    old.model.forget_bias = 0.0
+    workdir = _stored_run(tmp_path, old.to_dict())
+    message = resume_conflict(workdir, ptb.baseline().to_dict())
+    assert message == (f"{workdir} holds a run with model.forget_bias = 0.0, not 1.0: resume it "
+                       "with --config.model.forget_bias=0.0, or use a fresh --workdir.")
+    assert resume_conflict(workdir, old.to_dict()) is None
+    longer = old.copy_and_resolve_references()
+    longer.train.num_epochs = 200  # training length and logging may change on resume
+    assert resume_conflict(workdir, longer.to_dict()) is None
+
+
+def test_a_field_added_to_the_code_later_counts_as_its_default(tmp_path):
+    from experiments.main import resume_conflict
+
+    stored = ptb.zaremba_small().to_dict()
+    del stored["model"]["recurrent_bias"]  # written before the field existed
+    workdir = _stored_run(tmp_path, stored)
+    assert "model.recurrent_bias = False, not True" in resume_conflict(
+        workdir, ptb.zaremba_small().to_dict())
+    same = ptb.zaremba_small()
+    same.model.recurrent_bias = False
+    assert resume_conflict(workdir, same.to_dict()) is None
+
+
+def test_without_checkpoints_any_config_may_start(tmp_path):
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.zoneout().to_dict(), with_checkpoint=False)
+    assert resume_conflict(workdir, ptb.baseline().to_dict()) is None
+    assert resume_conflict(str(tmp_path / "fresh"), ptb.baseline().to_dict()) is None

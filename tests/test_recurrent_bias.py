@@ -79,3 +79,39 @@ def test_zaremba_and_gal_presets_use_two_biases():
     for name in ("zaremba_small", "zaremba_medium", "variational_medium", "variational_large"):
         assert getattr(ptb, name)().model.recurrent_bias, name
     assert not ptb.zoneout().model.recurrent_bias
+
+
+@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
+@pytest.mark.parametrize("cell", ["lstm", "lstm_ln", "lstm_bn"])
+def test_forget_bias_is_the_forget_block_of_b_shifted(cell, implementation):
+    hidden = 6
+    params = cells.init_params(jax.random.key(1), cell, 4, hidden, 0.3)
+    shifted = dict(params, b=params["b"].at[hidden:2 * hidden].add(1.0))
+    x = jax.random.normal(jax.random.key(2), (3, 7, 4))
+
+    def loss(p, forget_bias):
+        ys, _ = rnn.unroll(cell, p, x, reg=rj.zoneout(0.2, 0.1), key=jax.random.key(4),
+                           deterministic=False, implementation=implementation,
+                           forget_bias=forget_bias)
+        return jnp.sum(jnp.sin(ys))
+
+    np.testing.assert_allclose(loss(params, 1.0), loss(shifted, 0.0), rtol=1e-6)
+    assert abs(float(loss(params, 1.0)) - float(loss(params, 0.0))) > 1e-3
+    for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, 1.0)),
+                    jax.tree.leaves(jax.grad(loss)(shifted, 0.0)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_forget_bias_needs_an_lstm(cell):
+    params = cells.init_params(jax.random.key(0), cell, 3, 5)
+    with pytest.raises(ValueError, match="forget_bias applies to LSTM cells"):
+        rnn.unroll(cell, params, jnp.ones((2, 3, 3)), forget_bias=1.0)
+
+
+def test_zoneout_presets_use_the_authors_forget_bias():
+    from experiments.configs import ptb
+
+    for name in ("zoneout", "baseline", "recurrent_dropout", "zoneout_char"):
+        assert getattr(ptb, name)().model.forget_bias == 1.0, name
+    assert ptb.zaremba_small().model.forget_bias == 0.0
