@@ -31,8 +31,9 @@ IMPLEMENTATIONS = ("auto", "fused", "autodiff")
 # when each step's rank-B update is a thin matmul (PTB, B = 20: 1.09x on
 # medium), and costs when B is large enough for those updates to run well
 # while the fused pass still re-derives every step's gates (pMNIST, B = 100:
-# fused 0.83x of autodiff).
-AUTO_FUSED_BELOW_BATCH = 64
+# fused 0.85x of autodiff; the zoneout word model, B = 32: 0.89x-0.97x in
+# session 3's measurements, though 1.05x in one of session 2's).
+AUTO_FUSED_BELOW_BATCH = 32
 
 
 def resolve_implementation(implementation: str, batch_size: int) -> str:
