@@ -314,7 +314,11 @@ _AWD_VS_VARIATIONAL = "AWD-LSTM's recipe vs variational dropout (2x400)"
 REPORT_GROUPS = {"awd_small": _AWD_VS_VARIATIONAL, "variational_small": _AWD_VS_VARIATIONAL}
 
 REPORT_NOTES = {
-    "": ("The zoneout-paper `baseline` run in `zw_baseline` predates the presets' +1 "
+    "": ("Two runs predate preset changes of session 3. `zaremba_small` in "
+         "`/work/runs/zaremba_small` used one bias per gate, as `--config.model."
+         "recurrent_bias=false` does today; the one in `zaremba_small_2bias` has the two "
+         "biases of Zaremba's Lua LSTM (`model.recurrent_bias`), everything else equal. "
+         "The zoneout-paper `baseline` run in `zw_baseline` predates the presets' +1 "
          "forget-gate offset of the authors' code (`model.forget_bias`): it ran as "
          "`--config=baseline --config.model.forget_bias=0`. It was stopped after 10 of its "
          "epochs to free this CPU for `zaremba_small` (best validation perplexity 158.5 at "
