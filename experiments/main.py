@@ -53,9 +53,12 @@ def resume_conflict(workdir, config: dict) -> str | None:
         old, new = stored.get(section, {}), current.get(section, {})
         for field in sorted(set(old) | set(new)):
             value = new.get(field)
-            # A field the stored config lacks was added to the code later, with a
-            # default (False / 0) that run used.
-            before = old[field] if field in old else (False if isinstance(value, bool) else 0)
+            if field in old:
+                before = old[field]
+            elif value in (False, 0, None):
+                continue  # added to the code later; that run used this default
+            else:
+                before = False if isinstance(value, bool) else 0
             if before != value:
                 return (f"{workdir} holds a run with {section}.{field} = {before}, not "
                         f"{value}: resume it with --config.{section}.{field}={before}, or use "
