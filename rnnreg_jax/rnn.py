@@ -166,8 +166,6 @@ def unroll(
       `return_bn_stats` a last item, the statistics.
     """
     cells.check_cell_type(cell)
-    if forget_bias and cell not in cells.LSTM_TYPES:
-        raise ValueError(f"forget_bias applies to LSTM cells {cells.LSTM_TYPES}, not {cell!r}.")
     layers, single = _as_list(params)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
