@@ -93,6 +93,10 @@ def run(task_name: str, config) -> dict:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    conflict = resume_conflict(workdir, config.to_dict())  # before loading any data
+    if conflict:
+        print(f"error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     try:
         task = build_task(config, reg, cli.FLAGS.data_dir)
     except DataError as err:
@@ -103,10 +107,6 @@ def run(task_name: str, config) -> dict:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
-    conflict = resume_conflict(workdir, config.to_dict())
-    if conflict:
-        print(f"error: {conflict}", file=sys.stderr)
-        sys.exit(2)
     if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
