@@ -73,7 +73,8 @@ def _flat(sample, key: Array, shape: tuple[int, ...]) -> Array:
 
 # Bernoulli draws take 16 random bits each, two per 32-bit threefry word. Mask
 # sampling is threefry-bound on CPU (about 13 ns per word here), so this halves
-# its cost: 15.7M draws (pMNIST zoneout, one step) 231 -> 119 ms. Probabilities
+# its cost: 15.7M draws (pMNIST zoneout, one step) 230 -> 102 ms in
+# benchmarks/mask_sampling.py. Probabilities
 # are therefore multiples of 2^-16 (`quantize_probability`); inverted dropout
 # divides by the quantized keep probability and evaluation uses the quantized
 # mixing rates, so every expectation stays exact.
