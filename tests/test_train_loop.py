@@ -91,3 +91,30 @@ def test_checkpoints_of_another_model_are_a_one_sentence_error(tmp_path):
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="use a fresh --workdir"):
         train.train_and_evaluate(task(12), c, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == saved  # nothing replaced
+
+
+class _ReversedLM(th.LMSource):
+    """The training stream's rule run backwards (token t+1 = token t - 1): the
+    better a model learns the training data, the worse it does here."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.data = np.ascontiguousarray(self.data[:, ::-1])
+
+
+def test_early_stopping_evaluates_the_best_validation_checkpoint(tmp_path):
+    task = train.Task(model=th.tiny_lm(hidden=16), kind="lm",
+                      train=th.LMSource(batch=8, steps=6, num_windows=8),
+                      evals={"valid": _ReversedLM(batch=8, steps=6, num_windows=3, seed=1)},
+                      carry_state=False)
+    c = train.default_train_config()
+    c.num_epochs, c.learning_rate, c.early_stop_patience = 10, 1.0, 2
+    c.loss_sum_over_time = True  # Zaremba's scale: fast learning, so a clear rise
+    final = train.train_and_evaluate(task, c, str(tmp_path))
+    valid = [e["loss"] for e in read_metrics(str(tmp_path))
+             if e["split"] == "valid" and e["phase"] == "epoch_end"]
+    best_epoch = int(np.argmin(valid)) + 1
+    print(f"valid loss per epoch {np.round(valid, 3).tolist()}, final {final['valid/loss']:.3f}")
+    assert len(valid) < c.num_epochs and valid[-1] > min(valid)  # stopped early, past the best
+    assert final["valid/loss"] == pytest.approx(min(valid), rel=1e-5)
+    assert final["eval_epoch"] == best_epoch and final["epoch"] == len(valid)

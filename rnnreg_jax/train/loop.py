@@ -90,13 +90,28 @@ class _Run:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
 
-    def eval_params(self):
+    def eval_params(self, state=None):
         """The weights to evaluate: NT-ASGD's average once averaging is on (the
         non-parameter `model_state`, e.g. BN population statistics, is the
         running one, not averaged)."""
+        state = self.state if state is None else state
         if not self.ntasgd:
-            return self.state.params
-        return self.averaged(self.state.opt_state, self.state.params)
+            return state.params
+        return self.averaged(state.opt_state, state.params)
+
+    def final_state(self):
+        """The state the final evaluation reads. With early stopping on, the best
+        validation checkpoint: early stopping selects that model, and the papers
+        that use it (zoneout) report its numbers; the last epoch's model is up to
+        `early_stop_patience` epochs past it. Otherwise the current state."""
+        if not self.config.early_stop_patience or self.task.validation_split is None:
+            return self.state
+        best = self.ckpt.restore_best(self.state)
+        if best is None:
+            return self.state
+        self.logger.console(f"Final evaluation on the best validation checkpoint "
+                            f"(epoch {int(best.epoch)}, step {int(best.step)}).")
+        return best
 
     # -- training metrics, NaN check -------------------------------------------------------
     def flush(self) -> None:
@@ -225,21 +240,22 @@ class _Run:
 
     def final_eval(self) -> dict:
         cfg, task = self.config, self.task
-        params = self.eval_params()
-        out: dict = {"step": self.step, "epoch": self.epoch}
+        state = self.final_state()
+        params = self.eval_params(state)
+        out: dict = {"step": self.step, "epoch": self.epoch, "eval_epoch": int(state.epoch)}
         out.update({f"train/{k}": v for k, v in self.last_train.items()})
         mc_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MC_KEY_SALT)
         for index, (name, source) in enumerate(task.evals.items()):
             protocol = task.test_protocol is True and name == "test"
             carry = True if protocol else None
             metrics = self.evaluator.evaluate(params, source, carry_state=carry,
-                                              model_state=self.state.model_state)
+                                              model_state=state.model_state)
             self._record(out, name, metrics)
             if cfg.mc_samples and (name in cfg.mc_splits or protocol):
                 mc = self.evaluator.evaluate_mc(params, source, cfg.mc_samples,
                                                 jax.random.fold_in(mc_key, index),
                                                 carry_state=carry,
-                                                model_state=self.state.model_state)
+                                                model_state=state.model_state)
                 self._record(out, f"{name}_mc", mc)
         if callable(task.test_protocol):
             extra = task.test_protocol(params, self.evaluator)
@@ -248,7 +264,8 @@ class _Run:
         return out
 
     def _record(self, out, split, metrics):
-        self.logger.write(split, self.step, self.epoch, dict(metrics, phase="final"))
+        self.logger.write(split, self.step, self.epoch,
+                          dict(metrics, phase="final", eval_epoch=out["eval_epoch"]))
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.logger.console(f"final {split}: {shown}")
         out.update({f"{split}/{k}": v for k, v in metrics.items()})
