@@ -188,7 +188,9 @@ def layer_noise(
     if _active(reg.update):
         spec = reg.update
         keep = bernoulli(k("update"), 1.0 - spec.rate, bh, spec.tie, steps, dtype)
-        put("update", keep / quantize_probability(1.0 - spec.rate), spec.tie)
+        # inverted dropout, or the {0, 1} mask itself (scaled at evaluation instead)
+        update = keep if reg.update_eval_scaling else keep / quantize_probability(1 - spec.rate)
+        put("update", update, spec.tie)
         if reg.output_zoneout:
             put("output_gate", 1.0 - keep, spec.tie)
     zc, zh = reg.zoneout_cells, reg.zoneout_hiddens
@@ -210,8 +212,8 @@ def layer_noise(
 
 
 def _expected_layer_noise(reg: Regularization) -> LayerNoise:
-    """Deterministic mode: dropout -> identity, mixing coefficients -> their
-    (quantized, as drawn) rates."""
+    """Deterministic mode: dropout -> identity (the update with `update_eval_scaling`:
+    its keep probability), mixing coefficients -> their (quantized, as drawn) rates."""
     tied: dict[str, Any] = {}
     if reg.zoneout_cells > 0:
         tied["zone_c"] = quantize_probability(reg.zoneout_cells)
@@ -219,6 +221,8 @@ def _expected_layer_noise(reg: Regularization) -> LayerNoise:
         tied["zone_h"] = quantize_probability(reg.zoneout_hiddens)
     if reg.stochastic_depth > 0:
         tied["depth"] = quantize_probability(reg.stochastic_depth)
+    if reg.update_eval_scaling and _active(reg.update):  # E[keep] = q(1 - rate)
+        tied["update"] = quantize_probability(1.0 - reg.update.rate)
     if reg.needs_output_gate:  # 1 - keep, keep ~ Bernoulli(q(1 - rate))
         tied["output_gate"] = 1.0 - quantize_probability(1.0 - reg.update.rate)
     return LayerNoise(tied=cells.StepNoise(**tied))

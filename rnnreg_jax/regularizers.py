@@ -110,6 +110,10 @@ class Regularization:
       cell: rnnDrop mask on the new cell state (LSTM only).
       output: dropout on the last layer's output (before the softmax).
       update: Semeniuta recurrent dropout on the cell update g.
+      update_eval_scaling: with `update`, the zoneout authors' form of it: the
+        update masked by {0, 1} in training (not scaled by 1/keep) and scaled by
+        the keep probability in evaluation; off: inverted dropout (scaled in
+        training, the identity in evaluation). Same expectation, different noise.
       output_zoneout: with `update`, where the update was dropped the output
         gate keeps its previous value: o_t <- (1 - m) o_{t-1} + m o_t with m
         the update's {0, 1} keep mask; p o_{t-1} + (1 - p) o_t in evaluation.
@@ -133,6 +137,7 @@ class Regularization:
     cell: MaskSpec | None = None
     output: MaskSpec | None = None
     update: MaskSpec | None = None
+    update_eval_scaling: bool = False
     output_zoneout: bool = False
     embedding: float = 0.0
     zoneout_cells: float = 0.0
@@ -159,6 +164,8 @@ class Regularization:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}.")
         if self.output_zoneout and self.update is None:
             raise ValueError("output_zoneout needs recurrent (update) dropout to be on.")
+        if self.update_eval_scaling and self.update is None:
+            raise ValueError("update_eval_scaling needs recurrent (update) dropout to be on.")
         for site in ("cell", "output", "update"):
             spec = getattr(self, site)
             if spec is not None and spec.per_gate:
@@ -321,19 +328,22 @@ def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
                           zoneout_shared=shared, zoneout_tie=tie)
 
 
-def recurrent_dropout(rate: float, tie: str = "step",
-                      output_zoneout: bool = False) -> Regularization:
+def recurrent_dropout(rate: float, tie: str = "step", output_zoneout: bool = False,
+                      eval_scaling: bool = False) -> Regularization:
     """Semeniuta et al. 2016: dropout on the cell update, c = f c + i drop(g).
 
     `drop(g) = g * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)` (GRU: the
     candidate n, tanh RNN: the new state); evaluation is the identity.
+    `eval_scaling=True` is the zoneout authors' code instead: `drop(g) = g * m`
+    in training and `g * (1 - rate)` in evaluation.
     `output_zoneout=True` (LSTM only, Krueger et al.) also freezes the output
     gate where the update was dropped: `o_t <- (1 - m) o_{t-1} + m o_t`, at
     evaluation `p o_{t-1} + (1 - p) o_t`.
     """
     check_rate(rate, "Recurrent dropout")
     check_tie(tie)
-    return Regularization(update=_mask(rate, tie), output_zoneout=output_zoneout and rate > 0)
+    return Regularization(update=_mask(rate, tie), output_zoneout=output_zoneout and rate > 0,
+                          update_eval_scaling=eval_scaling and rate > 0)
 
 
 def stochastic_depth(rate: float) -> Regularization:

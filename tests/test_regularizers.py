@@ -272,6 +272,8 @@ TRAIN_CASES = [
      + zoneout(hiddens=0.3) + recurrent_dropout(0.3) + stochastic_depth(0.2)),
     ("rnn", "tied bundle", variational(0.4, 0.3, 0.3, per_gate=True) + weight_noise(0.1)
      + recurrent_dropout(0.3, tie="sequence") + zoneout(hiddens=0.3, tie="sequence")),
+    ("lstm", "semeniuta with eval scaling + output zoneout",
+     recurrent_dropout(0.4, output_zoneout=True, eval_scaling=True) + zoneout(0.3, 0.2)),
 ]
 EVAL_CASES = [
     ("lstm", "everything", variational(0.3, 0.3, 0.2, cell=0.1, per_gate=True)
@@ -281,6 +283,7 @@ EVAL_CASES = [
      + recurrent_dropout(0.3) + stochastic_depth(0.2) + weight_noise(0.1)),
     ("rnn", "everything", variational(0.3, 0.3, 0.3, per_gate=True) + zoneout(hiddens=0.3)
      + recurrent_dropout(0.3) + stochastic_depth(0.2)),
+    ("gru", "semeniuta with eval scaling", recurrent_dropout(0.3, eval_scaling=True)),
 ]
 
 
@@ -606,3 +609,31 @@ def test_per_gate_projection_equals_stacked_masked_matmuls(tie):
         m = mask[g]
         blocks.append((x * m) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H])
     np.testing.assert_allclose(got, jnp.concatenate(blocks, -1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eval_scaling", [False, True])
+def test_update_dropout_scaling_in_training_and_evaluation(eval_scaling):
+    """Inverted dropout: masks {0, 1/q}, identity at evaluation. The zoneout authors'
+    form: masks {0, 1}, the update times q at evaluation. Both have E[mask] = q."""
+    rate = 0.5
+    reg = recurrent_dropout(rate, eval_scaling=eval_scaling)
+    train = noise.layer_noise(reg, KEY, 0, "lstm", 64, T, F, H, deterministic=False)
+    q = noise.quantize_probability(1 - rate)
+    values = np.unique(np.asarray(train.per_step.update))
+    np.testing.assert_allclose(values, [0.0, 1.0] if eval_scaling else [0.0, 1.0 / q])
+    p = PARAMS["lstm"][0]
+    ys, _ = run("lstm", p, X, reg=reg, deterministic=True)
+    h = c = jnp.zeros((B, H))
+    for t in range(T):
+        z = X[:, t] @ p["w_x"] + p["b"] + h @ p["w_h"]
+        i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
+        update = jnp.tanh(g) * (q if eval_scaling else 1.0)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * update
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        np.testing.assert_allclose(ys[:, t], h, rtol=1e-5, atol=1e-6)
+
+
+def test_update_eval_scaling_needs_update_dropout():
+    with pytest.raises(ValueError, match="update_eval_scaling needs"):
+        Regularization(update_eval_scaling=True)
+    assert recurrent_dropout(0.0, eval_scaling=True) == NONE
