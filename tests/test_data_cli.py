@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         XDG_CACHE_HOME=str(cache),
         RNNREG_DATA_URL="http://127.0.0.1:9",
     )  # never reach the internet

@@ -79,7 +79,8 @@ def venv(tmp_path_factory) -> Path:
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "DRY_RUN")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=path, **extra)  # keep the caller's path
     return env
 
 

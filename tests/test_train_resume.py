@@ -27,7 +27,7 @@ def _env(devices: int = 1) -> dict:
     env["JAX_PLATFORMS"] = "cpu"
     devices_flag = f"--xla_force_host_platform_device_count={devices}"
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {devices_flag}"
-    env["PYTHONPATH"] = ROOT
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
