@@ -20,18 +20,13 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli
-from experiments.configs.common import regularization
+from experiments.configs.common import config_differences, regularization
 
 
 def _quiet_orbax() -> None:
     """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
     py_logging.getLogger("absl").addFilter(
         lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname)
-
-
-# Config sections a resumed run must share with the run that wrote its checkpoints
-# (training length, logging and evaluation settings may change between restarts).
-RESUME_FIXED_SECTIONS = ("model", "data", "reg")
 
 
 def resume_conflict(workdir, config: dict) -> str | None:
@@ -49,21 +44,13 @@ def resume_conflict(workdir, config: dict) -> str | None:
         return None
     stored = json.loads((path / "config.json").read_text()).get("config", {})
     current = json.loads(json.dumps(config, default=str))  # tuples -> lists, as stored
-    for section in RESUME_FIXED_SECTIONS:
-        old, new = stored.get(section, {}), current.get(section, {})
-        for field in sorted(set(old) | set(new)):
-            value = new.get(field)
-            if field in old:
-                before = old[field]
-            elif value in (False, 0, None):
-                continue  # added to the code later; that run used this default
-            else:
-                before = False if isinstance(value, bool) else 0
-            if before != value:
-                return (f"{workdir} holds a run with {section}.{field} = {before}, not "
-                        f"{value}: resume it with --config.{section}.{field}={before}, or use "
-                        "a fresh --workdir.")
-    return None
+    differences = config_differences(stored, current)  # model, data and reg only: training
+    if not differences:                                # length, logs, evaluation may change
+        return None
+    section, field, before, value = differences[0]
+    return (f"{workdir} holds a run with {section}.{field} = {before}, not "
+            f"{value}: resume it with --config.{section}.{field}={before}, or use "
+            "a fresh --workdir.")
 
 
 def _start_distributed(config) -> None:

@@ -104,6 +104,34 @@ def copy_paste_command(command: str, task: str) -> str:
     return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
 
 
+def _flag_value(value) -> str:
+    """A stored JSON value as a `--config.<field>=` override reads it back."""
+    if isinstance(value, list):
+        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def flags_since_changed(run: Run) -> list[str]:
+    """Overrides that today's preset needs to rebuild the run's model, data and
+    regularization: fields whose preset value changed since the run and that its
+    command does not set. Empty when the preset cannot be built."""
+    try:
+        module = __import__(f"experiments.configs.{run.task}", fromlist=["PRESETS"])
+        preset = module.PRESETS[run.preset]()
+    except Exception:  # noqa: BLE001 -- the annotation is optional
+        return []
+    from experiments.configs.common import config_differences
+
+    current = json.loads(json.dumps(preset.to_dict(), default=str))
+    given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
+    # Fields the record lacks count only when boolean (switches added to the code later,
+    # off before them): a hand-made or partial record says nothing about the others.
+    return [f"--config.{section}.{field}={_flag_value(before)}"
+            for section, field, before, now in config_differences(run.config, current)
+            if f"--config.{section}.{field}" not in given
+            and (field in run.config[section] or isinstance(now, bool))]
+
+
 @dataclasses.dataclass
 class Run:
     """One workdir: its config.json and the numbers the report needs."""
@@ -279,12 +307,35 @@ def run_numbers(run: Run) -> dict[str, tuple[float | None, str]]:
         for split in SPLITS:
             if split in final:
                 out[split] = (_float(final[split].get(run.metric)), "")
+        _best_of_old_early_stopped(run, final, out)
         return out
     curve = run.epoch_curve()
     if curve and run.validation_split in SPLITS:
         epoch, value = curve[-1]
         out[run.validation_split] = (value, f"epoch {epoch}")
     return out
+
+
+def _best_of_old_early_stopped(run: Run, final: dict, out: dict) -> None:
+    """Runs with early stopping made before the engine's final evaluation read the
+    best validation checkpoint (their final events lack `eval_epoch`) evaluated the
+    last epoch's model. Their validation number becomes the best epoch-end one (the
+    same evaluation, of the model early stopping selects); the other splits keep
+    the last model's, and say so."""
+    patience = run.config.get("train", {}).get("early_stop_patience") or 0
+    split = run.validation_split
+    if not patience or split not in out or any("eval_epoch" in e for e in final.values()):
+        return
+    curve = run.epoch_curve()
+    if not curve:
+        return
+    epoch, value = min(curve, key=lambda point: point[1])
+    if epoch == curve[-1][0]:
+        return
+    out[split] = (value, f"best, epoch {epoch}")
+    for other in out:
+        if other != split:
+            out[other] = (out[other][0], f"epoch {curve[-1][0]} model")
 
 
 def status(run: Run) -> str:
@@ -340,7 +391,11 @@ def category_table(runs: Sequence[Run], dataset: str) -> list[str]:
                 paper = _float(run.paper.get(split))
                 row += [fmt_value(paper, metric), fmt_gap(relative_gap(value, paper))]
         row.append(status(run))
-        row.append(f"`{_escape(copy_paste_command(run.command, run.task))}`")
+        cell = f"`{_escape(copy_paste_command(run.command, run.task))}`"
+        changed = flags_since_changed(run)
+        if changed:
+            cell += f" (preset changed since: add `{_escape(' '.join(changed))}`)"
+        row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -400,31 +455,39 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
     if not any(v or t for _, v, t in curves):
         return None
     labels = _labels(runs)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    # One legend entry per run (its colour); the line style says which curve it is.
+    colors = (plt.get_cmap("tab20").colors if len(curves) > 10
+              else plt.rcParams["axes.prop_cycle"].by_key()["color"])
     val_names = set()
     for i, (run, valid, train) in enumerate(curves):
         color = colors[i % len(colors)]
-        label = labels[id(run)] + ("" if run.finished else " (unfinished)")
         split = run.validation_split or "valid"
         val_names.add(split)
+        paper = _float(run.paper.get(split))
+        label = labels[id(run)] + ("" if run.finished else " (unfinished)")
+        if paper is not None:
+            label += f"; paper {fmt_value(paper, cat['metric'])}"
         if valid:
             ax.plot([e for e, _ in valid], [v for _, v in valid], "-o", color=color,
-                    markersize=3, label=f"{label}: {split}")
+                    markersize=3, label=label)
         if train:
-            ax.plot([e for e, _ in train], [v for _, v in train], ":.", color=color,
-                    alpha=0.7, markersize=3, label=f"{label}: train")
-        paper = _float(run.paper.get(split))
+            ax.plot([e for e, _ in train], [v for _, v in train], ":", color=color,
+                    alpha=0.6, label=None if valid else label)
         if paper is not None:
-            ax.axhline(paper, color=color, linestyle="--", linewidth=1,
-                       label=f"{label}: paper {split} {fmt_value(paper, cat['metric'])}")
+            ax.axhline(paper, color=color, linestyle="--", linewidth=1)
     if cat.get("log"):
         ax.set_yscale("log")
+        papers = [p for r in runs if (p := _float(r.paper.get(r.validation_split or "valid")))]
+        if papers:  # the first steps' perplexities in the thousands would flatten the rest
+            ax.set_ylim(top=3 * max(papers))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{cat['unit']} ({' / '.join(sorted(val_names))} solid, train dotted)")
-    ax.set_title(title or cat.get("title", dataset))
+    ax.set_ylabel(f"{cat['unit']}")
+    ax.set_title(f"{title or cat.get('title', dataset)}\n"
+                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed)",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -70,11 +70,11 @@ def test_resuming_with_another_model_config_is_refused_in_one_sentence(tmp_path)
     from experiments.main import resume_conflict
 
     old = ptb.baseline()
-    old.model.forget_bias = 0.0
+    old.model.forget_bias = 2.0
     workdir = _stored_run(tmp_path, old.to_dict())
     message = resume_conflict(workdir, ptb.baseline().to_dict())
-    assert message == (f"{workdir} holds a run with model.forget_bias = 0.0, not 1.0: resume it "
-                       "with --config.model.forget_bias=0.0, or use a fresh --workdir.")
+    assert message == (f"{workdir} holds a run with model.forget_bias = 2.0, not 0.0: resume it "
+                       "with --config.model.forget_bias=2.0, or use a fresh --workdir.")
     assert resume_conflict(workdir, old.to_dict()) is None
     longer = old.copy_and_resolve_references()
     longer.train.num_epochs = 200  # training length and logging may change on resume

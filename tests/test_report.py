@@ -181,3 +181,40 @@ def test_main_section_note_from_the_config_module(built):
     assert pmnist.REPORT_NOTES[""] in section
     ptb_main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
     assert "REPORT_NOTES" not in ptb_main and "150 epochs" not in ptb_main
+
+
+def _early_stopped_run(final_extra: dict) -> report.Run:
+    curve = [200.0, 150.0, 140.0, 145.0, 147.0]  # best at epoch 3, stopped at 5
+    events = [{"step": 10 * (e + 1), "epoch": e, "split": "valid", "ppl": v,
+               "phase": "epoch_end"} for e, v in enumerate(curve)]
+    events += [{"step": 50, "epoch": 5, "split": s, "ppl": v, "phase": "final", **final_extra}
+               for s, v in (("valid", 147.0), ("test", 139.0))]
+    config = {"data": {"dataset": "ptb_word"}, "train": {"num_epochs": 100,
+                                                         "early_stop_patience": 2}}
+    return report.Run(workdir="w", task="ptb", command="", config=config, events=events)
+
+
+def test_old_early_stopped_run_reports_its_best_validation_epoch():
+    numbers = report.run_numbers(_early_stopped_run({}))
+    assert numbers["valid"] == (140.0, "best, epoch 3")
+    assert numbers["test"] == (139.0, "epoch 5 model")
+    # runs whose final evaluation already read the best checkpoint are taken as they are
+    numbers = report.run_numbers(_early_stopped_run({"eval_epoch": 3}))
+    assert numbers["valid"] == (147.0, "") and numbers["test"] == (139.0, "")
+
+
+def test_command_flags_for_fields_the_preset_changed_since_the_run():
+    from experiments.configs import ptb
+
+    config = json.loads(json.dumps(ptb.baseline().to_dict()))
+    config["preset"] = "baseline"
+    config["model"]["forget_bias"], config["model"]["hidden_sizes"] = 1.0, [128]
+    del config["reg"]["update_eval_scaling"]  # a field added later: unset in old runs
+    run = report.Run(workdir="w", task="ptb", command="ptb.py --config=baseline",
+                     config=config, events=[])
+    assert report.flags_since_changed(run) == [
+        "--config.model.forget_bias=1.0", "--config.model.hidden_sizes=(128,)"]
+    run.command += " --config.model.hidden_sizes=(128,)"
+    assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
+    run.task = "no_such_task"
+    assert report.flags_since_changed(run) == []

@@ -30,6 +30,7 @@ def reg_config(**overrides) -> ml_collections.ConfigDict:
     reg.embedding = 0.0  # Gal's embedding dropout: word types dropped per sequence
     reg.update_dropout = 0.0  # Semeniuta recurrent dropout on the cell update g
     reg.update_tie = "step"  # tying of the update mask
+    reg.update_eval_scaling = False  # zoneout authors' form: {0,1} mask, x keep prob at eval
     reg.output_zoneout = False  # where the update was dropped, keep o_{t-1}
     reg.zoneout_cells = 0.0  # zoneout probability of c
     reg.zoneout_hiddens = 0.0  # zoneout probability of h
@@ -54,7 +55,8 @@ def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
                        cell=reg.cell, embedding=reg.embedding, per_gate=reg.per_gate,
                        tie=reg.tie),
         rj.recurrent_dropout(reg.update_dropout, tie=reg.update_tie,
-                             output_zoneout=reg.output_zoneout),
+                             output_zoneout=reg.output_zoneout,
+                             eval_scaling=reg.update_eval_scaling),
         rj.zoneout(reg.zoneout_cells, reg.zoneout_hiddens, shared=reg.zoneout_shared),
         rj.stochastic_depth(reg.stochastic_depth),
         rj.weight_noise(reg.weight_noise),
@@ -97,3 +99,31 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             raise ValueError(f"Unknown train field {key!r}.")
         train[key] = value
     return train
+
+
+# The sections that define what a run trained: a workdir resumes only under the same
+# values, and the report flags commands whose preset has changed in them since.
+FIXED_SECTIONS = ("model", "data", "reg")
+
+
+def config_differences(stored: dict, current: dict, sections=FIXED_SECTIONS):
+    """`(section, field, stored_value, current_value)` where two configs (as JSON
+    dicts) differ in `sections` (those the stored config has). A field the stored
+    config lacks was added to the code later and counts as unset there: equal to
+    False, 0 or None."""
+    out = []
+    for section in sections:
+        if section not in stored:
+            continue  # not a run of this code (or a hand-made record): nothing to compare
+        old, new = stored[section], current.get(section, {})
+        for field in sorted(set(old) | set(new)):
+            value = new.get(field)
+            if field in old:
+                before = old[field]
+            elif value in (False, 0, None):
+                continue
+            else:
+                before = False if isinstance(value, bool) else 0
+            if before != value:
+                out.append((section, field, before, value))
+    return out
