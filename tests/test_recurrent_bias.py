@@ -109,9 +109,12 @@ def test_forget_bias_needs_an_lstm(cell):
         rnn.unroll(cell, params, jnp.ones((2, 3, 3)), forget_bias=1.0)
 
 
-def test_zoneout_presets_use_the_authors_forget_bias():
+def test_forget_bias_of_the_presets():
+    """The authors' +1 at character level; none at word level, where it made momentum
+    0.99 at lr 1 blow up (experiments/configs/ptb.py, _zoneout_word)."""
     from experiments.configs import ptb
 
-    for name in ("zoneout", "baseline", "recurrent_dropout", "zoneout_char"):
+    for name in ("zoneout_char", "baseline_char"):
         assert getattr(ptb, name)().model.forget_bias == 1.0, name
-    assert ptb.zaremba_small().model.forget_bias == 0.0
+    for name in ("zoneout", "baseline", "recurrent_dropout", "zaremba_small"):
+        assert getattr(ptb, name)().model.forget_bias == 0.0, name

@@ -90,5 +90,13 @@ def tiny():
     return config
 
 
+REPORT_NOTES = {
+    "": ("The 10-epoch runs ran on this project's 2-core CPU; the 150-epoch ones (seeds 0 "
+         "and 1) on an NVIDIA H100 lent to session 4 (their commands show the device's /tmp "
+         "workdirs). Test RMSE is evaluated after every epoch and is noisy from one epoch "
+         "to the next (the variational LSTM's moves by up to 0.03 between epochs 50 and "
+         "150; see the plot), so single final numbers compare runs only roughly."),
+}
+
 PRESETS = {fn.__name__: fn for fn in (variational_lstm, variational_gru, naive_dropout,
                                       no_dropout, imdb_variational, imdb_baseline, tiny)}
