@@ -112,24 +112,25 @@ def _flag_value(value) -> str:
 
 
 def flags_since_changed(run: Run) -> list[str]:
-    """Overrides that today's preset needs to rebuild the run's model, data and
-    regularization: fields whose preset value changed since the run and that its
-    command does not set. Empty when the preset cannot be built."""
+    """Overrides that today's preset needs to rebuild the run: fields of model, data,
+    reg and train whose preset value changed since the run and that its command does
+    not set. Empty when the preset cannot be built."""
     try:
         module = __import__(f"experiments.configs.{run.task}", fromlist=["PRESETS"])
         preset = module.PRESETS[run.preset]()
     except Exception:  # noqa: BLE001 -- the annotation is optional
         return []
-    from experiments.configs.common import config_differences
+    from experiments.configs.common import FIXED_SECTIONS, config_differences
 
     current = json.loads(json.dumps(preset.to_dict(), default=str))
     given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
-    # Fields the record lacks count only when boolean (switches added to the code later,
-    # off before them): a hand-made or partial record says nothing about the others.
+    # Fields the record lacks count only when they are model/data/reg switches (added to
+    # the code later, off before them): a partial record says nothing about the others.
+    sections = FIXED_SECTIONS + ("train",)
     return [f"--config.{section}.{field}={_flag_value(before)}"
-            for section, field, before, now in config_differences(run.config, current)
+            for section, field, before, now in config_differences(run.config, current, sections)
             if f"--config.{section}.{field}" not in given
-            and (field in run.config[section] or isinstance(now, bool))]
+            and (field in run.config[section] or (isinstance(now, bool) and section != "train"))]
 
 
 @dataclasses.dataclass
@@ -394,7 +395,7 @@ def category_table(runs: Sequence[Run], dataset: str) -> list[str]:
         cell = f"`{_escape(copy_paste_command(run.command, run.task))}`"
         changed = flags_since_changed(run)
         if changed:
-            cell += f" (preset changed since: add `{_escape(' '.join(changed))}`)"
+            cell += f" (to rebuild it today, add `{_escape(' '.join(changed))}`)"
         row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     return lines
