@@ -124,13 +124,13 @@ def flags_since_changed(run: Run) -> list[str]:
 
     current = json.loads(json.dumps(preset.to_dict(), default=str))
     given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
-    # Fields the record lacks count only when they are model/data/reg switches (added to
-    # the code later, off before them): a partial record says nothing about the others.
+    # Fields the record lacks count only when they are switches (added to the code later,
+    # off before them): a partial record says nothing about the others.
     sections = FIXED_SECTIONS + ("train",)
     return [f"--config.{section}.{field}={_flag_value(before)}"
             for section, field, before, now in config_differences(run.config, current, sections)
             if f"--config.{section}.{field}" not in given
-            and (field in run.config[section] or (isinstance(now, bool) and section != "train"))]
+            and (field in run.config[section] or isinstance(now, bool))]
 
 
 @dataclasses.dataclass

@@ -53,6 +53,8 @@ def _language_model(config, reg, data_dir) -> Task:
     load = rdata.load_ptb_word if d.dataset == "ptb_word" else rdata.load_ptb_char
     corpus = load(data_dir)
     carry = bool(config.train.carry_state)
+    eval_carry = config.train.get("eval_carry_state")
+    eval_carry = carry if eval_carry is None else bool(eval_carry)
     if d.batching == "contiguous":
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="contiguous")
     elif d.batching in ("shuffled", "overlapping"):
@@ -65,6 +67,9 @@ def _language_model(config, reg, data_dir) -> Task:
         evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
                                          mode="contiguous"),
                  "test": corpus.batches("test", 1, d.seq_len, mode="eval")}
+    elif eval_carry:  # trained from zero states, evaluated on streams (zoneout authors)
+        evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous")
+                 for split in ("valid", "test")}
     else:
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="shuffled",
                                        seed=0)
@@ -74,7 +79,7 @@ def _language_model(config, reg, data_dir) -> Task:
         embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
         tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_optional_kwargs(m))
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
-                test_protocol=carry)
+                test_protocol=carry, eval_carry_state=eval_carry)
 
 
 def _pmnist(config, reg, data_dir) -> Task:

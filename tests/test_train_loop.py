@@ -10,6 +10,8 @@ import train_helpers as th
 
 from rnnreg_jax import regularizers, train
 from rnnreg_jax.train import checkpoint as ckpt_lib
+from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train import steps
 from rnnreg_jax.train.logging import read_metrics
 
 th.enable_compilation_cache()
@@ -118,3 +120,31 @@ def test_early_stopping_evaluates_the_best_validation_checkpoint(tmp_path):
     assert len(valid) < c.num_epochs and valid[-1] > min(valid)  # stopped early, past the best
     assert final["valid/loss"] == pytest.approx(min(valid), rel=1e-5)
     assert final["eval_epoch"] == best_epoch and final["epoch"] == len(valid)
+
+
+def test_evaluation_can_carry_the_state_that_training_resets(tmp_path):
+    """eval_carry_state=True with carry_state=False (the zoneout word presets): the
+    same training, evaluated along the streams instead of from zero every window."""
+    def run(name, **kw):
+        task = train.Task(model=th.tiny_lm(hidden=16), kind="lm",
+                          train=th.LMSource(batch=8, steps=6, num_windows=8),
+                          evals={"valid": th.LMSource(batch=4, steps=3, num_windows=6, seed=1)},
+                          **kw)
+        c = train.default_train_config()
+        c.num_epochs, c.learning_rate, c.loss_sum_over_time = 3, 1.0, True
+        c.log_every_steps = 8
+        final = train.train_and_evaluate(task, c, str(tmp_path / name))
+        train_losses = [e["loss"] for e in read_metrics(str(tmp_path / name))
+                        if e["split"] == "train"]
+        return task, final, train_losses
+
+    reset_task, reset, reset_train = run("reset")
+    task, streams, streams_train = run("streams", eval_carry_state=True)
+    assert not task.carry_state and task.evaluation_carries_state
+    assert not reset_task.evaluation_carries_state
+    assert streams_train == reset_train  # training is the same
+    assert streams["valid/loss"] < reset["valid/loss"]  # context across windows helps
+    state = ckpt_lib.restore_state(str(tmp_path / "streams" / "checkpoints"), None)
+    evaluator = steps.Evaluator(reset_task, mesh_lib.make_mesh())
+    carried = evaluator.evaluate(state["params"], task.evals["valid"], carry_state=True)
+    assert carried["loss"] == pytest.approx(streams["valid/loss"], rel=1e-6)

@@ -81,8 +81,9 @@ def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
 
 
 # Fields the experiments add to the engine's config: `carry_state` decides how
-# the task is built (LM state carried between windows and the batch-1 test protocol).
-EXTRA_TRAIN_FIELDS = {"carry_state": False}
+# the task is built (LM state carried between windows and the batch-1 test protocol);
+# `eval_carry_state` (None: as `carry_state`) whether evaluation carries it.
+EXTRA_TRAIN_FIELDS = {"carry_state": False, "eval_carry_state": None}
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:

@@ -202,7 +202,8 @@ class Evaluator:
         self._mc_stats = jax.jit(losses.mc_stats, static_argnums=(0, 3))
 
     def _uses_carry(self, carry_state):
-        carry_state = self.task.carry_state if carry_state is None else carry_state
+        if carry_state is None:
+            return self.task.evaluation_carries_state
         return self.task.kind == "lm" and carry_state
 
     def evaluate(self, params, source, carry_state: bool | None = None,

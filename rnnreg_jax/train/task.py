@@ -55,6 +55,10 @@ class Task:
         best checkpoint (the first one if there is no "valid").
       carry_state: LM only: carry the hidden state from window to window
         (gradient stopped), reset at each epoch start and each eval pass.
+      eval_carry_state: LM only: carry the state across the windows of an
+        evaluation pass; None: as `carry_state`. True with `carry_state=False`
+        trains on windows that start from zero but evaluates the streams as the
+        zoneout authors' code does, without a cold start every T tokens.
       target_scale: regression only: RMSE is reported on the original scale,
         `rmse_normalized * target_scale`.
       test_protocol: PTB test protocol. `True`: the "test" source yields
@@ -71,12 +75,20 @@ class Task:
     carry_state: bool = False
     target_scale: float = 1.0
     test_protocol: bool | Callable[..., dict[str, float]] = False
+    eval_carry_state: bool | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Task.kind must be one of {KINDS}, got {self.kind!r}.")
-        if self.carry_state and self.kind != "lm":
+        if (self.carry_state or self.eval_carry_state) and self.kind != "lm":
             raise ValueError("carry_state applies to language models (kind='lm') only.")
+
+    @property
+    def evaluation_carries_state(self) -> bool:
+        """Whether evaluation passes carry the LM state from window to window."""
+        if self.eval_carry_state is None:
+            return self.kind == "lm" and self.carry_state
+        return self.kind == "lm" and self.eval_carry_state
 
     @property
     def validation_split(self) -> str | None:
