@@ -189,3 +189,25 @@ def test_full_size_awd_preset_runs_two_steps(tmp_path):
     assert all(math.isfinite(final[k]) for k in ("train/loss", "valid/loss", "test/loss"))
     train_events = [e for e in _events(tmp_path / "wd") if e["split"] == "train"]
     assert [e["step"] for e in train_events] == [1, 2]
+
+
+def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, tmp_path,
+                                                                       capsys):
+    """experiments.evaluate: the run's own config gives the run's final numbers; the
+    zoneout word preset evaluated from zero states every window gives others."""
+    from experiments import evaluate
+
+    config = shrink(ptb_configs.baseline())
+    with config.unlocked():
+        config.preset = "baseline"
+    final = _run("ptb", config, str(tmp_path), data_dir)
+    again = evaluate.evaluate_workdir(str(tmp_path), checkpoint="latest", data_dir=data_dir)
+    assert again["checkpoint"] == {"epoch": 0, "step": 2}
+    for split in ("valid", "test"):
+        assert again[split]["loss"] == pytest.approx(final[f"{split}/loss"], rel=1e-6)
+    reset = evaluate.evaluate_workdir(str(tmp_path), ["train.eval_carry_state=False"],
+                                      checkpoint="latest", data_dir=data_dir)
+    assert abs(reset["valid"]["loss"] - again["valid"]["loss"]) > 1e-6
+    assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
+                          f"--data_dir={data_dir}", "--set", "model.forget_bias=1"]) == 2
+    assert "Only train.* fields" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Evaluate a run's checkpoint again, under its own config or with overrides.
+
+    python -m experiments.evaluate --workdir=DIR [--checkpoint=best|latest]
+        [--set train.eval_carry_state=True ...] [--data_dir=DIR] [--json=FILE]
+
+Reads `DIR/config.json` and the newest checkpoint under `DIR/best` (or
+`DIR/checkpoints`), rebuilds the task with the overrides, and prints every
+evaluation split's metrics (plus MC dropout where `train.mc_samples` and
+`train.mc_splits` ask for it). Nothing in DIR is written: use it to compare
+evaluation protocols (state carried or not, MC samples) on a trained model.
+Model, data and regularization overrides would evaluate another model than
+the one trained and are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config, its train block completed with today's defaults (so fields
+    added to the code after the run can be overridden)."""
+    from experiments.configs.common import train_config
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist; pass the workdir of a run.")
+    with open(path, encoding="utf-8") as f:
+        stored = json.load(f)["config"]
+    train = train_config()
+    with train.unlocked():
+        for key, value in stored.get("train", {}).items():
+            train[key] = value
+    stored["train"] = train.to_dict()
+    return ml_collections.ConfigDict(stored)
+
+
+def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str = "best",
+                     data_dir: str | None = None) -> dict[str, dict[str, float]]:
+    """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config."""
+    import jax
+
+    from experiments import cli
+    from experiments.configs.common import regularization
+    from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.train import checkpoint as ckpt_lib
+    from rnnreg_jax.train import mesh as mesh_lib
+    from rnnreg_jax.train import steps
+
+    config = load_config(workdir)
+    for item in overrides:
+        field, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}.")
+        if field.split(".")[0] != "train":
+            raise ValueError(f"Only train.* fields may change on re-evaluation, not {field!r}: "
+                             "the checkpoint holds the model that model/data/reg describe.")
+        cli.apply_override(config, field, text)
+    folder = {"best": "best", "latest": "checkpoints"}[checkpoint]
+    state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
+    task = build_task(config, regularization(config.reg), data_dir)
+    evaluator = steps.Evaluator(task, mesh_lib.make_mesh(), config.train.mc_chunk)
+    model_state = state.get("model_state") or {}
+    key = jax.random.PRNGKey(config.train.seed)
+    out: dict[str, dict[str, float]] = {}
+    for index, (name, source) in enumerate(task.evals.items()):
+        protocol = task.test_protocol is True and name == "test"
+        carry = True if protocol else None
+        out[name] = evaluator.evaluate(state["params"], source, carry_state=carry,
+                                       model_state=model_state)
+        if config.train.mc_samples and (name in config.train.mc_splits or protocol):
+            out[f"{name}_mc"] = evaluator.evaluate_mc(
+                state["params"], source, config.train.mc_samples, jax.random.fold_in(key, index),
+                carry_state=carry, model_state=model_state)
+    out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a run's workdir")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a train.* field, e.g. train.eval_carry_state=True")
+    parser.add_argument("--data_dir", default=None,
+                        help="data folder (default: $RNNREG_DATA_DIR, then the cache)")
+    parser.add_argument("--json", default=None, help="also write the metrics here")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_workdir(args.workdir, args.set, args.checkpoint, args.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    where = results["checkpoint"]
+    print(f"{args.workdir} ({args.checkpoint} checkpoint: epoch {where['epoch']}, "
+          f"step {where['step']}){' with ' + ' '.join(args.set) if args.set else ''}")
+    for split, metrics in results.items():
+        if split != "checkpoint":
+            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                             if isinstance(v, float) and math.isfinite(v))
+            print(f"  {split}: {shown}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
