@@ -124,13 +124,20 @@ def flags_since_changed(run: Run) -> list[str]:
 
     current = json.loads(json.dumps(preset.to_dict(), default=str))
     given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
-    # Fields the record lacks count only when they are switches (added to the code later,
-    # off before them): a partial record says nothing about the others.
+    # Fields the record lacks were added to the code after the run. They count when they
+    # are switches, or numbers of the model, data and regularization (features added
+    # switched off: 0 before them); a training number added later (say a setting of one
+    # optimizer) says nothing about a run that had no such setting.
     sections = FIXED_SECTIONS + ("train",)
+
+    def counts(section, field, now):
+        if field in run.config[section] or isinstance(now, bool):
+            return True
+        return section != "train" and isinstance(now, int | float)
+
     return [f"--config.{section}.{field}={_flag_value(before)}"
             for section, field, before, now in config_differences(run.config, current, sections)
-            if f"--config.{section}.{field}" not in given
-            and (field in run.config[section] or isinstance(now, bool))]
+            if f"--config.{section}.{field}" not in given and counts(section, field, now)]
 
 
 @dataclasses.dataclass

@@ -107,6 +107,7 @@ def init_params(
     init_scale: float | None = None,
     dtype: Any = jnp.float32,
     recurrent_bias: bool = False,
+    orthogonal: bool = False,
 ) -> Params:
     """Parameters of one layer, every entry uniform in [-scale, scale].
 
@@ -127,6 +128,9 @@ def init_params(
       and PyTorch's `bias_hh`: the sum starts triangular on [-2s, 2s] and SGD
       moves it twice as fast as one bias. The other entries are the draws
       without it.
+      `orthogonal=True` (the zoneout authors' character-level and pMNIST code):
+      `w_x` and `w_h` orthogonal (orthonormal rows, `[F, G*H]` and `[H, G*H]`,
+      `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
     check_cell_type(cell)
     if recurrent_bias and cell not in RECURRENT_BIAS_CELLS:
@@ -147,6 +151,13 @@ def init_params(
     if recurrent_bias:
         params["b_h"] = jax.random.uniform(jax.random.fold_in(key, 1), (width,), dtype,
                                            -scale, scale)
+    if orthogonal:
+        draw = jax.nn.initializers.orthogonal()
+        for k, name in zip(keys, ("w_x", "w_h"), strict=False):
+            params[name] = draw(k, params[name].shape, dtype)
+        for name in ("b", "b_h"):
+            if name in params:
+                params[name] = jnp.zeros_like(params[name])
     if cell == "lstm_ln":
         for site, size in (("x", width), ("h", width), ("c", hidden_size)):
             params[f"ln_{site}_g"] = jnp.ones((size,), dtype)

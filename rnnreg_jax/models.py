@@ -17,6 +17,16 @@ from rnnreg_jax.nn import StackedRNN, dropout_key
 from rnnreg_jax.regularizers import NONE, Regularization
 
 
+def weight_init(scale: float | None, orthogonal: bool = False):
+    """Flax initializer of a weight matrix: orthogonal, or `uniform_init(scale)`."""
+    return nn.initializers.orthogonal() if orthogonal else uniform_init(scale)
+
+
+def bias_init(scale: float | None, orthogonal: bool = False):
+    """Biases: zero beside orthogonal weights (the zoneout authors), else uniform."""
+    return nn.initializers.zeros if orthogonal else uniform_init(scale)
+
+
 def uniform_init(scale: float | None):
     """Flax initializer: uniform in [-scale, scale] (None: lecun normal)."""
     if scale is None:
@@ -47,6 +57,9 @@ class LanguageModel(nn.Module):
         Lua LSTM; see `cells.init_params`).
       forget_bias: LSTM cells: a constant on the forget gate's pre-activation
         (the zoneout authors' +1; `cells.with_forget_bias`).
+      orthogonal_init: orthogonal embedding, recurrent and softmax weights with
+        zero biases (the zoneout authors' character-level and pMNIST code)
+        instead of the uniform draw.
       bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
         index of the per-step statistics restarts at 0 in every window, also
         when the state is carried from window to window.
@@ -65,6 +78,7 @@ class LanguageModel(nn.Module):
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
     forget_bias: float = 0.0
+    orthogonal_init: bool = False
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
@@ -81,8 +95,9 @@ class LanguageModel(nn.Module):
           `(logits [B, T, V], carry)`.
         """
         embed_size = self.embed_size or self.hidden_sizes[0]
+        ortho = self.orthogonal_init
         embed = nn.Embed(self.vocab_size, embed_size,
-                         embedding_init=uniform_init(self.init_scale), name="embed")
+                         embedding_init=weight_init(self.init_scale, ortho), name="embed")
         x = embed(ids)
         key = None
         if not deterministic and self.reg.embedding > 0:
@@ -94,16 +109,18 @@ class LanguageModel(nn.Module):
                               unroll=self.unroll, implementation=self.implementation,
                               bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
                               recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
+                              orthogonal_init=ortho,
                               name="rnn")(x, carry, deterministic, use_running_average)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
                                  f"embed_size ({y.shape[-1]} != {embed_size}).")
-            bias = self.param("softmax_bias", uniform_init(self.init_scale), (self.vocab_size,))
+            bias = self.param("softmax_bias", bias_init(self.init_scale, ortho),
+                              (self.vocab_size,))
             logits = embed.attend(y) + bias
         else:
-            logits = nn.Dense(self.vocab_size, kernel_init=uniform_init(self.init_scale),
-                              bias_init=uniform_init(self.init_scale), name="softmax")(y)
+            logits = nn.Dense(self.vocab_size, kernel_init=weight_init(self.init_scale, ortho),
+                              bias_init=bias_init(self.init_scale, ortho), name="softmax")(y)
         return logits, carry
 
 
@@ -121,7 +138,8 @@ class SequenceModel(nn.Module):
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
       cell, reg, init_scale, unroll, implementation, recurrent_bias, forget_bias,
-        bn_max_steps, bn_momentum: as in `LanguageModel`.
+        bn_max_steps, bn_momentum, orthogonal_init: as in `LanguageModel` (the
+        head keeps Flax's default init unless `orthogonal_init`).
     """
 
     num_outputs: int
@@ -137,6 +155,7 @@ class SequenceModel(nn.Module):
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
     forget_bias: float = 0.0
+    orthogonal_init: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,
@@ -146,7 +165,8 @@ class SequenceModel(nn.Module):
         x = inputs
         if self.vocab_size is not None:
             x = nn.Embed(self.vocab_size, self.embed_size,
-                         embedding_init=uniform_init(self.init_scale or 0.05), name="embed")(x)
+                         embedding_init=weight_init(self.init_scale or 0.05, self.orthogonal_init),
+                         name="embed")(x)
             key = None
             if not deterministic and self.reg.embedding > 0:
                 key = dropout_key(self)
@@ -158,5 +178,8 @@ class SequenceModel(nn.Module):
                           unroll=self.unroll, implementation=self.implementation,
                           bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
                           recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
+                          orthogonal_init=self.orthogonal_init,
                           name="rnn")(x, None, deterministic, use_running_average)
-        return nn.Dense(self.num_outputs, name="head")(y[:, -1])
+        head = (dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
+                if self.orthogonal_init else {})
+        return nn.Dense(self.num_outputs, name="head", **head)(y[:, -1])

@@ -70,6 +70,8 @@ class StackedRNN(nn.Module):
         Zaremba's Lua LSTM (`cells.init_params`).
       forget_bias: LSTM cells: a constant on the forget gate's pre-activation
         (the zoneout authors' +1, `cells.with_forget_bias`).
+      orthogonal_init: orthogonal `w_x`, `w_h` and zero biases instead of the
+        uniform draw (`cells.init_params`).
     """
 
     hidden_sizes: Sequence[int] | int
@@ -83,6 +85,7 @@ class StackedRNN(nn.Module):
     bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
     recurrent_bias: bool = False
     forget_bias: float = 0.0
+    orthogonal_init: bool = False
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -110,7 +113,8 @@ class StackedRNN(nn.Module):
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             init = lambda key, f=in_size, h=hidden: cells.init_params(
-                key, self.cell, f, h, self.init_scale, jnp.float32, self.recurrent_bias)
+                key, self.cell, f, h, self.init_scale, jnp.float32, self.recurrent_bias,
+                self.orthogonal_init)
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
         key = None

@@ -25,12 +25,14 @@ from rnnreg_jax.models import LanguageModel, SequenceModel
 from rnnreg_jax.regularizers import Regularization
 from rnnreg_jax.train import Task
 
-_OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias")
+_OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias",
+                          "orthogonal_init")
 
 
 def _optional_kwargs(model_config) -> dict:
     """Model options that only some configs set (`lstm_bn`'s statistics, the
-    second bias, the forget-gate offset); the models' defaults apply elsewhere."""
+    second bias, the forget-gate offset, orthogonal init); the models' defaults
+    apply elsewhere."""
     return {k: model_config[k] for k in _OPTIONAL_MODEL_FIELDS if k in model_config}
 
 

@@ -128,3 +128,24 @@ def test_embedding_dropout_alone_needs_a_dropout_key_too() -> None:
     logits, _ = model.apply(variables, ids, deterministic=False,
                             rngs={"dropout": jax.random.key(1)})
     assert logits.shape == (2, 3, 11)
+
+
+def test_orthogonal_init_of_both_models():
+    """orthogonal_init: orthonormal rows in every weight matrix, zero biases."""
+    import jax.numpy as jnp
+
+    lm = LanguageModel(vocab_size=12, hidden_sizes=(8,), embed_size=8, orthogonal_init=True)
+    params = lm.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))["params"]
+    layer = params["rnn"]["layer_0"]
+    for w in (layer["w_x"], layer["w_h"], params["softmax"]["kernel"]):  # [n, m], n <= m
+        np.testing.assert_allclose(w @ w.T, np.eye(w.shape[0]), atol=1e-5)
+    assert not np.any(layer["b"]) and not np.any(params["softmax"]["bias"])
+    embed = params["embed"]["embedding"]  # [12, 8]: orthonormal columns
+    np.testing.assert_allclose(embed.T @ embed, np.eye(8), atol=1e-5)
+    seq = SequenceModel(num_outputs=3, hidden_sizes=(8,), orthogonal_init=True)
+    head = seq.init(jax.random.key(1), jnp.zeros((2, 5, 1)))["params"]["head"]
+    np.testing.assert_allclose(head["kernel"].T @ head["kernel"], np.eye(3), atol=1e-5)
+    plain = LanguageModel(vocab_size=12, hidden_sizes=(8,), embed_size=8, init_scale=0.1)
+    w_h = plain.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))["params"]["rnn"][
+        "layer_0"]["w_h"]
+    assert np.abs(w_h).max() <= 0.1 and not np.allclose(w_h @ w_h.T, np.eye(8), atol=0.1)

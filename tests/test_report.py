@@ -24,9 +24,12 @@ def write_run(root: Path, name: str, task: str, preset: str, dataset: str, metri
     workdir.mkdir(parents=True)
     command = (f"/repo/experiments/{task}.py --config={preset}{extra_args} "
                f"--workdir=runs/{name}")
-    config = {"preset": preset, "task": "lm", "data": {"dataset": dataset},
-              "train": {"num_epochs": num_epochs, "max_steps": 0, "carry_state": carry_state},
-              "paper": paper}
+    # the preset's whole config, as the binaries record it, with the run's own values
+    module = __import__(f"experiments.configs.{task}", fromlist=["PRESETS"])
+    config = json.loads(json.dumps(module.PRESETS[preset]().to_dict()))
+    config.update(preset=preset, task="lm", paper=paper)
+    config["data"]["dataset"] = dataset
+    config["train"].update(num_epochs=num_epochs, max_steps=0, carry_state=carry_state)
     (workdir / "config.json").write_text(json.dumps(
         {"task": task, "command": command, "config": config}, indent=2))
     events, split = [], ("test" if dataset in ("cornell", "imdb") else "valid")

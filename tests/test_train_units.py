@@ -71,6 +71,21 @@ def test_clipping_happens_before_weight_decay():
     np.testing.assert_allclose(updates["w"], [-0.5, -1.0], rtol=1e-6)
 
 
+def test_clip_update_bounds_the_step_not_the_gradient():
+    """Adam's step is about lr per coordinate whatever the gradient's size: clipping the
+    gradient leaves it alone, clipping the step (the zoneout authors' rule) bounds it."""
+    params = {"w": jnp.zeros(400)}
+    grads = {"w": jnp.full((400,), 3.0)}
+    norms = {}
+    for clip_update in (False, True):
+        tx = optim.make_optimizer(_cfg(optimizer="adam", learning_rate=0.002, clip_norm=0.01,
+                                       clip_update=clip_update))
+        updates, _ = tx.update(grads, tx.init(params), params)
+        norms[clip_update] = float(jnp.linalg.norm(updates["w"]))
+    assert norms[False] == pytest.approx(0.002 * 20, rel=1e-3)  # lr * sqrt(400)
+    assert norms[True] == pytest.approx(0.01, rel=1e-4)
+
+
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "rmsprop"])
 def test_learning_rate_lives_in_the_state_and_can_be_set(name):
     params = {"w": jnp.ones(2)}

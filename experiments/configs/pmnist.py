@@ -29,7 +29,11 @@ def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.
     model = config.model = ml_collections.ConfigDict()
     model.cell = "lstm"
     model.hidden_sizes = (100,)
-    model.init_scale = 0.05  # uniform init range (None: PyTorch's 1/sqrt(H))
+    model.init_scale = 0.05  # uniform init range (None: PyTorch's 1/sqrt(H)); unused when
+    #                          orthogonal_init, as in the authors' zoneout_pmnist.py:
+    model.orthogonal_init = True  # orthogonal W_x, W_h and output weights, zero biases,
+    model.forget_bias = 1.0  # and the forget-gate bias starting at 1 (a constant +1 on a
+    #                          zero-initialised bias is the same function and gradients)
     model.unroll = 1
     config.reg = reg_config(**reg)
     config.train = train_config(

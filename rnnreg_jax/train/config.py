@@ -22,6 +22,8 @@ def default_train_config() -> ml_collections.ConfigDict:
                                   # many evaluations (AWD-LSTM's non-monotone trigger); once
                                   # averaging, evaluation and checkpoints' eval use the average.
     c.clip_norm = 5.0             # clip gradients to this global norm (0 = off).
+    c.clip_update = False         # clip the optimizer's step (the update) to clip_norm
+                                  # instead of the gradient (the zoneout authors' Adam).
     c.weight_decay = 0.0          # L2: weight_decay * param added to the gradient (after
                                   # clipping, before the lr scaling), as in Gal's code.
     # Epoch-level learning-rate rules, applied after each epoch's validation.

@@ -1,6 +1,7 @@
 """Optimizers (optax chains) and the epoch-level learning-rate rules.
 
     clip_by_global_norm -> add_decayed_weights -> sgd | momentum | adam | rmsprop | ntasgd
+    (`clip_update=True`: the clip moves to the end and bounds the step itself)
 
 The whole chain is wrapped in `optax.inject_hyperparams`, so the learning
 rate is an array in the optimizer state: the epoch-level rules set it on the
@@ -27,9 +28,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
     if name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {name!r}.")
 
+    clip = config.clip_norm and config.clip_norm > 0
+    clip_update = bool(config.get("clip_update", False))
+
     def chain(learning_rate):
         parts = []
-        if config.clip_norm and config.clip_norm > 0:
+        if clip and not clip_update:
             parts.append(optax.clip_by_global_norm(config.clip_norm))
         if config.weight_decay and config.weight_decay > 0:
             parts.append(optax.add_decayed_weights(config.weight_decay))
@@ -43,6 +47,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
             parts.append(ntasgd_lib.ntasgd(learning_rate))
         else:
             parts.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay))
+        if clip and clip_update:  # Blocks' CompositeRule([Adam, StepClipping])
+            parts.append(optax.clip_by_global_norm(config.clip_norm))
         return optax.chain(*parts)
 
     return optax.inject_hyperparams(chain)(learning_rate=config.learning_rate)
