@@ -202,7 +202,16 @@ def project_inputs(
 
     Returns:
       `[T, B, G*H]`.
+
+    A layer without `w_x` takes inputs that are already its gates'
+    pre-activations (`[T, B, G*H]`, a language model's `embed_to_gates`):
+    `x + b`, and no input mask.
     """
+    if "w_x" not in params:
+        if input_mask is not None:
+            raise ValueError("A layer fed its gates' pre-activations (no w_x, embed_to_gates) "
+                             "takes no input dropout mask.")
+        return x + params["b"]
     w_x, b = params["w_x"], params["b"]
     if input_mask is None:
         return x @ w_x + b

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import batchnorm, noise
+from rnnreg_jax import batchnorm, cells, noise
 from rnnreg_jax.nn import StackedRNN, dropout_key
 from rnnreg_jax.regularizers import NONE, Regularization
 
@@ -60,6 +60,10 @@ class LanguageModel(nn.Module):
       orthogonal_init: orthogonal embedding, recurrent and softmax weights with
         zero biases (the zoneout authors' character-level and pMNIST code)
         instead of the uniform draw.
+      embed_to_gates: the embedding holds the first layer's gate
+        pre-activations (`[V, G*H]`, no `W_x`): the zoneout authors' word-level
+        model, a one-hot input times one linear map to the gates, instead of an
+        `embed_size`-wide embedding followed by `W_x`.
       bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
         index of the per-step statistics restarts at 0 in every window, also
         when the state is carried from window to window.
@@ -79,6 +83,7 @@ class LanguageModel(nn.Module):
     recurrent_bias: bool = False
     forget_bias: float = 0.0
     orthogonal_init: bool = False
+    embed_to_gates: bool = False
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
@@ -95,6 +100,8 @@ class LanguageModel(nn.Module):
           `(logits [B, T, V], carry)`.
         """
         embed_size = self.embed_size or self.hidden_sizes[0]
+        if self.embed_to_gates:
+            embed_size = cells.NUM_GATES[self.cell] * self.hidden_sizes[0]
         ortho = self.orthogonal_init
         embed = nn.Embed(self.vocab_size, embed_size,
                          embedding_init=weight_init(self.init_scale, ortho), name="embed")
@@ -109,7 +116,7 @@ class LanguageModel(nn.Module):
                               unroll=self.unroll, implementation=self.implementation,
                               bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
                               recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
-                              orthogonal_init=ortho,
+                              orthogonal_init=ortho, project_first_input=not self.embed_to_gates,
                               name="rnn")(x, carry, deterministic, use_running_average)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:

@@ -72,6 +72,8 @@ class StackedRNN(nn.Module):
         (the zoneout authors' +1, `cells.with_forget_bias`).
       orthogonal_init: orthogonal `w_x`, `w_h` and zero biases instead of the
         uniform draw (`cells.init_params`).
+      project_first_input: False: the first layer has no `w_x` and its inputs
+        are its gates' pre-activations (`[.., G*H]`; "lstm", "gru", "rnn").
     """
 
     hidden_sizes: Sequence[int] | int
@@ -86,12 +88,25 @@ class StackedRNN(nn.Module):
     recurrent_bias: bool = False
     forget_bias: float = 0.0
     orthogonal_init: bool = False
+    project_first_input: bool = True
 
     @property
     def sizes(self) -> tuple[int, ...]:
         if isinstance(self.hidden_sizes, int):
             return (self.hidden_sizes,)
         return tuple(self.hidden_sizes)
+
+    def _gates_input_init(self, init, in_size: int, hidden: int):
+        """The first layer's init without `w_x`, after checking that the inputs are
+        as wide as its gates."""
+        if self.cell not in ("lstm", "gru", "rnn"):
+            raise ValueError(f"project_first_input=False applies to lstm, gru and rnn "
+                             f"cells, not {self.cell!r}.")
+        width = cells.NUM_GATES[self.cell] * hidden
+        if in_size != width:
+            raise ValueError(f"project_first_input=False needs inputs as wide as the first "
+                             f"layer's gates ({width}), got {in_size}.")
+        return lambda key: {k: v for k, v in init(key).items() if k != "w_x"}
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
@@ -115,6 +130,8 @@ class StackedRNN(nn.Module):
             init = lambda key, f=in_size, h=hidden: cells.init_params(
                 key, self.cell, f, h, self.init_scale, jnp.float32, self.recurrent_bias,
                 self.orthogonal_init)
+            if index == 0 and not self.project_first_input:
+                init = self._gates_input_init(init, in_size, hidden)
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
         key = None

@@ -27,6 +27,7 @@ from rnnreg_jax.train import Task
 
 _OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias",
                           "orthogonal_init")
+_OPTIONAL_LM_FIELDS = ("embed_to_gates",)
 
 
 def _optional_kwargs(model_config) -> dict:
@@ -79,7 +80,8 @@ def _language_model(config, reg, data_dir) -> Task:
     model = LanguageModel(
         vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
         embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
-        tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_optional_kwargs(m))
+        tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_optional_kwargs(m),
+        **{k: m[k] for k in _OPTIONAL_LM_FIELDS if k in m})
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
                 test_protocol=carry, eval_carry_state=eval_carry)
 

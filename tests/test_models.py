@@ -8,7 +8,13 @@ import pytest
 
 from rnnreg_jax import rnn
 from rnnreg_jax.models import LanguageModel, SequenceModel
-from rnnreg_jax.regularizers import embedding_dropout, norm_stabilizer, variational, zoneout
+from rnnreg_jax.regularizers import (
+    embedding_dropout,
+    norm_stabilizer,
+    variational,
+    zaremba,
+    zoneout,
+)
 
 B, T, V = 2, 5, 11
 
@@ -149,3 +155,29 @@ def test_orthogonal_init_of_both_models():
     w_h = plain.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))["params"]["rnn"][
         "layer_0"]["w_h"]
     assert np.abs(w_h).max() <= 0.1 and not np.allclose(w_h @ w_h.T, np.eye(8), atol=0.1)
+
+
+def test_embed_to_gates_is_a_one_hot_linear_map_into_the_gates():
+    """The zoneout authors' word-level input: embedding row + b as the gates' input
+    pre-activations, equal to a plain model whose W_x is the identity."""
+    import jax.numpy as jnp
+
+    ids = jnp.array([[1, 5, 2], [0, 3, 3]])
+    lm = LanguageModel(vocab_size=7, hidden_sizes=(4,), embed_to_gates=True, init_scale=0.3)
+    variables = lm.init(jax.random.key(0), ids)
+    params = variables["params"]
+    assert params["embed"]["embedding"].shape == (7, 16)
+    assert "w_x" not in params["rnn"]["layer_0"]
+    plain = LanguageModel(vocab_size=7, hidden_sizes=(4,), embed_size=16, init_scale=0.3)
+    layer = dict(params["rnn"]["layer_0"], w_x=jnp.eye(16))
+    same = {"params": dict(params, rnn={"layer_0": layer})}
+    for deterministic in (True, False):
+        rngs = None if deterministic else {"dropout": jax.random.key(1)}
+        a, _ = lm.apply(variables, ids, deterministic=deterministic, rngs=rngs)
+        b, _ = plain.apply(same, ids, deterministic=deterministic, rngs=rngs)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    bad = LanguageModel(vocab_size=7, hidden_sizes=(4,), embed_to_gates=True,
+                        reg=zoneout(0.1, 0.1) + zaremba(0.2))
+    with pytest.raises(ValueError, match="takes no input dropout mask"):
+        bad.apply(bad.init(jax.random.key(0), ids), ids, deterministic=False,
+                  rngs={"dropout": jax.random.key(1)})

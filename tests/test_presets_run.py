@@ -211,3 +211,18 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
     assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
                           f"--data_dir={data_dir}", "--set", "model.forget_bias=1"]) == 2
     assert "Only train.* fields" in capsys.readouterr().err
+
+
+def test_zoneout_word_preset_with_the_authors_input_map(data_dir, tmp_path):
+    """`--config.model.embed_to_gates=True` reaches the model: no W_x in layer 0."""
+    from rnnreg_jax.train import checkpoint as ckpt_lib
+
+    config = shrink(ptb_configs.zoneout())
+    with config.unlocked():
+        config.preset = "zoneout"
+    cli.apply_override(config, "model.embed_to_gates", "True")
+    final = _run("ptb", config, str(tmp_path), data_dir)
+    assert math.isfinite(final["valid/loss"])
+    state = ckpt_lib.restore_state(str(tmp_path / "checkpoints"), None)
+    layer = state["params"]["rnn"]["layer_0"]
+    assert "w_x" not in layer and state["params"]["embed"]["embedding"].shape[1] == 4 * HIDDEN

@@ -42,6 +42,7 @@ def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm",
     model.embed_size = hidden  # embedding width
     model.init_scale = init_scale  # every weight uniform in [-init_scale, init_scale]
     model.orthogonal_init = orthogonal_init  # instead: orthogonal weights, zero biases
+    model.embed_to_gates = False  # embedding [V, G*H] straight into the first layer's gates
     model.tie_embeddings = False  # share embedding and softmax weights
     model.unroll = 1  # lax.scan unroll factor
     return model
