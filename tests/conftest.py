@@ -5,6 +5,9 @@
   (Never use it for benchmarks.)
 * A persistent compilation cache shared by the tests, their xdist workers and
   the subprocesses they start, so identical computations compile once.
+* Full-precision float32 matrix products (`JAX_DEFAULT_MATMUL_PRECISION=highest`):
+  the tolerances assume them, and GPUs may otherwise use TF32 (on CPU this
+  changes nothing). Session 4's H100 run of the suite set it by hand.
 Both go through the environment so subprocesses inherit them; tests that set
 their own XLA_FLAGS (device counts) keep the optimization flag by appending.
 """
@@ -18,3 +21,4 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "rnnreg_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
