@@ -9,7 +9,7 @@ evaluation split's metrics (plus MC dropout where `train.mc_samples` and
 `train.mc_splits` ask for it). Nothing in DIR is written: use it to compare
 evaluation protocols (state carried or not, MC samples) on a trained model.
 Model, data and regularization overrides would evaluate another model than
-the one trained and are refused.
+the one trained and are refused, except the evaluation batch sizes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
+
+# Data fields that only shape evaluation (batch sizes of the evaluation streams).
+EVALUATION_DATA_FIELDS = ("data.eval_batch_size", "data.test_batch_size")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -59,9 +62,10 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
         field, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes FIELD=VALUE, got {item!r}.")
-        if field.split(".")[0] != "train":
-            raise ValueError(f"Only train.* fields may change on re-evaluation, not {field!r}: "
-                             "the checkpoint holds the model that model/data/reg describe.")
+        if field.split(".")[0] != "train" and field not in EVALUATION_DATA_FIELDS:
+            raise ValueError(f"Only train.* fields and {', '.join(EVALUATION_DATA_FIELDS)} may "
+                             f"change on re-evaluation, not {field!r}: the checkpoint holds "
+                             "the model that model/data/reg describe.")
         cli.apply_override(config, field, text)
     folder = {"best": "best", "latest": "checkpoints"}[checkpoint]
     state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)

@@ -211,6 +211,9 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
     assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
                           f"--data_dir={data_dir}", "--set", "model.forget_bias=1"]) == 2
     assert "Only train.* fields" in capsys.readouterr().err
+    wider = evaluate.evaluate_workdir(str(tmp_path), ["data.eval_batch_size=2"],
+                                      checkpoint="latest", data_dir=data_dir)
+    assert math.isfinite(wider["valid"]["loss"])
 
 
 def test_zoneout_word_preset_with_the_authors_input_map(data_dir, tmp_path):
