@@ -21,264 +21,25 @@ per run, the paper's number as a dashed horizontal line in the run's colour.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-# Per data set: the title, the metric, the column labels of the splits, log-scale plots.
-CATEGORIES: dict[str, dict] = {
-    "ptb_word": dict(
-        title="Penn Treebank, word level", metric="ppl", unit="perplexity", log=True,
-        columns=("valid", "test", "test_mc"),
-        splits={"valid": "valid ppl", "test": "test ppl", "test_mc": "test ppl (MC)"}),
-    "ptb_char": dict(
-        title="Penn Treebank, character level", metric="bpc", unit="bits per character",
-        log=False, columns=("valid", "test"),
-        splits={"valid": "valid BPC", "test": "test BPC", "test_mc": "test BPC (MC)"}),
-    "pmnist": dict(
-        title="Permuted sequential MNIST", metric="error", unit="error rate", log=False,
-        columns=("valid", "test"),
-        splits={"valid": "valid error", "test": "test error", "test_mc": "test error (MC)"}),
-    "cornell": dict(
-        title="Sentiment regression (Cornell scale data)", metric="rmse", unit="RMSE",
-        log=False, columns=("test", "test_mc"),
-        splits={"valid": "valid RMSE", "test": "test RMSE (dropout approx.)",
-                "test_mc": "test RMSE (MC)"}),
-    "imdb": dict(
-        title="Sentiment classification (IMDB)", metric="error", unit="error rate", log=False,
-        columns=("test", "test_mc"),
-        splits={"valid": "valid error", "test": "test error", "test_mc": "test error (MC)"}),
-}
-SPLITS = ("valid", "test", "test_mc")  # also the keys of `config.paper`
-
-
-# --- reading workdirs --------------------------------------------------------------------
-
-def _float(value) -> float | None:
-    """A metric value from metrics.jsonl (non-finite values are logged as strings)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def read_events(path: str) -> list[dict]:
-    """The events of a metrics.jsonl; a half-written last line (live run) is skipped."""
-    events = []
-    if not os.path.exists(path):
-        return events
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-    return events
-
-
-def copy_paste_command(command: str, task: str) -> str:
-    """`python -m experiments.<task> ...` from the logged `sys.argv` (script path first)."""
-    args = command.split()
-    if not args:
-        return ""
-    head, rest = args[0], args[1:]
-    if head in ("-m", "python", "python3") or head.endswith(("/python", "/python3")):
-        while rest and not rest[0].startswith("--"):  # "python -m experiments.ptb ..."
-            head, rest = rest[0], rest[1:]
-    module = os.path.splitext(os.path.basename(head))[0]
-    if module in ("", "__main__", "-m", "-c") or not module.isidentifier():
-        module = task
-    if "." in head and not head.endswith(".py"):
-        module = head.rsplit(".", 1)[-1]
-    return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
-
-
-def _flag_value(value) -> str:
-    """A stored JSON value as a `--config.<field>=` override reads it back."""
-    if isinstance(value, list):
-        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return str(value)
-
-
-def flags_since_changed(run: Run) -> list[str]:
-    """Overrides that today's preset needs to rebuild the run: fields of model, data,
-    reg and train whose preset value changed since the run and that its command does
-    not set. Empty when the preset cannot be built."""
-    try:
-        module = __import__(f"experiments.configs.{run.task}", fromlist=["PRESETS"])
-        preset = module.PRESETS[run.preset]()
-    except Exception:  # noqa: BLE001 -- the annotation is optional
-        return []
-    from experiments.configs.common import FIXED_SECTIONS, config_differences
-
-    current = json.loads(json.dumps(preset.to_dict(), default=str))
-    given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
-    # Fields the record lacks were added to the code after the run. They count when they
-    # are switches, or numbers of the model, data and regularization (features added
-    # switched off: 0 before them); a training number added later (say a setting of one
-    # optimizer) says nothing about a run that had no such setting.
-    sections = FIXED_SECTIONS + ("train",)
-
-    def counts(section, field, now):
-        if field in run.config[section] or isinstance(now, bool):
-            return True
-        return section != "train" and isinstance(now, int | float)
-
-    return [f"--config.{section}.{field}={_flag_value(before)}"
-            for section, field, before, now in config_differences(run.config, current, sections)
-            if f"--config.{section}.{field}" not in given and counts(section, field, now)]
-
-
-@dataclasses.dataclass
-class Run:
-    """One workdir: its config.json and the numbers the report needs."""
-
-    workdir: str
-    task: str
-    command: str
-    config: dict
-    events: list[dict]
-
-    @property
-    def preset(self) -> str:
-        return str(self.config.get("preset") or os.path.basename(self.workdir.rstrip("/")))
-
-    @property
-    def dataset(self) -> str:
-        return str(self.config.get("data", {}).get("dataset", "unknown"))
-
-    @property
-    def metric(self) -> str:
-        return CATEGORIES.get(self.dataset, {}).get("metric", "loss")
-
-    @property
-    def paper(self) -> dict:
-        return self.config.get("paper") or {}
-
-    @property
-    def total_epochs(self) -> int | None:
-        return self.config.get("train", {}).get("num_epochs")
-
-    @property
-    def max_steps(self) -> int:
-        return int(self.config.get("train", {}).get("max_steps") or 0)
-
-    @property
-    def validation_split(self) -> str | None:
-        """The split evaluated at epoch ends ("valid"; "test" where there is no valid)."""
-        splits = [e["split"] for e in self.events if e.get("phase") == "epoch_end"]
-        if "valid" in splits:
-            return "valid"
-        return splits[0] if splits else None
-
-    def final(self) -> dict[str, dict]:
-        """split -> its last `phase == "final"` event."""
-        out: dict[str, dict] = {}
-        for e in self.events:
-            if e.get("phase") == "final":
-                out[e["split"]] = e
-        return out
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.final())
-
-    def epoch_curve(self, split: str | None = None) -> list[tuple[int, float]]:
-        """(epoch, metric) of the epoch-end evaluations (epochs 1-based; resumes deduplicated)."""
-        split = split or self.validation_split
-        points: dict[int, float] = {}
-        for e in self.events:
-            if e.get("phase") == "epoch_end" and e.get("split") == split:
-                value = _float(e.get(self.metric))
-                if value is not None:
-                    points[int(e["epoch"]) + 1] = value
-        return sorted(points.items())
-
-    def steps_per_epoch(self) -> float | None:
-        ends = {int(e["epoch"]) + 1: int(e["step"]) for e in self.events
-                if e.get("phase") == "epoch_end"}
-        if not ends:
-            return None
-        epoch = max(ends)
-        return ends[epoch] / epoch if ends[epoch] > 0 else None
-
-    def train_curve(self) -> list[tuple[float, float]]:
-        """(fractional epoch, training metric) of the training events."""
-        spe = self.steps_per_epoch()
-        points: dict[int, tuple[float, float]] = {}
-        per_epoch: dict[int, list[float]] = {}
-        for e in self.events:
-            if e.get("split") != "train" or "step" not in e:
-                continue
-            value = _float(e.get(self.metric))
-            if value is None or not math.isfinite(value):
-                continue
-            if spe:
-                points[int(e["step"])] = (int(e["step"]) / spe, value)
-            else:
-                per_epoch.setdefault(int(e.get("epoch", 0)), []).append(value)
-        if spe:
-            return [points[s] for s in sorted(points)]
-        return [(ep + 1.0, sum(v) / len(v)) for ep, v in sorted(per_epoch.items())]
-
-    def epochs_trained(self) -> int:
-        """Completed epochs: the final events' epoch, else the last epoch end's."""
-        final = self.final()
-        if final:
-            return max(int(e.get("epoch", 0)) for e in final.values())
-        ends = [int(e["epoch"]) + 1 for e in self.events if e.get("phase") == "epoch_end"]
-        return max(ends, default=0)
-
-    def last_step(self) -> int:
-        return max((int(e.get("step", 0)) for e in self.events), default=0)
-
-
-def find_workdirs(paths: Iterable[str], max_depth: int = 3) -> list[str]:
-    """Workdirs (folders with config.json) at or below each path."""
-    found: list[str] = []
-    for root in paths:
-        root = os.path.normpath(root)
-        if os.path.isfile(os.path.join(root, "config.json")):
-            found.append(root)
-            continue
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"No run directory {root!r}.")
-        base_depth = root.count(os.sep)
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames
-                                 if d not in ("checkpoints", "best", "tb")
-                                 and not d.startswith("."))
-            if "config.json" in filenames:
-                found.append(dirpath)
-                dirnames[:] = []
-            elif dirpath.count(os.sep) - base_depth >= max_depth:
-                dirnames[:] = []
-    seen, unique = set(), []
-    for d in found:
-        if os.path.abspath(d) not in seen:
-            seen.add(os.path.abspath(d))
-            unique.append(d)
-    return unique
-
-
-def load_run(workdir: str) -> Run:
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    return Run(workdir=workdir, task=str(meta.get("task", "")),
-               command=str(meta.get("command", "")), config=meta.get("config") or {},
-               events=read_events(os.path.join(workdir, "metrics.jsonl")))
-
+# Reading workdirs, the command column and the plots live in their own modules; their
+# public names are re-exported here for notebooks and tests.
+from experiments.report_commands import copy_paste_command, flags_since_changed  # noqa: F401
+from experiments.report_plots import _slug, plot_category
+from experiments.report_runs import (  # noqa: F401
+    CATEGORIES,
+    SPLITS,
+    Run,
+    _float,
+    find_workdirs,
+    fmt_value,
+    load_run,
+    read_events,
+)
 
 # --- numbers and tables -------------------------------------------------------------------
 
@@ -287,20 +48,6 @@ def relative_gap(ours: float | None, paper: float | None) -> float | None:
     if ours is None or paper is None or not math.isfinite(ours) or paper == 0:
         return None
     return (ours - paper) / paper
-
-
-def fmt_value(value: float | None, metric: str) -> str:
-    if value is None:
-        return "–"
-    if not math.isfinite(value):
-        return str(value)
-    if metric == "ppl":
-        return f"{value:.1f}"
-    if metric == "bpc":
-        return f"{value:.3f}"
-    if metric == "error":
-        return f"{100 * value:.2f}%"
-    return f"{value:.4f}"
 
 
 def fmt_gap(gap: float | None) -> str:
@@ -443,72 +190,6 @@ def sort_runs(runs: Sequence[Run]) -> list[Run]:
 
 
 # --- plots --------------------------------------------------------------------------------
-
-def _slug(text: str) -> str:
-    words = "".join(c.lower() if c.isalnum() else " " for c in text).split()
-    return "_".join(words[:6])
-
-
-def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | None = None
-                  ) -> str | None:
-    """Learning curves of one data set as a PNG; None if no run has a point to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cat = CATEGORIES.get(dataset, dict(title=dataset, metric="loss", unit="loss", log=False,
-                                       splits={}))
-    curves = [(r, r.epoch_curve(), r.train_curve()) for r in runs]
-    if not any(v or t for _, v, t in curves):
-        return None
-    labels = _labels(runs)
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    # One legend entry per run (its colour); the line style says which curve it is.
-    colors = (plt.get_cmap("tab20").colors if len(curves) > 10
-              else plt.rcParams["axes.prop_cycle"].by_key()["color"])
-    val_names = set()
-    for i, (run, valid, train) in enumerate(curves):
-        color = colors[i % len(colors)]
-        split = run.validation_split or "valid"
-        val_names.add(split)
-        paper = _float(run.paper.get(split))
-        label = labels[id(run)] + ("" if run.finished else " (unfinished)")
-        if paper is not None:
-            label += f"; paper {fmt_value(paper, cat['metric'])}"
-        if valid:
-            ax.plot([e for e, _ in valid], [v for _, v in valid], "-o", color=color,
-                    markersize=3, label=label)
-        if train:
-            ax.plot([e for e, _ in train], [v for _, v in train], ":", color=color,
-                    alpha=0.6, label=None if valid else label)
-        if paper is not None:
-            ax.axhline(paper, color=color, linestyle="--", linewidth=1)
-    if cat.get("log"):
-        ax.set_yscale("log")
-        papers = [p for r in runs if (p := _float(r.paper.get(r.validation_split or "valid")))]
-        if papers:  # the first steps' perplexities in the thousands would flatten the rest
-            ax.set_ylim(top=3 * max(papers))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{cat['unit']}")
-    ax.set_title(f"{title or cat.get('title', dataset)}\n"
-                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed)",
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _labels(runs: Sequence[Run]) -> dict[int, str]:
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.preset] = counts.get(r.preset, 0) + 1
-    return {id(r): r.preset if counts[r.preset] == 1
-            else f"{r.preset} ({os.path.basename(r.workdir.rstrip('/'))})" for r in runs}
 
 
 # --- the report ---------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""The command column of the report: each run's logged command, and the overrides that
+rebuild the run from today's preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+from experiments.report_runs import Run
+
+
+def copy_paste_command(command: str, task: str) -> str:
+    """`python -m experiments.<task> ...` from the logged `sys.argv` (script path first)."""
+    args = command.split()
+    if not args:
+        return ""
+    head, rest = args[0], args[1:]
+    if head in ("-m", "python", "python3") or head.endswith(("/python", "/python3")):
+        while rest and not rest[0].startswith("--"):  # "python -m experiments.ptb ..."
+            head, rest = rest[0], rest[1:]
+    module = os.path.splitext(os.path.basename(head))[0]
+    if module in ("", "__main__", "-m", "-c") or not module.isidentifier():
+        module = task
+    if "." in head and not head.endswith(".py"):
+        module = head.rsplit(".", 1)[-1]
+    return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
+
+
+def _flag_value(value) -> str:
+    """A stored JSON value as a `--config.<field>=` override reads it back."""
+    if isinstance(value, list):
+        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def flags_since_changed(run: Run) -> list[str]:
+    """Overrides that today's preset needs to rebuild the run: fields of model, data,
+    reg and train whose preset value changed since the run and that its command does
+    not set. Empty when the preset cannot be built."""
+    try:
+        module = __import__(f"experiments.configs.{run.task}", fromlist=["PRESETS"])
+        preset = module.PRESETS[run.preset]()
+    except Exception:  # noqa: BLE001 -- the annotation is optional
+        return []
+    from experiments.configs.common import FIXED_SECTIONS, config_differences
+
+    current = json.loads(json.dumps(preset.to_dict(), default=str))
+    given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
+    # Fields the record lacks were added to the code after the run. They count when they
+    # are switches, or numbers of the model, data and regularization (features added
+    # switched off: 0 before them); a training number added later (say a setting of one
+    # optimizer) says nothing about a run that had no such setting.
+    sections = FIXED_SECTIONS + ("train",)
+
+    def counts(section, field, now):
+        if field in run.config[section] or isinstance(now, bool):
+            return True
+        return section != "train" and isinstance(now, int | float)
+
+    return [f"--config.{section}.{field}={_flag_value(before)}"
+            for section, field, before, now in config_differences(run.config, current, sections)
+            if f"--config.{section}.{field}" not in given and counts(section, field, now)]

@@ -1,0 +1,221 @@
+"""Reading report inputs: run workdirs (config.json, metrics.jsonl) and the data sets'
+metrics, for `experiments.report`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable
+
+# Per data set: the title, the metric, the column labels of the splits, log-scale plots.
+CATEGORIES: dict[str, dict] = {
+    "ptb_word": dict(
+        title="Penn Treebank, word level", metric="ppl", unit="perplexity", log=True,
+        columns=("valid", "test", "test_mc"),
+        splits={"valid": "valid ppl", "test": "test ppl", "test_mc": "test ppl (MC)"}),
+    "ptb_char": dict(
+        title="Penn Treebank, character level", metric="bpc", unit="bits per character",
+        log=False, columns=("valid", "test"),
+        splits={"valid": "valid BPC", "test": "test BPC", "test_mc": "test BPC (MC)"}),
+    "pmnist": dict(
+        title="Permuted sequential MNIST", metric="error", unit="error rate", log=False,
+        columns=("valid", "test"),
+        splits={"valid": "valid error", "test": "test error", "test_mc": "test error (MC)"}),
+    "cornell": dict(
+        title="Sentiment regression (Cornell scale data)", metric="rmse", unit="RMSE",
+        log=False, columns=("test", "test_mc"),
+        splits={"valid": "valid RMSE", "test": "test RMSE (dropout approx.)",
+                "test_mc": "test RMSE (MC)"}),
+    "imdb": dict(
+        title="Sentiment classification (IMDB)", metric="error", unit="error rate", log=False,
+        columns=("test", "test_mc"),
+        splits={"valid": "valid error", "test": "test error", "test_mc": "test error (MC)"}),
+}
+
+
+SPLITS = ("valid", "test", "test_mc")  # also the keys of `config.paper`
+
+
+def _float(value) -> float | None:
+    """A metric value from metrics.jsonl (non-finite values are logged as strings)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_events(path: str) -> list[dict]:
+    """The events of a metrics.jsonl; a half-written last line (live run) is skipped."""
+    events = []
+    if not os.path.exists(path):
+        return events
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+@dataclasses.dataclass
+class Run:
+    """One workdir: its config.json and the numbers the report needs."""
+
+    workdir: str
+    task: str
+    command: str
+    config: dict
+    events: list[dict]
+
+    @property
+    def preset(self) -> str:
+        return str(self.config.get("preset") or os.path.basename(self.workdir.rstrip("/")))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("data", {}).get("dataset", "unknown"))
+
+    @property
+    def metric(self) -> str:
+        return CATEGORIES.get(self.dataset, {}).get("metric", "loss")
+
+    @property
+    def paper(self) -> dict:
+        return self.config.get("paper") or {}
+
+    @property
+    def total_epochs(self) -> int | None:
+        return self.config.get("train", {}).get("num_epochs")
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.config.get("train", {}).get("max_steps") or 0)
+
+    @property
+    def validation_split(self) -> str | None:
+        """The split evaluated at epoch ends ("valid"; "test" where there is no valid)."""
+        splits = [e["split"] for e in self.events if e.get("phase") == "epoch_end"]
+        if "valid" in splits:
+            return "valid"
+        return splits[0] if splits else None
+
+    def final(self) -> dict[str, dict]:
+        """split -> its last `phase == "final"` event."""
+        out: dict[str, dict] = {}
+        for e in self.events:
+            if e.get("phase") == "final":
+                out[e["split"]] = e
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.final())
+
+    def epoch_curve(self, split: str | None = None) -> list[tuple[int, float]]:
+        """(epoch, metric) of the epoch-end evaluations (epochs 1-based; resumes deduplicated)."""
+        split = split or self.validation_split
+        points: dict[int, float] = {}
+        for e in self.events:
+            if e.get("phase") == "epoch_end" and e.get("split") == split:
+                value = _float(e.get(self.metric))
+                if value is not None:
+                    points[int(e["epoch"]) + 1] = value
+        return sorted(points.items())
+
+    def steps_per_epoch(self) -> float | None:
+        ends = {int(e["epoch"]) + 1: int(e["step"]) for e in self.events
+                if e.get("phase") == "epoch_end"}
+        if not ends:
+            return None
+        epoch = max(ends)
+        return ends[epoch] / epoch if ends[epoch] > 0 else None
+
+    def train_curve(self) -> list[tuple[float, float]]:
+        """(fractional epoch, training metric) of the training events."""
+        spe = self.steps_per_epoch()
+        points: dict[int, tuple[float, float]] = {}
+        per_epoch: dict[int, list[float]] = {}
+        for e in self.events:
+            if e.get("split") != "train" or "step" not in e:
+                continue
+            value = _float(e.get(self.metric))
+            if value is None or not math.isfinite(value):
+                continue
+            if spe:
+                points[int(e["step"])] = (int(e["step"]) / spe, value)
+            else:
+                per_epoch.setdefault(int(e.get("epoch", 0)), []).append(value)
+        if spe:
+            return [points[s] for s in sorted(points)]
+        return [(ep + 1.0, sum(v) / len(v)) for ep, v in sorted(per_epoch.items())]
+
+    def epochs_trained(self) -> int:
+        """Completed epochs: the final events' epoch, else the last epoch end's."""
+        final = self.final()
+        if final:
+            return max(int(e.get("epoch", 0)) for e in final.values())
+        ends = [int(e["epoch"]) + 1 for e in self.events if e.get("phase") == "epoch_end"]
+        return max(ends, default=0)
+
+    def last_step(self) -> int:
+        return max((int(e.get("step", 0)) for e in self.events), default=0)
+
+
+def find_workdirs(paths: Iterable[str], max_depth: int = 3) -> list[str]:
+    """Workdirs (folders with config.json) at or below each path."""
+    found: list[str] = []
+    for root in paths:
+        root = os.path.normpath(root)
+        if os.path.isfile(os.path.join(root, "config.json")):
+            found.append(root)
+            continue
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"No run directory {root!r}.")
+        base_depth = root.count(os.sep)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames
+                                 if d not in ("checkpoints", "best", "tb")
+                                 and not d.startswith("."))
+            if "config.json" in filenames:
+                found.append(dirpath)
+                dirnames[:] = []
+            elif dirpath.count(os.sep) - base_depth >= max_depth:
+                dirnames[:] = []
+    seen, unique = set(), []
+    for d in found:
+        if os.path.abspath(d) not in seen:
+            seen.add(os.path.abspath(d))
+            unique.append(d)
+    return unique
+
+
+def load_run(workdir: str) -> Run:
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    return Run(workdir=workdir, task=str(meta.get("task", "")),
+               command=str(meta.get("command", "")), config=meta.get("config") or {},
+               events=read_events(os.path.join(workdir, "metrics.jsonl")))
+
+
+def fmt_value(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    if not math.isfinite(value):
+        return str(value)
+    if metric == "ppl":
+        return f"{value:.1f}"
+    if metric == "bpc":
+        return f"{value:.3f}"
+    if metric == "error":
+        return f"{100 * value:.2f}%"
+    return f"{value:.4f}"
