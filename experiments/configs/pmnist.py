@@ -49,7 +49,10 @@ def baseline():
 
 
 def recurrent_dropout():
-    return _config("recurrent dropout 0.15", 0.075, update_dropout=0.15)
+    # zoneout_pmnist.py --igate_drop: c = f c + m (i g), m in {0, 1}, its expectation at
+    # evaluation (the authors' form of recurrent dropout, `update_eval_scaling`).
+    return _config("recurrent dropout 0.15", 0.075, update_dropout=0.15,
+                   update_eval_scaling=True)
 
 
 def zoneout():
