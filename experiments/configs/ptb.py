@@ -371,10 +371,11 @@ REPORT_NOTES = {
         "docs/results/zoneout_word_variants.md). Ordering "
         "zoneout < recurrent dropout < baseline: holds for seed 1 (136.2 < 154.4 < 157.2), "
         "not for seed 0 (135.1, 157.3, 152.2); zoneout is clearly best, but 17% above the "
-        "paper's 115.2, and recurrent dropout gains little over the baseline here (paper: "
-        "119.9 vs 145.4). Differences from the authors' model not yet measured: their input "
+        "paper's 115.2, and inverted recurrent dropout gains little over the baseline here "
+        "(paper: 119.9 vs 145.4), while the authors' form (the CPU run, 146.8 after 16 of "
+        "its epochs, unfinished) is below both baselines. Not yet measured: their input "
         "is a one-hot linear map straight to the 4 x 256 gates (ours: a 256-wide embedding, "
-        "then W_x) and the recurrent-dropout scaling above."),
+        "then W_x; `model.embed_to_gates` builds theirs)."),
     _AWD_VS_VARIATIONAL: (
         "Both recipes on the same 2x400 LSTM for the same 3 epochs (a CPU budget). AWD-LSTM's "
         "recipe (weight drop 0.5, dropouts 0.4/0.3/0.4/0.1, AR/TAR, lr 30, T 70, batch 20) "
