@@ -47,15 +47,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str = "best",
                      data_dir: str | None = None) -> dict[str, dict[str, float]]:
-    """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config."""
-    import jax
-
+    """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config,
+    as the run's final evaluation computes them (`rnnreg_jax.train.loop.evaluate_all`)."""
     from experiments import cli
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import checkpoint as ckpt_lib
     from rnnreg_jax.train import mesh as mesh_lib
     from rnnreg_jax.train import steps
+    from rnnreg_jax.train.loop import evaluate_all
 
     config = load_config(workdir)
     for item in overrides:
@@ -73,18 +73,9 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
         raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
     task = build_task(config, regularization(config.reg), data_dir)
     evaluator = steps.Evaluator(task, mesh_lib.make_mesh(), config.train.mc_chunk)
-    model_state = state.get("model_state") or {}
-    key = jax.random.PRNGKey(config.train.seed)
-    out: dict[str, dict[str, float]] = {}
-    for index, (name, source) in enumerate(task.evals.items()):
-        protocol = task.test_protocol is True and name == "test"
-        carry = True if protocol else None
-        out[name] = evaluator.evaluate(state["params"], source, carry_state=carry,
-                                       model_state=model_state)
-        if config.train.mc_samples and (name in config.train.mc_splits or protocol):
-            out[f"{name}_mc"] = evaluator.evaluate_mc(
-                state["params"], source, config.train.mc_samples, jax.random.fold_in(key, index),
-                carry_state=carry, model_state=model_state)
+    # The training loop's own final evaluation: same splits, protocol and MC keys.
+    out = evaluate_all(task, evaluator, state["params"], state.get("model_state") or {},
+                       config.train)
     out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}
     return out
 

@@ -239,28 +239,17 @@ class _Run:
             self.ckpt.save_best(self.state, self.step)
 
     def final_eval(self) -> dict:
-        cfg, task = self.config, self.task
         state = self.final_state()
-        params = self.eval_params(state)
         out: dict = {"step": self.step, "epoch": self.epoch, "eval_epoch": int(state.epoch)}
         out.update({f"train/{k}": v for k, v in self.last_train.items()})
-        mc_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MC_KEY_SALT)
-        for index, (name, source) in enumerate(task.evals.items()):
-            protocol = task.test_protocol is True and name == "test"
-            carry = True if protocol else None
-            metrics = self.evaluator.evaluate(params, source, carry_state=carry,
-                                              model_state=state.model_state)
-            self._record(out, name, metrics)
-            if cfg.mc_samples and (name in cfg.mc_splits or protocol):
-                mc = self.evaluator.evaluate_mc(params, source, cfg.mc_samples,
-                                                jax.random.fold_in(mc_key, index),
-                                                carry_state=carry,
-                                                model_state=state.model_state)
-                self._record(out, f"{name}_mc", mc)
-        if callable(task.test_protocol):
-            extra = task.test_protocol(params, self.evaluator)
-            self.logger.write("test_protocol", self.step, self.epoch, extra)
-            out.update(extra)
+        results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
+                               state.model_state, self.config)
+        for name, metrics in results.items():
+            if name == "test_protocol":
+                self.logger.write(name, self.step, self.epoch, metrics)
+                out.update(metrics)
+            else:
+                self._record(out, name, metrics)
         return out
 
     def _record(self, out, split, metrics):
@@ -273,6 +262,32 @@ class _Run:
     def close(self) -> None:
         self.logger.close()
         self.ckpt.close()
+
+
+def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, config) -> dict:
+    """Every evaluation split of `task`, as the final evaluation runs them.
+
+    Returns `{split: metrics}` in `task.evals` order, each followed by
+    `"<split>_mc"` where `config.mc_samples` and `config.mc_splits` (or the PTB
+    test protocol, batch 1 with carried state) ask for MC dropout, keyed by
+    `fold_in(fold_in(PRNGKey(seed), MC_KEY_SALT), split index)`; a callable
+    `task.test_protocol`'s dict comes last under `"test_protocol"`.
+    """
+    config = with_defaults(config)
+    mc_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), MC_KEY_SALT)
+    out: dict = {}
+    for index, (name, source) in enumerate(task.evals.items()):
+        protocol = task.test_protocol is True and name == "test"
+        carry = True if protocol else None
+        out[name] = evaluator.evaluate(params, source, carry_state=carry,
+                                       model_state=model_state)
+        if config.mc_samples and (name in config.mc_splits or protocol):
+            out[f"{name}_mc"] = evaluator.evaluate_mc(
+                params, source, config.mc_samples, jax.random.fold_in(mc_key, index),
+                carry_state=carry, model_state=model_state)
+    if callable(task.test_protocol):
+        out["test_protocol"] = task.test_protocol(params, evaluator)
+    return out
 
 
 def train_and_evaluate(task: Task, config, workdir: str) -> dict:
