@@ -194,8 +194,14 @@ def sort_runs(runs: Sequence[Run]) -> list[Run]:
 
 # --- the report ---------------------------------------------------------------------------
 
-def build_report(run_dirs: Sequence[str], out: str, plots: str | None) -> str:
-    """Write the report to `out` (and PNGs under `plots`); returns its text."""
+def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
+                 intro: str | None = None) -> str:
+    """Write the report to `out` (and PNGs under `plots`); returns its text.
+
+    `intro`, when given, is markdown placed under the header that describes these runs;
+    it replaces the section notes of the tasks' config modules, which describe the runs
+    of RESULTS.md (a report of ablations or variants sets it).
+    """
     runs = sort_runs([load_run(d) for d in find_workdirs(run_dirs)])
     # Sections: one per data set, plus one per report group of the task's presets
     # (comparisons beyond the papers, e.g. AWD-LSTM's recipe against variational dropout).
@@ -212,6 +218,8 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None) -> str:
              "`metrics.jsonl`; do not edit by hand. Gap = (ours - paper) / paper: every "
              "metric is lower-is-better, so a positive gap is worse than the paper. "
              "Unfinished runs show their latest validation number and its epoch.", ""]
+    if intro:
+        lines += [intro.strip(), ""]
     if not runs:
         lines += ["No runs found.", ""]
     for dataset, group_name in order:
@@ -221,8 +229,9 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None) -> str:
             cat["title"] = f"{cat['title']}: {group_name}"
         lines += [f"## {cat['title']}", ""]
         # A note on the section from the task's config module (`REPORT_NOTES`, keyed by
-        # group title; "" is the data set's main section).
-        note = _config_table(group[0].task, "REPORT_NOTES").get(group_name)
+        # group title; a data set's main section by its name, or "" for any data set).
+        notes = {} if intro else _config_table(group[0].task, "REPORT_NOTES")
+        note = notes.get(group_name) if group_name else notes.get(dataset, notes.get(""))
         lines += [note, ""] if note else []
         lines += _protocol_notes(group)
         lines += category_table(group, dataset)
@@ -269,10 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="RESULTS.md")
     parser.add_argument("--plots", default="docs/results",
                         help="folder for the PNGs ('' for none)")
+    parser.add_argument("--intro", default=None,
+                        help="markdown file describing these runs, placed under the header "
+                             "instead of the presets' section notes (for ablation reports)")
     args = parser.parse_args(argv)
     dirs = [d for d in args.runs.split(",") if d]
     try:
-        build_report(dirs, args.out, args.plots or None)
+        intro = None
+        if args.intro:
+            with open(args.intro, encoding="utf-8") as f:
+                intro = f.read()
+        build_report(dirs, args.out, args.plots or None, intro=intro)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

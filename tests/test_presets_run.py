@@ -216,16 +216,23 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
     assert math.isfinite(wider["valid"]["loss"])
 
 
-def test_zoneout_word_preset_with_the_authors_input_map(data_dir, tmp_path):
-    """`--config.model.embed_to_gates=True` reaches the model: no W_x in layer 0."""
+@pytest.mark.parametrize("embed_to_gates", [True, False])
+def test_zoneout_word_preset_uses_the_authors_input_map(data_dir, tmp_path, embed_to_gates):
+    """The zoneout word presets feed the one-hot input straight into the gates (no W_x in
+    layer 0, an embedding G*H wide); `--config.model.embed_to_gates=False` restores W_x."""
     from rnnreg_jax.train import checkpoint as ckpt_lib
 
     config = shrink(ptb_configs.zoneout())
+    assert config.model.embed_to_gates
     with config.unlocked():
         config.preset = "zoneout"
-    cli.apply_override(config, "model.embed_to_gates", "True")
+    cli.apply_override(config, "model.embed_to_gates", str(embed_to_gates))
     final = _run("ptb", config, str(tmp_path), data_dir)
     assert math.isfinite(final["valid/loss"])
     state = ckpt_lib.restore_state(str(tmp_path / "checkpoints"), None)
     layer = state["params"]["rnn"]["layer_0"]
-    assert "w_x" not in layer and state["params"]["embed"]["embedding"].shape[1] == 4 * HIDDEN
+    width = state["params"]["embed"]["embedding"].shape[1]
+    if embed_to_gates:
+        assert "w_x" not in layer and width == 4 * HIDDEN
+    else:
+        assert layer["w_x"].shape == (width, 4 * HIDDEN)

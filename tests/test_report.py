@@ -61,6 +61,8 @@ def built(tmp_path_factory):
               [180.0, 140.0, 110.0], None,
               _paper("Gal", valid=81.9, test=79.7, test_mc=78.6), partial_line=True,
               extra_args=" --config.model.hidden_sizes=(8,8)")
+    write_run(runs, "zc", "ptb", "zoneout_char", "ptb_char", "bpc", 2, [1.6, 1.5], None,
+              _paper("Krueger char", valid=1.362))
     write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
               {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
     write_run(runs / "sentiment", "var", "sentiment", "variational_lstm", "cornell", "rmse", 2,
@@ -138,7 +140,7 @@ def test_pmnist_and_sentiment_tables(built):
     assert "| preset | test RMSE (dropout approx.) | test RMSE (MC) | epochs | command |" in text
     assert _row(text, "variational_lstm")[1:3] == ["0.1680", "0.1650"]
     assert _row(text, "no_dropout")[1:3] == ["0.1900", "0.1900"]
-    assert "Penn Treebank, character level" not in text  # no runs, no table
+    assert "Sentiment classification (IMDB)" not in text  # no runs, no table
 
 
 def test_pngs_written_and_linked(built):
@@ -188,6 +190,17 @@ def test_main_section_note_from_the_config_module(built):
     assert "REPORT_NOTES" not in ptb_main and "150 epochs" not in ptb_main
 
 
+def test_main_section_notes_are_keyed_by_data_set(built):
+    """One task, two data sets (PTB word and char): each main section gets its own note."""
+    from experiments.configs import ptb
+
+    _, text = built
+    word = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
+    char = text.split("## Penn Treebank, character level\n")[1].split("\n## ")[0]
+    assert ptb.REPORT_NOTES["ptb_word"] in word and ptb.REPORT_NOTES["ptb_word"] not in char
+    assert ptb.REPORT_NOTES["ptb_char"] in char and ptb.REPORT_NOTES["ptb_char"] not in word
+
+
 def _early_stopped_run(final_extra: dict) -> report.Run:
     curve = [200.0, 150.0, 140.0, 145.0, 147.0]  # best at epoch 3, stopped at 5
     events = [{"step": 10 * (e + 1), "epoch": e, "split": "valid", "ppl": v,
@@ -223,3 +236,22 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
     run.task = "no_such_task"
     assert report.flags_since_changed(run) == []
+
+
+def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
+    """`--intro F` (an ablation report) puts F under the header and drops the notes the
+    config modules write for RESULTS.md's runs; a missing F is a one-line error."""
+    from experiments.configs import pmnist
+
+    runs = tmp_path / "runs"
+    write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
+              {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
+    intro = tmp_path / "intro.md"
+    intro.write_text("These runs vary the init.\n")
+    out = tmp_path / "V.md"
+    assert report.main([f"--runs={runs}", f"--out={out}", "--plots=", f"--intro={intro}"]) == 0
+    text = out.read_text()
+    assert text.index("These runs vary the init.") < text.index("## Permuted sequential MNIST")
+    assert pmnist.REPORT_NOTES[""] not in text
+    assert report.main([f"--runs={runs}", f"--out={out}", f"--intro={tmp_path / 'no.md'}"]) == 2
+    assert "no.md" in capsys.readouterr().err
