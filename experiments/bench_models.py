@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from rnnreg_jax.models import LanguageModel, SequenceModel
+from rnnreg_jax.train import losses
 
 WORKLOADS = {
     # PTB small / medium (Zaremba), zoneout word level, pMNIST (zoneout paper).
@@ -127,7 +128,9 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto"
     def loss_fn(p, key):
         out = model.apply({"params": p}, x, deterministic=False, rngs={"dropout": key})
         logits = out[0] if lm and not flax_peer else out
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        if flax_peer:  # what a Flax user writes
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return losses.token_nll(logits, y).mean()  # what our training loop runs
 
     @jax.jit
     def step(p, s, key):

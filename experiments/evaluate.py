@@ -1,7 +1,8 @@
 """Evaluate a run's checkpoint again, under its own config or with overrides.
 
     python -m experiments.evaluate --workdir=DIR [--checkpoint=best|latest]
-        [--set train.eval_carry_state=True ...] [--data_dir=DIR] [--json=FILE]
+        [--set train.eval_carry_state=True ...] [--batch_mean_ppl] [--data_dir=DIR]
+        [--json=FILE]
 
 Reads `DIR/config.json` and the newest checkpoint under `DIR/best` (or
 `DIR/checkpoints`), rebuilds the task with the overrides, and prints every
@@ -10,6 +11,11 @@ evaluation split's metrics (plus MC dropout where `train.mc_samples` and
 evaluation protocols (state carried or not, MC samples) on a trained model.
 Model, data and regularization overrides would evaluate another model than
 the one trained and are refused, except the evaluation batch sizes.
+
+`--batch_mean_ppl` adds, for language models, `ppl_batch_mean`: the mean over
+evaluation batches of each batch's perplexity, which is what Blocks' monitors
+(the zoneout authors' code) report; it is never below the perplexity of the
+mean loss when the batches are equal (Jensen), and shows by how much.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str = "best",
-                     data_dir: str | None = None) -> dict[str, dict[str, float]]:
+                     data_dir: str | None = None,
+                     batch_mean_ppl: bool = False) -> dict[str, dict[str, float]]:
     """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config,
-    as the run's final evaluation computes them (`rnnreg_jax.train.loop.evaluate_all`)."""
+    as the run's final evaluation computes them (`rnnreg_jax.train.loop.evaluate_all`);
+    `batch_mean_ppl` adds each split's mean per-batch perplexity (language models)."""
     from experiments import cli
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
@@ -76,8 +84,20 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     # The training loop's own final evaluation: same splits, protocol and MC keys.
     out = evaluate_all(task, evaluator, state["params"], state.get("model_state") or {},
                        config.train)
+    if batch_mean_ppl and task.kind == "lm":
+        for name, source in task.evals.items():
+            out[name]["ppl_batch_mean"] = _batch_mean_ppl(
+                evaluator, state["params"], source, state.get("model_state") or {})
     out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}
     return out
+
+
+def _batch_mean_ppl(evaluator, params, source, model_state) -> float:
+    """Mean over batches of exp(the batch's mean loss per token), the protocol's state."""
+    per_batch: list[float] = []
+    evaluator.evaluate(params, source, model_state=model_state,
+                       on_batch=lambda m: per_batch.append(math.exp(m["loss"])))
+    return sum(per_batch) / len(per_batch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,12 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a train.* field, e.g. train.eval_carry_state=True")
+    parser.add_argument("--batch_mean_ppl", action="store_true",
+                        help="also the mean of per-batch perplexities (language models)")
     parser.add_argument("--data_dir", default=None,
                         help="data folder (default: $RNNREG_DATA_DIR, then the cache)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
     args = parser.parse_args(argv)
     try:
-        results = evaluate_workdir(args.workdir, args.set, args.checkpoint, args.data_dir)
+        results = evaluate_workdir(args.workdir, args.set, args.checkpoint, args.data_dir,
+                                   args.batch_mean_ppl)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

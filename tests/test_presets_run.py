@@ -214,6 +214,13 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
     wider = evaluate.evaluate_workdir(str(tmp_path), ["data.eval_batch_size=2"],
                                       checkpoint="latest", data_dir=data_dir)
     assert math.isfinite(wider["valid"]["loss"])
+    # Blocks' perplexity, the mean over batches of each batch's: above exp(mean loss)
+    # (equal batches), by the spread of the batch losses.
+    blocks = evaluate.evaluate_workdir(str(tmp_path), checkpoint="latest", data_dir=data_dir,
+                                       batch_mean_ppl=True)
+    for split in ("valid", "test"):
+        assert blocks[split]["ppl_batch_mean"] > blocks[split]["ppl"] * (1 + 1e-6)
+        assert blocks[split]["ppl"] == pytest.approx(again[split]["ppl"], rel=1e-6)
 
 
 @pytest.mark.parametrize("embed_to_gates", [True, False])

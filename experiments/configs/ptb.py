@@ -347,9 +347,10 @@ REPORT_GROUPS = {"awd_small": _AWD_VS_VARIATIONAL, "variational_small": _AWD_VS_
                      "zoneout_cells", "baseline", "weight_noise")}}
 
 REPORT_NOTES = {
-    "ptb_word": ("`zaremba_small` in `/work/runs/zaremba_small` predates session 3's two biases: it "
-         "ran as `--config.model.recurrent_bias=false` does today; the run in "
-         "`zaremba_small_2bias` has Zaremba's two biases, everything else equal."),
+    "ptb_word": (
+        "`zaremba_small` in `/work/runs/zaremba_small` predates session 3's two biases: it "
+        "ran as `--config.model.recurrent_bias=false` does today; the run in "
+        "`zaremba_small_2bias` has Zaremba's two biases, everything else equal."),
     "ptb_char": (
         "Ran on an NVIDIA H100 lent to session 5, side by side with 14 other runs, and "
         "stopped at that batch's deadline after 10-11 of the presets' up to 2000 epochs "

@@ -15,7 +15,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 Array = jax.Array
 
@@ -26,8 +25,47 @@ def _weights(batch: dict, shape) -> Array:
 
 
 def token_nll(logits: Array, targets: Array) -> Array:
-    """NLL of integer targets: logits `[..., V]`, targets `[...]` -> `[...]`."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    """NLL of integer targets: logits `[..., V]`, targets `[...]` -> `[...]`, in float32.
+
+    The same function as `optax.softmax_cross_entropy_with_integer_labels`, with a
+    hand-written gradient: `(softmax - onehot) * g` in one elementwise pass over the
+    `[..., V]` logits, where autodiff of the log-softmax materializes the one-hot
+    cotangent and reduces it again (a 10k vocabulary makes these passes a large part
+    of a small language model's step on CPU; BENCHMARKS.md).
+    """
+    return _nll(logits.astype(jnp.float32), targets)
+
+
+@jax.custom_vjp
+def _nll(logits: Array, targets: Array) -> Array:
+    return _nll_fwd(logits, targets)[0]
+
+
+def _nll_fwd(logits, targets):
+    top = jnp.max(logits, axis=-1)  # the same max as `errors`' (XLA merges the two)
+    lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
+    return lse - target_logit(logits, targets), (logits, targets, lse)
+
+
+def _nll_bwd(residuals, g):
+    logits, targets, lse = residuals
+    classes = jax.lax.broadcasted_iota(targets.dtype, logits.shape, logits.ndim - 1)
+    probs = jnp.exp(logits - lse[..., None])
+    return (probs - (classes == targets[..., None])) * g[..., None], None
+
+
+_nll.defvjp(_nll_fwd, _nll_bwd)
+
+
+def target_logit(logits: Array, targets: Array) -> Array:
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def misclassified(logits: Array, targets: Array) -> Array:
+    """1.0 where the target's logit is below the largest (argmax != target, up to ties):
+    two reductions the NLL already computes, instead of an argmax pass over V."""
+    logits = logits.astype(jnp.float32)
+    return (target_logit(logits, targets) < jnp.max(logits, axis=-1)).astype(jnp.float32)
 
 
 def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: bool = False):
@@ -54,7 +92,7 @@ def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: b
             objective = loss_sum / targets.shape[0]
         else:
             objective = loss_sum / jnp.maximum(count, 1.0)
-        errors = jnp.sum((jnp.argmax(outputs, -1) != targets) * w)
+        errors = jnp.sum(misclassified(outputs, targets) * w)
     elif kind == "classification":
         labels = batch["labels"]
         w = _weights(batch, labels.shape)

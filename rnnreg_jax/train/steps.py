@@ -207,9 +207,11 @@ class Evaluator:
         return self.task.kind == "lm" and carry_state
 
     def evaluate(self, params, source, carry_state: bool | None = None,
-                 model_state=None) -> dict[str, float]:
+                 model_state=None, on_batch=None) -> dict[str, float]:
         """Deterministic (noise expectation) metrics over one pass of `source`;
-        `model_state`: the non-parameter variables (`TrainState.model_state`)."""
+        `model_state`: the non-parameter variables (`TrainState.model_state`);
+        `on_batch`, if given, is called with each batch's own metrics (one host sync a
+        batch: for analysis, not training-time evaluation)."""
         use_carry = self._uses_carry(carry_state)
         model_state = model_state or {}
         totals, carry = None, None
@@ -221,6 +223,9 @@ class Evaluator:
             stats, new_carry = self._det(params, model_state, g, carry if use_carry else None)
             carry = new_carry if use_carry else None
             totals = losses.add_stats(totals, stats)
+            if on_batch is not None:
+                on_batch(losses.summarize(self.task.kind, jax.device_get(stats),
+                                          self.task.target_scale))
             throttle(self.mesh, index, totals)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
