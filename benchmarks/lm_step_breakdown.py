@@ -4,8 +4,7 @@ Usage: python benchmarks/lm_step_breakdown.py [--workload zoneout_word] [--repea
 
 Times, each jitted on its own (forward + backward, median of `--repeats`):
 the whole step (as `experiments.bench`'s `ours_none`), the output layer with
-softmax cross entropy on a fixed hidden state (optax's, as Flax users write it,
-and the library's `losses.token_nll` with its one-pass gradient), the output layer's three
+softmax cross entropy on a fixed hidden state, the output layer's three
 matmuls alone (fixed cotangent), the recurrent stack alone, and the embedding
 lookup with its gradient. Their sum against the whole step shows the glue.
 Figures are for comparing parts within one run; this machine is shared.
@@ -27,7 +26,6 @@ import optax  # noqa: E402
 
 from experiments import bench_models as bm  # noqa: E402
 from rnnreg_jax.nn import StackedRNN  # noqa: E402
-from rnnreg_jax.train import losses  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -52,8 +50,6 @@ def parts(spec: dict):
     head_ce = jax.jit(jax.grad(
         lambda w, y: optax.softmax_cross_entropy_with_integer_labels(
             y @ w + bias, labels).mean(), argnums=(0, 1)))
-    head_ours = jax.jit(jax.grad(
-        lambda w, y: losses.token_nll(y @ w + bias, labels).mean(), argnums=(0, 1)))
     head_mm = jax.jit(jax.grad(lambda w, y: jnp.vdot(y @ w, cot), argnums=(0, 1)))
 
     rnn = StackedRNN((h,) * spec["layers"], "lstm", init_scale=0.05)
@@ -66,8 +62,7 @@ def parts(spec: dict):
     # ids as an argument: a constant index array makes XLA constant-fold the scatter
     embed_grad = jax.jit(jax.grad(lambda e, ids: jnp.vdot(e[ids], y)))
     return {
-        "head + optax CE": lambda: head_ce(w, y),
-        "head + token_nll": lambda: head_ours(w, y),
+        "head + cross entropy": lambda: head_ce(w, y),
         "head matmuls only": lambda: head_mm(w, y),
         "recurrent stack": lambda: rnn_grad(rnn_params, x),
         "embedding": lambda: embed_grad(table, labels),
@@ -86,7 +81,7 @@ def main() -> int:
     total = 0.0
     for name, fn in parts(spec).items():
         ms = median_ms(fn, args.repeats)
-        total += 0.0 if name == "head + optax CE" else ms  # the step uses token_nll
+        total += ms
         print(f"  {name:22s} {ms:7.1f} ms  ({ms / whole:.0%})")
     print(f"  {'sum of parts':22s} {total:7.1f} ms; glue and update {whole - total:.1f} ms")
     return 0

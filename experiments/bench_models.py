@@ -16,7 +16,6 @@ import numpy as np
 import optax
 
 from rnnreg_jax.models import LanguageModel, SequenceModel
-from rnnreg_jax.train import losses
 
 WORKLOADS = {
     # PTB small / medium (Zaremba), zoneout word level, pMNIST (zoneout paper).
@@ -128,9 +127,7 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto"
     def loss_fn(p, key):
         out = model.apply({"params": p}, x, deterministic=False, rngs={"dropout": key})
         logits = out[0] if lm and not flax_peer else out
-        if flax_peer:  # what a Flax user writes
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return losses.token_nll(logits, y).mean()  # what our training loop runs
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
     def step(p, s, key):

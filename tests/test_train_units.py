@@ -112,31 +112,14 @@ def test_lm_losses_and_metrics():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_token_nll_and_its_gradient_match_optax(dtype):
-    """The hand-written VJP of the cross entropy equals autodiff of optax's, weights,
-    a low-precision input and all; `misclassified` equals argmax != target."""
-    import optax
-
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+def test_misclassified_is_argmax_against_the_target(dtype):
+    """The LM error from the target logit against the row max equals argmax != target."""
+    k1, k2 = jax.random.split(jax.random.key(0))
     logits = (3.0 * jax.random.normal(k1, (4, 6, 50))).astype(dtype)
     targets = jax.random.randint(k2, (4, 6), 0, 50)
     targets = targets.at[::2].set(jnp.argmax(logits, -1)[::2])  # some right, some wrong
-    w = jax.random.uniform(k3, (4, 6))
-
-    def ours(x):
-        return jnp.sum(losses.token_nll(x, targets) * w)
-
-    def reference(x):
-        x = x.astype(jnp.float32)
-        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(x, targets) * w)
-
-    np.testing.assert_allclose(jax.jit(ours)(logits), reference(logits), rtol=1e-6)
-    g_ours, g_ref = jax.jit(jax.grad(ours))(logits), jax.grad(reference)(logits)
-    assert g_ours.dtype == dtype
-    np.testing.assert_allclose(np.asarray(g_ours, np.float32), np.asarray(g_ref, np.float32),
-                               rtol=1e-5, atol=1e-7)
     wrong = np.asarray(jnp.argmax(logits, -1) != targets, np.float32)
-    np.testing.assert_array_equal(losses.misclassified(logits, targets), wrong)
+    np.testing.assert_array_equal(jax.jit(losses.misclassified)(logits, targets), wrong)
     assert 0 < wrong.mean() < 1
 
 
