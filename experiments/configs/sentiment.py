@@ -5,7 +5,7 @@ and its _naive twin), their default arguments: embedding 128, one LSTM (or GRU) 
 128, dropout 0.5 on the inputs (p_W), the recurrent connections (p_U, one mask per
 gate, Keras' implementation), the dense layer and the embedding (word types), L2
 weight decay 1e-6 on every weight, Adam, batch 128, 200-word chunks, 250 epochs
-(the naive-dropout script: 1250); test RMSE with the dropout approximation and with
+(the GRU and naive-dropout scripts: 1250); test RMSE with the dropout approximation and with
 MC dropout (T = 50 samples).
 """
 
@@ -59,7 +59,9 @@ def variational_lstm():
 
 
 def variational_gru():
-    return _config("cornell", "gru", "variational GRU", **_variational())
+    config = _config("cornell", "gru", "variational GRU", **_variational())
+    config.train.num_epochs = 1250  # sentiment_gru_regression.py (the LSTM script: 250)
+    return config
 
 
 def naive_dropout():
