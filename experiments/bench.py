@@ -131,7 +131,10 @@ def main(argv):
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "torch": bm.torch_version(), "matmul_gflops": matmul_gflops(),
-            "torch_matmul_gflops": torch_matmul_gflops()}
+            "torch_matmul_gflops": torch_matmul_gflops(),
+            # how the C library allocates big buffers moves CPU steps by up to a third
+            # (launch.sh sets it; BENCHMARKS.md)
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     print(f"# {info}")
     results = {"info": info, "workloads": {}}
     for name in FLAGS.workloads:
@@ -166,7 +169,9 @@ def markdown(results: dict, command: str) -> str:
              f"jax {info['jax']}, torch {info['torch']}; float32 matmul "
              f"{info['matmul_gflops']:.1f} GFLOP/s (1024x1024 through XLA)"
              + (f", {info['torch_matmul_gflops']:.1f} GFLOP/s through PyTorch"
-                if info.get("torch_matmul_gflops") else "") + ".",
+                if info.get("torch_matmul_gflops") else "") + "; GLIBC_TUNABLES="
+             + (f"`{info['glibc_tunables']}`" if info.get("glibc_tunables") else "unset")
+             + ".",
              "", "GFLOP/s: the step's matmul FLOPs (forward and backward, "
              "`bench_models.flops_per_step`) over its time.", ""]
     for workload, rows in results["workloads"].items():

@@ -37,7 +37,8 @@ RUN_TAIL = " > ~/rnnreg_run.log 2>&1 < /dev/null &"
 # MH_FAIL set, process 1 exits 3 at once and the others sleep (as if waiting for it).
 STUB_MH = """import json, os, sys, time
 print(json.dumps({"argv": sys.argv[1:], "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-                  "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS")}), flush=True)
+                  "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS"),
+                  "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")}), flush=True)
 if os.environ.get("MH_FAIL"):
     if "--process_id=1" in sys.argv:
         sys.exit(3)
@@ -387,3 +388,18 @@ def test_multihost_stops_the_others_when_one_fails(sandbox, stand_in_venv):
                  env={"VENV": str(stand_in_venv), "MH_FAIL": "1"})  # process 0 would sleep 60 s
     assert result.returncode == 3
     assert "launch.sh: process 1 exited with status 3; stopping the others." in result.stderr
+
+
+def test_run_keeps_big_malloc_blocks_in_the_heap_unless_told_otherwise(sandbox, stand_in_venv):
+    """`run` passes glibc the mmap/trim thresholds that spare CPU steps their page faults;
+    a GLIBC_TUNABLES of the user's own wins."""
+    run, _ = sandbox
+    result = run("run", "mh", "--x=1", env={"VENV": str(stand_in_venv)},
+                 unset=["GLIBC_TUNABLES"])
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["argv"] == ["--x=1"]
+    assert got["GLIBC_TUNABLES"] == ("glibc.malloc.mmap_threshold=268435456:"
+                                     "glibc.malloc.trim_threshold=4294967296")
+    mine = run("run", "mh", env={"VENV": str(stand_in_venv), "GLIBC_TUNABLES": "glibc.x=1"})
+    assert json.loads(mine.stdout)["GLIBC_TUNABLES"] == "glibc.x=1"
