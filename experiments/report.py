@@ -102,6 +102,9 @@ def status(run: Run) -> str:
         elif total is not None and trained < total:
             text += " (early stop)"
         return text
+    stop = run.stop_message()
+    if stop:  # the engine's own account of why it stopped (a non-finite loss)
+        return f"{text} **stopped**: {stop}"
     where = f"step {run.last_step()}"
     if not run.epoch_curve():
         where += ", no validation yet"

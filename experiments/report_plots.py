@@ -37,7 +37,8 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
         split = run.validation_split or "valid"
         val_names.add(split)
         paper = _float(run.paper.get(split))
-        label = labels[id(run)] + ("" if run.finished else " (unfinished)")
+        label = labels[id(run)] + ("" if run.finished else
+                                   " (stopped)" if run.stop_message() else " (unfinished)")
         if paper is not None:
             label += f"; paper {fmt_value(paper, cat['metric'])}"
         if valid:

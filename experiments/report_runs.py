@@ -121,6 +121,14 @@ class Run:
     def finished(self) -> bool:
         return bool(self.final())
 
+    def stop_message(self) -> str | None:
+        """Why an unfinished run stopped, if its engine said so (`error_message` events:
+        a NaN or infinite training loss), else None (still running, or killed)."""
+        if self.finished:
+            return None
+        said = [e["error_message"] for e in self.events if e.get("error_message")]
+        return said[-1] if said else None
+
     def epoch_curve(self, split: str | None = None) -> list[tuple[int, float]]:
         """(epoch, metric) of the epoch-end evaluations (epochs 1-based; resumes deduplicated)."""
         split = split or self.validation_split

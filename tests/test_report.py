@@ -119,6 +119,24 @@ def test_finished_word_lm_row_has_ours_paper_gap_epochs_command(built):
     assert "batch 1 and carried state" in text
 
 
+def test_a_run_the_engine_stopped_says_why(tmp_path):
+    """A non-finite loss: the engine's error_message event ends the log; the report says
+    "stopped" with it instead of "unfinished" (which reads as still running or killed)."""
+    wd = write_run(tmp_path, "gru", "sentiment", "variational_gru", "cornell", "rmse", 250,
+                   [0.19, 0.17], None, _paper("Gal sentiment"))
+    message = ("The training loss became nan at step 25 (epoch 3); the run stopped and the "
+               "last good checkpoint (step 20) is kept in runs/gru/checkpoints.")
+    with open(wd / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 25, "epoch": 2, "split": "train", "objective": None,
+                            "error_message": message}) + "\n")
+    run = report.load_run(str(wd))
+    assert not run.finished and run.stop_message() == message
+    assert report.status(run) == f"2/250 **stopped**: {message}"
+    assert report.load_run(str(write_run(tmp_path, "ok", "sentiment", "variational_gru",
+                                         "cornell", "rmse", 250, [0.19], None,
+                                         _paper("x")))).stop_message() is None
+
+
 def test_unfinished_run_shows_latest_validation(built):
     _, text = built
     row = _row(text, "variational_medium")
