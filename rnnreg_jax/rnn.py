@@ -34,6 +34,11 @@ IMPLEMENTATIONS = ("auto", "fused", "autodiff")
 # fused 0.85x of autodiff; the zoneout word model, B = 32: 0.89x-0.97x in
 # session 3's measurements, though 1.05x in one of session 2's).
 AUTO_FUSED_BELOW_BATCH = 32
+# Inputs at most this wide are projected inside the scan body (autodiff path, no input
+# mask): hoisted, pMNIST's 1-wide pixel becomes a [T, B, G*H] array G*H times its size,
+# written once and read back every step; in the body the projection fuses into the step's
+# elementwise kernel, as Flax's cells do (BENCHMARKS.md).
+IN_LOOP_PROJECTION_MAX_WIDTH = 4
 
 
 def resolve_implementation(implementation: str, batch_size: int) -> str:
@@ -77,9 +82,21 @@ def scan_layer(
     step = cells.get_step(cell)
     if population is not None and cell != "lstm_bn":
         raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
-    xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
-                       population=population, forget_bias=forget_bias)
-    if resolve_implementation(implementation, xs.shape[1]) == "fused":
+    fused_pass = resolve_implementation(implementation, xs.shape[1]) == "fused"
+    layer_params = params
+    if (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
+            and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None):
+        xw = xs  # each step projects its own input slice
+
+        def project_step(x_t):
+            return cells.project(cell, layer_params, x_t[None], forget_bias=forget_bias)[0]
+    else:
+        xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
+                           population=population, forget_bias=forget_bias)
+
+        def project_step(xw_t):
+            return xw_t
+    if fused_pass:
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
 
@@ -89,7 +106,8 @@ def scan_layer(
 
     def body(c, inputs):
         xw_t, noise_t = inputs
-        new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
+        new_c, y_t = step(params, c, project_step(xw_t),
+                          cells.merge_noise(layer_noise.tied, noise_t))
         return new_c, y_t
 
     final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)

@@ -87,3 +87,43 @@ def test_auto_is_fused_for_small_batches_and_autodiff_from_the_threshold():
 
     assert "custom_vjp" in traced(2)
     assert "custom_vjp" not in traced(rnn.AUTO_FUSED_BELOW_BATCH)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("width", [1, rnn.IN_LOOP_PROJECTION_MAX_WIDTH])
+def test_narrow_inputs_projected_in_the_loop_equal_the_hoisted_projection(
+        monkeypatch, cell, width):
+    """Autodiff projects a narrow first-layer input inside the scan body (pMNIST's 1-wide
+    pixel), the fused pass hoists it: same values and gradients, forget bias and all; an
+    input mask or a wider input keeps the hoisted projection."""
+    seen = []
+    real = cells.project
+    monkeypatch.setattr(cells, "project",
+                        lambda *a, **k: seen.append(a[2].shape) or real(*a, **k))
+    reg = rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.2) + rj.recurrent_dropout(0.3)
+    params = [cells.init_params(jax.random.key(i), cell, width if i == 0 else 6, 6)
+              for i in range(2)]
+    x = jax.random.normal(jax.random.key(9), (3, 7, width))
+    carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, 3, reg))
+    key = jax.random.key(3)
+    forget_bias = 1.0 if cell == "lstm" else 0.0
+
+    def loss(impl, reg):
+        def f(params, x, carry):
+            ys, carry = rnn.unroll(cell, params, x, carry, reg=reg, key=key,
+                                   deterministic=False, implementation=impl,
+                                   forget_bias=forget_bias)
+            return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(v**3) for c in carry for v in c.values())
+        return jax.value_and_grad(f, argnums=(0, 1, 2))
+
+    (v_loop, g_loop), shapes_loop = loss("autodiff", reg)(params, x, carry), list(seen)
+    seen.clear()
+    v_hoist, g_hoist = loss("fused", reg)(params, x, carry)
+    assert shapes_loop[0] == (1, 3, width) and shapes_loop[1] == (7, 3, 6)  # layer 0, 1
+    assert seen[0] == (7, 3, width)
+    np.testing.assert_allclose(v_loop, v_hoist, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_hoist), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    loss("autodiff", reg + rj.variational(input=0.3))(params, x, carry)
+    assert seen[0] == (7, 3, width)  # masked inputs stay hoisted
