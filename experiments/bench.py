@@ -75,10 +75,18 @@ def torch_matmul_gflops(n: int = 1024, repeats: int = 10) -> float | None:
 
 
 def time_contenders(steps: dict[str, Callable[[], None]], n: int, rounds: int) -> dict:
-    """Median seconds per step of every contender, timed in interleaved rounds."""
+    """Median seconds per step of every contender, timed in interleaved rounds.
+
+    Each round starts at the next contender (a rotation), and each contender's first
+    step after the switch is not timed: it runs in the caches and page mappings the
+    previous contender left (in session 5, two identical pMNIST contenders, 1st and
+    3rd in a fixed order, measured 11-12% apart in two runs)."""
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name]
+            step()  # the switch
             for _ in range(n):
                 start = time.perf_counter()
                 step()

@@ -3,12 +3,37 @@
 from experiments import bench
 
 
-def test_time_contenders_takes_medians_of_interleaved_rounds():
+def test_time_contenders_takes_medians_of_interleaved_rotated_rounds():
+    """Every round runs every contender, starting one further along each time, with an
+    untimed step at each switch: n + 1 calls per contender per round, n timed."""
+    import itertools
+    import time
+
     calls = []
-    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    clock = itertools.count()
+
+    def step(name):
+        calls.append(name)
+        next(clock)
+
+    steps = {"a": lambda: step("a"), "b": lambda: step("b"), "c": lambda: step("c")}
     seconds = bench.time_contenders(steps, n=2, rounds=3)
-    assert calls == ["a", "a", "b", "b"] * 3  # interleaved: every round runs every contender
-    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert calls == (["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3
+                     + ["c"] * 3 + ["a"] * 3 + ["b"] * 3)
+    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
+    # the untimed switch step: a contender slow only right after a switch times as fast
+    first = {"slow": True}
+
+    def after_switch():
+        if first["slow"]:
+            time.sleep(0.05)
+        first["slow"] = False
+
+    def other():
+        first["slow"] = True
+
+    timed = bench.time_contenders({"x": after_switch, "y": other}, n=1, rounds=2)
+    assert timed["x"] < 0.02
 
 
 def test_markdown_ratios():
