@@ -81,23 +81,20 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
         raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
     task = build_task(config, regularization(config.reg), data_dir)
     evaluator = steps.Evaluator(task, mesh_lib.make_mesh(), config.train.mc_chunk)
+    # Blocks' perplexity comes from the same pass, so it pairs with each split's `ppl`.
+    batch_ppls: dict[str, list[float]] = {}
+
+    def collect(split, metrics):
+        batch_ppls.setdefault(split, []).append(math.exp(metrics["loss"]))
+
     # The training loop's own final evaluation: same splits, protocol and MC keys.
     out = evaluate_all(task, evaluator, state["params"], state.get("model_state") or {},
-                       config.train)
-    if batch_mean_ppl and task.kind == "lm":
-        for name, source in task.evals.items():
-            out[name]["ppl_batch_mean"] = _batch_mean_ppl(
-                evaluator, state["params"], source, state.get("model_state") or {})
+                       config.train,
+                       on_batch=collect if batch_mean_ppl and task.kind == "lm" else None)
+    for split, ppls in batch_ppls.items():
+        out[split]["ppl_batch_mean"] = sum(ppls) / len(ppls)
     out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}
     return out
-
-
-def _batch_mean_ppl(evaluator, params, source, model_state) -> float:
-    """Mean over batches of exp(the batch's mean loss per token), the protocol's state."""
-    per_batch: list[float] = []
-    evaluator.evaluate(params, source, model_state=model_state,
-                       on_batch=lambda m: per_batch.append(math.exp(m["loss"])))
-    return sum(per_batch) / len(per_batch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,7 +99,7 @@ class StackedRNN(nn.Module):
     def _gates_input_init(self, init, in_size: int, hidden: int):
         """The first layer's init without `w_x`, after checking that the inputs are
         as wide as its gates."""
-        if self.cell not in ("lstm", "gru", "rnn"):
+        if self.cell not in cells.CELL_TYPES:
             raise ValueError(f"project_first_input=False applies to lstm, gru and rnn "
                              f"cells, not {self.cell!r}.")
         width = cells.NUM_GATES[self.cell] * hidden

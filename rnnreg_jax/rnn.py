@@ -83,19 +83,13 @@ def scan_layer(
     if population is not None and cell != "lstm_bn":
         raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
     fused_pass = resolve_implementation(implementation, xs.shape[1]) == "fused"
-    layer_params = params
-    if (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
-            and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None):
-        xw = xs  # each step projects its own input slice
-
-        def project_step(x_t):
-            return cells.project(cell, layer_params, x_t[None], forget_bias=forget_bias)[0]
+    in_loop = (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
+               and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None)
+    if in_loop:  # each step projects its own input slice (with these, unmasked, params)
+        xw, input_params = xs, params
     else:
         xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
                            population=population, forget_bias=forget_bias)
-
-        def project_step(xw_t):
-            return xw_t
     if fused_pass:
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
@@ -106,8 +100,9 @@ def scan_layer(
 
     def body(c, inputs):
         xw_t, noise_t = inputs
-        new_c, y_t = step(params, c, project_step(xw_t),
-                          cells.merge_noise(layer_noise.tied, noise_t))
+        if in_loop:
+            xw_t = cells.project(cell, input_params, xw_t[None], forget_bias=forget_bias)[0]
+        new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         return new_c, y_t
 
     final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)
