@@ -80,6 +80,9 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     if state is None:
         raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
     task = build_task(config, regularization(config.reg), data_dir)
+    if batch_mean_ppl and task.kind != "lm":
+        raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
+                         f"{task.kind} run.")
     evaluator = steps.Evaluator(task, mesh_lib.make_mesh(), config.train.mc_chunk)
     # Blocks' perplexity comes from the same pass, so it pairs with each split's `ppl`.
     batch_ppls: dict[str, list[float]] = {}
@@ -90,7 +93,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     # The training loop's own final evaluation: same splits, protocol and MC keys.
     out = evaluate_all(task, evaluator, state["params"], state.get("model_state") or {},
                        config.train,
-                       on_batch=collect if batch_mean_ppl and task.kind == "lm" else None)
+                       on_batch=collect if batch_mean_ppl else None)
     for split, ppls in batch_ppls.items():
         out[split]["ppl_batch_mean"] = sum(ppls) / len(ppls)
     out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}

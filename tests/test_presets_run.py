@@ -223,6 +223,22 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
         assert blocks[split]["ppl"] == pytest.approx(again[split]["ppl"], rel=1e-6)
 
 
+def test_batch_mean_perplexity_of_a_regression_run_is_a_one_line_error(data_dir, tmp_path,
+                                                                       capsys):
+    from experiments import evaluate
+
+    config = shrink(sentiment_configs.tiny())
+    with config.unlocked():
+        config.preset = "tiny"
+    _run("sentiment", config, str(tmp_path), data_dir)
+    assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
+                          f"--data_dir={data_dir}", "--batch_mean_ppl"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("holds a regression run.")
+    assert errors[0].startswith("error: --batch_mean_ppl applies to language models")
+
+
 @pytest.mark.parametrize("embed_to_gates", [True, False])
 def test_zoneout_word_preset_uses_the_authors_input_map(data_dir, tmp_path, embed_to_gates):
     """The zoneout word presets feed the one-hot input straight into the gates (no W_x in
