@@ -46,10 +46,11 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
                        tied, per_step)
 
 
-def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise) -> Array:
-    """`W_h` in the layout the per-step product wants (gate-major for per-gate masks)."""
+def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise
+                       ) -> Array | tuple[Array, ...]:
+    """`W_h` as the per-step product wants it (split by gate for per-gate masks)."""
     gates = cells.per_gate_recurrent(tied, per_step)
-    return w_h if gates is None else cells.gate_major(w_h, gates)
+    return w_h if gates is None else cells.gate_blocks(w_h, gates)
 
 
 def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
@@ -78,33 +79,35 @@ def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
     return (ys, final), (w_h, extra, xw, tied, per_step, prev_carries, recs)
 
 
-def _project_transpose(d_rec: Array, w_h: Array, mask) -> Array:
+def _project_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> Array:
     """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
 
-    With a per-gate mask `w_h` is gate-major `[G, H, H]` (`_recurrent_weights`).
+    With a per-gate mask `w_h` is split by gate (`_recurrent_weights`) and the
+    cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
     """
     if mask is None:
         return d_rec @ w_h.T
     if mask.ndim == 2:
         return (d_rec @ w_h.T) * mask
-    num_gates = mask.shape[0]
-    d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
-    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
+    d_blocks = jnp.split(d_rec, len(w_h), axis=-1)
+    return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
 
 
 def _weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
-    """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows."""
+    """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows (per gate
+    for per-gate masks)."""
     mask = tied_mask if tied_mask is not None else step_mask
     steps, batch, hidden = h_prev.shape
+    rows = steps * batch
     per_gate = mask is not None and (
         (tied_mask is not None and mask.ndim == 3) or (step_mask is not None and mask.ndim == 4))
     if not per_gate:
         hm = h_prev if mask is None else h_prev * mask
-        return hm.reshape(-1, hidden).T @ d_recs.reshape(steps * batch, -1)
-    num_gates = mask.shape[0] if tied_mask is not None else mask.shape[1]
-    hm = h_prev[:, None] * (mask[None] if tied_mask is not None else mask)  # [T, G, B, H]
-    d = d_recs.reshape(steps, batch, num_gates, -1)  # [T, B, G, H]
-    return jnp.einsum("tgbh,tbgk->hgk", hm, d).reshape(hidden, -1)
+        return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
+    gate_masks = mask if tied_mask is not None else jnp.swapaxes(mask, 0, 1)  # [G, (T,) B, H]
+    d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
+    return jnp.concatenate([(h_prev * m).reshape(rows, hidden).T @ d
+                            for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):

@@ -145,6 +145,9 @@ def test_recurrent_projection(cell: str) -> None:
     blocks = [(h * gm[g]) @ w_h[:, g * H:(g + 1) * H] for g in range(gates)]
     np.testing.assert_allclose(recurrent_projection(h, w_h, gm),
                                np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+    # the scans pass W_h already split by gate
+    np.testing.assert_allclose(recurrent_projection(h, cells.gate_blocks(w_h, gates), gm),
+                               np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
 
 
 def test_lstm_step_matches_formulas() -> None:
