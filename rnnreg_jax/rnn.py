@@ -101,7 +101,7 @@ def scan_layer(
     def body(c, inputs):
         xw_t, noise_t = inputs
         if in_loop:
-            xw_t = cells.project(cell, input_params, xw_t[None], forget_bias=forget_bias)[0]
+            xw_t = cells.project(cell, input_params, xw_t, forget_bias=forget_bias)
         new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         return new_c, y_t
 

@@ -119,7 +119,7 @@ def test_narrow_inputs_projected_in_the_loop_equal_the_hoisted_projection(
     (v_loop, g_loop), shapes_loop = loss("autodiff", reg)(params, x, carry), list(seen)
     seen.clear()
     v_hoist, g_hoist = loss("fused", reg)(params, x, carry)
-    assert shapes_loop[0] == (1, 3, width) and shapes_loop[1] == (7, 3, 6)  # layer 0, 1
+    assert shapes_loop[0] == (3, width) and shapes_loop[1] == (7, 3, 6)  # layer 0, 1
     assert seen[0] == (7, 3, width)
     np.testing.assert_allclose(v_loop, v_hoist, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_hoist), strict=True):
