@@ -142,9 +142,11 @@ def main(argv):
             "torch_matmul_gflops": torch_matmul_gflops(),
             # how the C library allocates big buffers moves CPU steps by up to a third
             # (launch.sh sets it; BENCHMARKS.md)
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            # XLA:CPU's scheduler choice moves the per-gate variant by a third (launch.sh)
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     print(f"# {info}")
-    results = {"info": info, "workloads": {}}
+    results = {"info": info, "workloads": {}, "matmul_floor_ms": {}}
     for name in FLAGS.workloads:
         spec = bm.WORKLOADS[name]
         steps = {c: bm.build(c, spec) for c in FLAGS.contenders if bm.applies(c, spec)}
@@ -160,13 +162,30 @@ def main(argv):
             for c in rows:
                 rows[c]["peak_mib"] = measure_memory(name, c)
         results["workloads"][name] = rows
+        floor = 1e3 * flops / (info["matmul_gflops"] * 1e9)
+        results["matmul_floor_ms"][name] = floor
         print_table(name, rows)
+        print(floor_line(rows, floor))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(results, f, indent=1)
     if FLAGS.markdown:
         with open(FLAGS.markdown, "w") as f:
             f.write(markdown(results, " ".join(["python -m experiments.bench", *sys.argv[1:]])))
+
+
+def floor_line(rows: dict, floor_ms: float) -> str:
+    """The matmul floor of a step and the most any contender could gain on each peer.
+
+    `floor_ms` is the step's matmul FLOPs at the machine's 1024^3 matmul rate: a step
+    that also does its elementwise work, launches and synchronisation cannot run
+    faster, so a ratio to a peer above `peer ms / floor ms` cannot be reached here.
+    """
+    peers = [p for p in ("flax", "torch_lstm", "torch_cell_variational") if p in rows]
+    bounds = ", ".join(f"{1e3 * rows[p]['seconds_per_step'] / floor_ms:.2f}x {p}"
+                       for p in peers)
+    return (f"matmul floor {floor_ms:.1f} ms/step (every matmul FLOP at the 1024^3 rate)"
+            + (f"; at the floor a contender would be {bounds}" if bounds else ""))
 
 
 def markdown(results: dict, command: str) -> str:
@@ -179,7 +198,8 @@ def markdown(results: dict, command: str) -> str:
              + (f", {info['torch_matmul_gflops']:.1f} GFLOP/s through PyTorch"
                 if info.get("torch_matmul_gflops") else "") + "; GLIBC_TUNABLES="
              + (f"`{info['glibc_tunables']}`" if info.get("glibc_tunables") else "unset")
-             + ".",
+             + "; XLA_FLAGS="
+             + (f"`{info['xla_flags']}`" if info.get("xla_flags") else "unset") + ".",
              "", "GFLOP/s: the step's matmul FLOPs (forward and backward, "
              "`bench_models.flops_per_step`) over its time.", ""]
     for workload, rows in results["workloads"].items():
@@ -200,6 +220,8 @@ def markdown(results: dict, command: str) -> str:
                 peak = r.get("peak_mib")
                 cells += [f"{peak:.0f}" if peak is not None else "n/a"]
             lines.append("| " + " | ".join(cells) + " |")
+        floor = results.get("matmul_floor_ms", {}).get(workload)
+        lines += ["", floor_line(rows, floor) + "."] if floor else []
         lines.append("")
     return "\n".join(lines)
 

@@ -77,6 +77,21 @@ def test_markdown_reports_gflops_and_both_matmul_ceilings():
     assert "| ours_none | 200 | 500.0 | 42.2 |" in text
 
 
+def test_markdown_reports_the_matmul_floor_and_the_ratios_it_bounds():
+    """A step of 2 GFLOP at 100 GFLOP/s cannot beat 20 ms: a 60 ms peer bounds its ratio at 3x."""
+    results = {
+        "info": {"cpus": 2, "machine": "x86_64", "backend": "cpu", "jax": "0", "torch": "2",
+                 "matmul_gflops": 100.0, "xla_flags": "--xla_x=1"},
+        "workloads": {"w": {"ours_none": {"seconds_per_step": 0.03, "tokens_per_s": 200.0},
+                            "torch_lstm": {"seconds_per_step": 0.06, "tokens_per_s": 100.0}}},
+        "matmul_floor_ms": {"w": 20.0},
+    }
+    text = bench.markdown(results, "cmd")
+    assert "matmul floor 20.0 ms/step" in text
+    assert "1.50x ours_none" not in text and "3.00x torch_lstm" in text
+    assert "XLA_FLAGS=`--xla_x=1`" in text
+
+
 def test_mask_sampling_script_runs_and_reports_a_ratio():
     import pathlib
     import subprocess
