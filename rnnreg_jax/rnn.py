@@ -101,6 +101,8 @@ def scan_layer(
     def body(c, inputs):
         xw_t, noise_t = inputs
         if in_loop:
+            # the [B, F] slice itself: projecting a [1, B, F] window made XLA take d w_x
+            # from a transposed copy of the gates' cotangent every step
             xw_t = cells.project(cell, input_params, xw_t, forget_bias=forget_bias)
         new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         return new_c, y_t
