@@ -59,17 +59,21 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 
 def torch_matmul_gflops(n: int = 1024, repeats: int = 10) -> float | None:
-    """The same rate through PyTorch's GEMM (None without torch): the peers' ceiling."""
+    """The same rate through PyTorch's GEMM on the peers' device (None without torch)."""
     if bm.torch_version() is None:
         return None
     import torch
 
-    a = torch.randn(n, n)
+    device = bm.torch_device()
+    a = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ a
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ a
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 

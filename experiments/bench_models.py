@@ -74,6 +74,14 @@ def torch_version() -> str | None:
     return torch.__version__
 
 
+def torch_device() -> str:
+    """Where the PyTorch peers run: on the GPU when JAX runs on one and torch sees
+    CUDA, else on the CPU (peers on different devices measure nothing useful)."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def applies(contender: str, spec: dict) -> bool:
     """Whether a contender can run here (PyTorch ones need torch installed)."""
     del spec
@@ -170,10 +178,11 @@ def _torch_step(spec: dict, variational_cell: bool) -> Callable[[], None]:
     from torch import nn
 
     torch.manual_seed(0)
+    device = torch_device()
     lm = spec["kind"] == "lm"
     h, layers = spec["hidden"], spec["layers"]
     x_np, y_np = _data(spec)
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np).long()
+    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).long().to(device)
     if lm:
         x = x.long()
     in_size = h if lm else spec["features"]
@@ -185,6 +194,8 @@ def _torch_step(spec: dict, variational_cell: bool) -> Callable[[], None]:
     else:
         lstm = nn.LSTM(in_size, h, num_layers=layers, batch_first=True)
         modules = [lstm, head] + ([embed] if embed is not None else [])
+    for m in modules:
+        m.to(device)
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
     loss_fn = nn.CrossEntropyLoss()
@@ -199,9 +210,10 @@ def _torch_step(spec: dict, variational_cell: bool) -> Callable[[], None]:
             # unrolled in Python, one mask per sequence on x and h of each layer.
             for cell in rnn_cells:
                 f = inp.shape[-1]
-                mx = torch.bernoulli(torch.full((b, f), 0.65)) / 0.65
-                mh = torch.bernoulli(torch.full((b, h), 0.8)) / 0.8
-                hs, state = [], (torch.zeros(b, h), torch.zeros(b, h))
+                mx = torch.bernoulli(torch.full((b, f), 0.65, device=device)) / 0.65
+                mh = torch.bernoulli(torch.full((b, h), 0.8, device=device)) / 0.8
+                hs, state = [], (torch.zeros(b, h, device=device),
+                                 torch.zeros(b, h, device=device))
                 for step in range(t):
                     state = cell(inp[:, step] * mx, (state[0] * mh, state[1]))
                     hs.append(state[0])
@@ -216,5 +228,7 @@ def _torch_step(spec: dict, variational_cell: bool) -> Callable[[], None]:
         logits, target = forward()
         loss_fn(logits, target).backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()  # the step is timed to its end, as jax's
 
     return run

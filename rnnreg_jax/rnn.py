@@ -32,7 +32,10 @@ IMPLEMENTATIONS = ("auto", "fused", "autodiff")
 # medium), and costs when B is large enough for those updates to run well
 # while the fused pass still re-derives every step's gates (pMNIST, B = 100:
 # fused 0.85x of autodiff; the zoneout word model, B = 32: 0.89x-0.97x in
-# session 3's measurements, though 1.05x in one of session 2's).
+# session 3's measurements, though 1.05x in one of session 2's). On a GPU "auto" is
+# always fused: on an H100 the fused pass ran at 1.34x autodiff's speed on the zoneout
+# word model (B = 32), 1.58x on pMNIST (B = 100), 1.41x and 1.30x on PTB small and
+# medium (B = 20): there each step's dW_h update is one more kernel launch.
 AUTO_FUSED_BELOW_BATCH = 32
 # Inputs at most this wide are projected inside the scan body (autodiff path, no input
 # mask): hoisted, pMNIST's 1-wide pixel becomes a [T, B, G*H] array G*H times its size,
@@ -41,13 +44,17 @@ AUTO_FUSED_BELOW_BATCH = 32
 IN_LOOP_PROJECTION_MAX_WIDTH = 4
 
 
-def resolve_implementation(implementation: str, batch_size: int) -> str:
-    """"fused" or "autodiff" for `implementation` ("auto" decides by batch size)."""
+def resolve_implementation(implementation: str, batch_size: int,
+                           backend: str | None = None) -> str:
+    """"fused" or "autodiff" for `implementation`: "auto" is fused on accelerators and,
+    on CPU, below `AUTO_FUSED_BELOW_BATCH`. `backend` defaults to JAX's default backend."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown implementation {implementation!r}; use one of "
                          f"{IMPLEMENTATIONS}.")
     if implementation != "auto":
         return implementation
+    if (backend or jax.default_backend()) != "cpu":
+        return "fused"
     return "fused" if batch_size < AUTO_FUSED_BELOW_BATCH else "autodiff"
 
 
@@ -68,7 +75,8 @@ def scan_layer(
       implementation: "fused" (hand-written backward pass with `dW_h` hoisted
         out of the loop, `rnnreg_jax.fused`), "autodiff" (plain scan of the
         step function; supports forward-mode differentiation) or "auto"
-        (fused for batches below `AUTO_FUSED_BELOW_BATCH`, else autodiff; both
+        (fused on GPU/TPU, and on CPU for batches below `AUTO_FUSED_BELOW_BATCH`,
+        else autodiff; both
         give the same numbers up to float rounding).
       population: "lstm_bn" only: the layer's population statistics
         (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.

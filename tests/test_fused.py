@@ -79,6 +79,11 @@ def test_auto_is_fused_for_small_batches_and_autodiff_from_the_threshold():
     assert rnn.resolve_implementation("auto", 20) == "fused"
     assert rnn.resolve_implementation("auto", rnn.AUTO_FUSED_BELOW_BATCH) == "autodiff"
     assert rnn.resolve_implementation("fused", 1000) == "fused"
+    # on accelerators auto is always the fused pass, a forced choice still wins
+    assert rnn.resolve_implementation("auto", 1000, backend="gpu") == "fused"
+    assert rnn.resolve_implementation("auto", 1000, backend="tpu") == "fused"
+    assert rnn.resolve_implementation("autodiff", 20, backend="gpu") == "autodiff"
+    assert rnn.resolve_implementation("auto", 1000, backend="cpu") == "autodiff"
     params = cells.init_params(jax.random.key(0), "lstm", 2, 3)
 
     def traced(batch):
