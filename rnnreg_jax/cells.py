@@ -284,16 +284,32 @@ def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
 
 
 def gate_blocks(w: Array, num_gates: int) -> tuple[Array, ...]:
-    """`[F, G*H]` -> G arrays `[F, H]`: one weight block per gate.
-
-    A separate mask per gate makes the recurrent product one `[B, H] @ [H, H]`
-    dot per gate. Sliced once per window (the scans do) and run as G plain
-    dots, XLA:CPU runs them 1.2-1.3x faster than one gate-batched dot over a
-    `[G, H, H]` array, itself 2.3x faster than slicing `W_h` inside every step
-    (BENCHMARKS.md).
-    """
+    """`[F, G*H]` -> G arrays `[F, H]`: one weight block per gate."""
     width = w.shape[1] // num_gates
     return tuple(w[:, g * width:(g + 1) * width] for g in range(num_gates))
+
+
+def gate_major(w: Array, num_gates: int) -> Array:
+    """`[F, G*H] -> [G, F, H]`: the gate blocks stacked, gate axis leading (a batched
+    dot's batch axis must lead for XLA to run it without transposing copies)."""
+    return jnp.transpose(w.reshape(w.shape[0], num_gates, -1), (1, 0, 2))
+
+
+def per_gate_weights(w: Array, num_gates: int,
+                     backend: str | None = None) -> Array | tuple[Array, ...]:
+    """`W_h` laid out for the per-gate recurrent product (a separate mask per gate
+    makes it one `[B, H] @ [H, H]` dot per gate), as each backend runs it fastest.
+
+    CPU: G plain blocks (`gate_blocks`), G dots a step; XLA:CPU ran them 1.2-1.3x
+    faster than one gate-batched dot (BENCHMARKS.md). Accelerators: one gate-major
+    `[G, H, H]` array (`gate_major`) and one batched dot a step, one kernel launch
+    instead of G (the G dots cost per-gate dropout a third of an H100's speed).
+    The scans call this once per window, so no step slices or copies weights.
+    `backend` defaults to JAX's default backend.
+    """
+    if (backend or jax.default_backend()) == "cpu":
+        return gate_blocks(w, num_gates)
+    return gate_major(w, num_gates)
 
 
 def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
@@ -308,16 +324,18 @@ def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
 def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array | None) -> Array:
     """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `[G, B, H]` mask is per gate.
 
-    With a per-gate mask, `w_h` may be given already split, `gate_blocks(w_h,
-    G)`, which is how the scans pass it: the slicing then happens once per
-    window instead of once per step.
+    With a per-gate mask, `w_h` may come already laid out by `per_gate_weights`
+    (G blocks, or gate-major `[G, H, H]`), which is how the scans pass it.
     """
     if mask is None:
         return h @ w_h
     if mask.ndim == h.ndim:
         return (h * mask) @ w_h
-    blocks = w_h if isinstance(w_h, tuple) else gate_blocks(w_h, mask.shape[0])
-    return jnp.concatenate([(h * m) @ w for m, w in zip(mask, blocks, strict=True)], axis=-1)
+    w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, mask.shape[0])
+    if isinstance(w, tuple):
+        return jnp.concatenate([(h * m) @ wg for m, wg in zip(mask, w, strict=True)], axis=-1)
+    out = jnp.einsum("gbh,ghk->bgk", h[None] * mask, w)
+    return out.reshape(h.shape[0], -1)
 
 
 def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:

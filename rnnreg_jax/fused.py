@@ -48,9 +48,9 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
 
 def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise
                        ) -> Array | tuple[Array, ...]:
-    """`W_h` as the per-step product wants it (split by gate for per-gate masks)."""
+    """`W_h` as the per-step product wants it (`cells.per_gate_weights` for per-gate masks)."""
     gates = cells.per_gate_recurrent(tied, per_step)
-    return w_h if gates is None else cells.gate_blocks(w_h, gates)
+    return w_h if gates is None else cells.per_gate_weights(w_h, gates)
 
 
 def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
@@ -82,15 +82,19 @@ def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
 def _project_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> Array:
     """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
 
-    With a per-gate mask `w_h` is split by gate (`_recurrent_weights`) and the
-    cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
+    With a per-gate mask `w_h` is laid out by `cells.per_gate_weights` (G blocks, or
+    gate-major `[G, H, H]`) and the cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
     """
     if mask is None:
         return d_rec @ w_h.T
     if mask.ndim == 2:
         return (d_rec @ w_h.T) * mask
-    d_blocks = jnp.split(d_rec, len(w_h), axis=-1)
-    return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
+    num_gates = mask.shape[0]
+    if isinstance(w_h, tuple):
+        d_blocks = jnp.split(d_rec, num_gates, axis=-1)
+        return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
+    d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
+    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
 
 
 def _weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:

@@ -103,8 +103,8 @@ def scan_layer(
                                 unroll)
 
     gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
-    if gates is not None:  # split once here, not in every step
-        params = dict(params, w_h=cells.gate_blocks(params["w_h"], gates))
+    if gates is not None:  # laid out once here, not in every step
+        params = dict(params, w_h=cells.per_gate_weights(params["w_h"], gates))
 
     def body(c, inputs):
         xw_t, noise_t = inputs

@@ -145,9 +145,20 @@ def test_recurrent_projection(cell: str) -> None:
     blocks = [(h * gm[g]) @ w_h[:, g * H:(g + 1) * H] for g in range(gates)]
     np.testing.assert_allclose(recurrent_projection(h, w_h, gm),
                                np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
-    # the scans pass W_h already split by gate
-    np.testing.assert_allclose(recurrent_projection(h, cells.gate_blocks(w_h, gates), gm),
-                               np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+    # the scans pass W_h already laid out: G blocks on CPU, gate-major on accelerators
+    for layout in (cells.gate_blocks(w_h, gates), cells.gate_major(w_h, gates)):
+        np.testing.assert_allclose(recurrent_projection(h, layout, gm),
+                                   np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_per_gate_weights_layout_follows_the_backend() -> None:
+    w = np.arange(3 * 8, dtype=np.float32).reshape(3, 8)
+    blocks = cells.per_gate_weights(w, 4, backend="cpu")
+    assert isinstance(blocks, tuple) and len(blocks) == 4
+    np.testing.assert_array_equal(blocks[1], w[:, 2:4])
+    stacked = cells.per_gate_weights(w, 4, backend="gpu")
+    assert stacked.shape == (4, 3, 2)
+    np.testing.assert_array_equal(stacked[1], w[:, 2:4])
 
 
 def test_lstm_step_matches_formulas() -> None:

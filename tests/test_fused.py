@@ -69,6 +69,31 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("reg_name", ["variational_per_gate", "naive_per_gate"])
+def test_accelerator_weight_layout_gives_the_same_gradients(monkeypatch, reg_name):
+    """Per-gate masks with W_h gate-major (the layout `cells.per_gate_weights` picks on
+    GPU/TPU) give CPU's G-block results, on both backward passes."""
+    reg = REGS[reg_name]("lstm")
+    params = [cells.init_params(jax.random.key(i), "lstm", 5 if i == 0 else 6, 6)
+              for i in range(2)]
+    x = jax.random.normal(jax.random.key(9), (3, 7, 5))
+    carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry("lstm", params, 3, reg))
+
+    def run(impl):
+        f = jax.value_and_grad(_loss("lstm", reg, False, impl), argnums=(0, 1, 2))
+        return f(params, x, carry)
+
+    blocks = {impl: run(impl) for impl in ("fused", "autodiff")}
+    real = cells.per_gate_weights
+    monkeypatch.setattr(cells, "per_gate_weights",
+                        lambda w, g, backend=None: real(w, g, backend="gpu"))
+    for impl in ("fused", "autodiff"):
+        stacked = run(impl)
+        assert isinstance(cells.per_gate_weights(jnp.ones((2, 8)), 4), jax.Array)
+        for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(blocks[impl]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_implementation_is_rejected():
     params = cells.init_params(jax.random.key(0), "lstm", 2, 3)
     with pytest.raises(ValueError, match="implementation"):
