@@ -79,7 +79,12 @@ def torch_device() -> str:
     CUDA, else on the CPU (peers on different devices measure nothing useful)."""
     import torch
 
-    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        # JAX computes float32 dots in TF32 on recent GPUs by default, as cuDNN's LSTM
+        # does; PyTorch's other matmuls default to full float32: same numerics for all
+        torch.set_float32_matmul_precision("high")
+        return "cuda"
+    return "cpu"
 
 
 def applies(contender: str, spec: dict) -> bool:
