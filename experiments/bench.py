@@ -147,7 +147,7 @@ def main(argv):
             # how the C library allocates big buffers moves CPU steps by up to a third
             # (launch.sh sets it; BENCHMARKS.md)
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-            # XLA:CPU's scheduler choice moves the per-gate variant by a third (launch.sh)
+            # XLA:CPU's scheduler flag moves the per-gate variant by a third (BENCHMARKS.md)
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
     print(f"# {info}")
     results = {"info": info, "workloads": {}, "matmul_floor_ms": {}}

@@ -76,7 +76,8 @@ def torch_version() -> str | None:
 
 def torch_device() -> str:
     """Where the PyTorch peers run: on the GPU when JAX runs on one and torch sees
-    CUDA, else on the CPU (peers on different devices measure nothing useful)."""
+    CUDA, else on the CPU (peers on different devices measure nothing useful). On the
+    GPU this also sets PyTorch's float32 matmul precision to TF32, JAX's default."""
     import torch
 
     if jax.default_backend() == "gpu" and torch.cuda.is_available():

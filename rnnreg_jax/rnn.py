@@ -35,7 +35,8 @@ IMPLEMENTATIONS = ("auto", "fused", "autodiff")
 # session 3's measurements, though 1.05x in one of session 2's). On a GPU "auto" is
 # always fused: on an H100 the fused pass ran at 1.34x autodiff's speed on the zoneout
 # word model (B = 32), 1.58x on pMNIST (B = 100), 1.41x and 1.30x on PTB small and
-# medium (B = 20): there each step's dW_h update is one more kernel launch.
+# medium (B = 20): there each step's dW_h update is one more kernel launch. TPUs take the
+# GPU's rule unmeasured.
 AUTO_FUSED_BELOW_BATCH = 32
 # Inputs at most this wide are projected inside the scan body (autodiff path, no input
 # mask): hoisted, pMNIST's 1-wide pixel becomes a [T, B, G*H] array G*H times its size,
@@ -76,8 +77,7 @@ def scan_layer(
         out of the loop, `rnnreg_jax.fused`), "autodiff" (plain scan of the
         step function; supports forward-mode differentiation) or "auto"
         (fused on GPU/TPU, and on CPU for batches below `AUTO_FUSED_BELOW_BATCH`,
-        else autodiff; both
-        give the same numbers up to float rounding).
+        else autodiff; both give the same numbers up to float rounding).
       population: "lstm_bn" only: the layer's population statistics
         (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.
       forget_bias: LSTM cells: a constant added to the forget gate's
