@@ -115,19 +115,26 @@ def test_project_inputs_equals_per_step_matmul(cell: str) -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("per_step", [False, True])
-def test_project_inputs_per_gate_mask_by_hand(cell: str, per_step: bool) -> None:
-    """A `[G, (T,) B, F]` mask equals masking x separately for each gate block."""
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: bool,
+                                              backend: str) -> None:
+    """A `[G, (T,) B, F]` mask equals masking x separately for each gate block, in
+    either backend's weight layout (G dots on CPU, one gate-batched dot elsewhere)."""
+    real = cells.per_gate_weights
+    monkeypatch.setattr(cells, "per_gate_weights",
+                        lambda w, g, **_: real(w, g, backend=backend))
     gates = cells.NUM_GATES[cell]
     p = np_params(5, cell)
     x = rand(6, T, B, F)
     mask = keep_mask(7, gates, T, B, F) if per_step else keep_mask(7, gates, B, F)
-    out = project_inputs(p, x, mask, per_gate=True)
+    # eager: the module's jitted project_inputs would reuse one layout's trace
+    out = cells.project_inputs(p, x, mask, per_gate=True)
     blocks = [(x * mask[g]) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H]
               for g in range(gates)]
     np.testing.assert_allclose(out, np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
     # The same mask for every gate reduces to the shared mask.
     same = np.broadcast_to(mask[0], mask.shape)
-    np.testing.assert_allclose(project_inputs(p, x, same, per_gate=True),
+    np.testing.assert_allclose(cells.project_inputs(p, x, same, per_gate=True),
                                project_inputs(p, x, mask[0]), rtol=1e-5, atol=1e-5)
 
 
