@@ -217,18 +217,9 @@ def project_inputs(
         return x @ w_x + b
     if not per_gate:
         return (x * input_mask) @ w_x + b
-    # Laid out as the recurrent product's weights (`per_gate_weights`): on CPU one
-    # [T*B, F] @ [F, H] dot per gate, concatenated (XLA:CPU runs these at the speed of
-    # the shared-mask matmul, a gate-batched einsum at 0.6x); on accelerators one
-    # gate-batched dot, one kernel instead of G. (`input_mask[g]` is `[B, F]` or
-    # `[T, B, F]`; both broadcast against x.)
-    w = per_gate_weights(w_x, input_mask.shape[0])
-    if isinstance(w, tuple):
-        return jnp.concatenate([(x * m) @ wg for m, wg in zip(input_mask, w, strict=True)],
-                               axis=-1) + b
-    masked = x[None] * (input_mask if input_mask.ndim == x.ndim + 1 else input_mask[:, None])
-    out = jnp.einsum("g...f,gfh->...gh", masked, w)
-    return out.reshape(*out.shape[:-2], -1) + b
+    # On CPU one [T*B, F] @ [F, H] dot per gate (XLA:CPU runs these at the speed of the
+    # shared-mask matmul, a gate-batched einsum at 0.6x); on accelerators one kernel.
+    return per_gate_product(x, input_mask, per_gate_weights(w_x, input_mask.shape[0])) + b
 
 
 def layer_norm(x: Array, gain: Array, bias: Array, groups: int = 1) -> Array:
@@ -336,10 +327,22 @@ def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array |
     if mask.ndim == h.ndim:
         return (h * mask) @ w_h
     w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, mask.shape[0])
+    return per_gate_product(h, mask, w)
+
+
+def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Array:
+    """`concat_g((x * mask[g]) @ W_g)`: `[..., F] -> [..., G*H]`, one mask per gate.
+
+    `mask[g]` broadcasts against `x` (`[B, F]` against `[T, B, F]`, say); `w` is laid
+    out by `per_gate_weights`: G blocks (G dots) or gate-major `[G, F, H]` (one
+    gate-batched dot).
+    """
     if isinstance(w, tuple):
-        return jnp.concatenate([(h * m) @ wg for m, wg in zip(mask, w, strict=True)], axis=-1)
-    out = jnp.einsum("gbh,ghk->bgk", h[None] * mask, w)
-    return out.reshape(h.shape[0], -1)
+        return jnp.concatenate([(x * m) @ wg for m, wg in zip(mask, w, strict=True)], axis=-1)
+    lead = (1,) * (x.ndim + 1 - mask.ndim)  # the axes of x that mask[g] broadcasts over
+    masked = x[None] * mask.reshape(mask.shape[:1] + lead + mask.shape[1:])
+    out = jnp.einsum("g...f,gfh->...gh", masked, w)
+    return out.reshape(*out.shape[:-2], -1)
 
 
 def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:
