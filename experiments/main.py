@@ -19,7 +19,7 @@ import jax
 from absl import app, logging
 from etils import epath
 
-from experiments import cli
+from experiments import cli, provenance
 from experiments.configs.common import config_differences, regularization
 
 
@@ -65,6 +65,27 @@ def _start_distributed(config) -> None:
                                  flags.process_id)
 
 
+# The scalar tags TensorBoard's HParams view shows beside each run's settings.
+_HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
+
+
+def _write_record(workdir: str, task_name: str, config, task) -> None:
+    """config.json (the config and what produced the run) and TensorBoard's hparams."""
+    from rnnreg_jax.train.logging import write_hparams
+
+    record = provenance.provenance()
+    config_dict = json.loads(json.dumps(config.to_dict(), default=str))
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(
+        {"task": task_name, "command": record["command"], "provenance": record,
+         "config": config_dict}, indent=2))
+    if config.train.get("tensorboard", True):
+        metrics = [f"{split}/{name}" for split in task.evals
+                   for name in _HPARAM_METRICS.get(task.kind, ())]
+        write_hparams(workdir, provenance.hparams(config_dict, record), metrics)
+
+
 def run(task_name: str, config) -> dict:
     """Train and evaluate one config; returns the final metrics."""
     from rnnreg_jax.data import DataError
@@ -95,11 +116,7 @@ def run(task_name: str, config) -> dict:
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
     if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(
-            {"task": task_name, "command": " ".join(sys.argv), "config": config.to_dict()},
-            indent=2, default=str))
+        _write_record(workdir, task_name, config, task)
     try:
         return train_and_evaluate(task, config.train, workdir)
     except CheckpointMismatchError as err:

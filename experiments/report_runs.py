@@ -76,6 +76,7 @@ class Run:
     command: str
     config: dict
     events: list[dict]
+    provenance: dict = dataclasses.field(default_factory=dict)  # what produced the run
 
     @property
     def preset(self) -> str:
@@ -212,7 +213,8 @@ def load_run(workdir: str) -> Run:
         meta = json.load(f)
     return Run(workdir=workdir, task=str(meta.get("task", "")),
                command=str(meta.get("command", "")), config=meta.get("config") or {},
-               events=read_events(os.path.join(workdir, "metrics.jsonl")))
+               events=read_events(os.path.join(workdir, "metrics.jsonl")),
+               provenance=meta.get("provenance") or {})
 
 
 def fmt_value(value: float | None, metric: str) -> str:

@@ -6,11 +6,11 @@ Shared by the experiment binaries and notebooks:
     task = build_task(ptb.zaremba_small(), data_dir="../shared/data")
     train_and_evaluate(task, config.train, workdir)
 
-Evaluation protocols (DESIGN.md):
+Evaluation protocols (docs/TRAINING.md, docs/FIDELITY.md):
   * LM with carried state (Zaremba, Gal): validation on `eval_batch_size`
     contiguous streams with carried state; test is one pass over the test
-    stream with batch 1 and carried state (the last window zero-padded and
-    masked by `weights`).
+    stream with batch `test_batch_size` (1: the papers' protocol, the last
+    window zero-padded and masked by `weights`) and carried state.
   * LM without state carry (zoneout paper): validation and test on
     non-overlapping windows with the state reset per window; the incomplete
     last batch of windows is dropped.
@@ -39,7 +39,8 @@ def _optional_kwargs(model_config) -> dict:
 
 def build_task(config: ml_collections.ConfigDict, reg: Regularization,
                data_dir: str | None = None) -> Task:
-    """The `Task` of a config (`config.task` in "lm", "classification", "regression")."""
+    """The `Task` of a config: its data set decides the kind (language model,
+    classification or regression)."""
     dataset = config.data.dataset
     if dataset in ("ptb_word", "ptb_char"):
         return _language_model(config, reg, data_dir)
@@ -69,7 +70,7 @@ def _language_model(config, reg, data_dir) -> Task:
     if carry:
         evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
                                          mode="contiguous"),
-                 "test": corpus.batches("test", 1, d.seq_len, mode="eval")}
+                 "test": _test_stream(corpus, d)}
     elif eval_carry:  # trained from zero states, evaluated on streams (zoneout authors)
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous")
                  for split in ("valid", "test")}
@@ -84,6 +85,19 @@ def _language_model(config, reg, data_dir) -> Task:
         **{k: m[k] for k in _OPTIONAL_LM_FIELDS if k in m})
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
                 test_protocol=carry, eval_carry_state=eval_carry)
+
+
+def _test_stream(corpus, d):
+    """The carried-state test pass: batch 1 is one stream with the last window padded
+    (the papers' protocol); a larger `test_batch_size` splits the test tokens into that
+    many contiguous streams (faster, e.g. for many MC samples; the tail that does not
+    fill a window in every stream is dropped)."""
+    batch = int(d.get("test_batch_size", 1))
+    if batch < 1:
+        raise ValueError(f"data.test_batch_size must be at least 1, got {batch}.")
+    if batch == 1:
+        return corpus.batches("test", 1, d.seq_len, mode="eval")
+    return corpus.batches("test", batch, d.seq_len, mode="contiguous")
 
 
 def _pmnist(config, reg, data_dir) -> Task:

@@ -23,6 +23,7 @@ from experiments.configs import pmnist as pmnist_configs
 from experiments.configs import ptb as ptb_configs
 from experiments.configs import sentiment as sentiment_configs
 from tests import data_fixtures as fx
+from tests.config_reads import leaf_paths, record_reads
 
 PRESETS = {"ptb": ptb_configs.PRESETS, "pmnist": pmnist_configs.PRESETS,
            "sentiment": sentiment_configs.PRESETS}
@@ -110,6 +111,11 @@ def shrink(config):
     return config
 
 
+# (task, preset) -> (the config's field paths, the paths the run read), for
+# test_every_preset_field_is_read at the end of this file.
+FIELD_READS: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+
+
 def _run(task: str, config, workdir: str, data_dir: str) -> dict:
     from experiments.main import run
 
@@ -118,7 +124,10 @@ def _run(task: str, config, workdir: str, data_dir: str) -> dict:
     saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
     cli.FLAGS(argv)
     try:
-        return run(task, config)
+        with record_reads(config) as reads:
+            out = run(task, config)
+        FIELD_READS[(task, config.preset)] = (leaf_paths(config), reads)
+        return out
     finally:
         if saved is not None:
             for k, v in saved.items():
@@ -259,3 +268,20 @@ def test_zoneout_word_preset_uses_the_authors_input_map(data_dir, tmp_path, embe
         assert "w_x" not in layer and width == 4 * HIDDEN
     else:
         assert layer["w_x"].shape == (width, 4 * HIDDEN)
+
+
+def test_every_preset_field_is_read():
+    """Every field of the presets run above is read by the code in at least one of them
+    (a knob nothing reads is silently ignored when overridden), except the fields
+    `experiments.configs.common.INFORMATIONAL_FIELDS` documents as records."""
+    from experiments.configs.common import INFORMATIONAL_FIELDS
+
+    ran = set(FIELD_READS)
+    if not {*DEFAULT, ("ptb", "awd")} <= ran:
+        pytest.skip("needs every default preset run of this file in this process")
+    fields = set().union(*(f for f, _ in FIELD_READS.values()))
+    reads = set().union(*(r for _, r in FIELD_READS.values()))
+    informational = {f for f in fields
+                     if any(f == i or f.startswith(i + ".") for i in INFORMATIONAL_FIELDS)}
+    unread = sorted(fields - reads - informational)
+    assert not unread, f"config fields no code reads: {unread}"

@@ -112,7 +112,8 @@ def test_finished_word_lm_row_has_ours_paper_gap_epochs_command(built):
     row = _row(text, "zaremba_small")
     assert row[1:7] == ["121.0", "120.7", "+0.2%", "115.0", "114.5", "+0.4%"]
     assert row[7] == "–"  # no MC for Zaremba
-    assert row[-2] == "3/3"
+    assert row[-4] == "3/3"
+    assert row[-3:-1] == ["–", "–"]  # a record without provenance: commit and device unknown
     # the record's 3 epochs are neither the preset's 13 nor in the command
     assert row[-1] == ("`python -m experiments.ptb --config=zaremba_small --workdir=runs/zs` "
                        "(to rebuild it today, add `--config.train.num_epochs=3`)")
@@ -143,7 +144,7 @@ def test_unfinished_run_shows_latest_validation(built):
     assert row[1] == "110.0 (epoch 3)"
     assert row[2:4] == ["81.9", "+34.3%"]
     assert row[4] == "–" and row[5] == "79.7" and row[7] == "–" and row[8] == "78.6"
-    assert row[-2].startswith("3/39 **unfinished**")
+    assert row[-4].startswith("3/39 **unfinished**")
     assert "--config.model.hidden_sizes=(8,8)'" in row[-1]
     # Paper's row order within a table (PRESETS order), not alphabetical.
     assert text.index("`zaremba_small`") < text.index("`variational_medium`")
@@ -153,9 +154,10 @@ def test_pmnist_and_sentiment_tables(built):
     _, text = built
     row = _row(text, "zoneout")
     assert row[1:5] == ["12.00%", "11.00%", "10.20%", "+7.8%"]
-    assert row[-2] == "2/2"
+    assert row[-4] == "2/2"
     assert "## Sentiment regression (Cornell scale data)" in text
-    assert "| preset | test RMSE (dropout approx.) | test RMSE (MC) | epochs | command |" in text
+    assert ("| preset | test RMSE (dropout approx.) | test RMSE (MC) | epochs | commit | device "
+            "| command |") in text
     assert _row(text, "variational_lstm")[1:3] == ["0.1680", "0.1650"]
     assert _row(text, "no_dropout")[1:3] == ["0.1900", "0.1900"]
     assert "Sentiment classification (IMDB)" not in text  # no runs, no table

@@ -7,6 +7,9 @@ A config has five blocks:
          `regularization(config.reg)`
   train  the engine's settings (`rnnreg_jax.train.default_train_config`)
   paper  the numbers the preset should reproduce and where they come from
+
+Every field is read by the code that builds or trains the run (tested by
+tests/test_presets_run.py), except the informational ones below.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 import ml_collections
 
 import rnnreg_jax as rj
+
+# Fields that record rather than configure: `preset` names the run and `paper` holds
+# the reference numbers; experiments.report reads both from config.json.
+INFORMATIONAL_FIELDS = ("preset", "paper")
 
 
 def reg_config(**overrides) -> ml_collections.ConfigDict:

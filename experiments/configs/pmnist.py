@@ -16,7 +16,6 @@ from experiments.configs.common import paper_config, reg_config, train_config
 
 def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.task = "classification"
     data = config.data = ml_collections.ConfigDict()
     data.dataset = "pmnist"
     data.permuted = True  # False: sequential MNIST in raster order
@@ -109,17 +108,17 @@ REPORT_NOTES = {
     "": ("The paper's errors are after 150 epochs (a GPU budget). Runs shorter than that "
          "(see their epochs and commands) show early learning only: their gap to the "
          "paper measures training length, not a failed reproduction. `baseline` and "
-         "`zoneout` ran 12 epochs on an NVIDIA H100 lent to session 4 (their commands show "
-         "the device's /tmp workdirs); `batchnorm` ran 2 on this project's 2-core CPU. "
+         "`zoneout` ran 12 epochs on an NVIDIA H100; `batchnorm` ran 2 on this "
+         "project's 2-core CPU. "
          "All ran before the presets took the authors' orthogonal init and forget-gate "
          "bias 1 (zoneout_pmnist.py); 200 steps of `baseline` on this CPU with each: "
          "validation error 0.710 with them, 0.751 without (training loss over steps "
          "151-200: 2.081 and 2.147; `--config.train.max_steps=200`, one seed). The rows "
-         "marked unfinished ran today's presets on an NVIDIA H100 lent to session 5 and "
+         "marked unfinished ran today's presets on an NVIDIA H100 and "
          "were stopped at their batch's deadline: after 5 epochs, validation error 35.2% "
          "(baseline) and 37.8% (zoneout) against 55.6% and 54.7% after 5 epochs with the "
          "old init, which reached 34.1% and 37.8% only after 12. The 2-epoch rows ran "
-         "today's presets on this project's 2-core CPU in session 5 (about 10 minutes an "
+         "today's presets on this project's 2-core CPU (about 10 minutes an "
          "epoch each, two side by side): validation error 58.8% / 50.6% (baseline) and "
          "63.9% / 50.7% (zoneout) after epochs 1 / 2, against the H100 runs' 63.5% / 50.1% "
          "and 65.9% / 49.8% (results/evaluations/cpu_vs_h100)."),

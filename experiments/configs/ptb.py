@@ -25,7 +25,9 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     data.batching = batching  # "contiguous" (streams, state carried), "shuffled", "overlapping"
     data.stride = kw.pop("stride", seq_len)  # window start spacing for "overlapping"
     data.eval_batch_size = kw.pop("eval_batch_size", batch_size)  # validation batch
-    data.test_batch_size = kw.pop("test_batch_size", 1)  # the test protocol: batch 1
+    # The test pass of carried-state runs: streams of this batch with the state carried
+    # (1: Zaremba's and Gal's protocol, one stream, the last window padded).
+    data.test_batch_size = kw.pop("test_batch_size", 1)
     data.shuffle_seed = kw.pop("shuffle_seed", 0)  # window order of "shuffled" batching
     assert not kw, kw
     return data
@@ -50,7 +52,6 @@ def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm",
 
 def _config(data, model, reg, train, paper) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.task = "lm"
     config.data, config.model, config.reg, config.train, config.paper = (
         data, model, reg, train, paper)
     return config
@@ -157,7 +158,7 @@ def _zoneout_word(paper_valid, row, **reg):
     # without it (state carried in both; docs/results/zoneout_word_variants.md).
     # `--config.model.forget_bias=1` restores the offset.
     # The input is the authors' one-hot x Linear(10000, 4 x 256) straight into the gates
-    # (`embed_to_gates`), not a 256-wide embedding followed by W_x: in session 5 it took
+    # (`embed_to_gates`), not a 256-wide embedding followed by W_x: on an NVIDIA H100 it took
     # baseline / recurrent dropout / zoneout from 151-154 / 138-140 / 129-130 to
     # 122-125 / 106 / 102-105 (docs/FIDELITY.md).
     model = _model(256, 1, 0.05)
@@ -189,8 +190,8 @@ def zoneout_cells_states():
 
 def recurrent_dropout():
     # The authors' form (their code masks the input gate with {0, 1} and scales by the
-    # keep probability at evaluation): ahead of inverted dropout at equal epochs in
-    # session 4 (docs/FIDELITY.md).
+    # keep probability at evaluation): ahead of inverted dropout at equal epochs
+    # (docs/FIDELITY.md).
     return _zoneout_word(119.9, "recurrent dropout 0.5", update_dropout=0.5,
                          update_eval_scaling=True)
 
@@ -348,19 +349,19 @@ REPORT_GROUPS = {"awd_small": _AWD_VS_VARIATIONAL, "variational_small": _AWD_VS_
 
 REPORT_NOTES = {
     "ptb_word": (
-        "`zaremba_small` in `/work/runs/zaremba_small` predates session 3's two biases: it "
-        "ran as `--config.model.recurrent_bias=false` does today; the run in "
-        "`zaremba_small_2bias` has Zaremba's two biases, everything else equal."),
+        "The first `zaremba_small` row predates the presets' second bias (Zaremba's "
+        "two nn.Linear biases): it ran as `--config.model.recurrent_bias=false` does "
+        "today; the second row has both biases, everything else equal."),
     "ptb_char": (
-        "Ran on an NVIDIA H100 lent to session 5, side by side with 14 other runs, and "
+        "Ran on an NVIDIA H100, side by side with 14 other runs, and "
         "stopped at that batch's deadline after 10-11 of the presets' up to 2000 epochs "
         "(about 37 s an epoch shared; early stopping after 25 without improvement), so "
         "there is no final evaluation and no test number: early learning only. The paper "
         "numbers beside the other rows are not in these presets."),
     _ZONEOUT_WORD: (
-        "Ran on an NVIDIA H100 lent to session 5 (jax 0.11.2, up to 15 runs side by side; "
-        "the commands show the device's /tmp workdirs and `--config.model.embed_to_gates="
-        "True`, the presets' default since then) under today's presets: shuffled windows, "
+        "Ran on an NVIDIA H100 (jax 0.11.2, up to 15 runs side by side; the commands "
+        "show `--config.model.embed_to_gates=True`, the presets' default now) under "
+        "today's presets: shuffled windows, "
         "state reset in training, validation and test along their contiguous streams with "
         "the state carried, final numbers from the best validation checkpoint. The first "
         "3 epochs of `zoneout` on this project's 2-core CPU match the H100's within 0.7% "
@@ -368,7 +369,7 @@ REPORT_NOTES = {
         "Zoneout < recurrent dropout < baseline holds in both seeds (102.4 / 104.7 < "
         "106.1 / 105.7 < 121.6 / 125.2), and every row is 3-28% better than the paper. "
         "The input map moved everything: with a 256-wide embedding and then W_x (the "
-        "presets before session 5), the same protocol gave 130.0 / 128.5, 138.0 / 139.6 and "
+        "presets' earlier input map), the same protocol gave 130.0 / 128.5, 138.0 / 139.6 and "
         "150.8 / 153.7 (docs/results/zoneout_word_variants.md, `embed256_*`). Why the paper "
         "is worse, from the authors' zoneout_word_ptb.py: by default it has neither the "
         "paper's learning-rate schedule nor early stopping (a fixed rate, up to 2000 "

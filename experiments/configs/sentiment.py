@@ -23,7 +23,6 @@ GAL_EPOCHS = 250
 
 def _config(dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.task = "regression" if dataset == "cornell" else "classification"
     data = config.data = ml_collections.ConfigDict()
     data.dataset = dataset  # "cornell" (regression) or "imdb" (classification)
     data.vocab_size = 20000  # most frequent words kept (ids 0 pad, 1 start, 2 OOV)
@@ -101,8 +100,7 @@ def tiny():
 
 REPORT_NOTES = {
     "": ("The 10-epoch runs ran on this project's 2-core CPU; the 150- and 250-epoch ones "
-         "(seeds 0 and 1) on NVIDIA H100s lent to sessions 4 and 5 (their commands show the "
-         "device's /tmp workdirs); 3 epochs of `variational_lstm` on the CPU give the "
+         "(seeds 0 and 1) on NVIDIA H100s; 3 epochs of `variational_lstm` on the CPU give the "
          "H100's test RMSE to 4 digits (results/evaluations/cpu_vs_h100). "
          "The 250-epoch rows are today's presets (Gal's script "
          "defaults: rates 0.5, weight decay 1e-6): variational beats no dropout in both "
@@ -114,7 +112,7 @@ REPORT_NOTES = {
          "0.1785), and MC 0.0002 / 0.0007 worse than the approximation. Test RMSE is "
          "evaluated after every epoch and moves by up to 0.03 between epochs (see the "
          "plot), so single final numbers compare runs only roughly. The variational GRU "
-         "(session 5) hit a NaN loss at step 7469, early in epoch 92 (test RMSE 0.1397 "
+         "hit a NaN loss at step 7469, early in epoch 92 (test RMSE 0.1397 "
          "the epoch before, gradient norm steady near 0.48 until then): the engine "
          "stopped it and kept the last good checkpoint; the presets clip no gradients, "
          "and this was not reproduced or chased further."),

@@ -39,9 +39,6 @@ def default_train_config() -> ml_collections.ConfigDict:
                                   # averaged over the batch (Zaremba's scale); else averaged
                                   # over all tokens. Logged loss/ppl are always per token.
     # Evaluation.
-    c.eval_batch_size = 0         # read by task builders when they build eval sources
-                                  # (0 = same as training); the engine evaluates the
-                                  # batches the sources yield.
     c.mc_samples = 0              # K for MC dropout evaluation at the end (0 = off).
     c.mc_chunk = 0                # MC samples per forward pass (0 = all K at once); halves
                                   # automatically on out-of-memory.

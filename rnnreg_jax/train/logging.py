@@ -111,6 +111,35 @@ class MetricsLogger:
             self._tb = None
 
 
+def write_hparams(workdir: str, hparams: dict, metrics: list[str]) -> bool:
+    """Record a run's settings in TensorBoard's HParams view (`workdir/tb`).
+
+    `hparams`: flat name -> bool, int, float or str (other values are written as
+    strings); `metrics`: the scalar tags (e.g. "valid/ppl") HParams shows beside them.
+    Written once, by process 0; False when TensorBoard logs are unavailable.
+    """
+    if jax.process_index() != 0:
+        return False
+    writer_cls = _summary_writer_class()
+    if writer_cls is None:
+        return False
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    values = {k: v if isinstance(v, bool | int | float | str) else str(v)
+              for k, v in hparams.items()}
+    try:
+        writer = writer_cls(str(epath.Path(workdir) / "tb"))
+    except Exception as err:  # noqa: BLE001 - e.g. no GCS support installed
+        absl_logging.warning("TensorBoard hparams not written for %s: %s", workdir, err)
+        return False
+    try:
+        for summary in hparams_summaries(values, {m: 0.0 for m in metrics}):
+            writer.file_writer.add_summary(summary)
+    finally:
+        writer.close()
+    return True
+
+
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"

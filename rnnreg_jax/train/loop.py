@@ -43,6 +43,8 @@ class _Run:
         self.task, self.config, self.workdir = task, config, workdir
         self.mesh = mesh_lib.make_mesh()
         self.tx = optim.make_optimizer(config)
+        self.next_lr = optim.lr_rule(config)
+        self.stop_on_nan = bool(config.stop_on_nan)
         sample = next(iter(task.train.iterate(0)))
         global_b = sample["inputs"].shape[0] * jax.process_count()
         if global_b % self.mesh.devices.size:
@@ -157,7 +159,7 @@ class _Run:
         message = (f"The training loss became {value} at step {step} (epoch {self.epoch + 1}); "
                    f"the run stopped and {where}.")
         self.logger.write("train", step, self.epoch, {"objective": value, "error_message": message})
-        if self.config.stop_on_nan:
+        if self.stop_on_nan:
             raise NonFiniteLossError(message)
         self.logger.console("WARNING: " + message)
         self.skip_saves = True
@@ -231,7 +233,7 @@ class _Run:
         else:
             self.bad_epochs += 1
         if split is not None or cfg.lr_schedule != "plateau":  # plateau needs a validation
-            self.lr = optim.next_learning_rate(cfg, self.epoch + 1, self.lr, improved)
+            self.lr = self.next_lr(self.epoch + 1, self.lr, improved)
         self.epoch += 1
         self.pos = 0
         self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)

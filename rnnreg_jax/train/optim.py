@@ -13,6 +13,7 @@ Weight decay is L2 added to the gradient before the learning-rate scaling
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import optax
 
@@ -54,8 +55,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.inject_hyperparams(chain)(learning_rate=config.learning_rate)
 
 
-def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
-    """The learning rate after epoch `epoch` (1-based) and its validation.
+def lr_rule(config) -> Callable[[int, float, bool], float]:
+    """The epoch-level learning-rate rule of `config.lr_schedule`, as a function
+    `(epoch, lr, improved) -> lr` giving the rate after epoch `epoch` (1-based) and
+    its validation. Its settings are read here, once, so that a bad schedule fails
+    before training starts.
 
     - "constant": unchanged.
     - "zaremba": `if epoch > decay_after: lr /= decay_factor` (Zaremba's
@@ -66,12 +70,19 @@ def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
     """
     rule = config.lr_schedule
     if rule == "constant":
-        return lr
+        return lambda epoch, lr, improved: lr
     if rule == "zaremba":
-        return lr / config.decay_factor if epoch > config.decay_after else lr
+        after, factor = int(config.decay_after), float(config.decay_factor)
+        return lambda epoch, lr, improved: lr / factor if epoch > after else lr
     if rule == "plateau":
-        return lr if improved else lr / config.plateau_factor
+        factor = float(config.plateau_factor)
+        return lambda epoch, lr, improved: lr if improved else lr / factor
     raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}, got {rule!r}.")
+
+
+def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
+    """The learning rate after epoch `epoch` (1-based): `lr_rule(config)` applied once."""
+    return lr_rule(config)(epoch, lr, improved)
 
 
 def improved(metric: float, best: float) -> bool:

@@ -1,0 +1,151 @@
+"""Every run records what produced it: config.json's provenance, TensorBoard's hparams,
+and the report's commit and device columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from experiments import provenance
+from tests import data_fixtures as fx
+
+REPO = provenance.REPO_ROOT
+
+
+def test_relative_command_from_an_absolute_module_path_and_workdirs(tmp_path):
+    argv = [os.path.join(REPO, "experiments", "ptb.py"), "--config=zoneout",
+            f"--workdir={os.path.join(REPO, 'runs', 'zoneout')}",
+            "--config.train.num_epochs=3"]
+    assert provenance.relative_command(argv) == (
+        "python -m experiments.ptb --config=zoneout --workdir=runs/zoneout "
+        "--config.train.num_epochs=3")
+    # Outside the checkout: where the same command writes from the repository root.
+    outside = ["ptb.py", "--workdir", str(tmp_path / "scratch" / "zc_zoneout_char")]
+    assert provenance.relative_command(outside) == (
+        "python -m experiments.ptb --workdir=runs/zc_zoneout_char")
+    assert str(tmp_path) not in provenance.relative_command(outside)
+    # Already relative, a bucket, and a data folder inside the checkout.
+    assert provenance.relative_command(
+        ["x/sentiment.py", "--workdir=runs/a", "--data_dir=" + os.path.join(REPO, ".devdata")]
+    ) == "python -m experiments.sentiment --workdir=runs/a --data_dir=.devdata"
+    assert provenance.relative_command(["ptb.py", "--workdir=gs://b/run"]).endswith(
+        "--workdir=gs://b/run")
+
+
+def test_device_label_names_the_accelerator_or_the_host_cpu():
+    assert provenance.device_label({"backend": "gpu", "device_kind": "NVIDIA H200",
+                                    "device_count": 1}) == "NVIDIA H200"
+    assert provenance.device_label({"backend": "tpu", "device_kind": "TPU v4",
+                                    "device_count": 8}) == "8 x TPU v4"
+    assert provenance.device_label({"backend": "cpu", "device_kind": "cpu",
+                                    "host_cpu": "Intel Xeon", "host_cpu_count": 2}) == (
+        "Intel Xeon (2 cores)")
+
+
+def _write_words(root):
+    """A PTB-layout corpus long enough for a few batches of 2 x 10 tokens."""
+    words = [f"w{i}" for i in range(20)]
+    line = " " + " ".join(words) + " \n"
+    fx.write_ptb_word(root, {"train": line * 20, "valid": line * 4, "test": line * 4})
+
+
+def _tb_records(path):
+    """The serialized Event protos of a TensorBoard event file (TFRecord framing)."""
+    data = open(path, "rb").read()
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        out.append(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`experiments.ptb --config=tiny` through the binary, as a user runs it."""
+    root = tmp_path_factory.mktemp("prov")
+    _write_words(root / "data")
+    workdir = root / "wd"
+    env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false")
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+         f"--data_dir={root / 'data'}", "--config.train.max_steps=2",
+         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
+         "--config.train.mc_samples=0"],
+        capture_output=True, text=True, check=False, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_config_json_records_versions_commit_devices_and_a_relative_command(tiny_run):
+    meta = json.loads((tiny_run / "config.json").read_text())
+    record = meta["provenance"]
+    assert meta["command"] == record["command"]
+    assert meta["command"].startswith("python -m experiments.ptb --config=tiny --workdir=runs/wd")
+    assert REPO not in meta["command"] and str(tiny_run) not in meta["command"]
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        assert record["packages"][name], name
+    import jax
+
+    assert record["packages"]["jax"] == jax.__version__
+    assert record["backend"] == "cpu" and record["device_kind"] == jax.devices()[0].device_kind
+    assert record["device_count"] >= 1 and record["process_count"] == 1
+    assert record["xla_flags"] == "--xla_cpu_enable_fast_math=false"
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    if head.returncode == 0:  # a git checkout (CI clones one)
+        assert record["commit"] == head.stdout.strip()
+        assert isinstance(record["dirty"], bool)
+    else:
+        assert record["commit"] is None
+
+
+def test_tensorboard_hparams_hold_the_config_and_the_commit(tiny_run):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tiny_run / "tb") for f in fs
+             if "tfevents" in f]
+    blob = b"".join(r for f in files for r in _tb_records(f))
+    # The HParams plugin's session-start summary, with our field names and values.
+    assert b"_hparams_/session_start_info" in blob
+    assert b"model.hidden_sizes" in blob and b"reg.recurrent" in blob
+    assert b"provenance.commit" in blob and b"valid/ppl" in blob
+
+
+def test_report_shows_commit_and_device_per_row(tiny_run):
+    from experiments import report
+
+    meta = json.loads((tiny_run / "config.json").read_text())
+    run = report.load_run(str(tiny_run))
+    lines = report.category_table([run], "ptb_word")
+    assert lines[0].split(" | ")[-3:] == ["commit", "device", "command |"]
+    commit = meta["provenance"]["commit"]
+    if commit:
+        assert commit[:7] in lines[2]
+    assert provenance.device_label(meta["provenance"]) in lines[2]
+    # Records from before provenance: the inferred commit is marked.
+    assert report.commit_cell({"commit": "0123456789", "inferred": "why"}) == "~0123456"
+    assert report.commit_cell({"commit": "0123456789", "dirty": True}) == "0123456+dirty"
+    assert report.commit_cell({}) == "–"
+
+
+def test_test_batch_size_shapes_the_carried_state_test_pass(tmp_path):
+    from experiments.configs import ptb
+    from experiments.configs.common import regularization
+    from rnnreg_jax.tasks import build_task
+
+    _write_words(tmp_path)
+    config = ptb.tiny()
+    config.data.batch_size = config.data.eval_batch_size = 2
+    shapes = {}
+    for batch in (1, 3):
+        config.data.test_batch_size = batch
+        task = build_task(config, regularization(config.reg), str(tmp_path))
+        shapes[batch] = next(iter(task.evals["test"].iterate(0)))["inputs"].shape
+    assert shapes[1][0] == 1 and shapes[3][0] == 3
+    config.data.test_batch_size = 0
+    with pytest.raises(ValueError, match="test_batch_size must be at least 1"):
+        build_task(config, regularization(config.reg), str(tmp_path))
