@@ -37,6 +37,10 @@ die() { echo "launch.sh: $*" >&2; exit 2; }
 
 setup() {
   if [[ ! -x "$VENV/bin/python" ]]; then
+    # pyproject.toml's requires-python: older interpreters would resolve an older,
+    # untested jax and flax.
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+      || die "$PYTHON is not Python >= 3.11 (jax and flax need it); set PYTHON=python3.11 or newer."
     echo "launch.sh: creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip

@@ -403,3 +403,21 @@ def test_run_keeps_big_malloc_blocks_in_the_heap_unless_told_otherwise(sandbox, 
                                      "glibc.malloc.trim_threshold=4294967296")
     mine = run("run", "mh", env={"VENV": str(stand_in_venv), "GLIBC_TUNABLES": "glibc.x=1"})
     assert json.loads(mine.stdout)["GLIBC_TUNABLES"] == "glibc.x=1"
+
+
+def test_setup_refuses_a_python_older_than_pyproject_requires(tmp_path):
+    """A 3.10 interpreter would resolve an older, untested jax: one line, exit 2, no venv."""
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\nexit 1\n")  # fails the version check as an old one does
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    out = subprocess.run([BASH, str(REPO / "launch.sh"), "setup"], capture_output=True,
+                         text=True, check=False,
+                         env=dict(os.environ, PYTHON=str(old), VENV=str(venv)))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"launch.sh: {old} is not Python >= 3.11 (jax and flax need it); set "
+        "PYTHON=python3.11 or newer."]
+    assert not venv.exists()
+    requires = (REPO / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.11"' in requires
