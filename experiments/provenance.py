@@ -137,7 +137,8 @@ def device_label(record: dict) -> str:
 
 def hparams(config: dict, record: dict) -> dict:
     """Flat `section.field` -> value of a run's model, data, reg and train blocks, plus
-    its commit, device and jax version, for TensorBoard's HParams view."""
+    its commit, device, package versions, device and process counts and XLA_FLAGS,
+    for TensorBoard's HParams view."""
     flat = {f"{section}.{field}": value
             for section in ("model", "data", "reg", "train")
             for field, value in sorted(config.get(section, {}).items())}
@@ -145,5 +146,8 @@ def hparams(config: dict, record: dict) -> dict:
     flat["provenance.commit"] = record.get("commit") or ""
     flat["provenance.dirty"] = bool(record.get("dirty"))
     flat["provenance.device"] = device_label(record)
-    flat["provenance.jax"] = (record.get("packages") or {}).get("jax") or ""
+    for name, version in (record.get("packages") or {}).items():
+        flat[f"provenance.{name}"] = version or ""
+    for key in ("device_count", "process_count", "xla_flags"):
+        flat[f"provenance.{key}"] = record.get(key)
     return {k: ("" if v is None else v) for k, v in flat.items()}

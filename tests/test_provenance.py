@@ -113,6 +113,7 @@ def test_tensorboard_hparams_hold_the_config_and_the_commit(tiny_run):
     assert b"_hparams_/session_start_info" in blob
     assert b"model.hidden_sizes" in blob and b"reg.recurrent" in blob
     assert b"provenance.commit" in blob and b"valid/ppl" in blob
+    assert b"provenance.jaxlib" in blob and b"provenance.xla_flags" in blob
 
 
 def test_report_shows_commit_and_device_per_row(tiny_run):

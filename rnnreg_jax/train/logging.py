@@ -128,7 +128,9 @@ def write_hparams(workdir: str, hparams: dict, metrics: list[str]) -> bool:
     values = {k: v if isinstance(v, bool | int | float | str) else str(v)
               for k, v in hparams.items()}
     try:
-        writer = writer_cls(str(epath.Path(workdir) / "tb"))
+        # Its own file: event file names are second-resolution, and the metrics
+        # writer opened in the same second would otherwise replace this one.
+        writer = writer_cls(str(epath.Path(workdir) / "tb"), filename_suffix=".hparams")
     except Exception as err:  # noqa: BLE001 - e.g. no GCS support installed
         absl_logging.warning("TensorBoard hparams not written for %s: %s", workdir, err)
         return False
