@@ -68,6 +68,27 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     manager.close()
 
 
+def test_a_non_finite_state_is_never_saved_though_its_loss_was_finite(tmp_path):
+    """At lr 1e39 the first update makes the parameters inf/NaN while the loss logged
+    for that step (computed before the update) is finite: the save after step 1 must see
+    the state, not the loss, and keep nothing."""
+    task = train.Task(model=th.tiny_seq(num_outputs=1), kind="regression",
+                      train=th.SeqSource(kind="regression", num_batches=5),
+                      evals={"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)})
+    c = train.default_train_config()
+    c.num_epochs, c.optimizer, c.learning_rate, c.clip_norm = 1, "sgd", 1e39, 0.0
+    c.log_every_steps, c.checkpoint_every_steps = 1, 1
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"parameters or optimizer state became non-finite by step 1 "
+                             r".*no checkpoint had been saved yet"):
+        train.train_and_evaluate(task, c, str(tmp_path))
+    manager = ckpt_lib.Checkpointer(str(tmp_path))
+    assert manager.latest.all_steps() == []
+    manager.close()
+    said = [e["error_message"] for e in read_metrics(str(tmp_path)) if "error_message" in e]
+    assert len(said) == 1 and "non-finite by step 1" in said[0]
+
+
 def test_classification_runs_and_reports_error(tmp_path):
     task = train.Task(model=th.tiny_seq(num_outputs=2), kind="classification",
                       train=th.SeqSource(num_batches=4),

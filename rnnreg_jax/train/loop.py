@@ -84,6 +84,7 @@ class _Run:
             self.start_averaging = jax.jit(
                 lambda s: s.replace(opt_state=ntasgd.start_averaging(s.opt_state)),
                 out_shardings=self.shardings, donate_argnums=0)
+        self.state_is_finite = jax.jit(_all_finite)
         self.pending: list = []
         self.last_saved = self.step if self.resumed else None
         self.last_train: dict = {}
@@ -152,13 +153,20 @@ class _Run:
         self.logger.console(progress_line(self.epoch, self.step, self.total_steps, metrics,
                                           rate, unit, eta))
 
+    def _kept(self) -> str:
+        if self.last_saved is None:
+            return "no checkpoint had been saved yet"
+        return (f"the last good checkpoint (step {self.last_saved}) is kept in "
+                f"{os.path.join(self.workdir, 'checkpoints')}")
+
     def _non_finite(self, value: float, step: int) -> None:
-        where = (f"the last good checkpoint (step {self.last_saved}) is kept in "
-                 f"{os.path.join(self.workdir, 'checkpoints')}" if self.last_saved is not None
-                 else "no checkpoint had been saved yet")
         message = (f"The training loss became {value} at step {step} (epoch {self.epoch + 1}); "
-                   f"the run stopped and {where}.")
-        self.logger.write("train", step, self.epoch, {"objective": value, "error_message": message})
+                   f"the run stopped and {self._kept()}.")
+        self._stop(message, {"objective": value, "error_message": message}, step)
+
+    def _stop(self, message: str, event: dict, step: int | None = None) -> None:
+        """Log why the run cannot go on; raise (`stop_on_nan`) or save nothing more."""
+        self.logger.write("train", self.step if step is None else step, self.epoch, event)
         if self.stop_on_nan:
             raise NonFiniteLossError(message)
         self.logger.console("WARNING: " + message)
@@ -167,11 +175,19 @@ class _Run:
     skip_saves = False
 
     def save(self) -> None:
-        self.flush()  # never save a non-finite state
-        if self.skip_saves:
+        self.flush()  # never save a non-finite state: the loss lags the update by a step,
+        if self.skip_saves:  # so the state itself is checked too
+            return
+        if not bool(self.state_is_finite(self.state.params, self.state.opt_state)):
+            self._non_finite_state()
             return
         self.ckpt.save(self.state, self.step)
         self.last_saved = self.step
+
+    def _non_finite_state(self) -> None:
+        message = (f"The parameters or optimizer state became non-finite by step {self.step} "
+                   f"(epoch {self.epoch + 1}); the run stopped and {self._kept()}.")
+        self._stop(message, {"error_message": message})
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -295,6 +311,13 @@ def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, co
     if callable(task.test_protocol):
         out["test_protocol"] = task.test_protocol(params, evaluator)
     return out
+
+
+def _all_finite(*trees) -> jax.Array:
+    """Whether every floating-point leaf of `trees` is finite (one scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def train_and_evaluate(task: Task, config, workdir: str) -> dict:
