@@ -174,15 +174,34 @@ class _Run:
 
     skip_saves = False
 
-    def save(self) -> None:
+    def save(self, best: bool = False) -> None:
+        """Checkpoint the state; `best`: also as the best one, written first. A kill
+        between the two writes then leaves best/ at this step and the latest checkpoint
+        one epoch back, whose resumed run ends the epoch in the same state again."""
         self.flush()  # never save a non-finite state: the loss lags the update by a step,
         if self.skip_saves:  # so the state itself is checked too
             return
         if not bool(self.state_is_finite(self.state.params, self.state.opt_state)):
             self._non_finite_state()
             return
+        if best:
+            self.ckpt.save_best(self.state, self.step)
         self.ckpt.save(self.state, self.step)
         self.last_saved = self.step
+
+    def repair_best(self) -> None:
+        """A resumed epoch-end checkpoint that improved on the validation metric
+        (`bad_epochs` 0) is the best state: write it to best/ if a kill between the two
+        epoch-end writes of an earlier version of this engine (latest first) lost it."""
+        s = self.state
+        if (self.task.validation_split is None or int(s.batch_in_epoch) != 0
+                or int(s.epoch) == 0 or int(s.bad_epochs) != 0):
+            return
+        if max(self.ckpt.best.all_steps(), default=-1) >= self.step:
+            return
+        self.ckpt.save_best(s, self.step)
+        self.logger.console(f"Wrote best/{self.step}: the checkpoint of step {self.step} is "
+                            "the best validation one and best/ lacked it.")
 
     def _non_finite_state(self) -> None:
         message = (f"The parameters or optimizer state became non-finite by step {self.step} "
@@ -253,9 +272,7 @@ class _Run:
         self.epoch += 1
         self.pos = 0
         self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)
-        self.save()
-        if improved and not self.skip_saves:
-            self.ckpt.save_best(self.state, self.step)
+        self.save(best=improved)
 
     def final_eval(self) -> dict:
         state = self.final_state()
@@ -344,6 +361,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
     run = _Run(task, config, workdir)
     try:
         if run.resumed:
+            run.repair_best()
             run.logger.write("resume", run.step, run.epoch, {"batch_in_epoch": run.pos})
             run.logger.console(f"Resumed from step {run.step} (epoch {run.epoch + 1}, "
                                f"batch {run.pos}) in {workdir}.")

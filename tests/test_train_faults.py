@@ -1,0 +1,86 @@
+"""Faults around the epoch-end commits: a kill between the best and the latest checkpoint
+loses neither, and a best/ lost by an earlier engine is repaired on resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import train_helpers as th
+
+from rnnreg_jax import train
+from rnnreg_jax.train import checkpoint as ckpt_lib
+
+th.enable_compilation_cache()
+
+STEPS_PER_EPOCH = 5
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (not even `except Exception`)."""
+
+
+def _task():
+    return train.Task(
+        model=th.tiny_seq(num_outputs=1), kind="regression",
+        train=th.SeqSource(kind="regression", num_batches=STEPS_PER_EPOCH),
+        evals={"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)})
+
+
+def _config(epochs):
+    c = train.default_train_config()
+    c.num_epochs, c.optimizer, c.learning_rate = epochs, "adam", 1e-2
+    c.log_every_steps, c.tensorboard = 5, False
+    return c
+
+
+def _steps(workdir):
+    manager = ckpt_lib.Checkpointer(str(workdir))
+    try:
+        return manager.latest.all_steps(), manager.best.all_steps()
+    finally:
+        manager.close()
+
+
+def _best_params(workdir):
+    return ckpt_lib.restore_state(str(workdir / "best"), None)["params"]
+
+
+def test_a_kill_between_the_two_epoch_end_writes_loses_neither(tmp_path, monkeypatch):
+    reference = train.train_and_evaluate(_task(), _config(2), str(tmp_path / "ref"))
+    # Kill the latest checkpoint's write at the end of epoch 1, after best/ is written.
+    original = ckpt_lib.Checkpointer.save
+
+    def killed_at_epoch_end(self, state, step):
+        if step == STEPS_PER_EPOCH:
+            raise Killed
+        return original(self, state, step)
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", killed_at_epoch_end)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(_task(), _config(2), str(tmp_path / "wd"))
+    latest, best = _steps(tmp_path / "wd")
+    assert latest == [] and best == [STEPS_PER_EPOCH]  # best first: it survived the kill
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", original)
+    resumed = train.train_and_evaluate(_task(), _config(2), str(tmp_path / "wd"))
+    assert _steps(tmp_path / "wd") == _steps(tmp_path / "ref")
+    for a, b in zip(jax.tree.leaves(_best_params(tmp_path / "wd")),
+                    jax.tree.leaves(_best_params(tmp_path / "ref")), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["valid/loss"] == reference["valid/loss"]
+
+
+def test_resume_repairs_a_lost_best_checkpoint(tmp_path):
+    """An epoch-end checkpoint that improved (bad_epochs 0) with best/ missing, as a kill
+    between the writes left it when the latest was written first."""
+    train.train_and_evaluate(_task(), _config(1), str(tmp_path / "wd"))
+    before = _best_params(tmp_path / "wd")
+    shutil.rmtree(tmp_path / "wd" / "best")
+    (tmp_path / "wd" / "best").mkdir()
+    train.train_and_evaluate(_task(), _config(1), str(tmp_path / "wd"))
+    assert _steps(tmp_path / "wd")[1] == [STEPS_PER_EPOCH]
+    for a, b in zip(jax.tree.leaves(_best_params(tmp_path / "wd")), jax.tree.leaves(before),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
