@@ -65,6 +65,21 @@ def _start_distributed(config) -> None:
                                  flags.process_id)
 
 
+def _lock(workdir: str) -> None:
+    """One run per workdir (rnnreg_jax.train.workdir_lock), or a one-line exit 2."""
+    from rnnreg_jax.train.workdir_lock import WorkdirInUseError, lock_workdir
+
+    try:
+        lock_workdir(workdir)
+    except WorkdirInUseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"error: cannot use {workdir} as the workdir: {err.strerror or err}.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 # The scalar tags TensorBoard's HParams view shows beside each run's settings.
 _HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
 
@@ -96,6 +111,10 @@ def run(task_name: str, config) -> dict:
     _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
+    # Process 0 only: the other processes of a multi-host run share the workdir. Without
+    # jax.distributed this is the only process; asking jax would start the backend first.
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+        _lock(workdir)
     try:
         reg = regularization(config.reg)
     except ValueError as err:
