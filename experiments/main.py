@@ -20,7 +20,7 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli, provenance
-from experiments.configs.common import config_differences, regularization
+from experiments.configs.common import check_choices, config_differences, regularization
 
 
 def _quiet_orbax() -> None:
@@ -105,21 +105,22 @@ def run(task_name: str, config) -> dict:
     """Train and evaluate one config; returns the final metrics."""
     from rnnreg_jax.data import DataError
     from rnnreg_jax.tasks import build_task
-    from rnnreg_jax.train import train_and_evaluate
+    from rnnreg_jax.train import NonFiniteLossError, train_and_evaluate
     from rnnreg_jax.train.checkpoint import CheckpointMismatchError
 
     _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
-    # Process 0 only: the other processes of a multi-host run share the workdir. Without
-    # jax.distributed this is the only process; asking jax would start the backend first.
-    if not jax.distributed.is_initialized() or jax.process_index() == 0:
-        _lock(workdir)
-    try:
+    try:  # the config first: a bad one changes nothing in the workdir
+        check_choices(config)
         reg = regularization(config.reg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    # Process 0 only: the other processes of a multi-host run share the workdir. Without
+    # jax.distributed this is the only process; asking jax would start the backend first.
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+        _lock(workdir)
     conflict = resume_conflict(workdir, config.to_dict())  # before loading any data
     if conflict:
         print(f"error: {conflict}", file=sys.stderr)
@@ -138,7 +139,7 @@ def run(task_name: str, config) -> dict:
         _write_record(workdir, task_name, config, task)
     try:
         return train_and_evaluate(task, config.train, workdir)
-    except CheckpointMismatchError as err:
+    except (CheckpointMismatchError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

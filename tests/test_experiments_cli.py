@@ -100,3 +100,42 @@ def test_without_checkpoints_any_config_may_start(tmp_path):
     workdir = _stored_run(tmp_path, ptb.zoneout().to_dict(), with_checkpoint=False)
     assert resume_conflict(workdir, ptb.baseline().to_dict()) is None
     assert resume_conflict(str(tmp_path / "fresh"), ptb.baseline().to_dict()) is None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.optimizer=adamw",
+     "error: config.train.optimizer must be one of sgd, momentum, adam, rmsprop, ntasgd; "
+     "got 'adamw'."),
+    ("--config.model.cell=lstmm", "error: config.model.cell must be one of lstm, gru, rnn, "
+     "lstm_ln, lstm_bn; got 'lstmm'."),
+    ("--config.train.lr_schedule=cosine", "error: config.train.lr_schedule must be one of "
+     "constant, zaremba, plateau; got 'cosine'."),
+])
+def test_an_unknown_option_is_one_line_and_touches_no_workdir(tmp_path, override, message):
+    workdir = tmp_path / "wd"
+    out = subprocess.run([sys.executable, "-m", "experiments.ptb", "--config=tiny",
+                          f"--workdir={workdir}", override],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [message]
+    assert not workdir.exists()
+
+
+def test_a_diverging_run_ends_in_one_line(tmp_path):
+    from tests import data_fixtures as fx
+
+    words = " " + " ".join(f"w{i}" for i in range(20)) + " \n"
+    fx.write_ptb_word(tmp_path / "data", {"train": words * 20, "valid": words * 4,
+                                          "test": words * 4})
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny",
+         f"--workdir={tmp_path / 'wd'}", f"--data_dir={tmp_path / 'data'}",
+         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
+         "--config.train.learning_rate=1e39", "--config.train.clip_norm=0.0",
+         "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1"],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr[-2000:]
+    assert "non-finite by step 1" in errors[0] and "no checkpoint had been saved" in errors[0]
+    assert "Traceback" not in out.stderr

@@ -76,6 +76,35 @@ def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
     return rj.compose(*parts)
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """The fields that name one of a fixed set of options, and the options (the
+    library's own tables where it has them)."""
+    from rnnreg_jax import cells
+    from rnnreg_jax.train import optim
+
+    return {
+        "model.cell": cells.CELL_TYPES + cells.EXTRA_CELL_TYPES,
+        "train.optimizer": optim.OPTIMIZERS,
+        "train.lr_schedule": optim.LR_SCHEDULES,
+        "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
+        "data.batching": ("contiguous", "shuffled", "overlapping"),
+        "data.source": ("files", "tfds"),
+    }
+
+
+def check_choices(config) -> None:
+    """Raise ValueError (one sentence) where a field names no option it has, before
+    any data is read or anything is written."""
+    for dotted, options in choices().items():
+        section, field = dotted.split(".")
+        block = config.get(section)
+        if block is None or field not in block:
+            continue
+        if block[field] not in options:
+            raise ValueError(f"config.{dotted} must be one of {', '.join(options)}; got "
+                             f"{block[field]!r}.")
+
+
 def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
     """Reference numbers of the preset (None where the paper gives none)."""
     paper = ml_collections.ConfigDict()
