@@ -51,7 +51,7 @@ def parts(spec: dict):
         lambda w, y: optax.softmax_cross_entropy_with_integer_labels(
             y @ w + bias, labels).mean(), argnums=(0, 1)))
     # value_and_grad: the forward product too (grad alone would drop it as dead code, and
-    # "three matmuls" would be two; sessions 2-3 compared the head against that).
+    # "three matmuls" would be two).
     head_mm = jax.jit(jax.value_and_grad(lambda w, y: jnp.vdot(y @ w, cot), argnums=(0, 1)))
 
     rnn = StackedRNN((h,) * spec["layers"], "lstm", init_scale=0.05)

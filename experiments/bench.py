@@ -83,8 +83,8 @@ def time_contenders(steps: dict[str, Callable[[], None]], n: int, rounds: int) -
 
     Each round starts at the next contender (a rotation), and each contender's first
     step after the switch is not timed: it runs in the caches and page mappings the
-    previous contender left (in session 5, two identical pMNIST contenders, 1st and
-    3rd in a fixed order, measured 11-12% apart in two runs)."""
+    previous contender left (on a 2-core x86 CPU, two identical pMNIST contenders, 1st
+    and 3rd in a fixed order, measured 11-12% apart in two runs)."""
     samples: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     for r in range(rounds):

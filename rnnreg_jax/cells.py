@@ -268,7 +268,7 @@ def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
     """`params` with a constant added to the forget gate's bias block.
 
     The zoneout authors' Blocks LSTM adds +1 to the forget gate's
-    pre-activation (DESIGN.md). A constant offset on the pre-activation gets
+    pre-activation (docs/ARCHITECTURE.md). A constant offset on the pre-activation gets
     the same gradients as the bias it shifts, so this is also "initialise b_f
     at b_f + forget_bias" for any optimizer without weight decay on biases.
     """
@@ -360,7 +360,7 @@ def _maybe_scale(mask: Any, value: Array) -> Array:
 def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
     """One LSTM step from the projected input `xw_t = x_t W_x + b: [B, 4H]`.
 
-    Formulas (LSTM notation of DESIGN.md; every noise term optional):
+    Formulas (LSTM notation of docs/REGULARIZERS.md; every noise term optional):
       z = xw_t + (h_{t-1} * m_h) W_h                 (variational / naive)
       i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
       c~ = f c_{t-1} + i (g * m_u)                  (Semeniuta update dropout)

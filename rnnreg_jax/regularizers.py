@@ -9,7 +9,7 @@ compose like optax transforms: every constructor below returns a
     reg = variational(input=0.35, recurrent=0.2, output=0.35, embedding=0.2)
     reg = zoneout(cells=0.5, hiddens=0.05) + zaremba(0.25)
 
-Catalog (LSTM notation of DESIGN.md; rates are drop probabilities):
+Catalog (LSTM notation of docs/REGULARIZERS.md; rates are drop probabilities):
 
 | constructor           | paper                | effect in training                              |
 |-----------------------|----------------------|-------------------------------------------------|

@@ -31,8 +31,8 @@ IMPLEMENTATIONS = ("auto", "fused", "autodiff")
 # when each step's rank-B update is a thin matmul (PTB, B = 20: 1.09x on
 # medium), and costs when B is large enough for those updates to run well
 # while the fused pass still re-derives every step's gates (pMNIST, B = 100:
-# fused 0.85x of autodiff; the zoneout word model, B = 32: 0.89x-0.97x in
-# session 3's measurements, though 1.05x in one of session 2's). On a GPU "auto" is
+# fused 0.85x of autodiff; the zoneout word model, B = 32: 0.89x-0.97x on a
+# 2-core x86 CPU, though 1.05x in another run). On a GPU "auto" is
 # always fused: on an H100 the fused pass ran at 1.34x autodiff's speed on the zoneout
 # word model (B = 32), 1.58x on pMNIST (B = 100), 1.41x and 1.30x on PTB small and
 # medium (B = 20): there each step's dW_h update is one more kernel launch. TPUs take the

@@ -70,7 +70,7 @@ class Source:
 
 _PTB = "simple-examples/data/"
 _SPLITS = ("train", "valid", "test")
-_PTB_SHA = {  # (word file, char file), from /work/shared/data/ptb_{word,char}/PROVENANCE.md
+_PTB_SHA = {  # (word file, char file), from ptb_{word,char}/PROVENANCE.md in the data dir
     "train": (
         "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
         "e313d91425e06c4f0a8fb6e881dcce0c291f2a0e9f4dda54833069b122f91da9",

@@ -5,7 +5,7 @@
                       evals={"valid": ptb_valid, "test": ptb_test}, carry_state=True)
     config = train.default_train_config()
     config.num_epochs, config.lr_schedule = 13, "zaremba"
-    final = train.train_and_evaluate(task, config, "/tmp/run")
+    final = train.train_and_evaluate(task, config, "runs/zaremba_small")
 
 Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 (optax chains, LR rules), `losses`, `mesh` (data parallelism), `steps`

@@ -30,7 +30,7 @@ def token_nll(logits: Array, targets: Array) -> Array:
 
     optax's; a hand-written VJP (one elementwise pass for `softmax - onehot`) was
     slower on CPU: the 10k-vocabulary head with its cross entropy took 276-282 ms
-    against 240-246 ms (session 5, a throwaway row added to
+    against 240-246 ms (2-core x86 CPU, a throwaway row added to
     `benchmarks/lm_step_breakdown.py` and removed with the VJP).
     """
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
@@ -44,8 +44,8 @@ def target_logit(logits: Array, targets: Array) -> Array:
 def misclassified(logits: Array, targets: Array) -> Array:
     """1.0 where the target's logit is below the largest (argmax != target, up to ties):
     the max the NLL already computes (XLA merges the two) instead of an argmax pass over
-    V, which cost 9.4 ms of the zoneout word model's 380-440 ms step on CPU (session 5,
-    a throwaway timing; BENCHMARKS.md)."""
+    V, which cost 9.4 ms of the zoneout word model's 380-440 ms step on a 2-core
+    x86 CPU (a throwaway timing; BENCHMARKS.md)."""
     logits = logits.astype(jnp.float32)
     return (target_logit(logits, targets) < jnp.max(logits, axis=-1)).astype(jnp.float32)
 
