@@ -48,9 +48,14 @@ def resume_conflict(workdir, config: dict) -> str | None:
     if not differences:                                # length, logs, evaluation may change
         return None
     section, field, before, value = differences[0]
-    return (f"{workdir} holds a run with {section}.{field} = {before}, not "
-            f"{value}: resume it with --config.{section}.{field}={before}, or use "
-            "a fresh --workdir.")
+
+    def flag(v):  # a list as the tuple an override reads back, without spaces
+        return "(" + ",".join(map(str, v)) + ("," if len(v) == 1 else "") + ")" if isinstance(
+            v, list) else v
+
+    return (f"{workdir} holds a run with {section}.{field} = {flag(before)}, not "
+            f"{flag(value)}: resume it with --config.{section}.{field}={flag(before)}, or "
+            "use a fresh --workdir.")
 
 
 def _start_distributed(config) -> None:
@@ -136,10 +141,22 @@ def run(task_name: str, config) -> dict:
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
     if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
+        record = epath.Path(workdir) / "config.json"
+        previous = record.read_text() if record.exists() else None
         _write_record(workdir, task_name, config, task)
     try:
         return train_and_evaluate(task, config.train, workdir)
-    except (CheckpointMismatchError, NonFiniteLossError) as err:
+    except CheckpointMismatchError as err:
+        # The checkpoints are another run's (a workdir without config.json, so nothing
+        # could refuse it earlier): leave the record as it was.
+        if jax.process_index() == 0:
+            if previous is None:
+                record.unlink(missing_ok=True)
+            else:
+                record.write_text(previous)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -139,3 +139,34 @@ def test_a_diverging_run_ends_in_one_line(tmp_path):
     assert len(errors) == 1, out.stderr[-2000:]
     assert "non-finite by step 1" in errors[0] and "no checkpoint had been saved" in errors[0]
     assert "Traceback" not in out.stderr
+
+
+def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
+    """Another model's checkpoints: refused with config.json there (before training) and
+    without it (by the engine); either way config.json is as before, and the message's
+    override reads back."""
+    import json
+    import os
+
+    from tests import data_fixtures as fx
+
+    words = " " + " ".join(f"w{i}" for i in range(20)) + " \n"
+    fx.write_ptb_word(tmp_path / "data", {"train": words * 20, "valid": words * 4,
+                                          "test": words * 4})
+    workdir = tmp_path / "wd"
+    base = [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+            f"--data_dir={tmp_path / 'data'}", "--config.data.batch_size=2",
+            "--config.data.eval_batch_size=2", "--config.train.max_steps=2",
+            "--config.train.mc_samples=0", "--config.train.tensorboard=False"]
+    assert subprocess.run(base, capture_output=True, check=False).returncode == 0
+    record = (workdir / "config.json").read_text()
+    other = base + ["--config.model.hidden_sizes=(8,8)"]
+    out = subprocess.run(other, capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "--config.model.hidden_sizes=(16,16)," in out.stderr
+    assert (workdir / "config.json").read_text() == record
+    os.remove(workdir / "config.json")
+    out = subprocess.run(other, capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert not (workdir / "config.json").exists()
+    json.loads(record)  # the first run's record was a whole JSON document
