@@ -1,4 +1,4 @@
-"""Test-session settings: the suite's time is XLA compile time on a small CPU.
+"""Settings for every test run: the suite's time is XLA compile time on a small CPU.
 
 * `--xla_backend_optimization_level=0` compiles the many small scans ~35%
   faster; the tests' computations are tiny, so slower code does not matter.
@@ -7,7 +7,7 @@
   the subprocesses they start, so identical computations compile once.
 * Full-precision float32 matrix products (`JAX_DEFAULT_MATMUL_PRECISION=highest`):
   the tolerances assume them, and GPUs may otherwise use TF32 (on CPU this
-  changes nothing). Session 4's H100 run of the suite set it by hand.
+  changes nothing). The suite's run on an NVIDIA H100 (README.md) set it by hand.
 Both go through the environment so subprocesses inherit them; tests that set
 their own XLA_FLAGS (device counts) keep the optimization flag by appending.
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numerics as nm
 import numpy as np
 import pytest
 import train_helpers as th
@@ -95,15 +96,23 @@ def test_training_mode_matches_the_reference_with_per_step_batch_statistics(impl
     ys, carry, stats = rnn.unroll("lstm_bn", params, x, return_bn_stats=True,
                                   implementation=implementation)
     ref_ys, (ref_h, ref_c), ref_stats = reference(params, np.asarray(x))
-    np.testing.assert_allclose(ys, ref_ys, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(carry["h"], ref_h, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(carry["c"], ref_c, rtol=1e-4, atol=1e-5)
+    nm.assert_close_f32(ys, ref_ys, rtol=1e-4)
+    nm.assert_close_f32(carry["h"], ref_h, rtol=1e-4)
+    nm.assert_close_f32(carry["c"], ref_c, rtol=1e-4)
     assert set(stats) == set(batchnorm.STAT_NAMES)
     for name in batchnorm.STAT_NAMES:
-        np.testing.assert_allclose(stats[name], ref_stats[name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+        nm.assert_close_f32(stats[name], ref_stats[name], rtol=1e-4, err_msg=name)
     # The statistics are per step: one batch normalization over all steps would differ.
     assert not np.allclose(ref_stats["h_mean"][1], ref_stats["h_mean"][-1], atol=1e-3)
+    # The same function: in float64 the cell is the reference to rounding.
+    with nm.x64():
+        ys, carry, stats = rnn.unroll("lstm_bn", nm.as_f64(params), nm.as_f64(x),
+                                      return_bn_stats=True, implementation=implementation)
+        nm.assert_close_f64(ys, ref_ys)
+        nm.assert_close_f64(carry["h"], ref_h)
+        nm.assert_close_f64(carry["c"], ref_c)
+        for name in batchnorm.STAT_NAMES:
+            nm.assert_close_f64(stats[name], ref_stats[name], err_msg=name)
 
 
 @pytest.mark.parametrize("implementation", ["fused", "autodiff"])
@@ -116,8 +125,14 @@ def test_eval_mode_uses_the_given_population_and_steps_past_t_max_reuse_the_last
     ys, carry, used = rnn.unroll("lstm_bn", params, x, bn_stats=population,
                                  return_bn_stats=True, implementation=implementation)
     ref_ys, (_, ref_c), _ = reference(params, np.asarray(x), population)
-    np.testing.assert_allclose(ys, ref_ys, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(carry["c"], ref_c, rtol=1e-4, atol=1e-5)
+    nm.assert_close_f32(ys, ref_ys, rtol=1e-4)
+    nm.assert_close_f32(carry["c"], ref_c, rtol=1e-4)
+    with nm.x64():
+        ys64, carry64 = rnn.unroll("lstm_bn", nm.as_f64(params), nm.as_f64(x),
+                                   bn_stats=nm.as_f64(population),
+                                   implementation=implementation)
+        nm.assert_close_f64(ys64, ref_ys)
+        nm.assert_close_f64(carry64["c"], ref_c)
     for t in range(T):  # the statistics used at step t: row min(t, T_max - 1)
         np.testing.assert_array_equal(used["h_var"][t], population["h_var"][min(t, t_max - 1)])
     # The same as a population of T rows whose rows T_max.. repeat row T_max - 1 ...
@@ -155,15 +170,23 @@ def test_fused_gradients_equal_autodiff(reg):
             return jnp.sum(jnp.sin(ys)) + state + 0.1 * moments
         return f
 
-    out = {impl: jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1, 2)))(params, x, carry)
-           for impl in ("fused", "autodiff")}
-    np.testing.assert_allclose(out["fused"][0], out["autodiff"][0], rtol=1e-6)
-    fused, auto = (jax.tree.leaves(out[i][1]) for i in ("fused", "autodiff"))
-    for a, b in zip(fused, auto, strict=True):
+    def both(params, x, carry):
+        return {impl: jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1, 2)))(
+            params, x, carry) for impl in ("fused", "autodiff")}
+
+    # The same function: float64 agrees to rounding (~1e-14) ...
+    with nm.x64():
+        out = both(nm.as_f64(params), nm.as_f64(x), nm.as_f64(carry))
+        nm.assert_close_f64(out["fused"][0], out["autodiff"][0])
+        nm.assert_trees_close_f64(out["fused"][1], out["autodiff"][1])
+    # ... and float32, through per-step normalizations of 5 rows that amplify rounding
+    # (up to ~350 ulps of a gradient's largest element, AVX-512), to F32_NORM_ULPS.
+    out = both(params, x, carry)
+    nm.assert_close_f32(out["fused"][0], out["autodiff"][0])
+    for a in jax.tree.leaves(out["fused"][1]):
         assert np.all(np.isfinite(a))
-        # float32, through per-step normalizations that amplify rounding: 1e-4 of the
-        # gradient's scale (the same comparison in float64 agrees to 1e-14).
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max()))
+    nm.assert_trees_close_f32(out["fused"][1], out["autodiff"][1], rtol=1e-4,
+                              ulps=nm.F32_NORM_ULPS)
     assert float(jnp.abs(out["fused"][1][0][1]["bn_h_g"]).sum()) > 0  # the update's vjp
 
 

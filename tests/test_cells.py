@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numerics as nm
 import numpy as np
 import pytest
 
@@ -108,8 +109,7 @@ def test_project_inputs_equals_per_step_matmul(cell: str) -> None:
         out = project_inputs(p, x, mask)
         assert out.shape == (T, B, cells.NUM_GATES[cell] * H)
         for t in range(T):
-            np.testing.assert_allclose(out[t], masked_x(t) @ p["w_x"] + p["b"],
-                                       rtol=1e-5, atol=1e-5)
+            nm.assert_close_f32(out[t], masked_x(t) @ p["w_x"] + p["b"])
     assert not np.allclose(project_inputs(p, x, tied), project_inputs(p, x))
 
 
@@ -131,11 +131,11 @@ def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: 
     out = cells.project_inputs(p, x, mask, per_gate=True)
     blocks = [(x * mask[g]) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H]
               for g in range(gates)]
-    np.testing.assert_allclose(out, np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+    nm.assert_close_f32(out, np.concatenate(blocks, -1))
     # The same mask for every gate reduces to the shared mask.
     same = np.broadcast_to(mask[0], mask.shape)
-    np.testing.assert_allclose(cells.project_inputs(p, x, same, per_gate=True),
-                               project_inputs(p, x, mask[0]), rtol=1e-5, atol=1e-5)
+    nm.assert_close_f32(cells.project_inputs(p, x, same, per_gate=True),
+                        project_inputs(p, x, mask[0]))
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
@@ -144,18 +144,15 @@ def test_recurrent_projection(cell: str) -> None:
     gates = cells.NUM_GATES[cell]
     w_h = np_params(8, cell)["w_h"]
     h = rand(9, B, H)
-    np.testing.assert_allclose(recurrent_projection(h, w_h, None), h @ w_h, rtol=1e-6)
+    nm.assert_close_f32(recurrent_projection(h, w_h, None), h @ w_h)
     m = keep_mask(10, B, H)
-    np.testing.assert_allclose(recurrent_projection(h, w_h, m), (h * m) @ w_h,
-                               rtol=1e-5, atol=1e-6)
+    nm.assert_close_f32(recurrent_projection(h, w_h, m), (h * m) @ w_h)
     gm = keep_mask(11, gates, B, H)
     blocks = [(h * gm[g]) @ w_h[:, g * H:(g + 1) * H] for g in range(gates)]
-    np.testing.assert_allclose(recurrent_projection(h, w_h, gm),
-                               np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+    nm.assert_close_f32(recurrent_projection(h, w_h, gm), np.concatenate(blocks, -1))
     # the scans pass W_h already laid out: G blocks on CPU, gate-major on accelerators
     for layout in (cells.gate_blocks(w_h, gates), cells.gate_major(w_h, gates)):
-        np.testing.assert_allclose(recurrent_projection(h, layout, gm),
-                                   np.concatenate(blocks, -1), rtol=1e-5, atol=1e-5)
+        nm.assert_close_f32(recurrent_projection(h, layout, gm), np.concatenate(blocks, -1))
 
 
 def test_per_gate_weights_layout_follows_the_backend() -> None:
@@ -169,18 +166,26 @@ def test_per_gate_weights_layout_follows_the_backend() -> None:
 
 
 def test_lstm_step_matches_formulas() -> None:
-    """The noise-free LSTM step against the textbook equations, gate order i, f, g, o."""
+    """The noise-free LSTM step against the textbook equations, gate order i, f, g, o
+    (written in float64; the step in float32 to its rounding, in float64 to 1e-10)."""
     p = np_params(12, "lstm")
     x, h, c = rand(13, B, F), rand(14, B, H), rand(15, B, H)
-    z = x @ p["w_x"] + h @ p["w_h"] + p["b"]
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    x64, h64, c64 = (v.astype(np.float64) for v in (x, h, c))
+    z = x64 @ p64["w_x"] + h64 @ p64["w_h"] + p64["b"]
     i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
     sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))
-    c_ref = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    c_ref = sigmoid(f) * c64 + sigmoid(i) * np.tanh(g)
     h_ref = sigmoid(o) * np.tanh(c_ref)
     carry, y = STEPS["lstm"](p, {"h": h, "c": c}, x @ p["w_x"] + p["b"])
-    np.testing.assert_allclose(carry["c"], c_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(carry["h"], h_ref, rtol=1e-5, atol=1e-6)
+    nm.assert_close_f32(carry["c"], c_ref)
+    nm.assert_close_f32(carry["h"], h_ref)
     np.testing.assert_array_equal(y, carry["h"])
+    with nm.x64():
+        carry, _ = STEPS["lstm"](nm.as_f64(p64), nm.as_f64({"h": h64, "c": c64}),
+                                 nm.as_f64(x64 @ p64["w_x"] + p64["b"]))
+        nm.assert_close_f64(carry["c"], c_ref)
+        nm.assert_close_f64(carry["h"], h_ref)
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
@@ -198,7 +203,7 @@ def test_mixing_coefficients(cell: str) -> None:
             np.testing.assert_allclose(kept[k], carry[k], rtol=1e-6, atol=1e-6)
     zero, _ = step(p, carry, xw, cells.StepNoise(zone_h=0.0, depth=0.0))
     for k in carry:
-        np.testing.assert_allclose(zero[k], plain[k], rtol=1e-5, atol=1e-6)
+        nm.assert_close_f32(zero[k], plain[k])
         assert not np.allclose(plain[k], carry[k])
 
 

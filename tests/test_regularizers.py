@@ -1,10 +1,11 @@
 """Semantics of every regularizer: specs, formulas, tying, jit/grad, errors.
 
 The central check is `test_unroll_matches_reference`: a hand-written,
-gate-by-gate implementation of DESIGN.md's regularizer catalog, fed the masks
-that `noise` draws from the same key, must reproduce `rnn.unroll` in training
-mode, and its expectation (dropout = identity, mixing coefficient = its rate)
-must reproduce deterministic mode.
+gate-by-gate implementation of the regularizer table in docs/REGULARIZERS.md, fed
+the masks that `noise` draws from the same key, must reproduce `rnn.unroll` in
+training mode, and its expectation (dropout = identity, mixing coefficient = its
+rate) must reproduce deterministic mode: in float64 to rounding, in float32 to
+float32's rounding (`tests/numerics.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import flax
 import jax
 import jax.numpy as jnp
+import numerics as nm
 import numpy as np
 import pytest
 
@@ -197,19 +199,20 @@ def _gate(mask, g, per_gate):
 
 
 def reference_unroll(cell, params, x, reg, key, deterministic):
-    """DESIGN.md's catalog written gate by gate in a Python loop over time."""
+    """docs/REGULARIZERS.md's table written gate by gate in a Python loop over time, in
+    the dtype of `x` (float64 under `numerics.x64()`)."""
     batch, steps, _ = x.shape
     x = jnp.swapaxes(x, 0, 1)
     num_gates = cells.NUM_GATES[cell]
     for layer, p in enumerate(params):
         hidden = p["w_h"].shape[0]
         ln = noise.layer_noise(reg, key, layer, cell, batch, steps, x.shape[-1], hidden,
-                               deterministic)
+                               deterministic, x.dtype)
         w_h = noise.weight_noise(reg, key, layer, p["w_h"], deterministic)
         blocks = lambda w, n=hidden: [w[..., g * n:(g + 1) * n] for g in range(num_gates)]
         wx, wh, bx = blocks(p["w_x"]), blocks(w_h), blocks(p["b"])
         bh = blocks(p["b_h"]) if cell == "gru" else None
-        h = c = o_prev = jnp.zeros((batch, hidden))
+        h = c = o_prev = jnp.zeros((batch, hidden), x.dtype)
         in_per_step = reg.input is not None and reg.input.tie == "step"
         in_per_gate = reg.input is not None and reg.input.per_gate
         rec_per_gate = reg.recurrent is not None and reg.recurrent.per_gate
@@ -247,7 +250,7 @@ def reference_unroll(cell, params, x, reg, key, deterministic):
                 h = _mix(n["depth"], h, _mix(n["zone_h"], h, h_new))
             ys.append(h)
         x = jnp.stack(ys)
-    mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic)
+    mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic, x.dtype)
     if mask is not None:
         x = x * mask
     return jnp.swapaxes(x, 0, 1)
@@ -296,7 +299,12 @@ def test_unroll_matches_reference(cell, name, reg, deterministic):
     key = None if deterministic else KEY
     ys, _ = run(cell, params, X, reg=reg, key=key, deterministic=deterministic)
     expected = reference_unroll(cell, params, X, reg, key, deterministic)
-    np.testing.assert_allclose(ys, expected, rtol=2e-5, atol=2e-6)
+    nm.assert_close_f32(ys, expected)
+    with nm.x64():  # the same function: to rounding in float64
+        params64, x64 = nm.as_f64(params), nm.as_f64(X)
+        ys64, _ = run(cell, params64, x64, reg=reg, key=key, deterministic=deterministic)
+        nm.assert_close_f64(ys64, reference_unroll(cell, params64, x64, reg, key,
+                                                   deterministic))
     plain, _ = run(cell, params, X)
     assert not np.allclose(ys, plain, atol=1e-4), "the regularizer changed nothing"
     if not deterministic:
@@ -353,9 +361,9 @@ def test_deterministic_mixing_is_the_expectation_of_the_plain_cell(cell, kind):
 
 def test_deterministic_output_zoneout_formula():
     """Eval: o_t = p o_{t-1} + (1 - p) o~_t, h_t = o_t tanh(c_t); c_t is the plain cell's."""
-    p_drop = 0.4
     p = PARAMS["lstm"][0]
-    ys, final = run("lstm", p, X, reg=recurrent_dropout(p_drop, output_zoneout=True))
+    ys, final = run("lstm", p, X, reg=recurrent_dropout(0.4, output_zoneout=True))
+    p_drop = noise.quantize_probability(0.4)  # as drawn
     h = c = o = jnp.zeros((B, H))
     for t in range(T):
         z = X[:, t] @ p["w_x"] + p["b"] + h @ p["w_h"]

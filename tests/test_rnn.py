@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numerics as nm
 import numpy as np
 import pytest
 
@@ -56,8 +57,9 @@ def eval_reg(cell: str) -> Regularization:
     return reg + stochastic_depth(0.1)
 
 
-def assert_tree_close(a, b, atol: float = 1e-6) -> None:
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol), a, b)
+def assert_tree_close(a, b) -> None:
+    """float32, leaf by leaf: rtol 1e-5 plus 100 ulps of the leaf's largest magnitude."""
+    nm.assert_trees_close_f32(a, b)
 
 
 # Every cell meets all four (layers, layout) pairs, and each of the
