@@ -97,3 +97,24 @@ def _tree_apply(check, actual, desired, err_msg: str = "", **kwargs) -> None:
     assert jax.tree.structure(actual) == tree_d, (jax.tree.structure(actual), tree_d)
     for (path, a), d in zip(paths, leaves_d, strict=True):
         check(a, d, err_msg=f"{err_msg}{jax.tree_util.keystr(path)}", **kwargs)
+
+
+def assert_fused_matches_autodiff(loss_of, params, x, carry, **f32_kwargs) -> dict:
+    """The fused backward pass and scan autodiff compute one function: the value and
+    the gradients of `loss_of(impl)(params, x, carry)` (impl "fused" or "autodiff")
+    agree in float64 to rounding and in float32 to `assert_trees_close_f32(**f32_kwargs)`,
+    and the fused float32 gradients are finite. Returns the float32 `{impl: (value,
+    grads)}` for further checks."""
+    def both(params, x, carry):
+        return {impl: jax.jit(jax.value_and_grad(loss_of(impl), argnums=(0, 1, 2)))(
+            params, x, carry) for impl in ("fused", "autodiff")}
+
+    with x64():
+        out = both(as_f64(params), as_f64(x), as_f64(carry))
+        assert_close_f64(out["fused"][0], out["autodiff"][0])
+        assert_trees_close_f64(out["fused"][1], out["autodiff"][1])
+    out = both(params, x, carry)
+    assert_close_f32(out["fused"][0], out["autodiff"][0])
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(out["fused"][1]))
+    assert_trees_close_f32(out["fused"][1], out["autodiff"][1], **f32_kwargs)
+    return out

@@ -170,23 +170,11 @@ def test_fused_gradients_equal_autodiff(reg):
             return jnp.sum(jnp.sin(ys)) + state + 0.1 * moments
         return f
 
-    def both(params, x, carry):
-        return {impl: jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1, 2)))(
-            params, x, carry) for impl in ("fused", "autodiff")}
-
-    # The same function: float64 agrees to rounding (~1e-14) ...
-    with nm.x64():
-        out = both(nm.as_f64(params), nm.as_f64(x), nm.as_f64(carry))
-        nm.assert_close_f64(out["fused"][0], out["autodiff"][0])
-        nm.assert_trees_close_f64(out["fused"][1], out["autodiff"][1])
-    # ... and float32, through per-step normalizations of 5 rows that amplify rounding
-    # (up to ~350 ulps of a gradient's largest element, AVX-512), to F32_NORM_ULPS.
-    out = both(params, x, carry)
-    nm.assert_close_f32(out["fused"][0], out["autodiff"][0])
-    for a in jax.tree.leaves(out["fused"][1]):
-        assert np.all(np.isfinite(a))
-    nm.assert_trees_close_f32(out["fused"][1], out["autodiff"][1], rtol=1e-4,
-                              ulps=nm.F32_NORM_ULPS)
+    # float64 to rounding (~1e-14); float32 through per-step normalizations of 5 rows
+    # that amplify rounding (up to ~350 ulps of a gradient's largest element, AVX-512),
+    # to F32_NORM_ULPS.
+    out = nm.assert_fused_matches_autodiff(loss, params, x, carry, rtol=1e-4,
+                                           ulps=nm.F32_NORM_ULPS)
     assert float(jnp.abs(out["fused"][1][0][1]["bn_h_g"]).sum()) > 0  # the update's vjp
 
 

@@ -60,22 +60,9 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
     x = jax.random.normal(jax.random.key(9), (3, 7, 5))
     carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, 3, reg))
 
-    def both(params, x, carry):
-        out = {}
-        for impl in ("fused", "autodiff"):
-            f = jax.value_and_grad(_loss(cell, reg, deterministic, impl), argnums=(0, 1, 2))
-            out[impl] = jax.jit(f)(params, x, carry)
-        return out
-
-    # The same function: float64 agrees to rounding ...
-    with nm.x64():
-        out = both(nm.as_f64(params), nm.as_f64(x), nm.as_f64(carry))
-        nm.assert_close_f64(out["fused"][0], out["autodiff"][0])
-        nm.assert_trees_close_f64(out["fused"][1], out["autodiff"][1])
-    # ... and float32 to its rounding, each leaf to F32_ULPS of its largest element.
-    out = both(params, x, carry)
-    nm.assert_close_f32(out["fused"][0], out["autodiff"][0])
-    nm.assert_trees_close_f32(out["fused"][1], out["autodiff"][1])
+    # float64 to rounding, float32 each leaf to F32_ULPS of its largest element.
+    nm.assert_fused_matches_autodiff(lambda impl: _loss(cell, reg, deterministic, impl),
+                                     params, x, carry)
 
 
 @pytest.mark.parametrize("reg_name", ["variational_per_gate", "naive_per_gate"])

@@ -129,25 +129,11 @@ def test_fused_gradients_equal_autodiff_with_every_lstm_site(deterministic):
     x = jnp.asarray(rand(9, B, T, F))
     carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry("lstm_ln", params, B, ALL_SITES))
 
-    def both(params, x, carry):
-        out = {}
-        for impl in ("fused", "autodiff"):
-            f = jax.value_and_grad(_loss(ALL_SITES, deterministic, impl), argnums=(0, 1, 2))
-            out[impl] = jax.jit(f)(params, x, carry)
-        return out
-
-    # The same function: float64 agrees to rounding ...
-    with nm.x64():
-        out = both(nm.as_f64(params), nm.as_f64(x), nm.as_f64(carry))
-        nm.assert_close_f64(out["fused"][0], out["autodiff"][0])
-        nm.assert_trees_close_f64(out["fused"][1], out["autodiff"][1])
-    # ... and float32 to its rounding, each leaf to F32_ULPS of its largest element: the
+    # float64 to rounding, float32 each leaf to F32_ULPS of its largest element: the
     # cubed state makes gradients of hundreds to thousands, whose rounding a bare 1e-5
     # could not absorb on every instruction set.
-    out = both(params, x, carry)
-    nm.assert_close_f32(out["fused"][0], out["autodiff"][0])
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(out["fused"][1]))
-    nm.assert_trees_close_f32(out["fused"][1], out["autodiff"][1])
+    out = nm.assert_fused_matches_autodiff(
+        lambda impl: _loss(ALL_SITES, deterministic, impl), params, x, carry)
     # the normalization gains get gradients (through the fused backward's update vjp)
     assert float(jnp.abs(out["fused"][1][0][0]["ln_h_g"]).sum()) > 0
 
