@@ -54,6 +54,14 @@ def _convert(text: str, current):
     return text
 
 
+def override_text(value) -> str:
+    """A stored JSON value as a `--config.<field>=` override reads it back (a list as the
+    tuple `_convert` parses, without spaces)."""
+    if isinstance(value, list):
+        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
     """Set `config.<dotted>` from a command-line string."""
     node, parts = config, dotted.split(".")

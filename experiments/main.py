@@ -48,14 +48,9 @@ def resume_conflict(workdir, config: dict) -> str | None:
     if not differences:                                # length, logs, evaluation may change
         return None
     section, field, before, value = differences[0]
-
-    def flag(v):  # a list as the tuple an override reads back, without spaces
-        return "(" + ",".join(map(str, v)) + ("," if len(v) == 1 else "") + ")" if isinstance(
-            v, list) else v
-
-    return (f"{workdir} holds a run with {section}.{field} = {flag(before)}, not "
-            f"{flag(value)}: resume it with --config.{section}.{field}={flag(before)}, or "
-            "use a fresh --workdir.")
+    before, value = cli.override_text(before), cli.override_text(value)
+    return (f"{workdir} holds a run with {section}.{field} = {before}, not {value}: "
+            f"resume it with --config.{section}.{field}={before}, or use a fresh --workdir.")
 
 
 def _start_distributed(config) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 
+from experiments.cli import override_text
 from experiments.report_runs import Run
 
 
@@ -25,13 +26,6 @@ def copy_paste_command(command: str, task: str) -> str:
     if "." in head and not head.endswith(".py"):
         module = head.rsplit(".", 1)[-1]
     return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
-
-
-def _flag_value(value) -> str:
-    """A stored JSON value as a `--config.<field>=` override reads it back."""
-    if isinstance(value, list):
-        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return str(value)
 
 
 def flags_since_changed(run: Run) -> list[str]:
@@ -58,6 +52,6 @@ def flags_since_changed(run: Run) -> list[str]:
             return True
         return section != "train" and isinstance(now, int | float)
 
-    return [f"--config.{section}.{field}={_flag_value(before)}"
+    return [f"--config.{section}.{field}={override_text(before)}"
             for section, field, before, now in config_differences(run.config, current, sections)
             if f"--config.{section}.{field}" not in given and counts(section, field, now)]

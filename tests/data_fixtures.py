@@ -42,6 +42,13 @@ def write_ptb_word(root: Path, texts: dict[str, str] | None = None, gz: bool = F
     return root / "ptb_word"
 
 
+def write_repeated_ptb_word(root: Path) -> Path:
+    """A 20-word vocabulary repeated: enough for the binaries' `tiny` preset to run a few
+    batches of 2 x 10 tokens (`--config.data.batch_size=2`)."""
+    line = " " + " ".join(f"w{i}" for i in range(20)) + " \n"
+    return write_ptb_word(root, {"train": line * 20, "valid": line * 4, "test": line * 4})
+
+
 def write_ptb_char(root: Path, gz: bool = True) -> Path:
     for split, text in (("train", PTB_TRAIN), ("valid", PTB_VALID), ("test", PTB_TEST)):
         write(root / "ptb_char" / f"ptb.char.{split}.txt", char_text(text), gz)

@@ -124,9 +124,7 @@ def test_an_unknown_option_is_one_line_and_touches_no_workdir(tmp_path, override
 def test_a_diverging_run_ends_in_one_line(tmp_path):
     from tests import data_fixtures as fx
 
-    words = " " + " ".join(f"w{i}" for i in range(20)) + " \n"
-    fx.write_ptb_word(tmp_path / "data", {"train": words * 20, "valid": words * 4,
-                                          "test": words * 4})
+    fx.write_repeated_ptb_word(tmp_path / "data")
     out = subprocess.run(
         [sys.executable, "-m", "experiments.ptb", "--config=tiny",
          f"--workdir={tmp_path / 'wd'}", f"--data_dir={tmp_path / 'data'}",
@@ -150,9 +148,7 @@ def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
 
     from tests import data_fixtures as fx
 
-    words = " " + " ".join(f"w{i}" for i in range(20)) + " \n"
-    fx.write_ptb_word(tmp_path / "data", {"train": words * 20, "valid": words * 4,
-                                          "test": words * 4})
+    fx.write_repeated_ptb_word(tmp_path / "data")
     workdir = tmp_path / "wd"
     base = [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
             f"--data_dir={tmp_path / 'data'}", "--config.data.batch_size=2",

@@ -47,13 +47,6 @@ def test_device_label_names_the_accelerator_or_the_host_cpu():
         "Intel Xeon (2 cores)")
 
 
-def _write_words(root):
-    """A PTB-layout corpus long enough for a few batches of 2 x 10 tokens."""
-    words = [f"w{i}" for i in range(20)]
-    line = " " + " ".join(words) + " \n"
-    fx.write_ptb_word(root, {"train": line * 20, "valid": line * 4, "test": line * 4})
-
-
 def _tb_records(path):
     """The serialized Event protos of a TensorBoard event file (TFRecord framing)."""
     data = open(path, "rb").read()
@@ -69,7 +62,7 @@ def _tb_records(path):
 def tiny_run(tmp_path_factory):
     """`experiments.ptb --config=tiny` through the binary, as a user runs it."""
     root = tmp_path_factory.mktemp("prov")
-    _write_words(root / "data")
+    fx.write_repeated_ptb_word(root / "data")
     workdir = root / "wd"
     env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false")
     out = subprocess.run(
@@ -138,7 +131,7 @@ def test_test_batch_size_shapes_the_carried_state_test_pass(tmp_path):
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
 
-    _write_words(tmp_path)
+    fx.write_repeated_ptb_word(tmp_path)
     config = ptb.tiny()
     config.data.batch_size = config.data.eval_batch_size = 2
     shapes = {}
