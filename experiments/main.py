@@ -104,17 +104,18 @@ def _write_record(workdir: str, task_name: str, config, task) -> None:
 def run(task_name: str, config) -> dict:
     """Train and evaluate one config; returns the final metrics."""
     from rnnreg_jax.data import DataError
-    from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.tasks import build_task, check_data
     from rnnreg_jax.train import NonFiniteLossError, train_and_evaluate
     from rnnreg_jax.train.checkpoint import CheckpointMismatchError
 
     _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
-    try:  # the config first: a bad one changes nothing in the workdir
+    try:  # the config and the data's checksums first: then a refusal changes no workdir
         check_choices(config)
         reg = regularization(config.reg)
-    except ValueError as err:
+        check_data(config, cli.FLAGS.data_dir)
+    except (ValueError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     # Process 0 only: the other processes of a multi-host run share the workdir. Without

@@ -52,10 +52,35 @@ def build_task(config: ml_collections.ConfigDict, reg: Regularization,
                      "cornell or imdb.")
 
 
+# config.data.dataset -> its folder in the data dir
+_DATA_FOLDERS = {"ptb_word": "ptb_word", "ptb_char": "ptb_char", "pmnist": "mnist",
+                 "cornell": "cornell_scale_v1.0", "imdb": "imdb"}
+
+
+def check_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> None:
+    """Checks the config's local data files against their published sha256s.
+
+    The binaries call it before a run touches its workdir; `build_task` checks
+    again, which costs nothing once the verdict is cached (data.checksums).
+
+    Raises:
+        DataError: a file differs from the published one.
+    """
+    d = config.data
+    if _verify(d) and d.get("source", "files") == "files" and d.dataset in _DATA_FOLDERS:
+        rdata.dataset_dir(_DATA_FOLDERS[d.dataset], data_dir, download=False)
+
+
+def _verify(data_config) -> bool:
+    """Whether the data files are checked against their published sha256s; records
+    written before the field existed were always checked."""
+    return bool(data_config.get("verify_checksums", True))
+
+
 def _language_model(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
     load = rdata.load_ptb_word if d.dataset == "ptb_word" else rdata.load_ptb_char
-    corpus = load(data_dir)
+    corpus = load(data_dir, verify=_verify(d))
     carry = bool(config.train.carry_state)
     eval_carry = config.train.get("eval_carry_state")
     eval_carry = carry if eval_carry is None else bool(eval_carry)
@@ -103,7 +128,8 @@ def _test_stream(corpus, d):
 def _pmnist(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
     mnist = rdata.load_mnist(data_dir, permuted=d.permuted, permutation_seed=d.permutation_seed,
-                             validation_size=d.validation_size, source=d.source)
+                             validation_size=d.validation_size, source=d.source,
+                             verify=_verify(d))
     train = mnist.batches("train", d.batch_size, seed=d.shuffle_seed)
     evals = {split: mnist.batches(split, d.eval_batch_size) for split in ("valid", "test")
              if mnist.num_examples(split) > 0}
@@ -116,11 +142,11 @@ def _sentiment(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
     if d.dataset == "cornell":
         data = rdata.load_cornell(data_dir, vocab_size=d.vocab_size, chunk_len=d.seq_len,
-                                  seed=d.split_seed, split=d.split)
+                                  seed=d.split_seed, split=d.split, verify=_verify(d))
         kind, outputs = "regression", 1
     else:
         data = rdata.load_imdb(data_dir, vocab_size=d.vocab_size, max_len=d.seq_len,
-                               source=d.source)
+                               source=d.source, verify=_verify(d))
         kind, outputs = "classification", 2
     train = data.batches("train", d.batch_size, seed=d.shuffle_seed)
     evals = {"test": data.batches("test", d.eval_batch_size)}

@@ -8,7 +8,10 @@
 * Full-precision float32 matrix products (`JAX_DEFAULT_MATMUL_PRECISION=highest`):
   the tolerances assume them, and GPUs may otherwise use TF32 (on CPU this
   changes nothing). The suite's run on an NVIDIA H100 (README.md) set it by hand.
-Both go through the environment so subprocesses inherit them; tests that set
+* `RNNREG_SKIP_DATA_CHECKS=1`: the small data sets the tests make carry the
+  real file names, so the published-sha256 check (rnnreg_jax.data.checksums)
+  would refuse them; tests/test_data_checksums.py unsets it to test the check.
+All go through the environment so subprocesses inherit them; tests that set
 their own XLA_FLAGS (device counts) keep the optimization flag by appending.
 """
 
@@ -22,3 +25,4 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "rnnreg_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+os.environ["RNNREG_SKIP_DATA_CHECKS"] = "1"

@@ -25,6 +25,7 @@ def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.
     data.eval_batch_size = 1000  # validation / test batch
     data.shuffle_seed = 0  # example order per epoch
     data.source = "files"  # "files" (idx files) or "tfds"
+    data.verify_checksums = True  # check the files against their published sha256s
     model = config.model = ml_collections.ConfigDict()
     model.cell = "lstm"
     model.hidden_sizes = (100,)

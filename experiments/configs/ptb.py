@@ -29,6 +29,7 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     # (1: Zaremba's and Gal's protocol, one stream, the last window padded).
     data.test_batch_size = kw.pop("test_batch_size", 1)
     data.shuffle_seed = kw.pop("shuffle_seed", 0)  # window order of "shuffled" batching
+    data.verify_checksums = True  # check the files against their published sha256s
     assert not kw, kw
     return data
 

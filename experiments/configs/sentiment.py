@@ -33,6 +33,7 @@ def _config(dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDi
     data.eval_batch_size = 512
     data.shuffle_seed = 0
     data.source = "files"  # IMDB: "files" or "tfds"
+    data.verify_checksums = True  # check the files against their published sha256s
     model = config.model = ml_collections.ConfigDict()
     model.cell = cell
     model.hidden_sizes = (128,)

@@ -1,7 +1,8 @@
-"""`python -m rnnreg_jax.data <dataset> [--data_dir D]`: load a data set, print its stats.
+"""`python -m rnnreg_jax.data <dataset> [--data_dir D] [--skip_checks]`: load and verify
+a data set, print its stats.
 
 Exit status 2 with one sentence on stderr (no traceback) when the data is
-missing or corrupt.
+missing or corrupt, or differs from the published files (data.checksums).
 """
 
 from __future__ import annotations
@@ -17,25 +18,28 @@ from rnnreg_jax.data.errors import DataError
 DATASETS = ("ptb_word", "ptb_char", "mnist", "cornell", "imdb")
 
 
-def describe(name: str, data_dir: str | None, source: str = "files") -> list[str]:
+def describe(
+    name: str, data_dir: str | None, source: str = "files", verify: bool = True
+) -> list[str]:
     """Loads data set `name` and returns lines of statistics."""
     from rnnreg_jax import data
 
     if name in ("ptb_word", "ptb_char"):
-        c = (data.load_ptb_word if name == "ptb_word" else data.load_ptb_char)(data_dir)
+        load = data.load_ptb_word if name == "ptb_word" else data.load_ptb_char
+        c = load(data_dir, verify=verify)
         lines = [f"vocab size: {c.vocab_size}"]
         lines += [f"{s}: {len(c.split(s)):,} tokens" for s in ("train", "valid", "test")]
         lines.append("first symbols: " + " ".join(c.decode(c.train[:12])))
         return lines
     if name == "mnist":
-        m = data.load_mnist(data_dir, source=source)
+        m = data.load_mnist(data_dir, source=source, verify=verify)
         lines = [f"permutation seed: {data.PERMUTATION_SEED}"]
         for s in ("train", "valid", "test"):
             counts = np.bincount(m.labels[s], minlength=10)
             lines.append(f"{s}: {m.num_examples(s):,} images, labels {counts.tolist()}")
         return lines
     if name == "cornell":
-        d = data.load_cornell(data_dir)
+        d = data.load_cornell(data_dir, verify=verify)
         docs = len(np.union1d(d.doc_ids["train"], d.doc_ids["test"]))
         return [
             f"documents: {docs:,}; vocabulary {len(d.vocab):,} words ({d.num_ids:,} ids)",
@@ -43,7 +47,7 @@ def describe(name: str, data_dir: str | None, source: str = "files") -> list[str
             f"rating mean {d.target_mean:.4f}, std {d.target_std:.4f} (training chunks)",
         ]
     if name == "imdb":
-        d = data.load_imdb(data_dir, source=source)
+        d = data.load_imdb(data_dir, source=source, verify=verify)
         return [
             f"vocabulary {len(d.vocab):,} words ({d.num_ids:,} ids), "
             f"length {d.inputs['train'].shape[1]}",
@@ -68,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=("files", "tfds"),
         help="mnist/imdb only: raw files or a prepared TFDS data dir",
     )
+    parser.add_argument(
+        "--skip_checks",
+        action="store_true",
+        help="read files that differ from the published ones (no sha256 check)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        lines = describe(args.dataset, args.data_dir, args.source)
+        lines = describe(args.dataset, args.data_dir, args.source, not args.skip_checks)
     except DataError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -174,6 +174,7 @@ def load_imdb(
     add_start: bool = True,
     cache: bool = True,
     source: Literal["files", "tfds"] = "files",
+    verify: bool = True,
 ) -> SentimentData:
     """Loads IMDB: 25,000 train / 25,000 test reviews, label 1 = positive.
 
@@ -187,6 +188,8 @@ def load_imdb(
             (`<cache_dir>/imdb/<key>.npz`, keyed by the archive's sha256 and the
             arguments; only when reading the archive); the data dir is never written.
         source: "files" or "tfds".
+        verify: check the archive against its published sha256 (data.checksums;
+            an unpacked `aclImdb/` has no published hashes).
 
     Returns:
         `SentimentData` with inputs int32 `[N, L]` and labels int32 `[N]`.
@@ -201,7 +204,7 @@ def load_imdb(
         }
         arrays = _build_imdb(reviews, vocab_size, max_len, add_start)
     elif source == "files":
-        folder = dataset_dir("imdb", data_dir)
+        folder = dataset_dir("imdb", data_dir, verify=verify)
         if not folder.is_dir():
             raise missing("IMDB folder", folder)
         arrays = None

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rnnreg_jax.data.checksums import PUBLISHED, checks_skipped, verify_folder
 from rnnreg_jax.data.errors import FIX, DataError
 
 DATA_DIR_ENV = "RNNREG_DATA_DIR"
@@ -70,20 +71,6 @@ class Source:
 
 _PTB = "simple-examples/data/"
 _SPLITS = ("train", "valid", "test")
-_PTB_SHA = {  # (word file, char file), from ptb_{word,char}/PROVENANCE.md in the data dir
-    "train": (
-        "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
-        "e313d91425e06c4f0a8fb6e881dcce0c291f2a0e9f4dda54833069b122f91da9",
-    ),
-    "valid": (
-        "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
-        "21661f63ec355085879458b6524644d4add5573541b4be14fb52ab2e2e995eb8",
-    ),
-    "test": (
-        "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
-        "1ef5607ac3c463b16e38bfe7900dd3bfc91de5a96e0f21e7eab5188b465b8ebe",
-    ),
-}
 _PTB_SOURCE = Source(
     folders=("ptb_word", "ptb_char"),
     downloads=(
@@ -95,8 +82,8 @@ _PTB_SOURCE = Source(
             ),
         ),
     ),
-    file_sha256={f"ptb_word/ptb.{s}.txt": _PTB_SHA[s][0] for s in _SPLITS}
-    | {f"ptb_char/ptb.char.{s}.txt": _PTB_SHA[s][1] for s in _SPLITS},
+    file_sha256={f"ptb_word/{n}": sha for n, sha in PUBLISHED["ptb_word"].items()}
+    | {f"ptb_char/{n}": sha for n, sha in PUBLISHED["ptb_char"].items()},
 )
 
 _MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -105,25 +92,6 @@ _MNIST_SHA = {  # of the .gz files, from mnist/PROVENANCE.md (= TFDS url_checksu
     "train-labels-idx1": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     "t10k-images-idx3": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "t10k-labels-idx1": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-
-_CORNELL_SHA = {  # subj/rating files, from cornell_scale_v1.0/PROVENANCE.md
-    "Dennis+Schwartz": (
-        "cb26f952c091c510c786627a45a5af3fb5c87a986f9aa3eb7eef6e4ed1797a02",
-        "b9057227d5b1324f49d5f402f1cad0ae472f3d130f35a24a5334ab7db6726be7",
-    ),
-    "James+Berardinelli": (
-        "1b612ca24494cc675f5e58c1fc320501446da2ed2520a00edb3522b565640658",
-        "91abefa233432a2b92a82e0cb40706bd38e48e1ce4165e7a16584a6ec1dd8ed0",
-    ),
-    "Scott+Renshaw": (
-        "c1b0b7b80fa4161053fee1125e7fb7bfba987fcfa08a8ab525504eff4c988cec",
-        "cbe4f07da184e0c68a1051503c91c2474bb23c8d6b433e57d99dc2a8ae43760c",
-    ),
-    "Steve+Rhodes": (
-        "33ef24625d183f6f9ecf03f356e055e9ff998ac7773f48939a364e9900bbf10a",
-        "bbbe28efbe998827cfe2737a25d19977091a2deea141461eb8e241ce6f5bc03d",
-    ),
 }
 
 SOURCES: dict[str, Source] = {
@@ -145,9 +113,7 @@ SOURCES: dict[str, Source] = {
             ),
         ),
         file_sha256={
-            f"cornell_scale_v1.0/scaledata/{a}/{kind}.{a}": sha
-            for a, shas in _CORNELL_SHA.items()
-            for kind, sha in zip(("subj", "rating"), shas, strict=True)
+            f"cornell_scale_v1.0/{n}": sha for n, sha in PUBLISHED["cornell_scale_v1.0"].items()
         },
     ),
     "imdb": Source(
@@ -186,8 +152,9 @@ def dataset_dir(
     *,
     download: bool = True,
     base_url: str | None = None,
+    verify: bool = True,
 ) -> Path:
-    """Returns `<root>/<folder>`, downloading it into the user cache when needed.
+    """Returns `<root>/<folder>`, downloaded into the user cache when needed and verified.
 
     Args:
         folder: a key of `SOURCES`, e.g. "ptb_word".
@@ -195,12 +162,19 @@ def dataset_dir(
         download: download into the cache when the folder is missing there.
             Explicit and env-var roots are never written to.
         base_url: replaces the folder of every canonical URL (default `$RNNREG_DATA_URL`).
+        verify: check the files with published sha256s (`checksums.verify_folder`)
+            unless `$RNNREG_SKIP_DATA_CHECKS` is set; False uses a modified copy knowingly.
+
+    Raises:
+        DataError: a download failed, or a file differs from the published one.
     """
     explicit = bool(data_dir or os.environ.get(DATA_DIR_ENV))
     root = resolve_data_dir(data_dir)
     path = root / folder
     if not explicit and download and not path.is_dir() and folder in SOURCES:
         fetch(SOURCES[folder], root, base_url=base_url)
+    if verify and not checks_skipped():
+        verify_folder(path, folder)
     return path
 
 

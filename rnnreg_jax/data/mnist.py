@@ -148,6 +148,7 @@ def load_mnist(
     validation: Literal["last", "shuffle"] = "last",
     validation_seed: int = 0,
     source: Literal["files", "tfds"] = "files",
+    verify: bool = True,
 ) -> MNIST:
     """Loads (permuted) sequential MNIST.
 
@@ -159,6 +160,7 @@ def load_mnist(
         validation: "last" takes the last images of train, "shuffle" a random
             subset chosen with `validation_seed`.
         source: "files" (idx files) or "tfds" (`tfds.data_source`, optional extra).
+        verify: check the idx files against their published sha256s (data.checksums).
 
     Raises:
         DataError: missing or corrupt files, or inconsistent image/label counts.
@@ -168,7 +170,7 @@ def load_mnist(
 
         raw = tfds_source.mnist_arrays(data_dir)
     elif source == "files":
-        folder = dataset_dir("mnist", data_dir)
+        folder = dataset_dir("mnist", data_dir, verify=verify)
         raw = {}
         for split, (img_stem, lbl_stem) in FILES.items():
             images = read_idx(folder, img_stem, IMAGE_MAGIC)

@@ -157,8 +157,9 @@ def _load(
     line_end: str,
     data_dir: str | os.PathLike | None,
     vocab_order: VocabOrder,
+    verify: bool,
 ) -> TextCorpus:
-    folder = dataset_dir(folder_name, data_dir)
+    folder = dataset_dir(folder_name, data_dir, verify=verify)
     what = "PTB file"
     toks = {}
     paths = {}
@@ -173,38 +174,48 @@ def _load(
 
 
 def load_ptb_word(
-    data_dir: str | os.PathLike | None = None, vocab_order: VocabOrder = "first_appearance"
+    data_dir: str | os.PathLike | None = None,
+    vocab_order: VocabOrder = "first_appearance",
+    *,
+    verify: bool = True,
 ) -> TextCorpus:
     """Loads word-level PTB from `<data_dir>/ptb_word/ptb.{train,valid,test}.txt[.gz]`.
 
     Args:
         data_dir: data root (None: `$RNNREG_DATA_DIR`, else the download cache).
         vocab_order: "first_appearance" (Zaremba) or "frequency".
+        verify: check the files against their published sha256s (data.checksums).
 
     Returns:
         A `TextCorpus` whose splits are int32 `[N]` arrays with `<eos>` at line ends.
 
     Raises:
-        DataError: a file is missing, empty, corrupt, or has out-of-vocabulary words.
+        DataError: a file is missing, empty, corrupt, differs from the published
+            one, or has out-of-vocabulary words.
     """
-    return _load("ptb_word", "ptb.{}.txt", EOS, data_dir, vocab_order)
+    return _load("ptb_word", "ptb.{}.txt", EOS, data_dir, vocab_order, verify)
 
 
 def load_ptb_char(
-    data_dir: str | os.PathLike | None = None, vocab_order: VocabOrder = "first_appearance"
+    data_dir: str | os.PathLike | None = None,
+    vocab_order: VocabOrder = "first_appearance",
+    *,
+    verify: bool = True,
 ) -> TextCorpus:
     """Loads char-level PTB from `<data_dir>/ptb_char/ptb.char.{train,valid,test}.txt[.gz]`.
 
-    Line ends become the symbol `<eol>`; word boundaries stay `_`.
+    Line ends become the symbol `<eol>`; word boundaries stay `_`. Arguments as
+    `load_ptb_word`.
 
     Raises:
-        DataError: a file is missing, empty, corrupt, or has unseen symbols.
+        DataError: a file is missing, empty, corrupt, differs from the published
+            one, or has unseen symbols.
     """
-    corpus = _load("ptb_char", "ptb.char.{}.txt", EOL, data_dir, vocab_order)
+    corpus = _load("ptb_char", "ptb.char.{}.txt", EOL, data_dir, vocab_order, verify)
     long = [s for s in corpus.vocab if len(s) != 1 and s != EOL]
     if long:
         raise DataError(
-            f"PTB char files in {dataset_dir('ptb_char', data_dir, download=False)} hold the "
+            f"PTB char files in {dataset_dir('ptb_char', data_dir, download=False, verify=False)} hold the "
             f"multi-character symbol {long[0]!r}; use the space-separated ptb.char.*.txt files."
         )
     return corpus

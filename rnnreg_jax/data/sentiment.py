@@ -124,9 +124,11 @@ class SentimentData:
 # ----------------------------------------------------------------------------- Cornell
 
 
-def read_cornell(data_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
+def read_cornell(
+    data_dir: str | os.PathLike | None = None, verify: bool = True
+) -> tuple[list[str], np.ndarray]:
     """Returns the reviews (authors sorted, file order) and their float32 ratings `[D]`."""
-    root = dataset_dir(CORNELL_FOLDER, data_dir) / "scaledata"
+    root = dataset_dir(CORNELL_FOLDER, data_dir, verify=verify) / "scaledata"
     if not root.is_dir():
         raise missing("Cornell folder", root)
     authors = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -180,6 +182,7 @@ def load_cornell(
     test_fraction: float = 0.2,
     seed: int = 0,
     split: Literal["chunks", "by_document"] = "chunks",
+    verify: bool = True,
 ) -> SentimentData:
     """Loads the Cornell scale data as 200-word chunks with normalized ratings.
 
@@ -191,12 +194,13 @@ def load_cornell(
         seed: `np.random.RandomState(seed)` shuffles the chunks (or reviews).
         split: "chunks" as the original (a review can be on both sides) or
             "by_document" (reviews split first; vocabulary from train reviews).
+        verify: check the files against their published sha256s (data.checksums).
 
     Returns:
         `SentimentData` with splits "train" and "test": inputs int32 `[N, L]`,
         targets float32 `[N]` normalized by the training mean/std, `doc_ids`.
     """
-    docs, ratings = read_cornell(data_dir)
+    docs, ratings = read_cornell(data_dir, verify)
     tokens = [d.lower().split() for d in docs]
     rng = np.random.RandomState(seed)
     if split == "chunks":
