@@ -76,7 +76,9 @@ _CORNELL = {
     for kind, sha in zip(("subj", "rating"), shas, strict=True)
 }
 # The labelled-only archive of docs/DATA.md (an .xz, so checked as stored).
-_IMDB = {"aclImdb_labeled.tar.xz": "3e1c2c3a853e59adcb575cff17d0fd6efad3aa39ae2b9e62c5cd15024072f8e2"}
+_IMDB = {
+    "aclImdb_labeled.tar.xz": "3e1c2c3a853e59adcb575cff17d0fd6efad3aa39ae2b9e62c5cd15024072f8e2",
+}
 
 # data-dir folder -> {path under the folder: sha256 of the file's content}
 PUBLISHED: dict[str, dict[str, str]] = {

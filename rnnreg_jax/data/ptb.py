@@ -214,8 +214,9 @@ def load_ptb_char(
     corpus = _load("ptb_char", "ptb.char.{}.txt", EOL, data_dir, vocab_order, verify)
     long = [s for s in corpus.vocab if len(s) != 1 and s != EOL]
     if long:
+        folder = dataset_dir("ptb_char", data_dir, download=False, verify=False)
         raise DataError(
-            f"PTB char files in {dataset_dir('ptb_char', data_dir, download=False, verify=False)} hold the "
+            f"PTB char files in {folder} hold the "
             f"multi-character symbol {long[0]!r}; use the space-separated ptb.char.*.txt files."
         )
     return corpus
