@@ -23,7 +23,9 @@ def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
         enable_async_checkpointing=False)
     # Orbax takes local paths and URLs (gs://) alike; only local ones are made absolute.
     path = directory if "://" in directory else os.path.abspath(directory)
-    return ocp.CheckpointManager(path, options=options)
+    # The handler named up front lets `item_metadata` read a step's shapes without its arrays.
+    return ocp.CheckpointManager(path, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 class Checkpointer:
@@ -63,6 +65,9 @@ def abstract(state):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+_OTHER_MODEL = "another model's state"
+
+
 class CheckpointMismatchError(ValueError):
     """Checkpoints exist but none restores into the current state's structure."""
 
@@ -76,21 +81,61 @@ def restore_newest(manager: ocp.CheckpointManager, target):
     """
     manager.reload()
     steps = sorted(manager.all_steps(), reverse=True)
+    reason = ""
     for step in steps:
         try:
             return _restore(manager, step, target)
         except Exception as err:  # noqa: BLE001 - an unreadable step: try an older one
+            reason = " ".join(str(err).split())
             logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one.",
-                            step, manager.directory, err)
+                            step, manager.directory, reason)
     if steps:
+        cause = f" (step {steps[-1]}: {reason})" if reason.startswith(_OTHER_MODEL) else ""
         raise CheckpointMismatchError(
             f"None of the checkpoints in {manager.directory} (steps {steps}) restores into "
-            "this model, probably written with another config; use a fresh --workdir or "
-            "move them away.")
+            f"this model{cause}, probably written with another config; use a fresh --workdir "
+            "or move them away.")
+    return None
+
+
+def _leaf_specs(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
+    """{path of names: (shape, dtype)} of the array leaves, for dataclass and dict trees alike."""
+    def name(entry) -> str:
+        for attr in ("name", "key", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tuple(name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in leaves}
+
+
+def shape_mismatch(manager: ocp.CheckpointManager, step: int, target) -> str | None:
+    """The first difference between a step's stored arrays and `target`'s, or None.
+
+    Read from the step's metadata alone: restoring arrays of the wrong shape fails
+    inside orbax's reader threads, which then print tracebacks after the error.
+    """
+    stored = _leaf_specs(getattr(manager.item_metadata(step), "tree", None) or {})
+    wanted = _leaf_specs(abstract(target))
+    for path in sorted(wanted.keys() | stored.keys()):
+        have, want = stored.get(path), wanted.get(path)
+        if have != want:
+            where = "/".join(path)
+            if have is None:
+                return f"it lacks {where}"
+            if want is None:
+                return f"it holds {where}, which this model lacks"
+            return (f"{where} is {have[1]}{list(have[0])} there but {want[1]}{list(want[0])} "
+                    "in this model")
     return None
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, target):
+    mismatch = target is not None and shape_mismatch(manager, step, target)
+    if mismatch:
+        raise ValueError(f"{_OTHER_MODEL}: {mismatch}")
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract(target)))
     except ValueError:
