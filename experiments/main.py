@@ -14,6 +14,7 @@ import json
 import logging as py_logging
 import os
 import sys
+import tempfile
 
 import jax
 from absl import app, logging
@@ -24,9 +25,21 @@ from experiments.configs.common import check_choices, config_differences, regula
 
 
 def _quiet_orbax() -> None:
-    """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
-    py_logging.getLogger("absl").addFilter(
-        lambda record: record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname)
+    """Orbax logs every save step at INFO; keep its warnings, drop the chatter. Its futures
+    also log, with a traceback, each failure of a writer thread (a full disk: one per
+    thread) that it then raises to the caller, where it becomes the run's one error line."""
+    def keep(record) -> bool:
+        if "/orbax/" not in record.pathname:
+            return True
+        return record.levelno >= py_logging.WARNING and "/futures/" not in record.pathname
+
+    py_logging.getLogger("absl").addFilter(keep)
+
+
+def _fail(message) -> None:
+    """End the binary with one line on stderr and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def resume_conflict(workdir, config: dict) -> str | None:
@@ -42,7 +55,11 @@ def resume_conflict(workdir, config: dict) -> str | None:
     if not (path / "config.json").exists() or not checkpoints.exists() or not any(
             checkpoints.iterdir()):
         return None
-    stored = json.loads((path / "config.json").read_text()).get("config", {})
+    try:
+        stored = json.loads((path / "config.json").read_text()).get("config", {})
+    except (ValueError, AttributeError) as err:
+        return (f"{path / 'config.json'} is not a run record ({err}); restore it, or remove "
+                "it to let the run check the checkpoints against this model.")
     current = json.loads(json.dumps(config, default=str))  # tuples -> lists, as stored
     differences = config_differences(stored, current)  # model, data and reg only: training
     if not differences:                                # length, logs, evaluation may change
@@ -84,6 +101,22 @@ def _lock(workdir: str) -> None:
 _HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
 
 
+def _write_whole(path: epath.Path, text: str) -> None:
+    """Writes a local file through a temporary one and a rename, so a full disk or a kill
+    leaves the old file or the new one, never a torn one (object stores write whole)."""
+    if "://" in str(path):
+        path.write_text(text)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, str(path))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _write_record(workdir: str, task_name: str, config, task) -> None:
     """config.json (the config and what produced the run) and TensorBoard's hparams."""
     from rnnreg_jax.train.logging import write_hparams
@@ -92,7 +125,7 @@ def _write_record(workdir: str, task_name: str, config, task) -> None:
     config_dict = json.loads(json.dumps(config.to_dict(), default=str))
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(
+    _write_whole(path / "config.json", json.dumps(
         {"task": task_name, "command": record["command"], "provenance": record,
          "config": config_dict}, indent=2))
     if config.train.get("tensorboard", True):
@@ -106,7 +139,11 @@ def run(task_name: str, config) -> dict:
     from rnnreg_jax.data import DataError
     from rnnreg_jax.tasks import build_task, check_data
     from rnnreg_jax.train import NonFiniteLossError, train_and_evaluate
-    from rnnreg_jax.train.checkpoint import CheckpointMismatchError
+    from rnnreg_jax.train.checkpoint import (
+        CheckpointMismatchError,
+        CheckpointWriteError,
+        os_error_reason,
+    )
 
     _quiet_orbax()
     _start_distributed(config)
@@ -136,25 +173,30 @@ def run(task_name: str, config) -> dict:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
-    if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
-        record = epath.Path(workdir) / "config.json"
-        previous = record.read_text() if record.exists() else None
-        _write_record(workdir, task_name, config, task)
+    record = previous = None
     try:
+        if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
+            record = epath.Path(workdir) / "config.json"
+            previous = record.read_text() if record.exists() else None
+            _write_record(workdir, task_name, config, task)
         return train_and_evaluate(task, config.train, workdir)
     except CheckpointMismatchError as err:
         # The checkpoints are another run's (a workdir without config.json, so nothing
         # could refuse it earlier): leave the record as it was.
-        if jax.process_index() == 0:
+        if record is not None:
             if previous is None:
                 record.unlink(missing_ok=True)
             else:
                 record.write_text(previous)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err)
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err)
+    except CheckpointWriteError as err:
+        _fail(err)
+    except OSError as err:  # metrics, TensorBoard or config.json: a full or read-only disk
+        _fail(f"Writing to the workdir {workdir} failed ({os_error_reason(err)}); free space "
+              "there or pass another --workdir, then rerun to resume from the newest "
+              "complete checkpoint.")
 
 
 def main_for(task_name: str, presets: cli.Presets) -> None:

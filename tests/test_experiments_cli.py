@@ -95,6 +95,16 @@ def test_a_field_added_to_the_code_later_counts_as_its_default(tmp_path):
     assert resume_conflict(workdir, same.to_dict()) is None
 
 
+def test_a_torn_record_beside_checkpoints_is_refused_in_one_sentence(tmp_path):
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.zoneout().to_dict())
+    (tmp_path / "config.json").write_text('{"task": "ptb", "conf')  # as a full disk left it
+    message = resume_conflict(workdir, ptb.zoneout().to_dict())
+    assert message.startswith(f"{tmp_path / 'config.json'} is not a run record (")
+    assert "\n" not in message
+
+
 def test_without_checkpoints_any_config_may_start(tmp_path):
     from experiments.main import resume_conflict
 

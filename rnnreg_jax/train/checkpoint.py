@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -36,17 +38,15 @@ class Checkpointer:
         self.best = _manager(os.path.join(workdir, "best"), 1)
 
     def save(self, state, step: int) -> None:
-        """Save `state` as `step` (no-op if that step is already saved)."""
-        if step in self.latest.all_steps():
-            return
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
-        self.latest.wait_until_finished()
+        """Save `state` as `step` (no-op if that step is already saved).
+
+        Raises:
+            CheckpointWriteError: the step could not be written (full disk, permissions).
+        """
+        _save(self.latest, state, step)
 
     def save_best(self, state, step: int) -> None:
-        if step in self.best.all_steps():
-            return
-        self.best.save(step, args=ocp.args.StandardSave(state), force=True)
-        self.best.wait_until_finished()
+        _save(self.best, state, step)
 
     def restore_latest(self, target):
         """Newest restorable state shaped like `target` (arrays or abstract), or None."""
@@ -58,6 +58,61 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message is one sentence with the fix."""
+
+
+def os_error_reason(err: BaseException) -> str:
+    """The operating system's words for why a write failed, e.g. "No space left on device".
+
+    Orbax reports TensorStore's failures as a ValueError whose text holds the errno.
+    """
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    if code:
+        return os.strerror(int(code.group(1)))
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+_ROOM_SLACK = 64 << 10  # metadata and manifest files of one step, with room to spare
+
+
+def _check_room(manager: ocp.CheckpointManager, state, step: int) -> None:
+    """Refuses a save that cannot fit on a local disk before a byte is written.
+
+    A save that runs out of space fails inside orbax's writer threads, whose pending
+    callbacks then print tracebacks after the error; this check makes the usual case
+    (a disk already too full) one sentence. A disk that fills during the save still
+    raises `CheckpointWriteError` from the save itself.
+    """
+    directory = str(manager.directory)
+    if "://" in directory:
+        return
+    need = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    need += need // 10 + _ROOM_SLACK
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise CheckpointWriteError(
+            f"Checkpoint step {step} needs about {need / 1e6:.2f} MB in {directory} but "
+            f"{free / 1e6:.2f} MB are free; free space there or pass another --workdir, then "
+            "rerun to resume from the newest complete checkpoint.")
+
+
+def _save(manager: ocp.CheckpointManager, state, step: int) -> None:
+    if step in manager.all_steps():
+        return
+    _check_room(manager, state, step)
+    try:
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001 - orbax wraps I/O errors in several types
+        raise CheckpointWriteError(
+            f"Checkpoint step {step} could not be written to {manager.directory} "
+            f"({os_error_reason(err)}); free space there or pass another --workdir, then "
+            "rerun to resume from the newest complete checkpoint.") from err
 
 
 def abstract(state):

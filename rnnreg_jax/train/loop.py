@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 
 from rnnreg_jax.train import checkpoint as ckpt_lib
@@ -296,8 +297,13 @@ class _Run:
         out.update({f"{split}/{k}": v for k, v in metrics.items()})
 
     def close(self) -> None:
-        self.logger.close()
-        self.ckpt.close()
+        # Each closed even if the other fails (a full disk fails both): the error that
+        # ended the run is the one to report.
+        for close in (self.logger.close, self.ckpt.close):
+            try:
+                close()
+            except Exception as err:  # noqa: BLE001
+                logging.warning("Closing the run's files failed: %s", err)
 
 
 def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, config,
