@@ -81,3 +81,35 @@ def test_an_unusable_workdir_is_one_line(tmp_path):
         assert lines == [lines[0]] and lines[0].startswith(
             f"error: cannot use {workdir} as the workdir: "), out.stderr
     assert a_file.read_text() == "not a folder"
+
+
+def test_two_runs_started_at_once_on_one_workdir_leave_one_clean_run(tmp_path):
+    """Without the lock, two such runs crashed inside orbax, logged steps twice and left
+    orphan checkpoints. Now one trains, the other is refused in one line; twice over."""
+    import json
+
+    from tests import data_fixtures as fx
+
+    fx.write_repeated_ptb_word(tmp_path / "data")
+    for trial in range(2):
+        workdir = tmp_path / f"wd{trial}"
+        cmd = [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+               f"--data_dir={tmp_path / 'data'}", "--config.data.batch_size=2",
+               "--config.data.eval_batch_size=2", "--config.train.max_steps=8",
+               "--config.train.mc_samples=0", "--config.train.checkpoint_every_steps=1",
+               "--config.train.keep_checkpoints=2", "--config.train.tensorboard=False"]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outs = [(p, *p.communicate(timeout=300)) for p in procs]
+        codes = sorted(p.returncode for p, _, _ in outs)
+        assert codes == [0, 2], [err[-2000:] for _, _, err in outs]
+        refused = next(err for p, _, err in outs if p.returncode == 2)
+        winner = next(p for p, _, _ in outs if p.returncode == 0)
+        assert refused.strip().splitlines() == [
+            line for line in refused.splitlines() if line.startswith("error: ")]
+        assert f"is in use by process {winner.pid} on " in refused
+        steps = [json.loads(line)["step"] for line in
+                 (workdir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "train"]
+        assert len(steps) == len(set(steps)) and steps == sorted(steps)
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["7", "8"]
