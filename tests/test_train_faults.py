@@ -84,3 +84,40 @@ def test_resume_repairs_a_lost_best_checkpoint(tmp_path):
     for a, b in zip(jax.tree.leaves(_best_params(tmp_path / "wd")), jax.tree.leaves(before),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("how", ["time_limit", "sigterm"])
+def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path, monkeypatch,
+                                                                        how):
+    """A time limit (or SIGTERM, as a runner's deadline sends it) stops the run at a step
+    boundary with a checkpoint and no final evaluation; the same call resumes to the
+    uninterrupted run's numbers."""
+    import os
+    import signal
+
+    reference = train.train_and_evaluate(_task(), _config(2), str(tmp_path / "ref"))
+    config = _config(2)
+    if how == "time_limit":
+        config.time_limit_s = 1e-9  # up after the first step
+    else:
+        original = th.SeqSource.iterate
+
+        def iterate_then_sigterm(self, epoch, start=0):
+            for i, batch in enumerate(original(self, epoch, start)):
+                if self.steps_per_epoch == STEPS_PER_EPOCH and epoch == 1 and start + i == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled at the step boundary
+                yield batch
+
+        monkeypatch.setattr(th.SeqSource, "iterate", iterate_then_sigterm)
+    stopped = train.train_and_evaluate(_task(), config, str(tmp_path / "wd"))
+    assert stopped["stopped"] is True and "valid/loss" not in stopped
+    expected_step = 1 if how == "time_limit" else STEPS_PER_EPOCH + 3
+    assert stopped["step"] == expected_step
+    assert max(_steps(tmp_path / "wd")[0]) == expected_step
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(_task(), _config(2), str(tmp_path / "wd"))
+    assert resumed["valid/loss"] == reference["valid/loss"]
+    for a, b in zip(jax.tree.leaves(_best_params(tmp_path / "wd")),
+                    jax.tree.leaves(_best_params(tmp_path / "ref")), strict=True):
+        np.testing.assert_array_equal(a, b)

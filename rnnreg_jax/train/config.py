@@ -52,6 +52,9 @@ def default_train_config() -> ml_collections.ConfigDict:
     # Runtime.
     c.distributed = False         # call jax.distributed.initialize() (multi-host runs).
     c.stop_on_nan = True          # raise NonFiniteLossError on a NaN/inf training loss.
+    c.time_limit_s = 0.0          # save and stop at the first step this many seconds after the
+                                  # run started (0 = none); SIGTERM does the same. The same
+                                  # command resumes; the final evaluation runs when training ends.
     return c
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -35,6 +37,26 @@ def _epoch_end_update(state, lr, best, bad_epochs, epoch):
     hyper = dict(state.opt_state.hyperparams)
     hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+class _TerminationFlag:
+    """Turns SIGTERM (a scheduler's or a deadline's) into a flag the loop reads at step
+    boundaries, so the run saves and stops instead of dying mid-step. Only in the main
+    thread, where Python allows handlers; the previous handler is put back on close."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.set = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class _Run:
@@ -94,6 +116,9 @@ class _Run:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
+        self.deadline = (time.monotonic() + config.time_limit_s) if config.time_limit_s else None
+        self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not run
+        self.terminate = _TerminationFlag()
 
     def eval_params(self, state=None):
         """The weights to evaluate: NT-ASGD's average once averaging is on (the
@@ -240,11 +265,40 @@ class _Run:
                         break
                     if self.pos >= spe:
                         break
+                    if self.time_is_up():
+                        self.stopped = True
+                        break
             self.flush()
-            if self.pos < spe:  # stopped by max_steps mid-epoch
+            if self.pos < spe:  # stopped by max_steps, the time limit or SIGTERM mid-epoch
                 self.save()
+                if self.stopped:
+                    self._announce_stop()
                 return
             self.end_epoch()
+            if self.epoch < cfg.num_epochs and self.time_is_up():
+                self.stopped = True
+                self._announce_stop()
+                return
+
+    def time_is_up(self) -> bool:
+        """The time limit passed or SIGTERM arrived. With several processes all decide
+        together, at log steps, so that none leaves the others waiting in a collective."""
+        up = self.terminate.set or (self.deadline is not None
+                                    and time.monotonic() >= self.deadline)
+        if jax.process_count() == 1:
+            return up
+        if not (self.config.log_every_steps and self.step % self.config.log_every_steps == 0):
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(up))))
+
+    def _announce_stop(self) -> None:
+        limit = self.config.time_limit_s
+        why = "SIGTERM" if self.terminate.set else f"the time limit ({limit:g} s)"
+        self.logger.write("stopped", self.step, self.epoch, {"reason": why})
+        self.logger.console(f"Stopped by {why} at step {self.step} (epoch {self.epoch + 1}) "
+                            f"with a checkpoint; rerun the same command to resume.")
 
     def end_epoch(self) -> None:
         cfg, task = self.config, self.task
@@ -297,6 +351,7 @@ class _Run:
         out.update({f"{split}/{k}": v for k, v in metrics.items()})
 
     def close(self) -> None:
+        self.terminate.restore()
         # Each closed even if the other fails (a full disk fails both): the error that
         # ended the run is the one to report.
         for close in (self.logger.close, self.ckpt.close):
@@ -356,7 +411,8 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
     Returns:
       Final metrics: `"<split>/<metric>"` for every eval split (deterministic),
       `"<split>_mc/<metric>"` for MC evaluation, the last `"train/..."` log
-      values, `"step"` and `"epoch"`.
+      values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
+      returns `{"step", "epoch", "stopped": True}` after saving a checkpoint.
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
@@ -372,6 +428,8 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
             run.logger.console(f"Resumed from step {run.step} (epoch {run.epoch + 1}, "
                                f"batch {run.pos}) in {workdir}.")
         run.train()
+        if run.stopped:
+            return {"step": run.step, "epoch": run.epoch, "stopped": True}
         return run.final_eval()
     finally:
         run.close()
