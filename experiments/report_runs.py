@@ -181,10 +181,15 @@ class Run:
 
 
 def find_workdirs(paths: Iterable[str], max_depth: int = 3) -> list[str]:
-    """Workdirs (folders with config.json) at or below each path."""
+    """Workdirs (folders with config.json) at or below each path; a bundle folder of
+    `experiments.reproduce` (experiments/bundle.py) is read through its logs."""
+    from experiments import bundle
+
     found: list[str] = []
     for root in paths:
         root = os.path.normpath(root)
+        if bundle.is_bundle(root):
+            root = bundle.logs_view(root)
         if os.path.isfile(os.path.join(root, "config.json")):
             found.append(root)
             continue

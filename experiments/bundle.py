@@ -1,0 +1,172 @@
+"""The bring-back bundle of a batch of runs: a few files that carry everything home.
+
+A GPU machine returns at most `MAX_FILES` files of at most `MAX_FILE_BYTES` each, so a
+batch's runs travel as:
+
+* `bundle.json`: the manifest: each run's spec, status, steps and whether its
+  checkpoint travels; each file's size and sha256.
+* `runs.tar.gz`: every run's `config.json`, `metrics.jsonl`, TensorBoard events,
+  `final.json` (the binary's final metrics) and `console.log`.
+* `checkpoints.tar.gz.partNN`: the newest checkpoint and the best one of each run
+  small enough to travel (larger ones are left out and the manifest says so), split
+  into parts under the size limit, so a run can resume in a later window.
+
+`unpack` restores a bundle into a runs folder; `experiments.report` reads a bundle
+folder as it reads workdirs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+MAX_FILES = 8
+MAX_FILE_BYTES = 16 << 20
+PART_BYTES = MAX_FILE_BYTES - (256 << 10)  # under the limit with room to spare
+MANIFEST = "bundle.json"
+RUNS_ARCHIVE = "runs.tar.gz"
+CHECKPOINT_PREFIX = "checkpoints.tar.gz.part"
+RUN_FILES = ("config.json", "metrics.jsonl", "final.json", "console.log")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def newest_step_dirs(workdir: Path) -> list[Path]:
+    """The newest complete step of `checkpoints/` and of `best/` (orbax step folders)."""
+    out = []
+    for sub in ("checkpoints", "best"):
+        steps = [p for p in (workdir / sub).glob("*") if p.is_dir() and p.name.isdigit()]
+        if steps:
+            out.append(max(steps, key=lambda p: int(p.name)))
+    return out
+
+
+def _tree_bytes(paths: Sequence[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+
+
+def _add_run_logs(tar: tarfile.TarFile, root: Path, name: str) -> None:
+    workdir = root / name
+    for file_name in RUN_FILES:
+        if (workdir / file_name).is_file():
+            tar.add(workdir / file_name, arcname=f"{name}/{file_name}")
+    if (workdir / "tb").is_dir():
+        tar.add(workdir / "tb", arcname=f"{name}/tb")
+
+
+def _write_parts(data: bytes, out: Path) -> list[str]:
+    names = []
+    for i in range(0, len(data), PART_BYTES):
+        name = f"{CHECKPOINT_PREFIX}{len(names):02d}"
+        (out / name).write_bytes(data[i:i + PART_BYTES])
+        names.append(name)
+    return names
+
+
+def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | None = None
+         ) -> dict:
+    """Writes the bundle of the runs under `root` into `out`; returns the manifest.
+
+    Args:
+        root: the folder holding one workdir per run (`root/<name>`).
+        runs: one dict per run with at least `name` (more keys go to the manifest).
+        out: the bundle folder (created).
+        checkpoint_budget: compressed bytes of checkpoints that may travel; default
+            what the file limits leave after the manifest and the logs.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / RUNS_ARCHIVE, "w:gz") as tar:
+        for run in runs:
+            if (root / run["name"]).is_dir():
+                _add_run_logs(tar, root, run["name"])
+    if checkpoint_budget is None:
+        checkpoint_budget = (MAX_FILES - 2) * PART_BYTES
+    buffer = io.BytesIO()
+    carried: list[str] = []
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        # Smallest first: the most runs that fit travel.
+        for run in sorted(runs, key=lambda r: _tree_bytes(newest_step_dirs(root / r["name"]))):
+            dirs = newest_step_dirs(root / run["name"])
+            if not dirs or buffer.tell() + _tree_bytes(dirs) > checkpoint_budget:
+                continue
+            for d in dirs:
+                tar.add(d, arcname=f"{run['name']}/{d.parent.name}/{d.name}")
+            carried.append(run["name"])
+    data = buffer.getvalue() if carried else b""
+    if len(data) > checkpoint_budget:  # compressed size over budget after all: carry none
+        data, carried = b"", []
+    parts = _write_parts(data, out) if data else []
+    manifest = {
+        "runs": [dict(run, checkpoint_carried=run["name"] in carried) for run in runs],
+        "checkpoint_parts": parts,
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+                  for name in [RUNS_ARCHIVE, *parts]},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    check_limits(out)
+    return manifest
+
+
+def check_limits(out: Path) -> None:
+    """Raises ValueError unless the bundle folder fits the bring-back limits."""
+    files = [p for p in out.iterdir() if p.is_file()]
+    if len(files) > MAX_FILES:
+        raise ValueError(f"Bundle {out} has {len(files)} files, more than {MAX_FILES}.")
+    big = [p for p in files if p.stat().st_size > MAX_FILE_BYTES]
+    if big:
+        raise ValueError(f"Bundle file {big[0]} is {big[0].stat().st_size} bytes, over "
+                         f"{MAX_FILE_BYTES}.")
+
+
+def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    tar.extractall(dest, filter="data")  # no absolute paths, no escapes, no devices
+
+
+def unpack(bundle: Path, root: Path) -> dict:
+    """Restores a bundle's logs and checkpoints under `root/<name>`; returns the manifest.
+
+    Raises:
+        ValueError: a file is missing or its sha256 differs from the manifest's.
+    """
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    for name, meta in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file() or _sha256(path) != meta["sha256"]:
+            raise ValueError(f"Bundle file {path} is missing or differs from its manifest; "
+                             "bring the bundle back again.")
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(bundle / RUNS_ARCHIVE, "r:gz") as tar:
+        _safe_extract(tar, root)
+    if manifest["checkpoint_parts"]:
+        data = b"".join((bundle / p).read_bytes() for p in manifest["checkpoint_parts"])
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            _safe_extract(tar, root)
+    return manifest
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file() and (Path(path) / RUNS_ARCHIVE).is_file()
+
+
+def logs_view(bundle: str | os.PathLike) -> str:
+    """A temporary folder holding the bundle's run logs (for the report), removed when the
+    process exits."""
+    dest = Path(tempfile.mkdtemp(prefix="rnnreg_bundle_"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    with tarfile.open(Path(bundle) / RUNS_ARCHIVE, "r:gz") as tar:
+        _safe_extract(tar, dest)
+    return str(dest)

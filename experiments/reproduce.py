@@ -1,0 +1,287 @@
+"""Runs a batch of presets side by side on one accelerator within a time budget.
+
+    python -m experiments.reproduce --batches=medium --budget_s=540 --out=$OUT
+    python -m experiments.reproduce --runs=ptb:zoneout_char,ptb:baseline_char \\
+        --budget_s=540 --resume_from=BUNDLE --stop_at_deadline
+    python -m experiments.reproduce --plan --batches=medium,char \\
+        --step_times=results/step_times_h100.json
+
+1. Counts each run's steps and evaluation windows from its config and data, and
+   what a workdir (or a bundle given with `--resume_from`) has already done.
+2. Calibrates (`--calibrate_s`, default 60): each run alone, then all of them side
+   by side, timed from their `metrics.jsonl`; or takes the step times of
+   `--step_times`. Prints the plan and refuses, in one line with exit status 2, one
+   that does not finish training and its final evaluations in the budget, unless
+   `--stop_at_deadline`.
+3. Starts every run (CUDA MPS is started by scripts/gpu_window.sh where present)
+   with `train.time_limit_s` set to the deadline: a run still training then saves a
+   checkpoint and stops; one still evaluating gets SIGTERM, then SIGKILL.
+4. Writes the bring-back bundle (experiments/bundle.py) to `--out`.
+
+`--plan` stops after step 2 without running anything (step times from the table).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
+from experiments import reproduce_plan as plan_lib
+
+flags.DEFINE_list("runs", [], "Run specs task:preset[:name][:--flag;--flag...].")
+flags.DEFINE_list("batches", [], f"Named batches: {', '.join(plan_lib.BATCHES)}.")
+flags.DEFINE_float("budget_s", 0.0, "Seconds this call may take in all, bundle included.")
+flags.DEFINE_float("calibrate_s", 60.0, "Seconds of calibration (0: use --step_times).")
+flags.DEFINE_string("step_times", None, "Step-time table (JSON) for --plan or no calibration.")
+flags.DEFINE_bool("plan", False, "Print the plan from --step_times and exit.")
+flags.DEFINE_bool("stop_at_deadline", False, "Run a plan that does not finish in the budget.")
+flags.DEFINE_string("root", "runs/reproduce", "Folder of the runs' workdirs.")
+flags.DEFINE_string("out", None, "Bundle folder (default $OUT, else runs/bundle).")
+flags.DEFINE_string("resume_from", None, "A bundle folder to resume the runs from.")
+flags.DEFINE_float("margin_s", 45.0, "Seconds kept at the end for saves, stops and the bundle.")
+FLAGS = flags.FLAGS
+
+_POLL_S = 2.0
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def done_steps(workdir: Path) -> int:
+    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(steps, default=0)
+
+
+def train_events(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if event.get("split") == "train" and "wall_time" in event and "phase" not in event:
+            events.append(event)
+    return events
+
+
+def measured_step_s(workdir: Path) -> float | None:
+    """Median seconds per step between consecutive training events (epoch-end
+    evaluations fall in at most a few intervals; the median skips them)."""
+    events = train_events(workdir)
+    rates = sorted((b["wall_time"] - a["wall_time"]) / (b["step"] - a["step"])
+                   for a, b in itertools.pairwise(events) if b["step"] > a["step"])
+    return rates[len(rates) // 2] if rates else None
+
+
+def _command(spec: plan_lib.Spec, workdir: Path, extra: list[str]) -> list[str]:
+    args = [sys.executable, "-m", f"experiments.{spec.task}", *spec.argv(),
+            f"--workdir={workdir}", *extra]
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
+    return args
+
+
+_DEVICE_PLATFORMS: str | None = None  # the caller's JAX_PLATFORMS, for the runs
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.pop("JAX_PLATFORMS", None)
+    if _DEVICE_PLATFORMS is not None:
+        env["JAX_PLATFORMS"] = _DEVICE_PLATFORMS
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(FLAGS.root).resolve() / ".xla_cache"))
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share one device
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _start(spec, workdir: Path, extra: list[str]) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "console.log", "a")  # noqa: SIM115 - closed with the process
+    out = open(workdir.parent / f".{workdir.name}.stdout", "w")  # noqa: SIM115
+    proc = subprocess.Popen(_command(spec, workdir, extra), stdout=out, stderr=log,
+                            env=_child_env(), start_new_session=True)
+    proc.files = (log, out)  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_all(procs: dict, deadline: float, grace_s: float = 15.0) -> dict[str, int]:
+    """Waits for the processes; past `deadline` SIGTERM, past it + grace SIGKILL."""
+    codes: dict[str, int] = {}
+    termed = False
+    while len(codes) < len(procs):
+        for name, proc in procs.items():
+            if name not in codes and proc.poll() is not None:
+                codes[name] = proc.returncode
+        now = time.monotonic()
+        if now >= deadline and not termed:
+            for name, proc in procs.items():
+                if name not in codes:
+                    proc.send_signal(signal.SIGTERM)
+            termed = True
+        if now >= deadline + grace_s:
+            for name, proc in procs.items():
+                if name not in codes:
+                    proc.kill()
+                    codes[name] = proc.wait()
+        time.sleep(0.2 if termed else _POLL_S)
+    for proc in procs.values():
+        for f in proc.files:
+            f.close()
+    return codes
+
+
+def calibrate(specs, seconds: float) -> dict[str, dict]:
+    """Each run alone, then all side by side, for `seconds` in all; {name: timings}."""
+    phase_s = seconds / (len(specs) + (1 if len(specs) > 1 else 0))
+    scratch = Path(FLAGS.root) / ".calibrate"
+    shutil.rmtree(scratch, ignore_errors=True)
+    extra = [f"--config.train.time_limit_s={phase_s:g}", "--config.train.log_every_steps=10",
+             "--config.train.checkpoint_every_steps=0", "--config.train.tensorboard=False",
+             "--config.train.max_steps=0"]
+    out: dict[str, dict] = {s.name: {} for s in specs}
+    phases = [[s] for s in specs] + ([list(specs)] if len(specs) > 1 else [])
+    for group in phases:
+        kind = "alone" if len(group) == 1 else "together"
+        started = time.time()
+        procs = {s.name: _start(s, scratch / f"{s.name}-{kind}", extra) for s in group}
+        _wait_all(procs, time.monotonic() + phase_s + 120)
+        for s in group:
+            workdir = scratch / f"{s.name}-{kind}"
+            out[s.name][kind] = measured_step_s(workdir)
+            events = train_events(workdir)
+            if kind == "alone" and events:
+                out[s.name]["startup_s"] = events[0]["wall_time"] - started
+    shutil.rmtree(scratch, ignore_errors=True)
+    for name, timing in out.items():
+        print(f"calibration {name}: alone {_ms(timing.get('alone'))} ms/step, side by side "
+              f"{_ms(timing.get('together', timing.get('alone')))} ms/step, startup "
+              f"{timing.get('startup_s', float('nan')):.0f} s", flush=True)
+    return out
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:.2f}"
+
+
+def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) -> list[dict]:
+    rows = []
+    for spec in specs:
+        work = plan_lib.count_work(spec, FLAGS.data_dir)
+        done = done_steps(Path(FLAGS.root) / spec.name)
+        startup = plan_lib.STARTUP_S
+        if timings is not None:
+            t = timings[spec.name]
+            step_s = t.get("together") or t.get("alone")
+            if step_s is None:
+                _fail(f"calibration measured no steps of {spec.name} in "
+                      f"{FLAGS.calibrate_s:g} s; give it more --calibrate_s or --step_times.")
+            startup = t.get("startup_s", startup)
+        else:
+            step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
+        estimate = plan_lib.estimate_s(work, step_s, done, startup)
+        rows.append({"name": spec.name, "spec": spec, "done": done, "steps": work.total_steps,
+                     "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,
+                     "step_s": step_s, "estimate": estimate})
+    print("\n".join(plan_lib.format_plan(rows, budget_s)), flush=True)
+    return rows
+
+
+def run_batch(specs, rows, deadline: float, out: Path) -> dict:
+    limit = deadline - time.monotonic()
+    extra = [f"--config.train.time_limit_s={max(1.0, limit):.0f}"]
+    root = Path(FLAGS.root)
+    procs = {s.name: _start(s, root / s.name, extra) for s in specs}
+    print(f"started {len(procs)} runs; training stops at the latest in {limit:.0f} s",
+          flush=True)
+    codes = _wait_all(procs, deadline + FLAGS.margin_s / 3)
+    runs = []
+    for spec in specs:
+        workdir = root / spec.name
+        stdout = root / f".{spec.name}.stdout"
+        final = {}
+        try:
+            final = json.loads(stdout.read_text())
+            (workdir / "final.json").write_text(json.dumps(final, indent=1))
+        except (OSError, ValueError):
+            pass
+        code = codes[spec.name]
+        status = ("failed" if code not in (0, -signal.SIGTERM, -signal.SIGKILL)
+                  else "stopped" if code != 0 or final.get("stopped") else "finished")
+        runs.append({"name": spec.name, "task": spec.task, "preset": spec.preset,
+                     "flags": list(spec.flags), "status": status, "exit_code": code,
+                     "step": done_steps(workdir)})
+        print(f"{spec.name}: {status} (exit {code}), step {runs[-1]['step']}", flush=True)
+    manifest = bundle.pack(root, runs, out)
+    carried = [r["name"] for r in manifest["runs"] if r["checkpoint_carried"]]
+    print(f"bundle {out}: {len(manifest['files']) + 1} files; checkpoints carried for "
+          f"{', '.join(carried) or 'no run'}", flush=True)
+    return manifest
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}.")
+    start = time.monotonic()
+    try:
+        specs = [plan_lib.Spec.parse(s) for s in FLAGS.runs] + plan_lib.batch_specs(FLAGS.batches)
+    except ValueError as err:
+        _fail(str(err))
+    if not specs:
+        _fail("pass --runs or --batches.")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        _fail(f"two runs share a name in {names}; name them (task:preset:name).")
+    table = plan_lib.load_step_times(FLAGS.step_times) if FLAGS.step_times else None
+    if FLAGS.plan:
+        if table is None:
+            _fail("--plan needs --step_times.")
+        groups = ([[plan_lib.Spec.parse(s) for s in FLAGS.runs]] if FLAGS.runs else []) + [
+            plan_lib.batch_specs([b]) for b in FLAGS.batches]  # each batch is one call
+        for group in groups:
+            make_plan(group, FLAGS.budget_s or 540.0, None, table)
+        return
+    if FLAGS.budget_s <= FLAGS.margin_s:
+        _fail(f"--budget_s must exceed --margin_s ({FLAGS.margin_s:g} s).")
+    if FLAGS.resume_from:
+        try:
+            bundle.unpack(Path(FLAGS.resume_from), Path(FLAGS.root))
+        except (OSError, ValueError) as err:
+            _fail(f"cannot resume from {FLAGS.resume_from}: {err}")
+    timings = None
+    if FLAGS.calibrate_s > 0:
+        timings = calibrate(specs, FLAGS.calibrate_s)
+    elif table is None:
+        _fail("without calibration (--calibrate_s=0) pass --step_times.")
+    deadline = start + FLAGS.budget_s - FLAGS.margin_s
+    rows = make_plan(specs, FLAGS.budget_s, timings, table)
+    left = deadline - time.monotonic()
+    late = [r for r in rows if r["estimate"]["total"] > left]
+    if late and not FLAGS.stop_at_deadline:
+        worst = max(late, key=lambda r: r["estimate"]["total"])
+        _fail(f"the plan does not finish: {worst['name']} needs about "
+              f"{worst['estimate']['total'] / 60:.1f} min of the {left / 60:.1f} left; give "
+              "more --budget_s, fewer runs, or --stop_at_deadline to resume in a later call.")
+    out = Path(FLAGS.out or os.environ.get("OUT") or "runs/bundle")
+    run_batch(specs, rows, deadline, out)
+
+
+if __name__ == "__main__":
+    _DEVICE_PLATFORMS = os.environ.get("JAX_PLATFORMS")
+    os.environ["JAX_PLATFORMS"] = "cpu"  # this process only counts; the runs get the device
+    app.run(main)

@@ -1,0 +1,173 @@
+"""What a batch of runs costs: specs, the papers' batches, step times and the plan.
+
+A run's time is estimated as
+
+    startup + remaining_steps * step_s + evaluations,
+
+where an evaluation window costs a training step scaled by its rows over the
+training batch's rows and by 1/3 (a forward pass of the three passes of a step),
+never less than a third of a step (small windows are latency-bound on an
+accelerator). Validation runs once per remaining epoch; the final evaluation is
+every eval split once plus MC dropout (K times the rows) on `mc_splits`. This
+over-counts large-batch MC passes, which use an accelerator better than a step
+does: the estimate errs towards refusing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+TASKS = ("ptb", "pmnist", "sentiment")
+STARTUP_S = 60.0  # data, compilation and the first step, when not measured
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One run of a batch: `task:preset[:name][:--flag;--flag...]`."""
+
+    task: str
+    preset: str
+    name: str
+    flags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Spec:
+        parts = text.split(":", 3)
+        if len(parts) < 2 or parts[0] not in TASKS:
+            raise ValueError(f"Run spec {text!r} is not task:preset[:name][:--flag;...] with "
+                             f"a task in {', '.join(TASKS)}.")
+        task, preset = parts[0], parts[1]
+        name = parts[2] if len(parts) > 2 and parts[2] else preset
+        flags = tuple(f for f in parts[3].split(";") if f) if len(parts) > 3 else ()
+        presets = importlib.import_module(f"experiments.configs.{task}").PRESETS
+        if preset not in presets:
+            raise ValueError(f"Unknown {task} preset {preset!r} in run spec {text!r}.")
+        return cls(task, preset, name, flags)
+
+    def argv(self) -> list[str]:
+        return [f"--config={self.preset}", *self.flags]
+
+    def config(self):
+        from experiments import cli
+
+        presets = importlib.import_module(f"experiments.configs.{self.task}").PRESETS
+        config, rest = cli.split_config_args(["reproduce", *self.argv()], presets)
+        if len(rest) > 1:
+            raise ValueError(f"Run spec {self.name}: only --config flags are allowed, got "
+                             f"{rest[1:]}.")
+        return config
+
+
+_MC = "--config.train.mc_samples=1000"
+# The papers' headline rows, in the order GPU windows run them (docs/RESULTS_HOWTO.md).
+BATCHES: dict[str, tuple[str, ...]] = {
+    "medium": ("ptb:zaremba_medium", f"ptb:variational_medium::{_MC}",
+               f"ptb:variational_medium_untied::{_MC}"),
+    "large_zaremba": ("ptb:zaremba_large",),
+    "large_untied": (f"ptb:variational_large_untied::{_MC}",),
+    "large_tied": (f"ptb:variational_large::{_MC}",),
+    "char": ("ptb:zoneout_char", "ptb:baseline_char"),
+    "pmnist": ("pmnist:baseline:pmnist_baseline", "pmnist:recurrent_dropout:pmnist_rd",
+               "pmnist:zoneout:pmnist_zoneout"),
+}
+
+
+def batch_specs(names: Sequence[str]) -> list[Spec]:
+    specs = []
+    for name in names:
+        if name not in BATCHES:
+            raise ValueError(f"Unknown batch {name!r}; batches: {', '.join(BATCHES)}.")
+        specs += [Spec.parse(s) for s in BATCHES[name]]
+    return specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """What a run has left to do, counted from its config and data."""
+
+    steps_per_epoch: int
+    total_steps: int
+    train_rows: int
+    eval_windows: dict[str, tuple[int, int]]  # split -> (windows, rows per window)
+    validation_split: str | None
+    mc_samples: int
+    mc_splits: tuple[str, ...]
+
+
+def count_work(spec: Spec, data_dir: str | None = None) -> Work:
+    """Builds the run's task (loads its data) and counts its steps and eval windows."""
+    from experiments.configs.common import regularization
+    from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.train.config import with_defaults
+
+    config = spec.config()
+    task = build_task(config, regularization(config.reg), data_dir)
+    train = with_defaults(config.train)
+    spe = task.train.steps_per_epoch
+    total = train.num_epochs * spe
+    if train.max_steps:
+        total = min(total, train.max_steps)
+    rows = next(iter(task.train.iterate(0)))["inputs"].shape[0]
+    windows = {}
+    for split, source in task.evals.items():
+        first = next(iter(source.iterate(0)))
+        windows[split] = (source.steps_per_epoch, first["inputs"].shape[0])
+    return Work(spe, total, rows, windows, task.validation_split,
+                int(train.mc_samples), tuple(train.mc_splits))
+
+
+def _eval_s(windows: int, rows: int, train_rows: int, step_s: float) -> float:
+    return windows * step_s * max(1 / 3, rows / train_rows / 3)
+
+
+def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float = STARTUP_S
+               ) -> dict[str, float]:
+    """Seconds left for a run: startup, training, validation, final evaluation."""
+    left = max(0, work.total_steps - done_steps)
+    epochs_left = math.ceil(left / work.steps_per_epoch) if left else 0
+    valid = 0.0
+    if work.validation_split:
+        w, r = work.eval_windows[work.validation_split]
+        valid = epochs_left * _eval_s(w, r, work.train_rows, step_s)
+    final = sum(_eval_s(w, r, work.train_rows, step_s) for w, r in work.eval_windows.values())
+    for split in work.mc_splits if work.mc_samples else ():
+        if split in work.eval_windows:
+            w, r = work.eval_windows[split]
+            final += _eval_s(w, r * work.mc_samples, work.train_rows, step_s)
+    return {"startup": startup_s, "train": left * step_s, "validation": valid,
+            "final_eval": final, "total": startup_s + left * step_s + valid + final}
+
+
+def load_step_times(path: str | Path) -> dict:
+    """A step-time table (results/step_times_h100.json): `factor_per_run` and `presets`."""
+    return json.loads(Path(path).read_text())
+
+
+def table_step_s(table: dict, spec: Spec, side_by_side: int) -> tuple[float, str]:
+    """(seconds per step with `side_by_side` runs sharing the device, its source)."""
+    entry = table["presets"].get(spec.preset)
+    if entry is None:
+        raise ValueError(f"No step time for preset {spec.preset!r} in the step-time table.")
+    if "in_training_ms" in entry:  # measured in training, `runs` side by side
+        ms = entry["in_training_ms"] * max(1.0, side_by_side / entry["runs"])
+    else:  # a benchmark step alone, times the in-training slowdown per run
+        ms = entry["bench_ms"] * table["factor_per_run"] * max(1, side_by_side)
+    return ms / 1000, entry["source"]
+
+
+def format_plan(rows: Sequence[dict], budget_s: float) -> list[str]:
+    """The plan table: one line per run, then the verdict."""
+    lines = [f"{'run':28} {'steps':>15} {'epochs':>7} {'ms/step':>8} {'train':>7} "
+             f"{'evals':>7} {'total':>7}  (minutes; budget {budget_s / 60:.1f})"]
+    for r in rows:
+        e = r["estimate"]
+        lines.append(
+            f"{r['name']:28} {r['done']:>7,}/{r['steps']:<7,} {r['epochs']:>7.1f} "
+            f"{r['step_s'] * 1000:>8.2f} {e['train'] / 60:>7.1f} "
+            f"{(e['validation'] + e['final_eval']) / 60:>7.1f} {e['total'] / 60:>7.1f}")
+    return lines

@@ -1,0 +1,111 @@
+"""The GPU-window runner on the CPU: plan refusal, a deadline stop, the bundle and a
+resume from it that ends as an uninterrupted run does."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import bundle
+from experiments import reproduce_plan as plan_lib
+from tests import data_fixtures as fx
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ("--config.data.batch_size=2;--config.data.eval_batch_size=2;"
+         "--config.train.max_steps=0;--config.train.mc_samples=0;"
+         "--config.train.checkpoint_every_steps=5")
+
+
+def _reproduce(tmp_path, *args):
+    data = tmp_path / "data"
+    if not data.exists():
+        fx.write_repeated_ptb_word(data)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.reproduce", f"--data_dir={data}", *args],
+        capture_output=True, text=True, cwd=ROOT, check=False, timeout=600)
+
+
+def test_specs_parse_and_name_their_errors():
+    spec = plan_lib.Spec.parse("ptb:tiny:a:--config.train.seed=1;--config.data.batch_size=2")
+    assert (spec.task, spec.preset, spec.name) == ("ptb", "tiny", "a")
+    assert spec.config().train.seed == 1
+    with pytest.raises(ValueError, match="Unknown ptb preset"):
+        plan_lib.Spec.parse("ptb:nope")
+    with pytest.raises(ValueError, match="Unknown batch"):
+        plan_lib.batch_specs(["huge"])
+    assert [s.preset for s in plan_lib.batch_specs(["medium"])] == [
+        "zaremba_medium", "variational_medium", "variational_medium_untied"]
+
+
+def test_a_plan_that_cannot_finish_is_refused_in_one_line(tmp_path):
+    table = tmp_path / "times.json"
+    table.write_text(json.dumps({"factor_per_run": 1.0, "presets": {
+        "tiny": {"bench_ms": 5000.0, "source": "test"}}}))
+    out = _reproduce(tmp_path, f"--runs=ptb:tiny:a:{FLAGS}", "--budget_s=100",
+                     "--calibrate_s=0", f"--step_times={table}", f"--root={tmp_path / 'r'}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the plan does not finish: a needs about" in errors[0]
+    assert not (tmp_path / "r" / "a").exists()  # nothing started
+
+
+def test_the_bundle_refuses_more_files_than_come_back(tmp_path):
+    for i in range(bundle.MAX_FILES + 1):
+        (tmp_path / f"f{i}").write_text("x")
+    with pytest.raises(ValueError, match="files, more than"):
+        bundle.check_limits(tmp_path)
+
+
+@pytest.mark.slow  # about 3 minutes on a 2-core CPU
+def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
+    specs = [f"ptb:tiny:a:{FLAGS};--config.train.num_epochs=100",
+             f"ptb:tiny:b:{FLAGS};--config.train.num_epochs=100;--config.train.seed=1"]
+    # Stopped at the deadline, side by side, with the checkpoints bundled.
+    first = _reproduce(tmp_path, f"--runs={','.join(specs)}", "--budget_s=40",
+                       "--margin_s=20", "--calibrate_s=0", "--stop_at_deadline",
+                       f"--step_times={ROOT / 'results' / 'step_times_h100.json'}",
+                       f"--root={tmp_path / 'w1'}", f"--out={tmp_path / 'b1'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((tmp_path / "b1" / bundle.MANIFEST).read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["stopped", "stopped"]
+    assert all(r["checkpoint_carried"] for r in manifest["runs"])
+    files = list((tmp_path / "b1").iterdir())
+    assert len(files) <= bundle.MAX_FILES
+    assert all(f.stat().st_size <= bundle.MAX_FILE_BYTES for f in files)
+    # A later call elsewhere resumes from the bundle alone and finishes.
+    second = _reproduce(tmp_path, f"--runs={','.join(specs)}", "--budget_s=500",
+                        "--calibrate_s=0", "--resume_from=" + str(tmp_path / "b1"),
+                        f"--step_times={ROOT / 'results' / 'step_times_h100.json'}",
+                        f"--root={tmp_path / 'w2'}", f"--out={tmp_path / 'b2'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resumed from step" in (tmp_path / "w2" / "a" / "console.log").read_text()
+    # The same runs uninterrupted, straight through the binary, side by side.
+    parsed = [plan_lib.Spec.parse(spec) for spec in specs]
+    refs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.ptb", *s.argv(),
+         f"--workdir={tmp_path / 'ref' / s.name}", f"--data_dir={tmp_path / 'data'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        env=dict(os.environ)) for s in parsed]
+    for s, ref in zip(parsed, refs, strict=True):
+        stdout, _ = ref.communicate(timeout=600)
+        assert ref.returncode == 0
+        resumed = json.loads((tmp_path / "w2" / s.name / "final.json").read_text())
+        uninterrupted = json.loads(stdout)
+        for key in ("valid/loss", "test/loss"):
+            assert resumed[key] == uninterrupted[key], key
+
+
+def test_the_report_reads_a_bundle_as_it_reads_workdirs(tmp_path):
+    from experiments import report_runs
+
+    run = tmp_path / "root" / "a"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"task": "ptb", "config": {}}))
+    (run / "metrics.jsonl").write_text("")
+    bundle.pack(tmp_path / "root", [{"name": "a"}], tmp_path / "b")
+    found = report_runs.find_workdirs([str(tmp_path / "b")])
+    assert len(found) == 1 and Path(found[0]).name == "a"
+    assert json.loads((Path(found[0]) / "config.json").read_text())["task"] == "ptb"
