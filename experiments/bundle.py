@@ -18,7 +18,6 @@ folder as it reads workdirs.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from rnnreg_jax.data.locate import sha256_file
+
 MAX_FILES = 8
 MAX_FILE_BYTES = 16 << 20
 PART_BYTES = MAX_FILE_BYTES - (256 << 10)  # under the limit with room to spare
@@ -35,14 +36,6 @@ MANIFEST = "bundle.json"
 RUNS_ARCHIVE = "runs.tar.gz"
 CHECKPOINT_PREFIX = "checkpoints.tar.gz.part"
 RUN_FILES = ("config.json", "metrics.jsonl", "final.json", "console.log")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def newest_step_dirs(workdir: Path) -> list[Path]:
@@ -113,7 +106,7 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
     manifest = {
         "runs": [dict(run, checkpoint_carried=run["name"] in carried) for run in runs],
         "checkpoint_parts": parts,
-        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                   for name in [RUNS_ARCHIVE, *parts]},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -145,7 +138,7 @@ def unpack(bundle: Path, root: Path) -> dict:
     manifest = json.loads((bundle / MANIFEST).read_text())
     for name, meta in manifest["files"].items():
         path = bundle / name
-        if not path.is_file() or _sha256(path) != meta["sha256"]:
+        if not path.is_file() or sha256_file(path) != meta["sha256"]:
             raise ValueError(f"Bundle file {path} is missing or differs from its manifest; "
                              "bring the bundle back again.")
     root.mkdir(parents=True, exist_ok=True)
