@@ -4,8 +4,11 @@
         [--set train.eval_carry_state=True ...] [--batch_mean_ppl] [--data_dir=DIR]
         [--json=FILE]
 
-Reads `DIR/config.json` and the newest checkpoint under `DIR/best` (or
-`DIR/checkpoints`), rebuilds the task with the overrides, and prints every
+Reads `DIR/config.json` and the newest checkpoint under `DIR/best` or
+`DIR/checkpoints`: by default the model the run reports (`default_checkpoint`:
+the best validation one where the run's config selects it, by early stopping or
+`train.report_best`, else the latest, as Zaremba's and Gal's scripts test the
+final model), rebuilds the task with the overrides, and prints every
 evaluation split's metrics (plus MC dropout where `train.mc_samples` and
 `train.mc_splits` ask for it). Nothing in DIR is written: use it to compare
 evaluation protocols (state carried or not, MC samples) on a trained model.
@@ -51,12 +54,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(stored)
 
 
-def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str = "best",
+def default_checkpoint(config: ml_collections.ConfigDict) -> str:
+    """"best" where the run's final evaluation reads the best validation checkpoint
+    (early stopping or `train.report_best`, which records from before it lack), else
+    "latest"."""
+    train = config.get("train") or {}
+    best = train.get("early_stop_patience") or train.get("report_best", False)
+    return "best" if best else "latest"
+
+
+def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str | None = None,
                      data_dir: str | None = None,
                      batch_mean_ppl: bool = False) -> dict[str, dict[str, float]]:
     """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config,
     as the run's final evaluation computes them (`rnnreg_jax.train.loop.evaluate_all`);
-    `batch_mean_ppl` adds each split's mean per-batch perplexity (language models)."""
+    `batch_mean_ppl` adds each split's mean per-batch perplexity (language models).
+    `checkpoint` None: the run's own (`default_checkpoint` of its stored config; the
+    latest where best/ is empty, as the final evaluation falls back); "checkpoint" in
+    the result names the one read."""
     from experiments import cli
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
@@ -66,6 +81,9 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from rnnreg_jax.train.loop import evaluate_all
 
     config = load_config(workdir)
+    explicit = checkpoint is not None
+    if not explicit:  # from the stored config, before the overrides change it
+        checkpoint = default_checkpoint(config)
     for item in overrides:
         field, sep, text = item.partition("=")
         if not sep:
@@ -77,13 +95,16 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
         cli.apply_override(config, field, text)
     folder = {"best": "best", "latest": "checkpoints"}[checkpoint]
     state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
+    if state is None and not explicit and checkpoint == "best":
+        checkpoint, folder = "latest", "checkpoints"
+        state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
     if state is None:
         raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
     task = build_task(config, regularization(config.reg), data_dir)
     if batch_mean_ppl and task.kind != "lm":
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
                          f"{task.kind} run.")
-    evaluator = steps.Evaluator(task, mesh_lib.make_mesh(), config.train.mc_chunk)
+    evaluator = steps.Evaluator.from_config(task, mesh_lib.make_mesh(), config.train)
     # Blocks' perplexity comes from the same pass, so it pairs with each split's `ppl`.
     batch_ppls: dict[str, list[float]] = {}
 
@@ -96,7 +117,8 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
                        on_batch=collect if batch_mean_ppl else None)
     for split, ppls in batch_ppls.items():
         out[split]["ppl_batch_mean"] = sum(ppls) / len(ppls)
-    out["checkpoint"] = {"epoch": int(state["epoch"]), "step": int(state["step"])}
+    out["checkpoint"] = {"name": checkpoint, "epoch": int(state["epoch"]),
+                         "step": int(state["step"])}
     return out
 
 
@@ -104,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run's workdir")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
+                        help="default: the one the run reports (best validation where its "
+                             "config selects it, else latest)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a train.* field, e.g. train.eval_carry_state=True")
     parser.add_argument("--batch_mean_ppl", action="store_true",
@@ -120,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     where = results["checkpoint"]
-    print(f"{args.workdir} ({args.checkpoint} checkpoint: epoch {where['epoch']}, "
+    print(f"{args.workdir} ({where['name']} checkpoint: epoch {where['epoch']}, "
           f"step {where['step']}){' with ' + ' '.join(args.set) if args.set else ''}")
     for split, metrics in results.items():
         if split != "checkpoint":

@@ -290,6 +290,22 @@ def embedding_mask(reg: Regularization, key: Array | None, ids: Array, vocab_siz
     return per_token[..., None]
 
 
-def mc_keys(key: Array, num_samples: int) -> Array:
-    """K independent keys for Monte Carlo dropout: `[K, *key.shape]`."""
-    return jax.random.split(key, num_samples)
+# When the masks of an MC sample are drawn: once for the whole pass (Gal's PTB code: a
+# sample is one network, run over the whole carried-state test stream) or every window.
+MC_MASKS = ("pass", "window")
+
+
+def mc_sample_keys(key: Array, window, first, count: int, masks: str = "pass") -> Array:
+    """The keys of MC samples `first .. first + count - 1` in window `window` of a pass.
+
+    Sample k's key is `fold_in(key, k)` under `masks="pass"` (the same in every
+    window, so its masks are too) and `fold_in(fold_in(key, window), k)` under
+    "window". It depends on k alone, not on how the K samples are chunked.
+
+    Returns:
+      `[count, *key.shape]`.
+    """
+    if masks not in MC_MASKS:
+        raise ValueError(f"masks must be one of {MC_MASKS}; got {masks!r}.")
+    base = key if masks == "pass" else jax.random.fold_in(key, window)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(first + jnp.arange(count))

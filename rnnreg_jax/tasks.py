@@ -84,11 +84,17 @@ def _language_model(config, reg, data_dir) -> Task:
     carry = bool(config.train.carry_state)
     eval_carry = config.train.get("eval_carry_state")
     eval_carry = carry if eval_carry is None else bool(eval_carry)
+    # The zoneout authors' per-epoch random shift of the training windows (docs/DATA.md);
+    # records written before the field existed had none.
+    augment = bool(d.get("augment", False))
     if d.batching == "contiguous":
+        if augment:
+            raise ValueError("data.augment shifts shuffled or overlapping windows; set it "
+                             "False with data.batching=contiguous.")
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="contiguous")
     elif d.batching in ("shuffled", "overlapping"):
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="shuffled",
-                               stride=d.stride, seed=d.shuffle_seed)
+                               stride=d.stride, seed=d.shuffle_seed, random_offset=augment)
     else:
         raise ValueError(f"Unknown batching {d.batching!r}; expected contiguous, shuffled "
                          "or overlapping.")

@@ -122,6 +122,43 @@ class ShuffledWindowsTest(parameterized.TestCase):
         ]
         np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), full["inputs"])
 
+    @parameterized.parameters((5,), (3,))
+    def test_random_offset_shifts_every_window_of_an_epoch(self, stride):
+        """The zoneout authors' `augment`: one shift in [0, stride) per epoch, as many
+        windows in every epoch, every token index in range."""
+        data = np.arange(203)
+        it = ShuffledWindows(data, 4, 5, stride=stride, seed=2, random_offset=True, **ONE)
+        self.assertEqual(it.num_windows, (203 - 1 - (stride - 1) - 5) // stride + 1)
+        offsets = set()
+        for epoch in range(30):
+            offset = it.start_offset(epoch)
+            self.assertTrue(0 <= offset < stride)
+            offsets.add(offset)
+            starts = []
+            for batch in it.iterate(epoch):
+                np.testing.assert_array_equal(batch["targets"], batch["inputs"] + 1)
+                starts.extend(batch["inputs"][:, 0])
+            self.assertTrue(np.all((np.array(starts) - offset) % stride == 0))
+            self.assertLen(set(starts), len(starts))
+        self.assertEqual(offsets, set(range(stride)))  # every shift occurs
+        plain = ShuffledWindows(data, 4, 5, stride=stride, seed=2, **ONE)
+        self.assertEqual({plain.start_offset(e) for e in range(30)}, {0})
+
+    def test_random_offset_is_a_pure_function_of_seed_and_epoch(self):
+        data = np.arange(1000)
+        a = ShuffledWindows(data, 4, 5, seed=3, random_offset=True, **ONE)
+        b = ShuffledWindows(data, 4, 5, seed=3, random_offset=True, **ONE)
+        for epoch in (0, 7):  # a fresh iterator (a resumed run) reads the same batches
+            np.testing.assert_array_equal(a.get_batch(epoch, 5)["inputs"],
+                                          b.get_batch(epoch, 5)["inputs"])
+        cont = list(a.iterate(epoch=4))[10:]
+        resumed = list(b.iterate(epoch=4, start_batch=10))
+        for x, y in zip(cont, resumed, strict=True):
+            np.testing.assert_array_equal(x["inputs"], y["inputs"])
+        c = ShuffledWindows(data, 4, 5, seed=4, random_offset=True, **ONE)
+        self.assertNotEqual([a.start_offset(e) for e in range(10)],
+                            [c.start_offset(e) for e in range(10)])
+
     def test_resume_equals_continuing(self):
         it = ShuffledWindows(np.arange(2000), 4, 5, seed=9, **ONE)
         cont = list(it.iterate(epoch=4))[10:]

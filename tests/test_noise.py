@@ -396,11 +396,11 @@ def test_weight_noise_std_keys_layers_and_eval():
 # --------------------------------------------------------------------------- MC keys
 
 
-def test_mc_keys_are_distinct_reproducible_and_give_independent_masks():
-    keys = noise.mc_keys(KEY, 5)
+def test_mc_sample_keys_are_distinct_reproducible_and_give_independent_masks():
+    keys = noise.mc_sample_keys(KEY, 0, 0, 5)
     assert keys.shape == (5,)
     np.testing.assert_array_equal(jax.random.key_data(keys),
-                                  jax.random.key_data(noise.mc_keys(KEY, 5)))
+                                  jax.random.key_data(noise.mc_sample_keys(KEY, 0, 0, 5)))
     datas = {jax.random.key_data(k).tobytes() for k in keys}
     assert len(datas) == 5
     masks = jax.vmap(lambda k: lnoise(variational(recurrent=0.5), key=k).tied.recurrent)(keys)

@@ -211,7 +211,14 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
         config.preset = "baseline"
     final = _run("ptb", config, str(tmp_path), data_dir)
     again = evaluate.evaluate_workdir(str(tmp_path), checkpoint="latest", data_dir=data_dir)
-    assert again["checkpoint"] == {"epoch": 0, "step": 2}
+    assert again["checkpoint"] == {"name": "latest", "epoch": 0, "step": 2}
+    # By default the checkpoint the run's final evaluation read: best/ under early
+    # stopping, which no epoch end of these 2 steps wrote, so the latest, as that one.
+    own = evaluate.evaluate_workdir(str(tmp_path), data_dir=data_dir)
+    assert own["checkpoint"]["name"] == "latest"
+    assert own["valid"]["loss"] == pytest.approx(final["valid/loss"], rel=1e-6)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        evaluate.evaluate_workdir(str(tmp_path), checkpoint="best", data_dir=data_dir)
     for split in ("valid", "test"):
         assert again[split]["loss"] == pytest.approx(final[f"{split}/loss"], rel=1e-6)
     reset = evaluate.evaluate_workdir(str(tmp_path), ["train.eval_carry_state=False"],

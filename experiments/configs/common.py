@@ -79,13 +79,14 @@ def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
 def choices() -> dict[str, tuple[str, ...]]:
     """The fields that name one of a fixed set of options, and the options (the
     library's own tables where it has them)."""
-    from rnnreg_jax import cells
+    from rnnreg_jax import cells, noise
     from rnnreg_jax.train import optim
 
     return {
         "model.cell": cells.CELL_TYPES + cells.EXTRA_CELL_TYPES,
         "train.optimizer": optim.OPTIMIZERS,
         "train.lr_schedule": optim.LR_SCHEDULES,
+        "train.mc_masks": noise.MC_MASKS,
         "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
         "data.batching": ("contiguous", "shuffled", "overlapping"),
         "data.source": ("files", "tfds"),
@@ -118,8 +119,11 @@ def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
 
 # Fields the experiments add to the engine's config: `carry_state` decides how
 # the task is built (LM state carried between windows and the batch-1 test protocol);
-# `eval_carry_state` (None: as `carry_state`) whether evaluation carries it.
-EXTRA_TRAIN_FIELDS = {"carry_state": False, "eval_carry_state": None}
+# `eval_carry_state` (None: as `carry_state`) whether evaluation carries it;
+# `report_best` whether the final evaluation (and `experiments.evaluate` by default)
+# reads the best validation checkpoint without early stopping (the zoneout authors'
+# char-level and pMNIST scripts); early stopping always does.
+EXTRA_TRAIN_FIELDS = {"carry_state": False, "eval_carry_state": None, "report_best": False}
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:

@@ -63,6 +63,19 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(n)
 
 
+def epoch_offset(high: int, seed: int, epoch: int) -> int:
+    """Returns the start offset of epoch `epoch`'s window grid: an int in `[0, high)`.
+
+    A pure function of `(seed, epoch)` (legacy `RandomState`, stable across numpy
+    versions), drawn apart from `epoch_permutation`'s stream, so resumed runs see
+    the same windows.
+    """
+    if high <= 1:
+        return 0
+    rng = np.random.RandomState([seed % 2**32, epoch % 2**32, 1])
+    return int(rng.randint(high))
+
+
 def _cached_permutation(owner: object, n: int, seed: int, epoch: int) -> np.ndarray:
     # One permutation per epoch, not per batch: keep the last one on the iterator.
     cached = getattr(owner, "_perm_cache", None)
@@ -187,6 +200,12 @@ class ShuffledWindows(BatchSource):
     disjoint; `stride<T` overlaps them (e.g. `T//2` for char-level). The
     incomplete last global batch is dropped.
 
+    `random_offset`: every epoch shifts the whole grid by `epoch_offset(stride,
+    seed, epoch)` tokens, so windows are not always cut at the same points (the
+    zoneout authors' `augment`, their utils.py `PTB.open`); `stride - 1` tokens
+    at the end are kept free for the shift, so every epoch has the same number
+    of windows.
+
     Batches: `{"inputs": int32[B/P, T], "targets": int32[B/P, T]}`.
     """
 
@@ -199,6 +218,7 @@ class ShuffledWindows(BatchSource):
         stride: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        random_offset: bool = False,
         process_index: int | None = None,
         process_count: int | None = None,
     ):
@@ -207,7 +227,9 @@ class ShuffledWindows(BatchSource):
         self.stride = seq_len if stride is None else stride
         if seq_len < 1 or self.stride < 1:
             raise DataError(f"Sequence length {seq_len} and stride {self.stride} must be >= 1.")
-        self.num_windows = max(0, (len(self.tokens) - 1 - seq_len) // self.stride + 1)
+        self.random_offset = random_offset
+        room = self.stride - 1 if random_offset else 0  # the largest shift
+        self.num_windows = max(0, (len(self.tokens) - 1 - room - seq_len) // self.stride + 1)
         self.lo, self.hi = host_rows(batch_size, process_index, process_count)
         self.global_batch_size = batch_size
         self.local_batch_size = self.hi - self.lo
@@ -227,11 +249,16 @@ class ShuffledWindows(BatchSource):
             return np.arange(self.num_windows)
         return _cached_permutation(self, self.num_windows, self.seed, epoch)
 
+    def start_offset(self, epoch: int) -> int:
+        """Returns the shift of epoch `epoch`'s window grid (0 without `random_offset`)."""
+        return epoch_offset(self.stride, self.seed, epoch) if self.random_offset else 0
+
     def get_batch(self, epoch: int, index: int) -> Batch:
         self._check_index(index)
         b = self.global_batch_size
         windows = self.window_order(epoch)[index * b : (index + 1) * b][self.lo : self.hi]
-        rows = self.tokens[(windows * self.stride)[:, None] + self._offsets].astype(np.int32)
+        starts = windows * self.stride + self.start_offset(epoch)
+        rows = self.tokens[starts[:, None] + self._offsets].astype(np.int32)
         return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
 
 

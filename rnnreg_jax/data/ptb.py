@@ -76,6 +76,7 @@ class TextCorpus:
         mode: Mode = "contiguous",
         stride: int | None = None,
         seed: int = 0,
+        random_offset: bool = False,
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> batching.BatchSource:
@@ -90,6 +91,8 @@ class TextCorpus:
                 or "eval" (one stream of batch 1, padded last window, `weights`).
             stride: window stride for "shuffled" (default `T`).
             seed: shuffling seed for "shuffled".
+            random_offset: "shuffled" only: shift the window grid by a random
+                offset in `[0, stride)` every epoch (`ShuffledWindows`).
             process_index, process_count: host sharding (default from jax).
 
         Returns:
@@ -111,9 +114,12 @@ class TextCorpus:
                 seq_len,
                 stride=stride,
                 seed=seed,
+                random_offset=random_offset,
                 process_index=process_index,
                 process_count=process_count,
             )
+        if random_offset:
+            raise ValueError(f"random_offset applies to mode 'shuffled', not {mode!r}.")
         if mode == "eval":
             return batching.eval_stream(tokens, seq_len)
         raise ValueError(f"unknown mode {mode!r}")

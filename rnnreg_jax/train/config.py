@@ -43,6 +43,14 @@ def default_train_config() -> ml_collections.ConfigDict:
     c.mc_chunk = 0                # MC samples per forward pass (0 = all K at once); halves
                                   # automatically on out-of-memory.
     c.mc_splits = ("test",)       # eval splits that also get MC evaluation at the end.
+    # The library keeps the Keras-style MC pass of Gal's sentiment code (every mask redrawn
+    # each batch, word types dropped too) and the numbers of runs made before these fields;
+    # the Gal PTB presets take his PTB protocol (False and "pass", docs/FIDELITY.md).
+    c.mc_embedding_dropout = True  # word-type (embedding) dropout also in MC passes
+                                  # (False: off, as in Gal's PTB MC test pass).
+    c.mc_masks = "window"         # "pass": one mask set per MC sample for the whole pass
+                                  # (Gal's PTB code: one network per sample over the carried
+                                  # stream); "window": redrawn every window / batch.
     # Checkpoints (workdir/checkpoints and workdir/best).
     c.checkpoint_every_steps = 0  # also save every N steps (0 = only at epoch ends).
     c.keep_checkpoints = 3        # latest checkpoints kept; the best is kept apart.

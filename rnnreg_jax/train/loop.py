@@ -81,7 +81,7 @@ class _Run:
         self.state = restored if restored is not None else state
         self.shardings = steps.state_shardings(self.state, self.mesh)
         self.train_step = steps.make_train_step(task, config, self.tx, self.mesh, self.shardings)
-        self.evaluator = steps.Evaluator(task, self.mesh, config.mc_chunk)
+        self.evaluator = steps.Evaluator.from_config(task, self.mesh, config)
         self.zero_carry = jax.jit(lambda c: jax.tree.map(jnp.zeros_like, c),
                                   out_shardings=self.shardings.carry, donate_argnums=0)
         self.epoch_end = jax.jit(_epoch_end_update, out_shardings=self.shardings,
@@ -130,11 +130,13 @@ class _Run:
         return self.averaged(state.opt_state, state.params)
 
     def final_state(self):
-        """The state the final evaluation reads. With early stopping on, the best
+        """The state the final evaluation reads. With early stopping on, or
+        `report_best` (a config field the experiments add; absent: False), the best
         validation checkpoint: early stopping selects that model, and the papers
         that use it (zoneout) report its numbers; the last epoch's model is up to
         `early_stop_patience` epochs past it. Otherwise the current state."""
-        if not self.config.early_stop_patience or self.task.validation_split is None:
+        best_model = self.config.early_stop_patience or self.config.get("report_best", False)
+        if not best_model or self.task.validation_split is None:
             return self.state
         best = self.ckpt.restore_best(self.state)
         if best is None:

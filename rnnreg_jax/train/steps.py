@@ -10,6 +10,7 @@ step, which stores their update, and read-only in evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rnnreg_jax import noise
 from rnnreg_jax.train import losses
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.state import TrainState
@@ -170,35 +172,65 @@ def throttle(mesh, step: int, value) -> None:
         jax.block_until_ready(value)
 
 
+def without_embedding_dropout(model):
+    """`model` with its word-type (embedding) dropout off, every other noise site as it
+    is: Gal's PTB code sets that noise to 1 in its MC test pass. The other sites' keys
+    do not depend on it (`noise.site_key`; Flax's child modules draw their own keys)."""
+    reg = getattr(model, "reg", None)
+    if reg is None or not reg.embedding:
+        return model
+    return model.clone(reg=dataclasses.replace(reg, embedding=0.0))
+
+
 class Evaluator:
     """Deterministic and Monte Carlo evaluation over a data source.
 
     LM sources with `carry_state` carry the hidden state from window to
     window through the whole stream (zeros at the start of each pass).
+
+    MC evaluation (`evaluate_mc`): `mc_chunk` samples per forward pass (0: all);
+    `mc_masks` "pass" draws each sample's masks once for the whole pass, "window"
+    in every window (`noise.mc_sample_keys`); `mc_embedding_dropout` False keeps
+    word-type dropout off in MC passes (Gal's PTB protocol).
     """
 
-    def __init__(self, task, mesh, mc_chunk: int = 0):
+    def __init__(self, task, mesh, mc_chunk: int = 0, mc_masks: str = "window",
+                 mc_embedding_dropout: bool = True):
+        if mc_masks not in noise.MC_MASKS:
+            raise ValueError(f"mc_masks must be one of {noise.MC_MASKS}; got {mc_masks!r}.")
         self.task, self.mesh, self.mc_chunk = task, mesh, mc_chunk
+        self.mc_masks, self.mc_embedding_dropout = mc_masks, mc_embedding_dropout
         kind, model = task.kind, task.model
+        mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)
 
         def det(params, model_state, batch, carry):
             out, new_carry, _, _ = _apply(model, kind, params, batch["inputs"], carry, True,
                                           None, model_state=model_state)
             return losses.objective_and_stats(kind, out, batch)[1], new_carry
 
-        def mc(params, model_state, batch, carry, key, k):
-            x = batch["inputs"]
-            b = x.shape[0]
-            xs = jnp.tile(x, (k,) + (1,) * (x.ndim - 1))           # [K*B, ...], sample-major
-            # Noise sampled, but normalized by the population statistics (lstm_bn):
-            # the K copies must not share batch statistics with each other or the test batch.
-            out, new_carry, _, _ = _apply(model, kind, params, xs, carry, False, key,
-                                          model_state=model_state, use_running_average=True)
-            out = out.reshape((k, b) + out.shape[1:])
+        def mc(params, model_state, batch, carry, key, window, first, k):
+            # Samples first .. first + k - 1, one key each, vmapped: a sample's masks
+            # depend on its own key only, so neither chunking nor the OOM retry changes them.
+            keys = noise.mc_sample_keys(key, window, first, k, mc_masks)
+            b = batch["inputs"].shape[0]
+
+            def sample(sample_key, sample_carry):
+                # Noise sampled, but normalized by the population statistics (lstm_bn):
+                # no batch statistics shared between samples or with the test batch.
+                out, new_carry, _, _ = _apply(mc_model, kind, params, batch["inputs"],
+                                              sample_carry, False, sample_key,
+                                              model_state=model_state, use_running_average=True)
+                return out, new_carry
+
+            # The carry stays [K*B, ...], sample-major, outside (one LM state per sample).
+            if carry is not None:
+                carry = jax.tree.map(lambda a: a.reshape((k, b) + a.shape[1:]), carry)
+            out, new_carry = jax.vmap(sample)(keys, carry)
+            new_carry = jax.tree.map(lambda a: a.reshape((k * b,) + a.shape[2:]), new_carry)
             return losses.mc_summary(kind, out, batch), new_carry
 
         self._det = jax.jit(det)
-        self._mc = jax.jit(mc, static_argnums=(5,))
+        self._mc = jax.jit(mc, static_argnums=(7,))
         self._mc_stats = jax.jit(losses.mc_stats, static_argnums=(0, 3))
 
     def _uses_carry(self, carry_state):
@@ -229,14 +261,20 @@ class Evaluator:
             throttle(self.mesh, index, totals)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
+    @classmethod
+    def from_config(cls, task, mesh, config) -> Evaluator:
+        """The evaluator a train config asks for (`mc_chunk`, `mc_masks`,
+        `mc_embedding_dropout`; `config` completed with the defaults)."""
+        return cls(task, mesh, config.mc_chunk, config.mc_masks, config.mc_embedding_dropout)
+
     def evaluate_mc(self, params, source, num_samples: int, key: jax.Array,
                     carry_state: bool | None = None, model_state=None) -> dict[str, float]:
         """MC dropout: K noise samples per window, probabilities averaged.
 
-        The K samples run as a batch axis (the batch tiled K times, one key
-        `fold_in(key, window)`; masks are per example, so the K copies are
-        independent), in chunks of `mc_chunk` samples (chunk c > 0 uses
-        `fold_in(window_key, c)`); the chunk size halves on out-of-memory.
+        Sample k draws its masks from `noise.mc_sample_keys` (`fold_in(key, k)`
+        for the whole pass, or `fold_in(fold_in(key, window), k)` under
+        `mc_masks="window"`); the samples run vmapped in chunks of `mc_chunk`,
+        halved on out-of-memory, with the same numbers whatever the chunk size.
         Each sample carries its own LM state through the stream.
         """
         chunk = self.mc_chunk if 0 < self.mc_chunk < num_samples else num_samples
@@ -253,11 +291,11 @@ class Evaluator:
 
     def _evaluate_mc(self, params, source, k, key, chunk, carry_state, model_state):
         use_carry = self._uses_carry(carry_state)
-        sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
+        firsts = list(range(0, k, chunk))
+        sizes = [min(chunk, k - s) for s in firsts]
         totals, carries = None, None
         for window, batch in enumerate(source.iterate(0)):
             g = mesh_lib.global_batch(self.mesh, batch)
-            wkey = jax.random.fold_in(key, window)
             if use_carry and carries is None:
                 b = g["inputs"].shape[0]
                 carries = [zero_carry(self.task.model, params, (n * b, *g["inputs"].shape[1:]),
@@ -265,10 +303,10 @@ class Evaluator:
                                       mesh_lib.batch_sharding_for(self.mesh, n * b), model_state)
                            for n in sizes]
             summary = None
-            for c, n in enumerate(sizes):
-                ckey = wkey if c == 0 else jax.random.fold_in(wkey, c)
+            for c, (first, n) in enumerate(zip(firsts, sizes, strict=True)):
                 part, new_carry = self._mc(params, model_state, g,
-                                           carries[c] if use_carry else None, ckey, n)
+                                           carries[c] if use_carry else None, key,
+                                           np.int32(window), np.int32(first), n)
                 if use_carry:
                     carries[c] = new_carry
                 summary = losses.combine_mc_summaries(self.task.kind, summary, part)
