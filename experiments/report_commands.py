@@ -10,6 +10,16 @@ import shlex
 from experiments.cli import override_text
 from experiments.report_runs import Run
 
+# Settings that never change a run's numbers: when it stops and resumes (a resumed run is
+# bit-identical to an uninterrupted one) and whether the data's checksums were checked.
+# A command shows none of them (a time limit copied to a slower machine would stop its
+# run early) and a rebuild never asks for them.
+RESULT_NEUTRAL = ("train.time_limit_s", "data.verify_checksums")
+
+
+def _neutral(arg: str) -> bool:
+    return any(arg.startswith(f"--config.{field}=") for field in RESULT_NEUTRAL)
+
 
 def copy_paste_command(command: str, task: str) -> str:
     """`python -m experiments.<task> ...` from the logged `sys.argv` (script path first)."""
@@ -25,13 +35,16 @@ def copy_paste_command(command: str, task: str) -> str:
         module = task
     if "." in head and not head.endswith(".py"):
         module = head.rsplit(".", 1)[-1]
+    rest = [a for a in rest if not _neutral(a)]
     return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
 
 
 def flags_since_changed(run: Run) -> list[str]:
     """Overrides that today's preset needs to rebuild the run: fields of model, data,
     reg and train whose preset value changed since the run and that its command does
-    not set. Empty when the preset cannot be built."""
+    not set, leaving out fields today's config no longer has (no command could set
+    them), result-neutral ones, and the MC-dropout settings of a run without MC dropout.
+    Empty when the preset cannot be built."""
     try:
         module = __import__(f"experiments.configs.{run.task}", fromlist=["PRESETS"])
         preset = module.PRESETS[run.preset]()
@@ -47,7 +60,13 @@ def flags_since_changed(run: Run) -> list[str]:
     # optimizer) says nothing about a run that had no such setting.
     sections = FIXED_SECTIONS + ("train",)
 
+    ran_mc = bool(run.config.get("train", {}).get("mc_samples"))
+
     def counts(section, field, now):
+        if (field not in current.get(section, {}) or f"{section}.{field}" in RESULT_NEUTRAL
+                or (section == "train" and field.startswith("mc_") and field != "mc_samples"
+                    and not ran_mc)):
+            return False
         if field in run.config[section] or isinstance(now, bool):
             return True
         return section != "train" and isinstance(now, int | float)

@@ -101,6 +101,11 @@ def test_copy_paste_command():
         == "python -m experiments.pmnist --config=zoneout '--config.model.hidden_sizes=(8,)'")
     assert (report.copy_paste_command("python -m experiments.sentiment --config=tiny", "x")
             == "python -m experiments.sentiment --config=tiny")
+    # a time limit (experiments.reproduce adds one) would stop a slower machine's run early
+    assert (report.copy_paste_command(
+        "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z "
+        "--config.train.time_limit_s=671 --config.data.verify_checksums=False", "ptb")
+        == "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z")
 
 
 def test_finished_word_lm_row_has_ours_paper_gap_epochs_command(built):
@@ -256,6 +261,28 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
     run.task = "no_such_task"
     assert report.flags_since_changed(run) == []
+
+
+def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
+    from experiments.configs import ptb
+
+    config = json.loads(json.dumps(ptb.zaremba_small().to_dict()))
+    config["preset"] = "zaremba_small"
+    config["train"]["eval_batch_size"] = 0  # a field since removed: no command can set it
+    config["train"]["time_limit_s"] = 671.0  # when it stopped: never changes the numbers
+    del config["data"]["verify_checksums"]  # a switch added later, result-neutral
+    del config["train"]["mc_embedding_dropout"]  # MC settings of a run without MC
+    config["model"]["forget_bias"] = 1.0
+    run = report.Run(workdir="w", task="ptb", command="ptb.py --config=zaremba_small",
+                     config=config, events=[])
+    assert config["train"]["mc_samples"] == 0
+    assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
+    config["train"]["mc_samples"] = 10  # with MC the MC settings count again
+    # MC passes kept word-type dropout before the switch existed: today's True rebuilds it
+    assert report.flags_since_changed(run) == [
+        "--config.model.forget_bias=1.0", "--config.train.mc_samples=10"]
+    config["preset"] = "variational_medium"  # a preset whose MC turns it off
+    assert "--config.train.mc_embedding_dropout=True" in report.flags_since_changed(run)
 
 
 def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):

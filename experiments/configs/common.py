@@ -147,11 +147,17 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 FIXED_SECTIONS = ("model", "data", "reg")
 
 
+# Fields added after runs were recorded whose earlier behaviour is not "off": the value
+# that does what the code did before the field existed (MC passes kept word-type
+# dropout until `mc_embedding_dropout` made it a choice).
+VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True}
+
+
 def config_differences(stored: dict, current: dict, sections=FIXED_SECTIONS):
     """`(section, field, stored_value, current_value)` where two configs (as JSON
     dicts) differ in `sections` (those the stored config has). A field the stored
     config lacks was added to the code later and counts as unset there: equal to
-    False, 0 or None."""
+    False, 0 or None, or its `VALUE_BEFORE_ADDED`."""
     out = []
     for section in sections:
         if section not in stored:
@@ -161,6 +167,8 @@ def config_differences(stored: dict, current: dict, sections=FIXED_SECTIONS):
             value = new.get(field)
             if field in old:
                 before = old[field]
+            elif (section, field) in VALUE_BEFORE_ADDED:
+                before = VALUE_BEFORE_ADDED[section, field]
             elif value in (False, 0, None):
                 continue
             else:
