@@ -194,7 +194,8 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
             startup = t.get("startup_s", startup)
         else:
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
-        estimate = plan_lib.estimate_s(work, step_s, done, startup)
+        wide = (table or {}).get("wide_eval_factor", 1.0)
+        estimate = plan_lib.estimate_s(work, step_s, done, startup, wide)
         rows.append({"name": spec.name, "spec": spec, "done": done, "steps": work.total_steps,
                      "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,
                      "step_s": step_s, "estimate": estimate})

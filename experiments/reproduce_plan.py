@@ -8,9 +8,10 @@ where an evaluation window costs a training step scaled by its rows over the
 training batch's rows and by 1/3 (a forward pass of the three passes of a step),
 never less than a third of a step (small windows are latency-bound on an
 accelerator). Validation runs once per remaining epoch; the final evaluation is
-every eval split once plus MC dropout (K times the rows) on `mc_splits`. This
-over-counts large-batch MC passes, which use an accelerator better than a step
-does: the estimate errs towards refusing.
+every eval split once plus MC dropout (K times the rows) on `mc_splits`. Wide MC
+windows use an accelerator better than a training step does: a step-time table's
+`wide_eval_factor` divides the cost of the rows beyond one training batch (without
+one, the estimate errs towards refusing).
 """
 
 from __future__ import annotations
@@ -121,12 +122,16 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
                 int(train.mc_samples), tuple(train.mc_splits))
 
 
-def _eval_s(windows: int, rows: int, train_rows: int, step_s: float) -> float:
-    return windows * step_s * max(1 / 3, rows / train_rows / 3)
+def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
+            wide_factor: float = 1.0) -> float:
+    width = rows / train_rows
+    if width > 1:
+        width = 1 + (width - 1) / wide_factor
+    return windows * step_s * max(1 / 3, width / 3)
 
 
-def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float = STARTUP_S
-               ) -> dict[str, float]:
+def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float = STARTUP_S,
+               wide_eval_factor: float = 1.0) -> dict[str, float]:
     """Seconds left for a run: startup, training, validation, final evaluation."""
     left = max(0, work.total_steps - done_steps)
     epochs_left = math.ceil(left / work.steps_per_epoch) if left else 0
@@ -138,7 +143,8 @@ def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float 
     for split in work.mc_splits if work.mc_samples else ():
         if split in work.eval_windows:
             w, r = work.eval_windows[split]
-            final += _eval_s(w, r * work.mc_samples, work.train_rows, step_s)
+            final += _eval_s(w, r * work.mc_samples, work.train_rows, step_s,
+                             wide_eval_factor)
     return {"startup": startup_s, "train": left * step_s, "validation": valid,
             "final_eval": final, "total": startup_s + left * step_s + valid + final}
 

@@ -2,7 +2,8 @@
 # One call of a GPU window: `python -m experiments.reproduce` under the device image's own
 # python3 (it has jax, flax, optax, orbax and absl, not this project's venv). Installs the
 # wheels of what it lacks from .whl/ (ml_collections, tensorboardX, etils: `pip download
-# --only-binary=:all: --python-version 3.12 -d .whl ...` here), points the data at .devdata/
+# --only-binary=:all: --python-version 3.12 -d .whl ...` here; WHEELS names another folder),
+# points the data at .devdata/
 # (the layout of ../shared/data), starts CUDA MPS where present so the runs' small kernels
 # overlap, and passes every argument on; the bundle goes to $OUT.
 #
@@ -10,9 +11,10 @@
 #   bash scripts/gpu_window.sh --batches=char --budget_s=540 --resume_from=bundle --stop_at_deadline
 set -euo pipefail
 SITE=$(mktemp -d)
-if compgen -G ".whl/*.whl" >/dev/null; then
+WHEELS="${WHEELS:-.whl}"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target "$SITE" .whl/*.whl
+    --target "$SITE" "$WHEELS"/*.whl
 fi
 export PYTHONPATH="$SITE:$PWD" RNNREG_DATA_DIR="${RNNREG_DATA_DIR:-$PWD/.devdata}"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false

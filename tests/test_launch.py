@@ -293,7 +293,8 @@ def test_errors_are_one_line_and_exit_2(sandbox, args, env, unset, needle):
     assert calls() == []
 
 
-SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/quote.sh"]
+SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/quote.sh",
+               "scripts/gpu_window.sh", "scripts/gpu_window_split.sh"]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

@@ -109,3 +109,41 @@ def test_the_report_reads_a_bundle_as_it_reads_workdirs(tmp_path):
     found = report_runs.find_workdirs([str(tmp_path / "b")])
     assert len(found) == 1 and Path(found[0]).name == "a"
     assert json.loads((Path(found[0]) / "config.json").read_text())["task"] == "ptb"
+
+
+def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
+    """scripts/gpu_window_split.sh: `start` leaves the batch running past its own end
+    (setsid), `collect` waits for the bundle and copies it to $OUT."""
+    data = tmp_path / "data"
+    fx.write_repeated_ptb_word(data)
+    env = {**os.environ, "WINDOW_DIR": str(tmp_path / "state"), "WATCH_S": "0",
+           "WHEELS": str(tmp_path / "no_wheels"), "RNNREG_DATA_DIR": str(data),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def call(out, *args):
+        return subprocess.run(["bash", "scripts/gpu_window_split.sh", *args], cwd=ROOT,
+                              env={**env, "OUT": str(tmp_path / out)}, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    start = call("out1", "start", f"--runs=ptb:tiny:a:{FLAGS}", "--budget_s=200",
+                 "--calibrate_s=0", "--stop_at_deadline", f"--data_dir={data}",
+                 f"--step_times={ROOT / 'results' / 'step_times_h200.json'}")
+    assert start.returncode == 0, start.stderr[-2000:]
+    assert (tmp_path / "out1" / "window.log").is_file()
+    collect = call("out2", "collect")
+    assert collect.returncode == 0, collect.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out2" / bundle.MANIFEST).read_text())
+    assert [(r["name"], r["status"]) for r in manifest["runs"]] == [("a", "finished")]
+    assert (tmp_path / "out2" / bundle.RUNS_ARCHIVE).is_file()
+    assert "started 1 runs" in (tmp_path / "out2" / "window.log").read_text()
+
+
+def test_wide_mc_windows_cost_less_with_a_wide_eval_factor():
+    work = plan_lib.Work(steps_per_epoch=10, total_steps=10, train_rows=20,
+                         eval_windows={"test": (100, 1)}, validation_split=None,
+                         mc_samples=1000, mc_splits=("test",))
+    plain = plan_lib.estimate_s(work, 0.01, startup_s=0)["final_eval"]
+    wide = plan_lib.estimate_s(work, 0.01, startup_s=0, wide_eval_factor=4.5)["final_eval"]
+    # the batch-1 pass costs a third of a step a window; MC 1000 rows = 50 batches of 20
+    assert plain == pytest.approx(100 * 0.01 / 3 * (1 + 50))
+    assert wide == pytest.approx(100 * 0.01 / 3 * (1 + 1 + 49 / 4.5))

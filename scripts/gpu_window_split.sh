@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU window's batch over two calls, for a batch longer than one call (10 minutes) but
+# within the window: `start` launches scripts/gpu_window.sh in a session of its own
+# (setsid), so it outlives the call, and watches it for WATCH_S seconds (default 570; it
+# returns sooner if the batch ends); `collect`, the next call on the still-warm machine,
+# waits up to WAIT_S seconds (default 400) for the bundle and copies it to $OUT. Give
+# `start` a --budget_s of the first call's seconds plus what the window has left after it.
+#
+#   bash scripts/gpu_window_split.sh start --runs=ptb:zaremba_large --budget_s=780 \
+#       --calibrate_s=0 --step_times=results/step_times_h200.json --stop_at_deadline
+#   bash scripts/gpu_window_split.sh collect
+set -euo pipefail
+STATE="${WINDOW_DIR:-${TMPDIR:-/tmp}/rnnreg_window}"
+OUT="${OUT:-runs/bundle}"
+
+progress() {  # the runner's own lines and each run's latest training event
+  grep -v '^[IWE][0-9]' "$STATE/window.log" | tail -n 30 || true
+  local log
+  for log in "$STATE"/runs/*/metrics.jsonl; do
+    [[ -f "$log" ]] || continue
+    echo "$(basename "$(dirname "$log")"): $(grep '"split": "train"' "$log" | tail -n 1)"
+  done
+}
+
+case "${1:-}" in
+  start)
+    shift
+    rm -rf "$STATE" && mkdir -p "$STATE"
+    started=$SECONDS
+    setsid bash "$(dirname "$0")/gpu_window.sh" "$@" --root="$STATE/runs" \
+      --out="$STATE/bundle" >"$STATE/window.log" 2>&1 </dev/null &
+    driver=$!
+    while (( SECONDS - started < ${WATCH_S:-570} )) && kill -0 "$driver" 2>/dev/null; do
+      sleep 5
+    done
+    progress
+    mkdir -p "$OUT" && cp "$STATE/window.log" "$OUT/"
+    ;;
+  collect)
+    started=$SECONDS
+    until [[ -f "$STATE/bundle/bundle.json" ]] || (( SECONDS - started > ${WAIT_S:-400} )); do
+      sleep 5
+    done
+    progress
+    mkdir -p "$OUT" && cp "$STATE/window.log" "$OUT/"
+    if [[ -f "$STATE/bundle/bundle.json" ]]; then
+      cp "$STATE"/bundle/* "$OUT/"
+    else
+      echo "gpu_window_split.sh: no bundle in $STATE/bundle after ${WAIT_S:-400} s." >&2
+      exit 1
+    fi
+    ;;
+  *)
+    echo "usage: gpu_window_split.sh start [experiments.reproduce flags] | collect" >&2
+    exit 2
+    ;;
+esac
