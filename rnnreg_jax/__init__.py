@@ -8,7 +8,7 @@ from rnnreg_jax import cells, noise, regularizers, rnn
 from rnnreg_jax.regularizers import (
     NONE,
     MaskSpec,
-    Regularization,
+    Regularizer,
     activation_penalty,
     activation_regularization,
     awd_lstm,
@@ -33,7 +33,7 @@ from rnnreg_jax.rnn import initial_carry, scan_layer, unroll
 __version__ = "0.1.0"
 
 __all__ = [
-    "NONE", "MaskSpec", "Regularization", "cells", "compose", "dropout", "embedding_dropout",
+    "NONE", "MaskSpec", "Regularizer", "cells", "compose", "dropout", "embedding_dropout",
     "initial_carry", "naive_dropout", "noise", "norm_stabilizer", "norm_stabilizer_penalty",
     "recurrent_dropout", "regularizers", "rnn", "scan_layer", "stochastic_depth", "unroll",
     "variational", "weight_noise", "zaremba", "zoneout",

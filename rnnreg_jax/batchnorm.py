@@ -212,12 +212,12 @@ def lstm_bn_update(params: cells.Params, carry: cells.Carry, xw_t: dict, rec_t: 
                                       var=given.get("h_var"))
     c_stats = {}
 
-    def squash(c):  # called once per step by _lstm_gates; records the cell statistics
+    def squash(c):  # called once per step by lstm_gates; records the cell statistics
         c_n, c_stats["c_mean"], c_stats["c_var"] = batch_norm(
             c, params["bn_c_g"], params["bn_c_b"], given.get("c_mean"), given.get("c_var"))
         return jnp.tanh(c_n)
 
-    new_carry, h_t = cells._lstm_gates(carry, xw_t["x"] + rec_n, noise, squash)  # noqa: SLF001
+    new_carry, h_t = cells.lstm_gates(carry, xw_t["x"] + rec_n, noise, squash)
     stats = {"x_mean": given["x_mean"], "x_var": given["x_var"], "h_mean": h_mean,
              "h_var": h_var, **c_stats}
     return new_carry, (h_t, stats)

@@ -29,7 +29,9 @@ transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -89,9 +91,73 @@ def merge_noise(tied: StepNoise, step: StepNoise) -> StepNoise:
     return StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
 
 
-def check_cell_type(cell: str) -> None:
-    if cell not in ALL_CELL_TYPES:
-        raise ValueError(f"Unknown cell type {cell!r}; expected one of {ALL_CELL_TYPES}.")
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A cell of your own, as a record of pure functions (the built-in cells are named by
+    strings; `register` makes a record's name one too).
+
+    Attributes:
+      name: a name for errors and `register`.
+      num_gates: G: the input and recurrent projections are `[.., G*H]` wide.
+      update: `(params, carry, xw_t, rec_t, noise) -> (carry, h_t)`: one step given the
+        projected input `xw_t = x_t W_x + b` and `rec_t = (h_{t-1} * m_h) W_h`, both
+        `[B, G*H]`; `noise` is the step's `StepNoise` (apply the sites you support with
+        `gates.mix` and friends, or reject them). Pure: jit, grad and the fused backward
+        pass (which re-derives it with `jax.vjp`) take it as it is.
+      has_memory: whether the carry holds a memory cell `c` beside `h` (LSTM-only
+        regularizer sites need it).
+      update_params: the parameters `update` reads (besides the carry and projections);
+        the fused backward pass differentiates them.
+      init_params: `(key, input_size, hidden_size, init_scale, dtype) -> params`; None:
+        `w_x: [F, G*H]`, `w_h: [H, G*H]`, `b: [G*H]` uniform in [-scale, scale].
+    """
+
+    name: str
+    num_gates: int
+    update: Callable
+    has_memory: bool = False
+    update_params: tuple[str, ...] = ()
+    init_params: Callable | None = None
+
+
+REGISTRY: dict[str, Cell] = {}
+
+
+def register(cell: Cell) -> Cell:
+    """Make `cell.name` usable wherever a cell type is named (`cell="mgu"`)."""
+    if cell.name in ALL_CELL_TYPES:
+        raise ValueError(f"{cell.name!r} is a built-in cell type; choose another name.")
+    REGISTRY[cell.name] = cell
+    return cell
+
+
+def record_of(cell: Any) -> Cell | None:
+    """The record of a user's cell (given itself or by its registered name), or None for
+    a built-in cell type."""
+    if isinstance(cell, Cell):
+        return cell
+    return REGISTRY.get(cell) if isinstance(cell, str) else None
+
+
+def num_gates(cell: Any) -> int:
+    record = record_of(cell)
+    return record.num_gates if record is not None else NUM_GATES[cell]
+
+
+def has_memory(cell: Any) -> bool:
+    record = record_of(cell)
+    return record.has_memory if record is not None else cell in LSTM_TYPES
+
+
+def update_params(cell: Any) -> tuple[str, ...]:
+    record = record_of(cell)
+    return record.update_params if record is not None else UPDATE_PARAMS[cell]
+
+
+def check_cell_type(cell: Any) -> None:
+    if record_of(cell) is None and cell not in ALL_CELL_TYPES:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of "
+                         f"{ALL_CELL_TYPES + tuple(REGISTRY)} or a cells.Cell.")
 
 
 def default_init_scale(hidden_size: int) -> float:
@@ -133,11 +199,18 @@ def init_params(
       `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
     check_cell_type(cell)
+    record = record_of(cell)
+    if record is not None and record.init_params is not None:
+        if recurrent_bias or orthogonal:
+            raise ValueError(f"recurrent_bias and orthogonal apply to the built-in cells, not "
+                             f"{record.name!r} (its init_params draws its parameters).")
+        scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+        return record.init_params(key, input_size, hidden_size, scale, dtype)
     if recurrent_bias and cell not in RECURRENT_BIAS_CELLS:
         raise ValueError(f"recurrent_bias applies to cells {RECURRENT_BIAS_CELLS}, not "
                          f"{cell!r}.")
     scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
-    width = NUM_GATES[cell] * hidden_size
+    width = num_gates(cell) * hidden_size
     shapes = {"w_x": (input_size, width), "w_h": (hidden_size, width), "b": (width,)}
     if cell == "gru":
         shapes["b_h"] = (width,)
@@ -179,7 +252,7 @@ def init_carry(
     check_cell_type(cell)
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
-    if cell in LSTM_TYPES:
+    if has_memory(cell):
         carry["c"] = zeros
         if output_gate:
             carry["o"] = zeros
@@ -254,6 +327,8 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
     """
     if forget_bias:
         params = with_forget_bias(cell, params, forget_bias)
+    if record_of(cell) is not None:
+        return project_inputs(params, x, input_mask, per_gate)
     if cell == "lstm_bn":
         return _batchnorm.project(params, x, input_mask, per_gate, population)
     if cell in RECURRENT_BIAS_CELLS and "b_h" in params:  # the second bias simply adds
@@ -345,7 +420,7 @@ def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Arr
     return out.reshape(*out.shape[:-2], -1)
 
 
-def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:
+def mix(keep_coef: Any, previous: Array, new: Array) -> Array:
     """`d * previous + (1 - d) * new`; `d = None` means no mixing."""
     if keep_coef is None:
         return new
@@ -353,7 +428,8 @@ def _mix(keep_coef: Any, previous: Array, new: Array) -> Array:
     return keep_coef * previous + (1.0 - keep_coef) * new
 
 
-def _maybe_scale(mask: Any, value: Array) -> Array:
+def maybe_scale(mask: Any, value: Array) -> Array:
+    """`value * mask`, or `value` when the mask is None (the site is off)."""
     return value if mask is None else value * mask
 
 
@@ -380,7 +456,7 @@ def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = Step
 def lstm_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: StepNoise):
     """The elementwise rest of `lstm_step`, given `rec_t = (h_{t-1} * m_h) W_h`."""
     del params
-    return _lstm_gates(carry, xw_t + rec_t, noise, jnp.tanh)
+    return lstm_gates(carry, xw_t + rec_t, noise, jnp.tanh)
 
 
 def lstm_ln_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
@@ -410,29 +486,31 @@ def lstm_ln_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, nois
     """
     z = xw_t + layer_norm(rec_t, params["ln_h_g"], params["ln_h_b"], NUM_GATES["lstm_ln"])
     squash = lambda c: jnp.tanh(layer_norm(c, params["ln_c_g"], params["ln_c_b"]))  # noqa: E731
-    return _lstm_gates(carry, z, noise, squash)
+    return lstm_gates(carry, z, noise, squash)
 
 
-def _lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash):
-    """The LSTM's gates and noise from the pre-activation `z`; `h~ = o * squash(c~)`."""
+def lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash=jnp.tanh):
+    """The LSTM's gates and every LSTM noise site from the pre-activation `z: [B, 4H]`
+    (gate order i, f, g, o); `h~ = o * squash(c~)`. Public for cells built on the LSTM
+    (the batch-normalized one, a peephole LSTM of your own)."""
     h_prev, c_prev = carry["h"], carry["c"]
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
-    g = _maybe_scale(noise.update, jnp.tanh(zg))
+    g = maybe_scale(noise.update, jnp.tanh(zg))
     c_new = f * c_prev + i * g
     new_carry = {}
     if "o" in carry:
-        o = _mix(noise.output_gate, carry["o"], o)
+        o = mix(noise.output_gate, carry["o"], o)
         new_carry["o"] = o
     elif noise.output_gate is not None:
         raise ValueError("Output zoneout needs the previous output gate in the carry; "
                          "build it with init_carry(..., output_gate=True).")
-    c_new = _maybe_scale(noise.cell, c_new)
+    c_new = maybe_scale(noise.cell, c_new)
     h_new = o * squash(c_new)
-    c_t = _mix(noise.zone_c, c_prev, c_new)
-    h_t = _mix(noise.zone_h, h_prev, h_new)
-    c_t = _mix(noise.depth, c_prev, c_t)
-    h_t = _mix(noise.depth, h_prev, h_t)
+    c_t = mix(noise.zone_c, c_prev, c_new)
+    h_t = mix(noise.zone_h, h_prev, h_new)
+    c_t = mix(noise.depth, c_prev, c_t)
+    h_t = mix(noise.depth, h_prev, h_t)
     new_carry.update(h=h_t, c=c_t)
     return new_carry, h_t
 
@@ -458,9 +536,9 @@ def gru_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: S
     xr, xz, xn = jnp.split(xw_t, 3, axis=-1)
     ar, az, an = jnp.split(a, 3, axis=-1)
     r, z = jax.nn.sigmoid(xr + ar), jax.nn.sigmoid(xz + az)
-    n = _maybe_scale(noise.update, jnp.tanh(xn + r * an))
+    n = maybe_scale(noise.update, jnp.tanh(xn + r * an))
     h_new = (1.0 - z) * n + z * h_prev
-    h_t = _mix(noise.depth, h_prev, _mix(noise.zone_h, h_prev, h_new))
+    h_t = mix(noise.depth, h_prev, mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
 
 
@@ -476,8 +554,8 @@ def rnn_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: S
     del params
     h_prev = carry["h"]
     h_new = jnp.tanh(xw_t + rec_t)
-    h_new = _maybe_scale(noise.update, h_new)
-    h_t = _mix(noise.depth, h_prev, _mix(noise.zone_h, h_prev, h_new))
+    h_new = maybe_scale(noise.update, h_new)
+    h_t = mix(noise.depth, h_prev, mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
 
 
@@ -497,16 +575,25 @@ UPDATE_PARAMS = {"lstm": (), "gru": ("b_h",), "rnn": (),
                  "lstm_bn": ("bn_h_g", "bn_c_g", "bn_c_b")}
 
 
-def get_step(cell: str):
-    """The step function of a cell type."""
+def get_step(cell: Any):
+    """The step function of a cell type: `(params, carry, xw_t, noise) -> (carry, y)`."""
     check_cell_type(cell)
-    return STEPS[cell]
+    record = record_of(cell)
+    if record is None:
+        return STEPS[cell]
+
+    def step(params, carry, xw_t, noise=StepNoise()):
+        rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+        return record.update(params, carry, xw_t, rec_t, noise)
+
+    return step
 
 
-def get_update(cell: str):
+def get_update(cell: Any):
     """The elementwise update of a cell type: `(params, carry, xw_t, rec_t, noise)`."""
     check_cell_type(cell)
-    return UPDATES[cell]
+    record = record_of(cell)
+    return UPDATES[cell] if record is None else record.update
 
 
 # The BN-LSTM builds on this module (it imports it), so it is registered last.

@@ -28,7 +28,7 @@ Array = jax.Array
 def _extra_params(cell: str, params: cells.Params) -> dict:
     """Parameters the elementwise update reads (the GRU's recurrent bias, the
     LN-LSTM's recurrent and cell normalization gains and biases)."""
-    return {name: params[name] for name in cells.UPDATE_PARAMS[cell]}
+    return {name: params[name] for name in cells.update_params(cell)}
 
 
 def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, cells, noise
 from rnnreg_jax.nn import StackedRNN, dropout_key
-from rnnreg_jax.regularizers import NONE, Regularization
+from rnnreg_jax.regularizers.base import NONE, Regularizer
 
 
 def weight_init(scale: float | None, orthogonal: bool = False):
@@ -73,7 +73,7 @@ class LanguageModel(nn.Module):
     hidden_sizes: Sequence[int]
     embed_size: int | None = None
     cell: str = "lstm"
-    reg: Regularization = NONE
+    reg: Regularizer = NONE
     init_scale: float | None = 0.1
     tie_embeddings: bool = False
     unroll: int = 1
@@ -101,13 +101,13 @@ class LanguageModel(nn.Module):
         """
         embed_size = self.embed_size or self.hidden_sizes[0]
         if self.embed_to_gates:
-            embed_size = cells.NUM_GATES[self.cell] * self.hidden_sizes[0]
+            embed_size = cells.num_gates(self.cell) * self.hidden_sizes[0]
         ortho = self.orthogonal_init
         embed = nn.Embed(self.vocab_size, embed_size,
                          embedding_init=weight_init(self.init_scale, ortho), name="embed")
         x = embed(ids)
         key = None
-        if not deterministic and self.reg.embedding > 0:
+        if not deterministic and self.reg.embedding_noise:
             key = dropout_key(self)
         mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic, x.dtype)
         if mask is not None:
@@ -154,7 +154,7 @@ class SequenceModel(nn.Module):
     vocab_size: int | None = None
     embed_size: int = 128
     cell: str = "lstm"
-    reg: Regularization = NONE
+    reg: Regularizer = NONE
     init_scale: float | None = None
     unroll: int = 1
     implementation: str = "auto"
@@ -175,7 +175,7 @@ class SequenceModel(nn.Module):
                          embedding_init=weight_init(self.init_scale or 0.05, self.orthogonal_init),
                          name="embed")(x)
             key = None
-            if not deterministic and self.reg.embedding > 0:
+            if not deterministic and self.reg.embedding_noise:
                 key = dropout_key(self)
             mask = noise.embedding_mask(self.reg, key, inputs, self.vocab_size, deterministic,
                                         x.dtype)

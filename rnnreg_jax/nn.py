@@ -31,13 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, cells, rnn
-from rnnreg_jax.regularizers import (
-    NONE,
-    Regularization,
-    activation_penalty,
-    norm_stabilizer_penalty,
-    temporal_activation_penalty,
-)
+from rnnreg_jax.regularizers.base import NONE, Regularizer
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -78,7 +72,7 @@ class StackedRNN(nn.Module):
 
     hidden_sizes: Sequence[int] | int
     cell: str = "lstm"
-    reg: Regularization = NONE
+    reg: Regularizer = NONE
     init_scale: float | None = None
     time_major: bool = False
     unroll: int = 1
@@ -132,10 +126,11 @@ class StackedRNN(nn.Module):
                 self.orthogonal_init)
             if index == 0 and not self.project_first_input:
                 init = self._gates_input_init(init, in_size, hidden)
+            init = self._with_regularizer_params(init, index)
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
         key = None
-        if not deterministic and self.reg.has_recurrent_noise:
+        if not deterministic and self.reg.stack_noise:
             key = dropout_key(self)
         populations, to_update = self._population(use_running_average, deterministic)
         outputs, carry, hiddens, stats = rnn.unroll(
@@ -146,19 +141,25 @@ class StackedRNN(nn.Module):
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
             var.value = batchnorm.update_population(
                 var.value, jax.lax.stop_gradient(layer_stats), self.bn_momentum)
-        time_axis = 0 if self.time_major else 1
-        if self.reg.norm_stabilizer > 0 and not deterministic:
-            penalty = sum(norm_stabilizer_penalty(h, self.reg.norm_stabilizer, time_axis)
-                          for h in hiddens)
-            self.sow("penalties", "norm_stabilizer", penalty)
-        if self.reg.activation_reg > 0 and not deterministic:  # AR: the dropped last output
-            self.sow("penalties", "activation_reg",
-                     activation_penalty(outputs, self.reg.activation_reg))
-        if self.reg.temporal_activation_reg > 0 and not deterministic:  # TAR: undropped
-            self.sow("penalties", "temporal_activation_reg",
-                     temporal_activation_penalty(hiddens[-1], self.reg.temporal_activation_reg,
-                                                 time_axis))
+        if self.reg.has_penalty and not deterministic:  # loss terms, training only
+            time_axis = 0 if self.time_major else 1
+            for name, value in self.reg.penalties(params, hiddens, outputs, time_axis).items():
+                self.sow("penalties", name, value)
         return outputs, carry
+
+    def _with_regularizer_params(self, init, layer: int):
+        """`init` plus the parameters the regularizer adds to the layer (a learned noise
+        scale, say), drawn from a key of their own so the cell's draws stay as they are."""
+        def with_extra(key):
+            params = init(key)
+            extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
+            clash = sorted(set(extra) & set(params))
+            if clash:
+                raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
+                                 "parameter of the cell; name it otherwise.")
+            return {**params, **extra}
+
+        return with_extra
 
     def _population(self, use_running_average, deterministic):
         """`(statistics to normalize with or None for the batch's, variables to update)`."""
@@ -193,7 +194,7 @@ class RecurrentLayer(nn.Module):
 
     hidden_size: int
     cell: str = "lstm"
-    reg: Regularization = NONE
+    reg: Regularizer = NONE
     init_scale: float | None = None
     time_major: bool = False
     unroll: int = 1

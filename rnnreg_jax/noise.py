@@ -16,13 +16,13 @@ independent masks.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells
-from rnnreg_jax.regularizers import MaskSpec, Regularization
 
 Array = jax.Array
 
@@ -32,6 +32,7 @@ SITE_IDS = {
     "embedding": 10, "weight_drop": 11, "hidden": 12,
 }
 LAYER_BASE = 1000  # per-layer keys live far from the network-level site ids
+NAMED_SITE_BASE = 1 << 20  # sites named by users' regularizers live above both
 
 
 class LayerNoise(NamedTuple):
@@ -52,15 +53,27 @@ class LayerNoise(NamedTuple):
 
 
 def site_key(key: Array, site: str, layer: int | None = None) -> Array:
-    """The key of one noise site (of one layer, or of the network)."""
+    """The key of one built-in noise site (of one layer, or of the network)."""
     if site not in SITE_IDS:
-        raise ValueError(f"Unknown noise site {site!r}; expected one of {tuple(SITE_IDS)}.")
+        raise ValueError(f"Unknown noise site {site!r}; expected one of {tuple(SITE_IDS)}; "
+                         "a regularizer of your own names its sites with named_site_key.")
     if layer is not None:
         key = jax.random.fold_in(key, LAYER_BASE + layer)
     return jax.random.fold_in(key, SITE_IDS[site])
 
 
-def _flat(sample, key: Array, shape: tuple[int, ...]) -> Array:
+def named_site_key(key: Array, name: str, layer: int | None = None) -> Array:
+    """The key of a site a user's regularizer names: `site_key`'s derivation with an id
+    from the name's CRC-32 (far above the built-in ids), so the same name gives the same
+    key in every run and a new site never changes the built-in ones' masks."""
+    if name in SITE_IDS:
+        raise ValueError(f"{name!r} is a built-in noise site; use site_key, or another name.")
+    if layer is not None:
+        key = jax.random.fold_in(key, LAYER_BASE + layer)
+    return jax.random.fold_in(key, NAMED_SITE_BASE + zlib.crc32(name.encode()) % (1 << 30))
+
+
+def flat_draw(sample, key: Array, shape: tuple[int, ...]) -> Array:
     """`sample(key, shape)` drawn flat and reshaped.
 
     Same values as drawing `shape` directly (partitionable threefry numbers
@@ -115,9 +128,10 @@ def bernoulli(key: Array, p: float, shape: tuple[int, ...], tie: str, steps: int
     return jax.vmap(lambda k: bernoulli_draw(k, p, shape))(keys).astype(dtype)
 
 
-def dropout_mask(key: Array, spec: MaskSpec, shape: tuple[int, ...], steps: int,
+def dropout_mask(key: Array, spec, shape: tuple[int, ...], steps: int,
                  num_gates: int = 1, dtype: Any = jnp.float32) -> Array:
     """Inverted-dropout mask `m = keep / q`, `keep ~ Bernoulli(q)`, q = 1 - rate
+    (`spec.rate`, tied by `spec.tie`, per gate if `spec.per_gate`)
     quantized (`quantize_probability`, within 2^-17).
 
     Values are exactly 0 or 1/q, so `E[m] = 1` and evaluation (no mask) is the
@@ -134,160 +148,69 @@ def dropout_mask(key: Array, spec: MaskSpec, shape: tuple[int, ...], steps: int,
     return keep / quantize_probability(1.0 - spec.rate)
 
 
-def _active(spec: MaskSpec | None) -> bool:
-    return spec is not None and spec.active
-
-
 def layer_noise(
-    reg: Regularization, key: Array | None, layer: int, cell: str, batch: int, steps: int,
+    reg, key: Array | None, layer: int, cell, batch: int, steps: int,
     input_size: int, hidden_size: int, deterministic: bool, dtype: Any = jnp.float32,
 ) -> LayerNoise:
-    """Sample (or take the expectation of) every noise site of one layer.
+    """Sample (or take the expectation of) every noise site of one layer: the input
+    mask and the step noise the regularizer's hooks draw (`regularizers.base`).
 
     Args:
-      reg: the regularization spec.
+      reg: the regularizer.
       key: the window's key; required unless `deterministic`.
       layer: index of the layer in the stack (for key derivation).
-      cell: "lstm", "gru", "rnn" or "lstm_ln".
+      cell: the cell's name or record.
       batch, steps: B and T of the window.
       input_size, hidden_size: F and H of this layer.
       deterministic: evaluation mode, every noise replaced by its expectation.
     """
+    from rnnreg_jax.regularizers.base import LayerShape
+
     reg.check_cell(cell)
-    if deterministic:
-        return _expected_layer_noise(reg)
-    if not reg.has_recurrent_noise:
+    if not deterministic and not reg.stack_noise:
         return LayerNoise()
-    if key is None:
+    if not deterministic and key is None:
         raise ValueError("A PRNG key is required in training mode (deterministic=False); "
                          "pass one, or deterministic=True for evaluation.")
-    num_gates = cells.NUM_GATES[cell]
-    tied: dict[str, Any] = {}
-    per_step: dict[str, Any] = {}
-
-    def put(name: str, value: Array, tie: str) -> None:
-        (tied if tie == "sequence" else per_step)[name] = value
-
-    def k(site: str) -> Array:
-        return site_key(key, site, layer)
-
-    bh = (batch, hidden_size)
-    input_mask = None
-    input_spec = reg.layer_input(layer)
-    if _active(input_spec):
-        site = "hidden" if layer > 0 and reg.hidden is not None else "input"
-        input_mask = dropout_mask(k(site), input_spec, (batch, input_size), steps,
-                                  num_gates, dtype)
-    if _active(reg.recurrent):
-        mask = dropout_mask(k("recurrent"), reg.recurrent, bh, steps, num_gates, dtype)
-        if reg.recurrent.per_gate and reg.recurrent.tie == "step":
-            mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
-        put("recurrent", mask, reg.recurrent.tie)
-    if _active(reg.cell):
-        put("cell", dropout_mask(k("cell"), reg.cell, bh, steps, dtype=dtype), reg.cell.tie)
-    if _active(reg.update):
-        spec = reg.update
-        keep = bernoulli(k("update"), 1.0 - spec.rate, bh, spec.tie, steps, dtype)
-        # inverted dropout, or the {0, 1} mask itself (scaled at evaluation instead)
-        update = keep if reg.update_eval_scaling else keep / quantize_probability(1 - spec.rate)
-        put("update", update, spec.tie)
-        if reg.output_zoneout:
-            put("output_gate", 1.0 - keep, spec.tie)
-    zc, zh = reg.zoneout_cells, reg.zoneout_hiddens
-    if zc > 0 and cell in cells.LSTM_TYPES:
-        put("zone_c", bernoulli(k("zoneout_cells"), zc, bh, reg.zoneout_tie, steps, dtype),
-            reg.zoneout_tie)
-    if zh > 0:
-        if reg.zoneout_shared and zc > 0:
-            mask = (tied | per_step)["zone_c"]
-        else:
-            mask = bernoulli(k("zoneout_hiddens"), zh, bh, reg.zoneout_tie, steps, dtype)
-        put("zone_h", mask, reg.zoneout_tie)
-    if reg.stochastic_depth > 0:
-        put("depth", bernoulli(k("depth"), reg.stochastic_depth, (batch, 1), "step", steps,
-                               dtype), "step")
-    return LayerNoise(input=input_mask,
-                      input_per_gate=_active(input_spec) and input_spec.per_gate,
+    num_gates = cells.num_gates(cell)
+    shape = LayerShape(layer, cell, batch, steps, input_size, hidden_size, num_gates, dtype)
+    masked = reg.input_mask(key, shape, deterministic)
+    tied, per_step = reg.step_noise(key, shape, deterministic)
+    mask, per_gate = masked if masked is not None else (None, False)
+    return LayerNoise(input=mask, input_per_gate=per_gate,
                       tied=cells.StepNoise(**tied), per_step=cells.StepNoise(**per_step))
 
 
-def _expected_layer_noise(reg: Regularization) -> LayerNoise:
-    """Deterministic mode: dropout -> identity (the update with `update_eval_scaling`:
-    its keep probability), mixing coefficients -> their (quantized, as drawn) rates."""
-    tied: dict[str, Any] = {}
-    if reg.zoneout_cells > 0:
-        tied["zone_c"] = quantize_probability(reg.zoneout_cells)
-    if reg.zoneout_hiddens > 0:
-        tied["zone_h"] = quantize_probability(reg.zoneout_hiddens)
-    if reg.stochastic_depth > 0:
-        tied["depth"] = quantize_probability(reg.stochastic_depth)
-    if reg.update_eval_scaling and _active(reg.update):  # E[keep] = q(1 - rate)
-        tied["update"] = quantize_probability(1.0 - reg.update.rate)
-    if reg.needs_output_gate:  # 1 - keep, keep ~ Bernoulli(q(1 - rate))
-        tied["output_gate"] = 1.0 - quantize_probability(1.0 - reg.update.rate)
-    return LayerNoise(tied=cells.StepNoise(**tied))
+def _parts_of(reg, family_name: str):
+    from rnnreg_jax import regularizers
+
+    family = getattr(regularizers, family_name)
+    return regularizers.compose(*(p for p in reg.parts if isinstance(p, family)))
 
 
-def weight_noise(reg: Regularization, key: Array | None, layer: int, w_h: Array,
-                 deterministic: bool) -> Array:
-    """`W_h + std * N(0, 1)` in training (one draw per call = per minibatch)."""
-    if deterministic or reg.weight_noise <= 0:
-        return w_h
-    if key is None:
-        raise ValueError("A PRNG key is required for weight noise in training mode.")
-    eps = _flat(lambda k, s: jax.random.normal(k, s, w_h.dtype),
-                site_key(key, "weight_noise", layer), w_h.shape)
-    return w_h + reg.weight_noise * eps
+def weight_noise(reg, key: Array | None, layer: int, w_h: Array, deterministic: bool) -> Array:
+    """`W_h` after `reg`'s weight noise (`regularizers.WeightNoise`) alone."""
+    return _parts_of(reg, "WeightNoise").weights({"w_h": w_h}, key, layer, deterministic)["w_h"]
 
 
-def weight_drop(reg: Regularization, key: Array | None, layer: int, w_h: Array,
-                deterministic: bool) -> Array:
-    """DropConnect on W_h (AWD-LSTM): `W_h * keep / (1 - p)`, `keep ~ Bernoulli(1 - p)`.
-
-    One mask of W_h's shape per layer and call (per minibatch): the same
-    dropped weights for every example and step. Deterministic: `W_h`.
-    """
-    if deterministic or reg.weight_drop <= 0:
-        return w_h
-    if key is None:
-        raise ValueError("A PRNG key is required for weight drop in training mode.")
-    q = quantize_probability(1.0 - reg.weight_drop)
-    keep = bernoulli_draw(site_key(key, "weight_drop", layer), q, w_h.shape)
-    return w_h * (keep.astype(w_h.dtype) / q)
+def weight_drop(reg, key: Array | None, layer: int, w_h: Array, deterministic: bool) -> Array:
+    """`W_h` after `reg`'s weight drop (`regularizers.WeightDrop`) alone."""
+    return _parts_of(reg, "WeightDrop").weights({"w_h": w_h}, key, layer, deterministic)["w_h"]
 
 
-def output_mask(reg: Regularization, key: Array | None, batch: int, steps: int,
-                features: int, deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
+def output_mask(reg, key: Array | None, batch: int, steps: int, features: int,
+                deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
     """Mask for the last layer's output, `[B, F]` or `[T, B, F]` (time-major), or None."""
-    if deterministic or not _active(reg.output):
-        return None
-    if key is None:
-        raise ValueError("A PRNG key is required in training mode (deterministic=False).")
-    return dropout_mask(site_key(key, "output"), reg.output, (batch, features), steps,
-                        dtype=dtype)
+    from rnnreg_jax.regularizers.base import LayerShape
+
+    shape = LayerShape(-1, None, batch, steps, features, features, 1, dtype)
+    return reg.output_mask(key, shape, deterministic)
 
 
-def embedding_mask(reg: Regularization, key: Array | None, ids: Array, vocab_size: int,
+def embedding_mask(reg, key: Array | None, ids: Array, vocab_size: int,
                    deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
-    """Gal's embedding dropout: a per-example mask over word *types*.
-
-    Every occurrence of a word in a sequence shares its mask, drawn once per
-    window: `keep[b, v] ~ Bernoulli(1 - p) / (1 - p)`, looked up at `ids`.
-
-    Args:
-      ids: token ids `[B, T]` (batch-major).
-
-    Returns:
-      `[B, T, 1]` multipliers for the embedded vectors, or None.
-    """
-    if deterministic or reg.embedding <= 0:
-        return None
-    if key is None:
-        raise ValueError("A PRNG key is required in training mode (deterministic=False).")
-    q = quantize_probability(1.0 - reg.embedding)
-    keep = bernoulli_draw(site_key(key, "embedding"), q, (ids.shape[0], vocab_size))
-    per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype) / q
-    return per_token[..., None]
+    """Gal's embedding dropout multipliers `[B, T, 1]` for token ids `[B, T]`, or None."""
+    return reg.embedding_mask(key, ids, vocab_size, deterministic, dtype)
 
 
 # When the masks of an MC sample are drawn: once for the whole pass (Gal's PTB code: a

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, fused, noise
-from rnnreg_jax.regularizers import NONE, Regularization
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
 
@@ -126,7 +126,7 @@ def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]
 
 
 def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batch_size: int,
-                  reg: Regularization = NONE, dtype: Any = jnp.float32):
+                  reg: Regularizer = NONE, dtype: Any = jnp.float32):
     """Zero state for one layer (a dict) or a stack (a list of dicts)."""
     layers, single = _as_list(params)
     carries = [cells.init_carry(cell, batch_size, p["w_h"].shape[0], dtype,
@@ -140,7 +140,7 @@ def unroll(
     inputs: Array,
     carry: cells.Carry | Sequence[cells.Carry] | None = None,
     *,
-    reg: Regularization = NONE,
+    reg: Regularizer = NONE,
     key: Array | None = None,
     deterministic: bool = True,
     time_major: bool = False,
@@ -156,8 +156,9 @@ def unroll(
     Dropout on layer inputs applies to every layer (the embedding output and
     between layers; with `reg.hidden` set, `input` masks the first layer's
     input and `hidden` the others); dropout on the output applies to the last
-    layer's outputs. Weight drop (DropConnect) and then weight noise perturb
-    every layer's `W_h` once per call: `W_h * m + sigma * eps`.
+    layer's outputs. The regularizer's `weights` hooks (weight drop, weight noise, a
+    user's DropConnect) transform every layer's parameters once per call, in
+    composition order.
 
     Args:
       cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
@@ -203,7 +204,7 @@ def unroll(
         populations = [bn_stats] if single else list(bn_stats)
         if len(populations) != len(layers):
             raise ValueError(f"Got {len(populations)} bn_stats for {len(layers)} layers.")
-    if not deterministic and key is None and reg.has_recurrent_noise:
+    if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
     new_carries, hiddens, stats = [], [], []
@@ -213,15 +214,16 @@ def unroll(
             c = dict(c, o=jnp.zeros_like(c["h"]))
         ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
                                deterministic, x.dtype)
-        w_h = noise.weight_drop(reg, key, index, p["w_h"], deterministic)
-        p = dict(p, w_h=noise.weight_noise(reg, key, index, w_h, deterministic))
+        p = reg.weights(p, key, index, deterministic)  # weight drop, weight noise, ...
         x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
                           forget_bias)
         x, layer_stats = x if cell == "lstm_bn" else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)
         hiddens.append(x)
-    mask = noise.output_mask(reg, key, batch, steps, x.shape[-1], deterministic, x.dtype)
+    width = x.shape[-1]
+    mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
+                                           1, x.dtype), deterministic)
     if mask is not None:
         x = x * mask
     if not time_major:

@@ -22,7 +22,7 @@ import ml_collections
 
 from rnnreg_jax import data as rdata
 from rnnreg_jax.models import LanguageModel, SequenceModel
-from rnnreg_jax.regularizers import Regularization
+from rnnreg_jax.regularizers import Regularizer
 from rnnreg_jax.train import Task
 
 _OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias",
@@ -37,7 +37,7 @@ def _optional_kwargs(model_config) -> dict:
     return {k: model_config[k] for k in _OPTIONAL_MODEL_FIELDS if k in model_config}
 
 
-def build_task(config: ml_collections.ConfigDict, reg: Regularization,
+def build_task(config: ml_collections.ConfigDict, reg: Regularizer,
                data_dir: str | None = None) -> Task:
     """The `Task` of a config: its data set decides the kind (language model,
     classification or regression)."""

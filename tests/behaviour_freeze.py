@@ -27,7 +27,7 @@ LSTM_ONLY = {"cell_mask", "update_output_zoneout", "zoneout_cells", "zoneout_sha
              "zoneout_sequence", "everything_lstm"}
 
 
-def regularizers() -> dict[str, rj.Regularization]:
+def regularizers() -> dict[str, rj.Regularizer]:
     """One entry per family and option, plus a few combinations."""
     return {
         "none": rj.NONE,
@@ -65,7 +65,7 @@ def _flat(prefix: str, tree) -> dict[str, np.ndarray]:
     return {prefix + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def stack_record(cell: str, reg: rj.Regularization, implementation: str) -> dict:
+def stack_record(cell: str, reg: rj.Regularizer, implementation: str) -> dict:
     """A 2-layer stack in training (outputs, carry, penalties, batch statistics and the
     gradients of a fixed projection of all of them) and in evaluation (outputs)."""
     layer = rnn_nn.StackedRNN((5, 4), cell=cell, reg=reg, init_scale=0.3,

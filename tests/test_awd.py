@@ -16,7 +16,15 @@ import pytest
 import rnnreg_jax as rj
 from rnnreg_jax import cells, noise, rnn
 from rnnreg_jax.nn import StackedRNN
-from rnnreg_jax.regularizers import MaskSpec, Regularization
+from rnnreg_jax.regularizers import (
+    ActivationRegularization,
+    Dropout,
+    EmbeddingDropout,
+    MaskSpec,
+    TemporalActivationRegularization,
+    WeightDrop,
+    compose,
+)
 from rnnreg_jax.train import default_train_config, ntasgd, optim
 
 KEY = jax.random.key(0)
@@ -40,21 +48,20 @@ run = jax.jit(rj.unroll, static_argnums=0,
 # =========================================================================== specs
 
 def test_constructors_set_only_their_fields_and_compose():
-    assert rj.weight_drop(0.5) == Regularization(weight_drop=0.5)
-    assert rj.activation_regularization(2.0) == Regularization(activation_reg=2.0)
-    assert rj.temporal_activation_regularization(1.0) == Regularization(
-        temporal_activation_reg=1.0)
-    assert rj.dropout("hidden", 0.3, tie="sequence") == Regularization(
-        hidden=MaskSpec(0.3, "sequence"))
+    assert rj.weight_drop(0.5) == WeightDrop(0.5)
+    assert rj.activation_regularization(2.0) == ActivationRegularization(2.0)
+    assert rj.temporal_activation_regularization(1.0) == TemporalActivationRegularization(1.0)
+    assert rj.dropout("hidden", 0.3, tie="sequence") == Dropout(hidden=MaskSpec(0.3, "sequence"))
     reg = rj.awd_lstm()
-    assert reg == Regularization(
-        input=MaskSpec(0.4), hidden=MaskSpec(0.3), output=MaskSpec(0.4), embedding=0.1,
-        weight_drop=0.5, activation_reg=2.0, temporal_activation_reg=1.0)
+    assert reg == compose(
+        Dropout(input=MaskSpec(0.4), hidden=MaskSpec(0.3), output=MaskSpec(0.4)),
+        EmbeddingDropout(0.1), WeightDrop(0.5), ActivationRegularization(2.0),
+        TemporalActivationRegularization(1.0))
     assert reg.has_noise and reg.has_penalty
-    assert rj.weight_drop(0.5).has_recurrent_noise
+    assert rj.weight_drop(0.5).stack_noise
     assert not (rj.activation_regularization(1.0) + rj.temporal_activation_regularization(1.0)
                 ).has_noise
-    with pytest.raises(ValueError, match="weight_drop"):
+    with pytest.raises(ValueError, match="WeightDrop.rate set twice"):
         rj.weight_drop(0.5) + rj.weight_drop(0.2)
 
 

@@ -110,7 +110,8 @@ def test_per_pass_masks_make_the_windowed_mc_pass_gals_single_pass(stream, embed
     the same model with embedding dropout removed (the other masks unchanged)."""
     task, source, params, mesh = stream
     k = 3
-    reference = _lm(GAL if embedding_dropout else dataclasses.replace(GAL, embedding=0.0))
+    reference = _lm(GAL if embedding_dropout else regularizers.without(
+        GAL, regularizers.EmbeddingDropout))
     expected = _long_window_mc_loss(reference, params, source,
                                     noise.mc_sample_keys(KEY, 0, 0, k, "pass"))
     results = {}
@@ -157,8 +158,10 @@ def test_no_word_type_is_dropped_in_mc_passes_without_mc_embedding_dropout(strea
 def test_without_embedding_dropout_changes_only_the_embedding_rate():
     model = _lm(GAL)
     off = steps.without_embedding_dropout(model)
-    assert off.reg == dataclasses.replace(GAL, embedding=0.0)
-    assert model.reg.embedding == 0.5  # the task's own model is left as it is
+    assert off.reg == regularizers.variational(input=0.3, recurrent=0.3, output=0.3,
+                                               tie="sequence")
+    # the task's own model is left as it is
+    assert model.reg.find(regularizers.EmbeddingDropout).rate == 0.5
     unregularized = _lm(regularizers.NONE)
     assert steps.without_embedding_dropout(unregularized) is unregularized
 

@@ -11,7 +11,7 @@ from rnnreg_jax import cells, rnn
 from rnnreg_jax.nn import RecurrentLayer, StackedRNN
 from rnnreg_jax.regularizers import (
     NONE,
-    Regularization,
+    Regularizer,
     norm_stabilizer,
     stochastic_depth,
     variational,
@@ -26,7 +26,7 @@ def inputs(steps: int = T, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((B, steps, F)).astype(np.float32)
 
 
-def eval_reg(cell: str) -> Regularization:
+def eval_reg(cell: str) -> Regularizer:
     """Deterministic mode of zoneout/depth is not the identity: a real check."""
     reg = zoneout(cells=0.3, hiddens=0.2) if cell == "lstm" else zoneout(hiddens=0.2)
     return reg + stochastic_depth(0.1)

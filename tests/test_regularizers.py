@@ -22,8 +22,14 @@ from rnnreg_jax import cells, noise, rnn
 from rnnreg_jax.nn import StackedRNN
 from rnnreg_jax.regularizers import (
     NONE,
+    Dropout,
+    EmbeddingDropout,
     MaskSpec,
-    Regularization,
+    NormStabilizer,
+    RecurrentDropout,
+    StochasticDepth,
+    WeightNoise,
+    Zoneout,
     compose,
     dropout,
     embedding_dropout,
@@ -72,21 +78,21 @@ PARAMS = {cell: make_params(cell) for cell in cells.CELL_TYPES}
 
 
 def test_constructors_set_only_their_fields():
-    assert zaremba(0.3) == Regularization(input=MaskSpec(0.3, "step"),
-                                          output=MaskSpec(0.3, "step"))
-    assert variational(0.3, 0.2, 0.1, cell=0.05, embedding=0.4, per_gate=True) == Regularization(
-        input=MaskSpec(0.3, "sequence", True), recurrent=MaskSpec(0.2, "sequence", True),
-        output=MaskSpec(0.1, "sequence"), cell=MaskSpec(0.05, "sequence"), embedding=0.4)
-    assert naive_dropout(input=0.3, recurrent=0.2) == Regularization(
+    assert zaremba(0.3) == Dropout(input=MaskSpec(0.3, "step"), output=MaskSpec(0.3, "step"))
+    assert variational(0.3, 0.2, 0.1, cell=0.05, embedding=0.4, per_gate=True) == compose(
+        Dropout(input=MaskSpec(0.3, "sequence", True), recurrent=MaskSpec(0.2, "sequence", True),
+                output=MaskSpec(0.1, "sequence"), cell=MaskSpec(0.05, "sequence")),
+        EmbeddingDropout(0.4))
+    assert naive_dropout(input=0.3, recurrent=0.2) == Dropout(
         input=MaskSpec(0.3, "step"), recurrent=MaskSpec(0.2, "step"))
-    assert embedding_dropout(0.2) == Regularization(embedding=0.2)
-    assert zoneout(0.5, 0.05) == Regularization(zoneout_cells=0.5, zoneout_hiddens=0.05)
-    assert recurrent_dropout(0.25, output_zoneout=True) == Regularization(
+    assert embedding_dropout(0.2) == EmbeddingDropout(0.2)
+    assert zoneout(0.5, 0.05) == Zoneout(cells=0.5, hiddens=0.05)
+    assert recurrent_dropout(0.25, output_zoneout=True) == RecurrentDropout(
         update=MaskSpec(0.25, "step"), output_zoneout=True)
-    assert stochastic_depth(0.1) == Regularization(stochastic_depth=0.1)
-    assert weight_noise(0.075) == Regularization(weight_noise=0.075)
-    assert norm_stabilizer(50.0) == Regularization(norm_stabilizer=50.0)
-    assert dropout("recurrent", 0.3, tie="sequence", per_gate=True) == Regularization(
+    assert stochastic_depth(0.1) == StochasticDepth(0.1)
+    assert weight_noise(0.075) == WeightNoise(0.075)
+    assert norm_stabilizer(50.0) == NormStabilizer(50.0)
+    assert dropout("recurrent", 0.3, tie="sequence", per_gate=True) == Dropout(
         recurrent=MaskSpec(0.3, "sequence", True))
     # The public names are the same objects.
     assert rnnreg_jax.variational is variational and rnnreg_jax.zaremba is zaremba
@@ -102,8 +108,11 @@ def test_rate_zero_is_no_regularization(reg):
 
 def test_compose_merges_and_refuses_conflicts():
     reg = zoneout(0.5, 0.05) + zaremba(0.25) + weight_noise(0.1)
-    assert reg == compose(zaremba(0.25), weight_noise(0.1), zoneout(0.5, 0.05))
-    assert (reg.zoneout_cells, reg.input, reg.weight_noise) == (0.5, MaskSpec(0.25, "step"), 0.1)
+    # the same parts in another order (order matters to `weights` hooks alone)
+    assert set(reg.parts) == set(compose(zaremba(0.25), weight_noise(0.1),
+                                         zoneout(0.5, 0.05)).parts)
+    assert (reg.find(Zoneout).cells, reg.find(Dropout).input, reg.find(WeightNoise).std) == (
+        0.5, MaskSpec(0.25, "step"), 0.1)
     assert variational(0.3, 0.3) + embedding_dropout(0.2) == variational(0.3, 0.3, embedding=0.2)
     assert compose() == NONE
     assert compose(zaremba(0.3), zaremba(0.3)) == zaremba(0.3)  # equal settings agree
@@ -135,12 +144,12 @@ BAD_ARGUMENTS = [
     ("unknown tie MaskSpec", lambda: MaskSpec(0.1, "foo"), "tie must be one of"),
     ("per_gate on output", lambda: dropout("output", 0.1, per_gate=True), "per_gate"),
     ("shared zoneout unequal", lambda: zoneout(0.5, 0.1, shared=True), "cells == hiddens"),
-    ("output zoneout alone", lambda: Regularization(output_zoneout=True), "needs recurrent"),
+    ("output zoneout alone", lambda: RecurrentDropout(output_zoneout=True), "needs recurrent"),
     ("compose conflict", lambda: zaremba(0.3) + zaremba(0.5), "input set twice"),
     ("compose tie conflict", lambda: zaremba(0.3) + variational(input=0.3),
      "input set twice"),
     ("compose zoneout conflict", lambda: compose(zoneout(0.5), zoneout(0.4)),
-     "zoneout_cells set twice"),
+     "cells set twice"),
 ]
 
 
@@ -213,9 +222,10 @@ def reference_unroll(cell, params, x, reg, key, deterministic):
         wx, wh, bx = blocks(p["w_x"]), blocks(w_h), blocks(p["b"])
         bh = blocks(p["b_h"]) if cell == "gru" else None
         h = c = o_prev = jnp.zeros((batch, hidden), x.dtype)
-        in_per_step = reg.input is not None and reg.input.tie == "step"
-        in_per_gate = reg.input is not None and reg.input.per_gate
-        rec_per_gate = reg.recurrent is not None and reg.recurrent.per_gate
+        masks = reg.find(Dropout) or Dropout()
+        in_per_step = masks.input is not None and masks.input.tie == "step"
+        in_per_gate = masks.input is not None and masks.input.per_gate
+        rec_per_gate = masks.recurrent is not None and masks.recurrent.per_gate
         ys = []
         for t in range(steps):
             n = {name: getattr(ln.tied, name) if getattr(ln.tied, name) is not None
@@ -397,7 +407,7 @@ def test_deterministic_dropout_and_weight_noise_equal_the_plain_cell_exactly(cel
 ZERO_RATE = [zaremba(0.0), variational(0.0, 0.0, 0.0, cell=0.0, per_gate=True),
              naive_dropout(input=0.0), zoneout(0.0, 0.0), recurrent_dropout(0.0),
              stochastic_depth(0.0), weight_noise(0.0), embedding_dropout(0.0),
-             Regularization(input=MaskSpec(0.0, "step"), recurrent=MaskSpec(0.0))]
+             Dropout(input=MaskSpec(0.0, "step"), recurrent=MaskSpec(0.0))]
 
 
 @pytest.mark.parametrize("cell", cells.CELL_TYPES)
@@ -422,7 +432,7 @@ def test_probability_one_keeps_the_initial_state_forever(cell, kind):
         carry["c"] = jnp.asarray(rng.normal(size=(B, H)), jnp.float32)
     x = jnp.tile(X, (1, 8, 1))  # 40 steps
     ys, final = run(cell, PARAMS[cell][0], x, carry, reg=reg, key=KEY, deterministic=False)
-    # `cells._mix` computes new + d (prev - new): exact to an ulp per step, not bit for bit.
+    # `cells.mix` computes new + d (prev - new): exact to an ulp per step, not bit for bit.
     np.testing.assert_allclose(ys, jnp.broadcast_to(carry["h"][:, None], ys.shape), atol=1e-5)
     for name in carry:
         np.testing.assert_allclose(final[name], carry[name], atol=1e-5)
@@ -503,7 +513,8 @@ def test_jit_grad_finite_through_100_steps(cell):
             def loss(params, x, reg=reg, det=det):
                 ys, _, hs = rnnreg_jax.unroll(cell, params, x, reg=reg, key=key,
                                               deterministic=det, return_hiddens=True)
-                pen = sum(norm_stabilizer_penalty(h, reg.norm_stabilizer) for h in hs)
+                beta = (reg.find(NormStabilizer) or NormStabilizer()).weight
+                pen = sum(norm_stabilizer_penalty(h, beta) for h in hs)
                 return jnp.mean(ys[:, -1] ** 2) + jnp.mean(ys ** 2) + pen
             out.append(jax.grad(loss, argnums=(0, 1))(params, x))
         return out
@@ -603,7 +614,7 @@ def test_input_masks_project_once_per_layer_outside_the_scan(monkeypatch, reg):
     rnnreg_jax.unroll("lstm", PARAMS["lstm"], X, reg=reg, key=KEY, deterministic=False)
     # One call per layer, on the whole window [T, B, F], with the mask.
     assert [c[0] for c in calls] == [(T, B, F), (T, B, H)]
-    assert all(c[1] is not None and c[2] == reg.input.per_gate for c in calls)
+    assert all(c[1] is not None and c[2] == reg.find(Dropout).input.per_gate for c in calls)
 
 
 @pytest.mark.parametrize("tie", ["sequence", "step"])
@@ -643,5 +654,5 @@ def test_update_dropout_scaling_in_training_and_evaluation(eval_scaling):
 
 def test_update_eval_scaling_needs_update_dropout():
     with pytest.raises(ValueError, match="update_eval_scaling needs"):
-        Regularization(update_eval_scaling=True)
+        RecurrentDropout(eval_scaling=True)
     assert recurrent_dropout(0.0, eval_scaling=True) == NONE

@@ -11,7 +11,7 @@ import pytest
 from rnnreg_jax import cells, rnn
 from rnnreg_jax.regularizers import (
     NONE,
-    Regularization,
+    Regularizer,
     recurrent_dropout,
     stochastic_depth,
     variational,
@@ -51,7 +51,7 @@ unroll = jax.jit(rnn.unroll, static_argnums=0, static_argnames=(
     "reg", "deterministic", "time_major", "unroll", "return_hiddens"))
 
 
-def eval_reg(cell: str) -> Regularization:
+def eval_reg(cell: str) -> Regularizer:
     """A regularizer whose deterministic mode is not the identity (zoneout + depth)."""
     reg = zoneout(cells=0.3, hiddens=0.2) if cell == "lstm" else zoneout(hiddens=0.2)
     return reg + stochastic_depth(0.1)

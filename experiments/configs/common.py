@@ -3,7 +3,7 @@
 A config has five blocks:
   data   what to read and how to batch it
   model  the network
-  reg    the regularizers, a flat block turned into a `Regularization` by
+  reg    the regularizers, a flat block turned into a regularizer by
          `regularization(config.reg)`
   train  the engine's settings (`rnnreg_jax.train.default_train_config`)
   paper  the numbers the preset should reproduce and where they come from
@@ -55,8 +55,8 @@ def reg_config(**overrides) -> ml_collections.ConfigDict:
     return reg
 
 
-def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
-    """The `Regularization` a reg block describes."""
+def regularization(reg: ml_collections.ConfigDict) -> rj.Regularizer:
+    """The regularizer a reg block describes."""
     parts = [
         rj.variational(input=reg.input, recurrent=reg.recurrent, output=reg.output,
                        cell=reg.cell, embedding=reg.embedding, per_gate=reg.per_gate,
@@ -66,10 +66,10 @@ def regularization(reg: ml_collections.ConfigDict) -> rj.Regularization:
                              eval_scaling=reg.update_eval_scaling),
         rj.zoneout(reg.zoneout_cells, reg.zoneout_hiddens, shared=reg.zoneout_shared),
         rj.stochastic_depth(reg.stochastic_depth),
-        rj.weight_noise(reg.weight_noise),
         rj.norm_stabilizer(reg.norm_stabilizer),
         rj.dropout("hidden", reg.hidden, tie=reg.tie, per_gate=reg.per_gate),
-        rj.weight_drop(reg.weight_drop),
+        rj.weight_drop(reg.weight_drop),  # before weight noise: W_h * m + sigma * eps
+        rj.weight_noise(reg.weight_noise),
         rj.activation_regularization(reg.activation_reg),
         rj.temporal_activation_regularization(reg.temporal_activation_reg),
     ]

@@ -10,7 +10,6 @@ step, which stores their update, and read-only in evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -176,10 +175,12 @@ def without_embedding_dropout(model):
     """`model` with its word-type (embedding) dropout off, every other noise site as it
     is: Gal's PTB code sets that noise to 1 in its MC test pass. The other sites' keys
     do not depend on it (`noise.site_key`; Flax's child modules draw their own keys)."""
+    from rnnreg_jax.regularizers import EmbeddingDropout, without
+
     reg = getattr(model, "reg", None)
-    if reg is None or not reg.embedding:
+    if reg is None or not reg.embedding_noise:
         return model
-    return model.clone(reg=dataclasses.replace(reg, embedding=0.0))
+    return model.clone(reg=without(reg, EmbeddingDropout))
 
 
 class Evaluator:

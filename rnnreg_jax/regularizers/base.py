@@ -1,0 +1,316 @@
+"""The regularizer protocol: a frozen record of optional pure hooks, and `compose`.
+
+A regularizer is a frozen dataclass (hashable, so a model holding one stays a static
+`jit` argument) whose hooks the stack calls at fixed places; each hook it does not
+override does nothing. Randomness only ever comes from the key a hook is given: a hook
+derives its own site key with `noise.site_key` (built-in sites) or `noise.named_site_key`
+(any other name), so switching one site on never changes another's masks.
+
+Hooks (when the stack calls them: what they return):
+
+* `init_params(key, layer, params)` (per layer, at init): extra parameters of the
+  layer, a learned noise scale say.
+* `weights(params, key, layer, deterministic)` (per layer and window): the layer's
+  parameters as the window uses them (weight drop, weight noise, DropConnect on any
+  weight).
+* `input_mask(key, shape, deterministic)` (per layer and window): `(mask, per_gate)`
+  for the layer's input, or None.
+* `step_noise(key, shape, deterministic)` (per layer and window): `(tied, per_step)`,
+  dicts of `cells.StepNoise` fields reused every step or scanned (time first).
+* `output_mask(key, shape, deterministic)` (per window): a mask of the last layer's
+  output, or None.
+* `embedding_mask(key, ids, vocab_size, deterministic, dtype)` (per window):
+  multipliers `[B, T, 1]` of the embedded tokens, or None.
+* `penalties(params, hiddens, outputs, time_axis)` (per window, training only):
+  `{name: scalar}` loss terms.
+
+`shape` is a `LayerShape` (the layer index, cell, B, T, F, H, gates and dtype; the
+output mask's has the last layer's width as both F and H). A hook that writes a site
+names it in `sites()`: `compose` refuses two writers of one site, since the second
+would silently replace the first. `weights` hooks are transforms, not writers: they
+run in composition order, each on the previous one's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+
+Array = jax.Array
+TIES = ("sequence", "step")
+
+
+def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients).
+
+    Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
+    and stochastic-depth probabilities may be 1 (the state never changes).
+    NaN is rejected.
+    """
+    rate = float(rate)
+    ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
+    if not ok:
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
+    return rate
+
+
+def check_tie(tie: str, name: str = "tie") -> str:
+    """`tie` must be "sequence" (one mask per window) or "step" (fresh each step)."""
+    if tie not in TIES:
+        raise ValueError(f"{name} must be one of {TIES}, got {tie!r}.")
+    return tie
+
+
+def check_non_negative(value: float, name: str) -> float:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be non-negative, got {value}.")
+    return value
+
+
+def has_memory(cell: Any) -> bool:
+    """Whether a cell (its name, or a cell record) keeps a memory cell `c`."""
+    from rnnreg_jax import cells
+
+    return cells.has_memory(cell)
+
+
+def cell_name(cell: Any) -> str:
+    return getattr(cell, "name", cell)
+
+
+class LayerShape(NamedTuple):
+    """What a hook needs to know of the layer and window it draws for."""
+
+    layer: int
+    cell: Any
+    batch: int
+    steps: int
+    input_size: int
+    hidden_size: int
+    num_gates: int
+    dtype: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+    """A regularizer: override the hooks you need (see the module docstring)."""
+
+    def sites(self) -> frozenset[str]:
+        """The sites this regularizer writes (a `StepNoise` field, "input", "output",
+        "embedding", a penalty's name): `compose` refuses two writers of one."""
+        return frozenset()
+
+    @property
+    def active(self) -> bool:
+        """False for a setting that does nothing (every rate 0): `compose` leaves it out."""
+        return True
+
+    @property
+    def stack_noise(self) -> bool:
+        """Whether training draws random numbers inside the recurrent stack (weights,
+        masks, step noise), so the stack needs a key."""
+        return False
+
+    @property
+    def embedding_noise(self) -> bool:
+        """Whether training draws the embedding mask (the model then needs a key)."""
+        return False
+
+    @property
+    def has_penalty(self) -> bool:
+        return False
+
+    @property
+    def needs_output_gate(self) -> bool:
+        """Whether the carry must hold the previous output gate `o` (output zoneout)."""
+        return False
+
+    def check_cell(self, cell: Any) -> None:
+        """Raise ValueError if this regularizer cannot act on `cell`."""
+
+    def init_params(self, key: Array, layer: int, params: dict) -> dict:
+        del key, layer, params
+        return {}
+
+    def weights(self, params: dict, key: Array | None, layer: int, deterministic: bool
+                ) -> dict:
+        del key, layer, deterministic
+        return params
+
+    def input_mask(self, key: Array | None, shape: LayerShape, deterministic: bool):
+        del key, shape, deterministic
+
+    def step_noise(self, key: Array | None, shape: LayerShape, deterministic: bool
+                   ) -> tuple[dict, dict]:
+        del key, shape, deterministic
+        return {}, {}
+
+    def output_mask(self, key: Array | None, shape: LayerShape, deterministic: bool):
+        del key, shape, deterministic
+
+    def embedding_mask(self, key: Array | None, ids: Array, vocab_size: int,
+                       deterministic: bool, dtype: Any):
+        del key, ids, vocab_size, deterministic, dtype
+
+    def penalties(self, params: list, hiddens: list, outputs: Array, time_axis: int
+                  ) -> dict[str, Array]:
+        del params, hiddens, outputs, time_axis
+        return {}
+
+    def merge(self, other: Regularizer) -> Regularizer | None:
+        """This and `other` as one record, when they are settings of one family that
+        merge field by field (None: they stay two parts)."""
+        del other
+
+    def __add__(self, other: Regularizer) -> Regularizer:
+        return compose(self, other)
+
+    @property
+    def parts(self) -> tuple[Regularizer, ...]:
+        return (self,)
+
+    @property
+    def has_noise(self) -> bool:
+        """Whether training draws any random numbers (and so needs a key)."""
+        return self.stack_noise or self.embedding_noise
+
+    def find(self, family: type) -> Regularizer | None:
+        """The part of type `family` (of a composed regularizer), or None."""
+        return next((p for p in self.parts if isinstance(p, family)), None)
+
+
+def need_key(key: Array | None, what: str) -> Array:
+    if key is None:
+        raise ValueError(f"A PRNG key is required for {what} in training mode "
+                         "(deterministic=False); pass one, or deterministic=True.")
+    return key
+
+
+def merge_fields(a: Any, b: Any) -> Any:
+    """`a` and `b` (one dataclass type) as one: each field from the one that sets it
+    (differs from the default); a field both set to different values is an error."""
+    merged = {}
+    for field in dataclasses.fields(a):
+        va, vb = getattr(a, field.name), getattr(b, field.name)
+        if va != field.default and vb != field.default and va != vb:
+            raise ValueError(f"Cannot compose: {type(a).__name__}.{field.name} set twice "
+                             f"({va} and {vb}).")
+        merged[field.name] = vb if va == field.default else va
+    return type(a)(**merged)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain(Regularizer):
+    """Regularizers applied together (`compose`); every hook runs each part's."""
+
+    members: tuple[Regularizer, ...] = ()
+
+    @property
+    def parts(self) -> tuple[Regularizer, ...]:
+        return self.members
+
+    def sites(self) -> frozenset[str]:
+        return frozenset().union(*(p.sites() for p in self.members))
+
+    @property
+    def stack_noise(self) -> bool:
+        return any(p.stack_noise for p in self.members)
+
+    @property
+    def embedding_noise(self) -> bool:
+        return any(p.embedding_noise for p in self.members)
+
+    @property
+    def has_penalty(self) -> bool:
+        return any(p.has_penalty for p in self.members)
+
+    @property
+    def needs_output_gate(self) -> bool:
+        return any(p.needs_output_gate for p in self.members)
+
+    def check_cell(self, cell: Any) -> None:
+        for p in self.members:
+            p.check_cell(cell)
+
+    def init_params(self, key, layer, params):
+        extra = {}
+        for index, p in enumerate(self.members):
+            extra.update(p.init_params(jax.random.fold_in(key, index), layer, params))
+        return extra
+
+    def weights(self, params, key, layer, deterministic):
+        for p in self.members:
+            params = p.weights(params, key, layer, deterministic)
+        return params
+
+    def _first(self, hook: str, *args):
+        for p in self.members:
+            out = getattr(p, hook)(*args)
+            if out is not None:
+                return out
+        return None
+
+    def input_mask(self, key, shape, deterministic):
+        return self._first("input_mask", key, shape, deterministic)
+
+    def output_mask(self, key, shape, deterministic):
+        return self._first("output_mask", key, shape, deterministic)
+
+    def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
+        return self._first("embedding_mask", key, ids, vocab_size, deterministic, dtype)
+
+    def step_noise(self, key, shape, deterministic):
+        tied, per_step = {}, {}
+        for p in self.members:
+            t, s = p.step_noise(key, shape, deterministic)
+            tied.update(t)
+            per_step.update(s)
+        return tied, per_step
+
+    def penalties(self, params, hiddens, outputs, time_axis):
+        out = {}
+        for p in self.members:
+            out.update(p.penalties(params, hiddens, outputs, time_axis))
+        return out
+
+
+NONE = Chain()
+
+
+def compose(*regs: Regularizer) -> Regularizer:
+    """Regularizers together, like `optax.chain`; `a + b` is `compose(a, b)`.
+
+    Settings of one family merge into one record (`variational(input=...) +
+    dropout("hidden", ...)`, a field set twice to different values is an error); parts
+    of different families that write the same site are refused in one line.
+    """
+    parts: list[Regularizer] = []
+    for reg in regs:
+        for part in reg.parts:
+            for index, earlier in enumerate(parts):
+                merged = earlier.merge(part) if type(earlier) is type(part) else None
+                if merged is not None:
+                    parts[index] = merged
+                    break
+            else:
+                parts.append(part)
+    parts = [p for p in parts if p.active]
+    seen: dict[str, Regularizer] = {}
+    for part in parts:
+        for site in sorted(part.sites()):
+            if site in seen:
+                raise ValueError(f"Cannot compose: site {site!r} is written by both "
+                                 f"{seen[site]!r} and {part!r}.")
+            seen[site] = part
+    if not parts:
+        return NONE
+    return parts[0] if len(parts) == 1 else Chain(tuple(parts))
+
+
+def without(reg: Regularizer, family: type) -> Regularizer:
+    """`reg` without its parts of type `family` (MC evaluation without embedding
+    dropout, say)."""
+    return compose(*(p for p in reg.parts if not isinstance(p, family)))

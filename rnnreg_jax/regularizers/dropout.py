@@ -1,0 +1,207 @@
+"""Dropout on the connections of the stack: Zaremba et al. 2014, Gal & Ghahramani 2016
+(variational, naive), rnnDrop's cell mask and AWD-LSTM's dropout between layers.
+
+Sites (LSTM notation of docs/REGULARIZERS.md; inverted dropout, `v * m / (1 - p)`):
+`input` (x_t of every layer, of the first one only when `hidden` is set), `hidden`
+(the inputs of layers 1..L-1, AWD's dropouth), `recurrent` (h_{t-1} into W_h), `cell`
+(c~, LSTM only) and `output` (the last layer's h_t). A mask is tied per sequence (one
+per window and example, reused every step) or drawn per step; `per_gate` gives each
+gate its own mask of x or h (Gal's untied variant). Evaluation is the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from rnnreg_jax import noise
+from rnnreg_jax.regularizers.base import (
+    Regularizer,
+    cell_name,
+    check_rate,
+    check_tie,
+    compose,
+    has_memory,
+    merge_fields,
+    need_key,
+)
+
+SITES = ("input", "hidden", "recurrent", "cell", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """One dropout site: drop probability, tying and per-gate masks.
+
+    Attributes:
+      rate: drop probability in [0, 1).
+      tie: "sequence" (one mask per sequence, Gal) or "step" (fresh each step).
+      per_gate: a separate mask for each gate's copy of the input (Gal's
+        untied variant); only meaningful on the `input` and `recurrent` sites.
+    """
+
+    rate: float
+    tie: str = "sequence"
+    per_gate: bool = False
+
+    def __post_init__(self):
+        check_rate(self.rate, "Dropout")
+        check_tie(self.tie)
+
+    @property
+    def active(self) -> bool:
+        return self.rate > 0.0
+
+
+def _on(spec: MaskSpec | None) -> bool:
+    return spec is not None and spec.active
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout(Regularizer):
+    """Dropout masks on the stack's connections, one `MaskSpec` (or None) per site."""
+
+    input: MaskSpec | None = None
+    hidden: MaskSpec | None = None
+    recurrent: MaskSpec | None = None
+    cell: MaskSpec | None = None
+    output: MaskSpec | None = None
+
+    def __post_init__(self):
+        for site in ("cell", "output"):
+            spec = getattr(self, site)
+            if spec is not None and spec.per_gate:
+                raise ValueError(f"per_gate masks apply to the input and recurrent sites, "
+                                 f"not {site!r}.")
+
+    def sites(self):
+        return frozenset(s for s in SITES if _on(getattr(self, s)))
+
+    @property
+    def active(self):
+        return bool(self.sites())
+
+    @property
+    def stack_noise(self):
+        return self.active
+
+    def merge(self, other):
+        return merge_fields(self, other)
+
+    def check_cell(self, cell):
+        if _on(self.cell) and not has_memory(cell):
+            raise ValueError(f"cell needs an LSTM cell state; a {cell_name(cell)} has none.")
+
+    def layer_input(self, layer: int) -> MaskSpec | None:
+        """The spec on layer `layer`'s input: `input`, or `hidden` between layers when set."""
+        if layer > 0 and self.hidden is not None:
+            return self.hidden
+        return self.input
+
+    def input_mask(self, key, shape, deterministic):
+        spec = self.layer_input(shape.layer)
+        if deterministic or not _on(spec):
+            return None
+        site = "hidden" if shape.layer > 0 and self.hidden is not None else "input"
+        mask = noise.dropout_mask(noise.site_key(need_key(key, "dropout"), site, shape.layer),
+                                  spec, (shape.batch, shape.input_size), shape.steps,
+                                  shape.num_gates, shape.dtype)
+        return mask, spec.per_gate
+
+    def step_noise(self, key, shape, deterministic):
+        tied, per_step = {}, {}
+        if deterministic:
+            return tied, per_step
+        bh = (shape.batch, shape.hidden_size)
+        if _on(self.recurrent):
+            spec = self.recurrent
+            mask = noise.dropout_mask(self._key(key, "recurrent", shape.layer), spec, bh,
+                                      shape.steps, shape.num_gates, shape.dtype)
+            if spec.per_gate and spec.tie == "step":
+                mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
+            (tied if spec.tie == "sequence" else per_step)["recurrent"] = mask
+        if _on(self.cell):
+            mask = noise.dropout_mask(self._key(key, "cell", shape.layer), self.cell, bh,
+                                      shape.steps, dtype=shape.dtype)
+            (tied if self.cell.tie == "sequence" else per_step)["cell"] = mask
+        return tied, per_step
+
+    def output_mask(self, key, shape, deterministic):
+        if deterministic or not _on(self.output):
+            return None
+        return noise.dropout_mask(noise.site_key(need_key(key, "dropout"), "output"),
+                                  self.output, (shape.batch, shape.input_size), shape.steps,
+                                  dtype=shape.dtype)
+
+    @staticmethod
+    def _key(key, site, layer):
+        return noise.site_key(need_key(key, "dropout"), site, layer)
+
+
+def _mask(rate: float, tie: str, per_gate: bool = False) -> MaskSpec | None:
+    return MaskSpec(rate, tie, per_gate) if rate > 0 else None
+
+
+def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -> Regularizer:
+    """Inverted dropout on one named site: `v * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)`.
+
+    Sites: `input` (x_t of every layer, of the first one only when `hidden` is
+    set), `hidden` (the inputs of layers 1..L-1, AWD's dropouth),
+    `recurrent` (h_{t-1} into W_h), `cell` (c~, LSTM only), `output` (last layer's
+    h_t), `update` (g, the Semeniuta site: `recurrent_dropout`). `tie="step"` draws a
+    fresh mask every step, `tie="sequence"` one per window; evaluation is the identity.
+    """
+    from rnnreg_jax.regularizers.recurrent_dropout import RecurrentDropout
+
+    if site not in SITES + ("update",):
+        raise ValueError(f"Unknown dropout site {site!r}; expected one of "
+                         f"{SITES + ('update',)}.")
+    check_rate(rate, f"Dropout ({site})")
+    check_tie(tie)
+    if site == "update":
+        if per_gate:
+            raise ValueError("per_gate masks apply to the input and recurrent sites, not "
+                             "'update'.")
+        return compose(RecurrentDropout(update=_mask(rate, tie)))
+    return compose(Dropout(**{site: _mask(rate, tie, per_gate)}))
+
+
+def zaremba(rate: float) -> Regularizer:
+    """Zaremba et al. 2014: dropout on non-recurrent connections, per step.
+
+    Every layer input (embedding output, between layers) and the last output
+    get `v * m_t / (1 - rate)` with a fresh `m_t ~ Bernoulli(1 - rate)` at each
+    step; h_{t-1} -> W_h is never dropped.
+    """
+    check_rate(rate, "Zaremba dropout")
+    return compose(Dropout(input=_mask(rate, "step"), output=_mask(rate, "step")))
+
+
+def variational(
+    input: float = 0.0, recurrent: float = 0.0, output: float = 0.0, cell: float = 0.0,
+    embedding: float = 0.0, per_gate: bool = False, tie: str = "sequence",
+) -> Regularizer:
+    """Gal & Ghahramani 2016: masks tied per sequence on inputs, h_{t-1}, outputs.
+
+    `z_t = (x_t * m_x) W_x + (h_{t-1} * m_h) W_h + b` with `m ~ Bernoulli(1 - p)
+    / (1 - p)` drawn once per window and example; `output` masks the last
+    layer's h_t, `cell` masks c~ (rnnDrop), `embedding` drops word types
+    (`embedding_dropout`). `per_gate=True` draws a separate mask for each gate's copy
+    of x and h (Gal's code and Keras); otherwise one mask is shared by all gates.
+    `tie="step"` gives the naive-dropout baseline (see `naive_dropout`).
+    """
+    from rnnreg_jax.regularizers.embedding import embedding_dropout
+
+    check_tie(tie)
+    for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
+                       ("cell", cell)):
+        check_rate(rate, f"Variational dropout ({name})")
+    masks = Dropout(input=_mask(input, tie, per_gate), recurrent=_mask(recurrent, tie, per_gate),
+                    output=_mask(output, tie), cell=_mask(cell, tie))
+    return compose(masks, embedding_dropout(embedding))
+
+
+def naive_dropout(**kwargs) -> Regularizer:
+    """The variational sites with a fresh mask every step (Gal's baseline)."""
+    return variational(tie="step", **kwargs)

@@ -1,0 +1,154 @@
+"""Loss terms on the hidden states: Krueger & Memisevic's norm stabilizer and AWD-LSTM's
+activation regularization (AR) and temporal activation regularization (TAR). A model
+adds them in training only (`nn.StackedRNN` sows them into `penalties`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax.regularizers.base import (
+    Regularizer,
+    check_non_negative,
+    compose,
+    merge_fields,
+)
+
+Array = jax.Array
+
+
+def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> Array:
+    """`beta * mean_{b,t} (||h_t|| - ||h_{t-1}||)^2` over the window.
+
+    Differences are taken inside the window (t = 1 .. T-1, so T-1 terms per
+    example), so a state reset to zero at the window start is not penalised.
+    The norm's gradient at h_t = 0 (a zero state kept by zoneout or stochastic
+    depth) is taken as 0 instead of `jnp.linalg.norm`'s NaN.
+
+    Args:
+      hiddens: hidden states `[B, T, H]` (or time-major with `time_axis=0`).
+      beta: penalty weight.
+      time_axis: the time axis of `hiddens`.
+
+    Returns:
+      A scalar.
+    """
+    squares = jnp.sum(jnp.square(hiddens), axis=-1)
+    nonzero = squares > 0
+    norms = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
+    diffs = jnp.diff(norms, axis=time_axis)
+    return beta * jnp.mean(jnp.square(diffs))
+
+
+def activation_penalty(outputs: Array, alpha: float) -> Array:
+    """AR: `alpha * mean_{b,t,k} h[b,t,k]^2`, a scalar.
+
+    Merity et al. apply it to the *dropped* output of the last layer (the
+    tensor the softmax sees in training); the mean runs over every element.
+    """
+    return alpha * jnp.mean(jnp.square(outputs))
+
+
+def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> Array:
+    """TAR: `beta * mean_{b,t,k} (h[b,t,k] - h[b,t-1,k])^2` for t = 1..T-1, a scalar.
+
+    Merity et al. apply it to the *undropped* output of the last layer. As for
+    the norm stabilizer, differences are taken within the window (no term
+    against the state carried in).
+
+    Args:
+      hiddens: `[B, T, H]` (or time-major with `time_axis=0`).
+      beta: penalty weight.
+      time_axis: the time axis of `hiddens`.
+    """
+    return beta * jnp.mean(jnp.square(jnp.diff(hiddens, axis=time_axis)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Penalty(Regularizer):
+    """A loss term of weight `weight` (0: off), sown under `NAME`."""
+
+    weight: float = 0.0
+    NAME = ""
+
+    def __post_init__(self):
+        check_non_negative(self.weight, self.NAME)
+
+    @property
+    def active(self):
+        return self.weight > 0
+
+    @property
+    def has_penalty(self):
+        return self.active
+
+    def sites(self):
+        return frozenset({self.NAME}) if self.active else frozenset()
+
+    def merge(self, other):
+        return merge_fields(self, other)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormStabilizer(_Penalty):
+    """Krueger & Memisevic 2016: the norm-stabilizer penalty of every layer's hiddens."""
+
+    NAME = "norm_stabilizer"
+
+    def penalties(self, params, hiddens, outputs, time_axis):
+        if not self.active:
+            return {}
+        return {self.NAME: sum(norm_stabilizer_penalty(h, self.weight, time_axis)
+                               for h in hiddens)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationRegularization(_Penalty):
+    """AR on the last layer's dropped output."""
+
+    NAME = "activation_reg"
+
+    def penalties(self, params, hiddens, outputs, time_axis):
+        return {self.NAME: activation_penalty(outputs, self.weight)} if self.active else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalActivationRegularization(_Penalty):
+    """TAR on the last layer's undropped output."""
+
+    NAME = "temporal_activation_reg"
+
+    def penalties(self, params, hiddens, outputs, time_axis):
+        if not self.active:
+            return {}
+        return {self.NAME: temporal_activation_penalty(hiddens[-1], self.weight, time_axis)}
+
+
+def norm_stabilizer(beta: float) -> Regularizer:
+    """Krueger & Memisevic 2016: penalty beta mean_t (|h_t| - |h_{t-1}|)^2.
+
+    A loss term, not noise: `StackedRNN` sows `norm_stabilizer_penalty` of each
+    layer's hiddens into the `penalties` collection in training only.
+    """
+    return compose(NormStabilizer(beta))
+
+
+def activation_regularization(alpha: float) -> Regularizer:
+    """Merity et al. 2017: AR, `alpha * mean(h_t^2)` on the last layer's dropped output.
+
+    A loss term: `StackedRNN` sows `activation_penalty` into `penalties` in
+    training only.
+    """
+    return compose(ActivationRegularization(alpha))
+
+
+def temporal_activation_regularization(beta: float) -> Regularizer:
+    """Merity et al. 2017: TAR, `beta * mean((h_t - h_{t-1})^2)` on the last
+    layer's undropped output, differences within the window.
+
+    A loss term: `StackedRNN` sows `temporal_activation_penalty` into
+    `penalties` in training only.
+    """
+    return compose(TemporalActivationRegularization(beta))

@@ -1,0 +1,107 @@
+"""Noise on the recurrent weights: AWD-LSTM's weight drop (DropConnect on W_h) and
+Krueger et al.'s weight-noise baseline, one draw per layer and window (minibatch)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from rnnreg_jax import noise
+from rnnreg_jax.regularizers.base import (
+    Regularizer,
+    check_non_negative,
+    check_rate,
+    compose,
+    merge_fields,
+    need_key,
+)
+
+Array = jax.Array
+
+
+def drop_connect(key: Array, w: Array, rate: float) -> Array:
+    """`w * keep / q`, `keep ~ Bernoulli(q)` of w's shape, q = 1 - rate quantized
+    (`noise.quantize_probability`): DropConnect on any weight."""
+    q = noise.quantize_probability(1.0 - rate)
+    keep = noise.bernoulli_draw(key, q, w.shape)
+    return w * (keep.astype(w.dtype) / q)
+
+
+def gaussian_noise(key: Array, w: Array, std: Array | float) -> Array:
+    """`w + std * eps`, `eps ~ N(0, 1)` of w's shape (`std` a scalar or w's shape)."""
+    eps = noise.flat_draw(lambda k, s: jax.random.normal(k, s, w.dtype), key, w.shape)
+    return w + std * eps
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightDrop(Regularizer):
+    """Merity et al. 2017: `W_h * m / (1 - rate)`, one mask of W_h's shape per layer and
+    window: the same dropped weights for every example and step. Evaluation: W_h."""
+
+    rate: float = 0.0
+
+    def __post_init__(self):
+        check_rate(self.rate, "Weight drop")
+
+    @property
+    def active(self):
+        return self.rate > 0
+
+    @property
+    def stack_noise(self):
+        return self.active
+
+    def merge(self, other):
+        return merge_fields(self, other)
+
+    def weights(self, params, key, layer, deterministic):
+        if deterministic or not self.active:
+            return params
+        key = noise.site_key(need_key(key, "weight drop"), "weight_drop", layer)
+        return dict(params, w_h=drop_connect(key, params["w_h"], self.rate))
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightNoise(Regularizer):
+    """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, one draw per layer and window;
+    evaluation uses W_h."""
+
+    std: float = 0.0
+
+    def __post_init__(self):
+        check_non_negative(self.std, "weight_noise")
+
+    @property
+    def active(self):
+        return self.std > 0
+
+    @property
+    def stack_noise(self):
+        return self.active
+
+    def merge(self, other):
+        return merge_fields(self, other)
+
+    def weights(self, params, key, layer, deterministic):
+        if deterministic or not self.active:
+            return params
+        key = noise.site_key(need_key(key, "weight noise"), "weight_noise", layer)
+        return dict(params, w_h=gaussian_noise(key, params["w_h"], self.std))
+
+
+def weight_drop(rate: float) -> Regularizer:
+    """Merity et al. 2017 (AWD-LSTM): DropConnect on the recurrent weights.
+
+    `W_h <- W_h * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)` of W_h's shape,
+    one mask per layer and `unroll` call (per minibatch): the same dropped
+    weights for every example and step of the window. Evaluation uses `W_h`.
+    """
+    check_rate(rate, "Weight drop")
+    return compose(WeightDrop(rate))
+
+
+def weight_noise(std: float) -> Regularizer:
+    """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, once per minibatch (per
+    `unroll` call) and layer; evaluation uses `W_h`."""
+    return compose(WeightNoise(std))
