@@ -61,7 +61,8 @@ setup() {
       [[ -f "$lock" ]] || die "$lock is missing; run scripts/lock.sh, or set RNNREG_UNLOCKED=1."
       echo "launch.sh: installing requirements-lock.txt and rnnreg_jax into $VENV" >&2
       # --require-hashes: every file must match the sha256 the lock recorded.
-      "$VENV/bin/pip" install --quiet --require-hashes -r "$lock"
+      "$VENV/bin/pip" install --quiet --require-hashes -r "$lock" \
+        || die "installing requirements-lock.txt failed (it pins CPython 3.11 wheels for x86-64 Linux); RNNREG_UNLOCKED=1 installs from pyproject.toml's ranges instead."
       "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
     else
       echo "launch.sh: installing rnnreg_jax[test,plot] (unlocked) into $VENV" >&2

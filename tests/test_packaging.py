@@ -153,6 +153,7 @@ def test_lock_is_for_the_oldest_python_the_project_accepts():
 
 STUB_PIP = """#!/bin/sh
 echo "$*" >> "$PIP_LOG"
+exit "${PIP_EXIT:-0}"
 """
 
 
@@ -215,6 +216,15 @@ def test_setup_without_a_lock_says_how_to_proceed(setup_sandbox):
     assert result.returncode == 2 and pip_calls() == []
     (line,) = result.stderr.splitlines()
     assert "requirements-lock.txt is missing" in line and "RNNREG_UNLOCKED=1" in line
+
+
+def test_a_failed_locked_install_points_at_the_opt_out(setup_sandbox):
+    run, pip_calls, _ = setup_sandbox
+    result = run(PIP_EXIT="1")
+    assert result.returncode == 2 and len(pip_calls()) == 1  # stops before the package
+    assert result.stderr.splitlines()[-1].startswith("launch.sh: installing "
+                                                     "requirements-lock.txt failed")
+    assert "RNNREG_UNLOCKED=1" in result.stderr
 
 
 def test_docs_name_the_opt_out():
