@@ -113,7 +113,7 @@ def _lock() -> dict[str, tuple[str, list[str]]]:
         if not line:
             continue
         spec, *options = line.split(" --hash=")
-        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)", spec.strip())
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)\s*(;.*)?", spec.strip())
         assert match, f"not an exact pin: {line!r}"
         name = canonicalize_name(match.group(1))
         assert name not in pins, f"pinned twice: {name}"
