@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rnnreg_jax launcher: local venv runs, the test suite, and Cloud TPU VMs.
 #
-#   ./launch.sh setup                      create or reuse .venv and install the package
+#   ./launch.sh setup                      create or reuse .venv, install the pinned packages of
+#                                          requirements-lock.txt, then the package itself
 #   ./launch.sh test [pytest args]         setup, then run the test suite
 #   ./launch.sh run <experiment> [flags]   setup, then python -m experiments.<experiment>
 #   ./launch.sh multihost N <experiment> [flags]
@@ -13,6 +14,9 @@
 #
 # Environment: VENV (default .venv), PYTHON (default python3), GLIBC_TUNABLES (default: keep
 # malloc blocks up to 256 MB in the heap, which speeds up CPU training; see below).
+# RNNREG_UNLOCKED=1: setup installs '.[test,plot]' from pyproject.toml's ranges (the newest
+# releases they allow) instead of the lock, e.g. on a platform the lock does not cover (it
+# pins CPython 3.11 wheels for x86-64 Linux; scripts/lock.sh regenerates it).
 # multihost: DEVICES_PER_PROCESS (default 2 CPU devices each), MULTIHOST_PORT (default: a
 # free port), JAX_PLATFORMS (default cpu), DRY_RUN=1 or --dry-run (first, before N): print
 # one command per process and run nothing. Process 0 writes to this terminal, process i to
@@ -45,12 +49,26 @@ setup() {
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
   fi
-  # Reinstall only when pyproject.toml changed since the last install.
-  local stamp="$VENV/.rnnreg_installed"
-  if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
-    echo "launch.sh: installing rnnreg_jax[test,plot] into $VENV" >&2
-    "$VENV/bin/pip" install --quiet -e "${ROOT}[test,plot]"
-    touch "$stamp"
+  # Reinstall only when pyproject.toml or the lock changed since the last install, or the
+  # mode did (the stamp holds "unlocked" after an unlocked install).
+  local stamp="$VENV/.rnnreg_installed" lock="$ROOT/requirements-lock.txt" mode=locked
+  [[ "${RNNREG_UNLOCKED:-0}" == 1 ]] && mode=unlocked
+  local last=locked
+  [[ -f "$stamp" && "$(<"$stamp")" == unlocked ]] && last=unlocked
+  if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" || "$lock" -nt "$stamp"
+        || "$mode" != "$last" ]]; then
+    if [[ "$mode" == locked ]]; then
+      [[ -f "$lock" ]] || die "$lock is missing; run scripts/lock.sh, or set RNNREG_UNLOCKED=1."
+      echo "launch.sh: installing requirements-lock.txt and rnnreg_jax into $VENV" >&2
+      # --require-hashes: every file must match the sha256 the lock recorded.
+      "$VENV/bin/pip" install --quiet --require-hashes -r "$lock" \
+        || die "installing requirements-lock.txt failed (it pins CPython 3.11 wheels for x86-64 Linux); RNNREG_UNLOCKED=1 installs from pyproject.toml's ranges instead."
+      "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
+    else
+      echo "launch.sh: installing rnnreg_jax[test,plot] (unlocked) into $VENV" >&2
+      "$VENV/bin/pip" install --quiet -e "${ROOT}[test,plot]"
+    fi
+    echo "$mode" > "$stamp"
   fi
 }
 
