@@ -8,7 +8,8 @@
 #   ./launch.sh multihost N <experiment> [flags]
 #                                          setup, then N local processes of the experiment joined
 #                                          by jax.distributed on 127.0.0.1 (docs/TPU.md)
-#   ./launch.sh tpu <command> [options]    Cloud TPU VMs: create, setup, run, logs, ssh, delete
+#   ./launch.sh tpu <command> [options]    Cloud TPU VMs: create, setup, run, status, stop, logs,
+#                                          ssh, delete
 #                                          (./launch.sh tpu help; docs/TPU.md)
 #   ./launch.sh help                       this text
 #
@@ -106,7 +107,7 @@ multihost() {
   [[ "$per" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS must be a positive integer, not '$per'."
   local flags=("$@")
   local preset workdir
-  preset="$(flag_value --config ${flags[@]+"${flags[@]}"})"
+  preset="$(preset_name "$(flag_value --config ${flags[@]+"${flags[@]}"})")"
   workdir="$(flag_value --workdir ${flags[@]+"${flags[@]}"})"
   if [[ -z "$workdir" ]]; then
     # The experiment's own default (experiments/main.py), made explicit: every process

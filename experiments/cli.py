@@ -1,22 +1,34 @@
 """Command-line plumbing shared by the experiment binaries.
 
-`--config=NAME` picks a named preset; `--config.a.b=VALUE` overrides any
-field, parsed with the type of the preset's value. Unknown presets or fields
-end the run with one sentence listing the valid names (exit status 2).
-absl parses every other flag (`--workdir`, `--data_dir`, ...).
+`--config=NAME` picks a named preset of the binary's task; `--config=FILE.py:ARG`
+loads a config file as Flax's examples and big_vision do (`get_config(ARG)`, or
+`get_config()` without `:ARG`), e.g. `--config=experiments/configs/ptb.py:zaremba_small`
+or a file of your own. `--config.a.b=VALUE` overrides any field, parsed with the type
+of the preset's value. Unknown presets, files or fields end the run with one sentence
+listing the valid names (exit status 2). absl parses every other flag (`--workdir`,
+`--data_dir`, ...).
+
+`ml_collections.config_flags` is not used: it takes no bare preset names, and its
+errors for an unknown field or a bad value are absl usage dumps, not one sentence.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import inspect
+import os
 import sys
 from collections.abc import Callable, Mapping
 
 import ml_collections
 from absl import flags
 
+from experiments.configs.common import pick_preset
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Name of a preset in experiments/configs/<task>.py.")
+flags.DEFINE_string("config", None, "A preset of experiments/configs/<task>.py, or a config "
+                    "file: path/to/file.py[:ARG] (its get_config(ARG)).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.DEFINE_string("data_dir", None, "Data directory (default $RNNREG_DATA_DIR, then cache).")
 flags.DEFINE_string("coordinator_address", None,
@@ -83,6 +95,64 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         raise ConfigError(f"Bad value for config field '{dotted}': {err}") from None
 
 
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line, without its final period."""
+    return " ".join(str(err).split()).rstrip(".")
+
+
+def is_config_file(spec: str) -> bool:
+    """`--config=` names a file (`x.py` or `x.py:ARG`) rather than a preset."""
+    path = spec.partition(".py:")[0] + ".py" if ".py:" in spec else spec
+    return path.endswith(".py")
+
+
+def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(config, preset name) of `FILE.py[:ARG]`: the file's `get_config(ARG)`, or
+    `get_config()` without ARG. The name is ARG, else the file's stem: it names the
+    default workdir and the report's rows, as `./launch.sh tpu run` derives it."""
+    if ".py:" in spec:
+        path, _, arg = spec.partition(".py:")
+        path += ".py"
+    else:
+        path, arg = spec, None
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    module_name = "_rnnreg_config_" + os.path.basename(path)[:-3].replace("-", "_")
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module  # as an import would: dataclasses, pickle need it
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - any error of the user's file is one line
+        raise ConfigError(f"Cannot load config file '{path}': "
+                          f"{type(err).__name__}: {_one_line(err)}.") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"Config file '{path}' defines no get_config(); add one that "
+                          "returns an ml_collections.ConfigDict.")
+    required = [p for p in inspect.signature(get_config).parameters.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if arg is None and required:
+        names = getattr(module, "PRESETS", None)
+        known = f" with NAME one of: {', '.join(sorted(names))}" if names else ""
+        raise ConfigError(f"Config file '{path}' needs an argument: "
+                          f"--config={path}:NAME{known}.")
+    try:
+        config = get_config(arg) if arg is not None else get_config()
+    except ValueError as err:  # pick_preset's unknown name, or the file's own refusal
+        raise ConfigError(_one_line(err) + ".") from None
+    except (KeyError, TypeError) as err:
+        call = f"get_config({arg!r})" if arg is not None else "get_config()"
+        raise ConfigError(f"{call} of '{path}' failed: {type(err).__name__}: "
+                          f"{_one_line(err)}.") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of '{path}' returned a {type(config).__name__}, not "
+                          "an ml_collections.ConfigDict.")
+    name = arg or os.path.basename(path)[:-3]
+    return config, name
+
+
 def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections.ConfigDict,
                                                                  list[str]]:
     """Build the config from `--config=NAME` and `--config.x=v`; return the rest of argv."""
@@ -100,9 +170,13 @@ def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections
             rest.append(arg)
     if name is None:
         raise ConfigError(f"Pass --config=NAME with one of: {', '.join(sorted(presets))}.")
-    if name not in presets:
-        raise ConfigError(f"Unknown preset '{name}'; valid presets: {', '.join(sorted(presets))}.")
-    config = presets[name]()
+    if is_config_file(name):
+        config, name = load_config_file(name)
+    else:
+        try:
+            config = pick_preset(presets, name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     with config.unlocked():
         config.preset = name
     for key, value in overrides:

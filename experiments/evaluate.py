@@ -1,14 +1,15 @@
 """Evaluate a run's checkpoint again, under its own config or with overrides.
 
     python -m experiments.evaluate --workdir=DIR [--checkpoint=best|latest]
-        [--set train.eval_carry_state=True ...] [--batch_mean_ppl] [--data_dir=DIR]
+        [--config.train.eval_carry_state=True ...] [--batch_mean_ppl] [--data_dir=DIR]
         [--json=FILE]
 
 Reads `DIR/config.json` and the newest checkpoint under `DIR/best` or
 `DIR/checkpoints`: by default the model the run reports (`default_checkpoint`:
 the best validation one where the run's config selects it, by early stopping or
 `train.report_best`, else the latest, as Zaremba's and Gal's scripts test the
-final model), rebuilds the task with the overrides, and prints every
+final model), rebuilds the task with the `--config.<field>=VALUE` overrides (the training
+binaries' syntax; `--set FIELD=VALUE` is its older spelling), and prints every
 evaluation split's metrics (plus MC dropout where `train.mc_samples` and
 `train.mc_splits` ask for it). Nothing in DIR is written: use it to compare
 evaluation protocols (state carried or not, MC samples) on a trained model.
@@ -87,7 +88,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     for item in overrides:
         field, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}.")
+            raise ValueError(f"An override takes --config.FIELD=VALUE, got {item!r}.")
         if field.split(".")[0] != "train" and field not in EVALUATION_DATA_FIELDS:
             raise ValueError(f"Only train.* fields and {', '.join(EVALUATION_DATA_FIELDS)} may "
                              f"change on re-evaluation, not {field!r}: the checkpoint holds "
@@ -130,22 +131,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="default: the one the run reports (best validation where its "
                              "config selects it, else latest)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a train.* field, e.g. train.eval_carry_state=True")
+                        help="deprecated spelling of --config.FIELD=VALUE")
     parser.add_argument("--batch_mean_ppl", action="store_true",
                         help="also the mean of per-batch perplexities (language models)")
     parser.add_argument("--data_dir", default=None,
                         help="data folder (default: $RNNREG_DATA_DIR, then the cache)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
-    args = parser.parse_args(argv)
+    parser.epilog = ("--config.FIELD=VALUE  override a train.* field (or the evaluation batch "
+                     "sizes), e.g. --config.train.eval_carry_state=True")
+    args, rest = parser.parse_known_args(argv)
+    overrides = list(args.set)
+    words = iter(rest)
+    for word in words:  # --config.x=v or --config.x v, as the training binaries take them
+        if not word.startswith("--config."):
+            parser.error(f"unrecognized arguments: {word}")
+        field, sep, text = word[len("--config."):].partition("=")
+        if not sep:
+            text = next(words, None)
+            if text is None:
+                parser.error(f"{word} needs a value: {word}=VALUE")
+        overrides.append(f"{field}={text}")
     try:
-        results = evaluate_workdir(args.workdir, args.set, args.checkpoint, args.data_dir,
+        results = evaluate_workdir(args.workdir, overrides, args.checkpoint, args.data_dir,
                                    args.batch_mean_ppl)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     where = results["checkpoint"]
     print(f"{args.workdir} ({where['name']} checkpoint: epoch {where['epoch']}, "
-          f"step {where['step']}){' with ' + ' '.join(args.set) if args.set else ''}")
+          f"step {where['step']})"
+          f"{' with ' + ' '.join('--config.' + o for o in overrides) if overrides else ''}")
     for split, metrics in results.items():
         if split != "checkpoint":
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()

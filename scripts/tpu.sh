@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Cloud TPU VMs for rnnreg_jax, around `gcloud compute tpus tpu-vm` (called by ./launch.sh tpu).
 #
-#   ./launch.sh tpu create                      create the TPU VM (--spot: a Spot VM)
-#   ./launch.sh tpu setup                       copy the package to every worker and pip install it
-#   ./launch.sh tpu run <experiment> [flags]    start python -m experiments.<experiment> on all workers
+#   ./launch.sh tpu create                      create the TPU VM (--spot: a Spot VM; --queued:
+#                                               through a queued resource)
+#   ./launch.sh tpu setup                       copy the package to every worker; a Python 3.11
+#                                               venv there from requirements-lock.txt + the tpu extra
+#   ./launch.sh tpu run <experiment> [flags]    check a gs:// workdir is writable, then start
+#                                               python -m experiments.<experiment> on all workers
+#                                               (--until-done: recreate, set up and resume after
+#                                               each preemption until the run ends)
+#   ./launch.sh tpu status                      on every worker: running or not, last step, metrics
+#   ./launch.sh tpu stop                        SIGTERM the run on every worker (it checkpoints)
 #   ./launch.sh tpu logs                        follow worker 0's log (--worker=N for another)
 #   ./launch.sh tpu ssh                         open a shell on worker 0 (--worker=N for another)
-#   ./launch.sh tpu delete                      delete the TPU VM
+#   ./launch.sh tpu delete                      delete the TPU VM (or its queued resource)
 #
 # Options (anywhere after `tpu`; `--` ends them) and the environment variables they override:
 #   --name=NAME              TPU_NAME      TPU VM name (default rnnreg)
@@ -17,12 +24,18 @@
 #   --bucket=BUCKET          TPU_BUCKET    GCS bucket: workdirs in gs://BUCKET/NAME/<experiment>-<preset>,
 #                                          data synced from gs://BUCKET/data, TFDS from gs://BUCKET/tfds
 #   --spot                   create: a Spot (preemptible) VM
+#   --queued                 create, delete: through a queued resource named NAME (waits for
+#                                          capacity instead of failing when there is none)
+#   --until-done             run: poll every TPU_POLL seconds (default 300); recreate the VM
+#                                          when preempted, set it up and rerun (resuming)
 #   --worker=N               logs, ssh: the worker (default 0)
 #   --worktree               setup: ship the working tree instead of `git archive HEAD`
 #   --dry-run                DRY_RUN=1     print the commands, one per line, and run nothing
 #
 # `run` passes --config.train.distributed=true (jax.distributed on every host) and
-# --workdir (unless given); rerunning it resumes from the workdir's last checkpoint.
+# --workdir (unless given); rerunning it resumes from the workdir's last checkpoint. With a
+# gs:// workdir each worker's console log is copied to <workdir>/console-<host>.log every
+# minute and at the end (scripts/tpu_worker.sh runs the worker side).
 # Exit status 2 with one sentence on stderr for a usage error.
 set -euo pipefail
 
@@ -39,6 +52,13 @@ REMOTE_DIR='~/rnnreg_jax'
 REMOTE_TARBALL='rnnreg_jax.tar.gz' # scp destinations are relative to the remote home
 # shellcheck disable=SC2088
 REMOTE_LOG='~/rnnreg_run.log'
+# The workers' venv (Python 3.11 from uv, as pyproject.toml's requires-python; TPU VM
+# images ship 3.10) and uv itself, from `pip install --user`.
+# shellcheck disable=SC2088
+REMOTE_VENV='~/rnnreg_venv'
+# shellcheck disable=SC2088
+REMOTE_UV='~/.local/bin/uv'
+WORKER_SCRIPT='scripts/tpu_worker.sh'
 
 die() { echo "launch.sh tpu: $*" >&2; exit 2; }
 
@@ -89,6 +109,9 @@ parse_args() {
   WORKER=0
   SPOT=0
   WORKTREE=0
+  QUEUED=0
+  UNTIL_DONE=0
+  POLL="${TPU_POLL:-300}"
   case "${DRY_RUN:-0}" in 1|true|yes) DRY_RUN=1 ;; *) DRY_RUN=0 ;; esac
   NAME="${TPU_NAME:-rnnreg}"
   ZONE="${TPU_ZONE:-us-central2-b}"
@@ -110,6 +133,8 @@ parse_args() {
       --dry-run) DRY_RUN=1 ;;
       --spot) SPOT=1 ;;
       --worktree) WORKTREE=1 ;;
+      --queued) QUEUED=1 ;;
+      --until-done) UNTIL_DONE=1 ;;
       --name|--name=*) take_value --name "$word" "${2-}" "$has_next"; NAME="$OPTVAL" ;;
       --zone|--zone=*) take_value --zone "$word" "${2-}" "$has_next"; ZONE="$OPTVAL" ;;
       --accelerator-type|--accelerator-type=*)
@@ -138,6 +163,8 @@ check_settings() {
   [[ -z "$BUCKET" || "$BUCKET" =~ ^[a-z0-9][-a-z0-9_.]*[a-z0-9]$ ]] \
     || die "bad bucket name '$BUCKET': give the bare name, e.g. --bucket=my-bucket."
   [[ "$WORKER" =~ ^[0-9]+$ ]] || die "--worker must be a worker number (0, 1, ...), got '$WORKER'."
+  [[ "$POLL" =~ ^[0-9]+$ ]] || die "TPU_POLL must be a number of seconds, got '$POLL'."
+  [[ "$UNTIL_DONE" == 0 || "$SUBCMD" == run ]] || die "--until-done goes with run only."
   if [[ "$DRY_RUN" != 1 ]] && ! command -v gcloud >/dev/null 2>&1; then
     die "gcloud is not on PATH; install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) or pass --dry-run."
   fi
@@ -147,16 +174,27 @@ no_extra_args() {
   [[ ${#ARGS[@]} -eq 0 ]] || die "tpu $SUBCMD takes no argument '${ARGS[0]}'; see ./launch.sh help."
 }
 
+# `gcloud compute tpus queued-resources <verb> <args...>`, zone and project explicit.
+queued() {
+  local verb="$1"; shift
+  run_cmd gcloud compute tpus queued-resources "$verb" "$@" --zone="$ZONE" --project="$PROJECT"
+}
+
 cmd_create() {
-  no_extra_args
   local extra=()
   # Spot VMs cost less and can be preempted at any time: resume with `run` on a new VM.
   [[ "$SPOT" == 1 ]] && extra+=(--spot)
-  tpu_vm create "$NAME" --accelerator-type="$TYPE" --version="$VERSION" ${extra[@]+"${extra[@]}"}
+  if [[ "$QUEUED" == 1 ]]; then
+    # A queued resource waits for capacity; the VM (node NAME) appears once granted.
+    queued create "$NAME" --node-id="$NAME" --accelerator-type="$TYPE" \
+      --runtime-version="$VERSION" ${extra[@]+"${extra[@]}"}
+  else
+    tpu_vm create "$NAME" --accelerator-type="$TYPE" --version="$VERSION" \
+      ${extra[@]+"${extra[@]}"}
+  fi
 }
 
 cmd_setup() {
-  no_extra_args
   local tarball="${TMPDIR:-/tmp}/rnnreg_jax-$NAME.tar.gz"
   if [[ "$WORKTREE" == 1 ]]; then
     # Uncommitted edits included; local venvs, runs and caches left behind.
@@ -168,9 +206,12 @@ cmd_setup() {
   fi
   # One copy per worker: every host of a pod slice runs the same code.
   tpu_vm scp "$tarball" "$NAME:$REMOTE_TARBALL" --worker=all --recurse
-  # A clean checkout each time (no files left over from an older version), installed
-  # editable with the TFDS extra and the TPU build of jax (libtpu).
-  tpu_vm ssh "$NAME" --worker=all --command="rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf ~/$REMOTE_TARBALL -C $REMOTE_DIR && cd $REMOTE_DIR && python3 -m pip install -e \".[tfds]\" \"jax[tpu]\""
+  # A clean checkout and venv each time (nothing left over from an older version). The
+  # lock's hash-checked pins first (the CPython 3.11 stack the tests pass on), then the
+  # package with the tpu extra (libtpu for that jax, gcsfs and google-cloud-storage for
+  # gs:// workdirs and TensorBoard) and tfds; uv keeps the pinned versions installed.
+  local py="$REMOTE_VENV/bin/python"
+  tpu_vm ssh "$NAME" --worker=all --command="rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf ~/$REMOTE_TARBALL -C $REMOTE_DIR && cd $REMOTE_DIR && python3 -m pip install --user --quiet uv && rm -rf $REMOTE_VENV && $REMOTE_UV venv --quiet --python 3.11 $REMOTE_VENV && $REMOTE_UV pip install --quiet --python $py --require-hashes -r requirements-lock.txt && $REMOTE_UV pip install --quiet --python $py -e \".[tpu,tfds]\""
   if [[ -n "$BUCKET" ]]; then
     # Our loaders read local files, not gs:// paths: copy the data folder to every worker.
     tpu_vm ssh "$NAME" --worker=all --command="mkdir -p ~/data && gsutil -m rsync -r gs://$BUCKET/data ~/data"
@@ -186,12 +227,12 @@ experiment_names() {
   echo "${names[*]-}"
 }
 
-# The value of --config (the preset name) among the experiment's flags, or "".
-preset_of() {
-  local prev=""
+# The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
+value_of() {
+  local flag="$1" prev="" arg; shift
   for arg in "$@"; do
-    [[ "$prev" == --config ]] && { echo "$arg"; return; }
-    [[ "$arg" == --config=* ]] && { echo "${arg#--config=}"; return; }
+    [[ "$prev" == "$flag" ]] && { echo "$arg"; return; }
+    [[ "$arg" == "$flag="* ]] && { echo "${arg#"$flag"=}"; return; }
     prev="$arg"
   done
 }
@@ -212,7 +253,7 @@ cmd_run() {
   [[ "$exp" =~ ^[a-z_][a-z0-9_]*$ && -f "$ROOT/experiments/$exp.py" ]] \
     || die "unknown experiment '$exp'; choose one of: $(experiment_names)."
   local preset
-  preset="$(preset_of ${flags[@]+"${flags[@]}"})"
+  preset="$(preset_name "$(value_of --config ${flags[@]+"${flags[@]}"})")"
   [[ -n "$preset" ]] || die "tpu run needs --config=PRESET (it names the workdir), e.g. ./launch.sh tpu run $exp --config=NAME."
 
   # Every host joins one jax.distributed job; the mesh then spans all chips of the slice.
@@ -225,47 +266,151 @@ cmd_run() {
   # The same workdir on every run of this experiment and preset: a rerun (after a
   # preemption, or to train longer) resumes from its latest checkpoint. Multi-host
   # checkpoints need storage all workers share, hence the bucket.
+  local workdir
+  workdir="$(value_of --workdir ${flags[@]+"${flags[@]}"})"
   if ! has_flag --workdir ${flags[@]+"${flags[@]}"}; then
     if [[ -n "$BUCKET" ]]; then
-      remote_args+=("$(quote "--workdir=gs://$BUCKET/$NAME/$exp-$preset")")
+      workdir="gs://$BUCKET/$NAME/$exp-$preset"
+      remote_args+=("$(quote "--workdir=$workdir")")
     else
       remote_args+=("--workdir=\$HOME/runs/$(quote "$exp-$preset")")
     fi
   fi
+  # A bucket workdir: the console logs go there too, so a preemption loses none of them.
+  local log_url=""
+  [[ "$workdir" == gs://* ]] && log_url="$workdir"
   # Raw data files come from ~/data on each worker when it exists (the copy `setup` makes
   # from the bucket, or one you scp'd there), else from the download cache; TFDS (MNIST,
   # IMDB with --config.data.source=tfds) reads its prepared dir on GCS.
   local env="if [ -d ~/data ]; then export RNNREG_DATA_DIR=\$HOME/data; fi; "
   [[ -z "$BUCKET" ]] || env+="export TFDS_DATA_DIR=gs://$BUCKET/tfds; "
-  # nohup + redirects + & so the ssh returns at once and training survives the disconnect.
-  local command="cd $REMOTE_DIR || exit 1; ${env}nohup python3 -m experiments.$exp ${remote_args[*]} > $REMOTE_LOG 2>&1 < /dev/null &"
-  tpu_vm ssh "$NAME" --worker=all --command="$command"
+  RUN_CHECK=()
+  if [[ -n "$log_url" ]]; then
+    # Through the venv's etils.epath and gcsfs, as the run will write: a wrong bucket, a
+    # missing permission or a missing package fails here, before the TPUs start.
+    RUN_CHECK=(ssh "$NAME" --worker=0 "--command=cd $REMOTE_DIR && bash $WORKER_SCRIPT check-workdir $(quote "$log_url")")
+  fi
+  # The worker script starts it detached (the ssh returns at once and training survives
+  # the disconnect) and copies the log to the bucket.
+  RUN_START=(ssh "$NAME" --worker=all "--command=cd $REMOTE_DIR || exit 1; ${env}bash $WORKER_SCRIPT start $(quote "$log_url") -- $REMOTE_VENV/bin/python -m experiments.$exp ${remote_args[*]}")
+  if [[ "$UNTIL_DONE" == 1 ]]; then
+    until_done
+  else
+    start_run
+  fi
+}
+
+start_run() {
+  [[ ${#RUN_CHECK[@]} -eq 0 ]] || tpu_vm "${RUN_CHECK[@]}"
+  tpu_vm "${RUN_START[@]}"
+}
+
+# The VM's state (READY, PREEMPTED, ...), MISSING when there is none, "" in a dry run.
+vm_state() {
+  local out
+  if out="$(tpu_vm describe "$NAME" --format="value(state)" 2>/dev/null)"; then
+    echo "${out:-MISSING}"
+  else
+    echo MISSING
+  fi
+}
+
+# The run's state on worker 0 (tpu_worker.sh state), or "unknown" when ssh fails.
+run_state() {
+  local out
+  out="$(tpu_vm ssh "$NAME" --worker=0 --command="bash $REMOTE_DIR/$WORKER_SCRIPT state" \
+         2>/dev/null)" || out=unknown
+  echo "${out:-unknown}" | tail -n 1
+}
+
+# run --until-done: start, then poll; a preempted (or vanished) VM is deleted, created again
+# with the same options, set up and started again, which resumes from the workdir's last
+# checkpoint. Ends 0 when the run finishes, with its status when it fails on a live VM.
+until_done() {
+  start_run
+  if [[ "$DRY_RUN" == 1 ]]; then  # the commands of one poll; recovery runs delete, create,
+    tpu_vm describe "$NAME" --format="value(state)"  # setup and the two above
+    tpu_vm ssh "$NAME" --worker=0 --command="bash $REMOTE_DIR/$WORKER_SCRIPT state"
+    return 0
+  fi
+  local vm now
+  while true; do
+    sleep "$POLL"
+    vm="$(vm_state)"
+    case "$vm" in
+      READY)
+        now="$(run_state)"
+        case "$now" in
+          running|unknown) continue ;;
+          exit:0) echo "launch.sh tpu: the run finished." >&2; return 0 ;;
+          exit:*)
+            echo "launch.sh tpu: the run failed with exit status ${now#exit:}; see ./launch.sh tpu status." >&2
+            return "${now#exit:}" ;;
+          *)  # stopped by the time limit or SIGTERM, or never started on this VM: resume
+            echo "launch.sh tpu: run state '$now': starting it again (it resumes)." >&2
+            ( start_run ) & wait "$!" || true ;;
+        esac
+        ;;
+      PREEMPTED|TERMINATED|MISSING|SUSPENDED)
+        echo "launch.sh tpu: the VM is $vm: recreating it and resuming." >&2
+        recreate ;;
+      *) ;;  # CREATING, STARTING, REPAIRING, ...: wait
+    esac
+  done
+}
+
+# Each step in a background subshell, then `wait`: bash ignores errexit inside anything
+# run as part of an `||` list, so `cmd_setup || ...` would go on past a failed copy.
+# A failed step (no capacity yet, a VM half gone) is retried at the next poll.
+recreate() {
+  ( cmd_delete ) & wait "$!" || true
+  ( cmd_create ) & wait "$!" || return 0
+  wait_ready
+  ( cmd_setup ) & wait "$!" || return 0
+  ( start_run ) & wait "$!" || true
+}
+
+# Until the VM is READY (a queued resource may wait for capacity for a long time).
+wait_ready() {
+  while [[ "$(vm_state)" != READY ]]; do
+    sleep "$POLL"
+  done
+}
+
+cmd_status() {
+  tpu_vm ssh "$NAME" --worker=all --command="bash $REMOTE_DIR/$WORKER_SCRIPT status"
+}
+
+cmd_stop() {
+  tpu_vm ssh "$NAME" --worker=all --command="bash $REMOTE_DIR/$WORKER_SCRIPT stop"
 }
 
 cmd_logs() {
-  no_extra_args
   tpu_vm ssh "$NAME" --worker="$WORKER" --command="tail -f $REMOTE_LOG"
 }
 
 cmd_ssh() {
-  no_extra_args
   tpu_vm ssh "$NAME" --worker="$WORKER"
 }
 
 cmd_delete() {
-  no_extra_args
-  tpu_vm delete "$NAME" --quiet
+  if [[ "$QUEUED" == 1 ]]; then
+    queued delete "$NAME" --force --quiet  # --force: the VM it holds goes too
+  else
+    tpu_vm delete "$NAME" --quiet
+  fi
 }
 
 main() {
   parse_args "$@"
   case "$SUBCMD" in
-    create|setup|run|logs|ssh|delete) ;;
+    create|setup|run|status|stop|logs|ssh|delete) ;;
     help) usage; exit 0 ;;
     "") usage >&2; exit 2 ;;
-    *) die "unknown tpu command '$SUBCMD'; use create, setup, run, logs, ssh or delete." ;;
+    *) die "unknown tpu command '$SUBCMD'; use create, setup, run, status, stop, logs, ssh or delete." ;;
   esac
   check_settings
+  [[ "$SUBCMD" == run ]] || no_extra_args
   "cmd_$SUBCMD"
 }
 

@@ -185,3 +185,112 @@ def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
         assert not noise, noise[:5]
         assert not (workdir / "config.json").exists()
     json.loads(record)  # the first run's record was a whole JSON document
+
+
+# --- config files (`--config=FILE.py:ARG`, the ml_collections convention) -------------------
+
+USER_CONFIG = '''"""A config of my own, outside the repository."""
+from experiments.configs import ptb
+
+
+def get_config(arg=None):
+    config = ptb.tiny()
+    config.train.num_epochs = 7 if arg is None else int(arg)
+    return config
+'''
+
+
+def test_a_config_file_gives_the_preset_of_the_bare_name():
+    by_file, rest = cli.split_config_args(
+        ["prog", "--config=experiments/configs/ptb.py:zaremba_small",
+         "--config.train.num_epochs=3", "--workdir=w"], ptb.PRESETS)
+    by_name, _ = cli.split_config_args(
+        ["prog", "--config=zaremba_small", "--config.train.num_epochs=3"], ptb.PRESETS)
+    assert rest == ["prog", "--workdir=w"]
+    assert by_file.to_dict() == by_name.to_dict()
+    assert by_file.preset == "zaremba_small" and by_file.train.num_epochs == 3
+    for module in (ptb, pmnist, sentiment):
+        assert module.get_config("tiny").to_dict() == module.tiny().to_dict()
+
+
+def test_a_users_config_file_with_and_without_an_argument(tmp_path):
+    path = tmp_path / "my-config.py"
+    path.write_text(USER_CONFIG)
+    config, _ = cli.split_config_args(["prog", f"--config={path}"], ptb.PRESETS)
+    assert config.train.num_epochs == 7 and config.preset == "my-config"
+    config, _ = cli.split_config_args(["prog", f"--config={path}:4",
+                                       "--config.reg.input=0.5"], ptb.PRESETS)
+    assert config.train.num_epochs == 4 and config.preset == "4" and config.reg.input == 0.5
+
+
+@pytest.mark.parametrize("text,spec,message", [
+    (None, "{dir}/none.py", "Config file '{dir}/none.py' does not exist."),
+    ("x = 1\n", "{path}", "Config file '{path}' defines no get_config(); add one that returns "
+     "an ml_collections.ConfigDict."),
+    ("def get_config(:\n", "{path}", "Cannot load config file '{path}': SyntaxError: "),
+    ("def get_config():\n    return {}\n", "{path}",
+     "get_config() of '{path}' returned a dict, not an ml_collections.ConfigDict."),
+    ("def get_config():\n    return 1\n", "{path}:x", "get_config('x') of '{path}' failed: "
+     "TypeError: "),
+    ("def get_config(name):\n    raise ValueError('No preset ' + name)\n", "{path}:x",
+     "No preset x."),
+    (None, "experiments/configs/ptb.py", "Config file 'experiments/configs/ptb.py' needs an "
+     "argument: --config=experiments/configs/ptb.py:NAME with NAME one of: awd, "),
+    (None, "experiments/configs/ptb.py:nope", "Unknown preset 'nope' in "
+     "experiments/configs/ptb.py; valid presets: awd, awd_small, baseline"),
+])
+def test_bad_config_files_are_one_sentence(tmp_path, text, spec, message):
+    path = tmp_path / "conf.py"
+    if text is not None:
+        path.write_text(text)
+    spec = spec.format(dir=tmp_path, path=path)
+    with pytest.raises(cli.ConfigError) as err:
+        cli.split_config_args(["prog", f"--config={spec}"], ptb.PRESETS)
+    got = str(err.value)
+    assert got.startswith(message.format(dir=tmp_path, path=path)) and "\n" not in got
+
+
+def _tiny_run(tmp_path, workdir, config, *extra):
+    """The ptb binary for 2 steps on fixture data; returns its config.json."""
+    import json
+
+    from tests import data_fixtures as fx
+
+    data = tmp_path / "data"
+    if not data.exists():
+        fx.write_repeated_ptb_word(data)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", f"--config={config}", f"--workdir={workdir}",
+         f"--data_dir={data}", "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
+         "--config.train.max_steps=2", "--config.train.mc_samples=0",
+         "--config.train.tensorboard=False", *extra],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads((workdir / "config.json").read_text())
+
+
+def test_the_binary_records_the_same_config_from_a_file_or_a_name(tmp_path):
+    """`--config=experiments/configs/ptb.py:tiny` and `--config=tiny` write the same
+    config.json (all but the command line in its provenance), and a config file outside
+    the repository trains too."""
+    by_name = _tiny_run(tmp_path, tmp_path / "name", "tiny")
+    by_file = _tiny_run(tmp_path, tmp_path / "file", "experiments/configs/ptb.py:tiny")
+    assert by_file["config"] == by_name["config"] and by_file["task"] == by_name["task"]
+    assert by_file["command"].replace("experiments/configs/ptb.py:", "").replace(
+        "/file", "/name") == by_name["command"]
+    user = tmp_path / "elsewhere" / "mine.py"
+    user.parent.mkdir()
+    user.write_text(USER_CONFIG)
+    mine = _tiny_run(tmp_path, tmp_path / "mine", user)
+    assert mine["config"]["preset"] == "mine" and mine["config"]["train"]["num_epochs"] == 7
+    assert {k: v for k, v in mine["config"].items() if k not in ("preset", "train")} == {
+        k: v for k, v in by_name["config"].items() if k not in ("preset", "train")}
+
+
+def test_the_binary_reports_a_bad_config_file_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.ptb",
+                          f"--config={tmp_path / 'none.py'}"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: Config file '{tmp_path / 'none.py'}' does not exist."]

@@ -27,11 +27,16 @@ ENV_KEYS = ("TPU_NAME", "TPU_ZONE", "TPU_TYPE", "TPU_VERSION", "TPU_PROJECT", "T
             "CLOUDSDK_CORE_PROJECT", "DRY_RUN")
 TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 WHERE = ["--zone=us-central2-b", "--project=proj"]  # the defaults + the test project
+# Every worker: a fresh checkout, a Python 3.11 venv made by uv, the lock's hash-checked
+# pins, then the package with the tpu extra.
+UV, PY = "~/.local/bin/uv", "~/rnnreg_venv/bin/python"
 INSTALL = ("rm -rf ~/rnnreg_jax && mkdir -p ~/rnnreg_jax && tar -xzf ~/rnnreg_jax.tar.gz "
-           "-C ~/rnnreg_jax && cd ~/rnnreg_jax && python3 -m pip install -e \".[tfds]\" "
-           "\"jax[tpu]\"")
+           "-C ~/rnnreg_jax && cd ~/rnnreg_jax && python3 -m pip install --user --quiet uv && "
+           f"rm -rf ~/rnnreg_venv && {UV} venv --quiet --python 3.11 ~/rnnreg_venv && "
+           f"{UV} pip install --quiet --python {PY} --require-hashes -r requirements-lock.txt && "
+           f"{UV} pip install --quiet --python {PY} -e \".[tpu,tfds]\"")
 DATA_ENV = "if [ -d ~/data ]; then export RNNREG_DATA_DIR=$HOME/data; fi; "
-RUN_TAIL = " > ~/rnnreg_run.log 2>&1 < /dev/null &"
+WORKER = "bash ~/rnnreg_jax/scripts/tpu_worker.sh"
 
 # A stub experiment for `multihost`: prints its argv and JAX environment as JSON; with
 # MH_FAIL set, process 1 exits 3 at once and the others sleep (as if waiting for it).
@@ -45,10 +50,24 @@ if os.environ.get("MH_FAIL"):
     time.sleep(60)
 """
 
+# FAKE_GCLOUD_REPLIES (optional): a JSON file {"describe": [...], "state": [...]}; each
+# `tpu-vm describe` call / worker `state` query prints the next reply ("!fail": exit 1).
 FAKE_GCLOUD = f"""#!{sys.executable}
 import json, os, sys
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+path = os.environ.get("FAKE_GCLOUD_REPLIES")
+key = ("describe" if "describe" in sys.argv else
+       "state" if any(a.endswith("tpu_worker.sh state") for a in sys.argv) else None)
+if path and key:
+    with open(path) as f:
+        replies = json.load(f)
+    reply = replies[key].pop(0) if replies.get(key) else ""
+    with open(path, "w") as f:
+        json.dump(replies, f)
+    if reply == "!fail":
+        sys.exit(1)
+    print(reply)
 """
 
 
@@ -60,6 +79,7 @@ def root(tmp_path_factory) -> Path:
     (root / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "tpu.sh", root / "scripts" / "tpu.sh")
     shutil.copy2(REPO / "scripts" / "quote.sh", root / "scripts" / "quote.sh")
+    shutil.copy2(REPO / "scripts" / "tpu_worker.sh", root / "scripts" / "tpu_worker.sh")
     (root / "experiments").mkdir()
     (root / "experiments" / "ptb.py").write_text("print('stub')\n")
     (root / "experiments" / "cli.py").write_text("")
@@ -120,9 +140,13 @@ def expected(sub: str, tmp: Path, root: Path) -> list[list[str]]:
                   [*TPU_VM, "ssh", "rnnreg", "--worker=all", f"--command={INSTALL}", *WHERE]],
         "run": [[*TPU_VM, "ssh", "rnnreg", "--worker=all",
                  "--command=cd ~/rnnreg_jax || exit 1; " + DATA_ENV +
-                 "nohup python3 -m experiments.ptb "
+                 f"bash scripts/tpu_worker.sh start '' -- {PY} -m experiments.ptb "
                  "--config=tiny --config.train.distributed=true "
-                 "--workdir=$HOME/runs/ptb-tiny" + RUN_TAIL, *WHERE]],
+                 "--workdir=$HOME/runs/ptb-tiny", *WHERE]],
+        "status": [[*TPU_VM, "ssh", "rnnreg", "--worker=all", f"--command={WORKER} status",
+                    *WHERE]],
+        "stop": [[*TPU_VM, "ssh", "rnnreg", "--worker=all", f"--command={WORKER} stop",
+                  *WHERE]],
         "logs": [[*TPU_VM, "ssh", "rnnreg", "--worker=0", "--command=tail -f ~/rnnreg_run.log",
                   *WHERE]],
         "ssh": [[*TPU_VM, "ssh", "rnnreg", "--worker=0", *WHERE]],
@@ -134,6 +158,8 @@ SUBCOMMANDS = {
     "create": ["create"],
     "setup": ["setup"],
     "run": ["run", "ptb", "--config=tiny"],
+    "status": ["status"],
+    "stop": ["stop"],
     "logs": ["logs"],
     "ssh": ["ssh"],
     "delete": ["delete"],
@@ -213,31 +239,116 @@ def remote_words(argv: list[str]) -> list[str]:
     return shlex.split(command[len("--command="):])
 
 
-def test_run_with_bucket_workdir_data_and_quoting(sandbox):
+def test_run_with_bucket_checks_it_then_starts_with_the_log_copied_there(sandbox):
     run, _ = sandbox
     env = {"TPU_BUCKET": "bk", "TPU_NAME": "pod"}
-    (argv,) = dry_lines(run("tpu", "run", "ptb", "--config", "zaremba_small",
-                            "--config.model.name=it's a b", "--dry-run", env=env))
+    check, argv = dry_lines(run("tpu", "run", "ptb", "--config", "zaremba_small",
+                                "--config.model.name=it's a b", "--dry-run", env=env))
+    # Worker 0 writes and deletes a probe through the venv's etils.epath first.
+    assert check == [*TPU_VM, "ssh", "pod", "--worker=0", "--command=cd ~/rnnreg_jax && bash "
+                     "scripts/tpu_worker.sh check-workdir gs://bk/pod/ptb-zaremba_small", *WHERE]
     assert argv[:7] == [*TPU_VM, "ssh", "pod", "--worker=all"]
     command = next(a for a in argv if a.startswith("--command="))
-    assert "; " + DATA_ENV + "export TFDS_DATA_DIR=gs://bk/tfds; nohup " in command
+    assert "; " + DATA_ENV + "export TFDS_DATA_DIR=gs://bk/tfds; bash " in command
     words = remote_words(argv)
-    start = words.index("nohup")
+    start = words.index("bash")
     assert words[start:] == [
-        "nohup", "python3", "-m", "experiments.ptb", "--config", "zaremba_small",
+        "bash", "scripts/tpu_worker.sh", "start", "gs://bk/pod/ptb-zaremba_small", "--", PY,
+        "-m", "experiments.ptb", "--config", "zaremba_small",
         "--config.model.name=it's a b", "--config.train.distributed=true",
-        "--workdir=gs://bk/pod/ptb-zaremba_small", ">", "~/rnnreg_run.log", "2>&1", "<",
-        "/dev/null", "&"]
+        "--workdir=gs://bk/pod/ptb-zaremba_small"]
+
+
+def test_run_names_the_workdir_after_a_config_files_preset(sandbox):
+    run, _ = sandbox
+    for config, name in (("experiments/configs/ptb.py:zaremba_small", "zaremba_small"),
+                         ("my/own_config.py", "own_config")):
+        *_, argv = dry_lines(run("tpu", "run", "ptb", f"--config={config}", "--dry-run",
+                                 env={"TPU_BUCKET": "bk"}))
+        words = remote_words(argv)
+        assert f"--config={config}" in words
+        assert words[-1] == f"--workdir=gs://bk/rnnreg/ptb-{name}"
 
 
 def test_run_keeps_the_users_workdir_and_distributed_flag(sandbox):
     run, _ = sandbox
-    (argv,) = dry_lines(run("tpu", "run", "ptb", "--config=tiny", "--workdir=gs://x/y",
-                            "--config.train.distributed=false", "--dry-run"))
+    check, argv = dry_lines(run("tpu", "run", "ptb", "--config=tiny", "--workdir=gs://x/y",
+                                "--config.train.distributed=false", "--dry-run"))
+    assert remote_words(check)[-2:] == ["check-workdir", "gs://x/y"]
     words = remote_words(argv)
+    assert words[words.index("start") + 1] == "gs://x/y"  # the log goes beside the run
     assert "--workdir=gs://x/y" in words and "--config.train.distributed=false" in words
     assert sum(w.startswith("--workdir") for w in words) == 1
     assert "--config.train.distributed=true" not in words
+
+
+def test_queued_resources_create_and_delete(sandbox):
+    run, _ = sandbox
+    qr = ["gcloud", "compute", "tpus", "queued-resources"]
+    assert dry_lines(run("tpu", "create", "--queued", "--spot", "--dry-run")) == [
+        [*qr, "create", "rnnreg", "--node-id=rnnreg", "--accelerator-type=v4-8",
+         "--runtime-version=tpu-ubuntu2204-base", "--spot", *WHERE]]
+    assert dry_lines(run("tpu", "delete", "--queued", "--dry-run")) == [
+        [*qr, "delete", "rnnreg", "--force", "--quiet", *WHERE]]
+
+
+def _replies(run, **replies) -> dict:
+    path = run.tmp / "replies.json"
+    path.write_text(json.dumps(replies))
+    return {"FAKE_GCLOUD_REPLIES": str(path), "TPU_POLL": "0"}
+
+
+def test_until_done_dry_run_prints_the_start_and_one_poll(sandbox, root):
+    run, calls = sandbox
+    got = dry_lines(run("tpu", "run", "ptb", "--config=tiny", "--until-done", "--spot",
+                        "--dry-run"))
+    assert got == expected("run", run.tmp, root) + [
+        [*TPU_VM, "describe", "rnnreg", "--format=value(state)", *WHERE],
+        [*TPU_VM, "ssh", "rnnreg", "--worker=0", f"--command={WORKER} state", *WHERE]]
+    assert calls() == []
+
+
+def test_until_done_recreates_a_preempted_spot_vm_and_resumes(sandbox, root):
+    """Running, then preempted: delete, create --spot, wait for READY, setup, start again
+    (the same workdir: it resumes); then the run finishes and the loop ends with 0."""
+    run, calls = sandbox
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    env = _replies(run, describe=["READY", "PREEMPTED", "CREATING", "READY", "READY"],
+                   state=["running", "exit:0"])
+    result = run("tpu", "run", "ptb", "--config=tiny", "--until-done", "--spot", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the VM is PREEMPTED: recreating it and resuming" in result.stderr
+    assert "the run finished" in result.stderr
+    start = expected("run", run.tmp, root)[0][1:]
+    describe = [*TPU_VM[1:], "describe", "rnnreg", "--format=value(state)", *WHERE]
+    state = [*TPU_VM[1:], "ssh", "rnnreg", "--worker=0", f"--command={WORKER} state", *WHERE]
+    create = expected("create", run.tmp, root)[0][1:]
+    create = create[:-2] + ["--spot"] + create[-2:]
+    setup = [argv[1:] for argv in expected("setup", run.tmp, root) if argv[0] == "gcloud"]
+    assert calls() == [start, describe, state, describe,
+                       expected("delete", run.tmp, root)[0][1:], create, describe, describe,
+                       *setup, start, describe, state]
+
+
+@pytest.mark.parametrize("state,rc,needle", [
+    ("exit:3", 3, "the run failed with exit status 3"),
+])
+def test_until_done_stops_on_a_failed_run(sandbox, state, rc, needle):
+    run, calls = sandbox
+    env = _replies(run, describe=["READY"], state=[state])
+    result = run("tpu", "run", "ptb", "--config=tiny", "--until-done", env=env)
+    assert result.returncode == rc and needle in result.stderr
+    assert len(calls()) == 3  # start, describe, state: nothing recreated
+
+
+def test_until_done_restarts_a_run_that_stopped_before_its_end(sandbox, root):
+    run, calls = sandbox
+    env = _replies(run, describe=["READY", "READY"], state=["stopped", "exit:0"])
+    result = run("tpu", "run", "ptb", "--config=tiny", "--until-done", env=env)
+    assert result.returncode == 0, result.stderr
+    start = expected("run", run.tmp, root)[0][1:]
+    assert [c for c in calls() if c == start] == [start, start]
 
 
 def test_ssh_and_logs_take_a_worker(sandbox):
@@ -253,8 +364,8 @@ def test_help_prints_usage(sandbox):
     assert "./launch.sh multihost N <experiment>" in top.stdout
     tpu = run("tpu", "help")
     assert tpu.returncode == 0
-    for word in ("create", "setup", "run", "logs", "ssh", "delete", "--spot", "TPU_PROJECT",
-                 "--dry-run"):
+    for word in ("create", "setup", "run", "status", "stop", "logs", "ssh", "delete", "--spot",
+                 "--queued", "--until-done", "TPU_PROJECT", "--dry-run"):
         assert word in tpu.stdout
 
 
@@ -270,6 +381,10 @@ def test_help_prints_usage(sandbox):
     (["tpu", "create", "--name=Bad_Name", "--dry-run"], {}, [], "bad TPU name"),
     (["tpu", "ssh", "--worker=all", "--dry-run"], {}, [], "--worker must be"),
     (["tpu", "delete", "extra", "--dry-run"], {}, [], "takes no argument"),
+    (["tpu", "status", "extra", "--dry-run"], {}, [], "takes no argument"),
+    (["tpu", "create", "--until-done", "--dry-run"], {}, [], "--until-done goes with run only"),
+    (["tpu", "run", "ptb", "--config=x", "--until-done"], {"TPU_POLL": "soon"}, [],
+     "TPU_POLL must be a number of seconds"),
     (["tpu", "create", "--zone"], {}, [], "--zone needs a value"),
     (["run", "nope"], {}, [], "unknown experiment 'nope'"),
     (["multihost", "2"], {}, [], "multihost needs a process count and an experiment name"),
@@ -293,7 +408,8 @@ def test_errors_are_one_line_and_exit_2(sandbox, args, env, unset, needle):
     assert calls() == []
 
 
-SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/quote.sh",
+SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/tpu_worker.sh",
+               "scripts/quote.sh",
                "scripts/gpu_window.sh", "scripts/gpu_window_split.sh"]
 
 
@@ -311,15 +427,15 @@ def test_docs_show_the_commands_launch_sh_runs(sandbox):
     run, _ = sandbox
     env = {"TPU_PROJECT": "my-project", "TPU_BUCKET": "my-bucket", "TMPDIR": "/tmp"}
     printed = set()
-    for args in (["create"], ["setup"], ["run", "ptb", "--config=zaremba_small"], ["logs"],
-                 ["delete"]):
+    for args in (["create"], ["setup"], ["run", "ptb", "--config=zaremba_small"], ["status"],
+                 ["stop"], ["logs"], ["delete"]):
         result = run("tpu", *args, "--dry-run", env=env)
         assert result.returncode == 0, result.stderr
         printed.update(result.stdout.splitlines())
     doc = (REPO / "docs" / "TPU.md").read_text().splitlines()
     listed = [line for line in doc if line.startswith("gcloud compute tpus tpu-vm ")
               and "my-project" in line]
-    assert len(listed) == 7
+    assert len(listed) == 10
     assert set(listed) <= printed
 
 

@@ -224,9 +224,16 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
     reset = evaluate.evaluate_workdir(str(tmp_path), ["train.eval_carry_state=False"],
                                       checkpoint="latest", data_dir=data_dir)
     assert abs(reset["valid"]["loss"] - again["valid"]["loss"]) > 1e-6
+    for override in (["--config.model.forget_bias=1"], ["--config.model.forget_bias", "1"],
+                     ["--set", "model.forget_bias=1"]):  # --set: the older spelling
+        assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
+                              f"--data_dir={data_dir}", *override]) == 2
+        assert "Only train.* fields" in capsys.readouterr().err
     assert evaluate.main([f"--workdir={tmp_path}", "--checkpoint=latest",
-                          f"--data_dir={data_dir}", "--set", "model.forget_bias=1"]) == 2
-    assert "Only train.* fields" in capsys.readouterr().err
+                          f"--data_dir={data_dir}", "--config.train.eval_carry_state=False"]) == 0
+    shown = capsys.readouterr().out
+    assert "with --config.train.eval_carry_state=False" in shown.splitlines()[0]
+    assert f"valid: loss {reset['valid']['loss']:.4g}" in shown
     wider = evaluate.evaluate_workdir(str(tmp_path), ["data.eval_batch_size=2"],
                                       checkpoint="latest", data_dir=data_dir)
     assert math.isfinite(wider["valid"]["loss"])

@@ -23,6 +23,15 @@ import rnnreg_jax as rj
 INFORMATIONAL_FIELDS = ("preset", "paper")
 
 
+def pick_preset(presets, name: str, where: str = "") -> ml_collections.ConfigDict:
+    """`presets[name]()`, or a ValueError of one sentence naming the valid presets (the
+    message of a bare `--config=NAME` and of `--config=FILE.py:NAME` alike)."""
+    if name not in presets:
+        raise ValueError(f"Unknown preset '{name}'{where}; valid presets: "
+                         f"{', '.join(sorted(presets))}.")
+    return presets[name]()
+
+
 def reg_config(**overrides) -> ml_collections.ConfigDict:
     """The regularization block; every rate is a drop probability, 0 = off."""
     reg = ml_collections.ConfigDict()

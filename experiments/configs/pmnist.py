@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import paper_config, reg_config, train_config
+from experiments.configs.common import paper_config, pick_preset, reg_config, train_config
 
 
 def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.ConfigDict:
@@ -132,3 +132,9 @@ REPORT_NOTES = {
 
 PRESETS = {fn.__name__: fn for fn in (baseline, recurrent_dropout, zoneout, batchnorm,
                                        batchnorm_zoneout, tiny)}
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """The preset `name`, for `--config=experiments/configs/pmnist.py:NAME` (the
+    `ml_collections` config-file convention of Flax's examples and big_vision)."""
+    return pick_preset(PRESETS, name, " in experiments/configs/pmnist.py")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import paper_config, reg_config, train_config
+from experiments.configs.common import paper_config, pick_preset, reg_config, train_config
 
 
 def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
@@ -438,3 +438,9 @@ PRESETS = {fn.__name__: fn for fn in (
     awd, awd_small, variational_small,
     tiny,
 )}
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """The preset `name`, for `--config=experiments/configs/ptb.py:NAME` (the
+    `ml_collections` config-file convention of Flax's examples and big_vision)."""
+    return pick_preset(PRESETS, name, " in experiments/configs/ptb.py")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import paper_config, reg_config, train_config
+from experiments.configs.common import paper_config, pick_preset, reg_config, train_config
 
 GAL_RATE = 0.5  # p_W = p_U = p_dense = p_emb: the scripts' defaults
 GAL_WEIGHT_DECAY = 1e-6  # Keras l2(1e-6) adds 1e-6 * sum(W^2) to the loss: 2e-6 * W to the
@@ -121,3 +121,9 @@ REPORT_NOTES = {
 
 PRESETS = {fn.__name__: fn for fn in (variational_lstm, variational_gru, naive_dropout,
                                       no_dropout, imdb_variational, imdb_baseline, tiny)}
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """The preset `name`, for `--config=experiments/configs/sentiment.py:NAME` (the
+    `ml_collections` config-file convention of Flax's examples and big_vision)."""
+    return pick_preset(PRESETS, name, " in experiments/configs/sentiment.py")
