@@ -54,7 +54,7 @@ def parts(spec: dict):
     # "three matmuls" would be two).
     head_mm = jax.jit(jax.value_and_grad(lambda w, y: jnp.vdot(y @ w, cot), argnums=(0, 1)))
 
-    rnn = StackedRNN((h,) * spec["layers"], "lstm", init_scale=0.05)
+    rnn = StackedRNN((h,) * spec["layers"], cell="lstm", init_scale=0.05)
     x = jax.random.normal(keys[0], (b, t, h))
     rnn_params = rnn.init(keys[1], x)["params"]
     rnn_grad = jax.jit(jax.grad(

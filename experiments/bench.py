@@ -132,8 +132,9 @@ def measure_memory(workload: str, contender: str) -> float | None:
 
 def main(argv):
     del argv
-    if FLAGS._memory_child:
-        memory_child(FLAGS._memory_child)
+    child = FLAGS["_memory_child"].value  # an internal flag of the binary's own children
+    if child:
+        memory_child(child)
         return
     unknown = [w for w in FLAGS.workloads if w not in bm.WORKLOADS]
     if unknown:

@@ -181,17 +181,15 @@ def _preset_order(task: str) -> list[str]:
 
 
 def _config_table(task: str, name: str) -> dict[str, str]:
-    """A dict a task's config module may define (`REPORT_GROUPS`, `REPORT_NOTES`)."""
-    try:
-        module = __import__(f"experiments.configs.{task}", fromlist=[name])
-        return dict(getattr(module, name, {}))
-    except Exception:  # noqa: BLE001 -- grouping only
-        return {}
+    """The task's entry of `experiments.report_notes.GROUPS` or `.NOTES`."""
+    from experiments import report_notes
+
+    return dict(getattr(report_notes, name).get(task, {}))
 
 
 def _report_groups(task: str) -> dict[str, str]:
-    """The task's presets that get their own section and plot (`REPORT_GROUPS`), if any."""
-    return _config_table(task, "REPORT_GROUPS")
+    """The task's presets that get their own section and plot (`report_notes.GROUPS`)."""
+    return _config_table(task, "GROUPS")
 
 
 def sort_runs(runs: Sequence[Run]) -> list[Run]:
@@ -215,7 +213,7 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     """Write the report to `out` (and PNGs under `plots`); returns its text.
 
     `intro`, when given, is markdown placed under the header that describes these runs;
-    it replaces the section notes of the tasks' config modules, which describe the runs
+    it replaces the section notes of `experiments.report_notes`, which describe the runs
     of RESULTS.md (a report of ablations or variants sets it).
     """
     runs = sort_runs([load_run(d) for d in find_workdirs(run_dirs)])
@@ -248,9 +246,9 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
         if group_name:
             cat["title"] = f"{cat['title']}: {group_name}"
         lines += [f"## {cat['title']}", ""]
-        # A note on the section from the task's config module (`REPORT_NOTES`, keyed by
+        # A note on the section from `experiments.report_notes` (`NOTES`, keyed by
         # group title; a data set's main section by its name, or "" for any data set).
-        notes = {} if intro else _config_table(group[0].task, "REPORT_NOTES")
+        notes = {} if intro else _config_table(group[0].task, "NOTES")
         note = notes.get(group_name) if group_name else notes.get(dataset, notes.get(""))
         lines += [note, ""] if note else []
         lines += _protocol_notes(group)

@@ -79,41 +79,6 @@ def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
     return (ys, final), (w_h, extra, xw, tied, per_step, prev_carries, recs)
 
 
-def _project_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> Array:
-    """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
-
-    With a per-gate mask `w_h` is laid out by `cells.per_gate_weights` (G blocks, or
-    gate-major `[G, H, H]`) and the cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
-    """
-    if mask is None:
-        return d_rec @ w_h.T
-    if mask.ndim == 2:
-        return (d_rec @ w_h.T) * mask
-    num_gates = mask.shape[0]
-    if isinstance(w_h, tuple):
-        d_blocks = jnp.split(d_rec, num_gates, axis=-1)
-        return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
-    d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
-    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
-
-
-def _weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
-    """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows (per gate
-    for per-gate masks)."""
-    mask = tied_mask if tied_mask is not None else step_mask
-    steps, batch, hidden = h_prev.shape
-    rows = steps * batch
-    per_gate = mask is not None and (
-        (tied_mask is not None and mask.ndim == 3) or (step_mask is not None and mask.ndim == 4))
-    if not per_gate:
-        hm = h_prev if mask is None else h_prev * mask
-        return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
-    gate_masks = mask if tied_mask is not None else jnp.swapaxes(mask, 0, 1)  # [G, (T,) B, H]
-    d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
-    return jnp.concatenate([(h_prev * m).reshape(rows, hidden).T @ d
-                            for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)
-
-
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
     w_h, extra, xw, tied, per_step, prev_carries, recs = residuals
     ct_ys, ct_final = cotangents
@@ -127,7 +92,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
         d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
-        d_c = dict(d_c, h=d_c["h"] + _project_transpose(d_rec, w_rec, noise.recurrent))
+        d_c = dict(d_c, h=d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent))
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
         return (d_c, ct_extra), (d_xw, d_rec)
 
@@ -135,7 +100,8 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     (d_carry0, d_extra), (d_xw, d_recs) = jax.lax.scan(
         body, (ct_final, zeros_extra), (xw, per_step, prev_carries, recs, ct_ys),
         reverse=True, unroll=unroll)
-    d_w_h = _weight_grad(prev_carries["h"], d_recs, tied.recurrent, per_step.recurrent)
+    d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs, tied.recurrent,
+                                        per_step.recurrent)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
     return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step)
 

@@ -12,9 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import batchnorm, cells, noise
-from rnnreg_jax.nn import StackedRNN, dropout_key
-from rnnreg_jax.regularizers.base import NONE, Regularizer
+from rnnreg_jax import cells, noise
+from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
 
 
 def weight_init(scale: float | None, orthogonal: bool = False):
@@ -38,52 +37,34 @@ def uniform_init(scale: float | None):
     return init
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(RecurrentOptions):
     """Embedding -> (embedding dropout) -> stacked RNN -> softmax logits.
 
     Attributes:
       vocab_size: V.
       hidden_sizes: recurrent widths, bottom first.
       embed_size: E (defaults to the first hidden size, as in Zaremba).
-      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
-      reg: regularization; `embedding` drops word types, `input`/`output`
-        sites act on the embedding output and the last layer's output.
-      init_scale: uniform init range of every weight.
       tie_embeddings: use the embedding matrix as the softmax weights
         (needs last hidden size == embed size).
-      unroll: `lax.scan` unroll factor.
-      implementation: "auto", "fused" or "autodiff" (see `rnnreg_jax.rnn.scan_layer`).
-      recurrent_bias: a second additive bias per layer ("lstm"/"rnn", Zaremba's
-        Lua LSTM; see `cells.init_params`).
-      forget_bias: LSTM cells: a constant on the forget gate's pre-activation
-        (the zoneout authors' +1; `cells.with_forget_bias`).
-      orthogonal_init: orthogonal embedding, recurrent and softmax weights with
-        zero biases (the zoneout authors' character-level and pMNIST code)
-        instead of the uniform draw.
       embed_to_gates: the embedding holds the first layer's gate
         pre-activations (`[V, G*H]`, no `W_x`): the zoneout authors' word-level
         model, a one-hot input times one linear map to the gates, instead of an
         `embed_size`-wide embedding followed by `W_x`.
-      bn_max_steps, bn_momentum: "lstm_bn" (see `nn.StackedRNN`). The time
-        index of the per-step statistics restarts at 0 in every window, also
-        when the state is carried from window to window.
+      and the keyword-only `nn.RecurrentOptions`, with `init_scale` 0.1 here (every
+      weight: embedding, recurrent, softmax); `orthogonal_init` also makes the
+      embedding and softmax weights orthogonal with zero biases (the zoneout
+      authors' character-level code); the regularizer's embedding dropout drops word
+      types, its input and output sites act on the embedding output and the last
+      layer's output. "lstm_bn": the time index of the per-step statistics restarts at 0
+      in every window, also when the state is carried from window to window.
     """
 
     vocab_size: int
     hidden_sizes: Sequence[int]
     embed_size: int | None = None
-    cell: str = "lstm"
-    reg: Regularizer = NONE
-    init_scale: float | None = 0.1
     tie_embeddings: bool = False
-    unroll: int = 1
-    implementation: str = "auto"
-    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
-    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
-    recurrent_bias: bool = False
-    forget_bias: float = 0.0
-    orthogonal_init: bool = False
     embed_to_gates: bool = False
+    init_scale: float | None = option(0.1)
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
@@ -112,11 +93,9 @@ class LanguageModel(nn.Module):
         mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic, x.dtype)
         if mask is not None:
             x = x * mask
-        y, carry = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
-                              unroll=self.unroll, implementation=self.implementation,
-                              bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
-                              recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
-                              orthogonal_init=ortho, project_first_input=not self.embed_to_gates,
+        y, carry = StackedRNN(tuple(self.hidden_sizes),
+                              project_first_input=not self.embed_to_gates,
+                              **self.recurrent_options(),
                               name="rnn")(x, carry, deterministic, use_running_average)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
@@ -131,7 +110,7 @@ class LanguageModel(nn.Module):
         return logits, carry
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(RecurrentOptions):
     """(Embedding ->) stacked RNN -> last output -> dense head.
 
     Used for permuted sequential MNIST (float inputs `[B, T, F]`,
@@ -144,25 +123,14 @@ class SequenceModel(nn.Module):
       hidden_sizes: recurrent widths.
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
-      cell, reg, init_scale, unroll, implementation, recurrent_bias, forget_bias,
-        bn_max_steps, bn_momentum, orthogonal_init: as in `LanguageModel` (the
-        head keeps Flax's default init unless `orthogonal_init`).
+      and the keyword-only `nn.RecurrentOptions` (the head keeps Flax's default init
+      unless `orthogonal_init`).
     """
 
     num_outputs: int
     hidden_sizes: Sequence[int]
     vocab_size: int | None = None
     embed_size: int = 128
-    cell: str = "lstm"
-    reg: Regularizer = NONE
-    init_scale: float | None = None
-    unroll: int = 1
-    implementation: str = "auto"
-    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
-    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
-    recurrent_bias: bool = False
-    forget_bias: float = 0.0
-    orthogonal_init: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,
@@ -181,11 +149,7 @@ class SequenceModel(nn.Module):
                                         x.dtype)
             if mask is not None:
                 x = x * mask
-        y, _ = StackedRNN(tuple(self.hidden_sizes), self.cell, self.reg, self.init_scale,
-                          unroll=self.unroll, implementation=self.implementation,
-                          bn_max_steps=self.bn_max_steps, bn_momentum=self.bn_momentum,
-                          recurrent_bias=self.recurrent_bias, forget_bias=self.forget_bias,
-                          orthogonal_init=self.orthogonal_init,
+        y, _ = StackedRNN(tuple(self.hidden_sizes), **self.recurrent_options(),
                           name="rnn")(x, None, deterministic, use_running_average)
         head = (dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
                 if self.orthogonal_init else {})

@@ -24,7 +24,9 @@ as in MC evaluation) the population statistics are used.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -43,16 +45,24 @@ def dropout_key(module: nn.Module) -> jax.Array:
     return module.make_rng("dropout")
 
 
-class StackedRNN(nn.Module):
-    """A stack of recurrent layers regularized by one `Regularization` spec.
+def option(default):
+    """A keyword-only module attribute (how `RecurrentOptions` declares its fields, and
+    how a subclass gives one another default)."""
+    return dataclasses.field(default=default, kw_only=True)
+
+
+class RecurrentOptions(nn.Module):
+    """The options of every recurrent module here (`StackedRNN`, `RecurrentLayer`,
+    `models.LanguageModel`, `models.SequenceModel`), defined once and keyword-only; a
+    model passes them on to its stack with `recurrent_options()`, and a config's model
+    block passes them straight in (`rnnreg_jax.tasks`).
 
     Attributes:
-      hidden_sizes: width of each layer, bottom first (an int for one layer).
-      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
-      reg: the regularization spec.
+      cell: "lstm", "gru", "rnn", "lstm_ln", "lstm_bn", or a user's `cells.Cell` (or
+        its registered name).
+      reg: the regularizer (`rnnreg_jax.regularizers`).
       init_scale: weights uniform in [-init_scale, init_scale]; None uses
         1/sqrt(H) (PyTorch's default).
-      time_major: whether inputs and outputs are `[T, B, F]`.
       unroll: `lax.scan` unroll factor.
       implementation: "auto" (by batch size), "fused" (hoisted `dW_h` backward
         pass) or "autodiff"; see `rnn.scan_layer`.
@@ -66,22 +76,41 @@ class StackedRNN(nn.Module):
         (the zoneout authors' +1, `cells.with_forget_bias`).
       orthogonal_init: orthogonal `w_x`, `w_h` and zero biases instead of the
         uniform draw (`cells.init_params`).
+    """
+
+    cell: Any = option("lstm")
+    reg: Regularizer = option(NONE)
+    init_scale: float | None = option(None)
+    unroll: int = option(1)
+    implementation: str = option("auto")
+    bn_max_steps: int = option(batchnorm.DEFAULT_MAX_STEPS)
+    bn_momentum: float = option(batchnorm.DEFAULT_MOMENTUM)
+    recurrent_bias: bool = option(False)
+    forget_bias: float = option(0.0)
+    orthogonal_init: bool = option(False)
+
+    def recurrent_options(self) -> dict:
+        """The options as keyword arguments of another recurrent module."""
+        return {name: getattr(self, name) for name in OPTION_FIELDS}
+
+
+OPTION_FIELDS = ("cell", "reg", "init_scale", "unroll", "implementation", "bn_max_steps",
+                 "bn_momentum", "recurrent_bias", "forget_bias", "orthogonal_init")
+
+
+class StackedRNN(RecurrentOptions):
+    """A stack of recurrent layers regularized by one regularizer.
+
+    Attributes:
+      hidden_sizes: width of each layer, bottom first (an int for one layer).
+      time_major: whether inputs and outputs are `[T, B, F]`.
       project_first_input: False: the first layer has no `w_x` and its inputs
         are its gates' pre-activations (`[.., G*H]`; "lstm", "gru", "rnn").
+      and the keyword-only `RecurrentOptions`.
     """
 
     hidden_sizes: Sequence[int] | int
-    cell: str = "lstm"
-    reg: Regularizer = NONE
-    init_scale: float | None = None
     time_major: bool = False
-    unroll: int = 1
-    implementation: str = "auto"
-    bn_max_steps: int = batchnorm.DEFAULT_MAX_STEPS
-    bn_momentum: float = batchnorm.DEFAULT_MOMENTUM
-    recurrent_bias: bool = False
-    forget_bias: float = 0.0
-    orthogonal_init: bool = False
     project_first_input: bool = True
 
     @property
@@ -186,24 +215,20 @@ class StackedRNN(nn.Module):
                                  output_gate=self.reg.needs_output_gate) for h in self.sizes]
 
 
-class RecurrentLayer(nn.Module):
+class RecurrentLayer(RecurrentOptions):
     """One recurrent layer; the carry is a single state dict.
 
-    Attributes are those of `StackedRNN` with one `hidden_size`.
+    Attributes: `hidden_size`, `time_major` and the keyword-only `RecurrentOptions`.
     """
 
     hidden_size: int
-    cell: str = "lstm"
-    reg: Regularizer = NONE
-    init_scale: float | None = None
     time_major: bool = False
-    unroll: int = 1
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
                  use_running_average: bool | None = None):
-        stack = StackedRNN((self.hidden_size,), self.cell, self.reg, self.init_scale,
-                           self.time_major, self.unroll, name="stack")
+        stack = StackedRNN((self.hidden_size,), self.time_major, **self.recurrent_options(),
+                           name="stack")
         outputs, carries = stack(inputs, None if carry is None else [carry], deterministic,
                                  use_running_average)
         return outputs, carries[0]

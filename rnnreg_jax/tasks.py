@@ -22,19 +22,19 @@ import ml_collections
 
 from rnnreg_jax import data as rdata
 from rnnreg_jax.models import LanguageModel, SequenceModel
+from rnnreg_jax.nn import OPTION_FIELDS
 from rnnreg_jax.regularizers import Regularizer
 from rnnreg_jax.train import Task
 
-_OPTIONAL_MODEL_FIELDS = ("bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias",
-                          "orthogonal_init")
-_OPTIONAL_LM_FIELDS = ("embed_to_gates",)
+_LM_FIELDS = ("embed_to_gates", "tie_embeddings")
 
 
-def _optional_kwargs(model_config) -> dict:
-    """Model options that only some configs set (`lstm_bn`'s statistics, the
-    second bias, the forget-gate offset, orthogonal init); the models' defaults
-    apply elsewhere."""
-    return {k: model_config[k] for k in _OPTIONAL_MODEL_FIELDS if k in model_config}
+def recurrent_options(model_config, reg: Regularizer) -> dict:
+    """The model block's `nn.RecurrentOptions`, passed straight on (a field the block
+    does not set keeps the model's default), with the regularizer built from the reg
+    block."""
+    options = {k: model_config[k] for k in OPTION_FIELDS if k != "reg" and k in model_config}
+    return {**options, "reg": reg}
 
 
 def build_task(config: ml_collections.ConfigDict, reg: Regularizer,
@@ -111,9 +111,8 @@ def _language_model(config, reg, data_dir) -> Task:
                  for split in ("valid", "test")}
     model = LanguageModel(
         vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
-        embed_size=m.embed_size, cell=m.cell, reg=reg, init_scale=m.init_scale,
-        tie_embeddings=m.tie_embeddings, unroll=m.unroll, **_optional_kwargs(m),
-        **{k: m[k] for k in _OPTIONAL_LM_FIELDS if k in m})
+        embed_size=m.embed_size, **{k: m[k] for k in _LM_FIELDS if k in m},
+        **recurrent_options(m, reg))
     return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
                 test_protocol=carry, eval_carry_state=eval_carry)
 
@@ -139,8 +138,8 @@ def _pmnist(config, reg, data_dir) -> Task:
     train = mnist.batches("train", d.batch_size, seed=d.shuffle_seed)
     evals = {split: mnist.batches(split, d.eval_batch_size) for split in ("valid", "test")
              if mnist.num_examples(split) > 0}
-    model = SequenceModel(num_outputs=10, hidden_sizes=tuple(m.hidden_sizes), cell=m.cell,
-                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_optional_kwargs(m))
+    model = SequenceModel(num_outputs=10, hidden_sizes=tuple(m.hidden_sizes),
+                          **recurrent_options(m, reg))
     return Task(model=model, kind="classification", train=train, evals=evals)
 
 
@@ -157,7 +156,7 @@ def _sentiment(config, reg, data_dir) -> Task:
     train = data.batches("train", d.batch_size, seed=d.shuffle_seed)
     evals = {"test": data.batches("test", d.eval_batch_size)}
     model = SequenceModel(num_outputs=outputs, hidden_sizes=tuple(m.hidden_sizes),
-                          vocab_size=data.num_ids, embed_size=m.embed_size, cell=m.cell,
-                          reg=reg, init_scale=m.init_scale, unroll=m.unroll, **_optional_kwargs(m))
+                          vocab_size=data.num_ids, embed_size=m.embed_size,
+                          **recurrent_options(m, reg))
     return Task(model=model, kind=kind, train=train, evals=evals,
                 target_scale=data.target_std if kind == "regression" else 1.0)

@@ -105,7 +105,7 @@ def preset_models() -> dict[str, tuple]:
     (float inputs in float64: call it under `jax.enable_x64`)."""
     from experiments.configs import common, pmnist, ptb, sentiment
     from rnnreg_jax.models import LanguageModel, SequenceModel
-    from rnnreg_jax.tasks import _optional_kwargs
+    from rnnreg_jax.tasks import recurrent_options
 
     out = {}
     for task, module in (("ptb", ptb), ("pmnist", pmnist), ("sentiment", sentiment)):
@@ -114,8 +114,7 @@ def preset_models() -> dict[str, tuple]:
             m = config.model
             reg = common.regularization(config.reg)
             sizes = (6,) * len(m.hidden_sizes)
-            kwargs = dict(cell=m.cell, reg=reg, init_scale=m.init_scale, unroll=m.unroll,
-                          **_optional_kwargs(m))
+            kwargs = recurrent_options(m, reg)
             if task == "ptb":
                 model = LanguageModel(vocab_size=13, hidden_sizes=sizes, embed_size=6,
                                       tie_embeddings=m.get("tie_embeddings", False), **kwargs)

@@ -13,6 +13,7 @@ import train_helpers as th
 
 import rnnreg_jax as rj
 from rnnreg_jax import batchnorm, cells, models, rnn, train
+from rnnreg_jax.cells import lstm_bn
 from rnnreg_jax.nn import StackedRNN
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import mesh as mesh_lib
@@ -185,7 +186,7 @@ def test_normalized_pre_activations_have_batch_mean_zero_and_variance_gain_squar
     params = bn_params(2)
     x = jnp.asarray(rand(5, 32, T, F, scale=3.0))
     records = []
-    original = batchnorm.batch_norm
+    original = lstm_bn.batch_norm
 
     def recording(v, gain, bias=None, mean=None, var=None, axis=0):
         out = original(v, gain, bias, mean, var, axis)
@@ -193,7 +194,7 @@ def test_normalized_pre_activations_have_batch_mean_zero_and_variance_gain_squar
                         0.0 if bias is None else np.asarray(bias), axis, mean is None))
         return out
 
-    monkeypatch.setattr(batchnorm, "batch_norm", recording)
+    monkeypatch.setattr(lstm_bn, "batch_norm", recording)  # where the cell looks it up
     xw = batchnorm.project(params, jnp.swapaxes(x, 0, 1))
     # a random state: from h = 0 the first recurrent projection has no variance at all
     carry = {"h": jnp.asarray(np.tanh(rand(6, 32, H))), "c": jnp.asarray(rand(7, 32, H))}

@@ -14,7 +14,6 @@ import pytest
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, rnn
-from rnnreg_jax.nn import StackedRNN
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "CUSTOM_REGULARIZERS.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)

@@ -158,3 +158,27 @@ def test_int_hidden_size_and_cell_checks() -> None:
     assert [c["h"].shape for c in module.initial_carry(B)] == [(B, 3)]
     with pytest.raises(ValueError, match="needs an LSTM cell state"):
         StackedRNN(3, cell="gru", reg=zoneout(cells=0.2)).init(jax.random.key(0), inputs())
+
+
+def test_every_recurrent_module_takes_the_same_options() -> None:
+    """`RecurrentOptions` is defined once: the four modules take every option by keyword
+    and hand them on unchanged to the stack they build."""
+    from rnnreg_jax.models import LanguageModel, SequenceModel
+    from rnnreg_jax.nn import OPTION_FIELDS, RecurrentOptions
+
+    options = dict(cell="lstm", reg=zoneout(cells=0.2, hiddens=0.1), init_scale=0.2, unroll=2,
+                   implementation="autodiff", bn_max_steps=7, bn_momentum=0.5,
+                   recurrent_bias=True, forget_bias=1.0, orthogonal_init=False)
+    assert set(options) == set(OPTION_FIELDS)
+    modules = [StackedRNN(4, **options), RecurrentLayer(4, **options),
+               LanguageModel(11, (4,), **options), SequenceModel(3, (4,), **options)]
+    for module in modules:
+        assert isinstance(module, RecurrentOptions)
+        assert module.recurrent_options() == options
+    # the single layer is the one-layer stack, options and all (forget bias, second bias)
+    x = inputs()
+    variables = init(modules[1], x)
+    stack_vars = {"params": variables["params"]["stack"]}
+    close(modules[1].apply(variables, x)[0], modules[0].apply(stack_vars, x)[0])
+    assert "b_h" in variables["params"]["stack"]["layer_0"]  # recurrent_bias reached it
+    assert LanguageModel(11, (4,)).init_scale == 0.1 and StackedRNN(4).init_scale is None

@@ -610,7 +610,7 @@ def test_input_masks_project_once_per_layer_outside_the_scan(monkeypatch, reg):
         calls.append((x.shape, None if input_mask is None else input_mask.shape, per_gate))
         return original(params, x, input_mask, per_gate)
 
-    monkeypatch.setattr(cells, "project_inputs", counting)
+    monkeypatch.setattr(cells.params, "project_inputs", counting)  # where `project` finds it
     rnnreg_jax.unroll("lstm", PARAMS["lstm"], X, reg=reg, key=KEY, deterministic=False)
     # One call per layer, on the whole window [T, B, F], with the mask.
     assert [c[0] for c in calls] == [(T, B, F), (T, B, H)]

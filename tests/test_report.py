@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report
+from experiments import report, report_notes
 
 
 def _paper(source="", valid=None, test=None, test_mc=None):
@@ -189,15 +189,15 @@ def test_run_curves_and_missing_dir(tmp_path, capsys):
 
 
 def test_report_group_gets_its_own_section_and_plot(built):
-    from experiments.configs import ptb
+    from experiments.report_notes import GROUPS, NOTES
 
     tmp, text = built
-    group = ptb.REPORT_GROUPS["awd_small"]
+    group = GROUPS["ptb"]["awd_small"]
     title = f"## Penn Treebank, word level: {group}"
     assert title in text
     section = text.split(title)[1].split("\n## ")[0]
     assert "| `awd_small` | 200.0 |" in section and "zaremba_small" not in section
-    assert ptb.REPORT_NOTES[group] in section
+    assert NOTES["ptb"][group] in section
     main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
     assert "awd_small" not in main and "`zaremba_small`" in main
     png = tmp / "docs" / "results" / f"ptb_word_{report._slug(group)}.png"
@@ -205,25 +205,26 @@ def test_report_group_gets_its_own_section_and_plot(built):
     assert f"](docs/results/{png.name})" in section
 
 
-def test_main_section_note_from_the_config_module(built):
-    from experiments.configs import pmnist
+def test_main_section_note_from_the_report_notes(built):
+    from experiments.report_notes import NOTES
 
     _, text = built
     section = text.split("## Permuted sequential MNIST\n")[1].split("\n## ")[0]
-    assert pmnist.REPORT_NOTES[""] in section
+    assert NOTES["pmnist"][""] in section
     ptb_main = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
-    assert "REPORT_NOTES" not in ptb_main and "150 epochs" not in ptb_main
+    assert "150 epochs" not in ptb_main
 
 
 def test_main_section_notes_are_keyed_by_data_set(built):
     """One task, two data sets (PTB word and char): each main section gets its own note."""
-    from experiments.configs import ptb
+    from experiments.report_notes import NOTES
 
     _, text = built
+    notes = NOTES["ptb"]
     word = text.split("## Penn Treebank, word level\n")[1].split("\n## ")[0]
     char = text.split("## Penn Treebank, character level\n")[1].split("\n## ")[0]
-    assert ptb.REPORT_NOTES["ptb_word"] in word and ptb.REPORT_NOTES["ptb_word"] not in char
-    assert ptb.REPORT_NOTES["ptb_char"] in char and ptb.REPORT_NOTES["ptb_char"] not in word
+    assert notes["ptb_word"] in word and notes["ptb_word"] not in char
+    assert notes["ptb_char"] in char and notes["ptb_char"] not in word
 
 
 def _early_stopped_run(final_extra: dict) -> report.Run:
@@ -288,7 +289,6 @@ def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
 def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
     """`--intro F` (an ablation report) puts F under the header and drops the notes the
     config modules write for RESULTS.md's runs; a missing F is a one-line error."""
-    from experiments.configs import pmnist
 
     runs = tmp_path / "runs"
     write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
@@ -299,6 +299,6 @@ def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
     assert report.main([f"--runs={runs}", f"--out={out}", "--plots=", f"--intro={intro}"]) == 0
     text = out.read_text()
     assert text.index("These runs vary the init.") < text.index("## Permuted sequential MNIST")
-    assert pmnist.REPORT_NOTES[""] not in text
+    assert report_notes.NOTES["pmnist"][""] not in text
     assert report.main([f"--runs={runs}", f"--out={out}", f"--intro={tmp_path / 'no.md'}"]) == 2
     assert "no.md" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import ml_collections
 from experiments.configs.common import paper_config, pick_preset, reg_config, train_config
 
 
-def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.ConfigDict:
+def _config(*, row: str, test_error: float | None = None, **reg) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     data = config.data = ml_collections.ConfigDict()
     data.dataset = "pmnist"
@@ -50,18 +50,19 @@ def _config(row: str, test_error: float | None = None, **reg) -> ml_collections.
 
 
 def baseline():
-    return _config("unregularized LSTM", 0.102)
+    return _config(row="unregularized LSTM", test_error=0.102)
 
 
 def recurrent_dropout():
     # zoneout_pmnist.py --igate_drop: c = f c + m (i g), m in {0, 1}, its expectation at
     # evaluation (the authors' form of recurrent dropout, `update_eval_scaling`).
-    return _config("recurrent dropout 0.15", 0.075, update_dropout=0.15,
+    return _config(row="recurrent dropout 0.15", test_error=0.075, update_dropout=0.15,
                    update_eval_scaling=True)
 
 
 def zoneout():
-    return _config("zoneout z_c = z_h = 0.15", 0.069, zoneout_cells=0.15, zoneout_hiddens=0.15)
+    return _config(row="zoneout z_c = z_h = 0.15", test_error=0.069,
+                   zoneout_cells=0.15, zoneout_hiddens=0.15)
 
 
 def _recurrent_batchnorm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -81,7 +82,8 @@ def batchnorm():
     # al.'s script (cooijmanstim/recurrent-batch-normalization,
     # experiments/sequentialpmnist_bnlstm.sh) trained with RMSProp lr 1e-3 and decay 0.9, 200
     # epochs, batch 100, orthogonal/identity W init; this preset keeps the shared setup above.
-    return _recurrent_batchnorm(_config("recurrent batchnorm (Cooijmans et al. 2016)", 0.046))
+    return _recurrent_batchnorm(_config(row="recurrent batchnorm (Cooijmans et al. 2016)",
+                                        test_error=0.046))
 
 
 def batchnorm_zoneout():
@@ -94,13 +96,14 @@ def batchnorm_zoneout():
     # That script's defaults differ from the setup above (lr 1e-4, 100 epochs; RMSProp decay
     # 0.5 and clipping 1 agree), and it feeds its hidden-state mask to the cells too (one
     # shared mask); like `zoneout`, this preset draws the two masks independently.
-    return _recurrent_batchnorm(_config("zoneout + recurrent batchnorm, z_c = z_h = 0.15",
-                                        0.041, zoneout_cells=0.15, zoneout_hiddens=0.15))
+    return _recurrent_batchnorm(_config(row="zoneout + recurrent batchnorm, z_c = z_h = 0.15",
+                                        test_error=0.041,
+                                        zoneout_cells=0.15, zoneout_hiddens=0.15))
 
 
 def tiny():
     """Seconds: 16 units on 28-pixel windows is not pMNIST; this keeps 784 steps but few batches."""
-    config = _config("smoke test", zoneout_cells=0.15, zoneout_hiddens=0.15)
+    config = _config(row="smoke test", zoneout_cells=0.15, zoneout_hiddens=0.15)
     config.model.hidden_sizes = (8,)
     config.data.batch_size = 16
     config.data.eval_batch_size = 500
@@ -108,27 +111,6 @@ def tiny():
     config.train.max_steps = 5
     return config
 
-
-# What the report says under the pMNIST table (see experiments/report.py).
-REPORT_NOTES = {
-    "": ("The paper's errors are after 150 epochs (a GPU budget). Runs shorter than that "
-         "(see their epochs and commands) show early learning only: their gap to the "
-         "paper measures training length, not a failed reproduction. `baseline` and "
-         "`zoneout` ran 12 epochs on an NVIDIA H100; `batchnorm` ran 2 on this "
-         "project's 2-core CPU. "
-         "All ran before the presets took the authors' orthogonal init and forget-gate "
-         "bias 1 (zoneout_pmnist.py); 200 steps of `baseline` on this CPU with each: "
-         "validation error 0.710 with them, 0.751 without (training loss over steps "
-         "151-200: 2.081 and 2.147; `--config.train.max_steps=200`, one seed). The rows "
-         "marked unfinished ran today's presets on an NVIDIA H100 and "
-         "were stopped at their batch's deadline: after 5 epochs, validation error 35.2% "
-         "(baseline) and 37.8% (zoneout) against 55.6% and 54.7% after 5 epochs with the "
-         "old init, which reached 34.1% and 37.8% only after 12. The 2-epoch rows ran "
-         "today's presets on this project's 2-core CPU (about 10 minutes an "
-         "epoch each, two side by side): validation error 58.8% / 50.6% (baseline) and "
-         "63.9% / 50.7% (zoneout) after epochs 1 / 2, against the H100 runs' 63.5% / 50.1% "
-         "and 65.9% / 49.8% (results/evaluations/cpu_vs_h100)."),
-}
 
 PRESETS = {fn.__name__: fn for fn in (baseline, recurrent_dropout, zoneout, batchnorm,
                                        batchnorm_zoneout, tiny)}

@@ -63,13 +63,14 @@ def _config(data, model, reg, train, paper) -> ml_collections.ConfigDict:
 
 # --- Zaremba et al. 2014 -------------------------------------------------------
 
-def _zaremba(hidden, init, dropout, epochs, decay_after, decay, clip, seq_len, paper, reg=None):
+def _zaremba(*, hidden, init_scale, dropout, epochs, decay_after, decay, clip, seq_len, paper,
+             reg=None):
     # main.lua: lr 1, SGD, loss summed over the window and averaged over the batch,
     # state carried between windows, batch 20. Its LSTM sums two nn.Linear
     # (i2h, h2h), each with a bias: two biases, both uniform in [-init, init].
     return _config(
         _data("ptb_word", 20, seq_len, "contiguous"),
-        _model(hidden, 2, init, recurrent_bias=True),
+        _model(hidden, 2, init_scale, recurrent_bias=True),
         reg or reg_config(input=dropout, output=dropout, tie="step"),
         train_config(num_epochs=epochs, optimizer="sgd", learning_rate=1.0,
                      lr_schedule="zaremba", decay_after=decay_after, decay_factor=decay,
@@ -79,37 +80,47 @@ def _zaremba(hidden, init, dropout, epochs, decay_after, decay, clip, seq_len, p
 
 def zaremba_small():
     # Zaremba "small": 2x200, no dropout, 13 epochs, /2 after 4, T 20, clip 5, init 0.1.
-    return _zaremba(200, 0.1, 0.0, 13, 4, 2.0, 5.0, 20,
-                    paper_config("Zaremba et al. 2014, Table 1 (small)", valid=120.7, test=114.5))
+    return _zaremba(hidden=200, init_scale=0.1, dropout=0.0, epochs=13,
+                    decay_after=4, decay=2.0, clip=5.0, seq_len=20,
+                    paper=paper_config("Zaremba et al. 2014, Table 1 (small)",
+                                       valid=120.7, test=114.5))
 
 
 def zaremba_medium():
     # Zaremba "medium": 2x650, dropout 0.5, 39 epochs, /1.2 after 6, T 35, clip 5, init 0.05.
-    return _zaremba(650, 0.05, 0.5, 39, 6, 1.2, 5.0, 35,
-                    paper_config("Zaremba et al. 2014, Table 1 (medium)", valid=86.2, test=82.7))
+    return _zaremba(hidden=650, init_scale=0.05, dropout=0.5, epochs=39,
+                    decay_after=6, decay=1.2, clip=5.0, seq_len=35,
+                    paper=paper_config("Zaremba et al. 2014, Table 1 (medium)",
+                                       valid=86.2, test=82.7))
 
 
 def zaremba_large():
     # Zaremba "large": 2x1500, dropout 0.65, 55 epochs, /1.15 after 14, T 35, clip 10, init 0.04.
-    return _zaremba(1500, 0.04, 0.65, 55, 14, 1.15, 10.0, 35,
-                    paper_config("Zaremba et al. 2014, Table 1 (large)", valid=82.2, test=78.4))
+    return _zaremba(hidden=1500, init_scale=0.04, dropout=0.65, epochs=55,
+                    decay_after=14, decay=1.15, clip=10.0, seq_len=35,
+                    paper=paper_config("Zaremba et al. 2014, Table 1 (large)",
+                                       valid=82.2, test=78.4))
 
 
 # --- Gal & Ghahramani 2016 ------------------------------------------------------
 
-def _gal(size: str, tie: str, per_gate: bool, paper):
+def _gal(*, size: str, tie: str, per_gate: bool, paper):
     if size == "medium":
         # Zaremba medium with variational dropout: embedding and recurrent 0.2,
         # input and output 0.35 (Gal's medium model).
         reg = reg_config(input=0.35, output=0.35, recurrent=0.2, embedding=0.2, tie=tie,
                          per_gate=per_gate)
-        config = _zaremba(650, 0.05, 0.0, 39, 6, 1.2, 5.0, 35, paper, reg=reg)
+        config = _zaremba(hidden=650, init_scale=0.05, dropout=0.0, epochs=39,
+                          decay_after=6, decay=1.2, clip=5.0, seq_len=35,
+                          paper=paper, reg=reg)
     else:
         # Gal's large: embedding and recurrent 0.3, input and output 0.5, weight decay
         # 1e-7, lr /1.15 after epoch 10, 55 epochs, clip 10, init 0.04.
         reg = reg_config(input=0.5, output=0.5, recurrent=0.3, embedding=0.3, tie=tie,
                          per_gate=per_gate)
-        config = _zaremba(1500, 0.04, 0.0, 55, 10, 1.15, 10.0, 35, paper, reg=reg)
+        config = _zaremba(hidden=1500, init_scale=0.04, dropout=0.0, epochs=55,
+                          decay_after=10, decay=1.15, clip=10.0, seq_len=35,
+                          paper=paper, reg=reg)
         config.train.weight_decay = 1e-7
     config.train.mc_samples = 1000 if tie == "sequence" else 0  # Gal: MC dropout, 1000 samples
     # His MC test pass (main_new_dropout_SOTA_v3.lua, run_MC_test): word-type dropout off,
@@ -125,21 +136,21 @@ def _gal(size: str, tie: str, per_gate: bool, paper):
 # (lines 82-97), the script behind 77.9 / 75.2 / 73.4 (its lines 13-14; README, Update 3).
 
 def variational_medium():
-    return _gal("medium", "sequence", False, paper_config(
+    return _gal(size="medium", tie="sequence", per_gate=False, paper=paper_config(
         "Gal & Ghahramani 2016, Table 1 (medium, tied weights)",
         valid=81.8, test=79.7,  # "Variational (tied weights)"
         test_mc=79.0))  # "Variational (tied weights, MC)"
 
 
 def variational_medium_untied():
-    return _gal("medium", "sequence", True, paper_config(
+    return _gal(size="medium", tie="sequence", per_gate=True, paper=paper_config(
         "Gal & Ghahramani 2016, Table 1 (medium, untied weights: per-gate masks)",
         valid=81.9, test=79.7,  # "Variational (untied weights)"
         test_mc=78.6))  # "Variational (untied weights, MC)"
 
 
 def variational_large():
-    return _gal("large", "sequence", False, paper_config(
+    return _gal(size="large", tie="sequence", per_gate=False, paper=paper_config(
         "Gal & Ghahramani 2016, Table 1 (large, tied weights)",
         valid=77.3, test=75.0,  # "Variational (tied weights)"
         test_mc=74.1))  # "Variational (tied weights, MC)"
@@ -148,25 +159,25 @@ def variational_large():
 def variational_large_untied():
     # The README's Update 4 reran this row with the word-type masks fixed (77.457 / 75.112 /
     # 73.319); the paper's numbers are kept.
-    return _gal("large", "sequence", True, paper_config(
+    return _gal(size="large", tie="sequence", per_gate=True, paper=paper_config(
         "Gal & Ghahramani 2016, Table 1 (large, untied weights: per-gate masks)",
         valid=77.9, test=75.2,  # "Variational (untied weights)"; v3 script lines 13-14
         test_mc=73.4))  # "Variational (untied weights, MC)"; v3 script line 13
 
 
 def naive_dropout_medium():
-    return _gal("medium", "step", False, paper_config(
+    return _gal(size="medium", tie="step", per_gate=False, paper=paper_config(
         "Gal & Ghahramani 2016: naive dropout baseline (medium), masks per step"))
 
 
 def naive_dropout_large():
-    return _gal("large", "step", False, paper_config(
+    return _gal(size="large", tie="step", per_gate=False, paper=paper_config(
         "Gal & Ghahramani 2016: naive dropout baseline (large), masks per step"))
 
 
 # --- Krueger et al. 2016 (zoneout), word level -----------------------------------
 
-def _zoneout_word(paper_valid, row, **reg):
+def _zoneout_word(*, row, paper_valid, **reg):
     # 1x256, init 0.05, non-overlapping windows of T 35, batch 32, SGD momentum 0.99,
     # clip 10, lr 1 divided by 1.5 after an epoch without validation improvement,
     # state reset every batch (no carry). Loss averaged over tokens (Blocks' cost).
@@ -198,16 +209,16 @@ def _zoneout_word(paper_valid, row, **reg):
 
 
 def zoneout():
-    return _zoneout_word(115.2, "zoneout z_h = 0.25", zoneout_hiddens=0.25)
+    return _zoneout_word(row="zoneout z_h = 0.25", paper_valid=115.2, zoneout_hiddens=0.25)
 
 
 def recurrent_dropout_output_zoneout():
-    return _zoneout_word(115.7, "recurrent dropout + output zoneout 0.25",
+    return _zoneout_word(row="recurrent dropout + output zoneout 0.25", paper_valid=115.7,
                          update_dropout=0.25, output_zoneout=True, update_eval_scaling=True)
 
 
 def zoneout_cells_states():
-    return _zoneout_word(117.3, "zoneout cells and states 0.05",
+    return _zoneout_word(row="zoneout cells and states 0.05", paper_valid=117.3,
                          zoneout_cells=0.05, zoneout_hiddens=0.05)
 
 
@@ -215,33 +226,33 @@ def recurrent_dropout():
     # The authors' form (their code masks the input gate with {0, 1} and scales by the
     # keep probability at evaluation): ahead of inverted dropout at equal epochs
     # (docs/FIDELITY.md).
-    return _zoneout_word(119.9, "recurrent dropout 0.5", update_dropout=0.5,
+    return _zoneout_word(row="recurrent dropout 0.5", paper_valid=119.9, update_dropout=0.5,
                          update_eval_scaling=True)
 
 
 def stochastic_depth():
-    return _zoneout_word(129.9, "stochastic depth 0.25", stochastic_depth=0.25)
+    return _zoneout_word(row="stochastic depth 0.25", paper_valid=129.9, stochastic_depth=0.25)
 
 
 def norm_stabilizer():
-    return _zoneout_word(141.8, "norm stabilizer beta 50", norm_stabilizer=50.0)
+    return _zoneout_word(row="norm stabilizer beta 50", paper_valid=141.8, norm_stabilizer=50.0)
 
 
 def zoneout_cells():
-    return _zoneout_word(143.6, "zoneout cells 0.5", zoneout_cells=0.5)
+    return _zoneout_word(row="zoneout cells 0.5", paper_valid=143.6, zoneout_cells=0.5)
 
 
 def baseline():
-    return _zoneout_word(145.4, "unregularized LSTM")
+    return _zoneout_word(row="unregularized LSTM", paper_valid=145.4)
 
 
 def weight_noise():
-    return _zoneout_word(172.0, "weight noise 0.075", weight_noise=0.075)
+    return _zoneout_word(row="weight noise 0.075", paper_valid=172.0, weight_noise=0.075)
 
 
 # --- Krueger et al. 2016 (zoneout), character level -------------------------------
 
-def _zoneout_char(row, batching="shuffled", valid=None, test=None, **reg):
+def _zoneout_char(*, row, batching="shuffled", valid=None, test=None, **reg):
     # 1x1000, non-overlapping windows of T 100, batch 32, Adam 0.002, clip 1. From the
     # authors' zoneout_char_ptb.py: +1 on the forget gate's pre-activation, orthogonal
     # weights and zero biases, the clip on Adam's step (CompositeRule([Adam,
@@ -269,34 +280,34 @@ def _zoneout_char(row, batching="shuffled", valid=None, test=None, **reg):
 
 
 def zoneout_char():
-    return _zoneout_char("zoneout z_c = 0.5, z_h = 0.05", valid=1.362, test=1.297,
+    return _zoneout_char(row="zoneout z_c = 0.5, z_h = 0.05", valid=1.362, test=1.297,
                          zoneout_cells=0.5, zoneout_hiddens=0.05)
 
 
 def zoneout_char_overlapping():
-    return _zoneout_char("zoneout z_c = 0.5, z_h = 0.05, overlapping windows (stride 50)",
+    return _zoneout_char(row="zoneout z_c = 0.5, z_h = 0.05, overlapping windows (stride 50)",
                          batching="overlapping", zoneout_cells=0.5, zoneout_hiddens=0.05)
 
 
 def baseline_char():
-    return _zoneout_char("unregularized LSTM")
+    return _zoneout_char(row="unregularized LSTM")
 
 
 def recurrent_dropout_char():
-    return _zoneout_char("recurrent dropout 0.25", update_dropout=0.25,
+    return _zoneout_char(row="recurrent dropout 0.25", update_dropout=0.25,
                          update_eval_scaling=True)
 
 
 def stochastic_depth_char():
-    return _zoneout_char("stochastic depth 0.25", stochastic_depth=0.25)
+    return _zoneout_char(row="stochastic depth 0.25", stochastic_depth=0.25)
 
 
 def weight_noise_char():
-    return _zoneout_char("weight noise 0.075", weight_noise=0.075)
+    return _zoneout_char(row="weight noise 0.075", weight_noise=0.075)
 
 
 def norm_stabilizer_char():
-    return _zoneout_char("norm stabilizer beta 50", norm_stabilizer=50.0)
+    return _zoneout_char(row="norm stabilizer beta 50", norm_stabilizer=50.0)
 
 
 # --- Merity et al. 2017 (AWD-LSTM), beyond the papers -----------------------------
@@ -351,7 +362,7 @@ def awd_small():
 
 def variational_small():
     """Gal's medium recipe (tied masks, SGD lr 1) on awd_small's 2x400 LSTM: its peer."""
-    config = _gal("medium", "sequence", False, paper_config(
+    config = _gal(size="medium", tie="sequence", per_gate=False, paper=paper_config(
         "Gal & Ghahramani 2016's medium recipe on a 2x400 LSTM (no published number)"))
     config.model.hidden_sizes = (400, 400)
     config.model.embed_size = 400
@@ -362,70 +373,15 @@ def variational_small():
 
 def tiny():
     """Seconds on a laptop: 2x16 LSTM, variational dropout, 2 short epochs."""
-    config = _zaremba(16, 0.1, 0.0, 2, 1, 2.0, 5.0, 10, paper_config("smoke test"),
+    config = _zaremba(hidden=16, init_scale=0.1, dropout=0.0, epochs=2,
+                      decay_after=1, decay=2.0, clip=5.0, seq_len=10,
+                      paper=paper_config("smoke test"),
                       reg=reg_config(input=0.2, recurrent=0.2, output=0.2, embedding=0.1,
                                      tie="sequence"))
     config.train.max_steps = 30
     config.train.mc_samples = 4
     return config
 
-
-# Presets the report puts in a section and plot of their own (not rows of a paper's table).
-_AWD_VS_VARIATIONAL = "AWD-LSTM's recipe vs variational dropout (2x400)"
-_ZONEOUT_WORD = "Krueger et al. 2016 (zoneout), Table 2"
-REPORT_GROUPS = {"awd_small": _AWD_VS_VARIATIONAL, "variational_small": _AWD_VS_VARIATIONAL,
-                 **{name: _ZONEOUT_WORD for name in (
-                     "zoneout", "recurrent_dropout_output_zoneout", "zoneout_cells_states",
-                     "recurrent_dropout", "stochastic_depth", "norm_stabilizer",
-                     "zoneout_cells", "baseline", "weight_noise")}}
-
-REPORT_NOTES = {
-    "ptb_word": (
-        "The first `zaremba_small` row predates the presets' second bias (Zaremba's "
-        "two nn.Linear biases): it ran as `--config.model.recurrent_bias=false` does "
-        "today; the second row has both biases, everything else equal."),
-    "ptb_char": (
-        "Ran on an NVIDIA H100, side by side with 14 other runs, and "
-        "stopped at that batch's deadline after 10-11 of the presets' up to 2000 epochs "
-        "(about 37 s an epoch shared; the presets then stopped early after 25 without "
-        "improvement, fed a 1000-wide embedding to W_x and cut the windows at fixed "
-        "points), so "
-        "there is no final evaluation and no test number: early learning only. The paper "
-        "numbers beside the other rows are not in these presets."),
-    _ZONEOUT_WORD: (
-        "Ran on an NVIDIA H100 (jax 0.11.2, up to 15 runs side by side; the commands "
-        "show `--config.model.embed_to_gates=True`, the presets' default now) under "
-        "today's presets: shuffled windows, "
-        "state reset in training, validation and test along their contiguous streams with "
-        "the state carried, final numbers from the best validation checkpoint. The first "
-        "3 epochs of `zoneout` on this project's 2-core CPU match the H100's within 0.7% "
-        "(results/evaluations/cpu_vs_h100). "
-        "Zoneout < recurrent dropout < baseline holds in both seeds (102.4 / 104.7 < "
-        "106.1 / 105.7 < 121.6 / 125.2), and every row is 3-28% better than the paper. "
-        "The input map moved everything: with a 256-wide embedding and then W_x (the "
-        "presets' earlier input map), the same protocol gave 130.0 / 128.5, 138.0 / 139.6 and "
-        "150.8 / 153.7 (docs/results/zoneout_word_variants.md, `embed256_*`). Why the paper "
-        "is worse, from the authors' zoneout_word_ptb.py: by default it has neither the "
-        "paper's learning-rate schedule nor early stopping (a fixed rate, up to 2000 "
-        "epochs, Adam 2e-3 as the default algorithm), batch 20, its monitors report the "
-        "mean of per-batch perplexities (never below the perplexity of the mean loss), and "
-        "its validation and test streams go through the same mask sampler as training, "
-        "with the flag that the char script sets to True for evaluation left False, so the "
-        "regularized rows were likely scored with random masks (its sampler is missing from "
-        "the repository, so this is unconfirmed). Measured on our 14-epoch checkpoints "
-        "(results/evaluations/zoneout_word_eval_protocols): one random mask sample adds "
-        "20% (zoneout) and 16% (recurrent dropout) to validation perplexity, the batch "
-        "mean 1.2%, which would put our 102.4 and 106.1 near 123, past the paper's; the "
-        "baseline's gap is left to training. Carrying the state in training, as that "
-        "code does, changed nothing here (baseline / recurrent dropout / zoneout 120.9 / "
-        "105.7 / 101.6); its +1 forget-gate offset blew zoneout up again (572.8)."),
-    _AWD_VS_VARIATIONAL: (
-        "Both recipes on the same 2x400 LSTM for the same 3 epochs (a CPU budget). AWD-LSTM's "
-        "recipe (weight drop 0.5, dropouts 0.4/0.3/0.4/0.1, AR/TAR, lr 30, T 70, batch 20) "
-        "starts slower than Gal's (lr 1, T 35): it is tuned for hundreds of epochs, and "
-        "NT-ASGD cannot switch to averaging before 5 evaluations without improvement, so "
-        "this comparison says nothing yet about where either ends."),
-}
 
 PRESETS = {fn.__name__: fn for fn in (
     zaremba_small, zaremba_medium, zaremba_large,

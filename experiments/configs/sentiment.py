@@ -21,7 +21,7 @@ GAL_WEIGHT_DECAY = 1e-6  # Keras l2(1e-6) adds 1e-6 * sum(W^2) to the loss: 2e-6
 GAL_EPOCHS = 250
 
 
-def _config(dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDict:
+def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     data = config.data = ml_collections.ConfigDict()
     data.dataset = dataset  # "cornell" (regression) or "imdb" (classification)
@@ -55,11 +55,11 @@ def _variational(tie="sequence"):
 
 
 def variational_lstm():
-    return _config("cornell", "lstm", "variational LSTM", **_variational())
+    return _config(dataset="cornell", cell="lstm", row="variational LSTM", **_variational())
 
 
 def variational_gru():
-    config = _config("cornell", "gru", "variational GRU", **_variational())
+    config = _config(dataset="cornell", cell="gru", row="variational GRU", **_variational())
     config.train.num_epochs = 1250  # sentiment_gru_regression.py (the LSTM script: 250)
     return config
 
@@ -69,21 +69,22 @@ def naive_dropout():
     # outputs and none on the recurrent connections or the word types (his naive
     # script also drops U per step and the word types; the figure defines the row).
     reg = dict(input=GAL_RATE, output=GAL_RATE, tie="step")
-    config = _config("cornell", "lstm", "naive dropout LSTM", **reg)
+    config = _config(dataset="cornell", cell="lstm", row="naive dropout LSTM", **reg)
     config.train.num_epochs = 1250  # sentiment_lstm_regression_naive.py
     return config
 
 
 def no_dropout():
-    return _config("cornell", "lstm", "LSTM without dropout")
+    return _config(dataset="cornell", cell="lstm", row="LSTM without dropout")
 
 
 def imdb_variational():
-    return _config("imdb", "lstm", "variational LSTM, IMDB classification", **_variational())
+    return _config(dataset="imdb", cell="lstm", row="variational LSTM, IMDB classification",
+                   **_variational())
 
 
 def imdb_baseline():
-    return _config("imdb", "lstm", "LSTM without dropout, IMDB classification")
+    return _config(dataset="imdb", cell="lstm", row="LSTM without dropout, IMDB classification")
 
 
 def tiny():
@@ -98,26 +99,6 @@ def tiny():
     config.train.mc_samples = 4
     return config
 
-
-REPORT_NOTES = {
-    "": ("The 10-epoch runs ran on this project's 2-core CPU; the 150- and 250-epoch ones "
-         "(seeds 0 and 1) on NVIDIA H100s; 3 epochs of `variational_lstm` on the CPU give the "
-         "H100's test RMSE to 4 digits (results/evaluations/cpu_vs_h100). "
-         "The 250-epoch rows are today's presets (Gal's script "
-         "defaults: rates 0.5, weight decay 1e-6): variational beats no dropout in both "
-         "seeds (0.1558 / 0.1517 against 0.1719 / 0.1749), and MC dropout (50 samples) is "
-         "better than the dropout approximation in both (0.1532 / 0.1508). The 150-epoch "
-         "rows ran with rates 0.25 and weight decay 1e-4, which an earlier version of "
-         "these presets attributed to Gal's script (each row gives the overrides that "
-         "rebuild it): variational was lower still (0.1437 / 0.1447 against 0.1804 / "
-         "0.1785), and MC 0.0002 / 0.0007 worse than the approximation. Test RMSE is "
-         "evaluated after every epoch and moves by up to 0.03 between epochs (see the "
-         "plot), so single final numbers compare runs only roughly. The variational GRU "
-         "hit a NaN loss at step 7469, early in epoch 92 (test RMSE 0.1397 "
-         "the epoch before, gradient norm steady near 0.48 until then): the engine "
-         "stopped it and kept the last good checkpoint; the presets clip no gradients, "
-         "and this was not reproduced or chased further."),
-}
 
 PRESETS = {fn.__name__: fn for fn in (variational_lstm, variational_gru, naive_dropout,
                                       no_dropout, imdb_variational, imdb_baseline, tiny)}

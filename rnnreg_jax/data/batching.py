@@ -81,7 +81,7 @@ def _cached_permutation(owner: object, n: int, seed: int, epoch: int) -> np.ndar
     cached = getattr(owner, "_perm_cache", None)
     if cached is None or cached[0] != (n, seed, epoch):
         cached = ((n, seed, epoch), epoch_permutation(n, seed, epoch))
-        owner._perm_cache = cached  # type: ignore[attr-defined]
+        owner._perm_cache = cached  # type: ignore[attr-defined]  # noqa: SLF001 -- a cache on the caller
     return cached[1]
 
 

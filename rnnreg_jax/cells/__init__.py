@@ -1,0 +1,128 @@
+"""Pure recurrent cell steps: LSTM, GRU and the tanh RNN.
+
+A cell is split in two so the input projection of every time step runs as one
+large matmul outside `lax.scan` (the fast path), and only `h @ W_h` stays in
+the loop:
+
+    xw = project_inputs(params, x, input_mask)        # [T, B, G*H], once
+    carry, y_t = step(params, carry, xw[t], noise_t)  # per step, in the scan
+
+A step is deterministic given its arguments: it never samples noise. Every
+mask or mixing coefficient arrives in `noise_t` (a `StepNoise`), sampled from
+explicit keys by `rnnreg_jax.noise`.
+
+Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
+  * LSTM ``i, f, g, o``: the columns of `w_x`, `w_h`, `b` hold the input,
+    forget, candidate and output gate blocks of width H, in that order.
+  * GRU ``r, z, n`` with PyTorch's *reset-after* candidate:
+    ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``, ``h' = (1 - z) n + z h``.
+  * RNN: ``h' = tanh(x W_x + b + h W_h)``.
+  * ``lstm_ln``: the layer-normalized LSTM of Ba et al. 2016 (same gate
+    order; see `lstm_ln_update`). Not one of the papers' cells, so it is in
+    `ALL_CELL_TYPES` but not in `CELL_TYPES`, and it has no PyTorch port.
+  * ``lstm_bn``: the recurrently batch-normalized LSTM of Cooijmans et al.
+    2016 (same gate order), in `rnnreg_jax.batchnorm`; likewise beyond the papers.
+
+One module per concept: `base` (step noise, cell records, the registry), `layout`
+(masked products and their transposes), `params` (initial parameters and states, input
+projections), one module per cell (`lstm`, `lstm_ln`, `lstm_bn`, `gru`, `tanh_rnn`).
+A cell of your own is a `Cell` record (docs/CUSTOM_REGULARIZERS.md).
+
+Weights are stored input-major (`w_x: [F, G*H]`, `w_h: [H, G*H]`), the
+transpose of PyTorch's `weight_ih_l0: [G*H, F]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnnreg_jax.cells.base import (
+    ALL_CELL_TYPES,
+    CELL_TYPES,
+    EXTRA_CELL_TYPES,
+    LN_EPSILON,
+    LSTM_TYPES,
+    NUM_GATES,
+    RECURRENT_BIAS_CELLS,
+    REGISTRY,
+    UPDATE_PARAMS,
+    Array,
+    Carry,
+    Cell,
+    Params,
+    StepNoise,
+    check_cell_type,
+    has_memory,
+    maybe_scale,
+    merge_noise,
+    mix,
+    num_gates,
+    record_of,
+    register,
+    reject_lstm_only,
+    update_params,
+)
+from rnnreg_jax.cells.gru import gru_step, gru_update
+from rnnreg_jax.cells.layout import (
+    gate_blocks,
+    gate_major,
+    is_per_gate,
+    per_gate_product,
+    per_gate_recurrent,
+    per_gate_weights,
+    project_inputs,
+    recurrent_projection,
+    recurrent_transpose,
+    recurrent_weight_grad,
+)
+from rnnreg_jax.cells.lstm import lstm_gates, lstm_step, lstm_update
+from rnnreg_jax.cells.lstm_bn import lstm_bn_step, lstm_bn_update
+from rnnreg_jax.cells.lstm_ln import layer_norm, lstm_ln_step, lstm_ln_update
+from rnnreg_jax.cells.params import (
+    default_init_scale,
+    init_carry,
+    init_params,
+    project,
+    with_forget_bias,
+)
+from rnnreg_jax.cells.tanh_rnn import rnn_step, rnn_update
+
+STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "lstm_ln": lstm_ln_step,
+         "lstm_bn": lstm_bn_step}
+UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update,
+           "lstm_ln": lstm_ln_update, "lstm_bn": lstm_bn_update}
+
+
+def get_step(cell: Any):
+    """The step function of a cell type: `(params, carry, xw_t, noise) -> (carry, y)`."""
+    check_cell_type(cell)
+    record = record_of(cell)
+    if record is None:
+        return STEPS[cell]
+
+    def step(params, carry, xw_t, noise=StepNoise()):
+        rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+        return record.update(params, carry, xw_t, rec_t, noise)
+
+    return step
+
+
+def get_update(cell: Any):
+    """The elementwise update of a cell type: `(params, carry, xw_t, rec_t, noise)`."""
+    check_cell_type(cell)
+    record = record_of(cell)
+    return UPDATES[cell] if record is None else record.update
+
+
+__all__ = [
+    "ALL_CELL_TYPES", "CELL_TYPES", "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
+    "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
+    "Cell", "Params", "StepNoise", "check_cell_type", "default_init_scale", "gate_blocks",
+    "gate_major", "get_step", "is_per_gate", "get_update", "gru_step", "gru_update", "has_memory",
+    "init_carry", "init_params", "layer_norm", "lstm_bn_step", "lstm_bn_update", "lstm_gates",
+    "lstm_ln_step", "lstm_ln_update", "lstm_step", "lstm_update", "maybe_scale", "merge_noise",
+    "mix", "num_gates", "per_gate_product", "per_gate_recurrent", "per_gate_weights", "project",
+    "project_inputs", "record_of", "recurrent_projection", "recurrent_transpose",
+    "recurrent_weight_grad", "register", "reject_lstm_only", "rnn_step", "rnn_update",
+    "update_params", "with_forget_bias",
+]

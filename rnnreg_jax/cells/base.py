@@ -1,0 +1,176 @@
+"""What every cell shares: the step noise a step consumes, the cell records and their
+registry (users' cells), and the mixing helpers the steps' noise sites use."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+Array = jax.Array
+
+
+Params = dict[str, Array]
+
+
+Carry = dict[str, Array]
+
+
+CELL_TYPES = ("lstm", "gru", "rnn")  # the reproduced papers' cells (PyTorch-portable)
+
+
+# Beyond the papers: layer-normalized LSTM (Ba et al. 2016), recurrent batch
+# normalization (Cooijmans et al. 2016, `rnnreg_jax.batchnorm`).
+EXTRA_CELL_TYPES = ("lstm_ln", "lstm_bn")
+
+
+ALL_CELL_TYPES = CELL_TYPES + EXTRA_CELL_TYPES
+
+
+# cells with a memory cell `c` (every LSTM-only site applies)
+LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn")
+
+
+# Cells that may carry a second, additive bias `b_h` (`init_params(recurrent_bias=True)`);
+# the GRU always has its `b_h`, inside the reset gate's product.
+RECURRENT_BIAS_CELLS = ("lstm", "rnn")
+
+
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4, "lstm_bn": 4}
+
+
+LN_EPSILON = 1e-5  # added to the variance in every layer normalization
+
+
+class StepNoise(NamedTuple):
+    """The noise one step consumes; every field is optional (None = off).
+
+    Dropout masks are already scaled by 1/(1 - rate) (inverted dropout), so
+    None is both "off" and the deterministic expectation. Mixing coefficients
+    (`zone_*`, `depth`, `output_gate`) are the probability of *keeping the
+    previous value*: a {0, 1} sample in training and the rate itself (the
+    expectation) in deterministic mode.
+
+    Attributes:
+      recurrent: mask on h_{t-1} before `W_h`, `[B, H]`, or `[G, B, H]` with a
+        separate mask per gate (Gal's untied variant).
+      cell: rnnDrop mask on the new cell `c_t`, `[B, H]` (LSTM only).
+      update: Semeniuta recurrent-dropout mask on the candidate `g`, `[B, H]`.
+      output_gate: output-zoneout coefficient `d`: `o_t <- d o_{t-1} + (1-d) o_t`.
+      zone_c: zoneout coefficient of the cell, `[B, H]` or a scalar.
+      zone_h: zoneout coefficient of the hidden state, `[B, H]` or a scalar.
+      depth: stochastic-depth coefficient, `[B, 1]` or a scalar: the whole
+        layer keeps its previous state.
+    """
+
+    recurrent: Any = None
+    cell: Any = None
+    update: Any = None
+    output_gate: Any = None
+    zone_c: Any = None
+    zone_h: Any = None
+    depth: Any = None
+
+
+def merge_noise(tied: StepNoise, step: StepNoise) -> StepNoise:
+    """One step's noise: each field from `tied` (reused every step) or, if None there,
+    from `step` (this step's slice of the per-step arrays)."""
+    return StepNoise(*(a if a is not None else b for a, b in zip(tied, step, strict=True)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A cell of your own, as a record of pure functions (the built-in cells are named by
+    strings; `register` makes a record's name one too).
+
+    Attributes:
+      name: a name for errors and `register`.
+      num_gates: G: the input and recurrent projections are `[.., G*H]` wide.
+      update: `(params, carry, xw_t, rec_t, noise) -> (carry, h_t)`: one step given the
+        projected input `xw_t = x_t W_x + b` and `rec_t = (h_{t-1} * m_h) W_h`, both
+        `[B, G*H]`; `noise` is the step's `StepNoise` (apply the sites you support with
+        `gates.mix` and friends, or reject them). Pure: jit, grad and the fused backward
+        pass (which re-derives it with `jax.vjp`) take it as it is.
+      has_memory: whether the carry holds a memory cell `c` beside `h` (LSTM-only
+        regularizer sites need it).
+      update_params: the parameters `update` reads (besides the carry and projections);
+        the fused backward pass differentiates them.
+      init_params: `(key, input_size, hidden_size, init_scale, dtype) -> params`; None:
+        `w_x: [F, G*H]`, `w_h: [H, G*H]`, `b: [G*H]` uniform in [-scale, scale].
+    """
+
+    name: str
+    num_gates: int
+    update: Callable
+    has_memory: bool = False
+    update_params: tuple[str, ...] = ()
+    init_params: Callable | None = None
+
+
+REGISTRY: dict[str, Cell] = {}
+
+
+def register(cell: Cell) -> Cell:
+    """Make `cell.name` usable wherever a cell type is named (`cell="mgu"`)."""
+    if cell.name in ALL_CELL_TYPES:
+        raise ValueError(f"{cell.name!r} is a built-in cell type; choose another name.")
+    REGISTRY[cell.name] = cell
+    return cell
+
+
+def record_of(cell: Any) -> Cell | None:
+    """The record of a user's cell (given itself or by its registered name), or None for
+    a built-in cell type."""
+    if isinstance(cell, Cell):
+        return cell
+    return REGISTRY.get(cell) if isinstance(cell, str) else None
+
+
+def num_gates(cell: Any) -> int:
+    record = record_of(cell)
+    return record.num_gates if record is not None else NUM_GATES[cell]
+
+
+def has_memory(cell: Any) -> bool:
+    record = record_of(cell)
+    return record.has_memory if record is not None else cell in LSTM_TYPES
+
+
+# The parameters an update function reads (besides the carry, xw_t and rec_t);
+# the fused backward pass differentiates the update with respect to them.
+UPDATE_PARAMS = {"lstm": (), "gru": ("b_h",), "rnn": (),
+                 "lstm_ln": ("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b"),
+                 "lstm_bn": ("bn_h_g", "bn_c_g", "bn_c_b")}
+
+
+def update_params(cell: Any) -> tuple[str, ...]:
+    record = record_of(cell)
+    return record.update_params if record is not None else UPDATE_PARAMS[cell]
+
+
+def check_cell_type(cell: Any) -> None:
+    if record_of(cell) is None and cell not in ALL_CELL_TYPES:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of "
+                         f"{ALL_CELL_TYPES + tuple(REGISTRY)} or a cells.Cell.")
+
+
+def mix(keep_coef: Any, previous: Array, new: Array) -> Array:
+    """`d * previous + (1 - d) * new`; `d = None` means no mixing."""
+    if keep_coef is None:
+        return new
+    # Written as a convex combination so d = 1 keeps `previous` bit for bit.
+    return keep_coef * previous + (1.0 - keep_coef) * new
+
+
+def maybe_scale(mask: Any, value: Array) -> Array:
+    """`value * mask`, or `value` when the mask is None (the site is off)."""
+    return value if mask is None else value * mask
+
+
+def reject_lstm_only(noise: StepNoise, cell: str) -> None:
+    """Raise if a step of a cell without a memory cell is given an LSTM-only site."""
+    for name in ("cell", "output_gate", "zone_c"):
+        if getattr(noise, name) is not None:
+            raise ValueError(f"Noise site {name!r} needs an LSTM cell state; {cell} has none.")

@@ -1,0 +1,157 @@
+"""Masked products and their weight layouts: the input projection and the recurrent
+product `(h * m) W` with a mask shared by the gates or one per gate, and, side by side,
+the transpose and weight gradient the fused backward pass takes of the recurrent one.
+
+Whether a recurrent mask is per gate is read from its rank in one place,
+`is_per_gate`: a shared mask is `[B, H]` (`[T, B, H]` per step), a per-gate one has a
+gate axis, `[G, B, H]` (`[T, G, B, H]` per step, time first for the scan).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax.cells.base import Array, Params, StepNoise
+
+
+def project_inputs(
+    params: Params, x: Array, input_mask: Array | None = None, per_gate: bool = False
+) -> Array:
+    """Input projections of every step in one matmul: `(x * mask) W_x + b`.
+
+    Args:
+      params: one layer's parameters.
+      x: inputs `[T, B, F]` (time-major).
+      input_mask: None; a mask shared by all gates, `[B, F]` (tied per
+        sequence) or `[T, B, F]` (per step); or with `per_gate=True` one mask
+        per gate, `[G, B, F]` or `[G, T, B, F]`, which makes the projection
+        one batched matmul over the G gate blocks.
+      per_gate: whether `input_mask` has a leading gate axis.
+
+    Returns:
+      `[T, B, G*H]`.
+
+    A layer without `w_x` takes inputs that are already its gates'
+    pre-activations (`[T, B, G*H]`, a language model's `embed_to_gates`):
+    `x + b`, and no input mask.
+    """
+    if "w_x" not in params:
+        if input_mask is not None:
+            raise ValueError("A layer fed its gates' pre-activations (no w_x, embed_to_gates) "
+                             "takes no input dropout mask.")
+        return x + params["b"]
+    w_x, b = params["w_x"], params["b"]
+    if input_mask is None:
+        return x @ w_x + b
+    if not per_gate:
+        return (x * input_mask) @ w_x + b
+    # On CPU one [T*B, F] @ [F, H] dot per gate (XLA:CPU runs these at the speed of the
+    # shared-mask matmul, a gate-batched einsum at 0.6x); on accelerators one kernel.
+    return per_gate_product(x, input_mask, per_gate_weights(w_x, input_mask.shape[0])) + b
+
+
+def gate_blocks(w: Array, num_gates: int) -> tuple[Array, ...]:
+    """`[F, G*H]` -> G arrays `[F, H]`: one weight block per gate."""
+    width = w.shape[1] // num_gates
+    return tuple(w[:, g * width:(g + 1) * width] for g in range(num_gates))
+
+
+def gate_major(w: Array, num_gates: int) -> Array:
+    """`[F, G*H] -> [G, F, H]`: the gate blocks stacked, gate axis leading (a batched
+    dot's batch axis must lead for XLA to run it without transposing copies)."""
+    return jnp.transpose(w.reshape(w.shape[0], num_gates, -1), (1, 0, 2))
+
+
+def per_gate_weights(w: Array, num_gates: int,
+                     backend: str | None = None) -> Array | tuple[Array, ...]:
+    """`W_h` laid out for the per-gate recurrent product (a separate mask per gate
+    makes it one `[B, H] @ [H, H]` dot per gate), as each backend runs it fastest.
+
+    CPU: G plain blocks (`gate_blocks`), G dots a step; XLA:CPU ran them 1.2-1.3x
+    faster than one gate-batched dot (BENCHMARKS.md). Accelerators: one gate-major
+    `[G, H, H]` array (`gate_major`) and one batched dot a step, one kernel launch
+    instead of G (the G dots cost per-gate dropout a third of an H100's speed).
+    The scans call this once per window, so no step slices or copies weights.
+    `backend` defaults to JAX's default backend.
+    """
+    if (backend or jax.default_backend()) == "cpu":
+        return gate_blocks(w, num_gates)
+    return gate_major(w, num_gates)
+
+
+def is_per_gate(mask, per_step: bool = False) -> bool:
+    """Whether a recurrent mask (of one step, or all steps' `[T, ...]`) has a gate axis."""
+    return mask is not None and jnp.ndim(mask) == (4 if per_step else 3)
+
+
+def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
+    """The number of gates if the recurrent mask has a gate axis, else None."""
+    if is_per_gate(tied.recurrent):
+        return tied.recurrent.shape[0]
+    if is_per_gate(per_step.recurrent, per_step=True):
+        return per_step.recurrent.shape[1]
+    return None
+
+
+def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array | None) -> Array:
+    """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `[G, B, H]` mask is per gate.
+
+    With a per-gate mask, `w_h` may come already laid out by `per_gate_weights`
+    (G blocks, or gate-major `[G, H, H]`), which is how the scans pass it.
+    """
+    if mask is None:
+        return h @ w_h
+    if not is_per_gate(mask):
+        return (h * mask) @ w_h
+    w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, mask.shape[0])
+    return per_gate_product(h, mask, w)
+
+
+def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Array:
+    """`concat_g((x * mask[g]) @ W_g)`: `[..., F] -> [..., G*H]`, one mask per gate.
+
+    `mask[g]` broadcasts against `x` (`[B, F]` against `[T, B, F]`, say); `w` is laid
+    out by `per_gate_weights`: G blocks (G dots) or gate-major `[G, F, H]` (one
+    gate-batched dot).
+    """
+    if isinstance(w, tuple):
+        return jnp.concatenate([(x * m) @ wg for m, wg in zip(mask, w, strict=True)], axis=-1)
+    lead = (1,) * (x.ndim + 1 - mask.ndim)  # the axes of x that mask[g] broadcasts over
+    masked = x[None] * mask.reshape(mask.shape[:1] + lead + mask.shape[1:])
+    out = jnp.einsum("g...f,gfh->...gh", masked, w)
+    return out.reshape(*out.shape[:-2], -1)
+
+
+def recurrent_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> Array:
+    """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
+
+    With a per-gate mask `w_h` is laid out by `per_gate_weights` (G blocks, or
+    gate-major `[G, H, H]`) and the cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
+    """
+    if mask is None:
+        return d_rec @ w_h.T
+    if not is_per_gate(mask):
+        return (d_rec @ w_h.T) * mask
+    num_gates = mask.shape[0]
+    if isinstance(w_h, tuple):
+        d_blocks = jnp.split(d_rec, num_gates, axis=-1)
+        return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
+    d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
+    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
+
+
+def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
+    """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows (per gate
+    for per-gate masks)."""
+    mask = tied_mask if tied_mask is not None else step_mask
+    steps, batch, hidden = h_prev.shape
+    rows = steps * batch
+    per_gate = is_per_gate(tied_mask) or is_per_gate(step_mask, per_step=True)
+    if not per_gate:
+        hm = h_prev if mask is None else h_prev * mask
+        return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
+    gate_masks = mask if tied_mask is not None else jnp.swapaxes(mask, 0, 1)  # [G, (T,) B, H]
+    d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
+    return jnp.concatenate([(h_prev * m).reshape(rows, hidden).T @ d
+                            for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)

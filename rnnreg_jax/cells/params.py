@@ -1,0 +1,167 @@
+"""Parameters, initial states and input projections of the built-in cells and of users'
+cell records."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax.cells import lstm_bn
+from rnnreg_jax.cells.base import (
+    LSTM_TYPES,
+    NUM_GATES,
+    RECURRENT_BIAS_CELLS,
+    Array,
+    Carry,
+    Params,
+    check_cell_type,
+    has_memory,
+    num_gates,
+    record_of,
+)
+from rnnreg_jax.cells.layout import project_inputs
+from rnnreg_jax.cells.lstm_ln import layer_norm
+
+
+def default_init_scale(hidden_size: int) -> float:
+    """PyTorch's default: uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    return 1.0 / float(hidden_size) ** 0.5
+
+
+def init_params(
+    key: Array,
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    init_scale: float | None = None,
+    dtype: Any = jnp.float32,
+    recurrent_bias: bool = False,
+    orthogonal: bool = False,
+) -> Params:
+    """Parameters of one layer, every entry uniform in [-scale, scale].
+
+    The papers initialise all weights uniformly (Zaremba 0.1/0.05/0.04, the
+    zoneout paper 0.05); `init_scale=None` uses PyTorch's 1/sqrt(H).
+
+    Returns:
+      `{"w_x": [F, G*H], "w_h": [H, G*H], "b": [G*H]}`, plus `"b_h": [G*H]`
+      for the GRU, whose recurrent bias sits inside the reset gate's product.
+      `lstm_ln` draws `w_x`, `w_h`, `b` exactly as the LSTM does from the same
+      key and adds the normalization gains (ones) and biases (zeros, Ba et
+      al.): `ln_x_g, ln_x_b, ln_h_g, ln_h_b: [4H]`, `ln_c_g, ln_c_b: [H]`.
+      `lstm_bn` likewise adds `bn_x_g, bn_h_g: [4H]`, `bn_c_g, bn_c_b: [H]`
+      (`batchnorm.init_params`: gains 0.1, shift 0).
+      With `recurrent_bias` ("lstm" and "rnn" only) a second bias `"b_h": [G*H]`
+      joins `b` in the pre-activations, as in Zaremba's Lua LSTM (input and
+      recurrent products are both `nn.Linear` with a bias, each drawn uniform)
+      and PyTorch's `bias_hh`: the sum starts triangular on [-2s, 2s] and SGD
+      moves it twice as fast as one bias. The other entries are the draws
+      without it.
+      `orthogonal=True` (the zoneout authors' character-level and pMNIST code):
+      `w_x` and `w_h` orthogonal (orthonormal rows, `[F, G*H]` and `[H, G*H]`,
+      `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
+    """
+    check_cell_type(cell)
+    record = record_of(cell)
+    if record is not None and record.init_params is not None:
+        if recurrent_bias or orthogonal:
+            raise ValueError(f"recurrent_bias and orthogonal apply to the built-in cells, not "
+                             f"{record.name!r} (its init_params draws its parameters).")
+        scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+        return record.init_params(key, input_size, hidden_size, scale, dtype)
+    if recurrent_bias and cell not in RECURRENT_BIAS_CELLS:
+        raise ValueError(f"recurrent_bias applies to cells {RECURRENT_BIAS_CELLS}, not "
+                         f"{cell!r}.")
+    scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+    width = num_gates(cell) * hidden_size
+    shapes = {"w_x": (input_size, width), "w_h": (hidden_size, width), "b": (width,)}
+    if cell == "gru":
+        shapes["b_h"] = (width,)
+    keys = jax.random.split(key, len(shapes))
+    # Drawn flat and reshaped: XLA on CPU compiles multi-dimensional threefry
+    # draws many times slower, and the values are the same.
+    params = {
+        name: jax.random.uniform(k, (math.prod(shape),), dtype, -scale, scale).reshape(shape)
+        for k, (name, shape) in zip(keys, sorted(shapes.items()), strict=True)
+    }
+    if recurrent_bias:
+        params["b_h"] = jax.random.uniform(jax.random.fold_in(key, 1), (width,), dtype,
+                                           -scale, scale)
+    if orthogonal:
+        draw = jax.nn.initializers.orthogonal()
+        for k, name in zip(keys, ("w_x", "w_h"), strict=False):
+            params[name] = draw(k, params[name].shape, dtype)
+        for name in ("b", "b_h"):
+            if name in params:
+                params[name] = jnp.zeros_like(params[name])
+    if cell == "lstm_ln":
+        for site, size in (("x", width), ("h", width), ("c", hidden_size)):
+            params[f"ln_{site}_g"] = jnp.ones((size,), dtype)
+            params[f"ln_{site}_b"] = jnp.zeros((size,), dtype)
+    if cell == "lstm_bn":
+        params.update(lstm_bn.init_params(hidden_size, dtype))
+    return params
+
+
+def init_carry(
+    cell: str, batch_size: int, hidden_size: int, dtype: Any = jnp.float32,
+    output_gate: bool = False,
+) -> Carry:
+    """Zero state: `{"h"}` (GRU, RNN) or `{"h", "c"}` (LSTM), each `[B, H]`.
+
+    `output_gate=True` adds `"o"`, the previous output gate, which output
+    zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
+    """
+    check_cell_type(cell)
+    zeros = jnp.zeros((batch_size, hidden_size), dtype)
+    carry = {"h": zeros}
+    if has_memory(cell):
+        carry["c"] = zeros
+        if output_gate:
+            carry["o"] = zeros
+    return carry
+
+
+def project(cell: str, params: Params, x: Array, input_mask: Array | None = None,
+            per_gate: bool = False, population: dict | None = None,
+            forget_bias: float = 0.0) -> Array:
+    """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
+
+    `project_inputs` for the papers' cells (plus the second bias `b_h` of an
+    "lstm" or "rnn" that has one, and an LSTM's constant `forget_bias` on the
+    forget block, `with_forget_bias`); for `lstm_ln` the normalized
+    projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
+    of each step and example are taken per gate block, so hoisting it out of
+    the scan is exact). For `lstm_bn` a dict `{"x": [T, B, 4H], "stats"}` from
+    `batchnorm.project`, normalized by the `population` statistics if given,
+    else by each step's batch statistics.
+    """
+    if forget_bias:
+        params = with_forget_bias(cell, params, forget_bias)
+    if record_of(cell) is not None:
+        return project_inputs(params, x, input_mask, per_gate)
+    if cell == "lstm_bn":
+        return lstm_bn.project(params, x, input_mask, per_gate, population)
+    if cell in RECURRENT_BIAS_CELLS and "b_h" in params:  # the second bias simply adds
+        params = dict(params, b=params["b"] + params["b_h"])
+    if cell != "lstm_ln":
+        return project_inputs(params, x, input_mask, per_gate)
+    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
+    return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES[cell]) + params["b"]
+
+
+def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
+    """`params` with a constant added to the forget gate's bias block.
+
+    The zoneout authors' Blocks LSTM adds +1 to the forget gate's
+    pre-activation (docs/ARCHITECTURE.md). A constant offset on the pre-activation gets
+    the same gradients as the bias it shifts, so this is also "initialise b_f
+    at b_f + forget_bias" for any optimizer without weight decay on biases.
+    """
+    if cell not in LSTM_TYPES:
+        raise ValueError(f"forget_bias applies to LSTM cells {LSTM_TYPES}, not {cell!r}.")
+    hidden = params["w_h"].shape[0]
+    return dict(params, b=params["b"].at[hidden:2 * hidden].add(forget_bias))
