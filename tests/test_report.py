@@ -287,9 +287,9 @@ def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
 
 
 def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
-    """`--intro F` (an ablation report) puts F under the header and drops the notes the
-    config modules write for RESULTS.md's runs; a missing F is a one-line error."""
-
+    """`--intro F` (an ablation report) puts F under the header and drops the notes
+    experiments/report_notes.py writes for RESULTS.md's runs; a missing F is a one-line
+    error."""
     runs = tmp_path / "runs"
     write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
               {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
