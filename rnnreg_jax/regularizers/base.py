@@ -108,20 +108,25 @@ class Regularizer:
         """False for a setting that does nothing (every rate 0): `compose` leaves it out."""
         return True
 
+    def _overrides(self, *hooks: str) -> bool:
+        return any(getattr(type(self), h) is not getattr(Regularizer, h) for h in hooks)
+
     @property
     def stack_noise(self) -> bool:
         """Whether training draws random numbers inside the recurrent stack (weights,
-        masks, step noise), so the stack needs a key."""
-        return False
+        masks, step noise), so the stack needs a key: by default, whether the
+        regularizer has such a hook (the built-ins say when their rates are 0)."""
+        return self._overrides("weights", "input_mask", "step_noise", "output_mask")
 
     @property
     def embedding_noise(self) -> bool:
         """Whether training draws the embedding mask (the model then needs a key)."""
-        return False
+        return self._overrides("embedding_mask")
 
     @property
     def has_penalty(self) -> bool:
-        return False
+        """Whether training adds loss terms (by default: whether it has `penalties`)."""
+        return self._overrides("penalties")
 
     @property
     def needs_output_gate(self) -> bool:
