@@ -39,6 +39,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as TensorStore's client expects
     root: str = ""
     calls: dict[str, int] = {}  # per subclass: requests by HTTP method
+    lock = threading.Lock()  # conditional writes and deletes check and act as one step
 
     def log_message(self, *args):  # one line per request would bury a test's output
         pass
@@ -105,7 +106,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # --- the JSON API's object calls -----------------------------------------------------
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         path, query = self._parse()
         if not path.startswith(_API):
             return self._error(404, "unknown call")
@@ -142,7 +143,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._reply(206, data[start:stop], "application/octet-stream", headers)
         return self._reply(200, data, "application/octet-stream", headers)
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
     def _list(self, bucket: str, query: dict) -> None:
         prefix = query.get("prefix", "")
@@ -151,6 +152,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         items = []
         for folder, _, files in os.walk(base):
             for file in files:
+                if file.startswith(".upload."):  # an upload under way is no object yet
+                    continue
                 full = os.path.join(folder, file)
                 name = os.path.relpath(full, base).replace(os.sep, "/")
                 if name.startswith(prefix) and name >= start and (not end or name < end):
@@ -158,7 +161,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         items.sort(key=lambda item: item["name"])
         self._json(200, {"kind": "storage#objects", "items": items})
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         path, query = self._parse()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not path.startswith(_UPLOAD) or query.get("uploadType") != "media":
@@ -166,7 +169,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         bucket = path[len(_UPLOAD):].partition("/")[0]
         name = query["name"]
         file = self._file(bucket, name)
-        with _Handler.lock:  # a conditional write checks and writes as one step
+        with _Handler.lock:
             before = self._generation(file)
             if self._precondition_fails(query, before):
                 return self._error(412, "precondition failed")
@@ -181,7 +184,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             resource = self._resource(bucket, name, file)
         self._json(200, resource)
 
-    def do_DELETE(self):  # noqa: N802
+    def do_DELETE(self):
         path, query = self._parse()
         bucket, _, rest = path[len(_API):].partition("/")
         if not path.startswith(_API) or not rest.startswith("o/"):
@@ -195,8 +198,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._error(412, "precondition failed")
             os.remove(file)
         self._reply(204)
-
-    lock = threading.Lock()
 
 
 class GCSServer:
