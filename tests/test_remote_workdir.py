@@ -39,7 +39,8 @@ def _run(root, data, server, *extra):
          "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
          "--config.train.mc_samples=0", "--config.train.tensorboard=False",
          "--config.train.checkpoint_every_steps=1", *extra],
-        capture_output=True, text=True, check=False, env=env)
+        # TensorStore retries a server error with backoff for minutes: fail, not hang.
+        capture_output=True, text=True, check=False, env=env, timeout=180)
 
 
 def test_a_run_trains_checkpoints_and_resumes_in_a_gs_workdir(tmp_path):
