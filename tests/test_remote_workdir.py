@@ -1,6 +1,6 @@
 """A gs:// workdir end to end, on an emulated Cloud Storage bucket (tests/emulated_gcs.py).
 
-The ptb binary trains, checkpoints, resumes and refuses another model's resume with
+The ptb binary trains, checkpoints, resumes, prunes old steps and refuses another model with
 `--workdir=gs://...`, taking the code paths a TPU VM takes: etils.epath's remote branch
 through fsspec (a local filesystem under the `gs` protocol, in place of gcsfs), orbax's
 GCS handling (commit files instead of renames, deletion of old steps) and TensorStore's
@@ -29,8 +29,8 @@ BUCKET = "rnnreg-test"  # TensorStore checks GCS's bucket-name rules
 
 def _run(root, data, server, *extra):
     env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
-    # No credentials to find (TensorStore would refresh them over the network, then fall
-    # back to anonymous calls) and no proxy between the client and the local server.
+    # No credentials to find (TensorStore would fetch a token over the network; without
+    # any it calls anonymously) and no proxy between the client and the local server.
     env.update(TENSORSTORE_GCS_HTTP_URL=server.url, CLOUDSDK_CONFIG=str(root.parent / "gcloud"),
                no_proxy="127.0.0.1", NO_PROXY="127.0.0.1")
     return subprocess.run(
