@@ -75,7 +75,18 @@ def override_text(value) -> str:
 
 
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-    """Set `config.<dotted>` from a command-line string."""
+    """Set `config.<dotted>` from a command-line string. A flag of the reg block's older
+    flat layout (`reg.zoneout_hiddens`, in the commands of runs recorded with it) sets
+    the fields it stands for today (`reg.zoneout.hiddens`)."""
+    from experiments.configs.common import LEGACY_REG_FIELDS
+
+    section, _, field = dotted.partition(".")
+    reg = config.get("reg")
+    if (section == "reg" and field in LEGACY_REG_FIELDS and reg is not None
+            and field not in reg):
+        for name, argument in LEGACY_REG_FIELDS[field]:
+            apply_override(config, f"reg.{name}.{argument}", text)
+        return
     node, parts = config, dotted.split(".")
     for depth, part in enumerate(parts):
         keys = sorted(node.keys())

@@ -139,9 +139,13 @@ def hparams(config: dict, record: dict) -> dict:
     """Flat `section.field` -> value of a run's model, data, reg and train blocks, plus
     its commit, device, package versions, device and process counts and XLA_FLAGS,
     for TensorBoard's HParams view."""
-    flat = {f"{section}.{field}": value
-            for section in ("model", "data", "reg", "train")
-            for field, value in sorted(config.get(section, {}).items())}
+    flat = {}
+    for section in ("model", "data", "reg", "train"):
+        for field, value in sorted(config.get(section, {}).items()):
+            if isinstance(value, dict):  # the reg block's constructors: reg.zoneout.cells
+                flat.update({f"{section}.{field}.{k}": v for k, v in sorted(value.items())})
+            else:
+                flat[f"{section}.{field}"] = value
     flat["preset"] = config.get("preset", "")
     flat["provenance.commit"] = record.get("commit") or ""
     flat["provenance.dirty"] = bool(record.get("dirty"))

@@ -50,7 +50,12 @@ def flags_since_changed(run: Run) -> list[str]:
         preset = module.PRESETS[run.preset]()
     except Exception:  # noqa: BLE001 -- the annotation is optional
         return []
-    from experiments.configs.common import FIXED_SECTIONS, config_differences
+    from experiments.configs.common import (
+        FIXED_SECTIONS,
+        config_differences,
+        flat_block,
+        migrate_reg,
+    )
 
     current = json.loads(json.dumps(preset.to_dict(), default=str))
     given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
@@ -61,13 +66,16 @@ def flags_since_changed(run: Run) -> list[str]:
     sections = FIXED_SECTIONS + ("train",)
 
     ran_mc = bool(run.config.get("train", {}).get("mc_samples"))
+    stored = {s: flat_block(migrate_reg(b) if s == "reg" else b)
+              for s, b in run.config.items() if isinstance(b, dict)}
+    today = {s: flat_block(b) for s, b in current.items() if isinstance(b, dict)}
 
     def counts(section, field, now):
-        if (field not in current.get(section, {}) or f"{section}.{field}" in RESULT_NEUTRAL
+        if (field not in today.get(section, {}) or f"{section}.{field}" in RESULT_NEUTRAL
                 or (section == "train" and field.startswith("mc_") and field != "mc_samples"
                     and not ran_mc)):
             return False
-        if field in run.config[section] or isinstance(now, bool):
+        if field in stored[section] or isinstance(now, bool):
             return True
         return section != "train" and isinstance(now, int | float)
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import rnnreg_jax as rj
 from experiments import cli
 from experiments.configs import pmnist, ptb, sentiment
 from experiments.configs.common import regularization
@@ -26,12 +27,13 @@ def test_every_preset_builds_a_valid_regularization(module, name):
 def test_overrides_are_typed():
     config, rest = cli.split_config_args(
         ["prog", "--config=zaremba_small", "--config.train.num_epochs=3",
-         "--config.reg.input", "0.25", "--config.model.hidden_sizes=(8,8)",
-         "--config.train.loss_sum_over_time=false", "--workdir=/tmp/x"], ptb.PRESETS)
+         "--config.reg.zoneout.tie", "sequence", "--config.model.hidden_sizes=(8,8)",
+         "--config.train.loss_sum_over_time=false", "--config.reg.dropout.rate=0.2",
+         "--workdir=/tmp/x"], ptb.PRESETS)
     assert rest == ["prog", "--workdir=/tmp/x"]
     assert config.preset == "zaremba_small"
     assert config.train.num_epochs == 3 and isinstance(config.train.num_epochs, int)
-    assert config.reg.input == 0.25
+    assert config.reg.zoneout.tie == "sequence" and config.reg.dropout.rate == 0.2
     assert tuple(config.model.hidden_sizes) == (8, 8)
     assert config.train.loss_sum_over_time is False
 
@@ -219,8 +221,9 @@ def test_a_users_config_file_with_and_without_an_argument(tmp_path):
     config, _ = cli.split_config_args(["prog", f"--config={path}"], ptb.PRESETS)
     assert config.train.num_epochs == 7 and config.preset == "my-config"
     config, _ = cli.split_config_args(["prog", f"--config={path}:4",
-                                       "--config.reg.input=0.5"], ptb.PRESETS)
-    assert config.train.num_epochs == 4 and config.preset == "4" and config.reg.input == 0.5
+                                       "--config.reg.variational.input=0.5"], ptb.PRESETS)
+    assert config.train.num_epochs == 4 and config.preset == "4"
+    assert config.reg.variational.input == 0.5
 
 
 @pytest.mark.parametrize("text,spec,message", [
@@ -294,3 +297,32 @@ def test_the_binary_reports_a_bad_config_file_in_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"error: Config file '{tmp_path / 'none.py'}' does not exist."]
+
+
+def test_the_older_flat_reg_flags_set_what_they_stand_for_today():
+    """Commands recorded before the reg block was keyed by constructor keep working."""
+    config, _ = cli.split_config_args(
+        ["prog", "--config=zoneout", "--config.reg.zoneout_hiddens=0.1",
+         "--config.reg.update_dropout=0.3", "--config.reg.tie=sequence",
+         "--config.reg.hidden=0.2"], ptb.PRESETS)
+    assert config.reg.zoneout.hiddens == 0.1 and config.reg.recurrent_dropout.rate == 0.3
+    assert config.reg.variational.tie == config.reg.dropout.tie == "sequence"
+    assert config.reg.dropout.rate == 0.2 and config.reg.dropout.site == "hidden"
+    reg = regularization(config.reg)
+    assert reg.find(rj.regularizers.Zoneout).hiddens == 0.1
+
+
+def test_every_option_of_the_catalog_is_a_flag():
+    """Each constructor of the reg block takes every argument it has from the config."""
+    import inspect
+
+    from experiments.configs.common import REG_CATALOG, reg_config
+
+    reg = reg_config()
+    for name in REG_CATALOG:
+        arguments = set(inspect.signature(getattr(rj, name)).parameters)
+        assert set(reg[name]) == arguments, name
+    with pytest.raises(ValueError, match="Unknown regularizer 'nope'"):
+        reg_config(nope={})
+    with pytest.raises(ValueError, match="zoneout has no argument 'rate'"):
+        reg_config(zoneout=dict(rate=0.1))

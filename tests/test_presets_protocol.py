@@ -38,7 +38,7 @@ def test_gal_presets_carry_their_own_rows_numbers(name):
     paper = config.paper
     assert (paper.valid, paper.test, paper.test_mc) == GAL_TABLE_1[name]
     untied = name.endswith("_untied")
-    assert config.reg.per_gate == untied  # "untied weights": one mask per gate
+    assert config.reg.variational.per_gate == untied  # "untied weights": one mask per gate
     assert ("untied" in paper.source) == untied
 
 

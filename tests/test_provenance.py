@@ -104,9 +104,10 @@ def test_tensorboard_hparams_hold_the_config_and_the_commit(tiny_run):
     blob = b"".join(r for f in files for r in _tb_records(f))
     # The HParams plugin's session-start summary, with our field names and values.
     assert b"_hparams_/session_start_info" in blob
-    assert b"model.hidden_sizes" in blob and b"reg.recurrent" in blob
+    assert b"model.hidden_sizes" in blob and b"reg.variational.recurrent" in blob
     # The regularizer and training fields a sweep varies, for the HParams view.
-    for field in (b"reg.input", b"reg.output", b"reg.zoneout_cells", b"train.learning_rate",
+    for field in (b"reg.variational.input", b"reg.variational.output", b"reg.zoneout.cells",
+                  b"reg.zoneout.tie", b"train.learning_rate",
                   b"train.num_epochs", b"train.optimizer", b"train.clip_norm", b"data.batch_size",
                   b"preset"):
         assert field in blob, field

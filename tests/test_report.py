@@ -253,7 +253,7 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     config = json.loads(json.dumps(ptb.baseline().to_dict()))
     config["preset"] = "baseline"
     config["model"]["forget_bias"], config["model"]["hidden_sizes"] = 1.0, [128]
-    del config["reg"]["update_eval_scaling"]  # a field added later: unset in old runs
+    del config["reg"]["recurrent_dropout"]["eval_scaling"]  # added later: unset in old runs
     run = report.Run(workdir="w", task="ptb", command="ptb.py --config=baseline",
                      config=config, events=[])
     assert report.flags_since_changed(run) == [
@@ -262,6 +262,26 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
     run.task = "no_such_task"
     assert report.flags_since_changed(run) == []
+
+
+def test_a_flat_reg_block_of_an_older_run_is_read_in_todays_layout():
+    """Runs recorded before the reg block was keyed by constructor: the same settings give
+    no rebuild flags, another setting gives today's flag for it."""
+    from experiments.configs import ptb
+
+    config = json.loads(json.dumps(ptb.zoneout().to_dict()))
+    config["preset"] = "zoneout"
+    config["reg"] = {"input": 0.0, "hidden": 0.0, "recurrent": 0.0, "output": 0.0,
+                     "cell": 0.0, "tie": "step", "per_gate": False, "embedding": 0.0,
+                     "update_dropout": 0.0, "update_tie": "step", "zoneout_cells": 0.0,
+                     "zoneout_hiddens": 0.25, "zoneout_shared": False,
+                     "stochastic_depth": 0.0, "weight_noise": 0.0, "norm_stabilizer": 0.0}
+    run = report.Run(workdir="w", task="ptb", command="ptb.py --config=zoneout",
+                     config=config, events=[])
+    assert report.flags_since_changed(run) == []
+    config["reg"]["zoneout_hiddens"], config["reg"]["weight_noise"] = 0.5, 0.1
+    assert report.flags_since_changed(run) == ["--config.reg.weight_noise.std=0.1",
+                                               "--config.reg.zoneout.hiddens=0.5"]
 
 
 def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():

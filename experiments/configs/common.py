@@ -3,8 +3,8 @@
 A config has five blocks:
   data   what to read and how to batch it
   model  the network
-  reg    the regularizers, a flat block turned into a regularizer by
-         `regularization(config.reg)`
+  reg    the regularizers, one sub-block per constructor (`reg.zoneout.hiddens`), turned
+         into a regularizer by `regularization(config.reg)`
   train  the engine's settings (`rnnreg_jax.train.default_train_config`)
   paper  the numbers the preset should reproduce and where they come from
 
@@ -13,6 +13,8 @@ tests/test_presets_run.py), except the informational ones below.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import ml_collections
 
@@ -32,57 +34,89 @@ def pick_preset(presets, name: str, where: str = "") -> ml_collections.ConfigDic
     return presets[name]()
 
 
-def reg_config(**overrides) -> ml_collections.ConfigDict:
-    """The regularization block; every rate is a drop probability, 0 = off."""
-    reg = ml_collections.ConfigDict()
-    reg.input = 0.0  # dropout on every layer's input (embedding output, between layers);
-    #                  the first layer's only when `hidden` > 0 (AWD's dropouti)
-    reg.hidden = 0.0  # dropout between layers only (AWD's dropouth); 0 = `input` everywhere
-    reg.recurrent = 0.0  # dropout on h_{t-1} into W_h (variational / naive)
-    reg.output = 0.0  # dropout on the last layer's output
-    reg.cell = 0.0  # rnnDrop mask on the cell state
-    reg.tie = "step"  # "sequence": Gal's tied masks; "step": Zaremba / naive dropout
-    reg.per_gate = False  # a separate mask per gate's copy of x and h (Gal's untied variant)
-    reg.embedding = 0.0  # Gal's embedding dropout: word types dropped per sequence
-    reg.update_dropout = 0.0  # Semeniuta recurrent dropout on the cell update g
-    reg.update_tie = "step"  # tying of the update mask
-    reg.update_eval_scaling = False  # zoneout authors' form: {0,1} mask, x keep prob at eval
-    reg.output_zoneout = False  # where the update was dropped, keep o_{t-1}
-    reg.zoneout_cells = 0.0  # zoneout probability of c
-    reg.zoneout_hiddens = 0.0  # zoneout probability of h
-    reg.zoneout_shared = False  # one zoneout mask for c and h
-    reg.stochastic_depth = 0.0  # probability that the layer keeps its state
-    reg.weight_noise = 0.0  # std of Gaussian noise on W_h, per minibatch
-    reg.norm_stabilizer = 0.0  # beta of the norm-stabilizer penalty
-    reg.weight_drop = 0.0  # DropConnect on W_h, one mask per minibatch (AWD-LSTM)
-    reg.activation_reg = 0.0  # AR alpha: alpha * mean(h^2) of the dropped last output
-    reg.temporal_activation_reg = 0.0  # TAR beta: beta * mean((h_t - h_{t-1})^2), last layer
-    for key, value in overrides.items():
-        if key not in reg:
-            raise ValueError(f"Unknown reg field {key!r}.")
-        reg[key] = value
+# The regularizers a config's reg block can switch on, keyed by constructor, in the order
+# they compose (weight drop before weight noise: W_h * m + sigma * eps). A block's fields
+# are its constructor's arguments with their defaults (rates 0: off), so every option of
+# the library's regularizers is a flag: `--config.reg.zoneout.tie=sequence`.
+REG_CATALOG = ("variational", "dropout", "recurrent_dropout", "zoneout", "stochastic_depth",
+               "weight_drop", "weight_noise", "norm_stabilizer", "activation_regularization",
+               "temporal_activation_regularization")
+# Arguments the library requires: in a config they start off (dropout's site is the one
+# it has no other constructor for, AWD's dropout between layers).
+_REQUIRED_DEFAULTS = {"site": "hidden"}
+
+# The flat reg block of runs recorded before the block was keyed by constructor: field ->
+# the (constructor, argument)s it set. `tie` and `per_gate` also set the hidden dropout's.
+LEGACY_REG_FIELDS = {
+    "input": (("variational", "input"),), "recurrent": (("variational", "recurrent"),),
+    "output": (("variational", "output"),), "cell": (("variational", "cell"),),
+    "embedding": (("variational", "embedding"),),
+    "tie": (("variational", "tie"), ("dropout", "tie")),
+    "per_gate": (("variational", "per_gate"), ("dropout", "per_gate")),
+    "hidden": (("dropout", "rate"),),
+    "update_dropout": (("recurrent_dropout", "rate"),),
+    "update_tie": (("recurrent_dropout", "tie"),),
+    "update_eval_scaling": (("recurrent_dropout", "eval_scaling"),),
+    "output_zoneout": (("recurrent_dropout", "output_zoneout"),),
+    "zoneout_cells": (("zoneout", "cells"),), "zoneout_hiddens": (("zoneout", "hiddens"),),
+    "zoneout_shared": (("zoneout", "shared"),),
+    "stochastic_depth": (("stochastic_depth", "rate"),),
+    "weight_noise": (("weight_noise", "std"),), "weight_drop": (("weight_drop", "rate"),),
+    "norm_stabilizer": (("norm_stabilizer", "beta"),),
+    "activation_reg": (("activation_regularization", "alpha"),),
+    "temporal_activation_reg": (("temporal_activation_regularization", "beta"),),
+}
+
+
+def _arguments(name: str) -> dict:
+    """A constructor's arguments and their config defaults."""
+    out = {}
+    for param in inspect.signature(getattr(rj, name)).parameters.values():
+        if param.default is inspect.Parameter.empty:
+            out[param.name] = _REQUIRED_DEFAULTS.get(param.name, 0.0)
+        else:
+            out[param.name] = param.default
+    return out
+
+
+def reg_config(**blocks: dict) -> ml_collections.ConfigDict:
+    """The reg block: one sub-block per constructor of `REG_CATALOG` with its arguments'
+    defaults, updated from `blocks` (`zoneout=dict(hiddens=0.25)`); every rate is a drop
+    probability, 0 = off."""
+    reg = ml_collections.ConfigDict({name: _arguments(name) for name in REG_CATALOG})
+    for name, fields in blocks.items():
+        if name not in reg:
+            raise ValueError(f"Unknown regularizer {name!r} in the reg block; choose from "
+                             f"{', '.join(REG_CATALOG)}.")
+        for field, value in fields.items():
+            if field not in reg[name]:
+                raise ValueError(f"{name} has no argument {field!r}; its arguments: "
+                                 f"{', '.join(reg[name])}.")
+            reg[name][field] = value
     return reg
 
 
-def regularization(reg: ml_collections.ConfigDict) -> rj.Regularizer:
-    """The regularizer a reg block describes."""
-    parts = [
-        rj.variational(input=reg.input, recurrent=reg.recurrent, output=reg.output,
-                       cell=reg.cell, embedding=reg.embedding, per_gate=reg.per_gate,
-                       tie=reg.tie),
-        rj.recurrent_dropout(reg.update_dropout, tie=reg.update_tie,
-                             output_zoneout=reg.output_zoneout,
-                             eval_scaling=reg.update_eval_scaling),
-        rj.zoneout(reg.zoneout_cells, reg.zoneout_hiddens, shared=reg.zoneout_shared),
-        rj.stochastic_depth(reg.stochastic_depth),
-        rj.norm_stabilizer(reg.norm_stabilizer),
-        rj.dropout("hidden", reg.hidden, tie=reg.tie, per_gate=reg.per_gate),
-        rj.weight_drop(reg.weight_drop),  # before weight noise: W_h * m + sigma * eps
-        rj.weight_noise(reg.weight_noise),
-        rj.activation_regularization(reg.activation_reg),
-        rj.temporal_activation_regularization(reg.temporal_activation_reg),
-    ]
-    return rj.compose(*parts)
+def migrate_reg(reg: dict) -> dict:
+    """A recorded reg block in today's layout: a flat block (runs recorded before it was
+    keyed by constructor) becomes the keyed one with the same meaning; a keyed one is
+    returned as it is."""
+    if not any(name in reg for name in LEGACY_REG_FIELDS) or any(
+            isinstance(value, dict) for value in reg.values()):
+        return reg
+    out = reg_config().to_dict()
+    for field, value in reg.items():
+        for name, argument in LEGACY_REG_FIELDS.get(field, ()):
+            out[name][argument] = value
+    return out
+
+
+def regularization(reg) -> rj.Regularizer:
+    """The regularizer a reg block describes (a flat block of older runs too)."""
+    if not isinstance(reg, dict):  # a ConfigDict: read field by field (reads are tracked)
+        reg = {name: {k: reg[name][k] for k in reg[name].keys()} if isinstance(
+            reg[name], ml_collections.ConfigDict) else reg[name] for name in reg.keys()}
+    reg = migrate_reg(reg)
+    return rj.compose(*(getattr(rj, name)(**reg[name]) for name in REG_CATALOG if name in reg))
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -162,16 +196,49 @@ FIXED_SECTIONS = ("model", "data", "reg")
 VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True}
 
 
+def flat_block(block: dict) -> dict:
+    """A block's fields, a sub-block's as `name.field` (the reg block's constructors)."""
+    out = {}
+    for field, value in block.items():
+        if isinstance(value, dict):
+            out.update({f"{field}.{k}": v for k, v in value.items()})
+        else:
+            out[field] = value
+    return out
+
+
+def _built(name: str, block) -> rj.Regularizer | str:
+    try:
+        return getattr(rj, name)(**block)
+    except (TypeError, ValueError) as err:  # a block no constructor takes: compare fields
+        return f"{type(err).__name__}: {err}"
+
+
+def _differing_regularizers(old: dict, new: dict) -> tuple[dict, dict]:
+    """The two reg blocks without the constructors that build the same regularizer from
+    both (so settings that do nothing, such as the tie of a rate-0 mask, never differ)."""
+    same = {name for name in set(old) & set(new)
+            if isinstance(old[name], dict) and isinstance(new[name], dict)
+            and _built(name, old[name]) == _built(name, new[name])}
+    return ({k: v for k, v in old.items() if k not in same},
+            {k: v for k, v in new.items() if k not in same})
+
+
 def config_differences(stored: dict, current: dict, sections=FIXED_SECTIONS):
     """`(section, field, stored_value, current_value)` where two configs (as JSON
-    dicts) differ in `sections` (those the stored config has). A field the stored
-    config lacks was added to the code later and counts as unset there: equal to
-    False, 0 or None, or its `VALUE_BEFORE_ADDED`."""
+    dicts) differ in `sections` (those the stored config has); sub-blocks' fields as
+    `name.field`, a stored flat reg block read in today's layout (`migrate_reg`), and a
+    reg constructor that builds the same regularizer from both left out. A field
+    the stored config lacks was added to the code later and counts as unset there: equal
+    to False, 0 or None, or its `VALUE_BEFORE_ADDED`."""
     out = []
     for section in sections:
         if section not in stored:
             continue  # not a run of this code (or a hand-made record): nothing to compare
         old, new = stored[section], current.get(section, {})
+        if section == "reg":
+            old, new = _differing_regularizers(migrate_reg(old), new)
+        old, new = flat_block(old), flat_block(new)
         for field in sorted(set(old) | set(new)):
             value = new.get(field)
             if field in old:

@@ -55,14 +55,14 @@ def baseline():
 
 def recurrent_dropout():
     # zoneout_pmnist.py --igate_drop: c = f c + m (i g), m in {0, 1}, its expectation at
-    # evaluation (the authors' form of recurrent dropout, `update_eval_scaling`).
-    return _config(row="recurrent dropout 0.15", test_error=0.075, update_dropout=0.15,
-                   update_eval_scaling=True)
+    # evaluation (the authors' form of recurrent dropout, `eval_scaling`).
+    return _config(row="recurrent dropout 0.15", test_error=0.075, recurrent_dropout=dict(rate=0.15,
+                   eval_scaling=True))
 
 
 def zoneout():
     return _config(row="zoneout z_c = z_h = 0.15", test_error=0.069,
-                   zoneout_cells=0.15, zoneout_hiddens=0.15)
+                   zoneout=dict(cells=0.15, hiddens=0.15))
 
 
 def _recurrent_batchnorm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -98,12 +98,12 @@ def batchnorm_zoneout():
     # shared mask); like `zoneout`, this preset draws the two masks independently.
     return _recurrent_batchnorm(_config(row="zoneout + recurrent batchnorm, z_c = z_h = 0.15",
                                         test_error=0.041,
-                                        zoneout_cells=0.15, zoneout_hiddens=0.15))
+                                        zoneout=dict(cells=0.15, hiddens=0.15)))
 
 
 def tiny():
     """Seconds: 16 units on 28-pixel windows is not pMNIST; this keeps 784 steps but few batches."""
-    config = _config(row="smoke test", zoneout_cells=0.15, zoneout_hiddens=0.15)
+    config = _config(row="smoke test", zoneout=dict(cells=0.15, hiddens=0.15))
     config.model.hidden_sizes = (8,)
     config.data.batch_size = 16
     config.data.eval_batch_size = 500

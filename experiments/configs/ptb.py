@@ -71,7 +71,7 @@ def _zaremba(*, hidden, init_scale, dropout, epochs, decay_after, decay, clip, s
     return _config(
         _data("ptb_word", 20, seq_len, "contiguous"),
         _model(hidden, 2, init_scale, recurrent_bias=True),
-        reg or reg_config(input=dropout, output=dropout, tie="step"),
+        reg or reg_config(variational=dict(input=dropout, output=dropout, tie="step")),
         train_config(num_epochs=epochs, optimizer="sgd", learning_rate=1.0,
                      lr_schedule="zaremba", decay_after=decay_after, decay_factor=decay,
                      clip_norm=clip, loss_sum_over_time=True, carry_state=True),
@@ -108,16 +108,16 @@ def _gal(*, size: str, tie: str, per_gate: bool, paper):
     if size == "medium":
         # Zaremba medium with variational dropout: embedding and recurrent 0.2,
         # input and output 0.35 (Gal's medium model).
-        reg = reg_config(input=0.35, output=0.35, recurrent=0.2, embedding=0.2, tie=tie,
-                         per_gate=per_gate)
+        reg = reg_config(variational=dict(input=0.35, output=0.35, recurrent=0.2,
+                                          embedding=0.2, tie=tie, per_gate=per_gate))
         config = _zaremba(hidden=650, init_scale=0.05, dropout=0.0, epochs=39,
                           decay_after=6, decay=1.2, clip=5.0, seq_len=35,
                           paper=paper, reg=reg)
     else:
         # Gal's large: embedding and recurrent 0.3, input and output 0.5, weight decay
         # 1e-7, lr /1.15 after epoch 10, 55 epochs, clip 10, init 0.04.
-        reg = reg_config(input=0.5, output=0.5, recurrent=0.3, embedding=0.3, tie=tie,
-                         per_gate=per_gate)
+        reg = reg_config(variational=dict(input=0.5, output=0.5, recurrent=0.3,
+                                          embedding=0.3, tie=tie, per_gate=per_gate))
         config = _zaremba(hidden=1500, init_scale=0.04, dropout=0.0, epochs=55,
                           decay_after=10, decay=1.15, clip=10.0, seq_len=35,
                           paper=paper, reg=reg)
@@ -209,37 +209,39 @@ def _zoneout_word(*, row, paper_valid, **reg):
 
 
 def zoneout():
-    return _zoneout_word(row="zoneout z_h = 0.25", paper_valid=115.2, zoneout_hiddens=0.25)
+    return _zoneout_word(row="zoneout z_h = 0.25", paper_valid=115.2, zoneout=dict(hiddens=0.25))
 
 
 def recurrent_dropout_output_zoneout():
     return _zoneout_word(row="recurrent dropout + output zoneout 0.25", paper_valid=115.7,
-                         update_dropout=0.25, output_zoneout=True, update_eval_scaling=True)
+                         recurrent_dropout=dict(rate=0.25, output_zoneout=True, eval_scaling=True))
 
 
 def zoneout_cells_states():
     return _zoneout_word(row="zoneout cells and states 0.05", paper_valid=117.3,
-                         zoneout_cells=0.05, zoneout_hiddens=0.05)
+                         zoneout=dict(cells=0.05, hiddens=0.05))
 
 
 def recurrent_dropout():
     # The authors' form (their code masks the input gate with {0, 1} and scales by the
     # keep probability at evaluation): ahead of inverted dropout at equal epochs
     # (docs/FIDELITY.md).
-    return _zoneout_word(row="recurrent dropout 0.5", paper_valid=119.9, update_dropout=0.5,
-                         update_eval_scaling=True)
+    return _zoneout_word(row="recurrent dropout 0.5", paper_valid=119.9,
+                         recurrent_dropout=dict(rate=0.5, eval_scaling=True))
 
 
 def stochastic_depth():
-    return _zoneout_word(row="stochastic depth 0.25", paper_valid=129.9, stochastic_depth=0.25)
+    return _zoneout_word(row="stochastic depth 0.25", paper_valid=129.9,
+                         stochastic_depth=dict(rate=0.25))
 
 
 def norm_stabilizer():
-    return _zoneout_word(row="norm stabilizer beta 50", paper_valid=141.8, norm_stabilizer=50.0)
+    return _zoneout_word(row="norm stabilizer beta 50", paper_valid=141.8,
+                         norm_stabilizer=dict(beta=50.0))
 
 
 def zoneout_cells():
-    return _zoneout_word(row="zoneout cells 0.5", paper_valid=143.6, zoneout_cells=0.5)
+    return _zoneout_word(row="zoneout cells 0.5", paper_valid=143.6, zoneout=dict(cells=0.5))
 
 
 def baseline():
@@ -247,7 +249,7 @@ def baseline():
 
 
 def weight_noise():
-    return _zoneout_word(row="weight noise 0.075", paper_valid=172.0, weight_noise=0.075)
+    return _zoneout_word(row="weight noise 0.075", paper_valid=172.0, weight_noise=dict(std=0.075))
 
 
 # --- Krueger et al. 2016 (zoneout), character level -------------------------------
@@ -281,12 +283,12 @@ def _zoneout_char(*, row, batching="shuffled", valid=None, test=None, **reg):
 
 def zoneout_char():
     return _zoneout_char(row="zoneout z_c = 0.5, z_h = 0.05", valid=1.362, test=1.297,
-                         zoneout_cells=0.5, zoneout_hiddens=0.05)
+                         zoneout=dict(cells=0.5, hiddens=0.05))
 
 
 def zoneout_char_overlapping():
     return _zoneout_char(row="zoneout z_c = 0.5, z_h = 0.05, overlapping windows (stride 50)",
-                         batching="overlapping", zoneout_cells=0.5, zoneout_hiddens=0.05)
+                         batching="overlapping", zoneout=dict(cells=0.5, hiddens=0.05))
 
 
 def baseline_char():
@@ -294,20 +296,20 @@ def baseline_char():
 
 
 def recurrent_dropout_char():
-    return _zoneout_char(row="recurrent dropout 0.25", update_dropout=0.25,
-                         update_eval_scaling=True)
+    return _zoneout_char(row="recurrent dropout 0.25", recurrent_dropout=dict(rate=0.25,
+                         eval_scaling=True))
 
 
 def stochastic_depth_char():
-    return _zoneout_char(row="stochastic depth 0.25", stochastic_depth=0.25)
+    return _zoneout_char(row="stochastic depth 0.25", stochastic_depth=dict(rate=0.25))
 
 
 def weight_noise_char():
-    return _zoneout_char(row="weight noise 0.075", weight_noise=0.075)
+    return _zoneout_char(row="weight noise 0.075", weight_noise=dict(std=0.075))
 
 
 def norm_stabilizer_char():
-    return _zoneout_char(row="norm stabilizer beta 50", norm_stabilizer=50.0)
+    return _zoneout_char(row="norm stabilizer beta 50", norm_stabilizer=dict(beta=50.0))
 
 
 # --- Merity et al. 2017 (AWD-LSTM), beyond the papers -----------------------------
@@ -330,8 +332,10 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
     return _config(
         _data("ptb_word", batch_size, 70, "contiguous", eval_batch_size=10),
         _awd_model(hidden_sizes, embed),
-        reg_config(embedding=0.1, input=0.4, hidden=0.3, output=0.4, tie="sequence",
-                   weight_drop=0.5, activation_reg=2.0, temporal_activation_reg=1.0),
+        reg_config(variational=dict(input=0.4, output=0.4, embedding=0.1, tie="sequence"),
+                   dropout=dict(site="hidden", rate=0.3, tie="sequence"),
+                   weight_drop=dict(rate=0.5), activation_regularization=dict(alpha=2.0),
+                   temporal_activation_regularization=dict(beta=1.0)),
         train_config(num_epochs=epochs, optimizer="ntasgd", learning_rate=30.0,
                      ntasgd_nonmono=5, lr_schedule="constant", clip_norm=0.25,
                      weight_decay=1.2e-6, loss_sum_over_time=False, carry_state=True),
@@ -376,8 +380,8 @@ def tiny():
     config = _zaremba(hidden=16, init_scale=0.1, dropout=0.0, epochs=2,
                       decay_after=1, decay=2.0, clip=5.0, seq_len=10,
                       paper=paper_config("smoke test"),
-                      reg=reg_config(input=0.2, recurrent=0.2, output=0.2, embedding=0.1,
-                                     tie="sequence"))
+                      reg=reg_config(variational=dict(input=0.2, recurrent=0.2, output=0.2,
+                                                     embedding=0.1, tie="sequence")))
     config.train.max_steps = 30
     config.train.mc_samples = 4
     return config

@@ -50,8 +50,8 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
 
 
 def _variational(tie="sequence"):
-    return dict(input=GAL_RATE, recurrent=GAL_RATE, output=GAL_RATE, embedding=GAL_RATE,
-                per_gate=True, tie=tie)
+    return dict(variational=dict(input=GAL_RATE, recurrent=GAL_RATE, output=GAL_RATE,
+                                 embedding=GAL_RATE, per_gate=True, tie=tie))
 
 
 def variational_lstm():
@@ -68,7 +68,7 @@ def naive_dropout():
     # Gal's Figure 1: naive dropout uses a fresh mask per step on inputs and
     # outputs and none on the recurrent connections or the word types (his naive
     # script also drops U per step and the word types; the figure defines the row).
-    reg = dict(input=GAL_RATE, output=GAL_RATE, tie="step")
+    reg = dict(variational=dict(input=GAL_RATE, output=GAL_RATE, tie="step"))
     config = _config(dataset="cornell", cell="lstm", row="naive dropout LSTM", **reg)
     config.train.num_epochs = 1250  # sentiment_lstm_regression_naive.py
     return config
