@@ -97,6 +97,27 @@ def test_a_field_added_to_the_code_later_counts_as_its_default(tmp_path):
     assert resume_conflict(workdir, same.to_dict()) is None
 
 
+def test_a_run_recorded_with_the_flat_reg_block_resumes_under_the_same_settings(tmp_path):
+    """A workdir of a run recorded before the reg block was keyed by constructor."""
+    from experiments.main import resume_conflict
+
+    stored = ptb.zoneout().to_dict()
+    stored["reg"] = {"input": 0.0, "hidden": 0.0, "recurrent": 0.0, "output": 0.0,
+                     "cell": 0.0, "tie": "step", "per_gate": False, "embedding": 0.0,
+                     "update_dropout": 0.0, "update_tie": "step",
+                     "update_eval_scaling": False, "output_zoneout": False,
+                     "zoneout_cells": 0.0, "zoneout_hiddens": 0.25, "zoneout_shared": False,
+                     "stochastic_depth": 0.0, "weight_noise": 0.0, "norm_stabilizer": 0.0,
+                     "weight_drop": 0.0, "activation_reg": 0.0, "temporal_activation_reg": 0.0}
+    workdir = _stored_run(tmp_path, stored)
+    assert resume_conflict(workdir, ptb.zoneout().to_dict()) is None
+    other = ptb.zoneout()
+    other.reg.zoneout.hiddens = 0.5
+    assert resume_conflict(workdir, other.to_dict()) == (
+        f"{workdir} holds a run with reg.zoneout.hiddens = 0.25, not 0.5: resume it with "
+        "--config.reg.zoneout.hiddens=0.25, or use a fresh --workdir.")
+
+
 def test_a_torn_record_beside_checkpoints_is_refused_in_one_sentence(tmp_path):
     from experiments.main import resume_conflict
 
