@@ -13,13 +13,12 @@ AR and TAR) are sown into the `penalties` collection in training only; a
 training loop that applies the model with `mutable=["penalties"]` adds every
 entry to the loss without knowing which regularizer produced it.
 
-`cell="lstm_bn"` (recurrent batch normalization, `rnnreg_jax.batchnorm`) keeps
-each layer's population statistics in the `batch_stats` collection, under
-`layer_<l>` (`{name: [T_max, ...]}`). In training (`deterministic=False`)
-each step is normalized by the minibatch's statistics and the running
-averages are updated, which needs `mutable=["batch_stats"]` like Flax's
-`BatchNorm`; otherwise (`deterministic=True`, or `use_running_average=True`
-as in MC evaluation) the population statistics are used.
+A cell that keeps running statistics (`cells.statistics_of`: `cell="lstm_bn"`,
+recurrent batch normalization, keeps its population statistics) has each layer's in the
+`batch_stats` collection, under `layer_<l>`. In training (`deterministic=False`) the
+cell uses the window's own statistics and the running ones are updated, which needs
+`mutable=["batch_stats"]` like Flax's `BatchNorm`; otherwise (`deterministic=True`, or
+`use_running_average=True` as in MC evaluation) the running statistics are used.
 """
 
 from __future__ import annotations
@@ -140,9 +139,9 @@ class StackedRNN(RecurrentOptions):
           inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
           carry: list of per-layer state dicts from a previous window, or None.
           deterministic: evaluation mode (noise replaced by its expectation).
-          use_running_average: "lstm_bn": normalize with the population
-            statistics (True) or the minibatch's, updating the population
-            (False); None means `deterministic`.
+          use_running_average: a cell that keeps running statistics ("lstm_bn"): use
+            them (True) or the window's own, updating them (False); None means
+            `deterministic`.
 
         Returns:
           `(outputs [B, T, H_last], carry)`.
@@ -161,15 +160,16 @@ class StackedRNN(RecurrentOptions):
         key = None
         if not deterministic and self.reg.stack_noise:
             key = dropout_key(self)
-        populations, to_update = self._population(use_running_average, deterministic)
+        populations, to_update = self._statistics(use_running_average, deterministic)
         outputs, carry, hiddens, stats = rnn.unroll(
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation,
-            bn_stats=populations, return_bn_stats=True, forget_bias=self.forget_bias)
+            cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias)
+        kept = cells.statistics_of(self.cell)
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
-            var.value = batchnorm.update_population(
-                var.value, jax.lax.stop_gradient(layer_stats), self.bn_momentum)
+            var.value = kept.update(var.value, jax.lax.stop_gradient(layer_stats),
+                                    self.bn_momentum)
         if self.reg.has_penalty and not deterministic:  # loss terms, training only
             time_axis = 0 if self.time_major else 1
             for name, value in self.reg.penalties(params, hiddens, outputs, time_axis).items():
@@ -190,23 +190,25 @@ class StackedRNN(RecurrentOptions):
 
         return with_extra
 
-    def _population(self, use_running_average, deterministic):
-        """`(statistics to normalize with or None for the batch's, variables to update)`."""
-        if self.cell != "lstm_bn":
+    def _statistics(self, use_running_average, deterministic):
+        """`(running statistics to use, or None for the window's own; variables to update)`
+        of a cell that keeps them (`cells.statistics_of`), in the `batch_stats`
+        collection."""
+        kept = cells.statistics_of(self.cell)
+        if kept is None:
             return None, []
-        batchnorm.check_max_steps(self.bn_max_steps)
-        batchnorm.check_momentum(self.bn_momentum)
-        variables = [self.variable("batch_stats", f"layer_{i}", batchnorm.init_population,
-                                   h, self.bn_max_steps) for i, h in enumerate(self.sizes)]
+        kept.check(self.bn_max_steps, self.bn_momentum)
+        variables = [self.variable("batch_stats", f"layer_{i}", kept.init, h, self.bn_max_steps)
+                     for i, h in enumerate(self.sizes)]
         use_average = deterministic if use_running_average is None else use_running_average
         if use_average:
             return [v.value for v in variables], []
         if self.is_initializing():  # like Flax's BatchNorm: init leaves the averages alone
             return None, []
         if not self.is_mutable_collection("batch_stats"):
-            raise ValueError("Training an lstm_bn stack (deterministic=False) updates its "
-                             "population statistics: apply with mutable=['batch_stats'], or "
-                             "pass use_running_average=True.")
+            raise ValueError(f"Training a {cells.cell_name(self.cell)} stack "
+                             "(deterministic=False) updates its running statistics: apply "
+                             "with mutable=['batch_stats'], or pass use_running_average=True.")
         return None, variables
 
     def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[cells.Carry]:

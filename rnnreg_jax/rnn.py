@@ -78,18 +78,19 @@ def scan_layer(
         step function; supports forward-mode differentiation) or "auto"
         (fused on GPU/TPU, and on CPU for batches below `AUTO_FUSED_BELOW_BATCH`,
         else autodiff; both give the same numbers up to float rounding).
-      population: "lstm_bn" only: the layer's population statistics
-        (`rnnreg_jax.batchnorm`); None normalizes by each step's batch statistics.
+      population: a cell that keeps running statistics (`cells.statistics_of`: the
+        batch-normalized LSTM's population): the layer's; None uses the window's own.
       forget_bias: LSTM cells: a constant added to the forget gate's
         pre-activation (`cells.with_forget_bias`).
 
     Returns:
-      `(ys [T, B, H], final carry)`; for "lstm_bn" the ys are the pair
-      `(ys [T, B, H], stats {name: [T, ...]})`, the statistics each step used.
+      `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
+      (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
     step = cells.get_step(cell)
-    if population is not None and cell != "lstm_bn":
-        raise ValueError(f"Population statistics apply to cell='lstm_bn' only, not {cell!r}.")
+    if population is not None and cells.statistics_of(cell) is None:
+        raise ValueError(f"Running statistics apply to cells that keep them (lstm_bn), not "
+                         f"{cell!r}.")
     fused_pass = resolve_implementation(implementation, xs.shape[1]) == "fused"
     in_loop = (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
                and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None)
@@ -147,8 +148,8 @@ def unroll(
     unroll: int = 1,
     return_hiddens: bool = False,
     implementation: str = "auto",
-    bn_stats: cells.Params | Sequence[cells.Params] | None = None,
-    return_bn_stats: bool = False,
+    cell_stats: cells.Params | Sequence[cells.Params] | None = None,
+    return_cell_stats: bool = False,
     forget_bias: float = 0.0,
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
@@ -173,13 +174,13 @@ def unroll(
       unroll: `lax.scan` unroll factor.
       return_hiddens: also return each layer's (undropped) outputs.
       implementation: "auto", "fused" or "autodiff", see `scan_layer`.
-      bn_stats: "lstm_bn" only: population statistics per layer (a dict, or a
-        list of dicts for a stack, `batchnorm.init_population`'s layout), used
-        whatever `deterministic` says; None normalizes every step by the
-        minibatch's statistics at that step (training).
-      return_bn_stats: also return the per-step statistics each layer used,
-        `{name: [T, ...]}` (the minibatch's when `bn_stats` is None), shaped
-        like `bn_stats` (dict or list); empty dicts for the other cells.
+      cell_stats: a cell that keeps running statistics (`cells.statistics_of`; the
+        batch-normalized LSTM's population statistics): each layer's (a pytree, or a
+        list of them for a stack, as `CellStatistics.init` makes them), used whatever
+        `deterministic` says; None uses the window's own (training).
+      return_cell_stats: also return each layer's per-step auxiliary output
+        (`cells.has_aux_output`; the statistics each step used), shaped like
+        `cell_stats` (one, or a list); empty dicts for cells without one.
       forget_bias: LSTM cells: a constant added to every layer's forget-gate
         pre-activation (the zoneout authors' +1; `cells.with_forget_bias`).
 
@@ -187,7 +188,7 @@ def unroll(
       `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
       carry shaped like the input carry; with `return_hiddens` a third item,
       the list of each layer's outputs in the same layout; with
-      `return_bn_stats` a last item, the statistics.
+      `return_cell_stats` a last item, the auxiliary outputs.
     """
     cells.check_cell_type(cell)
     layers, single = _as_list(params)
@@ -200,10 +201,10 @@ def unroll(
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
     populations = [None] * len(layers)
-    if bn_stats is not None:
-        populations = [bn_stats] if single else list(bn_stats)
+    if cell_stats is not None:
+        populations = [cell_stats] if single else list(cell_stats)
         if len(populations) != len(layers):
-            raise ValueError(f"Got {len(populations)} bn_stats for {len(layers)} layers.")
+            raise ValueError(f"Got {len(populations)} cell_stats for {len(layers)} layers.")
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
@@ -217,7 +218,7 @@ def unroll(
         p = reg.weights(p, key, index, deterministic)  # weight drop, weight noise, ...
         x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
                           forget_bias)
-        x, layer_stats = x if cell == "lstm_bn" else (x, {})
+        x, layer_stats = x if cells.has_aux_output(cell) else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)
         hiddens.append(x)
@@ -231,4 +232,4 @@ def unroll(
         hiddens = [jnp.swapaxes(h, 0, 1) for h in hiddens]
     out_carry = new_carries[0] if single else new_carries
     out = (x, out_carry) + ((hiddens,) if return_hiddens else ())
-    return out + ((stats[0] if single else stats,) if return_bn_stats else ())
+    return out + ((stats[0] if single else stats,) if return_cell_stats else ())

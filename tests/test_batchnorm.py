@@ -94,7 +94,7 @@ def reference(params, x, population=None):
 def test_training_mode_matches_the_reference_with_per_step_batch_statistics(implementation):
     params = bn_params()
     x = jnp.asarray(rand(1, B, T, F, scale=2.0))
-    ys, carry, stats = rnn.unroll("lstm_bn", params, x, return_bn_stats=True,
+    ys, carry, stats = rnn.unroll("lstm_bn", params, x, return_cell_stats=True,
                                   implementation=implementation)
     ref_ys, (ref_h, ref_c), ref_stats = reference(params, np.asarray(x))
     nm.assert_close_f32(ys, ref_ys, rtol=1e-4)
@@ -108,7 +108,7 @@ def test_training_mode_matches_the_reference_with_per_step_batch_statistics(impl
     # The same function: in float64 the cell is the reference to rounding.
     with nm.x64():
         ys, carry, stats = rnn.unroll("lstm_bn", nm.as_f64(params), nm.as_f64(x),
-                                      return_bn_stats=True, implementation=implementation)
+                                      return_cell_stats=True, implementation=implementation)
         nm.assert_close_f64(ys, ref_ys)
         nm.assert_close_f64(carry["h"], ref_h)
         nm.assert_close_f64(carry["c"], ref_c)
@@ -123,14 +123,14 @@ def test_eval_mode_uses_the_given_population_and_steps_past_t_max_reuse_the_last
     x = jnp.asarray(rand(2, B, T, F))
     t_max = 3
     population = random_population(3, t_max)
-    ys, carry, used = rnn.unroll("lstm_bn", params, x, bn_stats=population,
-                                 return_bn_stats=True, implementation=implementation)
+    ys, carry, used = rnn.unroll("lstm_bn", params, x, cell_stats=population,
+                                 return_cell_stats=True, implementation=implementation)
     ref_ys, (_, ref_c), _ = reference(params, np.asarray(x), population)
     nm.assert_close_f32(ys, ref_ys, rtol=1e-4)
     nm.assert_close_f32(carry["c"], ref_c, rtol=1e-4)
     with nm.x64():
         ys64, carry64 = rnn.unroll("lstm_bn", nm.as_f64(params), nm.as_f64(x),
-                                   bn_stats=nm.as_f64(population),
+                                   cell_stats=nm.as_f64(population),
                                    implementation=implementation)
         nm.assert_close_f64(ys64, ref_ys)
         nm.assert_close_f64(carry64["c"], ref_c)
@@ -139,12 +139,12 @@ def test_eval_mode_uses_the_given_population_and_steps_past_t_max_reuse_the_last
     # The same as a population of T rows whose rows T_max.. repeat row T_max - 1 ...
     padded = {k: jnp.concatenate([v, jnp.repeat(v[-1:], T - t_max, 0)])
               for k, v in population.items()}
-    ys_padded, _ = rnn.unroll("lstm_bn", params, x, bn_stats=padded,
+    ys_padded, _ = rnn.unroll("lstm_bn", params, x, cell_stats=padded,
                               implementation=implementation)
     np.testing.assert_allclose(ys, ys_padded, rtol=1e-6, atol=1e-7)
     # ... and not the same when those rows differ (so the late steps do read row T_max - 1).
     changed = dict(padded, c_mean=padded["c_mean"].at[t_max:].add(1.0))
-    ys_changed, _ = rnn.unroll("lstm_bn", params, x, bn_stats=changed,
+    ys_changed, _ = rnn.unroll("lstm_bn", params, x, cell_stats=changed,
                                implementation=implementation)
     np.testing.assert_allclose(ys_changed[:, :t_max], ys[:, :t_max], rtol=1e-6, atol=1e-7)
     assert not np.allclose(ys_changed[:, t_max:], ys[:, t_max:], atol=1e-4)
@@ -164,7 +164,7 @@ def test_fused_gradients_equal_autodiff(reg):
         def f(params, x, carry):
             ys, carry, stats = rnn.unroll("lstm_bn", params, x, carry, reg=reg, key=KEY,
                                           deterministic=False, implementation=implementation,
-                                          return_bn_stats=True)
+                                          return_cell_stats=True)
             state = sum(jnp.sum(v**3) for c in carry for v in c.values())
             # the returned batch statistics are differentiable outputs as well
             moments = sum(jnp.sum(jnp.sin(v)) for s in stats for v in s.values())
@@ -230,7 +230,7 @@ def test_population_statistics_are_the_running_average_of_the_batch_statistics()
         _, mutated = layer.apply({"params": variables["params"], "batch_stats": state}, x,
                                  deterministic=False, mutable=["batch_stats"])
         state = mutated["batch_stats"]
-        _, _, batch = rnn.unroll("lstm_bn", params, x, return_bn_stats=True)
+        _, _, batch = rnn.unroll("lstm_bn", params, x, return_cell_stats=True)
         for layer_index in range(2):
             for name in batchnorm.STAT_NAMES:
                 old = np.array(expected[layer_index][name])
@@ -256,7 +256,7 @@ def test_population_statistics_are_the_running_average_of_the_batch_statistics()
         jax.tree.map(np.testing.assert_array_equal, again["batch_stats"], state)
     ys_eval, _ = layer.apply(frozen, xs[0])
     ys_pure, _ = rnn.unroll("lstm_bn", params, xs[0],
-                            bn_stats=[state["layer_0"], state["layer_1"]])
+                            cell_stats=[state["layer_0"], state["layer_1"]])
     np.testing.assert_allclose(ys_eval, ys_pure, rtol=1e-6)
 
 
@@ -283,9 +283,9 @@ def test_population_statistics_are_for_lstm_bn_only():
     params = cells.init_params(KEY, "lstm", F, H)
     with pytest.raises(ValueError, match="lstm_bn"):
         rnn.unroll("lstm", params, jnp.zeros((2, 3, F)),
-                   bn_stats=batchnorm.init_population(H, 4))
+                   cell_stats=batchnorm.init_population(H, 4))
     # and the other cells return no statistics
-    _, _, stats = rnn.unroll("lstm", params, jnp.zeros((2, 3, F)), return_bn_stats=True)
+    _, _, stats = rnn.unroll("lstm", params, jnp.zeros((2, 3, F)), return_cell_stats=True)
     assert stats == {}
 
 

@@ -182,3 +182,33 @@ def test_every_recurrent_module_takes_the_same_options() -> None:
     close(modules[1].apply(variables, x)[0], modules[0].apply(stack_vars, x)[0])
     assert "b_h" in variables["params"]["stack"]["layer_0"]  # recurrent_bias reached it
     assert LanguageModel(11, (4,)).init_scale == 0.1 and StackedRNN(4).init_scale is None
+
+
+def test_a_users_cell_keeps_running_statistics_as_lstm_bn_does() -> None:
+    """`cells.Cell(aux_output=True, statistics=...)`: the stack keeps the statistics in
+    `batch_stats`, folds each training window's auxiliary output into them, and needs
+    `mutable=['batch_stats']` to do so; nothing in the stack is specific to batch norm."""
+    import jax.numpy as jnp
+
+    def update(params, carry, xw_t, rec_t, noise):
+        h = jnp.tanh(xw_t + rec_t)
+        return {"h": h}, (h, {"mean": jnp.mean(h, axis=0)})
+
+    kept = cells.CellStatistics(
+        init=lambda hidden, max_steps, dtype=jnp.float32: {"mean": jnp.zeros((hidden,), dtype)},
+        update=lambda stats, window, momentum: {
+            "mean": momentum * stats["mean"] + (1 - momentum) * jnp.mean(window["mean"], 0)},
+        check=lambda max_steps, momentum: None)
+    cell = cells.Cell(name="tanh_with_mean", num_gates=1, update=update, aux_output=True,
+                      statistics=kept)
+    layer = StackedRNN(3, cell=cell, bn_momentum=0.5)
+    x = inputs()
+    variables = layer.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(variables["batch_stats"]["layer_0"]["mean"], np.zeros(3))
+    (ys, _), new = layer.apply(variables, x, deterministic=False, mutable=["batch_stats"])
+    close(new["batch_stats"]["layer_0"]["mean"], 0.5 * np.mean(np.asarray(ys), axis=(0, 1)))
+    with pytest.raises(ValueError, match="updates its running statistics"):
+        layer.apply(variables, x, deterministic=False)
+    with pytest.raises(ValueError, match="Running statistics apply to cells that keep them"):
+        rnn.unroll("lstm", cells.init_params(jax.random.key(1), "lstm", F, 3), x,
+                   cell_stats={"mean": np.zeros(3)})

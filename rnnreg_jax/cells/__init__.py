@@ -49,8 +49,10 @@ from rnnreg_jax.cells.base import (
     Array,
     Carry,
     Cell,
+    CellStatistics,
     Params,
     StepNoise,
+    cell_name,
     check_cell_type,
     has_memory,
     maybe_scale,
@@ -76,6 +78,7 @@ from rnnreg_jax.cells.layout import (
     recurrent_weight_grad,
 )
 from rnnreg_jax.cells.lstm import lstm_gates, lstm_step, lstm_update
+from rnnreg_jax.cells.lstm_bn import STATISTICS as _BN_STATISTICS
 from rnnreg_jax.cells.lstm_bn import lstm_bn_step, lstm_bn_update
 from rnnreg_jax.cells.lstm_ln import layer_norm, lstm_ln_step, lstm_ln_update
 from rnnreg_jax.cells.params import (
@@ -114,8 +117,25 @@ def get_update(cell: Any):
     return UPDATES[cell] if record is None else record.update
 
 
+def statistics_of(cell: Any) -> CellStatistics | None:
+    """The running statistics a cell keeps (the batch-normalized LSTM's population), or
+    None."""
+    record = record_of(cell)
+    if record is not None:
+        return record.statistics
+    return _BN_STATISTICS if cell == "lstm_bn" else None
+
+
+def has_aux_output(cell: Any) -> bool:
+    """Whether a cell's per-step output is `(h_t, aux_t)` (its statistics, say)."""
+    record = record_of(cell)
+    return record.aux_output if record is not None else cell == "lstm_bn"
+
+
 __all__ = [
-    "ALL_CELL_TYPES", "CELL_TYPES", "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
+    "ALL_CELL_TYPES", "CELL_TYPES", "CellStatistics", "cell_name", "has_aux_output",
+    "statistics_of",
+    "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
     "Cell", "Params", "StepNoise", "check_cell_type", "default_init_scale", "gate_blocks",
     "gate_major", "get_step", "is_per_gate", "get_update", "gru_step", "gru_update", "has_memory",

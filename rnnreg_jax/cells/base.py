@@ -81,6 +81,24 @@ def merge_noise(tied: StepNoise, step: StepNoise) -> StepNoise:
 
 
 @dataclasses.dataclass(frozen=True)
+class CellStatistics:
+    """Running statistics a cell keeps outside its parameters and state (the batch-
+    normalized LSTM's population statistics), as a model keeps them in Flax's
+    `batch_stats` collection.
+
+    Attributes:
+      init: `(hidden_size, max_steps, dtype) -> stats`, a pytree, before any training.
+      update: `(stats, window_stats, momentum) -> stats`: fold one training window's
+        per-step statistics (the cell's per-step auxiliary output) into them.
+      check: `(max_steps, momentum) -> None`: raise ValueError on bad options.
+    """
+
+    init: Callable
+    update: Callable
+    check: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Cell:
     """A cell of your own, as a record of pure functions (the built-in cells are named by
     strings; `register` makes a record's name one too).
@@ -99,6 +117,12 @@ class Cell:
         the fused backward pass differentiates them.
       init_params: `(key, input_size, hidden_size, init_scale, dtype) -> params`; None:
         `w_x: [F, G*H]`, `w_h: [H, G*H]`, `b: [G*H]` uniform in [-scale, scale].
+      aux_output: the update's per-step output is `(h_t, aux_t)`, a pytree of
+        per-step values the scan stacks and the unroll returns (statistics, say).
+      statistics: running statistics the cell keeps (`CellStatistics`).
+      project: `(params, x, input_mask, per_gate, population) -> xw`, the input
+        projection of every step at once (`population`: the running statistics, or None
+        to use the window's own); None: `layout.project_inputs`.
     """
 
     name: str
@@ -107,6 +131,9 @@ class Cell:
     has_memory: bool = False
     update_params: tuple[str, ...] = ()
     init_params: Callable | None = None
+    aux_output: bool = False
+    statistics: CellStatistics | None = None
+    project: Callable | None = None
 
 
 REGISTRY: dict[str, Cell] = {}
@@ -126,6 +153,11 @@ def record_of(cell: Any) -> Cell | None:
     if isinstance(cell, Cell):
         return cell
     return REGISTRY.get(cell) if isinstance(cell, str) else None
+
+
+def cell_name(cell: Any) -> str:
+    """A cell's name (a record's `name`) for messages."""
+    return cell.name if isinstance(cell, Cell) else str(cell)
 
 
 def num_gates(cell: Any) -> int:

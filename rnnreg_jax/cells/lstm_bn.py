@@ -41,7 +41,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import LN_EPSILON, NUM_GATES, Carry, Params, StepNoise
+from rnnreg_jax.cells.base import (
+    LN_EPSILON,
+    NUM_GATES,
+    Carry,
+    CellStatistics,
+    Params,
+    StepNoise,
+)
 from rnnreg_jax.cells.layout import project_inputs, recurrent_projection
 from rnnreg_jax.cells.lstm import lstm_gates
 
@@ -223,3 +230,16 @@ def lstm_bn_update(params: Params, carry: Carry, xw_t: dict, rec_t: Array,
     stats = {"x_mean": given["x_mean"], "x_var": given["x_var"], "h_mean": h_mean,
              "h_var": h_var, **c_stats}
     return new_carry, (h_t, stats)
+
+
+def _check(max_steps: Any, momentum: float) -> None:
+    check_max_steps(max_steps)
+    check_momentum(momentum)
+
+
+def _init(hidden_size: int, max_steps: int, dtype: Any = jnp.float32) -> Stats:
+    return init_population(hidden_size, max_steps, dtype)
+
+
+# The population statistics, as every model keeps a cell's running statistics.
+STATISTICS = CellStatistics(init=_init, update=update_population, check=_check)

@@ -141,7 +141,10 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
     """
     if forget_bias:
         params = with_forget_bias(cell, params, forget_bias)
-    if record_of(cell) is not None:
+    record = record_of(cell)
+    if record is not None:
+        if record.project is not None:
+            return record.project(params, x, input_mask, per_gate, population)
         return project_inputs(params, x, input_mask, per_gate)
     if cell == "lstm_bn":
         return lstm_bn.project(params, x, input_mask, per_gate, population)
