@@ -38,6 +38,7 @@ from typing import Any
 
 from rnnreg_jax.cells.base import (
     ALL_CELL_TYPES,
+    BUILTINS,
     CELL_TYPES,
     EXTRA_CELL_TYPES,
     LN_EPSILON,
@@ -45,7 +46,6 @@ from rnnreg_jax.cells.base import (
     NUM_GATES,
     RECURRENT_BIAS_CELLS,
     REGISTRY,
-    UPDATE_PARAMS,
     Array,
     Carry,
     Cell,
@@ -62,9 +62,10 @@ from rnnreg_jax.cells.base import (
     record_of,
     register,
     reject_lstm_only,
+    the_record,
     update_params,
 )
-from rnnreg_jax.cells.gru import gru_step, gru_update
+from rnnreg_jax.cells.gru import GRU, gru_step, gru_update
 from rnnreg_jax.cells.layout import (
     gate_blocks,
     gate_major,
@@ -77,10 +78,9 @@ from rnnreg_jax.cells.layout import (
     recurrent_transpose,
     recurrent_weight_grad,
 )
-from rnnreg_jax.cells.lstm import lstm_gates, lstm_step, lstm_update
-from rnnreg_jax.cells.lstm_bn import STATISTICS as _BN_STATISTICS
-from rnnreg_jax.cells.lstm_bn import lstm_bn_step, lstm_bn_update
-from rnnreg_jax.cells.lstm_ln import layer_norm, lstm_ln_step, lstm_ln_update
+from rnnreg_jax.cells.lstm import LSTM, lstm_gates, lstm_step, lstm_update
+from rnnreg_jax.cells.lstm_bn import LSTM_BN, lstm_bn_step, lstm_bn_update
+from rnnreg_jax.cells.lstm_ln import LSTM_LN, layer_norm, lstm_ln_step, lstm_ln_update
 from rnnreg_jax.cells.params import (
     default_init_scale,
     init_carry,
@@ -88,22 +88,27 @@ from rnnreg_jax.cells.params import (
     project,
     with_forget_bias,
 )
-from rnnreg_jax.cells.tanh_rnn import rnn_step, rnn_update
+from rnnreg_jax.cells.tanh_rnn import RNN, rnn_step, rnn_update
 
+BUILTINS.update({record.name: record for record in (LSTM, GRU, RNN, LSTM_LN, LSTM_BN)})
+# The built-in cells' functions by name, as the records hold them.
 STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "lstm_ln": lstm_ln_step,
          "lstm_bn": lstm_bn_step}
-UPDATES = {"lstm": lstm_update, "gru": gru_update, "rnn": rnn_update,
-           "lstm_ln": lstm_ln_update, "lstm_bn": lstm_bn_update}
+UPDATES = {name: record.update for name, record in BUILTINS.items()}
+UPDATE_PARAMS = {name: record.update_params for name, record in BUILTINS.items()}
 
 
 def get_step(cell: Any):
-    """The step function of a cell type: `(params, carry, xw_t, noise) -> (carry, y)`."""
-    check_cell_type(cell)
-    record = record_of(cell)
-    if record is None:
-        return STEPS[cell]
+    """The step function of a cell: `(params, carry, xw_t, noise) -> (carry, y)`, the
+    masked recurrent product then the record's update (LSTM-only sites refused for a
+    cell without a memory cell)."""
+    record = the_record(cell)
+    if record is BUILTINS.get(record.name):  # the module's own step: the same composition
+        return STEPS[record.name]
 
     def step(params, carry, xw_t, noise=StepNoise()):
+        if not record.has_memory:
+            reject_lstm_only(noise, record.name)
         rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
         return record.update(params, carry, xw_t, rec_t, noise)
 
@@ -111,29 +116,24 @@ def get_step(cell: Any):
 
 
 def get_update(cell: Any):
-    """The elementwise update of a cell type: `(params, carry, xw_t, rec_t, noise)`."""
-    check_cell_type(cell)
-    record = record_of(cell)
-    return UPDATES[cell] if record is None else record.update
+    """The elementwise update of a cell: `(params, carry, xw_t, rec_t, noise)`."""
+    return the_record(cell).update
 
 
 def statistics_of(cell: Any) -> CellStatistics | None:
     """The running statistics a cell keeps (the batch-normalized LSTM's population), or
     None."""
-    record = record_of(cell)
-    if record is not None:
-        return record.statistics
-    return _BN_STATISTICS if cell == "lstm_bn" else None
+    return the_record(cell).statistics
 
 
 def has_aux_output(cell: Any) -> bool:
     """Whether a cell's per-step output is `(h_t, aux_t)` (its statistics, say)."""
-    record = record_of(cell)
-    return record.aux_output if record is not None else cell == "lstm_bn"
+    return the_record(cell).aux_output
 
 
 __all__ = [
-    "ALL_CELL_TYPES", "CELL_TYPES", "CellStatistics", "cell_name", "has_aux_output",
+    "ALL_CELL_TYPES", "BUILTINS", "CELL_TYPES", "GRU", "LSTM", "LSTM_BN", "LSTM_LN", "RNN",
+    "the_record", "CellStatistics", "cell_name", "has_aux_output",
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",

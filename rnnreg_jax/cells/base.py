@@ -100,8 +100,9 @@ class CellStatistics:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """A cell of your own, as a record of pure functions (the built-in cells are named by
-    strings; `register` makes a record's name one too).
+    """A cell as a record of pure functions. Every built-in cell is one (its module's
+    record, found by its name: `record_of("gru")`); `register` makes a user's record's
+    name usable the same way.
 
     Attributes:
       name: a name for errors and `register`.
@@ -116,7 +117,14 @@ class Cell:
       update_params: the parameters `update` reads (besides the carry and projections);
         the fused backward pass differentiates them.
       init_params: `(key, input_size, hidden_size, init_scale, dtype) -> params`; None:
-        `w_x: [F, G*H]`, `w_h: [H, G*H]`, `b: [G*H]` uniform in [-scale, scale].
+        `w_x: [F, G*H]`, `w_h: [H, G*H]`, `b: [G*H]` uniform in [-scale, scale] (or
+        orthogonal weights, `params.init_params`), plus `extra_params`.
+      extra_params: `(hidden_size, dtype) -> params` the default draw adds (the
+        normalizations' gains and shifts).
+      recurrent_bias: whether the cell may carry a second additive bias `b_h` beside `b`
+        (`init_params(recurrent_bias=True)`, Zaremba's two `nn.Linear` biases).
+      inner_recurrent_bias: whether the cell always has a bias `b_h` of its own inside
+        the recurrent product (the GRU's reset-after candidate).
       aux_output: the update's per-step output is `(h_t, aux_t)`, a pytree of
         per-step values the scan stacks and the unroll returns (statistics, say).
       statistics: running statistics the cell keeps (`CellStatistics`).
@@ -134,9 +142,13 @@ class Cell:
     aux_output: bool = False
     statistics: CellStatistics | None = None
     project: Callable | None = None
+    extra_params: Callable | None = None
+    recurrent_bias: bool = False
+    inner_recurrent_bias: bool = False
 
 
-REGISTRY: dict[str, Cell] = {}
+REGISTRY: dict[str, Cell] = {}  # users' records by name
+BUILTINS: dict[str, Cell] = {}  # filled by rnnreg_jax.cells from the cells' modules
 
 
 def register(cell: Cell) -> Cell:
@@ -148,11 +160,13 @@ def register(cell: Cell) -> Cell:
 
 
 def record_of(cell: Any) -> Cell | None:
-    """The record of a user's cell (given itself or by its registered name), or None for
-    a built-in cell type."""
+    """The record of a cell given itself or by its name (built-in or registered), or
+    None for an unknown name."""
     if isinstance(cell, Cell):
         return cell
-    return REGISTRY.get(cell) if isinstance(cell, str) else None
+    if not isinstance(cell, str):
+        return None
+    return BUILTINS.get(cell) or REGISTRY.get(cell)
 
 
 def cell_name(cell: Any) -> str:
@@ -160,32 +174,30 @@ def cell_name(cell: Any) -> str:
     return cell.name if isinstance(cell, Cell) else str(cell)
 
 
+def check_cell_type(cell: Any) -> None:
+    if record_of(cell) is None:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of "
+                         f"{ALL_CELL_TYPES + tuple(REGISTRY)} or a cells.Cell.")
+
+
+def the_record(cell: Any) -> Cell:
+    """The record of a known cell (a one-line error for an unknown one)."""
+    check_cell_type(cell)
+    return record_of(cell)
+
+
 def num_gates(cell: Any) -> int:
-    record = record_of(cell)
-    return record.num_gates if record is not None else NUM_GATES[cell]
+    return the_record(cell).num_gates
 
 
 def has_memory(cell: Any) -> bool:
-    record = record_of(cell)
-    return record.has_memory if record is not None else cell in LSTM_TYPES
-
-
-# The parameters an update function reads (besides the carry, xw_t and rec_t);
-# the fused backward pass differentiates the update with respect to them.
-UPDATE_PARAMS = {"lstm": (), "gru": ("b_h",), "rnn": (),
-                 "lstm_ln": ("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b"),
-                 "lstm_bn": ("bn_h_g", "bn_c_g", "bn_c_b")}
+    return the_record(cell).has_memory
 
 
 def update_params(cell: Any) -> tuple[str, ...]:
-    record = record_of(cell)
-    return record.update_params if record is not None else UPDATE_PARAMS[cell]
-
-
-def check_cell_type(cell: Any) -> None:
-    if record_of(cell) is None and cell not in ALL_CELL_TYPES:
-        raise ValueError(f"Unknown cell type {cell!r}; expected one of "
-                         f"{ALL_CELL_TYPES + tuple(REGISTRY)} or a cells.Cell.")
+    """The parameters a cell's update reads (besides the carry, xw_t and rec_t); the
+    fused backward pass differentiates the update with respect to them."""
+    return the_record(cell).update_params
 
 
 def mix(keep_coef: Any, previous: Array, new: Array) -> Array:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import Carry, Params, StepNoise, maybe_scale, mix, reject_lstm_only
+from rnnreg_jax.cells.base import (
+    Carry,
+    Cell,
+    Params,
+    StepNoise,
+    maybe_scale,
+    mix,
+    reject_lstm_only,
+)
 from rnnreg_jax.cells.layout import Array, recurrent_projection
 
 
@@ -34,3 +42,7 @@ def gru_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: S
     h_new = (1.0 - z) * n + z * h_prev
     h_t = mix(noise.depth, h_prev, mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
+
+
+GRU = Cell(name="gru", num_gates=3, update=gru_update, update_params=("b_h",),
+           inner_recurrent_bias=True)

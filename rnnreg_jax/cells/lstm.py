@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import Carry, Params, StepNoise, maybe_scale, mix
+from rnnreg_jax.cells.base import Carry, Cell, Params, StepNoise, maybe_scale, mix
 from rnnreg_jax.cells.layout import Array, recurrent_projection
 
 
@@ -60,3 +60,6 @@ def lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash=jnp.tanh):
     h_t = mix(noise.depth, h_prev, h_t)
     new_carry.update(h=h_t, c=c_t)
     return new_carry, h_t
+
+
+LSTM = Cell(name="lstm", num_gates=4, update=lstm_update, has_memory=True, recurrent_bias=True)

@@ -45,6 +45,7 @@ from rnnreg_jax.cells.base import (
     LN_EPSILON,
     NUM_GATES,
     Carry,
+    Cell,
     CellStatistics,
     Params,
     StepNoise,
@@ -210,7 +211,7 @@ def lstm_bn_update(params: Params, carry: Carry, xw_t: dict, rec_t: Array,
 
     Every LSTM noise site acts as in `cells.lstm_step`: the rnnDrop mask on c~
     before its normalization, zoneout and stochastic depth on the
-    un-normalized c. Reads `bn_h_g, bn_c_g, bn_c_b` (`cells.UPDATE_PARAMS`).
+    un-normalized c. Reads `bn_h_g, bn_c_g, bn_c_b` (the record's `update_params`).
 
     Returns:
       `(carry, (h_t, stats_t))`: `stats_t` holds the statistics this step
@@ -243,3 +244,8 @@ def _init(hidden_size: int, max_steps: int, dtype: Any = jnp.float32) -> Stats:
 
 # The population statistics, as every model keeps a cell's running statistics.
 STATISTICS = CellStatistics(init=_init, update=update_population, check=_check)
+
+
+LSTM_BN = Cell(name="lstm_bn", num_gates=4, update=lstm_bn_update, has_memory=True,
+               update_params=("bn_h_g", "bn_c_g", "bn_c_b"), project=project,
+               extra_params=init_params, aux_output=True, statistics=STATISTICS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import LN_EPSILON, NUM_GATES, Carry, Params, StepNoise
-from rnnreg_jax.cells.layout import Array, recurrent_projection
+from rnnreg_jax.cells.base import LN_EPSILON, NUM_GATES, Carry, Cell, Params, StepNoise
+from rnnreg_jax.cells.layout import Array, project_inputs, recurrent_projection
 from rnnreg_jax.cells.lstm import lstm_gates
 
 
@@ -49,8 +49,34 @@ def lstm_ln_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, nois
     """The elementwise rest of `lstm_ln_step`, given `rec_t = (h_{t-1} * m_h) W_h`.
 
     Reads only `ln_h_g, ln_h_b, ln_c_g, ln_c_b` from `params`
-    (`UPDATE_PARAMS["lstm_ln"]`).
+    (the record's `update_params`).
     """
     z = xw_t + layer_norm(rec_t, params["ln_h_g"], params["ln_h_b"], NUM_GATES["lstm_ln"])
     squash = lambda c: jnp.tanh(layer_norm(c, params["ln_c_g"], params["ln_c_b"]))  # noqa: E731
     return lstm_gates(carry, z, noise, squash)
+
+
+def lstm_ln_project(params: Params, x: Array, input_mask: Array | None = None,
+                    per_gate: bool = False, population=None) -> Array:
+    """The normalized input projection of every step, `LN_gates((x * mask) W_x; ln_x_g,
+    ln_x_b) + b`: the statistics of each step and example are taken per gate block, so
+    hoisting it out of the scan is exact."""
+    del population
+    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
+    return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES["lstm_ln"]) + params["b"]
+
+
+def lstm_ln_params(hidden_size: int, dtype) -> Params:
+    """The normalizations' gains (ones) and shifts (zeros), Ba et al.'s initialization:
+    `ln_x_g, ln_x_b, ln_h_g, ln_h_b: [4H]`, `ln_c_g, ln_c_b: [H]`."""
+    width = NUM_GATES["lstm_ln"] * hidden_size
+    out = {}
+    for site, size in (("x", width), ("h", width), ("c", hidden_size)):
+        out[f"ln_{site}_g"] = jnp.ones((size,), dtype)
+        out[f"ln_{site}_b"] = jnp.zeros((size,), dtype)
+    return out
+
+
+LSTM_LN = Cell(name="lstm_ln", num_gates=4, update=lstm_ln_update, has_memory=True,
+               update_params=("ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b"), project=lstm_ln_project,
+               extra_params=lstm_ln_params)

@@ -9,21 +9,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells import lstm_bn
 from rnnreg_jax.cells.base import (
     LSTM_TYPES,
-    NUM_GATES,
     RECURRENT_BIAS_CELLS,
     Array,
     Carry,
     Params,
-    check_cell_type,
     has_memory,
-    num_gates,
-    record_of,
+    the_record,
 )
 from rnnreg_jax.cells.layout import project_inputs
-from rnnreg_jax.cells.lstm_ln import layer_norm
 
 
 def default_init_scale(hidden_size: int) -> float:
@@ -64,21 +59,19 @@ def init_params(
       `w_x` and `w_h` orthogonal (orthonormal rows, `[F, G*H]` and `[H, G*H]`,
       `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
-    check_cell_type(cell)
-    record = record_of(cell)
-    if record is not None and record.init_params is not None:
+    record = the_record(cell)
+    scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+    if record.init_params is not None:
         if recurrent_bias or orthogonal:
-            raise ValueError(f"recurrent_bias and orthogonal apply to the built-in cells, not "
+            raise ValueError(f"recurrent_bias and orthogonal apply to the default draw, not "
                              f"{record.name!r} (its init_params draws its parameters).")
-        scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
         return record.init_params(key, input_size, hidden_size, scale, dtype)
-    if recurrent_bias and cell not in RECURRENT_BIAS_CELLS:
+    if recurrent_bias and not record.recurrent_bias:
         raise ValueError(f"recurrent_bias applies to cells {RECURRENT_BIAS_CELLS}, not "
                          f"{cell!r}.")
-    scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
-    width = num_gates(cell) * hidden_size
+    width = record.num_gates * hidden_size
     shapes = {"w_x": (input_size, width), "w_h": (hidden_size, width), "b": (width,)}
-    if cell == "gru":
+    if record.inner_recurrent_bias:
         shapes["b_h"] = (width,)
     keys = jax.random.split(key, len(shapes))
     # Drawn flat and reshaped: XLA on CPU compiles multi-dimensional threefry
@@ -97,12 +90,8 @@ def init_params(
         for name in ("b", "b_h"):
             if name in params:
                 params[name] = jnp.zeros_like(params[name])
-    if cell == "lstm_ln":
-        for site, size in (("x", width), ("h", width), ("c", hidden_size)):
-            params[f"ln_{site}_g"] = jnp.ones((size,), dtype)
-            params[f"ln_{site}_b"] = jnp.zeros((size,), dtype)
-    if cell == "lstm_bn":
-        params.update(lstm_bn.init_params(hidden_size, dtype))
+    if record.extra_params is not None:
+        params.update(record.extra_params(hidden_size, dtype))
     return params
 
 
@@ -115,7 +104,6 @@ def init_carry(
     `output_gate=True` adds `"o"`, the previous output gate, which output
     zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
     """
-    check_cell_type(cell)
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
     if has_memory(cell):
@@ -130,30 +118,20 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
             forget_bias: float = 0.0) -> Array:
     """The input projection a cell's step consumes, `[T, B, G*H]`, for all steps at once.
 
-    `project_inputs` for the papers' cells (plus the second bias `b_h` of an
-    "lstm" or "rnn" that has one, and an LSTM's constant `forget_bias` on the
-    forget block, `with_forget_bias`); for `lstm_ln` the normalized
-    projection `LN_gates((x * mask) W_x; ln_x_g, ln_x_b) + b` (the statistics
-    of each step and example are taken per gate block, so hoisting it out of
-    the scan is exact). For `lstm_bn` a dict `{"x": [T, B, 4H], "stats"}` from
-    `batchnorm.project`, normalized by the `population` statistics if given,
-    else by each step's batch statistics.
+    The record's `project` where it has one (the layer-normalized LSTM's normalized
+    projection, the batch-normalized LSTM's `{"x", "stats"}` normalized by `population`
+    or the window's own statistics), else `project_inputs` (with the second bias `b_h` of
+    a cell that carries one added to `b`); an LSTM's constant `forget_bias` goes on the
+    forget block first (`with_forget_bias`).
     """
     if forget_bias:
         params = with_forget_bias(cell, params, forget_bias)
-    record = record_of(cell)
-    if record is not None:
-        if record.project is not None:
-            return record.project(params, x, input_mask, per_gate, population)
-        return project_inputs(params, x, input_mask, per_gate)
-    if cell == "lstm_bn":
-        return lstm_bn.project(params, x, input_mask, per_gate, population)
-    if cell in RECURRENT_BIAS_CELLS and "b_h" in params:  # the second bias simply adds
+    record = the_record(cell)
+    if record.project is not None:
+        return record.project(params, x, input_mask, per_gate, population)
+    if record.recurrent_bias and "b_h" in params:  # the second bias simply adds
         params = dict(params, b=params["b"] + params["b_h"])
-    if cell != "lstm_ln":
-        return project_inputs(params, x, input_mask, per_gate)
-    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
-    return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES[cell]) + params["b"]
+    return project_inputs(params, x, input_mask, per_gate)
 
 
 def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
@@ -164,7 +142,7 @@ def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
     the same gradients as the bias it shifts, so this is also "initialise b_f
     at b_f + forget_bias" for any optimizer without weight decay on biases.
     """
-    if cell not in LSTM_TYPES:
+    if not has_memory(cell):
         raise ValueError(f"forget_bias applies to LSTM cells {LSTM_TYPES}, not {cell!r}.")
     hidden = params["w_h"].shape[0]
     return dict(params, b=params["b"].at[hidden:2 * hidden].add(forget_bias))

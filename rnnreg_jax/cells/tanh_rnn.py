@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import Carry, Params, StepNoise, maybe_scale, mix, reject_lstm_only
+from rnnreg_jax.cells.base import (
+    Carry,
+    Cell,
+    Params,
+    StepNoise,
+    maybe_scale,
+    mix,
+    reject_lstm_only,
+)
 from rnnreg_jax.cells.layout import Array, recurrent_projection
 
 
@@ -23,3 +31,6 @@ def rnn_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: S
     h_new = maybe_scale(noise.update, h_new)
     h_t = mix(noise.depth, h_prev, mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
+
+
+RNN = Cell(name="rnn", num_gates=1, update=rnn_update, recurrent_bias=True)
