@@ -140,15 +140,15 @@ def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_recurrent_projection(cell: str) -> None:
-    """`h W_h`, `(h m) W_h`, and a `[G, B, H]` mask applied per gate block."""
+    """`h W_h`, `(h m) W_h`, and a `PerGate` `[G, B, H]` mask applied per gate block."""
     gates = cells.NUM_GATES[cell]
     w_h = np_params(8, cell)["w_h"]
     h = rand(9, B, H)
     nm.assert_close_f32(recurrent_projection(h, w_h, None), h @ w_h)
     m = keep_mask(10, B, H)
     nm.assert_close_f32(recurrent_projection(h, w_h, m), (h * m) @ w_h)
-    gm = keep_mask(11, gates, B, H)
-    blocks = [(h * gm[g]) @ w_h[:, g * H:(g + 1) * H] for g in range(gates)]
+    gm = cells.PerGate(keep_mask(11, gates, B, H))
+    blocks = [(h * gm.masks[g]) @ w_h[:, g * H:(g + 1) * H] for g in range(gates)]
     nm.assert_close_f32(recurrent_projection(h, w_h, gm), np.concatenate(blocks, -1))
     # the scans pass W_h already laid out: G blocks on CPU, gate-major on accelerators
     for layout in (cells.gate_blocks(w_h, gates), cells.gate_major(w_h, gates)):

@@ -173,10 +173,11 @@ LAYER_SITES = [
 
 
 def _get(ln, path):
+    """A site's mask by path (a per-gate recurrent mask's array, `cells.PerGate.masks`)."""
     value = ln
     for name in path:
         value = getattr(value, name)
-    return value
+    return value.masks if isinstance(value, cells.PerGate) else value
 
 
 @pytest.mark.parametrize("name,reg,cell,path,shape,kind,rate", LAYER_SITES,

@@ -200,6 +200,11 @@ def _mix(d, prev, new):
     return new if d is None else d * prev + (1 - d) * new
 
 
+def _array(mask):
+    """A per-gate recurrent mask's array (`cells.PerGate`), other masks as they are."""
+    return mask.masks if isinstance(mask, cells.PerGate) else mask
+
+
 def _gate(mask, g, per_gate):
     """The mask one gate's copy of an input sees (None = unmasked)."""
     if mask is None:
@@ -228,8 +233,8 @@ def reference_unroll(cell, params, x, reg, key, deterministic):
         rec_per_gate = masks.recurrent is not None and masks.recurrent.per_gate
         ys = []
         for t in range(steps):
-            n = {name: getattr(ln.tied, name) if getattr(ln.tied, name) is not None
-                 else _at(getattr(ln.per_step, name), t, True)
+            n = {name: _array(getattr(ln.tied, name)) if getattr(ln.tied, name) is not None
+                 else _at(_array(getattr(ln.per_step, name)), t, True)
                  for name in cells.StepNoise._fields}
             mx = ln.input
             if mx is not None and in_per_step:

@@ -67,6 +67,7 @@ from rnnreg_jax.cells.base import (
 )
 from rnnreg_jax.cells.gru import GRU, gru_step, gru_update
 from rnnreg_jax.cells.layout import (
+    PerGate,
     gate_blocks,
     gate_major,
     is_per_gate,
@@ -133,7 +134,7 @@ def has_aux_output(cell: Any) -> bool:
 
 __all__ = [
     "ALL_CELL_TYPES", "BUILTINS", "CELL_TYPES", "GRU", "LSTM", "LSTM_BN", "LSTM_LN", "RNN",
-    "the_record", "CellStatistics", "cell_name", "has_aux_output",
+    "the_record", "PerGate", "CellStatistics", "cell_name", "has_aux_output",
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",

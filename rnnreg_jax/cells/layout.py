@@ -2,9 +2,9 @@
 product `(h * m) W` with a mask shared by the gates or one per gate, and, side by side,
 the transpose and weight gradient the fused backward pass takes of the recurrent one.
 
-Whether a recurrent mask is per gate is read from its rank in one place,
-`is_per_gate`: a shared mask is `[B, H]` (`[T, B, H]` per step), a per-gate one has a
-gate axis, `[G, B, H]` (`[T, G, B, H]` per step, time first for the scan).
+A recurrent mask is per gate when it says so, as a `PerGate` (`[G, B, H]`, `[T, G, B, H]`
+per step, time first for the scan); a plain array (`[B, H]`, `[T, B, H]` per step) is
+shared by the gates. An input mask's `per_gate` travels beside it (`LayerNoise`).
 """
 
 from __future__ import annotations
@@ -80,22 +80,41 @@ def per_gate_weights(w: Array, num_gates: int,
     return gate_major(w, num_gates)
 
 
-def is_per_gate(mask, per_step: bool = False) -> bool:
-    """Whether a recurrent mask (of one step, or all steps' `[T, ...]`) has a gate axis."""
-    return mask is not None and jnp.ndim(mask) == (4 if per_step else 3)
+@jax.tree_util.register_pytree_node_class
+class PerGate:
+    """A recurrent mask with one slice per gate, `masks: [G, B, H]` (`[T, G, B, H]` per
+    step, time first as the scan slices it): per gate because it is a `PerGate`,
+    whatever its rank. A regularizer writing the `recurrent` site per gate wraps its
+    masks in one; a plain array is one mask shared by the gates."""
+
+    def __init__(self, masks: Array):
+        self.masks = masks
+
+    def tree_flatten(self):
+        return (self.masks,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        del aux
+        return cls(*children)
+
+
+def is_per_gate(mask) -> bool:
+    """Whether a recurrent mask has one slice per gate (`PerGate`)."""
+    return isinstance(mask, PerGate)
 
 
 def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
-    """The number of gates if the recurrent mask has a gate axis, else None."""
+    """The number of gates if the recurrent mask is per gate, else None."""
     if is_per_gate(tied.recurrent):
-        return tied.recurrent.shape[0]
-    if is_per_gate(per_step.recurrent, per_step=True):
-        return per_step.recurrent.shape[1]
+        return tied.recurrent.masks.shape[0]
+    if is_per_gate(per_step.recurrent):
+        return per_step.recurrent.masks.shape[1]
     return None
 
 
 def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array | None) -> Array:
-    """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `[G, B, H]` mask is per gate.
+    """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `PerGate` mask `[G, B, H]` per gate.
 
     With a per-gate mask, `w_h` may come already laid out by `per_gate_weights`
     (G blocks, or gate-major `[G, H, H]`), which is how the scans pass it.
@@ -104,8 +123,9 @@ def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array |
         return h @ w_h
     if not is_per_gate(mask):
         return (h * mask) @ w_h
-    w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, mask.shape[0])
-    return per_gate_product(h, mask, w)
+    masks = mask.masks
+    w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, len(masks))
+    return per_gate_product(h, masks, w)
 
 
 def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Array:
@@ -133,6 +153,7 @@ def recurrent_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> A
         return d_rec @ w_h.T
     if not is_per_gate(mask):
         return (d_rec @ w_h.T) * mask
+    mask = mask.masks
     num_gates = mask.shape[0]
     if isinstance(w_h, tuple):
         d_blocks = jnp.split(d_rec, num_gates, axis=-1)
@@ -147,11 +168,11 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
     mask = tied_mask if tied_mask is not None else step_mask
     steps, batch, hidden = h_prev.shape
     rows = steps * batch
-    per_gate = is_per_gate(tied_mask) or is_per_gate(step_mask, per_step=True)
-    if not per_gate:
+    if not is_per_gate(mask):
         hm = h_prev if mask is None else h_prev * mask
         return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
-    gate_masks = mask if tied_mask is not None else jnp.swapaxes(mask, 0, 1)  # [G, (T,) B, H]
+    gate_masks = (mask.masks if tied_mask is not None
+                  else jnp.swapaxes(mask.masks, 0, 1))  # [G, (T,) B, H]
     d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
     return jnp.concatenate([(h_prev * m).reshape(rows, hidden).T @ d
                             for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)

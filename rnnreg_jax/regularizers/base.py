@@ -16,7 +16,8 @@ Hooks (when the stack calls them: what they return):
 * `input_mask(key, shape, deterministic)` (per layer and window): `(mask, per_gate)`
   for the layer's input, or None.
 * `step_noise(key, shape, deterministic)` (per layer and window): `(tied, per_step)`,
-  dicts of `cells.StepNoise` fields reused every step or scanned (time first).
+  dicts of `cells.StepNoise` fields reused every step or scanned (time first); a
+  per-gate `recurrent` mask is a `cells.PerGate`.
 * `output_mask(key, shape, deterministic)` (per window): a mask of the last layer's
   output, or None.
 * `embedding_mask(key, ids, vocab_size, deterministic, dtype)` (per window):

@@ -15,7 +15,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from rnnreg_jax import noise
+from rnnreg_jax import cells, noise
 from rnnreg_jax.regularizers.base import (
     Regularizer,
     cell_name,
@@ -118,8 +118,10 @@ class Dropout(Regularizer):
             spec = self.recurrent
             mask = noise.dropout_mask(self._key(key, "recurrent", shape.layer), spec, bh,
                                       shape.steps, shape.num_gates, shape.dtype)
-            if spec.per_gate and spec.tie == "step":
-                mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
+            if spec.per_gate:
+                if spec.tie == "step":
+                    mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
+                mask = cells.PerGate(mask)
             (tied if spec.tie == "sequence" else per_step)["recurrent"] = mask
         if _on(self.cell):
             mask = noise.dropout_mask(self._key(key, "cell", shape.layer), self.cell, bh,
