@@ -138,13 +138,12 @@ def dropout_mask(key: Array, spec, shape: tuple[int, ...], steps: int,
     expectation.
 
     Returns:
-      `[*shape]` (tied) or `[T, *shape]` (per step), with a leading gate axis
-      `[G, ...]` (so `[G, T, ...]` per step) when `spec.per_gate`.
+      `[*shape]` (tied) or `[T, *shape]` (per step), with a gate axis before the
+      mask's own axes when `spec.per_gate`: `[G, *shape]`, `[T, G, *shape]` per step
+      (one layout for every per-step mask: time first, as the scan slices it).
     """
     full = (num_gates, *shape) if spec.per_gate else shape
     keep = bernoulli(key, 1.0 - spec.rate, full, spec.tie, steps, dtype)
-    if spec.per_gate and spec.tie == "step":
-        keep = jnp.swapaxes(keep, 0, 1)  # [T, G, ...] -> [G, T, ...]
     return keep / quantize_probability(1.0 - spec.rate)
 
 

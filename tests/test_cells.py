@@ -118,24 +118,25 @@ def test_project_inputs_equals_per_step_matmul(cell: str) -> None:
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: bool,
                                               backend: str) -> None:
-    """A `[G, (T,) B, F]` mask equals masking x separately for each gate block, in
+    """A `[(T,) G, B, F]` mask equals masking x separately for each gate block, in
     either backend's weight layout (G dots on CPU, one gate-batched dot elsewhere)."""
     real = cells.per_gate_weights
-    monkeypatch.setattr(cells, "per_gate_weights",
+    monkeypatch.setattr(cells.layout, "per_gate_weights",  # where project_inputs finds it
                         lambda w, g, **_: real(w, g, backend=backend))
     gates = cells.NUM_GATES[cell]
     p = np_params(5, cell)
     x = rand(6, T, B, F)
-    mask = keep_mask(7, gates, T, B, F) if per_step else keep_mask(7, gates, B, F)
+    mask = keep_mask(7, T, gates, B, F) if per_step else keep_mask(7, gates, B, F)
+    gate_mask = (lambda g: mask[:, g]) if per_step else (lambda g: mask[g])
     # eager: the module's jitted project_inputs would reuse one layout's trace
     out = cells.project_inputs(p, x, mask, per_gate=True)
-    blocks = [(x * mask[g]) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H]
+    blocks = [(x * gate_mask(g)) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H]
               for g in range(gates)]
     nm.assert_close_f32(out, np.concatenate(blocks, -1))
     # The same mask for every gate reduces to the shared mask.
-    same = np.broadcast_to(mask[0], mask.shape)
+    same = np.broadcast_to(np.expand_dims(gate_mask(0), 1 if per_step else 0), mask.shape)
     nm.assert_close_f32(cells.project_inputs(p, x, same, per_gate=True),
-                        project_inputs(p, x, mask[0]))
+                        project_inputs(p, x, gate_mask(0)))
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)

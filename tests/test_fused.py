@@ -81,8 +81,9 @@ def test_accelerator_weight_layout_gives_the_same_gradients(monkeypatch, reg_nam
 
     blocks = {impl: run(impl) for impl in ("fused", "autodiff")}
     real = cells.per_gate_weights
-    monkeypatch.setattr(cells, "per_gate_weights",
-                        lambda w, g, backend=None: real(w, g, backend="gpu"))
+    gate_major = lambda w, g, backend=None: real(w, g, backend="gpu")  # noqa: E731
+    monkeypatch.setattr(cells, "per_gate_weights", gate_major)  # the scans' W_h
+    monkeypatch.setattr(cells.layout, "per_gate_weights", gate_major)  # the input products'
     for impl in ("fused", "autodiff"):
         stacked = run(impl)
         assert isinstance(cells.per_gate_weights(jnp.ones((2, 8)), 4), jax.Array)

@@ -238,7 +238,7 @@ def reference_unroll(cell, params, x, reg, key, deterministic):
                  for name in cells.StepNoise._fields}
             mx = ln.input
             if mx is not None and in_per_step:
-                mx = mx[:, t] if in_per_gate else mx[t]
+                mx = mx[t]  # every per-step mask is time first
             xs = [(x[t] * _gate(mx, g, in_per_gate)) @ wx[g] + bx[g] for g in range(num_gates)]
             hs = [(h * _gate(n["recurrent"], g, rec_per_gate)) @ wh[g] for g in range(num_gates)]
             m_u = 1.0 if n["update"] is None else n["update"]
@@ -630,7 +630,7 @@ def test_per_gate_projection_equals_stacked_masked_matmuls(tie):
     got = cells.project_inputs(p, x, mask, per_gate=True)
     blocks = []
     for g in range(4):
-        m = mask[g]
+        m = mask[g] if tie == "sequence" else mask[:, g]  # per step: [T, G, B, F]
         blocks.append((x * m) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H])
     np.testing.assert_allclose(got, jnp.concatenate(blocks, -1), rtol=1e-5, atol=1e-6)
 

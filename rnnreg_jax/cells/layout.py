@@ -4,7 +4,8 @@ the transpose and weight gradient the fused backward pass takes of the recurrent
 
 A recurrent mask is per gate when it says so, as a `PerGate` (`[G, B, H]`, `[T, G, B, H]`
 per step, time first for the scan); a plain array (`[B, H]`, `[T, B, H]` per step) is
-shared by the gates. An input mask's `per_gate` travels beside it (`LayerNoise`).
+shared by the gates. An input mask's `per_gate` travels beside it (`LayerNoise`). Every
+per-step mask is time first, `[T, G, ...]` when per gate.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def project_inputs(
       x: inputs `[T, B, F]` (time-major).
       input_mask: None; a mask shared by all gates, `[B, F]` (tied per
         sequence) or `[T, B, F]` (per step); or with `per_gate=True` one mask
-        per gate, `[G, B, F]` or `[G, T, B, F]`, which makes the projection
-        one batched matmul over the G gate blocks.
+        per gate, `[G, B, F]` or `[T, G, B, F]` (time first, as every per-step
+        mask), which makes the projection one batched matmul over the G gate blocks.
       per_gate: whether `input_mask` has a leading gate axis.
 
     Returns:
@@ -46,6 +47,8 @@ def project_inputs(
         return x @ w_x + b
     if not per_gate:
         return (x * input_mask) @ w_x + b
+    if input_mask.ndim == x.ndim + 1:  # per step, [T, G, B, F]: the product wants gates first
+        input_mask = jnp.swapaxes(input_mask, 0, 1)
     # On CPU one [T*B, F] @ [F, H] dot per gate (XLA:CPU runs these at the speed of the
     # shared-mask matmul, a gate-batched einsum at 0.6x); on accelerators one kernel.
     return per_gate_product(x, input_mask, per_gate_weights(w_x, input_mask.shape[0])) + b

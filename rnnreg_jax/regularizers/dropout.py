@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 from rnnreg_jax import cells, noise
 from rnnreg_jax.regularizers.base import (
     Regularizer,
@@ -119,8 +117,6 @@ class Dropout(Regularizer):
             mask = noise.dropout_mask(self._key(key, "recurrent", shape.layer), spec, bh,
                                       shape.steps, shape.num_gates, shape.dtype)
             if spec.per_gate:
-                if spec.tie == "step":
-                    mask = jnp.swapaxes(mask, 0, 1)  # scanned arrays need time first
                 mask = cells.PerGate(mask)
             (tied if spec.tie == "sequence" else per_step)["recurrent"] = mask
         if _on(self.cell):
