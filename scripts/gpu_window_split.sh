@@ -26,9 +26,10 @@ case "${1:-}" in
   start)
     shift
     rm -rf "$STATE" && mkdir -p "$STATE"
+    : >"$STATE/window.log"  # before the batch opens it: the progress below reads it at once
     started=$SECONDS
     setsid bash "$(dirname "$0")/gpu_window.sh" "$@" --root="$STATE/runs" \
-      --out="$STATE/bundle" >"$STATE/window.log" 2>&1 </dev/null &
+      --out="$STATE/bundle" >>"$STATE/window.log" 2>&1 </dev/null &
     driver=$!
     while (( SECONDS - started < ${WATCH_S:-570} )) && kill -0 "$driver" 2>/dev/null; do
       sleep 5
