@@ -1,9 +1,11 @@
-"""Fingerprints of compiled training steps: a sha256 of each step's optimized XLA
-program, source metadata stripped, for `experiments.bench`'s workloads and regularizers.
+"""Fingerprints of training steps for `experiments.bench`'s workloads and regularizers:
+a sha256 of each step's lowered program (StableHLO, before any backend's compiler) and
+of its optimized XLA program on this machine, source locations and metadata stripped.
 
 A restructuring that leaves every fingerprint unchanged leaves the steps' speed
 unchanged by construction (the same program runs), which timing two builds on a
-shared machine can only approximate. The steps are built from the public API alone
+shared machine can only approximate; the same lowered program means the same on any
+backend. The steps are built from the public API alone
 (the same model, loss and SGD step as `experiments.bench_models`), so this file runs
 against any commit:
 
@@ -38,8 +40,9 @@ REGULARIZERS = {
 IMPLEMENTATIONS = ("fused", "autodiff")
 
 
-def compiled_step(spec: dict, reg, implementation: str):
-    """`experiments.bench`'s training step for `spec`, compiled."""
+def lowered_step(spec: dict, reg, implementation: str):
+    """`experiments.bench`'s training step for `spec`, lowered (before any backend's
+    compiler: the same program goes to XLA on a CPU, a GPU or a TPU)."""
     lm = spec["kind"] == "lm"
     sizes = (spec["hidden"],) * spec["layers"]
     if lm:
@@ -63,10 +66,18 @@ def compiled_step(spec: dict, reg, implementation: str):
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, key
 
-    return jax.jit(step).lower(params, tx.init(params), jax.random.key(1)).compile()
+    return jax.jit(step).lower(params, tx.init(params), jax.random.key(1))
 
 
 _SOURCE_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
+
+
+def lowered_fingerprint(lowered) -> str:
+    """sha256 of the lowered StableHLO without source locations."""
+    text = "\n".join(line for line in lowered.as_text().splitlines()
+                     if not line.lstrip().startswith("#loc"))
+    text = re.sub(r" loc\([^)]*\)", "", text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def fingerprint(compiled) -> str:
@@ -85,8 +96,10 @@ def main() -> None:
             spec["steps"] = 28  # the same program as 784 steps but for the scan's length
         for name, make in REGULARIZERS.items():
             for implementation in IMPLEMENTATIONS:
-                digest = fingerprint(compiled_step(spec, make(), implementation))
-                print(f"{workload:13} {name:21} {implementation:9} {digest}", flush=True)
+                lowered = lowered_step(spec, make(), implementation)
+                print(f"{workload:13} {name:21} {implementation:9} "
+                      f"{lowered_fingerprint(lowered)} {fingerprint(lowered.compile())}",
+                      flush=True)
 
 
 if __name__ == "__main__":
