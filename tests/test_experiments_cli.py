@@ -341,7 +341,7 @@ def test_every_option_of_the_catalog_is_a_flag():
 
     reg = reg_config()
     for name in REG_CATALOG:
-        arguments = set(inspect.signature(getattr(rj, name)).parameters)
+        arguments = set(inspect.signature(getattr(rj.regularizers, name)).parameters)
         assert set(reg[name]) == arguments, name
     with pytest.raises(ValueError, match="Unknown regularizer 'nope'"):
         reg_config(nope={})

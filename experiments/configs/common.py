@@ -34,8 +34,9 @@ def pick_preset(presets, name: str, where: str = "") -> ml_collections.ConfigDic
     return presets[name]()
 
 
-# The regularizers a config's reg block can switch on, keyed by constructor, in the order
-# they compose (weight drop before weight noise: W_h * m + sigma * eps). A block's fields
+# The regularizers a config's reg block can switch on, keyed by their constructors in
+# `rnnreg_jax.regularizers`, in the order they compose (weight drop before weight noise:
+# W_h * m + sigma * eps). A block's fields
 # are its constructor's arguments with their defaults (rates 0: off), so every option of
 # the library's regularizers is a flag: `--config.reg.zoneout.tie=sequence`.
 REG_CATALOG = ("variational", "dropout", "recurrent_dropout", "zoneout", "stochastic_depth",
@@ -71,7 +72,7 @@ LEGACY_REG_FIELDS = {
 def _arguments(name: str) -> dict:
     """A constructor's arguments and their config defaults."""
     out = {}
-    for param in inspect.signature(getattr(rj, name)).parameters.values():
+    for param in inspect.signature(getattr(rj.regularizers, name)).parameters.values():
         if param.default is inspect.Parameter.empty:
             out[param.name] = _REQUIRED_DEFAULTS.get(param.name, 0.0)
         else:
@@ -116,7 +117,8 @@ def regularization(reg) -> rj.Regularizer:
         reg = {name: {k: reg[name][k] for k in reg[name].keys()} if isinstance(
             reg[name], ml_collections.ConfigDict) else reg[name] for name in reg.keys()}
     reg = migrate_reg(reg)
-    return rj.compose(*(getattr(rj, name)(**reg[name]) for name in REG_CATALOG if name in reg))
+    return rj.compose(*(getattr(rj.regularizers, name)(**reg[name])
+                        for name in REG_CATALOG if name in reg))
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -209,7 +211,7 @@ def flat_block(block: dict) -> dict:
 
 def _built(name: str, block) -> rj.Regularizer | str:
     try:
-        return getattr(rj, name)(**block)
+        return getattr(rj.regularizers, name)(**block)
     except (TypeError, ValueError) as err:  # a block no constructor takes: compare fields
         return f"{type(err).__name__}: {err}"
 
