@@ -209,6 +209,28 @@ def merge_fields(a: Any, b: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class Family(Regularizer):
+    """A built-in family's record: two settings of it merge field by field, and it draws
+    noise or adds a loss (by the hooks it has) only when `active`, so a setting with
+    its rates at 0 needs no key."""
+
+    def merge(self, other: Regularizer) -> Regularizer:
+        return merge_fields(self, other)
+
+    @property
+    def stack_noise(self) -> bool:
+        return self.active and super().stack_noise
+
+    @property
+    def embedding_noise(self) -> bool:
+        return self.active and super().embedding_noise
+
+    @property
+    def has_penalty(self) -> bool:
+        return self.active and super().has_penalty
+
+
+@dataclasses.dataclass(frozen=True)
 class Chain(Regularizer):
     """Regularizers applied together (`compose`); every hook runs each part's."""
 

@@ -15,13 +15,13 @@ import dataclasses
 
 from rnnreg_jax import cells, noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     cell_name,
     check_rate,
     check_tie,
     compose,
     has_memory,
-    merge_fields,
     need_key,
 )
 
@@ -57,7 +57,7 @@ def _on(spec: MaskSpec | None) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dropout(Regularizer):
+class Dropout(Family):
     """Dropout masks on the stack's connections, one `MaskSpec` (or None) per site."""
 
     input: MaskSpec | None = None
@@ -79,13 +79,6 @@ class Dropout(Regularizer):
     @property
     def active(self):
         return bool(self.sites())
-
-    @property
-    def stack_noise(self):
-        return self.active
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def check_cell(self, cell):
         if _on(self.cell) and not has_memory(cell):

@@ -8,16 +8,16 @@ import jax.numpy as jnp
 
 from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     check_rate,
     compose,
-    merge_fields,
     need_key,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingDropout(Regularizer):
+class EmbeddingDropout(Family):
     """`e(w_t) * m[b, w_t] / (1 - rate)`, `m[b, v] ~ Bernoulli(1 - rate)` per sequence b
     and vocabulary id v, drawn once per window: every occurrence of a word shares its
     mask. Evaluation is the identity."""
@@ -31,15 +31,8 @@ class EmbeddingDropout(Regularizer):
     def active(self):
         return self.rate > 0
 
-    @property
-    def embedding_noise(self):
-        return self.active
-
     def sites(self):
         return frozenset({"embedding"}) if self.active else frozenset()
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
         """`[B, T, 1]` multipliers of the embedded tokens `ids: [B, T]`, or None."""

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     check_non_negative,
     compose,
-    merge_fields,
 )
 
 Array = jax.Array
@@ -67,7 +67,7 @@ def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Penalty(Regularizer):
+class _Penalty(Family):
     """A loss term of weight `weight` (0: off), sown under `NAME`."""
 
     weight: float = 0.0
@@ -80,15 +80,8 @@ class _Penalty(Regularizer):
     def active(self):
         return self.weight > 0
 
-    @property
-    def has_penalty(self):
-        return self.active
-
     def sites(self):
         return frozenset({self.NAME}) if self.active else frozenset()
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
 
 @dataclasses.dataclass(frozen=True)

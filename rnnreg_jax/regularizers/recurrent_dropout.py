@@ -7,20 +7,20 @@ import dataclasses
 
 from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     cell_name,
     check_rate,
     check_tie,
     compose,
     has_memory,
-    merge_fields,
     need_key,
 )
 from rnnreg_jax.regularizers.dropout import MaskSpec, _mask
 
 
 @dataclasses.dataclass(frozen=True)
-class RecurrentDropout(Regularizer):
+class RecurrentDropout(Family):
     """`c = f c + i drop(g)` (GRU: the candidate n, tanh RNN: the new state).
 
     Attributes:
@@ -51,10 +51,6 @@ class RecurrentDropout(Regularizer):
         return self.update is not None and self.update.active
 
     @property
-    def stack_noise(self):
-        return self.active
-
-    @property
     def needs_output_gate(self):
         return self.output_zoneout and self.active
 
@@ -62,9 +58,6 @@ class RecurrentDropout(Regularizer):
         if not self.active:
             return frozenset()
         return frozenset({"update", "output_gate"} if self.output_zoneout else {"update"})
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def check_cell(self, cell):
         if self.output_zoneout and not has_memory(cell):

@@ -6,16 +6,16 @@ import dataclasses
 
 from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     check_rate,
     compose,
-    merge_fields,
     need_key,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class StochasticDepth(Regularizer):
+class StochasticDepth(Family):
     """`(h_t, c_t) = d (h_{t-1}, c_{t-1}) + (1 - d) (h_t, c_t)`, `d ~ Bernoulli(rate)` of
     shape `[B, 1]` per step; evaluation uses `d = rate`."""
 
@@ -28,15 +28,8 @@ class StochasticDepth(Regularizer):
     def active(self):
         return self.rate > 0
 
-    @property
-    def stack_noise(self):
-        return self.active
-
     def sites(self):
         return frozenset({"depth"}) if self.active else frozenset()
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def step_noise(self, key, shape, deterministic):
         if deterministic:

@@ -9,11 +9,11 @@ import jax
 
 from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     check_non_negative,
     check_rate,
     compose,
-    merge_fields,
     need_key,
 )
 
@@ -35,7 +35,7 @@ def gaussian_noise(key: Array, w: Array, std: Array | float) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightDrop(Regularizer):
+class WeightDrop(Family):
     """Merity et al. 2017: `W_h * m / (1 - rate)`, one mask of W_h's shape per layer and
     window: the same dropped weights for every example and step. Evaluation: W_h."""
 
@@ -48,13 +48,6 @@ class WeightDrop(Regularizer):
     def active(self):
         return self.rate > 0
 
-    @property
-    def stack_noise(self):
-        return self.active
-
-    def merge(self, other):
-        return merge_fields(self, other)
-
     def weights(self, params, key, layer, deterministic):
         if deterministic or not self.active:
             return params
@@ -63,7 +56,7 @@ class WeightDrop(Regularizer):
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightNoise(Regularizer):
+class WeightNoise(Family):
     """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, one draw per layer and window;
     evaluation uses W_h."""
 
@@ -75,13 +68,6 @@ class WeightNoise(Regularizer):
     @property
     def active(self):
         return self.std > 0
-
-    @property
-    def stack_noise(self):
-        return self.active
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def weights(self, params, key, layer, deterministic):
         if deterministic or not self.active:

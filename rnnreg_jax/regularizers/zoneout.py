@@ -6,19 +6,19 @@ import dataclasses
 
 from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
+    Family,
     Regularizer,
     cell_name,
     check_rate,
     check_tie,
     compose,
     has_memory,
-    merge_fields,
     need_key,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Zoneout(Regularizer):
+class Zoneout(Family):
     """`c_t = d_c c_{t-1} + (1 - d_c) c~`, `h_t = d_h h_{t-1} + (1 - d_h) h~`.
 
     Attributes:
@@ -41,16 +41,9 @@ class Zoneout(Regularizer):
     def active(self):
         return self.cells > 0 or self.hiddens > 0
 
-    @property
-    def stack_noise(self):
-        return self.active
-
     def sites(self):
         return frozenset(site for site, rate in (("zone_c", self.cells),
                                                  ("zone_h", self.hiddens)) if rate > 0)
-
-    def merge(self, other):
-        return merge_fields(self, other)
 
     def check_cell(self, cell):
         if self.cells > 0 and not has_memory(cell):
