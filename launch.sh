@@ -15,9 +15,9 @@
 #
 # Environment: VENV (default .venv), PYTHON (default python3), GLIBC_TUNABLES (default: keep
 # malloc blocks up to 256 MB in the heap, which speeds up CPU training; see below).
-# RNNREG_UNLOCKED=1: setup installs '.[test,plot]' from pyproject.toml's ranges (the newest
-# releases they allow) instead of the lock, e.g. on a platform the lock does not cover (it
-# pins CPython 3.11 wheels for x86-64 Linux; scripts/lock.sh regenerates it).
+# RNNREG_UNLOCKED=1: setup installs '.[test,plot,examples]' from pyproject.toml's ranges (the
+# newest releases they allow) instead of the lock, e.g. on a platform the lock does not cover
+# (it pins CPython 3.11 wheels for x86-64 Linux; scripts/lock.sh regenerates it).
 # multihost: DEVICES_PER_PROCESS (default 2 CPU devices each), MULTIHOST_PORT (default: a
 # free port), JAX_PLATFORMS (default cpu), DRY_RUN=1 or --dry-run (first, before N): print
 # one command per process and run nothing. Process 0 writes to this terminal, process i to
@@ -66,8 +66,8 @@ setup() {
         || die "installing requirements-lock.txt failed (it pins CPython 3.11 wheels for x86-64 Linux); RNNREG_UNLOCKED=1 installs from pyproject.toml's ranges instead."
       "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
     else
-      echo "launch.sh: installing rnnreg_jax[test,plot] (unlocked) into $VENV" >&2
-      "$VENV/bin/pip" install --quiet -e "${ROOT}[test,plot]"
+      echo "launch.sh: installing rnnreg_jax[test,plot,examples] (unlocked) into $VENV" >&2
+      "$VENV/bin/pip" install --quiet -e "${ROOT}[test,plot,examples]"
     fi
     echo "$mode" > "$stamp"
   fi

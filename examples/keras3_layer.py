@@ -23,9 +23,9 @@ Options (rates are drop or zoneout probabilities):
 * `reg`: any `rnnreg_jax` regularizer instead of the options above (not serializable
   by `get_config`).
 
-`keras.layers.LSTM`'s own `recurrent_dropout` runs its per-gate cell step by step
-(`implementation=1`, four products per step instead of one); here the masks go into
-the library's scan, whose step is one product whatever the regularizer.
+`keras.layers.LSTM`'s own `recurrent_dropout` switches its cell to `implementation=1`
+(the input and the state multiplied by each gate's block separately at every step); here
+the masks go into the library's scan (docs/FRAMEWORKS.md).
 
 `port_keras_lstm` moves a trained `keras.layers.LSTM`'s weights over 1:1 (the gate order
 is the same; see `KERAS_GATES`), and `from_keras_lstm` builds this layer from one.
@@ -201,11 +201,12 @@ def port_keras_lstm(lstm: keras.layers.LSTM) -> dict[str, np.ndarray]:
     if lstm.go_backwards:
         raise ValueError("A go_backwards LSTM does not port; reverse the inputs instead.")
     order = _keras_to_rnnreg_order()
-    kernel = np.asarray(cell.kernel.numpy())
-    bias = (np.asarray(cell.bias.numpy()) if cell.use_bias
+    # `.value` (a jax array), not `.numpy()`: Keras' numpy() warns under numpy 2.
+    kernel = np.asarray(cell.kernel.value)
+    bias = (np.asarray(cell.bias.value) if cell.use_bias
             else np.zeros(kernel.shape[-1], kernel.dtype))
     return {"w_x": _reorder_gates(kernel, order),
-            "w_h": _reorder_gates(np.asarray(cell.recurrent_kernel.numpy()), order),
+            "w_h": _reorder_gates(np.asarray(cell.recurrent_kernel.value), order),
             "b": _reorder_gates(bias, order)}
 
 

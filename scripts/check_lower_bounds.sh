@@ -21,6 +21,8 @@ if [[ -z "$uv" ]]; then
 fi
 python_version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 # lowest-direct: the declared packages at their floors, what they pull in at its newest.
+# The examples extra (equinox, keras) stays out: its floors are the locked releases, which
+# `./launch.sh test` runs tests/test_examples.py on (it skips where they are absent, here).
 "$uv" pip compile --quiet pyproject.toml --extra test --resolution lowest-direct \
   --python-version "$python_version" --output-file "$work/lower.txt"
 echo "check_lower_bounds.sh: $(grep -cE '^[a-z]' "$work/lower.txt") packages, direct ones at:" >&2

@@ -3,7 +3,7 @@
 * The wheel holds the library only (`rnnreg_jax`, its `py.typed`), never a top-level
   `experiments`, and its metadata's version is `rnnreg_jax.__version__`.
 * requirements-lock.txt pins, with hashes, every package pyproject.toml's dependencies and
-  the test and plot extras name, at a version inside the declared range.
+  the test, plot and examples extras name, at a version inside the declared range.
 * `launch.sh setup` installs from the lock unless RNNREG_UNLOCKED=1 (a stub pip records
   what it would run).
 * Slow: the wheel installs into a clean venv and imports without the checkout.
@@ -31,7 +31,7 @@ import rnnreg_jax
 REPO = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash") or "/bin/bash"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-LOCKED_EXTRAS = ("test", "plot")  # what `launch.sh setup` installs
+LOCKED_EXTRAS = ("test", "plot", "examples")  # what `launch.sh setup` installs
 
 
 def _copy_source(dest: Path) -> Path:
@@ -203,7 +203,7 @@ def test_setup_installs_from_the_lock_then_the_package_without_deps(setup_sandbo
 def test_setup_unlocked_opt_out_and_back(setup_sandbox):
     run, pip_calls, root = setup_sandbox
     assert run(RNNREG_UNLOCKED="1").returncode == 0
-    assert pip_calls() == [f"install --quiet -e {root}[test,plot]"]
+    assert pip_calls() == [f"install --quiet -e {root}[test,plot,examples]"]
     assert run(RNNREG_UNLOCKED="1").returncode == 0 and pip_calls() == []
     assert run().returncode == 0  # back to the lock: the mode changed, so reinstall
     assert pip_calls()[0].startswith("install --quiet --require-hashes -r ")
