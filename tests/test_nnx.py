@@ -11,6 +11,9 @@ protocol, and bad inputs get one-sentence errors.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numerics as nm
@@ -69,34 +72,33 @@ def loss_of(out):
 
 def assert_same_as_linen(linen_module, variables, args, nnx_class, stats=False, **kwargs):
     """In float64: evaluation and training (same key) give the same outputs, carry,
-    penalty, running statistics and gradients (of outputs + penalty) in both APIs."""
+    penalties, running statistics and gradients (of outputs + penalties) in both APIs."""
     with nm.x64():
-        variables = nm.as_f64(variables)
-        args = nm.as_f64(args)
+        variables, args = nm.as_f64(variables), nm.as_f64(args)
         for key in (None, KEY):
-            model = nnx_class.from_linen(linen_module, variables)
             call = dict(rngs=key) if key is not None else dict(deterministic=True)
-            expected, penalty, new_stats = linen_run(linen_module, variables, args, key,
-                                                     stats, **kwargs)
-            nm.assert_trees_close_f64(model(*args, **call, **kwargs), expected,
-                                      err_msg=f"key={key is not None}: outputs")
-            nm.assert_trees_close_f64(model.penalties(), penalty, err_msg="penalties")
-            if new_stats is not None:
-                nm.assert_trees_close_f64(model.to_linen()[1]["batch_stats"], new_stats,
-                                          err_msg="running statistics")
 
-            def linen_loss(params):
-                variables_ = dict(variables, params=params)
-                out, pen, _ = linen_run(linen_module, variables_, args, key, stats, **kwargs)
-                return loss_of(out) + total_penalty(pen)
+            def linen_loss(params, key=key):
+                out, pens, new_stats = linen_run(linen_module, dict(variables, params=params),
+                                                 args, key, stats, **kwargs)
+                return loss_of(out) + total_penalty(pens), (out, pens, new_stats)
 
-            def nnx_loss(m):
-                return loss_of(m(*args, **call, **kwargs)) + m.penalty()
+            def nnx_loss(model, call=call):
+                out = model(*args, **call, **kwargs)
+                return loss_of(out) + model.penalty(), (out, model.penalties())
 
+            (_, expected), linen_grads = jax.value_and_grad(linen_loss, has_aux=True)(
+                variables["params"])
             model = nnx_class.from_linen(linen_module, variables)
-            grads = nnx.to_pure_dict(nnx.grad(nnx_loss)(model))
-            nm.assert_trees_close_f64(grads, jax.grad(linen_loss)(variables["params"]),
-                                      err_msg=f"key={key is not None}: gradients")
+            (_, (out, pens)), grads = nnx.value_and_grad(nnx_loss, has_aux=True)(model)
+            what = "training" if key is not None else "evaluation"
+            nm.assert_trees_close_f64(out, expected[0], err_msg=f"{what}: outputs")
+            nm.assert_trees_close_f64(pens, expected[1], err_msg=f"{what}: penalties")
+            nm.assert_trees_close_f64(nnx.to_pure_dict(grads), linen_grads,
+                                      err_msg=f"{what}: gradients")
+            if expected[2] is not None:
+                nm.assert_trees_close_f64(model.to_linen()[1]["batch_stats"], expected[2],
+                                          err_msg="running statistics")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_bn"])
@@ -105,7 +107,8 @@ def test_stacked_rnn_matches_linen(cell):
     if cell == "lstm":
         options.update(recurrent_bias=True, forget_bias=1.0)
     if cell == "lstm_bn":
-        options.update(bn_max_steps=3, reg=rj.zoneout(cells=0.3, hiddens=0.2) + rj.norm_stabilizer(2.0))
+        options.update(bn_max_steps=3,
+                       reg=rj.zoneout(cells=0.3, hiddens=0.2) + rj.norm_stabilizer(2.0))
     linen = linen_nn.StackedRNN((5, 4), **options)
     x = floats((B, T, F))
     variables = linen.init(jax.random.key(0), x)
@@ -287,3 +290,11 @@ def test_one_sentence_errors():
     sequence = rnx.SequenceModel(2, (4,), input_size=F, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="carries no state"):
         rnx.mc_samples(sequence, floats((B, T, F)), KEY, 2, carry=[])
+
+
+def test_the_docs_page_runs():
+    page = Path(__file__).resolve().parents[1] / "docs" / "NNX.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})  # noqa: S102 -- our own docs

@@ -34,8 +34,9 @@ class LayerParams(nnx.Module):
     """One layer's arrays as attributes named as in linen's variables: each parameter an
     `nnx.Param` (`w_x`, `w_h`, `b`, ..., and a regularizer's own), each running
     statistic of a cell that keeps them ("lstm_bn": `x_mean`, ..., `weight`) an
-    `nnx.BatchStat`. One variable per array, so each can carry its own metadata
-    (`layer.w_h.set_metadata(sharding=...)`)."""
+    `nnx.BatchStat`. One variable per array, so each carries its own metadata (the
+    partitioning `nnx.get_partition_spec` reads: `layer.w_h.set_metadata(out_sharding=
+    (None, "model"))` under flax 0.12.8)."""
 
     def __init__(self, params: dict, statistics: Any = None):
         if statistics is not None and not isinstance(statistics, dict):
@@ -102,8 +103,8 @@ class StackedRNN(RecurrentModule):
         kept = cells.statistics_of(self.cell)
         if kept is not None:
             kept.check(self.bn_max_steps, self.bn_momentum)
-        # The linen twin's helpers add what the layer's init adds there: the regularizer's
-        # parameters from their own key, and the gates-input first layer's checks.
+        # The linen twin's own init steps, so both stacks hold the same arrays: the
+        # regularizer's parameters from their own key, the gates-input first layer's checks.
         twin = self.linen_module()
         in_size = input_size
         for index, hidden in enumerate(self.hidden_sizes):
@@ -111,8 +112,8 @@ class StackedRNN(RecurrentModule):
                 return cells.init_params(key, self.cell, f, h, self.init_scale, jnp.float32,
                                          self.recurrent_bias, self.orthogonal_init)
             if index == 0 and not project_first_input:
-                init = twin._gates_input_init(init, in_size, hidden)
-            init = twin._with_regularizer_params(init, index)
+                init = twin._gates_input_init(init, in_size, hidden)  # noqa: SLF001
+            init = twin._with_regularizer_params(init, index)  # noqa: SLF001
             stats = None if kept is None else kept.init(hidden, self.bn_max_steps)
             setattr(self, f"layer_{index}", LayerParams(init(rngs["params"]()), stats))
             in_size = hidden
