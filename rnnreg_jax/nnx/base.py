@@ -40,8 +40,8 @@ def linen_key(key: jax.Array, *path: str) -> jax.Array:
 
 
 def get_value(variable: nnx.Variable) -> Any:
-    """A variable's value, also a pytree's (`get_value` from flax 0.12.x on; `.value`,
-    deprecated since, before)."""
+    """A variable's value, also a pytree's (`get_value` in later flax 0.12 releases,
+    which deprecate `.value`; flax 0.12.0 has `.value` only)."""
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
 
