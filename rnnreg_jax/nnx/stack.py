@@ -1,0 +1,195 @@
+"""The NNX stack of recurrent layers: `rnnreg_jax.rnn.unroll` over `nnx.Param`s.
+
+    stack = StackedRNN(8, (32, 32), reg=variational(0.35, 0.2, 0.35),
+                       rngs=nnx.Rngs(params=0, dropout=1))
+    ys, carry = stack(x)                     # training mode: one dropout draw per call
+    stack.eval(); ys, carry = stack(x, carry)
+
+Layer l is the attribute `layer_<l>`, a `LayerParams` whose attributes are the arrays of
+the dict `rnn.unroll` takes (`w_x`, `w_h`, `b`, ...), one `nnx.Param` each, so the
+`nnx.Param` state is the linen `StackedRNN`'s `params` tree path for path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rnnreg_jax import cells, nn, rnn
+from rnnreg_jax.nnx.base import (
+    RecurrentModule,
+    dropout_stream,
+    get_value,
+    linen_key,
+    linen_options,
+    set_value,
+)
+
+
+class LayerParams(nnx.Module):
+    """One layer's arrays as attributes named as in linen's variables: each parameter an
+    `nnx.Param` (`w_x`, `w_h`, `b`, ..., and a regularizer's own), each running
+    statistic of a cell that keeps them ("lstm_bn": `x_mean`, ..., `weight`) an
+    `nnx.BatchStat`. One variable per array, so each carries its own metadata (the
+    partitioning `nnx.get_partition_spec` reads: `layer.w_h.set_metadata(out_sharding=
+    (None, "model"))` under flax 0.12.8)."""
+
+    def __init__(self, params: dict, statistics: Any = None):
+        if statistics is not None and not isinstance(statistics, dict):
+            raise ValueError("rnnreg_jax.nnx keeps a cell's running statistics by name: "
+                             "its CellStatistics.init must return a dict.")
+        statistics = statistics or {}
+        for name in (*params, *statistics):
+            if (not name.isidentifier() or hasattr(LayerParams, name)
+                    or name in ("param_names", "statistic_names")):
+                raise ValueError(f"{name!r} cannot name a layer's parameter or statistic in "
+                                 "rnnreg_jax.nnx; name it otherwise.")
+        clash = sorted(set(params) & set(statistics))
+        if clash:
+            raise ValueError(f"{clash[0]!r} names both a parameter and a running statistic.")
+        self.param_names, self.statistic_names = tuple(params), tuple(statistics)
+        for name, value in params.items():
+            setattr(self, name, nnx.Param(value))
+        for name, value in statistics.items():
+            setattr(self, name, nnx.BatchStat(value))
+
+    def params(self) -> dict:
+        """The layer's parameters as the dict `rnn.unroll` takes."""
+        return {name: get_value(getattr(self, name)) for name in self.param_names}
+
+    def statistics(self) -> dict:
+        return {name: get_value(getattr(self, name)) for name in self.statistic_names}
+
+    def set_statistics(self, statistics: dict) -> None:
+        for name in self.statistic_names:
+            set_value(getattr(self, name), statistics[name])
+
+
+class StackedRNN(RecurrentModule):
+    """A stack of recurrent layers regularized by one regularizer (the NNX twin of
+    `rnnreg_jax.nn.StackedRNN`).
+
+    Args:
+      input_size: F, the inputs' width.
+      hidden_sizes: width of each layer, bottom first (an int for one layer).
+      time_major: whether inputs and outputs are `[T, B, F]`.
+      project_first_input: False: the first layer has no `w_x` and its inputs are its
+        gates' pre-activations (F = G*H; "lstm", "gru", "rnn").
+      deterministic, use_running_average: the modes (`RecurrentModule`).
+      rngs: `params` draws the weights; `dropout` (or `default`), if present, is forked
+        into the module's own stream, as `nnx.Dropout` does.
+      **options: the recurrent options of `nn.RecurrentOptions` (`cell`, `reg`,
+        `init_scale`, `unroll`, `implementation`, `bn_max_steps`, `bn_momentum`,
+        `recurrent_bias`, `forget_bias`, `orthogonal_init`), with the same defaults.
+    """
+
+    LINEN = nn.StackedRNN
+
+    def __init__(self, input_size: int, hidden_sizes: Sequence[int] | int, *,
+                 time_major: bool = False, project_first_input: bool = True,
+                 deterministic: bool = False, use_running_average: bool | None = None,
+                 rngs: nnx.Rngs, **options):
+        self._set_options(options, deterministic, use_running_average)
+        self.input_size = input_size
+        self.hidden_sizes = ((hidden_sizes,) if isinstance(hidden_sizes, int)
+                             else tuple(hidden_sizes))
+        self.time_major, self.project_first_input = time_major, project_first_input
+        self.rngs = dropout_stream(rngs)
+        self.reg.check_cell(self.cell)
+        kept = cells.statistics_of(self.cell)
+        if kept is not None:
+            kept.check(self.bn_max_steps, self.bn_momentum)
+        # The linen twin's own init steps, so both stacks hold the same arrays: the
+        # regularizer's parameters from their own key, the gates-input first layer's checks.
+        twin = self.linen_module()
+        in_size = input_size
+        for index, hidden in enumerate(self.hidden_sizes):
+            def init(key, f=in_size, h=hidden):  # dtype: where a param_dtype option goes
+                return cells.init_params(key, self.cell, f, h, self.init_scale, jnp.float32,
+                                         self.recurrent_bias, self.orthogonal_init)
+            if index == 0 and not project_first_input:
+                init = twin._gates_input_init(init, in_size, hidden)  # noqa: SLF001
+            init = twin._with_regularizer_params(init, index)  # noqa: SLF001
+            stats = None if kept is None else kept.init(hidden, self.bn_max_steps)
+            setattr(self, f"layer_{index}", LayerParams(init(rngs["params"]()), stats))
+            in_size = hidden
+        self.penalty_terms = nnx.Intermediate({})
+
+    @property
+    def layers(self) -> list[LayerParams]:
+        return [getattr(self, f"layer_{i}") for i in range(len(self.hidden_sizes))]
+
+    def stack(self) -> StackedRNN:
+        return self
+
+    def __call__(self, inputs: jax.Array, carry=None, *, deterministic: bool | None = None,
+                 use_running_average: bool | None = None, rngs: Any = None, **unroll_kwargs):
+        """Run the stack over a window.
+
+        Args:
+          inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
+          carry: the per-layer states of a previous window, or None (zeros).
+          deterministic, use_running_average: override the attributes for this call.
+          rngs: this call's dropout key, or a stream to draw it from (an `nnx.Rngs`'s
+            `dropout`, an `nnx.RngStream`); default: the module's own stream. The key
+            gives the masks linen's `apply(..., rngs={"dropout": key})` gives.
+          **unroll_kwargs: passed on to `rnn.unroll`.
+
+        Returns:
+          `(outputs [B, T, H_last], carry)`.
+        """
+        deterministic, average = self.modes(deterministic, use_running_average)
+        key = self.call_key(rngs, not deterministic and self.reg.stack_noise)
+        return self.run(inputs, carry, deterministic, average,
+                        None if key is None else linen_key(key), **unroll_kwargs)
+
+    def run(self, inputs: jax.Array, carry, deterministic: bool, use_running_average: bool,
+            key: jax.Array | None, **unroll_kwargs):
+        """`__call__` with its modes resolved and the stack's own noise key (what linen's
+        `make_rng("dropout")` gives it), as a parent module calls it."""
+        layers = self.layers
+        params = [layer.params() for layer in layers]
+        kept = cells.statistics_of(self.cell)
+        populations = None
+        if kept is not None and use_running_average:
+            populations = [layer.statistics() for layer in layers]
+        outputs, carry, hiddens, stats = rnn.unroll(
+            self.cell, params, inputs, carry, reg=self.reg, key=key,
+            deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
+            return_hiddens=True, implementation=self.implementation,
+            cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias,
+            **unroll_kwargs)
+        if kept is not None and not use_running_average:
+            for layer, window in zip(layers, stats, strict=True):
+                layer.set_statistics(kept.update(layer.statistics(),
+                                                 jax.lax.stop_gradient(window),
+                                                 self.bn_momentum))
+        terms = {}
+        if self.reg.has_penalty and not deterministic:  # loss terms, training only
+            time_axis = 0 if self.time_major else 1
+            terms = self.reg.penalties(params, hiddens, outputs, time_axis)
+        self.penalty_terms = nnx.Intermediate(terms)
+        return outputs, carry
+
+    def initial_carry(self, batch_size: int, dtype: Any = jnp.float32) -> list[cells.Carry]:
+        """Zero state for every layer."""
+        return [cells.init_carry(self.cell, batch_size, h, dtype,
+                                 output_gate=self.reg.needs_output_gate)
+                for h in self.hidden_sizes]
+
+    def linen_module(self) -> nn.StackedRNN:
+        return nn.StackedRNN(self.hidden_sizes, self.time_major, self.project_first_input,
+                             **self.recurrent_options())
+
+    @classmethod
+    def _twin_of(cls, module: nn.StackedRNN, variables: dict, rngs: nnx.Rngs) -> StackedRNN:
+        first = variables["params"]["layer_0"]
+        input_size = (first["w_x"].shape[0] if module.project_first_input
+                      else first["w_h"].shape[1])
+        return cls(input_size, module.hidden_sizes, time_major=module.time_major,
+                   project_first_input=module.project_first_input, rngs=rngs,
+                   **linen_options(module))
