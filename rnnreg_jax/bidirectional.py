@@ -175,8 +175,8 @@ def _check_cell(cell: Any) -> None:
 
 
 def _lengths_kwargs(lengths: Array | None) -> dict:
-    """`seq_lengths=` for `rnn.scan_layer` when given (that argument is newer than this
-    module's callers may have: an error in one sentence where it is missing)."""
+    """`{"seq_lengths": lengths}` for `rnn.scan_layer`, nothing when None (so every other
+    call runs on a `scan_layer` without variable lengths; with lengths, one sentence)."""
     if lengths is None:
         return {}
     if "seq_lengths" not in inspect.signature(rnn.scan_layer).parameters:
@@ -206,8 +206,8 @@ def unroll_bidirectional(
 
     Args:
       cell: "lstm", "gru", "rnn", "lstm_ln", or a user's cell without running statistics.
-      params: a list, bottom first, of `{"forward": p, "backward": p}` (one dict for a
-        single layer).
+      params: a list, bottom first, of `{"forward": p, "backward": p}` (or one such
+        dict: a single layer, whose carry is then one dict too, as in `rnn.unroll`).
       inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
       carry: per layer `{"forward": c, "backward": c}`; zeros if None.
       reg: the regularization spec.
@@ -265,6 +265,8 @@ def unroll_bidirectional(
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [{d: jnp.swapaxes(h[d], 0, 1) for d in DIRECTIONS} for h in hiddens]
+    if isinstance(params, dict):
+        return (x, new_carries[0]) + ((hiddens[0],) if return_hiddens else ())
     return (x, new_carries) + ((hiddens,) if return_hiddens else ())
 
 

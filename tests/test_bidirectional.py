@@ -156,6 +156,12 @@ def test_packed_sequences_match_pytorch(monkeypatch, scan: str, cell: str) -> No
     assert np.all(fx["packed/out"][1, 2:] == 0)  # PyTorch pads with zeros
     with nm.x64():
         check_against_golden(cell, fx, "packed", jnp.float64)
+    ported = torch_port.from_torch_bidirectional(cell, state_dict(fx))
+    module = Bidirectional((3, 3), cell=cell)  # the module passes seq_lengths on
+    ys, _ = module.apply({"params": {f"layer_{i}": p for i, p in enumerate(ported)}},
+                         jnp.asarray(fx["x"]), fixture_carry(cell, fx),
+                         seq_lengths=fx["lengths"])
+    assert float(np.abs(np.asarray(ys) - fx["packed/out"]).max()) <= TOL32
 
 
 @pytest.mark.skipif(LIBRARY_HAS_LENGTHS, reason="rnn.scan_layer takes seq_lengths")
@@ -383,6 +389,8 @@ def test_sum_merge_and_stacking() -> None:
         ys, carry = bd.unroll_bidirectional(cell, params, x, merge=merge)
         assert ys.shape == (B, T, width)
         first, c0 = bd.unroll_bidirectional(cell, params[:1], x, merge=merge)
+        single = bd.unroll_bidirectional(cell, params[0], x, c0[0], merge=merge)
+        assert set(single[1]) == set(DIRS)  # a single layer's dict in, its carry dict out
         second, c1 = bd.unroll_bidirectional(cell, params[1:], first, merge=merge)
         nm.assert_trees_close_f32((ys, carry), (second, c0 + c1))
         concat = bd.unroll_bidirectional(cell, params[:1], x)[0]
