@@ -5,6 +5,7 @@ Pure core: `cells` (steps), `noise` (masks from explicit keys),
 """
 
 from rnnreg_jax import cells, noise, regularizers, rnn
+from rnnreg_jax.bidirectional import reverse_padded, unroll_bidirectional
 from rnnreg_jax.regularizers import (
     NONE,
     MaskSpec,
@@ -40,4 +41,6 @@ __all__ = [
     # Beyond the papers: AWD-LSTM's regularizers (Merity et al. 2017).
     "activation_penalty", "activation_regularization", "awd_lstm",
     "temporal_activation_penalty", "temporal_activation_regularization", "weight_drop",
+    # Bidirectional stacks (PyTorch's bidirectional=True).
+    "reverse_padded", "unroll_bidirectional",
 ]

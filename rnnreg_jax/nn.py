@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import batchnorm, cells, rnn
+from rnnreg_jax import batchnorm, bidirectional, cells, rnn
 from rnnreg_jax.regularizers.base import NONE, Regularizer
 
 
@@ -234,3 +234,88 @@ class RecurrentLayer(RecurrentOptions):
         outputs, carries = stack(inputs, None if carry is None else [carry], deterministic,
                                  use_running_average)
         return outputs, carries[0]
+
+
+class Bidirectional(RecurrentOptions):
+    """A stack of bidirectional layers (`rnnreg_jax.bidirectional`): each layer runs one
+    scan forward and one backward, and the layer above reads their merged outputs, as
+    PyTorch's `nn.LSTM(bidirectional=True)`.
+
+    Each layer's parameters live under `layer_<l>` as `{"forward": {...}, "backward":
+    {...}}`, the layout `bidirectional.unroll_bidirectional` takes (and
+    `torch_port.from_torch_bidirectional` makes). Penalties are sown as by `StackedRNN`
+    (`bidirectional.penalties`: each the mean over the two directions).
+
+    Attributes:
+      hidden_sizes: width of each layer's directions, bottom first (an int for one layer).
+      merge: "concat" (outputs `2 H` wide, forward first) or "sum".
+      time_major: whether inputs and outputs are `[T, B, F]`.
+      and the keyword-only `RecurrentOptions` (cells with running statistics, "lstm_bn",
+      are refused).
+    """
+
+    hidden_sizes: Sequence[int] | int
+    merge: str = "concat"
+    time_major: bool = False
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        if isinstance(self.hidden_sizes, int):
+            return (self.hidden_sizes,)
+        return tuple(self.hidden_sizes)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
+                 seq_lengths: jax.Array | None = None):
+        """Run the stack over a window.
+
+        Args:
+          inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
+          carry: per layer `{"forward": c, "backward": c}` from a previous window, or None.
+          deterministic: evaluation mode (noise replaced by its expectation).
+          seq_lengths: int `[B]`, each example's valid steps, or None (all of them).
+
+        Returns:
+          `(outputs [B, T, W], carry)`, W the last layer's merged width.
+        """
+        bidirectional.check_merge(self.merge)
+        self.reg.check_cell(self.cell)
+        params, in_size = [], inputs.shape[-1]
+        for index, hidden in enumerate(self.sizes):
+            init = lambda key, f=in_size, h=hidden, layer=index: {
+                d: self._direction_params(k, f, h, layer)
+                for d, k in zip(bidirectional.DIRECTIONS, jax.random.split(key), strict=True)}
+            params.append(self.param(f"layer_{index}", init))
+            in_size = bidirectional.merged_width(hidden, self.merge)
+        key = None
+        if not deterministic and self.reg.stack_noise:
+            key = dropout_key(self)
+        outputs, carry, hiddens = bidirectional.unroll_bidirectional(
+            self.cell, params, inputs, carry, reg=self.reg, key=key,
+            deterministic=deterministic, merge=self.merge, time_major=self.time_major,
+            unroll=self.unroll, implementation=self.implementation, seq_lengths=seq_lengths,
+            forget_bias=self.forget_bias, return_hiddens=True)
+        if self.reg.has_penalty and not deterministic:  # loss terms, training only
+            time_axis = 0 if self.time_major else 1
+            for name, value in bidirectional.penalties(self.reg, params, hiddens, outputs,
+                                                       time_axis).items():
+                self.sow("penalties", name, value)
+        return outputs, carry
+
+    def _direction_params(self, key, input_size: int, hidden: int, layer: int) -> dict:
+        """One direction's parameters and the regularizer's extra ones (their own key, as
+        in `StackedRNN`)."""
+        params = cells.init_params(key, self.cell, input_size, hidden, self.init_scale,
+                                   jnp.float32, self.recurrent_bias, self.orthogonal_init)
+        extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
+        clash = sorted(set(extra) & set(params))
+        if clash:
+            raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a parameter "
+                             "of the cell; name it otherwise.")
+        return {**params, **extra}
+
+    def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[dict]:
+        """Zero state of every layer's two directions (usable outside `apply`)."""
+        return [{d: cells.init_carry(self.cell, batch_size, h, dtype,
+                                     output_gate=self.reg.needs_output_gate)
+                 for d in bidirectional.DIRECTIONS} for h in self.sizes]

@@ -81,3 +81,49 @@ def to_torch(cell: str, layers: cells.Params | Sequence[cells.Params]) -> dict[s
         else:
             out[f"bias_hh_l{k}"] = np.zeros_like(out[f"bias_ih_l{k}"])
     return out
+
+
+def _one_direction(state_dict: Mapping[str, object], layer: int, suffix: str) -> dict:
+    """One direction of one layer as a one-layer state dict (`_l0` keys)."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    return {f"{name}_l0": state_dict[f"{name}_l{layer}{suffix}"] for name in names}
+
+
+def from_torch_bidirectional(cell: str, state_dict: Mapping[str, object],
+                             num_layers: int | None = None, recurrent_bias: bool = False
+                             ) -> list[dict[str, cells.Params]]:
+    """Our bidirectional stack's params (`rnnreg_jax.bidirectional`) from a PyTorch
+    `nn.LSTM/GRU/RNN(bidirectional=True)` module's `state_dict()` arrays: layer k's
+    `{"forward": from the _l{k} entries, "backward": from the _l{k}_reverse ones}`,
+    each ported as `from_torch` ports a layer.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      state_dict: keys `weight_ih_l{k}`, ..., and `weight_ih_l{k}_reverse`, ....
+      num_layers: defaults to the number of `weight_ih_l*_reverse` keys.
+      recurrent_bias: as in `from_torch`.
+    """
+    _check_portable(cell)
+    if num_layers is None:
+        num_layers = sum(1 for k in state_dict
+                         if k.startswith("weight_ih_l") and k.endswith("_reverse"))
+    if num_layers == 0:
+        raise ValueError("The state dict has no 'weight_ih_l0_reverse'; is it from a "
+                         "bidirectional nn.LSTM/GRU/RNN?")
+    return [{direction: from_torch(cell, _one_direction(state_dict, k, suffix), 1,
+                                   recurrent_bias)[0]
+             for direction, suffix in (("forward", ""), ("backward", "_reverse"))}
+            for k in range(num_layers)]
+
+
+def to_torch_bidirectional(cell: str, layers: Sequence[Mapping[str, cells.Params]]
+                           ) -> dict[str, np.ndarray]:
+    """PyTorch state-dict arrays of a bidirectional module from our bidirectional
+    stack's params (the inverse of `from_torch_bidirectional`, biases as in `to_torch`)."""
+    _check_portable(cell)
+    out: dict[str, np.ndarray] = {}
+    for k, layer in enumerate(layers):
+        for direction, suffix in (("forward", ""), ("backward", "_reverse")):
+            for name, value in to_torch(cell, layer[direction]).items():
+                out[f"{name.removesuffix('_l0')}_l{k}{suffix}"] = value
+    return out

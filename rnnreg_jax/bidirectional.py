@@ -1,0 +1,315 @@
+"""Bidirectional stacks: each layer scans the sequence forward and, with parameters of
+its own, backward; the layer above reads both directions' outputs merged, as PyTorch's
+`nn.LSTM(bidirectional=True)` does.
+
+    params = init_params(key, "lstm", input_size=8, hidden_sizes=(16, 16))
+    ys, carry = unroll_bidirectional("lstm", params, x, reg=rj.variational(0.3, 0.2, 0.3),
+                                     key=key, deterministic=False)     # ys: [B, T, 32]
+
+Layout (ports 1:1 to PyTorch, `torch_port.from_torch_bidirectional`):
+
+* params: a list, bottom layer first, of `{"forward": p, "backward": p}`, each `p` a
+  layer's dict as `cells.init_params` makes it. PyTorch's `weight_ih_l{k}` (and the
+  other `_l{k}` entries) are layer k's "forward", `weight_ih_l{k}_reverse` its
+  "backward". Layer k > 0 reads the merged output of layer k - 1: `2 H` features
+  concatenated (`merge="concat"`, PyTorch's layout: forward first), `H` summed
+  (`merge="sum"`).
+* carry: a list of `{"forward": c, "backward": c}`, each `c` a layer's carry dict;
+  PyTorch's `h_n[2 k + d]` (d = 0 forward, 1 backward) is layer k's direction d. The
+  backward direction's final carry is its state after reading the first step.
+
+Noise: every regularizer acts on each direction as on a layer of `rnn.unroll`, with the
+direction's own key, `direction_key(key, direction)`, so the two directions' masks are
+independent draws and a mask tied per sequence stays tied within its direction (the
+backward scan reuses it at each of its steps). Input masks apply to each direction's
+copy of the layer's input, `weights` hooks (weight drop, weight noise) to each
+direction's parameters, the output mask (network level, the window's key itself) to
+the merged output of the last layer. Penalties are each the mean of their value over
+the two directions (`penalties`).
+
+Variable lengths (`seq_lengths`, int `[B]`): the backward direction reads each
+example's valid steps in reverse (`reverse_padded`), and `seq_lengths` goes on to
+`rnn.scan_layer`, which freezes an example's carry past its length and zeroes its
+outputs there (PyTorch's packed sequences).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnreg_jax import cells, noise, rnn
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
+
+Array = jax.Array
+
+DIRECTIONS = ("forward", "backward")
+MERGES = ("concat", "sum")
+# The direction keys are folded into the window's key beside the ids noise.py folds in
+# there (sites 1..12, layers from LAYER_BASE = 1000, users' sites from 2^20), so a
+# direction's key is none of the network-level site keys (the output mask's).
+DIRECTION_BASE = 1 << 19
+DIRECTION_IDS = {"forward": DIRECTION_BASE, "backward": DIRECTION_BASE + 1}
+
+
+def direction_key(key: Array, direction: str) -> Array:
+    """The key of one direction's noise: `fold_in(key, DIRECTION_IDS[direction])`; its
+    layers derive their site keys from it as `rnn.unroll`'s do from the window's key."""
+    return jax.random.fold_in(key, DIRECTION_IDS[direction])
+
+
+def reverse_padded(x: Array, lengths: Array | None, time_axis: int = 1) -> Array:
+    """Each example's first `lengths[b]` steps in reverse order, its padding in place.
+
+    `out[b, t] = x[b, lengths[b] - 1 - t]` for `t < lengths[b]`, `x[b, t]` after
+    (batch-major; likewise time-major). Its own inverse. With `lengths` None, the
+    whole time axis is reversed.
+
+    Args:
+      x: `[B, T, ...]` (`time_axis=1`) or `[T, B, ...]` (`time_axis=0`).
+      lengths: int `[B]`, each in `[0, T]` (checked when not traced), or None.
+      time_axis: 0 or 1; the batch is the other of the first two axes.
+    """
+    if time_axis not in (0, 1):
+        raise ValueError(f"time_axis must be 0 or 1 (the batch being the other), got "
+                         f"{time_axis}.")
+    if lengths is None:
+        return jnp.flip(x, time_axis)
+    steps, batch = x.shape[time_axis], x.shape[1 - time_axis]
+    lengths = check_lengths(lengths, batch, steps)
+    t = jnp.arange(steps)[:, None]
+    source = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
+    xt = jnp.moveaxis(x, time_axis, 0) if time_axis else x  # [T, B, ...]
+    index = source.reshape(source.shape + (1,) * (xt.ndim - 2))
+    out = jnp.take_along_axis(xt, index, axis=0)
+    return jnp.moveaxis(out, 0, time_axis) if time_axis else out
+
+
+def check_lengths(lengths: Any, batch: int, steps: int) -> Array:
+    """`lengths` as an int array `[B]`; values in `[0, T]` are checked when concrete."""
+    if not isinstance(lengths, jax.core.Tracer):
+        values = np.asarray(lengths)
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"seq_lengths must be integers, got dtype {values.dtype}.")
+        if values.shape != (batch,):
+            raise ValueError(f"seq_lengths must have shape ({batch},) (one per example), "
+                             f"got {values.shape}.")
+        if values.size and (values.min() < 0 or values.max() > steps):
+            raise ValueError(f"seq_lengths must lie in [0, {steps}] (the window's steps), "
+                             f"got values in [{values.min()}, {values.max()}].")
+    elif lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"seq_lengths must be integers of shape ({batch},), got "
+                         f"{lengths.dtype} {lengths.shape}.")
+    return jnp.asarray(lengths)
+
+
+def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[int] | int,
+                merge: str = "concat", **kwargs) -> list[dict]:
+    """A bidirectional stack's parameters, bottom first (`cells.init_params` per layer and
+    direction, `kwargs` passed on: init_scale, dtype, recurrent_bias, orthogonal)."""
+    check_merge(merge)
+    sizes = (hidden_sizes,) if isinstance(hidden_sizes, int) else tuple(hidden_sizes)
+    layers, width = [], input_size
+    for index, hidden in enumerate(sizes):
+        keys = jax.random.split(jax.random.fold_in(key, index))
+        layers.append({d: cells.init_params(k, cell, width, hidden, **kwargs)
+                       for d, k in zip(DIRECTIONS, keys, strict=True)})
+        width = merged_width(hidden, merge)
+    return layers
+
+
+def merged_width(hidden: int, merge: str) -> int:
+    """The width of a layer's merged output."""
+    return 2 * hidden if merge == "concat" else hidden
+
+
+def check_merge(merge: str) -> str:
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}.")
+    return merge
+
+
+def initial_carry(cell: Any, params: Sequence[dict], batch_size: int, reg: Regularizer = NONE,
+                  dtype: Any = jnp.float32) -> list[dict]:
+    """Zero state of a bidirectional stack: per layer `{"forward": c, "backward": c}`."""
+    return [{d: cells.init_carry(cell, batch_size, layer[d]["w_h"].shape[0], dtype,
+                                 output_gate=reg.needs_output_gate) for d in DIRECTIONS}
+            for layer in _check_params(params)]
+
+
+def _check_params(params: Any) -> list[dict]:
+    if isinstance(params, dict):
+        params = [params]
+    layers = list(params)
+    if not layers:
+        raise ValueError("A bidirectional stack needs at least one layer of params.")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict) or set(layer) != set(DIRECTIONS):
+            keys = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
+            raise ValueError(f"Layer {index}'s params must be a dict with keys 'forward' and "
+                             f"'backward' (one layer's params each), got {keys}.")
+    return layers
+
+
+def _check_carries(carry: Any, num_layers: int) -> list[dict]:
+    carries = [carry] if isinstance(carry, dict) else list(carry)
+    if len(carries) != num_layers:
+        raise ValueError(f"Got {len(carries)} carries for {num_layers} bidirectional layers.")
+    for index, c in enumerate(carries):
+        if not isinstance(c, dict) or set(c) != set(DIRECTIONS):
+            raise ValueError(f"Layer {index}'s carry must be a dict with keys 'forward' and "
+                             "'backward' (one layer's carry each).")
+    return carries
+
+
+def _check_cell(cell: Any) -> None:
+    cells.check_cell_type(cell)
+    if cells.statistics_of(cell) is not None or cells.has_aux_output(cell):
+        raise ValueError(f"Bidirectional stacks take cells without running statistics or "
+                         f"auxiliary outputs, not {cells.cell_name(cell)!r}.")
+
+
+def _lengths_kwargs(lengths: Array | None) -> dict:
+    """`{"seq_lengths": lengths}` for `rnn.scan_layer`, nothing when None (so every other
+    call runs on a `scan_layer` without variable lengths; with lengths, one sentence)."""
+    if lengths is None:
+        return {}
+    if "seq_lengths" not in inspect.signature(rnn.scan_layer).parameters:
+        raise ValueError("seq_lengths needs rnn.scan_layer's variable-length support, which "
+                         "this version of rnnreg_jax lacks.")
+    return {"seq_lengths": lengths}
+
+
+def unroll_bidirectional(
+    cell: Any,
+    params: Sequence[dict],
+    inputs: Array,
+    carry: Sequence[dict] | None = None,
+    *,
+    reg: Regularizer = NONE,
+    key: Array | None = None,
+    deterministic: bool = True,
+    merge: str = "concat",
+    time_major: bool = False,
+    unroll: int = 1,
+    implementation: str = "auto",
+    seq_lengths: Array | None = None,
+    forget_bias: float = 0.0,
+    return_hiddens: bool = False,
+):
+    """Run a bidirectional stack over a window, regularized by `reg` (module docstring).
+
+    Args:
+      cell: "lstm", "gru", "rnn", "lstm_ln", or a user's cell without running statistics.
+      params: a list, bottom first, of `{"forward": p, "backward": p}` (or one such
+        dict: a single layer, whose carry is then one dict too, as in `rnn.unroll`).
+      inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
+      carry: per layer `{"forward": c, "backward": c}`; zeros if None.
+      reg: the regularization spec.
+      key: PRNG key of this window; required in training mode when `reg` has noise.
+      deterministic: evaluation mode (every noise replaced by its expectation).
+      merge: "concat" (forward then backward features, PyTorch's) or "sum".
+      time_major: layout of `inputs` and outputs.
+      unroll: `lax.scan` unroll factor.
+      implementation: "auto", "fused" or "autodiff", see `rnn.scan_layer`.
+      seq_lengths: int `[B]`, each example's valid steps (None: all T), passed on to
+        `rnn.scan_layer`; the backward direction starts at each example's last valid step.
+      forget_bias: LSTM cells: a constant on every forget gate's pre-activation.
+      return_hiddens: also return each layer's undropped outputs per direction.
+
+    Returns:
+      `(outputs, carry)`: outputs `[B, T, W]` (or time-major), W the last layer's
+      merged width, and the final carries shaped like `carry`; with `return_hiddens` a
+      third item, per layer `{"forward": [B, T, H], "backward": [B, T, H]}` in the
+      inputs' layout and time order (the backward output at t is its state after
+      reading step t).
+    """
+    _check_cell(cell)
+    check_merge(merge)
+    layers = _check_params(params)
+    x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
+    steps, batch = x.shape[0], x.shape[1]
+    lengths = None if seq_lengths is None else check_lengths(seq_lengths, batch, steps)
+    if carry is None:
+        carries = initial_carry(cell, layers, batch, reg, x.dtype)
+    else:
+        carries = _check_carries(carry, len(layers))
+    if not deterministic and key is None and reg.stack_noise:
+        raise ValueError("A PRNG key is required in training mode (deterministic=False) "
+                         "when a noise regularizer is on.")
+    keys = {d: None if key is None else direction_key(key, d) for d in DIRECTIONS}
+    options = dict(reg=reg, deterministic=deterministic, unroll=unroll,
+                   implementation=implementation, forget_bias=forget_bias,
+                   **_lengths_kwargs(lengths))
+    new_carries, hiddens = [], []
+    for index, (layer, c) in enumerate(zip(layers, carries, strict=True)):
+        _check_input_width(layer, x.shape[-1], index)
+        reversed_x = reverse_padded(x, lengths, 0)
+        ys, finals = {}, {}
+        for d, xs in (("forward", x), ("backward", reversed_x)):
+            ys[d], finals[d] = _direction(cell, layer[d], xs, c[d], keys[d], index, **options)
+        ys["backward"] = reverse_padded(ys["backward"], lengths, 0)
+        x = _merge(ys, merge, index)
+        new_carries.append(finals)
+        hiddens.append(ys)
+    width = x.shape[-1]
+    mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
+                                           1, x.dtype), deterministic)
+    if mask is not None:
+        x = x * mask
+    if not time_major:
+        x = jnp.swapaxes(x, 0, 1)
+        hiddens = [{d: jnp.swapaxes(h[d], 0, 1) for d in DIRECTIONS} for h in hiddens]
+    if isinstance(params, dict):
+        return (x, new_carries[0]) + ((hiddens[0],) if return_hiddens else ())
+    return (x, new_carries) + ((hiddens,) if return_hiddens else ())
+
+
+def _direction(cell, p, xs, c, key, layer, *, reg, deterministic, unroll, implementation,
+               forget_bias, **lengths):
+    """One direction of one layer over its (time-major) inputs: the layer of
+    `rnn.unroll` with the direction's key."""
+    if reg.needs_output_gate and "o" not in c:
+        c = dict(c, o=jnp.zeros_like(c["h"]))
+    steps, batch = xs.shape[0], xs.shape[1]
+    ln = noise.layer_noise(reg, key, layer, cell, batch, steps, xs.shape[-1],
+                           p["w_h"].shape[0], deterministic, xs.dtype)
+    p = reg.weights(p, key, layer, deterministic)
+    return rnn.scan_layer(cell, p, xs, c, ln, unroll, implementation,
+                          forget_bias=forget_bias, **lengths)
+
+
+def _check_input_width(layer: dict, width: int, index: int) -> None:
+    for d in DIRECTIONS:
+        reads = layer[d]["w_x"].shape[0] if "w_x" in layer[d] else width
+        if reads != width:
+            raise ValueError(f"Layer {index}'s {d} w_x reads {reads} features, but its input "
+                             f"has {width}.")
+
+
+def _merge(ys: dict, merge: str, layer: int) -> Array:
+    forward, backward = ys["forward"], ys["backward"]
+    if merge == "concat":
+        return jnp.concatenate([forward, backward], axis=-1)
+    if forward.shape[-1] != backward.shape[-1]:
+        raise ValueError(f"merge='sum' needs both directions of layer {layer} equally wide, "
+                         f"got {forward.shape[-1]} and {backward.shape[-1]}.")
+    return forward + backward
+
+
+def penalties(reg: Regularizer, params: Sequence[dict], hiddens: Sequence[dict],
+              outputs: Array, time_axis: int) -> dict[str, Array]:
+    """`reg`'s loss terms of a bidirectional stack: each the mean over the two
+    directions of its value for that direction's layers (`params` and `hiddens` as
+    `unroll_bidirectional` takes and returns them; the backward hiddens in input time
+    order), `outputs` being the merged, dropped output both times. So AR (on the
+    output) is the unidirectional one, TAR the mean of both top directions', the norm
+    stabilizer the mean over directions of its sum over layers."""
+    terms = [reg.penalties([p[d] for p in params], [h[d] for h in hiddens], outputs,
+                           time_axis) for d in DIRECTIONS]
+    return {name: (terms[0][name] + terms[1][name]) / 2 for name in terms[0]}
