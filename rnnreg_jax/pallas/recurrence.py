@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from rnnreg_jax import cells
 from rnnreg_jax.pallas import kernels
 from rnnreg_jax.pallas.gates import ELEMENTWISE_SITES, GATE_CELLS
-from rnnreg_jax.pallas.plan import Plan, make_plan
+from rnnreg_jax.pallas.plan import Plan, check_cell, make_plan
 
 Array = jax.Array
 
@@ -54,6 +54,7 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
     Returns:
       `(ys [T, B, H], final carry)`.
     """
+    check_cell(cell)  # first: a cell with auxiliary outputs projects to more than xw
     steps, batch, _ = xw.shape
     hidden = params["w_h"].shape[0]
     plan = make_plan(cell, hidden, batch, xw.dtype, weight_dtype)
