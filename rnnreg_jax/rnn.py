@@ -19,13 +19,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, fused, noise
+from rnnreg_jax import cells, fused, noise, pallas
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
 
 
-IMPLEMENTATIONS = ("auto", "fused", "autodiff")
+IMPLEMENTATIONS = ("auto", "fused", "autodiff", "pallas")
 # "auto" runs the fused backward pass below this batch size and plain scan
 # autodiff from it on. Measured on CPU (BENCHMARKS.md): hoisting dW_h pays
 # when each step's rank-B update is a thin matmul (PTB, B = 20: 1.09x on
@@ -47,8 +47,10 @@ IN_LOOP_PROJECTION_MAX_WIDTH = 4
 
 def resolve_implementation(implementation: str, batch_size: int,
                            backend: str | None = None) -> str:
-    """"fused" or "autodiff" for `implementation`: "auto" is fused on accelerators and,
-    on CPU, below `AUTO_FUSED_BELOW_BATCH`. `backend` defaults to JAX's default backend."""
+    """"fused", "autodiff" or "pallas" for `implementation`: "auto" is fused on
+    accelerators and, on CPU, below `AUTO_FUSED_BELOW_BATCH` (`scan_layer` may then take
+    "pallas" instead by `pallas.auto_prefers_pallas`, off until measured). `backend`
+    defaults to JAX's default backend."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown implementation {implementation!r}; use one of "
                          f"{IMPLEMENTATIONS}.")
@@ -75,9 +77,11 @@ def scan_layer(
       unroll: `lax.scan` unroll factor.
       implementation: "fused" (hand-written backward pass with `dW_h` hoisted
         out of the loop, `rnnreg_jax.fused`), "autodiff" (plain scan of the
-        step function; supports forward-mode differentiation) or "auto"
+        step function; supports forward-mode differentiation), "pallas" (one
+        persistent Pallas kernel pair for the lstm, gru and rnn cells,
+        `rnnreg_jax.pallas`; interpreted on CPU) or "auto"
         (fused on GPU/TPU, and on CPU for batches below `AUTO_FUSED_BELOW_BATCH`,
-        else autodiff; both give the same numbers up to float rounding).
+        else autodiff; all give the same numbers up to float rounding).
       population: a cell that keeps running statistics (`cells.statistics_of`: the
         batch-normalized LSTM's population): the layer's; None uses the window's own.
       forget_bias: LSTM cells: a constant added to the forget gate's
@@ -91,7 +95,11 @@ def scan_layer(
     if population is not None and cells.statistics_of(cell) is None:
         raise ValueError(f"Running statistics apply to cells that keep them (lstm_bn), not "
                          f"{cell!r}.")
-    fused_pass = resolve_implementation(implementation, xs.shape[1]) == "fused"
+    chosen = resolve_implementation(implementation, xs.shape[1])
+    if implementation == "auto" and pallas.auto_prefers_pallas(
+            cell, params["w_h"].shape[0], xs.shape[0], jax.default_backend()):
+        chosen = "pallas"  # never, until a GPU run measures AUTO_PALLAS_MIN_STEPS
+    fused_pass = chosen != "autodiff"
     in_loop = (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
                and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None)
     if in_loop:  # each step projects its own input slice (with these, unmasked, params)
@@ -99,6 +107,8 @@ def scan_layer(
     else:
         xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
                            population=population, forget_bias=forget_bias)
+    if chosen == "pallas":
+        return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
@@ -173,7 +183,7 @@ def unroll(
       time_major: layout of `inputs` and outputs.
       unroll: `lax.scan` unroll factor.
       return_hiddens: also return each layer's (undropped) outputs.
-      implementation: "auto", "fused" or "autodiff", see `scan_layer`.
+      implementation: "auto", "fused", "autodiff" or "pallas", see `scan_layer`.
       cell_stats: a cell that keeps running statistics (`cells.statistics_of`; the
         batch-normalized LSTM's population statistics): each layer's (a pytree, or a
         list of them for a stack, as `CellStatistics.init` makes them), used whatever
