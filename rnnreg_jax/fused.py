@@ -107,7 +107,8 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
         d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
-        d_c = dict(d_c, h=d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent))
+        d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent)
+        d_c = dict(d_c, h=precision.cast(d_h, d_c["h"].dtype))  # a float32 mask promotes
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
         return (d_c, ct_extra), (d_xw, d_rec)
 
