@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rnnreg_jax import precision
 from rnnreg_jax.models import LanguageModel, SequenceModel
 
 WORKLOADS = {
@@ -50,6 +51,7 @@ def _regs():
         "ours_none": rj.NONE,
         "ours_none_fused": rj.NONE,
         "ours_none_autodiff": rj.NONE,
+        "ours_none_bf16": rj.NONE,
         "ours_zaremba": rj.zaremba(0.5),
         "ours_variational": rj.variational(input=0.35, recurrent=0.2, output=0.35,
                                            embedding=0.2, per_gate=True),
@@ -60,10 +62,11 @@ def _regs():
 
 
 # ours_* run the models' default implementation ("auto"); the two ours_none_*
-# variants force one of the two backward passes it chooses between.
-CONTENDERS = ("ours_none", "ours_none_fused", "ours_none_autodiff", "ours_zaremba",
-              "ours_variational", "ours_variational_shared", "ours_zoneout", "flax",
-              "torch_lstm", "torch_cell_variational")
+# variants force one of the two backward passes it chooses between; ours_none_bf16 is
+# ours_none in mixed precision (bfloat16 compute, float32 parameters and state).
+CONTENDERS = ("ours_none", "ours_none_fused", "ours_none_autodiff", "ours_none_bf16",
+              "ours_zaremba", "ours_variational", "ours_variational_shared", "ours_zoneout",
+              "flax", "torch_lstm", "torch_cell_variational")
 
 
 def torch_version() -> str | None:
@@ -110,7 +113,9 @@ def build(contender: str, spec: dict) -> Callable[[], None]:
     if contender.startswith("ours"):
         impl = contender.rsplit("_", 1)[1]
         impl = impl if impl in ("fused", "autodiff") else "auto"
-        return _jax_step(spec, _regs()[contender], flax_peer=False, implementation=impl)
+        dtype = jnp.bfloat16 if contender.endswith("_bf16") else None
+        return _jax_step(spec, _regs()[contender], flax_peer=False, implementation=impl,
+                         dtype=dtype)
     if contender == "flax":
         return _jax_step(spec, None, flax_peer=True)
     if contender == "torch_lstm":
@@ -120,8 +125,8 @@ def build(contender: str, spec: dict) -> Callable[[], None]:
     raise ValueError(f"Unknown contender {contender!r}; choose from {CONTENDERS}.")
 
 
-def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto"
-              ) -> Callable[[], None]:
+def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto",
+              dtype=None) -> Callable[[], None]:
     lm = spec["kind"] == "lm"
     sizes = (spec["hidden"],) * spec["layers"]
     if flax_peer:
@@ -129,10 +134,10 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto"
                          spec["vocab"] if lm else spec["classes"])
     elif lm:
         model = LanguageModel(vocab_size=spec["vocab"], hidden_sizes=sizes, reg=reg,
-                              init_scale=0.05, implementation=implementation)
+                              init_scale=0.05, implementation=implementation, dtype=dtype)
     else:
         model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes, reg=reg,
-                              init_scale=0.05, implementation=implementation)
+                              init_scale=0.05, implementation=implementation, dtype=dtype)
     x, y = (jnp.asarray(a) for a in _data(spec))
     params = model.init(jax.random.key(0), x)["params"]
     tx = optax.sgd(0.1)
@@ -141,6 +146,7 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto"
     def loss_fn(p, key):
         out = model.apply({"params": p}, x, deterministic=False, rngs={"dropout": key})
         logits = out[0] if lm and not flax_peer else out
+        logits = precision.cast(logits, jnp.float32)  # bfloat16: the logsumexp in float32
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit

@@ -11,6 +11,10 @@ noise only enters the elementwise update and the masked `h_{t-1}`.
 
 Forward-mode differentiation (jvp) is not defined for this function; use
 `implementation="autodiff"` in `rnn.unroll` where it is needed.
+
+Mixed precision (`rnnreg_jax.precision`): each step's new carry is cast back to the
+carry's dtype (float32 state, bfloat16 products), and the gradients of the update's
+parameters are summed over the steps in at least float32.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells
+from rnnreg_jax import cells, precision
 
 Array = jax.Array
 
@@ -53,8 +57,19 @@ def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNo
     return w_h if gates is None else cells.per_gate_weights(w_h, gates)
 
 
-def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
+def _update(cell):
+    """The cell's update, its new carry in the dtypes of the carry it was given."""
     update = cells.get_update(cell)
+
+    def in_carry_dtypes(extra, c, xw_t, rec_t, noise):
+        new_c, y_t = update(extra, c, xw_t, rec_t, noise)
+        return precision.like(new_c, c), y_t
+
+    return in_carry_dtypes
+
+
+def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
+    update = _update(cell)
     w_h = _recurrent_weights(w_h, tied, per_step)
 
     def body(c, inputs):
@@ -82,7 +97,7 @@ def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
     w_h, extra, xw, tied, per_step, prev_carries, recs = residuals
     ct_ys, ct_final = cotangents
-    update = cells.get_update(cell)
+    update = _update(cell)
     w_rec = _recurrent_weights(w_h, tied, per_step)
 
     def body(acc, inputs):
@@ -92,14 +107,16 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
         d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
-        d_c = dict(d_c, h=d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent))
+        d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent)
+        d_c = dict(d_c, h=precision.cast(d_h, d_c["h"].dtype))  # a float32 mask promotes
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
         return (d_c, ct_extra), (d_xw, d_rec)
 
-    zeros_extra = jax.tree.map(jnp.zeros_like, extra)
+    zeros_extra = jax.tree.map(precision.accumulator_zeros, extra)
     (d_carry0, d_extra), (d_xw, d_recs) = jax.lax.scan(
         body, (ct_final, zeros_extra), (xw, per_step, prev_carries, recs, ct_ys),
         reverse=True, unroll=unroll)
+    d_extra = precision.like(d_extra, extra)
     d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs, tied.recurrent,
                                         per_step.recurrent)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)

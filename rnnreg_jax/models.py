@@ -2,6 +2,11 @@
 
 All weights (embedding, recurrent, softmax) are uniform in
 [-init_scale, init_scale], as in Zaremba's and the zoneout authors' code.
+
+`dtype` and `param_dtype` (`nn.RecurrentOptions`) reach the embedding and dense layers
+too: with `dtype=jnp.bfloat16` the logits are bfloat16, and the training losses take
+their logsumexp in float32 (`train.losses`; do the same in a loss of your own).
+Embedding-dropout multipliers are drawn in at least float32 (`rnnreg_jax.precision`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, noise
+from rnnreg_jax import cells, noise, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
 
 
@@ -85,12 +90,14 @@ class LanguageModel(RecurrentOptions):
             embed_size = cells.num_gates(self.cell) * self.hidden_sizes[0]
         ortho = self.orthogonal_init
         embed = nn.Embed(self.vocab_size, embed_size,
-                         embedding_init=weight_init(self.init_scale, ortho), name="embed")
+                         embedding_init=weight_init(self.init_scale, ortho), dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="embed")
         x = embed(ids)
         key = None
         if not deterministic and self.reg.embedding_noise:
             key = dropout_key(self)
-        mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic, x.dtype)
+        mask = noise.embedding_mask(self.reg, key, ids, self.vocab_size, deterministic,
+                                    precision.mask_dtype(x.dtype))
         if mask is not None:
             x = x * mask
         y, carry = StackedRNN(tuple(self.hidden_sizes),
@@ -102,11 +109,12 @@ class LanguageModel(RecurrentOptions):
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
                                  f"embed_size ({y.shape[-1]} != {embed_size}).")
             bias = self.param("softmax_bias", bias_init(self.init_scale, ortho),
-                              (self.vocab_size,))
-            logits = embed.attend(y) + bias
+                              (self.vocab_size,), self.param_dtype)
+            logits = embed.attend(y) + precision.cast(bias, self.dtype)
         else:
             logits = nn.Dense(self.vocab_size, kernel_init=weight_init(self.init_scale, ortho),
-                              bias_init=bias_init(self.init_scale, ortho), name="softmax")(y)
+                              bias_init=bias_init(self.init_scale, ortho), dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="softmax")(y)
         return logits, carry
 
 
@@ -141,16 +149,17 @@ class SequenceModel(RecurrentOptions):
         if self.vocab_size is not None:
             x = nn.Embed(self.vocab_size, self.embed_size,
                          embedding_init=weight_init(self.init_scale or 0.05, self.orthogonal_init),
-                         name="embed")(x)
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(x)
             key = None
             if not deterministic and self.reg.embedding_noise:
                 key = dropout_key(self)
             mask = noise.embedding_mask(self.reg, key, inputs, self.vocab_size, deterministic,
-                                        x.dtype)
+                                        precision.mask_dtype(x.dtype))
             if mask is not None:
                 x = x * mask
         y, _ = StackedRNN(tuple(self.hidden_sizes), **self.recurrent_options(),
                           name="rnn")(x, None, deterministic, use_running_average)
         head = (dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
                 if self.orthogonal_init else {})
-        return nn.Dense(self.num_outputs, name="head", **head)(y[:, -1])
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="head", **head)(y[:, -1])

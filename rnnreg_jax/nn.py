@@ -19,6 +19,14 @@ recurrent batch normalization, keeps its population statistics) has each layer's
 cell uses the window's own statistics and the running ones are updated, which needs
 `mutable=["batch_stats"]` like Flax's `BatchNorm`; otherwise (`deterministic=True`, or
 `use_running_average=True` as in MC evaluation) the running statistics are used.
+
+Mixed precision: `dtype` (compute) and `param_dtype` (storage), as in Flax's own layers;
+`rnnreg_jax.precision` says what stays float32 and why. Sharding: `param_axes` boxes a
+layer's arrays in `nn.LogicallyPartitioned` (`rnnreg_jax.partitioning`), leaving the
+parameter tree's paths and values as they are.
+
+Return order: `(outputs, carry)`, the pure API's (`rnn.unroll`); `flax.linen.RNN(
+return_carry=True)` returns `(carry, outputs)`, which `carry_first=True` gives here.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import batchnorm, bidirectional, cells, rnn
+from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, rnn
 from rnnreg_jax.regularizers.base import NONE, Regularizer
 
 
@@ -75,6 +83,16 @@ class RecurrentOptions(nn.Module):
         (the zoneout authors' +1, `cells.with_forget_bias`).
       orthogonal_init: orthogonal `w_x`, `w_h` and zero biases instead of the
         uniform draw (`cells.init_params`).
+      dtype: the compute dtype (None: the inputs' and parameters' own, as without
+        mixed precision): products and gate nonlinearities run in it, while the carry
+        (an LSTM's `c`), the masks and the penalties stay at least float32
+        (`rnnreg_jax.precision`); outputs are in `dtype`.
+      param_dtype: the dtype parameters are initialized and stored in.
+      param_axes: logical axis names per array of a recurrent layer, `{"w_x": ("embed",
+        "gates"), "w_h": ("hidden", "gates"), "b": ("gates",)}` (a dict, or a tuple of
+        `(name, axes)` pairs to keep the module hashable): those arrays are boxed in
+        `nn.LogicallyPartitioned`, so `nn.get_partition_spec(variables)` has a spec per
+        array (`rnnreg_jax.partitioning`); None boxes nothing.
     """
 
     cell: Any = option("lstm")
@@ -87,6 +105,9 @@ class RecurrentOptions(nn.Module):
     recurrent_bias: bool = option(False)
     forget_bias: float = option(0.0)
     orthogonal_init: bool = option(False)
+    dtype: Any = option(None)
+    param_dtype: Any = option(jnp.float32)
+    param_axes: Any = option(None)
 
     def recurrent_options(self) -> dict:
         """The options as keyword arguments of another recurrent module."""
@@ -94,7 +115,8 @@ class RecurrentOptions(nn.Module):
 
 
 OPTION_FIELDS = ("cell", "reg", "init_scale", "unroll", "implementation", "bn_max_steps",
-                 "bn_momentum", "recurrent_bias", "forget_bias", "orthogonal_init")
+                 "bn_momentum", "recurrent_bias", "forget_bias", "orthogonal_init", "dtype",
+                 "param_dtype", "param_axes")
 
 
 class StackedRNN(RecurrentOptions):
@@ -105,12 +127,16 @@ class StackedRNN(RecurrentOptions):
       time_major: whether inputs and outputs are `[T, B, F]`.
       project_first_input: False: the first layer has no `w_x` and its inputs
         are its gates' pre-activations (`[.., G*H]`; "lstm", "gru", "rnn").
+      carry_first: return `(carry, outputs)`, the order of `flax.linen.RNN(
+        return_carry=True)`, instead of `(outputs, carry)` (the pure API's,
+        `rnn.unroll`); keyword-only.
       and the keyword-only `RecurrentOptions`.
     """
 
     hidden_sizes: Sequence[int] | int
     time_major: bool = False
     project_first_input: bool = True
+    carry_first: bool = option(False)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -144,19 +170,25 @@ class StackedRNN(RecurrentOptions):
             `deterministic`.
 
         Returns:
-          `(outputs [B, T, H_last], carry)`.
+          `(outputs [B, T, H_last], carry)`; `(carry, outputs)` with `carry_first`.
+          The outputs are in `dtype` when it is set; the carry keeps its dtypes (zeros:
+          float32 or wider, see `rnn.unroll`).
         """
         self.reg.check_cell(self.cell)
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             init = lambda key, f=in_size, h=hidden: cells.init_params(
-                key, self.cell, f, h, self.init_scale, jnp.float32, self.recurrent_bias,
+                key, self.cell, f, h, self.init_scale, self.param_dtype, self.recurrent_bias,
                 self.orthogonal_init)
             if index == 0 and not self.project_first_input:
                 init = self._gates_input_init(init, in_size, hidden)
             init = self._with_regularizer_params(init, index)
+            if self.param_axes is not None:
+                init = partitioning.boxed_init(init, self.param_axes)
             params.append(self.param(f"layer_{index}", init))
             in_size = hidden
+        if self.param_axes is not None:
+            partitioning.check_names(self.param_axes, params)
         key = None
         if not deterministic and self.reg.stack_noise:
             key = dropout_key(self)
@@ -165,7 +197,8 @@ class StackedRNN(RecurrentOptions):
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation,
-            cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias)
+            cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias,
+            dtype=self.dtype)
         kept = cells.statistics_of(self.cell)
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
             var.value = kept.update(var.value, jax.lax.stop_gradient(layer_stats),
@@ -174,7 +207,7 @@ class StackedRNN(RecurrentOptions):
             time_axis = 0 if self.time_major else 1
             for name, value in self.reg.penalties(params, hiddens, outputs, time_axis).items():
                 self.sow("penalties", name, value)
-        return outputs, carry
+        return (carry, outputs) if self.carry_first else (outputs, carry)
 
     def _with_regularizer_params(self, init, layer: int):
         """`init` plus the parameters the regularizer adds to the layer (a learned noise
@@ -220,11 +253,16 @@ class StackedRNN(RecurrentOptions):
 class RecurrentLayer(RecurrentOptions):
     """One recurrent layer; the carry is a single state dict.
 
-    Attributes: `hidden_size`, `time_major` and the keyword-only `RecurrentOptions`.
+    Returns `(outputs, carry)` like `StackedRNN`, or with `carry_first=True` `(carry,
+    outputs)`, the order of `flax.linen.RNN(return_carry=True)`.
+
+    Attributes: `hidden_size`, `time_major`, the keyword-only `carry_first` and
+    `RecurrentOptions`.
     """
 
     hidden_size: int
     time_major: bool = False
+    carry_first: bool = option(False)
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
@@ -233,7 +271,7 @@ class RecurrentLayer(RecurrentOptions):
                            name="stack")
         outputs, carries = stack(inputs, None if carry is None else [carry], deterministic,
                                  use_running_average)
-        return outputs, carries[0]
+        return (carries[0], outputs) if self.carry_first else (outputs, carries[0])
 
 
 class Bidirectional(RecurrentOptions):

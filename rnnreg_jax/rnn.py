@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, fused, noise, pallas
+from rnnreg_jax import cells, fused, noise, pallas, precision
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
@@ -65,6 +65,7 @@ def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
     implementation: str = "auto", population: dict | None = None, forget_bias: float = 0.0,
+    dtype: Any = None,
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
@@ -86,6 +87,11 @@ def scan_layer(
         batch-normalized LSTM's population): the layer's; None uses the window's own.
       forget_bias: LSTM cells: a constant added to the forget gate's
         pre-activation (`cells.with_forget_bias`).
+      dtype: the compute dtype `W_h` is cast to (None: none); the other parameters come
+        cast by `unroll`. On the autodiff path the cast is inside the scan body, so the
+        transpose sums `dW_h` over the steps in `W_h`'s stored precision (bfloat16
+        sums over T steps drift: 2x the fused pass's error at T = 35); the fused pass
+        computes it in one product.
 
     Returns:
       `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
@@ -108,8 +114,13 @@ def scan_layer(
         xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
                            population=population, forget_bias=forget_bias)
     if chosen == "pallas":
+        if dtype is not None:
+            raise ValueError("implementation='pallas' computes in the parameters' dtype; use "
+                             "its weight_dtype, or another implementation, for dtype=...")
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
+        if dtype is not None:  # the fused pass sums dW_h in one product
+            params = dict(params, w_h=precision.cast(params["w_h"], dtype))
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll)
 
@@ -123,8 +134,11 @@ def scan_layer(
             # the [B, F] slice itself: projecting a [1, B, F] window made XLA take d w_x
             # from a transposed copy of the gates' cotangent every step
             xw_t = cells.project(cell, input_params, xw_t, forget_bias=forget_bias)
-        new_c, y_t = step(params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
-        return new_c, y_t
+        step_params = params
+        if dtype is not None:  # per step: the transpose then sums dW_h in W_h's dtype
+            step_params = dict(params, w_h=precision.cast_floating(params["w_h"], dtype))
+        new_c, y_t = step(step_params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
+        return precision.like(new_c, c), y_t  # the state in its own dtype (mixed precision)
 
     final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)
     return ys, final
@@ -161,6 +175,7 @@ def unroll(
     cell_stats: cells.Params | Sequence[cells.Params] | None = None,
     return_cell_stats: bool = False,
     forget_bias: float = 0.0,
+    dtype: Any = None,
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
@@ -193,19 +208,30 @@ def unroll(
         `cell_stats` (one, or a list); empty dicts for cells without one.
       forget_bias: LSTM cells: a constant added to every layer's forget-gate
         pre-activation (the zoneout authors' +1; `cells.with_forget_bias`).
+      dtype: the compute dtype (mixed precision, `rnnreg_jax.precision`): inputs and
+        every layer's parameters (after the regularizer's weight transforms) are cast
+        to it, so the products and gates run in it; None (the default) casts nothing.
+        Carry dtype policy: a carry keeps the dtype it is given, and every step's new
+        state is cast back to it; the zero carry (`carry=None`) has the inputs' dtype
+        without `dtype` and at least float32 with it (bfloat16 -> float32), so an
+        LSTM's `c` and a GRU's `h` accumulate in float32. Masks are drawn in at least
+        float32.
 
     Returns:
-      `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major) and
-      carry shaped like the input carry; with `return_hiddens` a third item,
-      the list of each layer's outputs in the same layout; with
+      `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major, in `dtype` when
+      given) and carry shaped like the input carry, in its dtypes; with
+      `return_hiddens` a third item, the list of each layer's outputs in the same
+      layout (as the steps computed them: an LSTM's in its carry's dtype); with
       `return_cell_stats` a last item, the auxiliary outputs.
     """
     cells.check_cell_type(cell)
     layers, single = _as_list(params)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
+    masks_in = precision.mask_dtype(x.dtype)
     if carry is None:
-        carries = _as_list(initial_carry(cell, layers, batch, reg, x.dtype))[0]
+        carries = _as_list(initial_carry(cell, layers, batch, reg,
+                                         precision.carry_dtype(x.dtype, dtype)))[0]
     else:
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):
@@ -218,25 +244,29 @@ def unroll(
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
+    x = precision.cast(x, dtype)
     new_carries, hiddens, stats = [], [], []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         hidden = p["w_h"].shape[0]
         if reg.needs_output_gate and "o" not in c:
             c = dict(c, o=jnp.zeros_like(c["h"]))
         ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
-                               deterministic, x.dtype)
+                               deterministic, masks_in)
         p = reg.weights(p, key, index, deterministic)  # weight drop, weight noise, ...
+        if dtype is not None:  # W_h is cast by scan_layer
+            p = dict(precision.cast_floating(p, dtype), w_h=p["w_h"])
         x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
-                          forget_bias)
+                          forget_bias, dtype)
         x, layer_stats = x if cells.has_aux_output(cell) else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)
         hiddens.append(x)
     width = x.shape[-1]
     mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
-                                           1, x.dtype), deterministic)
+                                           1, masks_in), deterministic)
     if mask is not None:
         x = x * mask
+    x = precision.cast(x, dtype)
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [jnp.swapaxes(h, 0, 1) for h in hiddens]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numerics as nm
 import numpy as np
 import pytest
@@ -168,7 +169,9 @@ def test_every_recurrent_module_takes_the_same_options() -> None:
 
     options = dict(cell="lstm", reg=zoneout(cells=0.2, hiddens=0.1), init_scale=0.2, unroll=2,
                    implementation="autodiff", bn_max_steps=7, bn_momentum=0.5,
-                   recurrent_bias=True, forget_bias=1.0, orthogonal_init=False)
+                   recurrent_bias=True, forget_bias=1.0, orthogonal_init=False,
+                   dtype=jnp.float32, param_dtype=jnp.float32,
+                   param_axes=(("w_h", ("hidden", "gates")),))
     assert set(options) == set(OPTION_FIELDS)
     modules = [StackedRNN(4, **options), RecurrentLayer(4, **options),
                LanguageModel(11, (4,), **options), SequenceModel(3, (4,), **options)]

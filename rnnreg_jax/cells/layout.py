@@ -6,6 +6,10 @@ A recurrent mask is per gate when it says so, as a `PerGate` (`[G, B, H]`, `[T, 
 per step, time first for the scan); a plain array (`[B, H]`, `[T, B, H]` per step) is
 shared by the gates. An input mask's `per_gate` travels beside it (`LayerNoise`). Every
 per-step mask is time first, `[T, G, ...]` when per gate.
+
+A product runs in its weights' dtype: the (masked) operand is cast to it
+(`precision.operand`), so bfloat16 weights multiply a float32 state or mask in bfloat16
+(mixed precision, `rnnreg_jax.precision`); with one dtype throughout nothing is cast.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rnnreg_jax import precision
 from rnnreg_jax.cells.base import Array, Params, StepNoise
 
 
@@ -41,12 +46,12 @@ def project_inputs(
         if input_mask is not None:
             raise ValueError("A layer fed its gates' pre-activations (no w_x, embed_to_gates) "
                              "takes no input dropout mask.")
-        return x + params["b"]
+        return precision.operand(x, params["b"]) + params["b"]
     w_x, b = params["w_x"], params["b"]
     if input_mask is None:
-        return x @ w_x + b
+        return precision.operand(x, w_x) @ w_x + b
     if not per_gate:
-        return (x * input_mask) @ w_x + b
+        return precision.operand(x * input_mask, w_x) @ w_x + b
     if input_mask.ndim == x.ndim + 1:  # per step, [T, G, B, F]: the product wants gates first
         input_mask = jnp.swapaxes(input_mask, 0, 1)
     # On CPU one [T*B, F] @ [F, H] dot per gate (XLA:CPU runs these at the speed of the
@@ -123,9 +128,9 @@ def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array |
     (G blocks, or gate-major `[G, H, H]`), which is how the scans pass it.
     """
     if mask is None:
-        return h @ w_h
+        return precision.operand(h, w_h) @ w_h
     if not is_per_gate(mask):
-        return (h * mask) @ w_h
+        return precision.operand(h * mask, w_h) @ w_h
     masks = mask.masks
     w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, len(masks))
     return per_gate_product(h, masks, w)
@@ -139,9 +144,11 @@ def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Arr
     gate-batched dot).
     """
     if isinstance(w, tuple):
-        return jnp.concatenate([(x * m) @ wg for m, wg in zip(mask, w, strict=True)], axis=-1)
+        return jnp.concatenate([precision.operand(x * m, wg) @ wg
+                                for m, wg in zip(mask, w, strict=True)], axis=-1)
     lead = (1,) * (x.ndim + 1 - mask.ndim)  # the axes of x that mask[g] broadcasts over
-    masked = x[None] * mask.reshape(mask.shape[:1] + lead + mask.shape[1:])
+    masked = precision.operand(x[None] * mask.reshape(mask.shape[:1] + lead + mask.shape[1:]),
+                               w)
     out = jnp.einsum("g...f,gfh->...gh", masked, w)
     return out.reshape(*out.shape[:-2], -1)
 
@@ -173,9 +180,10 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
     rows = steps * batch
     if not is_per_gate(mask):
         hm = h_prev if mask is None else h_prev * mask
+        hm = precision.operand(hm, d_recs)  # the product in the cotangents' (W_h's) dtype
         return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
     gate_masks = (mask.masks if tied_mask is not None
                   else jnp.swapaxes(mask.masks, 0, 1))  # [G, (T,) B, H]
     d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
-    return jnp.concatenate([(h_prev * m).reshape(rows, hidden).T @ d
+    return jnp.concatenate([precision.operand(h_prev * m, d).reshape(rows, hidden).T @ d
                             for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)

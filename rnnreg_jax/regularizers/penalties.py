@@ -1,6 +1,10 @@
 """Loss terms on the hidden states: Krueger & Memisevic's norm stabilizer and AWD-LSTM's
 activation regularization (AR) and temporal activation regularization (TAR). A model
-adds them in training only (`nn.StackedRNN` sows them into `penalties`)."""
+adds them in training only (`nn.StackedRNN` sows them into `penalties`).
+
+Each is computed in at least float32 (`precision.at_least_float32`): with bfloat16
+hiddens (mixed precision) the squares, norms and their differences would otherwise
+round to 8 significant bits before the mean sums them."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rnnreg_jax import precision
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
@@ -35,6 +40,7 @@ def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> 
     Returns:
       A scalar.
     """
+    hiddens = _wide(hiddens)
     squares = jnp.sum(jnp.square(hiddens), axis=-1)
     nonzero = squares > 0
     norms = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
@@ -48,7 +54,7 @@ def activation_penalty(outputs: Array, alpha: float) -> Array:
     Merity et al. apply it to the *dropped* output of the last layer (the
     tensor the softmax sees in training); the mean runs over every element.
     """
-    return alpha * jnp.mean(jnp.square(outputs))
+    return alpha * jnp.mean(jnp.square(_wide(outputs)))
 
 
 def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> Array:
@@ -63,7 +69,12 @@ def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1)
       beta: penalty weight.
       time_axis: the time axis of `hiddens`.
     """
-    return beta * jnp.mean(jnp.square(jnp.diff(hiddens, axis=time_axis)))
+    return beta * jnp.mean(jnp.square(jnp.diff(_wide(hiddens), axis=time_axis)))
+
+
+def _wide(x: Array) -> Array:
+    """`x` in at least float32 (the penalty's precision)."""
+    return precision.cast(x, precision.at_least_float32(x.dtype))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""Flax conventions: per-array partitioning metadata (`param_axes`,
+`rnnreg_jax.partitioning`) and flax.linen.RNN's return order (`carry_first`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import rnnreg_jax as rj
+from rnnreg_jax.models import LanguageModel
+from rnnreg_jax.nn import RecurrentLayer, StackedRNN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AXES = {"w_x": ("embed", "gates"), "w_h": ("hidden", "gates"), "b": ("gates",)}
+RULES = (("gates", "model"), ("hidden", None), ("embed", None))
+
+
+def inputs():
+    return jax.random.normal(jax.random.key(0), (4, 5, 3))
+
+
+def test_param_axes_give_a_spec_per_array_and_keep_paths_and_values():
+    x = inputs()
+    plain = StackedRNN((8, 8), recurrent_bias=True).init(jax.random.key(0), x)
+    boxed = StackedRNN((8, 8), recurrent_bias=True, param_axes=AXES).init(jax.random.key(0), x)
+    specs = nn.get_partition_spec(boxed)["params"]
+    for layer in ("layer_0", "layer_1"):
+        assert specs[layer]["w_h"] == P("hidden", "gates")
+        assert specs[layer]["w_x"] == P("embed", "gates") and specs[layer]["b"] == P("gates")
+        assert specs[layer]["b_h"] == P()  # not named: replicated
+        assert nn.logical_to_mesh_axes(specs[layer]["w_h"], RULES) == P(None, "model")
+    unboxed = nn.unbox(boxed)
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(plain)[0]]
+    assert paths == [p for p, _ in jax.tree_util.tree_flatten_with_path(unboxed)[0]]
+    jax.tree.map(np.testing.assert_array_equal, plain, unboxed)
+    # the boxed variables apply as they are, to the plain model's outputs
+    layer = StackedRNN((8, 8), recurrent_bias=True, param_axes=tuple(AXES.items()))
+    jax.tree.map(np.testing.assert_array_equal, layer.apply(boxed, x),
+                 StackedRNN((8, 8), recurrent_bias=True).apply(plain, x))
+    hash(layer)  # pairs keep the module hashable
+
+
+def test_param_axes_errors_and_layers_without_an_array():
+    ids = np.zeros((2, 3), np.int32)
+    # embed_to_gates: the first layer has no w_x, the second does; both are boxed as named
+    model = LanguageModel(7, (4, 4), embed_to_gates=True, param_axes={"w_x": (None, "gates")})
+    specs = nn.get_partition_spec(model.init(jax.random.key(0), ids))["params"]["rnn"]
+    assert "w_x" not in specs["layer_0"] and specs["layer_1"]["w_x"] == P(None, "gates")
+    with pytest.raises(ValueError, match="which no layer has"):
+        StackedRNN(4, param_axes={"w_q": ("a", "b")}).init(jax.random.key(0), inputs())
+    with pytest.raises(ValueError, match="names 1 axes, but w_h has 2"):
+        StackedRNN(4, param_axes={"w_h": ("a",)}).init(jax.random.key(0), inputs())
+    with pytest.raises(ValueError, match="must map array names"):
+        StackedRNN(4, param_axes=3).init(jax.random.key(0), inputs())
+
+
+SHARDED = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+    import rnnreg_jax as rj
+    from rnnreg_jax.nn import StackedRNN
+    AXES = {axes!r}
+    RULES = {rules!r}
+    assert jax.device_count() == 4
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("model",))  # auto axes
+    layer = StackedRNN((8, 8), reg=rj.variational(input=0.2, recurrent=0.2), param_axes=AXES)
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3))
+    variables = layer.init(jax.random.key(0), x)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, RULES)
+    params = nn.unbox(variables)
+    sharded = jax.device_put(params, shardings)
+    w_h = sharded["params"]["layer_1"]["w_h"]
+    assert w_h.sharding.spec == jax.sharding.PartitionSpec(None, "model"), w_h.sharding
+    assert {{s.data.shape for s in w_h.addressable_shards}} == {{(8, 8)}}
+
+    def loss(p):
+        ys, _ = layer.apply(p, x, deterministic=False, rngs={{"dropout": jax.random.key(1)}})
+        return jnp.sum(ys ** 2)
+
+    got = jax.jit(jax.value_and_grad(loss))(sharded)
+    want = jax.value_and_grad(loss)(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    print("sharded ok")
+""")
+
+
+@pytest.mark.slow  # a subprocess compiling on 4 host devices: ~20-30 s on 2 cores
+def test_a_model_sharded_by_its_param_axes_runs_on_four_devices():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", SHARDED.format(axes=AXES, rules=RULES)],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0 and "sharded ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_carry_first_is_flax_rnn_order():
+    """`carry_first=True` returns `(carry, outputs)` as `nn.RNN(return_carry=True)` does;
+    the default is `(outputs, carry)`, the pure API's."""
+    x = inputs()
+    for module in (StackedRNN((6,), reg=rj.zoneout(hiddens=0.1)), RecurrentLayer(6)):
+        variables = module.init(jax.random.key(0), x)
+        outputs, carry = module.apply(variables, x)
+        flipped = module.clone(carry_first=True).apply(variables, x)
+        jax.tree.map(np.testing.assert_array_equal, flipped, (carry, outputs))
+    flax_rnn = nn.RNN(nn.LSTMCell(6), return_carry=True)
+    flax_carry, flax_outputs = flax_rnn.apply(flax_rnn.init(jax.random.key(0), x), x)
+    ours_carry, ours_outputs = RecurrentLayer(6, carry_first=True).apply(
+        RecurrentLayer(6).init(jax.random.key(0), x), x)
+    assert ours_outputs.shape == flax_outputs.shape == (4, 5, 6)
+    assert {a.shape for a in jax.tree.leaves(ours_carry)} == {
+        a.shape for a in jax.tree.leaves(flax_carry)} == {(4, 6)}
