@@ -115,8 +115,8 @@ def scan_layer(
                            population=population, forget_bias=forget_bias)
     if chosen == "pallas":
         if dtype is not None:
-            raise ValueError("implementation='pallas' computes in the parameters' dtype; use "
-                             "its weight_dtype, or another implementation, for dtype=...")
+            raise ValueError("Mixed precision (dtype=...) is not supported by "
+                             "implementation='pallas'; use 'fused' or 'autodiff'.")
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         if dtype is not None:  # the fused pass sums dW_h in one product
