@@ -9,6 +9,11 @@ update function; `dW_h` is then one large `[H, T*B] @ [T*B, G*H]` matmul
 after the loop. Every regularizer is supported unchanged, because the
 noise only enters the elementwise update and the masked `h_{t-1}`.
 
+With `seq_lengths` (`rnnreg_jax.lengths`) a step past an example's length keeps its
+carry and outputs zero; backwards, that example's carry cotangent passes the step
+unchanged and its update gets zero cotangents (so no `dW_h`, input or parameter
+gradient from padding).
+
 Forward-mode differentiation (jvp) is not defined for this function; use
 `implementation="autodiff"` in `rnn.unroll` where it is needed.
 
@@ -24,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, precision
+from rnnreg_jax import cells, lengths, precision
 
 Array = jax.Array
 
@@ -36,18 +41,26 @@ def _extra_params(cell: str, params: cells.Params) -> dict:
 
 
 def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
-               tied: cells.StepNoise, per_step: cells.StepNoise, unroll: int = 1):
+               tied: cells.StepNoise, per_step: cells.StepNoise, unroll: int = 1, *,
+               seq_lengths: Array | None = None):
     """Scan a layer's steps over projected inputs `xw: [T, B, G*H]`.
 
     Same results as scanning `cells.get_step(cell)`; gradients computed by
-    the hoisted backward pass described in the module docstring.
+    the hoisted backward pass described in the module docstring. `seq_lengths`: int
+    `[B]` in `[1, T]`, as in `rnn.scan_layer` (which refuses it for a cell normalized
+    by batch statistics; this function cannot tell).
 
     Returns:
       `(ys [T, B, H], final carry)`.
     """
     tied = jax.tree.map(jnp.asarray, tied)  # eval-mode scalars become arrays
+    valid = None
+    if seq_lengths is not None:
+        steps = jax.tree.leaves(xw)[0].shape[0]  # every input is scanned, time first
+        valid = lengths.valid_steps(lengths.check(seq_lengths, carry["h"].shape[0], steps),
+                                    steps)
     return _recurrence(cell, unroll, params["w_h"], _extra_params(cell, params), xw, carry,
-                       tied, per_step)
+                       tied, per_step, valid)
 
 
 def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise
@@ -55,6 +68,11 @@ def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNo
     """`W_h` as the per-step product wants it (`cells.per_gate_weights` for per-gate masks)."""
     gates = cells.per_gate_recurrent(tied, per_step)
     return w_h if gates is None else cells.per_gate_weights(w_h, gates)
+
+
+def _scanned(inputs: tuple, valid: Array | None) -> tuple:
+    """The scan's inputs, with the `[T, B]` valid steps last when there are lengths."""
+    return inputs if valid is None else (*inputs, valid)
 
 
 def _update(cell):
@@ -68,45 +86,55 @@ def _update(cell):
     return in_carry_dtypes
 
 
-def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save):
+def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, valid, save):
     update = _update(cell)
     w_h = _recurrent_weights(w_h, tied, per_step)
+    aux_output = cells.has_aux_output(cell)
 
     def body(c, inputs):
-        xw_t, noise_t = inputs
+        xw_t, noise_t = inputs[:2]
         noise = cells.merge_noise(tied, noise_t)
         rec_t = cells.recurrent_projection(c["h"], w_h, noise.recurrent)
         new_c, y_t = update(extra, c, xw_t, rec_t, noise)
+        if valid is not None:  # examples past their length keep their state
+            new_c, y_t = lengths.freeze(inputs[2], c, new_c, y_t, aux_output)
         return new_c, ((y_t, c, rec_t) if save else y_t)
 
-    return jax.lax.scan(body, carry, (xw, per_step), unroll=unroll)
+    return jax.lax.scan(body, carry, _scanned((xw, per_step), valid), unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(cell, unroll, w_h, extra, xw, carry, tied, per_step):
-    final, ys = _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, save=False)
+def _recurrence(cell, unroll, w_h, extra, xw, carry, tied, per_step, valid):
+    final, ys = _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, valid,
+                              save=False)
     return ys, final
 
 
-def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step):
+def _recurrence_fwd(cell, unroll, w_h, extra, xw, carry, tied, per_step, valid):
     final, (ys, prev_carries, recs) = _forward_scan(cell, unroll, w_h, extra, xw, carry, tied,
-                                                    per_step, save=True)
-    return (ys, final), (w_h, extra, xw, tied, per_step, prev_carries, recs)
+                                                    per_step, valid, save=True)
+    return (ys, final), (w_h, extra, xw, tied, per_step, valid, prev_carries, recs)
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
-    w_h, extra, xw, tied, per_step, prev_carries, recs = residuals
+    w_h, extra, xw, tied, per_step, valid, prev_carries, recs = residuals
     ct_ys, ct_final = cotangents
     update = _update(cell)
     w_rec = _recurrent_weights(w_h, tied, per_step)
+    aux_output = cells.has_aux_output(cell)
 
     def body(acc, inputs):
         ct_carry, ct_extra = acc
-        xw_t, noise_t, c_prev, rec_t, ct_y = inputs
+        xw_t, noise_t, c_prev, rec_t, ct_y = inputs[:5]
         noise = cells.merge_noise(tied, noise_t)
         _, vjp = jax.vjp(lambda e, c, x, r: update(e, c, x, r, noise), extra, c_prev, xw_t,
                          rec_t)
-        d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
+        if valid is None:
+            d_extra, d_c, d_xw, d_rec = vjp((ct_carry, ct_y))
+        else:  # a padded step: the carry's cotangent passes it, its update gets none
+            ct_step, ct_past = _split_cotangents(inputs[5], ct_carry, ct_y, aux_output)
+            d_extra, d_c, d_xw, d_rec = vjp(ct_step)
+            d_c = jax.tree.map(jnp.add, d_c, ct_past)
         d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent)
         d_c = dict(d_c, h=precision.cast(d_h, d_c["h"].dtype))  # a float32 mask promotes
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
@@ -114,13 +142,26 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
 
     zeros_extra = jax.tree.map(precision.accumulator_zeros, extra)
     (d_carry0, d_extra), (d_xw, d_recs) = jax.lax.scan(
-        body, (ct_final, zeros_extra), (xw, per_step, prev_carries, recs, ct_ys),
+        body, (ct_final, zeros_extra),
+        _scanned((xw, per_step, prev_carries, recs, ct_ys), valid),
         reverse=True, unroll=unroll)
     d_extra = precision.like(d_extra, extra)
     d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs, tied.recurrent,
                                         per_step.recurrent)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
-    return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step)
+    return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step), None
+
+
+def _split_cotangents(valid_t, ct_carry, ct_y, aux_output):
+    """A step's cotangents with lengths: `((carry, y) cotangents of its update, the
+    carry cotangent that passes it)`, by example (`valid_t: [B]`): a valid example's go
+    to the update, a padded one's carry cotangent passes to the step before."""
+    if aux_output:  # only h_t is per example; the auxiliary output keeps its cotangent
+        ct_y = (lengths.mask_rows(valid_t, ct_y[0]), ct_y[1])
+    else:
+        ct_y = lengths.mask_rows(valid_t, ct_y)
+    return ((lengths.mask_rows(valid_t, ct_carry), ct_y),
+            lengths.mask_rows(valid_t, ct_carry, keep=False))
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, noise, precision
+from rnnreg_jax import cells, lengths, noise, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
 
 
@@ -73,7 +73,8 @@ class LanguageModel(RecurrentOptions):
 
     @nn.compact
     def __call__(self, ids: jax.Array, carry=None, deterministic: bool = True,
-                 use_running_average: bool | None = None):
+                 use_running_average: bool | None = None, *,
+                 seq_lengths: jax.Array | None = None):
         """Logits for a window of token ids.
 
         Args:
@@ -81,6 +82,10 @@ class LanguageModel(RecurrentOptions):
           carry: per-layer states from the previous window (or None = zeros).
           deterministic: evaluation mode.
           use_running_average: "lstm_bn" only, see `nn.StackedRNN`.
+          seq_lengths: int `[B]`, each sequence's valid steps (padding after them, see
+            `rnn.unroll`): the carry returned is the state after its last valid step;
+            the logits past it are the softmax's of a zero output (mask them out of the
+            loss).
 
         Returns:
           `(logits [B, T, V], carry)`.
@@ -103,7 +108,8 @@ class LanguageModel(RecurrentOptions):
         y, carry = StackedRNN(tuple(self.hidden_sizes),
                               project_first_input=not self.embed_to_gates,
                               **self.recurrent_options(),
-                              name="rnn")(x, carry, deterministic, use_running_average)
+                              name="rnn")(x, carry, deterministic, use_running_average,
+                                          seq_lengths=seq_lengths)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
@@ -142,9 +148,14 @@ class SequenceModel(RecurrentOptions):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,
-                 use_running_average: bool | None = None):
+                 use_running_average: bool | None = None, *,
+                 seq_lengths: jax.Array | None = None):
         """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]`
-        (`use_running_average`: "lstm_bn" only, see `nn.StackedRNN`)."""
+        (`use_running_average`: "lstm_bn" only, see `nn.StackedRNN`).
+
+        `seq_lengths`: int `[B]`, each example's valid steps, padding after them (see
+        `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
+        instead of `y[:, -1]`."""
         x = inputs
         if self.vocab_size is not None:
             x = nn.Embed(self.vocab_size, self.embed_size,
@@ -158,8 +169,9 @@ class SequenceModel(RecurrentOptions):
             if mask is not None:
                 x = x * mask
         y, _ = StackedRNN(tuple(self.hidden_sizes), **self.recurrent_options(),
-                          name="rnn")(x, None, deterministic, use_running_average)
+                          name="rnn")(x, None, deterministic, use_running_average,
+                                      seq_lengths=seq_lengths)
         head = (dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
                 if self.orthogonal_init else {})
         return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="head", **head)(y[:, -1])
+                        name="head", **head)(lengths.last_valid(y, seq_lengths))

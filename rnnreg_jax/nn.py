@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, rnn
-from rnnreg_jax.regularizers.base import NONE, Regularizer
+from rnnreg_jax.regularizers.base import NONE, Regularizer, penalties_of
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -158,7 +158,8 @@ class StackedRNN(RecurrentOptions):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
-                 use_running_average: bool | None = None):
+                 use_running_average: bool | None = None, *,
+                 seq_lengths: jax.Array | None = None):
         """Run the stack over a window.
 
         Args:
@@ -167,7 +168,11 @@ class StackedRNN(RecurrentOptions):
           deterministic: evaluation mode (noise replaced by its expectation).
           use_running_average: a cell that keeps running statistics ("lstm_bn"): use
             them (True) or the window's own, updating them (False); None means
-            `deterministic`.
+            `deterministic`. Training "lstm_bn" on the window's statistics refuses
+            `seq_lengths`.
+          seq_lengths: int `[B]`, each example's valid steps, padding after them (see
+            `rnn.unroll`): its carry is frozen and its outputs zero past them, and the
+            penalties count valid steps only. None: every step is valid.
 
         Returns:
           `(outputs [B, T, H_last], carry)`; `(carry, outputs)` with `carry_first`.
@@ -198,14 +203,15 @@ class StackedRNN(RecurrentOptions):
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation,
             cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias,
-            dtype=self.dtype)
+            dtype=self.dtype, seq_lengths=seq_lengths)
         kept = cells.statistics_of(self.cell)
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
             var.value = kept.update(var.value, jax.lax.stop_gradient(layer_stats),
                                     self.bn_momentum)
         if self.reg.has_penalty and not deterministic:  # loss terms, training only
             time_axis = 0 if self.time_major else 1
-            for name, value in self.reg.penalties(params, hiddens, outputs, time_axis).items():
+            for name, value in penalties_of(self.reg, params, hiddens, outputs, time_axis,
+                                            seq_lengths).items():
                 self.sow("penalties", name, value)
         return (carry, outputs) if self.carry_first else (outputs, carry)
 
@@ -266,11 +272,13 @@ class RecurrentLayer(RecurrentOptions):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
-                 use_running_average: bool | None = None):
+                 use_running_average: bool | None = None, *,
+                 seq_lengths: jax.Array | None = None):
+        """`StackedRNN.__call__` for one layer: `(outputs, carry)`."""
         stack = StackedRNN((self.hidden_size,), self.time_major, **self.recurrent_options(),
                            name="stack")
         outputs, carries = stack(inputs, None if carry is None else [carry], deterministic,
-                                 use_running_average)
+                                 use_running_average, seq_lengths=seq_lengths)
         return (carries[0], outputs) if self.carry_first else (outputs, carries[0])
 
 

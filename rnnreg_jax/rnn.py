@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, fused, noise, pallas, precision
+from rnnreg_jax import cells, fused, lengths, noise, pallas, precision
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
@@ -65,7 +65,7 @@ def scan_layer(
     cell: str, params: cells.Params, xs: Array, carry: cells.Carry,
     layer_noise: noise.LayerNoise = noise.LayerNoise(), unroll: int = 1,
     implementation: str = "auto", population: dict | None = None, forget_bias: float = 0.0,
-    dtype: Any = None,
+    dtype: Any = None, *, seq_lengths: Array | None = None,
 ) -> tuple[Array, cells.Carry]:
     """Run one layer over a time-major window.
 
@@ -92,6 +92,10 @@ def scan_layer(
         transpose sums `dW_h` over the steps in `W_h`'s stored precision (bfloat16
         sums over T steps drift: 2x the fused pass's error at T = 35); the fused pass
         computes it in one product.
+      seq_lengths: int `[B]` in `[1, T]`, each example's number of valid steps (the
+        rest is padding, `rnnreg_jax.lengths`): past it the example's carry stays as it
+        is and its outputs are zero; None: every step is valid. A cell normalized by
+        the window's batch statistics (lstm_bn without `population`) refuses it.
 
     Returns:
       `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
@@ -101,6 +105,11 @@ def scan_layer(
     if population is not None and cells.statistics_of(cell) is None:
         raise ValueError(f"Running statistics apply to cells that keep them (lstm_bn), not "
                          f"{cell!r}.")
+    valid = None
+    if seq_lengths is not None:
+        _refuse_batch_statistics(cell, population)
+        valid = lengths.valid_steps(lengths.check(seq_lengths, xs.shape[1], xs.shape[0]),
+                                    xs.shape[0])
     chosen = resolve_implementation(implementation, xs.shape[1])
     if implementation == "auto" and pallas.auto_prefers_pallas(
             cell, params["w_h"].shape[0], xs.shape[0], jax.default_backend()):
@@ -114,6 +123,9 @@ def scan_layer(
         xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
                            population=population, forget_bias=forget_bias)
     if chosen == "pallas":
+        if seq_lengths is not None:
+            raise ValueError("Variable lengths (seq_lengths) are not supported by "
+                             "implementation='pallas'; use 'fused' or 'autodiff'.")
         if dtype is not None:
             raise ValueError("Mixed precision (dtype=...) is not supported by "
                              "implementation='pallas'; use 'fused' or 'autodiff'.")
@@ -122,14 +134,16 @@ def scan_layer(
         if dtype is not None:  # the fused pass sums dW_h in one product
             params = dict(params, w_h=precision.cast(params["w_h"], dtype))
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
-                                unroll)
+                                unroll, seq_lengths=seq_lengths)
 
     gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
     if gates is not None:  # laid out once here, not in every step
         params = dict(params, w_h=cells.per_gate_weights(params["w_h"], gates))
 
+    aux_output = cells.has_aux_output(cell)
+
     def body(c, inputs):
-        xw_t, noise_t = inputs
+        xw_t, noise_t = inputs[:2]
         if in_loop:
             # the [B, F] slice itself: projecting a [1, B, F] window made XLA take d w_x
             # from a transposed copy of the gates' cotangent every step
@@ -138,10 +152,22 @@ def scan_layer(
         if dtype is not None:  # per step: the transpose then sums dW_h in W_h's dtype
             step_params = dict(params, w_h=precision.cast_floating(params["w_h"], dtype))
         new_c, y_t = step(step_params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
-        return precision.like(new_c, c), y_t  # the state in its own dtype (mixed precision)
+        new_c = precision.like(new_c, c)  # the state in its own dtype (mixed precision)
+        if valid is not None:  # examples past their length keep their state
+            new_c, y_t = lengths.freeze(inputs[2], c, new_c, y_t, aux_output)
+        return new_c, y_t
 
-    final, ys = jax.lax.scan(body, carry, (xw, layer_noise.per_step), unroll=unroll)
+    scanned = (xw, layer_noise.per_step) + (() if valid is None else (valid,))
+    final, ys = jax.lax.scan(body, carry, scanned, unroll=unroll)
     return ys, final
+
+
+def _refuse_batch_statistics(cell, population) -> None:
+    if population is None and cells.statistics_of(cell) is not None:
+        raise ValueError(f"seq_lengths cannot be used with {cells.cell_name(cell)} "
+                         "normalized by the window's batch statistics (training), which "
+                         "would mix padded steps into them; pass its running statistics "
+                         "(cell_stats, use_running_average=True) or batch equal lengths.")
 
 
 def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
@@ -176,6 +202,7 @@ def unroll(
     return_cell_stats: bool = False,
     forget_bias: float = 0.0,
     dtype: Any = None,
+    seq_lengths: Array | None = None,
 ):
     """Run a layer or a stack of layers over a window, regularized by `reg`.
 
@@ -216,6 +243,15 @@ def unroll(
         without `dtype` and at least float32 with it (bfloat16 -> float32), so an
         LSTM's `c` and a GRU's `h` accumulate in float32. Masks are drawn in at least
         float32.
+      seq_lengths: int `[B]`, each example's number of valid steps, in `[1, T]`
+        (`rnnreg_jax.lengths`; checked when concrete, under `jit` only its dtype and
+        shape): the valid steps come first, then padding. Past its length an example's
+        carry stays frozen (the final carry is the state after its last valid step)
+        and its outputs and hiddens are zero. Masks are drawn for the whole `[B, T]`
+        window as without lengths, so an example's valid steps see the same masks
+        whatever follows them. Refused with the batch statistics of lstm_bn (no
+        `cell_stats`). None: every step is valid (the program is the same as before
+        the option existed).
 
     Returns:
       `(outputs, carry)` with outputs `[B, T, H_last]` (or time-major, in `dtype` when
@@ -244,6 +280,10 @@ def unroll(
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
+    if seq_lengths is not None:
+        seq_lengths = lengths.check(seq_lengths, batch, steps)
+        for population in populations:
+            _refuse_batch_statistics(cell, population)
     x = precision.cast(x, dtype)
     new_carries, hiddens, stats = [], [], []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
@@ -256,7 +296,7 @@ def unroll(
         if dtype is not None:  # W_h is cast by scan_layer
             p = dict(precision.cast_floating(p, dtype), w_h=p["w_h"])
         x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
-                          forget_bias, dtype)
+                          forget_bias, dtype, seq_lengths=seq_lengths)
         x, layer_stats = x if cells.has_aux_output(cell) else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)

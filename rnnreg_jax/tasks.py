@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from rnnreg_jax import data as rdata
+from rnnreg_jax.data.sentiment import PADDINGS
 from rnnreg_jax.models import LanguageModel, SequenceModel
 from rnnreg_jax.nn import OPTION_FIELDS
 from rnnreg_jax.regularizers import Regularizer
@@ -153,8 +154,14 @@ def _sentiment(config, reg, data_dir) -> Task:
         data = rdata.load_imdb(data_dir, vocab_size=d.vocab_size, max_len=d.seq_len,
                                source=d.source, verify=_verify(d))
         kind, outputs = "classification", 2
-    train = data.batches("train", d.batch_size, seed=d.shuffle_seed)
-    evals = {"test": data.batches("test", d.eval_batch_size)}
+    # "left": the authors' left padding, read by the recurrence; "lengths": each review
+    # first and its length in the batch, for the model's seq_lengths (docs/FIDELITY.md).
+    # Records written before the field existed were left-padded.
+    padding = d.get("padding", "left")
+    if padding not in PADDINGS:
+        raise ValueError(f"data.padding must be one of {PADDINGS}, got {padding!r}.")
+    train = data.batches("train", d.batch_size, seed=d.shuffle_seed, padding=padding)
+    evals = {"test": data.batches("test", d.eval_batch_size, padding=padding)}
     model = SequenceModel(num_outputs=outputs, hidden_sizes=tuple(m.hidden_sizes),
                           vocab_size=data.num_ids, embed_size=m.embed_size,
                           **recurrent_options(m, reg))

@@ -185,3 +185,74 @@ def test_encode_padded_matches_reference(add_start):
     w2i = {w: i + 3 for i, w in enumerate(words[:20])}
     ref = pad_left([([START] if add_start else []) + encode(d, w2i) for d in docs], 10)
     np.testing.assert_array_equal(encode_padded(docs, w2i, 10, add_start), ref)
+
+
+def test_right_padding_moves_each_sequence_first():
+    from rnnreg_jax.data.sentiment import sequence_lengths, to_right_padding
+
+    left = np.array([[0, 0, 5, 6], [7, 8, 9, 3], [0, 0, 0, 0], [0, 0, 0, 1]], np.int32)
+    np.testing.assert_array_equal(sequence_lengths(left), [2, 4, 1, 1])
+    right, lengths = to_right_padding(left)
+    np.testing.assert_array_equal(right, [[5, 6, 0, 0], [7, 8, 9, 3], [0, 0, 0, 0],
+                                          [1, 0, 0, 0]])
+    np.testing.assert_array_equal(lengths, [2, 4, 1, 1])
+    assert right.dtype == np.int32 and lengths.dtype == np.int32
+
+
+def _same_ids(left_batch, right_batch):
+    """Every row of a "lengths" batch holds its left-padded row's ids, first, then PAD."""
+    for left, right, n in zip(left_batch["inputs"], right_batch["inputs"],
+                              right_batch["lengths"], strict=True):
+        assert 1 <= n <= len(left)
+        np.testing.assert_array_equal(right[:n], left[len(left) - n:])
+        assert not np.any(right[n:]) and not np.any(left[:len(left) - n])
+
+
+def test_cornell_batches_with_lengths(tmp_path):
+    fx.write_cornell(tmp_path)
+    d = load_cornell(tmp_path)
+    for split, size in (("train", 4), ("test", 4)):  # test: a filler row, with weights
+        left = d.batches(split, size, **ONE)
+        right = d.batches(split, size, padding="lengths", **ONE)
+        for index in range(left.num_batches):
+            a, b = left.get_batch(0, index), right.get_batch(0, index)
+            assert set(b) == set(a) | {"lengths"} and b["lengths"].dtype == np.int32
+            _same_ids(a, b)
+            for key in set(a) - {"inputs"}:
+                np.testing.assert_array_equal(a[key], b[key])
+    # the short last chunks are shorter than 200: the lengths say so
+    lengths = right.get_batch(0, 0)["lengths"]
+    assert lengths.min() < 200
+    with pytest.raises(ValueError, match="padding must be one of"):
+        d.batches("train", 4, padding="right", **ONE)
+
+
+def test_imdb_batches_with_lengths_keep_the_last_ids(tmp_path):
+    fx.write_imdb(tmp_path)
+    d = load_imdb(tmp_path, vocab_size=6, max_len=8, cache=False)
+    for split in ("train", "test"):
+        a = d.batches(split, 2, shuffle=False, **ONE).get_batch(0, 0)
+        b = d.batches(split, 2, shuffle=False, padding="lengths", **ONE).get_batch(0, 0)
+        _same_ids(a, b)
+        assert b["inputs"][0][0] == START or b["lengths"][0] == 8  # START kept unless cut
+
+
+def test_sentiment_task_feeds_lengths(tmp_path):
+    from experiments.configs import sentiment as presets
+    from experiments.configs.common import regularization
+    from rnnreg_jax.tasks import build_task
+
+    fx.write_cornell(tmp_path)
+    config = presets.tiny()
+    assert config.data.padding == "left"  # the authors' protocol in every preset
+    for name, preset in presets.PRESETS.items():
+        assert preset().data.padding == "left", name
+    task = build_task(config, regularization(config.reg), str(tmp_path))
+    assert "lengths" not in task.train.get_batch(0, 0)
+    config.data.padding = "lengths"
+    task = build_task(config, regularization(config.reg), str(tmp_path))
+    assert "lengths" in task.train.get_batch(0, 0)
+    assert all("lengths" in s.get_batch(0, 0) for s in task.evals.values())
+    config.data.padding = "middle"
+    with pytest.raises(ValueError, match="data.padding"):
+        build_task(config, regularization(config.reg), str(tmp_path))

@@ -246,6 +246,21 @@ def test_reevaluating_a_run_reproduces_it_and_can_change_the_protocol(data_dir, 
         assert blocks[split]["ppl"] == pytest.approx(again[split]["ppl"], rel=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_sentiment_with_lengths_runs_two_steps(data_dir, tmp_path, cell):
+    """`data.padding=lengths`: the batches carry each review's length, the model reads
+    it as seq_lengths in training, evaluation and MC evaluation."""
+    config = shrink(sentiment_configs.tiny())
+    with config.unlocked():
+        config.preset = "tiny"
+    cli.apply_override(config, "data.padding", "lengths")
+    cli.apply_override(config, "model.cell", cell)
+    final = _run("sentiment", config, str(tmp_path), data_dir)
+    assert final["step"] == 2
+    for key in ("train/loss", "test/loss", "test_mc/loss"):
+        assert math.isfinite(final[key]), key
+
+
 def test_batch_mean_perplexity_of_a_regression_run_is_a_one_line_error(data_dir, tmp_path,
                                                                        capsys):
     from experiments import evaluate

@@ -125,6 +125,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The fields that name one of a fixed set of options, and the options (the
     library's own tables where it has them)."""
     from rnnreg_jax import cells, noise
+    from rnnreg_jax.data.sentiment import PADDINGS
     from rnnreg_jax.train import optim
 
     return {
@@ -135,6 +136,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
         "data.batching": ("contiguous", "shuffled", "overlapping"),
         "data.source": ("files", "tfds"),
+        "data.padding": PADDINGS,
     }
 
 
@@ -194,8 +196,9 @@ FIXED_SECTIONS = ("model", "data", "reg")
 
 # Fields added after runs were recorded whose earlier behaviour is not "off": the value
 # that does what the code did before the field existed (MC passes kept word-type
-# dropout until `mc_embedding_dropout` made it a choice).
-VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True}
+# dropout until `mc_embedding_dropout` made it a choice; sentiment batches were
+# left-padded until `data.padding` made lengths a choice).
+VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding"): "left"}
 
 
 def flat_block(block: dict) -> dict:

@@ -33,6 +33,9 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
     data.eval_batch_size = 512
     data.shuffle_seed = 0
     data.source = "files"  # IMDB: "files" or "tfds"
+    # "left": zeros before the review, read by the LSTM (Gal's Keras code, unmasked);
+    # "lengths": the review first, the model stops at its length (docs/FIDELITY.md)
+    data.padding = "left"
     data.verify_checksums = True  # check the files against their published sha256s
     model = config.model = ml_collections.ConfigDict()
     model.cell = cell

@@ -4,7 +4,8 @@ Lowercase, `<br />` removed, split on non-alphanumerics; vocabulary of the
 `vocab_size` most frequent training words with the ids of `sentiment.py`
 (`PAD = 0`, `START = 1`, `OOV = 2`, words from 3); `START` prepended
 (`add_start`); sequences keep their LAST `max_len` ids and are left-padded
-(Keras `pad_sequences` defaults).
+(Keras `pad_sequences` defaults); `batches(..., padding="lengths")` moves each first,
+with its length, for the model's `seq_lengths` (`sentiment.py`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ training chunks' mean and std. `split="by_document"` splits the reviews 80/20
 first (vocabulary from the training reviews), so no review is on both sides.
 
 IMDB lives in `imdb.py` and shares the ids and `SentimentData` defined here.
+
+Padding (`PADDINGS`): the loaders left-pad, as the authors' Keras code does (the LSTM
+reads the zeros first, nothing masked); `batches(..., padding="lengths")` moves each
+sequence to the front instead (padding after it) and adds its length to the batch
+(`"lengths": int32[B]`) for the model's `seq_lengths`, so the recurrence reads only the
+sequence itself. Either way a sequence keeps the same ids (the same truncation).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from rnnreg_jax.data.locate import dataset_dir
 PAD, START, OOV = 0, 1, 2
 FIRST_WORD_ID = 3
 CORNELL_FOLDER = "cornell_scale_v1.0"
+PADDINGS = ("left", "lengths")  # the authors' left padding; sequence first with lengths
 
 
 def top_words(counts: collections.Counter, vocab_size: int) -> tuple[str, ...]:
@@ -58,6 +65,32 @@ def pad_left(seqs: list[list[int]], length: int) -> np.ndarray:
         if s:
             out[i, length - len(s) :] = s
     return out
+
+
+def sequence_lengths(inputs: np.ndarray) -> np.ndarray:
+    """The number of ids after the left padding of each row of `inputs: [N, L]` (PAD
+    only ever pads: word ids start at 3), at least 1: int32 `[N]`. A row of padding only
+    (an empty review) counts one step, one PAD read, as `seq_lengths` needs."""
+    inputs = np.asarray(inputs)
+    first = np.where(inputs != PAD, np.arange(inputs.shape[1]), inputs.shape[1]).min(axis=1)
+    return np.maximum(inputs.shape[1] - first, 1).astype(np.int32)
+
+
+def to_right_padding(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded rows `[N, L]` as `(rows with the sequence first and PAD after it,
+    their lengths int32 [N])` (`sequence_lengths`)."""
+    inputs = np.asarray(inputs)
+    lengths = sequence_lengths(inputs)
+    width = inputs.shape[1]
+    source = np.arange(width)[None, :] + (width - lengths)[:, None]  # step t reads this column
+    moved = np.take_along_axis(inputs, np.minimum(source, width - 1), axis=1)
+    return np.where(source < width, moved, PAD).astype(inputs.dtype), lengths
+
+
+def check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+    return padding
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,14 +137,21 @@ class SentimentData:
         drop_remainder: bool | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
+        padding: str = "left",
     ) -> batching.ArrayBatches:
         """Returns batches `{"inputs": int32[B/P, L], <target_key>: [B/P]}`.
 
         `shuffle` and `drop_remainder` default to True for "train", else False.
+        `padding="left"`: the inputs as loaded (left-padded, the authors' protocol);
+        `"lengths"`: each sequence first, PAD after it, and `"lengths": int32[B/P]`
+        (`to_right_padding`) for the model's `seq_lengths`.
         """
+        arrays = {"inputs": self.inputs[split]}
+        if check_padding(padding) == "lengths":
+            arrays["inputs"], arrays["lengths"] = to_right_padding(self.inputs[split])
         return batching.ArrayBatches.for_split(
             split,
-            {"inputs": self.inputs[split], self.target_key: self.targets[split]},
+            {**arrays, self.target_key: self.targets[split]},
             batch_size,
             shuffle=shuffle,
             seed=seed,

@@ -22,8 +22,12 @@ Hooks (when the stack calls them: what they return):
   output, or None.
 * `embedding_mask(key, ids, vocab_size, deterministic, dtype)` (per window):
   multipliers `[B, T, 1]` of the embedded tokens, or None.
-* `penalties(params, hiddens, outputs, time_axis)` (per window, training only):
-  `{name: scalar}` loss terms.
+* `penalties(params, hiddens, outputs, time_axis, seq_lengths=None)` (per window,
+  training only): `{name: scalar}` loss terms; with `seq_lengths` (int `[B]`, variable-
+  length batches, `rnnreg_jax.lengths`) the hiddens and outputs are zero past each
+  example's length and the terms should count its valid steps only. A hook without the
+  `seq_lengths` argument serves batches without lengths (`penalties_of` refuses it the
+  others).
 
 `shape` is a `LayerShape` (the layer index, cell, B, T, F, H, gates and dtype; the
 output mask's has the last layer's width as both F and H). A hook that writes a site
@@ -35,6 +39,7 @@ run in composition order, each on the previous one's result.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -161,9 +166,9 @@ class Regularizer:
                        deterministic: bool, dtype: Any):
         del key, ids, vocab_size, deterministic, dtype
 
-    def penalties(self, params: list, hiddens: list, outputs: Array, time_axis: int
-                  ) -> dict[str, Array]:
-        del params, hiddens, outputs, time_axis
+    def penalties(self, params: list, hiddens: list, outputs: Array, time_axis: int,
+                  seq_lengths: Array | None = None) -> dict[str, Array]:
+        del params, hiddens, outputs, time_axis, seq_lengths
         return {}
 
     def merge(self, other: Regularizer) -> Regularizer | None:
@@ -298,11 +303,26 @@ class Chain(Regularizer):
             per_step.update(s)
         return tied, per_step
 
-    def penalties(self, params, hiddens, outputs, time_axis):
+    def penalties(self, params, hiddens, outputs, time_axis, seq_lengths=None):
         out = {}
         for p in self.members:
-            out.update(p.penalties(params, hiddens, outputs, time_axis))
+            out.update(penalties_of(p, params, hiddens, outputs, time_axis, seq_lengths))
         return out
+
+
+def penalties_of(reg: Regularizer, params: list, hiddens: list, outputs: Array,
+                 time_axis: int, seq_lengths: Array | None = None) -> dict[str, Array]:
+    """`reg`'s loss terms: its `penalties` hook, given `seq_lengths` only when there are
+    lengths, so a hook written without that argument still serves every batch without."""
+    if seq_lengths is None:
+        return reg.penalties(params, hiddens, outputs, time_axis)
+    parameters = inspect.signature(reg.penalties).parameters
+    if "seq_lengths" not in parameters and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(f"{type(reg).__name__}.penalties takes no seq_lengths, so it "
+                         "cannot count only each example's valid steps; add a "
+                         "seq_lengths=None argument to use it with lengths.")
+    return reg.penalties(params, hiddens, outputs, time_axis, seq_lengths=seq_lengths)
 
 
 NONE = Chain()

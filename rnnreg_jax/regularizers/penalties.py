@@ -4,7 +4,12 @@ adds them in training only (`nn.StackedRNN` sows them into `penalties`).
 
 Each is computed in at least float32 (`precision.at_least_float32`): with bfloat16
 hiddens (mixed precision) the squares, norms and their differences would otherwise
-round to 8 significant bits before the mean sums them."""
+round to 8 significant bits before the mean sums them.
+
+With `seq_lengths` (a variable-length batch, `rnnreg_jax.lengths`) each mean runs over
+the examples' valid steps only (differences: over the pairs of steps both valid), so
+a batch's term is that of its examples' valid steps pooled, whatever the padding.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import precision
+from rnnreg_jax import lengths, precision
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
@@ -24,7 +29,20 @@ from rnnreg_jax.regularizers.base import (
 Array = jax.Array
 
 
-def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> Array:
+def _valid_mean(values: Array, seq_lengths: Array, time_axis: int, first: int = 0) -> Array:
+    """The mean of `values` (`[B, T', ...]` or time-major) over the steps `first + t'` each
+    example has (`t' < L_b - first`); 0 when there are none."""
+    steps = values.shape[time_axis] + first
+    valid = jax.lax.slice_in_dim(lengths.valid_mask(seq_lengths, steps, time_axis), first,
+                                 steps, axis=time_axis)
+    valid = valid.reshape(valid.shape + (1,) * (values.ndim - 2))
+    total = jnp.sum(jnp.where(valid, values, jnp.zeros((), values.dtype)))
+    count = jnp.sum(valid) * (values.size // max(valid.size, 1))
+    return total / jnp.maximum(count, 1).astype(values.dtype)
+
+
+def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1,
+                            seq_lengths: Array | None = None) -> Array:
     """`beta * mean_{b,t} (||h_t|| - ||h_{t-1}||)^2` over the window.
 
     Differences are taken inside the window (t = 1 .. T-1, so T-1 terms per
@@ -36,6 +54,8 @@ def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> 
       hiddens: hidden states `[B, T, H]` (or time-major with `time_axis=0`).
       beta: penalty weight.
       time_axis: the time axis of `hiddens`.
+      seq_lengths: int `[B]`: the mean runs over the pairs of steps within each
+        example's length (`L_b - 1` terms each) instead.
 
     Returns:
       A scalar.
@@ -45,19 +65,27 @@ def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> 
     nonzero = squares > 0
     norms = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1.0)), 0.0)
     diffs = jnp.diff(norms, axis=time_axis)
+    if seq_lengths is not None:
+        return beta * _valid_mean(jnp.square(diffs), seq_lengths, time_axis, first=1)
     return beta * jnp.mean(jnp.square(diffs))
 
 
-def activation_penalty(outputs: Array, alpha: float) -> Array:
+def activation_penalty(outputs: Array, alpha: float, time_axis: int = 1,
+                       seq_lengths: Array | None = None) -> Array:
     """AR: `alpha * mean_{b,t,k} h[b,t,k]^2`, a scalar.
 
     Merity et al. apply it to the *dropped* output of the last layer (the
-    tensor the softmax sees in training); the mean runs over every element.
+    tensor the softmax sees in training); the mean runs over every element (with
+    `seq_lengths`, int `[B]`, over each example's valid steps; `time_axis`: the time
+    axis of `outputs`).
     """
+    if seq_lengths is not None:
+        return alpha * _valid_mean(jnp.square(_wide(outputs)), seq_lengths, time_axis)
     return alpha * jnp.mean(jnp.square(_wide(outputs)))
 
 
-def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1) -> Array:
+def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1,
+                                seq_lengths: Array | None = None) -> Array:
     """TAR: `beta * mean_{b,t,k} (h[b,t,k] - h[b,t-1,k])^2` for t = 1..T-1, a scalar.
 
     Merity et al. apply it to the *undropped* output of the last layer. As for
@@ -68,8 +96,13 @@ def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1)
       hiddens: `[B, T, H]` (or time-major with `time_axis=0`).
       beta: penalty weight.
       time_axis: the time axis of `hiddens`.
+      seq_lengths: int `[B]`: the mean runs over the pairs of steps within each
+        example's length instead.
     """
-    return beta * jnp.mean(jnp.square(jnp.diff(_wide(hiddens), axis=time_axis)))
+    diffs = jnp.diff(_wide(hiddens), axis=time_axis)
+    if seq_lengths is not None:
+        return beta * _valid_mean(jnp.square(diffs), seq_lengths, time_axis, first=1)
+    return beta * jnp.mean(jnp.square(diffs))
 
 
 def _wide(x: Array) -> Array:
@@ -101,10 +134,10 @@ class NormStabilizer(_Penalty):
 
     NAME = "norm_stabilizer"
 
-    def penalties(self, params, hiddens, outputs, time_axis):
+    def penalties(self, params, hiddens, outputs, time_axis, seq_lengths=None):
         if not self.active:
             return {}
-        return {self.NAME: sum(norm_stabilizer_penalty(h, self.weight, time_axis)
+        return {self.NAME: sum(norm_stabilizer_penalty(h, self.weight, time_axis, seq_lengths)
                                for h in hiddens)}
 
 
@@ -114,8 +147,10 @@ class ActivationRegularization(_Penalty):
 
     NAME = "activation_reg"
 
-    def penalties(self, params, hiddens, outputs, time_axis):
-        return {self.NAME: activation_penalty(outputs, self.weight)} if self.active else {}
+    def penalties(self, params, hiddens, outputs, time_axis, seq_lengths=None):
+        if not self.active:
+            return {}
+        return {self.NAME: activation_penalty(outputs, self.weight, time_axis, seq_lengths)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +159,11 @@ class TemporalActivationRegularization(_Penalty):
 
     NAME = "temporal_activation_reg"
 
-    def penalties(self, params, hiddens, outputs, time_axis):
+    def penalties(self, params, hiddens, outputs, time_axis, seq_lengths=None):
         if not self.active:
             return {}
-        return {self.NAME: temporal_activation_penalty(hiddens[-1], self.weight, time_axis)}
+        return {self.NAME: temporal_activation_penalty(hiddens[-1], self.weight, time_axis,
+                                                       seq_lengths)}
 
 
 def norm_stabilizer(beta: float) -> Regularizer:

@@ -28,11 +28,12 @@ MODEL_STATE_COLLECTIONS = ("batch_stats",)  # the non-parameter collections a Tr
 
 
 def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False,
-           model_state=None, use_running_average=None):
+           model_state=None, use_running_average=None, seq_lengths=None):
     """Run the model; returns `(outputs, new_carry_or_None, penalties, new_model_state)`.
 
     `model_state` (`{collection: variables}`) joins the parameters; with
     `mutable` (training) its collections are mutable and come back updated.
+    `seq_lengths`: a variable-length batch's `"lengths"` (the model's `seq_lengths`).
     """
     model_state = model_state or {}
     variables = {"params": params, **model_state}
@@ -42,6 +43,8 @@ def _apply(model, kind, params, inputs, carry, deterministic, key, mutable=False
         kwargs["use_running_average"] = use_running_average
     if mutable:
         kwargs["mutable"] = ["penalties", *model_state]
+    if seq_lengths is not None:
+        kwargs["seq_lengths"] = seq_lengths
     if kind == "lm":
         res = model.apply(variables, inputs, carry, **kwargs)
     else:
@@ -132,7 +135,7 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
             carry = state.carry if carry_state else None
             out, new_carry, pens, model_state = _apply(
                 model, kind, params, batch["inputs"], carry, False, key, mutable=True,
-                model_state=state.model_state)
+                model_state=state.model_state, seq_lengths=batch.get("lengths"))
             objective, stats = losses.objective_and_stats(kind, out, batch, sum_over_time)
             penalty = total_penalty(pens)
             return objective + penalty, (stats, new_carry, penalty, model_state)
@@ -206,7 +209,8 @@ class Evaluator:
 
         def det(params, model_state, batch, carry):
             out, new_carry, _, _ = _apply(model, kind, params, batch["inputs"], carry, True,
-                                          None, model_state=model_state)
+                                          None, model_state=model_state,
+                                          seq_lengths=batch.get("lengths"))
             return losses.objective_and_stats(kind, out, batch)[1], new_carry
 
         def mc(params, model_state, batch, carry, key, window, first, k):
@@ -220,7 +224,8 @@ class Evaluator:
                 # no batch statistics shared between samples or with the test batch.
                 out, new_carry, _, _ = _apply(mc_model, kind, params, batch["inputs"],
                                               sample_carry, False, sample_key,
-                                              model_state=model_state, use_running_average=True)
+                                              model_state=model_state, use_running_average=True,
+                                              seq_lengths=batch.get("lengths"))
                 return out, new_carry
 
             # The carry stays [K*B, ...], sample-major, outside (one LM state per sample).

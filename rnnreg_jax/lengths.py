@@ -1,0 +1,118 @@
+"""Variable-length sequences: a batch padded to T steps with each example's length.
+
+    ys, carry = unroll("lstm", params, x, seq_lengths=jnp.array([5, 2, 7]))
+
+Example b's steps `t < L_b` are its own, the rest is padding (a prefix mask: valid
+steps first, padding after). Past its length an example's carry stays frozen, so the
+final carry is the state after its last valid step, and its outputs are zero. The
+padding's contents never reach a valid step, nor a gradient (they must be finite, as
+any input: a padded step still runs, and its result is discarded with `jnp.where`).
+
+Lengths are checked when their values are concrete (`check`); under `jit` only their
+dtype and shape are, and out-of-range values act as if clipped: a length above T as T
+(every step valid), a length below 1 as 0 (the example keeps its initial carry, every
+output zero).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _concrete(value) -> np.ndarray | None:
+    """`value` as numpy when it is concrete, None under a trace."""
+    try:
+        return np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check(seq_lengths, batch: int, steps: int) -> Array:
+    """`seq_lengths` as an int array `[B]`, after checking its dtype, shape and (when
+    concrete) that every length is in `[1, T]`; a one-sentence ValueError otherwise."""
+    lengths = jnp.asarray(seq_lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"seq_lengths must be integers, got dtype {lengths.dtype}.")
+    if lengths.shape != (batch,):
+        raise ValueError(f"seq_lengths must have shape [B] = ({batch},), got "
+                         f"{tuple(lengths.shape)}.")
+    values = _concrete(seq_lengths)
+    if values is not None and values.size and (values.min() < 1 or values.max() > steps):
+        raise ValueError(f"seq_lengths must be in [1, T] = [1, {steps}], got values from "
+                         f"{values.min()} to {values.max()}.")
+    return lengths
+
+
+def valid_steps(seq_lengths: Array, steps: int) -> Array:
+    """Time-major booleans `[T, B]`: whether step t is one of example b's own."""
+    return jnp.arange(steps)[:, None] < seq_lengths[None, :]
+
+
+def valid_mask(seq_lengths: Array, steps: int, time_axis: int = 1) -> Array:
+    """`valid_steps` with time on `time_axis`: `[B, T]` (1) or `[T, B]` (0)."""
+    valid = valid_steps(seq_lengths, steps)
+    return valid if time_axis == 0 else valid.T
+
+
+def _rows(valid_t: Array, like: Array) -> Array:
+    """`valid_t: [B]` shaped to broadcast over `like: [B, ...]`."""
+    return valid_t.reshape(valid_t.shape + (1,) * (like.ndim - 1))
+
+
+def freeze(valid_t: Array, carry, new_carry, y_t, aux_output: bool = False):
+    """One step's `(carry, y_t)` with the examples past their length (`valid_t: [B]`
+    False) keeping `carry` and giving a zero output; `aux_output`: `y_t` is
+    `(h_t, aux_t)` and only `h_t` is per example."""
+    new_carry = jax.tree.map(lambda n, o: jnp.where(_rows(valid_t, n), n, o), new_carry, carry)
+    h_t, aux = y_t if aux_output else (y_t, None)
+    h_t = jnp.where(_rows(valid_t, h_t), h_t, jnp.zeros((), h_t.dtype))
+    return new_carry, ((h_t, aux) if aux_output else h_t)
+
+
+def mask_rows(valid_t: Array, tree, keep: bool = True):
+    """Every leaf `[B, ...]` of `tree` where `valid_t` is `keep`, zero elsewhere (the
+    cotangents the fused backward pass routes to a step's update or past it)."""
+    def select(a):
+        rows = _rows(valid_t, a)
+        return jnp.where(rows if keep else ~rows, a, jnp.zeros((), a.dtype))
+
+    return jax.tree.map(select, tree)
+
+
+def last_valid(ys: Array, seq_lengths: Array | None, time_axis: int = 1) -> Array:
+    """Each example's output at its last valid step, `ys[b, L_b - 1]` (`ys[:, -1]`
+    without lengths): `[B, T, ...]` (or time-major) -> `[B, ...]`. Under `jit` a length
+    out of `[1, T]` reads the nearest step."""
+    if seq_lengths is None:
+        return ys[:, -1] if time_axis == 1 else ys[-1]
+    steps = ys.shape[time_axis]
+    index = jnp.clip(jnp.asarray(seq_lengths) - 1, 0, steps - 1)
+    y = ys if time_axis == 1 else jnp.swapaxes(ys, 0, 1)
+    return y[jnp.arange(y.shape[0]), index]
+
+
+def from_mask(mask, time_axis: int = 1) -> np.ndarray:
+    """The lengths `[B]` (int32) of a concrete boolean prefix mask `[B, T]` (or `[T, B]`
+    with `time_axis=0`): True on each example's steps, then False on its padding.
+
+    A mask is turned into lengths on the host, before `jit`; a mask whose True steps are
+    not a prefix (padding before or inside a sequence) is refused, since the recurrence
+    reads an example's valid steps first."""
+    values = _concrete(mask)
+    if values is None:
+        raise ValueError("from_mask needs a concrete mask; convert it to seq_lengths "
+                         "outside jit.")
+    if values.dtype != np.bool_ or values.ndim != 2:
+        raise ValueError(f"The mask must be boolean [B, T], got {values.dtype} of shape "
+                         f"{values.shape}.")
+    per_example = values if time_axis == 1 else values.T
+    lengths = per_example.sum(axis=1)
+    prefix = np.arange(per_example.shape[1])[None, :] < lengths[:, None]
+    if not np.array_equal(prefix, per_example):
+        raise ValueError("The mask must be a prefix mask (each example's True steps first, "
+                         "then only False); reorder the padding after the sequence.")
+    return lengths.astype(np.int32)
