@@ -192,3 +192,5 @@ def test_carry_first_returns_linens_order():
     expected = linen.apply(variables, floats(), deterministic=False,
                            rngs={"dropout": jax.random.key(1)})
     jax.tree.map(np.testing.assert_array_equal, (carry, ys), expected)
+    samples, carries = rnx.mc_samples(model, floats(), jax.random.key(1), 2)  # outputs first
+    assert samples.shape == (2, B, T, 4) and carries[0]["h"].shape == (2, B, 4)
