@@ -3,10 +3,12 @@
 For the same weights (moved with `from_linen`) and the same dropout key, outputs, carries,
 penalties, running statistics and gradients agree in float64 to 1e-10 relative, in
 evaluation and in training (the NNX call's key derives every site's key as linen's
-`apply(..., rngs={"dropout": key})` does). Beyond that: the `dropout` stream draws one
-key per training call, `.train()` / `.eval()` switch the modes, an `nnx.jit` +
-`nnx.grad` + `nnx.Optimizer` loop trains, MC dropout follows `rnnreg_jax.train`'s
-protocol, and bad inputs get one-sentence errors.
+`apply(..., rngs={"dropout": key})` does), also on padded windows (`seq_lengths`).
+Beyond that: the `dropout` stream draws one key per training call, `.train()` /
+`.eval()` switch the modes, an `nnx.jit` + `nnx.grad` + `nnx.Optimizer` loop trains,
+MC dropout follows `rnnreg_jax.train`'s protocol, and bad inputs get one-sentence
+errors. The other options (`dtype`, `param_dtype`, `param_axes`, `carry_first`):
+tests/test_nnx_options.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rnnreg_jax.train.steps import total_penalty
 
 B, T, F, V = 2, 4, 3, 7
 KEY = jax.random.key(42)
+LENGTHS = np.array([T, 2], np.int32)  # the second example padded after 2 steps
 
 STACK_REG = rj.variational(input=0.2, recurrent=0.3, output=0.2) + rj.norm_stabilizer(2.0)
 LM_REG = (rj.variational(input=0.2, recurrent=0.2, output=0.3, embedding=0.2)
@@ -116,6 +119,29 @@ def test_stacked_rnn_matches_linen(cell):
     assert_same_as_linen(linen, variables, (x, carry), rnx.StackedRNN, stats=cell == "lstm_bn")
 
 
+def test_stacked_rnn_matches_linen_with_lengths():
+    """Padded windows: outputs zero and carries frozen past each example's length, and
+    every penalty (norm stabilizer, AR, TAR) over valid steps only, as linen's."""
+    reg = (STACK_REG + rj.activation_regularization(1.0)
+           + rj.temporal_activation_regularization(1.0))
+    linen = linen_nn.StackedRNN((5, 4), reg=reg)
+    x = floats((B, T, F))
+    variables = linen.init(jax.random.key(0), x)
+    assert_same_as_linen(linen, variables, (x,), rnx.StackedRNN, seq_lengths=LENGTHS)
+
+
+def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
+    linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
+    x = floats((B, T, F))
+    variables = linen.init(jax.random.key(0), x)
+    model = rnx.StackedRNN.from_linen(linen, variables)
+    with pytest.raises(ValueError, match=r"^seq_lengths cannot be used with [^.]*\.$"):
+        model(x, seq_lengths=LENGTHS)  # training: the window's statistics
+    model.eval()  # the running statistics: lengths are fine
+    nm.assert_trees_close_f32(model(x, seq_lengths=LENGTHS),
+                              linen.apply(variables, x, seq_lengths=LENGTHS))
+
+
 def test_lstm_bn_running_statistics_update_in_training_and_serve_evaluation():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))
@@ -148,14 +174,16 @@ def test_language_model_matches_linen(kind):
     assert_same_as_linen(linen, variables, (ids(), carry), rnx.LanguageModel)
 
 
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
 @pytest.mark.parametrize("inputs", ["floats", "ids"])
-def test_sequence_model_matches_linen(inputs):
+def test_sequence_model_matches_linen(inputs, lengths):
+    """Padded: the head reads each example's last valid output, as linen's."""
     reg = rj.variational(input=0.2, recurrent=0.2, output=0.3, embedding=0.3)
     vocab = V if inputs == "ids" else None
     linen = models.SequenceModel(3, (4,), vocab_size=vocab, embed_size=5, reg=reg)
     x = ids() if inputs == "ids" else floats((B, T, F))
     variables = linen.init(jax.random.key(0), x)
-    assert_same_as_linen(linen, variables, (x,), rnx.SequenceModel)
+    assert_same_as_linen(linen, variables, (x,), rnx.SequenceModel, seq_lengths=lengths)
 
 
 def test_the_dropout_stream_draws_one_key_per_training_call():

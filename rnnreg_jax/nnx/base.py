@@ -13,19 +13,21 @@ import dataclasses
 from typing import Any
 
 import flax.core
+import flax.linen
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core.scope import LazyRng
 
-from rnnreg_jax import nn
+from rnnreg_jax import nn, partitioning
 
-# The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement. An option the
-# linen modules gain later is refused here at any value but its default until it is
-# added (and implemented) here too, never silently ignored.
+# The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
+# today. An option the linen modules gain later is refused here at any value but its
+# default until it is added (and implemented) here too, never silently ignored.
 SUPPORTED_OPTIONS = ("cell", "reg", "init_scale", "unroll", "implementation",
                      "bn_max_steps", "bn_momentum", "recurrent_bias", "forget_bias",
-                     "orthogonal_init")
+                     "orthogonal_init", "dtype", "param_dtype", "param_axes")
 
 NO_STREAM = ("Training mode (deterministic=False) with noise regularizers needs a dropout "
              "PRNG key: construct with rngs=nnx.Rngs(params=0, dropout=1), call with "
@@ -84,7 +86,10 @@ def resolve_options(linen_class: type, options: dict) -> dict:
         if name not in SUPPORTED_OPTIONS and value != defaults[name]:
             raise ValueError(f"The option {name!r} is not supported by rnnreg_jax.nnx yet; "
                              "use the linen modules for it.")
-    return {name: options.get(name, defaults[name]) for name in SUPPORTED_OPTIONS}
+    resolved = {name: options.get(name, defaults[name]) for name in SUPPORTED_OPTIONS}
+    if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
+        resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())
+    return resolved
 
 
 def linen_options(module: Any) -> dict:
@@ -173,8 +178,10 @@ class RecurrentModule(nnx.Module):
     def to_linen(self) -> tuple[Any, dict]:
         """`(linen module, variables)` computing what this module computes: the `params`
         (and, for "lstm_bn", `batch_stats`) trees are this module's `nnx.Param` and
-        `nnx.BatchStat` states as nested dicts, paths unchanged."""
-        variables = {"params": nnx.to_pure_dict(nnx.state(self, nnx.Param))}
+        `nnx.BatchStat` states as nested dicts, paths unchanged; a parameter with
+        `out_sharding` metadata (`param_axes`) comes boxed in `nn.LogicallyPartitioned`,
+        as linen's `init` boxes it."""
+        variables = {"params": boxed_params(nnx.state(self, nnx.Param))}
         stats = nnx.to_pure_dict(nnx.state(self, nnx.BatchStat))
         if stats:
             variables["batch_stats"] = stats
@@ -182,8 +189,9 @@ class RecurrentModule(nnx.Module):
 
     def load_linen(self, variables: dict) -> None:
         """Take the weights (and running statistics) of the linen twin's `variables`
-        (`{"params": ..., "batch_stats": ...}`); their layout must be this module's."""
-        variables = flax.core.unfreeze(variables)
+        (`{"params": ..., "batch_stats": ...}`, boxed or not); their layout must be this
+        module's. The parameters' metadata (their `out_sharding`) stays this module's."""
+        variables = flax.linen.unbox(flax.core.unfreeze(variables))
         for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
             state = nnx.state(self, kind)
             given = variables.get(collection, {})
@@ -209,13 +217,27 @@ class RecurrentModule(nnx.Module):
         streams = {"params": 0}
         if rngs is not None and has_dropout(rngs):
             streams["dropout"] = rngs["dropout"]()
-        model = cls._twin_of(module, flax.core.unfreeze(variables), nnx.Rngs(**streams))
+        model = cls._twin_of(module, flax.linen.unbox(flax.core.unfreeze(variables)),
+                             nnx.Rngs(**streams))
         model.load_linen(variables)
         return model
 
     @classmethod
     def _twin_of(cls, module: Any, variables: dict, rngs: nnx.Rngs):
         raise NotImplementedError
+
+
+def boxed_params(state: nnx.State) -> dict:
+    """An `nnx.Param` state as linen's `params` tree: nested dicts of arrays, those with
+    `out_sharding` metadata boxed in `nn.LogicallyPartitioned` with those axis names."""
+    def leaf(variable):
+        names = variable.get_metadata().get("out_sharding")
+        value = get_value(variable)
+        return value if not names else flax.linen.LogicallyPartitioned(value, tuple(names))
+
+    flat = {tuple(str(key) for key in path): leaf(variable)
+            for path, variable in nnx.to_flat_state(state)}
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 def check_same_layout(mine: Any, given: Any, collection: str) -> None:

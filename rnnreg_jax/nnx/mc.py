@@ -56,6 +56,8 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
         args = (inputs, sample_carry) if has_carry else (inputs,)
         out = copy(*args, deterministic=False, use_running_average=True, rngs=sample_key,
                    **call_kwargs)
+        if getattr(copy, "carry_first", False):  # a StackedRNN's (carry, outputs)
+            out = out[::-1]
         return out if has_carry else (out, None)
 
     return jax.vmap(sample)(keys, carry)

@@ -14,7 +14,7 @@ import flax.linen
 import jax
 from flax import nnx
 
-from rnnreg_jax import cells, models, noise
+from rnnreg_jax import cells, lengths, models, noise, precision
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -58,40 +58,47 @@ class LanguageModel(RecurrentModule):
             raise ValueError("tie_embeddings needs the last hidden size to equal "
                              f"embed_size ({self.hidden_sizes[-1]} != {width}).")
         scale, ortho = self.init_scale, self.orthogonal_init
-        self.embed = follow_table_dtype(nnx.Embed(
-            vocab_size, width, embedding_init=models.weight_init(scale, ortho), rngs=rngs))
+        self.embed = embedding(vocab_size, width, models.weight_init(scale, ortho), self.dtype,
+                               self.param_dtype, rngs)
         self.rnn = StackedRNN(width, self.hidden_sizes, project_first_input=not embed_to_gates,
                               deterministic=deterministic,
                               use_running_average=use_running_average,
                               rngs=params_only(rngs), **self.recurrent_options())
         if tie_embeddings:
-            self.softmax_bias = nnx.Param(models.bias_init(scale, ortho)(rngs["params"](),
-                                                                         (vocab_size,)))
+            self.softmax_bias = nnx.Param(models.bias_init(scale, ortho)(
+                rngs["params"](), (vocab_size,), self.param_dtype))
         else:
             self.softmax = nnx.Linear(self.hidden_sizes[-1], vocab_size,
                                       kernel_init=models.weight_init(scale, ortho),
-                                      bias_init=models.bias_init(scale, ortho), rngs=rngs)
+                                      bias_init=models.bias_init(scale, ortho),
+                                      dtype=self.dtype, param_dtype=self.param_dtype,
+                                      rngs=rngs)
 
     def __call__(self, ids: jax.Array, carry=None, *, deterministic: bool | None = None,
-                 use_running_average: bool | None = None, rngs: Any = None, **unroll_kwargs):
+                 use_running_average: bool | None = None, rngs: Any = None,
+                 seq_lengths: jax.Array | None = None):
         """Logits for a window of token ids.
 
         Args:
           ids: int `[B, T]`.
           carry: per-layer states from the previous window (or None = zeros).
-          deterministic, use_running_average, rngs, **unroll_kwargs: as
+          deterministic, use_running_average, rngs: as
             `StackedRNN.__call__` takes them.
+          seq_lengths: int `[B]`, each sequence's valid steps (padding after them, see
+            `rnn.unroll`): the carry returned is the state after its last valid step;
+            the logits past it are the softmax's of a zero output (mask them out of the
+            loss).
 
         Returns:
-          `(logits [B, T, V], carry)`.
+          `(logits [B, T, V], carry)`; the logits in `dtype` when it is set.
         """
         deterministic, average = self.modes(deterministic, use_running_average)
         key = self.call_key(rngs, not deterministic and self.reg.has_noise)
         x = embed_with_dropout(self.embed, ids, self.reg, key, deterministic)
-        y, carry = self.rnn.run(x, carry, deterministic, average,
-                                stack_key(key, self.reg), **unroll_kwargs)
+        y, carry = self.rnn.run(x, carry, deterministic, average, stack_key(key, self.reg),
+                                seq_lengths)
         if self.tie_embeddings:
-            logits = self.embed.attend(y) + self.softmax_bias[...]
+            logits = self.embed.attend(y) + precision.cast(self.softmax_bias[...], self.dtype)
         else:
             logits = self.softmax(y)
         return logits, carry
@@ -139,22 +146,24 @@ class SequenceModel(RecurrentModule):
         ortho = self.orthogonal_init
         self.embed = nnx.data(None)
         if vocab_size is not None:
-            self.embed = follow_table_dtype(nnx.Embed(
-                vocab_size, embed_size, rngs=rngs,
-                embedding_init=models.weight_init(self.init_scale or 0.05, ortho)))
+            self.embed = embedding(vocab_size, embed_size,
+                                   models.weight_init(self.init_scale or 0.05, ortho),
+                                   self.dtype, self.param_dtype, rngs)
         self.rnn = StackedRNN(input_size or embed_size, self.hidden_sizes,
                               deterministic=deterministic,
                               use_running_average=use_running_average,
                               rngs=params_only(rngs), **self.recurrent_options())
         head = (dict(kernel_init=flax.linen.initializers.orthogonal(),
                      bias_init=flax.linen.initializers.zeros) if ortho else {})
-        self.head = nnx.Linear(self.hidden_sizes[-1], num_outputs, rngs=rngs, **head)
+        self.head = nnx.Linear(self.hidden_sizes[-1], num_outputs, dtype=self.dtype,
+                               param_dtype=self.param_dtype, rngs=rngs, **head)
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None,
                  use_running_average: bool | None = None, rngs: Any = None,
-                 **unroll_kwargs) -> jax.Array:
+                 seq_lengths: jax.Array | None = None) -> jax.Array:
         """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]` (the arguments as
-        `StackedRNN.__call__` takes them)."""
+        `StackedRNN.__call__` takes them); with `seq_lengths` the head reads each
+        example's last valid output `y[b, L_b - 1]` instead of `y[:, -1]`."""
         deterministic, average = self.modes(deterministic, use_running_average)
         noisy = self.reg.stack_noise or (self.embed is not None and self.reg.embedding_noise)
         key = self.call_key(rngs, not deterministic and noisy)
@@ -162,8 +171,8 @@ class SequenceModel(RecurrentModule):
         if self.embed is not None:
             x = embed_with_dropout(self.embed, inputs, self.reg, key, deterministic)
         y, _ = self.rnn.run(x, None, deterministic, average, stack_key(key, self.reg),
-                            **unroll_kwargs)
-        return self.head(y[:, -1])
+                            seq_lengths)
+        return self.head(lengths.last_valid(y, seq_lengths))
 
     def linen_module(self) -> models.SequenceModel:
         return models.SequenceModel(self.num_outputs, self.hidden_sizes, self.vocab_size,
@@ -180,11 +189,15 @@ class SequenceModel(RecurrentModule):
                    **linen_options(module))
 
 
-def follow_table_dtype(embed: nnx.Embed) -> nnx.Embed:
-    """`embed` computing in its table's dtype, whatever it holds (linen's `Embed` with
-    `dtype=None`; `nnx.Embed` fixes the dtype at construction, so weights loaded in
-    float64 would be looked up in float32). A `dtype` option would set it here."""
-    embed.dtype = None
+def embedding(vocab_size: int, width: int, init, dtype: Any, param_dtype: Any,
+              rngs: nnx.Rngs) -> nnx.Embed:
+    """linen's `nn.Embed(..., dtype=dtype, param_dtype=param_dtype)` in NNX: the table
+    drawn in `param_dtype`, looked up in `dtype`, or with `dtype=None` in the table's
+    own dtype whatever it holds (`nnx.Embed` would fix None to the dtype drawn at
+    construction, so weights loaded in float64 would be looked up in float32)."""
+    embed = nnx.Embed(vocab_size, width, embedding_init=init, param_dtype=param_dtype,
+                      rngs=rngs)
+    embed.dtype = dtype
     return embed
 
 
@@ -195,7 +208,7 @@ def embed_with_dropout(embed: nnx.Embed, ids: jax.Array, reg, key: jax.Array | N
     x = embed(ids)
     site_key = linen_key(key) if key is not None and reg.embedding_noise else None
     mask = noise.embedding_mask(reg, site_key, ids, embed.num_embeddings, deterministic,
-                                x.dtype)
+                                precision.mask_dtype(x.dtype))
     return x if mask is None else x * mask
 
 

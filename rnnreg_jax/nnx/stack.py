@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnreg_jax import cells, nn, rnn
+from rnnreg_jax import cells, nn, partitioning, rnn
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -28,15 +29,18 @@ from rnnreg_jax.nnx.base import (
     linen_options,
     set_value,
 )
+from rnnreg_jax.regularizers.base import penalties_of
 
 
 class LayerParams(nnx.Module):
     """One layer's arrays as attributes named as in linen's variables: each parameter an
     `nnx.Param` (`w_x`, `w_h`, `b`, ..., and a regularizer's own), each running
     statistic of a cell that keeps them ("lstm_bn": `x_mean`, ..., `weight`) an
-    `nnx.BatchStat`. One variable per array, so each carries its own metadata (the
-    partitioning `nnx.get_partition_spec` reads: `layer.w_h.set_metadata(out_sharding=
-    (None, "model"))` under flax 0.12.8)."""
+    `nnx.BatchStat`. One variable per array, so each carries its own metadata: an array
+    given boxed in `nn.LogicallyPartitioned` (`partitioning.boxed_init`, the `param_axes`
+    option) becomes an `nnx.Param` whose `out_sharding` metadata holds its axis names,
+    which `nnx.get_partition_spec` reads (flax 0.12.8), without placing the array
+    (`eager_sharding=False`, as linen's boxes place nothing)."""
 
     def __init__(self, params: dict, statistics: Any = None):
         if statistics is not None and not isinstance(statistics, dict):
@@ -53,7 +57,7 @@ class LayerParams(nnx.Module):
             raise ValueError(f"{clash[0]!r} names both a parameter and a running statistic.")
         self.param_names, self.statistic_names = tuple(params), tuple(statistics)
         for name, value in params.items():
-            setattr(self, name, nnx.Param(value))
+            setattr(self, name, as_param(value))
         for name, value in statistics.items():
             setattr(self, name, nnx.BatchStat(value))
 
@@ -69,6 +73,14 @@ class LayerParams(nnx.Module):
             set_value(getattr(self, name), statistics[name])
 
 
+def as_param(value: Any) -> nnx.Param:
+    """An array as an `nnx.Param`; one boxed in `nn.LogicallyPartitioned` with its axis
+    names as `out_sharding` metadata (metadata only: no mesh needed, nothing placed)."""
+    if isinstance(value, flax.linen.LogicallyPartitioned):
+        return nnx.Param(value.value, out_sharding=value.names, eager_sharding=False)
+    return nnx.Param(value)
+
+
 class StackedRNN(RecurrentModule):
     """A stack of recurrent layers regularized by one regularizer (the NNX twin of
     `rnnreg_jax.nn.StackedRNN`).
@@ -79,25 +91,31 @@ class StackedRNN(RecurrentModule):
       time_major: whether inputs and outputs are `[T, B, F]`.
       project_first_input: False: the first layer has no `w_x` and its inputs are its
         gates' pre-activations (F = G*H; "lstm", "gru", "rnn").
+      carry_first: calls return `(carry, outputs)` (`nnx.RNN(return_carry=True)`'s and
+        linen's `carry_first` order) instead of `(outputs, carry)`.
       deterministic, use_running_average: the modes (`RecurrentModule`).
       rngs: `params` draws the weights; `dropout` (or `default`), if present, is forked
         into the module's own stream, as `nnx.Dropout` does.
       **options: the recurrent options of `nn.RecurrentOptions` (`cell`, `reg`,
         `init_scale`, `unroll`, `implementation`, `bn_max_steps`, `bn_momentum`,
-        `recurrent_bias`, `forget_bias`, `orthogonal_init`), with the same defaults.
+        `recurrent_bias`, `forget_bias`, `orthogonal_init`, `dtype`, `param_dtype`,
+        `param_axes`), with the same defaults: parameters drawn and stored in
+        `param_dtype`, computed in `dtype` (`rnnreg_jax.precision`), and the arrays
+        `param_axes` names carrying their axis names as `out_sharding` metadata.
     """
 
     LINEN = nn.StackedRNN
 
     def __init__(self, input_size: int, hidden_sizes: Sequence[int] | int, *,
                  time_major: bool = False, project_first_input: bool = True,
-                 deterministic: bool = False, use_running_average: bool | None = None,
-                 rngs: nnx.Rngs, **options):
+                 carry_first: bool = False, deterministic: bool = False,
+                 use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
         self.input_size = input_size
         self.hidden_sizes = ((hidden_sizes,) if isinstance(hidden_sizes, int)
                              else tuple(hidden_sizes))
         self.time_major, self.project_first_input = time_major, project_first_input
+        self.carry_first = carry_first
         self.rngs = dropout_stream(rngs)
         self.reg.check_cell(self.cell)
         kept = cells.statistics_of(self.cell)
@@ -106,17 +124,23 @@ class StackedRNN(RecurrentModule):
         # The linen twin's own init steps, so both stacks hold the same arrays: the
         # regularizer's parameters from their own key, the gates-input first layer's checks.
         twin = self.linen_module()
-        in_size = input_size
+        in_size, drawn = input_size, []
         for index, hidden in enumerate(self.hidden_sizes):
-            def init(key, f=in_size, h=hidden):  # dtype: where a param_dtype option goes
-                return cells.init_params(key, self.cell, f, h, self.init_scale, jnp.float32,
-                                         self.recurrent_bias, self.orthogonal_init)
+            def init(key, f=in_size, h=hidden):
+                return cells.init_params(key, self.cell, f, h, self.init_scale,
+                                         self.param_dtype, self.recurrent_bias,
+                                         self.orthogonal_init)
             if index == 0 and not project_first_input:
                 init = twin._gates_input_init(init, in_size, hidden)  # noqa: SLF001
             init = twin._with_regularizer_params(init, index)  # noqa: SLF001
+            if self.param_axes is not None:
+                init = partitioning.boxed_init(init, self.param_axes)
+            drawn.append(init(rngs["params"]()))
             stats = None if kept is None else kept.init(hidden, self.bn_max_steps)
-            setattr(self, f"layer_{index}", LayerParams(init(rngs["params"]()), stats))
+            setattr(self, f"layer_{index}", LayerParams(drawn[-1], stats))
             in_size = hidden
+        if self.param_axes is not None:
+            partitioning.check_names(self.param_axes, drawn)
         self.penalty_terms = nnx.Intermediate({})
 
     @property
@@ -127,7 +151,8 @@ class StackedRNN(RecurrentModule):
         return self
 
     def __call__(self, inputs: jax.Array, carry=None, *, deterministic: bool | None = None,
-                 use_running_average: bool | None = None, rngs: Any = None, **unroll_kwargs):
+                 use_running_average: bool | None = None, rngs: Any = None,
+                 seq_lengths: jax.Array | None = None):
         """Run the stack over a window.
 
         Args:
@@ -137,20 +162,26 @@ class StackedRNN(RecurrentModule):
           rngs: this call's dropout key, or a stream to draw it from (an `nnx.Rngs`'s
             `dropout`, an `nnx.RngStream`); default: the module's own stream. The key
             gives the masks linen's `apply(..., rngs={"dropout": key})` gives.
-          **unroll_kwargs: passed on to `rnn.unroll`.
+          seq_lengths: int `[B]`, each example's valid steps, padding after them (see
+            `rnn.unroll`): its carry is frozen and its outputs zero past them, and the
+            penalties count valid steps only. None: every step is valid. Training
+            "lstm_bn" on the window's statistics refuses it.
 
         Returns:
-          `(outputs [B, T, H_last], carry)`.
+          `(outputs [B, T, H_last], carry)`, or `(carry, outputs)` with `carry_first`;
+          the outputs in `dtype` when it is set, the carry in its own dtypes.
         """
         deterministic, average = self.modes(deterministic, use_running_average)
         key = self.call_key(rngs, not deterministic and self.reg.stack_noise)
-        return self.run(inputs, carry, deterministic, average,
-                        None if key is None else linen_key(key), **unroll_kwargs)
+        outputs, carry = self.run(inputs, carry, deterministic, average,
+                                  None if key is None else linen_key(key), seq_lengths)
+        return (carry, outputs) if self.carry_first else (outputs, carry)
 
     def run(self, inputs: jax.Array, carry, deterministic: bool, use_running_average: bool,
-            key: jax.Array | None, **unroll_kwargs):
+            key: jax.Array | None, seq_lengths: jax.Array | None = None):
         """`__call__` with its modes resolved and the stack's own noise key (what linen's
-        `make_rng("dropout")` gives it), as a parent module calls it."""
+        `make_rng("dropout")` gives it), as a parent module calls it: `(outputs,
+        carry)` whatever `carry_first`."""
         layers = self.layers
         params = [layer.params() for layer in layers]
         kept = cells.statistics_of(self.cell)
@@ -162,7 +193,7 @@ class StackedRNN(RecurrentModule):
             deterministic=deterministic, time_major=self.time_major, unroll=self.unroll,
             return_hiddens=True, implementation=self.implementation,
             cell_stats=populations, return_cell_stats=True, forget_bias=self.forget_bias,
-            **unroll_kwargs)
+            dtype=self.dtype, seq_lengths=seq_lengths)
         if kept is not None and not use_running_average:
             for layer, window in zip(layers, stats, strict=True):
                 layer.set_statistics(kept.update(layer.statistics(),
@@ -171,7 +202,7 @@ class StackedRNN(RecurrentModule):
         terms = {}
         if self.reg.has_penalty and not deterministic:  # loss terms, training only
             time_axis = 0 if self.time_major else 1
-            terms = self.reg.penalties(params, hiddens, outputs, time_axis)
+            terms = penalties_of(self.reg, params, hiddens, outputs, time_axis, seq_lengths)
         self.penalty_terms = nnx.Intermediate(terms)
         return outputs, carry
 
@@ -183,7 +214,7 @@ class StackedRNN(RecurrentModule):
 
     def linen_module(self) -> nn.StackedRNN:
         return nn.StackedRNN(self.hidden_sizes, self.time_major, self.project_first_input,
-                             **self.recurrent_options())
+                             carry_first=self.carry_first, **self.recurrent_options())
 
     @classmethod
     def _twin_of(cls, module: nn.StackedRNN, variables: dict, rngs: nnx.Rngs) -> StackedRNN:
@@ -191,5 +222,5 @@ class StackedRNN(RecurrentModule):
         input_size = (first["w_x"].shape[0] if module.project_first_input
                       else first["w_h"].shape[1])
         return cls(input_size, module.hidden_sizes, time_major=module.time_major,
-                   project_first_input=module.project_first_input, rngs=rngs,
-                   **linen_options(module))
+                   project_first_input=module.project_first_input,
+                   carry_first=module.carry_first, rngs=rngs, **linen_options(module))
