@@ -25,26 +25,30 @@ backward scan reuses it at each of its steps). Input masks apply to each directi
 copy of the layer's input, `weights` hooks (weight drop, weight noise) to each
 direction's parameters, the output mask (network level, the window's key itself) to
 the merged output of the last layer. Penalties are each the mean of their value over
-the two directions (`penalties`).
+the two directions (`penalties`), counting each example's valid steps only when there
+are lengths.
 
-Variable lengths (`seq_lengths`, int `[B]`): the backward direction reads each
-example's valid steps in reverse (`reverse_padded`), and `seq_lengths` goes on to
-`rnn.scan_layer`, which freezes an example's carry past its length and zeroes its
-outputs there (PyTorch's packed sequences).
+Variable lengths (`seq_lengths`, int `[B]`, `rnnreg_jax.lengths`): the backward
+direction reads each example's valid steps in reverse (`reverse_padded`), and
+`seq_lengths` goes on to `rnn.scan_layer`, which freezes an example's carry past its
+length and zeroes its outputs there (PyTorch's packed sequences).
+
+Mixed precision (`dtype`): as in `rnn.unroll`, whose layer each direction runs
+(`rnn.regularized_layer`): inputs and parameters cast to `dtype`, masks and the zero
+carry at least float32, the merged output in `dtype`.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from rnnreg_jax import cells, noise, rnn
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
+from rnnreg_jax import cells, precision, rnn
+from rnnreg_jax import lengths as varlen
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, penalties_of
 
 Array = jax.Array
 
@@ -72,7 +76,8 @@ def reverse_padded(x: Array, lengths: Array | None, time_axis: int = 1) -> Array
 
     Args:
       x: `[B, T, ...]` (`time_axis=1`) or `[T, B, ...]` (`time_axis=0`).
-      lengths: int `[B]`, each in `[0, T]` (checked when not traced), or None.
+      lengths: int `[B]`, each in `[1, T]` (`lengths.check`: checked when concrete;
+        under `jit` a length out of range acts as if clipped to `[0, T]`), or None.
       time_axis: 0 or 1; the batch is the other of the first two axes.
     """
     if time_axis not in (0, 1):
@@ -81,31 +86,13 @@ def reverse_padded(x: Array, lengths: Array | None, time_axis: int = 1) -> Array
     if lengths is None:
         return jnp.flip(x, time_axis)
     steps, batch = x.shape[time_axis], x.shape[1 - time_axis]
-    lengths = check_lengths(lengths, batch, steps)
+    lengths = jnp.clip(varlen.check(lengths, batch, steps), 0, steps)
     t = jnp.arange(steps)[:, None]
     source = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
     xt = jnp.moveaxis(x, time_axis, 0) if time_axis else x  # [T, B, ...]
     index = source.reshape(source.shape + (1,) * (xt.ndim - 2))
     out = jnp.take_along_axis(xt, index, axis=0)
     return jnp.moveaxis(out, 0, time_axis) if time_axis else out
-
-
-def check_lengths(lengths: Any, batch: int, steps: int) -> Array:
-    """`lengths` as an int array `[B]`; values in `[0, T]` are checked when concrete."""
-    if not isinstance(lengths, jax.core.Tracer):
-        values = np.asarray(lengths)
-        if not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"seq_lengths must be integers, got dtype {values.dtype}.")
-        if values.shape != (batch,):
-            raise ValueError(f"seq_lengths must have shape ({batch},) (one per example), "
-                             f"got {values.shape}.")
-        if values.size and (values.min() < 0 or values.max() > steps):
-            raise ValueError(f"seq_lengths must lie in [0, {steps}] (the window's steps), "
-                             f"got values in [{values.min()}, {values.max()}].")
-    elif lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"seq_lengths must be integers of shape ({batch},), got "
-                         f"{lengths.dtype} {lengths.shape}.")
-    return jnp.asarray(lengths)
 
 
 def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[int] | int,
@@ -174,17 +161,6 @@ def _check_cell(cell: Any) -> None:
                          f"auxiliary outputs, not {cells.cell_name(cell)!r}.")
 
 
-def _lengths_kwargs(lengths: Array | None) -> dict:
-    """`{"seq_lengths": lengths}` for `rnn.scan_layer`, nothing when None (so every other
-    call runs on a `scan_layer` without variable lengths; with lengths, one sentence)."""
-    if lengths is None:
-        return {}
-    if "seq_lengths" not in inspect.signature(rnn.scan_layer).parameters:
-        raise ValueError("seq_lengths needs rnn.scan_layer's variable-length support, which "
-                         "this version of rnnreg_jax lacks.")
-    return {"seq_lengths": lengths}
-
-
 def unroll_bidirectional(
     cell: Any,
     params: Sequence[dict],
@@ -200,6 +176,7 @@ def unroll_bidirectional(
     implementation: str = "auto",
     seq_lengths: Array | None = None,
     forget_bias: float = 0.0,
+    dtype: Any = None,
     return_hiddens: bool = False,
 ):
     """Run a bidirectional stack over a window, regularized by `reg` (module docstring).
@@ -217,71 +194,64 @@ def unroll_bidirectional(
       time_major: layout of `inputs` and outputs.
       unroll: `lax.scan` unroll factor.
       implementation: "auto", "fused" or "autodiff", see `rnn.scan_layer`.
-      seq_lengths: int `[B]`, each example's valid steps (None: all T), passed on to
-        `rnn.scan_layer`; the backward direction starts at each example's last valid step.
+      seq_lengths: int `[B]` in `[1, T]`, each example's valid steps (None: all T),
+        checked and passed on as by `rnn.unroll`; the backward direction starts at each
+        example's last valid step.
       forget_bias: LSTM cells: a constant on every forget gate's pre-activation.
+      dtype: the compute dtype (None: none), as in `rnn.unroll`: inputs and parameters
+        (after the weight transforms) cast to it, masks and the zero carry at least
+        float32, a given carry kept in its dtypes.
       return_hiddens: also return each layer's undropped outputs per direction.
 
     Returns:
-      `(outputs, carry)`: outputs `[B, T, W]` (or time-major), W the last layer's
-      merged width, and the final carries shaped like `carry`; with `return_hiddens` a
-      third item, per layer `{"forward": [B, T, H], "backward": [B, T, H]}` in the
-      inputs' layout and time order (the backward output at t is its state after
-      reading step t).
+      `(outputs, carry)`: outputs `[B, T, W]` (or time-major; in `dtype` when given),
+      W the last layer's merged width, and the final carries shaped like `carry`; with
+      `return_hiddens` a third item, per layer `{"forward": [B, T, H], "backward": [B,
+      T, H]}` in the inputs' layout and time order (the backward output at t is its
+      state after reading step t).
     """
     _check_cell(cell)
     check_merge(merge)
     layers = _check_params(params)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
-    lengths = None if seq_lengths is None else check_lengths(seq_lengths, batch, steps)
+    lengths = None if seq_lengths is None else varlen.check(seq_lengths, batch, steps)
+    masks_dtype = precision.mask_dtype(x.dtype)
     if carry is None:
-        carries = initial_carry(cell, layers, batch, reg, x.dtype)
+        carries = initial_carry(cell, layers, batch, reg, precision.carry_dtype(x.dtype, dtype))
     else:
         carries = _check_carries(carry, len(layers))
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
     keys = {d: None if key is None else direction_key(key, d) for d in DIRECTIONS}
-    options = dict(reg=reg, deterministic=deterministic, unroll=unroll,
-                   implementation=implementation, forget_bias=forget_bias,
-                   **_lengths_kwargs(lengths))
+    x = precision.cast(x, dtype)
     new_carries, hiddens = [], []
     for index, (layer, c) in enumerate(zip(layers, carries, strict=True)):
         _check_input_width(layer, x.shape[-1], index)
         reversed_x = reverse_padded(x, lengths, 0)
         ys, finals = {}, {}
         for d, xs in (("forward", x), ("backward", reversed_x)):
-            ys[d], finals[d] = _direction(cell, layer[d], xs, c[d], keys[d], index, **options)
+            ys[d], finals[d] = rnn.regularized_layer(
+                cell, layer[d], xs, c[d], reg, keys[d], index, deterministic, masks_dtype,
+                unroll, implementation, forget_bias=forget_bias, dtype=dtype,
+                seq_lengths=lengths)
         ys["backward"] = reverse_padded(ys["backward"], lengths, 0)
         x = _merge(ys, merge, index)
         new_carries.append(finals)
         hiddens.append(ys)
     width = x.shape[-1]
     mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
-                                           1, x.dtype), deterministic)
+                                           1, masks_dtype), deterministic)
     if mask is not None:
         x = x * mask
+    x = precision.cast(x, dtype)
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [{d: jnp.swapaxes(h[d], 0, 1) for d in DIRECTIONS} for h in hiddens]
     if isinstance(params, dict):
         return (x, new_carries[0]) + ((hiddens[0],) if return_hiddens else ())
     return (x, new_carries) + ((hiddens,) if return_hiddens else ())
-
-
-def _direction(cell, p, xs, c, key, layer, *, reg, deterministic, unroll, implementation,
-               forget_bias, **lengths):
-    """One direction of one layer over its (time-major) inputs: the layer of
-    `rnn.unroll` with the direction's key."""
-    if reg.needs_output_gate and "o" not in c:
-        c = dict(c, o=jnp.zeros_like(c["h"]))
-    steps, batch = xs.shape[0], xs.shape[1]
-    ln = noise.layer_noise(reg, key, layer, cell, batch, steps, xs.shape[-1],
-                           p["w_h"].shape[0], deterministic, xs.dtype)
-    p = reg.weights(p, key, layer, deterministic)
-    return rnn.scan_layer(cell, p, xs, c, ln, unroll, implementation,
-                          forget_bias=forget_bias, **lengths)
 
 
 def _check_input_width(layer: dict, width: int, index: int) -> None:
@@ -303,13 +273,16 @@ def _merge(ys: dict, merge: str, layer: int) -> Array:
 
 
 def penalties(reg: Regularizer, params: Sequence[dict], hiddens: Sequence[dict],
-              outputs: Array, time_axis: int) -> dict[str, Array]:
+              outputs: Array, time_axis: int,
+              seq_lengths: Array | None = None) -> dict[str, Array]:
     """`reg`'s loss terms of a bidirectional stack: each the mean over the two
     directions of its value for that direction's layers (`params` and `hiddens` as
     `unroll_bidirectional` takes and returns them; the backward hiddens in input time
     order), `outputs` being the merged, dropped output both times. So AR (on the
     output) is the unidirectional one, TAR the mean of both top directions', the norm
-    stabilizer the mean over directions of its sum over layers."""
-    terms = [reg.penalties([p[d] for p in params], [h[d] for h in hiddens], outputs,
-                           time_axis) for d in DIRECTIONS]
+    stabilizer the mean over directions of its sum over layers. With `seq_lengths`
+    each term counts every example's valid steps only (`penalties_of`); in input time
+    order those are the first `L_b` of both directions."""
+    terms = [penalties_of(reg, [p[d] for p in params], [h[d] for h in hiddens], outputs,
+                          time_axis, seq_lengths) for d in DIRECTIONS]
     return {name: (terms[0][name] + terms[1][name]) / 2 for name in terms[0]}

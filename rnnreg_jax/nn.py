@@ -290,12 +290,16 @@ class Bidirectional(RecurrentOptions):
     Each layer's parameters live under `layer_<l>` as `{"forward": {...}, "backward":
     {...}}`, the layout `bidirectional.unroll_bidirectional` takes (and
     `torch_port.from_torch_bidirectional` makes). Penalties are sown as by `StackedRNN`
-    (`bidirectional.penalties`: each the mean over the two directions).
+    (`bidirectional.penalties`: each the mean over the two directions, over the valid
+    steps with `seq_lengths`). `dtype`, `param_dtype` and `param_axes` act as in
+    `StackedRNN`, `param_axes` on each direction's arrays (`layer_<l>/forward/w_h`).
 
     Attributes:
       hidden_sizes: width of each layer's directions, bottom first (an int for one layer).
       merge: "concat" (outputs `2 H` wide, forward first) or "sum".
       time_major: whether inputs and outputs are `[T, B, F]`.
+      carry_first: return `(carry, outputs)` instead of `(outputs, carry)`, as
+        `StackedRNN`'s; keyword-only.
       and the keyword-only `RecurrentOptions` (cells with running statistics, "lstm_bn",
       are refused).
     """
@@ -303,6 +307,7 @@ class Bidirectional(RecurrentOptions):
     hidden_sizes: Sequence[int] | int
     merge: str = "concat"
     time_major: bool = False
+    carry_first: bool = option(False)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -319,10 +324,13 @@ class Bidirectional(RecurrentOptions):
           inputs: `[B, T, F]` (or `[T, B, F]` if `time_major`).
           carry: per layer `{"forward": c, "backward": c}` from a previous window, or None.
           deterministic: evaluation mode (noise replaced by its expectation).
-          seq_lengths: int `[B]`, each example's valid steps, or None (all of them).
+          seq_lengths: int `[B]`, each example's valid steps, or None (all of them); the
+            penalties then count valid steps only.
 
         Returns:
-          `(outputs [B, T, W], carry)`, W the last layer's merged width.
+          `(outputs [B, T, W], carry)`, W the last layer's merged width;
+          `(carry, outputs)` with `carry_first`. Outputs in `dtype` when it is set, the
+          carry in its dtypes (zeros: float32 or wider, see `rnn.unroll`).
         """
         bidirectional.check_merge(self.merge)
         self.reg.check_cell(self.cell)
@@ -333,6 +341,9 @@ class Bidirectional(RecurrentOptions):
                 for d, k in zip(bidirectional.DIRECTIONS, jax.random.split(key), strict=True)}
             params.append(self.param(f"layer_{index}", init))
             in_size = bidirectional.merged_width(hidden, self.merge)
+        if self.param_axes is not None:
+            partitioning.check_names(self.param_axes, [layer[d] for layer in params
+                                                       for d in bidirectional.DIRECTIONS])
         key = None
         if not deterministic and self.reg.stack_noise:
             key = dropout_key(self)
@@ -340,25 +351,31 @@ class Bidirectional(RecurrentOptions):
             self.cell, params, inputs, carry, reg=self.reg, key=key,
             deterministic=deterministic, merge=self.merge, time_major=self.time_major,
             unroll=self.unroll, implementation=self.implementation, seq_lengths=seq_lengths,
-            forget_bias=self.forget_bias, return_hiddens=True)
+            forget_bias=self.forget_bias, dtype=self.dtype, return_hiddens=True)
         if self.reg.has_penalty and not deterministic:  # loss terms, training only
             time_axis = 0 if self.time_major else 1
             for name, value in bidirectional.penalties(self.reg, params, hiddens, outputs,
-                                                       time_axis).items():
+                                                       time_axis, seq_lengths).items():
                 self.sow("penalties", name, value)
-        return outputs, carry
+        return (carry, outputs) if self.carry_first else (outputs, carry)
 
     def _direction_params(self, key, input_size: int, hidden: int, layer: int) -> dict:
-        """One direction's parameters and the regularizer's extra ones (their own key, as
-        in `StackedRNN`)."""
-        params = cells.init_params(key, self.cell, input_size, hidden, self.init_scale,
-                                   jnp.float32, self.recurrent_bias, self.orthogonal_init)
-        extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
-        clash = sorted(set(extra) & set(params))
-        if clash:
-            raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a parameter "
-                             "of the cell; name it otherwise.")
-        return {**params, **extra}
+        """One direction's parameters in `param_dtype` and the regularizer's extra ones
+        (their own key, as in `StackedRNN`), boxed by `param_axes`."""
+        def init(key):
+            params = cells.init_params(key, self.cell, input_size, hidden, self.init_scale,
+                                       self.param_dtype, self.recurrent_bias,
+                                       self.orthogonal_init)
+            extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
+            clash = sorted(set(extra) & set(params))
+            if clash:
+                raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
+                                 "parameter of the cell; name it otherwise.")
+            return {**params, **extra}
+
+        if self.param_axes is not None:
+            init = partitioning.boxed_init(init, self.param_axes)
+        return init(key)
 
     def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[dict]:
         """Zero state of every layer's two directions (usable outside `apply`)."""

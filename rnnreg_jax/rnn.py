@@ -162,6 +162,27 @@ def scan_layer(
     return ys, final
 
 
+def regularized_layer(
+    cell: str, params: cells.Params, xs: Array, carry: cells.Carry, reg: Regularizer,
+    key: Array | None, index: int, deterministic: bool, masks_dtype: Any, unroll: int = 1,
+    implementation: str = "auto", population: dict | None = None, forget_bias: float = 0.0,
+    dtype: Any = None, *, seq_lengths: Array | None = None,
+) -> tuple[Array, cells.Carry]:
+    """Layer `index` of `unroll`: `scan_layer` with `reg`'s noise drawn from `key` (masks
+    in `masks_dtype`), its weight transforms applied to `params`, and those cast to the
+    compute `dtype`. `xs`: time-major, already in `dtype`; the other arguments as in
+    `scan_layer`. `rnnreg_jax.bidirectional` runs each direction of a layer through it."""
+    if reg.needs_output_gate and "o" not in carry:
+        carry = dict(carry, o=jnp.zeros_like(carry["h"]))
+    ln = noise.layer_noise(reg, key, index, cell, xs.shape[1], xs.shape[0], xs.shape[-1],
+                           params["w_h"].shape[0], deterministic, masks_dtype)
+    params = reg.weights(params, key, index, deterministic)  # weight drop, weight noise, ...
+    if dtype is not None:  # W_h is cast by scan_layer
+        params = dict(precision.cast_floating(params, dtype), w_h=params["w_h"])
+    return scan_layer(cell, params, xs, carry, ln, unroll, implementation, population,
+                      forget_bias, dtype, seq_lengths=seq_lengths)
+
+
 def _refuse_batch_statistics(cell, population) -> None:
     if population is None and cells.statistics_of(cell) is not None:
         raise ValueError(f"seq_lengths cannot be used with {cells.cell_name(cell)} "
@@ -287,16 +308,9 @@ def unroll(
     x = precision.cast(x, dtype)
     new_carries, hiddens, stats = [], [], []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
-        hidden = p["w_h"].shape[0]
-        if reg.needs_output_gate and "o" not in c:
-            c = dict(c, o=jnp.zeros_like(c["h"]))
-        ln = noise.layer_noise(reg, key, index, cell, batch, steps, x.shape[-1], hidden,
-                               deterministic, masks_in)
-        p = reg.weights(p, key, index, deterministic)  # weight drop, weight noise, ...
-        if dtype is not None:  # W_h is cast by scan_layer
-            p = dict(precision.cast_floating(p, dtype), w_h=p["w_h"])
-        x, c = scan_layer(cell, p, x, c, ln, unroll, implementation, populations[index],
-                          forget_bias, dtype, seq_lengths=seq_lengths)
+        x, c = regularized_layer(cell, p, x, c, reg, key, index, deterministic, masks_in,
+                                 unroll, implementation, populations[index], forget_bias,
+                                 dtype, seq_lengths=seq_lengths)
         x, layer_stats = x if cells.has_aux_output(cell) else (x, {})
         stats.append(layer_stats)
         new_carries.append(c)

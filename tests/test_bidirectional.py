@@ -1,6 +1,6 @@
 """Bidirectional stacks (`rnnreg_jax.bidirectional`, `nn.Bidirectional`): PyTorch golden
-values, regularizers per direction, merges, both backward passes, variable lengths and
-the one-sentence errors.
+values, regularizers per direction, merges, both backward passes, variable lengths,
+mixed precision, sharding metadata, the Pallas kernel and the one-sentence errors.
 
 The golden fixtures come from `tests/make_golden_bidirectional.py` (PyTorch's
 bidirectional `nn.LSTM`, `nn.GRU`, tanh `nn.RNN` in float64 from float32 weights and
@@ -9,7 +9,6 @@ inputs); these tests need no torch.
 
 from __future__ import annotations
 
-import inspect
 import pathlib
 
 import jax
@@ -52,12 +51,13 @@ def fixture_carry(cell: str, fx: dict) -> list[dict]:
              for i, d in enumerate(DIRS)} for layer in range(num_layers)]
 
 
-def golden_loss(cell: str, fx: dict, run: str):
+def golden_loss(cell: str, fx: dict, run: str, implementation: str = "auto"):
     """The fixture's loss of `(params, x, carry)` with its outputs as aux."""
     lengths = fx["lengths"] if run == "packed" else None
 
     def loss_fn(layers, x, carry):
-        out, final = bd.unroll_bidirectional(cell, layers, x, carry, seq_lengths=lengths)
+        out, final = bd.unroll_bidirectional(cell, layers, x, carry, seq_lengths=lengths,
+                                             implementation=implementation)
         aux = {"out": out}
         loss = jnp.sum(out * fx["r_out"])
         for n in ("h", "c") if cell == "lstm" else ("h",):
@@ -68,7 +68,8 @@ def golden_loss(cell: str, fx: dict, run: str):
     return loss_fn
 
 
-def check_against_golden(cell: str, fx: dict, run: str, dtype) -> None:
+def check_against_golden(cell: str, fx: dict, run: str, dtype,
+                         implementation: str = "auto") -> None:
     """Outputs, final states, loss and every gradient against the fixture's `run`."""
     def close(actual, name):
         expected = fx[f"{run}/{name}"]
@@ -86,7 +87,8 @@ def check_against_golden(cell: str, fx: dict, run: str, dtype) -> None:
                                                  recurrent_bias=dtype == jnp.float64)
     args = (layers, jnp.asarray(fx["x"]), fixture_carry(cell, fx))
     args = nm.as_f64(args) if dtype == jnp.float64 else args
-    grad_fn = jax.value_and_grad(golden_loss(cell, fx, run), argnums=(0, 1, 2), has_aux=True)
+    grad_fn = jax.value_and_grad(golden_loss(cell, fx, run, implementation), argnums=(0, 1, 2),
+                                 has_aux=True)
     (loss, aux), (g_layers, g_x, g_carry) = jax.jit(grad_fn)(*args)
     for name, value in aux.items():
         close(value, name)
@@ -119,57 +121,152 @@ def test_matches_pytorch_bidirectional(cell: str, num_layers: int) -> None:
         check_against_golden(cell, fx, "full", jnp.float64)
 
 
-SCAN_LAYER = rnn.scan_layer
-LIBRARY_HAS_LENGTHS = "seq_lengths" in inspect.signature(rnn.scan_layer).parameters
-
-
-def scan_layer_with_lengths(cell, params, xs, carry, layer_noise=noise.LayerNoise(),
-                            unroll=1, implementation="auto", population=None,
-                            forget_bias=0.0, *, seq_lengths=None):
-    """A stand-in for `rnn.scan_layer(seq_lengths=...)` as specified (noise-free runs):
-    one step at a time, an example's carry kept and its outputs zero past its length."""
-    assert layer_noise == noise.LayerNoise()
-    ys = []
-    for t in range(xs.shape[0]):
-        y, new = SCAN_LAYER(cell, params, xs[t:t + 1], carry, layer_noise, unroll,
-                            implementation, population, forget_bias)
-        valid = (t < seq_lengths)[:, None]
-        carry = jax.tree.map(lambda n, o, v=valid: jnp.where(v, n, o), new, carry)
-        ys.append(jnp.where(valid, y[0], 0.0))
-    return jnp.stack(ys), carry
-
-
-@pytest.mark.parametrize("scan", [
-    "stand-in",
-    pytest.param("library", marks=pytest.mark.skipif(
-        not LIBRARY_HAS_LENGTHS, reason="rnn.scan_layer has no seq_lengths yet"))])
+@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_packed_sequences_match_pytorch(monkeypatch, scan: str, cell: str) -> None:
+def test_packed_sequences_match_pytorch(cell: str, implementation: str) -> None:
     """With `seq_lengths` the backward direction starts at each example's last valid step
-    and everything equals PyTorch's packed sequences (float64, 2 layers): through a
-    stand-in of variable-length `scan_layer`, and through the library's own once it has
-    one."""
-    if scan == "stand-in":
-        monkeypatch.setattr(rnn, "scan_layer", scan_layer_with_lengths)
+    and outputs, final states and every gradient equal PyTorch's packed sequences
+    (float64, 2 layers), through either backward pass; the module passes the lengths on."""
     fx = load(cell, 2)
     assert sorted(fx["lengths"].tolist()) == [2, 4, 5]
     assert np.all(fx["packed/out"][1, 2:] == 0)  # PyTorch pads with zeros
     with nm.x64():
-        check_against_golden(cell, fx, "packed", jnp.float64)
+        check_against_golden(cell, fx, "packed", jnp.float64, implementation)
     ported = torch_port.from_torch_bidirectional(cell, state_dict(fx))
-    module = Bidirectional((3, 3), cell=cell)  # the module passes seq_lengths on
+    module = Bidirectional((3, 3), cell=cell, implementation=implementation)
     ys, _ = module.apply({"params": {f"layer_{i}": p for i, p in enumerate(ported)}},
                          jnp.asarray(fx["x"]), fixture_carry(cell, fx),
                          seq_lengths=fx["lengths"])
     assert float(np.abs(np.asarray(ys) - fx["packed/out"]).max()) <= TOL32
 
 
-@pytest.mark.skipif(LIBRARY_HAS_LENGTHS, reason="rnn.scan_layer takes seq_lengths")
-def test_seq_lengths_without_library_support_is_one_sentence() -> None:
-    params = bd.init_params(jax.random.key(0), "lstm", F, H)
-    with pytest.raises(ValueError, match="seq_lengths needs rnn.scan_layer"):
-        bd.unroll_bidirectional("lstm", params, jnp.ones((B, T, F)),
-                                seq_lengths=np.array([6, 2, 3]))
+# ------------------------------------------------------------------ variable lengths
+
+LENGTHS = (6, 2, 4)  # B = 3, T = 6: one full-length example, one of a single pair
+MORE_STEPS = 9
+PENALTIES = ("activation_reg", "temporal_activation_reg", "norm_stabilizer")
+
+
+def padded(x: jax.Array, steps: int, seed: int) -> jax.Array:
+    """`x` cut to each example's length and padded to `steps` with random junk."""
+    junk = 5.0 * jax.random.normal(jax.random.key(seed), (x.shape[0], steps, x.shape[2]),
+                                   x.dtype)
+    valid = (jnp.arange(steps)[None, :] < jnp.asarray(LENGTHS)[:, None])[..., None]
+    return jnp.where(valid, jnp.pad(x, ((0, 0), (0, steps - x.shape[1]), (0, 0))), junk)
+
+
+def counts(length: int, width: int) -> dict[str, int]:
+    """How many terms each penalty averages over for one example of `length` steps (the
+    pooled mean over a batch is the count-weighted mean of its examples')."""
+    return {"activation_reg": length * 2 * width, "temporal_activation_reg":
+            (length - 1) * width, "norm_stabilizer": length - 1}
+
+
+def lengths_loss(cell, reg, deterministic, key, implementation, seq_lengths=None):
+    """A loss of the outputs, final states and each penalty times its number of terms (a
+    sum over valid terms, so additive over examples), with the pieces as aux."""
+    def loss(params, x):
+        ys, carry, hiddens = bd.unroll_bidirectional(
+            cell, params, x, reg=reg, key=key, deterministic=deterministic,
+            implementation=implementation, seq_lengths=seq_lengths, return_hiddens=True)
+        terms = bd.penalties(reg, params, hiddens, ys, 1, seq_lengths)
+        n = {k: 0 for k in PENALTIES}
+        for length in LENGTHS if seq_lengths is not None else (x.shape[1],) * x.shape[0]:
+            n = {k: n[k] + v for k, v in counts(length, H).items()}
+        states = sum(jnp.sum(jnp.sin(v) ** 2) for v in jax.tree.leaves(carry))
+        total = jnp.sum(jnp.sin(ys) * jnp.cos(ys)) + states + sum(
+            terms[k] * n[k] for k in PENALTIES)
+        return total, (ys, carry, terms)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+def lengths_setup():
+    """A two-layer LSTM stack's float64 parameters and inputs `[B, T, F]` (call inside
+    `nm.x64()`)."""
+    params = nm.as_f64(bd.init_params(jax.random.key(0), "lstm", F, (H, H)))
+    return params, jax.random.normal(jax.random.key(1), (len(LENGTHS), T, F), jnp.float64)
+
+
+LENGTHS_PENALTIES = (rj.activation_regularization(2.0)
+                     + rj.temporal_activation_regularization(1.0) + rj.norm_stabilizer(0.5))
+# the default suite: each backward pass in one of the two tests (both are in the
+# PyTorch packed-sequence test above); the other halves with -m slow
+IMPLEMENTATIONS_FIRST = ["fused", pytest.param("autodiff", marks=pytest.mark.slow)]
+IMPLEMENTATIONS_LAST = [pytest.param("fused", marks=pytest.mark.slow), "autodiff"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS_FIRST)
+def test_padded_batch_equals_each_example_alone(implementation: str) -> None:
+    """A two-layer stack on a padded batch (float64, evaluation: zoneout's and stochastic
+    depth's expectations) computes each example's outputs, final states, penalties (each
+    the count-weighted mean of the examples' own), loss and gradients as run alone,
+    unpadded; outputs past a length are zero and the padding gets no gradient."""
+    cell = "lstm"
+    expectation = rj.zoneout(0.3, 0.2) + rj.stochastic_depth(0.2) + LENGTHS_PENALTIES
+    seq_lengths = jnp.asarray(LENGTHS)
+    with nm.x64():
+        params, x = lengths_setup()
+        run = lengths_loss(cell, expectation, True, None, implementation, seq_lengths)
+        (loss, (ys, carry, terms)), (d_params, d_x) = run(params, padded(x, T, 2))
+        past = ~np.asarray(jnp.arange(T)[None, :] < seq_lengths[:, None])
+        assert np.all(np.asarray(ys)[past] == 0.0) and np.all(np.asarray(d_x)[past] == 0.0)
+        total_loss, total_grads = 0.0, jax.tree.map(jnp.zeros_like, params)
+        weighted = {k: 0.0 for k in PENALTIES}
+        for b, steps in enumerate(LENGTHS):
+            alone = lengths_loss(cell, expectation, True, None, implementation)
+            (loss_b, (ys_b, carry_b, terms_b)), (d_params_b, d_x_b) = alone(
+                params, x[b:b + 1, :steps])
+            name = f"example {b} (L={steps})"
+            nm.assert_close_f64(ys[b:b + 1, :steps], ys_b, err_msg=f"{name} outputs")
+            nm.assert_trees_close_f64(jax.tree.map(lambda a, b=b: a[b:b + 1], carry), carry_b,
+                                      err_msg=f"{name} carry")
+            nm.assert_close_f64(d_x[b:b + 1, :steps], d_x_b, err_msg=f"{name} input grads")
+            total_loss += loss_b
+            total_grads = jax.tree.map(jnp.add, total_grads, d_params_b)
+            weighted = {k: weighted[k] + terms_b[k] * counts(steps, H)[k] for k in PENALTIES}
+        n = {k: sum(counts(steps, H)[k] for steps in LENGTHS) for k in PENALTIES}
+        for k in PENALTIES:
+            nm.assert_close_f64(terms[k], weighted[k] / n[k], err_msg=k)
+            assert float(terms[k]) > 0, k
+        nm.assert_close_f64(loss, total_loss, err_msg="loss = sum of the examples'")
+        nm.assert_trees_close_f64(d_params, total_grads, err_msg="grads = sum of the examples'")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS_LAST)
+def test_padded_training_ignores_the_padding(implementation: str) -> None:
+    """In training (per-step and tied masks, float64) more padding and other junk change
+    nothing on the valid steps: loss, outputs, final states and gradients."""
+    noisy = rj.variational(0.3, 0.3, 0.3) + rj.zoneout(0.3, 0.2) + LENGTHS_PENALTIES
+    with nm.x64():
+        params, x = lengths_setup()
+        run = lengths_loss("lstm", noisy, False, jax.random.key(5), implementation,
+                           jnp.asarray(LENGTHS))
+        (loss6, (ys6, carry6, _)), grads6 = run(params, padded(x, T, 3))
+        (loss9, (ys9, carry9, _)), grads9 = run(params, padded(x, MORE_STEPS, 4))
+        nm.assert_close_f64(loss9, loss6, err_msg="loss, more padding")
+        nm.assert_close_f64(ys9[:, :T], ys6, err_msg="outputs, more padding")
+        nm.assert_trees_close_f64((carry9, grads9[0]), (carry6, grads6[0]),
+                                  err_msg="carry and grads, more padding")
+        nm.assert_close_f64(grads9[1][:, :T], grads6[1], err_msg="input grads, more padding")
+
+
+def test_module_sows_penalties_of_valid_steps() -> None:
+    """The module passes `seq_lengths` to its penalties: the padding changes none."""
+    reg = (rj.activation_regularization(2.0) + rj.temporal_activation_regularization(1.0)
+           + rj.norm_stabilizer(0.5))
+    module = Bidirectional((H, H), cell="gru", reg=reg)
+    x = jax.random.normal(jax.random.key(1), (len(LENGTHS), T, F))
+    variables = module.init(jax.random.key(0), x)
+    apply = jax.jit(lambda x: module.apply(variables, x, deterministic=False,
+                                           mutable=["penalties"],
+                                           seq_lengths=jnp.asarray(LENGTHS))[1])
+    sown = {}
+    for steps, seed in ((T, 2), (MORE_STEPS, 3)):
+        state = apply(padded(x, steps, seed))
+        sown[steps] = {k: float(v[0]) for k, v in state["penalties"].items()}
+    assert set(sown[T]) == set(PENALTIES) and all(v > 0 for v in sown[T].values())
+    assert sown[T] == pytest.approx(sown[MORE_STEPS], rel=1e-5)
 
 
 def test_torch_port_round_trip_and_errors() -> None:
@@ -201,24 +298,30 @@ def reverse_reference(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def test_reverse_padded_matches_numpy() -> None:
     """Per example within its length, padding in place, its own inverse, both layouts,
-    traced lengths under jit, None reverses all steps."""
+    traced lengths under jit (out of range: as if clipped to [0, T]), None reverses all
+    steps."""
     x = np.random.default_rng(0).standard_normal((4, 5, 2, 3)).astype(np.float32)
-    lengths = np.array([5, 0, 3, 1])
+    lengths = np.array([5, 2, 3, 1])
     expected = reverse_reference(x, lengths)
     np.testing.assert_array_equal(bd.reverse_padded(x, lengths, 1), expected)
     np.testing.assert_array_equal(
         bd.reverse_padded(np.swapaxes(x, 0, 1), lengths, 0), np.swapaxes(expected, 0, 1))
-    np.testing.assert_array_equal(jax.jit(bd.reverse_padded, static_argnums=2)(
-        x, jnp.asarray(lengths), 1), expected)
+    traced = jax.jit(bd.reverse_padded, static_argnums=2)
+    np.testing.assert_array_equal(traced(x, jnp.asarray(lengths), 1), expected)
+    np.testing.assert_array_equal(traced(x, jnp.asarray([9, 0, -2, 1]), 1),
+                                  reverse_reference(x, np.array([5, 0, 0, 1])))
     np.testing.assert_array_equal(bd.reverse_padded(expected, lengths, 1), x)
     np.testing.assert_array_equal(bd.reverse_padded(x[..., 0, 0], None, 1), x[:, ::-1, 0, 0])
     assert rj.reverse_padded is bd.reverse_padded
 
 
 @pytest.mark.parametrize("lengths,match", [
-    (np.array([1, 2]), r"shape \(4,\)"), (np.array([1, 2, 6, 0]), r"in \[0, 5\]"),
-    (np.array([1, 2, -1, 0]), r"in \[0, 5\]"), (np.array([1.0, 2, 3, 4]), "integers")])
+    (np.array([1, 2]), r"shape \[B\] = \(4,\)"),
+    (np.array([1, 2, 6, 1]), r"in \[1, T\] = \[1, 5\]"),
+    (np.array([1, 2, 0, 1]), r"in \[1, T\] = \[1, 5\]"),
+    (np.array([1.0, 2, 3, 4]), "integers")])
 def test_bad_lengths_are_one_sentence(lengths, match) -> None:
+    """`lengths.check`'s validation and wording, as `rnn.unroll`'s."""
     with pytest.raises(ValueError, match=match):
         bd.reverse_padded(np.zeros((4, 5)), lengths, 1)
     with pytest.raises(ValueError, match="time_axis must be 0 or 1"):
@@ -486,6 +589,123 @@ def test_module_training_needs_dropout_rng_and_merges() -> None:
         Bidirectional(H, merge="mean").init(jax.random.key(0), x)
 
 
+# ------------------------------------------------- mixed precision, sharding, kernels
+
+BF16 = jnp.bfloat16
+
+
+def dtypes(tree) -> set[str]:
+    return {str(a.dtype) for a in jax.tree.leaves(tree)}
+
+
+@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
+def test_bf16_outputs_float32_carry_and_param_dtypes(implementation: str) -> None:
+    """`dtype`: outputs in bfloat16, each direction's carry and the penalties in float32,
+    gradients in the parameters' storage dtype (`param_dtype`); each direction is
+    `rnn.unroll(dtype=...)` of its parameters under its key, to bfloat16's rounding."""
+    cell = "lstm"
+    reg = rj.variational(0.2, 0.2, 0.2) + rj.zoneout(0.1, 0.05) + rj.norm_stabilizer(0.5)
+    x = jax.random.normal(jax.random.key(1), (B, T, F))
+    module = Bidirectional((H, H), cell=cell, reg=reg, implementation=implementation,
+                           dtype=BF16, param_dtype=BF16)
+    variables = module.init(jax.random.key(0), x)
+    assert dtypes(variables) == {"bfloat16"}
+
+    @jax.jit
+    def loss(params):
+        (ys, carry), pen = module.apply({"params": params}, x, deterministic=False,
+                                        rngs={"dropout": jax.random.key(2)},
+                                        mutable=["penalties"])
+        return jnp.sum(jnp.square(ys.astype(jnp.float32))), (ys, carry, pen)
+
+    (value, (ys, carry, pen)), grads = jax.value_and_grad(loss, has_aux=True)(
+        variables["params"])
+    assert ys.dtype == BF16 and ys.shape == (B, T, 2 * H) and np.isfinite(float(value))
+    assert dtypes(carry) == {"float32"} and set(carry[1]["backward"]) == {"h", "c"}
+    assert dtypes(pen) == {"float32"} and len(jax.tree.leaves(pen)) == 1
+    assert dtypes(grads) == {"bfloat16"}
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
+    # float32 storage (the default) draws the values it always drew, bfloat16 compute on them
+    stored32 = module.clone(param_dtype=jnp.float32).init(jax.random.key(0), x)
+    assert dtypes(stored32) == {"float32"}
+    jax.tree.map(np.testing.assert_array_equal, stored32,
+                 Bidirectional((H, H), cell=cell, reg=reg).init(jax.random.key(0), x))
+    params = stored32["params"]["layer_0"]
+    key = jax.random.key(3)
+
+    @jax.jit
+    def both():
+        ys = bd.unroll_bidirectional(cell, params, x, reg=reg, key=key, deterministic=False,
+                                     dtype=BF16, implementation=implementation)[0]
+        run = lambda d, xs: rnn.unroll(cell, params[d], xs, reg=reg, deterministic=False,
+                                       key=bd.direction_key(key, d), dtype=BF16,
+                                       implementation=implementation, return_hiddens=True)[2]
+        f, b = run("forward", x)[0], run("backward", x[:, ::-1])[0][:, ::-1]
+        return ys, jnp.concatenate([f, b], -1)  # the hiddens, before the output mask
+
+    ys, expected = both()
+    assert ys.dtype == BF16
+    mask = noise.output_mask(reg, key, B, T, 2 * H, False)
+    np.testing.assert_allclose(np.asarray(ys, np.float32),
+                               np.asarray(expected * mask[:, None, :], np.float32),
+                               rtol=2 ** -7, atol=2 ** -7)
+
+
+def test_float32_compute_dtype_is_the_default_computation() -> None:
+    """`dtype=jnp.float32` on float32 inputs casts nothing: bit for bit `dtype=None`."""
+    module = Bidirectional((H, 2), cell="gru", reg=rj.variational(0.3, 0.3, 0.3))
+    x = jax.random.normal(jax.random.key(1), (B, T, F))
+    variables = module.init(jax.random.key(0), x)
+    kwargs = dict(deterministic=False, rngs={"dropout": jax.random.key(1)})
+    jax.tree.map(np.testing.assert_array_equal, module.apply(variables, x, **kwargs),
+                 module.clone(dtype=jnp.float32).apply(variables, x, **kwargs))
+
+
+def test_param_axes_box_each_directions_arrays_and_carry_first() -> None:
+    """`param_axes` boxes each direction's named arrays: a partition spec per array, the
+    tree's paths and values those of the unboxed module; an unknown name is refused.
+    `carry_first` swaps the returned pair."""
+    from flax import linen as nn
+    from jax.sharding import PartitionSpec
+
+    axes = {"w_x": ("embed", "gates"), "w_h": ("hidden", "gates"), "b": ("gates",)}
+    x = jax.random.normal(jax.random.key(1), (B, T, F))
+    plain = Bidirectional((H, 2), cell="gru")
+    boxed = plain.clone(param_axes=tuple(axes.items()), carry_first=True)
+    variables = boxed.init(jax.random.key(0), x)
+    specs = nn.get_partition_spec(variables)["params"]
+    for layer in ("layer_0", "layer_1"):
+        for d in DIRS:
+            assert specs[layer][d]["w_h"] == PartitionSpec("hidden", "gates")
+            assert specs[layer][d]["w_x"] == PartitionSpec("embed", "gates")
+            assert specs[layer][d]["b"] == PartitionSpec("gates")
+            assert specs[layer][d]["b_h"] == PartitionSpec()  # unnamed: replicated
+    unboxed = nn.unbox(variables)
+    jax.tree.map(np.testing.assert_array_equal, unboxed, plain.init(jax.random.key(0), x))
+    carry, ys = boxed.apply(variables, x)
+    expected_ys, expected_carry = plain.apply(unboxed, x)
+    nm.assert_trees_close_f32((ys, carry), (expected_ys, expected_carry))
+    with pytest.raises(ValueError, match="param_axes names 'w_q'"):
+        plain.clone(param_axes={"w_q": ("a", "b")}).init(jax.random.key(0), x)
+
+
+def test_pallas_directions_equal_the_scan_or_refuse_in_one_sentence() -> None:
+    """`implementation="pallas"` (interpreted on CPU) runs both directions as the fused
+    scan does, with noise; variable lengths and a compute dtype it refuses."""
+    cell = "lstm"
+    reg = rj.variational(0.3, 0.2, 0.3, per_gate=True) + rj.zoneout(0.2, 0.1)
+    params = bd.init_params(jax.random.key(0), cell, F, H)
+    x = jax.random.normal(jax.random.key(1), (B, T, F))
+    run = lambda implementation, **kw: bd.unroll_bidirectional(
+        cell, params, x, reg=reg, key=jax.random.key(2), deterministic=False,
+        implementation=implementation, **kw)
+    nm.assert_trees_close_f32(jax.jit(lambda: run("pallas"))(), jax.jit(lambda: run("fused"))())
+    with pytest.raises(ValueError, match="seq_lengths.*not supported by implementation='pallas'"):
+        run("pallas", seq_lengths=np.array([6, 2, 3]))
+    with pytest.raises(ValueError, match="dtype.*not supported by implementation='pallas'"):
+        run("pallas", dtype=BF16)
+
+
 # ------------------------------------------------------------------------------ errors
 
 def test_bad_inputs_are_one_sentence_errors() -> None:
@@ -502,7 +722,8 @@ def test_bad_inputs_are_one_sentence_errors() -> None:
         (dict(merge="sum"), "Layer 1's forward w_x reads 6 features, but its input has 3"),
         (dict(x=jnp.ones((B, T, F + 1))), "Layer 0's forward w_x reads 4 features"),
         (dict(reg=rj.variational(0.3), deterministic=False), "PRNG key is required"),
-        (dict(seq_lengths=np.array([1, 2])), r"shape \(3,\)"),
+        (dict(seq_lengths=np.array([1, 2])), r"shape \[B\] = \(3,\)"),
+        (dict(seq_lengths=np.array([1, 2, 0])), r"in \[1, T\] = \[1, 6\]"),
         (dict(cell="transformer"), "transformer"),
     ]
     for overrides, match in cases:
