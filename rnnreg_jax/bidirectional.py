@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, precision, rnn
+from rnnreg_jax import cells, explicit_sharding, precision, rnn
 from rnnreg_jax import lengths as varlen
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, penalties_of
 
@@ -219,6 +219,7 @@ def unroll_bidirectional(
     masks_dtype = precision.mask_dtype(x.dtype)
     if carry is None:
         carries = initial_carry(cell, layers, batch, reg, precision.carry_dtype(x.dtype, dtype))
+        carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
     else:
         carries = _check_carries(carry, len(layers))
     if not deterministic and key is None and reg.stack_noise:

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, fused, lengths, noise, pallas, precision
+from rnnreg_jax import cells, explicit_sharding, fused, lengths, noise, pallas, precision
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
@@ -102,6 +102,7 @@ def scan_layer(
       (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
     step = cells.get_step(cell)
+    explicit_sharding.check_carry(carry, xs)
     if population is not None and cells.statistics_of(cell) is None:
         raise ValueError(f"Running statistics apply to cells that keep them (lstm_bn), not "
                          f"{cell!r}.")
@@ -129,6 +130,9 @@ def scan_layer(
         if dtype is not None:
             raise ValueError("Mixed precision (dtype=...) is not supported by "
                              "implementation='pallas'; use 'fused' or 'autodiff'.")
+        if explicit_sharding.axes_of(xs, 1) is not None:
+            raise ValueError("Inputs sharded over an explicit mesh axis are not supported "
+                             "by implementation='pallas'; use 'fused' or 'autodiff'.")
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         if dtype is not None:  # the fused pass sums dW_h in one product
@@ -238,7 +242,9 @@ def unroll(
       cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
       params: one layer's params (a dict) or a list of them, bottom first.
       inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
-      carry: initial state (dict, or list of dicts for a stack); zeros if None.
+      carry: initial state (dict, or list of dicts for a stack); zeros if None. Under a
+        mesh with explicit axes the zeros are sharded over the batch like `inputs`, and
+        a given carry must be (`rnnreg_jax.explicit_sharding`).
       reg: the regularization spec.
       key: PRNG key of this window; required in training mode when `reg` has
         noise. The same key gives the same masks.
@@ -289,6 +295,7 @@ def unroll(
     if carry is None:
         carries = _as_list(initial_carry(cell, layers, batch, reg,
                                          precision.carry_dtype(x.dtype, dtype)))[0]
+        carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
     else:
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):

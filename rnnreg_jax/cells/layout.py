@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
-from rnnreg_jax import precision
+from rnnreg_jax import explicit_sharding, precision
 from rnnreg_jax.cells.base import Array, Params, StepNoise
 
 
@@ -176,6 +177,8 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
     """`dW_h = sum_t (h_{t-1} * m_t)^T d_rec_t` as one matmul over T*B rows (per gate
     for per-gate masks)."""
     mask = tied_mask if tied_mask is not None else step_mask
+    if explicit_sharding.axes_of(h_prev, 1) is not None:
+        return _weight_grad_over_batch_shards(h_prev, d_recs, mask, tied_mask is not None)
     steps, batch, hidden = h_prev.shape
     rows = steps * batch
     if not is_per_gate(mask):
@@ -186,4 +189,21 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
                   else jnp.swapaxes(mask.masks, 0, 1))  # [G, (T,) B, H]
     d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
     return jnp.concatenate([precision.operand(h_prev * m, d).reshape(rows, hidden).T @ d
+                            for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)
+
+
+def _weight_grad_over_batch_shards(h_prev: Array, d_recs: Array, mask, tied: bool) -> Array:
+    """`recurrent_weight_grad` with the batch sharded over an explicit mesh axis: `[T, B]`
+    cannot merge into rows split like the batch, so each product contracts both axes,
+    its sum over the shards replicated."""
+    def product(h, d):
+        return jnp.einsum("tbh,tbk->hk", precision.operand(h, d), d,
+                          out_sharding=PartitionSpec())
+
+    if not is_per_gate(mask):
+        return product(h_prev if mask is None else h_prev * mask, d_recs)
+    gate_masks = (mask.masks if tied
+                  else jnp.swapaxes(mask.masks, 0, 1))  # [G, (T,) B, H]
+    d_blocks = jnp.split(d_recs, len(gate_masks), axis=-1)
+    return jnp.concatenate([product(h_prev * m, d)
                             for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)

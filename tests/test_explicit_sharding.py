@@ -1,0 +1,167 @@
+"""Meshes with explicit axes (`jax.make_mesh(..., axis_types=(AxisType.Explicit,))`):
+`unroll` on batch-sharded inputs gives the unsharded results, its outputs and state
+stay batch-sharded, and a state sharded otherwise than the inputs is refused clearly
+(`rnnreg_jax.explicit_sharding`). Two host devices, in a subprocess (the device count
+is fixed when JAX starts); float64, so the comparison is tight on any CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnreg_jax as rj
+from rnnreg_jax import cells, explicit_sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PRELUDE = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+jax.config.update("jax_enable_x64", True)
+import rnnreg_jax as rj
+from rnnreg_jax import cells
+
+assert jax.device_count() == 2
+mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Explicit,))
+F, H, B, T = 3, 8, 4, 5
+params = [cells.init_params(jax.random.key(i), "lstm", f, H, dtype=jnp.float64)
+          for i, f in enumerate((F, H))]
+x = jax.random.normal(jax.random.key(7), (B, T, F), jnp.float64)
+key = jax.random.key(3)
+REG = (rj.variational(input=0.2, recurrent=0.2, output=0.2)
+       + rj.zoneout(cells=0.3, hiddens=0.1) + rj.weight_drop(0.3))
+
+def loss(impl, reg):
+    def f(p, x):
+        ys, carry = rj.unroll("lstm", p, x, reg=reg, key=key, deterministic=False,
+                              implementation=impl)
+        return jnp.sum(ys ** 2) + sum(jnp.sum(c["h"] * c["c"]) for c in carry), (ys, carry)
+    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
+
+def close(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+def batch_axis(a, axis=0):
+    return jax.typeof(a).sharding.spec[axis]
+
+def check_unroll(reg, impl):
+    want = loss(impl, reg)(params, x)
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        got = jax.jit(loss(impl, reg))(params, xs)
+    close(got, want)
+    (_, (ys, carry)), (_, d_x) = got
+    assert batch_axis(ys) == "data" and batch_axis(d_x) == "data", impl
+    assert {batch_axis(c) for c in jax.tree.leaves(carry)} == {"data"}, impl
+"""
+
+CORE = PRELUDE + """
+for impl in ("fused", "autodiff"):
+    check_unroll(REG, impl)
+
+with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    mine = [jax.device_put(c, NamedSharding(mesh, P("data")))
+            for c in rj.initial_carry("lstm", params, B, dtype=jnp.float64)]
+    got = jax.jit(lambda p, x, c: rj.unroll("lstm", p, x, c)[0])(params, xs, mine)
+    close(got, rj.unroll("lstm", params, x)[0])
+    try:
+        rj.unroll("lstm", params, xs, rj.initial_carry("lstm", params, B, dtype=jnp.float64))
+        raise AssertionError("an unsharded carry was accepted")
+    except ValueError as err:
+        assert "carry['c'] has its batch axis sharded over None" in str(err), err
+    try:
+        rj.unroll("lstm", params[0], xs, implementation="pallas")
+        raise AssertionError("pallas accepted explicit sharding")
+    except ValueError as err:
+        assert "explicit mesh axis" in str(err), err
+
+print("explicit ok")
+"""
+
+EXTRAS = PRELUDE + """
+from rnnreg_jax import bidirectional
+from rnnreg_jax.nn import StackedRNN
+
+for impl in ("fused", "autodiff"):  # per-step masks, one per gate
+    check_unroll(rj.variational(input=0.2, recurrent=0.2, per_gate=True, tie="step"), impl)
+
+bi_params = bidirectional.init_params(jax.random.key(5), "lstm", F, H, dtype=jnp.float64)
+
+def bi_loss(p, x):
+    ys, _ = rj.unroll_bidirectional("lstm", p, x, reg=REG, key=key,
+                                    deterministic=False, implementation="fused")
+    return jnp.sum(ys ** 2)
+
+want = jax.value_and_grad(bi_loss)(bi_params, x)
+with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    got = jax.jit(jax.value_and_grad(bi_loss))(bi_params, xs)
+close(got, want)
+
+layer = StackedRNN((H, H), reg=REG, dtype=None, param_dtype=jnp.float64)
+variables = layer.init(jax.random.key(0), x)
+
+def module_loss(v, x):
+    ys, _ = layer.apply(v, x, deterministic=False, rngs={"dropout": key})
+    return jnp.sum(ys ** 2)
+
+want = jax.value_and_grad(module_loss)(variables, x)
+with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    got = jax.jit(jax.value_and_grad(module_loss))(variables, xs)
+close(got, want)
+print("explicit ok")
+"""
+
+
+def run_on_two_devices(script: str) -> None:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0 and "explicit ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_unroll_under_an_explicit_mesh_matches_the_unsharded_run():
+    """Both backward passes, a stack of two LSTM layers with variational dropout, zoneout
+    and weight drop: value, parameter and input gradients equal the unsharded ones to
+    1e-10 in float64; outputs, final state and input gradient are batch-sharded; a carry
+    the caller shards like the inputs is used as given, an unsharded one is refused; so
+    is the Pallas path."""
+    run_on_two_devices(CORE)
+
+
+@pytest.mark.slow  # a second subprocess, ~15 s on 2 cores
+def test_per_gate_masks_bidirectional_stacks_and_stacked_rnn_under_an_explicit_mesh():
+    """As above for per-step per-gate masks (both backward passes), a bidirectional
+    stack (its zero state sharded too) and the linen `StackedRNN`."""
+    run_on_two_devices(EXTRAS)
+
+
+def test_without_an_explicit_mesh_nothing_is_resharded_or_checked():
+    """No mesh: the zero carry is returned as it is (no reshard traced) and any carry
+    passes the check, whatever its sharding."""
+    x = jnp.ones((5, 4, 3))
+    carry = cells.init_carry("lstm", 4, 8)
+    assert explicit_sharding.axes_of(x, 1) is None
+    assert explicit_sharding.shard_like_batch(carry, x) is carry
+    explicit_sharding.check_carry(carry, x)
+    jaxpr = jax.make_jaxpr(lambda x: explicit_sharding.shard_like_batch(carry, x))(x)
+    assert not jaxpr.eqns
+    params = cells.init_params(jax.random.key(0), "lstm", 3, 8)
+    ys, _ = rj.unroll("lstm", params, x, implementation="fused")
+    assert ys.shape == (5, 4, 8) and np.isfinite(np.asarray(ys)).all()
+
+
+@pytest.mark.parametrize("axis", [0, 1, 5])
+def test_axes_of_is_none_for_unsharded_dimensions(axis):
+    assert explicit_sharding.axes_of(np.zeros((2, 3)), axis) is None
