@@ -121,3 +121,28 @@ def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path,
     for a, b in zip(jax.tree.leaves(_best_params(tmp_path / "wd")),
                     jax.tree.leaves(_best_params(tmp_path / "ref")), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_prune_cut_short_leaves_a_step_resume_skips_and_the_next_prune_removes(tmp_path):
+    # orbax prunes the oldest step by deleting it in place: a kill inside that deletion
+    # leaves it listed with part of its files gone (its pytree metadata, say).
+    import jax.numpy as jnp
+
+    def state(step):
+        return {"step": jnp.asarray(step), "w": jnp.full((3,), float(step))}
+
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+    for step in (4, 6):
+        ckpt.save(state(step), step)
+    ckpt.close()
+    half_deleted = tmp_path / "checkpoints" / "4" / "default"
+    (half_deleted / "_METADATA").unlink()
+
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+    assert sorted(ckpt.latest.all_steps()) == [4, 6]           # still listed
+    restored = ckpt.restore_latest(state(0))
+    assert int(restored["step"]) == 6 and float(restored["w"][0]) == 6.0
+    ckpt.save(state(8), 8)                                     # the next prune
+    assert sorted(ckpt.latest.all_steps()) == [6, 8]
+    assert not (tmp_path / "checkpoints" / "4").exists()
+    ckpt.close()

@@ -70,18 +70,30 @@ def _kill(proc):
 
 
 def _check_all_checkpoints_readable(workdir):
-    """Every step orbax lists restores; returns (steps, leftover temp dirs)."""
+    """Every step orbax lists restores, except possibly the oldest one alone: orbax prunes
+    the oldest step after writing a new one by deleting it in place (`rmtree`, in every
+    0.12 release), so a kill inside that deletion leaves it listed and half gone (seen
+    once: its `_METADATA` already deleted). Writes are atomic, so no other step may be
+    unreadable, and resuming never reads that one (newer ones restore). Returns
+    (readable steps, leftover temp dirs)."""
     import orbax.checkpoint as ocp
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         return [], []
     with ocp.CheckpointManager(directory) as manager:
-        steps = manager.all_steps()
+        steps = sorted(manager.all_steps())
+    readable = []
     for step in steps:
-        tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "default"))
+        try:
+            tree = ocp.StandardCheckpointer().restore(
+                os.path.join(directory, str(step), "default"))
+        except FileNotFoundError:
+            assert step == steps[0] and len(steps) > 1, (step, steps)  # a prune cut short
+            continue
         assert int(np.asarray(tree["step"])) == step
+        readable.append(step)
     temps = [n for n in os.listdir(directory) if "tmp" in n]
-    return sorted(steps), temps
+    return readable, temps
 
 
 def _load(out):

@@ -3,8 +3,11 @@
 Saves are synchronous (exact resume is simpler to reason about) and atomic:
 orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-write leaves no step directory that `all_steps()` lists.
-Restore takes the newest step that actually restores, falling back to older
-ones with a warning if the newest is unreadable.
+Pruning is not atomic: orbax deletes the oldest step in place after writing a new
+one, so a process killed inside that deletion leaves the oldest step listed and
+half deleted; the next prune removes it. Restore takes the newest step that
+actually restores, falling back to older ones with a warning if the newest is
+unreadable, so it never reaches that step while a newer one restores.
 """
 
 from __future__ import annotations
