@@ -114,6 +114,28 @@ class RecurrentOptions(nn.Module):
         return {name: getattr(self, name) for name in OPTION_FIELDS}
 
 
+def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
+    """The stack's widths, bottom first, from an int (one layer) or a sequence."""
+    if isinstance(hidden_sizes, int):
+        return (hidden_sizes,)
+    return tuple(hidden_sizes)
+
+
+def with_regularizer_params(reg: Regularizer, init, layer: int):
+    """`init` plus the parameters `reg` adds to layer `layer` (a learned noise scale,
+    say), drawn from a key of their own so the cell's draws stay as they are."""
+    def with_extra(key):
+        params = init(key)
+        extra = reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
+        clash = sorted(set(extra) & set(params))
+        if clash:
+            raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
+                             "parameter of the cell; name it otherwise.")
+        return {**params, **extra}
+
+    return with_extra
+
+
 OPTION_FIELDS = ("cell", "reg", "init_scale", "unroll", "implementation", "bn_max_steps",
                  "bn_momentum", "recurrent_bias", "forget_bias", "orthogonal_init", "dtype",
                  "param_dtype", "param_axes")
@@ -140,9 +162,7 @@ class StackedRNN(RecurrentOptions):
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        if isinstance(self.hidden_sizes, int):
-            return (self.hidden_sizes,)
-        return tuple(self.hidden_sizes)
+        return layer_sizes(self.hidden_sizes)
 
     def _gates_input_init(self, init, in_size: int, hidden: int):
         """The first layer's init without `w_x`, after checking that the inputs are
@@ -187,7 +207,7 @@ class StackedRNN(RecurrentOptions):
                 self.orthogonal_init)
             if index == 0 and not self.project_first_input:
                 init = self._gates_input_init(init, in_size, hidden)
-            init = self._with_regularizer_params(init, index)
+            init = with_regularizer_params(self.reg, init, index)
             if self.param_axes is not None:
                 init = partitioning.boxed_init(init, self.param_axes)
             params.append(self.param(f"layer_{index}", init))
@@ -214,20 +234,6 @@ class StackedRNN(RecurrentOptions):
                                             seq_lengths).items():
                 self.sow("penalties", name, value)
         return (carry, outputs) if self.carry_first else (outputs, carry)
-
-    def _with_regularizer_params(self, init, layer: int):
-        """`init` plus the parameters the regularizer adds to the layer (a learned noise
-        scale, say), drawn from a key of their own so the cell's draws stay as they are."""
-        def with_extra(key):
-            params = init(key)
-            extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
-            clash = sorted(set(extra) & set(params))
-            if clash:
-                raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
-                                 "parameter of the cell; name it otherwise.")
-            return {**params, **extra}
-
-        return with_extra
 
     def _statistics(self, use_running_average, deterministic):
         """`(running statistics to use, or None for the window's own; variables to update)`
@@ -311,9 +317,7 @@ class Bidirectional(RecurrentOptions):
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        if isinstance(self.hidden_sizes, int):
-            return (self.hidden_sizes,)
-        return tuple(self.hidden_sizes)
+        return layer_sizes(self.hidden_sizes)
 
     @nn.compact
     def __call__(self, inputs: jax.Array, carry=None, deterministic: bool = True,
@@ -362,17 +366,10 @@ class Bidirectional(RecurrentOptions):
     def _direction_params(self, key, input_size: int, hidden: int, layer: int) -> dict:
         """One direction's parameters in `param_dtype` and the regularizer's extra ones
         (their own key, as in `StackedRNN`), boxed by `param_axes`."""
-        def init(key):
-            params = cells.init_params(key, self.cell, input_size, hidden, self.init_scale,
-                                       self.param_dtype, self.recurrent_bias,
-                                       self.orthogonal_init)
-            extra = self.reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
-            clash = sorted(set(extra) & set(params))
-            if clash:
-                raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
-                                 "parameter of the cell; name it otherwise.")
-            return {**params, **extra}
-
+        init = with_regularizer_params(
+            self.reg, lambda key: cells.init_params(
+                key, self.cell, input_size, hidden, self.init_scale, self.param_dtype,
+                self.recurrent_bias, self.orthogonal_init), layer)
         if self.param_axes is not None:
             init = partitioning.boxed_init(init, self.param_axes)
         return init(key)

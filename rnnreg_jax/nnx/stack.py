@@ -112,8 +112,7 @@ class StackedRNN(RecurrentModule):
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
         self.input_size = input_size
-        self.hidden_sizes = ((hidden_sizes,) if isinstance(hidden_sizes, int)
-                             else tuple(hidden_sizes))
+        self.hidden_sizes = nn.layer_sizes(hidden_sizes)
         self.time_major, self.project_first_input = time_major, project_first_input
         self.carry_first = carry_first
         self.rngs = dropout_stream(rngs)
@@ -132,7 +131,7 @@ class StackedRNN(RecurrentModule):
                                          self.orthogonal_init)
             if index == 0 and not project_first_input:
                 init = twin._gates_input_init(init, in_size, hidden)  # noqa: SLF001
-            init = twin._with_regularizer_params(init, index)  # noqa: SLF001
+            init = nn.with_regularizer_params(self.reg, init, index)
             if self.param_axes is not None:
                 init = partitioning.boxed_init(init, self.param_axes)
             drawn.append(init(rngs["params"]()))
