@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, precision, rnn
 from rnnreg_jax import lengths as varlen
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, penalties_of
+from rnnreg_jax.regularizers.base import NONE, Regularizer, penalties_of
 
 Array = jax.Array
 
@@ -241,12 +241,7 @@ def unroll_bidirectional(
         x = _merge(ys, merge, index)
         new_carries.append(finals)
         hiddens.append(ys)
-    width = x.shape[-1]
-    mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
-                                           1, masks_dtype), deterministic)
-    if mask is not None:
-        x = x * mask
-    x = precision.cast(x, dtype)
+    x = rnn.stack_output(reg, key, x, len(layers), cell, deterministic, masks_dtype, dtype)
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [{d: jnp.swapaxes(h[d], 0, 1) for d in DIRECTIONS} for h in hiddens]

@@ -187,6 +187,18 @@ def regularized_layer(
                       forget_bias, dtype, seq_lengths=seq_lengths)
 
 
+def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int, cell: str,
+                 deterministic: bool, masks_dtype: Any, dtype: Any = None) -> Array:
+    """The last layer's time-major outputs `[T, B, W]` through `reg`'s output site
+    (dropout on the stack's output), in the compute `dtype` (None: as they are)."""
+    steps, batch, width = x.shape
+    mask = reg.output_mask(key, LayerShape(num_layers - 1, cell, batch, steps, width, width,
+                                           1, masks_dtype), deterministic)
+    if mask is not None:
+        x = x * mask
+    return precision.cast(x, dtype)
+
+
 def _refuse_batch_statistics(cell, population) -> None:
     if population is None and cells.statistics_of(cell) is not None:
         raise ValueError(f"seq_lengths cannot be used with {cells.cell_name(cell)} "
@@ -322,12 +334,7 @@ def unroll(
         stats.append(layer_stats)
         new_carries.append(c)
         hiddens.append(x)
-    width = x.shape[-1]
-    mask = reg.output_mask(key, LayerShape(len(layers) - 1, cell, batch, steps, width, width,
-                                           1, masks_in), deterministic)
-    if mask is not None:
-        x = x * mask
-    x = precision.cast(x, dtype)
+    x = stack_output(reg, key, x, len(layers), cell, deterministic, masks_in, dtype)
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [jnp.swapaxes(h, 0, 1) for h in hiddens]
