@@ -157,11 +157,7 @@ def forward_kernel(plan: Plan, layout: dict, fields: tuple[str, ...], save: bool
                 new_state[f].append(new[f])
         return new_state
 
-    init = {f: [inputs[f"carry_{f}"][:, tiles.cols(n)] for n in chunks] for f in fields}
-    final = jax.lax.fori_loop(0, steps, body, init)
-    for f in fields:
-        for n in chunks:
-            outputs[f"final_{f}"][:, tiles.cols(n)] = final[f][n]
+    _loop_over_time(tiles, chunks, fields, steps, body, inputs, "carry_", outputs, "final_")
 
 
 def backward_kernel(plan: Plan, layout: dict, fields: tuple[str, ...], precision,
@@ -215,11 +211,20 @@ def backward_kernel(plan: Plan, layout: dict, fields: tuple[str, ...], precision
             new_d["h"][k] = new_d["h"][k] + total.astype(new_d["h"][k].dtype)
         return new_d
 
-    init = {f: [inputs[f"ct_final_{f}"][:, tiles.cols(n)] for n in chunks] for f in fields}
+    _loop_over_time(tiles, chunks, fields, steps, body, inputs, "ct_final_", outputs,
+                    "d_carry_")
+
+
+def _loop_over_time(tiles: _Tiles, chunks, fields, steps: int, body, inputs: dict,
+                    read: str, outputs: dict, write: str) -> None:
+    """`body` over the steps from the state tiles in `inputs[read + field]`, the final
+    ones written to `outputs[write + field]` (the state or its cotangent, per column
+    tile)."""
+    init = {f: [inputs[f"{read}{f}"][:, tiles.cols(n)] for n in chunks] for f in fields}
     final = jax.lax.fori_loop(0, steps, body, init)
     for f in fields:
         for n in chunks:
-            outputs[f"d_carry_{f}"][:, tiles.cols(n)] = final[f][n]
+            outputs[f"{write}{f}"][:, tiles.cols(n)] = final[f][n]
 
 
 def _block_spec(shape: tuple[int, ...], batch_axis: int | None, batch_block: int):
