@@ -31,6 +31,27 @@ def bias_init(scale: float | None, orthogonal: bool = False):
     return nn.initializers.zeros if orthogonal else uniform_init(scale)
 
 
+HEAD_INITS = (None, "glorot_uniform")
+
+
+def head_initializers(head_init: str | None, orthogonal: bool) -> dict:
+    """`nn.Dense` initializers of a sequence model's head: Flax's default (LeCun normal
+    kernel, zero bias), orthogonal with zero bias beside `orthogonal_init` (the zoneout
+    authors), or Glorot uniform with zero bias (`"glorot_uniform"`, Keras 0.x's `Dense`
+    default, which Gal's sentiment code used)."""
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
+    if head_init is not None and orthogonal:
+        raise ValueError("orthogonal_init already makes the head orthogonal; leave head_init "
+                         "unset with it.")
+    if orthogonal:
+        return dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
+    if head_init == "glorot_uniform":
+        return dict(kernel_init=nn.initializers.glorot_uniform(),
+                    bias_init=nn.initializers.zeros)
+    return {}
+
+
 def uniform_init(scale: float | None):
     """Flax initializer: uniform in [-scale, scale] (None: lecun normal)."""
     if scale is None:
@@ -137,14 +158,16 @@ class SequenceModel(RecurrentOptions):
       hidden_sizes: recurrent widths.
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
-      and the keyword-only `nn.RecurrentOptions` (the head keeps Flax's default init
-      unless `orthogonal_init`).
+      head_init: None (Flax's default, or orthogonal under `orthogonal_init`) or
+        "glorot_uniform" (`head_initializers`).
+      and the keyword-only `nn.RecurrentOptions`.
     """
 
     num_outputs: int
     hidden_sizes: Sequence[int]
     vocab_size: int | None = None
     embed_size: int = 128
+    head_init: str | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,
@@ -171,7 +194,6 @@ class SequenceModel(RecurrentOptions):
         y, _ = StackedRNN(tuple(self.hidden_sizes), **self.recurrent_options(),
                           name="rnn")(x, None, deterministic, use_running_average,
                                       seq_lengths=seq_lengths)
-        head = (dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
-                if self.orthogonal_init else {})
+        head = head_initializers(self.head_init, self.orthogonal_init)
         return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="head", **head)(lengths.last_valid(y, seq_lengths))

@@ -140,7 +140,7 @@ BAD_ARGUMENTS = [
      "tie must be one of"),
     ("unknown tie no rates", lambda: variational(embedding=0.2, tie="foo"), "tie must be one of"),
     ("unknown tie semeniuta", lambda: recurrent_dropout(0.1, tie="batch"), "tie must be one of"),
-    ("unknown tie zoneout", lambda: zoneout(0.1, tie="foo"), "zoneout_tie must be one of"),
+    ("unknown tie zoneout", lambda: zoneout(0.1, tie="foo"), "Zoneout's tie must be one of"),
     ("unknown tie MaskSpec", lambda: MaskSpec(0.1, "foo"), "tie must be one of"),
     ("per_gate on output", lambda: dropout("output", 0.1, per_gate=True), "per_gate"),
     ("shared zoneout unequal", lambda: zoneout(0.5, 0.1, shared=True), "cells == hiddens"),

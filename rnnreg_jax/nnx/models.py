@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen
 import jax
 from flax import nnx
 
@@ -126,6 +125,7 @@ class SequenceModel(RecurrentModule):
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
       input_size: F of float inputs `[B, T, F]` (when `vocab_size` is None).
+      head_init: as linen's (`models.head_initializers`).
       deterministic, use_running_average, rngs, **options: as `LanguageModel` takes them
         (`init_scale` None by default, as in linen).
     """
@@ -134,7 +134,8 @@ class SequenceModel(RecurrentModule):
 
     def __init__(self, num_outputs: int, hidden_sizes: Sequence[int], *,
                  vocab_size: int | None = None, embed_size: int = 128,
-                 input_size: int | None = None, deterministic: bool = False,
+                 input_size: int | None = None, head_init: str | None = None,
+                 deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
         if (vocab_size is None) == (input_size is None):
@@ -153,8 +154,7 @@ class SequenceModel(RecurrentModule):
                               deterministic=deterministic,
                               use_running_average=use_running_average,
                               rngs=params_only(rngs), **self.recurrent_options())
-        head = (dict(kernel_init=flax.linen.initializers.orthogonal(),
-                     bias_init=flax.linen.initializers.zeros) if ortho else {})
+        head = models.head_initializers(head_init, ortho)
         self.head = nnx.Linear(self.hidden_sizes[-1], num_outputs, dtype=self.dtype,
                                param_dtype=self.param_dtype, rngs=rngs, **head)
 
@@ -185,8 +185,8 @@ class SequenceModel(RecurrentModule):
         if module.vocab_size is None:
             input_size = variables["params"]["rnn"]["layer_0"]["w_x"].shape[0]
         return cls(module.num_outputs, module.hidden_sizes, vocab_size=module.vocab_size,
-                   embed_size=module.embed_size, input_size=input_size, rngs=rngs,
-                   **linen_options(module))
+                   embed_size=module.embed_size, input_size=input_size,
+                   head_init=module.head_init, rngs=rngs, **linen_options(module))
 
 
 def embedding(vocab_size: int, width: int, init, dtype: Any, param_dtype: Any,

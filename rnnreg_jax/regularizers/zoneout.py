@@ -35,7 +35,7 @@ class Zoneout(Family):
     def __post_init__(self):
         check_rate(self.cells, "Zoneout (cells)", allow_one=True)
         check_rate(self.hiddens, "Zoneout (hiddens)", allow_one=True)
-        check_tie(self.tie, "zoneout_tie")
+        check_tie(self.tie, "Zoneout's tie")
 
     @property
     def active(self):
