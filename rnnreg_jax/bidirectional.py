@@ -154,7 +154,9 @@ def _check_carries(carry: Any, num_layers: int) -> list[dict]:
     return carries
 
 
-def _check_cell(cell: Any) -> None:
+def check_cell(cell: Any) -> None:
+    """ValueError unless `cell` can run in both directions (no running statistics or
+    auxiliary outputs, which follow one direction of time)."""
     cells.check_cell_type(cell)
     if cells.statistics_of(cell) is not None or cells.has_aux_output(cell):
         raise ValueError(f"Bidirectional stacks take cells without running statistics or "
@@ -210,7 +212,7 @@ def unroll_bidirectional(
       T, H]}` in the inputs' layout and time order (the backward output at t is its
       state after reading step t).
     """
-    _check_cell(cell)
+    check_cell(cell)
     check_merge(merge)
     layers = _check_params(params)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)

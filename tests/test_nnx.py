@@ -130,6 +130,38 @@ def test_stacked_rnn_matches_linen_with_lengths():
     assert_same_as_linen(linen, variables, (x,), rnx.StackedRNN, seq_lengths=LENGTHS)
 
 
+@pytest.mark.parametrize("cell,merge", [("lstm", "concat"), ("gru", "sum")])
+def test_bidirectional_matches_linen(cell, merge):
+    """Both directions, a given carry, padded windows and every penalty, as linen's."""
+    reg = STACK_REG + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.1) + (
+        rj.temporal_activation_regularization(1.0))
+    linen = linen_nn.Bidirectional((5, 4), merge=merge, cell=cell, reg=reg)
+    x = floats((B, T, F))
+    variables = linen.init(jax.random.key(0), x)
+    carry = jax.tree.map(lambda a: a + 0.3, linen.initial_carry(B))
+    assert_same_as_linen(linen, variables, (x, carry), rnx.Bidirectional,
+                         seq_lengths=LENGTHS)
+
+
+def test_bidirectional_layout_options_and_refusal():
+    """The NNX stack's own draw has linen's paths and shapes, `to_linen` gives a linen
+    module computing the same, `carry_first` swaps the results, and a cell with running
+    statistics is refused in one sentence, as in linen."""
+    model = rnx.Bidirectional(F, (5, 4), carry_first=True, rngs=nnx.Rngs(0))
+    linen = linen_nn.Bidirectional((5, 4), carry_first=True)
+    x = floats((B, T, F))
+    shapes = jax.tree.map(jnp.shape, linen.init(jax.random.key(0), x)["params"])
+    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(model, nnx.Param))) == shapes
+    carry, ys = model(x, deterministic=True)
+    assert ys.shape == (B, T, 8) and set(carry[1]) == {"forward", "backward"}
+    module, variables = model.to_linen()
+    expected_carry, expected = module.apply(variables, x)
+    np.testing.assert_array_equal(ys, expected)
+    nm.assert_trees_close_f32(carry, expected_carry)
+    with pytest.raises(ValueError, match="Bidirectional stacks take cells without running"):
+        rnx.Bidirectional(F, 4, cell="lstm_bn", rngs=nnx.Rngs(0))
+
+
 def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))

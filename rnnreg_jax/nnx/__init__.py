@@ -1,5 +1,5 @@
 """Flax NNX modules over the pure core: the twins of the linen `nn.StackedRNN`,
-`models.LanguageModel` and `models.SequenceModel` (docs/NNX.md).
+`nn.Bidirectional`, `models.LanguageModel` and `models.SequenceModel` (docs/NNX.md).
 
     from flax import nnx
     from rnnreg_jax import nnx as rnx
@@ -17,9 +17,11 @@ the same masks in both. `mc_samples` / `mc_log_probs` run MC dropout.
 """
 
 from rnnreg_jax.nnx.base import SUPPORTED_OPTIONS, RecurrentModule, linen_key
+from rnnreg_jax.nnx.bidirectional import Bidirectional, DirectionPair
 from rnnreg_jax.nnx.mc import mc_log_probs, mc_samples
 from rnnreg_jax.nnx.models import LanguageModel, SequenceModel
 from rnnreg_jax.nnx.stack import LayerParams, StackedRNN
 
-__all__ = ["SUPPORTED_OPTIONS", "LanguageModel", "LayerParams", "RecurrentModule",
-           "SequenceModel", "StackedRNN", "linen_key", "mc_log_probs", "mc_samples"]
+__all__ = ["SUPPORTED_OPTIONS", "Bidirectional", "DirectionPair", "LanguageModel",
+           "LayerParams", "RecurrentModule", "SequenceModel", "StackedRNN", "linen_key",
+           "mc_log_probs", "mc_samples"]
