@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, lengths, noise, precision
+from rnnreg_jax import cells, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
 
 
@@ -35,10 +35,10 @@ HEAD_INITS = (None, "glorot_uniform")
 
 
 def head_initializers(head_init: str | None, orthogonal: bool) -> dict:
-    """`nn.Dense` initializers of a sequence model's head: Flax's default (LeCun normal
-    kernel, zero bias), orthogonal with zero bias beside `orthogonal_init` (the zoneout
-    authors), or Glorot uniform with zero bias (`"glorot_uniform"`, Keras 0.x's `Dense`
-    default, which Gal's sentiment code used)."""
+    """`nn.Dense` initializers of a sequence model's head: `nn.Dense`'s own defaults (LeCun
+    normal kernel, zero bias), orthogonal with zero bias beside `orthogonal_init` (the
+    zoneout authors), or Glorot uniform with zero bias (`"glorot_uniform"`, Keras 0.x's
+    `Dense` default, which Gal's sentiment code used)."""
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
     if head_init is not None and orthogonal:
@@ -49,7 +49,18 @@ def head_initializers(head_init: str | None, orthogonal: bool) -> dict:
     if head_init == "glorot_uniform":
         return dict(kernel_init=nn.initializers.glorot_uniform(),
                     bias_init=nn.initializers.zeros)
-    return {}
+    return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+
+
+def language_model_arrays(tie_embeddings: bool) -> tuple[str, ...]:
+    """The paths of a language model's own arrays (`param_axes` may name them)."""
+    return ("embed/embedding",) + (("softmax_bias",) if tie_embeddings
+                                   else ("softmax/kernel", "softmax/bias"))
+
+
+def sequence_model_arrays(vocab_size: int | None) -> tuple[str, ...]:
+    """The paths of a sequence model's own arrays (`param_axes` may name them)."""
+    return ("embed/embedding",) * (vocab_size is not None) + ("head/kernel", "head/bias")
 
 
 def uniform_init(scale: float | None):
@@ -115,9 +126,13 @@ class LanguageModel(RecurrentOptions):
         if self.embed_to_gates:
             embed_size = cells.num_gates(self.cell) * self.hidden_sizes[0]
         ortho = self.orthogonal_init
+        own, stack_axes = partitioning.split_model_axes(self.param_axes)
+        partitioning.check_model_names(own, language_model_arrays(self.tie_embeddings))
+        boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         embed = nn.Embed(self.vocab_size, embed_size,
-                         embedding_init=weight_init(self.init_scale, ortho), dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="embed")
+                         embedding_init=boxed(weight_init(self.init_scale, ortho),
+                                              "embed/embedding"),
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
         x = embed(ids)
         key = None
         if not deterministic and self.reg.embedding_noise:
@@ -128,20 +143,24 @@ class LanguageModel(RecurrentOptions):
             x = x * mask
         y, carry = StackedRNN(tuple(self.hidden_sizes),
                               project_first_input=not self.embed_to_gates,
-                              **self.recurrent_options(),
+                              **dict(self.recurrent_options(), param_axes=stack_axes),
                               name="rnn")(x, carry, deterministic, use_running_average,
                                           seq_lengths=seq_lengths)
         if self.tie_embeddings:
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
                                  f"embed_size ({y.shape[-1]} != {embed_size}).")
-            bias = self.param("softmax_bias", bias_init(self.init_scale, ortho),
+            bias = self.param("softmax_bias",
+                              boxed(bias_init(self.init_scale, ortho), "softmax_bias"),
                               (self.vocab_size,), self.param_dtype)
             logits = embed.attend(y) + precision.cast(bias, self.dtype)
         else:
-            logits = nn.Dense(self.vocab_size, kernel_init=weight_init(self.init_scale, ortho),
-                              bias_init=bias_init(self.init_scale, ortho), dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="softmax")(y)
+            logits = nn.Dense(self.vocab_size,
+                              kernel_init=boxed(weight_init(self.init_scale, ortho),
+                                                "softmax/kernel"),
+                              bias_init=boxed(bias_init(self.init_scale, ortho), "softmax/bias"),
+                              dtype=self.dtype, param_dtype=self.param_dtype,
+                              name="softmax")(y)
         return logits, carry
 
 
@@ -180,9 +199,14 @@ class SequenceModel(RecurrentOptions):
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
         x = inputs
+        own, stack_axes = partitioning.split_model_axes(self.param_axes)
+        partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
+        boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         if self.vocab_size is not None:
             x = nn.Embed(self.vocab_size, self.embed_size,
-                         embedding_init=weight_init(self.init_scale or 0.05, self.orthogonal_init),
+                         embedding_init=boxed(weight_init(self.init_scale or 0.05,
+                                                          self.orthogonal_init),
+                                              "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(x)
             key = None
             if not deterministic and self.reg.embedding_noise:
@@ -191,9 +215,11 @@ class SequenceModel(RecurrentOptions):
                                         precision.mask_dtype(x.dtype))
             if mask is not None:
                 x = x * mask
-        y, _ = StackedRNN(tuple(self.hidden_sizes), **self.recurrent_options(),
-                          name="rnn")(x, None, deterministic, use_running_average,
-                                      seq_lengths=seq_lengths)
+        stack = StackedRNN(tuple(self.hidden_sizes),
+                           **dict(self.recurrent_options(), param_axes=stack_axes), name="rnn")
+        y, _ = stack(x, None, deterministic, use_running_average, seq_lengths=seq_lengths)
         head = head_initializers(self.head_init, self.orthogonal_init)
+        head = dict(kernel_init=boxed(head["kernel_init"], "head/kernel"),
+                    bias_init=boxed(head["bias_init"], "head/bias"))
         return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="head", **head)(lengths.last_valid(y, seq_lengths))

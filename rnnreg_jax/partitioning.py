@@ -12,6 +12,11 @@ takes (`{"w_x", "w_h", "b", ...}`), so Flax's per-param initializer wrappers
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     params = jax.device_put(nn.unbox(variables), shardings)
 
+The task models (`models.LanguageModel`, `models.SequenceModel`) also take names for
+their own arrays, by path (`MODEL_ARRAYS`): `"embed/embedding": ("vocab", "embed")`,
+`"softmax/kernel": ("embed", "vocab")` shard a large vocabulary, say; the rest of
+`param_axes` goes to the stack.
+
 Boxing changes neither the paths of the parameter tree (`nn.unbox(variables)` is the
 tree of the unboxed model, `layer_<l>/w_h`) nor the values: the arrays are drawn as
 before and only wrapped. Arrays without names stay plain (replicated).
@@ -59,6 +64,44 @@ def boxed_init(init: Callable[[Any], dict], param_axes) -> Callable[[Any], dict]
                                  f"{name} has {params[name].ndim} ({params[name].shape}).")
             params[name] = nn.LogicallyPartitioned(params[name], names)
         return params
+
+    return boxed
+
+
+# The task models' own arrays, by their path in the model's `params` tree.
+MODEL_ARRAYS = ("embed/embedding", "softmax/kernel", "softmax/bias", "softmax_bias",
+                "head/kernel", "head/bias")
+
+
+def split_model_axes(param_axes) -> tuple[dict[str, tuple], tuple | None]:
+    """`param_axes` of a task model split into `(names of the model's own arrays, the
+    stack's param_axes as (name, axes) pairs or None)`."""
+    if param_axes is None:
+        return {}, None
+    axes = axes_of(param_axes)
+    rest = tuple((name, names) for name, names in axes.items() if name not in MODEL_ARRAYS)
+    return {name: names for name, names in axes.items() if name in MODEL_ARRAYS}, rest or None
+
+
+def check_model_names(own: dict, present: tuple[str, ...]) -> None:
+    """Raise if `own` names a model array this model does not have."""
+    unknown = sorted(set(own) - set(present))
+    if unknown:
+        raise ValueError(f"param_axes names {unknown[0]!r}, which this model does not have; "
+                         f"its own arrays are {list(present)}.")
+
+
+def boxed_array_init(init: Callable, names: tuple | None, path: str) -> Callable:
+    """A Flax initializer `(key, shape, dtype) -> array` whose array is boxed in
+    `nn.LogicallyPartitioned` with `names` (unchanged when `names` is None)."""
+    if names is None:
+        return init
+
+    def boxed(key, shape, *args, **kwargs):
+        if len(names) != len(shape):
+            raise ValueError(f"param_axes[{path!r}] names {len(names)} axes, but {path} has "
+                             f"{len(shape)} ({tuple(shape)}).")
+        return nn.LogicallyPartitioned(init(key, shape, *args, **kwargs), names)
 
     return boxed
 

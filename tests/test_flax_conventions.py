@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import rnnreg_jax as rj
-from rnnreg_jax.models import LanguageModel
+from rnnreg_jax.models import LanguageModel, SequenceModel
 from rnnreg_jax.nn import RecurrentLayer, StackedRNN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +62,47 @@ def test_param_axes_errors_and_layers_without_an_array():
         StackedRNN(4, param_axes=3).init(jax.random.key(0), inputs())
 
 
+MODEL_AXES = {"embed/embedding": ("vocab", "embed"), "softmax/kernel": ("embed", "vocab"),
+              "softmax/bias": ("vocab",), "w_h": ("hidden", "gates")}
+
+
+def test_param_axes_name_the_task_models_own_arrays():
+    """A model's own arrays (`partitioning.MODEL_ARRAYS`, by path) get their specs, the
+    rest of `param_axes` goes to the stack; values and paths are those drawn without
+    names; naming an array the model does not have, or the wrong number of axes, is a
+    one-sentence error."""
+    ids = np.zeros((2, 3), np.int32)
+    model = LanguageModel(12, (4, 4), embed_size=4, param_axes=MODEL_AXES)
+    variables = model.init(jax.random.key(0), ids)
+    specs = nn.get_partition_spec(variables)["params"]
+    assert specs["embed"]["embedding"] == P("vocab", "embed")
+    assert specs["softmax"]["kernel"] == P("embed", "vocab") and specs["softmax"]["bias"] == P(
+        "vocab")
+    assert specs["rnn"]["layer_1"]["w_h"] == P("hidden", "gates")
+    assert specs["rnn"]["layer_1"]["w_x"] == P()
+    plain = LanguageModel(12, (4, 4), embed_size=4).init(jax.random.key(0), ids)
+    jax.tree.map(np.testing.assert_array_equal, nn.unbox(variables), plain)
+    tied = LanguageModel(12, (4, 4), embed_size=4, tie_embeddings=True,
+                         param_axes={"softmax_bias": ("vocab",)})
+    assert nn.get_partition_spec(tied.init(jax.random.key(0), ids))["params"][
+        "softmax_bias"] == P("vocab")
+    sequence = SequenceModel(2, (4,), vocab_size=12, embed_size=3,
+                             param_axes={"head/kernel": ("hidden", None),
+                                         "embed/embedding": ("vocab", None)})
+    seq_specs = nn.get_partition_spec(sequence.init(jax.random.key(0), ids))["params"]
+    assert seq_specs["head"]["kernel"] == P("hidden", None) and seq_specs["head"]["bias"] == P()
+    assert seq_specs["embed"]["embedding"] == P("vocab", None)
+    with pytest.raises(ValueError, match="names 'softmax/kernel', which this model does not"):
+        LanguageModel(12, (4,), tie_embeddings=True, embed_size=4,
+                      param_axes={"softmax/kernel": ("a", "b")}).init(jax.random.key(0), ids)
+    with pytest.raises(ValueError, match="names 'embed/embedding', which this model does not"):
+        SequenceModel(2, (4,), param_axes={"embed/embedding": ("a", "b")}).init(
+            jax.random.key(0), inputs())
+    with pytest.raises(ValueError, match=r"param_axes\['softmax/bias'\] names 2 axes"):
+        LanguageModel(12, (4,), param_axes={"softmax/bias": ("a", "b")}).init(
+            jax.random.key(0), ids)
+
+
 SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
     import rnnreg_jax as rj
@@ -88,6 +129,28 @@ SHARDED = textwrap.dedent("""
     want = jax.value_and_grad(loss)(params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+    # a language model whose embedding and softmax are sharded over the vocabulary
+    from rnnreg_jax.models import LanguageModel
+    lm = LanguageModel(12, (8,), embed_size=8, param_axes={model_axes!r},
+                       reg=rj.variational(input=0.2, recurrent=0.2, embedding=0.1))
+    ids = jax.random.randint(jax.random.key(2), (4, 5), 0, 12)
+    lm_vars = lm.init(jax.random.key(0), ids)
+    lm_rules = (("vocab", "model"), ("embed", None), ("hidden", None), ("gates", None))
+    lm_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(lm_vars), mesh, lm_rules)
+    lm_params = nn.unbox(lm_vars)
+    lm_sharded = jax.device_put(lm_params, lm_shardings)
+    table = lm_sharded["params"]["embed"]["embedding"]
+    assert {{s.data.shape for s in table.addressable_shards}} == {{(3, 8)}}, table.sharding
+
+    def lm_loss(p):
+        logits, _ = lm.apply(p, ids, deterministic=False, rngs={{"dropout": jax.random.key(3)}})
+        return jnp.sum(jax.nn.log_softmax(logits) ** 2)
+
+    got = jax.jit(jax.value_and_grad(lm_loss))(lm_sharded)
+    want = jax.value_and_grad(lm_loss)(lm_params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     print("sharded ok")
 """)
 
@@ -97,7 +160,8 @@ def test_a_model_sharded_by_its_param_axes_runs_on_four_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", SHARDED.format(axes=AXES, rules=RULES)],
+    out = subprocess.run([sys.executable, "-c", SHARDED.format(axes=AXES, rules=RULES,
+                                                                model_axes=MODEL_AXES)],
                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and "sharded ok" in out.stdout, out.stderr[-3000:]
 

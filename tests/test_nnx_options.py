@@ -165,6 +165,37 @@ def test_param_axes_give_linens_partition_specs():
         rnx.StackedRNN(F, 4, param_axes={"b": ("gates", "hidden")}, rngs=nnx.Rngs(0))
 
 
+def test_param_axes_of_the_models_own_arrays_match_linen():
+    """Names of the embedding, softmax (untied and tied) and head arrays: the NNX models'
+    specs are linen's, for models built here and moved from linen; values unchanged."""
+    untied = dict(AXES, **{"embed/embedding": ("vocab", "embed"),
+                           "softmax/kernel": ("embed", "vocab"), "softmax/bias": ("vocab",)})
+    cases = [
+        (models.LanguageModel(V, (5,), embed_size=5, param_axes=tuple(untied.items())),
+         lambda **kw: rnx.LanguageModel(V, (5,), embed_size=5, **kw), untied, ids()),
+        (models.LanguageModel(V, (5,), embed_size=5, tie_embeddings=True,
+                              param_axes=(("softmax_bias", ("vocab",)),)),
+         lambda **kw: rnx.LanguageModel(V, (5,), embed_size=5, tie_embeddings=True, **kw),
+         {"softmax_bias": ("vocab",)}, ids()),
+        (models.SequenceModel(3, (4,), vocab_size=V, embed_size=5,
+                              param_axes=(("head/kernel", ("hidden", None)),)),
+         lambda **kw: rnx.SequenceModel(3, (4,), vocab_size=V, embed_size=5, **kw),
+         {"head/kernel": ("hidden", None)}, ids()),
+    ]
+    for linen, build, axes, inputs in cases:
+        variables = linen.init(jax.random.key(0), inputs)
+        expected = flax_nn.get_partition_spec(variables)["params"]
+        moved = type(build(rngs=nnx.Rngs(0))).from_linen(linen, variables)
+        built = build(param_axes=axes, rngs=nnx.Rngs(params=0))
+        for model in (moved, built):
+            specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+            assert nnx.to_pure_dict(specs) == expected
+        jax.tree.map(np.testing.assert_array_equal, param_state(built),
+                     param_state(build(rngs=nnx.Rngs(params=0))))
+    with pytest.raises(ValueError, match="names 'head/kernel', which this model does not"):
+        rnx.LanguageModel(V, (5,), param_axes={"head/kernel": ("a", "b")}, rngs=nnx.Rngs(0))
+
+
 def test_param_axes_shard_an_nnx_jit_call():
     """The specs place the parameters under Flax's logical axis rules (a one-device mesh
     here), and the sharded model runs under `nnx.jit` as the unsharded one does."""

@@ -13,15 +13,16 @@ from typing import Any
 import jax
 from flax import nnx
 
-from rnnreg_jax import cells, lengths, models, noise, precision
+from rnnreg_jax import cells, lengths, models, noise, partitioning, precision
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
+    get_value,
     linen_key,
     linen_options,
     params_only,
 )
-from rnnreg_jax.nnx.stack import StackedRNN
+from rnnreg_jax.nnx.stack import StackedRNN, as_param
 
 
 class LanguageModel(RecurrentModule):
@@ -57,12 +58,14 @@ class LanguageModel(RecurrentModule):
             raise ValueError("tie_embeddings needs the last hidden size to equal "
                              f"embed_size ({self.hidden_sizes[-1]} != {width}).")
         scale, ortho = self.init_scale, self.orthogonal_init
+        own, stack_axes = partitioning.split_model_axes(self.param_axes)
+        partitioning.check_model_names(own, models.language_model_arrays(tie_embeddings))
         self.embed = embedding(vocab_size, width, models.weight_init(scale, ortho), self.dtype,
                                self.param_dtype, rngs)
         self.rnn = StackedRNN(width, self.hidden_sizes, project_first_input=not embed_to_gates,
                               deterministic=deterministic,
-                              use_running_average=use_running_average,
-                              rngs=params_only(rngs), **self.recurrent_options())
+                              use_running_average=use_running_average, rngs=params_only(rngs),
+                              **dict(self.recurrent_options(), param_axes=stack_axes))
         if tie_embeddings:
             self.softmax_bias = nnx.Param(models.bias_init(scale, ortho)(
                 rngs["params"](), (vocab_size,), self.param_dtype))
@@ -72,6 +75,7 @@ class LanguageModel(RecurrentModule):
                                       bias_init=models.bias_init(scale, ortho),
                                       dtype=self.dtype, param_dtype=self.param_dtype,
                                       rngs=rngs)
+        name_axes(self, own)
 
     def __call__(self, ids: jax.Array, carry=None, *, deterministic: bool | None = None,
                  use_running_average: bool | None = None, rngs: Any = None,
@@ -145,6 +149,8 @@ class SequenceModel(RecurrentModule):
         self.vocab_size, self.embed_size, self.input_size = vocab_size, embed_size, input_size
         self.rngs = dropout_stream(rngs)
         ortho = self.orthogonal_init
+        own, stack_axes = partitioning.split_model_axes(self.param_axes)
+        partitioning.check_model_names(own, models.sequence_model_arrays(vocab_size))
         self.embed = nnx.data(None)
         if vocab_size is not None:
             self.embed = embedding(vocab_size, embed_size,
@@ -152,11 +158,12 @@ class SequenceModel(RecurrentModule):
                                    self.dtype, self.param_dtype, rngs)
         self.rnn = StackedRNN(input_size or embed_size, self.hidden_sizes,
                               deterministic=deterministic,
-                              use_running_average=use_running_average,
-                              rngs=params_only(rngs), **self.recurrent_options())
+                              use_running_average=use_running_average, rngs=params_only(rngs),
+                              **dict(self.recurrent_options(), param_axes=stack_axes))
         head = models.head_initializers(head_init, ortho)
         self.head = nnx.Linear(self.hidden_sizes[-1], num_outputs, dtype=self.dtype,
                                param_dtype=self.param_dtype, rngs=rngs, **head)
+        name_axes(self, own)
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None,
                  use_running_average: bool | None = None, rngs: Any = None,
@@ -187,6 +194,21 @@ class SequenceModel(RecurrentModule):
         return cls(module.num_outputs, module.hidden_sizes, vocab_size=module.vocab_size,
                    embed_size=module.embed_size, input_size=input_size,
                    head_init=module.head_init, rngs=rngs, **linen_options(module))
+
+
+def name_axes(model: nnx.Module, own: dict) -> None:
+    """Give the model's own arrays that `param_axes` names (`own`: path -> axis names,
+    `partitioning.split_model_axes`) those names as `out_sharding` metadata, as the
+    stack's arrays get theirs; values unchanged."""
+    for path, names in own.items():
+        *parents, attribute = path.split("/")
+        owner = model
+        for parent in parents:
+            owner = getattr(owner, parent)
+        value = get_value(getattr(owner, attribute))
+        boxed = partitioning.boxed_array_init(lambda *_, v=value: v, names, path)(None,
+                                                                          value.shape)
+        setattr(owner, attribute, as_param(boxed))
 
 
 def embedding(vocab_size: int, width: int, init, dtype: Any, param_dtype: Any,
