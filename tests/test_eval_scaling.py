@@ -18,6 +18,7 @@ import rnnreg_jax as rj
 from rnnreg_jax import cells, models, noise, rnn
 from rnnreg_jax.bidirectional import unroll_bidirectional
 from rnnreg_jax.regularizers.embedding import EmbeddingScale, embedding_at_evaluation
+from rnnreg_jax.train import steps
 
 B, T, F, H, V = 3, 5, 4, 5, 7
 RATE = 0.3
@@ -300,6 +301,16 @@ def test_mc_without_embedding_dropout_holds_the_classic_one_at_q():
     inverted = rj.variational(input=RATE, embedding=RATE)
     assert embedding_at_evaluation(inverted) == rj.variational(input=RATE)
     assert embedding_at_evaluation(rest) == rest
+    # the evaluator's MC model: with only the classic embedding dropout, its training-mode
+    # pass is the evaluation
+    model = models.LanguageModel(V, (H,), embed_size=F,
+                                 reg=rj.embedding_dropout(RATE, eval_scaling=True))
+    mc_model = steps.without_embedding_dropout(model)
+    with nm.x64():
+        ids = jax.random.randint(jax.random.key(3), (B, T), 0, V)
+        variables = nm.as_f64(model.init(jax.random.key(0), ids))
+        close(mc_model.apply(variables, ids, deterministic=False)[0],
+              model.apply(variables, ids, deterministic=True)[0])
 
 
 def test_zero_rates_ignore_the_option_and_conflicts_are_refused():
@@ -321,3 +332,26 @@ def test_zero_rates_ignore_the_option_and_conflicts_are_refused():
             == rj.embedding_dropout(RATE, eval_scaling=True))
     with pytest.raises(ValueError, match="set twice"):
         rj.embedding_dropout(RATE, eval_scaling=True) + rj.embedding_dropout(0.2)
+
+
+def test_the_config_field_appears_and_runs_recorded_without_it_rebuild_unchanged():
+    import json
+
+    from experiments import report
+    from experiments.configs import common, ptb
+
+    reg = common.reg_config(variational=dict(input=RATE, embedding=0.2, eval_scaling=True))
+    assert reg.dropout.eval_scaling is False
+    assert common.regularization(reg) == rj.variational(input=RATE, embedding=0.2,
+                                                        eval_scaling=True)
+    config = json.loads(json.dumps(ptb.variational_medium().to_dict()))
+    config["preset"] = "variational_medium"
+    for name in ("variational", "dropout"):  # a run recorded before the field existed
+        del config["reg"][name]["eval_scaling"]
+    assert (common.regularization(config["reg"])
+            == common.regularization(ptb.variational_medium().reg))
+    run = report.Run(workdir="w", task="ptb", command="ptb.py --config=variational_medium",
+                     config=config, events=[])
+    assert report.flags_since_changed(run) == []
+    config["reg"]["variational"]["eval_scaling"] = True  # a run with it on
+    assert report.flags_since_changed(run) == ["--config.reg.variational.eval_scaling=True"]
