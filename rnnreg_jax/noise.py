@@ -135,7 +135,8 @@ def dropout_mask(key: Array, spec, shape: tuple[int, ...], steps: int,
     quantized (`quantize_probability`, within 2^-17).
 
     Values are exactly 0 or 1/q, so `E[m] = 1` and evaluation (no mask) is the
-    expectation.
+    expectation. With `spec.eval_scaling` (classic dropout) the mask is `keep` itself,
+    the same bits unscaled, and evaluation multiplies by q instead.
 
     Returns:
       `[*shape]` (tied) or `[T, *shape]` (per step), with a gate axis before the
@@ -144,6 +145,8 @@ def dropout_mask(key: Array, spec, shape: tuple[int, ...], steps: int,
     """
     full = (num_gates, *shape) if spec.per_gate else shape
     keep = bernoulli(key, 1.0 - spec.rate, full, spec.tie, steps, dtype)
+    if getattr(spec, "eval_scaling", False):
+        return keep
     return keep / quantize_probability(1.0 - spec.rate)
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 
 from rnnreg_jax import noise
 from rnnreg_jax.nnx.models import SequenceModel
-from rnnreg_jax.regularizers import EmbeddingDropout, without
+from rnnreg_jax.regularizers.embedding import embedding_at_evaluation
 
 
 def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples: int,
@@ -35,7 +35,8 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
       window, masks: `noise.mc_sample_keys`' (masks "pass": the same masks in every
         window of the pass; "window": new ones in each).
       embedding_dropout: False turns word-type dropout off in the samples (Gal's PTB
-        protocol, `train.mc_embedding_dropout`).
+        protocol, `train.mc_embedding_dropout`; classic dropout, `eval_scaling`, is
+        held at its evaluation value q).
       **call_kwargs: passed on to the model's call.
 
     Returns:
@@ -52,7 +53,7 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
     def sample(sample_key, sample_carry):
         copy = nnx.merge(graphdef, state)  # the samples' penalties stay in their copies
         if not embedding_dropout and copy.reg.embedding_noise:
-            copy.set_attributes(reg=without(copy.reg, EmbeddingDropout))
+            copy.set_attributes(reg=embedding_at_evaluation(copy.reg))
         args = (inputs, sample_carry) if has_carry else (inputs,)
         out = copy(*args, deterministic=False, use_running_average=True, rngs=sample_key,
                    **call_kwargs)

@@ -29,7 +29,9 @@ Catalog (LSTM notation of docs/REGULARIZERS.md; rates are drop probabilities), b
   (`optax.add_decayed_weights`).
 
 In deterministic mode every noise is replaced by its expectation: dropout is the
-identity (inverted scaling), zoneout and depth coefficients become their rates.
+identity (inverted scaling), or multiplies by the keep probability with `eval_scaling`
+(classic dropout, its training masks unscaled), zoneout and depth coefficients become
+their rates.
 """
 
 from rnnreg_jax.regularizers.base import (

@@ -21,7 +21,8 @@ Hooks (when the stack calls them: what they return):
 * `output_mask(key, shape, deterministic)` (per window): a mask of the last layer's
   output, or None.
 * `embedding_mask(key, ids, vocab_size, deterministic, dtype)` (per window):
-  multipliers `[B, T, 1]` of the embedded tokens, or None.
+  multipliers `[B, T, 1]` of the embedded tokens (or anything that broadcasts against
+  `[B, T, E]`: classic dropout's evaluation returns a scalar), or None.
 * `penalties(params, hiddens, outputs, time_axis, seq_lengths=None)` (per window,
   training only): `{name: scalar}` loss terms; with `seq_lengths` (int `[B]`, variable-
   length batches, `rnnreg_jax.lengths`) the hiddens and outputs are zero past each

@@ -6,12 +6,17 @@ Sites (LSTM notation of docs/REGULARIZERS.md; inverted dropout, `v * m / (1 - p)
 (the inputs of layers 1..L-1, AWD's dropouth), `recurrent` (h_{t-1} into W_h), `cell`
 (c~, LSTM only) and `output` (the last layer's h_t). A mask is tied per sequence (one
 per window and example, reused every step) or drawn per step; `per_gate` gives each
-gate its own mask of x or h (Gal's untied variant). Evaluation is the identity.
+gate its own mask of x or h (Gal's untied variant). Evaluation is the identity, or
+with `eval_scaling` (classic dropout, Keras 0.x's as Gal's sentiment code ran it) the
+site is masked by the {0, 1} keep draws in training and multiplied by the keep
+probability q in evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+import jax.numpy as jnp
 
 from rnnreg_jax import cells, noise
 from rnnreg_jax.regularizers.base import (
@@ -37,11 +42,16 @@ class MaskSpec:
       tie: "sequence" (one mask per sequence, Gal) or "step" (fresh each step).
       per_gate: a separate mask for each gate's copy of the input (Gal's
         untied variant); only meaningful on the `input` and `recurrent` sites.
+      eval_scaling: classic dropout: the {0, 1} keep mask in training (the same
+        draws, not scaled by 1/q) and the site multiplied by q = 1 - rate in
+        evaluation; off: inverted dropout (scaled in training, the identity in
+        evaluation). Ignored at rate 0 (q = 1).
     """
 
     rate: float
     tie: str = "sequence"
     per_gate: bool = False
+    eval_scaling: bool = False
 
     def __post_init__(self):
         check_rate(self.rate, "Dropout")
@@ -54,6 +64,15 @@ class MaskSpec:
 
 def _on(spec: MaskSpec | None) -> bool:
     return spec is not None and spec.active
+
+
+def _evaluation(spec: MaskSpec | None, dtype):
+    """A site's multiplier in evaluation: None (off, or inverted dropout: the identity)
+    or, with `eval_scaling`, the keep probability q as a 0-d array in the masks' dtype
+    (it broadcasts wherever a mask goes; one value for every gate of a per-gate site)."""
+    if not _on(spec) or not spec.eval_scaling:
+        return None
+    return jnp.asarray(noise.quantize_probability(1.0 - spec.rate), dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +111,10 @@ class Dropout(Family):
 
     def input_mask(self, key, shape, deterministic):
         spec = self.layer_input(shape.layer)
-        if deterministic or not _on(spec):
+        if deterministic:
+            scale = _evaluation(spec, shape.dtype)
+            return None if scale is None else (scale, False)
+        if not _on(spec):
             return None
         site = "hidden" if shape.layer > 0 and self.hidden is not None else "input"
         mask = noise.dropout_mask(noise.site_key(need_key(key, "dropout"), site, shape.layer),
@@ -103,6 +125,10 @@ class Dropout(Family):
     def step_noise(self, key, shape, deterministic):
         tied, per_step = {}, {}
         if deterministic:
+            for site in ("recurrent", "cell"):
+                scale = _evaluation(getattr(self, site), shape.dtype)
+                if scale is not None:
+                    tied[site] = scale
             return tied, per_step
         bh = (shape.batch, shape.hidden_size)
         if _on(self.recurrent):
@@ -119,7 +145,9 @@ class Dropout(Family):
         return tied, per_step
 
     def output_mask(self, key, shape, deterministic):
-        if deterministic or not _on(self.output):
+        if deterministic:
+            return _evaluation(self.output, shape.dtype)
+        if not _on(self.output):
             return None
         return noise.dropout_mask(noise.site_key(need_key(key, "dropout"), "output"),
                                   self.output, (shape.batch, shape.input_size), shape.steps,
@@ -130,11 +158,13 @@ class Dropout(Family):
         return noise.site_key(need_key(key, "dropout"), site, layer)
 
 
-def _mask(rate: float, tie: str, per_gate: bool = False) -> MaskSpec | None:
-    return MaskSpec(rate, tie, per_gate) if rate > 0 else None
+def _mask(rate: float, tie: str, per_gate: bool = False,
+          eval_scaling: bool = False) -> MaskSpec | None:
+    return MaskSpec(rate, tie, per_gate, eval_scaling) if rate > 0 else None
 
 
-def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -> Regularizer:
+def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False,
+            eval_scaling: bool = False) -> Regularizer:
     """Inverted dropout on one named site: `v * m / (1 - rate)`, `m ~ Bernoulli(1 - rate)`.
 
     Sites: `input` (x_t of every layer, of the first one only when `hidden` is
@@ -142,6 +172,8 @@ def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -
     `recurrent` (h_{t-1} into W_h), `cell` (c~, LSTM only), `output` (last layer's
     h_t), `update` (g, the Semeniuta site: `recurrent_dropout`). `tie="step"` draws a
     fresh mask every step, `tie="sequence"` one per window; evaluation is the identity.
+    `eval_scaling=True` is classic dropout instead: `v * m` in training (the same
+    draws) and `v * (1 - rate)` in evaluation; ignored at rate 0.
     """
     from rnnreg_jax.regularizers.recurrent_dropout import RecurrentDropout
 
@@ -154,8 +186,9 @@ def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False) -
         if per_gate:
             raise ValueError("per_gate masks apply to the input and recurrent sites, not "
                              "'update'.")
-        return compose(RecurrentDropout(update=_mask(rate, tie)))
-    return compose(Dropout(**{site: _mask(rate, tie, per_gate)}))
+        return compose(RecurrentDropout(update=_mask(rate, tie),
+                                        eval_scaling=eval_scaling and rate > 0))
+    return compose(Dropout(**{site: _mask(rate, tie, per_gate, eval_scaling)}))
 
 
 def zaremba(rate: float) -> Regularizer:
@@ -172,6 +205,7 @@ def zaremba(rate: float) -> Regularizer:
 def variational(
     input: float = 0.0, recurrent: float = 0.0, output: float = 0.0, cell: float = 0.0,
     embedding: float = 0.0, per_gate: bool = False, tie: str = "sequence",
+    eval_scaling: bool = False,
 ) -> Regularizer:
     """Gal & Ghahramani 2016: masks tied per sequence on inputs, h_{t-1}, outputs.
 
@@ -181,6 +215,10 @@ def variational(
     (`embedding_dropout`). `per_gate=True` draws a separate mask for each gate's copy
     of x and h (Gal's code and Keras); otherwise one mask is shared by all gates.
     `tie="step"` gives the naive-dropout baseline (see `naive_dropout`).
+    `eval_scaling=True` makes every site (embedding included) classic dropout, as in
+    Keras 0.x, which Gal's sentiment code ran on: `v * m` in training (the same
+    draws, unscaled) and `v * (1 - p)` in evaluation. Under Adam or weight decay that
+    is not a reparametrization of the inverted form.
     """
     from rnnreg_jax.regularizers.embedding import embedding_dropout
 
@@ -188,11 +226,14 @@ def variational(
     for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
                        ("cell", cell)):
         check_rate(rate, f"Variational dropout ({name})")
-    masks = Dropout(input=_mask(input, tie, per_gate), recurrent=_mask(recurrent, tie, per_gate),
-                    output=_mask(output, tie), cell=_mask(cell, tie))
-    return compose(masks, embedding_dropout(embedding))
+    masks = Dropout(input=_mask(input, tie, per_gate, eval_scaling),
+                    recurrent=_mask(recurrent, tie, per_gate, eval_scaling),
+                    output=_mask(output, tie, eval_scaling=eval_scaling),
+                    cell=_mask(cell, tie, eval_scaling=eval_scaling))
+    return compose(masks, embedding_dropout(embedding, eval_scaling))
 
 
 def naive_dropout(**kwargs) -> Regularizer:
-    """The variational sites with a fresh mask every step (Gal's baseline)."""
+    """The variational sites with a fresh mask every step (Gal's baseline); takes
+    `variational`'s arguments but `tie` (`eval_scaling` included)."""
     return variational(tie="step", **kwargs)

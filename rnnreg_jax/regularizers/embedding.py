@@ -13,6 +13,7 @@ from rnnreg_jax.regularizers.base import (
     check_rate,
     compose,
     need_key,
+    without,
 )
 
 
@@ -20,9 +21,17 @@ from rnnreg_jax.regularizers.base import (
 class EmbeddingDropout(Family):
     """`e(w_t) * m[b, w_t] / (1 - rate)`, `m[b, v] ~ Bernoulli(1 - rate)` per sequence b
     and vocabulary id v, drawn once per window: every occurrence of a word shares its
-    mask. Evaluation is the identity."""
+    mask. Evaluation is the identity.
+
+    Attributes:
+      rate: drop probability in [0, 1).
+      eval_scaling: classic dropout: `e(w_t) * m[b, w_t]` in training (the same draws,
+        not scaled by 1/q) and `e(w_t) * q` in evaluation, q = 1 - rate. Ignored at
+        rate 0.
+    """
 
     rate: float = 0.0
+    eval_scaling: bool = False
 
     def __post_init__(self):
         check_rate(self.rate, "Embedding dropout")
@@ -35,21 +44,65 @@ class EmbeddingDropout(Family):
         return frozenset({"embedding"}) if self.active else frozenset()
 
     def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
-        """`[B, T, 1]` multipliers of the embedded tokens `ids: [B, T]`, or None."""
-        if deterministic or not self.active:
+        """`[B, T, 1]` multipliers of the embedded tokens `ids: [B, T]`, or None; in
+        evaluation with `eval_scaling`, q as a 0-d array."""
+        if not self.active:
             return None
-        key = need_key(key, "embedding dropout")
         q = noise.quantize_probability(1.0 - self.rate)
+        if deterministic:
+            return jnp.asarray(q, dtype) if self.eval_scaling else None
+        key = need_key(key, "embedding dropout")
         keep = noise.bernoulli_draw(noise.site_key(key, "embedding"), q,
                                     (ids.shape[0], vocab_size))
-        per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype) / q
+        per_token = jnp.take_along_axis(keep, ids, axis=1).astype(dtype)
+        if not self.eval_scaling:
+            per_token = per_token / q
         return per_token[..., None]
 
 
-def embedding_dropout(rate: float) -> Regularizer:
+def embedding_dropout(rate: float, eval_scaling: bool = False) -> Regularizer:
     """Gal & Ghahramani 2016: drop whole word types for the window.
 
     `e(w_t) * m[b, w_t] / (1 - rate)` with `m[b, v] ~ Bernoulli(1 - rate)` per
-    sequence b and vocabulary id v: every occurrence of a word shares its mask.
+    sequence b and vocabulary id v: every occurrence of a word shares its mask;
+    evaluation is the identity. `eval_scaling=True` is classic dropout (Keras 0.x's
+    `DropoutEmbedding`): `e(w_t) * m[b, w_t]` in training, `e(w_t) * (1 - rate)` in
+    evaluation; ignored at rate 0.
     """
-    return compose(EmbeddingDropout(rate))
+    return compose(EmbeddingDropout(rate, eval_scaling and rate > 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingScale(Family):
+    """The embedded tokens times a constant in every mode and without a key: classic
+    embedding dropout held at its evaluation value q inside a noisy pass
+    (`embedding_at_evaluation`)."""
+
+    scale: float = 1.0
+
+    @property
+    def active(self):
+        return self.scale != 1.0
+
+    @property
+    def embedding_noise(self):
+        return False
+
+    def sites(self):
+        return frozenset({"embedding"}) if self.active else frozenset()
+
+    def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
+        del key, ids, vocab_size, deterministic
+        return jnp.asarray(self.scale, dtype) if self.active else None
+
+
+def embedding_at_evaluation(reg: Regularizer) -> Regularizer:
+    """`reg` with its embedding dropout at its evaluation value in every mode, the other
+    sites as they are (MC evaluation without word-type dropout, Gal's PTB protocol):
+    left out (inverted dropout: the identity), or the constant q = 1 - rate with
+    `eval_scaling` (classic dropout)."""
+    part = reg.find(EmbeddingDropout)
+    rest = without(reg, EmbeddingDropout)
+    if part is None or not part.active or not part.eval_scaling:
+        return rest
+    return compose(rest, EmbeddingScale(noise.quantize_probability(1.0 - part.rate)))

@@ -176,14 +176,16 @@ def throttle(mesh, step: int, value) -> None:
 
 def without_embedding_dropout(model):
     """`model` with its word-type (embedding) dropout off, every other noise site as it
-    is: Gal's PTB code sets that noise to 1 in its MC test pass. The other sites' keys
-    do not depend on it (`noise.site_key`; Flax's child modules draw their own keys)."""
-    from rnnreg_jax.regularizers import EmbeddingDropout, without
+    is: Gal's PTB code sets that noise to 1 in its MC test pass (classic dropout,
+    `eval_scaling`, to its evaluation value q: `regularizers.embedding_at_evaluation`).
+    The other sites' keys do not depend on it (`noise.site_key`; Flax's child modules
+    draw their own keys)."""
+    from rnnreg_jax.regularizers.embedding import embedding_at_evaluation
 
     reg = getattr(model, "reg", None)
     if reg is None or not reg.embedding_noise:
         return model
-    return model.clone(reg=without(reg, EmbeddingDropout))
+    return model.clone(reg=embedding_at_evaluation(reg))
 
 
 class Evaluator:
