@@ -247,7 +247,9 @@ def test_init_is_keras_0x(cell):
         if cell == "keras_lstm":
             expected_b[8:16] = 1.0
         np.testing.assert_array_equal(np.asarray(p["b"]), expected_b)
-    assert cells.init_params(jax.random.key(0), cell, 3, 2)["w_x"].dtype == jnp.float32
+    for dtype in (jnp.float32, jnp.bfloat16):
+        drawn = cells.init_params(jax.random.key(0), cell, 3, 2, dtype=dtype)
+        assert {a.dtype for a in drawn.values()} == {jnp.dtype(dtype)}
     with pytest.raises(ValueError, match="its init_params draws its parameters"):
         cells.init_params(jax.random.key(0), cell, 3, 2, orthogonal=True)
     with pytest.raises(ValueError, match="its init_params draws its parameters"):

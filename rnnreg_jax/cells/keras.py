@@ -119,8 +119,10 @@ def keras_init(num_gates: int, forget_bias: bool):
         # one flat draw: every block has the same bound (and XLA:CPU draws flat faster)
         w_x = jax.random.uniform(k_x, (input_size * width,), dtype, -bound, bound)
         orthogonal = jax.nn.initializers.orthogonal(scale=ORTHOGONAL_SCALE)
-        w_h = jnp.concatenate([orthogonal(k, (hidden_size, hidden_size), dtype)
+        wide = jnp.promote_types(dtype, jnp.float32)  # no QR in bfloat16: drawn, then cast
+        w_h = jnp.concatenate([orthogonal(k, (hidden_size, hidden_size), wide)
                                for k in jax.random.split(k_h, num_gates)], axis=1)
+        w_h = w_h.astype(dtype)
         b = jnp.zeros((width,), dtype)
         if forget_bias:  # the forget block (gate order i, f, g, o)
             b = b.at[hidden_size:2 * hidden_size].set(1.0)
