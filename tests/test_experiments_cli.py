@@ -141,7 +141,7 @@ def test_without_checkpoints_any_config_may_start(tmp_path):
      "error: config.train.optimizer must be one of sgd, momentum, adam, rmsprop, ntasgd; "
      "got 'adamw'."),
     ("--config.model.cell=lstmm", "error: config.model.cell must be one of lstm, gru, rnn, "
-     "lstm_ln, lstm_bn; got 'lstmm'."),
+     "lstm_ln, lstm_bn, keras_lstm, keras_gru; got 'lstmm'."),
     ("--config.train.lr_schedule=cosine", "error: config.train.lr_schedule must be one of "
      "constant, zaremba, plateau; got 'cosine'."),
 ])

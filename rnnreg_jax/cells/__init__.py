@@ -22,10 +22,17 @@ Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
     `ALL_CELL_TYPES` but not in `CELL_TYPES`, and it has no PyTorch port.
   * ``lstm_bn``: the recurrently batch-normalized LSTM of Cooijmans et al.
     2016 (same gate order), in `rnnreg_jax.batchnorm`; likewise beyond the papers.
+  * ``keras_lstm``, ``keras_gru``: Keras 0.x's LSTM and GRU as Gal & Ghahramani's
+    sentiment code ran them (`cells.keras`): hard-sigmoid gates, Keras 0.x's
+    initialization, and for the GRU the reset gate *before* the product and a sigmoid
+    candidate, ``n = sigmoid(x W_in + b_in + (r * h) W_hn)``, ``h' = z h + (1 - z) n``,
+    no recurrent bias. Same gate orders and storage as ``lstm`` and ``gru``; in
+    `ALL_CELL_TYPES`, without a PyTorch port or Pallas kernels.
 
 One module per concept: `base` (step noise, cell records, the registry), `layout`
 (masked products and their transposes), `params` (initial parameters and states, input
-projections), one module per cell (`lstm`, `lstm_ln`, `lstm_bn`, `gru`, `tanh_rnn`).
+projections), one module per cell (`lstm`, `lstm_ln`, `lstm_bn`, `gru`, `tanh_rnn`,
+`keras` for Keras 0.x's pair).
 A cell of your own is a `Cell` record (docs/CUSTOM_REGULARIZERS.md).
 
 Weights are stored input-major (`w_x: [F, G*H]`, `w_h: [H, G*H]`), the
@@ -66,6 +73,15 @@ from rnnreg_jax.cells.base import (
     update_params,
 )
 from rnnreg_jax.cells.gru import GRU, gru_step, gru_update
+from rnnreg_jax.cells.keras import (
+    KERAS_GRU,
+    KERAS_LSTM,
+    hard_sigmoid,
+    keras_gru_step,
+    keras_gru_update,
+    keras_lstm_step,
+    keras_lstm_update,
+)
 from rnnreg_jax.cells.layout import (
     PerGate,
     gate_blocks,
@@ -91,10 +107,11 @@ from rnnreg_jax.cells.params import (
 )
 from rnnreg_jax.cells.tanh_rnn import RNN, rnn_step, rnn_update
 
-BUILTINS.update({record.name: record for record in (LSTM, GRU, RNN, LSTM_LN, LSTM_BN)})
+BUILTINS.update({record.name: record
+                 for record in (LSTM, GRU, RNN, LSTM_LN, LSTM_BN, KERAS_LSTM, KERAS_GRU)})
 # The built-in cells' functions by name, as the records hold them.
 STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "lstm_ln": lstm_ln_step,
-         "lstm_bn": lstm_bn_step}
+         "lstm_bn": lstm_bn_step, "keras_lstm": keras_lstm_step, "keras_gru": keras_gru_step}
 UPDATES = {name: record.update for name, record in BUILTINS.items()}
 UPDATE_PARAMS = {name: record.update_params for name, record in BUILTINS.items()}
 
@@ -133,7 +150,9 @@ def has_aux_output(cell: Any) -> bool:
 
 
 __all__ = [
-    "ALL_CELL_TYPES", "BUILTINS", "CELL_TYPES", "GRU", "LSTM", "LSTM_BN", "LSTM_LN", "RNN",
+    "ALL_CELL_TYPES", "BUILTINS", "CELL_TYPES", "GRU", "KERAS_GRU", "KERAS_LSTM", "LSTM",
+    "LSTM_BN", "LSTM_LN", "RNN", "hard_sigmoid", "keras_gru_step", "keras_gru_update",
+    "keras_lstm_step", "keras_lstm_update",
     "the_record", "PerGate", "CellStatistics", "cell_name", "has_aux_output",
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",

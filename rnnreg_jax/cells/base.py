@@ -22,15 +22,16 @@ CELL_TYPES = ("lstm", "gru", "rnn")  # the reproduced papers' cells (PyTorch-por
 
 
 # Beyond the papers: layer-normalized LSTM (Ba et al. 2016), recurrent batch
-# normalization (Cooijmans et al. 2016, `rnnreg_jax.batchnorm`).
-EXTRA_CELL_TYPES = ("lstm_ln", "lstm_bn")
+# normalization (Cooijmans et al. 2016, `rnnreg_jax.batchnorm`), Keras 0.x's LSTM and GRU
+# (Gal & Ghahramani's sentiment code, `cells.keras`).
+EXTRA_CELL_TYPES = ("lstm_ln", "lstm_bn", "keras_lstm", "keras_gru")
 
 
 ALL_CELL_TYPES = CELL_TYPES + EXTRA_CELL_TYPES
 
 
 # cells with a memory cell `c` (every LSTM-only site applies)
-LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn")
+LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn", "keras_lstm")
 
 
 # Cells that may carry a second, additive bias `b_h` (`init_params(recurrent_bias=True)`);
@@ -38,7 +39,8 @@ LSTM_TYPES = ("lstm", "lstm_ln", "lstm_bn")
 RECURRENT_BIAS_CELLS = ("lstm", "rnn")
 
 
-NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4, "lstm_bn": 4}
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4, "lstm_bn": 4, "keras_lstm": 4,
+             "keras_gru": 3}
 
 
 LN_EPSILON = 1e-5  # added to the variance in every layer normalization

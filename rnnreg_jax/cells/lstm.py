@@ -36,13 +36,15 @@ def lstm_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array, noise: 
     return lstm_gates(carry, xw_t + rec_t, noise, jnp.tanh)
 
 
-def lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash=jnp.tanh):
+def lstm_gates(carry: Carry, z: Array, noise: StepNoise, squash=jnp.tanh, *,
+               gate=jax.nn.sigmoid):
     """The LSTM's gates and every LSTM noise site from the pre-activation `z: [B, 4H]`
-    (gate order i, f, g, o); `h~ = o * squash(c~)`. Public for cells built on the LSTM
-    (the batch-normalized one, a peephole LSTM of your own)."""
+    (gate order i, f, g, o); `i, f, o = gate(z_i, z_f, z_o)`, `h~ = o * squash(c~)`.
+    Public for cells built on the LSTM (the batch-normalized one, Keras 0.x's with
+    hard-sigmoid gates, a peephole LSTM of your own)."""
     h_prev, c_prev = carry["h"], carry["c"]
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-    i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
+    i, f, o = gate(zi), gate(zf), gate(zo)
     g = maybe_scale(noise.update, jnp.tanh(zg))
     c_new = f * c_prev + i * g
     new_carry = {}
