@@ -50,7 +50,9 @@ class StepNoise(NamedTuple):
     """The noise one step consumes; every field is optional (None = off).
 
     Dropout masks are already scaled by 1/(1 - rate) (inverted dropout), so
-    None is both "off" and the deterministic expectation. Mixing coefficients
+    None is both "off" and the deterministic expectation; with classic dropout
+    (`eval_scaling`) they are {0, 1} in training and the keep probability, a scalar, in
+    evaluation. Mixing coefficients
     (`zone_*`, `depth`, `output_gate`) are the probability of *keeping the
     previous value*: a {0, 1} sample in training and the rate itself (the
     expectation) in deterministic mode.
