@@ -52,6 +52,7 @@ def flags_since_changed(run: Run) -> list[str]:
         return []
     from experiments.configs.common import (
         FIXED_SECTIONS,
+        VALUE_BEFORE_ADDED,
         config_differences,
         flat_block,
         migrate_reg,
@@ -75,7 +76,8 @@ def flags_since_changed(run: Run) -> list[str]:
                 or (section == "train" and field.startswith("mc_") and field != "mc_samples"
                     and not ran_mc)):
             return False
-        if field in stored[section] or isinstance(now, bool):
+        if (field in stored[section] or isinstance(now, bool)
+                or (section, field) in VALUE_BEFORE_ADDED):
             return True
         return section != "train" and isinstance(now, int | float)
 

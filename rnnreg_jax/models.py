@@ -31,19 +31,19 @@ def bias_init(scale: float | None, orthogonal: bool = False):
     return nn.initializers.zeros if orthogonal else uniform_init(scale)
 
 
-HEAD_INITS = (None, "glorot_uniform")
+HEAD_INITS = ("lecun_normal", "glorot_uniform")
 
 
-def head_initializers(head_init: str | None, orthogonal: bool) -> dict:
-    """`nn.Dense` initializers of a sequence model's head: `nn.Dense`'s own defaults (LeCun
-    normal kernel, zero bias), orthogonal with zero bias beside `orthogonal_init` (the
-    zoneout authors), or Glorot uniform with zero bias (`"glorot_uniform"`, Keras 0.x's
-    `Dense` default, which Gal's sentiment code used)."""
+def head_initializers(head_init: str, orthogonal: bool) -> dict:
+    """`nn.Dense` initializers of a sequence model's head: `"lecun_normal"`, `nn.Dense`'s own
+    defaults (LeCun normal kernel, zero bias), or orthogonal with zero bias under
+    `orthogonal_init` (the zoneout authors); `"glorot_uniform"`: Glorot uniform with zero
+    bias, Keras 0.x's `Dense` default, which Gal's sentiment code used."""
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
-    if head_init is not None and orthogonal:
+    if head_init != "lecun_normal" and orthogonal:
         raise ValueError("orthogonal_init already makes the head orthogonal; leave head_init "
-                         "unset with it.")
+                         "at its default with it.")
     if orthogonal:
         return dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
     if head_init == "glorot_uniform":
@@ -177,7 +177,7 @@ class SequenceModel(RecurrentOptions):
       hidden_sizes: recurrent widths.
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
-      head_init: None (Flax's default, or orthogonal under `orthogonal_init`) or
+      head_init: "lecun_normal" (Flax's default, or orthogonal under `orthogonal_init`) or
         "glorot_uniform" (`head_initializers`).
       and the keyword-only `nn.RecurrentOptions`.
     """
@@ -186,7 +186,7 @@ class SequenceModel(RecurrentOptions):
     hidden_sizes: Sequence[int]
     vocab_size: int | None = None
     embed_size: int = 128
-    head_init: str | None = None
+    head_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool = True,

@@ -164,6 +164,6 @@ def _sentiment(config, reg, data_dir) -> Task:
     evals = {"test": data.batches("test", d.eval_batch_size, padding=padding)}
     model = SequenceModel(num_outputs=outputs, hidden_sizes=tuple(m.hidden_sizes),
                           vocab_size=data.num_ids, embed_size=m.embed_size,
-                          head_init=m.get("head_init"), **recurrent_options(m, reg))
+                          head_init=m.get("head_init", "lecun_normal"), **recurrent_options(m, reg))
     return Task(model=model, kind=kind, train=train, evals=evals,
                 target_scale=data.target_std if kind == "regression" else 1.0)

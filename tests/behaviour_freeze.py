@@ -128,7 +128,8 @@ def preset_models() -> dict[str, tuple]:
             else:
                 vocab = 13 if config.data.get("vocab_size") else None
                 model = SequenceModel(num_outputs=2, hidden_sizes=sizes, vocab_size=vocab,
-                                      embed_size=6, **kwargs)
+                                      embed_size=6, **kwargs,
+                                      head_init=m.get("head_init", "lecun_normal"))
                 inputs = (jax.random.randint(jax.random.key(2), (2, 5), 0, 13) if vocab
                           else jax.random.normal(jax.random.key(2), (2, 5, 3), jnp.float64))
             out[f"{task}:{name}"] = (model, inputs)

@@ -264,6 +264,21 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     assert report.flags_since_changed(run) == []
 
 
+def test_a_field_added_with_a_value_before_it_counts_when_the_record_lacks_it():
+    """A sentiment run recorded before `model.head_init` existed ran Flax's head init
+    (`VALUE_BEFORE_ADDED`): its rebuild asks for it, though the field is a string."""
+    from experiments.configs import sentiment
+
+    config = json.loads(json.dumps(sentiment.variational_lstm().to_dict()))
+    config["preset"] = "variational_lstm"
+    del config["model"]["head_init"]
+    run = report.Run(workdir="w", task="sentiment", command="sentiment.py "
+                     "--config=variational_lstm", config=config, events=[])
+    assert report.flags_since_changed(run) == ["--config.model.head_init=lecun_normal"]
+    config["model"]["head_init"] = "glorot_uniform"
+    assert report.flags_since_changed(run) == []
+
+
 def test_a_flat_reg_block_of_an_older_run_is_read_in_todays_layout():
     """Runs recorded before the reg block was keyed by constructor: the same settings give
     no rebuild flags, another setting gives today's flag for it."""

@@ -126,10 +126,12 @@ def choices() -> dict[str, tuple[str, ...]]:
     library's own tables where it has them)."""
     from rnnreg_jax import cells, noise
     from rnnreg_jax.data.sentiment import PADDINGS
+    from rnnreg_jax.models import HEAD_INITS
     from rnnreg_jax.train import optim
 
     return {
         "model.cell": cells.CELL_TYPES + cells.EXTRA_CELL_TYPES,
+        "model.head_init": HEAD_INITS,
         "train.optimizer": optim.OPTIMIZERS,
         "train.lr_schedule": optim.LR_SCHEDULES,
         "train.mc_masks": noise.MC_MASKS,
@@ -198,7 +200,8 @@ FIXED_SECTIONS = ("model", "data", "reg")
 # that does what the code did before the field existed (MC passes kept word-type
 # dropout until `mc_embedding_dropout` made it a choice; sentiment batches were
 # left-padded until `data.padding` made lengths a choice).
-VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding"): "left"}
+VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding"): "left",
+                      ("model", "head_init"): "lecun_normal"}
 
 
 def flat_block(block: dict) -> dict:

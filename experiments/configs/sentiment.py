@@ -6,7 +6,9 @@ and its _naive twin), their default arguments: embedding 128, one LSTM (or GRU) 
 gate, Keras' implementation), the dense layer and the embedding (word types), L2
 weight decay 1e-6 on every weight, Adam, batch 128, 200-word chunks, 250 epochs
 (the GRU and naive-dropout scripts: 1250); test RMSE with the dropout approximation and with
-MC dropout (T = 50 samples).
+MC dropout (T = 50 samples). The model is Keras 0.x's, as his fork of Keras defines it
+(docs/FIDELITY.md): hard-sigmoid gates, the GRU's reset before the product and a
+sigmoid candidate, Glorot / orthogonal x 1.1 init, classic dropout.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import ml_collections
 from experiments.configs.common import paper_config, pick_preset, reg_config, train_config
 
 GAL_RATE = 0.5  # p_W = p_U = p_dense = p_emb: the scripts' defaults
-GAL_WEIGHT_DECAY = 1e-6  # Keras l2(1e-6) adds 1e-6 * sum(W^2) to the loss: 2e-6 * W to the
-#                          gradient, where ours adds 1e-6 * W; negligible at this size
+GAL_WEIGHT_DECAY = 2e-6  # Keras l2(1e-6) adds 1e-6 * sum(W^2) to the loss, 2e-6 * W to the
+#                          gradient; ours adds weight_decay * W to the gradient
 GAL_EPOCHS = 250
 
 
@@ -38,10 +40,14 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
     data.padding = "left"
     data.verify_checksums = True  # check the files against their published sha256s
     model = config.model = ml_collections.ConfigDict()
-    model.cell = cell
+    # Keras 0.x's DropoutLSTM / DropoutGRU (cells.keras: hard-sigmoid gates, the GRU's
+    # reset before the product and sigmoid candidate, Glorot W, orthogonal x 1.1 U, forget
+    # bias 1); "lstm" / "gru" for the PyTorch-style cells
+    model.cell = f"keras_{cell}"
     model.hidden_sizes = (128,)
     model.embed_size = 128
-    model.init_scale = None  # None: PyTorch-style 1/sqrt(H)
+    model.init_scale = None  # the embedding's uniform 0.05 (Keras' Embedding default)
+    model.head_init = "glorot_uniform"  # Keras' Dense default ("lecun_normal": Flax's)
     model.unroll = 1
     config.reg = reg_config(**reg)
     config.train = train_config(
@@ -53,8 +59,11 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
 
 
 def _variational(tie="sequence"):
+    # eval_scaling: Keras 0.x's classic dropout, {0, 1} masks in training, times the keep
+    # probability at evaluation, on every site (docs/FIDELITY.md)
     return dict(variational=dict(input=GAL_RATE, recurrent=GAL_RATE, output=GAL_RATE,
-                                 embedding=GAL_RATE, per_gate=True, tie=tie))
+                                 embedding=GAL_RATE, per_gate=True, tie=tie,
+                                 eval_scaling=True))
 
 
 def variational_lstm():
@@ -71,7 +80,8 @@ def naive_dropout():
     # Gal's Figure 1: naive dropout uses a fresh mask per step on inputs and
     # outputs and none on the recurrent connections or the word types (his naive
     # script also drops U per step and the word types; the figure defines the row).
-    reg = dict(variational=dict(input=GAL_RATE, output=GAL_RATE, tie="step"))
+    reg = dict(variational=dict(input=GAL_RATE, output=GAL_RATE, tie="step",
+                                eval_scaling=True))
     config = _config(dataset="cornell", cell="lstm", row="naive dropout LSTM", **reg)
     config.train.num_epochs = 1250  # sentiment_lstm_regression_naive.py
     return config

@@ -138,7 +138,7 @@ class SequenceModel(RecurrentModule):
 
     def __init__(self, num_outputs: int, hidden_sizes: Sequence[int], *,
                  vocab_size: int | None = None, embed_size: int = 128,
-                 input_size: int | None = None, head_init: str | None = None,
+                 input_size: int | None = None, head_init: str = "lecun_normal",
                  deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
