@@ -65,8 +65,8 @@ class RecurrentOptions(nn.Module):
     block passes them straight in (`rnnreg_jax.tasks`).
 
     Attributes:
-      cell: "lstm", "gru", "rnn", "lstm_ln", "lstm_bn", or a user's `cells.Cell` (or
-        its registered name).
+      cell: "lstm", "gru", "rnn", "lstm_ln", "lstm_bn", "keras_lstm", "keras_gru", or a
+        user's `cells.Cell` (or its registered name).
       reg: the regularizer (`rnnreg_jax.regularizers`).
       init_scale: weights uniform in [-init_scale, init_scale]; None uses
         1/sqrt(H) (PyTorch's default).

@@ -70,7 +70,8 @@ def scan_layer(
     """Run one layer over a time-major window.
 
     Args:
-      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
+      cell: "lstm", "gru", "rnn", "lstm_ln", "lstm_bn", "keras_lstm", "keras_gru", or a
+        user's `cells.Cell` (or its registered name).
       params: the layer's parameters.
       xs: inputs `[T, B, F]`.
       carry: initial state, dict of `[B, H]`.
@@ -251,7 +252,8 @@ def unroll(
     composition order.
 
     Args:
-      cell: "lstm", "gru", "rnn", "lstm_ln" or "lstm_bn".
+      cell: "lstm", "gru", "rnn", "lstm_ln", "lstm_bn", "keras_lstm", "keras_gru", or a
+        user's `cells.Cell` (or its registered name).
       params: one layer's params (a dict) or a list of them, bottom first.
       inputs: `[B, T, F]`, or `[T, B, F]` with `time_major=True`.
       carry: initial state (dict, or list of dicts for a stack); zeros if None. Under a
