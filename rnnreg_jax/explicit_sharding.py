@@ -42,6 +42,18 @@ def shard_like_batch(carry: Any, x: Array, batch_axis: int = 1) -> Any:
         carry)
 
 
+def take_rows(table: Array, ids: Array) -> Array | None:
+    """`table[ids]` (an embedding lookup) with the rows sharded over `ids`' batch axis 0
+    as `ids` is, or None when that axis is not sharded in `ids`' type: under explicit
+    axes a gather from a replicated table cannot infer its output's sharding (the lookup
+    of `nn.Embed` / `nnx.Embed` fails), so it is given."""
+    axes = axes_of(ids, 0)
+    if axes is None:
+        return None
+    rest = [None] * (ids.ndim + table.ndim - 2)  # ids' other axes, then the row's
+    return table.at[ids].get(out_sharding=PartitionSpec(axes, *rest))
+
+
 def check_carry(carry: Any, x: Array, batch_axis: int = 1) -> None:
     """Raise if a leaf of `carry` with a leading batch axis is sharded over it otherwise
     than `x`'s batch dimension `batch_axis` (the scan would refuse it with a less direct

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, lengths, noise, partitioning, precision
+from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
 
 
@@ -50,6 +50,15 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
         return dict(kernel_init=nn.initializers.glorot_uniform(),
                     bias_init=nn.initializers.zeros)
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+
+
+def embed_ids(embed: nn.Embed, ids: jax.Array, dtype) -> jax.Array:
+    """`embed(ids)`; with ids sharded over an explicit mesh's batch axis, the same rows
+    gathered with that sharding (`explicit_sharding.take_rows`)."""
+    table = embed.embedding if explicit_sharding.axes_of(ids, 0) is not None else None
+    if table is None:
+        return embed(ids)
+    return explicit_sharding.take_rows(table if dtype is None else table.astype(dtype), ids)
 
 
 def language_model_arrays(tie_embeddings: bool) -> tuple[str, ...]:
@@ -133,7 +142,7 @@ class LanguageModel(RecurrentOptions):
                          embedding_init=boxed(weight_init(self.init_scale, ortho),
                                               "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-        x = embed(ids)
+        x = embed_ids(embed, ids, self.dtype)
         key = None
         if not deterministic and self.reg.embedding_noise:
             key = dropout_key(self)
@@ -203,11 +212,12 @@ class SequenceModel(RecurrentOptions):
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
         boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         if self.vocab_size is not None:
-            x = nn.Embed(self.vocab_size, self.embed_size,
-                         embedding_init=boxed(weight_init(self.init_scale or 0.05,
-                                                          self.orthogonal_init),
-                                              "embed/embedding"),
-                         dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(x)
+            embed = nn.Embed(self.vocab_size, self.embed_size,
+                             embedding_init=boxed(weight_init(self.init_scale or 0.05,
+                                                              self.orthogonal_init),
+                                                  "embed/embedding"),
+                             dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
+            x = embed_ids(embed, x, self.dtype)
             key = None
             if not deterministic and self.reg.embedding_noise:
                 key = dropout_key(self)
