@@ -68,7 +68,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
                      data_dir: str | None = None,
                      batch_mean_ppl: bool = False) -> dict[str, dict[str, float]]:
     """split (and `<split>_mc`) -> metrics of the checkpoint under the overridden config,
-    as the run's final evaluation computes them (`rnnreg_jax.train.loop.evaluate_all`);
+    as the run's final evaluation computes them (`rnnreg_jax.train.evaluation.evaluate_all`);
     `batch_mean_ppl` adds each split's mean per-batch perplexity (language models).
     `checkpoint` None: the run's own (`default_checkpoint` of its stored config; the
     latest where best/ is empty, as the final evaluation falls back); "checkpoint" in
@@ -79,7 +79,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from rnnreg_jax.train import checkpoint as ckpt_lib
     from rnnreg_jax.train import mesh as mesh_lib
     from rnnreg_jax.train import steps
-    from rnnreg_jax.train.loop import evaluate_all
+    from rnnreg_jax.train.evaluation import evaluate_all
 
     config = load_config(workdir)
     explicit = checkpoint is not None

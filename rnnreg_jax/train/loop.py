@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -19,10 +16,10 @@ from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, ntasgd, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
+from rnnreg_jax.train.evaluation import evaluate_all
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.task import Task
-
-MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
+from rnnreg_jax.train.termination import TerminationFlag
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,26 +34,6 @@ def _epoch_end_update(state, lr, best, bad_epochs, epoch):
     hyper = dict(state.opt_state.hyperparams)
     hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
-
-
-class _TerminationFlag:
-    """Turns SIGTERM (a scheduler's or a deadline's) into a flag the loop reads at step
-    boundaries, so the run saves and stops instead of dying mid-step. Only in the main
-    thread, where Python allows handlers; the previous handler is put back on close."""
-
-    def __init__(self):
-        self.set = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.set = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
 
 
 class _Run:
@@ -118,7 +95,7 @@ class _Run:
         self.t_last, self.step_last = time.time(), self.step
         self.deadline = (time.monotonic() + config.time_limit_s) if config.time_limit_s else None
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not run
-        self.terminate = _TerminationFlag()
+        self.terminate = TerminationFlag()
 
     def eval_params(self, state=None):
         """The weights to evaluate: NT-ASGD's average once averaging is on (the
@@ -361,36 +338,6 @@ class _Run:
                 close()
             except Exception as err:  # noqa: BLE001
                 logging.warning("Closing the run's files failed: %s", err)
-
-
-def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, config,
-                 on_batch=None) -> dict:
-    """Every evaluation split of `task`, as the final evaluation runs them.
-
-    Returns `{split: metrics}` in `task.evals` order, each followed by
-    `"<split>_mc"` where `config.mc_samples` and `config.mc_splits` (or the PTB
-    test protocol, batch 1 with carried state) ask for MC dropout, keyed by
-    `fold_in(fold_in(PRNGKey(seed), MC_KEY_SALT), split index)`; a callable
-    `task.test_protocol`'s dict comes last under `"test_protocol"`.
-    `on_batch(split, metrics)`, if given, sees each batch of the deterministic
-    evaluations (`Evaluator.evaluate`).
-    """
-    config = with_defaults(config)
-    mc_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), MC_KEY_SALT)
-    out: dict = {}
-    for index, (name, source) in enumerate(task.evals.items()):
-        protocol = task.test_protocol is True and name == "test"
-        carry = True if protocol else None
-        out[name] = evaluator.evaluate(
-            params, source, carry_state=carry, model_state=model_state,
-            on_batch=None if on_batch is None else functools.partial(on_batch, name))
-        if config.mc_samples and (name in config.mc_splits or protocol):
-            out[f"{name}_mc"] = evaluator.evaluate_mc(
-                params, source, config.mc_samples, jax.random.fold_in(mc_key, index),
-                carry_state=carry, model_state=model_state)
-    if callable(task.test_protocol):
-        out["test_protocol"] = task.test_protocol(params, evaluator)
-    return out
 
 
 def _all_finite(*trees) -> jax.Array:
