@@ -4,23 +4,10 @@ import jax
 import jax.numpy as jnp
 import numerics as nm
 import pytest
+from regularizer_cases import REGS
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, rnn
-
-REGS = {
-    "none": lambda cell: rj.NONE,
-    "zaremba": lambda cell: rj.zaremba(0.3),
-    "variational_per_gate": lambda cell: rj.variational(0.3, 0.2, 0.4, per_gate=True),
-    "variational_shared": lambda cell: rj.variational(0.3, 0.2, 0.4),
-    "naive_per_gate": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3, per_gate=True),
-    "naive_shared": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3),
-    "zoneout": lambda cell: rj.zoneout(0.3 if cell == "lstm" else 0.0, 0.2),
-    "recurrent_dropout": lambda cell: rj.recurrent_dropout(0.3, output_zoneout=cell == "lstm"),
-    "stochastic_depth": lambda cell: rj.stochastic_depth(0.2),
-    "weight_noise": lambda cell: rj.weight_noise(0.1),
-    "cell_dropout": lambda cell: rj.variational(cell=0.3) if cell == "lstm" else rj.NONE,
-}
 
 
 def _loss(cell, reg, deterministic, implementation):
@@ -41,16 +28,6 @@ DEFAULT_CASES = [("lstm", "all", False), ("lstm", "all", True), ("gru", "all", F
                  ("rnn", "all", False), ("lstm", "variational_shared", False)]
 SLOW_CASES = [pytest.param(c, r, d, marks=pytest.mark.slow)
               for c in ("lstm", "gru", "rnn") for r in sorted(REGS) for d in (False, True)]
-
-
-def _all_sites(cell):
-    reg = (rj.variational(0.3, 0.2, 0.4, per_gate=True) + rj.recurrent_dropout(0.3)
-           + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.2) + rj.stochastic_depth(0.1)
-           + rj.weight_noise(0.05))
-    return reg
-
-
-REGS["all"] = _all_sites
 
 
 @pytest.mark.parametrize("cell,reg_name,deterministic", DEFAULT_CASES + SLOW_CASES)

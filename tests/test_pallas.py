@@ -6,40 +6,11 @@ import jax.numpy as jnp
 import numerics as nm
 import numpy as np
 import pytest
+from regularizer_cases import REGS
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, noise, pallas, rnn
 from rnnreg_jax.pallas import plan
-
-REGS = {
-    "none": lambda cell: rj.NONE,
-    "zaremba": lambda cell: rj.zaremba(0.3),
-    "variational_per_gate": lambda cell: rj.variational(0.3, 0.2, 0.4, per_gate=True),
-    "variational_shared": lambda cell: rj.variational(0.3, 0.2, 0.4),
-    "naive_per_gate": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3, per_gate=True),
-    "naive_shared": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3),
-    "zoneout": lambda cell: rj.zoneout(0.3 if cell == "lstm" else 0.0, 0.2),
-    "zoneout_tied": lambda cell: rj.zoneout(0.3 if cell == "lstm" else 0.0, 0.2,
-                                            tie="sequence"),
-    "recurrent_dropout": lambda cell: rj.recurrent_dropout(0.3, output_zoneout=cell == "lstm"),
-    "recurrent_dropout_eval_scaling": lambda cell: rj.recurrent_dropout(
-        0.3, output_zoneout=cell == "lstm", eval_scaling=True),
-    "stochastic_depth": lambda cell: rj.stochastic_depth(0.2),
-    "weight_drop": lambda cell: rj.weight_drop(0.4),
-    "weight_noise": lambda cell: rj.weight_noise(0.1),
-    "cell_dropout": lambda cell: rj.variational(cell=0.3) if cell == "lstm" else rj.NONE,
-    # every step-level site at once (per-gate recurrent masks)
-    "all": lambda cell: (rj.variational(0.3, 0.2, 0.4, per_gate=True)
-                         + rj.recurrent_dropout(0.3, output_zoneout=cell == "lstm")
-                         + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.2)
-                         + rj.stochastic_depth(0.1) + rj.weight_noise(0.05)),
-    # and with a shared per-step recurrent mask, rnnDrop's cell mask and weight drop
-    "all_shared": lambda cell: (rj.naive_dropout(input=0.2, recurrent=0.3)
-                                + (rj.variational(cell=0.3) if cell == "lstm" else rj.NONE)
-                                + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.2,
-                                             tie="sequence")
-                                + rj.weight_drop(0.3)),
-}
 
 
 def _loss(cell, reg, deterministic, implementation):
