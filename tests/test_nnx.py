@@ -162,6 +162,21 @@ def test_bidirectional_layout_options_and_refusal():
         rnx.Bidirectional(F, 4, cell="lstm_bn", rngs=nnx.Rngs(0))
 
 
+def test_glorot_uniform_head_of_the_nnx_sequence_model():
+    """`head_init="glorot_uniform"`: the NNX head is drawn as linen's is (within and near
+    the Glorot bound), and `from_linen` keeps the option."""
+    hidden, outputs = 64, 3
+    bound = np.sqrt(6.0 / (hidden + outputs))
+    twin = rnx.SequenceModel(outputs, (hidden,), vocab_size=V, embed_size=4,
+                             head_init="glorot_uniform", rngs=nnx.Rngs(0))
+    kernel = np.asarray(twin.head.kernel[...])
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    linen = models.SequenceModel(outputs, (hidden,), vocab_size=V, embed_size=4,
+                                 head_init="glorot_uniform")
+    moved = rnx.SequenceModel.from_linen(linen, linen.init(jax.random.key(0), ids()))
+    assert moved.linen_module().head_init == "glorot_uniform"
+
+
 def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))

@@ -147,6 +147,7 @@ class SequenceModel(RecurrentModule):
                              "(input_size, their width F): exactly one of the two.")
         self.num_outputs, self.hidden_sizes = num_outputs, tuple(hidden_sizes)
         self.vocab_size, self.embed_size, self.input_size = vocab_size, embed_size, input_size
+        self.head_init = head_init
         self.rngs = dropout_stream(rngs)
         ortho = self.orthogonal_init
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
@@ -183,7 +184,8 @@ class SequenceModel(RecurrentModule):
 
     def linen_module(self) -> models.SequenceModel:
         return models.SequenceModel(self.num_outputs, self.hidden_sizes, self.vocab_size,
-                                    self.embed_size, **self.recurrent_options())
+                                    self.embed_size, self.head_init,
+                                    **self.recurrent_options())
 
     @classmethod
     def _twin_of(cls, module: models.SequenceModel, variables: dict,
