@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,23 @@ def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
     assert report_notes.NOTES["pmnist"][""] not in text
     assert report.main([f"--runs={runs}", f"--out={out}", f"--intro={tmp_path / 'no.md'}"]) == 2
     assert "no.md" in capsys.readouterr().err
+
+
+def test_curves_compare_runs_at_equal_epochs(capsys):
+    """`python -m experiments.curves`: each run's epoch-end test metric after the given
+    epochs (committed runs), a dash where a run has none, its lowest value; bad input is
+    one line on stderr."""
+    from experiments import curves
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "results", "runs")
+    runs = ",".join(os.path.join(root, name) for name in (
+        "sentiment_variational_lstm_keras_100ep", "sentiment_variational_gru_250ep"))
+    assert curves.main(["--runs", runs, "--epochs", "25,100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["sentiment_variational_lstm_keras_100ep", "0.1631", "0.1516"]
+    assert lines[2].split()[:3] == ["sentiment_variational_gru_250ep", "0.1436", "–"]
+    assert lines[2].split()[3:] == ["0.1391", "(74)"]
+    assert curves.main(["--runs", runs, "--epochs", "ten"]) == 2
+    assert "--epochs must be comma-separated integers" in capsys.readouterr().err
+    assert curves.main(["--runs", "no/such/run", "--epochs", "1"]) == 2

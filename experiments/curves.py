@@ -1,0 +1,58 @@
+"""Runs side by side at chosen epochs: each run's epoch-end metric (the report's curve,
+`Run.epoch_curve`) after the given epochs, to compare runs of different lengths at equal
+training.
+
+    python -m experiments.curves --runs=results/runs/sentiment_variational_lstm_keras_100ep,\
+results/runs/sentiment_variational_lstm_250ep --split=test --epochs=25,50,75,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from experiments.report_runs import find_workdirs, fmt_value, load_run
+
+
+def table(workdirs: Sequence[str], split: str, epochs: Sequence[int]) -> list[str]:
+    """One line per run: its name, then its `split` metric after each of `epochs` ("–"
+    where it has no evaluation then), then its lowest value and that epoch."""
+    lines = ["run".ljust(48) + "".join(f"{'epoch ' + str(e):>12}" for e in epochs)
+             + f"{'lowest (epoch)':>20}"]
+    for workdir in workdirs:
+        run = load_run(workdir)
+        curve = dict(run.epoch_curve(split))
+        cells = "".join(f"{fmt_value(curve.get(e), run.metric):>12}" for e in epochs)
+        best = min(curve.items(), key=lambda item: item[1]) if curve else None
+        lowest = f"{fmt_value(best[1], run.metric)} ({best[0]})" if best else "–"
+        lines.append(os.path.basename(workdir.rstrip("/")).ljust(48) + cells + f"{lowest:>20}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.curves", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", required=True,
+                        help="comma-separated workdirs or folders of workdirs")
+    parser.add_argument("--split", default="test", help="the evaluation split, e.g. valid")
+    parser.add_argument("--epochs", required=True, help="comma-separated epochs (1-based)")
+    args = parser.parse_args(argv)
+    try:
+        epochs = [int(e) for e in args.epochs.split(",") if e]
+    except ValueError:
+        print(f"error: --epochs must be comma-separated integers, got {args.epochs!r}.",
+              file=sys.stderr)
+        return 2
+    try:
+        workdirs = find_workdirs(d for d in args.runs.split(",") if d)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(table(workdirs, args.split, epochs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
