@@ -97,7 +97,9 @@ _SENTIMENT_NOTES = {
          "sigmoid candidate, Glorot and orthogonal x 1.1 init, classic dropout, weight decay "
          "2e-6); their two 100-epoch rows ran on this project's 2-core CPU. Every other row "
          "ran with the PyTorch-style cells, inverted dropout and Flax's head init (each row "
-         "gives the overrides that rebuild it). At equal epochs the Keras LSTM is lower "
+         "gives the overrides that rebuild it). At equal epochs (`python -m "
+         "experiments.curves --runs=results/runs --split=test --epochs=25,50,75,100`) the "
+         "Keras LSTM is lower "
          "than the PyTorch-style one's two seeds (epoch 25: 0.1631 against 0.1709 / 0.1670; "
          "epoch 75: 0.1515 against 0.1616 / 0.1567) and after 100 epochs (0.1516, MC "
          "0.1491) about where they are after 250 (0.1558 / 0.1517, MC 0.1532 / 0.1508); "
@@ -119,108 +121,6 @@ _SENTIMENT_NOTES = {
          "(test RMSE 0.1397 the epoch before, gradient norm steady near 0.48 until then): "
          "the engine stopped it and kept the last good checkpoint; the presets clip no "
          "gradients, and this was not reproduced or chased further."),
-}
-
-
-GROUPS = {"awd_small": _AWD_VS_VARIATIONAL, "variational_small": _AWD_VS_VARIATIONAL,
-               **{name: _ZONEOUT_WORD for name in (
-                   "zoneout", "recurrent_dropout_output_zoneout", "zoneout_cells_states",
-                   "recurrent_dropout", "stochastic_depth", "norm_stabilizer",
-                   "zoneout_cells", "baseline", "weight_noise")}}
-
-_PTB_NOTES = {
-    "ptb_word": (
-        "The first `zaremba_small` row predates the presets' second bias (Zaremba's "
-        "two nn.Linear biases): it ran as `--config.model.recurrent_bias=false` does "
-        "today; the second row has both biases, everything else equal. The medium rows "
-        "ran on an NVIDIA H200 under today's presets, each to its last epoch (two side by "
-        "side, then the third alone; docs/RESULTS_HOWTO.md): every test perplexity is "
-        "within 2% of the paper's, and the paper's order holds: Zaremba (82.9) > "
-        "variational (78.8 tied, 79.0 untied) > variational with MC dropout (77.8, 77.5; "
-        "1000 samples, each one network over the whole test stream, as in Gal's code)."),
-    "ptb_char": (
-        "Ran on an NVIDIA H100, side by side with 14 other runs, and "
-        "stopped at that batch's deadline after 10-11 of the presets' up to 2000 epochs "
-        "(about 37 s an epoch shared; the presets then stopped early after 25 without "
-        "improvement, fed a 1000-wide embedding to W_x and cut the windows at fixed "
-        "points), so "
-        "there is no final evaluation and no test number: early learning only. The paper "
-        "numbers beside the other rows are not in these presets."),
-    _ZONEOUT_WORD: (
-        "Ran on an NVIDIA H100 (jax 0.11.2, up to 15 runs side by side; the commands "
-        "show `--config.model.embed_to_gates=True`, the presets' default now) under "
-        "today's presets: shuffled windows, "
-        "state reset in training, validation and test along their contiguous streams with "
-        "the state carried, final numbers from the best validation checkpoint. The first "
-        "3 epochs of `zoneout` on this project's 2-core CPU match the H100's within 0.7% "
-        "(results/evaluations/cpu_vs_h100). "
-        "Zoneout < recurrent dropout < baseline holds in both seeds (102.4 / 104.7 < "
-        "106.1 / 105.7 < 121.6 / 125.2), and every row is 3-28% better than the paper. "
-        "The input map moved everything: with a 256-wide embedding and then W_x (the "
-        "presets' earlier input map), the same protocol gave 130.0 / 128.5, 138.0 / 139.6 and "
-        "150.8 / 153.7 (docs/results/zoneout_word_variants.md, `embed256_*`). Why the paper "
-        "is worse, from the authors' zoneout_word_ptb.py: by default it has neither the "
-        "paper's learning-rate schedule nor early stopping (a fixed rate, up to 2000 "
-        "epochs, Adam 2e-3 as the default algorithm), batch 20, its monitors report the "
-        "mean of per-batch perplexities (never below the perplexity of the mean loss), and "
-        "its validation and test streams go through the same mask sampler as training, "
-        "with the flag that the char script sets to True for evaluation left False, so the "
-        "regularized rows were likely scored with random masks (its sampler is missing from "
-        "the repository, so this is unconfirmed). Measured on our 14-epoch checkpoints "
-        "(results/evaluations/zoneout_word_eval_protocols): one random mask sample adds "
-        "20% (zoneout) and 16% (recurrent dropout) to validation perplexity, the batch "
-        "mean 1.2%, which would put our 102.4 and 106.1 near 123, past the paper's; the "
-        "baseline's gap is left to training. Carrying the state in training, as that "
-        "code does, changed nothing here (baseline / recurrent dropout / zoneout 120.9 / "
-        "105.7 / 101.6); its +1 forget-gate offset blew zoneout up again (572.8)."),
-    _AWD_VS_VARIATIONAL: (
-        "Both recipes on the same 2x400 LSTM for the same 3 epochs (a CPU budget). AWD-LSTM's "
-        "recipe (weight drop 0.5, dropouts 0.4/0.3/0.4/0.1, AR/TAR, lr 30, T 70, batch 20) "
-        "starts slower than Gal's (lr 1, T 35): it is tuned for hundreds of epochs, and "
-        "NT-ASGD cannot switch to averaging before 5 evaluations without improvement, so "
-        "this comparison says nothing yet about where either ends."),
-}
-
-
-_PMNIST_NOTES = {
-    "": ("The paper's errors are after 150 epochs (a GPU budget). Runs shorter than that "
-         "(see their epochs and commands) show early learning only: their gap to the "
-         "paper measures training length, not a failed reproduction. `baseline` and "
-         "`zoneout` ran 12 epochs on an NVIDIA H100; `batchnorm` ran 2 on this "
-         "project's 2-core CPU. "
-         "All ran before the presets took the authors' orthogonal init and forget-gate "
-         "bias 1 (zoneout_pmnist.py); 200 steps of `baseline` on this CPU with each: "
-         "validation error 0.710 with them, 0.751 without (training loss over steps "
-         "151-200: 2.081 and 2.147; `--config.train.max_steps=200`, one seed). The rows "
-         "marked unfinished ran today's presets on an NVIDIA H100 and "
-         "were stopped at their batch's deadline: after 5 epochs, validation error 35.2% "
-         "(baseline) and 37.8% (zoneout) against 55.6% and 54.7% after 5 epochs with the "
-         "old init, which reached 34.1% and 37.8% only after 12. The 2-epoch rows ran "
-         "today's presets on this project's 2-core CPU (about 10 minutes an "
-         "epoch each, two side by side): validation error 58.8% / 50.6% (baseline) and "
-         "63.9% / 50.7% (zoneout) after epochs 1 / 2, against the H100 runs' 63.5% / 50.1% "
-         "and 65.9% / 49.8% (results/evaluations/cpu_vs_h100)."),
-}
-
-
-_SENTIMENT_NOTES = {
-    "": ("The 10-epoch runs ran on this project's 2-core CPU; the 150- and 250-epoch ones "
-         "(seeds 0 and 1) on NVIDIA H100s; 3 epochs of `variational_lstm` on the CPU give the "
-         "H100's test RMSE to 4 digits (results/evaluations/cpu_vs_h100). "
-         "The 250-epoch rows are today's presets (Gal's script "
-         "defaults: rates 0.5, weight decay 1e-6): variational beats no dropout in both "
-         "seeds (0.1558 / 0.1517 against 0.1719 / 0.1749), and MC dropout (50 samples) is "
-         "better than the dropout approximation in both (0.1532 / 0.1508). The 150-epoch "
-         "rows ran with rates 0.25 and weight decay 1e-4, which an earlier version of "
-         "these presets attributed to Gal's script (each row gives the overrides that "
-         "rebuild it): variational was lower still (0.1437 / 0.1447 against 0.1804 / "
-         "0.1785), and MC 0.0002 / 0.0007 worse than the approximation. Test RMSE is "
-         "evaluated after every epoch and moves by up to 0.03 between epochs (see the "
-         "plot), so single final numbers compare runs only roughly. The variational GRU "
-         "hit a NaN loss at step 7469, early in epoch 92 (test RMSE 0.1397 "
-         "the epoch before, gradient norm steady near 0.48 until then): the engine "
-         "stopped it and kept the last good checkpoint; the presets clip no gradients, "
-         "and this was not reproduced or chased further."),
 }
 
 
