@@ -4,23 +4,10 @@ import jax
 import jax.numpy as jnp
 import numerics as nm
 import pytest
-from regularizer_cases import REGS
+from regularizer_cases import REGS, stack_loss
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, rnn
-
-
-def _loss(cell, reg, deterministic, implementation):
-    key = jax.random.key(3)
-
-    def loss(params, x, carry):
-        ys, carry = rnn.unroll(cell, params, x, carry, reg=reg, key=key,
-                               deterministic=deterministic, implementation=implementation)
-        state = sum(jnp.sum(v**3) for c in carry for v in c.values())
-        return jnp.sum(jnp.sin(ys)) + state
-
-    return loss
-
 
 # The default suite checks one composition that touches every site per cell
 # (training and evaluation); the whole matrix runs with -m slow.
@@ -38,7 +25,7 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
     carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, 3, reg))
 
     # float64 to rounding, float32 each leaf to F32_ULPS of its largest element.
-    nm.assert_fused_matches_autodiff(lambda impl: _loss(cell, reg, deterministic, impl),
+    nm.assert_fused_matches_autodiff(lambda impl: stack_loss(cell, reg, deterministic, impl),
                                      params, x, carry)
 
 
@@ -53,7 +40,7 @@ def test_accelerator_weight_layout_gives_the_same_gradients(monkeypatch, reg_nam
     carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry("lstm", params, 3, reg))
 
     def run(impl):
-        f = jax.value_and_grad(_loss("lstm", reg, False, impl), argnums=(0, 1, 2))
+        f = jax.value_and_grad(stack_loss("lstm", reg, False, impl), argnums=(0, 1, 2))
         return f(params, x, carry)
 
     blocks = {impl: run(impl) for impl in ("fused", "autodiff")}

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from regularizer_cases import REGS, stack_loss
 
 import rnnreg_jax as rj
 from rnnreg_jax import bidirectional as bd
@@ -138,50 +139,13 @@ def test_gru_candidate_mask_shared_or_scalar_is_the_gates_mask():
             nm.assert_trees_close_f64(got, want)
 
 
-REGS = {
-    "none": lambda cell: rj.NONE,
-    "variational_per_gate": lambda cell: rj.variational(0.3, 0.2, 0.4, per_gate=True),
-    "naive_per_step": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3, per_gate=True),
-    "naive_shared": lambda cell: rj.naive_dropout(input=0.2, recurrent=0.3),
-    "zoneout": lambda cell: rj.zoneout(0.3 if cell == "keras_lstm" else 0.0, 0.2),
-    "recurrent_dropout": lambda cell: rj.recurrent_dropout(
-        0.3, output_zoneout=cell == "keras_lstm"),
-    "stochastic_depth": lambda cell: rj.stochastic_depth(0.2),
-    "weight_drop": lambda cell: rj.weight_drop(0.3),
-    "cell_dropout": lambda cell: rj.variational(cell=0.3),  # LSTM only
-}
-
-
-def _all_sites(cell):
-    """One composition that touches every site the cell takes."""
-    lstm = cell == "keras_lstm"
-    return (rj.variational(0.3, 0.2, 0.4, cell=0.2 if lstm else 0.0, per_gate=True)
-            + rj.recurrent_dropout(0.3, output_zoneout=lstm)
-            + rj.zoneout(0.2 if lstm else 0.0, 0.2) + rj.stochastic_depth(0.1)
-            + rj.weight_drop(0.2))
-
-
-REGS["all"] = _all_sites
 # The default suite: every site at once, and the recurrent mask's other forms (per step,
 # shared by the gates); each family alone runs with -m slow.
-DEFAULT = ("all", "naive_per_step", "naive_shared")
+DEFAULT = ("all", "all_shared", "naive_per_gate", "naive_shared")
 FUSED_CASES = [pytest.param(cell, name, False,
                              marks=() if name in DEFAULT else pytest.mark.slow)
-               for cell in KERAS_CELLS for name in sorted(REGS)
-               if not (cell == "keras_gru" and name == "cell_dropout")]
+               for cell in KERAS_CELLS for name in sorted(REGS)]
 FUSED_CASES += [(cell, "all", True) for cell in KERAS_CELLS]  # evaluation: scalar rates
-
-
-def fused_or_autodiff_loss(cell, reg, deterministic, implementation):
-    key = jax.random.key(3)
-
-    def loss(params, x, carry):
-        ys, carry = rnn.unroll(cell, params, x, carry, reg=reg, key=key,
-                               deterministic=deterministic, implementation=implementation)
-        state = sum(jnp.sum(v ** 3) for c in carry for v in c.values())
-        return jnp.sum(jnp.sin(ys)) + state
-
-    return loss
 
 
 @pytest.mark.parametrize("cell,reg_name,deterministic", FUSED_CASES)
@@ -193,7 +157,7 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
     x = jax.random.normal(jax.random.key(9), (B, T, F))
     carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, B, reg))
     out = nm.assert_fused_matches_autodiff(
-        lambda impl: fused_or_autodiff_loss(cell, reg, deterministic, impl), params, x, carry)
+        lambda impl: stack_loss(cell, reg, deterministic, impl), params, x, carry)
     grads = out["fused"][1][0]
     assert all(float(jnp.abs(layer["w_h"]).max()) > 0 for layer in grads)
 
@@ -206,7 +170,7 @@ def test_gate_major_weight_layout_gives_the_same_gru(monkeypatch):
     x = jax.random.normal(jax.random.key(9), (B, T, F))
 
     def run(impl):
-        loss = fused_or_autodiff_loss(cell, reg, False, impl)
+        loss = stack_loss(cell, reg, False, impl)
         return jax.value_and_grad(loss)(params, x, rnn.initial_carry(cell, params, B))
 
     expected = {impl: run(impl) for impl in ("fused", "autodiff")}
