@@ -48,6 +48,13 @@ def close(got, want):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
 
+def on_mesh(f, weights, *batch):
+    # (jit(f) on the mesh with the batch arrays sharded over "data", f unsharded)
+    want = f(weights, *batch)
+    with jax.set_mesh(mesh):
+        sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in batch]
+        return jax.jit(f)(weights, *sharded), want
+
 def batch_axis(a, axis=0):
     return jax.typeof(a).sharding.spec[axis]
 
@@ -100,11 +107,7 @@ def bi_loss(p, x):
                                     deterministic=False, implementation="fused")
     return jnp.sum(ys ** 2)
 
-want = jax.value_and_grad(bi_loss)(bi_params, x)
-with jax.set_mesh(mesh):
-    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-    got = jax.jit(jax.value_and_grad(bi_loss))(bi_params, xs)
-close(got, want)
+close(*on_mesh(jax.value_and_grad(bi_loss), bi_params, x))
 
 layer = StackedRNN((H, H), reg=REG, dtype=None, param_dtype=jnp.float64)
 variables = layer.init(jax.random.key(0), x)
@@ -113,11 +116,7 @@ def module_loss(v, x):
     ys, _ = layer.apply(v, x, deterministic=False, rngs={"dropout": key})
     return jnp.sum(ys ** 2)
 
-want = jax.value_and_grad(module_loss)(variables, x)
-with jax.set_mesh(mesh):
-    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-    got = jax.jit(jax.value_and_grad(module_loss))(variables, xs)
-close(got, want)
+close(*on_mesh(jax.value_and_grad(module_loss), variables, x))
 print("explicit ok")
 """
 
@@ -135,12 +134,7 @@ def padded_loss(impl):
     return jax.value_and_grad(f, argnums=(0, 1))
 
 for impl in ("fused", "autodiff"):
-    want = padded_loss(impl)(params, x, lengths)
-    with jax.set_mesh(mesh):
-        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-        ns = jax.device_put(lengths, NamedSharding(mesh, P("data")))
-        got = jax.jit(padded_loss(impl))(params, xs, ns)
-    close(got, want)
+    close(*on_mesh(padded_loss(impl), params, x, lengths))
 
 # a language model: embedding dropout, variational sites, its softmax
 lm = LanguageModel(11, (H, H), embed_size=H, reg=REG + rj.embedding_dropout(0.2),
@@ -152,12 +146,8 @@ def lm_loss(v, ids):
     logits, _ = lm.apply(v, ids, deterministic=False, rngs={"dropout": key})
     return jnp.sum(jax.nn.log_softmax(logits) ** 2)
 
-want = jax.value_and_grad(lm_loss)(lm_vars, ids)
-with jax.set_mesh(mesh):
-    ids_sharded = jax.device_put(ids, NamedSharding(mesh, P("data")))
-    got = jax.jit(jax.value_and_grad(lm_loss))(lm_vars, ids_sharded)
-    logits, _ = jax.jit(lm.apply)(lm_vars, ids_sharded)
-close(got, want)
+close(*on_mesh(jax.value_and_grad(lm_loss), lm_vars, ids))
+(logits, _), _ = on_mesh(lm.apply, lm_vars, ids)
 assert batch_axis(logits) == "data"
 
 # its NNX twin, tied embeddings
@@ -174,6 +164,7 @@ def nnx_loss(m, ids):
 
 want = nnx.value_and_grad(nnx_loss)(model, ids)
 with jax.set_mesh(mesh):
+    ids_sharded = jax.device_put(ids, NamedSharding(mesh, P("data")))
     got = nnx.jit(nnx.value_and_grad(nnx_loss))(model, ids_sharded)
 close(got[0], want[0])
 close(nnx.to_pure_dict(got[1]), nnx.to_pure_dict(want[1]))
@@ -188,10 +179,7 @@ def bf16_loss(p, x):
                       implementation="fused", dtype=jnp.bfloat16)
     return jnp.sum(ys.astype(jnp.float32) ** 2)
 
-want = jax.value_and_grad(bf16_loss)(p32, x32)
-with jax.set_mesh(mesh):
-    got = jax.jit(jax.value_and_grad(bf16_loss))(
-        p32, jax.device_put(x32, NamedSharding(mesh, P("data"))))
+got, want = on_mesh(jax.value_and_grad(bf16_loss), p32, x32)
 for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     scale = float(np.max(np.abs(np.asarray(b, np.float32))))
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
