@@ -32,6 +32,7 @@ return_carry=True)` returns `(carry, outputs)`, which `carry_first=True` gives h
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,6 +137,25 @@ def with_regularizer_params(reg: Regularizer, init, layer: int):
     return with_extra
 
 
+def layer_init(options, input_size: int, hidden: int, layer: int, adapt=None):
+    """`key -> one layer's parameters` as every stack (linen and NNX, one direction or
+    two) draws them from its recurrent `options` (a module with `cell`, `reg`,
+    `init_scale`, `param_dtype`, `recurrent_bias`, `orthogonal_init`, `param_axes`): the
+    cell's arrays (`cells.init_params`), passed through `adapt` if given (the first layer
+    fed gates' pre-activations), then the regularizer's own (`with_regularizer_params`),
+    boxed by `param_axes`."""
+    def cell_init(key):
+        return cells.init_params(key, options.cell, input_size, hidden, options.init_scale,
+                                 options.param_dtype, options.recurrent_bias,
+                                 options.orthogonal_init)
+
+    init = with_regularizer_params(options.reg, cell_init if adapt is None
+                                   else adapt(cell_init), layer)
+    if options.param_axes is not None:
+        init = partitioning.boxed_init(init, options.param_axes)
+    return init
+
+
 OPTION_FIELDS = ("cell", "reg", "init_scale", "unroll", "implementation", "bn_max_steps",
                  "bn_momentum", "recurrent_bias", "forget_bias", "orthogonal_init", "dtype",
                  "param_dtype", "param_axes")
@@ -202,15 +222,12 @@ class StackedRNN(RecurrentOptions):
         self.reg.check_cell(self.cell)
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
-            init = lambda key, f=in_size, h=hidden: cells.init_params(
-                key, self.cell, f, h, self.init_scale, self.param_dtype, self.recurrent_bias,
-                self.orthogonal_init)
+            adapt = None
             if index == 0 and not self.project_first_input:
-                init = self._gates_input_init(init, in_size, hidden)
-            init = with_regularizer_params(self.reg, init, index)
-            if self.param_axes is not None:
-                init = partitioning.boxed_init(init, self.param_axes)
-            params.append(self.param(f"layer_{index}", init))
+                adapt = functools.partial(self._gates_input_init, in_size=in_size,
+                                          hidden=hidden)
+            params.append(self.param(f"layer_{index}",
+                                     layer_init(self, in_size, hidden, index, adapt)))
             in_size = hidden
         if self.param_axes is not None:
             partitioning.check_names(self.param_axes, params)
@@ -341,7 +358,7 @@ class Bidirectional(RecurrentOptions):
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             init = lambda key, f=in_size, h=hidden, layer=index: {
-                d: self._direction_params(k, f, h, layer)
+                d: layer_init(self, f, h, layer)(k)
                 for d, k in zip(bidirectional.DIRECTIONS, jax.random.split(key), strict=True)}
             params.append(self.param(f"layer_{index}", init))
             in_size = bidirectional.merged_width(hidden, self.merge)
@@ -362,17 +379,6 @@ class Bidirectional(RecurrentOptions):
                                                        time_axis, seq_lengths).items():
                 self.sow("penalties", name, value)
         return (carry, outputs) if self.carry_first else (outputs, carry)
-
-    def _direction_params(self, key, input_size: int, hidden: int, layer: int) -> dict:
-        """One direction's parameters in `param_dtype` and the regularizer's extra ones
-        (their own key, as in `StackedRNN`), boxed by `param_axes`."""
-        init = with_regularizer_params(
-            self.reg, lambda key: cells.init_params(
-                key, self.cell, input_size, hidden, self.init_scale, self.param_dtype,
-                self.recurrent_bias, self.orthogonal_init), layer)
-        if self.param_axes is not None:
-            init = partitioning.boxed_init(init, self.param_axes)
-        return init(key)
 
     def initial_carry(self, batch_size: int, dtype=jnp.float32) -> list[dict]:
         """Zero state of every layer's two directions (usable outside `apply`)."""

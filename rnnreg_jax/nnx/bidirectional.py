@@ -66,7 +66,7 @@ class Bidirectional(RecurrentModule):
         self.reg.check_cell(self.cell)
         in_size, drawn = input_size, []
         for index, hidden in enumerate(self.hidden_sizes):
-            pair = {d: self._direction_params(rngs["params"](), in_size, hidden, index)
+            pair = {d: nn.layer_init(self, in_size, hidden, index)(rngs["params"]())
                     for d in bidirectional.DIRECTIONS}
             drawn.extend(pair.values())
             setattr(self, f"layer_{index}", DirectionPair(pair["forward"], pair["backward"]))
@@ -74,18 +74,6 @@ class Bidirectional(RecurrentModule):
         if self.param_axes is not None:
             partitioning.check_names(self.param_axes, drawn)
         self.penalty_terms = nnx.Intermediate({})
-
-    def _direction_params(self, key: jax.Array, input_size: int, hidden: int,
-                          layer: int) -> dict:
-        """One direction's arrays as linen's `Bidirectional` draws them (cell, regularizer
-        parameters from their own key, boxed by `param_axes`)."""
-        init = nn.with_regularizer_params(
-            self.reg, lambda k: cells.init_params(
-                k, self.cell, input_size, hidden, self.init_scale, self.param_dtype,
-                self.recurrent_bias, self.orthogonal_init), layer)
-        if self.param_axes is not None:
-            init = partitioning.boxed_init(init, self.param_axes)
-        return init(key)
 
     @property
     def layers(self) -> list[DirectionPair]:

@@ -12,6 +12,7 @@ the dict `rnn.unroll` takes (`w_x`, `w_h`, `b`, ...), one `nnx.Param` each, so t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,16 +126,11 @@ class StackedRNN(RecurrentModule):
         twin = self.linen_module()
         in_size, drawn = input_size, []
         for index, hidden in enumerate(self.hidden_sizes):
-            def init(key, f=in_size, h=hidden):
-                return cells.init_params(key, self.cell, f, h, self.init_scale,
-                                         self.param_dtype, self.recurrent_bias,
-                                         self.orthogonal_init)
+            adapt = None
             if index == 0 and not project_first_input:
-                init = twin._gates_input_init(init, in_size, hidden)  # noqa: SLF001
-            init = nn.with_regularizer_params(self.reg, init, index)
-            if self.param_axes is not None:
-                init = partitioning.boxed_init(init, self.param_axes)
-            drawn.append(init(rngs["params"]()))
+                adapt = functools.partial(twin._gates_input_init,  # noqa: SLF001
+                                          in_size=in_size, hidden=hidden)
+            drawn.append(nn.layer_init(self, in_size, hidden, index, adapt)(rngs["params"]()))
             stats = None if kept is None else kept.init(hidden, self.bn_max_steps)
             setattr(self, f"layer_{index}", LayerParams(drawn[-1], stats))
             in_size = hidden
