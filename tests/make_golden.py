@@ -46,11 +46,7 @@ def make(cell: str, num_layers: int, seed: int) -> dict[str, np.ndarray]:
     kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
     module = CELLS[cell](INPUT, HIDDEN, num_layers=num_layers, batch_first=True, **kwargs)
     module = module.float()
-    gen = torch.Generator().manual_seed(seed + 1)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2.0 - 1.0  # uniform in [-1, 1]
-
+    rand = uniform_draws(seed + 1)
     x = rand(BATCH, STEPS, INPUT).requires_grad_()
     h0 = (0.5 * rand(num_layers, BATCH, HIDDEN)).requires_grad_()
     r_out, r_h = rand(BATCH, STEPS, HIDDEN), rand(num_layers, BATCH, HIDDEN)
@@ -79,16 +75,35 @@ def make(cell: str, num_layers: int, seed: int) -> dict[str, np.ndarray]:
     return result
 
 
-def main() -> None:
+def uniform_draws(seed: int):
+    """`rand(*shape)`: float32 tensors uniform in [-1, 1], drawn in call order from one
+    generator seeded with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen) * 2.0 - 1.0
+
+    return rand
+
+
+def write_fixtures(make, layers, seed: int, file_name: str, loss_key: str) -> None:
+    """Save `make(cell, num_layers, seed)` for every cell of `CELLS` and layer count of
+    `layers` (each its own seed) as `fixtures/<file_name>` (`{cell}`, `{layers}`
+    filled in), deterministically on one CPU thread."""
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for index, cell in enumerate(CELLS):
-        for num_layers in LAYERS:
-            arrays = make(cell, num_layers, SEED + 10 * index + num_layers)
-            path = OUT_DIR / f"golden_{cell}_{num_layers}layer.npz"
+        for num_layers in layers:
+            arrays = make(cell, num_layers, seed + 10 * index + num_layers)
+            path = OUT_DIR / file_name.format(cell=cell, layers=num_layers)
             np.savez_compressed(path, **arrays)
-            print(f"{path.name}: {path.stat().st_size} bytes, loss {float(arrays['loss']):.6f}")
+            print(f"{path.name}: {path.stat().st_size} bytes, "
+                  f"loss {float(arrays[loss_key]):.6f} (torch {torch.__version__})")
+
+
+def main() -> None:
+    write_fixtures(make, LAYERS, SEED, "golden_{cell}_{layers}layer.npz", "loss")
 
 
 if __name__ == "__main__":

@@ -37,17 +37,14 @@ length are 0 and its final states are those at its last step), all float64.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import torch
+from make_golden import CELLS, uniform_draws, write_fixtures  # the sibling script
 
 BATCH, STEPS, INPUT, HIDDEN = 3, 5, 4, 3
 LENGTHS = (5, 2, 4)
 LAYERS = (1, 2)
-CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 SEED = 20260412
-OUT_DIR = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 def run(module, inputs: dict, weights: dict, lengths=None) -> dict[str, np.ndarray]:
@@ -86,11 +83,7 @@ def make(cell: str, num_layers: int, seed: int) -> dict[str, np.ndarray]:
     kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
     module = CELLS[cell](INPUT, HIDDEN, num_layers=num_layers, batch_first=True,
                          bidirectional=True, **kwargs).float()
-    gen = torch.Generator().manual_seed(seed + 1)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2.0 - 1.0  # uniform in [-1, 1]
-
+    rand = uniform_draws(seed + 1)
     states = 2 * num_layers
     inputs = {"x": rand(BATCH, STEPS, INPUT), "h0": 0.5 * rand(states, BATCH, HIDDEN)}
     weights = {"r_out": rand(BATCH, STEPS, 2 * HIDDEN), "r_h": rand(states, BATCH, HIDDEN)}
@@ -108,16 +101,8 @@ def make(cell: str, num_layers: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for index, cell in enumerate(CELLS):
-        for num_layers in LAYERS:
-            arrays = make(cell, num_layers, SEED + 10 * index + num_layers)
-            path = OUT_DIR / f"golden_bidirectional_{cell}_{num_layers}layer.npz"
-            np.savez_compressed(path, **arrays)
-            print(f"{path.name}: {path.stat().st_size} bytes, "
-                  f"loss {float(arrays['full/loss']):.6f} (torch {torch.__version__})")
+    write_fixtures(make, LAYERS, SEED, "golden_bidirectional_{cell}_{layers}layer.npz",
+                   "full/loss")
 
 
 if __name__ == "__main__":
