@@ -1,13 +1,18 @@
-"""Explicit-axis meshes: the recurrent state sharded over the batch like the inputs.
+"""Explicit-axis meshes: the recurrent state sharded over the batch like the inputs,
+whatever the weights' sharding.
 
 Under a mesh with explicit axes (`jax.make_mesh(..., axis_types=(AxisType.Explicit,))`
 and `jax.set_mesh`) every array's type carries its sharding, and `lax.scan` requires
 the carry it is given to have the type the step returns. A step fed batch-sharded
 inputs returns a batch-sharded state, so the zero state is built sharded the same way
 (`shard_like_batch`), and a state the caller passes in must already be
-(`check_carry`). Without a mesh, or with Auto axes (`jax.sharding.Mesh`), a type's
-spec names no mesh axes: both functions then trace nothing and the program is the one
-without them.
+(`check_carry`). Weights sharded over a model axis (tensor parallelism: the gate axis
+of `w_x`, `w_h`, `b`) make the step's products shard its new state over the hidden axis
+as well; `step_like` reshards each step's state and output as the state it was given,
+`transpose_sharding` types the fused pass's `dz W_h^T`, and `check_weights` refuses by
+name the layouts the products cannot take. Without a mesh, or with Auto axes
+(`jax.sharding.Mesh`), a type's spec names no mesh axes: these functions then trace
+nothing and the program is the one without them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Meshes with explicit axes (`jax.make_mesh(..., axis_types=(AxisType.Explicit,))`):
 `unroll` on batch-sharded inputs gives the unsharded results, its outputs and state
 stay batch-sharded, and a state sharded otherwise than the inputs is refused clearly
-(`rnnreg_jax.explicit_sharding`). Two host devices, in a subprocess (the device count
-is fixed when JAX starts); float64, so the comparison is tight on any CPU."""
+(`rnnreg_jax.explicit_sharding`); so do weights sharded over a "model" axis beside the
+batch's "data" axis, and the layouts the products cannot take are refused by name. Two
+host devices (four for the 2x2 mesh), in a subprocess (the device count is fixed when
+JAX starts); float64, so the comparison is tight on any CPU."""
 
 from __future__ import annotations
 
