@@ -29,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, lengths, precision
+from rnnreg_jax import cells, explicit_sharding, lengths, precision
 
 Array = jax.Array
 
@@ -76,12 +76,15 @@ def _scanned(inputs: tuple, valid: Array | None) -> tuple:
 
 
 def _update(cell):
-    """The cell's update, its new carry in the dtypes of the carry it was given."""
+    """The cell's update, its new carry in the dtypes (and, under explicit mesh axes, the
+    shardings) of the carry it was given, its output sharded like the carry's `h`."""
     update = cells.get_update(cell)
+    aux_output = cells.has_aux_output(cell)
 
     def in_carry_dtypes(extra, c, xw_t, rec_t, noise):
         new_c, y_t = update(extra, c, xw_t, rec_t, noise)
-        return precision.like(new_c, c), y_t
+        # and shardings (explicit axes: gate-sharded weights shard the step's results)
+        return explicit_sharding.step_like(precision.like(new_c, c), y_t, c, aux_output)
 
     return in_carry_dtypes
 
@@ -137,6 +140,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
             d_c = jax.tree.map(jnp.add, d_c, ct_past)
         d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent)
         d_c = dict(d_c, h=precision.cast(d_h, d_c["h"].dtype))  # a float32 mask promotes
+        d_c = explicit_sharding.like(d_c, ct_carry)
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
         return (d_c, ct_extra), (d_xw, d_rec)
 
@@ -148,6 +152,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     d_extra = precision.like(d_extra, extra)
     d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs, tied.recurrent,
                                         per_step.recurrent)
+    d_w_h = explicit_sharding.like(d_w_h, w_h)  # custom_vjp wants W_h's type (explicit axes)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
     return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step), None
 

@@ -104,6 +104,7 @@ def scan_layer(
     """
     step = cells.get_step(cell)
     explicit_sharding.check_carry(carry, xs)
+    explicit_sharding.check_weights(params, xs, carry)
     if population is not None and cells.statistics_of(cell) is None:
         raise ValueError(f"Running statistics apply to cells that keep them (lstm_bn), not "
                          f"{cell!r}.")
@@ -134,6 +135,12 @@ def scan_layer(
         if explicit_sharding.axes_of(xs, 1) is not None:
             raise ValueError("Inputs sharded over an explicit mesh axis are not supported "
                              "by implementation='pallas'; use 'fused' or 'autodiff'.")
+        sharded = [name for name, w in params.items()
+                   if explicit_sharding.spec_of(w) is not None]
+        if sharded:
+            raise ValueError(f"params[{sharded[0]!r}] is sharded over an explicit mesh axis, "
+                             "which implementation='pallas' does not support; use 'fused' "
+                             "or 'autodiff', or replicate the weights.")
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         if dtype is not None:  # the fused pass sums dW_h in one product
@@ -158,6 +165,8 @@ def scan_layer(
             step_params = dict(params, w_h=precision.cast_floating(params["w_h"], dtype))
         new_c, y_t = step(step_params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         new_c = precision.like(new_c, c)  # the state in its own dtype (mixed precision)
+        # and sharding (explicit axes: gate-sharded weights shard the step's results)
+        new_c, y_t = explicit_sharding.step_like(new_c, y_t, c, aux_output)
         if valid is not None:  # examples past their length keep their state
             new_c, y_t = lengths.freeze(inputs[2], c, new_c, y_t, aux_output)
         return new_c, y_t

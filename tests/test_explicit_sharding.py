@@ -1,12 +1,15 @@
 """Meshes with explicit axes (`jax.make_mesh(..., axis_types=(AxisType.Explicit,))`):
 `unroll` on batch-sharded inputs gives the unsharded results, its outputs and state
 stay batch-sharded, and a state sharded otherwise than the inputs is refused clearly
-(`rnnreg_jax.explicit_sharding`). Two host devices, in a subprocess (the device count
-is fixed when JAX starts); float64, so the comparison is tight on any CPU."""
+(`rnnreg_jax.explicit_sharding`); so do weights sharded over a "model" axis beside the
+batch's "data" axis, and the layouts the products cannot take are refused by name. Two
+host devices (four for the 2x2 mesh), in a subprocess (the device count is fixed when
+JAX starts); float64, so the comparison is tight on any CPU."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,21 +17,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, explicit_sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PRELUDE = """
+# The scripts' shared part; each then makes its `mesh`, which the helpers use.
+HELPERS = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 jax.config.update("jax_enable_x64", True)
 import rnnreg_jax as rj
 from rnnreg_jax import cells
 
-assert jax.device_count() == 2
-mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Explicit,))
 F, H, B, T = 3, 8, 4, 5
 params = [cells.init_params(jax.random.key(i), "lstm", f, H, dtype=jnp.float64)
           for i, f in enumerate((F, H))]
@@ -48,25 +52,40 @@ def close(got, want):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
 
-def on_mesh(f, weights, *batch):
-    # (jit(f) on the mesh with the batch arrays sharded over "data", f unsharded)
+def on_mesh(f, weights, *batch, layout=None):
+    # (jit(f) on the mesh with the batch arrays sharded over "data" and the weights
+    # named in `layout` (array name -> spec) sharded by it, f unsharded)
     want = f(weights, *batch)
     with jax.set_mesh(mesh):
+        if layout is not None:
+            weights = jax.tree.map_with_path(lambda path, w: jax.device_put(
+                w, NamedSharding(mesh, layout.get(path[-1].key, P()))), weights)
         sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in batch]
         return jax.jit(f)(weights, *sharded), want
 
 def batch_axis(a, axis=0):
     return jax.typeof(a).sharding.spec[axis]
 
-def check_unroll(reg, impl):
-    want = loss(impl, reg)(params, x)
-    with jax.set_mesh(mesh):
-        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-        got = jax.jit(loss(impl, reg))(params, xs)
+def spec(a, ndim=None):  # a's sharding in its type, or a PartitionSpec, one entry per axis
+    s = tuple(a) if isinstance(a, P) else tuple(jax.typeof(a).sharding.spec)
+    return s + (None,) * ((ndim or len(s)) - len(s))
+
+def check_unroll(reg, impl, layout=None):
+    # outputs, state and input gradient sharded over the batch only, whatever the
+    # weights' layout; the weights' gradients sharded like the weights
+    got, want = on_mesh(loss(impl, reg), params, x, layout=layout)
     close(got, want)
-    (_, (ys, carry)), (_, d_x) = got
-    assert batch_axis(ys) == "data" and batch_axis(d_x) == "data", impl
-    assert {batch_axis(c) for c in jax.tree.leaves(carry)} == {"data"}, impl
+    (_, (ys, carry)), (d_params, d_x) = got
+    assert spec(ys) == spec(d_x) == ("data", None, None), (impl, spec(ys), spec(d_x))
+    assert {spec(c) for c in jax.tree.leaves(carry)} == {("data", None)}, impl
+    for d in d_params:
+        for name, g in d.items():
+            assert spec(g) == spec((layout or {}).get(name, P()), g.ndim), (impl, name)
+"""
+
+PRELUDE = HELPERS + """
+assert jax.device_count() == 2
+mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Explicit,))
 """
 
 CORE = PRELUDE + """
@@ -117,6 +136,44 @@ def module_loss(v, x):
     return jnp.sum(ys ** 2)
 
 close(*on_mesh(jax.value_and_grad(module_loss), variables, x))
+print("explicit ok")
+"""
+
+TENSOR_PARALLEL = HELPERS + """
+import flax.linen as nn
+from rnnreg_jax.nn import StackedRNN
+
+assert jax.device_count() == 4
+mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+# tensor-parallel over the gate axis (column-parallel products), and w_h over its input
+GATES = {"w_x": P(None, "model"), "w_h": P(None, "model"), "b": P("model")}
+W_H_ROWS = {"w_x": P(None, "model"), "w_h": P("model", None), "b": P("model")}
+PER_GATE = (rj.variational(input=0.2, recurrent=0.2, per_gate=True, tie="step")
+            + rj.zoneout(cells=0.3, hiddens=0.1))
+
+check_unroll(REG, "fused", GATES)
+check_unroll(PER_GATE, "fused", W_H_ROWS)
+check_unroll(PER_GATE, "autodiff", GATES)
+
+# the linen StackedRNN, sharded by its param_axes and the rule gates -> model
+layer = StackedRNN((H, H), reg=REG, dtype=None, param_dtype=jnp.float64,
+                   implementation="fused", param_axes={"w_x": ("embed", "gates"),
+                   "w_h": ("hidden", "gates"), "b": ("gates",)})
+boxed = layer.init(jax.random.key(0), x)
+
+def module_loss(v, x):
+    ys, _ = layer.apply(v, x, deterministic=False, rngs={"dropout": key})
+    return jnp.sum(ys ** 2)
+
+rules = (("gates", "model"), ("hidden", None), ("embed", None))
+want = jax.value_and_grad(module_loss)(nn.unbox(boxed), x)
+with jax.set_mesh(mesh):
+    variables = jax.device_put(nn.unbox(boxed), nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(boxed), mesh, rules))
+    got = jax.jit(jax.value_and_grad(module_loss))(
+        variables, jax.device_put(x, NamedSharding(mesh, P("data"))))
+close(got, want)
+assert spec(got[1]["params"]["layer_1"]["w_h"]) == (None, "model")
 print("explicit ok")
 """
 
@@ -188,9 +245,10 @@ print("explicit ok")
 """
 
 
-def run_on_two_devices(script: str) -> None:
+def run_on_host_devices(script: str, devices: int = 2) -> None:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={devices}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=300, check=False)
@@ -203,14 +261,14 @@ def test_unroll_under_an_explicit_mesh_matches_the_unsharded_run():
     1e-10 in float64; outputs, final state and input gradient are batch-sharded; a carry
     the caller shards like the inputs is used as given, an unsharded one is refused; so
     is the Pallas path."""
-    run_on_two_devices(CORE)
+    run_on_host_devices(CORE)
 
 
 @pytest.mark.slow  # a second subprocess, ~15 s on 2 cores
 def test_per_gate_masks_bidirectional_stacks_and_stacked_rnn_under_an_explicit_mesh():
     """As above for per-step per-gate masks (both backward passes), a bidirectional
     stack (its zero state sharded too) and the linen `StackedRNN`."""
-    run_on_two_devices(EXTRAS)
+    run_on_host_devices(EXTRAS)
 
 
 @pytest.mark.slow  # a third subprocess, ~20 s on 2 cores
@@ -220,7 +278,18 @@ def test_lengths_language_model_and_bf16_under_an_explicit_mesh():
     of a tied one equal the unsharded run to 1e-10 in float64 (the embedding lookup
     needs `explicit_sharding.take_rows`); bfloat16 products agree to bfloat16's
     precision."""
-    run_on_two_devices(MODELS)
+    run_on_host_devices(MODELS)
+
+
+@pytest.mark.slow  # a fourth subprocess, ~20 s on 2 cores
+def test_tensor_parallel_weights_under_an_explicit_2x2_mesh():
+    """Weights sharded over a "model" axis, the batch over "data" (4 host devices): the
+    gate axis of w_x, w_h and b (fused pass with variational dropout, zoneout and weight
+    drop; autodiff with per-step per-gate masks), w_h over its input axis (fused,
+    per-gate masks), and a linen `StackedRNN` sharded by its `param_axes`: value and
+    gradients equal the unsharded run to 1e-10 in float64, outputs and state are
+    sharded over the batch only and each gradient like its weight."""
+    run_on_host_devices(TENSOR_PARALLEL, devices=4)
 
 
 def test_without_an_explicit_mesh_nothing_is_resharded_or_checked():
@@ -236,6 +305,56 @@ def test_without_an_explicit_mesh_nothing_is_resharded_or_checked():
     params = cells.init_params(jax.random.key(0), "lstm", 3, 8)
     ys, _ = rj.unroll("lstm", params, x, implementation="fused")
     assert ys.shape == (5, 4, 8) and np.isfinite(np.asarray(ys)).all()
+
+
+def _one_device_mesh():
+    # explicit axes of size 1: the types name the axes, so the checks run in-process
+    return jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1],
+                         axis_types=(AxisType.Explicit,) * 2)
+
+
+@pytest.mark.parametrize("layout, x_spec, carry_spec, implementation, message", [
+    ({"b": P("data")}, P("data"), None, "autodiff",
+     "params['b'] has its last axis sharded over ['data'], which also shards the inputs' "
+     "batch axis"),
+    ({"w_x": P("model", None)}, P("data", None, "model"), None, "fused",
+     "params['w_x'] has its input axis sharded over ['model'], like the inputs' features; "
+     "shard w_x over its gate axis or replicate it"),
+    ({"w_h": P("model", None)}, P("data"), P("data", "model"), "fused",
+     "params['w_h'] has its input axis sharded over ['model'], like the carry's h"),
+    ({"w_h": P(None, "model")}, P(), None, "pallas",
+     "params['w_h'] is sharded over an explicit mesh axis, which implementation='pallas' "
+     "does not support"),
+])
+def test_weight_layouts_the_products_cannot_take_are_refused_by_name(
+        layout, x_spec, carry_spec, implementation, message):
+    mesh = _one_device_mesh()
+    params = cells.init_params(jax.random.key(0), "lstm", 4, 8)
+    x = jnp.ones((2, 3, 4))
+    with jax.set_mesh(mesh):
+        params = {name: jax.device_put(w, NamedSharding(mesh, layout.get(name, P())))
+                  for name, w in params.items()}
+        x = jax.device_put(x, NamedSharding(mesh, x_spec))
+        carry = None
+        if carry_spec is not None:
+            carry = {name: jax.device_put(c, NamedSharding(mesh, carry_spec))
+                     for name, c in cells.init_carry("lstm", 2, 8).items()}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            rj.unroll("lstm", params, x, carry, implementation=implementation)
+
+
+def test_tensor_parallel_helpers_trace_nothing_without_an_explicit_mesh():
+    """No mesh: the step's results, the transpose's sharding and the weight check leave
+    the program as it is (the traced steps are those without the feature)."""
+    x = jnp.ones((5, 4, 3))
+    carry = cells.init_carry("lstm", 4, 8)
+    params = cells.init_params(jax.random.key(0), "lstm", 3, 8)
+    explicit_sharding.check_weights(params, x, carry)
+    assert explicit_sharding.transpose_sharding(jnp.ones((4, 32)), params["w_h"]) is None
+    assert explicit_sharding.spec_of(params["w_h"]) is None
+    jaxpr = jax.make_jaxpr(lambda c, y: explicit_sharding.step_like(c, y, carry))(
+        carry, carry["h"])
+    assert not jaxpr.eqns
 
 
 @pytest.mark.parametrize("axis", [0, 1, 5])

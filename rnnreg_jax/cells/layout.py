@@ -160,17 +160,20 @@ def recurrent_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> A
     With a per-gate mask `w_h` is laid out by `per_gate_weights` (G blocks, or
     gate-major `[G, H, H]`) and the cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
     """
+    out = explicit_sharding.transpose_sharding(d_rec, w_h)  # None without explicit axes
     if mask is None:
-        return d_rec @ w_h.T
+        return jnp.matmul(d_rec, w_h.T, out_sharding=out)
     if not is_per_gate(mask):
-        return (d_rec @ w_h.T) * mask
+        return jnp.matmul(d_rec, w_h.T, out_sharding=out) * mask
     mask = mask.masks
     num_gates = mask.shape[0]
     if isinstance(w_h, tuple):
         d_blocks = jnp.split(d_rec, num_gates, axis=-1)
-        return sum((d @ w.T) * m for d, w, m in zip(d_blocks, w_h, mask, strict=True))
+        return sum(jnp.matmul(d, w.T, out_sharding=out) * m
+                   for d, w, m in zip(d_blocks, w_h, mask, strict=True))
     d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
-    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h) * mask, axis=0)
+    out = None if out is None else explicit_sharding.transpose_sharding(d, w_h)
+    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h, out_sharding=out) * mask, axis=0)
 
 
 def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:
@@ -195,10 +198,11 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
 def _weight_grad_over_batch_shards(h_prev: Array, d_recs: Array, mask, tied: bool) -> Array:
     """`recurrent_weight_grad` with the batch sharded over an explicit mesh axis: `[T, B]`
     cannot merge into rows split like the batch, so each product contracts both axes,
-    its sum over the shards replicated."""
+    its sum over the shards replicated over them (its gate columns sharded as the
+    cotangents' are: tensor-parallel weights)."""
     def product(h, d):
         return jnp.einsum("tbh,tbk->hk", precision.operand(h, d), d,
-                          out_sharding=PartitionSpec())
+                          out_sharding=PartitionSpec(None, explicit_sharding.axes_of(d, 2)))
 
     if not is_per_gate(mask):
         return product(h_prev if mask is None else h_prev * mask, d_recs)
