@@ -207,3 +207,15 @@ def test_embed_to_gates_is_a_one_hot_linear_map_into_the_gates():
     with pytest.raises(ValueError, match="takes no input dropout mask"):
         bad.apply(bad.init(jax.random.key(0), ids), ids, deterministic=False,
                   rngs={"dropout": jax.random.key(1)})
+
+
+def test_an_int_hidden_sizes_is_one_layer_as_in_stacked_rnn() -> None:
+    """`hidden_sizes=4` is `(4,)`, as `nn.StackedRNN` reads it, not a TypeError."""
+    ids = token_ids()
+    for int_model, tuple_model in (
+            (LanguageModel(V, 4), LanguageModel(V, (4,))),
+            (SequenceModel(2, 4, vocab_size=V), SequenceModel(2, (4,), vocab_size=V))):
+        shapes = jax.eval_shape(int_model.init, jax.random.key(0), ids)  # traced only: fast
+        expected = jax.eval_shape(tuple_model.init, jax.random.key(0), ids)
+        assert jax.tree.map(lambda a: a.shape, shapes) == \
+            jax.tree.map(lambda a: a.shape, expected)
