@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, fused, lengths, noise, pallas, precision
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, check_regularizer
 
 Array = jax.Array
 
@@ -322,6 +322,7 @@ def unroll(
       `return_cell_stats` a last item, the auxiliary outputs.
     """
     cells.check_cell_type(cell)
+    check_regularizer(reg)
     layers, single = _as_list(params)
     if jnp.ndim(inputs) != 3:
         raise ValueError(f"unroll's inputs must be {'[T, B, F]' if time_major else '[B, T, F]'}, "
