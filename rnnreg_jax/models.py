@@ -52,6 +52,12 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
 
 
+def check_rank(expected: str, inputs: jax.Array, ndim: int) -> None:
+    """A ValueError "`expected`, got shape S." unless `inputs` has `ndim` axes."""
+    if jnp.ndim(inputs) != ndim:
+        raise ValueError(f"{expected}, got shape {jnp.shape(inputs)}.")
+
+
 def embed_ids(embed: nn.Embed, ids: jax.Array, dtype) -> jax.Array:
     """`embed(ids)`; with ids sharded over an explicit mesh's batch axis, the same rows
     gathered with that sharding (`explicit_sharding.take_rows`)."""
@@ -131,6 +137,7 @@ class LanguageModel(RecurrentOptions):
         Returns:
           `(logits [B, T, V], carry)`.
         """
+        check_rank("LanguageModel takes int ids [B, T]", ids, 2)
         sizes = layer_sizes(self.hidden_sizes)
         embed_size = self.embed_size or sizes[0]
         if self.embed_to_gates:
@@ -208,6 +215,11 @@ class SequenceModel(RecurrentOptions):
         `seq_lengths`: int `[B]`, each example's valid steps, padding after them (see
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
+        if self.vocab_size is None:
+            check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]",
+                       inputs, 3)
+        else:
+            check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
         x = inputs
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
