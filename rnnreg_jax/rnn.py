@@ -223,11 +223,11 @@ def _check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> No
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         w_x = p.get("w_x") if isinstance(p, Mapping) else None
         if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
-            raise ValueError(f"layer {index}'s w_x takes {w_x.shape[0]} features, but {source} "
-                             f"have {width}.")
+            raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
+                             f"({source}) has {width}.")
         h = c.get("h") if isinstance(c, Mapping) else None
         if getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
-            raise ValueError(f"layer {index}'s carry has batch size {h.shape[0]}, but the "
+            raise ValueError(f"Layer {index}'s carry has batch size {h.shape[0]}, but the "
                              f"inputs have {x.shape[1]} ({layout}).")
         if not (isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2):
             return  # a layout this check does not know: leave the rest to the cells
@@ -325,8 +325,9 @@ def unroll(
     check_regularizer(reg)
     layers, single = _as_list(params)
     if jnp.ndim(inputs) != 3:
-        raise ValueError(f"unroll's inputs must be {'[T, B, F]' if time_major else '[B, T, F]'}, "
-                         f"got shape {jnp.shape(inputs)}.")
+        raise ValueError(f"The inputs of unroll must be "
+                         f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
+                         f"{jnp.shape(inputs)}.")
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)
