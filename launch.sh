@@ -77,7 +77,7 @@ setup() {
 source "$ROOT/scripts/quote.sh"
 
 check_experiment() {
-  [[ -f "$ROOT/experiments/$1.py" ]] || die "unknown experiment '$1'; choose one of: $(cd "$ROOT/experiments" && printf '%s ' [a-z]*.py | sed 's/\.py//g')"
+  is_experiment "$ROOT" "$1" || die "unknown experiment '$1'; choose one of: $(experiment_names "$ROOT")."
 }
 
 # The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".

@@ -13,16 +13,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from experiments.report_runs import find_workdirs, fmt_value, load_run
+from experiments.report_runs import Run, find_workdirs, fmt_value, load_run
 
 
-def table(workdirs: Sequence[str], split: str, epochs: Sequence[int]) -> list[str]:
+def table(runs: Sequence[Run], split: str, epochs: Sequence[int]) -> list[str]:
     """One line per run: its name, then its `split` metric after each of `epochs` ("–"
     where it has no evaluation then), then its lowest value and that epoch."""
     lines = ["run".ljust(48) + "".join(f"{'epoch ' + str(e):>12}" for e in epochs)
              + f"{'lowest (epoch)':>20}"]
-    for workdir in workdirs:
-        run = load_run(workdir)
+    for run in runs:
+        workdir = run.workdir
         curve = dict(run.epoch_curve(split))
         cells = "".join(f"{fmt_value(curve.get(e), run.metric):>12}" for e in epochs)
         best = min(curve.items(), key=lambda item: item[1]) if curve else None
@@ -50,7 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(table(workdirs, args.split, epochs)))
+    runs = [load_run(workdir) for workdir in workdirs]
+    # A typo'd split would print a table of dashes, as if no run had been evaluated.
+    splits = sorted({e["split"] for run in runs for e in run.events
+                     if e.get("phase") == "epoch_end" and "split" in e})
+    if splits and args.split not in splits:
+        print(f"error: None of the runs has epoch-end evaluations of split {args.split!r}; "
+              f"they have: {', '.join(splits)}.", file=sys.stderr)
+        return 2
+    print("\n".join(table(runs, args.split, epochs)))
     return 0
 
 

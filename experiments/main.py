@@ -14,7 +14,7 @@ import json
 import logging as py_logging
 import os
 import sys
-import tempfile
+import uuid
 
 import jax
 from absl import app, logging
@@ -107,9 +107,11 @@ def _write_whole(path: epath.Path, text: str) -> None:
     if "://" in str(path):
         path.write_text(text)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    # Not mkstemp, whose owner-only mode the rename would keep: the file gets the umask's
+    # mode, as the workdir's logs do, for whoever reads them (TensorBoard, the report).
+    tmp = os.path.join(str(path.parent), f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:
             f.write(text)
         os.replace(tmp, str(path))
     finally:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
-from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, option
+from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
 
 
 def weight_init(scale: float | None, orthogonal: bool = False):
@@ -50,6 +50,12 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
         return dict(kernel_init=nn.initializers.glorot_uniform(),
                     bias_init=nn.initializers.zeros)
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+
+
+def check_rank(expected: str, inputs: jax.Array, ndim: int) -> None:
+    """A ValueError "`expected`, got shape S." unless `inputs` has `ndim` axes."""
+    if jnp.ndim(inputs) != ndim:
+        raise ValueError(f"{expected}, got shape {jnp.shape(inputs)}.")
 
 
 def embed_ids(embed: nn.Embed, ids: jax.Array, dtype) -> jax.Array:
@@ -88,7 +94,7 @@ class LanguageModel(RecurrentOptions):
 
     Attributes:
       vocab_size: V.
-      hidden_sizes: recurrent widths, bottom first.
+      hidden_sizes: recurrent widths, bottom first (an int for one layer).
       embed_size: E (defaults to the first hidden size, as in Zaremba).
       tie_embeddings: use the embedding matrix as the softmax weights
         (needs last hidden size == embed size).
@@ -106,7 +112,7 @@ class LanguageModel(RecurrentOptions):
     """
 
     vocab_size: int
-    hidden_sizes: Sequence[int]
+    hidden_sizes: Sequence[int] | int
     embed_size: int | None = None
     tie_embeddings: bool = False
     embed_to_gates: bool = False
@@ -131,9 +137,11 @@ class LanguageModel(RecurrentOptions):
         Returns:
           `(logits [B, T, V], carry)`.
         """
-        embed_size = self.embed_size or self.hidden_sizes[0]
+        check_rank("LanguageModel takes int ids [B, T]", ids, 2)
+        sizes = layer_sizes(self.hidden_sizes)
+        embed_size = self.embed_size or sizes[0]
         if self.embed_to_gates:
-            embed_size = cells.num_gates(self.cell) * self.hidden_sizes[0]
+            embed_size = cells.num_gates(self.cell) * sizes[0]
         ortho = self.orthogonal_init
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, language_model_arrays(self.tie_embeddings))
@@ -150,7 +158,7 @@ class LanguageModel(RecurrentOptions):
                                     precision.mask_dtype(x.dtype))
         if mask is not None:
             x = x * mask
-        y, carry = StackedRNN(tuple(self.hidden_sizes),
+        y, carry = StackedRNN(sizes,
                               project_first_input=not self.embed_to_gates,
                               **dict(self.recurrent_options(), param_axes=stack_axes),
                               name="rnn")(x, carry, deterministic, use_running_average,
@@ -183,7 +191,7 @@ class SequenceModel(RecurrentOptions):
 
     Attributes:
       num_outputs: number of classes (logits) or 1 for regression.
-      hidden_sizes: recurrent widths.
+      hidden_sizes: recurrent widths (an int for one layer).
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
       head_init: "lecun_normal" (Flax's default, or orthogonal under `orthogonal_init`) or
@@ -192,7 +200,7 @@ class SequenceModel(RecurrentOptions):
     """
 
     num_outputs: int
-    hidden_sizes: Sequence[int]
+    hidden_sizes: Sequence[int] | int
     vocab_size: int | None = None
     embed_size: int = 128
     head_init: str = "lecun_normal"
@@ -207,6 +215,11 @@ class SequenceModel(RecurrentOptions):
         `seq_lengths`: int `[B]`, each example's valid steps, padding after them (see
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
+        if self.vocab_size is None:
+            check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]",
+                       inputs, 3)
+        else:
+            check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
         x = inputs
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
@@ -225,7 +238,7 @@ class SequenceModel(RecurrentOptions):
                                         precision.mask_dtype(x.dtype))
             if mask is not None:
                 x = x * mask
-        stack = StackedRNN(tuple(self.hidden_sizes),
+        stack = StackedRNN(layer_sizes(self.hidden_sizes),
                            **dict(self.recurrent_options(), param_axes=stack_axes), name="rnn")
         y, _ = stack(x, None, deterministic, use_running_average, seq_lengths=seq_lengths)
         head = head_initializers(self.head_init, self.orthogonal_init)

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, rnn
-from rnnreg_jax.regularizers.base import NONE, Regularizer, penalties_of
+from rnnreg_jax.regularizers.base import NONE, Regularizer, check_regularizer, penalties_of
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -109,6 +109,10 @@ class RecurrentOptions(nn.Module):
     dtype: Any = option(None)
     param_dtype: Any = option(jnp.float32)
     param_axes: Any = option(None)
+
+    def __post_init__(self):
+        check_regularizer(self.reg)  # at construction, not deep inside the first call
+        super().__post_init__()
 
     def recurrent_options(self) -> dict:
         """The options as keyword arguments of another recurrent module."""

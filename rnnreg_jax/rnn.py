@@ -13,14 +13,14 @@ over all steps (`cells.project_inputs`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, fused, lengths, noise, pallas, precision
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, check_regularizer
 
 Array = jax.Array
 
@@ -223,6 +223,26 @@ def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]
     return list(params), False
 
 
+def _check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> None:
+    """One-sentence errors for the shape mistakes XLA would report as a failed product:
+    inputs of another rank, a layer whose `w_x` does not take the width it is fed, a
+    carry of another batch size (`x` is time-major here)."""
+    layout = "[T, B, F]" if time_major else "[B, T, F]"
+    width, source = x.shape[-1], "the inputs"
+    for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
+        w_x = p.get("w_x") if isinstance(p, Mapping) else None
+        if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
+            raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
+                             f"({source}) has {width}.")
+        h = c.get("h") if isinstance(c, Mapping) else None
+        if getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
+            raise ValueError(f"Layer {index}'s carry has batch size {h.shape[0]}, but the "
+                             f"inputs have {x.shape[1]} ({layout}).")
+        if not (isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2):
+            return  # a layout this check does not know: leave the rest to the cells
+        width, source = p["w_h"].shape[0], f"layer {index}'s outputs"
+
+
 def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batch_size: int,
                   reg: Regularizer = NONE, dtype: Any = jnp.float32):
     """Zero state for one layer (a dict) or a stack (a list of dicts)."""
@@ -311,7 +331,12 @@ def unroll(
       `return_cell_stats` a last item, the auxiliary outputs.
     """
     cells.check_cell_type(cell)
+    check_regularizer(reg)
     layers, single = _as_list(params)
+    if jnp.ndim(inputs) != 3:
+        raise ValueError(f"The inputs of unroll must be "
+                         f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
+                         f"{jnp.shape(inputs)}.")
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)
@@ -323,6 +348,7 @@ def unroll(
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
+    _check_shapes(layers, carries, x, time_major)
     populations = [None] * len(layers)
     if cell_stats is not None:
         populations = [cell_stats] if single else list(cell_stats)

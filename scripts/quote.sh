@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by launch.sh and scripts/tpu.sh: shell-quoting for printed commands, and the
-# run name of a --config value.
+# Sourced by launch.sh and scripts/tpu.sh: shell-quoting for printed commands, the run
+# name of a --config value, and the names of the experiment binaries.
 
 # One word for a POSIX shell: bare when safe, else in single quotes (like Python's shlex.quote).
 quote() {
@@ -24,4 +24,27 @@ preset_name() {
   else
     printf '%s' "$spec"
   fi
+}
+
+# Whether experiments/$2.py under root $1 is a binary: a module with a __main__ block (the
+# others, cli.py, main.py, report_notes.py, ..., are its parts and run nothing). Bash only:
+# `tpu` errors must come out on any PATH.
+is_experiment() {
+  local file="$1/experiments/$2.py" line main="^if __name__ == [\"']__main__[\"']:"
+  [[ "$2" =~ ^[a-z_][a-z0-9_]*$ && -f "$file" ]] || return 1
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ $main ]] && return 0
+  done < "$file"
+  return 1
+}
+
+# The experiment binaries under root $1, space-separated.
+experiment_names() {
+  local f name names=()
+  for f in "$1"/experiments/[a-z]*.py; do
+    name="${f##*/}"
+    name="${name%.py}"
+    if is_experiment "$1" "$name"; then names+=("$name"); fi
+  done
+  echo "${names[*]-}"
 }

@@ -218,15 +218,6 @@ cmd_setup() {
   fi
 }
 
-# The experiment binaries: experiments/<name>.py, without the shared cli.py.
-experiment_names() {
-  local f names=()
-  for f in "$ROOT"/experiments/[a-z]*.py; do
-    [[ -f "$f" && "$f" != */cli.py ]] && f="${f##*/}"; names+=("${f%.py}")
-  done
-  echo "${names[*]-}"
-}
-
 # The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
 value_of() {
   local flag="$1" prev="" arg; shift
@@ -250,8 +241,8 @@ cmd_run() {
   [[ ${#ARGS[@]} -ge 1 ]] || die "tpu run needs an experiment name, e.g. ./launch.sh tpu run ptb --config=zaremba_small."
   local exp="${ARGS[0]}"
   local flags=("${ARGS[@]:1}")
-  [[ "$exp" =~ ^[a-z_][a-z0-9_]*$ && -f "$ROOT/experiments/$exp.py" ]] \
-    || die "unknown experiment '$exp'; choose one of: $(experiment_names)."
+  is_experiment "$ROOT" "$exp" \
+    || die "unknown experiment '$exp'; choose one of: $(experiment_names "$ROOT")."
   local preset
   preset="$(preset_name "$(value_of --config ${flags[@]+"${flags[@]}"})")"
   [[ -n "$preset" ]] || die "tpu run needs --config=PRESET (it names the workdir), e.g. ./launch.sh tpu run $exp --config=NAME."

@@ -81,6 +81,17 @@ def test_batches(tmp_path):
     assert ev.num_batches == 3 and "weights" in ev.get_batch(0, 2)
 
 
+
+def test_an_unknown_split_is_one_sentence(tmp_path):
+    """A typo'd split names the splits there are (it was a bare KeyError)."""
+    fx.write_mnist(tmp_path)
+    m = load_mnist(tmp_path, validation_size=10)
+    for call in (lambda: m.batches("tran", 8, **ONE), lambda: m.num_examples("tran"),
+                 lambda: m.sequences("tran")):
+        with pytest.raises(ValueError, match=r"unknown split 'tran'; expected one of "
+                                             r"\('train', 'valid', 'test'\)"):
+            call()
+
 def test_idx_errors():
     good = fx.idx_bytes(np.zeros((2, 28, 28), np.uint8), 2051)
     assert parse_idx(good, "x", 2051).shape == (2, 28, 28)

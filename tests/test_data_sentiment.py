@@ -87,6 +87,10 @@ def test_cornell_by_document(tmp_path):
     b = it.get_batch(0, 0)
     assert b["inputs"].shape == (4, 200) and b["targets"].dtype == np.float32
 
+    for call in (lambda: d.batches("tset", 4, **ONE), lambda: d.num_examples("tset")):
+        with pytest.raises(ValueError, match=r"unknown split 'tset'; expected one of "
+                                             r"\('train', 'test'\)"):
+            call()  # a typo is named, not a bare KeyError
 
 def test_cornell_errors(tmp_path):
     fx.write_cornell(tmp_path)

@@ -41,13 +41,14 @@ WORKER = "bash ~/rnnreg_jax/scripts/tpu_worker.sh"
 # A stub experiment for `multihost`: prints its argv and JAX environment as JSON; with
 # MH_FAIL set, process 1 exits 3 at once and the others sleep (as if waiting for it).
 STUB_MH = """import json, os, sys, time
-print(json.dumps({"argv": sys.argv[1:], "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-                  "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS"),
-                  "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")}), flush=True)
-if os.environ.get("MH_FAIL"):
-    if "--process_id=1" in sys.argv:
-        sys.exit(3)
-    time.sleep(60)
+if __name__ == "__main__":
+    print(json.dumps({"argv": sys.argv[1:], "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+                      "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS"),
+                      "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")}), flush=True)
+    if os.environ.get("MH_FAIL"):
+        if "--process_id=1" in sys.argv:
+            sys.exit(3)
+        time.sleep(60)
 """
 
 # FAKE_GCLOUD_REPLIES (optional): a JSON file {"describe": [...], "state": [...]}; each
@@ -81,8 +82,9 @@ def root(tmp_path_factory) -> Path:
     shutil.copy2(REPO / "scripts" / "quote.sh", root / "scripts" / "quote.sh")
     shutil.copy2(REPO / "scripts" / "tpu_worker.sh", root / "scripts" / "tpu_worker.sh")
     (root / "experiments").mkdir()
-    (root / "experiments" / "ptb.py").write_text("print('stub')\n")
-    (root / "experiments" / "cli.py").write_text("")
+    (root / "experiments" / "ptb.py").write_text("if __name__ == '__main__':\n    print('stub')\n")
+    (root / "experiments" / "cli.py").write_text("")  # parts of the binaries, no __main__
+    (root / "experiments" / "main.py").write_text("def run():\n    pass\n")
     (root / "experiments" / "mh.py").write_text(STUB_MH)
     (root / "pyproject.toml").write_text("[project]\nname = 'stub'\n")
     if shutil.which("git"):
@@ -376,7 +378,9 @@ def test_help_prints_usage(sandbox):
     (["tpu", "frobnicate", "--dry-run"], {}, [], "unknown tpu command 'frobnicate'"),
     (["frobnicate"], {}, [], "unknown command 'frobnicate'"),
     (["tpu", "run", "--dry-run"], {}, [], "needs an experiment name"),
-    (["tpu", "run", "nope", "--config=x", "--dry-run"], {}, [], "unknown experiment 'nope'"),
+    (["tpu", "run", "nope", "--config=x", "--dry-run"], {}, [],
+     "unknown experiment 'nope'; choose one of: mh ptb."),
+    (["tpu", "run", "main", "--config=x", "--dry-run"], {}, [], "unknown experiment 'main'"),
     (["tpu", "run", "ptb", "--dry-run"], {}, [], "needs --config=PRESET"),
     (["tpu", "create", "--name=Bad_Name", "--dry-run"], {}, [], "bad TPU name"),
     (["tpu", "ssh", "--worker=all", "--dry-run"], {}, [], "--worker must be"),
@@ -386,7 +390,8 @@ def test_help_prints_usage(sandbox):
     (["tpu", "run", "ptb", "--config=x", "--until-done"], {"TPU_POLL": "soon"}, [],
      "TPU_POLL must be a number of seconds"),
     (["tpu", "create", "--zone"], {}, [], "--zone needs a value"),
-    (["run", "nope"], {}, [], "unknown experiment 'nope'"),
+    (["run", "nope"], {}, [], "unknown experiment 'nope'; choose one of: mh ptb."),
+    (["run", "cli"], {}, [], "unknown experiment 'cli'; choose one of: mh ptb."),
     (["multihost", "2"], {}, [], "multihost needs a process count and an experiment name"),
     (["multihost", "two", "ptb"], {}, [], "process count must be a positive integer"),
     (["multihost", "2", "nope"], {}, [], "unknown experiment 'nope'"),

@@ -207,3 +207,31 @@ def test_embed_to_gates_is_a_one_hot_linear_map_into_the_gates():
     with pytest.raises(ValueError, match="takes no input dropout mask"):
         bad.apply(bad.init(jax.random.key(0), ids), ids, deterministic=False,
                   rngs={"dropout": jax.random.key(1)})
+
+
+def test_an_int_hidden_sizes_is_one_layer_as_in_stacked_rnn() -> None:
+    """`hidden_sizes=4` is `(4,)`, as `nn.StackedRNN` reads it, not a TypeError."""
+    ids = token_ids()
+    for int_model, tuple_model in (
+            (LanguageModel(V, 4), LanguageModel(V, (4,))),
+            (SequenceModel(2, 4, vocab_size=V), SequenceModel(2, (4,), vocab_size=V))):
+        shapes = jax.eval_shape(int_model.init, jax.random.key(0), ids)  # traced only: fast
+        expected = jax.eval_shape(tuple_model.init, jax.random.key(0), ids)
+        assert jax.tree.map(lambda a: a.shape, shapes) == \
+            jax.tree.map(lambda a: a.shape, expected)
+
+
+def test_inputs_of_another_rank_are_named_in_the_models_terms() -> None:
+    """Ids that are not `[B, T]` (or floats that are not `[B, T, F]`) are a one-sentence
+    ValueError in the model's own terms, not the stack's `[B, T, F]` of embeddings."""
+    with pytest.raises(ValueError, match=r"LanguageModel takes int ids \[B, T\], got shape "
+                                         r"\(2, 5, 1\)"):
+        jax.eval_shape(LanguageModel(V, 4).init, jax.random.key(0),
+                       np.zeros((B, T, 1), np.int32))
+    with pytest.raises(ValueError, match=r"SequenceModel with vocab_size takes int ids "
+                                         r"\[B, T\], got shape \(5,\)"):
+        jax.eval_shape(SequenceModel(2, 4, vocab_size=V).init, jax.random.key(0),
+                       np.zeros((T,), np.int32))
+    with pytest.raises(ValueError, match=r"SequenceModel without vocab_size takes float "
+                                         r"inputs \[B, T, F\], got shape \(2, 5\)"):
+        jax.eval_shape(SequenceModel(2, 4).init, jax.random.key(0), np.zeros((B, T)))

@@ -177,6 +177,21 @@ def test_glorot_uniform_head_of_the_nnx_sequence_model():
     assert moved.linen_module().head_init == "glorot_uniform"
 
 
+def test_an_int_hidden_sizes_is_one_layer_and_inputs_of_another_rank_are_named():
+    """`hidden_sizes=4` is `(4,)` for the models as for `StackedRNN`, not a TypeError;
+    inputs of another rank are a ValueError in the model's terms."""
+    lm = rnx.LanguageModel(V, 4, rngs=nnx.Rngs(0))
+    seq = rnx.SequenceModel(2, 4, input_size=F, rngs=nnx.Rngs(0))
+    assert lm.hidden_sizes == seq.hidden_sizes == (4,)
+    assert lm.linen_module().hidden_sizes == (4,)
+    with pytest.raises(ValueError, match=r"LanguageModel takes int ids \[B, T\], got shape "
+                                         r"\(2, 4, 1\)"):
+        lm(ids()[..., None])
+    with pytest.raises(ValueError, match=r"SequenceModel without vocab_size takes float "
+                                         r"inputs \[B, T, F\]"):
+        seq(floats((B, T)))
+
+
 def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))

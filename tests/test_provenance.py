@@ -98,6 +98,16 @@ def test_config_json_records_versions_commit_devices_and_a_relative_command(tiny
         assert record["commit"] is None
 
 
+def test_config_json_is_as_readable_as_the_rest_of_the_workdir(tiny_run):
+    """config.json gets the umask's permissions, as metrics.jsonl does, so whoever may read
+    the logs (a TensorBoard server, a colleague's `experiments.report`) may read the
+    config; the temporary file it is written through used to leave it owner-only."""
+    import stat
+
+    mode = lambda name: stat.S_IMODE((tiny_run / name).stat().st_mode)
+    assert mode("config.json") == mode("metrics.jsonl")
+
+
 def test_tensorboard_hparams_hold_the_config_and_the_commit(tiny_run):
     files = [os.path.join(d, f) for d, _, fs in os.walk(tiny_run / "tb") for f in fs
              if "tfevents" in f]

@@ -160,6 +160,32 @@ def test_bad_arguments_raise_clear_errors(make, match):
         make()
 
 
+def test_a_reg_that_is_not_a_regularizer_is_one_sentence():
+    """`reg=None`, an uncalled constructor or a number is named where it is given, in
+    `+`, `compose`, `unroll`, the linen modules and the NNX ones (they were
+    AttributeErrors deep inside: 'NoneType' object has no attribute ...)."""
+    from flax import nnx
+
+    from rnnreg_jax import models
+    from rnnreg_jax import nnx as rnx
+
+    match = "reg must be a regularizer"
+    with pytest.raises(ValueError, match=match + r".*got None\."):
+        compose(zaremba(0.1), None)
+    with pytest.raises(ValueError, match=match + ".*got 0.5"):
+        zaremba(0.1) + 0.5
+    with pytest.raises(ValueError, match=match + ".*<function zaremba.*call it"):
+        rnnreg_jax.unroll("lstm", PARAMS["lstm"], X, reg=zaremba)
+    with pytest.raises(ValueError, match=match):
+        rnnreg_jax.unroll("lstm", PARAMS["lstm"], X, reg=None)
+    with pytest.raises(ValueError, match=match):
+        models.LanguageModel(5, (4,), reg=None)
+    with pytest.raises(ValueError, match=match):
+        StackedRNN((4,), reg=zaremba)
+    with pytest.raises(ValueError, match=match):
+        rnx.StackedRNN(3, (4,), reg=None, rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 @pytest.mark.parametrize("reg", [variational(cell=0.2), dropout("cell", 0.2), zoneout(cells=0.2),
                                  zoneout(0.2, 0.2, shared=True),

@@ -358,3 +358,9 @@ def test_curves_compare_runs_at_equal_epochs(capsys):
     assert curves.main(["--runs", runs, "--epochs", "ten"]) == 2
     assert "--epochs must be comma-separated integers" in capsys.readouterr().err
     assert curves.main(["--runs", "no/such/run", "--epochs", "1"]) == 2
+    capsys.readouterr()
+    assert curves.main(["--runs", runs, "--split", "tset", "--epochs", "25"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""  # not a table of dashes, as if the runs had no evaluations then
+    assert out.err == ("error: None of the runs has epoch-end evaluations of split 'tset'; "
+                       "they have: test.\n")

@@ -193,3 +193,25 @@ def test_errors() -> None:
         rnn.unroll("lstm2", params, x)
     with pytest.raises(ValueError, match="needs an LSTM cell state"):
         rnn.unroll("gru", params, x, reg=zoneout(cells=0.1))
+
+
+def test_shape_mistakes_are_one_sentence_value_errors() -> None:
+    """Inputs without a batch or time axis, inputs or a layer of the wrong width, and a
+    carry of another batch size are named before any product (they were XLA TypeErrors
+    about dot_general or broadcasting)."""
+    params = make_params("lstm", 2)
+    x = inputs()
+    with pytest.raises(ValueError, match=r"inputs of unroll must be \[B, T, F\], got shape \(6, 5"):
+        rnn.unroll("lstm", params, x[0])
+    with pytest.raises(ValueError, match=r"Layer 0's w_x reads 5 features, but its input "
+                                         r"\(the inputs\) has 4"):
+        rnn.unroll("lstm", params, x[..., :4])
+    stacked_wrong = [params[0], cells.init_params(jax.random.key(3), "lstm", H + 1, H)]
+    with pytest.raises(ValueError, match=r"Layer 1's w_x reads 5 features, but its input "
+                                         r"\(layer 0's outputs\) has 4"):
+        rnn.unroll("lstm", stacked_wrong, x)
+    other_batch = [cells.init_carry("lstm", B + 1, H)] * 2
+    with pytest.raises(ValueError, match="Layer 0's carry has batch size 4, but the inputs have 3"):
+        rnn.unroll("lstm", params, x, other_batch)
+    with pytest.raises(ValueError, match=r"inputs of unroll must be \[B, T, F\]"):
+        rnn.unroll("lstm", params, x[None])

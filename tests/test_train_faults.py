@@ -146,3 +146,15 @@ def test_a_prune_cut_short_leaves_a_step_resume_skips_and_the_next_prune_removes
     assert sorted(ckpt.latest.all_steps()) == [6, 8]
     assert not (tmp_path / "checkpoints" / "4").exists()
     ckpt.close()
+
+
+def test_restore_state_reads_only_a_save_in_progress_stays_and_nothing_is_created(tmp_path):
+    """`restore_state` (notebooks, `experiments.evaluate`, which may run beside the
+    training) neither removes another process's unfinished save, as a writing manager's
+    cleanup of temporary directories would, nor creates a missing folder."""
+    in_progress = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234"
+    in_progress.mkdir(parents=True)
+    assert train.restore_state(str(tmp_path / "checkpoints"), None) is None
+    assert train.restore_state(str(tmp_path / "best"), None) is None
+    assert in_progress.is_dir()
+    assert not (tmp_path / "best").exists()

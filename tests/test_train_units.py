@@ -186,3 +186,17 @@ def test_norm_stabilizer_penalty_reaches_the_loss():
     nll = float(metrics["loss_sum"]) / float(metrics["count"])
     assert float(metrics["penalty"]) > 0
     assert float(metrics["objective"]) == pytest.approx(nll + float(metrics["penalty"]), rel=1e-5)
+
+
+def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
+    """The exceptions docs/TRAINING.md says the engine raises can be caught as
+    `rnnreg_jax.train.<Name>`."""
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "TRAINING.md"
+    named = set(re.findall(r"`(\w+Error)`", page.read_text()))
+    assert {"CheckpointMismatchError", "CheckpointWriteError", "NonFiniteLossError"} <= named
+    for name in named:
+        assert issubclass(getattr(train, name), Exception), name
+        assert name in train.__all__, name

@@ -24,6 +24,13 @@ from rnnreg_jax.data.errors import DataError
 Batch = dict[str, np.ndarray]
 
 
+def of_split(by_split: Mapping[str, np.ndarray], split: str) -> np.ndarray:
+    """`by_split[split]`, or a ValueError naming the splits there are (as PTB's)."""
+    if split not in by_split:
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(by_split)}")
+    return by_split[split]
+
+
 def host_rows(
     global_batch: int, process_index: int | None = None, process_count: int | None = None
 ) -> tuple[int, int]:

@@ -99,11 +99,11 @@ class MNIST:
     permutation: np.ndarray | None
 
     def num_examples(self, split: str) -> int:
-        return len(self.labels[split])
+        return len(batching.of_split(self.labels, split))
 
     def sequences(self, split: str) -> np.ndarray:
         """Returns all of `split` as float32 `[N, 784, 1]` (permuted if set)."""
-        return to_sequences(self.images[split], self.permutation)
+        return to_sequences(batching.of_split(self.images, split), self.permutation)
 
     def batches(
         self,
@@ -128,7 +128,7 @@ class MNIST:
 
         return batching.ArrayBatches.for_split(
             split,
-            {"inputs": self.images[split], "labels": self.labels[split]},
+            {"inputs": batching.of_split(self.images, split), "labels": self.labels[split]},
             batch_size,
             shuffle=shuffle,
             seed=seed,

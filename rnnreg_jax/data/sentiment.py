@@ -121,7 +121,7 @@ class SentimentData:
         return len(self.vocab) + FIRST_WORD_ID
 
     def num_examples(self, split: str) -> int:
-        return len(self.targets[split])
+        return len(batching.of_split(self.targets, split))
 
     def denormalize(self, y: np.ndarray) -> np.ndarray:
         """Maps normalized predictions back to the rating scale (for RMSE)."""
@@ -146,7 +146,7 @@ class SentimentData:
         `"lengths"`: each sequence first, PAD after it, and `"lengths": int32[B/P]`
         (`to_right_padding`) for the model's `seq_lengths`.
         """
-        arrays = {"inputs": self.inputs[split]}
+        arrays = {"inputs": batching.of_split(self.inputs, split)}
         if check_padding(padding) == "lengths":
             arrays["inputs"], arrays["lengths"] = to_right_padding(self.inputs[split])
         return batching.ArrayBatches.for_split(

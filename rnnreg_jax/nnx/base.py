@@ -21,6 +21,7 @@ from flax import nnx
 from flax.core.scope import LazyRng
 
 from rnnreg_jax import nn, partitioning
+from rnnreg_jax.regularizers.base import check_regularizer
 
 # The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
 # today. An option the linen modules gain later is refused here at any value but its
@@ -87,6 +88,7 @@ def resolve_options(linen_class: type, options: dict) -> dict:
             raise ValueError(f"The option {name!r} is not supported by rnnreg_jax.nnx yet; "
                              "use the linen modules for it.")
     resolved = {name: options.get(name, defaults[name]) for name in SUPPORTED_OPTIONS}
+    check_regularizer(resolved["reg"])
     if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
         resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())
     return resolved

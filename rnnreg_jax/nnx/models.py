@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from rnnreg_jax import cells, explicit_sharding, lengths, models, noise, partitioning, precision
+from rnnreg_jax.nn import layer_sizes
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -31,7 +32,7 @@ class LanguageModel(RecurrentModule):
 
     Args:
       vocab_size: V.
-      hidden_sizes: recurrent widths, bottom first.
+      hidden_sizes: recurrent widths, bottom first (an int for one layer).
       embed_size: E (default: the first hidden size).
       tie_embeddings: the embedding matrix is the softmax's weights.
       embed_to_gates: the embedding holds the first layer's gate pre-activations.
@@ -42,12 +43,12 @@ class LanguageModel(RecurrentModule):
 
     LINEN = models.LanguageModel
 
-    def __init__(self, vocab_size: int, hidden_sizes: Sequence[int], *,
+    def __init__(self, vocab_size: int, hidden_sizes: Sequence[int] | int, *,
                  embed_size: int | None = None, tie_embeddings: bool = False,
                  embed_to_gates: bool = False, deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
-        self.vocab_size, self.hidden_sizes = vocab_size, tuple(hidden_sizes)
+        self.vocab_size, self.hidden_sizes = vocab_size, layer_sizes(hidden_sizes)
         self.embed_size, self.tie_embeddings = embed_size, tie_embeddings
         self.embed_to_gates = embed_to_gates
         self.rngs = dropout_stream(rngs)
@@ -95,6 +96,7 @@ class LanguageModel(RecurrentModule):
         Returns:
           `(logits [B, T, V], carry)`; the logits in `dtype` when it is set.
         """
+        models.check_rank("LanguageModel takes int ids [B, T]", ids, 2)
         deterministic, average = self.modes(deterministic, use_running_average)
         key = self.call_key(rngs, not deterministic and self.reg.has_noise)
         x = embed_with_dropout(self.embed, ids, self.reg, key, deterministic)
@@ -125,7 +127,7 @@ class SequenceModel(RecurrentModule):
 
     Args:
       num_outputs: classes (logits) or 1 for regression.
-      hidden_sizes: recurrent widths.
+      hidden_sizes: recurrent widths (an int for one layer).
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
       input_size: F of float inputs `[B, T, F]` (when `vocab_size` is None).
@@ -136,7 +138,7 @@ class SequenceModel(RecurrentModule):
 
     LINEN = models.SequenceModel
 
-    def __init__(self, num_outputs: int, hidden_sizes: Sequence[int], *,
+    def __init__(self, num_outputs: int, hidden_sizes: Sequence[int] | int, *,
                  vocab_size: int | None = None, embed_size: int = 128,
                  input_size: int | None = None, head_init: str = "lecun_normal",
                  deterministic: bool = False,
@@ -145,7 +147,7 @@ class SequenceModel(RecurrentModule):
         if (vocab_size is None) == (input_size is None):
             raise ValueError("A SequenceModel takes token ids (vocab_size) or float inputs "
                              "(input_size, their width F): exactly one of the two.")
-        self.num_outputs, self.hidden_sizes = num_outputs, tuple(hidden_sizes)
+        self.num_outputs, self.hidden_sizes = num_outputs, layer_sizes(hidden_sizes)
         self.vocab_size, self.embed_size, self.input_size = vocab_size, embed_size, input_size
         self.head_init = head_init
         self.rngs = dropout_stream(rngs)
@@ -172,6 +174,11 @@ class SequenceModel(RecurrentModule):
         """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]` (the arguments as
         `StackedRNN.__call__` takes them); with `seq_lengths` the head reads each
         example's last valid output `y[b, L_b - 1]` instead of `y[:, -1]`."""
+        if self.embed is None:
+            models.check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]",
+                              inputs, 3)
+        else:
+            models.check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
         deterministic, average = self.modes(deterministic, use_running_average)
         noisy = self.reg.stack_noise or (self.embed is not None and self.reg.embedding_noise)
         key = self.call_key(rngs, not deterministic and noisy)

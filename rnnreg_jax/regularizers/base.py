@@ -329,6 +329,16 @@ def penalties_of(reg: Regularizer, params: list, hiddens: list, outputs: Array,
 NONE = Chain()
 
 
+def check_regularizer(reg: Any) -> Regularizer:
+    """`reg`, or a one-sentence ValueError if it is not a `Regularizer` (None, a number,
+    a constructor not called)."""
+    if not isinstance(reg, Regularizer):
+        hint = " (call it: its result is the regularizer)" if callable(reg) else ""
+        raise ValueError("reg must be a regularizer, such as rnnreg_jax.zaremba(0.5) or "
+                         f"rnnreg_jax.NONE for none; got {reg!r}{hint}.")
+    return reg
+
+
 def compose(*regs: Regularizer) -> Regularizer:
     """Regularizers together, like `optax.chain`; `a + b` is `compose(a, b)`.
 
@@ -338,7 +348,7 @@ def compose(*regs: Regularizer) -> Regularizer:
     """
     parts: list[Regularizer] = []
     for reg in regs:
-        for part in reg.parts:
+        for part in check_regularizer(reg).parts:
             for index, earlier in enumerate(parts):
                 merged = earlier.merge(part) if type(earlier) is type(part) else None
                 if merged is not None:

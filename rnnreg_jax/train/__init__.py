@@ -13,7 +13,12 @@ Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 `loop`. See docs/TRAINING.md.
 """
 
-from rnnreg_jax.train.checkpoint import Checkpointer, restore_state
+from rnnreg_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+    restore_state,
+)
 from rnnreg_jax.train.config import default_train_config, with_defaults
 from rnnreg_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from rnnreg_jax.train.mesh import global_batch, make_mesh, maybe_initialize_distributed
@@ -23,7 +28,8 @@ from rnnreg_jax.train.steps import Evaluator, init_state, make_train_step, state
 from rnnreg_jax.train.task import DataSource, Task
 
 __all__ = [
-    "Checkpointer", "DataSource", "Evaluator", "NonFiniteLossError", "Task", "TrainState",
+    "CheckpointMismatchError", "CheckpointWriteError", "Checkpointer", "DataSource",
+    "Evaluator", "NonFiniteLossError", "Task", "TrainState",
     "default_train_config", "global_batch", "init_state", "make_mesh", "make_optimizer",
     "make_train_step", "maybe_initialize_distributed", "next_learning_rate", "restore_state",
     "state_shardings", "train_and_evaluate", "with_defaults",

@@ -22,15 +22,28 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, max_to_keep: int | None) -> ocp.CheckpointManager:
+def _manager(directory: str, max_to_keep: int | None,
+             read_only: bool = False) -> ocp.CheckpointManager:
+    # A writing manager creates its folder and removes unfinished saves it finds, which a
+    # reader beside a running training (experiments.evaluate) must do neither of.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=False)
+        max_to_keep=None if read_only else max_to_keep, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False)
     # Orbax takes local paths and URLs (gs://) alike; only local ones are made absolute.
     path = directory if "://" in directory else os.path.abspath(directory)
     # The handler named up front lets `item_metadata` read a step's shapes without its arrays.
-    return ocp.CheckpointManager(path, options=options,
-                                 item_handlers=ocp.StandardCheckpointHandler())
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_read_only_note)  # a warning for what was asked for
+    try:
+        return ocp.CheckpointManager(path, options=options,
+                                     item_handlers=ocp.StandardCheckpointHandler())
+    finally:
+        absl_logger.removeFilter(_read_only_note)
+
+
+def _read_only_note(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
 
 
 class Checkpointer:
@@ -210,6 +223,8 @@ def _restore(manager: ocp.CheckpointManager, step: int, target):
 
 def restore_state(directory: str, target):
     """Restore the newest checkpoint under `directory` into the shape of `target`
-    (e.g. `workdir/checkpoints` or `workdir/best`), for notebooks."""
-    with _manager(directory, None) as manager:
+    (e.g. `workdir/checkpoints` or `workdir/best`), for notebooks; None if there is none.
+    Read only: a missing folder is not created, and another process's unfinished save is
+    left alone."""
+    with _manager(directory, None, read_only=True) as manager:
         return restore_newest(manager, target)
