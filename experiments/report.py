@@ -213,10 +213,14 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     """Write the report to `out` (and PNGs under `plots`); returns its text.
 
     `intro`, when given, is markdown placed under the header that describes these runs;
-    it replaces the section notes of `experiments.report_notes`, which describe the runs
-    of RESULTS.md (a report of ablations or variants sets it).
+    it replaces the section notes of `experiments.report_notes`. Those notes describe
+    RESULTS.md's runs, so they are printed only when every run read is one of them (a
+    workdir under this repository's `results/runs`): a report of a user's own runs, or
+    of ablations and variants, says nothing it cannot know.
     """
-    runs = sort_runs([load_run(d) for d in find_workdirs(run_dirs)])
+    workdirs = find_workdirs(run_dirs)
+    runs = sort_runs([load_run(d) for d in workdirs])
+    with_notes = not intro and bool(workdirs) and all(map(_is_committed_run, workdirs))
     # Sections: one per data set, plus one per report group of the task's presets
     # (comparisons beyond the papers, e.g. AWD-LSTM's recipe against variational dropout).
     by_section: dict[tuple[str, str], list[Run]] = {}
@@ -248,7 +252,7 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
         lines += [f"## {cat['title']}", ""]
         # A note on the section from `experiments.report_notes` (`NOTES`, keyed by
         # group title; a data set's main section by its name, or "" for any data set).
-        notes = {} if intro else _config_table(group[0].task, "NOTES")
+        notes = _config_table(group[0].task, "NOTES") if with_notes else {}
         note = notes.get(group_name) if group_name else notes.get(dataset, notes.get(""))
         lines += [note, ""] if note else []
         lines += _protocol_notes(group)
@@ -270,6 +274,17 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     with open(out, "w", encoding="utf-8") as f:
         f.write(text)
     return text
+
+
+COMMITTED_RUNS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "results", "runs")
+
+
+def _is_committed_run(workdir: str) -> bool:
+    """Whether `workdir` lies under this repository's `results/runs` (RESULTS.md's runs,
+    which `experiments.report_notes` describes)."""
+    root = os.path.realpath(COMMITTED_RUNS)
+    return os.path.commonpath([os.path.realpath(workdir), root]) == root
 
 
 def _protocol_notes(runs: Sequence[Run]) -> list[str]:
@@ -298,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for the PNGs ('' for none)")
     parser.add_argument("--intro", default=None,
                         help="markdown file describing these runs, placed under the header "
-                             "instead of the presets' section notes (for ablation reports)")
+                             "(the section notes of experiments/report_notes.py describe "
+                             "results/runs and appear only in a report of those runs)")
     args = parser.parse_args(argv)
     dirs = [d for d in args.runs.split(",") if d]
     try:

@@ -73,7 +73,10 @@ def built(tmp_path_factory):
     write_run(runs, "awd", "ptb", "awd_small", "ptb_word", "ppl", 2, [300.0, 200.0],
               {"valid": 200.0, "test": 190.0}, _paper("Merity"), carry_state=True)
     out = tmp / "RESULTS.md"
-    rc = report.main([f"--runs={runs}", f"--out={out}", f"--plots={tmp / 'docs' / 'results'}"])
+    with pytest.MonkeyPatch.context() as patch:  # these stand for the committed runs
+        patch.setattr(report, "COMMITTED_RUNS", str(runs))
+        rc = report.main([f"--runs={runs}", f"--out={out}",
+                          f"--plots={tmp / 'docs' / 'results'}"])
     assert rc == 0
     return tmp, out.read_text()
 
@@ -338,6 +341,28 @@ def test_intro_file_replaces_the_presets_section_notes(tmp_path, capsys):
     assert report_notes.NOTES["pmnist"][""] not in text
     assert report.main([f"--runs={runs}", f"--out={out}", f"--intro={tmp_path / 'no.md'}"]) == 2
     assert "no.md" in capsys.readouterr().err
+
+
+def test_section_notes_only_in_a_report_of_the_committed_runs(tmp_path, monkeypatch):
+    """report_notes describes results/runs: a report of other runs (a user's own) leaves
+    the notes out, one of committed runs keeps them, and a mix leaves them out."""
+    committed, own = tmp_path / "results" / "runs", tmp_path / "runs"
+    for root in (committed, own):
+        write_run(root, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
+                  {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
+    monkeypatch.setattr(report, "COMMITTED_RUNS", str(committed))
+    note = report_notes.NOTES["pmnist"][""]
+    assert note not in report.build_report([str(own)], str(tmp_path / "own.md"), None)
+    assert note in report.build_report([str(committed)], str(tmp_path / "ours.md"), None)
+    assert note not in report.build_report([str(committed), str(own)],
+                                           str(tmp_path / "mixed.md"), None)
+
+
+def test_the_committed_runs_folder_is_the_repositorys():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert report.COMMITTED_RUNS == os.path.join(root, "results", "runs")
+    assert report._is_committed_run(os.path.join(root, "results", "runs", "x"))
+    assert not report._is_committed_run(os.path.join(root, "runs", "x"))
 
 
 def test_curves_compare_runs_at_equal_epochs(capsys):
