@@ -182,10 +182,17 @@ def train(steps: int = 300, batch: int = 32, seq_len: int = 12, delay: int = 2,
     return model, history
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> list[tuple[int, float, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--steps", type=_positive, default=300)
+    parser.add_argument("--hidden", type=_positive, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     _, history = train(steps=args.steps, hidden=args.hidden, seed=args.seed)

@@ -244,10 +244,17 @@ def build_model(units: int = 32, seed: int = 0, **options) -> keras.Model:
     return model
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--units", type=int, default=32)
+    parser.add_argument("--epochs", type=_positive, default=10)
+    parser.add_argument("--units", type=_positive, default=32)
     args = parser.parse_args(argv)
     model = build_model(args.units, recurrent_dropout=0.1, zoneout_cells=0.15)
     x, y = delayed_copy(1024)

@@ -250,3 +250,14 @@ def test_keras_layer_refuses_bad_arguments(keras_example):
         lstm = keras.layers.LSTM(4, activation="relu")
         lstm.build((None, None, F))
         keras_example.port_keras_lstm(lstm)
+
+
+@pytest.mark.parametrize("name, flag", [("eqx_example", "--steps=0"),
+                                        ("keras_example", "--epochs=0"),
+                                        ("keras_example", "--units=x")])
+def test_example_commands_refuse_sizes_below_one_in_one_line(name, flag, request, capsys):
+    example = request.getfixturevalue(name)
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([flag])
+    assert exit_info.value.code == 2
+    assert "must be a whole number of at least 1" in capsys.readouterr().err
