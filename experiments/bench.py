@@ -139,6 +139,16 @@ def main(argv):
     unknown = [w for w in FLAGS.workloads if w not in bm.WORKLOADS]
     if unknown:
         raise app.UsageError(f"Unknown workloads {unknown}; choose from {list(bm.WORKLOADS)}.")
+    unknown = [c for c in FLAGS.contenders if c not in bm.CONTENDERS]
+    if unknown:
+        raise app.UsageError(f"Unknown contenders {unknown}; choose from {list(bm.CONTENDERS)}.")
+    skipped = [c for c in FLAGS.contenders if not bm.applies(c, None)]
+    if len(skipped) == len(FLAGS.contenders):
+        raise app.UsageError(f"None of the contenders {skipped} can run here: torch is not "
+                             "installed (pip install torch==2.13.0).")
+    if skipped:  # the peers' ratios would be missing from the tables without a word
+        print(f"# skipping {', '.join(skipped)}: torch is not installed here "
+              "(pip install torch==2.13.0)", file=sys.stderr)
     import jax
 
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

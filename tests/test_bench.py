@@ -1,6 +1,13 @@
 """The benchmark's bookkeeping (timing medians, ratio tables), without timing anything real."""
 
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
 from experiments import bench
+from experiments import bench_models as bm
 
 
 def test_time_contenders_takes_medians_of_interleaved_rotated_rounds():
@@ -102,3 +109,19 @@ def test_mask_sampling_script_runs_and_reports_a_ratio():
                           "--repeats", "1"], capture_output=True, text=True, check=True)
     platform = __import__("jax").default_backend()  # the script's, when run beside the tests
     assert f"1,001 draws on {platform}" in out.stdout and "x faster" in out.stdout
+
+
+@pytest.mark.parametrize("contenders, message", [
+    ("nope", "Unknown contenders ['nope']"),
+    ("torch_lstm", "None of the contenders ['torch_lstm'] can run here"),
+])
+def test_bench_refuses_contenders_it_cannot_run(contenders, message):
+    """An unknown contender, or only PyTorch peers without torch, is a usage error
+    before anything is timed (it was a ValueError or a ZeroDivisionError)."""
+    if message.startswith("None") and bm.torch_version() is not None:
+        pytest.skip("torch is installed here")
+    out = subprocess.run([sys.executable, "-m", "experiments.bench",
+                          f"--contenders={contenders}", "--nomemory"],
+                         capture_output=True, text=True, check=False,
+                         cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert out.returncode == 1 and message in out.stderr
