@@ -49,14 +49,26 @@ Array = jax.Array
 TIES = ("sequence", "step")
 
 
+def check_number(value: Any, name: str) -> float:
+    """`value` as a Python float, or a one-sentence ValueError naming `name` if it is not
+    a real number (a string from a config, None, a bool, a traced array: the settings of
+    a regularizer are static)."""
+    if isinstance(value, (str, bytes, bool, complex)) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a number, got {value!r}.") from None
+
+
 def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
-    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients).
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients), as a float.
 
     Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
     and stochastic-depth probabilities may be 1 (the state never changes).
-    NaN is rejected.
+    NaN and anything but a real number (a string, None, a bool) are rejected.
     """
-    rate = float(rate)
+    rate = check_number(rate, f"{name} rate")
     ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
     if not ok:
         interval = "[0, 1]" if allow_one else "[0, 1)"
@@ -72,8 +84,10 @@ def check_tie(tie: str, name: str = "tie") -> str:
 
 
 def check_non_negative(value: float, name: str) -> float:
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be non-negative, got {value}.")
+    """A finite, non-negative weight (a penalty's, weight noise's std), as a float."""
+    value = check_number(value, name)
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        raise ValueError(f"{name} must be finite and non-negative, got {value}.")
     return value
 
 

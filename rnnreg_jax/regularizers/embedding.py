@@ -34,7 +34,7 @@ class EmbeddingDropout(Family):
     eval_scaling: bool = False
 
     def __post_init__(self):
-        check_rate(self.rate, "Embedding dropout")
+        object.__setattr__(self, "rate", check_rate(self.rate, "Embedding dropout"))
 
     @property
     def active(self):
@@ -69,6 +69,7 @@ def embedding_dropout(rate: float, eval_scaling: bool = False) -> Regularizer:
     `DropoutEmbedding`): `e(w_t) * m[b, w_t]` in training, `e(w_t) * (1 - rate)` in
     evaluation; ignored at rate 0.
     """
+    rate = check_rate(rate, "Embedding dropout")
     return compose(EmbeddingDropout(rate, eval_scaling and rate > 0))
 
 

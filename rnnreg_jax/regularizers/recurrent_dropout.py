@@ -99,7 +99,7 @@ def recurrent_dropout(rate: float, tie: str = "step", output_zoneout: bool = Fal
     gate where the update was dropped: `o_t <- (1 - m) o_{t-1} + m o_t`, at
     evaluation `p o_{t-1} + (1 - p) o_t`.
     """
-    check_rate(rate, "Recurrent dropout")
+    rate = check_rate(rate, "Recurrent dropout")
     check_tie(tie)
     return compose(RecurrentDropout(update=_mask(rate, tie),
                                     output_zoneout=output_zoneout and rate > 0,

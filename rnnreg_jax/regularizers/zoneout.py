@@ -33,8 +33,10 @@ class Zoneout(Family):
     tie: str = "step"
 
     def __post_init__(self):
-        check_rate(self.cells, "Zoneout (cells)", allow_one=True)
-        check_rate(self.hiddens, "Zoneout (hiddens)", allow_one=True)
+        object.__setattr__(self, "cells", check_rate(self.cells, "Zoneout (cells)",
+                                                     allow_one=True))
+        object.__setattr__(self, "hiddens", check_rate(self.hiddens, "Zoneout (hiddens)",
+                                                       allow_one=True))
         check_tie(self.tie, "Zoneout's tie")
 
     @property
@@ -83,6 +85,8 @@ def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
     per window (`tie="sequence"`); evaluation uses `d = z`. `cells` needs an
     LSTM; `shared=True` uses the cell mask for the hiddens too.
     """
+    cells = check_rate(cells, "Zoneout (cells)", allow_one=True)
+    hiddens = check_rate(hiddens, "Zoneout (hiddens)", allow_one=True)
     if shared and cells != hiddens:
         raise ValueError("A shared zoneout mask needs cells == hiddens.")
     return compose(Zoneout(cells, hiddens, shared, tie))
