@@ -118,6 +118,10 @@ def test_compose_merges_and_refuses_conflicts():
     assert variational(0.3, 0.3) + embedding_dropout(0.2) == variational(0.3, 0.3, embedding=0.2)
     assert compose() == NONE
     assert compose(zaremba(0.3), zaremba(0.3)) == zaremba(0.3)  # equal settings agree
+    assert zoneout(0.5, tie="sequence") + zoneout(0, 0.1, tie="sequence") == zoneout(
+        0.5, 0.1, tie="sequence")
+    # an inactive setting's options are no conflict (it is left out)
+    assert zoneout(0.5) + zoneout(0.0, tie="sequence") == zoneout(0.5)
 
 
 BAD_ARGUMENTS = [
@@ -152,6 +156,10 @@ BAD_ARGUMENTS = [
      "input set twice"),
     ("compose zoneout conflict", lambda: compose(zoneout(0.5), zoneout(0.4)),
      "cells set twice"),
+    # one setting's tie was applied to the other's site: the cells below became tied
+    # per sequence
+    ("compose zoneout ties", lambda: zoneout(cells=0.5) + zoneout(hiddens=0.1, tie="sequence"),
+     "Zoneout.tie differs"),
     # settings that are not numbers (a string from a config, None, a bool) were
     # TypeErrors from a comparison, or stored as they came (MaskSpec("0.5"))
     ("string rate", lambda: zaremba("0.5"), "Zaremba dropout rate must be a number"),

@@ -232,9 +232,24 @@ def merge_fields(a: Any, b: Any) -> Any:
 class Family(Regularizer):
     """A built-in family's record: two settings of it merge field by field, and it draws
     noise or adds a loss (by the hooks it has) only when `active`, so a setting with
-    its rates at 0 needs no key."""
+    its rates at 0 needs no key.
+
+    `QUALIFIERS` name the fields that say how each of the record's sites acts (zoneout's
+    `tie`): two active settings that differ in one are refused, since the merged record
+    would apply one setting's value to the other's sites (a field left at its default
+    cannot be told from one not given)."""
+
+    QUALIFIERS = ()
 
     def merge(self, other: Regularizer) -> Regularizer:
+        if self.active and other.active:
+            for name in self.QUALIFIERS:
+                mine, theirs = getattr(self, name), getattr(other, name)
+                if mine != theirs:
+                    raise ValueError(
+                        f"Cannot compose: {type(self).__name__}.{name} differs ({mine!r} "
+                        f"and {theirs!r}) between two settings, and one record applies it "
+                        "to all its sites; give them in one call.")
         return merge_fields(self, other)
 
     @property

@@ -32,6 +32,8 @@ class Zoneout(Family):
     shared: bool = False
     tie: str = "step"
 
+    QUALIFIERS = ("tie",)
+
     def __post_init__(self):
         object.__setattr__(self, "cells", check_rate(self.cells, "Zoneout (cells)",
                                                      allow_one=True))
