@@ -156,6 +156,18 @@ BAD_ARGUMENTS = [
      "input set twice"),
     ("compose zoneout conflict", lambda: compose(zoneout(0.5), zoneout(0.4)),
      "cells set twice"),
+    # flags that are not bools: the string "False" switched classic dropout on
+    ("string eval_scaling", lambda: variational(input=0.1, eval_scaling="False"),
+     "eval_scaling must be True or False, got 'False'"),
+    ("string per_gate", lambda: dropout("recurrent", 0.1, per_gate="no"), "per_gate must be"),
+    ("None shared", lambda: zoneout(0.1, 0.1, shared=None), "shared must be True or False"),
+    ("string output_zoneout", lambda: recurrent_dropout(0.1, output_zoneout="yes"),
+     "output_zoneout must be"),
+    ("string embedding scaling", lambda: embedding_dropout(0.1, eval_scaling="0"),
+     "eval_scaling must be"),
+    ("string MaskSpec flag", lambda: MaskSpec(0.1, per_gate="False"), "per_gate must be"),
+    ("shared Zoneout record unequal", lambda: Zoneout(0.5, 0.1, shared=True),
+     "cells == hiddens"),
     # one setting's tie was applied to the other's site: the cells below became tied
     # per sequence
     ("compose zoneout ties", lambda: zoneout(cells=0.5) + zoneout(hiddens=0.1, tie="sequence"),

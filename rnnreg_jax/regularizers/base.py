@@ -76,6 +76,14 @@ def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
     return rate
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """`value` as a bool, or a one-sentence ValueError naming `name` if it is not one (the
+    string "False" from a config would switch the option on)."""
+    if isinstance(value, (str, bytes)) or value is None or value not in (True, False):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_tie(tie: str, name: str = "tie") -> str:
     """`tie` must be "sequence" (one mask per window) or "step" (fresh each step)."""
     if tie not in TIES:

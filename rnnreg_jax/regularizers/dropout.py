@@ -23,6 +23,7 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
+    check_flag,
     check_rate,
     check_tie,
     compose,
@@ -56,6 +57,8 @@ class MaskSpec:
     def __post_init__(self):
         object.__setattr__(self, "rate", check_rate(self.rate, "Dropout"))
         check_tie(self.tie)
+        for flag in ("per_gate", "eval_scaling"):
+            object.__setattr__(self, flag, check_flag(getattr(self, flag), flag))
 
     @property
     def active(self) -> bool:
@@ -182,6 +185,8 @@ def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False,
                          f"{SITES + ('update',)}.")
     rate = check_rate(rate, f"Dropout ({site})")
     check_tie(tie)
+    per_gate, eval_scaling = check_flag(per_gate, "per_gate"), check_flag(eval_scaling,
+                                                                          "eval_scaling")
     if site == "update":
         if per_gate:
             raise ValueError("per_gate masks apply to the input and recurrent sites, not "
@@ -223,6 +228,8 @@ def variational(
     from rnnreg_jax.regularizers.embedding import embedding_dropout
 
     check_tie(tie)
+    per_gate, eval_scaling = check_flag(per_gate, "per_gate"), check_flag(eval_scaling,
+                                                                          "eval_scaling")
     input, recurrent, output, cell = (
         check_rate(rate, f"Variational dropout ({name})")
         for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),

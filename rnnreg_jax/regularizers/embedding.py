@@ -10,6 +10,7 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
+    check_flag,
     check_rate,
     compose,
     need_key,
@@ -35,6 +36,7 @@ class EmbeddingDropout(Family):
 
     def __post_init__(self):
         object.__setattr__(self, "rate", check_rate(self.rate, "Embedding dropout"))
+        object.__setattr__(self, "eval_scaling", check_flag(self.eval_scaling, "eval_scaling"))
 
     @property
     def active(self):
@@ -70,6 +72,7 @@ def embedding_dropout(rate: float, eval_scaling: bool = False) -> Regularizer:
     evaluation; ignored at rate 0.
     """
     rate = check_rate(rate, "Embedding dropout")
+    eval_scaling = check_flag(eval_scaling, "eval_scaling")
     return compose(EmbeddingDropout(rate, eval_scaling and rate > 0))
 
 

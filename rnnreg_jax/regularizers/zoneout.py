@@ -9,6 +9,7 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
+    check_flag,
     check_rate,
     check_tie,
     compose,
@@ -40,6 +41,9 @@ class Zoneout(Family):
         object.__setattr__(self, "hiddens", check_rate(self.hiddens, "Zoneout (hiddens)",
                                                        allow_one=True))
         check_tie(self.tie, "Zoneout's tie")
+        object.__setattr__(self, "shared", check_flag(self.shared, "shared"))
+        if self.shared and self.cells != self.hiddens:
+            raise ValueError("A shared zoneout mask needs cells == hiddens.")
 
     @property
     def active(self):
@@ -89,6 +93,4 @@ def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
     """
     cells = check_rate(cells, "Zoneout (cells)", allow_one=True)
     hiddens = check_rate(hiddens, "Zoneout (hiddens)", allow_one=True)
-    if shared and cells != hiddens:
-        raise ValueError("A shared zoneout mask needs cells == hiddens.")
     return compose(Zoneout(cells, hiddens, shared, tie))
