@@ -62,8 +62,8 @@ def init_params(
       `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
     record = the_record(cell)
-    input_size, hidden_size = (_size(input_size, "input_size", 0),
-                               _size(hidden_size, "hidden_size", 1))
+    input_size, hidden_size = (check_size(input_size, "input_size", 0),
+                               check_size(hidden_size, "hidden_size", 1))
     scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
     if record.init_params is not None:
         if recurrent_bias or orthogonal:
@@ -99,7 +99,7 @@ def init_params(
     return params
 
 
-def _size(value: Any, name: str, least: int) -> int:
+def check_size(value: Any, name: str, least: int = 1) -> int:
     """A whole number of at least `least` (numpy integers too), or a one-line error (a
     negative or float size failed inside XLA, a zero hidden size divided by zero)."""
     try:
@@ -126,7 +126,7 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
     """
     record = the_record(cell)
     if isinstance(params, Mapping):
-        needed = ("w_h",) + (("b",) if record.project is None else ())  # w_x: optional
+        needed = ("w_h",) + (("b",) if record.project is None else ())  # no w_x: gates fed
         missing = [n for n in needed + tuple(record.update_params) if n not in params]
         if missing:
             raise ValueError(f"Layer {index}'s params lack {missing}, which a {record.name} "
@@ -155,7 +155,7 @@ def init_carry(
     `output_gate=True` adds `"o"`, the previous output gate, which output
     zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
     """
-    batch_size = _size(batch_size, "batch_size", 0)
+    batch_size = check_size(batch_size, "batch_size", 0)
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
     if has_memory(cell):
