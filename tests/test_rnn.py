@@ -239,6 +239,9 @@ def test_parameters_and_states_that_do_not_fit_the_cell_are_named() -> None:
                         (-4, "got -4"), (4.0, "got 4.0")):
         with pytest.raises(ValueError, match=match):
             cells.init_params(jax.random.key(0), "lstm", F, size)
+    for scale in (-0.1, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="init_scale must be a finite number >= 0"):
+            cells.init_params(jax.random.key(0), "lstm", F, H, init_scale=scale)
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 0, got -2"):
         rnn.initial_carry("lstm", lstm, -2)
     numpy_sizes = cells.init_params(jax.random.key(0), "lstm", np.int64(F), np.int32(H))
