@@ -138,6 +138,7 @@ class LanguageModel(RecurrentOptions):
           `(logits [B, T, V], carry)`.
         """
         check_rank("LanguageModel takes int ids [B, T]", ids, 2)
+        cells.check_size(self.vocab_size, "vocab_size")
         sizes = layer_sizes(self.hidden_sizes)
         embed_size = self.embed_size or sizes[0]
         if self.embed_to_gates:
@@ -225,6 +226,7 @@ class SequenceModel(RecurrentOptions):
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
         boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         if self.vocab_size is not None:
+            cells.check_size(self.vocab_size, "vocab_size")
             embed = nn.Embed(self.vocab_size, self.embed_size,
                              embedding_init=boxed(weight_init(self.init_scale or 0.05,
                                                               self.orthogonal_init),

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -120,10 +120,15 @@ class RecurrentOptions(nn.Module):
 
 
 def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
-    """The stack's widths, bottom first, from an int (one layer) or a sequence."""
-    if isinstance(hidden_sizes, int):
-        return (hidden_sizes,)
-    return tuple(hidden_sizes)
+    """The stack's widths, bottom first, from an int (one layer) or a sequence; a
+    one-line error for an empty one or a width that is not a whole number >= 1 (they
+    failed in an index, an embedding or MLIR)."""
+    if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Iterable):
+        hidden_sizes = (hidden_sizes,)
+    sizes = tuple(cells.check_size(size, "Each of hidden_sizes") for size in hidden_sizes)
+    if not sizes:
+        raise ValueError("hidden_sizes must name at least one layer, got none.")
+    return sizes
 
 
 def with_regularizer_params(reg: Regularizer, init, layer: int):

@@ -333,6 +333,8 @@ def unroll(
     cells.check_cell_type(cell)
     check_regularizer(reg)
     layers, single = _as_list(params)
+    if not layers:
+        raise ValueError("unroll needs the params of at least one layer, got none.")
     if jnp.ndim(inputs) != 3:
         raise ValueError(f"The inputs of unroll must be "
                          f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
@@ -348,6 +350,8 @@ def unroll(
         carries = [carry] if single else list(carry)
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
+    for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
+        cells.check_layer(cell, p, c, index, reg.needs_output_gate)
     _check_shapes(layers, carries, x, time_major)
     populations = [None] * len(layers)
     if cell_stats is not None:

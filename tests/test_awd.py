@@ -272,6 +272,20 @@ def test_nonmono_trigger_is_awds_criterion():
     assert not ntasgd.nonmono_trigger([5.0, 9.0, 9.0], 5.0, 2)  # equal is not worse
     with pytest.raises(ValueError):
         ntasgd.nonmono_trigger([], 1.0, 0)
+    # a fraction or a string was a TypeError from the slice or the comparison
+    for nonmono in (2.5, "5", True):
+        with pytest.raises(ValueError, match="nonmono must be a whole number >= 1"):
+            ntasgd.nonmono_trigger([5.0, 4.0, 3.0], 6.0, nonmono)
+    assert ntasgd.nonmono_trigger([5.0, 4.0, 3.0], 6.0, np.int64(2))
+
+
+def test_ntasgd_refuses_a_learning_rate_that_is_not_a_rate():
+    """A negative, infinite or NaN rate (ascent, or NaN parameters after one step) and a
+    string (a TypeError at the first update) are refused at construction."""
+    for lr in (-0.1, float("inf"), float("nan"), "30", None):
+        with pytest.raises(ValueError, match="ntasgd's learning_rate must be a finite number"):
+            ntasgd.ntasgd(lr)
+    ntasgd.ntasgd(jnp.asarray(30.0))  # an array (injected hyperparameter) is not checked
 
 
 @pytest.mark.slow

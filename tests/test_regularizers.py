@@ -30,6 +30,7 @@ from rnnreg_jax.regularizers import (
     StochasticDepth,
     WeightNoise,
     Zoneout,
+    activation_regularization,
     compose,
     dropout,
     embedding_dropout,
@@ -38,6 +39,7 @@ from rnnreg_jax.regularizers import (
     norm_stabilizer_penalty,
     recurrent_dropout,
     stochastic_depth,
+    temporal_activation_regularization,
     variational,
     weight_noise,
     zaremba,
@@ -116,6 +118,10 @@ def test_compose_merges_and_refuses_conflicts():
     assert variational(0.3, 0.3) + embedding_dropout(0.2) == variational(0.3, 0.3, embedding=0.2)
     assert compose() == NONE
     assert compose(zaremba(0.3), zaremba(0.3)) == zaremba(0.3)  # equal settings agree
+    assert zoneout(0.5, tie="sequence") + zoneout(0, 0.1, tie="sequence") == zoneout(
+        0.5, 0.1, tie="sequence")
+    # an inactive setting's options are no conflict (it is left out)
+    assert zoneout(0.5) + zoneout(0.0, tie="sequence") == zoneout(0.5)
 
 
 BAD_ARGUMENTS = [
@@ -150,7 +156,46 @@ BAD_ARGUMENTS = [
      "input set twice"),
     ("compose zoneout conflict", lambda: compose(zoneout(0.5), zoneout(0.4)),
      "cells set twice"),
+    # flags that are not bools: the string "False" switched classic dropout on
+    ("string eval_scaling", lambda: variational(input=0.1, eval_scaling="False"),
+     "eval_scaling must be True or False, got 'False'"),
+    ("string per_gate", lambda: dropout("recurrent", 0.1, per_gate="no"), "per_gate must be"),
+    ("None shared", lambda: zoneout(0.1, 0.1, shared=None), "shared must be True or False"),
+    ("string output_zoneout", lambda: recurrent_dropout(0.1, output_zoneout="yes"),
+     "output_zoneout must be"),
+    ("string embedding scaling", lambda: embedding_dropout(0.1, eval_scaling="0"),
+     "eval_scaling must be"),
+    ("string MaskSpec flag", lambda: MaskSpec(0.1, per_gate="False"), "per_gate must be"),
+    ("shared Zoneout record unequal", lambda: Zoneout(0.5, 0.1, shared=True),
+     "cells == hiddens"),
+    # one setting's tie was applied to the other's site: the cells below became tied
+    # per sequence
+    ("compose zoneout ties", lambda: zoneout(cells=0.5) + zoneout(hiddens=0.1, tie="sequence"),
+     "Zoneout.tie differs"),
+    # settings that are not numbers (a string from a config, None, a bool) were
+    # TypeErrors from a comparison, or stored as they came (MaskSpec("0.5"))
+    ("string rate", lambda: zaremba("0.5"), "Zaremba dropout rate must be a number"),
+    ("string MaskSpec rate", lambda: MaskSpec("0.5"), "Dropout rate must be a number"),
+    ("None rate", lambda: variational(input=None), r"\(input\) rate must be a number"),
+    ("string embedding rate", lambda: embedding_dropout("0.1"), "must be a number"),
+    ("bool zoneout rate", lambda: zoneout(cells=True), r"\(cells\) rate must be a number"),
+    ("bool depth rate", lambda: stochastic_depth(True), "must be a number"),
+    ("string weight noise", lambda: weight_noise("0.1"), "weight_noise must be a number"),
+    ("None penalty weight", lambda: norm_stabilizer(None), "must be a number"),
+    ("infinite weight noise", lambda: weight_noise(float("inf")), "finite and non-negative"),
+    ("infinite AR", lambda: activation_regularization(float("inf")), "finite"),
+    ("nan TAR", lambda: temporal_activation_regularization(float("nan")), "finite"),
 ]
+
+
+def test_settings_are_stored_as_python_floats():
+    """A numpy or 0-d JAX rate is stored as a float, so the record stays hashable (a
+    static `jit` argument) and equal to the one built from the float."""
+    assert zaremba(np.float32(0.25)) == zaremba(0.25)
+    reg = variational(input=jnp.asarray(0.5), recurrent=np.float64(0.25)) + weight_noise(
+        jnp.asarray(0.5))
+    assert hash(reg) == hash(variational(input=0.5, recurrent=0.25) + weight_noise(0.5))
+    assert type(reg.find(Dropout).input.rate) is float
 
 
 @pytest.mark.parametrize("make,match", [c[1:] for c in BAD_ARGUMENTS],

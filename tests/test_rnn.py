@@ -215,3 +215,34 @@ def test_shape_mistakes_are_one_sentence_value_errors() -> None:
         rnn.unroll("lstm", params, x, other_batch)
     with pytest.raises(ValueError, match=r"inputs of unroll must be \[B, T, F\]"):
         rnn.unroll("lstm", params, x[None])
+
+
+def test_parameters_and_states_that_do_not_fit_the_cell_are_named() -> None:
+    """Another cell's parameters, a carry without `c`, an empty stack and sizes that are
+    not whole numbers are one sentence each (they were a KeyError inside the scan, a
+    failed product, the inputs returned unchanged, an MLIR or ZeroDivisionError)."""
+    x = inputs()
+    lstm, gru = make_params("lstm", 1), make_params("gru", 1)
+    with pytest.raises(ValueError, match=r"Layer 0's params lack \['b_h'\], which a gru cell"):
+        rnn.unroll("gru", lstm, x)
+    with pytest.raises(ValueError, match=r"w_h has shape \(4, 12\), but a lstm cell of 4 "
+                                         r"units needs \(4, 16\)"):
+        rnn.unroll("lstm", gru, x)
+    with pytest.raises(ValueError, match=r"Layer 0's carry lacks \['c'\]"):
+        rnn.unroll("lstm", lstm, x, [cells.init_carry("gru", B, H)])
+    with pytest.raises(ValueError, match=r"carry lacks \['o'\]"):
+        rnn.unroll("lstm", lstm, x, [cells.init_carry("lstm", B, H)],
+                   reg=recurrent_dropout(0.2, output_zoneout=True))
+    with pytest.raises(ValueError, match="at least one layer"):
+        rnn.unroll("lstm", [], x)
+    for size, match in ((0, "hidden_size must be a whole number >= 1, got 0"),
+                        (-4, "got -4"), (4.0, "got 4.0")):
+        with pytest.raises(ValueError, match=match):
+            cells.init_params(jax.random.key(0), "lstm", F, size)
+    for scale in (-0.1, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="init_scale must be a finite number >= 0"):
+            cells.init_params(jax.random.key(0), "lstm", F, H, init_scale=scale)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 0, got -2"):
+        rnn.initial_carry("lstm", lstm, -2)
+    numpy_sizes = cells.init_params(jax.random.key(0), "lstm", np.int64(F), np.int32(H))
+    assert numpy_sizes["w_h"].shape == (H, 4 * H)

@@ -63,6 +63,21 @@ def test_weight_decay_is_l2_added_to_the_gradient_before_lr():
     np.testing.assert_array_equal(updates["w"], 0.0)
 
 
+def test_make_optimizer_refuses_hyperparameters_out_of_range():
+    """A negative weight decay or clip norm was silently no decay or no clipping, a
+    negative learning rate ascended, a momentum of 1 never forgets."""
+    for fields, match in (({"weight_decay": -0.1}, "config.weight_decay must be a finite"),
+                          ({"clip_norm": -1.0}, "config.clip_norm must be"),
+                          ({"learning_rate": -1.0}, "config.learning_rate must be"),
+                          ({"learning_rate": float("nan")}, "got nan"),
+                          ({"optimizer": "momentum", "momentum": 1.0}, r"in \[0, 1\)"),
+                          ({"optimizer": "rmsprop", "rmsprop_decay": -0.5},
+                           "config.rmsprop_decay must be in")):
+        with pytest.raises(ValueError, match=match):
+            optim.make_optimizer(_cfg(**fields))
+    optim.make_optimizer(_cfg(clip_norm=None, weight_decay=None, momentum=2.0))  # unused
+
+
 def test_clipping_happens_before_weight_decay():
     params = {"w": jnp.array([1.0, 0.0])}
     grads = {"w": jnp.array([0.0, 100.0])}

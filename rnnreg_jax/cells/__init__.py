@@ -99,6 +99,8 @@ from rnnreg_jax.cells.lstm import LSTM, lstm_gates, lstm_step, lstm_update
 from rnnreg_jax.cells.lstm_bn import LSTM_BN, lstm_bn_step, lstm_bn_update
 from rnnreg_jax.cells.lstm_ln import LSTM_LN, layer_norm, lstm_ln_step, lstm_ln_update
 from rnnreg_jax.cells.params import (
+    check_layer,
+    check_size,
     default_init_scale,
     init_carry,
     init_params,
@@ -157,8 +159,10 @@ __all__ = [
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
-    "Cell", "Params", "StepNoise", "check_cell_type", "default_init_scale", "gate_blocks",
-    "gate_major", "get_step", "is_per_gate", "get_update", "gru_step", "gru_update", "has_memory",
+    "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_size",
+    "default_init_scale",
+    "gate_blocks", "gate_major", "get_step", "is_per_gate", "get_update", "gru_step",
+    "gru_update", "has_memory",
     "init_carry", "init_params", "layer_norm", "lstm_bn_step", "lstm_bn_update", "lstm_gates",
     "lstm_ln_step", "lstm_ln_update", "lstm_step", "lstm_update", "maybe_scale", "merge_noise",
     "mix", "num_gates", "per_gate_product", "per_gate_recurrent", "per_gate_weights", "project",

@@ -4,6 +4,8 @@ cell records."""
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -60,7 +62,9 @@ def init_params(
       `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
     record = the_record(cell)
-    scale = default_init_scale(hidden_size) if init_scale is None else float(init_scale)
+    input_size, hidden_size = (check_size(input_size, "input_size", 0),
+                               check_size(hidden_size, "hidden_size", 1))
+    scale = default_init_scale(hidden_size) if init_scale is None else _scale(init_scale)
     if record.init_params is not None:
         if recurrent_bias or orthogonal:
             raise ValueError(f"recurrent_bias and orthogonal apply to the default draw, not "
@@ -95,6 +99,66 @@ def init_params(
     return params
 
 
+def _scale(init_scale: Any) -> float:
+    """`init_scale` as a float >= 0: a negative one drew every weight equal to -scale
+    (uniform's bounds reversed), a string was float()'s own error."""
+    try:
+        scale = float(init_scale) if not isinstance(init_scale, (str, bytes)) else None
+    except TypeError:
+        scale = None
+    if scale is None or not 0 <= scale < math.inf:
+        raise ValueError(f"init_scale must be a finite number >= 0 (or None), got "
+                         f"{init_scale!r}.")
+    return scale
+
+
+def check_size(value: Any, name: str, least: int = 1) -> int:
+    """A whole number of at least `least` (numpy integers too), or a one-line error (a
+    negative or float size failed inside XLA, a zero hidden size divided by zero)."""
+    try:
+        size = operator.index(value)
+    except TypeError:
+        size = None
+    if size is None or size < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}.")
+    return size
+
+
+def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
+                output_gate: bool = False) -> None:
+    """One-sentence errors for a layer's parameters or state that do not fit `cell`
+    (another cell's parameters, a carry without `c`), which were a KeyError or a failed
+    product inside the scan. Only dicts are checked (other layouts are the cell's).
+
+    Args:
+      cell: the cell type (name or record).
+      params: the layer's parameters.
+      carry: its initial state.
+      index: the layer's index, for the message.
+      output_gate: whether the carry must hold `o` (output zoneout).
+    """
+    record = the_record(cell)
+    if isinstance(params, Mapping):
+        needed = ("w_h",) + (("b",) if record.project is None else ())  # no w_x: gates fed
+        missing = [n for n in needed + tuple(record.update_params) if n not in params]
+        if missing:
+            raise ValueError(f"Layer {index}'s params lack {missing}, which a {record.name} "
+                             f"cell reads (they hold {sorted(params)}).")
+        shape = getattr(params["w_h"], "shape", ())
+        if len(shape) == 2 and shape[1] != record.num_gates * shape[0]:
+            raise ValueError(f"Layer {index}'s w_h has shape {tuple(shape)}, but a "
+                             f"{record.name} cell of {shape[0]} units needs "
+                             f"{(shape[0], record.num_gates * shape[0])}.")
+    if isinstance(carry, Mapping):
+        needed = ("h", "c", "o") if record.has_memory and output_gate else (
+            ("h", "c") if record.has_memory else ("h",))
+        missing = [n for n in needed if n not in carry]
+        if missing:
+            raise ValueError(f"Layer {index}'s carry lacks {missing}, which a {record.name} "
+                             f"layer keeps (it holds {sorted(carry)}); "
+                             "rnnreg_jax.initial_carry makes one.")
+
+
 def init_carry(
     cell: str, batch_size: int, hidden_size: int, dtype: Any = jnp.float32,
     output_gate: bool = False,
@@ -104,6 +168,7 @@ def init_carry(
     `output_gate=True` adds `"o"`, the previous output gate, which output
     zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
     """
+    batch_size = check_size(batch_size, "batch_size", 0)
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
     if has_memory(cell):

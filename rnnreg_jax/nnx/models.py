@@ -226,6 +226,7 @@ def embedding(vocab_size: int, width: int, init, dtype: Any, param_dtype: Any,
     drawn in `param_dtype`, looked up in `dtype`, or with `dtype=None` in the table's
     own dtype whatever it holds (`nnx.Embed` would fix None to the dtype drawn at
     construction, so weights loaded in float64 would be looked up in float32)."""
+    cells.check_size(vocab_size, "vocab_size")
     embed = nnx.Embed(vocab_size, width, embedding_init=init, param_dtype=param_dtype,
                       rngs=rngs)
     embed.dtype = dtype

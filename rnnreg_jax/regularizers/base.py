@@ -49,19 +49,39 @@ Array = jax.Array
 TIES = ("sequence", "step")
 
 
+def check_number(value: Any, name: str) -> float:
+    """`value` as a Python float, or a one-sentence ValueError naming `name` if it is not
+    a real number (a string from a config, None, a bool, a traced array: the settings of
+    a regularizer are static)."""
+    if isinstance(value, (str, bytes, bool, complex)) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a number, got {value!r}.") from None
+
+
 def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
-    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients).
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients), as a float.
 
     Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
     and stochastic-depth probabilities may be 1 (the state never changes).
-    NaN is rejected.
+    NaN and anything but a real number (a string, None, a bool) are rejected.
     """
-    rate = float(rate)
+    rate = check_number(rate, f"{name} rate")
     ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
     if not ok:
         interval = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
     return rate
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """`value` as a bool, or a one-sentence ValueError naming `name` if it is not one (the
+    string "False" from a config would switch the option on)."""
+    if isinstance(value, (str, bytes)) or value is None or value not in (True, False):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
 
 
 def check_tie(tie: str, name: str = "tie") -> str:
@@ -72,8 +92,10 @@ def check_tie(tie: str, name: str = "tie") -> str:
 
 
 def check_non_negative(value: float, name: str) -> float:
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be non-negative, got {value}.")
+    """A finite, non-negative weight (a penalty's, weight noise's std), as a float."""
+    value = check_number(value, name)
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        raise ValueError(f"{name} must be finite and non-negative, got {value}.")
     return value
 
 
@@ -218,9 +240,24 @@ def merge_fields(a: Any, b: Any) -> Any:
 class Family(Regularizer):
     """A built-in family's record: two settings of it merge field by field, and it draws
     noise or adds a loss (by the hooks it has) only when `active`, so a setting with
-    its rates at 0 needs no key."""
+    its rates at 0 needs no key.
+
+    `QUALIFIERS` name the fields that say how each of the record's sites acts (zoneout's
+    `tie`): two active settings that differ in one are refused, since the merged record
+    would apply one setting's value to the other's sites (a field left at its default
+    cannot be told from one not given)."""
+
+    QUALIFIERS = ()
 
     def merge(self, other: Regularizer) -> Regularizer:
+        if self.active and other.active:
+            for name in self.QUALIFIERS:
+                mine, theirs = getattr(self, name), getattr(other, name)
+                if mine != theirs:
+                    raise ValueError(
+                        f"Cannot compose: {type(self).__name__}.{name} differs ({mine!r} "
+                        f"and {theirs!r}) between two settings, and one record applies it "
+                        "to all its sites; give them in one call.")
         return merge_fields(self, other)
 
     @property

@@ -23,6 +23,7 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
+    check_flag,
     check_rate,
     check_tie,
     compose,
@@ -54,8 +55,10 @@ class MaskSpec:
     eval_scaling: bool = False
 
     def __post_init__(self):
-        check_rate(self.rate, "Dropout")
+        object.__setattr__(self, "rate", check_rate(self.rate, "Dropout"))
         check_tie(self.tie)
+        for flag in ("per_gate", "eval_scaling"):
+            object.__setattr__(self, flag, check_flag(getattr(self, flag), flag))
 
     @property
     def active(self) -> bool:
@@ -180,8 +183,10 @@ def dropout(site: str, rate: float, tie: str = "step", per_gate: bool = False,
     if site not in SITES + ("update",):
         raise ValueError(f"Unknown dropout site {site!r}; expected one of "
                          f"{SITES + ('update',)}.")
-    check_rate(rate, f"Dropout ({site})")
+    rate = check_rate(rate, f"Dropout ({site})")
     check_tie(tie)
+    per_gate, eval_scaling = check_flag(per_gate, "per_gate"), check_flag(eval_scaling,
+                                                                          "eval_scaling")
     if site == "update":
         if per_gate:
             raise ValueError("per_gate masks apply to the input and recurrent sites, not "
@@ -198,7 +203,7 @@ def zaremba(rate: float) -> Regularizer:
     get `v * m_t / (1 - rate)` with a fresh `m_t ~ Bernoulli(1 - rate)` at each
     step; h_{t-1} -> W_h is never dropped.
     """
-    check_rate(rate, "Zaremba dropout")
+    rate = check_rate(rate, "Zaremba dropout")
     return compose(Dropout(input=_mask(rate, "step"), output=_mask(rate, "step")))
 
 
@@ -223,9 +228,12 @@ def variational(
     from rnnreg_jax.regularizers.embedding import embedding_dropout
 
     check_tie(tie)
-    for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
-                       ("cell", cell)):
+    per_gate, eval_scaling = check_flag(per_gate, "per_gate"), check_flag(eval_scaling,
+                                                                          "eval_scaling")
+    input, recurrent, output, cell = (
         check_rate(rate, f"Variational dropout ({name})")
+        for name, rate in (("input", input), ("recurrent", recurrent), ("output", output),
+                           ("cell", cell)))
     masks = Dropout(input=_mask(input, tie, per_gate, eval_scaling),
                     recurrent=_mask(recurrent, tie, per_gate, eval_scaling),
                     output=_mask(output, tie, eval_scaling=eval_scaling),

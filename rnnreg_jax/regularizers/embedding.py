@@ -10,6 +10,7 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
+    check_flag,
     check_rate,
     compose,
     need_key,
@@ -34,7 +35,8 @@ class EmbeddingDropout(Family):
     eval_scaling: bool = False
 
     def __post_init__(self):
-        check_rate(self.rate, "Embedding dropout")
+        object.__setattr__(self, "rate", check_rate(self.rate, "Embedding dropout"))
+        object.__setattr__(self, "eval_scaling", check_flag(self.eval_scaling, "eval_scaling"))
 
     @property
     def active(self):
@@ -69,6 +71,8 @@ def embedding_dropout(rate: float, eval_scaling: bool = False) -> Regularizer:
     `DropoutEmbedding`): `e(w_t) * m[b, w_t]` in training, `e(w_t) * (1 - rate)` in
     evaluation; ignored at rate 0.
     """
+    rate = check_rate(rate, "Embedding dropout")
+    eval_scaling = check_flag(eval_scaling, "eval_scaling")
     return compose(EmbeddingDropout(rate, eval_scaling and rate > 0))
 
 

@@ -118,7 +118,7 @@ class _Penalty(Family):
     NAME = ""
 
     def __post_init__(self):
-        check_non_negative(self.weight, self.NAME)
+        object.__setattr__(self, "weight", check_non_negative(self.weight, self.NAME))
 
     @property
     def active(self):

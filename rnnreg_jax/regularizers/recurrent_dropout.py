@@ -10,6 +10,7 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
+    check_flag,
     check_rate,
     check_tie,
     compose,
@@ -38,6 +39,8 @@ class RecurrentDropout(Family):
     output_zoneout: bool = False
 
     def __post_init__(self):
+        for flag in ("eval_scaling", "output_zoneout"):
+            object.__setattr__(self, flag, check_flag(getattr(self, flag), flag))
         if self.output_zoneout and self.update is None:
             raise ValueError("output_zoneout needs recurrent (update) dropout to be on.")
         if self.eval_scaling and self.update is None:
@@ -99,8 +102,10 @@ def recurrent_dropout(rate: float, tie: str = "step", output_zoneout: bool = Fal
     gate where the update was dropped: `o_t <- (1 - m) o_{t-1} + m o_t`, at
     evaluation `p o_{t-1} + (1 - p) o_t`.
     """
-    check_rate(rate, "Recurrent dropout")
+    rate = check_rate(rate, "Recurrent dropout")
     check_tie(tie)
+    output_zoneout = check_flag(output_zoneout, "output_zoneout")
+    eval_scaling = check_flag(eval_scaling, "eval_scaling")
     return compose(RecurrentDropout(update=_mask(rate, tie),
                                     output_zoneout=output_zoneout and rate > 0,
                                     eval_scaling=eval_scaling and rate > 0))

@@ -22,7 +22,8 @@ class StochasticDepth(Family):
     rate: float = 0.0
 
     def __post_init__(self):
-        check_rate(self.rate, "Stochastic depth", allow_one=True)
+        object.__setattr__(self, "rate", check_rate(self.rate, "Stochastic depth",
+                                                    allow_one=True))
 
     @property
     def active(self):

@@ -42,7 +42,7 @@ class WeightDrop(Family):
     rate: float = 0.0
 
     def __post_init__(self):
-        check_rate(self.rate, "Weight drop")
+        object.__setattr__(self, "rate", check_rate(self.rate, "Weight drop"))
 
     @property
     def active(self):
@@ -63,7 +63,7 @@ class WeightNoise(Family):
     std: float = 0.0
 
     def __post_init__(self):
-        check_non_negative(self.std, "weight_noise")
+        object.__setattr__(self, "std", check_non_negative(self.std, "weight_noise"))
 
     @property
     def active(self):

@@ -9,6 +9,7 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
+    check_flag,
     check_rate,
     check_tie,
     compose,
@@ -32,10 +33,17 @@ class Zoneout(Family):
     shared: bool = False
     tie: str = "step"
 
+    QUALIFIERS = ("tie",)
+
     def __post_init__(self):
-        check_rate(self.cells, "Zoneout (cells)", allow_one=True)
-        check_rate(self.hiddens, "Zoneout (hiddens)", allow_one=True)
+        object.__setattr__(self, "cells", check_rate(self.cells, "Zoneout (cells)",
+                                                     allow_one=True))
+        object.__setattr__(self, "hiddens", check_rate(self.hiddens, "Zoneout (hiddens)",
+                                                       allow_one=True))
         check_tie(self.tie, "Zoneout's tie")
+        object.__setattr__(self, "shared", check_flag(self.shared, "shared"))
+        if self.shared and self.cells != self.hiddens:
+            raise ValueError("A shared zoneout mask needs cells == hiddens.")
 
     @property
     def active(self):
@@ -83,6 +91,6 @@ def zoneout(cells: float = 0.0, hiddens: float = 0.0, shared: bool = False,
     per window (`tie="sequence"`); evaluation uses `d = z`. `cells` needs an
     LSTM; `shared=True` uses the cell mask for the hiddens too.
     """
-    if shared and cells != hiddens:
-        raise ValueError("A shared zoneout mask needs cells == hiddens.")
+    cells = check_rate(cells, "Zoneout (cells)", allow_one=True)
+    hiddens = check_rate(hiddens, "Zoneout (hiddens)", allow_one=True)
     return compose(Zoneout(cells, hiddens, shared, tie))

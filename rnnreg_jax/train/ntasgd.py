@@ -26,6 +26,8 @@ worse than the best one seen more than `n` evaluations ago.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -59,6 +61,10 @@ def ntasgd(learning_rate: float | jax.Array) -> optax.GradientTransformation:
     if callable(learning_rate):
         raise TypeError("ntasgd takes a fixed learning rate (set it between epochs with "
                         "optax.inject_hyperparams), not a schedule.")
+    if isinstance(learning_rate, (str, bytes, bool)) or learning_rate is None or (
+            isinstance(learning_rate, numbers.Real) and not 0 <= learning_rate < math.inf):
+        raise ValueError(f"ntasgd's learning_rate must be a finite number >= 0, got "
+                         f"{learning_rate!r}.")
 
     def init_fn(params):
         return NTASGDState(averaging=jnp.zeros((), jnp.bool_),
@@ -138,6 +144,6 @@ def nonmono_trigger(history: Sequence[float], value: float, nonmono: int) -> boo
       value: the new validation loss.
       nonmono: n, how many recent evaluations are exempt from the comparison.
     """
-    if nonmono < 1:
-        raise ValueError(f"nonmono must be >= 1, got {nonmono}.")
+    if isinstance(nonmono, bool) or not isinstance(nonmono, numbers.Integral) or nonmono < 1:
+        raise ValueError(f"nonmono must be a whole number >= 1, got {nonmono!r}.")
     return len(history) > nonmono and value > min(history[:-nonmono])

@@ -13,6 +13,7 @@ Weight decay is L2 added to the gradient before the learning-rate scaling
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import optax
@@ -23,11 +24,29 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 LR_SCHEDULES = ("constant", "zaremba", "plateau")
 
 
+def check_setting(value, name: str, below_one: bool = False) -> None:
+    """A one-sentence ValueError unless `value` is a finite number >= 0 (and < 1 with
+    `below_one`): a negative weight decay or clip norm was silently off, a string
+    failed inside optax."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    bound = 1.0 if below_one else math.inf
+    if not (number and 0 <= value < bound):
+        interval = "in [0, 1)" if below_one else "a finite number >= 0"
+        raise ValueError(f"{name} must be {interval}, got {value!r}.")
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     """The optax chain described by `config` (see `default_train_config`)."""
     name = config.optimizer
     if name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {name!r}.")
+    check_setting(config.learning_rate, "config.learning_rate")
+    for field in ("clip_norm", "weight_decay"):  # None or 0: off
+        if config[field] is not None:
+            check_setting(config[field], f"config.{field}")
+    if name in ("momentum", "rmsprop"):
+        field = "momentum" if name == "momentum" else "rmsprop_decay"
+        check_setting(config[field], f"config.{field}", below_one=True)
 
     clip = config.clip_norm and config.clip_norm > 0
     clip_update = bool(config.get("clip_update", False))
