@@ -34,6 +34,20 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def check_floating(dtype: Any, name: str) -> Any:
+    """`dtype` (a compute dtype or the inputs') as a numpy dtype if it is a floating one,
+    else a one-sentence ValueError naming `name` (an integer dtype failed in the first
+    sigmoid, a misspelt name inside numpy)."""
+    try:
+        checked = jnp.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked is None or not jnp.issubdtype(checked, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype (jnp.float32, jnp.bfloat16, ...), "
+                         f"got {dtype!r}.")
+    return checked
+
+
 def at_least_float32(dtype: Any) -> Any:
     """`dtype` widened to float32 if narrower (bfloat16, float16 -> float32; float32 and
     float64 stay)."""

@@ -339,6 +339,11 @@ def unroll(
         raise ValueError(f"The inputs of unroll must be "
                          f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
                          f"{jnp.shape(inputs)}.")
+    precision.check_floating(jnp.result_type(inputs), "The inputs' dtype")
+    if dtype is not None:
+        precision.check_floating(dtype, "dtype")
+    if isinstance(forget_bias, (str, bytes)) or forget_bias is None:  # arrays may be traced
+        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)

@@ -217,6 +217,25 @@ def test_shape_mistakes_are_one_sentence_value_errors() -> None:
         rnn.unroll("lstm", params, x[None])
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": jnp.int32}, "dtype must be a floating dtype"),
+    ({"dtype": "flaot16"}, "dtype must be a floating dtype .* got 'flaot16'"),
+    ({"forget_bias": "1"}, "forget_bias must be a number, got '1'"),
+])
+def test_settings_of_another_type_are_one_sentence_value_errors(kwargs, message) -> None:
+    """An integer or misspelt compute dtype and a string forget bias (they failed in the
+    first sigmoid, inside numpy, or in an addition)."""
+    with pytest.raises(ValueError, match=message):
+        rnn.unroll("lstm", make_params("lstm", 1), inputs(), **kwargs)
+
+
+def test_integer_inputs_are_named() -> None:
+    """Token ids given where features belong (the embedding forgotten)."""
+    ids = jnp.zeros((B, T, F), jnp.int32)
+    with pytest.raises(ValueError, match="inputs' dtype must be a floating dtype"):
+        rnn.unroll("lstm", make_params("lstm", 1), ids)
+
+
 def test_parameters_and_states_that_do_not_fit_the_cell_are_named() -> None:
     """Another cell's parameters, a carry without `c`, an empty stack and sizes that are
     not whole numbers are one sentence each (they were a KeyError inside the scan, a
