@@ -240,22 +240,14 @@ def test_inputs_of_another_rank_are_named_in_the_models_terms() -> None:
 def test_sizes_that_are_not_whole_numbers_are_named() -> None:
     """An empty stack, a width or vocabulary below 1 or not a whole number is one sentence
     (they were an IndexError, an MLIR error, a TypeError: 'float' object is not
-    iterable); a numpy integer width is one layer, like an int."""
-    from flax import nnx
-
-    from rnnreg_jax import nnx as rnx
-
+    iterable); a numpy integer width is one layer, like an int. (NNX's twin:
+    tests/test_nnx.py; NNX does not import at the flax floor these tests also run at.)"""
     ids, key = token_ids(), jax.random.key(0)
-    for hidden_sizes, match in (((), "at least one layer"), ((4, -1), "got -1"),
-                                (4.0, "got 4.0"), ((0,), "got 0")):
+    for hidden_sizes in ((), (4, -1), 4.0, (0,)):
         with pytest.raises(ValueError, match="hidden_sizes must"):
             jax.eval_shape(LanguageModel(V, hidden_sizes).init, key, ids)
-        with pytest.raises(ValueError, match=match):
-            rnx.LanguageModel(V, hidden_sizes, rngs=nnx.Rngs(0))
     for make in (lambda: LanguageModel(0, 4), lambda: SequenceModel(2, 4, vocab_size=-3)):
         with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1"):
             jax.eval_shape(make().init, key, ids)
-    with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1, got 0"):
-        rnx.LanguageModel(0, 4, rngs=nnx.Rngs(0))
     shapes = jax.eval_shape(LanguageModel(V, np.int64(4)).init, key, ids)
     assert shapes["params"]["rnn"]["layer_0"]["w_h"].shape == (4, 16)

@@ -192,6 +192,16 @@ def test_an_int_hidden_sizes_is_one_layer_and_inputs_of_another_rank_are_named()
         seq(floats((B, T)))
 
 
+def test_sizes_that_are_not_whole_numbers_are_named():
+    """The NNX language model's widths and vocabulary, as linen's (tests/test_models.py)."""
+    for hidden_sizes, match in (((), "at least one layer"), ((4, -1), "got -1"),
+                                (4.0, "got 4.0"), ((0,), "got 0")):
+        with pytest.raises(ValueError, match=match):
+            rnx.LanguageModel(20, hidden_sizes, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1, got 0"):
+        rnx.LanguageModel(0, 4, rngs=nnx.Rngs(0))
+
+
 def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))
