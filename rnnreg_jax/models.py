@@ -58,6 +58,15 @@ def check_rank(expected: str, inputs: jax.Array, ndim: int) -> None:
         raise ValueError(f"{expected}, got shape {jnp.shape(inputs)}.")
 
 
+def check_sequence_inputs(inputs: jax.Array, token_ids: bool) -> None:
+    """`SequenceModel`'s inputs (linen and NNX): int ids `[B, T]` with a vocabulary,
+    float features `[B, T, F]` without."""
+    if token_ids:
+        check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
+    else:
+        check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]", inputs, 3)
+
+
 def embed_ids(embed: nn.Embed, ids: jax.Array, dtype) -> jax.Array:
     """`embed(ids)`; with ids sharded over an explicit mesh's batch axis, the same rows
     gathered with that sharding (`explicit_sharding.take_rows`)."""
@@ -216,11 +225,7 @@ class SequenceModel(RecurrentOptions):
         `seq_lengths`: int `[B]`, each example's valid steps, padding after them (see
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
-        if self.vocab_size is None:
-            check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]",
-                       inputs, 3)
-        else:
-            check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
+        check_sequence_inputs(inputs, token_ids=self.vocab_size is not None)
         x = inputs
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))

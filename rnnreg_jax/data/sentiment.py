@@ -148,7 +148,7 @@ class SentimentData:
         """
         arrays = {"inputs": batching.of_split(self.inputs, split)}
         if check_padding(padding) == "lengths":
-            arrays["inputs"], arrays["lengths"] = to_right_padding(self.inputs[split])
+            arrays["inputs"], arrays["lengths"] = to_right_padding(arrays["inputs"])
         return batching.ArrayBatches.for_split(
             split,
             {**arrays, self.target_key: self.targets[split]},

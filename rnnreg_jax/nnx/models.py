@@ -174,11 +174,7 @@ class SequenceModel(RecurrentModule):
         """`[B, T]` ids or `[B, T, F]` floats -> `[B, num_outputs]` (the arguments as
         `StackedRNN.__call__` takes them); with `seq_lengths` the head reads each
         example's last valid output `y[b, L_b - 1]` instead of `y[:, -1]`."""
-        if self.embed is None:
-            models.check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]",
-                              inputs, 3)
-        else:
-            models.check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
+        models.check_sequence_inputs(inputs, token_ids=self.embed is not None)
         deterministic, average = self.modes(deterministic, use_running_average)
         noisy = self.reg.stack_noise or (self.embed is not None and self.reg.embedding_noise)
         key = self.call_key(rngs, not deterministic and noisy)
