@@ -93,16 +93,15 @@ def transpose_sharding(rows: Array, weights: Any) -> Any:
     return PartitionSpec(*[None] * (rows.ndim - 2), axes_of(rows, rows.ndim - 2), None)
 
 
-def take_rows(table: Array, ids: Array) -> Array | None:
-    """`table[ids]` (an embedding lookup) with the rows sharded over `ids`' batch axis 0
-    as `ids` is, or None when that axis is not sharded in `ids`' type: under explicit
-    axes a gather from a replicated table cannot infer its output's sharding (the lookup
-    of `nn.Embed` / `nnx.Embed` fails), so it is given."""
+def rows_sharding(ids: Array, row_ndim: int = 1) -> PartitionSpec | None:
+    """The sharding of `table[ids]` (an embedding lookup): its rows over `ids`' batch axis
+    0 as `ids` has it, or None when that axis is not sharded in `ids`' type. Under
+    explicit axes a gather from a replicated table cannot infer its output's sharding
+    (the lookup of `nn.Embed` / `nnx.Embed` fails), so it is given."""
     axes = axes_of(ids, 0)
     if axes is None:
         return None
-    rest = [None] * (ids.ndim + table.ndim - 2)  # ids' other axes, then the row's
-    return table.at[ids].get(out_sharding=PartitionSpec(axes, *rest))
+    return PartitionSpec(axes, *[None] * (ids.ndim - 1 + row_ndim))  # ids' other axes, the row
 
 
 def check_carry(carry: Any, x: Array, batch_axis: int = 1) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
@@ -67,13 +68,33 @@ def check_sequence_inputs(inputs: jax.Array, token_ids: bool) -> None:
         check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]", inputs, 3)
 
 
-def embed_ids(embed: nn.Embed, ids: jax.Array, dtype) -> jax.Array:
-    """`embed(ids)`; with ids sharded over an explicit mesh's batch axis, the same rows
-    gathered with that sharding (`explicit_sharding.take_rows`)."""
-    table = embed.embedding if explicit_sharding.axes_of(ids, 0) is not None else None
-    if table is None:
-        return embed(ids)
-    return explicit_sharding.take_rows(table if dtype is None else table.astype(dtype), ids)
+def check_token_ids(ids: jax.Array, vocab_size: int) -> None:
+    """A ValueError unless `ids` are integers, and, where their values are known (outside
+    jit and other traces), unless each lies in `[0, vocab_size)`. Traced ids cannot be
+    checked; `look_up` turns an id out of range into a row of NaN there."""
+    if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
+        raise ValueError(f"Token ids must be integers, got dtype {jnp.result_type(ids)}.")
+    if isinstance(ids, jax.core.Tracer) or not getattr(ids, "is_fully_addressable", True):
+        return
+    values = np.asarray(ids)
+    if values.size and (values.min() < 0 or values.max() >= vocab_size):
+        raise ValueError(f"Token ids must lie in [0, vocab_size) = [0, {vocab_size}), got "
+                         f"ids from {values.min()} to {values.max()}.")
+
+
+def look_up(table: jax.Array, ids: jax.Array, dtype=None) -> jax.Array:
+    """The embedding rows `table[ids]` in `dtype` (None: the table's own), after
+    `check_token_ids`.
+
+    Every id outside `[0, V)` reads a row of NaN, a negative one too: `nn.Embed`'s gather
+    wraps it to the end of the table, silently reading another word. Under jit nothing
+    can raise, so the NaN carries the mistake to the loss (and `train` stops on it).
+    Ids sharded over an explicit mesh's batch axis gather their rows with that sharding
+    (`explicit_sharding.rows_sharding`)."""
+    check_token_ids(ids, table.shape[0])
+    table = table if dtype is None else table.astype(dtype)
+    return table.at[ids].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False,
+                             out_sharding=explicit_sharding.rows_sharding(ids))
 
 
 def language_model_arrays(tie_embeddings: bool) -> tuple[str, ...]:
@@ -134,7 +155,7 @@ class LanguageModel(RecurrentOptions):
         """Logits for a window of token ids.
 
         Args:
-          ids: int `[B, T]`.
+          ids: int `[B, T]` in `[0, vocab_size)` (others: `look_up`).
           carry: per-layer states from the previous window (or None = zeros).
           deterministic: evaluation mode.
           use_running_average: "lstm_bn" only, see `nn.StackedRNN`.
@@ -160,7 +181,7 @@ class LanguageModel(RecurrentOptions):
                          embedding_init=boxed(weight_init(self.init_scale, ortho),
                                               "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-        x = embed_ids(embed, ids, self.dtype)
+        x = look_up(embed.embedding, ids, self.dtype)
         key = None
         if not deterministic and self.reg.embedding_noise:
             key = dropout_key(self)
@@ -237,7 +258,7 @@ class SequenceModel(RecurrentOptions):
                                                               self.orthogonal_init),
                                                   "embed/embedding"),
                              dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-            x = embed_ids(embed, x, self.dtype)
+            x = look_up(embed.embedding, x, self.dtype)
             key = None
             if not deterministic and self.reg.embedding_noise:
                 key = dropout_key(self)

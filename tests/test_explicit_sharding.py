@@ -276,7 +276,7 @@ def test_lengths_language_model_and_bf16_under_an_explicit_mesh():
     """Padded windows (`seq_lengths` sharded with the batch) through both backward passes,
     a `LanguageModel` with embedding dropout (its logits batch-sharded) and the NNX twin
     of a tied one equal the unsharded run to 1e-10 in float64 (the embedding lookup
-    needs `explicit_sharding.take_rows`); bfloat16 products agree to bfloat16's
+    needs `explicit_sharding.rows_sharding`); bfloat16 products agree to bfloat16's
     precision."""
     run_on_host_devices(MODELS)
 

@@ -237,6 +237,29 @@ def test_inputs_of_another_rank_are_named_in_the_models_terms() -> None:
         jax.eval_shape(SequenceModel(2, 4).init, jax.random.key(0), np.zeros((B, T)))
 
 
+def test_token_ids_out_of_the_vocabulary_are_refused_or_poison_the_loss() -> None:
+    """Concrete ids outside `[0, V)` or float ids are a one-sentence ValueError in both
+    models; under jit, where nothing can raise, such an id's logits are NaN, a negative
+    id's too (`nn.Embed`'s gather wraps -1 to the table's last row: another word, no
+    error), while every in-range id reads its row as before."""
+    lm, seq = LanguageModel(V, 4), SequenceModel(2, 4, vocab_size=V)
+    ids = token_ids()
+    for model in (lm, seq):
+        variables = model.init(jax.random.key(0), ids)
+        for bad, got in ((V, f"from 0 to {V}"), (-1, "from -1 to")):
+            with pytest.raises(ValueError, match=rf"^Token ids must lie in \[0, vocab_size\) "
+                                                 rf"= \[0, {V}\), got ids {got}"):
+                model.apply(variables, np.where(np.arange(T) == 1, bad, ids))
+        with pytest.raises(ValueError, match=r"^Token ids must be integers, got dtype float"):
+            model.apply(variables, ids.astype(np.float32))
+    variables = lm.init(jax.random.key(0), ids)
+    logits = jax.jit(lm.apply)(variables, ids)[0]
+    for bad in (V, -1):
+        poisoned = jax.jit(lm.apply)(variables, np.where(np.arange(T) == 2, bad, ids))[0]
+        np.testing.assert_array_equal(poisoned[:, :2], logits[:, :2])  # before the bad id
+        assert np.isnan(poisoned[:, 2:]).all()  # from it on: its row and the state after it
+
+
 def test_sizes_that_are_not_whole_numbers_are_named() -> None:
     """An empty stack, a width or vocabulary below 1 or not a whole number is one sentence
     (they were an IndexError, an MLIR error, a TypeError: 'float' object is not

@@ -202,6 +202,16 @@ def test_sizes_that_are_not_whole_numbers_are_named():
         rnx.LanguageModel(0, 4, rngs=nnx.Rngs(0))
 
 
+def test_token_ids_out_of_the_vocabulary_are_refused_or_poison_the_loss():
+    """As linen's (tests/test_models.py): concrete ids outside `[0, V)` are a ValueError;
+    under jit a negative id's logits are NaN, not another word's."""
+    lm = rnx.LanguageModel(V, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"^Token ids must lie in \[0, vocab_size\)"):
+        lm(np.full((B, T), V, np.int32))
+    logits = nnx.jit(lambda m, i: m(i)[0])(lm, np.full((B, T), -1, np.int32))
+    assert np.isnan(logits).all()
+
+
 def test_lstm_bn_refuses_lengths_with_batch_statistics_in_one_sentence():
     linen = linen_nn.StackedRNN(4, cell="lstm_bn", bn_max_steps=3)
     x = floats((B, T, F))

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from rnnreg_jax import cells, explicit_sharding, lengths, models, noise, partitioning, precision
+from rnnreg_jax import cells, lengths, models, noise, partitioning, precision
 from rnnreg_jax.nn import layer_sizes
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
@@ -233,9 +233,7 @@ def embed_with_dropout(embed: nnx.Embed, ids: jax.Array, reg, key: jax.Array | N
                        deterministic: bool) -> jax.Array:
     """The embedded ids with the regularizer's word-type dropout (the model's own key:
     linen's root `make_rng("dropout")`)."""
-    table = embed.embedding[...] if explicit_sharding.axes_of(ids, 0) is not None else None
-    x = embed(ids) if table is None else explicit_sharding.take_rows(
-        table if embed.dtype is None else table.astype(embed.dtype), ids)
+    x = models.look_up(embed.embedding[...], ids, embed.dtype)
     site_key = linen_key(key) if key is not None and reg.embedding_noise else None
     mask = noise.embedding_mask(reg, site_key, ids, embed.num_embeddings, deterministic,
                                 precision.mask_dtype(x.dtype))
