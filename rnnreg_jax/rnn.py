@@ -13,14 +13,23 @@ over all steps (`cells.project_inputs`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, explicit_sharding, fused, lengths, noise, pallas, precision
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, check_regularizer
+from rnnreg_jax import (
+    cells,
+    explicit_sharding,
+    fused,
+    lengths,
+    noise,
+    pallas,
+    precision,
+    unroll_checks,
+)
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
 
 Array = jax.Array
 
@@ -102,7 +111,6 @@ def scan_layer(
       `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
       (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
-    step = cells.get_step(cell)
     explicit_sharding.check_carry(carry, xs)
     explicit_sharding.check_weights(params, xs, carry)
     if population is not None and cells.statistics_of(cell) is None:
@@ -110,7 +118,7 @@ def scan_layer(
                          f"{cell!r}.")
     valid = None
     if seq_lengths is not None:
-        _refuse_batch_statistics(cell, population)
+        unroll_checks.refuse_batch_statistics(cell, population)
         valid = lengths.valid_steps(lengths.check(seq_lengths, xs.shape[1], xs.shape[0]),
                                     xs.shape[0])
     chosen = resolve_implementation(implementation, xs.shape[1])
@@ -120,34 +128,30 @@ def scan_layer(
     fused_pass = chosen != "autodiff"
     in_loop = (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
                and cell in cells.CELL_TYPES and "w_x" in params and layer_noise.input is None)
-    if in_loop:  # each step projects its own input slice (with these, unmasked, params)
-        xw, input_params = xs, params
-    else:
-        xw = cells.project(cell, params, xs, layer_noise.input, layer_noise.input_per_gate,
-                           population=population, forget_bias=forget_bias)
+    # in the loop, each step projects its own input slice with these (unmasked) params
+    input_params = params if in_loop else None
+    xw = xs if in_loop else cells.project(cell, params, xs, layer_noise.input,
+                                          layer_noise.input_per_gate, population=population,
+                                          forget_bias=forget_bias)
     if chosen == "pallas":
-        if seq_lengths is not None:
-            raise ValueError("Variable lengths (seq_lengths) are not supported by "
-                             "implementation='pallas'; use 'fused' or 'autodiff'.")
-        if dtype is not None:
-            raise ValueError("Mixed precision (dtype=...) is not supported by "
-                             "implementation='pallas'; use 'fused' or 'autodiff'.")
-        if explicit_sharding.axes_of(xs, 1) is not None:
-            raise ValueError("Inputs sharded over an explicit mesh axis are not supported "
-                             "by implementation='pallas'; use 'fused' or 'autodiff'.")
-        sharded = [name for name, w in params.items()
-                   if explicit_sharding.spec_of(w) is not None]
-        if sharded:
-            raise ValueError(f"params[{sharded[0]!r}] is sharded over an explicit mesh axis, "
-                             "which implementation='pallas' does not support; use 'fused' "
-                             "or 'autodiff', or replicate the weights.")
+        unroll_checks.refuse_for_pallas(params, xs, dtype, seq_lengths)
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         if dtype is not None:  # the fused pass sums dW_h in one product
             params = dict(params, w_h=precision.cast(params["w_h"], dtype))
         return fused.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step,
                                 unroll, seq_lengths=seq_lengths)
+    return _autodiff_scan(cell, params, xw, carry, layer_noise, unroll, dtype, valid,
+                          input_params, forget_bias)
 
+
+def _autodiff_scan(cell, params: cells.Params, xw: Array, carry: cells.Carry,
+                   layer_noise: noise.LayerNoise, unroll: int, dtype: Any, valid: Array | None,
+                   input_params: cells.Params | None, forget_bias: float):
+    """`scan_layer`'s "autodiff" path: a `lax.scan` of the cell's step, differentiated
+    by JAX. `input_params`: each step projects its own `[B, F]` input slice `xw_t` with
+    them (narrow inputs); None: `xw` is already projected."""
+    step = cells.get_step(cell)
     gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
     if gates is not None:  # laid out once here, not in every step
         params = dict(params, w_h=cells.per_gate_weights(params["w_h"], gates))
@@ -156,7 +160,7 @@ def scan_layer(
 
     def body(c, inputs):
         xw_t, noise_t = inputs[:2]
-        if in_loop:
+        if input_params is not None:
             # the [B, F] slice itself: projecting a [1, B, F] window made XLA take d w_x
             # from a transposed copy of the gates' cotangent every step
             xw_t = cells.project(cell, input_params, xw_t, forget_bias=forget_bias)
@@ -209,38 +213,10 @@ def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int,
     return precision.cast(x, dtype)
 
 
-def _refuse_batch_statistics(cell, population) -> None:
-    if population is None and cells.statistics_of(cell) is not None:
-        raise ValueError(f"seq_lengths cannot be used with {cells.cell_name(cell)} "
-                         "normalized by the window's batch statistics (training), which "
-                         "would mix padded steps into them; pass its running statistics "
-                         "(cell_stats, use_running_average=True) or batch equal lengths.")
-
-
 def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
     if isinstance(params, dict):
         return [params], True
     return list(params), False
-
-
-def _check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> None:
-    """One-sentence errors for the shape mistakes XLA would report as a failed product:
-    inputs of another rank, a layer whose `w_x` does not take the width it is fed, a
-    carry of another batch size (`x` is time-major here)."""
-    layout = "[T, B, F]" if time_major else "[B, T, F]"
-    width, source = x.shape[-1], "the inputs"
-    for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
-        w_x = p.get("w_x") if isinstance(p, Mapping) else None
-        if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
-            raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
-                             f"({source}) has {width}.")
-        h = c.get("h") if isinstance(c, Mapping) else None
-        if getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
-            raise ValueError(f"Layer {index}'s carry has batch size {h.shape[0]}, but the "
-                             f"inputs have {x.shape[1]} ({layout}).")
-        if not (isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2):
-            return  # a layout this check does not know: leave the rest to the cells
-        width, source = p["w_h"].shape[0], f"layer {index}'s outputs"
 
 
 def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batch_size: int,
@@ -330,20 +306,8 @@ def unroll(
       layout (as the steps computed them: an LSTM's in its carry's dtype); with
       `return_cell_stats` a last item, the auxiliary outputs.
     """
-    cells.check_cell_type(cell)
-    check_regularizer(reg)
     layers, single = _as_list(params)
-    if not layers:
-        raise ValueError("unroll needs the params of at least one layer, got none.")
-    if jnp.ndim(inputs) != 3:
-        raise ValueError(f"The inputs of unroll must be "
-                         f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
-                         f"{jnp.shape(inputs)}.")
-    precision.check_floating(jnp.result_type(inputs), "The inputs' dtype")
-    if dtype is not None:
-        precision.check_floating(dtype, "dtype")
-    if isinstance(forget_bias, (str, bytes)) or forget_bias is None:  # arrays may be traced
-        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
+    unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)
@@ -353,23 +317,16 @@ def unroll(
         carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
     else:
         carries = [carry] if single else list(carry)
-    if len(carries) != len(layers):
-        raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
-    for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
-        cells.check_layer(cell, p, c, index, reg.needs_output_gate)
-    _check_shapes(layers, carries, x, time_major)
-    populations = [None] * len(layers)
-    if cell_stats is not None:
-        populations = [cell_stats] if single else list(cell_stats)
-        if len(populations) != len(layers):
-            raise ValueError(f"Got {len(populations)} cell_stats for {len(layers)} layers.")
+    populations = [None] * len(layers) if cell_stats is None else (
+        [cell_stats] if single else list(cell_stats))
+    unroll_checks.check_stack(cell, reg, layers, carries, populations, x, time_major)
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "
                          "when a noise regularizer is on.")
     if seq_lengths is not None:
         seq_lengths = lengths.check(seq_lengths, batch, steps)
         for population in populations:
-            _refuse_batch_statistics(cell, population)
+            unroll_checks.refuse_batch_statistics(cell, population)
     x = precision.cast(x, dtype)
     new_carries, hiddens, stats = [], [], []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
