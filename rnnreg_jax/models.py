@@ -11,7 +11,9 @@ Embedding-dropout multipliers are drawn in at least float32 (`rnnreg_jax.precisi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -146,6 +148,8 @@ class LanguageModel(RecurrentOptions):
     embed_size: int | None = None
     tie_embeddings: bool = False
     embed_to_gates: bool = False
+    if TYPE_CHECKING:  # keyword-only, as `nn.RecurrentOptions` says
+        _: dataclasses.KW_ONLY
     init_scale: float | None = option(0.1)
 
     @nn.compact

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -96,6 +96,12 @@ class RecurrentOptions(nn.Module):
         array (`rnnreg_jax.partitioning`); None boxes nothing.
     """
 
+    # `option` makes the fields below keyword-only at runtime; type checkers read
+    # `kw_only` only from the field specifiers flax.linen's dataclass transform names, so
+    # they are told with the KW_ONLY sentinel, hidden from the runtime dataclass (there it
+    # would make flax's `parent` and `name` keyword-only too). Subclasses do the same.
+    if TYPE_CHECKING:
+        _: dataclasses.KW_ONLY
     cell: Any = option("lstm")
     reg: Regularizer = option(NONE)
     init_scale: float | None = option(None)
@@ -123,9 +129,10 @@ def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
     """The stack's widths, bottom first, from an int (one layer) or a sequence; a
     one-line error for an empty one or a width that is not a whole number >= 1 (they
     failed in an index, an embedding or MLIR)."""
-    if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Iterable):
-        hidden_sizes = (hidden_sizes,)
-    sizes = tuple(cells.check_size(size, "Each of hidden_sizes") for size in hidden_sizes)
+    widths: Iterable[object] = (hidden_sizes,)  # an int, or a value check_size refuses
+    if isinstance(hidden_sizes, Iterable) and not isinstance(hidden_sizes, (str, bytes)):
+        widths = hidden_sizes
+    sizes = tuple(cells.check_size(size, "Each of hidden_sizes") for size in widths)
     if not sizes:
         raise ValueError("hidden_sizes must name at least one layer, got none.")
     return sizes
@@ -187,6 +194,8 @@ class StackedRNN(RecurrentOptions):
     hidden_sizes: Sequence[int] | int
     time_major: bool = False
     project_first_input: bool = True
+    if TYPE_CHECKING:  # keyword-only, as `RecurrentOptions` says
+        _: dataclasses.KW_ONLY
     carry_first: bool = option(False)
 
     @property
@@ -252,6 +261,7 @@ class StackedRNN(RecurrentOptions):
             dtype=self.dtype, seq_lengths=seq_lengths)
         kept = cells.statistics_of(self.cell)
         for var, layer_stats in zip(to_update, stats, strict=False):  # training only
+            assert kept is not None  # nothing to update without statistics
             var.value = kept.update(var.value, jax.lax.stop_gradient(layer_stats),
                                     self.bn_momentum)
         if self.reg.has_penalty and not deterministic:  # loss terms, training only
@@ -300,6 +310,8 @@ class RecurrentLayer(RecurrentOptions):
 
     hidden_size: int
     time_major: bool = False
+    if TYPE_CHECKING:  # keyword-only, as `RecurrentOptions` says
+        _: dataclasses.KW_ONLY
     carry_first: bool = option(False)
 
     @nn.compact
@@ -339,6 +351,8 @@ class Bidirectional(RecurrentOptions):
     hidden_sizes: Sequence[int] | int
     merge: str = "concat"
     time_major: bool = False
+    if TYPE_CHECKING:  # keyword-only, as `RecurrentOptions` says
+        _: dataclasses.KW_ONLY
     carry_first: bool = option(False)
 
     @property

@@ -13,7 +13,7 @@ over all steps (`cells.project_inputs`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -153,8 +153,9 @@ def _autodiff_scan(cell, params: cells.Params, xw: Array, carry: cells.Carry,
     them (narrow inputs); None: `xw` is already projected."""
     step = cells.get_step(cell)
     gates = cells.per_gate_recurrent(layer_noise.tied, layer_noise.per_step)
+    weights: Mapping[str, Array | tuple[Array, ...]] = params
     if gates is not None:  # laid out once here, not in every step
-        params = dict(params, w_h=cells.per_gate_weights(params["w_h"], gates))
+        weights = dict(params, w_h=cells.per_gate_weights(params["w_h"], gates))
 
     aux_output = cells.has_aux_output(cell)
 
@@ -164,9 +165,9 @@ def _autodiff_scan(cell, params: cells.Params, xw: Array, carry: cells.Carry,
             # the [B, F] slice itself: projecting a [1, B, F] window made XLA take d w_x
             # from a transposed copy of the gates' cotangent every step
             xw_t = cells.project(cell, input_params, xw_t, forget_bias=forget_bias)
-        step_params = params
+        step_params = weights
         if dtype is not None:  # per step: the transpose then sums dW_h in W_h's dtype
-            step_params = dict(params, w_h=precision.cast_floating(params["w_h"], dtype))
+            step_params = dict(weights, w_h=precision.cast_floating(weights["w_h"], dtype))
         new_c, y_t = step(step_params, c, xw_t, cells.merge_noise(layer_noise.tied, noise_t))
         new_c = precision.like(new_c, c)  # the state in its own dtype (mixed precision)
         # and sharding (explicit axes: gate-sharded weights shard the step's results)
@@ -317,7 +318,7 @@ def unroll(
         carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
     else:
         carries = [carry] if single else list(carry)
-    populations = [None] * len(layers) if cell_stats is None else (
+    populations: list[Any] = [None] * len(layers) if cell_stats is None else (
         [cell_stats] if single else list(cell_stats))
     unroll_checks.check_stack(cell, reg, layers, carries, populations, x, time_major)
     if not deterministic and key is None and reg.stack_noise:
@@ -328,7 +329,8 @@ def unroll(
         for population in populations:
             unroll_checks.refuse_batch_statistics(cell, population)
     x = precision.cast(x, dtype)
-    new_carries, hiddens, stats = [], [], []
+    new_carries, hiddens = [], []
+    stats: list[Any] = []
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         x, c = regularized_layer(cell, p, x, c, reg, key, index, deterministic, masks_in,
                                  unroll, implementation, populations[index], forget_bias,

@@ -83,11 +83,11 @@ def check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> Non
     width, source = x.shape[-1], "the inputs"
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         w_x = p.get("w_x") if isinstance(p, Mapping) else None
-        if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
+        if w_x is not None and getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
             raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
                              f"({source}) has {width}.")
         h = c.get("h") if isinstance(c, Mapping) else None
-        if getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
+        if h is not None and getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
             raise ValueError(f"Layer {index}'s carry has batch size {h.shape[0]}, but the "
                              f"inputs have {x.shape[1]} ({layout}).")
         if not (isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2):

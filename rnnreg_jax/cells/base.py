@@ -187,7 +187,9 @@ def check_cell_type(cell: Any) -> None:
 def the_record(cell: Any) -> Cell:
     """The record of a known cell (a one-line error for an unknown one)."""
     check_cell_type(cell)
-    return record_of(cell)
+    record = record_of(cell)
+    assert record is not None  # check_cell_type refused a cell without one
+    return record
 
 
 def num_gates(cell: Any) -> int:

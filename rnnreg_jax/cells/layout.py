@@ -108,6 +108,9 @@ class PerGate:
         return cls(*children)
 
 
+_BLOCKS_NEED_PER_GATE = "W_h laid out by gate needs a PerGate recurrent mask."
+
+
 def is_per_gate(mask) -> bool:
     """Whether a recurrent mask has one slice per gate (`PerGate`)."""
     return isinstance(mask, PerGate)
@@ -122,15 +125,17 @@ def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
     return None
 
 
-def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...], mask: Array | None) -> Array:
+def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...],
+                         mask: Array | PerGate | None) -> Array:
     """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `PerGate` mask `[G, B, H]` per gate.
 
     With a per-gate mask, `w_h` may come already laid out by `per_gate_weights`
     (G blocks, or gate-major `[G, H, H]`), which is how the scans pass it.
     """
-    if mask is None:
-        return precision.operand(h, w_h) @ w_h
-    if not is_per_gate(mask):
+    if not isinstance(mask, PerGate):  # one mask (or none) for all gates: the whole W_h
+        assert not isinstance(w_h, tuple), _BLOCKS_NEED_PER_GATE
+        if mask is None:
+            return precision.operand(h, w_h) @ w_h
         return precision.operand(h * mask, w_h) @ w_h
     masks = mask.masks
     w = w_h if isinstance(w_h, tuple) or w_h.ndim == 3 else per_gate_weights(w_h, len(masks))
@@ -154,26 +159,28 @@ def per_gate_product(x: Array, mask: Array, w: Array | tuple[Array, ...]) -> Arr
     return out.reshape(*out.shape[:-2], -1)
 
 
-def recurrent_transpose(d_rec: Array, w_h: Array | tuple[Array, ...], mask) -> Array:
+def recurrent_transpose(d_rec: Array, w_h: Array | tuple[Array, ...],
+                        mask: Array | PerGate | None) -> Array:
     """Cotangent of h_{t-1} through `rec = (h * m) W_h`: `(d_rec W_h^T) * m`.
 
     With a per-gate mask `w_h` is laid out by `per_gate_weights` (G blocks, or
     gate-major `[G, H, H]`) and the cotangent sums the G gates' `(d_rec_g W_g^T) * m_g`.
     """
     out = explicit_sharding.transpose_sharding(d_rec, w_h)  # None without explicit axes
-    if mask is None:
-        return jnp.matmul(d_rec, w_h.T, out_sharding=out)
-    if not is_per_gate(mask):
+    if not isinstance(mask, PerGate):  # one mask (or none) for all gates: the whole W_h
+        assert not isinstance(w_h, tuple), _BLOCKS_NEED_PER_GATE
+        if mask is None:
+            return jnp.matmul(d_rec, w_h.T, out_sharding=out)
         return jnp.matmul(d_rec, w_h.T, out_sharding=out) * mask
-    mask = mask.masks
-    num_gates = mask.shape[0]
+    masks = mask.masks
+    num_gates = masks.shape[0]
     if isinstance(w_h, tuple):
         d_blocks = jnp.split(d_rec, num_gates, axis=-1)
         return sum(jnp.matmul(d, w.T, out_sharding=out) * m
-                   for d, w, m in zip(d_blocks, w_h, mask, strict=True))
+                   for d, w, m in zip(d_blocks, w_h, masks, strict=True))
     d = jnp.swapaxes(d_rec.reshape(d_rec.shape[0], num_gates, -1), 0, 1)  # [G, B, H]
     out = None if out is None else explicit_sharding.transpose_sharding(d, w_h)
-    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h, out_sharding=out) * mask, axis=0)
+    return jnp.sum(jnp.einsum("gbk,ghk->gbh", d, w_h, out_sharding=out) * masks, axis=0)
 
 
 def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) -> Array:

@@ -135,7 +135,7 @@ def batch_norm(v: Array, gain: Array, bias: Array | None = None, mean: Array | N
     """
     if (mean is None) != (var is None):
         raise ValueError("Give both the mean and the variance, or neither.")
-    if mean is None:
+    if mean is None or var is None:  # both None (checked above)
         mean = jnp.mean(v, axis=axis)
         var = jnp.mean(jnp.square(v - jnp.expand_dims(mean, axis)), axis=axis)
     m, s = jnp.expand_dims(mean, axis), jnp.expand_dims(var, axis)
@@ -187,7 +187,10 @@ def project(params: Params, x: Array, input_mask: Array | None = None,
       population `h_*`, `c_*` statistics of every step in `stats` when
       `population` is given.
     """
-    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
+    # A Python 0.0 for the bias (added after the normalization): weakly typed, it adds
+    # nothing and promotes nothing.
+    xw = project_inputs({"w_x": params["w_x"], "b": 0.0},  # type: ignore[dict-item]
+                        x, input_mask, per_gate)
     if population is None:
         stats = {}
         normed, stats["x_mean"], stats["x_var"] = batch_norm(xw, params["bn_x_g"], axis=1)

@@ -62,7 +62,10 @@ def lstm_ln_project(params: Params, x: Array, input_mask: Array | None = None,
     ln_x_b) + b`: the statistics of each step and example are taken per gate block, so
     hoisting it out of the scan is exact."""
     del population
-    xw = project_inputs({"w_x": params["w_x"], "b": 0.0}, x, input_mask, per_gate)
+    # A Python 0.0 for the bias (added after the normalization): weakly typed, it adds
+    # nothing and promotes nothing.
+    xw = project_inputs({"w_x": params["w_x"], "b": 0.0},  # type: ignore[dict-item]
+                        x, input_mask, per_gate)
     return layer_norm(xw, params["ln_x_g"], params["ln_x_b"], NUM_GATES["lstm_ln"]) + params["b"]
 
 

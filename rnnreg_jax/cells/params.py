@@ -144,7 +144,7 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
         if missing:
             raise ValueError(f"Layer {index}'s params lack {missing}, which a {record.name} "
                              f"cell reads (they hold {sorted(params)}).")
-        shape = getattr(params["w_h"], "shape", ())
+        shape: tuple[int, ...] = getattr(params["w_h"], "shape", ())
         if len(shape) == 2 and shape[1] != record.num_gates * shape[0]:
             raise ValueError(f"Layer {index}'s w_h has shape {tuple(shape)}, but a "
                              f"{record.name} cell of {shape[0]} units needs "

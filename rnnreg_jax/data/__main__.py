@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 
@@ -19,7 +20,8 @@ DATASETS = ("ptb_word", "ptb_char", "mnist", "cornell", "imdb")
 
 
 def describe(
-    name: str, data_dir: str | None, source: str = "files", verify: bool = True
+    name: str, data_dir: str | None, source: Literal["files", "tfds"] = "files",
+    verify: bool = True,
 ) -> list[str]:
     """Loads data set `name` and returns lines of statistics."""
     from rnnreg_jax import data

@@ -25,8 +25,9 @@ def missing(what: str, path: os.PathLike | str) -> DataError:
     return DataError(f"{what} {path} is missing; {FIX}.")
 
 
-def corrupt(what: str, path: os.PathLike | str, problem: str) -> DataError:
-    """Returns the error for a file that exists but cannot be used."""
+def corrupt(what: str, path: object, problem: str) -> DataError:
+    """Returns the error for a file that exists but cannot be used (`path`: shown as
+    `str` shows it)."""
     problem = " ".join(str(problem).split())  # keep the message on one line
     return DataError(f"{what} {path} {problem}; {REFETCH}.")
 

@@ -71,7 +71,8 @@ def _archive_texts(archive: Path) -> Iterator[tuple[str, bytes]]:
                 chunk = []
                 for m in tar:
                     if m.isfile() and _REVIEW.search(m.name):
-                        chunk.append((m.name, tar.extractfile(m).read()))  # type: ignore
+                        # extractfile gives None only for a member that is no file
+                        chunk.append((m.name, tar.extractfile(m).read()))  # type: ignore[union-attr]
                         if len(chunk) == 256:
                             if not put(chunk):
                                 return
@@ -113,10 +114,10 @@ def _imdb_reviews(folder: Path) -> dict:
                 sub = unpacked / s / c
                 if not sub.is_dir():
                     raise missing("IMDB folder", sub)
-                for e in sorted(os.scandir(sub), key=lambda e: e.name):
-                    match = _REVIEW.search(f"aclImdb/{s}/{c}/{e.name}")
+                for entry in sorted(os.scandir(sub), key=lambda e: e.name):
+                    match = _REVIEW.search(f"aclImdb/{s}/{c}/{entry.name}")
                     if match:
-                        text = read_text(Path(e.path), what)
+                        text = read_text(Path(entry.path), what)
                         reviews[s].append((int(c == "pos"), int(match.group(3)), tokenize(text)))
     else:
         raise missing("IMDB archive", archive)
@@ -196,6 +197,7 @@ def load_imdb(
         `SentimentData` with inputs int32 `[N, L]` and labels int32 `[N]`.
     """
     params = {"vocab_size": vocab_size, "max_len": max_len, "add_start": add_start, "v": 1}
+    arrays: dict | None  # None until read from the cache or built
     if source == "tfds":
         from rnnreg_jax.data import tfds_source
 

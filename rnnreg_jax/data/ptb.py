@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -149,7 +150,7 @@ def to_ids(tokens: list[str], symbol_to_id: dict[str, int], path: object, what: 
     return np.fromiter((get(t, unk) for t in tokens), np.int32, len(tokens))
 
 
-def _tokenize(path: os.PathLike, what: str, line_end: str) -> list[str]:
+def _tokenize(path: Path, what: str, line_end: str) -> list[str]:
     text = read_text(path, what)
     if not text.split():
         raise corrupt(what, path, "has no tokens")

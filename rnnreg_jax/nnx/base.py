@@ -21,7 +21,7 @@ from flax import nnx
 from flax.core.scope import LazyRng
 
 from rnnreg_jax import nn, partitioning
-from rnnreg_jax.regularizers.base import check_regularizer
+from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
 
 # The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
 # today. An option the linen modules gain later is refused here at any value but its
@@ -55,7 +55,7 @@ def set_value(variable: nnx.Variable, value: Any) -> None:
         variable.value = value
 
 
-def dropout_stream(rngs: Any) -> Any:
+def dropout_stream(rngs: Any) -> nnx.RngStream | None:
     """A module's own `dropout` stream, forked from the constructor's `rngs` as
     `nnx.Dropout` does (its `default` stream if it has no `dropout`), or None."""
     if not isinstance(rngs, nnx.Rngs):
@@ -113,6 +113,25 @@ class RecurrentModule(nnx.Module):
     """
 
     LINEN: type  # the linen twin's class
+
+    # Set by `_set_options` (the options, as `nn.RecurrentOptions` types them; `param_axes`
+    # made hashable) and by the subclasses' constructors (`rngs`).
+    cell: Any
+    reg: Regularizer
+    init_scale: float | None
+    unroll: int
+    implementation: str
+    bn_max_steps: int
+    bn_momentum: float
+    recurrent_bias: bool
+    forget_bias: float
+    orthogonal_init: bool
+    dtype: Any
+    param_dtype: Any
+    param_axes: tuple[tuple[str, tuple], ...] | None
+    deterministic: bool
+    use_running_average: bool | None
+    rngs: nnx.RngStream | None
 
     def _set_options(self, options: dict, deterministic: bool,
                      use_running_average: bool | None) -> None:

@@ -64,7 +64,8 @@ class Bidirectional(RecurrentModule):
         self.merge, self.time_major, self.carry_first = merge, time_major, carry_first
         self.rngs = dropout_stream(rngs)
         self.reg.check_cell(self.cell)
-        in_size, drawn = input_size, []
+        in_size = input_size
+        drawn: list[dict] = []
         for index, hidden in enumerate(self.hidden_sizes):
             pair = {d: nn.layer_init(self, in_size, hidden, index)(rngs["params"]())
                     for d in bidirectional.DIRECTIONS}
@@ -73,7 +74,7 @@ class Bidirectional(RecurrentModule):
             in_size = bidirectional.merged_width(hidden, merge)
         if self.param_axes is not None:
             partitioning.check_names(self.param_axes, drawn)
-        self.penalty_terms = nnx.Intermediate({})
+        self.penalty_terms: nnx.Intermediate[dict[str, jax.Array]] = nnx.Intermediate({})
 
     @property
     def layers(self) -> list[DirectionPair]:

@@ -136,7 +136,7 @@ class StackedRNN(RecurrentModule):
             in_size = hidden
         if self.param_axes is not None:
             partitioning.check_names(self.param_axes, drawn)
-        self.penalty_terms = nnx.Intermediate({})
+        self.penalty_terms: nnx.Intermediate[dict[str, jax.Array]] = nnx.Intermediate({})
 
     @property
     def layers(self) -> list[LayerParams]:

@@ -108,7 +108,7 @@ def _noise_reader(tiles: _Tiles, layout: dict, refs: dict):
 def _masked_state(tiles: _Tiles, layout: dict, recurrent, t, h) -> dict:
     """`{(g, k): h_k * m_g,k}`: the recurrent product's inputs (one tile per column tile
     k, the same for every gate unless the mask is per gate)."""
-    masked = {}
+    masked: dict[tuple[int, int], jax.Array] = {}
     for k in range(tiles.plan.chunks):
         for g in range(tiles.plan.num_gates):
             if g > 0 and not layout.get("recurrent_per_gate", False):

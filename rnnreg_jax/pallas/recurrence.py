@@ -72,7 +72,10 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
                          "build it with init_carry(..., output_gate=True).")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    precision = _PRECISIONS.get(str(jax.config.jax_default_matmul_precision).lower())
+    # An option of jax.config is an attribute set at runtime, unknown to its type (and
+    # read() refuses options that have a context manager, as this one has).
+    matmul_precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+    precision = _PRECISIONS.get(str(matmul_precision).lower())
     if jnp.dtype(xw.dtype) == jnp.float64:
         precision = jax.lax.Precision.HIGHEST
     extra = {name: params[name] for name in cells.update_params(plan.cell)}
@@ -119,7 +122,8 @@ def _unpad_gates(x: Array, plan: Plan, batch_axis: int) -> Array:
 
 def _pack_noise(plan: Plan, steps: int, dtype, tied, per_step) -> tuple[dict, dict, dict]:
     """The padded noise arrays, their batch axes and the kernels' `layout`."""
-    arrays, axes, layout = {}, {}, {}
+    arrays, axes = {}, {}
+    layout: dict[str, str | bool] = {}  # site -> "tied" / "step", "recurrent_per_gate"
     bh = (plan.batch, plan.hidden)
     for site in ("recurrent",) + ELEMENTWISE_SITES:
         value, kind = getattr(tied, site), "tied"

@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import jax
 
 Array = jax.Array
+FamilyT = TypeVar("FamilyT", bound="Regularizer")
 TIES = ("sequence", "step")
 
 
@@ -198,6 +199,7 @@ class Regularizer:
         """This and `other` as one record, when they are settings of one family that
         merge field by field (None: they stay two parts)."""
         del other
+        return None
 
     def __add__(self, other: Regularizer) -> Regularizer:
         return compose(self, other)
@@ -211,7 +213,7 @@ class Regularizer:
         """Whether training draws any random numbers (and so needs a key)."""
         return self.stack_noise or self.embedding_noise
 
-    def find(self, family: type) -> Regularizer | None:
+    def find(self, family: type[FamilyT]) -> FamilyT | None:
         """The part of type `family` (of a composed regularizer), or None."""
         return next((p for p in self.parts if isinstance(p, family)), None)
 
@@ -247,7 +249,7 @@ class Family(Regularizer):
     would apply one setting's value to the other's sites (a field left at its default
     cannot be told from one not given)."""
 
-    QUALIFIERS = ()
+    QUALIFIERS: ClassVar[tuple[str, ...]] = ()
 
     def merge(self, other: Regularizer) -> Regularizer:
         if self.active and other.active:

@@ -15,6 +15,7 @@ probability q in evaluation.
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeGuard
 
 import jax.numpy as jnp
 
@@ -65,7 +66,7 @@ class MaskSpec:
         return self.rate > 0.0
 
 
-def _on(spec: MaskSpec | None) -> bool:
+def _on(spec: MaskSpec | None) -> TypeGuard[MaskSpec]:
     return spec is not None and spec.active
 
 

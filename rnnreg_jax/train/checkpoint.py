@@ -213,12 +213,13 @@ def _restore(manager: ocp.CheckpointManager, step: int, target):
         # Checkpoints written before TrainState had `model_state` lack the field; a
         # target whose model_state is empty restores from them field by field.
         state = getattr(target, "model_state", None)
-        if not (isinstance(state, dict) and not state and dataclasses.is_dataclass(target)):
+        if not (isinstance(state, dict) and not state and dataclasses.is_dataclass(target)
+                and not isinstance(target, type)):
             raise
         fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
                   if f.name != "model_state"}
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract(fields)))
-        return target.replace(**restored)
+        return dataclasses.replace(target, **restored)  # what TrainState.replace calls
 
 
 def restore_state(directory: str, target):

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from typing import TextIO
 
 import jax
 from absl import logging as absl_logging
@@ -61,7 +62,7 @@ class MetricsLogger:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.remote = is_remote(workdir)
-        self._file = None
+        self._file: TextIO | None = None
         self._lines: list[str] = []
         self._tb = None
         if self.enabled:
@@ -90,6 +91,7 @@ class MetricsLogger:
             self._lines.append(line)
             self.path.write_text("".join(self._lines))
         else:
+            assert self._file is not None, "MetricsLogger.write after close()"  # local: opened
             self._file.write(line)
             self._file.flush()
         if self._tb is not None:

@@ -48,7 +48,9 @@ class NTASGDState(NamedTuple):
 
     averaging: jax.Array
     avg_params: Any
-    count: jax.Array
+    # The field shadows tuple.count, as the `count` of optax's own states does (only the
+    # type checker minds).
+    count: jax.Array  # type: ignore[assignment]
 
 
 def ntasgd(learning_rate: float | jax.Array) -> optax.GradientTransformation:

@@ -20,7 +20,7 @@ masks padded positions out of losses and metrics.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -32,7 +32,9 @@ KINDS = ("lm", "classification", "regression")
 class DataSource(Protocol):
     """The data-source interface (see the module docstring)."""
 
-    steps_per_epoch: int
+    @property
+    def steps_per_epoch(self) -> int:  # read only: the sources compute it
+        ...
 
     def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
         ...
@@ -71,7 +73,7 @@ class Task:
     model: Any
     kind: str
     train: DataSource
-    evals: dict[str, DataSource] = dataclasses.field(default_factory=dict)
+    evals: Mapping[str, DataSource] = dataclasses.field(default_factory=dict)
     carry_state: bool = False
     target_scale: float = 1.0
     test_protocol: bool | Callable[..., dict[str, float]] = False
