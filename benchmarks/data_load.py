@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rnnreg_jax import data  # noqa: E402
 
 ONE = {"process_index": 0, "process_count": 1}
-LOADERS = {
+# name -> (load(data_dir) -> data set, data set -> its training batches)
+LOADERS: dict[str, tuple[Callable[[str | None], Any], Callable[[Any], Any]]] = {
     "ptb_word": (data.load_ptb_word, lambda d: d.batches("train", 20, 35, **ONE)),
     "ptb_char": (
         data.load_ptb_char,

@@ -24,6 +24,7 @@ import os
 import statistics
 import time
 import traceback
+from typing import Any
 from unittest import mock
 
 import jax
@@ -84,7 +85,7 @@ def check_shape(name, cell, hidden, batch, steps, features, make_reg) -> dict:
                                                       implementation=implementation))
         return jax.block_until_ready((forward(params, x, carry), f(params, x, carry)))
 
-    result = {"plan": repr(plan.make_plan(cell, hidden, batch, jnp.float32))}
+    result: dict[str, Any] = {"plan": repr(plan.make_plan(cell, hidden, batch, jnp.float32))}
     with jax.default_matmul_precision("highest"):
         start = time.perf_counter()
         kernel = run("pallas")
@@ -123,7 +124,7 @@ def time_workload(spec: dict, reg, steps: int, rounds: int) -> dict:
     if bm.torch_version() is not None:
         contenders["torch_cudnn_lstm"] = lambda: bm._torch_step(  # noqa: SLF001
             spec, variational_cell=False)
-    ms = {}
+    ms: dict[str, float | str] = {}  # a contender's ms per step, or its error
     for name, build in contenders.items():
         weights = jnp.bfloat16 if name.endswith("bf16_weights") else None
         try:
@@ -131,7 +132,7 @@ def time_workload(spec: dict, reg, steps: int, rounds: int) -> dict:
                 ms[name] = _time(build(), steps, rounds)
         except Exception as error:  # noqa: BLE001 -- record, go on with the others
             ms[name] = f"error: {type(error).__name__}: {str(error)[-2000:]}"
-    out = {"ms_per_step": ms}
+    out: dict[str, dict] = {"ms_per_step": ms}
     numbers = {k: v for k, v in ms.items() if isinstance(v, float)}
     if "scan_fused" in numbers:
         out["speedup_over_scan"] = {k: numbers["scan_fused"] / v for k, v in numbers.items()}
@@ -156,7 +157,7 @@ def main() -> None:
         workloads = {name: dict(spec, hidden=6, batch=3, steps=4, vocab=50)
                      for name, spec in workloads.items()}
     os.makedirs(args.out, exist_ok=True)
-    report = {"jax": jax.__version__, "backend": jax.default_backend(),
+    report: dict[str, Any] = {"jax": jax.__version__, "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "torch": bm.torch_version(),
               "correctness": {}, "timing": {}}
     path = os.path.join(args.out, "pallas_check.json")

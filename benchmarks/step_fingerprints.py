@@ -45,6 +45,7 @@ def lowered_step(spec: dict, reg, implementation: str):
     compiler: the same program goes to XLA on a CPU, a GPU or a TPU)."""
     lm = spec["kind"] == "lm"
     sizes = (spec["hidden"],) * spec["layers"]
+    model: LanguageModel | SequenceModel
     if lm:
         model = LanguageModel(vocab_size=spec["vocab"], hidden_sizes=sizes, reg=reg,
                               init_scale=0.05, implementation=implementation)

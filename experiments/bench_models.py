@@ -129,6 +129,7 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto",
               dtype=None) -> Callable[[], None]:
     lm = spec["kind"] == "lm"
     sizes = (spec["hidden"],) * spec["layers"]
+    model: nn.Module
     if flax_peer:
         model = FlaxPeer(sizes, spec["vocab"] if lm else None,
                          spec["vocab"] if lm else spec["classes"])

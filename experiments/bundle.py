@@ -62,7 +62,7 @@ def _add_run_logs(tar: tarfile.TarFile, root: Path, name: str) -> None:
 
 
 def _write_parts(data: bytes, out: Path) -> list[str]:
-    names = []
+    names: list[str] = []
     for i in range(0, len(data), PART_BYTES):
         name = f"{CHECKPOINT_PREFIX}{len(names):02d}"
         (out / name).write_bytes(data[i:i + PART_BYTES])

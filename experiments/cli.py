@@ -131,6 +131,7 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     module_name = "_rnnreg_config_" + os.path.basename(path)[:-3].replace("-", "_")
     try:
         module_spec = importlib.util.spec_from_file_location(module_name, path)
+        assert module_spec is not None and module_spec.loader is not None  # a .py file
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # as an import would: dataclasses, pickle need it
         module_spec.loader.exec_module(module)

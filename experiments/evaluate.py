@@ -83,7 +83,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
 
     config = load_config(workdir)
     explicit = checkpoint is not None
-    if not explicit:  # from the stored config, before the overrides change it
+    if checkpoint is None:  # from the stored config, before the overrides change it
         checkpoint = default_checkpoint(config)
     for item in overrides:
         field, sep, text = item.partition("=")
@@ -147,9 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {word}")
         field, sep, text = word[len("--config."):].partition("=")
         if not sep:
-            text = next(words, None)
-            if text is None:
+            value = next(words, None)
+            if value is None:
                 parser.error(f"{word} needs a value: {word}=VALUE")
+            text = value
         overrides.append(f"{field}={text}")
     try:
         results = evaluate_workdir(args.workdir, overrides, args.checkpoint, args.data_dir,

@@ -15,6 +15,7 @@ import logging as py_logging
 import os
 import sys
 import uuid
+from typing import NoReturn
 
 import jax
 from absl import app, logging
@@ -36,7 +37,7 @@ def _quiet_orbax() -> None:
     py_logging.getLogger("absl").addFilter(keep)
 
 
-def _fail(message) -> None:
+def _fail(message) -> NoReturn:
     """End the binary with one line on stderr and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

@@ -226,8 +226,8 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     by_section: dict[tuple[str, str], list[Run]] = {}
     groups: dict[str, dict[str, str]] = {}
     for run in runs:
-        group = groups.setdefault(run.task, _report_groups(run.task)).get(run.preset, "")
-        by_section.setdefault((run.dataset, group), []).append(run)
+        group_name = groups.setdefault(run.task, _report_groups(run.task)).get(run.preset, "")
+        by_section.setdefault((run.dataset, group_name), []).append(run)
     datasets = list(CATEGORIES) + sorted({d for d, _ in by_section} - set(CATEGORIES))
     order = [(d, g) for d in datasets for g in sorted({g for dd, g in by_section if dd == d})]
     out_dir = os.path.dirname(os.path.abspath(out))

@@ -29,8 +29,8 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
     labels = _labels(runs)
     fig, ax = plt.subplots(figsize=(10, 4.8))
     # One legend entry per run (its colour); the line style says which curve it is.
-    colors = (plt.get_cmap("tab20").colors if len(curves) > 10
-              else plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    colors = ([tuple(c) for c in plt.get_cmap("tab20")(range(20))]  # its 20 listed colours
+              if len(curves) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"])
     val_names = set()
     for i, (run, valid, train) in enumerate(curves):
         color = colors[i % len(colors)]

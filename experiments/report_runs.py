@@ -50,7 +50,7 @@ def _float(value) -> float | None:
 
 def read_events(path: str) -> list[dict]:
     """The events of a metrics.jsonl; a half-written last line (live run) is skipped."""
-    events = []
+    events: list[dict] = []
     if not os.path.exists(path):
         return events
     with open(path, encoding="utf-8") as f:

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -54,7 +55,7 @@ FLAGS = flags.FLAGS
 _POLL_S = 2.0
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -193,6 +194,7 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
                       f"{FLAGS.calibrate_s:g} s; give it more --calibrate_s or --step_times.")
             startup = t.get("startup_s", startup)
         else:
+            assert table is not None  # main refuses no calibration without --step_times
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
         wide = (table or {}).get("wide_eval_factor", 1.0)
         estimate = plan_lib.estimate_s(work, step_s, done, startup, wide)

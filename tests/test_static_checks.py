@@ -1,6 +1,7 @@
 """Lint and types in the default suite: `ruff check .` and `mypy` (its `[tool.mypy]`
-section in pyproject.toml: the library, whose annotations ship with it in py.typed) must
-pass from the repository root, so CI enforces both."""
+section in pyproject.toml: the library, whose annotations ship with it in py.typed, the
+experiment binaries and the benchmarks) must pass from the repository root, so CI
+enforces both."""
 
 from __future__ import annotations
 
