@@ -23,9 +23,12 @@ import numpy as np
 Array = jax.Array
 
 
-def _concrete(value) -> np.ndarray | None:
-    """`value` as numpy when it is concrete, None under a trace."""
-    try:
+def concrete_values(value) -> np.ndarray | None:
+    """`value` as numpy when it is concrete, None under a trace or when this process
+    holds only part of it (a global array of several hosts)."""
+    try:  # a tracer raises on both
+        if not getattr(value, "is_fully_addressable", True):
+            return None
         return np.asarray(value)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
@@ -40,7 +43,7 @@ def check(seq_lengths, batch: int, steps: int) -> Array:
     if lengths.shape != (batch,):
         raise ValueError(f"seq_lengths must have shape [B] = ({batch},), got "
                          f"{tuple(lengths.shape)}.")
-    values = _concrete(seq_lengths)
+    values = concrete_values(seq_lengths)
     if values is not None and values.size and (values.min() < 1 or values.max() > steps):
         raise ValueError(f"seq_lengths must be in [1, T] = [1, {steps}], got values from "
                          f"{values.min()} to {values.max()}.")
@@ -102,7 +105,7 @@ def from_mask(mask, time_axis: int = 1) -> np.ndarray:
     A mask is turned into lengths on the host, before `jit`; a mask whose True steps are
     not a prefix (padding before or inside a sequence) is refused, since the recurrence
     reads an example's valid steps first."""
-    values = _concrete(mask)
+    values = concrete_values(mask)
     if values is None:
         raise ValueError("from_mask needs a concrete mask; convert it to seq_lengths "
                          "outside jit.")

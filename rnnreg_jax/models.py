@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
@@ -74,12 +73,11 @@ def check_token_ids(ids: jax.Array, vocab_size: int) -> None:
     """A ValueError unless `ids` are integers, and, where their values are known (outside
     jit and other traces), unless each lies in `[0, vocab_size)`. Traced ids cannot be
     checked; `look_up` turns an id out of range into a row of NaN there."""
-    if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
-        raise ValueError(f"Token ids must be integers, got dtype {jnp.result_type(ids)}.")
-    if isinstance(ids, jax.core.Tracer) or not getattr(ids, "is_fully_addressable", True):
-        return
-    values = np.asarray(ids)
-    if values.size and (values.min() < 0 or values.max() >= vocab_size):
+    dtype = jnp.result_type(ids)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"Token ids must be integers, got dtype {dtype}.")
+    values = lengths.concrete_values(ids)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
         raise ValueError(f"Token ids must lie in [0, vocab_size) = [0, {vocab_size}), got "
                          f"ids from {values.min()} to {values.max()}.")
 

@@ -44,7 +44,7 @@ def refuse_batch_statistics(cell, population) -> None:
 
 
 def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_major: bool,
-                     dtype: Any, forget_bias) -> None:
+                    dtype: Any, forget_bias) -> None:
     """`unroll`'s one-sentence errors for a bad cell, regularizer, empty stack, inputs of
     another rank or an integer dtype, a bad compute dtype or a string `forget_bias`."""
     cells.check_cell_type(cell)
@@ -63,7 +63,7 @@ def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_ma
 
 
 def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations: list,
-                 x: Array, time_major: bool) -> None:
+                x: Array, time_major: bool) -> None:
     """One carry and one `cell_stats` per layer, each layer's params and carry fit for
     the cell, and their shapes for the inputs (`x`: time-major)."""
     if len(carries) != len(layers):
