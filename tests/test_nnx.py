@@ -177,6 +177,13 @@ def test_glorot_uniform_head_of_the_nnx_sequence_model():
     assert moved.linen_module().head_init == "glorot_uniform"
 
 
+def test_the_modules_declare_every_option_they_set():
+    """`RecurrentModule` declares, for type checkers, the attributes `_set_options` sets
+    in a loop: an option added to `SUPPORTED_OPTIONS` without its declaration fails here."""
+    declared = set(rnx.RecurrentModule.__annotations__)
+    assert set(rnx.SUPPORTED_OPTIONS) | {"deterministic", "use_running_average"} <= declared
+
+
 def test_an_int_hidden_sizes_is_one_layer_and_inputs_of_another_rank_are_named():
     """`hidden_sizes=4` is `(4,)` for the models as for `StackedRNN`, not a TypeError;
     inputs of another rank are a ValueError in the model's terms."""
