@@ -111,10 +111,16 @@ class Run:
         return splits[0] if splits else None
 
     def final(self) -> dict[str, dict]:
-        """split -> its last `phase == "final"` event."""
+        """split -> its last `phase == "final"` event, unless training went on past it: a
+        finished run resumed with a larger epoch budget keeps its old final events in the
+        log, and they describe a model the run has since moved on from."""
+        trained_to = max((int(e["step"]) for e in self.events if "step" in e
+                          and e.get("phase") != "final"
+                          and (e.get("split") == "train" or e.get("phase") == "epoch_end")),
+                         default=0)
         out: dict[str, dict] = {}
         for e in self.events:
-            if e.get("phase") == "final":
+            if e.get("phase") == "final" and int(e.get("step", 0)) >= trained_to:
                 out[e["split"]] = e
         return out
 

@@ -147,6 +147,28 @@ def test_a_run_the_engine_stopped_says_why(tmp_path):
                                          _paper("x")))).stop_message() is None
 
 
+def test_a_finished_run_resumed_with_a_larger_budget_is_unfinished_again(tmp_path):
+    """The 100-epoch run's final events stay in the log when it is resumed to 250 epochs;
+    once training passes them, the row is the resumed run's, not the old final model's."""
+    wd = write_run(tmp_path, "gru", "sentiment", "variational_gru", "cornell", "rmse", 250,
+                   [0.19, 0.17], {"test": 0.16}, _paper("Gal sentiment"))
+    run = report.load_run(str(wd))
+    assert run.finished and report.run_numbers(run)["test"] == (0.16, "")
+    with open(wd / "metrics.jsonl", "a") as f:  # the resumed run's third epoch
+        f.write(json.dumps({"step": 25, "epoch": 2, "split": "train", "rmse": 0.14}) + "\n")
+        f.write(json.dumps({"step": 30, "epoch": 2, "split": "test", "rmse": 0.15,
+                            "phase": "epoch_end"}) + "\n")
+    run = report.load_run(str(wd))
+    assert not run.finished and run.epochs_trained() == 3
+    assert report.run_numbers(run)["test"] == (0.15, "epoch 3")
+    assert report.status(run) == "3/250 **unfinished** (step 30)"
+    with open(wd / "metrics.jsonl", "a") as f:  # and finished again
+        f.write(json.dumps({"step": 30, "epoch": 3, "split": "test", "rmse": 0.145,
+                            "phase": "final"}) + "\n")
+    run = report.load_run(str(wd))
+    assert run.finished and report.run_numbers(run)["test"] == (0.145, "")
+
+
 def test_unfinished_run_shows_latest_validation(built):
     _, text = built
     row = _row(text, "variational_medium")
