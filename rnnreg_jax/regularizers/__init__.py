@@ -39,13 +39,11 @@ from rnnreg_jax.regularizers.base import (
     Chain,
     LayerShape,
     Regularizer,
-    check_flag,
-    check_rate,
     check_regularizer,
-    check_tie,
     compose,
     without,
 )
+from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
 from rnnreg_jax.regularizers.dropout import (
     Dropout,
     MaskSpec,

@@ -10,12 +10,11 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
-    check_flag,
-    check_rate,
     compose,
     need_key,
     without,
 )
+from rnnreg_jax.regularizers.checks import check_flag, check_rate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,9 +22,9 @@ from rnnreg_jax import lengths, precision
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
-    check_non_negative,
     compose,
 )
+from rnnreg_jax.regularizers.checks import check_non_negative
 
 Array = jax.Array
 

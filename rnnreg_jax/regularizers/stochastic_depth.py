@@ -8,10 +8,10 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
-    check_rate,
     compose,
     need_key,
 )
+from rnnreg_jax.regularizers.checks import check_rate
 
 
 @dataclasses.dataclass(frozen=True)

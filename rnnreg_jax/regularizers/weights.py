@@ -11,11 +11,10 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
-    check_non_negative,
-    check_rate,
     compose,
     need_key,
 )
+from rnnreg_jax.regularizers.checks import check_non_negative, check_rate
 
 Array = jax.Array
 

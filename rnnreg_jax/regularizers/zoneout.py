@@ -9,13 +9,11 @@ from rnnreg_jax.regularizers.base import (
     Family,
     Regularizer,
     cell_name,
-    check_flag,
-    check_rate,
-    check_tie,
     compose,
     has_memory,
     need_key,
 )
+from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
 
 
 @dataclasses.dataclass(frozen=True)

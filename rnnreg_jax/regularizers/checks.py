@@ -1,0 +1,59 @@
+"""The argument checks of the regularizers' constructors: each turns a bad setting (a
+string from a config, NaN, a rate out of range) into one ValueError sentence naming it,
+at construction, rather than a wrong mask or an error deep inside a traced step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TIES = ("sequence", "step")
+
+
+def check_number(value: Any, name: str) -> float:
+    """`value` as a Python float, or a one-sentence ValueError naming `name` if it is not
+    a real number (a string from a config, None, a bool, a traced array: the settings of
+    a regularizer are static)."""
+    if isinstance(value, (str, bytes, bool, complex)) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a number, got {value!r}.") from None
+
+
+def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
+    """A drop probability in [0, 1) (or [0, 1] for mixing coefficients), as a float.
+
+    Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
+    and stochastic-depth probabilities may be 1 (the state never changes).
+    NaN and anything but a real number (a string, None, a bool) are rejected.
+    """
+    rate = check_number(rate, f"{name} rate")
+    ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
+    if not ok:
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
+    return rate
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """`value` as a bool, or a one-sentence ValueError naming `name` if it is not one (the
+    string "False" from a config would switch the option on)."""
+    if isinstance(value, (str, bytes)) or value is None or value not in (True, False):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_tie(tie: str, name: str = "tie") -> str:
+    """`tie` must be "sequence" (one mask per window) or "step" (fresh each step)."""
+    if tie not in TIES:
+        raise ValueError(f"{name} must be one of {TIES}, got {tie!r}.")
+    return tie
+
+
+def check_non_negative(value: float, name: str) -> float:
+    """A finite, non-negative weight (a penalty's, weight noise's std), as a float."""
+    value = check_number(value, name)
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        raise ValueError(f"{name} must be finite and non-negative, got {value}.")
+    return value
