@@ -1,7 +1,10 @@
 """Task models built on `StackedRNN`: a language model and sequence heads.
 
-All weights (embedding, recurrent, softmax) are uniform in
-[-init_scale, init_scale], as in Zaremba's and the zoneout authors' code.
+By default the weights (embedding, recurrent, softmax) are uniform in
+[-init_scale, init_scale], as in Zaremba's and the zoneout authors' code;
+`orthogonal_init` draws them orthogonal with zero biases (the zoneout authors'
+character-level and pMNIST code), cells with their own initialization (Keras 0.x's)
+draw theirs, and `SequenceModel`'s head follows `head_init`.
 
 `dtype` and `param_dtype` (`nn.RecurrentOptions`) reach the embedding and dense layers
 too: with `dtype=jnp.bfloat16` the logits are bfloat16, and the training losses take

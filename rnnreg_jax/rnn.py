@@ -8,7 +8,9 @@
 Inside, the scan runs time-major; per-step masks are scanned with the inputs
 and masks tied per sequence are closed over, so a tied mask costs nothing per
 step beyond its multiply. The input projection of each layer is one matmul
-over all steps (`cells.project_inputs`).
+over all steps (`cells.project`), except on the autodiff path for an unmasked
+input at most `IN_LOOP_PROJECTION_MAX_WIDTH` wide, which each step projects
+inside the scan body.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Shared by the experiment binaries and notebooks:
 
     from experiments.configs import ptb
-    task = build_task(ptb.zaremba_small(), data_dir="../shared/data")
+    from experiments.configs.common import regularization
+    config = ptb.zaremba_small()
+    task = build_task(config, regularization(config.reg), data_dir="../shared/data")
     train_and_evaluate(task, config.train, workdir)
 
 Evaluation protocols (docs/TRAINING.md, docs/FIDELITY.md):
@@ -11,9 +13,12 @@ Evaluation protocols (docs/TRAINING.md, docs/FIDELITY.md):
     contiguous streams with carried state; test is one pass over the test
     stream with batch `test_batch_size` (1: the papers' protocol, the last
     window zero-padded and masked by `weights`) and carried state.
-  * LM without state carry (zoneout paper): validation and test on
-    non-overlapping windows with the state reset per window; the incomplete
-    last batch of windows is dropped.
+  * LM trained without state carry but evaluated with it (`eval_carry_state`,
+    the zoneout authors' word-level code): validation and test on
+    `eval_batch_size` contiguous streams with carried state.
+  * LM without state carry (the zoneout authors' character-level code):
+    validation and test on non-overlapping windows with the state reset per
+    window; the incomplete last batch of windows is dropped.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Gate order (PyTorch's, so weights port both ways, see `rnnreg_jax.torch_port`):
     order; see `lstm_ln_update`). Not one of the papers' cells, so it is in
     `ALL_CELL_TYPES` but not in `CELL_TYPES`, and it has no PyTorch port.
   * ``lstm_bn``: the recurrently batch-normalized LSTM of Cooijmans et al.
-    2016 (same gate order), in `rnnreg_jax.batchnorm`; likewise beyond the papers.
+    2016 (same gate order), in `cells.lstm_bn`; likewise beyond the papers.
   * ``keras_lstm``, ``keras_gru``: Keras 0.x's LSTM and GRU as Gal & Ghahramani's
     sentiment code ran them (`cells.keras`): hard-sigmoid gates, Keras 0.x's
     initialization, and for the GRU the reset gate *before* the product and a sigmoid

@@ -1,5 +1,5 @@
-"""`python -m rnnreg_jax.data <dataset> [--data_dir D] [--skip_checks]`: load and verify
-a data set, print its stats.
+"""`python -m rnnreg_jax.data <dataset> [--data_dir D] [--source files|tfds]
+[--skip_checks]`: load and verify a data set, print its stats.
 
 Exit status 2 with one sentence on stderr (no traceback) when the data is
 missing or corrupt, or differs from the published files (data.checksums).

@@ -1,8 +1,8 @@
 """MC dropout with the NNX models: training-mode noise at evaluation, K samples.
 
 The protocol is `rnnreg_jax.train`'s (`Evaluator.evaluate_mc`): sample k draws its masks
-from `noise.mc_sample_keys(key, window, k, masks)` (`fold_in(key, k)` for the whole
-pass, or per window), its noise is sampled while a cell's running statistics are used
+from key k of `noise.mc_sample_keys(key, window, 0, K, masks)` (`fold_in(key, k)` for the
+whole pass, or per window), its noise is sampled while a cell's running statistics are used
 ("lstm_bn": no batch statistics shared between samples), each sample carries its own
 state, and the prediction averages the samples' probabilities, not their logits.
 """

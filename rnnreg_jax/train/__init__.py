@@ -9,7 +9,8 @@
 
 Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 (optax chains, LR rules), `losses`, `mesh` (data parallelism), `steps`
-(jitted steps, Evaluator with MC dropout), `checkpoint` (orbax), `logging`,
+(jitted steps, Evaluator with MC dropout), `evaluation` (the final evaluation),
+`checkpoint` (orbax), `logging`, `termination` (SIGTERM), `ntasgd`, `workdir_lock`,
 `loop`. See docs/TRAINING.md.
 """
 
