@@ -64,6 +64,22 @@ def default_checkpoint(config: ml_collections.ConfigDict) -> str:
     return "best" if best else "latest"
 
 
+def restore_checkpoint(workdir: str, checkpoint: str, fall_back: bool) -> tuple[dict, str]:
+    """The newest state under `DIR/best` ("best") or `DIR/checkpoints` ("latest"), and the
+    name of the one read: with `fall_back`, "best" falls back to the latest where best/ is
+    empty (as the run's final evaluation does)."""
+    from rnnreg_jax.train import checkpoint as ckpt_lib
+
+    folder = {"best": "best", "latest": "checkpoints"}[checkpoint]
+    state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
+    if state is None and fall_back and checkpoint == "best":
+        checkpoint, folder = "latest", "checkpoints"
+        state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
+    return state, checkpoint
+
+
 def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str | None = None,
                      data_dir: str | None = None,
                      batch_mean_ppl: bool = False) -> dict[str, dict[str, float]]:
@@ -76,7 +92,6 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from experiments import cli
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
-    from rnnreg_jax.train import checkpoint as ckpt_lib
     from rnnreg_jax.train import mesh as mesh_lib
     from rnnreg_jax.train import steps
     from rnnreg_jax.train.evaluation import evaluate_all
@@ -94,13 +109,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
                              f"change on re-evaluation, not {field!r}: the checkpoint holds "
                              "the model that model/data/reg describe.")
         cli.apply_override(config, field, text)
-    folder = {"best": "best", "latest": "checkpoints"}[checkpoint]
-    state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
-    if state is None and not explicit and checkpoint == "best":
-        checkpoint, folder = "latest", "checkpoints"
-        state = ckpt_lib.restore_state(os.path.join(workdir, folder), None)
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
+    state, checkpoint = restore_checkpoint(workdir, checkpoint, fall_back=not explicit)
     task = build_task(config, regularization(config.reg), data_dir)
     if batch_mean_ppl and task.kind != "lm":
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "

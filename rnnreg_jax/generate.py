@@ -1,0 +1,187 @@
+"""Text from a trained language model: greedy decoding or sampling at a temperature.
+
+    ids, carry = generate(model, variables, jax.random.key(0), 50, prompt=prompt_ids,
+                          temperature=0.8)
+
+The prompt `[B, P]` goes through the model in one call (one window, as in evaluation),
+which gives the state after it and the logits of the next token; then a `lax.scan` draws
+one token per step from the last logits and feeds it back as a `[B, 1]` window with the
+carried state. The model runs in evaluation mode (`deterministic=True`: dropout and every
+other noise at its expectation). Step i draws with `fold_in(key, i)`, so the first M
+tokens of N drawn with one key are the M tokens drawn with it alone.
+
+`num_tokens`, `temperature` and `top_k` shape the computation: under `jax.jit` pass them
+as static arguments (or close over them). The prompt's ids are checked against the
+vocabulary where they are concrete; under jit only its rank and dtype are.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnreg_jax import cells, lengths
+from rnnreg_jax.models import LanguageModel
+
+# `apply(variables, ids [B, T], carry or None) -> (logits [B, T, V], carry)`, in evaluation mode.
+ApplyFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
+             num_tokens: int, *, prompt: jax.typing.ArrayLike | None = None,
+             start_id: int | None = None, batch_size: int | None = None,
+             temperature: float = 1.0, top_k: int | None = None,
+             carry=None) -> tuple[jax.Array, Any]:
+    """`num_tokens` new tokens after a prompt (or a start token), and the state after them.
+
+    Args:
+      model: a `LanguageModel` (applied with `deterministic=True`), or an `ApplyFn`
+        `apply(variables, ids, carry) -> (logits, carry)` that runs a language model in
+        evaluation mode (a model of your own, or one with another calling convention).
+      variables: the model's variables (`{"params": ...}`, plus `batch_stats` if any).
+      key: PRNG key of the draws; None only for greedy decoding (`temperature=0`).
+      num_tokens: N >= 1, the tokens generated.
+      prompt: int ids `[B, P]` (B, P >= 1) the text starts with; None: a `[B, 1]` column
+        of `start_id`.
+      start_id: the token a prompt-less text starts after (never with a prompt): for PTB
+        the line-end symbol (`<eos>` of words, `<eol>` of characters), which the corpus
+        puts before every sentence but its first.
+      batch_size: rows B without a prompt (default 1); with a prompt its own B.
+      temperature: 0 picks the most likely token (greedy); above 0 samples
+        `softmax(logits / temperature)`: below 1 sharper, above 1 flatter.
+      top_k: sampling only: draw among the k most likely tokens alone, renormalized.
+      carry: the state the prompt starts from (e.g. the carry a previous call returned);
+        None: zeros.
+
+    Returns:
+      `(ids, carry)`: int32 ids `[B, N]`, and the carry after the model has read the
+      prompt and all N tokens (what running the model over their concatenation in one
+      window returns).
+    """
+    apply_fn = _apply_fn(model)
+    num_tokens = _count("num_tokens", num_tokens)
+    temperature = _temperature(temperature)
+    if temperature > 0 and key is None:
+        raise ValueError("Sampling at a temperature above 0 needs a PRNG key; pass one, or "
+                         "temperature=0 for greedy decoding.")
+    ids = _first_window(prompt, start_id, batch_size)
+    logits_shape = jax.eval_shape(lambda v, x: apply_fn(v, x, carry)[0], variables, ids).shape
+    if len(logits_shape) != 3 or logits_shape[:2] != ids.shape:
+        raise ValueError(f"The model must return logits [B, T, V] = {ids.shape + ('V',)}, "
+                         f"got shape {logits_shape}.")
+    vocab_size = logits_shape[2]
+    _check_ids(ids, vocab_size, "the prompt" if prompt is not None else "start_id")
+    if top_k is not None:
+        top_k = _count("top_k", top_k)
+        if top_k > vocab_size:
+            raise ValueError(f"top_k must be in [1, vocab_size] = [1, {vocab_size}], got "
+                             f"{top_k}.")
+    pick = _picker(temperature, top_k)
+
+    logits, carry = apply_fn(variables, ids, carry)
+
+    def step(state, index):
+        last_logits, carry = state
+        token = pick(last_logits, None if key is None else jax.random.fold_in(key, index))
+        logits, carry = apply_fn(variables, token[:, None], carry)
+        return (logits[:, -1], carry), token
+
+    (_, carry), tokens = jax.lax.scan(step, (logits[:, -1], carry), jnp.arange(num_tokens))
+    return tokens.T, carry
+
+
+def _apply_fn(model) -> ApplyFn:
+    """`model` as an `ApplyFn`; a `LanguageModel` whose cell normalizes with per-step
+    statistics is refused: every one-token window would read its first step's."""
+    if isinstance(model, LanguageModel):
+        if cells.statistics_of(model.cell) is not None:
+            raise ValueError("generate feeds one-token windows, in which a cell with per-step "
+                             f"statistics ({cells.cell_name(model.cell)}) would normalize "
+                             "every step with its first step's.")
+        return lambda variables, ids, carry: model.apply(variables, ids, carry,
+                                                         deterministic=True)
+    if not callable(model):
+        raise ValueError(f"model must be a LanguageModel or its apply function, got "
+                         f"{type(model).__name__}.")
+    return model
+
+
+def _count(name: str, value) -> int:
+    """`value` as an int >= 1, or a one-sentence ValueError naming `name`."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return number
+
+
+def _temperature(value) -> float:
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        raise ValueError("temperature must be a concrete number (a static argument under "
+                         f"jit), got {value!r}.") from None
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {value!r}.")
+    return temperature
+
+
+def _first_window(prompt, start_id, batch_size) -> jax.Array:
+    """The ids of the first window: the prompt, or a column of `start_id`."""
+    if prompt is None:
+        if start_id is None:
+            raise ValueError("Pass a prompt, or a start_id to start from without one.")
+        try:
+            start = operator.index(start_id)
+        except TypeError:
+            raise ValueError(f"start_id must be an integer token id, got {start_id!r}.") \
+                from None
+        rows = 1 if batch_size is None else _count("batch_size", batch_size)
+        return jnp.full((rows, 1), start, jnp.int32)
+    if start_id is not None:
+        raise ValueError("Pass either a prompt or a start_id, not both (make the start "
+                         "token the prompt's first).")
+    ids = jnp.asarray(prompt)
+    if ids.ndim != 2 or min(ids.shape) < 1:
+        raise ValueError(f"The prompt must be int ids [B, P] with B, P >= 1, got shape "
+                         f"{ids.shape}.")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"The prompt must hold integer token ids, got dtype {ids.dtype}.")
+    if batch_size is not None and batch_size != ids.shape[0]:
+        raise ValueError(f"batch_size {batch_size!r} differs from the prompt's {ids.shape[0]} "
+                         "rows; leave it out with a prompt.")
+    return ids
+
+
+def _check_ids(ids: jax.Array, vocab_size: int, what: str) -> None:
+    """Every concrete id in `[0, vocab_size)` (traced ones cannot be checked)."""
+    values = lengths.concrete_values(ids)
+    if values is not None and values.size and (values.min() < 0
+                                               or values.max() >= vocab_size):
+        bad = values[(values < 0) | (values >= vocab_size)]
+        raise ValueError(f"Token ids of {what} must lie in [0, vocab_size) = "
+                         f"[0, {vocab_size}), got {bad.flat[0]}.")
+
+
+def _picker(temperature: float, top_k: int | None) -> Callable[[jax.Array, Any], jax.Array]:
+    """`pick(logits [B, V], key) -> int32 [B]`: argmax at temperature 0, else a draw."""
+    if temperature == 0:
+        return lambda logits, key: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def pick(logits, key):
+        # float32 at least: bfloat16 logits divided by a temperature lose the small ones.
+        scaled = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
+        if top_k is None:
+            return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        best, where = jax.lax.top_k(scaled, top_k)
+        choice = jax.random.categorical(key, best, axis=-1)
+        return jnp.take_along_axis(where, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    return pick
