@@ -196,16 +196,25 @@ def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections
     return config, rest
 
 
+HELP_FLAGS = frozenset({"--help", "-?", "--helpshort", "--helpfull", "--helpxml"})  # absl's
+
+
 def make_flags_parser(presets: Presets, holder: dict):
     """An `absl.app.run` flags parser that also builds the config into `holder`."""
 
     def parser(argv: list[str]) -> list[str]:
-        try:
-            config, rest = split_config_args(argv, presets)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        holder["config"] = config
+        if HELP_FLAGS.intersection(argv) and not any(
+                a == "--config" or a.startswith("--config=") for a in argv):
+            # Help needs no preset: name them, then absl prints the usage and exits.
+            print(f"Presets (--config=NAME): {', '.join(sorted(presets))}.")
+            rest = [a for a in argv if not a.startswith("--config.")]
+        else:
+            try:
+                config, rest = split_config_args(argv, presets)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            holder["config"] = config
         try:
             return FLAGS(rest)
         except flags.Error as err:

@@ -38,6 +38,7 @@ from absl import app, flags
 
 from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
 from experiments import reproduce_plan as plan_lib
+from rnnreg_jax.data.errors import DataError
 
 flags.DEFINE_list("runs", [], "Run specs task:preset[:name][:--flag;--flag...].")
 flags.DEFINE_list("batches", [], f"Named batches: {', '.join(plan_lib.BATCHES)}.")
@@ -238,6 +239,13 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
 
 
 def main(argv) -> None:
+    try:
+        _main(argv)
+    except DataError as err:  # the data sets the plan counts steps in: missing or unreadable
+        _fail(str(err))
+
+
+def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}.")
     start = time.monotonic()
@@ -284,7 +292,18 @@ def main(argv) -> None:
     run_batch(specs, rows, deadline, out)
 
 
+def count_on_cpu() -> str | None:
+    """Keep this process off the device (it only plans and watches; the runs get the device)
+    and return the caller's JAX_PLATFORMS for them. jax is imported by now and read the
+    variable then, so its config is set as well: the variable alone would not reach it."""
+    import jax
+
+    caller = os.environ.get("JAX_PLATFORMS")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    jax.config.update("jax_platforms", "cpu")
+    return caller
+
+
 if __name__ == "__main__":
-    _DEVICE_PLATFORMS = os.environ.get("JAX_PLATFORMS")
-    os.environ["JAX_PLATFORMS"] = "cpu"  # this process only counts; the runs get the device
+    _DEVICE_PLATFORMS = count_on_cpu()
     app.run(main)

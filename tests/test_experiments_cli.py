@@ -59,6 +59,18 @@ def test_binary_reports_unknown_preset_in_one_line():
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--helpfull", "--config.train.seed=1"]])
+def test_help_without_a_preset_names_the_presets_and_the_flags(argv):
+    out = subprocess.run([sys.executable, "-m", "experiments.sentiment", *argv],
+                         capture_output=True, text=True, check=False)
+    # absl's exit status after help (1) is kept; what matters is what was printed
+    assert out.stdout.startswith("Presets (--config=NAME): imdb_baseline, imdb_variational,")
+    assert "python -m experiments.sentiment --config=NAME --workdir=DIR" in out.stdout
+    assert "Pass --config" not in out.stderr and "Traceback" not in out.stderr
+    if "--helpfull" in argv:
+        assert "--workdir: Directory for checkpoints" in out.stdout
+
+
 def _stored_run(tmp_path, config, with_checkpoint=True):
     import json
 

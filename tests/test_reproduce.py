@@ -52,6 +52,32 @@ def test_a_plan_that_cannot_finish_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "r" / "a").exists()  # nothing started
 
 
+def test_missing_data_is_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.reproduce", f"--data_dir={tmp_path / 'none'}",
+         "--plan", "--runs=ptb:zaremba_small",
+         f"--step_times={ROOT / 'results' / 'step_times_h200.json'}"],
+        capture_output=True, text=True, cwd=ROOT, check=False, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: PTB folder {tmp_path / 'none' / 'ptb_word'} is missing; pass --data_dir or "
+        "set RNNREG_DATA_DIR to a folder laid out as in docs/DATA.md."]
+
+
+def test_the_runner_keeps_itself_off_the_device():
+    """jax is imported before the runner's main sets JAX_PLATFORMS, so the variable alone
+    would leave jax free to open the GPU the runs need; its config must say cpu too, and
+    the runs must get the caller's setting back."""
+    script = ("import os, jax\n"
+              "from experiments import reproduce\n"
+              "caller = reproduce.count_on_cpu()\n"
+              "print(caller, jax.config.jax_platforms, os.environ['JAX_PLATFORMS'])\n")
+    env = dict(os.environ, JAX_PLATFORMS="cuda,cpu")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, env=env, check=True, timeout=300)
+    assert out.stdout.split() == ["cuda,cpu", "cpu", "cpu"]
+
+
 def test_the_bundle_refuses_more_files_than_come_back(tmp_path):
     for i in range(bundle.MAX_FILES + 1):
         (tmp_path / f"f{i}").write_text("x")
