@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,13 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
     """`num_tokens` new tokens after a prompt (or a start token), and the state after them.
 
     Args:
-      model: a `LanguageModel` (applied with `deterministic=True`), or an `ApplyFn`
-        `apply(variables, ids, carry) -> (logits, carry)` that runs a language model in
-        evaluation mode (a model of your own, or one with another calling convention).
-      variables: the model's variables (`{"params": ...}`, plus `batch_stats` if any).
+      model: a `LanguageModel` (applied with `deterministic=True`), its NNX twin
+        (`rnnreg_jax.nnx.LanguageModel`, read through `to_linen()`, left as it is), or
+        an `ApplyFn` `apply(variables, ids, carry) -> (logits, carry)` that runs a
+        language model in evaluation mode (a model of your own, or one with another
+        calling convention).
+      variables: the model's variables (`{"params": ...}`, plus `batch_stats` if any);
+        None with an NNX model, which holds its own.
       key: PRNG key of the draws; None only for greedy decoding (`temperature=0`).
       num_tokens: N >= 1, the tokens generated.
       prompt: int ids `[B, P]` (B, P >= 1) the text starts with; None: a `[B, 1]` column
@@ -63,6 +67,7 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
       prompt and all N tokens (what running the model over their concatenation in one
       window returns).
     """
+    model, variables = _from_nnx(model, variables)
     apply_fn = _apply_fn(model)
     num_tokens = _count("num_tokens", num_tokens)
     temperature = _temperature(temperature)
@@ -93,6 +98,18 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
 
     (_, carry), tokens = jax.lax.scan(step, (logits[:, -1], carry), jnp.arange(num_tokens))
     return tokens.T, carry
+
+
+def _from_nnx(model, variables) -> tuple[Any, Any]:
+    """An NNX `LanguageModel` as its linen twin and variables (the same weights and
+    options); anything else as it is. The NNX module is imported only if loaded."""
+    nnx_models = sys.modules.get("rnnreg_jax.nnx.models")
+    if nnx_models is None or not isinstance(model, nnx_models.LanguageModel):
+        return model, variables
+    if variables is not None:
+        raise ValueError("An NNX LanguageModel holds its own weights; pass variables=None "
+                         "with it.")
+    return model.to_linen()
 
 
 def _apply_fn(model) -> ApplyFn:

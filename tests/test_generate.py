@@ -98,6 +98,28 @@ def test_an_apply_function_jit_and_a_start_token_give_the_same_greedy_text():
                                                           prompt=start, temperature=0)[0]))
 
 
+def test_an_nnx_model_generates_what_its_linen_twin_does():
+    from flax import nnx
+
+    from rnnreg_jax import nnx as rnx
+
+    model = _model(cell="rnn")
+    with x64():
+        variables = as_f64(_variables(model))
+        twin = rnx.LanguageModel.from_linen(model, variables, rngs=nnx.Rngs(dropout=1))
+        prompt = jnp.asarray(PROMPT)
+        key = jax.random.key(3)
+        for temperature in (0.0, 1.0):
+            want, want_carry = generate(model, variables, key, 6, prompt=prompt,
+                                        temperature=temperature)
+            got, carry = generate(twin, None, key, 6, prompt=prompt, temperature=temperature)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            _assert_trees_close(carry, want_carry)
+        assert not twin.deterministic  # left in its training mode
+        with pytest.raises(ValueError, match="holds its own weights; pass variables=None"):
+            generate(twin, variables, None, 2, prompt=prompt, temperature=0)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_the_path_is_what_one_window_over_prompt_and_text_reads(temperature):
     """The model over prompt + generated ids in one window: the carry generate returns,
