@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import rnnreg_jax as rj
-from experiments import cli
 from experiments import generate as generate_binary
 from experiments.configs import ptb as ptb_configs
 from experiments.configs import sentiment as sentiment_configs
@@ -22,6 +21,7 @@ from rnnreg_jax.generate import generate
 from rnnreg_jax.models import LanguageModel
 from tests import data_fixtures as fx
 from tests.numerics import F64_RTOL, as_f64, x64
+from tests.train_helpers import binary_flags
 
 V = 7
 PROMPT = np.array([[1, 2, 3], [4, 5, 6], [0, 0, 1]], np.int32)  # [B=3, P=3]
@@ -313,17 +313,8 @@ def ptb_run(tmp_path_factory):
         config.train.max_steps = 1
         config.train.mc_samples = 0
         config.train.tensorboard = False
-    was_parsed = cli.FLAGS.is_parsed()
-    saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
-    cli.FLAGS(["test", f"--workdir={workdir}", f"--data_dir={data_dir}"])
-    try:
+    with binary_flags(workdir, data_dir):
         run("ptb", config)
-    finally:
-        if saved is not None:
-            for k, v in saved.items():
-                cli.FLAGS[k].value = v
-        else:
-            cli.FLAGS.unparse_flags()
     return str(workdir), str(data_dir)
 
 

@@ -24,6 +24,7 @@ from experiments.configs import ptb as ptb_configs
 from experiments.configs import sentiment as sentiment_configs
 from tests import data_fixtures as fx
 from tests.config_reads import leaf_paths, record_reads
+from tests.train_helpers import binary_flags
 
 PRESETS = {"ptb": ptb_configs.PRESETS, "pmnist": pmnist_configs.PRESETS,
            "sentiment": sentiment_configs.PRESETS}
@@ -119,21 +120,10 @@ FIELD_READS: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
 def _run(task: str, config, workdir: str, data_dir: str) -> dict:
     from experiments.main import run
 
-    argv = ["test", f"--workdir={workdir}", f"--data_dir={data_dir}"]
-    was_parsed = cli.FLAGS.is_parsed()
-    saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
-    cli.FLAGS(argv)
-    try:
-        with record_reads(config) as reads:
-            out = run(task, config)
-        FIELD_READS[(task, config.preset)] = (leaf_paths(config), reads)
-        return out
-    finally:
-        if saved is not None:
-            for k, v in saved.items():
-                cli.FLAGS[k].value = v
-        else:
-            cli.FLAGS.unparse_flags()
+    with binary_flags(workdir, data_dir), record_reads(config) as reads:
+        out = run(task, config)
+    FIELD_READS[(task, config.preset)] = (leaf_paths(config), reads)
+    return out
 
 
 @pytest.mark.parametrize("task,name", list(_cases()))

@@ -1,6 +1,9 @@
-"""Tiny deterministic data sources and models for the training-engine tests."""
+"""Tiny deterministic data sources and models for the training-engine tests, and the
+experiment binaries' flags set for a run in the test process."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -84,3 +87,23 @@ def enable_compilation_cache() -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+@contextlib.contextmanager
+def binary_flags(workdir, data_dir):
+    """`--workdir` and `--data_dir` parsed as the experiment binaries read them (for
+    `experiments.main.run` in-process), then restored: to their earlier values if the flags
+    were parsed before, else unparsed."""
+    from experiments import cli
+
+    was_parsed = cli.FLAGS.is_parsed()
+    saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
+    cli.FLAGS(["test", f"--workdir={workdir}", f"--data_dir={data_dir}"])
+    try:
+        yield
+    finally:
+        if saved is not None:
+            for k, v in saved.items():
+                cli.FLAGS[k].value = v
+        else:
+            cli.FLAGS.unparse_flags()
