@@ -40,6 +40,11 @@ def test_gal_presets_carry_their_own_rows_numbers(name):
     untied = name.endswith("_untied")
     assert config.reg.variational.per_gate == untied  # "untied weights": one mask per gate
     assert ("untied" in paper.source) == untied
+    # main_new_dropout_SOTA_v3.lua: the large model's 1e-7 decay taken every step after the
+    # SGD step (not scaled by the decaying rate); the medium model has none
+    large = "large" in name
+    assert config.train.weight_decay == (1e-7 if large else 0.0)
+    assert config.train.weight_decay_mode == ("step" if large else "gradient")
 
 
 def test_zaremba_presets_carry_table_1():

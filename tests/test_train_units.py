@@ -63,6 +63,26 @@ def test_weight_decay_is_l2_added_to_the_gradient_before_lr():
     np.testing.assert_array_equal(updates["w"], 0.0)
 
 
+def test_step_weight_decay_takes_its_share_whatever_the_learning_rate():
+    """Gal's Lua LM scripts: after the clipped SGD step, param -= weight_decay * param;
+    the learning rate does not scale it, nor does the clip bound it."""
+    params = {"w": jnp.array([2.0, -4.0])}
+    grads = {"w": jnp.array([0.0, 30.0])}  # norm 30, clipped to 10: [0, 10]
+    for lr in (1.0, 0.01):
+        tx = optim.make_optimizer(_cfg(learning_rate=lr, weight_decay=0.1, clip_norm=10.0,
+                                       weight_decay_mode="step"))
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(updates["w"], [-0.1 * 2.0, -lr * 10.0 + 0.1 * 4.0],
+                                   rtol=1e-6)
+    # the gradient form at lr 0.01: the decay is scaled by it, and clipped after it
+    tx = optim.make_optimizer(_cfg(learning_rate=0.01, weight_decay=0.1, clip_norm=10.0))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-0.01 * 0.1 * 2.0, -0.01 * (10.0 - 0.4)],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="weight_decay_mode must be one of"):
+        optim.make_optimizer(_cfg(weight_decay=0.1, weight_decay_mode="decoupled"))
+
+
 def test_make_optimizer_refuses_hyperparameters_out_of_range():
     """A negative weight decay or clip norm was silently no decay or no clipping, a
     negative learning rate ascended, a momentum of 1 never forgets."""

@@ -201,6 +201,7 @@ FIXED_SECTIONS = ("model", "data", "reg")
 # dropout until `mc_embedding_dropout` made it a choice; sentiment batches were
 # left-padded until `data.padding` made lengths a choice).
 VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding"): "left",
+                      ("train", "weight_decay_mode"): "gradient",
                       ("model", "head_init"): "lecun_normal"}
 
 

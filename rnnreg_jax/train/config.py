@@ -24,8 +24,11 @@ def default_train_config() -> ml_collections.ConfigDict:
     c.clip_norm = 5.0             # clip gradients to this global norm (0 = off).
     c.clip_update = False         # clip the optimizer's step (the update) to clip_norm
                                   # instead of the gradient (the zoneout authors' Adam).
-    c.weight_decay = 0.0          # L2: weight_decay * param added to the gradient (after
-                                  # clipping, before the lr scaling), as in Gal's code.
+    c.weight_decay = 0.0          # weight decay, in the form weight_decay_mode says.
+    c.weight_decay_mode = "gradient"  # "gradient": weight_decay * param added to the clipped
+                                  # gradient, scaled by the lr (an L2 loss term: Gal's Keras
+                                  # code, AWD-LSTM); "step": param -= weight_decay * param
+                                  # every step, whatever the lr (Gal's Lua LM scripts).
     # Epoch-level learning-rate rules, applied after each epoch's validation.
     c.lr_schedule = "constant"    # "constant" | "zaremba" | "plateau".
     c.decay_after = 4             # zaremba: if epoch (1-based) > decay_after: lr /= decay_factor.

@@ -1,13 +1,17 @@
 """Optimizers (optax chains) and the epoch-level learning-rate rules.
 
     clip_by_global_norm -> add_decayed_weights -> sgd | momentum | adam | rmsprop | ntasgd
-    (`clip_update=True`: the clip moves to the end and bounds the step itself)
+    (`clip_update=True`: the clip moves to the end and bounds the step itself;
+    `weight_decay_mode="step"`: the decay moves after the optimizer, outside the rate)
 
 The whole chain is wrapped in `optax.inject_hyperparams`, so the learning
 rate is an array in the optimizer state: the epoch-level rules set it on the
 host between epochs and it is checkpointed with the rest of the state.
-Weight decay is L2 added to the gradient before the learning-rate scaling
-(Gal's code), after clipping.
+Weight decay (`weight_decay_mode`): "gradient" adds `weight_decay * param` to the
+clipped gradient, so the learning rate scales it (an L2 term in the loss: Gal's Keras
+sentiment code, AWD-LSTM's PyTorch SGD); "step" subtracts `weight_decay * param` from
+the parameters every step whatever the learning rate (Gal's Lua language-model scripts,
+`paramx:add(-params.weight_decay, paramx)` after the SGD step; docs/FIDELITY.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import optax
 from rnnreg_jax.train import ntasgd as ntasgd_lib
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
+WEIGHT_DECAY_MODES = ("gradient", "step")
 LR_SCHEDULES = ("constant", "zaremba", "plateau")
 
 
@@ -48,6 +53,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
         field = "momentum" if name == "momentum" else "rmsprop_decay"
         check_setting(config[field], f"config.{field}", below_one=True)
 
+    decay_mode = config.get("weight_decay_mode", "gradient")
+    if decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"config.weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got "
+                         f"{decay_mode!r}.")
+    decay = config.weight_decay and config.weight_decay > 0
     clip = config.clip_norm and config.clip_norm > 0
     clip_update = bool(config.get("clip_update", False))
 
@@ -55,7 +65,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
         parts = []
         if clip and not clip_update:
             parts.append(optax.clip_by_global_norm(config.clip_norm))
-        if config.weight_decay and config.weight_decay > 0:
+        if decay and decay_mode == "gradient":
             parts.append(optax.add_decayed_weights(config.weight_decay))
         if name == "sgd":
             parts.append(optax.sgd(learning_rate))
@@ -69,6 +79,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
             parts.append(optax.rmsprop(learning_rate, decay=config.rmsprop_decay))
         if clip and clip_update:  # Blocks' CompositeRule([Adam, StepClipping])
             parts.append(optax.clip_by_global_norm(config.clip_norm))
+        if decay and decay_mode == "step":  # the update gains -weight_decay * param
+            parts.append(optax.add_decayed_weights(-config.weight_decay))
         return optax.chain(*parts)
 
     return optax.inject_hyperparams(chain)(learning_rate=config.learning_rate)
