@@ -95,9 +95,8 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     import jax
 
     from experiments.configs.common import regularization
-    from rnnreg_jax import data as rdata
     from rnnreg_jax.generate import generate
-    from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.tasks import language_model, text_corpus
 
     config = load_config(workdir)
     dataset = config.data.dataset
@@ -109,10 +108,9 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     explicit = checkpoint is not None
     state, checkpoint = restore_checkpoint(workdir, checkpoint or default_checkpoint(config),
                                            fall_back=not explicit)
-    load = rdata.load_ptb_word if dataset == "ptb_word" else rdata.load_ptb_char
-    corpus = load(data_dir, verify=bool(config.data.get("verify_checksums", True)))
+    corpus = text_corpus(config.data, data_dir)
     prompt_ids, unknown = encode_prompt(corpus, prompt)
-    task = build_task(config, regularization(config.reg), data_dir)
+    model = language_model(config.model, regularization(config.reg), corpus.vocab_size)
     variables = {"params": state["params"], **(state.get("model_state") or {})}
     prompt_array: np.ndarray | None = None
     start_id: int | None = None
@@ -121,7 +119,7 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
         prompt_array = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     else:  # a sentence start: after the line-end symbol
         start_id, rows = corpus.symbol_to_id[start_symbol(corpus)], num_samples
-    tokens, _ = generate(task.model, variables, jax.random.key(seed), length,
+    tokens, _ = generate(model, variables, jax.random.key(seed), length,
                          prompt=prompt_array, start_id=start_id, batch_size=rows,
                          temperature=temperature, top_k=top_k)
     ids = np.asarray(tokens)

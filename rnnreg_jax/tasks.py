@@ -85,8 +85,7 @@ def _verify(data_config) -> bool:
 
 def _language_model(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
-    load = rdata.load_ptb_word if d.dataset == "ptb_word" else rdata.load_ptb_char
-    corpus = load(data_dir, verify=_verify(d))
+    corpus = text_corpus(d, data_dir)
     carry = bool(config.train.carry_state)
     eval_carry = config.train.get("eval_carry_state")
     eval_carry = carry if eval_carry is None else bool(eval_carry)
@@ -115,12 +114,25 @@ def _language_model(config, reg, data_dir) -> Task:
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="shuffled",
                                        seed=0)
                  for split in ("valid", "test")}
-    model = LanguageModel(
-        vocab_size=corpus.vocab_size, hidden_sizes=tuple(m.hidden_sizes),
-        embed_size=m.embed_size, **{k: m[k] for k in _LM_FIELDS if k in m},
-        **recurrent_options(m, reg))
-    return Task(model=model, kind="lm", train=train, evals=evals, carry_state=carry,
-                test_protocol=carry, eval_carry_state=eval_carry)
+    return Task(model=language_model(m, reg, corpus.vocab_size), kind="lm", train=train,
+                evals=evals, carry_state=carry, test_protocol=carry,
+                eval_carry_state=eval_carry)
+
+
+def text_corpus(data_config, data_dir: str | None = None) -> rdata.TextCorpus:
+    """The PTB corpus (`ptb_word` or `ptb_char`) a config's data block names, checked as
+    its record says."""
+    load = rdata.load_ptb_word if data_config.dataset == "ptb_word" else rdata.load_ptb_char
+    return load(data_dir, verify=_verify(data_config))
+
+
+def language_model(model_config, reg: Regularizer, vocab_size: int) -> LanguageModel:
+    """The `LanguageModel` a config's model block describes over a vocabulary of
+    `vocab_size` (what `build_task` builds, without reading any data)."""
+    m = model_config
+    return LanguageModel(
+        vocab_size=vocab_size, hidden_sizes=tuple(m.hidden_sizes), embed_size=m.embed_size,
+        **{k: m[k] for k in _LM_FIELDS if k in m}, **recurrent_options(m, reg))
 
 
 def _test_stream(corpus, d):
