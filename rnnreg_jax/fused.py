@@ -25,6 +25,7 @@ parameters are summed over the steps in at least float32.
 from __future__ import annotations
 
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +35,12 @@ from rnnreg_jax import cells, explicit_sharding, lengths, precision
 Array = jax.Array
 
 
-def _extra_params(cell: str, params: cells.Params) -> dict:
+def _extra_params(cell: str, params: cells.Params, w_rest: Array | None) -> dict:
     """Parameters the elementwise update reads (the GRU's recurrent bias, the
-    LN-LSTM's recurrent and cell normalization gains and biases)."""
-    return {name: params[name] for name in cells.update_params(cell)}
+    LN-LSTM's recurrent and cell normalization gains and biases; `w_rest`, the gate
+    blocks of `W_h` a cell with `projected_gates` multiplies itself, as its "w_h")."""
+    extra = {name: params[name] for name in cells.update_params(cell)}
+    return extra if w_rest is None else dict(extra, w_h=w_rest)
 
 
 def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
@@ -59,15 +62,26 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
         steps = jax.tree.leaves(xw)[0].shape[0]  # every input is scanned, time first
         valid = lengths.valid_steps(lengths.check(seq_lengths, carry["h"].shape[0], steps),
                                     steps)
-    return _recurrence(cell, unroll, params["w_h"], _extra_params(cell, params), xw, carry,
+    w_h, w_rest, leading = params["w_h"], None, cells.projected_gates(cell)
+    if leading is not None:  # the scan's product takes the leading blocks
+        lead, w_rest = cells.split_recurrent_weights(w_h, leading)
+        w_h = typing.cast(Array, lead)  # a [H, G*H] array's are one too
+    return _recurrence(cell, unroll, w_h, _extra_params(cell, params, w_rest), xw, carry,
                        tied, per_step, valid)
 
 
 def _recurrent_weights(w_h: Array, tied: cells.StepNoise, per_step: cells.StepNoise
                        ) -> Array | tuple[Array, ...]:
-    """`W_h` as the per-step product wants it (`cells.per_gate_weights` for per-gate masks)."""
-    gates = cells.per_gate_recurrent(tied, per_step)
-    return w_h if gates is None else cells.per_gate_weights(w_h, gates)
+    """`W_h` (its leading blocks, `cells.projected_gates`) as the per-step product wants
+    it (`cells.per_gate_weights` for per-gate masks, one block per gate it holds)."""
+    if cells.per_gate_recurrent(tied, per_step) is None:
+        return w_h
+    return cells.per_gate_weights(w_h, w_h.shape[1] // w_h.shape[0])
+
+
+def _step_mask(cell, noise: cells.StepNoise):
+    """A step's recurrent mask on the blocks of the scan's product."""
+    return cells.leading_gates(noise.recurrent, cells.projected_gates(cell))
 
 
 def _scanned(inputs: tuple, valid: Array | None) -> tuple:
@@ -97,7 +111,7 @@ def _forward_scan(cell, unroll, w_h, extra, xw, carry, tied, per_step, valid, sa
     def body(c, inputs):
         xw_t, noise_t = inputs[:2]
         noise = cells.merge_noise(tied, noise_t)
-        rec_t = cells.recurrent_projection(c["h"], w_h, noise.recurrent)
+        rec_t = cells.recurrent_projection(c["h"], w_h, _step_mask(cell, noise))
         new_c, y_t = update(extra, c, xw_t, rec_t, noise)
         if valid is not None:  # examples past their length keep their state
             new_c, y_t = lengths.freeze(inputs[2], c, new_c, y_t, aux_output)
@@ -138,7 +152,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
             ct_step, ct_past = _split_cotangents(inputs[5], ct_carry, ct_y, aux_output)
             d_extra, d_c, d_xw, d_rec = vjp(ct_step)
             d_c = jax.tree.map(jnp.add, d_c, ct_past)
-        d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, noise.recurrent)
+        d_h = d_c["h"] + cells.recurrent_transpose(d_rec, w_rec, _step_mask(cell, noise))
         d_c = dict(d_c, h=precision.cast(d_h, d_c["h"].dtype))  # a float32 mask promotes
         d_c = explicit_sharding.like(d_c, ct_carry)
         ct_extra = jax.tree.map(jnp.add, ct_extra, d_extra)
@@ -150,8 +164,11 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         _scanned((xw, per_step, prev_carries, recs, ct_ys), valid),
         reverse=True, unroll=unroll)
     d_extra = precision.like(d_extra, extra)
-    d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs, tied.recurrent,
-                                        per_step.recurrent)
+    leading = cells.projected_gates(cell)
+    d_w_h = cells.recurrent_weight_grad(prev_carries["h"], d_recs,
+                                        cells.leading_gates(tied.recurrent, leading),
+                                        cells.leading_gates(per_step.recurrent, leading,
+                                                            gate_axis=1))
     d_w_h = explicit_sharding.like(d_w_h, w_h)  # custom_vjp wants W_h's type (explicit axes)
     zeros = functools.partial(jax.tree.map, jnp.zeros_like)
     return d_w_h, d_extra, d_xw, d_carry0, zeros(tied), zeros(per_step), None

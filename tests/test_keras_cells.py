@@ -288,3 +288,60 @@ def test_pallas_and_the_pytorch_port_refuse_them(cell):
         torch_port.from_torch(cell, {"weight_ih_l0": np.zeros((12, 2))})
     with pytest.raises(ValueError, match="built-in cell type"):
         cells.register(cells.Cell(name=cell, num_gates=3, update=cells.gru_update))
+
+
+def _dot_output_widths(jaxpr) -> list[int]:
+    """The last dimension of every dot_general's output in a jaxpr and its sub-jaxprs
+    (scan bodies, custom_vjp functions)."""
+    widths = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            widths.append(eqn.outvars[0].aval.shape[-1])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's jaxpr
+                if hasattr(sub, "eqns"):
+                    widths += _dot_output_widths(sub)
+    return widths
+
+
+@pytest.mark.parametrize("per_gate", [False, True])
+@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
+def test_gru_scans_multiply_by_each_recurrent_block_once(implementation, per_gate):
+    """The forward recurrence takes the r and z blocks in one product ([B, 2H], or one
+    [B, H] per gate) and the candidate's U_n once ([B, H]): 3H columns of recurrent
+    product a step, as "gru"'s one [B, 3H], not a discarded n block on top."""
+    cell = "keras_gru"
+    params = cells.init_params(jax.random.key(0), cell, F, H)
+    reg = rj.variational(0.2, 0.2, 0.2, per_gate=per_gate)
+    x = jnp.ones((T, B, F))
+    layer_noise = noise.layer_noise(reg, jax.random.key(1), 0, cell, B, T, F, H, False,
+                                    jnp.float32)
+    carry = cells.init_carry(cell, B, H)
+    jaxpr = jax.make_jaxpr(lambda p: rnn.scan_layer(
+        cell, p, x, carry, layer_noise, implementation=implementation))(params).jaxpr
+    inputs = [H] * 3 if per_gate else [3 * H]  # x W_x: one product, or one per gate
+    recurrent = [H] * 3 if per_gate else [2 * H, H]
+    assert sorted(_dot_output_widths(jaxpr)) == sorted(inputs + recurrent)
+
+
+def test_a_users_cell_with_projected_gates_runs_like_the_keras_gru():
+    """A user's record with the Keras GRU's update and `projected_gates=2` (the generic
+    step, not the module's) gives the built-in cell's outputs, and its fused gradients
+    equal autodiff's; `projected_gates` outside [1, G) is one sentence."""
+    mine = cells.Cell(name="my_keras_gru", num_gates=3, update=cells.keras_gru_update,
+                      update_params=("w_h",), projected_gates=2)
+    reg = REGS["variational_per_gate"]("keras_gru")
+    params = [cells.init_params(jax.random.key(0), "keras_gru", F, 4)]
+    x = jax.random.normal(jax.random.key(9), (B, T, F))
+    carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry("keras_gru", params, B, reg))
+    for impl in ("fused", "autodiff"):
+        got = jax.jit(stack_loss(mine, reg, False, impl))(params, x, carry)
+        want = jax.jit(stack_loss("keras_gru", reg, False, impl))(params, x, carry)
+        assert float(got) == float(want)
+    nm.assert_fused_matches_autodiff(lambda impl: stack_loss(mine, reg, False, impl),
+                                     params, x, carry)
+    for bad in (0, 3, -1):
+        with pytest.raises(ValueError, match=r"projected_gates must be in \[1, 2\]"):
+            cells.Cell(name="bad", num_gates=3, update=cells.keras_gru_update,
+                       projected_gates=bad)

@@ -66,6 +66,7 @@ from rnnreg_jax.cells.base import (
     merge_noise,
     mix,
     num_gates,
+    projected_gates,
     record_of,
     register,
     reject_lstm_only,
@@ -87,6 +88,7 @@ from rnnreg_jax.cells.layout import (
     gate_blocks,
     gate_major,
     is_per_gate,
+    leading_gates,
     per_gate_product,
     per_gate_recurrent,
     per_gate_weights,
@@ -94,6 +96,7 @@ from rnnreg_jax.cells.layout import (
     recurrent_projection,
     recurrent_transpose,
     recurrent_weight_grad,
+    split_recurrent_weights,
 )
 from rnnreg_jax.cells.lstm import LSTM, lstm_gates, lstm_step, lstm_update
 from rnnreg_jax.cells.lstm_bn import LSTM_BN, lstm_bn_step, lstm_bn_update
@@ -129,8 +132,13 @@ def get_step(cell: Any):
     def step(params, carry, xw_t, noise=StepNoise()):
         if not record.has_memory:
             reject_lstm_only(noise, record.name)
-        rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
-        return record.update(params, carry, xw_t, rec_t, noise)
+        leading = record.projected_gates
+        if leading is None:
+            rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
+            return record.update(params, carry, xw_t, rec_t, noise)
+        w_lead, w_rest = split_recurrent_weights(params["w_h"], leading)
+        rec_t = recurrent_projection(carry["h"], w_lead, leading_gates(noise.recurrent, leading))
+        return record.update(dict(params, w_h=w_rest), carry, xw_t, rec_t, noise)
 
     return step
 
@@ -161,12 +169,14 @@ __all__ = [
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
     "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_size",
     "default_init_scale",
-    "gate_blocks", "gate_major", "get_step", "is_per_gate", "get_update", "gru_step",
-    "gru_update", "has_memory",
+    "gate_blocks", "gate_major", "get_step", "is_per_gate", "leading_gates", "get_update",
+    "gru_step", "gru_update", "has_memory",
     "init_carry", "init_params", "layer_norm", "lstm_bn_step", "lstm_bn_update", "lstm_gates",
     "lstm_ln_step", "lstm_ln_update", "lstm_step", "lstm_update", "maybe_scale", "merge_noise",
-    "mix", "num_gates", "per_gate_product", "per_gate_recurrent", "per_gate_weights", "project",
+    "mix", "num_gates", "per_gate_product", "projected_gates", "per_gate_recurrent",
+    "per_gate_weights", "project",
     "project_inputs", "record_of", "recurrent_projection", "recurrent_transpose",
     "recurrent_weight_grad", "register", "reject_lstm_only", "rnn_step", "rnn_update",
+    "split_recurrent_weights",
     "update_params", "with_forget_bias",
 ]

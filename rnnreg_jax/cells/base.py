@@ -112,10 +112,11 @@ class Cell:
       name: a name for errors and `register`.
       num_gates: G: the input and recurrent projections are `[.., G*H]` wide.
       update: `(params, carry, xw_t, rec_t, noise) -> (carry, h_t)`: one step given the
-        projected input `xw_t = x_t W_x + b` and `rec_t = (h_{t-1} * m_h) W_h`, both
-        `[B, G*H]`; `noise` is the step's `StepNoise` (apply the sites you support with
-        `gates.mix` and friends, or reject them). Pure: jit, grad and the fused backward
-        pass (which re-derives it with `jax.vjp`) take it as it is.
+        projected input `xw_t = x_t W_x + b`, `[B, G*H]`, and `rec_t = (h_{t-1} * m_h) W_h`,
+        `[B, G*H]` (`[B, P*H]` with `projected_gates`); `noise` is the step's `StepNoise`
+        (apply the sites you support with `gates.mix` and friends, or reject them). Pure:
+        jit, grad and the fused backward pass (which re-derives it with `jax.vjp`) take
+        it as it is.
       has_memory: whether the carry holds a memory cell `c` beside `h` (LSTM-only
         regularizer sites need it).
       update_params: the parameters `update` reads (besides the carry and projections);
@@ -135,6 +136,12 @@ class Cell:
       project: `(params, x, input_mask, per_gate, population) -> xw`, the input
         projection of every step at once (`population`: the running statistics, or None
         to use the window's own); None: `layout.project_inputs`.
+      projected_gates: P, how many leading gate blocks of `W_h` the scans multiply
+        `h_{t-1}` by (None: all G). A cell whose update needs a product its own gates
+        decide (Keras's GRU: `(r * h_{t-1}) U_n`) sets P < G: `rec_t` is then the first P
+        blocks, and the update finds the other `G - P` blocks as `params["w_h"]`,
+        `[H, (G-P)*H]` (list "w_h" in `update_params`), their masks in the trailing
+        slices of a per-gate `noise.recurrent`. No step computes a block it discards.
     """
 
     name: str
@@ -149,6 +156,13 @@ class Cell:
     extra_params: Callable | None = None
     recurrent_bias: bool = False
     inner_recurrent_bias: bool = False
+    projected_gates: int | None = None
+
+    def __post_init__(self):
+        if self.projected_gates is not None and not 1 <= self.projected_gates < self.num_gates:
+            raise ValueError(f"Cell {self.name!r}: projected_gates must be in [1, "
+                             f"{self.num_gates - 1}] (below num_gates) or None; got "
+                             f"{self.projected_gates}.")
 
 
 REGISTRY: dict[str, Cell] = {}  # users' records by name
@@ -198,6 +212,12 @@ def num_gates(cell: Any) -> int:
 
 def has_memory(cell: Any) -> bool:
     return the_record(cell).has_memory
+
+
+def projected_gates(cell: Any) -> int | None:
+    """The leading gate blocks of `W_h` a cell's `rec_t` holds (`Cell.projected_gates`);
+    None: all of them."""
+    return the_record(cell).projected_gates
 
 
 def update_params(cell: Any) -> tuple[str, ...]:

@@ -33,10 +33,17 @@ from rnnreg_jax.cells.base import (
     mix,
     reject_lstm_only,
 )
-from rnnreg_jax.cells.layout import Array, is_per_gate, recurrent_projection
+from rnnreg_jax.cells.layout import (
+    Array,
+    is_per_gate,
+    leading_gates,
+    recurrent_projection,
+    split_recurrent_weights,
+)
 from rnnreg_jax.cells.lstm import lstm_gates
 
 ORTHOGONAL_SCALE = 1.1  # Keras 0.x's `orthogonal(shape, scale=1.1)`, its inner_init
+PROJECTED_GATES = 2  # the GRU's r and z: the scans' product skips the candidate's block
 
 
 def hard_sigmoid(x: Array) -> Array:
@@ -65,46 +72,36 @@ def keras_gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise =
     docstring), then Semeniuta update dropout on n, zoneout of h and stochastic depth
     as in `gru_step`."""
     reject_lstm_only(noise, "keras_gru")
-    rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
-    return keras_gru_update(params, carry, xw_t, rec_t, noise)
+    w_rz, u_n = split_recurrent_weights(params["w_h"], PROJECTED_GATES)
+    rec_t = recurrent_projection(carry["h"], w_rz, leading_gates(noise.recurrent,
+                                                                PROJECTED_GATES))
+    return keras_gru_update(dict(params, w_h=u_n), carry, xw_t, rec_t, noise)
 
 
 def keras_gru_update(params: Params, carry: Carry, xw_t: Array, rec_t: Array,
                      noise: StepNoise):
-    """The elementwise rest of `keras_gru_step`, given `rec_t = (h_{t-1} * m_h) W_h`.
-
-    The candidate needs `(r * h_{t-1} * m_n) U_n`, which `rec_t` cannot hold (r depends
-    on this step's product), so this recomputes it from `params["w_h"]`'s n block (the
-    record's `update_params`, so the fused backward pass differentiates it). `rec_t`'s n
-    block goes unused: the step pays one more `[H, H]` product, 1/3 more recurrent
-    product than the GRU.
+    """The elementwise rest of `keras_gru_step`, given the r and z blocks of the product,
+    `rec_t = (h_{t-1} * m_h) W_h[:, :2H]`, and the candidate's `U_n: [H, H]` as
+    `params["w_h"]` (`Cell.projected_gates`: r decides the candidate's product, so the
+    step cannot take it with the others). Autodiff, and the fused backward pass through
+    `update_params`, differentiate `U_n` here.
     """
     reject_lstm_only(noise, "keras_gru")
     h_prev = carry["h"]
     xr, xz, xn = jnp.split(xw_t, 3, axis=-1)
-    ar, az, _ = jnp.split(rec_t, 3, axis=-1)
+    ar, az = jnp.split(rec_t, 2, axis=-1)
     r, z = hard_sigmoid(xr + ar), hard_sigmoid(xz + az)
-    an = recurrent_projection(r * h_prev, _candidate_weights(params["w_h"]),
-                              _candidate_mask(noise.recurrent))
+    an = recurrent_projection(r * h_prev, params["w_h"], _candidate_mask(noise.recurrent))
     n = maybe_scale(noise.update, jax.nn.sigmoid(xn + an))
     h_new = z * h_prev + (1.0 - z) * n
     h_t = mix(noise.depth, h_prev, mix(noise.zone_h, h_prev, h_new))
     return {"h": h_t}, h_t
 
 
-def _candidate_weights(w_h) -> Array:
-    """`U_n: [H, H]` from `W_h` as a step receives it: `[H, 3H]`, or laid out for per-gate
-    masks (`layout.per_gate_weights`: three blocks, or gate-major `[3, H, H]`)."""
-    if isinstance(w_h, tuple) or w_h.ndim == 3:
-        return w_h[2]
-    hidden = w_h.shape[0]
-    return w_h[:, 2 * hidden:]
-
-
 def _candidate_mask(mask):
     """The n gate's recurrent mask: a `PerGate`'s third slice, else the mask shared by
     the gates (an array, a scalar or None)."""
-    return mask.masks[2] if is_per_gate(mask) else mask
+    return mask.masks[PROJECTED_GATES] if is_per_gate(mask) else mask
 
 
 def keras_init(num_gates: int, forget_bias: bool):
@@ -135,5 +132,5 @@ KERAS_LSTM = Cell(name="keras_lstm", num_gates=NUM_GATES["keras_lstm"],
                   update=keras_lstm_update, has_memory=True,
                   init_params=keras_init(NUM_GATES["keras_lstm"], forget_bias=True))
 KERAS_GRU = Cell(name="keras_gru", num_gates=NUM_GATES["keras_gru"], update=keras_gru_update,
-                 update_params=("w_h",),
+                 update_params=("w_h",), projected_gates=PROJECTED_GATES,
                  init_params=keras_init(NUM_GATES["keras_gru"], forget_bias=False))

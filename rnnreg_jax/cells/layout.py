@@ -125,6 +125,29 @@ def per_gate_recurrent(tied: StepNoise, per_step: StepNoise) -> int | None:
     return None
 
 
+def split_recurrent_weights(w_h: Array | tuple[Array, ...], leading: int
+                            ) -> tuple[Array | tuple[Array, ...], Array]:
+    """`W_h` as a cell with `Cell.projected_gates = leading` uses it: `(its first
+    `leading` gate blocks, in `w_h`'s layout (`[H, P*H]`, P blocks, or gate-major
+    `[P, H, H]`); the other blocks as one `[H, (G-P)*H]` array)`."""
+    if isinstance(w_h, tuple):
+        return w_h[:leading], jnp.concatenate(w_h[leading:], axis=1)
+    if w_h.ndim == 3:  # gate-major [G, H, H] back to [H, (G-P)*H] for the rest
+        rest = w_h[leading:]
+        return w_h[:leading], jnp.transpose(rest, (1, 0, 2)).reshape(rest.shape[1], -1)
+    columns = leading * w_h.shape[0]  # W_h: [H, G*H]
+    return w_h[:, :columns], w_h[:, columns:]
+
+
+def leading_gates(mask: Array | PerGate | None, leading: int | None, gate_axis: int = 0):
+    """A recurrent mask for the first `leading` gate blocks of the product (None: all):
+    a `PerGate`'s first slices along `gate_axis` (1 for per-step masks `[T, G, B, H]`);
+    a mask shared by the gates, or none, as it is."""
+    if leading is None or not isinstance(mask, PerGate):
+        return mask
+    return PerGate(jax.lax.slice_in_dim(mask.masks, 0, leading, axis=gate_axis))
+
+
 def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...],
                          mask: Array | PerGate | None) -> Array:
     """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `PerGate` mask `[G, B, H]` per gate.
