@@ -1,4 +1,4 @@
-"""Make the PyTorch golden fixtures of `tests/test_bidirectional.py`.
+"""Make the PyTorch golden fixtures of `tests/test_bidirectional_pytorch.py`.
 
 They pin `rnnreg_jax.bidirectional` to PyTorch's `nn.LSTM`, `nn.GRU` and
 `nn.RNN(nonlinearity="tanh")` with `bidirectional=True`: outputs, final states and the
