@@ -15,7 +15,8 @@ Catalog (LSTM notation of docs/REGULARIZERS.md; rates are drop probabilities), b
   plus h_{t-1} into W_h and the cell, one mask per sequence), `naive_dropout(...)`
   (Gal's baseline: those sites per step), `dropout(site, p)` (one site; "hidden" is
   AWD-LSTM's dropout between layers only).
-* embedding: `embedding_dropout(p)` (Gal & Ghahramani 2016: word types per sequence).
+* embedding: `embedding_dropout(p)` (Gal & Ghahramani 2016: word types per sequence;
+  `tie="batch"`: per minibatch, AWD-LSTM's).
 * zoneout: `zoneout(c, h)` (Krueger et al. 2016: c_t = d c_{t-1} + (1-d) c~).
 * recurrent_dropout: `recurrent_dropout(p)` (Semeniuta et al. 2016: c_t = f c_{t-1}
   + i drop(g)), with the zoneout authors' output-gate zoneout and evaluation scaling.
@@ -79,16 +80,18 @@ from rnnreg_jax.regularizers.zoneout import Zoneout, zoneout
 
 def awd_lstm(embedding: float = 0.1, input: float = 0.4, hidden: float = 0.3,
              output: float = 0.4, weight_drop_rate: float = 0.5, alpha: float = 2.0,
-             beta: float = 1.0) -> Regularizer:
+             beta: float = 1.0, embedding_tie: str = "sequence") -> Regularizer:
     """Merity et al. 2017's regularizers together (AWD-LSTM, PTB values as defaults).
 
-    Word types dropped per sequence (`embedding`; AWD drops them per minibatch),
-    locked (tied per sequence, shared by the gates) dropout on the first
-    layer's input, between layers and on the output, DropConnect on every
-    W_h, AR and TAR. Weight decay and NT-ASGD live in the optimizer.
+    Word types dropped per sequence (`embedding`; `embedding_tie="batch"`: one mask
+    for the minibatch, as AWD's `embedded_dropout` draws it), locked (tied per
+    sequence, shared by the gates) dropout on the first layer's input, between layers
+    and on the output, DropConnect on every W_h, AR and TAR. Weight decay and NT-ASGD
+    live in the optimizer.
     """
     return compose(
-        variational(input=input, output=output, embedding=embedding),
+        variational(input=input, output=output, embedding=embedding,
+                    embedding_tie=embedding_tie),
         dropout("hidden", hidden, tie="sequence"),
         weight_drop(weight_drop_rate),
         activation_regularization(alpha),

@@ -209,7 +209,7 @@ def zaremba(rate: float) -> Regularizer:
 def variational(
     input: float = 0.0, recurrent: float = 0.0, output: float = 0.0, cell: float = 0.0,
     embedding: float = 0.0, per_gate: bool = False, tie: str = "sequence",
-    eval_scaling: bool = False,
+    eval_scaling: bool = False, embedding_tie: str = "sequence",
 ) -> Regularizer:
     """Gal & Ghahramani 2016: masks tied per sequence on inputs, h_{t-1}, outputs.
 
@@ -222,7 +222,9 @@ def variational(
     `eval_scaling=True` makes every site (embedding included) classic dropout, as in
     Keras 0.x, which Gal's sentiment code ran on: `v * m` in training (the same
     draws, unscaled) and `v * (1 - p)` in evaluation. Under Adam or weight decay that
-    is not a reparametrization of the inverted form.
+    is not a reparametrization of the inverted form. `embedding_tie="batch"` drops word
+    types with one mask for the whole minibatch (AWD-LSTM's), not one per sequence
+    (`embedding_dropout`'s `tie`).
     """
     from rnnreg_jax.regularizers.embedding import embedding_dropout
 
@@ -237,7 +239,7 @@ def variational(
                     recurrent=_mask(recurrent, tie, per_gate, eval_scaling),
                     output=_mask(output, tie, eval_scaling=eval_scaling),
                     cell=_mask(cell, tie, eval_scaling=eval_scaling))
-    return compose(masks, embedding_dropout(embedding, eval_scaling))
+    return compose(masks, embedding_dropout(embedding, eval_scaling, embedding_tie))
 
 
 def naive_dropout(**kwargs) -> Regularizer:

@@ -1,0 +1,137 @@
+"""The `awd` presets against salesforce/awd-lstm-lm (docs/FIDELITY.md, AWD-LSTM): AWD's
+minibatch-wide embedding dropout (`embedding_tie="batch"`), and the preset fields that
+follow the code (paper row, epochs, best-validation test, two LSTM biases)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnreg_jax as rj
+from rnnreg_jax import models, noise
+from rnnreg_jax.regularizers import EmbeddingDropout, embedding
+
+KEY = jax.random.key(0)
+V = 64
+
+
+def _ids(batch=4, steps=8, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, V, (batch, steps)), jnp.int32)
+
+
+def _mask(reg, ids, key=KEY):
+    return np.asarray(reg.embedding_mask(key, ids, V, False, jnp.float32))[..., 0]
+
+
+# ====================================================================== embedding tie
+
+def test_batch_tie_is_one_mask_over_the_vocabulary_for_the_minibatch():
+    """AWD's `embedded_dropout`: every occurrence of a word, in any sequence of the
+    minibatch, gets the same multiplier, drawn from one [V] row under the site key."""
+    rate = 0.5
+    ids = _ids()
+    got = _mask(rj.embedding_dropout(rate, tie="batch"), ids)
+    q = noise.quantize_probability(1 - rate)
+    row = np.asarray(noise.bernoulli_draw(noise.site_key(KEY, "embedding"), q, (V,)))
+    np.testing.assert_array_equal(got, row[np.asarray(ids)] / np.float32(q))
+    # the same word in two different sequences shares its value
+    shared = {}
+    for b, t in np.ndindex(*ids.shape):
+        shared.setdefault(int(ids[b, t]), set()).add(float(got[b, t]))
+    assert all(len(values) == 1 for values in shared.values())
+
+
+def test_sequence_tie_stays_one_mask_per_sequence():
+    """The default (Gal's) is unchanged: `[B, V]` draws, read per row; identical rows
+    of ids get different masks, which the batch tie would make equal."""
+    rate = 0.5
+    ids = jnp.tile(jnp.arange(V, dtype=jnp.int32)[None], (4, 1))  # every word, 4 times
+    q = noise.quantize_probability(1 - rate)
+    draws = np.asarray(noise.bernoulli_draw(noise.site_key(KEY, "embedding"), q, (4, V)))
+    for reg in (rj.embedding_dropout(rate), rj.embedding_dropout(rate, tie="sequence"),
+                rj.variational(embedding=rate)):
+        got = _mask(reg, ids)
+        np.testing.assert_array_equal(got, draws / np.float32(q))
+        assert not np.array_equal(got[0], got[1])
+    batch = _mask(rj.embedding_dropout(rate, tie="batch"), ids)
+    assert all(np.array_equal(batch[0], batch[b]) for b in range(1, 4))
+
+
+def test_batch_tie_keeps_the_rate_and_evaluation():
+    rate = 0.3
+    ids = jnp.arange(4096, dtype=jnp.int32)[None] % V
+    keep = [(_mask(rj.embedding_dropout(rate, tie="batch"), ids[:, :V], jax.random.key(k))
+             > 0).mean() for k in range(64)]
+    n = 64 * V
+    assert abs(np.mean(keep) - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / n)
+    reg = rj.embedding_dropout(rate, tie="batch")
+    assert reg.embedding_mask(None, ids, V, True, jnp.float32) is None
+    classic = rj.embedding_dropout(rate, eval_scaling=True, tie="batch")
+    q = noise.quantize_probability(1 - rate)
+    assert float(classic.embedding_mask(None, ids, V, True, jnp.float32)) == q
+    assert set(np.unique(_mask(classic, ids))) <= {0.0, 1.0}
+
+
+def test_batch_tie_in_the_language_model():
+    """With embedding dropout the only noise, two identical sequences of a training batch
+    get identical logits under the batch tie, and different ones under Gal's."""
+    ids = jnp.tile(_ids(1, 6), (2, 1))
+
+    def logits(tie):
+        model = models.LanguageModel(vocab_size=V, hidden_sizes=(8,), init_scale=0.1,
+                                     reg=rj.embedding_dropout(0.5, tie=tie))
+        variables = model.init(KEY, ids)
+        out, _ = model.apply(variables, ids, deterministic=False,
+                             rngs={"dropout": jax.random.key(5)})
+        clean, _ = model.apply(variables, ids)
+        return np.asarray(out), np.asarray(clean)
+
+    out, clean = logits("batch")
+    np.testing.assert_array_equal(out[0], out[1])
+    assert not np.allclose(out, clean)
+    out, _ = logits("sequence")
+    assert not np.allclose(out[0], out[1])
+
+
+def test_embedding_tie_is_checked_and_composed():
+    with pytest.raises(ValueError, match="Embedding dropout's tie must be one of"):
+        rj.embedding_dropout(0.1, tie="step")
+    with pytest.raises(ValueError, match="Embedding dropout's tie must be one of"):
+        rj.variational(embedding=0.1, embedding_tie="minibatch")
+    with pytest.raises(ValueError, match="Embedding dropout's tie must be one of"):
+        EmbeddingDropout(0.1, tie=None)
+    with pytest.raises(ValueError, match="EmbeddingDropout.tie differs"):
+        rj.embedding_dropout(0.1) + rj.embedding_dropout(0.1, tie="batch")
+    # rate 0 ignores the tie (nothing is drawn), as it does eval_scaling
+    assert rj.embedding_dropout(0.0, tie="batch") == rj.embedding_dropout(0.0) == rj.NONE
+    assert embedding.EMBEDDING_TIES == ("sequence", "batch")
+    assert rj.awd_lstm(embedding_tie="batch").find(EmbeddingDropout) == EmbeddingDropout(
+        0.1, tie="batch")
+    assert rj.awd_lstm().find(EmbeddingDropout) == EmbeddingDropout(0.1)
+
+
+# ====================================================================== presets
+
+def test_awd_preset_follows_the_authors_ptb_protocol():
+    from experiments.configs import common, ptb
+
+    config = ptb.awd()
+    # Table 4's row without fine-tuning (the engine has no finetune.py stage)
+    assert (config.paper.valid, config.paper.test) == (60.7, 58.8)
+    assert "Table 4" in config.paper.source
+    # the README at the code release: the paper's PTB model ran 500 epochs at batch 40
+    assert (config.train.num_epochs, config.data.batch_size) == (500, 40)
+    # main.py tests the model saved at the best validation loss
+    assert config.train.report_best
+    # eval batch 10, test batch 1, BPTT 70
+    assert (config.data.eval_batch_size, config.data.test_batch_size) == (10, 1)
+    assert config.data.seq_len == 70
+    # PyTorch's LSTM: bias_ih and bias_hh
+    assert config.model.recurrent_bias
+    reg = common.regularization(config.reg)
+    assert reg == rj.awd_lstm(embedding_tie="batch")
+    for small in (ptb.awd_small(),):  # the recipe on a smaller stack: the same protocol
+        assert small.train.report_best and small.model.recurrent_bias
+        assert common.regularization(small.reg) == reg
