@@ -368,7 +368,7 @@ def awd():
     500 epochs."""
     # The paper's numbers without fine-tuning (the engine has no finetune.py stage, a
     # second NT-ASGD run from the trained model): Table 4's "- fine-tuning" row, valid
-    # 60.7 / test 58.8 (not checked against the paper's text when this was written).
+    # 60.7 / test 58.8 (docs/FIDELITY.md: not checked against the paper's text).
     # Table 1's 60.0 / 57.3 include fine-tuning. The README's own PTB command (batch 20,
     # 500 epochs, post-release code) reaches about 61.2 / 58.8 without it.
     # Epochs: the README at the code release says the paper's PTB model trained 500
