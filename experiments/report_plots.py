@@ -13,9 +13,25 @@ def _slug(text: str) -> str:
     return "_".join(words[:6])
 
 
+TODAY = "today's presets"
+EARLIER = "earlier versions of the presets (the table gives the flags that rebuild them)"
+
+
+def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+    """The plot's panels: runs of today's presets, then runs of earlier versions of them
+    (those whose command needs `flags_since_changed` overrides to run again today), so a
+    figure's first curves are what the presets give now; one panel if only one kind."""
+    from experiments.report_commands import flags_since_changed
+
+    earlier = [r for r in runs if flags_since_changed(r)]
+    today = [r for r in runs if r not in earlier]
+    return [(title, group) for title, group in ((TODAY, today), (EARLIER, earlier)) if group]
+
+
 def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | None = None
                   ) -> str | None:
-    """Learning curves of one data set as a PNG; None if no run has a point to plot."""
+    """Learning curves of one data set as a PNG, one panel per `panels` group; None if no
+    run has a point to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,12 +39,39 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
 
     cat = CATEGORIES.get(dataset, dict(title=dataset, metric="loss", unit="loss", log=False,
                                        splits={}))
-    curves = [(r, r.epoch_curve(), r.train_curve()) for r in runs]
-    if not any(v or t for _, v, t in curves):
+    if not any(r.epoch_curve() or r.train_curve() for r in runs):
         return None
-    labels = _labels(runs)
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    # One legend entry per run (its colour); the line style says which curve it is.
+    groups = panels(runs)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 4.8 * len(groups)), squeeze=False,
+                             sharex=True, sharey=True)
+    val_names: set[str] = set()
+    labels = _labels(runs)  # over every panel: a preset in both is told apart in both
+    for ax, (panel, group) in zip(axes[:, 0], groups, strict=True):
+        val_names |= _plot_runs(ax, group, cat, labels)
+        if len(groups) > 1 or panel == EARLIER:  # one panel of today's: the plain figure
+            ax.set_title(panel, fontsize=9)
+    if cat.get("log"):
+        papers = [p for r in runs if (p := _float(r.paper.get(r.validation_split or "valid")))]
+        if papers:  # the first steps' perplexities in the thousands would flatten the rest
+            axes[0, 0].set_ylim(top=3 * max(papers))
+    axes[-1, 0].set_xlabel("epoch")
+    fig.suptitle(f"{title or cat.get('title', dataset)}\n"
+                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed)",
+                 fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_runs(ax, runs: Sequence[Run], cat: dict, labels: dict[int, str]) -> set[str]:
+    """One panel: each run's validation (solid), training (dotted) and paper (dashed)
+    curves in its own colour, one legend entry per run (`labels`, by `id(run)`); returns
+    the validation splits."""
+    import matplotlib.pyplot as plt
+
+    curves = [(r, r.epoch_curve(), r.train_curve()) for r in runs]
     colors = ([tuple(c) for c in plt.get_cmap("tab20")(range(20))]  # its 20 listed colours
               if len(curves) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"])
     val_names = set()
@@ -51,21 +94,10 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
             ax.axhline(paper, color=color, linestyle="--", linewidth=1)
     if cat.get("log"):
         ax.set_yscale("log")
-        papers = [p for r in runs if (p := _float(r.paper.get(r.validation_split or "valid")))]
-        if papers:  # the first steps' perplexities in the thousands would flatten the rest
-            ax.set_ylim(top=3 * max(papers))
-    ax.set_xlabel("epoch")
     ax.set_ylabel(f"{cat['unit']}")
-    ax.set_title(f"{title or cat.get('title', dataset)}\n"
-                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed)",
-                 fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return val_names
 
 
 def _labels(runs: Sequence[Run]) -> dict[int, str]:

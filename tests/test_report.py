@@ -411,3 +411,27 @@ def test_curves_compare_runs_at_equal_epochs(capsys):
     assert out.out == ""  # not a table of dashes, as if the runs had no evaluations then
     assert out.err == ("error: None of the runs has epoch-end evaluations of split 'tset'; "
                        "they have: test.\n")
+
+
+def test_plots_put_todays_presets_and_earlier_versions_in_panels_of_their_own(tmp_path):
+    """A run whose record equals today's preset goes in the first panel, one that needs
+    rebuild flags (its config differs in a field its command did not set) in the second;
+    a section of one kind is one panel, and the PNG is drawn either way."""
+    from experiments import report_plots
+
+    epochs = 13  # zaremba_small's own budget: nothing to rebuild
+    today = report.load_run(str(write_run(
+        tmp_path, "today", "ptb", "zaremba_small", "ptb_word", "ppl", epochs,
+        [200.0, 150.0], None, _paper(), carry_state=True)))
+    older = report.load_run(str(write_run(
+        tmp_path, "older", "ptb", "zaremba_small", "ptb_word", "ppl", epochs,
+        [210.0, 160.0], None, _paper(), carry_state=False)))
+    assert report.flags_since_changed(today) == []
+    assert report.flags_since_changed(older) == ["--config.train.carry_state=False"]
+    assert report_plots.panels([older, today]) == [(report_plots.TODAY, [today]),
+                                                   (report_plots.EARLIER, [older])]
+    assert report_plots.panels([today]) == [(report_plots.TODAY, [today])]
+    assert report_plots.panels([older]) == [(report_plots.EARLIER, [older])]
+    for runs in ([today, older], [older]):
+        png = report_plots.plot_category(runs, "ptb_word", str(tmp_path / "p.png"))
+        assert png and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
