@@ -125,3 +125,18 @@ def test_bench_refuses_contenders_it_cannot_run(contenders, message):
                          capture_output=True, text=True, check=False,
                          cwd=pathlib.Path(__file__).resolve().parents[1])
     assert out.returncode == 1 and message in out.stderr
+
+
+def test_keras_gru_projection_benchmark_checks_the_peer_and_prints_four_ratios(
+        monkeypatch, capsys):
+    """The benchmark's peer computes the same gradients (the script asserts it) and each
+    mask form x backward pass prints a ratio."""
+    from benchmarks import keras_gru_projection
+
+    monkeypatch.setattr("sys.argv", ["keras_gru_projection", "--batch", "2", "--steps", "3",
+                                     "--hidden", "4", "--rounds", "1"])
+    keras_gru_projection.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "peer/ours" in line]
+    assert [line.split()[:2] for line in lines] == [
+        ["per-gate", "autodiff"], ["per-gate", "fused"], ["shared", "autodiff"],
+        ["shared", "fused"]]
