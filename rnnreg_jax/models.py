@@ -36,6 +36,24 @@ def bias_init(scale: float | None, orthogonal: bool = False):
     return nn.initializers.zeros if orthogonal else uniform_init(scale)
 
 
+SOFTMAX_BIAS_INITS = ("uniform", "zeros")
+
+
+def output_initializers(init_scale: float | None, embed_init_scale: float | None,
+                        softmax_bias_init: str, orthogonal: bool) -> tuple:
+    """A language model's `(embedding and softmax weights, softmax bias)` initializers:
+    `weight_init` at `embed_init_scale` (None: `init_scale`), and the bias drawn as the
+    weights' (`bias_init`) or zero (`softmax_bias_init="zeros"`)."""
+    if softmax_bias_init not in SOFTMAX_BIAS_INITS:
+        raise ValueError(f"softmax_bias_init must be one of {SOFTMAX_BIAS_INITS}, got "
+                         f"{softmax_bias_init!r}.")
+    scale = (init_scale if embed_init_scale is None
+             else cells.check_scale(embed_init_scale, "embed_init_scale"))
+    bias = (nn.initializers.zeros if softmax_bias_init == "zeros"
+            else bias_init(scale, orthogonal))
+    return weight_init(scale, orthogonal), bias
+
+
 HEAD_INITS = ("lecun_normal", "glorot_uniform")
 
 
@@ -135,6 +153,11 @@ class LanguageModel(RecurrentOptions):
         pre-activations (`[V, G*H]`, no `W_x`): the zoneout authors' word-level
         model, a one-hot input times one linear map to the gates, instead of an
         `embed_size`-wide embedding followed by `W_x`.
+      embed_init_scale: the embedding's and softmax weights' uniform scale when it
+        should differ from the recurrent layers' (AWD-LSTM: 0.1 beside PyTorch's
+        `1/sqrt(H)` LSTM, `init_scale=None`); None: `init_scale`.
+      softmax_bias_init: "uniform" (the weights' draw, zero under `orthogonal_init`) or
+        "zeros" (AWD-LSTM's decoder bias).
       and the keyword-only `nn.RecurrentOptions`, with `init_scale` 0.1 here (every
       weight: embedding, recurrent, softmax); `orthogonal_init` also makes the
       embedding and softmax weights orthogonal with zero biases (the zoneout
@@ -149,6 +172,8 @@ class LanguageModel(RecurrentOptions):
     embed_size: int | None = None
     tie_embeddings: bool = False
     embed_to_gates: bool = False
+    embed_init_scale: float | None = None
+    softmax_bias_init: str = "uniform"
     if TYPE_CHECKING:  # keyword-only, as `nn.RecurrentOptions` says
         _: dataclasses.KW_ONLY
     init_scale: float | None = option(0.1)
@@ -179,12 +204,13 @@ class LanguageModel(RecurrentOptions):
         if self.embed_to_gates:
             embed_size = cells.num_gates(self.cell) * sizes[0]
         ortho = self.orthogonal_init
+        weights, bias = output_initializers(self.init_scale, self.embed_init_scale,
+                                            self.softmax_bias_init, ortho)
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, language_model_arrays(self.tie_embeddings))
         boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         embed = nn.Embed(self.vocab_size, embed_size,
-                         embedding_init=boxed(weight_init(self.init_scale, ortho),
-                                              "embed/embedding"),
+                         embedding_init=boxed(weights, "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
         x = look_up(embed.embedding, ids, self.dtype)
         key = None
@@ -203,15 +229,12 @@ class LanguageModel(RecurrentOptions):
             if y.shape[-1] != embed_size:
                 raise ValueError("tie_embeddings needs the last hidden size to equal "
                                  f"embed_size ({y.shape[-1]} != {embed_size}).")
-            bias = self.param("softmax_bias",
-                              boxed(bias_init(self.init_scale, ortho), "softmax_bias"),
+            bias = self.param("softmax_bias", boxed(bias, "softmax_bias"),
                               (self.vocab_size,), self.param_dtype)
             logits = embed.attend(y) + precision.cast(bias, self.dtype)
         else:
-            logits = nn.Dense(self.vocab_size,
-                              kernel_init=boxed(weight_init(self.init_scale, ortho),
-                                                "softmax/kernel"),
-                              bias_init=boxed(bias_init(self.init_scale, ortho), "softmax/bias"),
+            logits = nn.Dense(self.vocab_size, kernel_init=boxed(weights, "softmax/kernel"),
+                              bias_init=boxed(bias, "softmax/bias"),
                               dtype=self.dtype, param_dtype=self.param_dtype,
                               name="softmax")(y)
         return logits, carry

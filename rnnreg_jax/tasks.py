@@ -32,7 +32,7 @@ from rnnreg_jax.nn import OPTION_FIELDS
 from rnnreg_jax.regularizers import Regularizer
 from rnnreg_jax.train import Task
 
-_LM_FIELDS = ("embed_to_gates", "tie_embeddings")
+_LM_FIELDS = ("embed_to_gates", "tie_embeddings", "embed_init_scale", "softmax_bias_init")
 
 
 def recurrent_options(model_config, reg: Regularizer) -> dict:

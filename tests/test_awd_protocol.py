@@ -135,3 +135,65 @@ def test_awd_preset_follows_the_authors_ptb_protocol():
     for small in (ptb.awd_small(),):  # the recipe on a smaller stack: the same protocol
         assert small.train.report_best and small.model.recurrent_bias
         assert common.regularization(small.reg) == reg
+
+
+# ====================================================================== initialization
+
+def _init_bounds(tree):
+    return {jax.tree_util.keystr(path): float(np.abs(np.asarray(leaf)).max())
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_awd_preset_draws_the_codes_initialization():
+    """model.py lines 48-52 with PyTorch's LSTM: the embedding (tied softmax) uniform in
+    +-0.1, the softmax bias zero, every LSTM weight and both biases in +-1/sqrt(H); the
+    presets' model at width 64 (its draws reach near each bound)."""
+    from experiments.configs import ptb
+    from experiments.configs.common import regularization
+    from rnnreg_jax import tasks
+
+    config = ptb.awd_small()
+    config.model.hidden_sizes, config.model.embed_size = (64, 64), 64
+    model = tasks.language_model(config.model, regularization(config.reg), vocab_size=300)
+    params = model.init(KEY, jnp.zeros((2, 3), jnp.int32))["params"]
+    bounds = _init_bounds(params)
+    assert 0.09 < bounds["['embed']['embedding']"] <= 0.1
+    np.testing.assert_array_equal(params["softmax_bias"], 0.0)
+    lstm = {k: v for k, v in bounds.items() if k.startswith("['rnn']")}
+    assert {k.split("'")[-2] for k in lstm} == {"w_x", "w_h", "b", "b_h"}
+    for name, bound in lstm.items():
+        assert 0.9 / 8 < bound <= 1 / 8, name  # 1/sqrt(64)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_embed_init_scale_and_zero_softmax_bias_in_linen_and_nnx(tie):
+    """The two options draw the embedding and softmax weights at their own scale and the
+    bias at zero, beside recurrent layers at `init_scale`; NNX draws the same
+    distributions, and its linen twin carries the options."""
+    from flax import nnx
+
+    from rnnreg_jax import nnx as rnx
+
+    kwargs = dict(vocab_size=200, hidden_sizes=(32,), tie_embeddings=tie,
+                  embed_init_scale=0.3, softmax_bias_init="zeros", init_scale=0.02)
+    linen = models.LanguageModel(**kwargs).init(KEY, jnp.zeros((2, 3), jnp.int32))["params"]
+    twin = rnx.LanguageModel(**kwargs, rngs=nnx.Rngs(params=0, dropout=1))
+    _, variables = twin.to_linen()
+    assert twin.linen_module().embed_init_scale == 0.3
+    for params in (linen, variables["params"]):
+        bounds = _init_bounds(params)
+        weights = ["['embed']['embedding']"] + ([] if tie else ["['softmax']['kernel']"])
+        for name in weights:
+            assert 0.27 < bounds[name] <= 0.3, name
+        bias = params["softmax_bias"] if tie else params["softmax"]["bias"]
+        np.testing.assert_array_equal(bias, 0.0)
+        assert 0.018 < bounds["['rnn']['layer_0']['w_h']"] <= 0.02
+
+
+def test_initialization_options_are_checked_in_one_sentence():
+    ids = jnp.zeros((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match=r"softmax_bias_init must be one of \('uniform', "
+                                         r"'zeros'\), got 'ones'"):
+        models.LanguageModel(10, 4, softmax_bias_init="ones").init(KEY, ids)
+    with pytest.raises(ValueError, match="embed_init_scale must be a finite number >= 0"):
+        models.LanguageModel(10, 4, embed_init_scale=-1.0).init(KEY, ids)

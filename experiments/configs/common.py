@@ -202,7 +202,9 @@ FIXED_SECTIONS = ("model", "data", "reg")
 # left-padded until `data.padding` made lengths a choice).
 VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding"): "left",
                       ("train", "weight_decay_mode"): "gradient",
-                      ("model", "head_init"): "lecun_normal"}
+                      ("model", "head_init"): "lecun_normal",
+                      ("model", "softmax_bias_init"): "uniform",
+                      ("model", "embed_init_scale"): None}
 
 
 def flat_block(block: dict) -> dict:

@@ -47,6 +47,10 @@ def _model(hidden: int, layers: int, init_scale: float, cell: str = "lstm",
     model.hidden_sizes = (hidden,) * layers  # widths, bottom first
     model.embed_size = hidden  # embedding width
     model.init_scale = init_scale  # every weight uniform in [-init_scale, init_scale]
+    # the embedding's and softmax's own scale (None: init_scale) and the softmax bias's
+    # draw ("uniform" as the weights, or "zeros")
+    model.embed_init_scale = ml_collections.config_dict.placeholder(float)
+    model.softmax_bias_init = "uniform"
     model.orthogonal_init = orthogonal_init  # instead: orthogonal weights, zero biases
     model.embed_to_gates = False  # embedding [V, G*H] straight into the first layer's gates
     model.tie_embeddings = False  # share embedding and softmax weights
@@ -333,13 +337,16 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
     # As in the code, and unlike Gal's embedding dropout, one mask over the vocabulary
     # for the whole minibatch (`embedded_dropout`: `embedding_tie="batch"`), and two
     # biases per LSTM layer (PyTorch's `bias_ih` and `bias_hh`: `recurrent_bias`).
-    # Differences from the code (docs/FIDELITY.md):
-    #  * fixed windows of 70: the code draws each window's length (N(70, 5) with p 0.95,
-    #    else N(35, 5)) and scales the lr by length / 70;
-    #  * every weight uniform in [-0.1, 0.1] (the code: embedding 0.1, LSTM PyTorch's
-    #    1/sqrt(H), softmax bias 0): the model has one init scale.
+    # The difference from the code that moves numbers (docs/FIDELITY.md): fixed windows
+    # of 70, where the code draws each window's length (N(70, 5) with p 0.95, else
+    # N(35, 5)) and scales the lr by length / 70.
     model = _awd_model(hidden_sizes, embed)
     model.recurrent_bias = True
+    # the code's init (model.py lines 48-52, PyTorch's LSTM default): embedding and tied
+    # softmax U(-0.1, 0.1), softmax bias 0, LSTM weights and biases U(+-1/sqrt(H))
+    model.init_scale = ml_collections.config_dict.placeholder(float)
+    model.embed_init_scale = 0.1
+    model.softmax_bias_init = "zeros"
     return _config(
         _data("ptb_word", batch_size, 70, "contiguous", eval_batch_size=10),
         model,

@@ -103,6 +103,7 @@ from rnnreg_jax.cells.lstm_bn import LSTM_BN, lstm_bn_step, lstm_bn_update
 from rnnreg_jax.cells.lstm_ln import LSTM_LN, layer_norm, lstm_ln_step, lstm_ln_update
 from rnnreg_jax.cells.params import (
     check_layer,
+    check_scale,
     check_size,
     default_init_scale,
     init_carry,
@@ -167,7 +168,8 @@ __all__ = [
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
-    "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_size",
+    "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_scale",
+    "check_size",
     "default_init_scale",
     "gate_blocks", "gate_major", "get_step", "is_per_gate", "leading_gates", "get_update",
     "gru_step", "gru_update", "has_memory",

@@ -64,7 +64,7 @@ def init_params(
     record = the_record(cell)
     input_size, hidden_size = (check_size(input_size, "input_size", 0),
                                check_size(hidden_size, "hidden_size", 1))
-    scale = default_init_scale(hidden_size) if init_scale is None else _scale(init_scale)
+    scale = default_init_scale(hidden_size) if init_scale is None else check_scale(init_scale)
     if record.init_params is not None:
         if recurrent_bias or orthogonal:
             raise ValueError(f"recurrent_bias and orthogonal apply to the default draw, not "
@@ -99,15 +99,16 @@ def init_params(
     return params
 
 
-def _scale(init_scale: Any) -> float:
-    """`init_scale` as a float >= 0: a negative one drew every weight equal to -scale
-    (uniform's bounds reversed), a string was float()'s own error."""
+def check_scale(init_scale: Any, name: str = "init_scale") -> float:
+    """An init scale (`name` for the message) as a float >= 0: a negative one drew every
+    weight equal to -scale (uniform's bounds reversed), a string was float()'s own
+    error."""
     try:
         scale = float(init_scale) if not isinstance(init_scale, (str, bytes)) else None
     except TypeError:
         scale = None
     if scale is None or not 0 <= scale < math.inf:
-        raise ValueError(f"init_scale must be a finite number >= 0 (or None), got "
+        raise ValueError(f"{name} must be a finite number >= 0 (or None), got "
                          f"{init_scale!r}.")
     return scale
 

@@ -36,6 +36,8 @@ class LanguageModel(RecurrentModule):
       embed_size: E (default: the first hidden size).
       tie_embeddings: the embedding matrix is the softmax's weights.
       embed_to_gates: the embedding holds the first layer's gate pre-activations.
+      embed_init_scale, softmax_bias_init: the embedding's and softmax's draws, as in
+        linen.
       deterministic, use_running_average: the modes (`RecurrentModule`).
       rngs: `params` and `dropout` streams, as `StackedRNN` takes them.
       **options: the recurrent options, `init_scale` 0.1 by default here.
@@ -45,12 +47,14 @@ class LanguageModel(RecurrentModule):
 
     def __init__(self, vocab_size: int, hidden_sizes: Sequence[int] | int, *,
                  embed_size: int | None = None, tie_embeddings: bool = False,
-                 embed_to_gates: bool = False, deterministic: bool = False,
+                 embed_to_gates: bool = False, embed_init_scale: float | None = None,
+                 softmax_bias_init: str = "uniform", deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
         self.vocab_size, self.hidden_sizes = vocab_size, layer_sizes(hidden_sizes)
         self.embed_size, self.tie_embeddings = embed_size, tie_embeddings
         self.embed_to_gates = embed_to_gates
+        self.embed_init_scale, self.softmax_bias_init = embed_init_scale, softmax_bias_init
         self.rngs = dropout_stream(rngs)
         width = embed_size or self.hidden_sizes[0]
         if embed_to_gates:
@@ -58,22 +62,21 @@ class LanguageModel(RecurrentModule):
         if tie_embeddings and self.hidden_sizes[-1] != width:
             raise ValueError("tie_embeddings needs the last hidden size to equal "
                              f"embed_size ({self.hidden_sizes[-1]} != {width}).")
-        scale, ortho = self.init_scale, self.orthogonal_init
+        weights, bias = models.output_initializers(self.init_scale, embed_init_scale,
+                                                   softmax_bias_init, self.orthogonal_init)
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, models.language_model_arrays(tie_embeddings))
-        self.embed = embedding(vocab_size, width, models.weight_init(scale, ortho), self.dtype,
-                               self.param_dtype, rngs)
+        self.embed = embedding(vocab_size, width, weights, self.dtype, self.param_dtype, rngs)
         self.rnn = StackedRNN(width, self.hidden_sizes, project_first_input=not embed_to_gates,
                               deterministic=deterministic,
                               use_running_average=use_running_average, rngs=params_only(rngs),
                               **dict(self.recurrent_options(), param_axes=stack_axes))
         if tie_embeddings:
-            self.softmax_bias = nnx.Param(models.bias_init(scale, ortho)(
-                rngs["params"](), (vocab_size,), self.param_dtype))
+            self.softmax_bias = nnx.Param(bias(rngs["params"](), (vocab_size,),
+                                               self.param_dtype))
         else:
             self.softmax = nnx.Linear(self.hidden_sizes[-1], vocab_size,
-                                      kernel_init=models.weight_init(scale, ortho),
-                                      bias_init=models.bias_init(scale, ortho),
+                                      kernel_init=weights, bias_init=bias,
                                       dtype=self.dtype, param_dtype=self.param_dtype,
                                       rngs=rngs)
         name_axes(self, own)
@@ -111,6 +114,7 @@ class LanguageModel(RecurrentModule):
     def linen_module(self) -> models.LanguageModel:
         return models.LanguageModel(self.vocab_size, self.hidden_sizes, self.embed_size,
                                     self.tie_embeddings, self.embed_to_gates,
+                                    self.embed_init_scale, self.softmax_bias_init,
                                     **self.recurrent_options())
 
     @classmethod
@@ -118,7 +122,9 @@ class LanguageModel(RecurrentModule):
                  rngs: nnx.Rngs) -> LanguageModel:
         return cls(module.vocab_size, module.hidden_sizes, embed_size=module.embed_size,
                    tie_embeddings=module.tie_embeddings, embed_to_gates=module.embed_to_gates,
-                   rngs=rngs, **linen_options(module))
+                   embed_init_scale=module.embed_init_scale,
+                   softmax_bias_init=module.softmax_bias_init, rngs=rngs,
+                   **linen_options(module))
 
 
 class SequenceModel(RecurrentModule):
