@@ -89,6 +89,7 @@ from rnnreg_jax.cells.layout import (
     gate_major,
     is_per_gate,
     leading_gates,
+    leading_projection,
     per_gate_product,
     per_gate_recurrent,
     per_gate_weights,
@@ -137,8 +138,7 @@ def get_step(cell: Any):
         if leading is None:
             rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
             return record.update(params, carry, xw_t, rec_t, noise)
-        w_lead, w_rest = split_recurrent_weights(params["w_h"], leading)
-        rec_t = recurrent_projection(carry["h"], w_lead, leading_gates(noise.recurrent, leading))
+        rec_t, w_rest = leading_projection(carry["h"], params["w_h"], noise.recurrent, leading)
         return record.update(dict(params, w_h=w_rest), carry, xw_t, rec_t, noise)
 
     return step
@@ -171,7 +171,8 @@ __all__ = [
     "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_scale",
     "check_size",
     "default_init_scale",
-    "gate_blocks", "gate_major", "get_step", "is_per_gate", "leading_gates", "get_update",
+    "gate_blocks", "gate_major", "get_step", "is_per_gate", "leading_gates", "leading_projection",
+    "get_update",
     "gru_step", "gru_update", "has_memory",
     "init_carry", "init_params", "layer_norm", "lstm_bn_step", "lstm_bn_update", "lstm_gates",
     "lstm_ln_step", "lstm_ln_update", "lstm_step", "lstm_update", "maybe_scale", "merge_noise",

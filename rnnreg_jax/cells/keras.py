@@ -36,9 +36,8 @@ from rnnreg_jax.cells.base import (
 from rnnreg_jax.cells.layout import (
     Array,
     is_per_gate,
-    leading_gates,
+    leading_projection,
     recurrent_projection,
-    split_recurrent_weights,
 )
 from rnnreg_jax.cells.lstm import lstm_gates
 
@@ -72,9 +71,8 @@ def keras_gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise =
     docstring), then Semeniuta update dropout on n, zoneout of h and stochastic depth
     as in `gru_step`."""
     reject_lstm_only(noise, "keras_gru")
-    w_rz, u_n = split_recurrent_weights(params["w_h"], PROJECTED_GATES)
-    rec_t = recurrent_projection(carry["h"], w_rz, leading_gates(noise.recurrent,
-                                                                PROJECTED_GATES))
+    rec_t, u_n = leading_projection(carry["h"], params["w_h"], noise.recurrent,
+                                    PROJECTED_GATES)
     return keras_gru_update(dict(params, w_h=u_n), carry, xw_t, rec_t, noise)
 
 

@@ -148,6 +148,15 @@ def leading_gates(mask: Array | PerGate | None, leading: int | None, gate_axis: 
     return PerGate(jax.lax.slice_in_dim(mask.masks, 0, leading, axis=gate_axis))
 
 
+def leading_projection(h: Array, w_h: Array | tuple[Array, ...], mask, leading: int
+                       ) -> tuple[Array, Array]:
+    """A step of a cell with `Cell.projected_gates = leading`: `(rec_t, the other gate
+    blocks of W_h)`, `rec_t` being `(h * mask) W_h` over the first `leading` blocks only
+    (`split_recurrent_weights`, `leading_gates`)."""
+    w_lead, w_rest = split_recurrent_weights(w_h, leading)
+    return recurrent_projection(h, w_lead, leading_gates(mask, leading)), w_rest
+
+
 def recurrent_projection(h: Array, w_h: Array | tuple[Array, ...],
                          mask: Array | PerGate | None) -> Array:
     """`(h * mask) W_h`: `[B, H] -> [B, G*H]`; a `PerGate` mask `[G, B, H]` per gate.
