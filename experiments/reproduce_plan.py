@@ -105,12 +105,13 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train.config import with_defaults
+    from rnnreg_jax.train.task import steps_in_epoch
 
     config = spec.config()
     task = build_task(config, regularization(config.reg), data_dir)
     train = with_defaults(config.train)
-    spe = task.train.steps_per_epoch
-    total = train.num_epochs * spe
+    spe = task.train.steps_per_epoch  # nominal where epochs differ (variable windows)
+    total = sum(steps_in_epoch(task.train, e) for e in range(train.num_epochs))
     if train.max_steps:
         total = min(total, train.max_steps)
     rows = next(iter(task.train.iterate(0)))["inputs"].shape[0]

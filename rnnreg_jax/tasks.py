@@ -32,6 +32,9 @@ from rnnreg_jax.nn import OPTION_FIELDS
 from rnnreg_jax.regularizers import Regularizer
 from rnnreg_jax.train import Task
 
+# data.batching of the language models: streams carried in fixed or AWD-LSTM's drawn
+# windows (docs/DATA.md), or independent windows, shuffled or overlapping
+LM_BATCHINGS = ("contiguous", "variable", "shuffled", "overlapping")
 _LM_FIELDS = ("embed_to_gates", "tie_embeddings", "embed_init_scale", "softmax_bias_init")
 
 
@@ -92,17 +95,19 @@ def _language_model(config, reg, data_dir) -> Task:
     # The zoneout authors' per-epoch random shift of the training windows (docs/DATA.md);
     # records written before the field existed had none.
     augment = bool(d.get("augment", False))
-    if d.batching == "contiguous":
+    if d.batching in ("contiguous", "variable"):
         if augment:
             raise ValueError("data.augment shifts shuffled or overlapping windows; set it "
-                             "False with data.batching=contiguous.")
-        train = corpus.batches("train", d.batch_size, d.seq_len, mode="contiguous")
+                             f"False with data.batching={d.batching}.")
+        draws = _window_draws(d) if d.batching == "variable" else None
+        train = corpus.batches("train", d.batch_size, d.seq_len, mode=d.batching,
+                               seed=d.shuffle_seed, window_draws=draws)
     elif d.batching in ("shuffled", "overlapping"):
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="shuffled",
                                stride=d.stride, seed=d.shuffle_seed, random_offset=augment)
     else:
-        raise ValueError(f"Unknown batching {d.batching!r}; expected contiguous, shuffled "
-                         "or overlapping.")
+        raise ValueError(f"Unknown batching {d.batching!r}; expected one of "
+                         f"{', '.join(LM_BATCHINGS)}.")
     if carry:
         evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
                                          mode="contiguous"),
@@ -117,6 +122,17 @@ def _language_model(config, reg, data_dir) -> Task:
     return Task(model=language_model(m, reg, corpus.vocab_size), kind="lm", train=train,
                 evals=evals, carry_state=carry, test_protocol=carry,
                 eval_carry_state=eval_carry)
+
+
+# data block field -> `window_lengths` argument, for data.batching=variable; a block
+# without one takes AWD-LSTM's value.
+_WINDOW_DRAW_FIELDS = {"window_short_prob": "short_prob", "window_std": "std",
+                       "window_min_len": "min_len"}
+
+
+def _window_draws(data_config) -> dict:
+    return {arg: data_config[field] for field, arg in _WINDOW_DRAW_FIELDS.items()
+            if field in data_config}
 
 
 def text_corpus(data_config, data_dir: str | None = None) -> rdata.TextCorpus:

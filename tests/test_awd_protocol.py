@@ -137,6 +137,34 @@ def test_awd_preset_follows_the_authors_ptb_protocol():
         assert common.regularization(small.reg) == reg
 
 
+def test_awd_preset_draws_variable_length_windows_and_scales_the_lr(tmp_path):
+    """main.py lines 128-135: windows of drawn lengths around 70 and each step's lr
+    times length / 70; the preset's draw fields reach the training source."""
+    from data_fixtures import write_repeated_ptb_word
+
+    from experiments.configs import common, ptb
+    from rnnreg_jax import tasks
+    from rnnreg_jax.data import VariableLengthStreams
+
+    for config in (ptb.awd(), ptb.awd_small()):
+        d = config.data
+        assert d.batching == "variable"
+        assert (d.window_short_prob, d.window_std, d.window_min_len) == (0.05, 5.0, 5)
+        assert config.train.lr_window_reference == d.seq_len == 70
+    write_repeated_ptb_word(tmp_path)
+    config = ptb.awd_small()
+    config.data.batch_size, config.data.seq_len, config.data.eval_batch_size = 2, 12, 2
+    config.data.window_std, config.data.window_short_prob = 0.0, 0.0
+    task = tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
+    assert isinstance(task.train, VariableLengthStreams)
+    lengths = [b["inputs"].shape[1] for b in task.train.iterate(0)]
+    assert set(lengths[:-1]) == {12} and len(lengths) == task.train.steps_in_epoch(0)
+    assert task.evals["valid"].seq_len == 12  # evaluation keeps fixed windows
+    config.data.augment = True
+    with pytest.raises(ValueError, match="set it False with data.batching=variable"):
+        tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
+
+
 # ====================================================================== initialization
 
 def _init_bounds(tree):

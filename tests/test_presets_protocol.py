@@ -179,3 +179,15 @@ def test_evaluate_defaults_to_the_checkpoint_the_run_reports(tmp_path):
     config["train"]["early_stop_patience"] = 3
     assert evaluate.default_checkpoint(evaluate.load_config(_record(tmp_path, config))) \
         == "best"
+
+
+def test_every_preset_names_options_the_binaries_accept():
+    """`check_choices` (which the binaries run before anything else) passes on every
+    preset of every task: a preset naming an option its table lacks could not run."""
+    from experiments.configs.common import check_choices
+
+    for task, name, preset in _all_presets():
+        try:
+            check_choices(preset())
+        except ValueError as err:
+            raise AssertionError(f"{task}:{name}: {err}") from err

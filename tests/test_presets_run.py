@@ -163,12 +163,13 @@ def _events(workdir):
 
 
 def test_full_size_awd_preset_runs_two_steps(tmp_path):
-    """`awd` at its published size (3 layers 1150/1150/400, batch 40, windows of 70,
-    tied embeddings, NT-ASGD): only the data is toy, a 30-word text long enough for
-    two batches of 40 x 70 tokens."""
+    """`awd` at its published size (3 layers 1150/1150/400, batch 40, windows drawn
+    around 70, tied embeddings, NT-ASGD): only the data is toy, a 30-word text whose 40
+    streams of 130 tokens make an epoch of two windows (69 and 60 long), so the two
+    steps end an epoch and its NT-ASGD check runs."""
     rng = np.random.RandomState(1)
     vocab = [f"w{i}" for i in range(30)]
-    texts = {"train": " " + " ".join(vocab) + " \n" + _word_text(rng, 800, vocab),
+    texts = {"train": " " + " ".join(vocab) + " \n" + _word_text(rng, 600, vocab),
              "valid": _word_text(rng, 200, vocab), "test": _word_text(rng, 15, vocab)}
     fx.write_ptb_word(tmp_path / "data", texts)
     config = ptb_configs.awd()
@@ -184,7 +185,7 @@ def test_full_size_awd_preset_runs_two_steps(tmp_path):
 
     final = _run("ptb", config, str(tmp_path / "wd"), str(tmp_path / "data"))
 
-    assert final["step"] == 2
+    assert final["step"] == 2 and final["epoch"] == 1
     assert all(math.isfinite(final[k]) for k in ("train/loss", "valid/loss", "test/loss"))
     train_events = [e for e in _events(tmp_path / "wd") if e["split"] == "train"]
     assert [e["step"] for e in train_events] == [1, 2]

@@ -124,7 +124,7 @@ def regularization(reg) -> rj.Regularizer:
 def choices() -> dict[str, tuple[str, ...]]:
     """The fields that name one of a fixed set of options, and the options (the
     library's own tables where it has them)."""
-    from rnnreg_jax import cells, noise
+    from rnnreg_jax import cells, noise, tasks
     from rnnreg_jax.data.sentiment import PADDINGS
     from rnnreg_jax.models import HEAD_INITS
     from rnnreg_jax.train import optim
@@ -136,7 +136,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.lr_schedule": optim.LR_SCHEDULES,
         "train.mc_masks": noise.MC_MASKS,
         "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
-        "data.batching": ("contiguous", "shuffled", "overlapping"),
+        "data.batching": tasks.LM_BATCHINGS,
         "data.source": ("files", "tfds"),
         "data.padding": PADDINGS,
     }
@@ -204,7 +204,12 @@ VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding
                       ("train", "weight_decay_mode"): "gradient",
                       ("model", "head_init"): "lecun_normal",
                       ("model", "softmax_bias_init"): "uniform",
-                      ("model", "embed_init_scale"): None}
+                      ("model", "embed_init_scale"): None,
+                      # the draws of data.batching=variable, which did nothing before
+                      ("data", "window_short_prob"): 0.05, ("data", "window_std"): 5.0,
+                      ("data", "window_min_len"): 5,
+                      # off before, and unlike most training numbers it changes the run
+                      ("train", "lr_window_reference"): 0}
 
 
 def flat_block(block: dict) -> dict:

@@ -22,13 +22,20 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     data.dataset = dataset  # "ptb_word" or "ptb_char"
     data.batch_size = batch_size  # global batch B (split over devices and hosts)
     data.seq_len = seq_len  # window length T
-    data.batching = batching  # "contiguous" (streams, state carried), "shuffled", "overlapping"
+    # "contiguous" (streams, state carried), "variable" (the same streams in windows of
+    # lengths drawn around seq_len each epoch, AWD-LSTM's), "shuffled", "overlapping"
+    data.batching = batching
     data.stride = kw.pop("stride", seq_len)  # window start spacing for "overlapping"
     data.eval_batch_size = kw.pop("eval_batch_size", batch_size)  # validation batch
     # The test pass of carried-state runs: streams of this batch with the state carried
     # (1: Zaremba's and Gal's protocol, one stream, the last window padded).
     data.test_batch_size = kw.pop("test_batch_size", 1)
-    data.shuffle_seed = kw.pop("shuffle_seed", 0)  # window order of "shuffled" batching
+    # window order of "shuffled" batching, the window lengths of "variable"
+    data.shuffle_seed = kw.pop("shuffle_seed", 0)
+    if batching == "variable":  # each window: seq_len, or seq_len / 2 with window_short_prob,
+        data.window_short_prob = 0.05  # plus N(0, window_std) noise, truncated to an
+        data.window_std = 5.0  # integer, at least window_min_len (AWD-LSTM's main.py)
+        data.window_min_len = 5
     # "shuffled" / "overlapping": shift the training windows by a random offset in
     # [0, stride) every epoch, seeded by shuffle_seed (the zoneout authors' `augment`).
     data.augment = kw.pop("augment", False)
@@ -337,9 +344,9 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
     # As in the code, and unlike Gal's embedding dropout, one mask over the vocabulary
     # for the whole minibatch (`embedded_dropout`: `embedding_tie="batch"`), and two
     # biases per LSTM layer (PyTorch's `bias_ih` and `bias_hh`: `recurrent_bias`).
-    # The difference from the code that moves numbers (docs/FIDELITY.md): fixed windows
-    # of 70, where the code draws each window's length (N(70, 5) with p 0.95, else
-    # N(35, 5)) and scales the lr by length / 70.
+    # Variable-length BPTT as in the code: each window's length drawn (N(70, 5) with
+    # p 0.95, else N(35, 5), at least 5; `data.batching="variable"`) and the step's lr
+    # scaled by length / 70 (`lr_window_reference`).
     model = _awd_model(hidden_sizes, embed)
     model.recurrent_bias = True
     # the code's init (model.py lines 48-52, PyTorch's LSTM default): embedding and tied
@@ -348,7 +355,7 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
     model.embed_init_scale = 0.1
     model.softmax_bias_init = "zeros"
     return _config(
-        _data("ptb_word", batch_size, 70, "contiguous", eval_batch_size=10),
+        _data("ptb_word", batch_size, 70, "variable", eval_batch_size=10),
         model,
         reg_config(variational=dict(input=0.4, output=0.4, embedding=0.1, tie="sequence",
                                     embedding_tie="batch"),
@@ -358,7 +365,7 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
         train_config(num_epochs=epochs, optimizer="ntasgd", learning_rate=30.0,
                      ntasgd_nonmono=5, lr_schedule="constant", clip_norm=0.25,
                      weight_decay=1.2e-6, loss_sum_over_time=False, carry_state=True,
-                     report_best=True),
+                     report_best=True, lr_window_reference=70),
         paper)
 
 

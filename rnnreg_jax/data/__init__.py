@@ -21,6 +21,7 @@ from rnnreg_jax.data.locate import cache_dir, dataset_dir, resolve_data_dir
 from rnnreg_jax.data.mnist import MNIST, PERMUTATION_SEED, load_mnist
 from rnnreg_jax.data.ptb import TextCorpus, load_ptb_char, load_ptb_word
 from rnnreg_jax.data.sentiment import SentimentData, load_cornell
+from rnnreg_jax.data.variable_windows import VariableLengthStreams, window_lengths
 
 __all__ = [
     "MNIST",
@@ -32,6 +33,7 @@ __all__ = [
     "SentimentData",
     "ShuffledWindows",
     "TextCorpus",
+    "VariableLengthStreams",
     "cache_dir",
     "dataset_dir",
     "epoch_permutation",
@@ -43,4 +45,5 @@ __all__ = [
     "load_ptb_char",
     "load_ptb_word",
     "resolve_data_dir",
+    "window_lengths",
 ]

@@ -25,13 +25,14 @@ import numpy as np
 from rnnreg_jax.data import batching
 from rnnreg_jax.data.errors import DataError, corrupt, find_file, read_text
 from rnnreg_jax.data.locate import dataset_dir
+from rnnreg_jax.data.variable_windows import VariableLengthStreams
 
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 EOL = "<eol>"
 UNK = "<unk>"
 VocabOrder = Literal["first_appearance", "frequency"]
-Mode = Literal["contiguous", "shuffled", "eval"]
+Mode = Literal["contiguous", "variable", "shuffled", "eval"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -78,6 +79,7 @@ class TextCorpus:
         stride: int | None = None,
         seed: int = 0,
         random_offset: bool = False,
+        window_draws: dict | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> batching.BatchSource:
@@ -87,19 +89,25 @@ class TextCorpus:
             split: "train", "valid" or "test".
             batch_size: global batch size `B` (ignored for "eval": 1).
             seq_len: window length `T`.
-            mode: "contiguous" (Zaremba streams, carry state), "shuffled"
-                (independent windows of `T+1`, shuffled per epoch, see `stride`)
-                or "eval" (one stream of batch 1, padded last window, `weights`).
+            mode: "contiguous" (Zaremba streams, carry state), "variable" (the
+                same streams in windows of lengths drawn around `T` each epoch,
+                AWD-LSTM's, `VariableLengthStreams`), "shuffled" (independent
+                windows of `T+1`, shuffled per epoch, see `stride`) or "eval" (one
+                stream of batch 1, padded last window, `weights`).
             stride: window stride for "shuffled" (default `T`).
-            seed: shuffling seed for "shuffled".
+            seed: shuffling seed for "shuffled", the lengths' seed for "variable".
             random_offset: "shuffled" only: shift the window grid by a random
                 offset in `[0, stride)` every epoch (`ShuffledWindows`).
+            window_draws: "variable" only: `short_prob`, `std`, `min_len` of
+                `variable_windows.window_lengths` (default AWD-LSTM's).
             process_index, process_count: host sharding (default from jax).
 
         Returns:
             A `BatchSource` yielding `{"inputs": int32[B/P, T], "targets": int32[B/P, T]}`.
         """
         tokens = self.split(split)
+        if window_draws and mode != "variable":
+            raise ValueError(f"window_draws applies to mode 'variable', not {mode!r}.")
         if mode == "contiguous":
             return batching.ContiguousStreams(
                 tokens,
@@ -121,6 +129,10 @@ class TextCorpus:
             )
         if random_offset:
             raise ValueError(f"random_offset applies to mode 'shuffled', not {mode!r}.")
+        if mode == "variable":
+            return VariableLengthStreams(tokens, batch_size, seq_len, seed=seed,
+                                         **(window_draws or {}), process_index=process_index,
+                                         process_count=process_count)
         if mode == "eval":
             return batching.eval_stream(tokens, seq_len)
         raise ValueError(f"unknown mode {mode!r}")

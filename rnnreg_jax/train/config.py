@@ -29,6 +29,9 @@ def default_train_config() -> ml_collections.ConfigDict:
                                   # gradient, scaled by the lr (an L2 loss term: Gal's Keras
                                   # code, AWD-LSTM); "step": param -= weight_decay * param
                                   # every step, whatever the lr (Gal's Lua LM scripts).
+    c.lr_window_reference = 0     # N > 0: each step's learning rate times T / N, T its
+                                  # window's length (AWD-LSTM's lr * seq_len / bptt with
+                                  # variable-length windows, N = 70); 0: off.
     # Epoch-level learning-rate rules, applied after each epoch's validation.
     c.lr_schedule = "constant"    # "constant" | "zaremba" | "plateau".
     c.decay_after = 4             # zaremba: if epoch (1-based) > decay_after: lr /= decay_factor.

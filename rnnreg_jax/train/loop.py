@@ -18,7 +18,7 @@ from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
 from rnnreg_jax.train.evaluation import evaluate_all
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
-from rnnreg_jax.train.task import Task
+from rnnreg_jax.train.task import Task, steps_in_epoch
 from rnnreg_jax.train.termination import TerminationFlag
 
 
@@ -88,8 +88,7 @@ class _Run:
         self.pending: list = []
         self.last_saved = self.step if self.resumed else None
         self.last_train: dict = {}
-        spe = task.train.steps_per_epoch
-        self.total_steps = config.num_epochs * spe
+        self.total_steps = sum(steps_in_epoch(task.train, e) for e in range(config.num_epochs))
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
@@ -216,9 +215,9 @@ class _Run:
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
         cfg, task = self.config, self.task
-        spe = task.train.steps_per_epoch
         carry_state = task.kind == "lm" and task.carry_state
         while self.epoch < cfg.num_epochs:
+            spe = steps_in_epoch(task.train, self.epoch)
             if cfg.max_steps and self.step >= cfg.max_steps:
                 return
             if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:

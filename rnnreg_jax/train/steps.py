@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from rnnreg_jax import noise
-from rnnreg_jax.train import losses
+from rnnreg_jax.train import losses, optim
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.state import TrainState
 
@@ -127,6 +127,7 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
     kind, model = task.kind, task.model
     carry_state = task.kind == "lm" and task.carry_state
     sum_over_time = bool(config.loss_sum_over_time)
+    window_scale = window_lr_scale(config.get("lr_window_reference", 0))
 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
@@ -142,7 +143,7 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
 
         (loss, (stats, new_carry, penalty, model_state)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = _update(tx, grads, state, window_scale(batch))
         params = optax.apply_updates(state.params, updates)
         carry = jax.lax.stop_gradient(new_carry) if carry_state else state.carry
         metrics = dict(stats, objective=loss, penalty=penalty, grad_norm=optax.tree.norm(grads))
@@ -154,6 +155,30 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
     rep = mesh_lib.replicated(mesh)
     return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharded(mesh)),
                    out_shardings=(shardings, rep), donate_argnums=(0,))
+
+
+def window_lr_scale(reference) -> Callable[[dict], float]:
+    """`batch -> factor` of the step's learning rate: `T / reference` for a window of `T`
+    steps (AWD-LSTM's `lr * seq_len / bptt`, main.py lines 134-135), 1 with `reference`
+    0. `T` is the batch's static length, so each length's compiled step has its factor."""
+    optim.check_setting(reference, "config.lr_window_reference")
+    if not reference:
+        return lambda batch: 1.0
+    return lambda batch: batch["inputs"].shape[1] / reference
+
+
+def _update(tx, grads, state: TrainState, lr_scale: float):
+    """`tx.update` at the state's learning rate times `lr_scale`; the state keeps the
+    unscaled rate (`inject_hyperparams` reads the rate from the state it is given)."""
+    if lr_scale == 1.0:
+        return tx.update(grads, state.opt_state, state.params)
+    lr = state.opt_state.hyperparams["learning_rate"]
+
+    def with_lr(opt_state, value):
+        return opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=value))
+
+    updates, opt_state = tx.update(grads, with_lr(state.opt_state, lr * lr_scale), state.params)
+    return updates, with_lr(opt_state, lr)
 
 
 def _is_oom(err: Exception) -> bool:

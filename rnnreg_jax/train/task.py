@@ -7,7 +7,9 @@ A data source is any object with
 
 yielding THIS HOST's share of each global batch (numpy, batch axis first),
 deterministic given `(epoch, start_batch)` so that a resumed run sees exactly
-the batches an uninterrupted run would. Batch dicts:
+the batches an uninterrupted run would. A source whose epochs differ in length
+(AWD-LSTM's variable-length windows) also has `steps_in_epoch(epoch) -> int`,
+and `steps_per_epoch` is then a nominal count. Batch dicts:
 
     lm:             {"inputs": int32[B, T], "targets": int32[B, T]}
     classification: {"inputs": [B, T] or [B, T, F], "labels": int32[B]}
@@ -38,6 +40,13 @@ class DataSource(Protocol):
 
     def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
         ...
+
+
+def steps_in_epoch(source: DataSource, epoch: int) -> int:
+    """The batches of epoch `epoch`: the source's `steps_in_epoch(epoch)` where it has
+    one, else `steps_per_epoch`."""
+    count = getattr(source, "steps_in_epoch", None)
+    return int(count(epoch)) if callable(count) else int(source.steps_per_epoch)
 
 
 @dataclasses.dataclass
