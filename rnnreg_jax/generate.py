@@ -26,8 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, lengths
-from rnnreg_jax.models import LanguageModel
+from rnnreg_jax import cells
+from rnnreg_jax.models import LanguageModel, check_token_ids
 
 # `apply(variables, ids [B, T], carry or None) -> (logits [B, T, V], carry)`, in evaluation mode.
 ApplyFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
@@ -80,7 +80,7 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
         raise ValueError(f"The model must return logits [B, T, V] = {ids.shape + ('V',)}, "
                          f"got shape {logits_shape}.")
     vocab_size = logits_shape[2]
-    _check_ids(ids, vocab_size, "the prompt" if prompt is not None else "start_id")
+    check_token_ids(ids, vocab_size, of="the prompt" if prompt is not None else "start_id")
     if top_k is not None:
         top_k = _count("top_k", top_k)
         if top_k > vocab_size:
@@ -175,16 +175,6 @@ def _first_window(prompt, start_id, batch_size) -> jax.Array:
         raise ValueError(f"batch_size {batch_size!r} differs from the prompt's {ids.shape[0]} "
                          "rows; leave it out with a prompt.")
     return ids
-
-
-def _check_ids(ids: jax.Array, vocab_size: int, what: str) -> None:
-    """Every concrete id in `[0, vocab_size)` (traced ones cannot be checked)."""
-    values = lengths.concrete_values(ids)
-    if values is not None and values.size and (values.min() < 0
-                                               or values.max() >= vocab_size):
-        bad = values[(values < 0) | (values >= vocab_size)]
-        raise ValueError(f"Token ids of {what} must lie in [0, vocab_size) = "
-                         f"[0, {vocab_size}), got {bad.flat[0]}.")
 
 
 def _picker(temperature: float, top_k: int | None) -> Callable[[jax.Array, Any], jax.Array]:

@@ -90,16 +90,18 @@ def check_sequence_inputs(inputs: jax.Array, token_ids: bool) -> None:
         check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]", inputs, 3)
 
 
-def check_token_ids(ids: jax.Array, vocab_size: int) -> None:
+def check_token_ids(ids: jax.Array, vocab_size: int, of: str = "") -> None:
     """A ValueError unless `ids` are integers, and, where their values are known (outside
-    jit and other traces), unless each lies in `[0, vocab_size)`. Traced ids cannot be
+    jit and other traces), unless each lies in `[0, vocab_size)`; `of` names them in the
+    message ("the prompt": "Token ids of the prompt must ..."). Traced ids cannot be
     checked; `look_up` turns an id out of range into a row of NaN there."""
+    name = f"Token ids of {of}" if of else "Token ids"
     dtype = jnp.result_type(ids)
     if not jnp.issubdtype(dtype, jnp.integer):
-        raise ValueError(f"Token ids must be integers, got dtype {dtype}.")
+        raise ValueError(f"{name} must be integers, got dtype {dtype}.")
     values = lengths.concrete_values(ids)
     if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
-        raise ValueError(f"Token ids must lie in [0, vocab_size) = [0, {vocab_size}), got "
+        raise ValueError(f"{name} must lie in [0, vocab_size) = [0, {vocab_size}), got "
                          f"ids from {values.min()} to {values.max()}.")
 
 

@@ -213,9 +213,10 @@ def _bad_calls():
         (dict(prompt=PROMPT.astype(np.float32)), "The prompt must hold integer token ids, "
                                                  "got dtype float32."),
         (dict(prompt=PROMPT + 4), f"Token ids of the prompt must lie in [0, vocab_size) = "
-                                  f"[0, {V}), got 7."),
+                                  f"[0, {V}), got ids from {PROMPT.min() + 4} to "
+                                  f"{PROMPT.max() + 4}."),
         (dict(prompt=PROMPT - 1), "Token ids of the prompt must lie in [0, vocab_size) = "
-                                  f"[0, {V}), got -1."),
+                                  f"[0, {V}), got ids from -1 to {PROMPT.max() - 1}."),
         (dict(top_k=0), "top_k must be an integer >= 1, got 0."),
         (dict(top_k=V + 1), f"top_k must be in [1, vocab_size] = [1, {V}], got {V + 1}."),
         (dict(prompt=None), "Pass a prompt, or a start_id to start from without one."),
