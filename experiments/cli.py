@@ -220,5 +220,11 @@ def make_flags_parser(presets: Presets, holder: dict):
         except flags.Error as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except SystemExit as done:
+            # absl ends a help request with status 1; asked-for help is a success (0),
+            # as `set -e` scripts and argparse's CLIs expect.
+            if HELP_FLAGS.intersection(rest) and done.code == 1:
+                sys.exit(0)
+            raise
 
     return parser
