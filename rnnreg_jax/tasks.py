@@ -99,9 +99,9 @@ def _language_model(config, reg, data_dir) -> Task:
         if augment:
             raise ValueError("data.augment shifts shuffled or overlapping windows; set it "
                              f"False with data.batching={d.batching}.")
-        draws = _window_draws(d) if d.batching == "variable" else None
+        draws = _window_options(d) if d.batching == "variable" else None
         train = corpus.batches("train", d.batch_size, d.seq_len, mode=d.batching,
-                               seed=d.shuffle_seed, window_draws=draws)
+                               seed=d.shuffle_seed, window_options=draws)
     elif d.batching in ("shuffled", "overlapping"):
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="shuffled",
                                stride=d.stride, seed=d.shuffle_seed, random_offset=augment)
@@ -126,12 +126,12 @@ def _language_model(config, reg, data_dir) -> Task:
 
 # data block field -> `window_lengths` argument, for data.batching=variable; a block
 # without one takes AWD-LSTM's value.
-_WINDOW_DRAW_FIELDS = {"window_short_prob": "short_prob", "window_std": "std",
-                       "window_min_len": "min_len"}
+_WINDOW_FIELDS = {"window_short_prob": "short_prob", "window_std": "std",
+                  "window_min_len": "min_len", "window_bucket": "bucket"}
 
 
-def _window_draws(data_config) -> dict:
-    return {arg: data_config[field] for field, arg in _WINDOW_DRAW_FIELDS.items()
+def _window_options(data_config) -> dict:
+    return {arg: data_config[field] for field, arg in _WINDOW_FIELDS.items()
             if field in data_config}
 
 

@@ -150,6 +150,7 @@ def test_awd_preset_draws_variable_length_windows_and_scales_the_lr(tmp_path):
         d = config.data
         assert d.batching == "variable"
         assert (d.window_short_prob, d.window_std, d.window_min_len) == (0.05, 5.0, 5)
+        assert d.window_bucket == 1  # exact shapes, one compile per length
         assert config.train.lr_window_reference == d.seq_len == 70
     write_repeated_ptb_word(tmp_path)
     config = ptb.awd_small()
@@ -160,6 +161,9 @@ def test_awd_preset_draws_variable_length_windows_and_scales_the_lr(tmp_path):
     lengths = [b["inputs"].shape[1] for b in task.train.iterate(0)]
     assert set(lengths[:-1]) == {12} and len(lengths) == task.train.steps_in_epoch(0)
     assert task.evals["valid"].seq_len == 12  # evaluation keeps fixed windows
+    config.data.window_bucket = 5
+    task = tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
+    assert {b["inputs"].shape[1] for b in task.train.iterate(0)} <= {5, 10, 15}
     config.data.augment = True
     with pytest.raises(ValueError, match="set it False with data.batching=variable"):
         tasks.build_task(config, common.regularization(config.reg), str(tmp_path))

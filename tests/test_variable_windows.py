@@ -135,11 +135,11 @@ def test_the_corpus_gives_variable_windows_and_rejects_their_settings_elsewhere(
     corpus = rdata.TextCorpus(vocab=tuple("abcdefgh"), train=_tokens(800) % 8,
                               valid=_tokens(100) % 8, test=_tokens(100) % 8)
     source = corpus.batches("train", 4, 10, mode="variable", seed=2,
-                            window_draws={"std": 0.0, "short_prob": 0.0})
+                            window_options={"std": 0.0, "short_prob": 0.0})
     assert isinstance(source, VariableLengthStreams)
     assert {b["inputs"].shape[1] for b in list(source.iterate(0))[:-1]} == {10}
-    with pytest.raises(ValueError, match="window_draws applies to mode 'variable'"):
-        corpus.batches("train", 4, 10, mode="contiguous", window_draws={"std": 1.0})
+    with pytest.raises(ValueError, match="window_options applies to mode 'variable'"):
+        corpus.batches("train", 4, 10, mode="contiguous", window_options={"std": 1.0})
 
 
 # ====================================================================== learning rate
@@ -216,3 +216,69 @@ def test_epochs_of_different_lengths_train_and_resume_to_the_same_state(tmp_path
     resumed = train.train_and_evaluate(task, _config(), str(tmp_path / "split"))
     assert resumed["step"] == sum(counts)
     assert resumed["valid/loss"] == pytest.approx(whole["valid/loss"], rel=1e-6)
+
+
+# ====================================================================== bucketed windows
+
+def test_buckets_pad_each_window_and_mark_its_real_steps():
+    tokens = _tokens()
+    exact = VariableLengthStreams(tokens, 4, 20, seed=0, std=4.0, min_len=3)
+    padded = VariableLengthStreams(tokens, 4, 20, seed=0, std=4.0, min_len=3, bucket=8)
+    shapes = set()
+    for epoch in range(5):
+        for a, b in zip(exact.iterate(epoch), padded.iterate(epoch), strict=True):
+            t, t_pad = a["inputs"].shape[1], b["inputs"].shape[1]
+            shapes.add(t_pad)
+            assert t_pad % 8 == 0 and t <= t_pad < t + 8
+            for key in ("inputs", "targets"):
+                np.testing.assert_array_equal(b[key][:, :t], a[key])
+                assert not b[key][:, t:].any()
+            real = np.zeros((4, t_pad), np.float32)
+            real[:, :t] = 1.0
+            np.testing.assert_array_equal(b["weights"], real)
+            assert b["weights"].dtype == np.float32
+            np.testing.assert_array_equal(b["lengths"], np.full(4, t, np.int32))
+    assert shapes <= {8, 16, 24, 32}
+    with pytest.raises(ValueError, match=r"^bucket must be an integer >= 1, got 0.$"):
+        VariableLengthStreams(tokens, 4, 20, bucket=0)
+
+
+def _awd_step_runs(bucket):
+    """Two steps of a tiny LM under AWD-LSTM's regularizers (every mask tied to the
+    window, so padding draws the same ones) with the state carried: the params, carry
+    and metrics after each."""
+    import rnnreg_jax as rj
+
+    tokens = th.LMSource(batch=4, steps=1, num_windows=60).data.reshape(-1)
+    source = VariableLengthStreams(tokens, 4, 11, seed=0, std=0.0, short_prob=0.0,
+                                   min_len=2, bucket=bucket)
+    reg = rj.awd_lstm(embedding_tie="batch")
+    task = train.Task(model=th.tiny_lm(hidden=8, reg=reg, layers=2), kind="lm",
+                      train=source, carry_state=True)
+    config = train.default_train_config()
+    config.learning_rate, config.lr_window_reference = 0.5, 7
+    mesh = train.make_mesh()
+    tx = optim.make_optimizer(config)
+    batches = list(source.iterate(0))[:2]
+    state = steps.init_state(task, config, mesh, tx, batches[0])
+    step = steps.make_train_step(task, config, tx, mesh, steps.state_shardings(state, mesh))
+    out = []
+    for batch in batches:
+        state, metrics = step(state, train.global_batch(mesh, batch))
+        out.append(jax.device_get((state.params, state.carry, metrics)))
+    return out, [b["inputs"].shape[1] for b in batches]
+
+
+def test_a_bucketed_window_trains_as_the_exact_one():
+    """Padding 11-step windows to 16: the loss and AR/TAR over the real steps, the carry
+    after the last real one, the learning-rate factor from `lengths` (11 / 7): the same
+    step up to float rounding."""
+    exact, exact_lengths = _awd_step_runs(1)
+    padded, padded_lengths = _awd_step_runs(8)
+    assert exact_lengths == [11, 11] and padded_lengths == [16, 16]
+    for (p1, c1, m1), (p2, c2, m2) in zip(exact, padded, strict=True):
+        for a, b in zip(jax.tree.leaves((p1, c1)), jax.tree.leaves((p2, c2)), strict=True):
+            np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
+        assert float(m2["count"]) == float(m1["count"]) == 44
+        for key in ("loss_sum", "penalty", "objective", "grad_norm"):
+            np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=2e-5, err_msg=key)

@@ -207,7 +207,7 @@ VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding
                       ("model", "embed_init_scale"): None,
                       # the draws of data.batching=variable, which did nothing before
                       ("data", "window_short_prob"): 0.05, ("data", "window_std"): 5.0,
-                      ("data", "window_min_len"): 5,
+                      ("data", "window_min_len"): 5, ("data", "window_bucket"): 1,
                       # off before, and unlike most training numbers it changes the run
                       ("train", "lr_window_reference"): 0}
 

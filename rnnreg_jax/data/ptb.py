@@ -79,7 +79,7 @@ class TextCorpus:
         stride: int | None = None,
         seed: int = 0,
         random_offset: bool = False,
-        window_draws: dict | None = None,
+        window_options: dict | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> batching.BatchSource:
@@ -98,16 +98,16 @@ class TextCorpus:
             seed: shuffling seed for "shuffled", the lengths' seed for "variable".
             random_offset: "shuffled" only: shift the window grid by a random
                 offset in `[0, stride)` every epoch (`ShuffledWindows`).
-            window_draws: "variable" only: `short_prob`, `std`, `min_len` of
-                `variable_windows.window_lengths` (default AWD-LSTM's).
+            window_options: "variable" only: `short_prob`, `std`, `min_len` (default
+                AWD-LSTM's) and `bucket` of `VariableLengthStreams`.
             process_index, process_count: host sharding (default from jax).
 
         Returns:
             A `BatchSource` yielding `{"inputs": int32[B/P, T], "targets": int32[B/P, T]}`.
         """
         tokens = self.split(split)
-        if window_draws and mode != "variable":
-            raise ValueError(f"window_draws applies to mode 'variable', not {mode!r}.")
+        if window_options and mode != "variable":
+            raise ValueError(f"window_options applies to mode 'variable', not {mode!r}.")
         if mode == "contiguous":
             return batching.ContiguousStreams(
                 tokens,
@@ -131,7 +131,7 @@ class TextCorpus:
             raise ValueError(f"random_offset applies to mode 'shuffled', not {mode!r}.")
         if mode == "variable":
             return VariableLengthStreams(tokens, batch_size, seq_len, seed=seed,
-                                         **(window_draws or {}), process_index=process_index,
+                                         **(window_options or {}), process_index=process_index,
                                          process_count=process_count)
         if mode == "eval":
             return batching.eval_stream(tokens, seq_len)

@@ -15,7 +15,11 @@ same cuts; the number of windows differs from epoch to epoch (`steps_in_epoch`).
 
 A jitted step compiles once per distinct window length: on PTB's training stream at
 batch 40 and `bptt` 70, the 500 epochs of seed 0 hold 92 lengths (2 to 94; the short
-ones are the epochs' last windows and the `bptt / 2` draws). docs/DATA.md.
+ones are the epochs' last windows and the `bptt / 2` draws). `bucket=k` pads each
+window to a multiple of `k` steps instead and marks the padding (`weights`, `lengths`):
+12 shapes at `k = 8` for those 500 epochs, for up to `k - 1` steps of padding each, the
+same training step (the carry is the state after the last real step, the loss and
+AR/TAR cover the real steps, the learning-rate factor reads `lengths`). docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -81,11 +85,18 @@ class VariableLengthStreams(BatchSource):
     `k`-th of `window_lengths(stream_length, bptt, seed, e, ...)` and `s` the sum of the
     ones before it. `num_batches` (`steps_per_epoch`) is epoch 0's count, the nominal
     one; `steps_in_epoch(e)` is epoch `e`'s. Each host gets its slice of the streams.
+
+    `bucket=k > 1`: each window zero-padded to the next multiple of `k` steps, with
+    `weights` float32 `[B/P, T_k]` (1 on the `T` real targets) and `lengths` int32
+    `[B/P]` (`T` in every row; the model's `seq_lengths`).
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, bptt: int, *, seed: int = 0,
                  short_prob: float = SHORT_PROB, std: float = STD, min_len: int = MIN_LEN,
-                 process_index: int | None = None, process_count: int | None = None):
+                 bucket: int = 1, process_index: int | None = None,
+                 process_count: int | None = None):
+        _check(bucket, "bucket", "an integer >= 1", lambda v: float(v).is_integer() and v >= 1)
+        self.bucket = int(bucket)
         tokens = np.asarray(tokens)
         length = len(tokens) // batch_size if batch_size > 0 else 0
         if length < 3:
@@ -121,8 +132,17 @@ class VariableLengthStreams(BatchSource):
         if not 0 <= index < len(lengths):
             raise IndexError(f"batch {index} not in [0, {len(lengths)}) of epoch {epoch}")
         s, t = int(starts[index]), int(lengths[index])
-        return {"inputs": self.streams[:, s:s + t].astype(np.int32),
-                "targets": self.streams[:, s + 1:s + t + 1].astype(np.int32)}
+        batch = {"inputs": self.streams[:, s:s + t].astype(np.int32),
+                 "targets": self.streams[:, s + 1:s + t + 1].astype(np.int32)}
+        if self.bucket == 1:
+            return batch
+        pad = -t % self.bucket
+        rows = self.local_batch_size
+        weights = np.zeros((rows, t + pad), np.float32)
+        weights[:, :t] = 1.0
+        return {"inputs": np.pad(batch["inputs"], ((0, 0), (0, pad))),
+                "targets": np.pad(batch["targets"], ((0, 0), (0, pad))),
+                "weights": weights, "lengths": np.full(rows, t, np.int32)}
 
     def iterate(self, epoch: int = 0, start_batch: int = 0):
         """Yields batches `start_batch, ...` of epoch `epoch`, to its last window."""

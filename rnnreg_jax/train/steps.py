@@ -157,20 +157,27 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
                    out_shardings=(shardings, rep), donate_argnums=(0,))
 
 
-def window_lr_scale(reference) -> Callable[[dict], float]:
-    """`batch -> factor` of the step's learning rate: `T / reference` for a window of `T`
-    steps (AWD-LSTM's `lr * seq_len / bptt`, main.py lines 134-135), 1 with `reference`
-    0. `T` is the batch's static length, so each length's compiled step has its factor."""
+def window_lr_scale(reference) -> Callable[[dict], jax.Array | float | None]:
+    """`batch -> factor` of the step's learning rate (None: none): `T / reference` for a
+    window of `T` steps (AWD-LSTM's `lr * seq_len / bptt`, main.py lines 134-135), None
+    with `reference` 0. `T` is the batch's `lengths` where it has them (a window padded
+    to a bucket of steps), else its static length."""
     optim.check_setting(reference, "config.lr_window_reference")
     if not reference:
-        return lambda batch: 1.0
-    return lambda batch: batch["inputs"].shape[1] / reference
+        return lambda batch: None
+
+    def scale(batch):
+        if "lengths" in batch:
+            return jnp.max(batch["lengths"]).astype(jnp.float32) / reference
+        return batch["inputs"].shape[1] / reference
+
+    return scale
 
 
-def _update(tx, grads, state: TrainState, lr_scale: float):
-    """`tx.update` at the state's learning rate times `lr_scale`; the state keeps the
-    unscaled rate (`inject_hyperparams` reads the rate from the state it is given)."""
-    if lr_scale == 1.0:
+def _update(tx, grads, state: TrainState, lr_scale):
+    """`tx.update` at the state's learning rate times `lr_scale` (None: unscaled); the
+    state keeps the unscaled rate (`inject_hyperparams` reads it from the given state)."""
+    if lr_scale is None:
         return tx.update(grads, state.opt_state, state.params)
     lr = state.opt_state.hyperparams["learning_rate"]
 
