@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # One call of a GPU window: `python -m experiments.reproduce` under the device image's own
 # python3 (it has jax, flax, optax, orbax and absl, not this project's venv). Installs the
-# wheels of what it lacks from .whl/ (ml_collections, tensorboardX, etils: `pip download
-# --only-binary=:all: --python-version 3.12 -d .whl ...` here; WHEELS names another folder),
-# points the data at .devdata/
-# (the layout of ../shared/data), starts CUDA MPS where present so the runs' small kernels
+# wheels of what it lacks from .whl/ (ml_collections, tensorboardX; WHEELS names another
+# folder), points the data at .devdata/ (the layout of ../shared/data; both made here
+# beforehand by scripts/gpu_prepare.sh), starts CUDA MPS where present so the runs' small kernels
 # overlap, and passes every argument on; the bundle goes to $OUT.
 #
 #   bash scripts/gpu_window.sh --batches=medium --budget_s=540

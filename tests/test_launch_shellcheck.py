@@ -11,7 +11,9 @@ from launch_sandbox import REPO
 
 SHELL_FILES = ["launch.sh", ".ci/run", "scripts/tpu.sh", "scripts/tpu_worker.sh",
                "scripts/quote.sh",
-               "scripts/gpu_window.sh", "scripts/gpu_window_split.sh"]
+               "scripts/gpu_window.sh", "scripts/gpu_window_split.sh",
+               "scripts/gpu_prepare.sh", "scripts/gpu_pallas_check.sh",
+               "scripts/check_lower_bounds.sh", "scripts/lock.sh"]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
