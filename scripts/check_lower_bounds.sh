@@ -33,9 +33,12 @@ echo >&2
 VIRTUAL_ENV="$work/venv" "$uv" pip install --quiet -r "$work/lower.txt"
 # The checkout itself is on sys.path (python -m pytest from the root): nothing to install.
 if [[ $# -eq 0 ]]; then
-  # flax (nn, models), optax and orbax (training, checkpoints, resume), tensorboardX and
-  # etils (logs, workdirs), absl and ml_collections (the binaries' flags and configs).
+  # flax (nn, models), optax and orbax (training, checkpoints, resume; the learning rate
+  # a step hands optax's inject_hyperparams through its state: variable windows),
+  # tensorboardX and etils (logs, workdirs), absl and ml_collections (the binaries' flags
+  # and configs).
   set -- -q tests/test_nn.py tests/test_models.py tests/test_train_units.py \
-    tests/test_train_logging.py tests/test_train_resume.py tests/test_experiments_cli.py
+    tests/test_train_logging.py tests/test_train_resume.py tests/test_experiments_cli.py \
+    tests/test_variable_windows.py
 fi
 "$work/venv/bin/python" -m pytest -p no:cacheprovider "$@"  # not exec: the trap cleans up
