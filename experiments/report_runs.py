@@ -3,11 +3,12 @@ metrics, for `experiments.report`."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # Per data set: the title, the metric, the column labels of the splits, log-scale plots.
 CATEGORIES: dict[str, dict] = {
@@ -147,17 +148,36 @@ class Run:
                     points[int(e["epoch"]) + 1] = value
         return sorted(points.items())
 
-    def steps_per_epoch(self) -> float | None:
+    def epoch_ends(self) -> list[tuple[int, int]]:
+        """(epoch, its last step) of the logged epoch ends, epochs 1-based and ascending."""
         ends = {int(e["epoch"]) + 1: int(e["step"]) for e in self.events
                 if e.get("phase") == "epoch_end"}
-        if not ends:
+        return sorted(ends.items())
+
+    def epoch_positions(self) -> Callable[[int], float] | None:
+        """A map from a step to where it falls in epochs (2.5: half-way through the third),
+        placed between the logged epoch ends, so epochs of different lengths
+        (variable-length windows) are placed exactly; past the last end, at that epoch's
+        length. None without epoch ends."""
+        bounds = [(0, 0)]
+        for epoch, last in self.epoch_ends():
+            if last > bounds[-1][1]:  # a resume's repeated end adds no segment
+                bounds.append((epoch, last))
+        if len(bounds) < 2:
             return None
-        epoch = max(ends)
-        return ends[epoch] / epoch if ends[epoch] > 0 else None
+        steps = [last for _, last in bounds]
+
+        def position(step: int) -> float:
+            i = min(max(bisect.bisect_left(steps, step), 1), len(steps) - 1)
+            (e0, s0), (e1, s1) = bounds[i - 1], bounds[i]
+            return e0 + (step - s0) * (e1 - e0) / (s1 - s0)
+
+        return position
 
     def train_curve(self) -> list[tuple[float, float]]:
-        """(fractional epoch, training metric) of the training events."""
-        spe = self.steps_per_epoch()
+        """(fractional epoch, training metric) of the training events; without epoch ends,
+        each epoch's mean at its end."""
+        position = self.epoch_positions()
         points: dict[int, tuple[float, float]] = {}
         per_epoch: dict[int, list[float]] = {}
         for e in self.events:
@@ -166,11 +186,11 @@ class Run:
             value = _float(e.get(self.metric))
             if value is None or not math.isfinite(value):
                 continue
-            if spe:
-                points[int(e["step"])] = (int(e["step"]) / spe, value)
+            if position is not None:
+                points[int(e["step"])] = (position(int(e["step"])), value)
             else:
                 per_epoch.setdefault(int(e.get("epoch", 0)), []).append(value)
-        if spe:
+        if position is not None:
             return [points[s] for s in sorted(points)]
         return [(ep + 1.0, sum(v) / len(v)) for ep, v in sorted(per_epoch.items())]
 

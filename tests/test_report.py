@@ -214,6 +214,20 @@ def test_run_curves_and_missing_dir(tmp_path, capsys):
     assert "No run directory" in capsys.readouterr().err
 
 
+def test_train_curve_places_epochs_of_different_lengths():
+    """Variable-length windows make epochs of different step counts: each training event
+    is placed between the epoch ends around it, not at an average epoch length."""
+    events = [{"step": s, "epoch": e, "split": "train", "ppl": 100.0 + s}
+              for s, e in ((5, 0), (20, 1), (40, 2))]
+    events += [{"step": s, "epoch": e, "split": "valid", "ppl": 1.0, "phase": "epoch_end"}
+               for s, e in ((10, 0), (30, 1), (30, 1))]  # epoch 2 logged twice (a resume)
+    config = {"data": {"dataset": "ptb_word"}}
+    run = report.Run(workdir="r", task="ptb", command="", config=config, events=events)
+    assert run.train_curve() == [(0.5, 105.0), (1.5, 120.0), (2.5, 140.0)]
+    no_ends = report.Run(workdir="r", task="ptb", command="", config=config, events=events[:3])
+    assert no_ends.train_curve() == [(1.0, 105.0), (2.0, 120.0), (3.0, 140.0)]
+
+
 def test_report_group_gets_its_own_section_and_plot(built):
     from experiments.report_notes import GROUPS, NOTES
 
