@@ -6,7 +6,8 @@ layout) with the same seed and global batch; their per-step training losses,
 and the final validation and batch-1 test numbers, must agree to 1e-5
 relative. The 2-process run must write metrics from process 0 only, save an
 orbax checkpoint from both processes into the one workdir, and a rerun with
-more steps must resume from it.
+more steps must resume from it. The same pair with AWD-LSTM's windows of drawn lengths
+(`data.batching="variable"`) must agree too: every process cuts the same windows.
 
 launch.sh runs with a stand-in VENV (a `python` that execs this interpreter,
 and an install stamp newer than pyproject.toml), so it never pip-installs.
@@ -84,10 +85,11 @@ def _env(**extra) -> dict:
     return env
 
 
-def run_single(workdir: Path, data_dir: Path, devices: int = 4) -> subprocess.CompletedProcess:
+def run_single(workdir: Path, data_dir: Path, *extra: str,
+               devices: int = 4) -> subprocess.CompletedProcess:
     env = _env(XLA_FLAGS=f"{PATIENT} --xla_force_host_platform_device_count={devices}")
     return subprocess.run([sys.executable, "-m", "experiments.ptb", *FLAGS,
-                           f"--data_dir={data_dir}", f"--workdir={workdir}"],
+                           f"--data_dir={data_dir}", f"--workdir={workdir}", *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -147,6 +149,29 @@ def test_two_processes_share_one_workdir(runs):
     assert "process 1 of 2, 2 local devices of 4" in log1
     assert "epoch 1 step" not in log1 and "Connecting to JAX distributed service" in log1
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(STEPS)]
+
+
+# AWD-LSTM's windows of drawn lengths (different compiled shapes step to step) and the
+# learning rate scaled by each window's length: every process must cut the same windows.
+VARIABLE = ["--config.data.batching=variable", "--config.train.lr_window_reference=10"]
+
+
+def test_two_processes_cut_the_same_variable_windows(tmp_path, data_dir, venv, runs):
+    single = run_single(tmp_path / "1x4", data_dir, *VARIABLE)
+    assert single.returncode == 0, single.stderr[-4000:]
+    multi = run_multihost(venv, tmp_path / "2x2", data_dir, *VARIABLE)
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    a, b = events(tmp_path / "1x4", "train"), events(tmp_path / "2x2", "train")
+    assert [e["step"] for e in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b, strict=True):
+        assert_close(x["loss"], y["loss"], f"train loss at step {x['step']}")
+    # the run read windows of drawn lengths, not the fixed ones of the `runs` fixture
+    config = json.loads((tmp_path / "2x2" / "config.json").read_text())["config"]
+    assert config["data"]["batching"] == "variable"
+    fixed = events(runs["1x4"], "train")
+    assert max(abs(x["loss"] - f["loss"]) for x, f in zip(a, fixed, strict=True)) > 1e-3
+    (x,), (y,) = events(tmp_path / "1x4", "valid"), events(tmp_path / "2x2", "valid")
+    assert_close(x["loss"], y["loss"], "final valid loss")
 
 
 @pytest.mark.slow
