@@ -11,7 +11,7 @@ import train_helpers as th
 
 from rnnreg_jax import data as rdata
 from rnnreg_jax import train
-from rnnreg_jax.data import DataError, VariableLengthStreams, window_lengths
+from rnnreg_jax.data import DataError, VariableLengthStreams, drawn_windows, window_lengths
 from rnnreg_jax.train import optim, steps
 from rnnreg_jax.train.task import steps_in_epoch
 
@@ -31,6 +31,18 @@ def test_windows_start_and_end_where_the_authors_loop_does(n_tokens, expected):
     `min(seq_len, len(source) - 1 - i)`, with every draw exactly 4 (std 0)."""
     got = window_lengths(n_tokens, 4, seed=0, epoch=0, short_prob=0.0, std=0.0, min_len=1)
     assert got.tolist() == expected
+    starts, drawn, lengths = drawn_windows(n_tokens, 4, seed=0, epoch=0, short_prob=0.0,
+                                           std=0.0, min_len=1)
+    assert lengths.tolist() == expected and drawn.tolist() == [4] * len(expected)
+    assert starts.tolist() == [0, 4, 8]
+
+
+def test_only_the_last_window_is_cut_shorter_than_drawn():
+    for epoch in range(20):
+        starts, drawn, lengths = drawn_windows(997, 35, seed=3, epoch=epoch)
+        np.testing.assert_array_equal(lengths[:-1], drawn[:-1])
+        np.testing.assert_array_equal(starts[1:], np.cumsum(lengths)[:-1])
+        assert lengths[-1] == min(drawn[-1], 996 - starts[-1])
 
 
 def test_short_windows_are_half_the_base_length_truncated_and_at_least_min_len():
@@ -110,6 +122,9 @@ def test_windows_tile_the_streams_without_gap_or_overlap():
         np.testing.assert_array_equal(lengths, window_lengths(300, 20, 0, epoch, std=4.0,
                                                               min_len=3))
         assert all(b["inputs"].dtype == np.int32 for b in batches)
+        _, drawn, _ = drawn_windows(300, 20, 0, epoch, std=4.0, min_len=3)
+        for b, d in zip(batches, drawn, strict=True):
+            np.testing.assert_array_equal(b["drawn_length"], np.full(4, d, np.int32))
     counts = {source.steps_in_epoch(e) for e in range(10)}
     assert len(counts) > 1  # epochs differ in length
     assert source.steps_per_epoch == source.num_batches == source.steps_in_epoch(0)
@@ -144,7 +159,7 @@ def test_the_corpus_gives_variable_windows_and_rejects_their_settings_elsewhere(
 
 # ====================================================================== learning rate
 
-def _lm_step(reference, optimizer="sgd"):
+def _lm_step(reference, optimizer="sgd", drawn_length=None):
     source = th.LMSource(batch=4, steps=6, num_windows=1)
     task = train.Task(model=th.tiny_lm(hidden=8), kind="lm", train=source, carry_state=True)
     config = train.default_train_config()
@@ -153,6 +168,8 @@ def _lm_step(reference, optimizer="sgd"):
     mesh = train.make_mesh()
     tx = optim.make_optimizer(config)
     batch = next(iter(source.iterate(0)))
+    if drawn_length is not None:  # an epoch's last window: drawn longer than it was cut
+        batch = dict(batch, drawn_length=np.full(4, drawn_length, np.int32))
     state = steps.init_state(task, config, mesh, tx, batch)
     before = jax.device_get(state.params)
     step = steps.make_train_step(task, config, tx, mesh, steps.state_shardings(state, mesh))
@@ -176,6 +193,16 @@ def test_the_step_scales_its_learning_rate_by_its_window_length(optimizer):
         assert np.abs(p).max() > 0
         np.testing.assert_allclose(h, 0.5 * p, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(s, p)
+
+
+def test_a_cut_window_takes_the_step_of_its_drawn_length():
+    """main.py line 135 scales by `seq_len` as drawn; utils.py line 22 then cuts the last
+    window at the stream's end: a 6-step window drawn 12 long takes, against a reference
+    of 12, the unscaled step, not half of it."""
+    plain, _ = _lm_step(0)
+    cut, _ = _lm_step(12, drawn_length=12)
+    for p, c in zip(jax.tree.leaves(plain), jax.tree.leaves(cut), strict=True):
+        np.testing.assert_array_equal(c, p)
 
 
 def test_a_bad_window_reference_is_a_one_sentence_error():

@@ -21,7 +21,11 @@ from rnnreg_jax.data.locate import cache_dir, dataset_dir, resolve_data_dir
 from rnnreg_jax.data.mnist import MNIST, PERMUTATION_SEED, load_mnist
 from rnnreg_jax.data.ptb import TextCorpus, load_ptb_char, load_ptb_word
 from rnnreg_jax.data.sentiment import SentimentData, load_cornell
-from rnnreg_jax.data.variable_windows import VariableLengthStreams, window_lengths
+from rnnreg_jax.data.variable_windows import (
+    VariableLengthStreams,
+    drawn_windows,
+    window_lengths,
+)
 
 __all__ = [
     "MNIST",
@@ -36,6 +40,7 @@ __all__ = [
     "VariableLengthStreams",
     "cache_dir",
     "dataset_dir",
+    "drawn_windows",
     "epoch_permutation",
     "eval_stream",
     "host_rows",

@@ -19,7 +19,7 @@ ones are the epochs' last windows and the `bptt / 2` draws). `bucket=k` pads eac
 window to a multiple of `k` steps instead and marks the padding (`weights`, `lengths`):
 12 shapes at `k = 8` for those 500 epochs, for up to `k - 1` steps of padding each, the
 same training step (the carry is the state after the last real step, the loss and
-AR/TAR cover the real steps, the learning-rate factor reads `lengths`). docs/DATA.md.
+AR/TAR cover the real steps). docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -53,6 +53,18 @@ def window_lengths(n_tokens: int, bptt: int, seed: int, epoch: int, *,
     the lengths sum to `n_tokens - 1`, but for one target left over when the last start
     would be `n_tokens - 2`.
     """
+    return drawn_windows(n_tokens, bptt, seed, epoch, short_prob=short_prob, std=std,
+                         min_len=min_len)[2]
+
+
+def drawn_windows(n_tokens: int, bptt: int, seed: int, epoch: int, *,
+                  short_prob: float = SHORT_PROB, std: float = STD,
+                  min_len: int = MIN_LEN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(starts, drawn, lengths)` of epoch `epoch`'s windows, int64 `[W]` each: where each
+    starts, the length drawn for it and the length it has (`window_lengths`; the drawn
+    one cut at the stream's last target, so they differ in the last window at most).
+    AWD-LSTM scales a window's learning rate by its drawn length (main.py line 135 reads
+    `seq_len` before `get_batch` cuts it)."""
     _check(bptt, "bptt", "an integer >= 1", lambda v: float(v).is_integer() and v >= 1)
     _check(short_prob, "short_prob", "a probability in [0, 1]", lambda v: 0 <= v <= 1)
     _check(std, "std", "a finite number >= 0", lambda v: 0 <= v < math.inf)
@@ -63,19 +75,20 @@ def window_lengths(n_tokens: int, bptt: int, seed: int, epoch: int, *,
                         "smaller batch size.")
     rng = np.random.RandomState([seed % 2**32, epoch % 2**32, 2])
     starts_below = n_tokens - 2
-    lengths: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
     covered = 0
     while covered < starts_below:  # draw in blocks: every window is at least min_len long
         n = starts_below // min_len + 1
         short = rng.random_sample(n) >= 1.0 - short_prob
         base = np.where(short, bptt / 2.0, float(bptt))
-        drawn = np.maximum(min_len, np.trunc(rng.normal(base, std)).astype(np.int64))
-        lengths.append(drawn)
-        covered += int(drawn.sum())
-    drawn = np.concatenate(lengths)
+        block = np.maximum(min_len, np.trunc(rng.normal(base, std)).astype(np.int64))
+        blocks.append(block)
+        covered += int(block.sum())
+    drawn = np.concatenate(blocks)
     starts = np.concatenate([[0], np.cumsum(drawn)[:-1]])
     keep = starts < starts_below
-    return np.minimum(drawn[keep], n_tokens - 1 - starts[keep])
+    starts, drawn = starts[keep], drawn[keep]
+    return starts, drawn, np.minimum(drawn, n_tokens - 1 - starts)
 
 
 class VariableLengthStreams(BatchSource):
@@ -83,8 +96,10 @@ class VariableLengthStreams(BatchSource):
 
     Batch `k` of epoch `e`: inputs `x[:, s:s+T]`, targets `x[:, s+1:s+T+1]`, with `T` the
     `k`-th of `window_lengths(stream_length, bptt, seed, e, ...)` and `s` the sum of the
-    ones before it. `num_batches` (`steps_per_epoch`) is epoch 0's count, the nominal
-    one; `steps_in_epoch(e)` is epoch `e`'s. Each host gets its slice of the streams.
+    ones before it, and `drawn_length` int32 `[B/P]` the length drawn for it (`T` but
+    in an epoch's last window, cut at the stream's end; the learning-rate factor reads
+    it). `num_batches` (`steps_per_epoch`) is epoch 0's count, the nominal one;
+    `steps_in_epoch(e)` is epoch `e`'s. Each host gets its slice of the streams.
 
     `bucket=k > 1`: each window zero-padded to the next multiple of `k` steps, with
     `weights` float32 `[B/P, T_k]` (1 on the `T` real targets) and `lengths` int32
@@ -110,39 +125,39 @@ class VariableLengthStreams(BatchSource):
         self.short_prob, self.std, self.min_len = short_prob, std, min_len
         self.global_batch_size = batch_size
         self.local_batch_size = hi - lo
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self.num_batches = self.steps_in_epoch(0)  # also checks the settings
 
-    def windows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(starts, lengths)` of epoch `epoch`'s windows (the last epoch's are cached)."""
+    def windows(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`drawn_windows` of epoch `epoch`: `(starts, drawn, lengths)` (the last epoch's
+        are cached)."""
         if self._cache is None or self._cache[0] != epoch:
-            lengths = window_lengths(self.stream_length, self.seq_len, self.seed, epoch,
-                                     short_prob=self.short_prob, std=self.std,
-                                     min_len=self.min_len)
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            self._cache = (epoch, starts, lengths)
-        return self._cache[1], self._cache[2]
+            self._cache = (epoch, drawn_windows(
+                self.stream_length, self.seq_len, self.seed, epoch,
+                short_prob=self.short_prob, std=self.std, min_len=self.min_len))
+        return self._cache[1]
 
     def steps_in_epoch(self, epoch: int) -> int:
         """The number of windows (batches) of epoch `epoch`."""
-        return len(self.windows(epoch)[1])
+        return len(self.windows(epoch)[0])
 
     def get_batch(self, epoch: int, index: int) -> Batch:
-        starts, lengths = self.windows(epoch)
+        starts, drawn, lengths = self.windows(epoch)
         if not 0 <= index < len(lengths):
             raise IndexError(f"batch {index} not in [0, {len(lengths)}) of epoch {epoch}")
         s, t = int(starts[index]), int(lengths[index])
+        rows = self.local_batch_size
         batch = {"inputs": self.streams[:, s:s + t].astype(np.int32),
-                 "targets": self.streams[:, s + 1:s + t + 1].astype(np.int32)}
+                 "targets": self.streams[:, s + 1:s + t + 1].astype(np.int32),
+                 "drawn_length": np.full(rows, drawn[index], np.int32)}
         if self.bucket == 1:
             return batch
         pad = -t % self.bucket
-        rows = self.local_batch_size
         weights = np.zeros((rows, t + pad), np.float32)
         weights[:, :t] = 1.0
-        return {"inputs": np.pad(batch["inputs"], ((0, 0), (0, pad))),
-                "targets": np.pad(batch["targets"], ((0, 0), (0, pad))),
-                "weights": weights, "lengths": np.full(rows, t, np.int32)}
+        return dict(batch, inputs=np.pad(batch["inputs"], ((0, 0), (0, pad))),
+                    targets=np.pad(batch["targets"], ((0, 0), (0, pad))),
+                    weights=weights, lengths=np.full(rows, t, np.int32))
 
     def iterate(self, epoch: int = 0, start_batch: int = 0):
         """Yields batches `start_batch, ...` of epoch `epoch`, to its last window."""

@@ -160,15 +160,18 @@ def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
 def window_lr_scale(reference) -> Callable[[dict], jax.Array | float | None]:
     """`batch -> factor` of the step's learning rate (None: none): `T / reference` for a
     window of `T` steps (AWD-LSTM's `lr * seq_len / bptt`, main.py lines 134-135), None
-    with `reference` 0. `T` is the batch's `lengths` where it has them (a window padded
-    to a bucket of steps), else its static length."""
+    with `reference` 0. `T` is the batch's `drawn_length` where it has one (variable
+    windows: the length drawn, which the code scales by even where the stream's end cuts
+    the window), else its `lengths` (a window padded to a bucket of steps), else its
+    static length."""
     optim.check_setting(reference, "config.lr_window_reference")
     if not reference:
         return lambda batch: None
 
     def scale(batch):
-        if "lengths" in batch:
-            return jnp.max(batch["lengths"]).astype(jnp.float32) / reference
+        for key in ("drawn_length", "lengths"):
+            if key in batch:
+                return jnp.max(batch[key]).astype(jnp.float32) / reference
         return batch["inputs"].shape[1] / reference
 
     return scale
