@@ -35,6 +35,9 @@ from rnnreg_jax.train import Task
 # data.batching of the language models: streams carried in fixed or AWD-LSTM's drawn
 # windows (docs/DATA.md), or independent windows, shuffled or overlapping
 LM_BATCHINGS = ("contiguous", "variable", "shuffled", "overlapping")
+# data.eval_tail: the last, shorter window of multi-stream evaluation ("drop": Zaremba's
+# and Gal's loops stop at the last whole window; "pad": AWD-LSTM's evaluate() reads it)
+EVAL_TAILS = ("drop", "pad")
 _LM_FIELDS = ("embed_to_gates", "tie_embeddings", "embed_init_scale", "softmax_bias_init")
 
 
@@ -108,12 +111,14 @@ def _language_model(config, reg, data_dir) -> Task:
     else:
         raise ValueError(f"Unknown batching {d.batching!r}; expected one of "
                          f"{', '.join(LM_BATCHINGS)}.")
+    pad = _pads_eval_tail(d)
     if carry:
         evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
-                                         mode="contiguous"),
+                                         mode="contiguous", pad_last=pad),
                  "test": _test_stream(corpus, d)}
     elif eval_carry:  # trained from zero states, evaluated on streams (zoneout authors)
-        evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous")
+        evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous",
+                                       pad_last=pad)
                  for split in ("valid", "test")}
     else:
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="shuffled",
@@ -151,17 +156,28 @@ def language_model(model_config, reg: Regularizer, vocab_size: int) -> LanguageM
         **{k: m[k] for k in _LM_FIELDS if k in m}, **recurrent_options(m, reg))
 
 
+def _pads_eval_tail(data_config) -> bool:
+    """Whether multi-stream evaluation keeps its last, shorter window (`data.eval_tail`;
+    records from before the field dropped it)."""
+    tail = data_config.get("eval_tail", "drop")
+    if tail not in EVAL_TAILS:
+        raise ValueError(f"data.eval_tail must be one of {', '.join(EVAL_TAILS)}; got "
+                         f"{tail!r}.")
+    return tail == "pad"
+
+
 def _test_stream(corpus, d):
     """The carried-state test pass: batch 1 is one stream with the last window padded
     (the papers' protocol); a larger `test_batch_size` splits the test tokens into that
-    many contiguous streams (faster, e.g. for many MC samples; the tail that does not
-    fill a window in every stream is dropped)."""
+    many contiguous streams (faster, e.g. for many MC samples), whose tail that does not
+    fill a window is dropped or padded as `data.eval_tail` says."""
     batch = int(d.get("test_batch_size", 1))
     if batch < 1:
         raise ValueError(f"data.test_batch_size must be at least 1, got {batch}.")
     if batch == 1:
         return corpus.batches("test", 1, d.seq_len, mode="eval")
-    return corpus.batches("test", batch, d.seq_len, mode="contiguous")
+    return corpus.batches("test", batch, d.seq_len, mode="contiguous",
+                          pad_last=_pads_eval_tail(d))
 
 
 def _pmnist(config, reg, data_dir) -> Task:

@@ -169,6 +169,66 @@ def test_awd_preset_draws_variable_length_windows_and_scales_the_lr(tmp_path):
         tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
 
 
+# ====================================================================== evaluation tail
+
+def test_awd_preset_evaluates_the_streams_last_shorter_window(tmp_path):
+    """main.py's evaluate() (lines 105-116) runs `range(0, size - 1, bptt)`: the last
+    window is shorter, and counted. The preset pads it (`data.eval_tail="pad"`); the
+    Zaremba and Gal presets drop it, as their loops stop at the last whole window."""
+    from data_fixtures import write_repeated_ptb_word
+
+    from experiments.configs import common, ptb
+    from rnnreg_jax import tasks
+
+    assert ptb.awd().data.eval_tail == ptb.awd_small().data.eval_tail == "pad"
+    assert ptb.zaremba_small().data.eval_tail == ptb.variational_medium().data.eval_tail == "drop"
+    write_repeated_ptb_word(tmp_path)
+    config = ptb.awd_small()
+    config.data.batch_size, config.data.seq_len, config.data.eval_batch_size = 2, 12, 2
+    counted = {}
+    for tail in tasks.EVAL_TAILS:
+        config.data.eval_tail = tail
+        task = tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
+        valid = task.evals["valid"]
+        batches = list(valid.iterate(0))
+        counted[tail] = sum(b["weights"].sum() if "weights" in b else b["targets"].size
+                            for b in batches)
+        assert all(b["inputs"].shape == (2, 12) for b in batches)
+    stream_targets = 2 * (valid.stream_length - 1)
+    assert counted["pad"] == stream_targets > counted["drop"], (counted, stream_targets)
+    config.data.eval_tail = "keep"
+    with pytest.raises(ValueError, match=r"^data.eval_tail must be one of drop, pad; got "
+                                         r"'keep'.$"):
+        tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
+
+
+def test_a_padded_tail_window_evaluates_as_the_whole_stream_in_one_window():
+    """Carried-state evaluation over windows of 4 with the last, shorter one padded and
+    masked: the loss of every target, as one window over the whole streams gives it."""
+    import train_helpers as th
+
+    from rnnreg_jax import train
+    from rnnreg_jax.data import batching
+    from rnnreg_jax.train import optim, steps
+
+    tokens = th.LMSource(batch=3, steps=1, num_windows=21).data.reshape(-1)  # 22 a stream
+    task = train.Task(model=th.tiny_lm(hidden=8), kind="lm", train=th.LMSource(batch=3),
+                      carry_state=True)
+    mesh = train.make_mesh()
+    config = train.default_train_config()
+    whole = batching.ContiguousStreams(tokens, 3, 21)
+    padded = batching.ContiguousStreams(tokens, 3, 4, pad_last=True)
+    dropped = batching.ContiguousStreams(tokens, 3, 4)
+    assert (whole.num_batches, padded.num_batches, dropped.num_batches) == (1, 6, 5)
+    state = steps.init_state(task, config, mesh, optim.make_optimizer(config),
+                             next(iter(whole.iterate(0))))
+    evaluator = steps.Evaluator(task, mesh)
+    loss = {name: evaluator.evaluate(state.params, source)["loss"]
+            for name, source in (("whole", whole), ("padded", padded), ("dropped", dropped))}
+    np.testing.assert_allclose(loss["padded"], loss["whole"], rtol=1e-5)
+    assert abs(loss["dropped"] - loss["whole"]) > 1e-4, loss
+
+
 # ====================================================================== initialization
 
 def _init_bounds(tree):

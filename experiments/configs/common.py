@@ -137,6 +137,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.mc_masks": noise.MC_MASKS,
         "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
         "data.batching": tasks.LM_BATCHINGS,
+        "data.eval_tail": tasks.EVAL_TAILS,
         "data.source": ("files", "tfds"),
         "data.padding": PADDINGS,
     }
@@ -209,7 +210,9 @@ VALUE_BEFORE_ADDED = {("train", "mc_embedding_dropout"): True, ("data", "padding
                       ("data", "window_short_prob"): 0.05, ("data", "window_std"): 5.0,
                       ("data", "window_min_len"): 5, ("data", "window_bucket"): 1,
                       # off before, and unlike most training numbers it changes the run
-                      ("train", "lr_window_reference"): 0}
+                      ("train", "lr_window_reference"): 0,
+                      # evaluation dropped the streams' tail before
+                      ("data", "eval_tail"): "drop"}
 
 
 def flat_block(block: dict) -> dict:

@@ -30,6 +30,9 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     # The test pass of carried-state runs: streams of this batch with the state carried
     # (1: Zaremba's and Gal's protocol, one stream, the last window padded).
     data.test_batch_size = kw.pop("test_batch_size", 1)
+    # The streams' last, shorter window in validation (and a test of several streams):
+    # "drop" (Zaremba's and Gal's loops) or "pad" (zero-padded and masked, AWD-LSTM's).
+    data.eval_tail = kw.pop("eval_tail", "drop")
     # window order of "shuffled" batching, the window lengths of "variable"
     data.shuffle_seed = kw.pop("shuffle_seed", 0)
     if batching == "variable":  # each window: seq_len, or seq_len / 2 with window_short_prob,
@@ -358,7 +361,7 @@ def _awd(hidden_sizes, embed, batch_size, epochs, paper):
     model.embed_init_scale = 0.1
     model.softmax_bias_init = "zeros"
     return _config(
-        _data("ptb_word", batch_size, 70, "variable", eval_batch_size=10),
+        _data("ptb_word", batch_size, 70, "variable", eval_batch_size=10, eval_tail="pad"),
         model,
         reg_config(variational=dict(input=0.4, output=0.4, embedding=0.1, tie="sequence",
                                     embedding_tie="batch"),

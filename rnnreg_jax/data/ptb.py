@@ -80,6 +80,7 @@ class TextCorpus:
         seed: int = 0,
         random_offset: bool = False,
         window_options: dict | None = None,
+        pad_last: bool = False,
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> batching.BatchSource:
@@ -100,6 +101,9 @@ class TextCorpus:
                 offset in `[0, stride)` every epoch (`ShuffledWindows`).
             window_options: "variable" only: `short_prob`, `std`, `min_len` (default
                 AWD-LSTM's) and `bucket` of `VariableLengthStreams`.
+            pad_last: "contiguous" only: keep the streams' last, shorter window,
+                zero-padded to `T`, with `weights` in every batch (AWD-LSTM's
+                evaluation counts every target); by default it is dropped.
             process_index, process_count: host sharding (default from jax).
 
         Returns:
@@ -108,11 +112,14 @@ class TextCorpus:
         tokens = self.split(split)
         if window_options and mode != "variable":
             raise ValueError(f"window_options applies to mode 'variable', not {mode!r}.")
+        if pad_last and mode != "contiguous":
+            raise ValueError(f"pad_last applies to mode 'contiguous', not {mode!r}.")
         if mode == "contiguous":
             return batching.ContiguousStreams(
                 tokens,
                 batch_size,
                 seq_len,
+                pad_last=pad_last,
                 process_index=process_index,
                 process_count=process_count,
             )
