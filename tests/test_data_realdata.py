@@ -28,6 +28,10 @@ def test_ptb_word():
     assert min(elapsed) < 2.0, f"loading PTB word took {min(elapsed):.2f} s"
     it = c.batches("train", 20, 35, **ONE)
     assert it.num_batches == (929589 // 20 - 1) // 35 == 1327
+    # Zaremba's and Gal's validation: 20 streams of 3688; their loop runs the 105 whole
+    # windows and divides by (3688 - 1) / 35 = 105.34 (docs/FIDELITY.md)
+    valid = c.batches("valid", 20, 35, **ONE)
+    assert (valid.stream_length, valid.num_batches) == (3688, 105)
     assert c.batches("test", 1, 35, mode="eval").num_batches == -(-82429 // 35)
 
 
