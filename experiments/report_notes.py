@@ -101,7 +101,7 @@ _PMNIST_NOTES = {
 
 
 _SENTIMENT_NOTES = {
-    "": ("Today's presets run Gal's model as his fork of Keras 0.x defines it "
+    "cornell": ("Today's presets run Gal's model as his fork of Keras 0.x defines it "
          "(docs/FIDELITY.md: hard-sigmoid gates, the GRU's reset before the product and "
          "sigmoid candidate, Glorot and orthogonal x 1.1 init, classic dropout, weight decay "
          "2e-6); their rows ran on this project's 2-core CPU: the variational LSTM and the "

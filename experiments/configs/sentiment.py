@@ -54,7 +54,10 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
         num_epochs=GAL_EPOCHS, optimizer="adam", learning_rate=0.001, clip_norm=0.0,
         weight_decay=GAL_WEIGHT_DECAY, lr_schedule="constant", mc_samples=50,
         mc_chunk=5)  # 5 samples x 512 reviews per pass keeps MC under ~2 GB
-    config.paper = paper_config(f"Gal & Ghahramani 2016, sentiment ({dataset}): {row}")
+    config.paper = paper_config(
+        f"Gal & Ghahramani 2016, sentiment (cornell): {row}" if dataset == "cornell" else
+        f"Gal & Ghahramani 2016's sentiment model on IMDB classification: {row} (no "
+        "published number)")
     return config
 
 
@@ -92,12 +95,11 @@ def no_dropout():
 
 
 def imdb_variational():
-    return _config(dataset="imdb", cell="lstm", row="variational LSTM, IMDB classification",
-                   **_variational())
+    return _config(dataset="imdb", cell="lstm", row="variational LSTM", **_variational())
 
 
 def imdb_baseline():
-    return _config(dataset="imdb", cell="lstm", row="LSTM without dropout, IMDB classification")
+    return _config(dataset="imdb", cell="lstm", row="LSTM without dropout")
 
 
 def tiny():
