@@ -120,6 +120,10 @@ def _language_model(config, reg, data_dir) -> Task:
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous",
                                        pad_last=pad)
                  for split in ("valid", "test")}
+    elif pad:
+        raise ValueError("data.eval_tail='pad' pads the last window of evaluation streams, "
+                         "but with train.carry_state and train.eval_carry_state off the "
+                         "evaluation reads shuffled windows; set it 'drop'.")
     else:
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="shuffled",
                                        seed=0)

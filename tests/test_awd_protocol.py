@@ -196,6 +196,10 @@ def test_awd_preset_evaluates_the_streams_last_shorter_window(tmp_path):
         assert all(b["inputs"].shape == (2, 12) for b in batches)
     stream_targets = 2 * (valid.stream_length - 1)
     assert counted["pad"] == stream_targets > counted["drop"], (counted, stream_targets)
+    config.train.carry_state = config.train.eval_carry_state = False  # shuffled windows
+    config.data.eval_tail = "pad"
+    with pytest.raises(ValueError, match=r"^data.eval_tail='pad' pads .* set it 'drop'.$"):
+        tasks.build_task(config, common.regularization(config.reg), str(tmp_path))
     config.data.eval_tail = "keep"
     with pytest.raises(ValueError, match=r"^data.eval_tail must be one of drop, pad; got "
                                          r"'keep'.$"):
