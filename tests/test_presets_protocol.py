@@ -191,3 +191,17 @@ def test_every_preset_names_options_the_binaries_accept():
             check_choices(preset())
         except ValueError as err:
             raise AssertionError(f"{task}:{name}: {err}") from err
+
+
+def test_presets_without_noise_ask_for_no_mc_dropout():
+    """MC dropout of a model that draws no noise repeats its deterministic pass K times
+    (on IMDB's 25,000 test reviews, 50 of them): a preset without noise sets 0 samples."""
+    from experiments.configs.common import regularization
+
+    noiseless = []
+    for task, name, preset in _all_presets():
+        config = preset()
+        if not regularization(config.reg).has_noise:
+            noiseless.append(name)
+            assert config.train.mc_samples == 0, f"{task}:{name}"
+    assert {"no_dropout", "imdb_baseline", "zaremba_small"} <= set(noiseless), noiseless
