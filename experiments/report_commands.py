@@ -39,6 +39,19 @@ def copy_paste_command(command: str, task: str) -> str:
     return " ".join(["python", "-m", f"experiments.{module}"] + [shlex.quote(a) for a in rest])
 
 
+def _draws_noise(reg_block) -> bool:
+    """Whether a recorded reg block's regularizer draws noise (True where it cannot be
+    built today: then nothing is assumed)."""
+    from experiments.configs.common import regularization
+
+    if not isinstance(reg_block, dict):
+        return True
+    try:
+        return regularization(reg_block).has_noise
+    except Exception:  # noqa: BLE001 -- a block of an older layout: count its settings
+        return True
+
+
 def flags_since_changed(run: Run) -> list[str]:
     """Overrides that today's preset needs to rebuild the run: fields of model, data,
     reg and train whose preset value changed since the run and that its command does
@@ -67,14 +80,17 @@ def flags_since_changed(run: Run) -> list[str]:
     sections = FIXED_SECTIONS + ("train",)
 
     ran_mc = bool(run.config.get("train", {}).get("mc_samples"))
+    # MC dropout of a model without noise repeats its deterministic pass: its MC
+    # settings change no number of the run.
+    mc_neutral = not ran_mc or not _draws_noise(run.config.get("reg"))
     stored = {s: flat_block(migrate_reg(b) if s == "reg" else b)
               for s, b in run.config.items() if isinstance(b, dict)}
     today = {s: flat_block(b) for s, b in current.items() if isinstance(b, dict)}
 
     def counts(section, field, now):
         if (field not in today.get(section, {}) or f"{section}.{field}" in RESULT_NEUTRAL
-                or (section == "train" and field.startswith("mc_") and field != "mc_samples"
-                    and not ran_mc)):
+                or (section == "train" and field.startswith("mc_") and mc_neutral
+                    and (field != "mc_samples" or ran_mc))):
             return False
         if (field in stored[section] or isinstance(now, bool)
                 or (section, field) in VALUE_BEFORE_ADDED):

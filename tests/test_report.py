@@ -340,6 +340,8 @@ def test_a_flat_reg_block_of_an_older_run_is_read_in_todays_layout():
 
 
 def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
+    """Fields no command can set, result-neutral ones, and MC settings where MC was not
+    run or the model draws no noise."""
     from experiments.configs import ptb
 
     config = json.loads(json.dumps(ptb.zaremba_small().to_dict()))
@@ -353,10 +355,14 @@ def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
                      config=config, events=[])
     assert config["train"]["mc_samples"] == 0
     assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
-    config["train"]["mc_samples"] = 10  # with MC the MC settings count again
+    config["train"]["mc_samples"] = 10
+    # MC passes of a model without noise repeat the deterministic one: no MC flag
+    assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
+    config["reg"]["variational"]["output"] = 0.5  # with noise the MC settings count again
     # MC passes kept word-type dropout before the switch existed: today's True rebuilds it
     assert report.flags_since_changed(run) == [
-        "--config.model.forget_bias=1.0", "--config.train.mc_samples=10"]
+        "--config.model.forget_bias=1.0", "--config.reg.variational.output=0.5",
+        "--config.train.mc_samples=10"]
     config["preset"] = "variational_medium"  # a preset whose MC turns it off
     assert "--config.train.mc_embedding_dropout=True" in report.flags_since_changed(run)
 
