@@ -115,6 +115,8 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
                          f"{task.kind} run.")
     evaluator = steps.Evaluator.from_config(task, mesh_lib.make_mesh(), config.train)
+    # a long pass (MC dropout over a whole test stream) says how it goes, on stderr
+    evaluator.progress = lambda message: print(message, file=sys.stderr, flush=True)
     # Blocks' perplexity comes from the same pass, so it pairs with each split's `ppl`.
     batch_ppls: dict[str, list[float]] = {}
 

@@ -127,3 +127,36 @@ def test_regression_mc_averages_predictions():
         sq += float(np.sum((mean - batch["targets"]) ** 2))
         n += len(mean)
     assert mc["rmse"] == pytest.approx(math.sqrt(sq / n) * 2.0, rel=1e-5)
+
+
+def test_long_passes_report_their_progress(setup):
+    """A pass longer than `progress_every_s` says how far it is (0 s here: every batch),
+    deterministic and MC alike; numbers unchanged; nothing without a `progress`."""
+    task, source, params, mesh = setup
+    quiet = steps.Evaluator(task, mesh)
+    told: list[str] = []
+    ev = steps.Evaluator(task, mesh)
+    ev.progress, ev.progress_every_s = told.append, 0.0
+    assert ev.evaluate(params, source, label="valid") == quiet.evaluate(params, source)
+    assert [m.split(" batches")[0] for m in told] == ["valid: 1/3", "valid: 2/3", "valid: 3/3"]
+    assert "ETA" in told[0]
+    told.clear()
+    key = jax.random.PRNGKey(0)
+    mc = ev.evaluate_mc(params, source, 2, key, label="test MC")
+    assert mc == quiet.evaluate_mc(params, source, 2, key)
+    assert [m.split(" batches")[0] for m in told] == ["test MC: 1/3", "test MC: 2/3",
+                                                     "test MC: 3/3"]
+    told.clear()
+    ev.progress_every_s = 3600.0  # a pass shorter than that is silent
+    ev.evaluate(params, source)
+    assert told == []
+
+
+def test_pass_progress_without_a_count_gives_the_batches_done():
+    from rnnreg_jax.train.logging import PassProgress
+
+    told: list[str] = []
+    tick = PassProgress(told.append, "pass", None, every_s=0.0)
+    tick(4)
+    (line,) = told
+    assert line.startswith("pass: 4 batches in ") and "ETA" not in line, line

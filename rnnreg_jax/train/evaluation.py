@@ -34,11 +34,14 @@ def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, co
         carry = True if protocol else None
         out[name] = evaluator.evaluate(
             params, source, carry_state=carry, model_state=model_state,
-            on_batch=None if on_batch is None else functools.partial(on_batch, name))
+            on_batch=None if on_batch is None else functools.partial(on_batch, name),
+            label=f"final evaluation, {name}")
         if config.mc_samples and (name in config.mc_splits or protocol):
             out[f"{name}_mc"] = evaluator.evaluate_mc(
                 params, source, config.mc_samples, jax.random.fold_in(mc_key, index),
-                carry_state=carry, model_state=model_state)
+                carry_state=carry, model_state=model_state,
+                label=f"final evaluation, {name} with MC dropout ({config.mc_samples} "
+                      "samples)")
     if callable(task.test_protocol):
         out["test_protocol"] = task.test_protocol(params, evaluator)
     return out

@@ -153,6 +153,30 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+class PassProgress:
+    """Console lines during one long evaluation pass: at most one every `every_s` seconds,
+    the batches done of the pass's `total` (None: unknown) and an ETA, so a final MC
+    evaluation of many minutes is not silent. A pass shorter than `every_s` says nothing.
+    `sync`, where given, is blocked on before a line, so the count is of finished work
+    rather than of dispatched work."""
+
+    def __init__(self, report, what: str, total: int | None, every_s: float = 60.0):
+        self.report, self.what, self.total, self.every_s = report, what, total, every_s
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, sync=None) -> None:
+        if time.monotonic() - self.last < self.every_s:
+            return
+        if sync is not None:
+            jax.block_until_ready(sync)
+        now = time.monotonic()
+        self.last, elapsed = now, now - self.start
+        where = f"{done}/{self.total}" if self.total else str(done)
+        eta = (f", ETA {format_eta(elapsed * (self.total - done) / done)}"
+               if self.total and done else "")
+        self.report(f"{self.what}: {where} batches in {format_eta(elapsed)}{eta}")
+
+
 def progress_line(epoch: int, step: int, total_steps: int, metrics: dict, rate: float,
                   unit: str, eta_s: float) -> str:
     """One console line: position, loss and task metric, lr, throughput, ETA."""

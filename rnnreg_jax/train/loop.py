@@ -64,6 +64,7 @@ class _Run:
         self.epoch_end = jax.jit(_epoch_end_update, out_shardings=self.shardings,
                                  donate_argnums=0)
         self.logger = MetricsLogger(workdir, tensorboard=config.tensorboard)
+        self.evaluator.progress = self.logger.console
         self.step = int(self.state.step)
         self.epoch = int(self.state.epoch)
         self.pos = int(self.state.batch_in_epoch)
@@ -284,7 +285,8 @@ class _Run:
         improved = False
         if split is not None:
             metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split],
-                                              model_state=self.state.model_state)
+                                              model_state=self.state.model_state,
+                                              label=f"epoch {self.epoch + 1} {split}")
             value = metrics[losses.task_metric(task.kind)]
             improved = optim.improved(value, self.best)
             if self.ntasgd and not self.averaging and ntasgd.nonmono_trigger(

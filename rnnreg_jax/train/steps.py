@@ -22,7 +22,9 @@ import optax
 from rnnreg_jax import noise
 from rnnreg_jax.train import losses, optim
 from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train.logging import PassProgress
 from rnnreg_jax.train.state import TrainState
+from rnnreg_jax.train.task import steps_in_epoch
 
 MODEL_STATE_COLLECTIONS = ("batch_stats",)  # the non-parameter collections a TrainState keeps
 
@@ -241,6 +243,10 @@ class Evaluator:
             raise ValueError(f"mc_masks must be one of {noise.MC_MASKS}; got {mc_masks!r}.")
         self.task, self.mesh, self.mc_chunk = task, mesh, mc_chunk
         self.mc_masks, self.mc_embedding_dropout = mc_masks, mc_embedding_dropout
+        # `progress(message)`, where set (the training loop: its console), hears how a
+        # pass longer than `progress_every_s` is going (`PassProgress`).
+        self.progress: Callable[[str], None] | None = None
+        self.progress_every_s = 60.0
         kind, model = task.kind, task.model
         mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)
 
@@ -281,15 +287,27 @@ class Evaluator:
             return self.task.evaluation_carries_state
         return self.task.kind == "lm" and carry_state
 
+    def _pass_progress(self, label: str, source) -> Callable[..., None]:
+        if self.progress is None:
+            return lambda done, sync=None: None
+        try:
+            total = steps_in_epoch(source, 0)
+        except (AttributeError, TypeError):  # a plain iterable: no count to give
+            total = None
+        return PassProgress(self.progress, label, total, self.progress_every_s)
+
     def evaluate(self, params, source, carry_state: bool | None = None,
-                 model_state=None, on_batch=None) -> dict[str, float]:
+                 model_state=None, on_batch=None, label: str = "evaluation"
+                 ) -> dict[str, float]:
         """Deterministic (noise expectation) metrics over one pass of `source`;
         `model_state`: the non-parameter variables (`TrainState.model_state`);
         `on_batch`, if given, is called with each batch's own metrics (one host sync a
-        batch: for analysis, not training-time evaluation)."""
+        batch: for analysis, not training-time evaluation); `label` names the pass in
+        progress lines."""
         use_carry = self._uses_carry(carry_state)
         model_state = model_state or {}
         totals, carry = None, None
+        tick = self._pass_progress(label, source)
         for index, batch in enumerate(source.iterate(0)):
             g = mesh_lib.global_batch(self.mesh, batch)
             if use_carry and carry is None:
@@ -302,6 +320,7 @@ class Evaluator:
                 on_batch(losses.summarize(self.task.kind, jax.device_get(stats),
                                           self.task.target_scale))
             throttle(self.mesh, index, totals)
+            tick(index + 1, totals)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
     @classmethod
@@ -311,7 +330,8 @@ class Evaluator:
         return cls(task, mesh, config.mc_chunk, config.mc_masks, config.mc_embedding_dropout)
 
     def evaluate_mc(self, params, source, num_samples: int, key: jax.Array,
-                    carry_state: bool | None = None, model_state=None) -> dict[str, float]:
+                    carry_state: bool | None = None, model_state=None,
+                    label: str = "MC evaluation") -> dict[str, float]:
         """MC dropout: K noise samples per window, probabilities averaged.
 
         Sample k draws its masks from `noise.mc_sample_keys` (`fold_in(key, k)`
@@ -324,7 +344,7 @@ class Evaluator:
         while True:
             try:
                 return self._evaluate_mc(params, source, num_samples, key, chunk, carry_state,
-                                         model_state or {})
+                                         model_state or {}, label)
             except Exception as err:  # noqa: BLE001 - only OOM is retried
                 if not _is_oom(err) or chunk == 1:
                     raise
@@ -332,8 +352,9 @@ class Evaluator:
                 logging.warning("MC evaluation ran out of memory; retrying with chunks of %d "
                                 "samples.", chunk)
 
-    def _evaluate_mc(self, params, source, k, key, chunk, carry_state, model_state):
+    def _evaluate_mc(self, params, source, k, key, chunk, carry_state, model_state, label):
         use_carry = self._uses_carry(carry_state)
+        tick = self._pass_progress(label, source)
         firsts = list(range(0, k, chunk))
         sizes = [min(chunk, k - s) for s in firsts]
         totals, carries = None, None
@@ -355,6 +376,7 @@ class Evaluator:
                 summary = losses.combine_mc_summaries(self.task.kind, summary, part)
             totals = losses.add_stats(totals, self._mc_stats(self.task.kind, summary, g, k))
             throttle(self.mesh, window, totals)
+            tick(window + 1, totals)
         out = losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
         if self.task.kind == "lm":
             out.pop("error", None)
