@@ -75,7 +75,15 @@ _PTB_NOTES = {
         "recipe (weight drop 0.5, dropouts 0.4/0.3/0.4/0.1, AR/TAR, lr 30, T 70, batch 20) "
         "starts slower than Gal's (lr 1, T 35): it is tuned for hundreds of epochs, and "
         "NT-ASGD cannot switch to averaging before 5 evaluations without improvement, so "
-        "this comparison says nothing yet about where either ends."),
+        "this comparison says nothing yet about where either ends. The first `awd_small` "
+        "row ran the preset as it was then (fixed windows of 70, U(+-0.1) everywhere, one "
+        "bias, Gal's per-sequence embedding mask, the last epoch's model; its rebuild "
+        "flags); the second ran today's, which follows AWD-LSTM's code in all of these "
+        "(drawn window lengths with the learning rate scaled by each one's, the code's "
+        "init, two biases, one embedding mask per minibatch, the best validation model, "
+        "validation's last short window counted; docs/FIDELITY.md): 165.6 / 161.3 "
+        "against 170.3 / 165.6 after 3 epochs, 11-16 minutes an epoch on a 2-core AMD EPYC "
+        "beside other runs. Which of those changes gives the 3% is not measured."),
 }
 
 
