@@ -80,17 +80,17 @@ def flags_since_changed(run: Run) -> list[str]:
     sections = FIXED_SECTIONS + ("train",)
 
     ran_mc = bool(run.config.get("train", {}).get("mc_samples"))
-    # MC dropout of a model without noise repeats its deterministic pass: its MC
-    # settings change no number of the run.
-    mc_neutral = not ran_mc or not _draws_noise(run.config.get("reg"))
+    # Without MC the other MC settings changed nothing; MC dropout of a model without
+    # noise repeats its deterministic pass, so then none of them (mc_samples included) did.
+    noiseless_mc = ran_mc and not _draws_noise(run.config.get("reg"))
     stored = {s: flat_block(migrate_reg(b) if s == "reg" else b)
               for s, b in run.config.items() if isinstance(b, dict)}
     today = {s: flat_block(b) for s, b in current.items() if isinstance(b, dict)}
 
     def counts(section, field, now):
         if (field not in today.get(section, {}) or f"{section}.{field}" in RESULT_NEUTRAL
-                or (section == "train" and field.startswith("mc_") and mc_neutral
-                    and (field != "mc_samples" or ran_mc))):
+                or (section == "train" and field.startswith("mc_")
+                    and (noiseless_mc or (not ran_mc and field != "mc_samples")))):
             return False
         if (field in stored[section] or isinstance(now, bool)
                 or (section, field) in VALUE_BEFORE_ADDED):

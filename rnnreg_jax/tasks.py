@@ -115,7 +115,7 @@ def _language_model(config, reg, data_dir) -> Task:
     if carry:
         evals = {"valid": corpus.batches("valid", d.eval_batch_size, d.seq_len,
                                          mode="contiguous", pad_last=pad),
-                 "test": _test_stream(corpus, d)}
+                 "test": _test_stream(corpus, d, pad)}
     elif eval_carry:  # trained from zero states, evaluated on streams (zoneout authors)
         evals = {split: corpus.batches(split, d.eval_batch_size, d.seq_len, mode="contiguous",
                                        pad_last=pad)
@@ -170,18 +170,17 @@ def _pads_eval_tail(data_config) -> bool:
     return tail == "pad"
 
 
-def _test_stream(corpus, d):
+def _test_stream(corpus, d, pad_tail: bool):
     """The carried-state test pass: batch 1 is one stream with the last window padded
     (the papers' protocol); a larger `test_batch_size` splits the test tokens into that
     many contiguous streams (faster, e.g. for many MC samples), whose tail that does not
-    fill a window is dropped or padded as `data.eval_tail` says."""
+    fill a window is padded with `pad_tail` (`data.eval_tail`), else dropped."""
     batch = int(d.get("test_batch_size", 1))
     if batch < 1:
         raise ValueError(f"data.test_batch_size must be at least 1, got {batch}.")
     if batch == 1:
         return corpus.batches("test", 1, d.seq_len, mode="eval")
-    return corpus.batches("test", batch, d.seq_len, mode="contiguous",
-                          pad_last=_pads_eval_tail(d))
+    return corpus.batches("test", batch, d.seq_len, mode="contiguous", pad_last=pad_tail)
 
 
 def _pmnist(config, reg, data_dir) -> Task:
