@@ -93,8 +93,8 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import mesh as mesh_lib
-    from rnnreg_jax.train import steps
     from rnnreg_jax.train.evaluation import evaluate_all
+    from rnnreg_jax.train.evaluator import Evaluator
 
     config = load_config(workdir)
     explicit = checkpoint is not None
@@ -114,7 +114,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     if batch_mean_ppl and task.kind != "lm":
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
                          f"{task.kind} run.")
-    evaluator = steps.Evaluator.from_config(task, mesh_lib.make_mesh(), config.train)
+    evaluator = Evaluator.from_config(task, mesh_lib.make_mesh(), config.train)
     # a long pass (MC dropout over a whole test stream) says how it goes, on stderr
     evaluator.progress = lambda message: print(message, file=sys.stderr, flush=True)
     # Blocks' perplexity comes from the same pass, so it pairs with each split's `ppl`.

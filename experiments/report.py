@@ -103,6 +103,10 @@ def status(run: Run) -> str:
             text += f" (max_steps {run.max_steps})"
         elif total is not None and trained < total:
             text += " (early stop)"
+        missing = run.final_missing()
+        if missing:
+            text += (f", final evaluation **stopped** before {', '.join(missing)} (the same "
+                     "command runs the rest)")
         return text
     stop = run.stop_message()
     if stop:  # the engine's own account of why it stopped (a non-finite loss)

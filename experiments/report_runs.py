@@ -129,6 +129,19 @@ class Run:
     def finished(self) -> bool:
         return bool(self.final())
 
+    def final_missing(self) -> list[str]:
+        """Final passes the run's config asks for that its log lacks: the test split's
+        MC dropout, where a final evaluation stopped (SIGTERM) or was killed after the
+        deterministic passes, which it records as each one ends. Only records of such an
+        engine (their final events say `evaluated_as`) are judged: older ones wrote all
+        passes at the end, and some ran without MC whatever their config said."""
+        final, train = self.final(), self.config.get("train", {})
+        if ("test" not in final or "test_mc" in final or not train.get("mc_samples")
+                or "evaluated_as" not in final["test"]):
+            return []
+        asked = "test" in (train.get("mc_splits") or ()) or train.get("carry_state")
+        return ["test_mc"] if asked else []
+
     def stop_message(self) -> str | None:
         """Why an unfinished run stopped, if its engine said so (`error_message` events:
         a NaN or infinite training loss), else None (still running, or killed)."""

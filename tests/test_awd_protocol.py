@@ -214,6 +214,7 @@ def test_a_padded_tail_window_evaluates_as_the_whole_stream_in_one_window():
     from rnnreg_jax import train
     from rnnreg_jax.data import batching
     from rnnreg_jax.train import optim, steps
+    from rnnreg_jax.train.evaluator import Evaluator
 
     tokens = th.LMSource(batch=3, steps=1, num_windows=21).data.reshape(-1)  # 22 a stream
     task = train.Task(model=th.tiny_lm(hidden=8), kind="lm", train=th.LMSource(batch=3),
@@ -226,7 +227,7 @@ def test_a_padded_tail_window_evaluates_as_the_whole_stream_in_one_window():
     assert (whole.num_batches, padded.num_batches, dropped.num_batches) == (1, 6, 5)
     state = steps.init_state(task, config, mesh, optim.make_optimizer(config),
                              next(iter(whole.iterate(0))))
-    evaluator = steps.Evaluator(task, mesh)
+    evaluator = Evaluator(task, mesh)
     loss = {name: evaluator.evaluate(state.params, source)["loss"]
             for name, source in (("whole", whole), ("padded", padded), ("dropped", dropped))}
     np.testing.assert_allclose(loss["padded"], loss["whole"], rtol=1e-5)

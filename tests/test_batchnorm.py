@@ -17,7 +17,7 @@ from rnnreg_jax.cells import lstm_bn
 from rnnreg_jax.nn import StackedRNN
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import mesh as mesh_lib
-from rnnreg_jax.train import steps
+from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.state import TrainState
 
 th.enable_compilation_cache()
@@ -351,7 +351,7 @@ def test_engine_trains_checkpoints_and_evaluates_with_the_population_statistics(
 
     # Evaluation uses them: the reported metric is reproduced with the checkpointed
     # statistics and differs with the initial ones.
-    evaluator = steps.Evaluator(task, mesh_lib.make_mesh())
+    evaluator = Evaluator(task, mesh_lib.make_mesh())
     params, model_state = restored["params"], restored["model_state"]
     again = evaluator.evaluate(params, task.evals["valid"], model_state=model_state)
     assert again["loss"] == pytest.approx(final["valid/loss"], rel=1e-6)

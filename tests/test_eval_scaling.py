@@ -18,7 +18,7 @@ import rnnreg_jax as rj
 from rnnreg_jax import cells, models, noise, rnn
 from rnnreg_jax.bidirectional import unroll_bidirectional
 from rnnreg_jax.regularizers.embedding import EmbeddingScale, embedding_at_evaluation
-from rnnreg_jax.train import steps
+from rnnreg_jax.train.evaluator import without_embedding_dropout
 
 B, T, F, H, V = 3, 5, 4, 5, 7
 RATE = 0.3
@@ -305,7 +305,7 @@ def test_mc_without_embedding_dropout_holds_the_classic_one_at_q():
     # pass is the evaluation
     model = models.LanguageModel(V, (H,), embed_size=F,
                                  reg=rj.embedding_dropout(RATE, eval_scaling=True))
-    mc_model = steps.without_embedding_dropout(model)
+    mc_model = without_embedding_dropout(model)
     with nm.x64():
         ids = jax.random.randint(jax.random.key(3), (B, T), 0, V)
         variables = nm.as_f64(model.init(jax.random.key(0), ids))

@@ -16,6 +16,7 @@ from experiments.configs import common
 from experiments.configs import ptb as ptb_configs
 from rnnreg_jax import models, noise, regularizers, train
 from rnnreg_jax.train import optim, steps
+from rnnreg_jax.train.evaluator import Evaluator, without_embedding_dropout
 
 th.enable_compilation_cache()
 
@@ -116,7 +117,7 @@ def test_per_pass_masks_make_the_windowed_mc_pass_gals_single_pass(stream, embed
                                     noise.mc_sample_keys(KEY, 0, 0, k, "pass"))
     results = {}
     for masks in noise.MC_MASKS:
-        ev = steps.Evaluator(task, mesh, mc_chunk=2, mc_masks=masks,
+        ev = Evaluator(task, mesh, mc_chunk=2, mc_masks=masks,
                              mc_embedding_dropout=embedding_dropout)
         results[masks] = ev.evaluate_mc(params, source, k, KEY)["loss"]
     assert_close_f32(results["pass"], expected, err_msg="per-pass masks")
@@ -125,8 +126,8 @@ def test_per_pass_masks_make_the_windowed_mc_pass_gals_single_pass(stream, embed
 
 def test_out_of_memory_retry_in_smaller_chunks_keeps_the_numbers(stream):
     task, source, params, mesh = stream
-    expected = steps.Evaluator(task, mesh, mc_masks="pass").evaluate_mc(params, source, 6, KEY)
-    ev = steps.Evaluator(task, mesh, mc_masks="pass")
+    expected = Evaluator(task, mesh, mc_masks="pass").evaluate_mc(params, source, 6, KEY)
+    ev = Evaluator(task, mesh, mc_masks="pass")
     run, sizes = ev._mc, []
 
     def small_memory(*args):
@@ -146,10 +147,11 @@ def test_no_word_type_is_dropped_in_mc_passes_without_mc_embedding_dropout(strea
     pass (no embedding row dropped or rescaled); with it they are not."""
     task, source, params, mesh = stream
     only_embedding = dataclasses.replace(task, model=_lm(regularizers.embedding_dropout(0.5)))
-    deterministic = steps.Evaluator(only_embedding, mesh).evaluate(params, source)["loss"]
-    off = steps.Evaluator(only_embedding, mesh, mc_embedding_dropout=False).evaluate_mc(
-        params, source, 4, KEY)["loss"]
-    on = steps.Evaluator(only_embedding, mesh, mc_embedding_dropout=True).evaluate_mc(
+    deterministic = Evaluator(only_embedding, mesh).evaluate(params, source)["loss"]
+    sampled = Evaluator(only_embedding, mesh, mc_embedding_dropout=False)
+    sampled.mc_draws_noise = True  # the 4 passes themselves, not the once-only shortcut
+    off = sampled.evaluate_mc(params, source, 4, KEY)["loss"]
+    on = Evaluator(only_embedding, mesh, mc_embedding_dropout=True).evaluate_mc(
         params, source, 4, KEY)["loss"]
     assert_close_f32(off, deterministic)
     assert abs(on - deterministic) > 1e-3, (on, deterministic)
@@ -157,13 +159,13 @@ def test_no_word_type_is_dropped_in_mc_passes_without_mc_embedding_dropout(strea
 
 def test_without_embedding_dropout_changes_only_the_embedding_rate():
     model = _lm(GAL)
-    off = steps.without_embedding_dropout(model)
+    off = without_embedding_dropout(model)
     assert off.reg == regularizers.variational(input=0.3, recurrent=0.3, output=0.3,
                                                tie="sequence")
     # the task's own model is left as it is
     assert model.reg.find(regularizers.EmbeddingDropout).rate == 0.5
     unregularized = _lm(regularizers.NONE)
-    assert steps.without_embedding_dropout(unregularized) is unregularized
+    assert without_embedding_dropout(unregularized) is unregularized
 
 
 GAL_MC_PRESETS = ("variational_medium", "variational_medium_untied", "variational_large",
@@ -188,7 +190,7 @@ def test_library_default_and_choices():
     with pytest.raises(ValueError, match="config.train.mc_masks must be one of pass, window"):
         common.check_choices(tiny)
     with pytest.raises(ValueError, match="mc_masks must be one of"):
-        steps.Evaluator(None, None, mc_masks="batch")
+        Evaluator(None, None, mc_masks="batch")
 
 
 def test_evaluator_from_config_reads_the_mc_fields():
@@ -196,5 +198,5 @@ def test_evaluator_from_config_reads_the_mc_fields():
     task = train.Task(model=_lm(GAL), kind="lm", train=source, carry_state=True)
     config = ptb_configs.PRESETS["variational_small"]().train
     config.mc_chunk = 3
-    ev = steps.Evaluator.from_config(task, train.make_mesh(), config)
+    ev = Evaluator.from_config(task, train.make_mesh(), config)
     assert (ev.mc_chunk, ev.mc_masks, ev.mc_embedding_dropout) == (3, "pass", False)

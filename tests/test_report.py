@@ -147,6 +147,39 @@ def test_a_run_the_engine_stopped_says_why(tmp_path):
                                          _paper("x")))).stop_message() is None
 
 
+def test_a_final_evaluation_stopped_before_mc_dropout_says_so(tmp_path):
+    """The engine records each final pass as it ends: a run stopped or killed during its
+    MC pass has its deterministic test number, and the report says MC is missing."""
+    wd = write_run(tmp_path, "vm", "ptb", "variational_medium", "ptb_word", "ppl", 2,
+                   [120.0, 100.0], {"valid": 99.0, "test": 95.0}, _paper("Gal"),
+                   carry_state=True)
+    assert report.load_run(str(wd)).final_missing() == []  # an old engine's record
+    _as_recorded_pass_by_pass(wd)
+    run = report.load_run(str(wd))
+    assert run.finished and run.final_missing() == ["test_mc"]
+    assert report.status(run) == ("2/2, final evaluation **stopped** before test_mc (the "
+                                  "same command runs the rest)")
+    assert report.run_numbers(run)["test"] == (95.0, "")
+    with open(wd / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 20, "epoch": 2, "split": "test_mc", "ppl": 94.0,
+                            "phase": "final"}) + "\n")
+    run = report.load_run(str(wd))
+    assert run.final_missing() == [] and report.status(run) == "2/2"
+    no_mc = write_run(tmp_path, "zs", "ptb", "zaremba_small", "ptb_word", "ppl", 2,
+                      [120.0, 100.0], {"valid": 99.0, "test": 95.0}, _paper("Zaremba"))
+    _as_recorded_pass_by_pass(no_mc)
+    assert report.load_run(str(no_mc)).final_missing() == []  # its preset asks for no MC
+
+
+def _as_recorded_pass_by_pass(workdir: Path) -> None:
+    """Final events as today's engine writes them, each saying how it was computed."""
+    events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for e in events:
+        if e.get("phase") == "final":
+            e["evaluated_as"] = "deterministic"
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
 def test_a_finished_run_resumed_with_a_larger_budget_is_unfinished_again(tmp_path):
     """The 100-epoch run's final events stay in the log when it is resumed to 250 epochs;
     once training passes them, the row is the resumed run's, not the old final model's."""

@@ -11,7 +11,7 @@ import train_helpers as th
 from rnnreg_jax import regularizers, train
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import mesh as mesh_lib
-from rnnreg_jax.train import steps
+from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.logging import read_metrics
 
 th.enable_compilation_cache()
@@ -166,6 +166,6 @@ def test_evaluation_can_carry_the_state_that_training_resets(tmp_path):
     assert streams_train == reset_train  # training is the same
     assert streams["valid/loss"] < reset["valid/loss"]  # context across windows helps
     state = ckpt_lib.restore_state(str(tmp_path / "streams" / "checkpoints"), None)
-    evaluator = steps.Evaluator(reset_task, mesh_lib.make_mesh())
+    evaluator = Evaluator(reset_task, mesh_lib.make_mesh())
     carried = evaluator.evaluate(state["params"], task.evals["valid"], carry_state=True)
     assert carried["loss"] == pytest.approx(streams["valid/loss"], rel=1e-6)

@@ -12,6 +12,7 @@ from numerics import assert_close_f32
 
 from rnnreg_jax import models, noise, regularizers, train
 from rnnreg_jax.train import optim, steps
+from rnnreg_jax.train.evaluator import Evaluator
 
 th.enable_compilation_cache()
 
@@ -56,7 +57,7 @@ def _stochastic_target_probs(task, source, params, key, sample=None):
 def test_mc_with_one_sample_equals_one_stochastic_pass(setup):
     task, source, params, mesh = setup
     key = jax.random.PRNGKey(7)
-    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, 1, key)
+    mc = Evaluator(task, mesh).evaluate_mc(params, source, 1, key)
     p = _stochastic_target_probs(task, source, params, key, sample=0)
     assert mc["loss"] == pytest.approx(float(np.mean(-np.log(p))), rel=1e-5)
 
@@ -64,7 +65,7 @@ def test_mc_with_one_sample_equals_one_stochastic_pass(setup):
 def test_mc_with_many_samples_matches_mean_of_separate_passes(setup):
     task, source, params, mesh = setup
     k = 200
-    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, k, jax.random.PRNGKey(1))
+    mc = Evaluator(task, mesh).evaluate_mc(params, source, k, jax.random.PRNGKey(1))
     samples = np.stack([_stochastic_target_probs(task, source, params, jax.random.PRNGKey(100 + i))
                         for i in range(k)])                              # [K, W, B, T]
     mean_p = samples.mean(0)
@@ -78,7 +79,7 @@ def test_mc_with_many_samples_matches_mean_of_separate_passes(setup):
     # averaging probabilities (not log-probabilities) gives a lower NLL (Jensen)
     assert mean_of_nll - nll_of_mean > 5 * se
     assert abs(mc["loss"] - nll_of_mean) < abs(mc["loss"] - mean_of_nll)
-    deterministic = steps.Evaluator(task, mesh).evaluate(params, source)["loss"]
+    deterministic = Evaluator(task, mesh).evaluate(params, source)["loss"]
     assert abs(deterministic - mc["loss"]) > 1e-3
 
 
@@ -88,19 +89,19 @@ def test_mc_in_chunks_equals_mc_at_once(setup, masks):
     smaller chunks) only changes float rounding, not the masks."""
     task, source, params, mesh = setup
     key = jax.random.PRNGKey(2)
-    at_once = steps.Evaluator(task, mesh, mc_masks=masks).evaluate_mc(params, source, 12, key)
+    at_once = Evaluator(task, mesh, mc_masks=masks).evaluate_mc(params, source, 12, key)
     for chunk in (5, 4):
-        chunked = steps.Evaluator(task, mesh, mc_chunk=chunk, mc_masks=masks).evaluate_mc(
+        chunked = Evaluator(task, mesh, mc_chunk=chunk, mc_masks=masks).evaluate_mc(
             params, source, 12, key)
         assert_close_f32(chunked["loss"], at_once["loss"], err_msg=f"chunks of {chunk}")
-    other = steps.Evaluator(task, mesh, mc_masks=masks).evaluate_mc(params, source, 12,
+    other = Evaluator(task, mesh, mc_masks=masks).evaluate_mc(params, source, 12,
                                                                     jax.random.PRNGKey(3))
     assert abs(other["loss"] - at_once["loss"]) > 1e-4  # the key does set the masks
 
 
 def test_deterministic_eval_carries_state(setup):
     task, source, params, mesh = setup
-    ev = steps.Evaluator(task, mesh)
+    ev = Evaluator(task, mesh)
     carried = ev.evaluate(params, source)
     reset = ev.evaluate(params, source, carry_state=False)
     assert carried["loss"] != reset["loss"]
@@ -117,7 +118,7 @@ def test_regression_mc_averages_predictions():
     params = steps.init_state(task, config, mesh, optim.make_optimizer(config),
                               next(iter(source.iterate(0)))).params
     key = jax.random.PRNGKey(0)
-    mc = steps.Evaluator(task, mesh).evaluate_mc(params, source, 3, key)
+    mc = Evaluator(task, mesh).evaluate_mc(params, source, 3, key)
     sq, n = 0.0, 0
     for w, batch in enumerate(source.iterate(0)):
         keys = noise.mc_sample_keys(key, w, 0, 3, "window")
@@ -133,9 +134,9 @@ def test_long_passes_report_their_progress(setup):
     """A pass longer than `progress_every_s` says how far it is (0 s here: every batch),
     deterministic and MC alike; numbers unchanged; nothing without a `progress`."""
     task, source, params, mesh = setup
-    quiet = steps.Evaluator(task, mesh)
+    quiet = Evaluator(task, mesh)
     told: list[str] = []
-    ev = steps.Evaluator(task, mesh)
+    ev = Evaluator(task, mesh)
     ev.progress, ev.progress_every_s = told.append, 0.0
     assert ev.evaluate(params, source, label="valid") == quiet.evaluate(params, source)
     assert [m.split(" batches")[0] for m in told] == ["valid: 1/3", "valid: 2/3", "valid: 3/3"]

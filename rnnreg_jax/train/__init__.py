@@ -9,7 +9,7 @@
 
 Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 (optax chains, LR rules), `losses`, `mesh` (data parallelism), `steps`
-(jitted steps, Evaluator with MC dropout), `evaluation` (the final evaluation),
+(jitted steps), `evaluator` (Evaluator, MC dropout), `evaluation` (the final evaluation),
 `checkpoint` (orbax), `logging`, `termination` (SIGTERM), `ntasgd`, `workdir_lock`,
 `loop`. See docs/TRAINING.md.
 """
@@ -21,11 +21,12 @@ from rnnreg_jax.train.checkpoint import (
     restore_state,
 )
 from rnnreg_jax.train.config import default_train_config, with_defaults
+from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from rnnreg_jax.train.mesh import global_batch, make_mesh, maybe_initialize_distributed
 from rnnreg_jax.train.optim import make_optimizer, next_learning_rate
 from rnnreg_jax.train.state import TrainState
-from rnnreg_jax.train.steps import Evaluator, init_state, make_train_step, state_shardings
+from rnnreg_jax.train.steps import init_state, make_train_step, state_shardings
 from rnnreg_jax.train.task import DataSource, Task
 
 __all__ = [

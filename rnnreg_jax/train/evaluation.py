@@ -3,45 +3,93 @@ as `train_and_evaluate` runs it at the end and `experiments.evaluate` reruns it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 
-from rnnreg_jax.train import steps
 from rnnreg_jax.train.config import with_defaults
+from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.task import Task
 
 MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
 
 
-def evaluate_all(task: Task, evaluator: steps.Evaluator, params, model_state, config,
-                 on_batch=None) -> dict:
-    """Every evaluation split of `task`, as the final evaluation runs them.
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """One pass of the final evaluation: its record `name`, the `signature` naming every
+    setting its numbers depend on besides the parameters (None: unknown, so a record of
+    it is never reused), the `split` it reads (None: the task's own test protocol),
+    `mc_samples` (0: deterministic) and `carry_state`."""
 
-    Returns `{split: metrics}` in `task.evals` order, each followed by
-    `"<split>_mc"` where `config.mc_samples` and `config.mc_splits` (or the PTB
-    test protocol, batch 1 with carried state) ask for MC dropout, keyed by
-    `fold_in(fold_in(PRNGKey(seed), MC_KEY_SALT), split index)`; a callable
-    `task.test_protocol`'s dict comes last under `"test_protocol"`.
-    `on_batch(split, metrics)`, if given, sees each batch of the deterministic
-    evaluations (`Evaluator.evaluate`).
+    name: str
+    signature: str | None
+    split: str | None = None
+    mc_samples: int = 0
+    carry_state: bool | None = None
+
+
+def final_passes(task: Task, config) -> list[Pass]:
+    """The final evaluation's passes, in order: each split of `task.evals`
+    deterministically, followed by MC dropout where `config.mc_samples` and
+    `config.mc_splits` (or the PTB test protocol, batch 1 with carried state) ask for
+    it; a callable `task.test_protocol` last."""
+    config = with_defaults(config)
+    out = []
+    for name in task.evals:
+        protocol = task.test_protocol is True and name == "test"
+        carry = True if protocol else None
+        out.append(Pass(name, "deterministic", name, 0, carry))
+        if config.mc_samples and (name in config.mc_splits or protocol):
+            signature = (f"MC dropout: {config.mc_samples} samples, masks per "
+                         f"{config.mc_masks}, word-type dropout "
+                         f"{'on' if config.mc_embedding_dropout else 'off'}, seed {config.seed}")
+            out.append(Pass(f"{name}_mc", signature, name, config.mc_samples, carry))
+    if callable(task.test_protocol):
+        out.append(Pass("test_protocol", None))
+    return out
+
+
+def evaluate_all(task: Task, evaluator: Evaluator, params, model_state, config,
+                 on_batch=None, done: dict | None = None, on_result=None,
+                 should_stop=None) -> dict:
+    """Every pass of `final_passes`, as the final evaluation runs them.
+
+    Returns `{name: metrics}` in that order: `"<split>"`, `"<split>_mc"` (MC keyed by
+    `fold_in(fold_in(PRNGKey(seed), MC_KEY_SALT), split index)`) and
+    `"test_protocol"` (the callable's dict). `on_batch(split, metrics)`, if given,
+    sees each batch of the deterministic evaluations (`Evaluator.evaluate`).
+    `done`: results of passes already run for these parameters (whose signatures
+    match), returned as they are; `on_result(name, metrics)` hears each pass as it
+    ends (to record it at once); `should_stop()`, asked before each pass to run,
+    True leaves it and the rest out.
     """
     config = with_defaults(config)
     mc_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), MC_KEY_SALT)
+    split_index = {name: index for index, name in enumerate(task.evals)}
+    done = done or {}
     out: dict = {}
-    for index, (name, source) in enumerate(task.evals.items()):
-        protocol = task.test_protocol is True and name == "test"
-        carry = True if protocol else None
-        out[name] = evaluator.evaluate(
-            params, source, carry_state=carry, model_state=model_state,
-            on_batch=None if on_batch is None else functools.partial(on_batch, name),
-            label=f"final evaluation, {name}")
-        if config.mc_samples and (name in config.mc_splits or protocol):
-            out[f"{name}_mc"] = evaluator.evaluate_mc(
-                params, source, config.mc_samples, jax.random.fold_in(mc_key, index),
-                carry_state=carry, model_state=model_state,
-                label=f"final evaluation, {name} with MC dropout ({config.mc_samples} "
-                      "samples)")
-    if callable(task.test_protocol):
-        out["test_protocol"] = task.test_protocol(params, evaluator)
+    for p in final_passes(task, config):
+        if p.name in done:
+            out[p.name] = done[p.name]
+            continue
+        if should_stop is not None and should_stop():
+            break
+        label = f"final evaluation, {p.split}"
+        if p.split is None:
+            assert callable(task.test_protocol)
+            out[p.name] = task.test_protocol(params, evaluator)
+        elif p.mc_samples:
+            out[p.name] = evaluator.evaluate_mc(
+                params, task.evals[p.split], p.mc_samples,
+                jax.random.fold_in(mc_key, split_index[p.split]), carry_state=p.carry_state,
+                model_state=model_state,
+                label=f"{label} with MC dropout ({p.mc_samples} samples)")
+        else:
+            out[p.name] = evaluator.evaluate(
+                params, task.evals[p.split], carry_state=p.carry_state,
+                model_state=model_state, label=label,
+                on_batch=None if on_batch is None else functools.partial(on_batch, p.split))
+        if on_result is not None:
+            on_result(p.name, out[p.name])
     return out

@@ -16,7 +16,8 @@ from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, ntasgd, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
-from rnnreg_jax.train.evaluation import evaluate_all
+from rnnreg_jax.train.evaluation import evaluate_all, final_passes
+from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.task import Task, steps_in_epoch
 from rnnreg_jax.train.termination import TerminationFlag
@@ -34,6 +35,10 @@ def _epoch_end_update(state, lr, best, bad_epochs, epoch):
     hyper = dict(state.opt_state.hyperparams)
     hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+# The fields a metrics.jsonl event adds to a pass's metrics.
+_RECORD_FIELDS = ("step", "epoch", "split", "phase", "eval_epoch", "evaluated_as", "wall_time")
 
 
 class _Run:
@@ -58,7 +63,7 @@ class _Run:
         self.state = restored if restored is not None else state
         self.shardings = steps.state_shardings(self.state, self.mesh)
         self.train_step = steps.make_train_step(task, config, self.tx, self.mesh, self.shardings)
-        self.evaluator = steps.Evaluator.from_config(task, self.mesh, config)
+        self.evaluator = Evaluator.from_config(task, self.mesh, config)
         self.zero_carry = jax.jit(lambda c: jax.tree.map(jnp.zeros_like, c),
                                   out_shardings=self.shardings.carry, donate_argnums=0)
         self.epoch_end = jax.jit(_epoch_end_update, out_shardings=self.shardings,
@@ -309,26 +314,71 @@ class _Run:
         self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)
         self.save(best=improved)
 
-    def final_eval(self) -> dict:
+    def final_eval(self) -> dict | None:
+        """The final evaluation, each pass recorded as it ends; passes recorded before
+        for this step and model (a run that died or got SIGTERM mid-way, resumed) are
+        not run again. None where SIGTERM stopped it before its last pass."""
         state = self.final_state()
         out: dict = {"step": self.step, "epoch": self.epoch, "eval_epoch": int(state.epoch)}
         out.update({f"train/{k}": v for k, v in self.last_train.items()})
-        results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
-                               state.model_state, self.config)
-        for name, metrics in results.items():
-            if name == "test_protocol":
-                self.logger.write(name, self.step, self.epoch, metrics)
-                out.update(metrics)
-            else:
-                self._record(out, name, metrics)
+        passes = {p.name: p.signature for p in final_passes(self.task, self.config)}
+        done = self._recorded_passes(passes, out["eval_epoch"])
+        for name, metrics in done.items():
+            self._show(name, metrics, " (recorded before)")
+            self._merge(out, name, metrics)
+        results = evaluate_all(
+            self.task, self.evaluator, self.eval_params(state), state.model_state,
+            self.config, done=done, should_stop=self.stop_requested,
+            on_result=lambda name, metrics: self._record(out, name, metrics, passes[name]))
+        if len(results) < len(passes):
+            self.stopped = True
+            self._announce_stop()
+            return None
         return out
 
-    def _record(self, out, split, metrics):
-        self.logger.write(split, self.step, self.epoch,
-                          dict(metrics, phase="final", eval_epoch=out["eval_epoch"]))
+    def _recorded_passes(self, passes: dict[str, str | None], eval_epoch: int) -> dict:
+        """name -> metrics of the final passes metrics.jsonl holds for this step and
+        model, computed as `passes` would compute them (same signature). A multi-host
+        run reads none: every process must run the same passes."""
+        if not self.resumed or jax.process_count() > 1:
+            return {}
+        out = {}
+        for e in read_metrics(self.workdir):
+            signature = passes.get(str(e.get("split")))
+            if (e.get("phase") == "final" and e.get("step") == self.step
+                    and e.get("eval_epoch") == eval_epoch
+                    and signature is not None and signature == e.get("evaluated_as")):
+                out[e["split"]] = {k: v for k, v in e.items() if k not in _RECORD_FIELDS}
+        return out
+
+    def stop_requested(self) -> bool:
+        """SIGTERM arrived (between evaluation passes: every process decides together)."""
+        if jax.process_count() == 1:
+            return self.terminate.set
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.terminate.set))))
+
+    def _record(self, out, name, metrics, signature):
+        record = dict(metrics, phase="final", eval_epoch=out["eval_epoch"])
+        if signature is not None:
+            record["evaluated_as"] = signature
+        self.logger.write(name, self.step, self.epoch, record)
+        self._show(name, metrics)
+        self._merge(out, name, metrics)
+
+    def _show(self, name, metrics, note=""):
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        self.logger.console(f"final {split}: {shown}")
-        out.update({f"{split}/{k}": v for k, v in metrics.items()})
+        self.logger.console(f"final {name}: {shown}{note}")
+
+    @staticmethod
+    def _merge(out, name, metrics):
+        # A custom test protocol's dict joins the results as it is; a split's metrics
+        # under "<split>/<metric>".
+        if name == "test_protocol":
+            out.update(metrics)
+        else:
+            out.update({f"{name}/{k}": v for k, v in metrics.items()})
 
     def close(self) -> None:
         self.terminate.restore()
@@ -378,8 +428,9 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
             run.logger.console(f"Resumed from step {run.step} (epoch {run.epoch + 1}, "
                                f"batch {run.pos}) in {workdir}.")
         run.train()
-        if run.stopped:
+        final = None if run.stopped else run.final_eval()
+        if final is None:
             return {"step": run.step, "epoch": run.epoch, "stopped": True}
-        return run.final_eval()
+        return final
     finally:
         run.close()

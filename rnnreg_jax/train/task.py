@@ -76,7 +76,7 @@ class Task:
         `[1, T]` windows and is evaluated once at the end with batch 1 and
         carried state, deterministically and (if `config.mc_samples`) with MC
         dropout. A callable `f(params, evaluator) -> dict[str, float]` runs a
-        custom protocol instead (see `rnnreg_jax.train.steps.Evaluator`).
+        custom protocol instead (see `rnnreg_jax.train.evaluator.Evaluator`).
     """
 
     model: Any
