@@ -66,19 +66,34 @@ def done_steps(workdir: Path) -> int:
     return max(steps, default=0)
 
 
-def train_events(workdir: Path) -> list[dict]:
+def _events(workdir: Path) -> list[dict]:
     path = workdir / "metrics.jsonl"
     if not path.is_file():
         return []
     events = []
     for line in path.read_text().splitlines():
         try:
-            event = json.loads(line)
+            events.append(json.loads(line))
         except ValueError:
             continue  # a line being written
-        if event.get("split") == "train" and "wall_time" in event and "phase" not in event:
-            events.append(event)
     return events
+
+
+def train_events(workdir: Path) -> list[dict]:
+    return [e for e in _events(workdir)
+            if e.get("split") == "train" and "wall_time" in e and "phase" not in e]
+
+
+def recorded_passes(workdir: Path, work: plan_lib.Work, done: int) -> set[str]:
+    """The final passes a run that finished training has recorded for its last step with
+    today's settings: the engine runs only the others (docs/TRAINING.md, Evaluation)."""
+    if done < work.total_steps:
+        return set()
+    signatures = {p.name: p.signature for p in work.final_passes}
+    return {e["split"] for e in _events(workdir)
+            if e.get("phase") == "final" and e.get("step") == done
+            and e.get("evaluated_as") is not None
+            and signatures.get(e.get("split")) == e.get("evaluated_as")}
 
 
 def measured_step_s(workdir: Path) -> float | None:
@@ -185,7 +200,8 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
     rows = []
     for spec in specs:
         work = plan_lib.count_work(spec, FLAGS.data_dir)
-        done = done_steps(Path(FLAGS.root) / spec.name)
+        workdir = Path(FLAGS.root) / spec.name
+        done = done_steps(workdir)
         startup = plan_lib.STARTUP_S
         if timings is not None:
             t = timings[spec.name]
@@ -198,7 +214,8 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
             assert table is not None  # main refuses no calibration without --step_times
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
         wide = (table or {}).get("wide_eval_factor", 1.0)
-        estimate = plan_lib.estimate_s(work, step_s, done, startup, wide)
+        estimate = plan_lib.estimate_s(work, step_s, done, startup, wide,
+                                       recorded_passes(workdir, work, done))
         rows.append({"name": spec.name, "spec": spec, "done": done, "steps": work.total_steps,
                      "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,
                      "step_s": step_s, "estimate": estimate})

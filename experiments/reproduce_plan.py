@@ -8,7 +8,9 @@ where an evaluation window costs a training step scaled by its rows over the
 training batch's rows and by 1/3 (a forward pass of the three passes of a step),
 never less than a third of a step (small windows are latency-bound on an
 accelerator). Validation runs once per remaining epoch; the final evaluation is
-every eval split once plus MC dropout (K times the rows) on `mc_splits`. Wide MC
+its passes (`rnnreg_jax.train.evaluation.final_passes`: every eval split once plus
+MC dropout, K times the rows, where asked), less those a resumed run has recorded
+for its last step (the engine runs only the rest). Wide MC
 windows use an accelerator better than a training step does: a step-time table's
 `wide_eval_factor` divides the cost of the rows beyond one training batch (without
 one, the estimate errs towards refusing).
@@ -20,7 +22,7 @@ import dataclasses
 import importlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 TASKS = ("ptb", "pmnist", "sentiment")
@@ -96,8 +98,7 @@ class Work:
     train_rows: int
     eval_windows: dict[str, tuple[int, int]]  # split -> (windows, rows per window)
     validation_split: str | None
-    mc_samples: int
-    mc_splits: tuple[str, ...]
+    final_passes: tuple  # rnnreg_jax.train.evaluation.Pass, in order
 
 
 def count_work(spec: Spec, data_dir: str | None = None) -> Work:
@@ -105,6 +106,7 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train.config import with_defaults
+    from rnnreg_jax.train.evaluation import final_passes
     from rnnreg_jax.train.task import steps_in_epoch
 
     config = spec.config()
@@ -120,7 +122,7 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
         first = next(iter(source.iterate(0)))
         windows[split] = (source.steps_per_epoch, first["inputs"].shape[0])
     return Work(spe, total, rows, windows, task.validation_split,
-                int(train.mc_samples), tuple(train.mc_splits))
+                tuple(final_passes(task, train)))
 
 
 def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
@@ -132,20 +134,23 @@ def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
 
 
 def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float = STARTUP_S,
-               wide_eval_factor: float = 1.0) -> dict[str, float]:
-    """Seconds left for a run: startup, training, validation, final evaluation."""
+               wide_eval_factor: float = 1.0, recorded: Collection[str] = ()
+               ) -> dict[str, float]:
+    """Seconds left for a run: startup, training, validation, final evaluation (less
+    the `recorded` final passes, by name)."""
     left = max(0, work.total_steps - done_steps)
     epochs_left = math.ceil(left / work.steps_per_epoch) if left else 0
     valid = 0.0
     if work.validation_split:
         w, r = work.eval_windows[work.validation_split]
         valid = epochs_left * _eval_s(w, r, work.train_rows, step_s)
-    final = sum(_eval_s(w, r, work.train_rows, step_s) for w, r in work.eval_windows.values())
-    for split in work.mc_splits if work.mc_samples else ():
-        if split in work.eval_windows:
-            w, r = work.eval_windows[split]
-            final += _eval_s(w, r * work.mc_samples, work.train_rows, step_s,
-                             wide_eval_factor)
+    final = 0.0
+    for p in work.final_passes:
+        if p.name in recorded or p.split not in work.eval_windows:
+            continue  # done, or a custom test protocol (its cost unknown)
+        w, r = work.eval_windows[p.split]
+        final += _eval_s(w, r * max(1, p.mc_samples), work.train_rows, step_s,
+                         wide_eval_factor if p.mc_samples else 1.0)
     return {"startup": startup_s, "train": left * step_s, "validation": valid,
             "final_eval": final, "total": startup_s + left * step_s + valid + final}
 

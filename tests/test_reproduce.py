@@ -11,6 +11,7 @@ import pytest
 
 from experiments import bundle
 from experiments import reproduce_plan as plan_lib
+from rnnreg_jax.train.evaluation import Pass
 from tests import data_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,12 +165,41 @@ def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
     assert "started 1 runs" in (tmp_path / "out2" / "window.log").read_text()
 
 
-def test_wide_mc_windows_cost_less_with_a_wide_eval_factor():
-    work = plan_lib.Work(steps_per_epoch=10, total_steps=10, train_rows=20,
+_MC = "MC dropout: 1000 samples, masks per pass, word-type dropout off, seed 0"
+
+
+def _test_work():
+    return plan_lib.Work(steps_per_epoch=10, total_steps=10, train_rows=20,
                          eval_windows={"test": (100, 1)}, validation_split=None,
-                         mc_samples=1000, mc_splits=("test",))
+                         final_passes=(Pass("test", "deterministic", "test", 0, True),
+                                       Pass("test_mc", _MC, "test", 1000, True)))
+
+
+def test_wide_mc_windows_cost_less_with_a_wide_eval_factor():
+    work = _test_work()
     plain = plan_lib.estimate_s(work, 0.01, startup_s=0)["final_eval"]
     wide = plan_lib.estimate_s(work, 0.01, startup_s=0, wide_eval_factor=4.5)["final_eval"]
     # the batch-1 pass costs a third of a step a window; MC 1000 rows = 50 batches of 20
     assert plain == pytest.approx(100 * 0.01 / 3 * (1 + 50))
     assert wide == pytest.approx(100 * 0.01 / 3 * (1 + 1 + 49 / 4.5))
+
+
+def test_the_plan_counts_only_the_final_passes_a_stopped_evaluation_left(tmp_path):
+    """A run whose final evaluation was cut after its deterministic test pass costs only
+    its MC pass; a record of other settings, or of an earlier step, counts for nothing."""
+    from experiments import reproduce
+
+    work = _test_work()
+    events = [{"step": 10, "split": "test", "phase": "final", "evaluated_as": "deterministic"},
+              {"step": 10, "split": "test_mc", "phase": "final",
+               "evaluated_as": _MC.replace("1000", "100")},
+              {"step": 5, "split": "test_mc", "phase": "final", "evaluated_as": _MC}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events)
+                                            + '{"step": 1')  # and a line being written
+    recorded = reproduce.recorded_passes(tmp_path, work, done=10)
+    assert recorded == {"test"}
+    assert reproduce.recorded_passes(tmp_path, work, done=5) == set()  # still training
+    full = plan_lib.estimate_s(work, 0.01, done_steps=10, startup_s=0)["final_eval"]
+    left = plan_lib.estimate_s(work, 0.01, done_steps=10, startup_s=0,
+                               recorded=recorded)["final_eval"]
+    assert full - left == pytest.approx(100 * 0.01 / 3)  # the batch-1 pass, not run again
