@@ -3,6 +3,7 @@ part-way keeps the passes done, and the same command runs only the rest."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -15,6 +16,10 @@ from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.logging import read_metrics
 
 th.enable_compilation_cache()
+
+
+VALID = "2 batches of 2x4, state carried"  # what _task's passes read
+TEST = "3 batches of 1x4, state carried"
 
 
 def _task():
@@ -74,7 +79,8 @@ def test_a_run_killed_during_mc_keeps_its_deterministic_results_and_resumes_with
         _Passes(m, fail_mc=True)
         with pytest.raises(KeyboardInterrupt):
             train.train_and_evaluate(_task(), _config(), workdir)
-    assert _finals(workdir) == [("valid", "deterministic"), ("test", "deterministic")]
+    assert _finals(workdir) == [("valid", f"deterministic, {VALID}"),
+                                ("test", f"deterministic, {TEST}")]
     with monkeypatch.context() as m:
         passes = _Passes(m)
         resumed = train.train_and_evaluate(_task(), _config(), workdir)
@@ -110,8 +116,21 @@ def test_a_pass_asked_with_other_settings_runs_again(tmp_path, monkeypatch):
     assert second["test_mc/loss"] != first["test_mc/loss"]
     signatures = [sig for split, sig in _finals(workdir) if split == "test_mc"]
     assert signatures == [
-        "MC dropout: 3 samples, masks per window, word-type dropout on, seed 0",
-        "MC dropout: 5 samples, masks per window, word-type dropout on, seed 0"]
+        f"MC dropout: 3 samples, masks per window, word-type dropout on, seed 0, {TEST}",
+        f"MC dropout: 5 samples, masks per window, word-type dropout on, seed 0, {TEST}"]
+
+
+def test_a_split_read_otherwise_is_evaluated_again(tmp_path, monkeypatch):
+    """Validation read with its state reset instead of carried (or in other batches) is
+    another pass: its old record is not reused."""
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(_task(), _config(), workdir)
+    reset = dataclasses.replace(_task(), eval_carry_state=False)
+    with monkeypatch.context() as m:
+        passes = _Passes(m)
+        train.train_and_evaluate(reset, _config(), workdir)
+    assert passes.final() == ["valid"]
+    assert _finals(workdir)[-1] == ("valid", "deterministic, 2 batches of 2x4, state reset")
 
 
 def test_final_passes_name_each_pass_and_what_its_numbers_depend_on():
@@ -122,7 +141,7 @@ def test_final_passes_name_each_pass_and_what_its_numbers_depend_on():
     custom = train.Task(model=th.tiny_lm(hidden=8), kind="lm", train=th.LMSource(),
                         evals={"valid": th.LMSource()}, test_protocol=lambda p, e: {"x": 1.0})
     assert [(p.name, p.signature) for p in final_passes(custom, _config())] == [
-        ("valid", "deterministic"), ("test_protocol", None)]
+        ("valid", "deterministic, 6 batches of 8x5, state reset"), ("test_protocol", None)]
 
 
 def test_evaluate_all_returns_done_passes_as_given_and_stops_when_asked():

@@ -10,7 +10,7 @@ import jax
 
 from rnnreg_jax.train.config import with_defaults
 from rnnreg_jax.train.evaluator import Evaluator
-from rnnreg_jax.train.task import Task
+from rnnreg_jax.train.task import Task, steps_in_epoch
 
 MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
 
@@ -39,15 +39,31 @@ def final_passes(task: Task, config) -> list[Pass]:
     for name in task.evals:
         protocol = task.test_protocol is True and name == "test"
         carry = True if protocol else None
-        out.append(Pass(name, "deterministic", name, 0, carry))
+        reads = _reads(task, name, carry)
+        out.append(Pass(name, f"deterministic, {reads}", name, 0, carry))
         if config.mc_samples and (name in config.mc_splits or protocol):
             signature = (f"MC dropout: {config.mc_samples} samples, masks per "
                          f"{config.mc_masks}, word-type dropout "
-                         f"{'on' if config.mc_embedding_dropout else 'off'}, seed {config.seed}")
+                         f"{'on' if config.mc_embedding_dropout else 'off'}, seed "
+                         f"{config.seed}, {reads}")
             out.append(Pass(f"{name}_mc", signature, name, config.mc_samples, carry))
     if callable(task.test_protocol):
         out.append(Pass("test_protocol", None))
     return out
+
+
+def _reads(task: Task, split: str, carry_state: bool | None) -> str:
+    """What a pass over `split` reads, as far as its numbers depend on it: the batches'
+    count and shape, and whether the LM state is carried across them."""
+    source = task.evals[split]
+    try:
+        shape = "x".join(str(n) for n in next(iter(source.iterate(0)))["inputs"].shape)
+        batches = f"{steps_in_epoch(source, 0)} batches of {shape}"
+    except (AttributeError, TypeError, StopIteration):  # a plain iterable: not said
+        batches = "batches of an unknown shape"
+    carried = (task.evaluation_carries_state if carry_state is None
+               else task.kind == "lm" and carry_state)
+    return f"{batches}, state {'carried' if carried else 'reset'}"
 
 
 def evaluate_all(task: Task, evaluator: Evaluator, params, model_state, config,
