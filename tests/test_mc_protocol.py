@@ -118,7 +118,7 @@ def test_per_pass_masks_make_the_windowed_mc_pass_gals_single_pass(stream, embed
     results = {}
     for masks in noise.MC_MASKS:
         ev = Evaluator(task, mesh, mc_chunk=2, mc_masks=masks,
-                             mc_embedding_dropout=embedding_dropout)
+                       mc_embedding_dropout=embedding_dropout)
         results[masks] = ev.evaluate_mc(params, source, k, KEY)["loss"]
     assert_close_f32(results["pass"], expected, err_msg="per-pass masks")
     assert abs(results["window"] - expected) > 1e-3, results

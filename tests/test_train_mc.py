@@ -95,7 +95,7 @@ def test_mc_in_chunks_equals_mc_at_once(setup, masks):
             params, source, 12, key)
         assert_close_f32(chunked["loss"], at_once["loss"], err_msg=f"chunks of {chunk}")
     other = Evaluator(task, mesh, mc_masks=masks).evaluate_mc(params, source, 12,
-                                                                    jax.random.PRNGKey(3))
+                                                              jax.random.PRNGKey(3))
     assert abs(other["loss"] - at_once["loss"]) > 1e-4  # the key does set the masks
 
 

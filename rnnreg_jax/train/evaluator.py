@@ -60,9 +60,9 @@ class Evaluator:
         self.mc_draws_noise = mc_draws_noise(mc_model)
 
         def det(params, model_state, batch, carry):
-            out, new_carry, _, _ = apply_model(model, kind, params, batch["inputs"], carry, True,
-                                          None, model_state=model_state,
-                                          seq_lengths=batch.get("lengths"))
+            out, new_carry, _, _ = apply_model(
+                model, kind, params, batch["inputs"], carry, True, None,
+                model_state=model_state, seq_lengths=batch.get("lengths"))
             return losses.objective_and_stats(kind, out, batch)[1], new_carry
 
         def mc(params, model_state, batch, carry, key, window, first, k):
@@ -74,10 +74,10 @@ class Evaluator:
             def sample(sample_key, sample_carry):
                 # Noise sampled, but normalized by the population statistics (lstm_bn):
                 # no batch statistics shared between samples or with the test batch.
-                out, new_carry, _, _ = apply_model(mc_model, kind, params, batch["inputs"],
-                                              sample_carry, False, sample_key,
-                                              model_state=model_state, use_running_average=True,
-                                              seq_lengths=batch.get("lengths"))
+                out, new_carry, _, _ = apply_model(
+                    mc_model, kind, params, batch["inputs"], sample_carry, False, sample_key,
+                    model_state=model_state, use_running_average=True,
+                    seq_lengths=batch.get("lengths"))
                 return out, new_carry
 
             # The carry stays [K*B, ...], sample-major, outside (one LM state per sample).
@@ -211,7 +211,6 @@ def _mc_fields(kind: str, metrics: dict[str, float]) -> dict[str, float]:
     """The fields MC evaluation reports: an LM's errors are not counted under MC (they
     would need the whole averaged distribution: `losses.mc_stats`)."""
     return {k: v for k, v in metrics.items() if not (kind == "lm" and k == "error")}
-
 
 
 def _is_oom(err: Exception) -> bool:

@@ -26,7 +26,7 @@ MODEL_STATE_COLLECTIONS = ("batch_stats",)  # the non-parameter collections a Tr
 
 
 def apply_model(model, kind, params, inputs, carry, deterministic, key, mutable=False,
-           model_state=None, use_running_average=None, seq_lengths=None):
+                model_state=None, use_running_average=None, seq_lengths=None):
     """Run the model; returns `(outputs, new_carry_or_None, penalties, new_model_state)`.
 
     `model_state` (`{collection: variables}`) joins the parameters; with
