@@ -157,3 +157,20 @@ def test_evaluate_all_returns_done_passes_as_given_and_stops_when_asked():
                        should_stop=lambda: len(heard) == 1)
     assert out["valid"] == {"loss": -1.0} and list(out) == ["valid", "test"]
     assert heard == ["test"]
+
+
+def test_a_torn_last_event_neither_breaks_the_resume_nor_the_events_after_it(
+        tmp_path, monkeypatch):
+    """A run killed mid-write leaves half an event without its newline: the restart reads
+    the events around it and starts its own on a line of their own."""
+    workdir = str(tmp_path / "run")
+    first = train.train_and_evaluate(_task(), _config(), workdir)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 24, "epoch": 2, "spl')
+    with monkeypatch.context() as m:
+        passes = _Passes(m)
+        again = train.train_and_evaluate(_task(), _config(), workdir)
+    assert passes.final() == [] and again["test_mc/loss"] == first["test_mc/loss"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert lines.count('{"step": 24, "epoch": 2, "spl') == 1
+    assert read_metrics(workdir)[-1]["split"] == "resume"

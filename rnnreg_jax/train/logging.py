@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from typing import TextIO
@@ -69,8 +70,12 @@ class MetricsLogger:
             epath.Path(workdir).mkdir(parents=True, exist_ok=True)
             if self.remote:
                 self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
+                if self._lines and not self._lines[-1].endswith("\n"):
+                    self._lines[-1] += "\n"
             else:
                 self._file = open(self.path, "a", encoding="utf-8")
+                if not _ends_a_line(self.path):
+                    self._file.write("\n")  # a torn last event stays alone on its line
             if tensorboard:
                 writer_cls = _summary_writer_class()
                 if writer_cls is not None:
@@ -186,9 +191,26 @@ def progress_line(epoch: int, step: int, total_steps: int, metrics: dict, rate: 
             f"{rate:,.0f} {unit}/s ETA {format_eta(eta_s)}")
 
 
+def _ends_a_line(path: epath.Path) -> bool:
+    """Whether the local file is empty or ends with a newline."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """All events of a run's metrics.jsonl (for notebooks and tests)."""
+    """All events of a run's metrics.jsonl, less any line a killed run left torn (the
+    loop reads them on resume: NT-ASGD's history, the final passes already run)."""
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # torn, or empty
+            continue
+    return events
