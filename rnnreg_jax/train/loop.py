@@ -99,7 +99,7 @@ class _Run:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
         self.deadline = (time.monotonic() + config.time_limit_s) if config.time_limit_s else None
-        self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not run
+        self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
         self.terminate = TerminationFlag()
 
     def eval_params(self, state=None):
@@ -412,7 +412,9 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       Final metrics: `"<split>/<metric>"` for every eval split (deterministic),
       `"<split>_mc/<metric>"` for MC evaluation, the last `"train/..."` log
       values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
-      returns `{"step", "epoch", "stopped": True}` after saving a checkpoint.
+      returns `{"step", "epoch", "stopped": True}` after saving a checkpoint; SIGTERM
+      during the final evaluation stops it after the pass it is in, each pass done
+      being recorded (the same call runs the rest).
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
