@@ -87,13 +87,11 @@ def train_events(workdir: Path) -> list[dict]:
 def recorded_passes(workdir: Path, work: plan_lib.Work, done: int) -> set[str]:
     """The final passes a run that finished training has recorded for its last step with
     today's settings: the engine runs only the others (docs/TRAINING.md, Evaluation)."""
+    from rnnreg_jax.train.evaluation import recorded_passes as recorded
+
     if done < work.total_steps:
         return set()
-    signatures = {p.name: p.signature for p in work.final_passes}
-    return {e["split"] for e in _events(workdir)
-            if e.get("phase") == "final" and e.get("step") == done
-            and e.get("evaluated_as") is not None
-            and signatures.get(e.get("split")) == e.get("evaluated_as")}
+    return set(recorded(_events(workdir), list(work.final_passes), done))
 
 
 def measured_step_s(workdir: Path) -> float | None:

@@ -13,6 +13,8 @@ from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.task import Task, steps_in_epoch
 
 MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
+# What a metrics.jsonl event adds to a pass's metrics.
+EVENT_FIELDS = ("step", "epoch", "split", "phase", "eval_epoch", "evaluated_as", "wall_time")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,4 +110,32 @@ def evaluate_all(task: Task, evaluator: Evaluator, params, model_state, config,
                 on_batch=None if on_batch is None else functools.partial(on_batch, p.split))
         if on_result is not None:
             on_result(p.name, out[p.name])
+    return out
+
+
+def recorded_passes(events, passes: list[Pass], step: int,
+                    eval_epoch: int | None = None) -> dict[str, dict]:
+    """name -> metrics of the `passes` a run's metrics.jsonl `events` hold as final
+    events of `step` (and of the model of `eval_epoch`, where given) computed with the
+    same signature: the passes a restart need not run again."""
+    signatures = {p.name: p.signature for p in passes}
+    out = {}
+    for e in events:
+        signature = signatures.get(str(e.get("split")))
+        if (e.get("phase") == "final" and e.get("step") == step
+                and (eval_epoch is None or e.get("eval_epoch") == eval_epoch)
+                and signature is not None and signature == e.get("evaluated_as")):
+            out[e["split"]] = {k: v for k, v in e.items() if k not in EVENT_FIELDS}
+    return out
+
+
+def flat_results(results: dict) -> dict:
+    """`evaluate_all`'s results as one flat dict: a split's metrics as
+    `"<split>/<metric>"`, a custom test protocol's dict as it is."""
+    out: dict = {}
+    for name, metrics in results.items():
+        if name == "test_protocol":
+            out.update(metrics)
+        else:
+            out.update({f"{name}/{k}": v for k, v in metrics.items()})
     return out

@@ -16,7 +16,7 @@ from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, ntasgd, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
-from rnnreg_jax.train.evaluation import evaluate_all, final_passes
+from rnnreg_jax.train.evaluation import evaluate_all, final_passes, flat_results, recorded_passes
 from rnnreg_jax.train.evaluator import Evaluator
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.task import Task, steps_in_epoch
@@ -35,10 +35,6 @@ def _epoch_end_update(state, lr, best, bad_epochs, epoch):
     hyper = dict(state.opt_state.hyperparams)
     hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
-
-
-# The fields a metrics.jsonl event adds to a pass's metrics.
-_RECORD_FIELDS = ("step", "epoch", "split", "phase", "eval_epoch", "evaluated_as", "wall_time")
 
 
 class _Run:
@@ -317,39 +313,35 @@ class _Run:
     def final_eval(self) -> dict | None:
         """The final evaluation, each pass recorded as it ends; passes recorded before
         for this step and model (a run that died or got SIGTERM mid-way, resumed) are
-        not run again. None where SIGTERM stopped it before its last pass."""
+        not run again (single process: every process of a multi-host run must run the
+        same passes). None where SIGTERM stopped it before its last pass."""
         state = self.final_state()
-        out: dict = {"step": self.step, "epoch": self.epoch, "eval_epoch": int(state.epoch)}
-        out.update({f"train/{k}": v for k, v in self.last_train.items()})
-        passes = {p.name: p.signature for p in final_passes(self.task, self.config)}
-        done = self._recorded_passes(passes, out["eval_epoch"])
+        eval_epoch = int(state.epoch)
+        passes = final_passes(self.task, self.config)
+        signatures = {p.name: p.signature for p in passes}
+        done = {}
+        if self.resumed and jax.process_count() == 1:
+            done = recorded_passes(read_metrics(self.workdir), passes, self.step, eval_epoch)
         for name, metrics in done.items():
             self._show(name, metrics, " (recorded before)")
-            self._merge(out, name, metrics)
-        results = evaluate_all(
-            self.task, self.evaluator, self.eval_params(state), state.model_state,
-            self.config, done=done, should_stop=self.stop_requested,
-            on_result=lambda name, metrics: self._record(out, name, metrics, passes[name]))
+
+        def record(name, metrics):
+            event = dict(metrics, phase="final", eval_epoch=eval_epoch)
+            if signatures[name] is not None:
+                event["evaluated_as"] = signatures[name]
+            self.logger.write(name, self.step, self.epoch, event)
+            self._show(name, metrics)
+
+        results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
+                               state.model_state, self.config, done=done,
+                               on_result=record, should_stop=self.stop_requested)
         if len(results) < len(passes):
             self.stopped = True
             self._announce_stop()
             return None
-        return out
-
-    def _recorded_passes(self, passes: dict[str, str | None], eval_epoch: int) -> dict:
-        """name -> metrics of the final passes metrics.jsonl holds for this step and
-        model, computed as `passes` would compute them (same signature). A multi-host
-        run reads none: every process must run the same passes."""
-        if not self.resumed or jax.process_count() > 1:
-            return {}
-        out = {}
-        for e in read_metrics(self.workdir):
-            signature = passes.get(str(e.get("split")))
-            if (e.get("phase") == "final" and e.get("step") == self.step
-                    and e.get("eval_epoch") == eval_epoch
-                    and signature is not None and signature == e.get("evaluated_as")):
-                out[e["split"]] = {k: v for k, v in e.items() if k not in _RECORD_FIELDS}
-        return out
+        return {"step": self.step, "epoch": self.epoch, "eval_epoch": eval_epoch,
+                **{f"train/{k}": v for k, v in self.last_train.items()},
+                **flat_results(results)}
 
     def stop_requested(self) -> bool:
         """SIGTERM arrived (between evaluation passes: every process decides together)."""
@@ -359,26 +351,9 @@ class _Run:
 
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self.terminate.set))))
 
-    def _record(self, out, name, metrics, signature):
-        record = dict(metrics, phase="final", eval_epoch=out["eval_epoch"])
-        if signature is not None:
-            record["evaluated_as"] = signature
-        self.logger.write(name, self.step, self.epoch, record)
-        self._show(name, metrics)
-        self._merge(out, name, metrics)
-
     def _show(self, name, metrics, note=""):
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.logger.console(f"final {name}: {shown}{note}")
-
-    @staticmethod
-    def _merge(out, name, metrics):
-        # A custom test protocol's dict joins the results as it is; a split's metrics
-        # under "<split>/<metric>".
-        if name == "test_protocol":
-            out.update(metrics)
-        else:
-            out.update({f"{name}/{k}": v for k, v in metrics.items()})
 
     def close(self) -> None:
         self.terminate.restore()
