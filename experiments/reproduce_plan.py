@@ -99,6 +99,7 @@ class Work:
     eval_windows: dict[str, tuple[int, int]]  # split -> (windows, rows per window)
     validation_split: str | None
     final_passes: tuple  # rnnreg_jax.train.evaluation.Pass, in order
+    mc_draws_noise: bool = True  # False: each MC pass runs once (`Evaluator.mc_draws_noise`)
 
 
 def count_work(spec: Spec, data_dir: str | None = None) -> Work:
@@ -107,6 +108,7 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train.config import with_defaults
     from rnnreg_jax.train.evaluation import final_passes
+    from rnnreg_jax.train.evaluator import mc_draws_noise, without_embedding_dropout
     from rnnreg_jax.train.task import steps_in_epoch
 
     config = spec.config()
@@ -121,8 +123,9 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     for split, source in task.evals.items():
         first = next(iter(source.iterate(0)))
         windows[split] = (source.steps_per_epoch, first["inputs"].shape[0])
+    mc_model = task.model if train.mc_embedding_dropout else without_embedding_dropout(task.model)
     return Work(spe, total, rows, windows, task.validation_split,
-                tuple(final_passes(task, train)))
+                tuple(final_passes(task, train)), mc_draws_noise(mc_model))
 
 
 def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
@@ -149,8 +152,9 @@ def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float 
         if p.name in recorded or p.split not in work.eval_windows:
             continue  # done, or a custom test protocol (its cost unknown)
         w, r = work.eval_windows[p.split]
-        final += _eval_s(w, r * max(1, p.mc_samples), work.train_rows, step_s,
-                         wide_eval_factor if p.mc_samples else 1.0)
+        k = p.mc_samples if work.mc_draws_noise else 0  # noiseless: the pass runs once
+        final += _eval_s(w, r * max(1, k), work.train_rows, step_s,
+                         wide_eval_factor if k else 1.0)
     return {"startup": startup_s, "train": left * step_s, "validation": valid,
             "final_eval": final, "total": startup_s + left * step_s + valid + final}
 

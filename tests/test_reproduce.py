@@ -203,3 +203,14 @@ def test_the_plan_counts_only_the_final_passes_a_stopped_evaluation_left(tmp_pat
     left = plan_lib.estimate_s(work, 0.01, done_steps=10, startup_s=0,
                                recorded=recorded)["final_eval"]
     assert full - left == pytest.approx(100 * 0.01 / 3)  # the batch-1 pass, not run again
+
+
+def test_mc_of_a_model_without_noise_is_priced_as_the_one_pass_it_runs():
+    import dataclasses
+
+    noisy = _test_work()
+    noiseless = dataclasses.replace(noisy, mc_draws_noise=False)
+    one_pass = 100 * 0.01 / 3
+    assert plan_lib.estimate_s(noiseless, 0.01, startup_s=0)["final_eval"] == pytest.approx(
+        2 * one_pass)
+    assert plan_lib.estimate_s(noisy, 0.01, startup_s=0)["final_eval"] > 40 * one_pass
