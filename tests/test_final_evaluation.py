@@ -174,3 +174,31 @@ def test_a_torn_last_event_neither_breaks_the_resume_nor_the_events_after_it(
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert lines.count('{"step": 24, "epoch": 2, "spl') == 1
     assert read_metrics(workdir)[-1]["split"] == "resume"
+
+
+def test_sigterm_during_a_pass_ends_it_at_the_next_batch(tmp_path, monkeypatch):
+    """A long MC pass need not run to its end (or to a SIGKILL): the single-process loop
+    stops it after the batch in which SIGTERM came, and keeps what it had recorded."""
+    evaluate_mc, check = Evaluator.evaluate_mc, Evaluator._check_stop
+    batches: list[str] = []
+
+    def mc_with_sigterm(ev, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate_mc(ev, *args, **kwargs)
+
+    def counted(ev, label):
+        batches.append(label)
+        return check(ev, label)
+
+    workdir = str(tmp_path / "run")
+    with monkeypatch.context() as m:
+        m.setattr(Evaluator, "evaluate_mc", mc_with_sigterm)
+        m.setattr(Evaluator, "_check_stop", counted)
+        stopped = train.train_and_evaluate(_task(), _config(), workdir)
+    assert stopped["stopped"]
+    assert [b for b in batches if "MC" in b] == ["final evaluation, test with MC dropout "
+                                                 "(3 samples)"]  # 1 of its 3 batches
+    assert [s for s, _ in _finals(workdir)] == ["valid", "test"]
+    assert read_metrics(workdir)[-1]["reason"] == "SIGTERM"
+    done = train.train_and_evaluate(_task(), _config(), workdir)
+    assert "test_mc/loss" in done

@@ -9,7 +9,7 @@ import functools
 import jax
 
 from rnnreg_jax.train.config import with_defaults
-from rnnreg_jax.train.evaluator import Evaluator
+from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.task import Task, steps_in_epoch
 
 MC_KEY_SALT = 0x4D43  # MC evaluation key: fold_in(PRNGKey(seed), MC_KEY_SALT)
@@ -80,7 +80,8 @@ def evaluate_all(task: Task, evaluator: Evaluator, params, model_state, config,
     `done`: results of passes already run for these parameters (whose signatures
     match), returned as they are; `on_result(name, metrics)` hears each pass as it
     ends (to record it at once); `should_stop()`, asked before each pass to run,
-    True leaves it and the rest out.
+    True leaves it and the rest out, as does a pass the evaluator stops part-way
+    (`PassStopped`: its own `should_stop`).
     """
     config = with_defaults(config)
     mc_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), MC_KEY_SALT)
@@ -94,20 +95,23 @@ def evaluate_all(task: Task, evaluator: Evaluator, params, model_state, config,
         if should_stop is not None and should_stop():
             break
         label = f"final evaluation, {p.split}"
-        if p.split is None:
-            assert callable(task.test_protocol)
-            out[p.name] = task.test_protocol(params, evaluator)
-        elif p.mc_samples:
-            out[p.name] = evaluator.evaluate_mc(
-                params, task.evals[p.split], p.mc_samples,
-                jax.random.fold_in(mc_key, split_index[p.split]), carry_state=p.carry_state,
-                model_state=model_state,
-                label=f"{label} with MC dropout ({p.mc_samples} samples)")
-        else:
-            out[p.name] = evaluator.evaluate(
-                params, task.evals[p.split], carry_state=p.carry_state,
-                model_state=model_state, label=label,
-                on_batch=None if on_batch is None else functools.partial(on_batch, p.split))
+        try:
+            if p.split is None:
+                assert callable(task.test_protocol)
+                out[p.name] = task.test_protocol(params, evaluator)
+            elif p.mc_samples:
+                out[p.name] = evaluator.evaluate_mc(
+                    params, task.evals[p.split], p.mc_samples,
+                    jax.random.fold_in(mc_key, split_index[p.split]),
+                    carry_state=p.carry_state, model_state=model_state,
+                    label=f"{label} with MC dropout ({p.mc_samples} samples)")
+            else:
+                out[p.name] = evaluator.evaluate(
+                    params, task.evals[p.split], carry_state=p.carry_state,
+                    model_state=model_state, label=label,
+                    on_batch=None if on_batch is None else functools.partial(on_batch, p.split))
+        except PassStopped:
+            break
         if on_result is not None:
             on_result(p.name, out[p.name])
     return out

@@ -55,6 +55,9 @@ class Evaluator:
         # pass longer than `progress_every_s` is going (`PassProgress`).
         self.progress: Callable[[str], None] | None = None
         self.progress_every_s = 60.0
+        # `should_stop()`, where set (the loop, during its final evaluation of a single
+        # process: SIGTERM), is asked after each batch; True ends the pass (`PassStopped`).
+        self.should_stop: Callable[[], bool] | None = None
         kind, model = task.kind, task.model
         mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)
         self.mc_draws_noise = mc_draws_noise(mc_model)
@@ -96,6 +99,10 @@ class Evaluator:
             return self.task.evaluation_carries_state
         return self.task.kind == "lm" and carry_state
 
+    def _check_stop(self, label: str) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise PassStopped(f"{label}: stopped part-way")
+
     def _pass_progress(self, label: str, source) -> Callable[..., None]:
         if self.progress is None:
             return lambda done, sync=None: None
@@ -130,6 +137,7 @@ class Evaluator:
                                           self.task.target_scale))
             throttle(self.mesh, index, totals)
             tick(index + 1, totals)
+            self._check_stop(label)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
     @classmethod
@@ -193,8 +201,13 @@ class Evaluator:
             totals = losses.add_stats(totals, self._mc_stats(self.task.kind, summary, g, k))
             throttle(self.mesh, window, totals)
             tick(window + 1, totals)
+            self._check_stop(label)
         return _mc_fields(self.task.kind, losses.summarize(
             self.task.kind, jax.device_get(totals), self.task.target_scale))
+
+
+class PassStopped(Exception):
+    """An evaluation pass left part-way because `Evaluator.should_stop()` said so."""
 
 
 def mc_draws_noise(model) -> bool:

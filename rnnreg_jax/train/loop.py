@@ -314,7 +314,8 @@ class _Run:
         """The final evaluation, each pass recorded as it ends; passes recorded before
         for this step and model (a run that died or got SIGTERM mid-way, resumed) are
         not run again (single process: every process of a multi-host run must run the
-        same passes). None where SIGTERM stopped it before its last pass."""
+        same passes). SIGTERM ends it at the next batch (between passes with several
+        processes); then None, the passes done recorded."""
         state = self.final_state()
         eval_epoch = int(state.epoch)
         passes = final_passes(self.task, self.config)
@@ -332,9 +333,14 @@ class _Run:
             self.logger.write(name, self.step, self.epoch, event)
             self._show(name, metrics)
 
-        results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
-                               state.model_state, self.config, done=done,
-                               on_result=record, should_stop=self.stop_requested)
+        if jax.process_count() == 1:  # several processes may only stop together
+            self.evaluator.should_stop = lambda: self.terminate.set
+        try:
+            results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
+                                   state.model_state, self.config, done=done,
+                                   on_result=record, should_stop=self.stop_requested)
+        finally:
+            self.evaluator.should_stop = None
         if len(results) < len(passes):
             self.stopped = True
             self._announce_stop()
@@ -388,8 +394,8 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       `"<split>_mc/<metric>"` for MC evaluation, the last `"train/..."` log
       values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
       returns `{"step", "epoch", "stopped": True}` after saving a checkpoint; SIGTERM
-      during the final evaluation stops it after the pass it is in, each pass done
-      being recorded (the same call runs the rest).
+      during the final evaluation stops it at the next batch, each pass done being
+      recorded (the same call runs the rest).
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
