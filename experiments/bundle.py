@@ -8,8 +8,9 @@ batch's runs travel as:
 * `runs.tar.gz`: every run's `config.json`, `metrics.jsonl`, TensorBoard events,
   `final.json` (the binary's final metrics) and `console.log`.
 * `checkpoints.tar.gz.partNN`: the newest checkpoint and the best one of each run
-  small enough to travel (larger ones are left out and the manifest says so), split
-  into parts under the size limit, so a run can resume in a later window.
+  small enough to travel (larger ones are left out and the manifest says so; runs
+  with work left go before finished ones), split into parts under the size limit, so
+  a run can resume in a later window.
 
 `unpack` restores a bundle into a runs folder; `experiments.report` reads a bundle
 folder as it reads workdirs.
@@ -91,13 +92,20 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
     buffer = io.BytesIO()
     carried: list[str] = []
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        # Smallest first: the most runs that fit travel.
-        for run in sorted(runs, key=lambda r: _tree_bytes(newest_step_dirs(root / r["name"]))):
+        # Runs with work left first (they resume from it: training, or final passes a
+        # deadline cut), then the finished; within each, smallest first: the most fit.
+        # Counted uncompressed (gzip's buffer makes the stream's position lag behind
+        # what it will write; float weights hardly compress).
+        sizes = {r["name"]: _tree_bytes(newest_step_dirs(root / r["name"])) for r in runs}
+        used = 0
+        for run in sorted(runs, key=lambda r: (r.get("status") == "finished",
+                                               sizes[r["name"]])):
             dirs = newest_step_dirs(root / run["name"])
-            if not dirs or buffer.tell() + _tree_bytes(dirs) > checkpoint_budget:
+            if not dirs or used + sizes[run["name"]] > checkpoint_budget:
                 continue
             for d in dirs:
                 tar.add(d, arcname=f"{run['name']}/{d.parent.name}/{d.name}")
+            used += sizes[run["name"]]
             carried.append(run["name"])
     data = buffer.getvalue() if carried else b""
     if len(data) > checkpoint_budget:  # compressed size over budget after all: carry none

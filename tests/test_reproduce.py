@@ -86,6 +86,21 @@ def test_the_bundle_refuses_more_files_than_come_back(tmp_path):
         bundle.check_limits(tmp_path)
 
 
+def test_runs_with_work_left_carry_their_checkpoints_before_finished_ones(tmp_path):
+    """A smaller finished run must not take the room of a run that still has to resume
+    (unfinished training, or final passes a deadline cut)."""
+    for name, size in (("done", 2000), ("left", 6000)):
+        step = tmp_path / "root" / name / "checkpoints" / "7"
+        step.mkdir(parents=True)
+        (step / "state").write_bytes(os.urandom(size))  # incompressible
+    runs = [{"name": "done", "status": "finished"}, {"name": "left", "status": "stopped"}]
+    manifest = bundle.pack(tmp_path / "root", runs, tmp_path / "out", checkpoint_budget=7000)
+    assert {r["name"]: r["checkpoint_carried"] for r in manifest["runs"]} == {
+        "done": False, "left": True}
+    both = bundle.pack(tmp_path / "root", runs, tmp_path / "out2", checkpoint_budget=20_000)
+    assert all(r["checkpoint_carried"] for r in both["runs"])
+
+
 @pytest.mark.slow  # about 3 minutes on a 2-core CPU
 def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
     specs = [f"ptb:tiny:a:{FLAGS};--config.train.num_epochs=100",
