@@ -96,11 +96,12 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
         # deadline cut), then the finished; within each, smallest first: the most fit.
         # Counted uncompressed (gzip's buffer makes the stream's position lag behind
         # what it will write; float weights hardly compress).
-        sizes = {r["name"]: _tree_bytes(newest_step_dirs(root / r["name"])) for r in runs}
+        dirs_of = {r["name"]: newest_step_dirs(root / r["name"]) for r in runs}
+        sizes = {name: _tree_bytes(dirs) for name, dirs in dirs_of.items()}
         used = 0
         for run in sorted(runs, key=lambda r: (r.get("status") == "finished",
                                                sizes[r["name"]])):
-            dirs = newest_step_dirs(root / run["name"])
+            dirs = dirs_of[run["name"]]
             if not dirs or used + sizes[run["name"]] > checkpoint_budget:
                 continue
             for d in dirs:

@@ -67,16 +67,9 @@ def done_steps(workdir: Path) -> int:
 
 
 def _events(workdir: Path) -> list[dict]:
-    path = workdir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue  # a line being written
-    return events
+    from rnnreg_jax.train.logging import read_metrics  # skips a line being written
+
+    return read_metrics(str(workdir))
 
 
 def train_events(workdir: Path) -> list[dict]:

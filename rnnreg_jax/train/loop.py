@@ -269,9 +269,7 @@ class _Run:
             return up
         if not (self.config.log_every_steps and self.step % self.config.log_every_steps == 0):
             return False
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(up))))
+        return _on_any_process(up)
 
     def _announce_stop(self) -> None:
         limit = self.config.time_limit_s
@@ -353,9 +351,7 @@ class _Run:
         """SIGTERM arrived (between evaluation passes: every process decides together)."""
         if jax.process_count() == 1:
             return self.terminate.set
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.terminate.set))))
+        return _on_any_process(self.terminate.set)
 
     def _show(self, name, metrics, note=""):
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -370,6 +366,13 @@ class _Run:
                 close()
             except Exception as err:  # noqa: BLE001
                 logging.warning("Closing the run's files failed: %s", err)
+
+
+def _on_any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process: a collective every process must call."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _all_finite(*trees) -> jax.Array:
