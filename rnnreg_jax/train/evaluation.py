@@ -1,5 +1,6 @@
 """The final evaluation: every evaluation split of a task, deterministic and MC dropout,
-as `train_and_evaluate` runs it at the end and `experiments.evaluate` reruns it."""
+as `train_and_evaluate` runs it at the end and `experiments.evaluate` reruns it; and what
+a resumed run reads back of the evaluations it recorded."""
 
 from __future__ import annotations
 
@@ -131,6 +132,18 @@ def recorded_passes(events, passes: list[Pass], step: int,
                 and signature is not None and signature == e.get("evaluated_as")):
             out[e["split"]] = {k: v for k, v in e.items() if k not in EVENT_FIELDS}
     return out
+
+
+def validation_history(events, split: str | None, metric: str, before_epoch: int) -> list[float]:
+    """The epoch-end `metric` on `split` of epochs 0 .. `before_epoch` - 1, in order, one
+    value an epoch: the last recorded (an epoch whose event was written but whose
+    checkpoint was not, before a kill, is validated again and recorded twice)."""
+    by_epoch = {}
+    for e in events:
+        if (e.get("phase") == "epoch_end" and e.get("split") == split
+                and int(e["epoch"]) < before_epoch):
+            by_epoch[int(e["epoch"])] = float(e[metric])
+    return [by_epoch[k] for k in sorted(by_epoch)]
 
 
 def flat_results(results: dict) -> dict:

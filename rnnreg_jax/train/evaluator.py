@@ -55,8 +55,8 @@ class Evaluator:
         # pass longer than `progress_every_s` is going (`PassProgress`).
         self.progress: Callable[[str], None] | None = None
         self.progress_every_s = 60.0
-        # `should_stop()`, where set (the loop, during its final evaluation of a single
-        # process: SIGTERM), is asked after each batch; True ends the pass (`PassStopped`).
+        # `should_stop()`, where set (the loop of a single process, during its evaluations:
+        # SIGTERM), is asked after each batch; True ends the pass (`PassStopped`).
         self.should_stop: Callable[[], bool] | None = None
         kind, model = task.kind, task.model
         mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -16,8 +17,14 @@ from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, ntasgd, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
-from rnnreg_jax.train.evaluation import evaluate_all, final_passes, flat_results, recorded_passes
-from rnnreg_jax.train.evaluator import Evaluator
+from rnnreg_jax.train.evaluation import (
+    evaluate_all,
+    final_passes,
+    flat_results,
+    recorded_passes,
+    validation_history,
+)
+from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.task import Task, steps_in_epoch
 from rnnreg_jax.train.termination import TerminationFlag
@@ -25,16 +32,6 @@ from rnnreg_jax.train.termination import TerminationFlag
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def _epoch_end_update(state, lr, best, bad_epochs, epoch):
-    state = state.replace(epoch=jnp.asarray(epoch, jnp.int32),
-                          batch_in_epoch=jnp.zeros((), jnp.int32),
-                          best_metric=jnp.asarray(best, jnp.float32),
-                          bad_epochs=jnp.asarray(bad_epochs, jnp.int32))
-    hyper = dict(state.opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
 
 
 class _Run:
@@ -62,7 +59,7 @@ class _Run:
         self.evaluator = Evaluator.from_config(task, self.mesh, config)
         self.zero_carry = jax.jit(lambda c: jax.tree.map(jnp.zeros_like, c),
                                   out_shardings=self.shardings.carry, donate_argnums=0)
-        self.epoch_end = jax.jit(_epoch_end_update, out_shardings=self.shardings,
+        self.epoch_end = jax.jit(steps.epoch_end_update, out_shardings=self.shardings,
                                  donate_argnums=0)
         self.logger = MetricsLogger(workdir, tensorboard=config.tensorboard)
         self.evaluator.progress = self.logger.console
@@ -78,15 +75,14 @@ class _Run:
         self.averaging = self.ntasgd and bool(ntasgd.is_averaging(self.state.opt_state))
         self.val_history: list[float] = []
         if self.ntasgd and self.resumed and jax.process_count() == 1:  # multi-host: restart
-            self.val_history = [e[losses.task_metric(task.kind)] for e in read_metrics(workdir)
-                                if e.get("phase") == "epoch_end" and e["step"] <= self.step
-                                and e["split"] == task.validation_split]
+            self.val_history = validation_history(read_metrics(workdir), task.validation_split,
+                                                  losses.task_metric(task.kind), self.epoch)
         if self.ntasgd:
             self.averaged = jax.jit(ntasgd.averaged_params, out_shardings=self.shardings.params)
             self.start_averaging = jax.jit(
                 lambda s: s.replace(opt_state=ntasgd.start_averaging(s.opt_state)),
                 out_shardings=self.shardings, donate_argnums=0)
-        self.state_is_finite = jax.jit(_all_finite)
+        self.state_is_finite = jax.jit(steps.all_finite)
         self.pending: list = []
         self.last_saved = self.step if self.resumed else None
         self.last_train: dict = {}
@@ -220,8 +216,8 @@ class _Run:
         carry_state = task.kind == "lm" and task.carry_state
         while self.epoch < cfg.num_epochs:
             spe = steps_in_epoch(task.train, self.epoch)
-            if cfg.max_steps and self.step >= cfg.max_steps:
-                return
+            if cfg.max_steps and self.step >= cfg.max_steps and self.pos < spe:
+                return  # (at pos == spe the epoch's validation is still to run)
             if cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
                 self.logger.console(f"Stopping early: {self.bad_epochs} epochs without "
                                     "validation improvement.")
@@ -254,7 +250,11 @@ class _Run:
                 if self.stopped:
                     self._announce_stop()
                 return
-            self.end_epoch()
+            if not self.end_epoch():  # SIGTERM during its validation: the epoch is saved
+                self.save()  # trained (batch_in_epoch == its steps), to validate on resume
+                self.stopped = True
+                self._announce_stop(", its validation to run first")
+                return
             if self.epoch < cfg.num_epochs and self.time_is_up():
                 self.stopped = True
                 self._announce_stop()
@@ -269,23 +269,29 @@ class _Run:
             return up
         if not (self.config.log_every_steps and self.step % self.config.log_every_steps == 0):
             return False
-        return _on_any_process(up)
+        return mesh_lib.on_any_process(up)
 
-    def _announce_stop(self) -> None:
+    def _announce_stop(self, pending: str = "") -> None:
         limit = self.config.time_limit_s
         why = "SIGTERM" if self.terminate.set else f"the time limit ({limit:g} s)"
         self.logger.write("stopped", self.step, self.epoch, {"reason": why})
         self.logger.console(f"Stopped by {why} at step {self.step} (epoch {self.epoch + 1}) "
-                            f"with a checkpoint; rerun the same command to resume.")
+                            f"with a checkpoint{pending}; rerun the same command to resume.")
 
-    def end_epoch(self) -> None:
+    def end_epoch(self) -> bool:
+        """Validate, update the LR rule, early stopping and NT-ASGD, save. False, with
+        nothing changed, where SIGTERM ended the validation part-way."""
         cfg, task = self.config, self.task
         split = task.validation_split
         improved = False
         if split is not None:
-            metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split],
-                                              model_state=self.state.model_state,
-                                              label=f"epoch {self.epoch + 1} {split}")
+            try:
+                with self._passes_stop_on_sigterm():
+                    metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split],
+                                                      model_state=self.state.model_state,
+                                                      label=f"epoch {self.epoch + 1} {split}")
+            except PassStopped:
+                return False
             value = metrics[losses.task_metric(task.kind)]
             improved = optim.improved(value, self.best)
             if self.ntasgd and not self.averaging and ntasgd.nonmono_trigger(
@@ -306,7 +312,11 @@ class _Run:
         self.epoch += 1
         self.pos = 0
         self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)
+        # An epoch saved before its validation (SIGTERM) keeps that checkpoint: orbax
+        # holds one per step and a replacement would not be atomic. A resume from it
+        # validates the epoch again (a repeated event; readers keep the last).
         self.save(best=improved)
+        return True
 
     def final_eval(self) -> dict | None:
         """The final evaluation, each pass recorded as it ends; passes recorded before
@@ -331,14 +341,10 @@ class _Run:
             self.logger.write(name, self.step, self.epoch, event)
             self._show(name, metrics)
 
-        if jax.process_count() == 1:  # several processes may only stop together
-            self.evaluator.should_stop = lambda: self.terminate.set
-        try:
+        with self._passes_stop_on_sigterm():
             results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
                                    state.model_state, self.config, done=done,
                                    on_result=record, should_stop=self.stop_requested)
-        finally:
-            self.evaluator.should_stop = None
         if len(results) < len(passes):
             self.stopped = True
             self._announce_stop()
@@ -347,11 +353,22 @@ class _Run:
                 **{f"train/{k}": v for k, v in self.last_train.items()},
                 **flat_results(results)}
 
+    @contextlib.contextmanager
+    def _passes_stop_on_sigterm(self):
+        """SIGTERM ends the evaluation pass at its next batch (`PassStopped`). Single
+        process only: several processes may only stop together, between passes."""
+        if jax.process_count() == 1:
+            self.evaluator.should_stop = lambda: self.terminate.set
+        try:
+            yield
+        finally:
+            self.evaluator.should_stop = None
+
     def stop_requested(self) -> bool:
         """SIGTERM arrived (between evaluation passes: every process decides together)."""
         if jax.process_count() == 1:
             return self.terminate.set
-        return _on_any_process(self.terminate.set)
+        return mesh_lib.on_any_process(self.terminate.set)
 
     def _show(self, name, metrics, note=""):
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -366,20 +383,6 @@ class _Run:
                 close()
             except Exception as err:  # noqa: BLE001
                 logging.warning("Closing the run's files failed: %s", err)
-
-
-def _on_any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process: a collective every process must call."""
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def _all_finite(*trees) -> jax.Array:
-    """Whether every floating-point leaf of `trees` is finite (one scalar)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def train_and_evaluate(task: Task, config, workdir: str) -> dict:
@@ -397,8 +400,9 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       `"<split>_mc/<metric>"` for MC evaluation, the last `"train/..."` log
       values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
       returns `{"step", "epoch", "stopped": True}` after saving a checkpoint; SIGTERM
-      during the final evaluation stops it at the next batch, each pass done being
-      recorded (the same call runs the rest).
+      during an epoch-end validation or the final evaluation ends that pass at its
+      next batch (single process): the epoch's training is saved, to be validated
+      first on resume; each final pass done is recorded (the same call runs the rest).
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).

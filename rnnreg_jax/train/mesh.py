@@ -93,3 +93,10 @@ def global_batch_size(local_batch_size: int, mesh: Mesh) -> int:
     """Global batch size from one host's share (replicated batches stay whole)."""
     b = local_batch_size * jax.process_count()
     return b if b % mesh.devices.size == 0 else local_batch_size
+
+
+def on_any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process: a collective every process must call."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

@@ -208,3 +208,22 @@ def finite(x) -> bool:
 
 def is_finite_metrics(metrics_list) -> bool:
     return all(math.isfinite(float(m["objective"])) for m in metrics_list)
+
+
+def epoch_end_update(state, lr, best, bad_epochs, epoch):
+    """The state after an epoch's end: the next epoch at its first batch, the LR rule's
+    rate and the early-stopping bookkeeping (jitted by the loop)."""
+    state = state.replace(epoch=jnp.asarray(epoch, jnp.int32),
+                          batch_in_epoch=jnp.zeros((), jnp.int32),
+                          best_metric=jnp.asarray(best, jnp.float32),
+                          bad_epochs=jnp.asarray(bad_epochs, jnp.int32))
+    hyper = dict(state.opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def all_finite(*trees) -> jax.Array:
+    """Whether every floating-point leaf of `trees` is finite (one scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
