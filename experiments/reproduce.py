@@ -87,6 +87,13 @@ def recorded_passes(workdir: Path, work: plan_lib.Work, done: int) -> set[str]:
     return set(recorded(_events(workdir), list(work.final_passes), done))
 
 
+def validation_pending(workdir: Path, done: int) -> bool:
+    """Whether the checkpoint of step `done` ends an epoch saved before its validation
+    (SIGTERM in it): every resume from it validates that epoch first."""
+    return any(e.get("split") == "stopped" and e.get("step") == done
+               and e.get("during") == "validation" for e in _events(workdir))
+
+
 def measured_step_s(workdir: Path) -> float | None:
     """Median seconds per step between consecutive training events (epoch-end
     evaluations fall in at most a few intervals; the median skips them)."""
@@ -206,7 +213,8 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
         wide = (table or {}).get("wide_eval_factor", 1.0)
         estimate = plan_lib.estimate_s(work, step_s, done, startup, wide,
-                                       recorded_passes(workdir, work, done))
+                                       recorded_passes(workdir, work, done),
+                                       validation_pending(workdir, done))
         rows.append({"name": spec.name, "spec": spec, "done": done, "steps": work.total_steps,
                      "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,
                      "step_s": step_s, "estimate": estimate})

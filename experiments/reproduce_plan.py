@@ -137,12 +137,13 @@ def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
 
 
 def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float = STARTUP_S,
-               wide_eval_factor: float = 1.0, recorded: Collection[str] = ()
-               ) -> dict[str, float]:
+               wide_eval_factor: float = 1.0, recorded: Collection[str] = (),
+               validation_pending: bool = False) -> dict[str, float]:
     """Seconds left for a run: startup, training, validation, final evaluation (less
-    the `recorded` final passes, by name)."""
+    the `recorded` final passes, by name). `validation_pending`: the checkpoint at
+    `done_steps` ends an epoch saved before its validation, which the resume runs."""
     left = max(0, work.total_steps - done_steps)
-    epochs_left = math.ceil(left / work.steps_per_epoch) if left else 0
+    epochs_left = (math.ceil(left / work.steps_per_epoch) if left else 0) + validation_pending
     valid = 0.0
     if work.validation_split:
         w, r = work.eval_windows[work.validation_split]

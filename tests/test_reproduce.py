@@ -229,3 +229,25 @@ def test_mc_of_a_model_without_noise_is_priced_as_the_one_pass_it_runs():
     assert plan_lib.estimate_s(noiseless, 0.01, startup_s=0)["final_eval"] == pytest.approx(
         2 * one_pass)
     assert plan_lib.estimate_s(noisy, 0.01, startup_s=0)["final_eval"] > 40 * one_pass
+
+
+def test_an_epoch_saved_before_its_validation_is_priced_with_that_validation(tmp_path):
+    """SIGTERM in an epoch-end validation saves the epoch unvalidated: the resume runs that
+    validation first, one pass more than the steps left say."""
+    import dataclasses
+
+    from experiments import reproduce
+
+    work = dataclasses.replace(_test_work(), total_steps=30, validation_split="test")
+    events = [{"step": 10, "split": "stopped", "reason": "SIGTERM"},
+              {"step": 20, "split": "stopped", "reason": "SIGTERM", "during": "validation"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert not reproduce.validation_pending(tmp_path, 10)  # stopped while training
+    assert reproduce.validation_pending(tmp_path, 20)
+    one_pass = 100 * 0.01 / 3
+    for done, epochs_left in ((20, 1), (30, 0)):
+        plain = plan_lib.estimate_s(work, 0.01, done_steps=done, startup_s=0)
+        pending = plan_lib.estimate_s(work, 0.01, done_steps=done, startup_s=0,
+                                      validation_pending=True)
+        assert plain["validation"] == pytest.approx(epochs_left * one_pass)
+        assert pending["validation"] == pytest.approx((epochs_left + 1) * one_pass)

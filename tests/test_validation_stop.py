@@ -90,6 +90,7 @@ def test_sigterm_in_a_validation_saves_the_epoch_and_the_rerun_validates_it_firs
                                                              STEPS_PER_EPOCH)
     events = read_metrics(workdir)
     assert events[-1]["split"] == "stopped" and events[-1]["reason"] == "SIGTERM"
+    assert events[-1]["during"] == "validation"  # what the GPU-window planner prices
     assert [epoch for epoch, *_ in _epoch_ends(workdir)] == [0]
     with monkeypatch.context() as m:
         seen = _Validations(m)

@@ -253,7 +253,7 @@ class _Run:
             if not self.end_epoch():  # SIGTERM during its validation: the epoch is saved
                 self.save()  # trained (batch_in_epoch == its steps), to validate on resume
                 self.stopped = True
-                self._announce_stop(", its validation to run first")
+                self._announce_stop(during="validation")
                 return
             if self.epoch < cfg.num_epochs and self.time_is_up():
                 self.stopped = True
@@ -271,10 +271,14 @@ class _Run:
             return False
         return mesh_lib.on_any_process(up)
 
-    def _announce_stop(self, pending: str = "") -> None:
+    def _announce_stop(self, during: str | None = None) -> None:
+        """The `stopped` event (`during`: "validation" where the epoch was saved before
+        its validation, which a resume runs first) and the console line."""
         limit = self.config.time_limit_s
         why = "SIGTERM" if self.terminate.set else f"the time limit ({limit:g} s)"
-        self.logger.write("stopped", self.step, self.epoch, {"reason": why})
+        self.logger.write("stopped", self.step, self.epoch,
+                          {"reason": why, **({"during": during} if during else {})})
+        pending = f", its {during} to run first" if during else ""
         self.logger.console(f"Stopped by {why} at step {self.step} (epoch {self.epoch + 1}) "
                             f"with a checkpoint{pending}; rerun the same command to resume.")
 
