@@ -11,6 +11,11 @@ compile it, check it against the scan, time it.
    ("fused", what "auto" runs on a GPU), the kernels (W_h in float32, streamed at this
    size, and in bfloat16, resident), and PyTorch's cuDNN `nn.LSTM` when torch is
    importable; the same for PTB small (per-gate variational). Ratios printed.
+3. With `--sweep`: one layer's forward and training pass, kernels against the scan,
+   over hidden sizes, sequence lengths and batches (`benchmarks.pallas_sweep`), until
+   `--sweep_budget_s`: the crossover "auto" could encode, and each forward step's
+   nanoseconds against the time to read W_h from shared memory and to compute the
+   step's product.
 
 Every section records its error instead of stopping the run. Writes `pallas_check.json`
 to `--out`.
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 import traceback
 from typing import Any
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnreg_jax as rj
+from benchmarks import pallas_sweep
 from experiments import bench_models as bm
 from rnnreg_jax import cells, rnn
 from rnnreg_jax.pallas import plan
@@ -100,18 +105,6 @@ def check_shape(name, cell, hidden, batch, steps, features, make_reg) -> dict:
     return result
 
 
-def _time(run, steps: int, rounds: int) -> float:
-    run()
-    run()  # compiled, warm
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
-            run()
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    return statistics.median(times)
-
-
 def time_workload(spec: dict, reg, steps: int, rounds: int) -> dict:
     contenders = {
         "scan_fused": lambda: bm._jax_step(spec, reg, flax_peer=False,  # noqa: SLF001
@@ -129,7 +122,7 @@ def time_workload(spec: dict, reg, steps: int, rounds: int) -> dict:
         weights = jnp.bfloat16 if name.endswith("bf16_weights") else None
         try:
             with mock.patch.object(plan, "DEFAULT_WEIGHT_DTYPE", weights):
-                ms[name] = _time(build(), steps, rounds)
+                ms[name] = pallas_sweep.median_ms(build(), steps, rounds)
         except Exception as error:  # noqa: BLE001 -- record, go on with the others
             ms[name] = f"error: {type(error).__name__}: {str(error)[-2000:]}"
     out: dict[str, dict] = {"ms_per_step": ms}
@@ -147,6 +140,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip_correctness", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="section 3 (module docstring)")
+    parser.add_argument("--sweep_only", action="store_true", help="section 3 alone")
+    parser.add_argument("--sweep_budget_s", type=float, default=240.0)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny shapes: a dry run of this script on CPU (interpret mode)")
     args = parser.parse_args()
@@ -166,6 +162,8 @@ def main() -> None:
         with open(path, "w") as f:
             json.dump(report, f, indent=1, default=str)
 
+    if args.sweep_only:
+        args.skip_correctness, args.sweep = True, True
     if not args.skip_correctness:
         for name, *shape in shapes:
             try:
@@ -177,11 +175,33 @@ def main() -> None:
     for workload, reg in (("pmnist", rj.zoneout(0.5, 0.05)),
                           ("ptb_small", rj.variational(0.35, 0.2, 0.35, embedding=0.2,
                                                        per_gate=True))):
+        if args.sweep_only:
+            break
         report["timing"][workload] = time_workload(workloads[workload], reg, args.steps,
                                                    args.rounds)
         print(workload, json.dumps(report["timing"][workload], default=str)[:3000], flush=True)
         save()
+    if args.sweep:
+        run_sweep(report, save, args)
     print("wrote", path)
+
+
+def run_sweep(report: dict, save, args) -> None:
+    """Section 3, each grid point saved as it is measured, then the suggested rule."""
+    grid = {}
+    if args.tiny:
+        grid = {"hidden_sizes": (6, 20), "steps_list": (4,), "batches": (3,)}
+    report["sweep"] = {"entries": [], "rule": None}
+
+    def record(entry):
+        report["sweep"]["entries"].append(entry)
+        report["sweep"]["rule"] = pallas_sweep.suggest_rule(report["sweep"]["entries"])
+        print("sweep", json.dumps(entry, default=str)[:1500], flush=True)
+        save()
+
+    pallas_sweep.sweep(calls=args.steps, rounds=args.rounds, on_entry=record,
+                       deadline=time.monotonic() + args.sweep_budget_s, **grid)
+    print("suggested rule for auto:", report["sweep"]["rule"], flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #
 #   bash scripts/gpu_pallas_check.sh              # the whole check
 #   bash scripts/gpu_pallas_check.sh --skip_correctness --rounds=5
+#   CHECK_TIMEOUT_S=330 bash scripts/gpu_pallas_check.sh --sweep_only --sweep_budget_s=270
+#                     # the crossover sweep alone (benchmarks/pallas_sweep.py)
 set -euo pipefail
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-runs/pallas_check}"

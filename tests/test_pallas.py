@@ -144,6 +144,9 @@ def test_auto_rule_is_off_until_measured_and_its_logic():
     assert not rule("lstm", 100, 784, "cpu") and not rule("lstm", 100, 784, "tpu")
     assert not rule("lstm", 100, 99, "gpu")  # too few steps
     assert not rule("lstm_ln", 100, 784, "gpu") and not rule("lstm", 513, 784, "gpu")
+    assert plan.AUTO_PALLAS_MAX_HIDDEN is None
+    bounded = lambda *a: plan.auto_prefers_pallas(*a, min_steps=100, max_hidden=256)  # noqa: E731
+    assert bounded("lstm", 256, 784, "gpu") and not bounded("lstm", 257, 784, "gpu")
     assert rnn.resolve_implementation("pallas", 1000) == "pallas"
 
 

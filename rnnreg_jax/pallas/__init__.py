@@ -9,6 +9,7 @@ custom VJP). docs/ARCHITECTURE.md describes the design.
 """
 
 from rnnreg_jax.pallas.plan import (
+    AUTO_PALLAS_MAX_HIDDEN,
     AUTO_PALLAS_MIN_STEPS,
     KERNEL_CELLS,
     MAX_PADDED_HIDDEN,
@@ -20,5 +21,6 @@ from rnnreg_jax.pallas.plan import (
 )
 from rnnreg_jax.pallas.recurrence import recurrence
 
-__all__ = ["AUTO_PALLAS_MIN_STEPS", "KERNEL_CELLS", "MAX_PADDED_HIDDEN", "ON_CHIP_WEIGHT_BYTES",
-           "Plan", "auto_prefers_pallas", "check_cell", "make_plan", "recurrence"]
+__all__ = ["AUTO_PALLAS_MAX_HIDDEN", "AUTO_PALLAS_MIN_STEPS", "KERNEL_CELLS",
+           "MAX_PADDED_HIDDEN", "ON_CHIP_WEIGHT_BYTES", "Plan", "auto_prefers_pallas",
+           "check_cell", "make_plan", "recurrence"]

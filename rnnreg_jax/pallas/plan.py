@@ -44,9 +44,12 @@ DEFAULT_WEIGHT_DTYPE: Any = None
 
 # "auto" picks the Pallas kernel on a GPU for layers of at least this many steps (a
 # persistent kernel pays where the per-step launches of the scan dominate: pMNIST's 784
-# steps). None: never. No GPU run has measured the crossover yet, so it stays off;
-# a measured value goes here with its BENCHMARKS.md entry.
+# steps) and at most AUTO_PALLAS_MAX_HIDDEN units (None: any the kernels take; few
+# programs stream a large W_h). None: never. No GPU run has measured the crossover yet,
+# so it stays off; measured values (benchmarks/pallas_sweep.py's suggested rule) go
+# here with their BENCHMARKS.md entry.
 AUTO_PALLAS_MIN_STEPS: int | None = None
+AUTO_PALLAS_MAX_HIDDEN: int | None = None
 
 
 def next_power_of_two(n: int) -> int:
@@ -116,12 +119,16 @@ def make_plan(cell: str, hidden: int, batch: int, dtype: Any,
 
 
 def auto_prefers_pallas(cell: Any, hidden: int, steps: int, backend: str,
-                        min_steps: int | None = None) -> bool:
+                        min_steps: int | None = None, max_hidden: int | None = None) -> bool:
     """Whether `implementation="auto"` runs a layer through the Pallas kernels: on a GPU,
-    for a cell they cover, a hidden size they take and at least `min_steps` steps
-    (default `AUTO_PALLAS_MIN_STEPS`; None, the default until measured, is never)."""
+    for a cell they cover, a hidden size they take, at least `min_steps` steps (default
+    `AUTO_PALLAS_MIN_STEPS`; None, the default until measured, is never) and at most
+    `max_hidden` units (default `AUTO_PALLAS_MAX_HIDDEN`; None: no bound of its own)."""
     min_steps = AUTO_PALLAS_MIN_STEPS if min_steps is None else min_steps
+    max_hidden = AUTO_PALLAS_MAX_HIDDEN if max_hidden is None else max_hidden
     if min_steps is None or backend != "gpu" or steps < min_steps:
+        return False
+    if max_hidden is not None and hidden > max_hidden:
         return False
     name = cells.cell_name(cell)
     return (name in KERNEL_CELLS and cells.record_of(cell) is cells.BUILTINS.get(name)
