@@ -124,6 +124,7 @@ def sweep(hidden_sizes: Iterable[int] = HIDDEN, steps_list: Iterable[int] = STEP
                 if deadline is not None and time.monotonic() > deadline:
                     return entries
                 entry: dict = {"hidden": hidden, "steps": steps, "batch": batch}
+                started = time.monotonic()  # compilation included: for planning a sweep
                 for implementation in IMPLEMENTATIONS:
                     try:
                         forward, train = layer_runs(hidden, batch, steps, implementation)
@@ -137,6 +138,7 @@ def sweep(hidden_sizes: Iterable[int] = HIDDEN, steps_list: Iterable[int] = STEP
                     kernel_plan = plan_lib.make_plan("lstm", hidden, batch, jnp.float32)
                     entry["limits"] = step_limits(kernel_plan, entry["pallas"]["forward_ms"],
                                                   steps, rates, clock)
+                entry["wall_s"] = time.monotonic() - started
                 entries.append(entry)
                 if on_entry is not None:
                     on_entry(entry)

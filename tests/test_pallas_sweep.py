@@ -72,5 +72,5 @@ def test_the_sweep_dry_runs_on_the_cpu_and_saves_each_point(tmp_path):
     for e in entries:
         for implementation in ("fused", "pallas"):
             assert e[implementation]["forward_ms"] > 0 and e[implementation]["train_ms"] > 0
-        assert e["speedup"] > 0 and e["limits"]["programs"] == 1
+        assert e["speedup"] > 0 and e["limits"]["programs"] == 1 and e["wall_s"] > 0
     assert pallas_sweep.sweep(deadline=time.monotonic() - 1) == []
