@@ -35,13 +35,15 @@ def _data(dataset: str, batch_size: int, seq_len: int, batching: str, **kw):
     data.eval_tail = kw.pop("eval_tail", "drop")
     # window order of "shuffled" batching, the window lengths of "variable"
     data.shuffle_seed = kw.pop("shuffle_seed", 0)
-    if batching == "variable":  # each window: seq_len, or seq_len / 2 with window_short_prob,
-        data.window_short_prob = 0.05  # plus N(0, window_std) noise, truncated to an
-        data.window_std = 5.0  # integer, at least window_min_len (AWD-LSTM's main.py)
-        data.window_min_len = 5
-        # pad each window to a multiple of this many steps (masked): fewer compiled shapes
-        # (12 instead of 92 over `awd`'s 500 epochs at 8) for up to 7 idle steps a window
-        data.window_bucket = 1
+    # batching="variable" (in every preset, so that any can be switched to it by flags):
+    # each window seq_len, or seq_len / 2 with window_short_prob, plus N(0, window_std)
+    # noise, truncated to an integer, at least window_min_len (AWD-LSTM's main.py)
+    data.window_short_prob = 0.05
+    data.window_std = 5.0
+    data.window_min_len = 5
+    # pad each window to a multiple of this many steps (masked): fewer compiled shapes
+    # (12 instead of 92 over `awd`'s 500 epochs at 8) for up to 7 idle steps a window
+    data.window_bucket = 1
     # "shuffled" / "overlapping": shift the training windows by a random offset in
     # [0, stride) every epoch, seeded by shuffle_seed (the zoneout authors' `augment`).
     data.augment = kw.pop("augment", False)
