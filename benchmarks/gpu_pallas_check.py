@@ -172,11 +172,10 @@ def main() -> None:
                 report["correctness"][name] = {"error": traceback.format_exc()[-4000:]}
             print(name, json.dumps(report["correctness"][name], default=str)[:1500], flush=True)
             save()
-    for workload, reg in (("pmnist", rj.zoneout(0.5, 0.05)),
-                          ("ptb_small", rj.variational(0.35, 0.2, 0.35, embedding=0.2,
-                                                       per_gate=True))):
-        if args.sweep_only:
-            break
+    timed = () if args.sweep_only else (
+        ("pmnist", rj.zoneout(0.5, 0.05)),
+        ("ptb_small", rj.variational(0.35, 0.2, 0.35, embedding=0.2, per_gate=True)))
+    for workload, reg in timed:
         report["timing"][workload] = time_workload(workloads[workload], reg, args.steps,
                                                    args.rounds)
         print(workload, json.dumps(report["timing"][workload], default=str)[:3000], flush=True)

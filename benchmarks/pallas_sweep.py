@@ -3,12 +3,13 @@
 One layer (an LSTM with zoneout, the char-level presets' rates) over a grid of hidden
 sizes, sequence lengths and batches: the forward pass and a training pass (forward and
 the parameters' gradient) through the scan ("fused", what "auto" runs on a GPU) and
-the Pallas kernels (W_h in the layer's float32, what "auto" would run). From those:
+the Pallas kernels (W_h in the layer's float32, what "auto" would run), and the
+forward kernel alone (inputs projected and masks drawn beforehand). From those:
 
 * `suggest_rule`: the rule "auto" could encode (`pallas.plan.AUTO_PALLAS_MIN_STEPS`,
   `AUTO_PALLAS_MAX_HIDDEN`): the steps and hidden sizes where the kernels won at every
   batch measured.
-* `step_limits`: per time step of the forward kernel, the nanoseconds measured against
+* `step_limits`: per time step of the forward kernel alone, the nanoseconds against
   what one program (one SM, owning `BATCH_BLOCK` rows) needs at least to read W_h from
   shared memory and to compute the step's product on tensor cores (TF32) or on the
   FP32 units, from the SM's published rates (Hopper: H100, H200) and its clock.
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 import rnnreg_jax as rj
-from rnnreg_jax import cells, rnn
+from rnnreg_jax import cells, noise, pallas, rnn
 from rnnreg_jax.pallas import plan as plan_lib
 
 HIDDEN = (64, 128, 256, 512)  # to MAX_PADDED_HIDDEN; 1000 (char level) is refused
@@ -55,10 +56,14 @@ def median_ms(run: Callable[[], object], calls: int, rounds: int) -> float:
     return statistics.median(times)
 
 
+def _layer(hidden: int):
+    return rj.zoneout(0.5, 0.05), cells.init_params(jax.random.key(1), "lstm", FEATURES,
+                                                    hidden, init_scale=0.1)
+
+
 def layer_runs(hidden: int, batch: int, steps: int, implementation: str):
     """(forward, training) calls of one zoneout LSTM layer, each blocking."""
-    reg = rj.zoneout(0.5, 0.05)
-    params = cells.init_params(jax.random.key(1), "lstm", FEATURES, hidden, init_scale=0.1)
+    reg, params = _layer(hidden)
     x = jax.random.uniform(jax.random.key(2), (batch, steps, FEATURES))
     carry = rnn.initial_carry("lstm", params, batch, reg)
     key = jax.random.key(3)
@@ -74,6 +79,21 @@ def layer_runs(hidden: int, batch: int, steps: int, implementation: str):
     fwd, train = jax.jit(forward), jax.jit(jax.value_and_grad(loss))
     return (lambda: jax.block_until_ready(fwd(params, x, carry)),
             lambda: jax.block_until_ready(train(params, x, carry)))
+
+
+def kernel_forward_run(hidden: int, batch: int, steps: int):
+    """The forward kernel alone, blocking: its inputs projected and its masks drawn
+    beforehand, and passed in (a [T, B, H] mask is no constant to fold)."""
+    reg, params = _layer(hidden)
+    layer_noise = noise.layer_noise(reg, jax.random.key(3), 0, "lstm", batch, steps,
+                                    FEATURES, hidden, False)
+    xs = jax.random.uniform(jax.random.key(2), (steps, batch, FEATURES))
+    xw = cells.project("lstm", params, xs, layer_noise.input, layer_noise.input_per_gate)
+    carry = rnn.initial_carry("lstm", params, batch, reg)
+    run = jax.jit(lambda p, xw, c, tied, per_step: pallas.recurrence("lstm", p, xw, c, tied,
+                                                                     per_step))
+    return lambda: jax.block_until_ready(run(params, xw, carry, layer_noise.tied,
+                                             layer_noise.per_step))
 
 
 def sm_clock_ghz() -> float | None:
@@ -108,6 +128,31 @@ def step_limits(plan: plan_lib.Plan, forward_ms: float, steps: int,
     return out
 
 
+def measure_point(hidden: int, batch: int, steps: int, calls: int, rounds: int,
+                  rates: dict | None = None, clock_ghz: float | None = None) -> dict:
+    """One grid point: each path's forward and training pass (or its error), the
+    kernel's forward alone, the speedup of the training pass and the step limits."""
+    entry: dict = {"hidden": hidden, "steps": steps, "batch": batch}
+    started = time.monotonic()  # compilation included: for sizing a sweep to a window
+    for implementation in IMPLEMENTATIONS:
+        try:
+            forward, train = layer_runs(hidden, batch, steps, implementation)
+            entry[implementation] = {"forward_ms": median_ms(forward, calls, rounds),
+                                     "train_ms": median_ms(train, calls, rounds)}
+            if implementation == "pallas":
+                kernel = kernel_forward_run(hidden, batch, steps)
+                entry["pallas"]["kernel_forward_ms"] = median_ms(kernel, calls, rounds)
+        except Exception as error:  # noqa: BLE001 -- record, go on
+            entry[implementation] = {"error": f"{type(error).__name__}: {str(error)[-1000:]}"}
+    if "kernel_forward_ms" in entry["pallas"] and "train_ms" in entry["fused"]:
+        entry["speedup"] = entry["fused"]["train_ms"] / entry["pallas"]["train_ms"]
+        layout = plan_lib.make_plan("lstm", hidden, batch, jnp.float32)
+        entry["limits"] = step_limits(layout, entry["pallas"]["kernel_forward_ms"], steps,
+                                      rates, clock_ghz)
+    entry["wall_s"] = time.monotonic() - started
+    return entry
+
+
 def sweep(hidden_sizes: Iterable[int] = HIDDEN, steps_list: Iterable[int] = STEPS,
           batches: Iterable[int] = BATCHES, calls: int = 5, rounds: int = 3,
           deadline: float | None = None, on_entry: Callable[[dict], None] | None = None
@@ -123,25 +168,9 @@ def sweep(hidden_sizes: Iterable[int] = HIDDEN, steps_list: Iterable[int] = STEP
             for batch in batches:
                 if deadline is not None and time.monotonic() > deadline:
                     return entries
-                entry: dict = {"hidden": hidden, "steps": steps, "batch": batch}
-                started = time.monotonic()  # compilation included: for planning a sweep
-                for implementation in IMPLEMENTATIONS:
-                    try:
-                        forward, train = layer_runs(hidden, batch, steps, implementation)
-                        entry[implementation] = {"forward_ms": median_ms(forward, calls, rounds),
-                                                 "train_ms": median_ms(train, calls, rounds)}
-                    except Exception as error:  # noqa: BLE001 -- record, go on
-                        entry[implementation] = {"error": f"{type(error).__name__}: "
-                                                          f"{str(error)[-1000:]}"}
-                if "train_ms" in entry["pallas"] and "train_ms" in entry["fused"]:
-                    entry["speedup"] = entry["fused"]["train_ms"] / entry["pallas"]["train_ms"]
-                    kernel_plan = plan_lib.make_plan("lstm", hidden, batch, jnp.float32)
-                    entry["limits"] = step_limits(kernel_plan, entry["pallas"]["forward_ms"],
-                                                  steps, rates, clock)
-                entry["wall_s"] = time.monotonic() - started
-                entries.append(entry)
+                entries.append(measure_point(hidden, batch, steps, calls, rounds, rates, clock))
                 if on_entry is not None:
-                    on_entry(entry)
+                    on_entry(entries[-1])
     return entries
 
 

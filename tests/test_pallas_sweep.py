@@ -73,4 +73,13 @@ def test_the_sweep_dry_runs_on_the_cpu_and_saves_each_point(tmp_path):
         for implementation in ("fused", "pallas"):
             assert e[implementation]["forward_ms"] > 0 and e[implementation]["train_ms"] > 0
         assert e["speedup"] > 0 and e["limits"]["programs"] == 1 and e["wall_s"] > 0
+        assert e["limits"]["ns_per_step"] == e["pallas"]["kernel_forward_ms"] * 1e6 / 4
     assert pallas_sweep.sweep(deadline=time.monotonic() - 1) == []
+
+
+def test_a_hidden_size_the_kernels_refuse_is_a_recorded_loss():
+    entry = pallas_sweep.measure_point(plan.MAX_PADDED_HIDDEN + 1, batch=2, steps=3, calls=1,
+                                       rounds=1)
+    assert "hidden sizes up to" in entry["pallas"]["error"]
+    assert entry["fused"]["train_ms"] > 0 and "speedup" not in entry
+    assert pallas_sweep.suggest_rule([entry]) is None
