@@ -7,14 +7,16 @@ from __future__ import annotations
 import os
 import signal
 
+import jax
 import numpy as np
+import pytest
 import train_helpers as th
 
 from rnnreg_jax import regularizers, train
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import ntasgd
 from rnnreg_jax.train.evaluation import validation_history
-from rnnreg_jax.train.evaluator import Evaluator
+from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import read_metrics
 
 th.enable_compilation_cache()
@@ -179,3 +181,21 @@ def test_validation_history_is_one_value_an_epoch_the_last_recorded():
     assert validation_history(events, "valid", "loss", before_epoch=3) == [5.0, 4.5, 3.0]
     assert validation_history(events, "valid", "loss", before_epoch=0) == []
     assert validation_history(events, "test", "loss", before_epoch=9) == [1.0]
+
+
+def test_a_stop_asked_during_the_last_batch_keeps_the_pass():
+    """The stop is asked before each batch but the first: a pass of one batch always
+    ends, a longer one stops after its first."""
+    task = _task()
+    mesh = train.make_mesh()
+    state = train.init_state(task, _config(), mesh, train.make_optimizer(_config()),
+                             next(iter(task.train.iterate(0))))
+    ev = Evaluator(task, mesh)
+    ev.should_stop = lambda: True
+    one = th.LMSource(batch=2, steps=4, num_windows=1, seed=1)
+    assert ev.evaluate(state.params, one)["loss"] > 0
+    assert ev.evaluate_mc(state.params, one, 2, jax.random.key(0))["loss"] > 0
+    for run in (lambda s: ev.evaluate(state.params, s),
+                lambda s: ev.evaluate_mc(state.params, s, 2, jax.random.key(0))):
+        with pytest.raises(PassStopped, match="stopped part-way"):
+            run(task.evals["valid"])

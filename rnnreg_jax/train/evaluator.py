@@ -56,7 +56,8 @@ class Evaluator:
         self.progress: Callable[[str], None] | None = None
         self.progress_every_s = 60.0
         # `should_stop()`, where set (the loop of a single process, during its evaluations:
-        # SIGTERM), is asked after each batch; True ends the pass (`PassStopped`).
+        # SIGTERM), is asked before each batch but the first; True ends the pass
+        # (`PassStopped`). A pass whose last batch is done returns.
         self.should_stop: Callable[[], bool] | None = None
         kind, model = task.kind, task.model
         mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)
@@ -125,6 +126,8 @@ class Evaluator:
         totals, carry = None, None
         tick = self._pass_progress(label, source)
         for index, batch in enumerate(source.iterate(0)):
+            if index:
+                self._check_stop(label)
             g = mesh_lib.global_batch(self.mesh, batch)
             if use_carry and carry is None:
                 carry = zero_carry(self.task.model, params, g["inputs"].shape, g["inputs"].dtype,
@@ -137,7 +140,6 @@ class Evaluator:
                                           self.task.target_scale))
             throttle(self.mesh, index, totals)
             tick(index + 1, totals)
-            self._check_stop(label)
         return losses.summarize(self.task.kind, jax.device_get(totals), self.task.target_scale)
 
     @classmethod
@@ -183,6 +185,8 @@ class Evaluator:
         sizes = [min(chunk, k - s) for s in firsts]
         totals, carries = None, None
         for window, batch in enumerate(source.iterate(0)):
+            if window:
+                self._check_stop(label)
             g = mesh_lib.global_batch(self.mesh, batch)
             if use_carry and carries is None:
                 b = g["inputs"].shape[0]
@@ -201,7 +205,6 @@ class Evaluator:
             totals = losses.add_stats(totals, self._mc_stats(self.task.kind, summary, g, k))
             throttle(self.mesh, window, totals)
             tick(window + 1, totals)
-            self._check_stop(label)
         return _mc_fields(self.task.kind, losses.summarize(
             self.task.kind, jax.device_get(totals), self.task.target_scale))
 
