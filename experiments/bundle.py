@@ -1,7 +1,7 @@
 """The bring-back bundle of a batch of runs: a few files that carry everything home.
 
-A GPU machine returns at most `MAX_FILES` files of at most `MAX_FILE_BYTES` each, so a
-batch's runs travel as:
+A GPU machine returns at most `MAX_FILES` files of at most `MAX_FILE_BYTES` each and
+`MAX_TOTAL_BYTES` together, so a batch's runs travel as:
 
 * `bundle.json`: the manifest: each run's spec, status, steps and whether its
   checkpoint travels; each file's size and sha256.
@@ -10,7 +10,9 @@ batch's runs travel as:
 * `checkpoints.tar.gz.partNN`: the newest checkpoint and the best one of each run
   small enough to travel (larger ones are left out and the manifest says so; runs
   with work left go before finished ones), split into parts under the size limit, so
-  a run can resume in a later window.
+  a run can resume in a later window. To resume, the bundle goes back to the machine
+  inside the call's working tree, whose limit (64 MiB) it shares with the repository
+  and the data: about 35 MiB of checkpoints resume (docs/RESULTS_HOWTO.md).
 
 `unpack` restores a bundle into a runs folder; `experiments.report` reads a bundle
 folder as it reads workdirs.
@@ -32,6 +34,8 @@ from rnnreg_jax.data.locate import sha256_file
 
 MAX_FILES = 8
 MAX_FILE_BYTES = 16 << 20
+MAX_TOTAL_BYTES = 64 << 20  # all files back together
+CALLER_ROOM_BYTES = 1 << 20  # the manifest and a log file the caller adds
 PART_BYTES = MAX_FILE_BYTES - (256 << 10)  # under the limit with room to spare
 MANIFEST = "bundle.json"
 RUNS_ARCHIVE = "runs.tar.gz"
@@ -79,8 +83,9 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
         root: the folder holding one workdir per run (`root/<name>`).
         runs: one dict per run with at least `name` (more keys go to the manifest).
         out: the bundle folder (created).
-        checkpoint_budget: compressed bytes of checkpoints that may travel; default
-            what the file limits leave after the manifest and the logs.
+        checkpoint_budget: bytes of checkpoints that may travel; default what the file
+            limits leave after the manifest and the logs (and 1 MiB for a log file the
+            caller adds, as scripts/gpu_window_split.sh its window.log).
     """
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / RUNS_ARCHIVE, "w:gz") as tar:
@@ -88,7 +93,7 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
             if (root / run["name"]).is_dir():
                 _add_run_logs(tar, root, run["name"])
     if checkpoint_budget is None:
-        checkpoint_budget = (MAX_FILES - 2) * PART_BYTES
+        checkpoint_budget = default_checkpoint_budget((out / RUNS_ARCHIVE).stat().st_size)
     buffer = io.BytesIO()
     carried: list[str] = []
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -113,7 +118,9 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
         data, carried = b"", []
     parts = _write_parts(data, out) if data else []
     manifest = {
-        "runs": [dict(run, checkpoint_carried=run["name"] in carried) for run in runs],
+        "runs": [dict(run, checkpoint_carried=run["name"] in carried,
+                      checkpoint_bytes=sizes[run["name"]]) for run in runs],
+        "checkpoint_budget": checkpoint_budget,
         "checkpoint_parts": parts,
         "files": {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                   for name in [RUNS_ARCHIVE, *parts]},
@@ -123,11 +130,24 @@ def pack(root: Path, runs: Sequence[dict], out: Path, checkpoint_budget: int | N
     return manifest
 
 
+def default_checkpoint_budget(logs_bytes: int) -> int:
+    """The checkpoint bytes a bundle may carry beside `logs_bytes` of compressed logs:
+    the parts the file count leaves (one file for the manifest, one for the logs, one
+    for a caller's log), within the total (less the logs, `CALLER_ROOM_BYTES` for the
+    manifest and that log)."""
+    return max(0, min((MAX_FILES - 3) * PART_BYTES,
+                      MAX_TOTAL_BYTES - logs_bytes - CALLER_ROOM_BYTES))
+
+
 def check_limits(out: Path) -> None:
     """Raises ValueError unless the bundle folder fits the bring-back limits."""
     files = [p for p in out.iterdir() if p.is_file()]
     if len(files) > MAX_FILES:
         raise ValueError(f"Bundle {out} has {len(files)} files, more than {MAX_FILES}.")
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_TOTAL_BYTES:
+        raise ValueError(f"Bundle {out} holds {total} bytes, more than {MAX_TOTAL_BYTES} "
+                         "together.")
     big = [p for p in files if p.stat().st_size > MAX_FILE_BYTES]
     if big:
         raise ValueError(f"Bundle file {big[0]} is {big[0].stat().st_size} bytes, over "

@@ -251,7 +251,19 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     carried = [r["name"] for r in manifest["runs"] if r["checkpoint_carried"]]
     print(f"bundle {out}: {len(manifest['files']) + 1} files; checkpoints carried for "
           f"{', '.join(carried) or 'no run'}", flush=True)
+    for line in stranded(manifest):
+        print(line, flush=True)
     return manifest
+
+
+def stranded(manifest: dict) -> list[str]:
+    """One line per run with work left whose checkpoints did not travel."""
+    budget = manifest["checkpoint_budget"]
+    return [f"{r['name']}: its checkpoints ({r['checkpoint_bytes'] / 1e6:.1f} MB, the newest "
+            f"and the best) did not travel (room for {budget / 1e6:.1f} MB beside the other "
+            "runs'): it cannot resume in a later window."
+            for r in manifest["runs"] if r["status"] != "finished"
+            and not r["checkpoint_carried"] and r["checkpoint_bytes"]]
 
 
 def main(argv) -> None:

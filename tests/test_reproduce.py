@@ -101,6 +101,33 @@ def test_runs_with_work_left_carry_their_checkpoints_before_finished_ones(tmp_pa
     assert all(r["checkpoint_carried"] for r in both["runs"])
 
 
+def test_the_bundle_keeps_to_the_total_that_comes_back(tmp_path, monkeypatch):
+    """The device returns 64 MiB together, not 8 x 16 MiB: a checkpoint that the file
+    count would let in but the total would not stays behind, and says so."""
+    from experiments import reproduce
+
+    monkeypatch.setattr(bundle, "MAX_TOTAL_BYTES", 30_000)
+    monkeypatch.setattr(bundle, "PART_BYTES", 9_000)
+    monkeypatch.setattr(bundle, "MAX_FILE_BYTES", 10_000)
+    monkeypatch.setattr(bundle, "CALLER_ROOM_BYTES", 1_000)
+    for name, size in (("small", 2_000), ("big", 30_000)):
+        step = tmp_path / "root" / name / "checkpoints" / "7"
+        step.mkdir(parents=True)
+        (step / "state").write_bytes(os.urandom(size))  # incompressible
+    runs = [{"name": n, "status": "stopped"} for n in ("small", "big")]
+    manifest = bundle.pack(tmp_path / "root", runs, tmp_path / "out")
+    assert {r["name"]: r["checkpoint_carried"] for r in manifest["runs"]} == {
+        "small": True, "big": False}  # 5 parts of 9000 would hold both; 30000 does not
+    assert manifest["checkpoint_budget"] < 32_000
+    assert reproduce.stranded(manifest) == [
+        f"big: its checkpoints (0.0 MB, the newest and the best) did not travel (room for "
+        f"{manifest['checkpoint_budget'] / 1e6:.1f} MB beside the other runs'): it cannot "
+        "resume in a later window."]
+    (tmp_path / "out" / "extra").write_bytes(os.urandom(29_000))
+    with pytest.raises(ValueError, match="together"):
+        bundle.check_limits(tmp_path / "out")
+
+
 @pytest.mark.slow  # about 3 minutes on a 2-core CPU
 def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
     specs = [f"ptb:tiny:a:{FLAGS};--config.train.num_epochs=100",
