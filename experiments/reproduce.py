@@ -215,10 +215,12 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
         estimate = plan_lib.estimate_s(work, step_s, done, startup, wide,
                                        recorded_passes(workdir, work, done),
                                        validation_pending(workdir, done))
-        rows.append({"name": spec.name, "spec": spec, "done": done, "steps": work.total_steps,
+        rows.append({"name": spec.name, "spec": spec, "work": work, "done": done,
+                     "steps": work.total_steps,
                      "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,
                      "step_s": step_s, "estimate": estimate})
-    print("\n".join(plan_lib.format_plan(rows, budget_s)), flush=True)
+    room = bundle.default_checkpoint_budget(0)
+    print("\n".join(plan_lib.format_plan(rows, budget_s, room)), flush=True)
     return rows
 
 

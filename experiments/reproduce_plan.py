@@ -100,6 +100,13 @@ class Work:
     validation_split: str | None
     final_passes: tuple  # rnnreg_jax.train.evaluation.Pass, in order
     mc_draws_noise: bool = True  # False: each MC pass runs once (`Evaluator.mc_draws_noise`)
+    checkpoint_bytes: int = 0  # one checkpoint's arrays (`train.steps.checkpoint_bytes`)
+
+    @property
+    def bundle_bytes(self) -> int:
+        """What a bundle carries of the run: its newest checkpoint and, where it
+        validates, its best."""
+        return self.checkpoint_bytes * (2 if self.validation_split else 1)
 
 
 def count_work(spec: Spec, data_dir: str | None = None) -> Work:
@@ -109,6 +116,8 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     from rnnreg_jax.train.config import with_defaults
     from rnnreg_jax.train.evaluation import final_passes
     from rnnreg_jax.train.evaluator import mc_draws_noise, without_embedding_dropout
+    from rnnreg_jax.train.optim import make_optimizer
+    from rnnreg_jax.train.steps import checkpoint_bytes
     from rnnreg_jax.train.task import steps_in_epoch
 
     config = spec.config()
@@ -118,14 +127,16 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     total = sum(steps_in_epoch(task.train, e) for e in range(train.num_epochs))
     if train.max_steps:
         total = min(total, train.max_steps)
-    rows = next(iter(task.train.iterate(0)))["inputs"].shape[0]
+    sample = next(iter(task.train.iterate(0)))
+    rows = sample["inputs"].shape[0]
     windows = {}
     for split, source in task.evals.items():
         first = next(iter(source.iterate(0)))
         windows[split] = (source.steps_per_epoch, first["inputs"].shape[0])
     mc_model = task.model if train.mc_embedding_dropout else without_embedding_dropout(task.model)
     return Work(spe, total, rows, windows, task.validation_split,
-                tuple(final_passes(task, train)), mc_draws_noise(mc_model))
+                tuple(final_passes(task, train)), mc_draws_noise(mc_model),
+                checkpoint_bytes(task, make_optimizer(train), sample))
 
 
 def _eval_s(windows: int, rows: int, train_rows: int, step_s: float,
@@ -177,8 +188,11 @@ def table_step_s(table: dict, spec: Spec, side_by_side: int) -> tuple[float, str
     return ms / 1000, entry["source"]
 
 
-def format_plan(rows: Sequence[dict], budget_s: float) -> list[str]:
-    """The plan table: one line per run, then the verdict."""
+def format_plan(rows: Sequence[dict], budget_s: float,
+                bundle_budget: int | None = None) -> list[str]:
+    """The plan table: one line per run, then a note for each run whose checkpoints
+    are more than a bundle carries (`bundle_budget` bytes): stopped at the deadline,
+    it cannot resume in a later window."""
     lines = [f"{'run':28} {'steps':>15} {'epochs':>7} {'ms/step':>8} {'train':>7} "
              f"{'evals':>7} {'total':>7}  (minutes; budget {budget_s / 60:.1f})"]
     for r in rows:
@@ -187,4 +201,11 @@ def format_plan(rows: Sequence[dict], budget_s: float) -> list[str]:
             f"{r['name']:28} {r['done']:>7,}/{r['steps']:<7,} {r['epochs']:>7.1f} "
             f"{r['step_s'] * 1000:>8.2f} {e['train'] / 60:>7.1f} "
             f"{(e['validation'] + e['final_eval']) / 60:>7.1f} {e['total'] / 60:>7.1f}")
+    for r in rows:
+        work = r.get("work")
+        if bundle_budget is not None and work is not None and work.bundle_bytes > bundle_budget:
+            lines.append(f"note: {r['name']}'s checkpoints ({work.bundle_bytes / 1e6:.1f} MB, "
+                         f"newest and best) are more than a bundle carries "
+                         f"({bundle_budget / 1e6:.1f} MB): stopped at the deadline, it cannot "
+                         "resume in a later window.")
     return lines

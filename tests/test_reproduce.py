@@ -53,6 +53,27 @@ def test_a_plan_that_cannot_finish_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "r" / "a").exists()  # nothing started
 
 
+def test_the_plan_says_which_runs_cannot_resume_in_a_later_window(tmp_path):
+    """A run whose newest and best checkpoints are more than a bundle carries is named
+    before anything runs (the char presets: 51 MB a checkpoint); the tiny preset's are
+    counted from its shapes and fit."""
+    import dataclasses
+
+    data = tmp_path / "data"
+    fx.write_repeated_ptb_word(data)
+    tiny = plan_lib.count_work(plan_lib.Spec.parse(f"ptb:tiny:a:{FLAGS}"), str(data))
+    assert 0 < tiny.checkpoint_bytes < 1e6 and tiny.bundle_bytes == 2 * tiny.checkpoint_bytes
+    big = dataclasses.replace(tiny, checkpoint_bytes=51_000_000)
+    estimate = plan_lib.estimate_s(tiny, 0.01)
+    rows = [{"name": n, "work": w, "done": 0, "steps": 10, "epochs": 1.0, "step_s": 0.01,
+             "estimate": estimate} for n, w in (("small", tiny), ("char", big))]
+    lines = plan_lib.format_plan(rows, 540, bundle_budget=bundle.default_checkpoint_budget(0))
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert notes == ["note: char's checkpoints (102.0 MB, newest and best) are more than a "
+                     "bundle carries (66.1 MB): stopped at the deadline, it cannot resume in "
+                     "a later window."]
+
+
 def test_missing_data_is_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", f"--data_dir={tmp_path / 'none'}",

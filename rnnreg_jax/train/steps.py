@@ -72,10 +72,9 @@ def zero_carry(model, params, inputs_shape, inputs_dtype, sharding=None, model_s
     return jax.jit(make, out_shardings=sharding)()
 
 
-def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainState:
-    """A fresh state from `config.seed`; `sample` is one (host-local) batch."""
-    rep = mesh_lib.replicated(mesh)
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+def _variables(task, tx, sample: dict[str, np.ndarray]):
+    """`key -> (params, model_state, opt_state)`: the model's variables for `sample`'s
+    shape (one row) and the optimizer's state."""
     x = sample["inputs"]
     x1 = jnp.zeros((1, *x.shape[1:]), x.dtype)
 
@@ -88,7 +87,23 @@ def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainSt
         model_state = {k: variables[k] for k in MODEL_STATE_COLLECTIONS if k in variables}
         return params, model_state, tx.init(params)
 
-    params, model_state, opt_state = jax.jit(init, out_shardings=rep)(init_key)
+    return init
+
+
+def checkpoint_bytes(task, tx, sample: dict[str, np.ndarray]) -> int:
+    """Bytes of one checkpoint's arrays (parameters, model and optimizer state; the
+    carried LM state and the scalars left out), from shapes alone."""
+    shapes = jax.eval_shape(_variables(task, tx, sample), jax.random.PRNGKey(0))
+    return sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+
+
+def init_state(task, config, mesh, tx, sample: dict[str, np.ndarray]) -> TrainState:
+    """A fresh state from `config.seed`; `sample` is one (host-local) batch."""
+    rep = mesh_lib.replicated(mesh)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    x = sample["inputs"]
+    params, model_state, opt_state = jax.jit(_variables(task, tx, sample),
+                                             out_shardings=rep)(init_key)
     carry = {}
     if task.kind == "lm" and task.carry_state:
         gb = mesh_lib.global_batch_size(x.shape[0], mesh)
