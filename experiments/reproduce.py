@@ -262,8 +262,8 @@ def stranded(manifest: dict) -> list[str]:
     """One line per run with work left whose checkpoints did not travel."""
     budget = manifest["checkpoint_budget"]
     return [f"{r['name']}: its checkpoints ({r['checkpoint_bytes'] / 1e6:.1f} MB, the newest "
-            f"and the best) did not travel (room for {budget / 1e6:.1f} MB beside the other "
-            "runs'): it cannot resume in a later window."
+            f"and the best) did not travel (the bundle's room for checkpoints: "
+            f"{budget / 1e6:.1f} MB): it cannot resume in a later window."
             for r in manifest["runs"] if r["status"] != "finished"
             and not r["checkpoint_carried"] and r["checkpoint_bytes"]]
 

@@ -141,9 +141,9 @@ def test_the_bundle_keeps_to_the_total_that_comes_back(tmp_path, monkeypatch):
         "small": True, "big": False}  # 5 parts of 9000 would hold both; 30000 does not
     assert manifest["checkpoint_budget"] < 32_000
     assert reproduce.stranded(manifest) == [
-        f"big: its checkpoints (0.0 MB, the newest and the best) did not travel (room for "
-        f"{manifest['checkpoint_budget'] / 1e6:.1f} MB beside the other runs'): it cannot "
-        "resume in a later window."]
+        "big: its checkpoints (0.0 MB, the newest and the best) did not travel (the "
+        f"bundle's room for checkpoints: {manifest['checkpoint_budget'] / 1e6:.1f} MB): it "
+        "cannot resume in a later window."]
     (tmp_path / "out" / "extra").write_bytes(os.urandom(29_000))
     with pytest.raises(ValueError, match="together"):
         bundle.check_limits(tmp_path / "out")
