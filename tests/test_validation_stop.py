@@ -70,6 +70,13 @@ class _Validations:
         return list(dict.fromkeys(self.batches))
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The run never stopped: (its workdir, its final metrics)."""
+    workdir = str(tmp_path_factory.mktemp("whole"))
+    return workdir, train.train_and_evaluate(_task(), _config(), workdir)
+
+
 def _latest_position(workdir, task, config):
     mesh = train.make_mesh()
     state = train.init_state(task, config, mesh, train.make_optimizer(config),
@@ -79,9 +86,8 @@ def _latest_position(workdir, task, config):
 
 
 def test_sigterm_in_a_validation_saves_the_epoch_and_the_rerun_validates_it_first(
-        tmp_path, monkeypatch):
-    whole_dir = str(tmp_path / "whole")
-    whole = train.train_and_evaluate(_task(), _config(), whole_dir)
+        tmp_path, monkeypatch, whole):
+    whole_dir, whole = whole
     workdir = str(tmp_path / "stopped")
     with monkeypatch.context() as m:
         seen = _Validations(m, sigterm_at="epoch 2 valid")
@@ -107,10 +113,10 @@ def test_sigterm_in_a_validation_saves_the_epoch_and_the_rerun_validates_it_firs
 
 
 def test_a_sigterm_in_the_last_validation_still_gives_the_final_evaluation(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, whole):
     """The last epoch's validation stopped: no final evaluation yet; the rerun validates,
     saves the epoch end (best/ included) and evaluates as the whole run does."""
-    whole = train.train_and_evaluate(_task(), _config(), str(tmp_path / "whole"))
+    _, whole = whole
     workdir = str(tmp_path / "stopped")
     with monkeypatch.context() as m:
         _Validations(m, sigterm_at="epoch 3 valid")
