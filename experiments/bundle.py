@@ -12,7 +12,7 @@ A GPU machine returns at most `MAX_FILES` files of at most `MAX_FILE_BYTES` each
   with work left go before finished ones), split into parts under the size limit, so
   a run can resume in a later window. To resume, the bundle goes back to the machine
   inside the call's working tree, whose limit (64 MiB) it shares with the repository
-  and the data: about 35 MiB of checkpoints resume (docs/RESULTS_HOWTO.md).
+  and the data: 30-45 MB of checkpoints resume (docs/RESULTS_HOWTO.md).
 
 `unpack` restores a bundle into a runs folder; `experiments.report` reads a bundle
 folder as it reads workdirs.
