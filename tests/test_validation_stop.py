@@ -47,8 +47,8 @@ def _epoch_ends(workdir):
 
 
 class _Validations:
-    """Records each evaluation batch's pass label; SIGTERM as the pass `sigterm_at`
-    starts (it then ends after its first batch)."""
+    """Records the pass label of each stop check (before every batch of a pass but its
+    first); SIGTERM as the pass `sigterm_at` starts (it then ends after its first batch)."""
 
     def __init__(self, monkeypatch, sigterm_at=None):
         self.batches: list[str] = []
