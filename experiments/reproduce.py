@@ -77,21 +77,23 @@ def train_events(workdir: Path) -> list[dict]:
             if e.get("split") == "train" and "wall_time" in e and "phase" not in e]
 
 
-def recorded_passes(workdir: Path, work: plan_lib.Work, done: int) -> set[str]:
-    """The final passes a run that finished training has recorded for its last step with
-    today's settings: the engine runs only the others (docs/TRAINING.md, Evaluation)."""
+def recorded_passes(events: list[dict], work: plan_lib.Work, done: int) -> set[str]:
+    """The final passes a run that finished training has recorded (in its metrics.jsonl
+    `events`) for its last step with today's settings: the engine runs only the others
+    (docs/TRAINING.md, Evaluation)."""
     from rnnreg_jax.train.evaluation import recorded_passes as recorded
 
     if done < work.total_steps:
         return set()
-    return set(recorded(_events(workdir), list(work.final_passes), done))
+    return set(recorded(events, list(work.final_passes), done))
 
 
-def validation_pending(workdir: Path, done: int) -> bool:
+def validation_pending(events: list[dict], done: int) -> bool:
     """Whether the checkpoint of step `done` ends an epoch saved before its validation
-    (SIGTERM in it): every resume from it validates that epoch first."""
+    (SIGTERM in it; a `stopped` event among `events` says so): every resume from it
+    validates that epoch first."""
     return any(e.get("split") == "stopped" and e.get("step") == done
-               and e.get("during") == "validation" for e in _events(workdir))
+               and e.get("during") == "validation" for e in events)
 
 
 def measured_step_s(workdir: Path) -> float | None:
@@ -212,9 +214,10 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) 
             assert table is not None  # main refuses no calibration without --step_times
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
         wide = (table or {}).get("wide_eval_factor", 1.0)
+        events = _events(workdir)  # read once for both questions
         estimate = plan_lib.estimate_s(work, step_s, done, startup, wide,
-                                       recorded_passes(workdir, work, done),
-                                       validation_pending(workdir, done))
+                                       recorded_passes(events, work, done),
+                                       validation_pending(events, done))
         rows.append({"name": spec.name, "spec": spec, "work": work, "done": done,
                      "steps": work.total_steps,
                      "epochs": max(0, work.total_steps - done) / work.steps_per_epoch,

@@ -12,6 +12,7 @@ import pytest
 from experiments import bundle
 from experiments import reproduce_plan as plan_lib
 from rnnreg_jax.train.evaluation import Pass
+from rnnreg_jax.train.logging import read_metrics
 from tests import data_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,9 +260,10 @@ def test_the_plan_counts_only_the_final_passes_a_stopped_evaluation_left(tmp_pat
               {"step": 5, "split": "test_mc", "phase": "final", "evaluated_as": _MC}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events)
                                             + '{"step": 1')  # and a line being written
-    recorded = reproduce.recorded_passes(tmp_path, work, done=10)
+    events = read_metrics(str(tmp_path))  # skips the line being written
+    recorded = reproduce.recorded_passes(events, work, done=10)
     assert recorded == {"test"}
-    assert reproduce.recorded_passes(tmp_path, work, done=5) == set()  # still training
+    assert reproduce.recorded_passes(events, work, done=5) == set()  # still training
     full = plan_lib.estimate_s(work, 0.01, done_steps=10, startup_s=0)["final_eval"]
     left = plan_lib.estimate_s(work, 0.01, done_steps=10, startup_s=0,
                                recorded=recorded)["final_eval"]
@@ -290,8 +292,9 @@ def test_an_epoch_saved_before_its_validation_is_priced_with_that_validation(tmp
     events = [{"step": 10, "split": "stopped", "reason": "SIGTERM"},
               {"step": 20, "split": "stopped", "reason": "SIGTERM", "during": "validation"}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    assert not reproduce.validation_pending(tmp_path, 10)  # stopped while training
-    assert reproduce.validation_pending(tmp_path, 20)
+    events = read_metrics(str(tmp_path))
+    assert not reproduce.validation_pending(events, 10)  # stopped while training
+    assert reproduce.validation_pending(events, 20)
     one_pass = 100 * 0.01 / 3
     for done, epochs_left in ((20, 1), (30, 0)):
         plain = plan_lib.estimate_s(work, 0.01, done_steps=done, startup_s=0)
