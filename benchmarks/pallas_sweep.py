@@ -115,9 +115,8 @@ def per_sm_rates(device_kind: str) -> dict | None:
 def step_limits(plan: plan_lib.Plan, forward_ms: float, steps: int,
                 rates: dict | None, clock_ghz: float | None) -> dict:
     """One program's time step of the forward kernel against its floors (ns)."""
-    gates = plan.num_gates
-    w_h_bytes = gates * plan.padded_hidden ** 2 * jnp.dtype(plan.weight_dtype).itemsize
-    flops = 2 * plan.batch_block * plan.padded_hidden * gates * plan.padded_hidden
+    w_h_bytes = plan.weight_bytes
+    flops = 2 * plan.batch_block * plan.padded_hidden * plan.num_gates * plan.padded_hidden
     out: dict = {"ns_per_step": forward_ms * 1e6 / steps, "w_h_bytes": w_h_bytes,
                  "step_flops_per_program": flops,
                  "programs": plan.padded_batch // plan.batch_block, "resident": plan.resident}
@@ -179,9 +178,8 @@ def suggest_rule(entries: Iterable[dict]) -> dict | None:
     points measured, every one of them a win (speedup >= 1) at every batch measured;
     None where no point is a win. Points not measured (an error, the deadline) count
     as losses."""
-    measured = [e for e in entries if "hidden" in e]
     wins: dict[tuple[int, int], bool] = {}
-    for e in measured:
+    for e in entries:
         point = (e["steps"], e["hidden"])
         wins[point] = wins.get(point, True) and e.get("speedup", 0.0) >= 1.0
     best = None

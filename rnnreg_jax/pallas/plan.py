@@ -83,12 +83,21 @@ class Plan:
         return cells.num_gates(self.cell)
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of W_h's on-chip copy (padded, in `weight_dtype`)."""
+        return _weight_bytes(self.num_gates, self.padded_hidden, self.weight_dtype)
+
+    @property
     def chunks(self) -> int:
         return self.padded_hidden // self.column_block
 
     @property
     def num_warps(self) -> int:
         return 4 if self.padded_hidden <= 64 else 8
+
+
+def _weight_bytes(num_gates: int, padded_hidden: int, weight_dtype: Any) -> int:
+    return num_gates * padded_hidden ** 2 * jnp.dtype(weight_dtype).itemsize
 
 
 def check_cell(cell: Any) -> None:
@@ -111,7 +120,7 @@ def make_plan(cell: str, hidden: int, batch: int, dtype: Any,
     weight_dtype = jnp.dtype(weight_dtype or DEFAULT_WEIGHT_DTYPE or dtype)
     column_block = min(padded_hidden, COLUMN_BLOCK)
     padded_batch = -(-batch // BATCH_BLOCK) * BATCH_BLOCK
-    weight_bytes = cells.num_gates(cell) * padded_hidden ** 2 * weight_dtype.itemsize
+    weight_bytes = _weight_bytes(cells.num_gates(cell), padded_hidden, weight_dtype)
     return Plan(cell=cells.cell_name(cell), hidden=hidden, padded_hidden=padded_hidden,
                 column_block=column_block, batch=batch, padded_batch=padded_batch,
                 batch_block=BATCH_BLOCK, weight_dtype=weight_dtype,
