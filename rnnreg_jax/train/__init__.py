@@ -10,8 +10,9 @@
 Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 (optax chains, LR rules), `losses`, `mesh` (data parallelism), `steps`
 (jitted steps), `evaluator` (Evaluator, MC dropout), `evaluation` (the final evaluation),
-`checkpoint` (orbax), `logging`, `termination` (SIGTERM), `ntasgd`, `workdir_lock`,
-`loop`. See docs/TRAINING.md.
+`checkpoint` (orbax), `logging`, `termination` (SIGTERM), `stopping` (when a run
+stops early, agreed by every process), `ntasgd` (the optax transform), `ntasgd_switch`
+(the loop's side of it), `workdir_lock`, `loop`. See docs/TRAINING.md.
 """
 
 from rnnreg_jax.train.checkpoint import (

@@ -55,9 +55,10 @@ class Evaluator:
         # pass longer than `progress_every_s` is going (`PassProgress`).
         self.progress: Callable[[str], None] | None = None
         self.progress_every_s = 60.0
-        # `should_stop()`, where set (the loop of a single process, during its evaluations:
-        # SIGTERM), is asked before each batch but the first; True ends the pass
-        # (`PassStopped`). A pass whose last batch is done returns.
+        # `should_stop()`, where set (the training loop, during its evaluations: SIGTERM),
+        # is asked before each batch but the first; True ends the pass (`PassStopped`).
+        # A pass whose last batch is done returns. Every process asks it equally often,
+        # so a multi-host check may be a collective (`mesh.agreed_every`).
         self.should_stop: Callable[[], bool] | None = None
         kind, model = task.kind, task.model
         mc_model = model if mc_embedding_dropout else without_embedding_dropout(model)

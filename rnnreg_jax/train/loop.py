@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -14,7 +13,7 @@ from absl import logging
 from etils import epath
 
 from rnnreg_jax.train import checkpoint as ckpt_lib
-from rnnreg_jax.train import losses, ntasgd, optim, steps
+from rnnreg_jax.train import losses, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import with_defaults
 from rnnreg_jax.train.evaluation import (
@@ -26,8 +25,9 @@ from rnnreg_jax.train.evaluation import (
 )
 from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
+from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
+from rnnreg_jax.train.stopping import RunStop
 from rnnreg_jax.train.task import Task, steps_in_epoch
-from rnnreg_jax.train.termination import TerminationFlag
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,6 +36,10 @@ class NonFiniteLossError(RuntimeError):
 
 class _Run:
     """The mutable bookkeeping of one `train_and_evaluate` call."""
+
+    # With several processes, how many evaluation batches go between two checks that all
+    # processes make together (a collective each) of whether SIGTERM reached any of them.
+    MULTIHOST_STOP_CHECK_BATCHES = 8
 
     def __init__(self, task: Task, config, workdir: str):
         self.task, self.config, self.workdir = task, config, workdir
@@ -69,19 +73,7 @@ class _Run:
         self.lr = float(self.state.learning_rate)
         self.best = float(self.state.best_metric)
         self.bad_epochs = int(self.state.bad_epochs)
-        # NT-ASGD (optimizer="ntasgd"): the host keeps the validation history and decides
-        # when to start averaging; evaluation then uses the averaged weights.
-        self.ntasgd = config.optimizer == "ntasgd"
-        self.averaging = self.ntasgd and bool(ntasgd.is_averaging(self.state.opt_state))
-        self.val_history: list[float] = []
-        if self.ntasgd and self.resumed and jax.process_count() == 1:  # multi-host: restart
-            self.val_history = validation_history(read_metrics(workdir), task.validation_split,
-                                                  losses.task_metric(task.kind), self.epoch)
-        if self.ntasgd:
-            self.averaged = jax.jit(ntasgd.averaged_params, out_shardings=self.shardings.params)
-            self.start_averaging = jax.jit(
-                lambda s: s.replace(opt_state=ntasgd.start_averaging(s.opt_state)),
-                out_shardings=self.shardings, donate_argnums=0)
+        self.ntasgd = self._ntasgd_switch() if config.optimizer == "ntasgd" else None
         self.state_is_finite = jax.jit(steps.all_finite)
         self.pending: list = []
         self.last_saved = self.step if self.resumed else None
@@ -90,18 +82,29 @@ class _Run:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
-        self.deadline = (time.monotonic() + config.time_limit_s) if config.time_limit_s else None
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
-        self.terminate = TerminationFlag()
+        self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps,
+                                  self.MULTIHOST_STOP_CHECK_BATCHES)
+
+    def _ntasgd_switch(self) -> AveragingSwitch:
+        """NT-ASGD's host side; a resumed run's trigger hears the validation history it
+        had (process 0 reads it from its metrics and tells the others)."""
+        history: list[float] = []
+        if self.resumed:
+            history = mesh_lib.from_first_process(lambda: validation_history(
+                read_metrics(self.workdir), self.task.validation_split,
+                losses.task_metric(self.task.kind), self.epoch))
+        return AveragingSwitch(self.state, self.shardings, self.config.ntasgd_nonmono,
+                               history)
 
     def eval_params(self, state=None):
         """The weights to evaluate: NT-ASGD's average once averaging is on (the
         non-parameter `model_state`, e.g. BN population statistics, is the
         running one, not averaged)."""
         state = self.state if state is None else state
-        if not self.ntasgd:
+        if self.ntasgd is None:
             return state.params
-        return self.averaged(state.opt_state, state.params)
+        return self.ntasgd.eval_params(state)
 
     def final_state(self):
         """The state the final evaluation reads. With early stopping on, or
@@ -241,7 +244,7 @@ class _Run:
                         break
                     if self.pos >= spe:
                         break
-                    if self.time_is_up():
+                    if self.stop_rules.in_training(self.step):
                         self.stopped = True
                         break
             self.flush()
@@ -255,27 +258,15 @@ class _Run:
                 self.stopped = True
                 self._announce_stop(during="validation")
                 return
-            if self.epoch < cfg.num_epochs and self.time_is_up():
+            if self.epoch < cfg.num_epochs and self.stop_rules.in_training(self.step):
                 self.stopped = True
                 self._announce_stop()
                 return
 
-    def time_is_up(self) -> bool:
-        """The time limit passed or SIGTERM arrived. With several processes all decide
-        together, at log steps, so that none leaves the others waiting in a collective."""
-        up = self.terminate.set or (self.deadline is not None
-                                    and time.monotonic() >= self.deadline)
-        if jax.process_count() == 1:
-            return up
-        if not (self.config.log_every_steps and self.step % self.config.log_every_steps == 0):
-            return False
-        return mesh_lib.on_any_process(up)
-
     def _announce_stop(self, during: str | None = None) -> None:
         """The `stopped` event (`during`: "validation" where the epoch was saved before
         its validation, which a resume runs first) and the console line."""
-        limit = self.config.time_limit_s
-        why = "SIGTERM" if self.terminate.set else f"the time limit ({limit:g} s)"
+        why = self.stop_rules.reason()
         self.logger.write("stopped", self.step, self.epoch,
                           {"reason": why, **({"during": during} if during else {})})
         pending = f", its {during} to run first" if during else ""
@@ -290,7 +281,7 @@ class _Run:
         improved = False
         if split is not None:
             try:
-                with self._passes_stop_on_sigterm():
+                with self.stop_rules.passes_stop_on_sigterm(self.evaluator):
                     metrics = self.evaluator.evaluate(self.eval_params(), task.evals[split],
                                                       model_state=self.state.model_state,
                                                       label=f"epoch {self.epoch + 1} {split}")
@@ -298,11 +289,10 @@ class _Run:
                 return False
             value = metrics[losses.task_metric(task.kind)]
             improved = optim.improved(value, self.best)
-            if self.ntasgd and not self.averaging and ntasgd.nonmono_trigger(
-                    self.val_history, value, cfg.ntasgd_nonmono):
-                self.state, self.averaging = self.start_averaging(self.state), True
-                self.logger.console(f"epoch {self.epoch + 1}: NT-ASGD starts averaging.")
-            self.val_history.append(value)
+            if self.ntasgd is not None:
+                self.state, started = self.ntasgd.after_validation(self.state, value)
+                if started:
+                    self.logger.console(f"epoch {self.epoch + 1}: NT-ASGD starts averaging.")
             metrics["lr"] = self.lr
             self.logger.write(split, self.step, self.epoch, dict(metrics, phase="epoch_end"))
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -325,16 +315,17 @@ class _Run:
     def final_eval(self) -> dict | None:
         """The final evaluation, each pass recorded as it ends; passes recorded before
         for this step and model (a run that died or got SIGTERM mid-way, resumed) are
-        not run again (single process: every process of a multi-host run must run the
-        same passes). SIGTERM ends it at the next batch (between passes with several
-        processes); then None, the passes done recorded."""
+        not run again (process 0 reads them and tells the others: every process must
+        run the same passes). SIGTERM ends it part-way (`RunStop.passes_stop_on_sigterm`);
+        then None, the passes done recorded."""
         state = self.final_state()
         eval_epoch = int(state.epoch)
         passes = final_passes(self.task, self.config)
         signatures = {p.name: p.signature for p in passes}
         done = {}
-        if self.resumed and jax.process_count() == 1:
-            done = recorded_passes(read_metrics(self.workdir), passes, self.step, eval_epoch)
+        if self.resumed:
+            done = mesh_lib.from_first_process(lambda: recorded_passes(
+                read_metrics(self.workdir), passes, self.step, eval_epoch))
         for name, metrics in done.items():
             self._show(name, metrics, " (recorded before)")
 
@@ -345,10 +336,10 @@ class _Run:
             self.logger.write(name, self.step, self.epoch, event)
             self._show(name, metrics)
 
-        with self._passes_stop_on_sigterm():
+        with self.stop_rules.passes_stop_on_sigterm(self.evaluator):
             results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
                                    state.model_state, self.config, done=done,
-                                   on_result=record, should_stop=self.stop_requested)
+                                   on_result=record, should_stop=self.stop_rules.between_passes)
         if len(results) < len(passes):
             self.stopped = True
             self._announce_stop()
@@ -357,29 +348,12 @@ class _Run:
                 **{f"train/{k}": v for k, v in self.last_train.items()},
                 **flat_results(results)}
 
-    @contextlib.contextmanager
-    def _passes_stop_on_sigterm(self):
-        """SIGTERM ends the evaluation pass at its next batch (`PassStopped`). Single
-        process only: several processes may only stop together, between passes."""
-        if jax.process_count() == 1:
-            self.evaluator.should_stop = lambda: self.terminate.set
-        try:
-            yield
-        finally:
-            self.evaluator.should_stop = None
-
-    def stop_requested(self) -> bool:
-        """SIGTERM arrived (between evaluation passes: every process decides together)."""
-        if jax.process_count() == 1:
-            return self.terminate.set
-        return mesh_lib.on_any_process(self.terminate.set)
-
     def _show(self, name, metrics, note=""):
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.logger.console(f"final {name}: {shown}{note}")
 
     def close(self) -> None:
-        self.terminate.restore()
+        self.stop_rules.close()
         # Each closed even if the other fails (a full disk fails both): the error that
         # ended the run is the one to report.
         for close in (self.logger.close, self.ckpt.close):
@@ -405,8 +379,9 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
       returns `{"step", "epoch", "stopped": True}` after saving a checkpoint; SIGTERM
       during an epoch-end validation or the final evaluation ends that pass at its
-      next batch (single process): the epoch's training is saved, to be validated
-      first on resume; each final pass done is recorded (the same call runs the rest).
+      next batch (with several processes: within `_Run.MULTIHOST_STOP_CHECK_BATCHES`):
+      the epoch's training is saved, to be validated first on resume; each final pass
+      done is recorded (the same call runs the rest).
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).

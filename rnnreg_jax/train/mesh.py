@@ -10,7 +10,9 @@ of the sharding, so results do not depend on the number of devices.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -97,6 +99,39 @@ def global_batch_size(local_batch_size: int, mesh: Mesh) -> int:
 
 def on_any_process(flag: bool) -> bool:
     """Whether `flag` is set on any process: a collective every process must call."""
+    return bool(on_any_process_each(np.asarray(flag)))
+
+
+def on_any_process_each(flags: np.ndarray) -> np.ndarray:
+    """For each of this process's boolean `flags`, whether it is set on any process (a
+    collective every process must call, with flags of one shape)."""
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return np.any(multihost_utils.process_allgather(np.asarray(flags, bool)), axis=0)
+
+
+def agreed_every(n: int, flag: Callable[[], bool]) -> Callable[[], bool]:
+    """A check that every process calls equally often: each `n`-th call returns whether
+    `flag()` is set on any process (a collective); the others return False without one."""
+    calls = 0
+
+    def check() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls % n == 0 and on_any_process(flag())
+
+    return check
+
+
+def from_first_process(read: Callable[[], object]):
+    """`read()` on process 0 (what only it can see: the metrics file it writes), its
+    JSON value on every process; with several, a collective every process must call."""
+    if jax.process_count() == 1:
+        return read()
+    from jax.experimental import multihost_utils
+
+    data = json.dumps(read()).encode() if jax.process_index() == 0 else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buffer = np.frombuffer(data, np.uint8) if data else np.zeros(size, np.uint8)
+    sent = multihost_utils.broadcast_one_to_all(buffer)
+    return json.loads(np.asarray(sent, np.uint8).tobytes())

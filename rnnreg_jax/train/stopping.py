@@ -1,0 +1,82 @@
+"""When a training run stops before its end: SIGTERM or its time limit, on any of its
+processes. Every process of a multi-host run must stop at the same point (one left
+alone would wait in a collective forever), so with several the decision is a
+collective that all make together, at points they all reach."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jax
+import numpy as np
+
+from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train.termination import TerminationFlag
+
+
+class RunStop:
+    """The loop's stop rules.
+
+    Args:
+      time_limit_s: seconds from now after which training stops (0 or None: none).
+      log_every_steps: with several processes, training checks at these steps only.
+      eval_check_batches: with several processes, an evaluation pass checks every this
+        many batches.
+    """
+
+    def __init__(self, time_limit_s: float | None, log_every_steps: int,
+                 eval_check_batches: int):
+        self.time_limit_s = time_limit_s
+        self.deadline = (time.monotonic() + time_limit_s) if time_limit_s else None
+        self.log_every_steps = log_every_steps
+        self.eval_check_batches = eval_check_batches
+        self.sigterm = TerminationFlag()
+        self.multihost = jax.process_count() > 1
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def in_training(self, step: int) -> bool:
+        """After training step `step`: SIGTERM arrived or the time limit passed (with
+        several processes: on any, decided at log steps)."""
+        up = self.sigterm.set or self._past_deadline()
+        if not self.multihost:
+            return up
+        if not (self.log_every_steps and step % self.log_every_steps == 0):
+            return False
+        return mesh_lib.on_any_process(up)
+
+    def between_passes(self) -> bool:
+        """Before an evaluation pass: SIGTERM arrived (on any process)."""
+        if not self.multihost:
+            return self.sigterm.set
+        return mesh_lib.on_any_process(self.sigterm.set)
+
+    @contextlib.contextmanager
+    def passes_stop_on_sigterm(self, evaluator):
+        """Within it, SIGTERM ends `evaluator`'s pass at its next batch (`PassStopped`);
+        with several processes at the next batch where all check together, every
+        `eval_check_batches`."""
+        if not self.multihost:
+            evaluator.should_stop = lambda: self.sigterm.set
+        else:
+            evaluator.should_stop = mesh_lib.agreed_every(self.eval_check_batches,
+                                                          lambda: self.sigterm.set)
+        try:
+            yield
+        finally:
+            evaluator.should_stop = None
+
+    def reason(self) -> str:
+        """Why the run stopped, as every process agrees (a collective with several): a
+        process may have stopped for what reached another one only."""
+        flags = np.array([self.sigterm.set, self._past_deadline()])
+        if self.multihost:
+            flags = mesh_lib.on_any_process_each(flags)
+        if flags[0] or not self.time_limit_s:
+            return "SIGTERM"
+        return f"the time limit ({self.time_limit_s:g} s)"
+
+    def close(self) -> None:
+        self.sigterm.restore()
