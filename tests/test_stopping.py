@@ -73,3 +73,14 @@ def test_one_process_reads_for_itself():
     assert mesh_lib.from_first_process(lambda: {"a": [1.5, 2]}) == {"a": [1.5, 2]}
     assert mesh_lib.on_any_process(True) and not mesh_lib.on_any_process(False)
     assert mesh_lib.on_any_process_each([True, False]).tolist() == [True, False]
+
+
+def test_several_processes_decide_at_log_steps_and_epoch_ends(rules, monkeypatch):
+    asked = []
+    monkeypatch.setattr(mesh_lib, "on_any_process", lambda flag: asked.append(flag) or flag)
+    r = rules(None, 4, 8)
+    r.multihost = True  # as with several processes: the decision is a collective
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert not r.in_training(3) and not asked  # no collective between log steps
+    assert r.in_training(4) and r.in_training(3, epoch_end=True)
+    assert asked == [True, True]

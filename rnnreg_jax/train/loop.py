@@ -258,7 +258,8 @@ class _Run:
                 self.stopped = True
                 self._announce_stop(during="validation")
                 return
-            if self.epoch < cfg.num_epochs and self.stop_rules.in_training(self.step):
+            if self.epoch < cfg.num_epochs and self.stop_rules.in_training(self.step,
+                                                                           epoch_end=True):
                 self.stopped = True
                 self._announce_stop()
                 return

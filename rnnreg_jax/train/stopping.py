@@ -37,13 +37,14 @@ class RunStop:
     def _past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def in_training(self, step: int) -> bool:
+    def in_training(self, step: int, epoch_end: bool = False) -> bool:
         """After training step `step`: SIGTERM arrived or the time limit passed (with
-        several processes: on any, decided at log steps)."""
+        several processes: on any, decided at log steps and at an epoch's end, points
+        every process reaches)."""
         up = self.sigterm.set or self._past_deadline()
         if not self.multihost:
             return up
-        if not (self.log_every_steps and step % self.log_every_steps == 0):
+        if not (epoch_end or (self.log_every_steps and step % self.log_every_steps == 0)):
             return False
         return mesh_lib.on_any_process(up)
 
