@@ -52,3 +52,19 @@ carry=(.devdata)
 [[ -d .whl ]] && carry=(.whl .devdata)
 du -sh "${carry[@]}"
 echo "carry: [$(printf '"%s", ' "${carry[@]}" | sed 's/, $//')]"
+
+# A call copies the working tree (tracked files and untracked ones git does not ignore)
+# with the carried paths, 64 MiB in all (GPU_CALL_LIMIT_BYTES); a bundle brought back to
+# resume from travels inside what is left.
+limit="${GPU_CALL_LIMIT_BYTES:-67108864}"
+tree="$(git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null \
+  | awk '{s += $1} END {print s + 0}')"
+carried="$(find "${carry[@]}" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
+total=$((tree + carried))
+echo "a call carries $total bytes (working tree $tree, carry $carried) of $limit;" \
+     "room left for a resume bundle: $((limit - total)) bytes"
+if ((total > limit)); then
+  echo "error: the working tree and the carried data ($total bytes) exceed what a device" \
+       "call carries ($limit bytes); prepare fewer data sets or shrink the tree." >&2
+  exit 1
+fi
