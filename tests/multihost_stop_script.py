@@ -32,7 +32,7 @@ from rnnreg_jax.train import mesh as mesh_lib  # noqa: E402
 from rnnreg_jax.train import ntasgd  # noqa: E402
 from rnnreg_jax.train.evaluator import Evaluator  # noqa: E402
 
-EVAL_WINDOWS = 12  # more than `_Run.MULTIHOST_STOP_CHECK_BATCHES`: a pass stops part-way
+EVAL_WINDOWS = 12  # more than `stopping.EVAL_CHECK_BATCHES`: a pass stops part-way
 
 
 def task(index: int, count: int) -> train.Task:

@@ -5,7 +5,7 @@ again; NT-ASGD's trigger hears the history an uninterrupted run hears).
 
 Two processes (one CPU device each) joined by jax.distributed on 127.0.0.1 run
 `tests/multihost_stop_script.py`: an NT-ASGD tiny LM, validation and test passes of 12
-batches, so that the agreed checks (every `_Run.MULTIHOST_STOP_CHECK_BATCHES`) fall
+batches, so that the agreed checks (every `stopping.EVAL_CHECK_BATCHES`) fall
 inside a pass.
 """
 
@@ -19,15 +19,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from multihost_stop_script import EVAL_WINDOWS
 
-from rnnreg_jax.train.loop import _Run
+from rnnreg_jax.train.stopping import EVAL_CHECK_BATCHES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("multihost_stop_script.py")
 TIMEOUT = 240
-EVERY = _Run.MULTIHOST_STOP_CHECK_BATCHES
+EVERY = EVAL_CHECK_BATCHES
 FINAL_MC = "final evaluation, test with MC dropout (2 samples)"
-WINDOWS = 12  # batches in each evaluation pass of the script
 
 
 def _free_port() -> int:
@@ -94,7 +94,7 @@ def test_sigterm_on_one_process_stops_every_evaluation_pass_together(tmp_path, w
         assert record["checks"][0] == "epoch 2 valid"
         assert record["result"]["stopped"]
         # (the final evaluation's passes share one count of checks)
-        assert 0 < record["checks"].count(FINAL_MC) < WINDOWS - 1
+        assert 0 < record["checks"].count(FINAL_MC) < EVAL_WINDOWS - 1
     assert second[0]["checks"] == second[1]["checks"]
     finals = [e["split"] for e in events(workdir) if e.get("phase") == "final"]
     assert finals == ["valid", "test"]

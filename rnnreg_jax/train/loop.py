@@ -37,10 +37,6 @@ class NonFiniteLossError(RuntimeError):
 class _Run:
     """The mutable bookkeeping of one `train_and_evaluate` call."""
 
-    # With several processes, how many evaluation batches go between two checks that all
-    # processes make together (a collective each) of whether SIGTERM reached any of them.
-    MULTIHOST_STOP_CHECK_BATCHES = 8
-
     def __init__(self, task: Task, config, workdir: str):
         self.task, self.config, self.workdir = task, config, workdir
         self.mesh = mesh_lib.make_mesh()
@@ -83,8 +79,7 @@ class _Run:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.t_last, self.step_last = time.time(), self.step
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
-        self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps,
-                                  self.MULTIHOST_STOP_CHECK_BATCHES)
+        self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps)
 
     def _ntasgd_switch(self) -> AveragingSwitch:
         """NT-ASGD's host side; a resumed run's trigger hears the validation history it
@@ -380,7 +375,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       values, `"step"` and `"epoch"`. A run stopped by `time_limit_s` or SIGTERM
       returns `{"step", "epoch", "stopped": True}` after saving a checkpoint; SIGTERM
       during an epoch-end validation or the final evaluation ends that pass at its
-      next batch (with several processes: within `_Run.MULTIHOST_STOP_CHECK_BATCHES`):
+      next batch (with several processes: within `stopping.EVAL_CHECK_BATCHES`):
       the epoch's training is saved, to be validated first on resume; each final pass
       done is recorded (the same call runs the rest).
 

@@ -14,6 +14,10 @@ import numpy as np
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.termination import TerminationFlag
 
+# With several processes, how many evaluation batches go between two checks that all
+# of them make together (a collective each) of whether SIGTERM reached any of them.
+EVAL_CHECK_BATCHES = 8
+
 
 class RunStop:
     """The loop's stop rules.
@@ -26,7 +30,7 @@ class RunStop:
     """
 
     def __init__(self, time_limit_s: float | None, log_every_steps: int,
-                 eval_check_batches: int):
+                 eval_check_batches: int = EVAL_CHECK_BATCHES):
         self.time_limit_s = time_limit_s
         self.deadline = (time.monotonic() + time_limit_s) if time_limit_s else None
         self.log_every_steps = log_every_steps
