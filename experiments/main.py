@@ -147,12 +147,14 @@ def run(task_name: str, config) -> dict:
         CheckpointWriteError,
         os_error_reason,
     )
+    from rnnreg_jax.train.config import check as check_train_config
 
     _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
     try:  # the config and the data's checksums first: then a refusal changes no workdir
         check_choices(config)
+        check_train_config(config.train, "config.train")
         reg = regularization(config.reg)
         check_data(config, cli.FLAGS.data_dir)
     except (ValueError, DataError) as err:

@@ -156,6 +156,11 @@ def test_without_checkpoints_any_config_may_start(tmp_path):
      "lstm_ln, lstm_bn, keras_lstm, keras_gru; got 'lstmm'."),
     ("--config.train.lr_schedule=cosine", "error: config.train.lr_schedule must be one of "
      "constant, zaremba, plateau; got 'cosine'."),
+    # refused after the whole training before (inside JAX, at the MC pass)
+    ("--config.train.mc_samples=-2",
+     "error: config.train.mc_samples must be a whole number >= 0, got -2."),
+    ("--config.train.learning_rate=-1",
+     "error: config.train.learning_rate must be a finite number >= 0, got -1.0."),
 ])
 def test_an_unknown_option_is_one_line_and_touches_no_workdir(tmp_path, override, message):
     workdir = tmp_path / "wd"

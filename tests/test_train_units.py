@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -235,3 +236,31 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
     for name in named:
         assert issubclass(getattr(train, name), Exception), name
         assert name in train.__all__, name
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mc_samples", -2, "config.mc_samples must be a whole number >= 0, got -2."),
+    ("keep_checkpoints", 0, "config.keep_checkpoints must be a whole number >= 1, got 0."),
+    ("max_steps", True, "config.max_steps must be a whole number >= 0, got True."),
+    ("time_limit_s", -5.0, "config.time_limit_s must be a finite number >= 0, got -5.0."),
+    ("time_limit_s", float("inf"), "config.time_limit_s must be a finite number >= 0"),
+    ("decay_factor", 0.0, "config.decay_factor must be a finite number > 0, got 0.0."),
+    ("learning_rate", -1.0, "config.learning_rate must be a finite number >= 0"),
+    ("lr_schedule", "cosine", "config.lr_schedule must be one of"),
+])
+def test_a_field_out_of_range_is_refused_before_anything_runs(tmp_path, field, value, message):
+    from rnnreg_jax.train.config import check
+
+    config = train.default_train_config()
+    check(config)  # the defaults pass
+    with config.unlocked():
+        config[field] = value
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        check(config)
+    with pytest.raises(ValueError, match="^config.train." + field):
+        check(config, "config.train")
+    task = train.Task(model=th.tiny_lm(), kind="lm", train=th.LMSource(),
+                      evals={"valid": th.LMSource(seed=1)})
+    with pytest.raises(ValueError, match=field):
+        train.train_and_evaluate(task, config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()  # refused before the workdir was made

@@ -1,6 +1,10 @@
-"""The training configuration: every field with its default and meaning."""
+"""The training configuration: every field with its default and meaning, and the
+check that refuses a bad value before anything runs."""
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import ml_collections
 
@@ -82,3 +86,48 @@ def with_defaults(config) -> ml_collections.ConfigDict:
             with merged.unlocked():
                 merged[key] = value
     return merged
+
+
+# Whole-number fields and their least value (0: "off" where the field says so).
+_WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "decay_after": 0,
+          "early_stop_patience": 0, "mc_samples": 0, "mc_chunk": 0,
+          "checkpoint_every_steps": 0, "keep_checkpoints": 1, "log_every_steps": 0}
+# Number fields: finite and >= 0, or > 0 for the divisors.
+_AT_LEAST_ZERO = ("time_limit_s", "lr_window_reference")
+_ABOVE_ZERO = ("decay_factor", "plateau_factor")
+
+
+def check(config, name: str = "config") -> None:
+    """Raise a one-sentence ValueError for a field out of its range (`config` completed
+    with the defaults), so that a bad value fails before training rather than where it
+    is first read (a negative `mc_samples` failed inside JAX after the whole training).
+    The optimizer's own settings and the LR rule are checked by building them
+    (`optim.make_optimizer`, `optim.lr_rule`). `name`: what the message calls the
+    config (the experiment binaries': "config.train")."""
+    try:
+        _check(with_defaults(config))
+    except ValueError as err:
+        message = str(err)
+        if name != "config" and message.startswith("config."):
+            message = name + message[len("config"):]
+        raise ValueError(message) from None
+
+
+def _check(config) -> None:
+    from rnnreg_jax.train import optim
+
+    for field, least in _WHOLE.items():
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"config.{field} must be a whole number >= {least}, got "
+                             f"{value!r}.")
+    for field in _AT_LEAST_ZERO + _ABOVE_ZERO:
+        value = config[field]
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 0 or (
+                field in _ABOVE_ZERO and value == 0):
+            bound = "> 0" if field in _ABOVE_ZERO else ">= 0"
+            raise ValueError(f"config.{field} must be a finite number {bound}, got "
+                             f"{value!r}.")
+    optim.make_optimizer(config)
+    optim.lr_rule(config)

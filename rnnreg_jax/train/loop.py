@@ -15,6 +15,7 @@ from etils import epath
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
+from rnnreg_jax.train.config import check as check_config
 from rnnreg_jax.train.config import with_defaults
 from rnnreg_jax.train.evaluation import (
     evaluate_all,
@@ -383,6 +384,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
     """
     config = with_defaults(config)
+    check_config(config)
     mesh_lib.maybe_initialize_distributed(config.distributed)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
     run = _Run(task, config, workdir)
