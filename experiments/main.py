@@ -22,7 +22,12 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli, provenance
-from experiments.configs.common import check_choices, config_differences, regularization
+from experiments.configs.common import (
+    check_choices,
+    check_ranges,
+    config_differences,
+    regularization,
+)
 
 
 def _quiet_orbax() -> None:
@@ -154,6 +159,7 @@ def run(task_name: str, config) -> dict:
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
     try:  # the config and the data's checksums first: then a refusal changes no workdir
         check_choices(config)
+        check_ranges(config)
         check_train_config(config.train, "config.train")
         reg = regularization(config.reg)
         check_data(config, cli.FLAGS.data_dir)
@@ -170,7 +176,7 @@ def run(task_name: str, config) -> dict:
         sys.exit(2)
     try:
         task = build_task(config, reg, cli.FLAGS.data_dir)
-    except DataError as err:
+    except (DataError, ValueError) as err:  # data, or settings that do not go together
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     batch = config.data.batch_size

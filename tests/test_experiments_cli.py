@@ -161,6 +161,8 @@ def test_without_checkpoints_any_config_may_start(tmp_path):
      "error: config.train.mc_samples must be a whole number >= 0, got -2."),
     ("--config.train.learning_rate=-1",
      "error: config.train.learning_rate must be a finite number >= 0, got -1.0."),
+    ("--config.model.hidden_sizes=(16,-4)", "error: config.model.hidden_sizes must be a "
+     "non-empty sequence of whole numbers >= 1; got (16, -4)."),
 ])
 def test_an_unknown_option_is_one_line_and_touches_no_workdir(tmp_path, override, message):
     workdir = tmp_path / "wd"

@@ -182,15 +182,42 @@ def test_evaluate_defaults_to_the_checkpoint_the_run_reports(tmp_path):
 
 
 def test_every_preset_names_options_the_binaries_accept():
-    """`check_choices` (which the binaries run before anything else) passes on every
-    preset of every task: a preset naming an option its table lacks could not run."""
-    from experiments.configs.common import check_choices
+    """`check_choices`, `check_ranges` and the training config's check (which the
+    binaries run before anything else) pass on every preset of every task: a preset
+    naming an option its table lacks, or a value out of range, could not run."""
+    from experiments.configs.common import RANGES, check_choices, check_ranges
+    from rnnreg_jax.train.config import check
 
+    checked = set()
     for task, name, preset in _all_presets():
+        config = preset()
         try:
-            check_choices(preset())
+            check_choices(config)
+            check_ranges(config)
+            check(config.train, "config.train")
         except ValueError as err:
             raise AssertionError(f"{task}:{name}: {err}") from err
+        checked |= {d for d in RANGES if d.split(".")[1] in config[d.split(".")[0]]}
+    assert checked == set(RANGES)  # every field of the table is some preset's
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("model.hidden_sizes", (16, 0), "a non-empty sequence of whole numbers >= 1; got (16, 0)."),
+    ("model.init_scale", float("nan"), "a finite number >= 0 or None; got nan."),
+    ("model.embed_size", 2.0, "a whole number >= 1; got 2.0."),
+    ("data.window_short_prob", -0.1, "a finite number in [0, 1]; got -0.1."),
+    ("data.validation_size", -1, "a whole number >= 0; got -1."),
+])
+def test_a_value_out_of_range_is_one_sentence(dotted, value, expected):
+    from experiments.configs.common import check_ranges
+
+    config = ptb_configs.get_config("tiny")
+    section, field = dotted.split(".")
+    with config.unlocked(), config[section].ignore_type():
+        config[section][field] = value
+    with pytest.raises(ValueError) as err:
+        check_ranges(config)
+    assert str(err.value) == f"config.{dotted} must be {expected}"
 
 
 def test_presets_without_noise_ask_for_no_mc_dropout():

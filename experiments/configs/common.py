@@ -15,6 +15,8 @@ tests/test_presets_run.py), except the informational ones below.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 import ml_collections
 
@@ -154,6 +156,67 @@ def check_choices(config) -> None:
         if block[field] not in options:
             raise ValueError(f"config.{dotted} must be one of {', '.join(options)}; got "
                              f"{block[field]!r}.")
+
+
+def _whole(least: int):
+    def ok(value):
+        return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                and value >= least)
+    return ok, f"a whole number >= {least}"
+
+
+def _finite(least: float, most: float = math.inf, none_ok: bool = False):
+    def ok(value):
+        if value is None:
+            return none_ok
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value) and least <= value <= most)
+    bound = f"in [{least:g}, {most:g}]" if math.isfinite(most) else f">= {least:g}"
+    return ok, f"a finite number {bound}" + (" or None" if none_ok else "")
+
+
+def _widths(value) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) > 0
+            and all(_whole(1)[0](width) for width in value))
+
+
+# The numeric fields of the model and data blocks and the values they take (the
+# training block's: `rnnreg_jax.train.config.check`).
+RANGES = {
+    "model.hidden_sizes": (_widths, "a non-empty sequence of whole numbers >= 1"),
+    "model.embed_size": _whole(1),
+    "model.unroll": _whole(1),
+    "model.init_scale": _finite(0.0, none_ok=True),
+    "model.embed_init_scale": _finite(0.0, none_ok=True),
+    "model.forget_bias": _finite(-math.inf),
+    "data.batch_size": _whole(1),
+    "data.eval_batch_size": _whole(1),
+    "data.test_batch_size": _whole(1),
+    "data.seq_len": _whole(1),
+    "data.stride": _whole(1),
+    "data.vocab_size": _whole(1),
+    "data.validation_size": _whole(0),
+    "data.shuffle_seed": _whole(0),
+    "data.permutation_seed": _whole(0),
+    "data.split_seed": _whole(0),
+    "data.window_min_len": _whole(1),
+    "data.window_bucket": _whole(1),
+    "data.window_std": _finite(0.0),
+    "data.window_short_prob": _finite(0.0, 1.0),
+}
+
+
+def check_ranges(config) -> None:
+    """Raise ValueError (one sentence) where a numeric field of the model or data block
+    is out of its range, before any data is read or anything is written (a negative
+    width failed inside JAX, a zero embedding or unroll ran)."""
+    for dotted, (ok, expected) in RANGES.items():
+        section, field = dotted.split(".")
+        block = config.get(section)
+        if block is None or field not in block:
+            continue
+        if not ok(block[field]):
+            raise ValueError(f"config.{dotted} must be {expected}; got {block[field]!r}.")
 
 
 def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:
