@@ -266,6 +266,15 @@ def test_batch_mean_perplexity_of_a_regression_run_is_a_one_line_error(data_dir,
               if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].endswith("holds a regression run.")
     assert errors[0].startswith("error: --batch_mean_ppl applies to language models")
+    # overrides out of range, checked as the training binaries check them (a negative
+    # sample count ran, a zero batch was a traceback)
+    for override, message in (("--config.train.mc_samples=-3", "config.train.mc_samples"),
+                              ("--config.data.eval_batch_size=0",
+                               "config.data.eval_batch_size")):
+        assert evaluate.main([f"--workdir={tmp_path}", f"--data_dir={data_dir}",
+                              override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {message} must be"), err
 
 
 @pytest.mark.parametrize("embed_to_gates", [True, False])
