@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -281,6 +282,13 @@ def main(argv) -> None:
 def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}.")
+    for name in ("budget_s", "calibrate_s", "margin_s"):
+        value = FLAGS[name].value
+        if not (math.isfinite(value) and value >= 0):
+            _fail(f"--{name} must be a finite number of seconds >= 0, got {value:g}.")
+    if FLAGS.plan and FLAGS.resume_from:
+        _fail("--plan reads the runs under --root and writes nothing; run with "
+              "--resume_from (without --plan) to unpack the bundle.")
     start = time.monotonic()
     try:
         specs = [plan_lib.Spec.parse(s) for s in FLAGS.runs] + plan_lib.batch_specs(FLAGS.batches)
@@ -291,7 +299,13 @@ def _main(argv) -> None:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         _fail(f"two runs share a name in {names}; name them (task:preset:name).")
-    table = plan_lib.load_step_times(FLAGS.step_times) if FLAGS.step_times else None
+    table = None
+    if FLAGS.step_times:
+        try:
+            table = plan_lib.load_step_times(FLAGS.step_times)
+        except (OSError, ValueError) as err:  # missing, unreadable, or not JSON
+            _fail(f"cannot read the step-time table {FLAGS.step_times}: "
+                  f"{getattr(err, 'strerror', None) or err}.")
     if FLAGS.plan:
         if table is None:
             _fail("--plan needs --step_times.")

@@ -172,8 +172,21 @@ def estimate_s(work: Work, step_s: float, done_steps: int = 0, startup_s: float 
 
 
 def load_step_times(path: str | Path) -> dict:
-    """A step-time table (results/step_times_h100.json): `factor_per_run` and `presets`."""
-    return json.loads(Path(path).read_text())
+    """A step-time table (results/step_times_h100.json): `factor_per_run` and `presets`,
+    each preset's `in_training_ms` with its `runs` or `bench_ms` (ValueError: another
+    shape)."""
+    table = json.loads(Path(path).read_text())
+    presets = table.get("presets") if isinstance(table, dict) else None
+    if not isinstance(presets, dict):
+        raise ValueError("it has no \"presets\" object")
+    for name, entry in presets.items():
+        measured = isinstance(entry, dict) and (
+            ("in_training_ms" in entry and "runs" in entry)
+            or ("bench_ms" in entry and "factor_per_run" in table))
+        if not measured:
+            raise ValueError(f"its preset {name!r} has neither in_training_ms with runs nor "
+                             "bench_ms with the table's factor_per_run")
+    return table
 
 
 def table_step_s(table: dict, spec: Spec, side_by_side: int) -> tuple[float, str]:

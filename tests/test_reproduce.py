@@ -75,6 +75,32 @@ def test_the_plan_says_which_runs_cannot_resume_in_a_later_window(tmp_path):
                      "a later window."]
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--plan", "--budget_s=-5"), "error: --budget_s must be a finite number of seconds >= 0, "
+     "got -5."),
+    (("--plan", "--margin_s=nan"), "error: --margin_s must be a finite number of seconds >= 0"
+     ", got nan."),
+    (("--plan", "--resume_from=bundle"), "error: --plan reads the runs under --root and "
+     "writes nothing; run with --resume_from (without --plan) to unpack the bundle."),
+    (("--plan", "--step_times={tmp}/none.json"), "error: cannot read the step-time table "
+     "{tmp}/none.json: No such file or directory."),
+    (("--plan", "--step_times={tmp}/bad.json"), "error: cannot read the step-time table "
+     "{tmp}/bad.json: its preset 'tiny' has neither in_training_ms with runs nor bench_ms "
+     "with the table's factor_per_run."),
+])
+def test_bad_flags_are_one_line(tmp_path, args, message):
+    (tmp_path / "bad.json").write_text(json.dumps({"presets": {"tiny": {"ms": 3}}}))
+    table = ROOT / "results" / "step_times_h200.json"
+    args = [a.format(tmp=tmp_path) for a in args]
+    if not any(a.startswith("--step_times") for a in args):
+        args.append(f"--step_times={table}")
+    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--runs=ptb:tiny",
+                          *args], capture_output=True, text=True, cwd=ROOT, check=False,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        message.format(tmp=tmp_path)], out.stderr[-2000:]
+
+
 def test_missing_data_is_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", f"--data_dir={tmp_path / 'none'}",
