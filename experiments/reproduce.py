@@ -283,7 +283,7 @@ def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}.")
     for name in ("budget_s", "calibrate_s", "margin_s"):
-        value = FLAGS[name].value
+        value = float(FLAGS[name].value)  # DEFINE_float: never None (defaults given)
         if not (math.isfinite(value) and value >= 0):
             _fail(f"--{name} must be a finite number of seconds >= 0, got {value:g}.")
     if FLAGS.plan and FLAGS.resume_from:
