@@ -283,7 +283,8 @@ def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}.")
     for name in ("budget_s", "calibrate_s", "margin_s"):
-        value = float(FLAGS[name].value)  # DEFINE_float: never None (defaults given)
+        value = FLAGS[name].value
+        assert value is not None  # DEFINE_float with a default
         if not (math.isfinite(value) and value >= 0):
             _fail(f"--{name} must be a finite number of seconds >= 0, got {value:g}.")
     if FLAGS.plan and FLAGS.resume_from:
