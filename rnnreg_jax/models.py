@@ -277,6 +277,7 @@ class SequenceModel(RecurrentOptions):
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
         check_sequence_inputs(inputs, token_ids=self.vocab_size is not None)
+        cells.check_size(self.num_outputs, "num_outputs")
         x = inputs
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))

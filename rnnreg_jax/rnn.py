@@ -310,7 +310,8 @@ def unroll(
       `return_cell_stats` a last item, the auxiliary outputs.
     """
     layers, single = _as_list(params)
-    unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias)
+    unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
+                                  unroll)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)

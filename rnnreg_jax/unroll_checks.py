@@ -44,10 +44,12 @@ def refuse_batch_statistics(cell, population) -> None:
 
 
 def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_major: bool,
-                    dtype: Any, forget_bias) -> None:
+                    dtype: Any, forget_bias, unroll: int = 1) -> None:
     """`unroll`'s one-sentence errors for a bad cell, regularizer, empty stack, inputs of
-    another rank or an integer dtype, a bad compute dtype or a string `forget_bias`."""
+    another rank or an integer dtype, a bad compute dtype, a string `forget_bias` or a
+    scan unroll factor below 1."""
     cells.check_cell_type(cell)
+    cells.check_size(unroll, "unroll")
     check_regularizer(reg)
     if not layers:
         raise ValueError("unroll needs the params of at least one layer, got none.")

@@ -272,5 +272,7 @@ def test_sizes_that_are_not_whole_numbers_are_named() -> None:
     for make in (lambda: LanguageModel(0, 4), lambda: SequenceModel(2, 4, vocab_size=-3)):
         with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1"):
             jax.eval_shape(make().init, key, ids)
+    with pytest.raises(ValueError, match="num_outputs must be a whole number >= 1, got 0"):
+        jax.eval_shape(SequenceModel(0, 4, vocab_size=V).init, key, ids)  # divided by zero
     shapes = jax.eval_shape(LanguageModel(V, np.int64(4)).init, key, ids)
     assert shapes["params"]["rnn"]["layer_0"]["w_h"].shape == (4, 16)

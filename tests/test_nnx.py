@@ -207,6 +207,8 @@ def test_sizes_that_are_not_whole_numbers_are_named():
             rnx.LanguageModel(20, hidden_sizes, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1, got 0"):
         rnx.LanguageModel(0, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_outputs must be a whole number >= 1, got 0"):
+        rnx.SequenceModel(0, 4, input_size=3, rngs=nnx.Rngs(0))  # divided by zero
 
 
 def test_token_ids_out_of_the_vocabulary_are_refused_or_poison_the_loss():

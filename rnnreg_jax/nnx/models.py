@@ -153,6 +153,7 @@ class SequenceModel(RecurrentModule):
         if (vocab_size is None) == (input_size is None):
             raise ValueError("A SequenceModel takes token ids (vocab_size) or float inputs "
                              "(input_size, their width F): exactly one of the two.")
+        cells.check_size(num_outputs, "num_outputs")
         self.num_outputs, self.hidden_sizes = num_outputs, layer_sizes(hidden_sizes)
         self.vocab_size, self.embed_size, self.input_size = vocab_size, embed_size, input_size
         self.head_init = head_init
