@@ -88,17 +88,24 @@ def test_the_plan_says_which_runs_cannot_resume_in_a_later_window(tmp_path):
      "{tmp}/bad.json: its preset 'tiny' has neither in_training_ms with runs nor bench_ms "
      "with the table's factor_per_run."),
 ])
-def test_bad_flags_are_one_line(tmp_path, args, message):
+def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
+    """In this process (the flags parsed, then put back): each refusal comes before any
+    data is read."""
+    from experiments import reproduce
+
     (tmp_path / "bad.json").write_text(json.dumps({"presets": {"tiny": {"ms": 3}}}))
     table = ROOT / "results" / "step_times_h200.json"
     args = [a.format(tmp=tmp_path) for a in args]
     if not any(a.startswith("--step_times") for a in args):
         args.append(f"--step_times={table}")
-    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--runs=ptb:tiny",
-                          *args], capture_output=True, text=True, cwd=ROOT, check=False,
-                         timeout=300)
-    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        message.format(tmp=tmp_path)], out.stderr[-2000:]
+    reproduce.FLAGS(["reproduce", "--runs=ptb:tiny", *args])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            reproduce.main(["reproduce"])
+    finally:
+        reproduce.FLAGS.unparse_flags()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message.format(tmp=tmp_path)]
 
 
 def test_missing_data_is_one_line(tmp_path):
