@@ -42,8 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         epochs = [int(e) for e in args.epochs.split(",") if e]
     except ValueError:
-        print(f"error: --epochs must be comma-separated integers, got {args.epochs!r}.",
-              file=sys.stderr)
+        epochs = []
+    if not epochs or min(epochs) < 1:  # epochs count from 1: 0 or -3 gave dashes only
+        print(f"error: --epochs must be comma-separated whole numbers >= 1, got "
+              f"{args.epochs!r}.", file=sys.stderr)
         return 2
     try:
         workdirs = find_workdirs(d for d in args.runs.split(",") if d)

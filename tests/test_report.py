@@ -455,8 +455,10 @@ def test_curves_compare_runs_at_equal_epochs(capsys):
     assert lines[1].split()[:3] == ["sentiment_variational_lstm_keras_100ep", "0.1631", "0.1516"]
     assert lines[2].split()[:3] == ["sentiment_variational_gru_250ep", "0.1436", "–"]
     assert lines[2].split()[3:] == ["0.1391", "(74)"]
-    assert curves.main(["--runs", runs, "--epochs", "ten"]) == 2
-    assert "--epochs must be comma-separated integers" in capsys.readouterr().err
+    for bad in ("ten", "0", "25,-3", ","):  # the last three gave tables of dashes
+        assert curves.main(["--runs", runs, "--epochs", bad]) == 2
+        assert capsys.readouterr().err == ("error: --epochs must be comma-separated whole "
+                                           f"numbers >= 1, got {bad!r}.\n")
     assert curves.main(["--runs", "no/such/run", "--epochs", "1"]) == 2
     capsys.readouterr()
     assert curves.main(["--runs", runs, "--split", "tset", "--epochs", "25"]) == 2
