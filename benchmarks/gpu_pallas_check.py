@@ -146,6 +146,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="tiny shapes: a dry run of this script on CPU (interpret mode)")
     args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be whole numbers >= 1.")
+    if not args.sweep_budget_s > 0:  # NaN too
+        parser.error(f"--sweep_budget_s must be a number of seconds > 0, got "
+                     f"{args.sweep_budget_s:g}.")
     shapes, workloads = SHAPES, dict(bm.WORKLOADS)
     if args.tiny:
         shapes = [(name, cell, 6, 3, 4, features, reg)

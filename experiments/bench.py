@@ -33,8 +33,8 @@ from experiments import bench_models as bm
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", list(bm.WORKLOADS), "Workloads to run.")
 flags.DEFINE_list("contenders", list(bm.CONTENDERS), "Contenders to run (those that apply).")
-flags.DEFINE_integer("steps", 5, "Timed steps per contender per round.")
-flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
+flags.DEFINE_integer("steps", 5, "Timed steps per contender per round.", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.", lower_bound=1)
 flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
 flags.DEFINE_string("markdown", None, "Write the tables as Markdown to this file.")
 flags.DEFINE_bool("memory", False, "Also measure peak memory (one subprocess per contender).")

@@ -83,3 +83,20 @@ def test_a_hidden_size_the_kernels_refuse_is_a_recorded_loss():
     assert "hidden sizes up to" in entry["pallas"]["error"]
     assert entry["fused"]["train_ms"] > 0 and "speedup" not in entry
     assert pallas_sweep.suggest_rule([entry]) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sweep_budget_s=-5"], "--sweep_budget_s must be a number of seconds > 0, got -5."),
+    (["--rounds=0"], "--steps and --rounds must be whole numbers >= 1."),
+])
+def test_bad_flags_are_one_line(monkeypatch, capsys, tmp_path, argv, message):
+    """Refused before anything is measured or written (a negative budget swept nothing
+    and wrote an empty report)."""
+    monkeypatch.setattr("sys.argv", ["gpu_pallas_check.py", "--tiny", "--sweep_only",
+                                     f"--out={tmp_path / 'out'}", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_pallas_check.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"gpu_pallas_check.py: error: {message}")
+    assert not (tmp_path / "out").exists()
