@@ -91,6 +91,9 @@ def test_cornell_by_document(tmp_path):
         with pytest.raises(ValueError, match=r"unknown split 'tset'; expected one of "
                                              r"\('train', 'test'\)"):
             call()  # a typo is named, not a bare KeyError
+    with pytest.raises(ValueError, match=r"^split must be one of \('chunks', 'by_document'\), "
+                                         r"got 'documents'\.$"):
+        load_cornell(tmp_path, split="documents")
 
 def test_cornell_errors(tmp_path):
     fx.write_cornell(tmp_path)

@@ -127,7 +127,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The fields that name one of a fixed set of options, and the options (the
     library's own tables where it has them)."""
     from rnnreg_jax import cells, noise, tasks
-    from rnnreg_jax.data.sentiment import PADDINGS
+    from rnnreg_jax.data.sentiment import CORNELL_SPLITS, PADDINGS
     from rnnreg_jax.models import HEAD_INITS
     from rnnreg_jax.train import optim
 
@@ -142,6 +142,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "data.eval_tail": tasks.EVAL_TAILS,
         "data.source": ("files", "tfds"),
         "data.padding": PADDINGS,
+        "data.split": CORNELL_SPLITS,
     }
 
 

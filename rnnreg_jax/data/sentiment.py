@@ -40,6 +40,8 @@ PAD, START, OOV = 0, 1, 2
 FIRST_WORD_ID = 3
 CORNELL_FOLDER = "cornell_scale_v1.0"
 PADDINGS = ("left", "lengths")  # the authors' left padding; sequence first with lengths
+# How the Cornell reviews split into train and test (`load_cornell`).
+CORNELL_SPLITS = ("chunks", "by_document")
 
 
 def top_words(counts: collections.Counter, vocab_size: int) -> tuple[str, ...]:
@@ -267,7 +269,7 @@ def load_cornell(
         for k, v in doc_parts.items():
             inputs[k], targets[k], owners[k] = _chunks(ids, ratings, v, chunk_len)
     else:
-        raise ValueError(f"unknown split {split!r}")
+        raise ValueError(f"split must be one of {CORNELL_SPLITS}, got {split!r}.")
     mean, std = float(targets["train"].mean()), float(targets["train"].std())
     std = std if std > 0 else 1.0
     targets = {k: ((v - mean) / std).astype(np.float32) for k, v in targets.items()}
