@@ -264,3 +264,19 @@ def test_a_field_out_of_range_is_refused_before_anything_runs(tmp_path, field, v
     with pytest.raises(ValueError, match=field):
         train.train_and_evaluate(task, config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()  # refused before the workdir was made
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "seq2seq"}, "Task.kind must be one of ('lm', 'classification', 'regression'), "
+     "got 'seq2seq'."),
+    ({"train": None}, "Task.train must be a data source (with iterate(epoch, start_batch) and "
+     "steps_per_epoch), got None."),  # an AttributeError at the first batch before
+    ({"evals": [th.LMSource()]}, "Task.evals must map split names to data sources, got list."),
+    ({"evals": {"valid": "valid.txt"}}, "Task.evals['valid'] must be a data source (with "
+     "iterate(epoch, start_batch)), got 'valid.txt'."),
+])
+def test_a_task_of_the_wrong_parts_is_one_sentence(fields, message):
+    parts = dict(model=th.tiny_lm(), kind="lm", train=th.LMSource(),
+                 evals={"valid": th.LMSource(seed=1)})
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        train.Task(**{**parts, **fields})

@@ -42,6 +42,10 @@ class DataSource(Protocol):
         ...
 
 
+def _is_source(source) -> bool:
+    return callable(getattr(source, "iterate", None)) and hasattr(source, "steps_per_epoch")
+
+
 def steps_in_epoch(source: DataSource, epoch: int) -> int:
     """The batches of epoch `epoch`: the source's `steps_in_epoch(epoch)` where it has
     one, else `steps_per_epoch`."""
@@ -93,6 +97,18 @@ class Task:
             raise ValueError(f"Task.kind must be one of {KINDS}, got {self.kind!r}.")
         if (self.carry_state or self.eval_carry_state) and self.kind != "lm":
             raise ValueError("carry_state applies to language models (kind='lm') only.")
+        # A source is duck-typed (the module docstring); one without `iterate` failed at
+        # the first batch with an AttributeError, a list of evals at its first name.
+        if not _is_source(self.train):
+            raise ValueError(f"Task.train must be a data source (with iterate(epoch, "
+                             f"start_batch) and steps_per_epoch), got {self.train!r}.")
+        if not isinstance(self.evals, Mapping):
+            raise ValueError(f"Task.evals must map split names to data sources, got "
+                             f"{type(self.evals).__name__}.")
+        for name, source in self.evals.items():  # (the count is optional here: progress)
+            if not callable(getattr(source, "iterate", None)):
+                raise ValueError(f"Task.evals[{name!r}] must be a data source (with "
+                                 f"iterate(epoch, start_batch)), got {source!r}.")
 
     @property
     def evaluation_carries_state(self) -> bool:
