@@ -5,6 +5,7 @@ tiny model of every experiment preset, in float64 with fixed keys.
 
     XLA_FLAGS=--xla_backend_optimization_level=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
         python -m tests.behaviour_freeze        # rewrite tests/fixtures/behaviour.npz
+        python -m tests.behaviour_freeze CASE..  # re-record those cases, keep the rest
 
 `tests/test_behaviour_freeze.py` recomputes everything and compares with the fixture.
 Float64, because two x86-64 CPUs round float32 differently (tests/numerics.py); under
@@ -118,9 +119,12 @@ def preset_models() -> dict[str, tuple]:
             reg = common.regularization(config.reg)
             sizes = (6,) * len(m.hidden_sizes)
             kwargs = recurrent_options(m, reg)
-            if task == "ptb":
+            if task == "ptb":  # the output layer's own inits too, as tasks.language_model
                 model = LanguageModel(vocab_size=13, hidden_sizes=sizes, embed_size=6,
-                                      tie_embeddings=m.get("tie_embeddings", False), **kwargs)
+                                      tie_embeddings=m.get("tie_embeddings", False),
+                                      embed_init_scale=m.get("embed_init_scale"),
+                                      softmax_bias_init=m.get("softmax_bias_init", "uniform"),
+                                      **kwargs)
                 inputs = jax.random.randint(jax.random.key(2), (2, 5), 0, 13)
             elif task == "pmnist":
                 model = SequenceModel(num_outputs=10, hidden_sizes=sizes, **kwargs)
@@ -193,7 +197,13 @@ def record_all(selected: list[str] | None = None) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    arrays = record_all(sys.argv[1:] or None)
+    # Named cases replace their own arrays and keep every other case's.
+    arrays = {}
+    if sys.argv[1:] and FIXTURE.exists():
+        with np.load(FIXTURE) as kept:
+            arrays = {k: kept[k] for k in kept.files
+                      if k.split("/", 1)[0] not in sys.argv[1:]}
+    arrays.update(record_all(sys.argv[1:] or None))
     FIXTURE.parent.mkdir(exist_ok=True)
     np.savez_compressed(FIXTURE, **arrays)
     print(f"wrote {len(arrays)} arrays to {FIXTURE}")
