@@ -90,10 +90,9 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     latest where best/ is empty, as the final evaluation falls back); "checkpoint" in
     the result names the one read."""
     from experiments import cli
-    from experiments.configs.common import check_choices, check_ranges, regularization
+    from experiments.configs.common import check_config, regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import mesh as mesh_lib
-    from rnnreg_jax.train.config import check as check_train_config
     from rnnreg_jax.train.evaluation import evaluate_all
     from rnnreg_jax.train.evaluator import Evaluator
 
@@ -110,9 +109,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
                              f"change on re-evaluation, not {field!r}: the checkpoint holds "
                              "the model that model/data/reg describe.")
         cli.apply_override(config, field, text)
-    check_choices(config)  # the overrides as the training binaries check them
-    check_ranges(config)
-    check_train_config(config.train, "config.train")
+    check_config(config)  # the overrides as the training binaries check them
     state, checkpoint = restore_checkpoint(workdir, checkpoint, fall_back=not explicit)
     task = build_task(config, regularization(config.reg), data_dir)
     if batch_mean_ppl and task.kind != "lm":

@@ -22,12 +22,7 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli, provenance
-from experiments.configs.common import (
-    check_choices,
-    check_ranges,
-    config_differences,
-    regularization,
-)
+from experiments.configs.common import check_config, config_differences, regularization
 
 
 def _quiet_orbax() -> None:
@@ -152,15 +147,12 @@ def run(task_name: str, config) -> dict:
         CheckpointWriteError,
         os_error_reason,
     )
-    from rnnreg_jax.train.config import check as check_train_config
 
     _quiet_orbax()
     _start_distributed(config)
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
     try:  # the config and the data's checksums first: then a refusal changes no workdir
-        check_choices(config)
-        check_ranges(config)
-        check_train_config(config.train, "config.train")
+        check_config(config)
         reg = regularization(config.reg)
         check_data(config, cli.FLAGS.data_dir)
     except (ValueError, DataError) as err:

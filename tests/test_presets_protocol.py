@@ -185,16 +185,13 @@ def test_every_preset_names_options_the_binaries_accept():
     """`check_choices`, `check_ranges` and the training config's check (which the
     binaries run before anything else) pass on every preset of every task: a preset
     naming an option its table lacks, or a value out of range, could not run."""
-    from experiments.configs.common import RANGES, check_choices, check_ranges
-    from rnnreg_jax.train.config import check
+    from experiments.configs.common import RANGES, check_config
 
     checked = set()
     for task, name, preset in _all_presets():
         config = preset()
         try:
-            check_choices(config)
-            check_ranges(config)
-            check(config.train, "config.train")
+            check_config(config)
         except ValueError as err:
             raise AssertionError(f"{task}:{name}: {err}") from err
         checked |= {d for d in RANGES if d.split(".")[1] in config[d.split(".")[0]]}

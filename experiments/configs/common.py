@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import ml_collections
 
 import rnnreg_jax as rj
+from rnnreg_jax.train.config import is_finite_number, is_whole
 
 # Fields that record rather than configure: `preset` names the run and `paper` holds
 # the reference numbers; experiments.report reads both from config.json.
@@ -160,25 +160,19 @@ def check_choices(config) -> None:
 
 
 def _whole(least: int):
-    def ok(value):
-        return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-                and value >= least)
-    return ok, f"a whole number >= {least}"
+    return (lambda value: is_whole(value, least)), f"a whole number >= {least}"
 
 
 def _finite(least: float, most: float = math.inf, none_ok: bool = False):
     def ok(value):
-        if value is None:
-            return none_ok
-        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                and math.isfinite(value) and least <= value <= most)
+        return none_ok if value is None else is_finite_number(value, least, most)
     bound = f"in [{least:g}, {most:g}]" if math.isfinite(most) else f">= {least:g}"
     return ok, f"a finite number {bound}" + (" or None" if none_ok else "")
 
 
 def _widths(value) -> bool:
     return (isinstance(value, (tuple, list)) and len(value) > 0
-            and all(_whole(1)[0](width) for width in value))
+            and all(is_whole(width, 1) for width in value))
 
 
 # The numeric fields of the model and data blocks and the values they take (the
@@ -218,6 +212,17 @@ def check_ranges(config) -> None:
             continue
         if not ok(block[field]):
             raise ValueError(f"config.{dotted} must be {expected}; got {block[field]!r}.")
+
+
+def check_config(config) -> None:
+    """Every check a binary makes of an experiment config before anything runs: the
+    options (`check_choices`), the model and data numbers (`check_ranges`) and the
+    train block (`rnnreg_jax.train.config.check`); ValueError, one sentence."""
+    from rnnreg_jax.train.config import check
+
+    check_choices(config)
+    check_ranges(config)
+    check(config.train, "config.train")
 
 
 def paper_config(source: str = "", **numbers) -> ml_collections.ConfigDict:

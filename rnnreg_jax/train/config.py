@@ -88,6 +88,18 @@ def with_defaults(config) -> ml_collections.ConfigDict:
     return merged
 
 
+def is_whole(value, least: int) -> bool:
+    """A whole number (numpy integers too, not a bool) of at least `least`."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= least)
+
+
+def is_finite_number(value, least: float, most: float = math.inf) -> bool:
+    """A finite real number (not a bool) in `[least, most]`."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and least <= float(value) <= most)
+
+
 # Whole-number fields and their least value (0: "off" where the field says so).
 _WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "decay_after": 0,
           "early_stop_patience": 0, "mc_samples": 0, "mc_chunk": 0,
@@ -118,14 +130,12 @@ def _check(config) -> None:
 
     for field, least in _WHOLE.items():
         value = config[field]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        if not is_whole(value, least):
             raise ValueError(f"config.{field} must be a whole number >= {least}, got "
                              f"{value!r}.")
     for field in _AT_LEAST_ZERO + _ABOVE_ZERO:
         value = config[field]
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value < 0 or (
-                field in _ABOVE_ZERO and value == 0):
+        if not is_finite_number(value, 0.0) or (field in _ABOVE_ZERO and value == 0):
             bound = "> 0" if field in _ABOVE_ZERO else ">= 0"
             raise ValueError(f"config.{field} must be a finite number {bound}, got "
                              f"{value!r}.")
