@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from multihost_stop_script import EVAL_WINDOWS
+from test_multihost import PATIENT  # XLA:CPU's patience with a loaded 2-core machine
 
 from rnnreg_jax.train.stopping import EVAL_CHECK_BATCHES
 
@@ -39,8 +40,7 @@ def _free_port() -> int:
 def run(workdir: Path, name: str, sigterm_at: str = "") -> list[dict]:
     """Both processes of one run; each one's record (the script's --out)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_cpu_collective_call_terminate_timeout_seconds=300")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=PATIENT)
     port = _free_port()
     procs, outs = [], []
     for i in range(2):
