@@ -40,13 +40,13 @@ carry at least float32, the merged output in `dtype`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import cells, explicit_sharding, precision, rnn
+from rnnreg_jax import cells, explicit_sharding, precision, rnn, unroll_checks
 from rnnreg_jax import lengths as varlen
 from rnnreg_jax.regularizers.base import NONE, Regularizer, penalties_of
 
@@ -130,25 +130,25 @@ def initial_carry(cell: Any, params: Sequence[dict], batch_size: int, reg: Regul
 
 
 def _check_params(params: Any) -> list[dict]:
-    if isinstance(params, dict):
+    if isinstance(params, Mapping):
         params = [params]
     layers = list(params)
     if not layers:
         raise ValueError("A bidirectional stack needs at least one layer of params.")
     for index, layer in enumerate(layers):
-        if not isinstance(layer, dict) or set(layer) != set(DIRECTIONS):
-            keys = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
+        if not isinstance(layer, Mapping) or set(layer) != set(DIRECTIONS):
+            keys = sorted(layer) if isinstance(layer, Mapping) else type(layer).__name__
             raise ValueError(f"Layer {index}'s params must be a dict with keys 'forward' and "
                              f"'backward' (one layer's params each), got {keys}.")
     return layers
 
 
-def _check_carries(carry: Any, num_layers: int) -> list[dict]:
-    carries = [carry] if isinstance(carry, dict) else list(carry)
+def _check_carries(carry: Any, num_layers: int) -> list[Mapping]:
+    carries = [carry] if isinstance(carry, Mapping) else list(carry)
     if len(carries) != num_layers:
         raise ValueError(f"Got {len(carries)} carries for {num_layers} bidirectional layers.")
     for index, c in enumerate(carries):
-        if not isinstance(c, dict) or set(c) != set(DIRECTIONS):
+        if not isinstance(c, Mapping) or set(c) != set(DIRECTIONS):
             raise ValueError(f"Layer {index}'s carry must be a dict with keys 'forward' and "
                              "'backward' (one layer's carry each).")
     return carries
@@ -215,10 +215,14 @@ def unroll_bidirectional(
     check_cell(cell)
     check_merge(merge)
     layers = _check_params(params)
+    unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
+                                  unroll, caller="unroll_bidirectional",
+                                  deterministic=deterministic)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     lengths = None if seq_lengths is None else varlen.check(seq_lengths, batch, steps)
     masks_dtype = precision.mask_dtype(x.dtype)
+    carries: Sequence[Mapping]
     if carry is None:
         carries = initial_carry(cell, layers, batch, reg, precision.carry_dtype(x.dtype, dtype))
         carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
@@ -230,6 +234,7 @@ def unroll_bidirectional(
     keys = {d: None if key is None else direction_key(key, d) for d in DIRECTIONS}
     x = precision.cast(x, dtype)
     new_carries, hiddens = [], []
+    _check_layers(cell, reg, layers, carries, batch)
     for index, (layer, c) in enumerate(zip(layers, carries, strict=True)):
         _check_input_width(layer, x.shape[-1], index)
         reversed_x = reverse_padded(x, lengths, 0)
@@ -247,9 +252,21 @@ def unroll_bidirectional(
     if not time_major:
         x = jnp.swapaxes(x, 0, 1)
         hiddens = [{d: jnp.swapaxes(h[d], 0, 1) for d in DIRECTIONS} for h in hiddens]
-    if isinstance(params, dict):
+    if isinstance(params, Mapping):
         return (x, new_carries[0]) + ((hiddens[0],) if return_hiddens else ())
     return (x, new_carries) + ((hiddens,) if return_hiddens else ())
+
+
+def _check_layers(cell: Any, reg: Regularizer, layers: list, carries: Sequence[Mapping],
+                  batch: int) -> None:
+    """Each direction's params and carry fit for the cell and the batch (`rnn.unroll`'s
+    checks, per direction)."""
+    for index, (layer, c) in enumerate(zip(layers, carries, strict=True)):
+        for d in DIRECTIONS:
+            cells.check_layer(cell, layer[d], c[d], index, reg.needs_output_gate)
+            w_h: Any = layer[d]["w_h"] if isinstance(layer[d], Mapping) else None
+            hidden = w_h.shape[0] if getattr(w_h, "ndim", 0) == 2 else None
+            unroll_checks.check_carry(c[d], f"{index} ({d})", batch, hidden)
 
 
 def _check_input_width(layer: dict, width: int, index: int) -> None:

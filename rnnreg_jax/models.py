@@ -202,7 +202,8 @@ class LanguageModel(RecurrentOptions):
         check_rank("LanguageModel takes int ids [B, T]", ids, 2)
         cells.check_size(self.vocab_size, "vocab_size")
         sizes = layer_sizes(self.hidden_sizes)
-        embed_size = self.embed_size or sizes[0]
+        embed_size = (sizes[0] if self.embed_size is None
+                      else cells.check_size(self.embed_size, "embed_size"))
         if self.embed_to_gates:
             embed_size = cells.num_gates(self.cell) * sizes[0]
         ortho = self.orthogonal_init
@@ -254,7 +255,9 @@ class SequenceModel(RecurrentOptions):
       num_outputs: number of classes (logits) or 1 for regression.
       hidden_sizes: recurrent widths (an int for one layer).
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
-      embed_size: E.
+      embed_size: E; the embedding is uniform in [-init_scale, init_scale], or in
+        [-0.05, 0.05] (Keras' `uniform`) with `init_scale=None` (orthogonal under
+        `orthogonal_init`).
       head_init: "lecun_normal" (Flax's default, or orthogonal under `orthogonal_init`) or
         "glorot_uniform" (`head_initializers`).
       and the keyword-only `nn.RecurrentOptions`.
@@ -284,6 +287,7 @@ class SequenceModel(RecurrentOptions):
         boxed = lambda init, path: partitioning.boxed_array_init(init, own.get(path), path)
         if self.vocab_size is not None:
             cells.check_size(self.vocab_size, "vocab_size")
+            cells.check_size(self.embed_size, "embed_size")
             embed = nn.Embed(self.vocab_size, self.embed_size,
                              embedding_init=boxed(weight_init(self.init_scale or 0.05,
                                                               self.orthogonal_init),

@@ -113,6 +113,7 @@ def scan_layer(
       `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
       (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
+    unroll_checks.check_layer_call(cell, params, xs, carry)
     explicit_sharding.check_carry(carry, xs)
     explicit_sharding.check_weights(params, xs, carry)
     if population is not None and cells.statistics_of(cell) is None:
@@ -217,7 +218,7 @@ def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int,
 
 
 def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
-    if isinstance(params, dict):
+    if isinstance(params, Mapping):  # one layer (a dict, a FrozenDict)
         return [params], True
     return list(params), False
 
@@ -311,7 +312,7 @@ def unroll(
     """
     layers, single = _as_list(params)
     unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
-                                  unroll)
+                                  unroll, deterministic=deterministic)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)

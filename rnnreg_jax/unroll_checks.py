@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, precision
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
+from rnnreg_jax.regularizers.checks import check_flag
 
 Array = jax.Array
 
@@ -44,17 +45,20 @@ def refuse_batch_statistics(cell, population) -> None:
 
 
 def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_major: bool,
-                    dtype: Any, forget_bias, unroll: int = 1) -> None:
-    """`unroll`'s one-sentence errors for a bad cell, regularizer, empty stack, inputs of
-    another rank or an integer dtype, a bad compute dtype, a string `forget_bias` or a
-    scan unroll factor below 1."""
+                    dtype: Any, forget_bias, unroll: int = 1, caller: str = "unroll",
+                    deterministic: Any = True) -> None:
+    """`unroll`'s (or `caller`'s) one-sentence errors for a bad cell, regularizer, empty
+    stack, inputs of another rank or an integer dtype, a bad compute dtype, a string
+    `forget_bias`, a scan unroll factor below 1 or a `deterministic` that is not a bool
+    (the string "False" would mean evaluation)."""
+    check_flag(deterministic, "deterministic")
     cells.check_cell_type(cell)
     cells.check_size(unroll, "unroll")
     check_regularizer(reg)
     if not layers:
-        raise ValueError("unroll needs the params of at least one layer, got none.")
+        raise ValueError(f"{caller} needs the params of at least one layer, got none.")
     if jnp.ndim(inputs) != 3:
-        raise ValueError(f"The inputs of unroll must be "
+        raise ValueError(f"The inputs of {caller} must be "
                          f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
                          f"{jnp.shape(inputs)}.")
     precision.check_floating(jnp.result_type(inputs), "The inputs' dtype")
@@ -80,7 +84,7 @@ def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations
 def check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> None:
     """One-sentence errors for the shape mistakes XLA would report as a failed product:
     inputs of another rank, a layer whose `w_x` does not take the width it is fed, a
-    carry of another batch size (`x` is time-major here)."""
+    carry of another batch size or width (`x` is time-major here)."""
     layout = "[T, B, F]" if time_major else "[B, T, F]"
     width, source = x.shape[-1], "the inputs"
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
@@ -88,10 +92,43 @@ def check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> Non
         if w_x is not None and getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
             raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
                              f"({source}) has {width}.")
-        h = c.get("h") if isinstance(c, Mapping) else None
-        if h is not None and getattr(h, "ndim", 0) == 2 and h.shape[0] != x.shape[1]:
-            raise ValueError(f"Layer {index}'s carry has batch size {h.shape[0]}, but the "
-                             f"inputs have {x.shape[1]} ({layout}).")
-        if not (isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2):
+        known = isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2
+        check_carry(c, index, x.shape[1], p["w_h"].shape[0] if known else None, layout)
+        if not known:
             return  # a layout this check does not know: leave the rest to the cells
         width, source = p["w_h"].shape[0], f"layer {index}'s outputs"
+
+
+def check_carry(carry: Any, index: int | str, batch: int, hidden: int | None,
+                layout: str = "[B, T, F]") -> None:
+    """Each array of a layer's carry (a dict, `cells.check_layer`) `[batch, hidden]` and
+    floating (`hidden` None: any width): a wrong width failed in a product, a wrong rank
+    in the scan's carry check, an integer carry silently held zeros. `index` names the
+    layer in the messages."""
+    for name, leaf in carry.items():
+        shape = tuple(jnp.shape(leaf))
+        if len(shape) != 2:
+            raise ValueError(f"Layer {index}'s carry[{name!r}] must be [B, H], got shape "
+                             f"{shape}.")
+        if shape[0] != batch:
+            raise ValueError(f"Layer {index}'s carry has batch size {shape[0]}, but the "
+                             f"inputs have {batch} ({layout}).")
+        if hidden is not None and shape[1] != hidden:
+            raise ValueError(f"Layer {index}'s carry[{name!r}] has {shape[1]} units, but "
+                             f"its w_h has {hidden}.")
+        precision.check_floating(jnp.result_type(leaf),
+                                 f"The dtype of layer {index}'s carry[{name!r}]")
+
+
+def check_layer_call(cell, params: Any, xs: Array, carry: Any) -> None:
+    """`rnn.scan_layer`'s one-sentence errors: a bad cell, inputs that are not `[T, B, F]`
+    floating (a `[T, F]` sequence broadcast over the carry's batch), params or a carry
+    that do not fit the cell or the inputs."""
+    cells.check_cell_type(cell)
+    if jnp.ndim(xs) != 3:
+        raise ValueError(f"The inputs of scan_layer must be [T, B, F], got shape "
+                         f"{jnp.shape(xs)}.")
+    precision.check_floating(jnp.result_type(xs), "The inputs' dtype")
+    output_gate = isinstance(carry, Mapping) and "o" in carry  # as the layer's noise says
+    cells.check_layer(cell, params, carry, 0, output_gate)
+    check_shapes([params], [carry], xs, time_major=True)

@@ -129,3 +129,43 @@ def test_bad_inputs_are_one_sentence_errors() -> None:
     unequal[0]["backward"] = cells.init_params(jax.random.key(1), cell, F, H + 1)
     with pytest.raises(ValueError, match="merge='sum' needs both directions"):
         bd.unroll_bidirectional(cell, unequal, x, merge="sum")
+
+
+def test_unroll_checks_apply_to_both_directions() -> None:
+    """`unroll`'s argument, params and carry checks, made for each direction (a `[B, F]`
+    input named the wrong width, a missing `reg` was an AttributeError, another cell's
+    params a KeyError, integer inputs and `unroll=0` ran)."""
+    cell = "lstm"
+    params = bd.init_params(jax.random.key(0), cell, F, (H, H))
+    x = jnp.ones((B, T, F))
+    narrow = bd.initial_carry(cell, params, B)
+    narrow[0]["backward"] = {"h": jnp.zeros((B, H + 1)), "c": jnp.zeros((B, H + 1))}
+    cases = [
+        (dict(x=jnp.ones((B, F))), r"inputs of unroll_bidirectional must be \[B, T, F\]"),
+        (dict(x=jnp.ones((1, B, T, F))), r"must be \[B, T, F\], got shape \(1, "),
+        (dict(x=jnp.ones((B, T, F), jnp.int32)), "inputs' dtype must be a floating dtype"),
+        (dict(reg=None), "reg must be a regularizer"),
+        (dict(reg=rj.zaremba), "call it: its result is the regularizer"),
+        (dict(cell="gru"), r"Layer 0's params lack \['b_h'\], which a gru cell"),
+        (dict(unroll=0), "unroll must be a whole number >= 1, got 0"),
+        (dict(forget_bias="1"), "forget_bias must be a number"),
+        (dict(deterministic="False"), "deterministic must be True or False"),
+        (dict(carry=narrow), r"Layer 0 \(backward\)'s carry\['h'\] has 4 units, but its w_h "
+                             "has 3"),
+    ]
+    for overrides, match in cases:
+        kwargs = dict(cell=cell, params=params, x=x, carry=None) | overrides
+        with pytest.raises(ValueError, match=match):
+            bd.unroll_bidirectional(kwargs.pop("cell"), kwargs.pop("params"), kwargs.pop("x"),
+                                    kwargs.pop("carry"), **kwargs)
+
+
+def test_frozen_dict_params_are_one_layer() -> None:
+    """A FrozenDict of directions is one layer, as a dict is."""
+    from flax.core import freeze
+    layer = bd.init_params(jax.random.key(0), "lstm", F, H)[0]
+    x = jnp.ones((B, T, F))
+    ys, carry = bd.unroll_bidirectional("lstm", freeze(layer), x)
+    expected, _ = bd.unroll_bidirectional("lstm", layer, x)
+    np.testing.assert_array_equal(ys, expected)
+    assert set(carry) == set(DIRS)

@@ -274,5 +274,11 @@ def test_sizes_that_are_not_whole_numbers_are_named() -> None:
             jax.eval_shape(make().init, key, ids)
     with pytest.raises(ValueError, match="num_outputs must be a whole number >= 1, got 0"):
         jax.eval_shape(SequenceModel(0, 4, vocab_size=V).init, key, ids)  # divided by zero
+    # a negative embedding width was an MLIR error, 0 silently the hidden size
+    for make in (lambda: LanguageModel(V, 4, embed_size=-3),
+                 lambda: LanguageModel(V, 4, embed_size=0),
+                 lambda: SequenceModel(2, 4, vocab_size=V, embed_size=0)):
+        with pytest.raises(ValueError, match="embed_size must be a whole number >= 1"):
+            jax.eval_shape(make().init, key, ids)
     shapes = jax.eval_shape(LanguageModel(V, np.int64(4)).init, key, ids)
     assert shapes["params"]["rnn"]["layer_0"]["w_h"].shape == (4, 16)

@@ -209,6 +209,14 @@ def test_sizes_that_are_not_whole_numbers_are_named():
         rnx.LanguageModel(0, 4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_outputs must be a whole number >= 1, got 0"):
         rnx.SequenceModel(0, 4, input_size=3, rngs=nnx.Rngs(0))  # divided by zero
+    for make, name in ((lambda: rnx.LanguageModel(20, 4, embed_size=-1, rngs=nnx.Rngs(0)),
+                        "embed_size"),
+                       (lambda: rnx.SequenceModel(2, 4, vocab_size=20, embed_size=0,
+                                                  rngs=nnx.Rngs(0)), "embed_size"),
+                       (lambda: rnx.SequenceModel(2, 4, input_size=0, rngs=nnx.Rngs(0)),
+                        "input_size")):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1"):
+            make()
 
 
 def test_token_ids_out_of_the_vocabulary_are_refused_or_poison_the_loss():

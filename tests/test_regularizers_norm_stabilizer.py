@@ -51,3 +51,20 @@ def test_stacked_rnn_sows_the_penalty_only_in_training():
     assert penalty[0] > 0
     _, state = model.apply(variables, X, deterministic=True, mutable=["penalties"])
     assert not jax.tree_util.tree_leaves(flax.core.unfreeze(state).get("penalties", {}))
+
+
+def test_penalties_of_a_one_step_window_are_zero():
+    """A window of one step has no differences: the norm stabilizer and TAR are 0, as
+    with `seq_lengths` of 1 (the plain mean over nothing was NaN, poisoning the loss)."""
+    from rnnreg_jax.regularizers import temporal_activation_penalty
+    one_step = X[:, :1]
+    for penalty in (norm_stabilizer_penalty, temporal_activation_penalty):
+        assert float(penalty(one_step, 1.0)) == 0.0
+        lengths = np.ones(X.shape[0], np.int32)
+        assert float(penalty(one_step, 1.0, seq_lengths=lengths)) == 0.0
+    model = StackedRNN((H,), reg=norm_stabilizer(1.0))
+    variables = model.init(KEY, one_step)
+    _, state = model.apply(variables, one_step, deterministic=False, mutable=["penalties"],
+                           rngs={"dropout": KEY})
+    sown = jax.tree.leaves(state["penalties"])
+    assert sown and all(float(v) == 0.0 for v in sown)

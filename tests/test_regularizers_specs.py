@@ -31,6 +31,7 @@ from rnnreg_jax.regularizers import (
     stochastic_depth,
     temporal_activation_regularization,
     variational,
+    weight_drop,
     weight_noise,
     zaremba,
     zoneout,
@@ -143,6 +144,13 @@ BAD_ARGUMENTS = [
     ("infinite weight noise", lambda: weight_noise(float("inf")), "finite and non-negative"),
     ("infinite AR", lambda: activation_regularization(float("inf")), "finite"),
     ("nan TAR", lambda: temporal_activation_regularization(float("nan")), "finite"),
+    # keep probabilities are multiples of 2^-16: these quantized to 0 and the inverted
+    # masks divided by it (every output NaN)
+    ("rate keeping nothing", lambda: zaremba(0.999995), "must keep at least 2\\^-16"),
+    ("weight drop keeping nothing", lambda: weight_drop(1 - 2.0 ** -18), "2\\^-16"),
+    ("recurrent dropout keeping nothing", lambda: recurrent_dropout(0.9999999), "2\\^-16"),
+    ("embedding dropout keeping nothing", lambda: embedding_dropout(0.9999999), "2\\^-16"),
+    ("huge integer rate", lambda: zaremba(10 ** 400), "rate must be a number"),  # Overflow
 ]
 
 
@@ -215,3 +223,34 @@ def test_missing_key_in_training_raises(reg):
     with pytest.raises(ValueError, match="needs a dropout PRNG key"):
         StackedRNN(H, cell="gru", reg=reg).apply({"params": {"layer_0": PARAMS["gru"][0]}}, X,
                                                  deterministic=False)
+
+
+def test_the_smallest_keep_probability_still_runs():
+    """A rate whose keep probability quantizes to 2^-16 (the last one allowed) gives
+    finite outputs: the mask divides by 2^-16, not by 0."""
+    rate = 1 - 2.0 ** -16
+    out, _ = rnnreg_jax.unroll("lstm", PARAMS["lstm"], X, reg=zaremba(rate), key=KEY,
+                               deterministic=False)
+    assert bool(jnp.isfinite(out).all())
+    assert noise.quantize_probability(1 - rate) == 2.0 ** -16
+
+
+def test_sum_of_regularizers_composes():
+    """`sum(regs)` starts from 0, which `Regularizer.__radd__` takes as nothing."""
+    assert sum([zaremba(0.5), weight_noise(0.1)]) == zaremba(0.5) + weight_noise(0.1)
+    assert sum([zaremba(0.5)]) == zaremba(0.5)
+    with pytest.raises(TypeError):
+        1 + zaremba(0.5)
+
+
+def test_weight_drop_runs_before_weight_noise_in_either_order():
+    """Weight drop masks W_h before weight noise adds to it, whichever is written first
+    (`WEIGHTS_ORDER`): `W_h * m / q + sigma * eps` both ways."""
+    params = PARAMS["lstm"][0]
+    drop_first = (weight_drop(0.5) + weight_noise(0.1)).weights(params, KEY, 0, False)
+    noise_first = (weight_noise(0.1) + weight_drop(0.5)).weights(params, KEY, 0, False)
+    np.testing.assert_array_equal(drop_first["w_h"], noise_first["w_h"])
+    dropped = weight_drop(0.5).weights(params, KEY, 0, False)["w_h"]
+    noisy = weight_noise(0.1).weights(params, KEY, 0, False)["w_h"]
+    added = noisy - params["w_h"]  # sigma * eps, the same site key in both
+    np.testing.assert_allclose(drop_first["w_h"], dropped + added, rtol=1e-6, atol=1e-6)

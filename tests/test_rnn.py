@@ -266,3 +266,71 @@ def test_parameters_and_states_that_do_not_fit_the_cell_are_named() -> None:
         rnn.initial_carry("lstm", lstm, -2)
     numpy_sizes = cells.init_params(jax.random.key(0), "lstm", np.int64(F), np.int32(H))
     assert numpy_sizes["w_h"].shape == (H, 4 * H)
+
+
+def test_carries_that_do_not_fit_are_named() -> None:
+    """A carry of another width, rank, dtype or structure is one sentence (they were a
+    failed product, a multi-line scan carry-type or pytree error, an AttributeError, or,
+    for an integer carry, a run whose state stayed zero)."""
+    x = inputs()
+    lstm = make_params("lstm", 1)[0]
+    zeros = np.zeros((B, H), np.float32)
+    cases = [
+        ({"h": zeros.astype(np.int32), "c": zeros.astype(np.int32)},
+         r"dtype of layer 0's carry\['h'\] must be a floating dtype"),
+        ({"h": np.zeros((B, H + 1), np.float32), "c": zeros},
+         r"Layer 0's carry\['h'\] has 5 units, but its w_h has 4"),
+        ({"h": zeros, "c": np.zeros((B, H + 1), np.float32)}, r"carry\['c'\] has 5 units"),
+        ({"h": np.zeros(H, np.float32), "c": zeros},
+         r"carry\['h'\] must be \[B, H\], got shape \(4,\)"),
+        ({"h": zeros, "c": np.zeros((B + 1, H), np.float32)}, "carry has batch size 4"),
+        ({"h": zeros, "c": zeros, "extra": zeros}, r"carry holds \['extra'\], which a lstm"),
+        ({"h": zeros, "c": zeros, "o": zeros}, "'o' is kept with output zoneout only"),
+        ([{"h": zeros, "c": zeros}], "carry must be a dict of arrays .* got a list"),
+        ((zeros, zeros), "carry must be a dict of arrays .* got a tuple"),
+    ]
+    for carry, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rnn.unroll("lstm", lstm, x, carry)
+    ys, final = rnn.unroll("lstm", lstm, x, {"h": zeros, "c": zeros})
+    assert ys.shape == (B, T, H) and final["h"].dtype == jnp.float32
+
+
+def test_frozen_dict_params_are_one_layer() -> None:
+    """Flax's FrozenDict is a Mapping: one layer, as a dict is (it was iterated as a
+    stack of its keys: 'string indices must be integers')."""
+    from flax.core import freeze
+    lstm = make_params("lstm", 1)[0]
+    ys, carry = rnn.unroll("lstm", freeze(lstm), inputs())
+    expected, expected_carry = rnn.unroll("lstm", lstm, inputs())
+    np.testing.assert_array_equal(ys, expected)
+    assert set(carry) == {"h", "c"}
+
+
+@pytest.mark.parametrize("value", ["False", None, "yes"])
+def test_deterministic_must_be_a_bool(value) -> None:
+    """`deterministic="False"` from a config meant evaluation (a truthy string)."""
+    with pytest.raises(ValueError, match="deterministic must be True or False"):
+        rnn.unroll("lstm", make_params("lstm", 1), inputs(), deterministic=value)
+
+
+def test_scan_layer_checks_its_arguments() -> None:
+    """`scan_layer`, called alone, names the same mistakes as `unroll` (a `[T, F]`
+    sequence was broadcast over the carry's batch without a word; another cell's
+    params and a carry without `c` were KeyErrors)."""
+    lstm = make_params("lstm", 1)[0]
+    carry = {"h": np.zeros((B, H), np.float32), "c": np.zeros((B, H), np.float32)}
+    xs = inputs(time_major=True)
+    with pytest.raises(ValueError, match=r"inputs of scan_layer must be \[T, B, F\], got "
+                                         r"shape \(6, 5\)"):
+        rnn.scan_layer("lstm", lstm, xs[:, 0], carry)
+    with pytest.raises(ValueError, match=r"params lack \['b_h'\], which a gru cell"):
+        rnn.scan_layer("gru", lstm, xs, {"h": carry["h"]})
+    with pytest.raises(ValueError, match=r"carry lacks \['c'\]"):
+        rnn.scan_layer("lstm", lstm, xs, {"h": carry["h"]})
+    with pytest.raises(ValueError, match=r"carry\['h'\] has 5 units"):
+        rnn.scan_layer("lstm", lstm, xs, dict(carry, h=np.zeros((B, H + 1), np.float32)))
+    with pytest.raises(ValueError, match="inputs' dtype must be a floating dtype"):
+        rnn.scan_layer("lstm", lstm, xs.astype(np.int32), carry)
+    ys, _ = rnn.scan_layer("lstm", lstm, xs, carry)
+    assert ys.shape == (T, B, H)

@@ -128,8 +128,10 @@ def check_size(value: Any, name: str, least: int = 1) -> int:
 def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
                 output_gate: bool = False) -> None:
     """One-sentence errors for a layer's parameters or state that do not fit `cell`
-    (another cell's parameters, a carry without `c`), which were a KeyError or a failed
-    product inside the scan. Only dicts are checked (other layouts are the cell's).
+    (another cell's parameters, a carry without `c` or with keys the cell does not keep,
+    a carry that is not a dict), which were a KeyError, an AttributeError or a scan
+    carry-structure error. Params are checked when they are a dict (other layouts are
+    the cell's).
 
     Args:
       cell: the cell type (name or record).
@@ -150,14 +152,21 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
             raise ValueError(f"Layer {index}'s w_h has shape {tuple(shape)}, but a "
                              f"{record.name} cell of {shape[0]} units needs "
                              f"{(shape[0], record.num_gates * shape[0])}.")
-    if isinstance(carry, Mapping):
-        needed = ("h", "c", "o") if record.has_memory and output_gate else (
-            ("h", "c") if record.has_memory else ("h",))
-        missing = [n for n in needed if n not in carry]
-        if missing:
-            raise ValueError(f"Layer {index}'s carry lacks {missing}, which a {record.name} "
-                             f"layer keeps (it holds {sorted(carry)}); "
-                             "rnnreg_jax.initial_carry makes one.")
+    if not isinstance(carry, Mapping):
+        raise ValueError(f"Layer {index}'s carry must be a dict of arrays (as "
+                         f"rnnreg_jax.initial_carry makes), got a {type(carry).__name__}.")
+    needed = ("h", "c", "o") if record.has_memory and output_gate else (
+        ("h", "c") if record.has_memory else ("h",))
+    missing = [n for n in needed if n not in carry]
+    if missing:
+        raise ValueError(f"Layer {index}'s carry lacks {missing}, which a {record.name} "
+                         f"layer keeps (it holds {sorted(carry)}); "
+                         "rnnreg_jax.initial_carry makes one.")
+    extra = sorted(n for n in carry if n not in needed)
+    if extra:  # the step returns the cell's keys only: a scan carry-structure error
+        why = " ('o' is kept with output zoneout only)" if "o" in extra else ""
+        raise ValueError(f"Layer {index}'s carry holds {extra}, which a {record.name} layer "
+                         f"does not keep{why}; rnnreg_jax.initial_carry makes one.")
 
 
 def init_carry(

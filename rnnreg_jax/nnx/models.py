@@ -56,7 +56,8 @@ class LanguageModel(RecurrentModule):
         self.embed_to_gates = embed_to_gates
         self.embed_init_scale, self.softmax_bias_init = embed_init_scale, softmax_bias_init
         self.rngs = dropout_stream(rngs)
-        width = embed_size or self.hidden_sizes[0]
+        width = (self.hidden_sizes[0] if embed_size is None
+                 else cells.check_size(embed_size, "embed_size"))
         if embed_to_gates:
             width = cells.num_gates(self.cell) * self.hidden_sizes[0]
         if tie_embeddings and self.hidden_sizes[-1] != width:
@@ -154,6 +155,8 @@ class SequenceModel(RecurrentModule):
             raise ValueError("A SequenceModel takes token ids (vocab_size) or float inputs "
                              "(input_size, their width F): exactly one of the two.")
         cells.check_size(num_outputs, "num_outputs")
+        cells.check_size(embed_size if input_size is None else input_size,
+                         "embed_size" if input_size is None else "input_size")
         self.num_outputs, self.hidden_sizes = num_outputs, layer_sizes(hidden_sizes)
         self.vocab_size, self.embed_size, self.input_size = vocab_size, embed_size, input_size
         self.head_init = head_init

@@ -75,6 +75,11 @@ class LayerShape(NamedTuple):
 class Regularizer:
     """A regularizer: override the hooks you need (see the module docstring)."""
 
+    # Where this part's `weights` runs among a composition's weight transforms: lower
+    # first, ties in the order composed. Weight drop's -1 masks W_h before anything adds
+    # to it (weight noise), so `a + b` and `b + a` transform the weights alike.
+    WEIGHTS_ORDER: ClassVar[int] = 0
+
     def sites(self) -> frozenset[str]:
         """The sites this regularizer writes (a `StepNoise` field, "input", "output",
         "embedding", a penalty's name): `compose` refuses two writers of one."""
@@ -150,6 +155,12 @@ class Regularizer:
 
     def __add__(self, other: Regularizer) -> Regularizer:
         return compose(self, other)
+
+    def __radd__(self, other: Any) -> Regularizer:
+        """`sum(regs)` starts from 0: `0 + reg` is `reg`."""
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return compose(self)
+        return NotImplemented
 
     @property
     def parts(self) -> tuple[Regularizer, ...]:
@@ -262,7 +273,7 @@ class Chain(Regularizer):
         return extra
 
     def weights(self, params, key, layer, deterministic):
-        for p in self.members:
+        for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):  # a stable sort
             params = p.weights(params, key, layer, deterministic)
         return params
 

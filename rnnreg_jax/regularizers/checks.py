@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rnnreg_jax.noise import PROBABILITY_BITS, quantize_probability
+
 TIES = ("sequence", "step")
 
 
@@ -17,22 +19,27 @@ def check_number(value: Any, name: str) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}.")
     try:
         return float(value)
-    except TypeError:
+    except (TypeError, OverflowError):  # an integer past float's range
         raise ValueError(f"{name} must be a number, got {value!r}.") from None
 
 
 def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
     """A drop probability in [0, 1) (or [0, 1] for mixing coefficients), as a float.
 
-    Dropout rates exclude 1 (inverted scaling divides by `1 - rate`); zoneout
-    and stochastic-depth probabilities may be 1 (the state never changes).
-    NaN and anything but a real number (a string, None, a bool) are rejected.
+    Dropout rates exclude 1 (inverted scaling divides by `1 - rate`), and so every
+    rate whose keep probability quantizes to 0 (`noise.quantize_probability`: above
+    1 - 2^-17); zoneout and stochastic-depth probabilities may be 1 (the state never
+    changes). NaN and anything but a real number (a string, None, a bool) are rejected.
     """
     rate = check_number(rate, f"{name} rate")
     ok = 0.0 <= rate <= 1.0 if allow_one else 0.0 <= rate < 1.0
     if not ok:
         interval = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{name} rate must be a probability in {interval}, got {rate}.")
+    if not allow_one and quantize_probability(1.0 - rate) == 0.0:
+        raise ValueError(f"{name} rate must keep at least 2^-{PROBABILITY_BITS} of the "
+                         f"units (masks are drawn in steps of 2^-{PROBABILITY_BITS}), "
+                         f"got {rate}.")
     return rate
 
 

@@ -67,7 +67,7 @@ def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1,
     diffs = jnp.diff(norms, axis=time_axis)
     if seq_lengths is not None:
         return beta * _valid_mean(jnp.square(diffs), seq_lengths, time_axis, first=1)
-    return beta * jnp.mean(jnp.square(diffs))
+    return beta * _mean_or_zero(jnp.square(diffs))
 
 
 def activation_penalty(outputs: Array, alpha: float, time_axis: int = 1,
@@ -81,7 +81,7 @@ def activation_penalty(outputs: Array, alpha: float, time_axis: int = 1,
     """
     if seq_lengths is not None:
         return alpha * _valid_mean(jnp.square(_wide(outputs)), seq_lengths, time_axis)
-    return alpha * jnp.mean(jnp.square(_wide(outputs)))
+    return alpha * _mean_or_zero(jnp.square(_wide(outputs)))
 
 
 def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1,
@@ -102,7 +102,13 @@ def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1,
     diffs = jnp.diff(_wide(hiddens), axis=time_axis)
     if seq_lengths is not None:
         return beta * _valid_mean(jnp.square(diffs), seq_lengths, time_axis, first=1)
-    return beta * jnp.mean(jnp.square(diffs))
+    return beta * _mean_or_zero(jnp.square(diffs))
+
+
+def _mean_or_zero(x: Array) -> Array:
+    """The mean of `x`, or 0 when it is empty (a one-step window has no differences;
+    `jnp.mean` would give NaN, as the `seq_lengths` path gives 0 for length 1)."""
+    return jnp.mean(x) if x.size else jnp.zeros((), x.dtype)
 
 
 def _wide(x: Array) -> Array:

@@ -4,6 +4,7 @@ Krueger et al.'s weight-noise baseline, one draw per layer and window (minibatch
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 
@@ -36,8 +37,11 @@ def gaussian_noise(key: Array, w: Array, std: Array | float) -> Array:
 @dataclasses.dataclass(frozen=True)
 class WeightDrop(Family):
     """Merity et al. 2017: `W_h * m / (1 - rate)`, one mask of W_h's shape per layer and
-    window: the same dropped weights for every example and step. Evaluation: W_h."""
+    window: the same dropped weights for every example and step. Evaluation: W_h. In a
+    composition it runs before the other weight transforms (`WEIGHTS_ORDER`): with
+    weight noise, `W_h * m / (1 - rate) + std * eps` whatever the order written."""
 
+    WEIGHTS_ORDER: ClassVar[int] = -1
     rate: float = 0.0
 
     def __post_init__(self):
