@@ -29,6 +29,7 @@ from collections.abc import Callable
 from absl import app, flags
 
 from experiments import bench_models as bm
+from experiments.flag_parsing import parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", list(bm.WORKLOADS), "Workloads to run.")
@@ -263,4 +264,4 @@ def print_table(workload: str, rows: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -25,6 +25,7 @@ import ml_collections
 from absl import flags
 
 from experiments.configs.common import pick_preset
+from experiments.flag_parsing import HELP_FLAGS, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "A preset of experiments/configs/<task>.py, or a config "
@@ -117,6 +118,10 @@ def is_config_file(spec: str) -> bool:
     return path.endswith(".py")
 
 
+# The blocks of every preset (experiments/configs/*.py), which the binaries read.
+REQUIRED_BLOCKS = ("model", "data", "reg", "train")
+
+
 def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     """(config, preset name) of `FILE.py[:ARG]`: the file's `get_config(ARG)`, or
     `get_config()` without ARG. The name is ARG, else the file's stem: it names the
@@ -161,6 +166,12 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() of '{path}' returned a {type(config).__name__}, not "
                           "an ml_collections.ConfigDict.")
+    missing = [b for b in REQUIRED_BLOCKS
+               if not isinstance(config.get(b), ml_collections.ConfigDict)]
+    if missing:  # read before any check: an AttributeError
+        raise ConfigError(f"get_config() of '{path}' returned a config without the blocks "
+                          f"{missing} that every experiment config has; start from a preset "
+                          "(e.g. experiments.configs.ptb.tiny()) and change its fields.")
     name = arg or os.path.basename(path)[:-3]
     return config, name
 
@@ -196,7 +207,6 @@ def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections
     return config, rest
 
 
-HELP_FLAGS = frozenset({"--help", "-?", "--helpshort", "--helpfull", "--helpxml"})  # absl's
 
 
 def make_flags_parser(presets: Presets, holder: dict):
@@ -215,16 +225,6 @@ def make_flags_parser(presets: Presets, holder: dict):
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
             holder["config"] = config
-        try:
-            return FLAGS(rest)
-        except flags.Error as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except SystemExit as done:
-            # absl ends a help request with status 1; asked-for help is a success (0),
-            # as `set -e` scripts and argparse's CLIs expect.
-            if HELP_FLAGS.intersection(rest) and done.code == 1:
-                sys.exit(0)
-            raise
+        return parse_flags(rest)
 
     return parser

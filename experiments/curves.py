@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from experiments.report_runs import Run, find_workdirs, fmt_value, load_run
+from experiments.report_runs import Run, find_workdirs, fmt_value, load_runs
 
 
 def table(runs: Sequence[Run], split: str, epochs: Sequence[int]) -> list[str]:
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = [load_run(workdir) for workdir in workdirs]
+    runs = load_runs(workdirs)
     # A typo'd split would print a table of dashes, as if no run had been evaluated.
     splits = sorted({e["split"] for run in runs for e in run.events
                      if e.get("phase") == "epoch_end" and "split" in e})

@@ -45,8 +45,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist; pass the workdir of a run.")
-    with open(path, encoding="utf-8") as f:
-        stored = json.load(f)["config"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)["config"]
+        if not isinstance(stored, dict):
+            raise TypeError(f"its config is a {type(stored).__name__}")
+    except (ValueError, KeyError, TypeError) as err:  # torn by a full disk, or hand-made
+        why = "no 'config' entry" if isinstance(err, KeyError) else err
+        raise ValueError(f"{path} is not a run record ({why}).") from None
     train = train_config()
     with train.unlocked():
         for key, value in stored.get("train", {}).items():
@@ -93,6 +99,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from experiments.configs.common import check_config, regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train import mesh as mesh_lib
+    from rnnreg_jax.train.config import check_for_task
     from rnnreg_jax.train.evaluation import evaluate_all
     from rnnreg_jax.train.evaluator import Evaluator
 
@@ -112,6 +119,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     check_config(config)  # the overrides as the training binaries check them
     state, checkpoint = restore_checkpoint(workdir, checkpoint, fall_back=not explicit)
     task = build_task(config, regularization(config.reg), data_dir)
+    check_for_task(config.train, task, "config.train")
     if batch_mean_ppl and task.kind != "lm":
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
                          f"{task.kind} run.")
@@ -166,6 +174,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"{field}={text}")
     from rnnreg_jax.data import DataError
 
+    if args.json:  # checked before the evaluation, which may take minutes
+        folder = os.path.dirname(os.path.abspath(args.json))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            writable = os.access(args.json if os.path.exists(args.json) else folder, os.W_OK)
+            reason = "permission denied"
+        except OSError as err:
+            writable, reason = False, err.strerror or str(err)
+        if not writable or os.path.isdir(args.json):
+            print(f"error: cannot write --json={args.json} "
+                  f"({'a directory' if os.path.isdir(args.json) else reason}).",
+                  file=sys.stderr)
+            return 2
     try:
         results = evaluate_workdir(args.workdir, overrides, args.checkpoint, args.data_dir,
                                    args.batch_mean_ppl)

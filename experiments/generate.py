@@ -103,8 +103,9 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     if dataset not in LANGUAGE_MODEL_DATASETS:
         raise ValueError(f"{workdir} holds a {dataset} run; text comes from language models "
                          f"({', '.join(LANGUAGE_MODEL_DATASETS)}).")
-    if num_samples < 1:
-        raise ValueError(f"--num_samples must be at least 1, got {num_samples}.")
+    for flag, value in (("--num_samples", num_samples), ("--length", length)):
+        if value < 1:  # --length: generate's own message named num_tokens
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
     explicit = checkpoint is not None
     state, checkpoint = restore_checkpoint(workdir, checkpoint or default_checkpoint(config),
                                            fall_back=not explicit)

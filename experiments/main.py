@@ -3,9 +3,9 @@
     python -m experiments.ptb --config=zaremba_small --workdir=runs/zaremba_small
     python -m experiments.ptb --config=zoneout --config.train.num_epochs=3
 
-Data errors, and a workdir whose checkpoints belong to a run with another
-model, data or regularization config, end the run with one sentence and exit
-status 2.
+Data errors, and a workdir that holds another run (another task, or another model,
+data, regularization or training-trajectory config: `experiments.resume_check`), end
+the run with one sentence and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli, provenance
-from experiments.configs.common import check_config, config_differences, regularization
+from experiments.configs.common import check_config, regularization
+from experiments.resume_check import resume_conflict
 
 
 def _quiet_orbax() -> None:
@@ -41,34 +42,6 @@ def _fail(message) -> NoReturn:
     """End the binary with one line on stderr and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def resume_conflict(workdir, config: dict) -> str | None:
-    """Why `config` cannot resume the run in `workdir`, or None.
-
-    A workdir with checkpoints and a `config.json` resumes only with the same
-    model, data and regularization fields (a field the stored config lacks
-    counts as unset: equal to False, 0 or None). Without this a changed preset
-    would continue another model's weights and overwrite its `config.json`.
-    """
-    path = epath.Path(workdir)
-    checkpoints = path / "checkpoints"
-    if not (path / "config.json").exists() or not checkpoints.exists() or not any(
-            checkpoints.iterdir()):
-        return None
-    try:
-        stored = json.loads((path / "config.json").read_text()).get("config", {})
-    except (ValueError, AttributeError) as err:
-        return (f"{path / 'config.json'} is not a run record ({err}); restore it, or remove "
-                "it to let the run check the checkpoints against this model.")
-    current = json.loads(json.dumps(config, default=str))  # tuples -> lists, as stored
-    differences = config_differences(stored, current)  # model, data and reg only: training
-    if not differences:                                # length, logs, evaluation may change
-        return None
-    section, field, before, value = differences[0]
-    before, value = cli.override_text(before), cli.override_text(value)
-    return (f"{workdir} holds a run with {section}.{field} = {before}, not {value}: "
-            f"resume it with --config.{section}.{field}={before}, or use a fresh --workdir.")
 
 
 def _start_distributed(config) -> None:
@@ -147,6 +120,7 @@ def run(task_name: str, config) -> dict:
         CheckpointWriteError,
         os_error_reason,
     )
+    from rnnreg_jax.train.config import check_for_task
 
     _quiet_orbax()
     _start_distributed(config)
@@ -162,12 +136,13 @@ def run(task_name: str, config) -> dict:
     # jax.distributed this is the only process; asking jax would start the backend first.
     if not jax.distributed.is_initialized() or jax.process_index() == 0:
         _lock(workdir)
-    conflict = resume_conflict(workdir, config.to_dict())  # before loading any data
+    conflict = resume_conflict(workdir, config.to_dict(), task_name)  # before loading data
     if conflict:
         print(f"error: {conflict}", file=sys.stderr)
         sys.exit(2)
     try:
         task = build_task(config, reg, cli.FLAGS.data_dir)
+        check_for_task(config.train, task, "config.train")
     except (DataError, ValueError) as err:  # data, or settings that do not go together
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -177,20 +152,26 @@ def run(task_name: str, config) -> dict:
                  jax.device_count(), batch, batch // jax.process_count())
     logging.info("regularization: %s", reg)
     record = previous = None
+    tb = epath.Path(workdir) / "tb"
+    tb_before: set | None = None
     try:
         if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
             record = epath.Path(workdir) / "config.json"
             previous = record.read_text() if record.exists() else None
+            tb_before = set(tb.iterdir()) if tb.exists() else set()
             _write_record(workdir, task_name, config, task)
         return train_and_evaluate(task, config.train, workdir)
     except CheckpointMismatchError as err:
         # The checkpoints are another run's (a workdir without config.json, so nothing
-        # could refuse it earlier): leave the record as it was.
+        # could refuse it earlier): leave the record and TensorBoard's files as they were.
         if record is not None:
             if previous is None:
                 record.unlink(missing_ok=True)
             else:
                 record.write_text(previous)
+        if tb_before is not None and tb.exists():
+            for path in set(tb.iterdir()) - tb_before:  # this start's hparams and events
+                path.unlink(missing_ok=True)
         _fail(err)
     except NonFiniteLossError as err:
         _fail(err)

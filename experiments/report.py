@@ -40,6 +40,7 @@ from experiments.report_runs import (  # noqa: F401
     find_workdirs,
     fmt_value,
     load_run,
+    load_runs,
     read_events,
 )
 
@@ -223,7 +224,7 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     of ablations and variants, says nothing it cannot know.
     """
     workdirs = find_workdirs(run_dirs)
-    runs = sort_runs([load_run(d) for d in workdirs])
+    runs = sort_runs(load_runs(workdirs))
     with_notes = not intro and bool(workdirs) and all(map(_is_committed_run, workdirs))
     # Sections: one per data set, plus one per report group of the task's presets
     # (comparisons beyond the papers, e.g. AWD-LSTM's recipe against variational dropout).
@@ -313,22 +314,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", required=True,
                         help="comma-separated workdirs or folders of workdirs")
     parser.add_argument("--out", default="RESULTS.md")
-    parser.add_argument("--plots", default="docs/results",
-                        help="folder for the PNGs ('' for none)")
+    parser.add_argument("--plots", default=None,
+                        help="folder for the PNGs ('' for none; default: docs/results "
+                             "beside --out, where RESULTS.md's own plots are)")
     parser.add_argument("--intro", default=None,
                         help="markdown file describing these runs, placed under the header "
                              "(the section notes of experiments/report_notes.py describe "
                              "results/runs and appear only in a report of those runs)")
     args = parser.parse_args(argv)
     dirs = [d for d in args.runs.split(",") if d]
+    plots = (os.path.join(os.path.dirname(args.out), "docs", "results") if args.plots is None
+             else args.plots)
+    if plots and os.path.exists(plots) and not os.path.isdir(plots):
+        print(f"error: --plots={plots} is a file, not a folder.", file=sys.stderr)
+        return 2
     try:
         intro = None
         if args.intro:
             with open(args.intro, encoding="utf-8") as f:
                 intro = f.read()
-        build_report(dirs, args.out, args.plots or None, intro=intro)
+        build_report(dirs, args.out, plots or None, intro=intro)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an --out or --plots that cannot be written
+        print(f"error: cannot write the report: {err.strerror or err} "
+              f"({err.filename or args.out}).", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
     return 0

@@ -21,9 +21,18 @@ def _neutral(arg: str) -> bool:
     return any(arg.startswith(f"--config.{field}=") for field in RESULT_NEUTRAL)
 
 
+def command_args(command: str) -> list[str]:
+    """The arguments of a recorded command, which `provenance.relative_command` quotes
+    for a shell (a record cut inside a quote: split at spaces)."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
 def copy_paste_command(command: str, task: str) -> str:
     """`python -m experiments.<task> ...` from the logged `sys.argv` (script path first)."""
-    args = command.split()
+    args = command_args(command)
     if not args:
         return ""
     head, rest = args[0], args[1:]
@@ -72,7 +81,7 @@ def flags_since_changed(run: Run) -> list[str]:
     )
 
     current = json.loads(json.dumps(preset.to_dict(), default=str))
-    given = {a.split("=", 1)[0] for a in run.command.split() if a.startswith("--config.")}
+    given = {a.split("=", 1)[0] for a in command_args(run.command) if a.startswith("--config.")}
     # Fields the record lacks were added to the code after the run. They count when they
     # are switches, or numbers of the model, data and regularization (features added
     # switched off: 0 before them); a training number added later (say a setting of one

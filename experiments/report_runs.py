@@ -8,7 +8,8 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 
 # Per data set: the title, the metric, the column labels of the splits, log-scale plots.
 CATEGORIES: dict[str, dict] = {
@@ -253,12 +254,32 @@ def find_workdirs(paths: Iterable[str], max_depth: int = 3) -> list[str]:
 
 
 def load_run(workdir: str) -> Run:
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        meta = json.load(f)
+    """The run in `workdir`; a ValueError naming its config.json if that is not a run
+    record (torn by a full disk, or not a JSON object)."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except ValueError as err:
+        raise ValueError(f"{path} is not a run record ({err}).") from None
     return Run(workdir=workdir, task=str(meta.get("task", "")),
                command=str(meta.get("command", "")), config=meta.get("config") or {},
                events=read_events(os.path.join(workdir, "metrics.jsonl")),
                provenance=meta.get("provenance") or {})
+
+
+def load_runs(workdirs: Sequence[str]) -> list[Run]:
+    """The runs of `workdirs`, less those whose record cannot be read, each named in a
+    warning on stderr (one torn record does not stop a report of many runs)."""
+    runs = []
+    for workdir in workdirs:
+        try:
+            runs.append(load_run(workdir))
+        except ValueError as err:
+            print(f"warning: skipping {workdir}: {err}", file=sys.stderr)
+    return runs
 
 
 def fmt_value(value: float | None, metric: str) -> str:

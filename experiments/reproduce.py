@@ -39,6 +39,7 @@ from absl import app, flags
 
 from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
 from experiments import reproduce_plan as plan_lib
+from experiments.flag_parsing import parse_flags
 from rnnreg_jax.data.errors import DataError
 
 flags.DEFINE_list("runs", [], "Run specs task:preset[:name][:--flag;--flag...].")
@@ -354,4 +355,4 @@ def count_on_cpu() -> str | None:
 
 if __name__ == "__main__":
     _DEVICE_PLATFORMS = count_on_cpu()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -140,12 +140,72 @@ def test_a_torn_record_beside_checkpoints_is_refused_in_one_sentence(tmp_path):
     assert "\n" not in message
 
 
-def test_without_checkpoints_any_config_may_start(tmp_path):
+def test_without_checkpoints_or_a_log_any_config_may_start(tmp_path):
     from experiments.main import resume_conflict
 
     workdir = _stored_run(tmp_path, ptb.zoneout().to_dict(), with_checkpoint=False)
     assert resume_conflict(workdir, ptb.baseline().to_dict()) is None
     assert resume_conflict(str(tmp_path / "fresh"), ptb.baseline().to_dict()) is None
+
+
+def test_the_log_of_a_run_killed_before_its_first_checkpoint_keeps_its_config(tmp_path):
+    """A run killed before any checkpoint left its events in metrics.jsonl: another
+    config would append another run's events to them (two runs in one log)."""
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.zoneout().to_dict(), with_checkpoint=False)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 50, "split": "train"}\n')
+    assert resume_conflict(workdir, ptb.zoneout().to_dict()) is None  # the same run again
+    wider = ptb.zoneout()
+    wider.model.hidden_sizes = (32, 32)
+    message = resume_conflict(workdir, wider.to_dict())
+    assert message.startswith(f"{workdir} holds the log of a run with model.hidden_sizes = "
+                              "(256,), not (32,32), stopped before its first checkpoint: "
+                              "run it again with --config.model.hidden_sizes=(256,)")
+    assert "\n" not in message
+
+
+def test_a_resume_keeps_the_training_trajectory_settings(tmp_path):
+    """A changed learning rate was ignored (the restored optimizer state holds it) while
+    config.json, rewritten, claimed it; the number of epochs, logs and evaluation may
+    change."""
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.zoneout().to_dict())
+    faster = ptb.zoneout()
+    faster.train.learning_rate = 0.1
+    assert resume_conflict(workdir, faster.to_dict()) == (
+        f"{workdir} holds a run with train.learning_rate = 1.0, not 0.1: resume it with "
+        "--config.train.learning_rate=1.0, or use a fresh --workdir.")
+    other = ptb.zoneout()
+    other.train.optimizer = "adam"
+    assert "train.optimizer = momentum, not adam" in resume_conflict(workdir,
+                                                                        other.to_dict())
+    allowed = ptb.zoneout()
+    allowed.train.num_epochs = 3
+    allowed.train.log_every_steps = 7
+    allowed.train.mc_samples = 10
+    allowed.train.time_limit_s = 60.0
+    allowed.data.verify_checksums = not allowed.data.verify_checksums  # result-neutral
+    assert resume_conflict(workdir, allowed.to_dict()) is None
+    older = ptb.zoneout().to_dict()
+    del older["train"]["lr_window_reference"]  # recorded before the field: not judged
+    (tmp_path / "old").mkdir()
+    workdir_old = _stored_run(tmp_path / "old", older)
+    changed = ptb.zoneout()
+    changed.train.lr_window_reference = 70
+    assert resume_conflict(workdir_old, changed.to_dict()) is None
+
+
+def test_another_tasks_workdir_is_named(tmp_path):
+    """A pmnist run pointed at a ptb workdir was told to change its embedding width."""
+    from experiments.configs import pmnist
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.zoneout().to_dict())
+    assert resume_conflict(workdir, pmnist.zoneout().to_dict(), "pmnist") == (
+        f"{workdir} holds a ptb run, not a pmnist one: use a fresh --workdir.")
+    assert resume_conflict(workdir, ptb.zoneout().to_dict(), "ptb") is None
 
 
 @pytest.mark.parametrize("override,message", [
@@ -194,8 +254,8 @@ def test_a_diverging_run_ends_in_one_line(tmp_path):
 
 def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
     """Another model's checkpoints: refused with config.json there (before training) and
-    without it (by the engine); either way config.json is as before, and the message's
-    override reads back."""
+    without it (by the engine); either way config.json and the TensorBoard files are as
+    before, and the message's override reads back."""
     import json
     import os
 
@@ -206,9 +266,11 @@ def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
     base = [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
             f"--data_dir={tmp_path / 'data'}", "--config.data.batch_size=2",
             "--config.data.eval_batch_size=2", "--config.train.max_steps=2",
-            "--config.train.mc_samples=0", "--config.train.tensorboard=False"]
+            "--config.train.mc_samples=0"]
     assert subprocess.run(base, capture_output=True, check=False).returncode == 0
     record = (workdir / "config.json").read_text()
+    tensorboard_files = sorted(os.listdir(workdir / "tb"))
+    assert any(name.endswith(".hparams") for name in tensorboard_files)
     other = base + ["--config.model.hidden_sizes=(8,8)"]
     out = subprocess.run(other, capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "--config.model.hidden_sizes=(16,16)," in out.stderr
@@ -226,6 +288,8 @@ def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
                  and not line.startswith("error: ") and not re.match(r"[IW]\d{4} ", line)]
         assert not noise, noise[:5]
         assert not (workdir / "config.json").exists()
+        # the refused start's hparams (another model's settings) and events are gone
+        assert sorted(os.listdir(workdir / "tb")) == tensorboard_files
     json.loads(record)  # the first run's record was a whole JSON document
 
 
@@ -275,6 +339,11 @@ def test_a_users_config_file_with_and_without_an_argument(tmp_path):
      "get_config() of '{path}' returned a dict, not an ml_collections.ConfigDict."),
     ("def get_config():\n    return 1\n", "{path}:x", "get_config('x') of '{path}' failed: "
      "TypeError: "),
+    # a config without a train block was an AttributeError before any check
+    ("import ml_collections\ndef get_config():\n    c = ml_collections.ConfigDict()\n"
+     "    c.model = ml_collections.ConfigDict({'cell': 'lstm'})\n    return c\n", "{path}",
+     "get_config() of '{path}' returned a config without the blocks ['data', 'reg', 'train'] "
+     "that every experiment config has"),
     ("def get_config(name):\n    raise ValueError('No preset ' + name)\n", "{path}:x",
      "No preset x."),
     (None, "experiments/configs/ptb.py", "Config file 'experiments/configs/ptb.py' needs an "
@@ -366,3 +435,41 @@ def test_every_option_of_the_catalog_is_a_flag():
         reg_config(nope={})
     with pytest.raises(ValueError, match="zoneout has no argument 'rate'"):
         reg_config(zoneout=dict(rate=0.1))
+
+
+def test_evaluate_names_a_bad_record_and_an_unwritable_json_first(tmp_path, capsys):
+    """A record without its config (a KeyError) or torn (a message without the file's
+    name), and a --json path that cannot be written (a FileNotFoundError after the whole
+    evaluation), are one line each, before anything is evaluated."""
+    from experiments import evaluate
+
+    record = tmp_path / "config.json"
+    for text, why in (('{"task": "ptb"}', "no 'config' entry"),
+                      ('{"task": "ptb", "conf', "Unterminated string"),
+                      ('{"config": [1]}', "its config is a list")):
+        record.write_text(text)
+        assert evaluate.main([f"--workdir={tmp_path}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {record} is not a run record ("), err
+        assert why in err[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for target, why in ((blocker / "sub" / "x.json", "(Not a directory)"),
+                        (tmp_path, "(a directory)")):
+        assert evaluate.main([f"--workdir={tmp_path}", f"--json={target}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: cannot write --json={target} {why}."], err
+
+
+@pytest.mark.parametrize("module", ["bench", "reproduce"])
+def test_the_tools_help_succeeds_and_a_bad_flag_is_one_line(module):
+    """absl alone ends --help with status 1 and a bad flag with its whole usage (bench)
+    or `FATAL Flags parsing error` (reproduce); the training binaries already did
+    this."""
+    help_out = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--help"],
+                              capture_output=True, text=True, check=False)
+    assert help_out.returncode == 0 and "--" in help_out.stdout
+    bad = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--nosuchflag=1"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["error: Unknown command line flag 'nosuchflag'"]

@@ -361,7 +361,7 @@ def test_the_binary_prints_the_prompt_and_its_continuation(ptb_run, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--prompt=w1 zebra"], "The word 'zebra' of the prompt is not in the ptb_word "
                             "vocabulary."),
-    (["--length=0"], "num_tokens must be an integer >= 1, got 0."),
+    (["--length=0"], "--length must be at least 1, got 0."),
     (["--temperature=-1"], "temperature must be finite and >= 0, got -1.0."),
     (["--num_samples=0"], "--num_samples must be at least 1, got 0."),
     (["--checkpoint=best"], "No checkpoint under"),

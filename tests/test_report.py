@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report, report_notes
+from experiments import curves, provenance, report, report_notes
 
 
 def _paper(source="", valid=None, test=None, test_mc=None):
@@ -105,6 +105,11 @@ def test_copy_paste_command():
         == "python -m experiments.pmnist --config=zoneout '--config.model.hidden_sizes=(8,)'")
     assert (report.copy_paste_command("python -m experiments.sentiment --config=tiny", "x")
             == "python -m experiments.sentiment --config=tiny")
+    # a command recorded quoted (provenance.relative_command) is quoted once, not twice
+    recorded = provenance.relative_command(
+        ["/w/experiments/pmnist.py", "--config=zoneout", "--config.model.hidden_sizes=(8,)"])
+    assert recorded.endswith("'--config.model.hidden_sizes=(8,)'")
+    assert report.copy_paste_command(recorded, "pmnist") == recorded
     # a time limit (experiments.reproduce adds one) would stop a slower machine's run early
     assert (report.copy_paste_command(
         "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z "
@@ -247,6 +252,32 @@ def test_run_curves_and_missing_dir(tmp_path, capsys):
     assert "No run directory" in capsys.readouterr().err
 
 
+def test_a_torn_record_is_skipped_with_a_warning_and_plots_go_beside_out(tmp_path, capsys):
+    """One unreadable config.json among many runs is named and skipped (a JSONDecodeError
+    ended the report); without --plots the PNGs go to docs/results beside --out (they
+    replaced the repository's own); a --plots that is a file is one line."""
+    runs = tmp_path / "runs"
+    write_run(runs, "pm", "pmnist", "zoneout", "pmnist", "error", 2, [0.2, 0.15],
+              {"valid": 0.12, "test": 0.11}, _paper("Krueger", test=0.102))
+    (runs / "torn").mkdir()
+    (runs / "torn" / "config.json").write_text('{"task": "ptb", "conf')
+    out = tmp_path / "elsewhere" / "R.md"
+    assert report.main([f"--runs={runs}", f"--out={out}"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipping {runs / 'torn'}: {runs / 'torn' / 'config.json'} is not a run " \
+           "record (" in err
+    assert "## Permuted sequential MNIST" in out.read_text()
+    assert os.listdir(tmp_path / "elsewhere" / "docs" / "results") == ["pmnist.png"]
+    assert "](docs/results/pmnist.png)" in out.read_text()
+    plots_file = tmp_path / "plots.png"
+    plots_file.write_text("")
+    assert report.main([f"--runs={runs}", f"--out={out}", f"--plots={plots_file}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --plots={plots_file} is a file, not a folder.")
+    assert curves.main([f"--runs={runs}", "--epochs=1,2", "--split=valid"]) == 0
+    assert "skipping" in capsys.readouterr().err
+
+
 def test_train_curve_places_epochs_of_different_lengths():
     """Variable-length windows make epochs of different step counts: each training event
     is placed between the epoch ends around it, not at an average epoch length."""
@@ -332,6 +363,9 @@ def test_command_flags_for_fields_the_preset_changed_since_the_run():
     assert report.flags_since_changed(run) == [
         "--config.model.forget_bias=1.0", "--config.model.hidden_sizes=(128,)"]
     run.command += " --config.model.hidden_sizes=(128,)"
+    assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
+    # as provenance.relative_command records it: quoted for a shell
+    run.command = "python -m experiments.ptb --config=baseline '--config.model.hidden_sizes=(128,)'"
     assert report.flags_since_changed(run) == ["--config.model.forget_bias=1.0"]
     run.task = "no_such_task"
     assert report.flags_since_changed(run) == []

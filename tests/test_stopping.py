@@ -43,11 +43,25 @@ def test_sigterm_is_the_reason_whatever_the_time_limit(rules):
 
 
 def test_sigterm_handler_is_put_back_on_close():
-    before = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     r = RunStop(None, 1, 8)
-    assert signal.getsignal(signal.SIGTERM) is not before
+    assert all(signal.getsignal(s) is not h for s, h in before.items())
     r.close()
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert all(signal.getsignal(s) is h for s, h in before.items())
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(rules, capsys):
+    """A first Ctrl-C sets the flag (saved and stopped at the next step, reason SIGINT)
+    instead of a KeyboardInterrupt wherever it fell; a second one raises at once."""
+    r = rules(None, 10, 8)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert r.in_training(3) and r.between_passes()
+    assert r.reason() == "SIGINT"
+    assert "Ctrl-C again aborts" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM keeps the first reason
+    assert r.reason() == "SIGINT"
 
 
 def test_evaluation_stops_on_sigterm_only_within_the_context(rules):

@@ -12,6 +12,7 @@ import train_helpers as th
 
 from rnnreg_jax import train
 from rnnreg_jax.train import checkpoint as ckpt_lib
+from rnnreg_jax.train.logging import read_metrics
 
 th.enable_compilation_cache()
 
@@ -86,12 +87,12 @@ def test_resume_repairs_a_lost_best_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("how", ["time_limit", "sigterm"])
+@pytest.mark.parametrize("how", ["time_limit", "sigterm", "sigint"])
 def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path, monkeypatch,
                                                                         how):
-    """A time limit (or SIGTERM, as a runner's deadline sends it) stops the run at a step
-    boundary with a checkpoint and no final evaluation; the same call resumes to the
-    uninterrupted run's numbers."""
+    """A time limit (or SIGTERM, as a runner's deadline sends it, or a first Ctrl-C)
+    stops the run at a step boundary with a checkpoint and no final evaluation; the same
+    call resumes to the uninterrupted run's numbers."""
     import os
     import signal
 
@@ -105,7 +106,8 @@ def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path,
         def iterate_then_sigterm(self, epoch, start=0):
             for i, batch in enumerate(original(self, epoch, start)):
                 if self.steps_per_epoch == STEPS_PER_EPOCH and epoch == 1 and start + i == 2:
-                    os.kill(os.getpid(), signal.SIGTERM)  # handled at the step boundary
+                    sent = signal.SIGINT if how == "sigint" else signal.SIGTERM
+                    os.kill(os.getpid(), sent)  # handled at the step boundary
                 yield batch
 
         monkeypatch.setattr(th.SeqSource, "iterate", iterate_then_sigterm)
@@ -115,6 +117,9 @@ def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path,
     assert stopped["step"] == expected_step
     assert max(_steps(tmp_path / "wd")[0]) == expected_step
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    if how != "time_limit":  # Ctrl-C was a KeyboardInterrupt wherever it fell
+        stop = [e for e in read_metrics(str(tmp_path / "wd")) if e["split"] == "stopped"]
+        assert stop[-1]["reason"] == how.upper()
     monkeypatch.undo()
     resumed = train.train_and_evaluate(_task(), _config(2), str(tmp_path / "wd"))
     assert resumed["valid/loss"] == reference["valid/loss"]

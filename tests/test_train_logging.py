@@ -30,3 +30,26 @@ def test_remote_workdir_rewrites_the_whole_file(tmp_path, monkeypatch):
 def test_is_remote():
     assert run_logging.is_remote("gs://bucket/run")
     assert not run_logging.is_remote("/tmp/run")
+
+
+def test_tensorboard_holds_each_logged_step_before_the_logger_closes(tmp_path):
+    """A killed run never closes its logger: each write's scalars must be in the event
+    file already (tensorboardX's SummaryWriter queued them for a thread, and a kill lost
+    the last logged step TensorBoard had not yet been handed)."""
+    import os
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    logger = run_logging.MetricsLogger(str(tmp_path), enabled=True, tensorboard=True)
+    logger.write("train", 100, 0, {"loss": 1.5, "ppl": float("inf")})  # inf: not a scalar
+    logger.write("valid", 200, 0, {"loss": 1.25})
+    (name,) = os.listdir(tmp_path / "tb")
+    data, pos, scalars = (tmp_path / "tb" / name).read_bytes(), 0, []
+    while pos < len(data):  # TFRecord framing: length, its CRC, the event, its CRC
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        pos += 12 + length + 4
+    assert scalars == [(100, "train/loss", 1.5), (200, "valid/loss", 1.25)]
+    logger.close()

@@ -247,6 +247,12 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
     ("decay_factor", 0.0, "config.decay_factor must be a finite number > 0, got 0.0."),
     ("learning_rate", -1.0, "config.learning_rate must be a finite number >= 0"),
     ("lr_schedule", "cosine", "config.lr_schedule must be one of"),
+    # words where a switch belongs were taken as True (a field whose default is None
+    # takes any type, one the defaults lack too)
+    ("eval_carry_state", "maybe",
+     "config.eval_carry_state must be True or False or None, got 'maybe'."),
+    ("carry_state", 1, "config.carry_state must be True or False, got 1."),
+    ("mc_splits", ("test", 3), "config.mc_splits must be a tuple of split names"),
 ])
 def test_a_field_out_of_range_is_refused_before_anything_runs(tmp_path, field, value, message):
     from rnnreg_jax.train.config import check
@@ -264,6 +270,19 @@ def test_a_field_out_of_range_is_refused_before_anything_runs(tmp_path, field, v
     with pytest.raises(ValueError, match=field):
         train.train_and_evaluate(task, config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()  # refused before the workdir was made
+
+
+def test_an_mc_split_the_task_lacks_is_refused_before_anything_runs(tmp_path):
+    """An unknown `mc_splits` entry was ignored: the run ended without the MC pass."""
+    config = train.default_train_config()
+    config.mc_samples, config.mc_splits = 2, ("valid", "nosuch")
+    task = train.Task(model=th.tiny_lm(), kind="lm", train=th.LMSource(),
+                      evals={"valid": th.LMSource(seed=1)})
+    with pytest.raises(ValueError, match=re.escape(
+            "config.mc_splits names ['nosuch'], which this task does not evaluate (its "
+            "splits: ['valid'])")):
+        train.train_and_evaluate(task, config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
 
 
 @pytest.mark.parametrize("fields, message", [

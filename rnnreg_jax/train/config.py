@@ -107,6 +107,11 @@ _WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "deca
 # Number fields: finite and >= 0, or > 0 for the divisors.
 _AT_LEAST_ZERO = ("time_limit_s", "lr_window_reference")
 _ABOVE_ZERO = ("decay_factor", "plateau_factor")
+# Switches (and those the experiment presets add; None where a switch may be unset): a
+# word where a bool belongs, "maybe" from a command line, was taken as True.
+_FLAGS = ("clip_update", "loss_sum_over_time", "mc_embedding_dropout", "tensorboard",
+          "distributed", "stop_on_nan", "carry_state", "report_best")
+_FLAGS_OR_NONE = ("eval_carry_state",)
 
 
 def check(config, name: str = "config") -> None:
@@ -139,5 +144,25 @@ def _check(config) -> None:
             bound = "> 0" if field in _ABOVE_ZERO else ">= 0"
             raise ValueError(f"config.{field} must be a finite number {bound}, got "
                              f"{value!r}.")
+    for field in _FLAGS + _FLAGS_OR_NONE:
+        value = config.get(field, False)
+        if not isinstance(value, bool) and not (value is None and field in _FLAGS_OR_NONE):
+            unset = " or None" if field in _FLAGS_OR_NONE else ""
+            raise ValueError(f"config.{field} must be True or False{unset}, got {value!r}.")
+    splits = config.mc_splits
+    if isinstance(splits, str) or not all(isinstance(s, str) for s in splits):
+        raise ValueError(f"config.mc_splits must be a tuple of split names, such as "
+                         f"('test',), got {splits!r}.")
     optim.make_optimizer(config)
     optim.lr_rule(config)
+
+
+def check_for_task(config, task, name: str = "config") -> None:
+    """A one-sentence ValueError where `config` asks for MC dropout on an evaluation
+    split `task` lacks (an unknown `mc_splits` entry was ignored, the run ending without
+    the MC pass asked for). Without MC samples the splits are not read."""
+    config = with_defaults(config)
+    unknown = [s for s in config.mc_splits if s not in task.evals]
+    if config.mc_samples and unknown:
+        raise ValueError(f"{name}.mc_splits names {unknown}, which this task does not "
+                         f"evaluate (its splits: {sorted(task.evals)}).")

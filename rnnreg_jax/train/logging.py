@@ -56,6 +56,44 @@ def _summary_writer_class():
             del sys.modules["torch"]
 
 
+class ScalarEvents:
+    """TensorBoard scalars of one run, written to their event file in the calling thread.
+
+    tensorboardX's SummaryWriter hands events to a worker thread through a queue, and
+    its `flush()` does not wait for the queue: a run killed after a log step lost that
+    step's points (the last one before a kill never reached TensorBoard, though
+    metrics.jsonl had it). Writing the record here and flushing it makes each log step
+    durable where metrics.jsonl's is. Built on tensorboardX's own event file writer
+    (local paths and the URLs it opens); None from `open` where tensorboardX is missing.
+    """
+
+    def __init__(self, writer, event_pb2, scalar):
+        self._writer, self._event_pb2, self._scalar = writer, event_pb2, scalar
+
+    @classmethod
+    def open(cls, logdir: str) -> ScalarEvents | None:
+        if _summary_writer_class() is None:  # tensorboardX missing or broken: warned
+            return None
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.record_writer import directory_check
+        from tensorboardX.summary import scalar
+
+        directory_check(logdir)
+        return cls(EventsWriter(os.path.join(logdir, "events")), event_pb2, scalar)
+
+    def add(self, tag: str, value: float, step: int) -> None:
+        event = self._event_pb2.Event(wall_time=time.time(), step=step,
+                                      summary=self._scalar(tag, value))
+        self._writer.write_event(event)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricsLogger:
     """Writes events to metrics.jsonl, TensorBoard and the console."""
 
@@ -65,7 +103,7 @@ class MetricsLogger:
         self.remote = is_remote(workdir)
         self._file: TextIO | None = None
         self._lines: list[str] = []
-        self._tb = None
+        self._tb: ScalarEvents | None = None
         if self.enabled:
             epath.Path(workdir).mkdir(parents=True, exist_ok=True)
             if self.remote:
@@ -77,12 +115,10 @@ class MetricsLogger:
                 if not _ends_a_line(self.path):
                     self._file.write("\n")  # a torn last event stays alone on its line
             if tensorboard:
-                writer_cls = _summary_writer_class()
-                if writer_cls is not None:
-                    try:
-                        self._tb = writer_cls(str(epath.Path(workdir) / "tb"))
-                    except Exception as err:  # noqa: BLE001 - e.g. no GCS support installed
-                        absl_logging.warning("TensorBoard logs disabled for %s: %s", workdir, err)
+                try:
+                    self._tb = ScalarEvents.open(str(epath.Path(workdir) / "tb"))
+                except Exception as err:  # noqa: BLE001 - e.g. no GCS support installed
+                    absl_logging.warning("TensorBoard logs disabled for %s: %s", workdir, err)
 
     def write(self, split: str, step: int, epoch: int, metrics: dict) -> None:
         if not self.enabled:
@@ -102,7 +138,7 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
-                    self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+                    self._tb.add(f"{split}/{k}", float(v), int(step))
             self._tb.flush()
 
     def console(self, message: str) -> None:

@@ -16,7 +16,7 @@ from rnnreg_jax.train import checkpoint as ckpt_lib
 from rnnreg_jax.train import losses, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import check as check_config
-from rnnreg_jax.train.config import with_defaults
+from rnnreg_jax.train.config import check_for_task, with_defaults
 from rnnreg_jax.train.evaluation import (
     evaluate_all,
     final_passes,
@@ -346,7 +346,9 @@ class _Run:
                 **flat_results(results)}
 
     def _show(self, name, metrics, note=""):
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        # a recorded non-finite value comes back from metrics.jsonl as the text "inf"
+        shown = " ".join(f"{k} {v:.4g}" if isinstance(v, int | float) else f"{k} {v}"
+                         for k, v in metrics.items())
         self.logger.console(f"final {name}: {shown}{note}")
 
     def close(self) -> None:
@@ -385,6 +387,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
     """
     config = with_defaults(config)
     check_config(config)
+    check_for_task(config, task)
     mesh_lib.maybe_initialize_distributed(config.distributed)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
     run = _Run(task, config, workdir)

@@ -1,7 +1,7 @@
-"""When a training run stops before its end: SIGTERM or its time limit, on any of its
-processes. Every process of a multi-host run must stop at the same point (one left
-alone would wait in a collective forever), so with several the decision is a
-collective that all make together, at points they all reach."""
+"""When a training run stops before its end: SIGTERM, Ctrl-C (SIGINT) or its time
+limit, on any of its processes. Every process of a multi-host run must stop at the
+same point (one left alone would wait in a collective forever), so with several the
+decision is a collective that all make together, at points they all reach."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class RunStop:
         self.deadline = (time.monotonic() + time_limit_s) if time_limit_s else None
         self.log_every_steps = log_every_steps
         self.eval_check_batches = eval_check_batches
-        self.sigterm = TerminationFlag()
+        self.signal = TerminationFlag()
         self.multihost = jax.process_count() > 1
 
     def _past_deadline(self) -> bool:
@@ -45,7 +45,7 @@ class RunStop:
         """After training step `step`: SIGTERM arrived or the time limit passed (with
         several processes: on any, decided at log steps and at an epoch's end, points
         every process reaches)."""
-        up = self.sigterm.set or self._past_deadline()
+        up = self.signal.set or self._past_deadline()
         if not self.multihost:
             return up
         if not (epoch_end or (self.log_every_steps and step % self.log_every_steps == 0)):
@@ -55,8 +55,8 @@ class RunStop:
     def between_passes(self) -> bool:
         """Before an evaluation pass: SIGTERM arrived (on any process)."""
         if not self.multihost:
-            return self.sigterm.set
-        return mesh_lib.on_any_process(self.sigterm.set)
+            return self.signal.set
+        return mesh_lib.on_any_process(self.signal.set)
 
     @contextlib.contextmanager
     def passes_stop_on_sigterm(self, evaluator):
@@ -64,10 +64,10 @@ class RunStop:
         with several processes at the next batch where all check together, every
         `eval_check_batches`."""
         if not self.multihost:
-            evaluator.should_stop = lambda: self.sigterm.set
+            evaluator.should_stop = lambda: self.signal.set
         else:
             evaluator.should_stop = mesh_lib.agreed_every(self.eval_check_batches,
-                                                          lambda: self.sigterm.set)
+                                                          lambda: self.signal.set)
         try:
             yield
         finally:
@@ -76,12 +76,12 @@ class RunStop:
     def reason(self) -> str:
         """Why the run stopped, as every process agrees (a collective with several): a
         process may have stopped for what reached another one only."""
-        flags = np.array([self.sigterm.set, self._past_deadline()])
+        flags = np.array([self.signal.set, self._past_deadline()])
         if self.multihost:
             flags = mesh_lib.on_any_process_each(flags)
-        if flags[0] or not self.time_limit_s:
-            return "SIGTERM"
+        if flags[0] or not self.time_limit_s:  # another process's signal: its name is its own
+            return self.signal.name or "SIGTERM"
         return f"the time limit ({self.time_limit_s:g} s)"
 
     def close(self) -> None:
-        self.sigterm.restore()
+        self.signal.restore()
