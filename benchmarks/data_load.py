@@ -40,13 +40,23 @@ def main() -> int:
     parser.add_argument("--datasets", default="ptb_word,ptb_char,mnist,cornell")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    names = [n for n in args.datasets.split(",") if n]
+    unknown = [n for n in names if n not in LOADERS]
+    if unknown or not names:
+        parser.error(f"--datasets must name some of {', '.join(LOADERS)}; got {unknown or '[]'}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     failed = False
-    for name in args.datasets.split(","):
+    for name in names:
         load, make_batches = LOADERS[name]
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            dataset = load(args.data_dir)
+            try:
+                dataset = load(args.data_dir)
+            except data.DataError as err:  # missing or damaged files: one line
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             times.append(time.perf_counter() - start)
         it = make_batches(dataset)
         start = time.perf_counter()

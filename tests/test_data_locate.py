@@ -93,6 +93,20 @@ def test_archive_checksum_mismatch_leaves_nothing(cache, ptb_source, monkeypatch
     assert leftovers(cache) == [] and not (cache / "ptb_word").exists()
 
 
+def test_an_archive_that_is_no_archive_is_one_line(cache, ptb_source, monkeypatch):
+    """A page served instead of the archive (no published sha256 to refuse it first):
+    tarfile's message lists each compression it tried on a line of its own."""
+    src = locate.SOURCES["ptb_word"]
+    unhashed = dataclasses.replace(
+        src, downloads=(dataclasses.replace(src.downloads[0], sha256=None),))
+    monkeypatch.setitem(locate.SOURCES, "ptb_word", unhashed)
+    with fx.serve({"simple-examples.tgz": b"<html>moved</html>\n" * 20}) as url:
+        with pytest.raises(DataError, match="cannot be unpacked") as err:
+            locate.dataset_dir("ptb_word", base_url=url)
+    assert "\n" not in str(err.value)
+    assert leftovers(cache) == []
+
+
 def test_extracted_file_checksum_mismatch(cache, ptb_source, monkeypatch):
     src = locate.SOURCES["ptb_word"]
     shas = dict(src.file_sha256, **{"ptb_word/ptb.valid.txt": "1" * 64})

@@ -125,3 +125,16 @@ def test_count_mismatch(tmp_path):
     )
     with pytest.raises(DataError, match="12 images but 3 labels"):
         load_mnist(tmp_path)
+
+
+def test_images_of_another_size_are_named(tmp_path):
+    """A consistent idx header of 28 x 27 images (read with checks off, as the suite and
+    --skip_checks do) was numpy's 'cannot reshape array' traceback."""
+    fx.write_mnist(tmp_path)
+    fx.write(
+        tmp_path / "mnist" / "t10k-images-idx3-ubyte",
+        fx.idx_bytes(np.zeros((12, 28, 27), np.uint8), 2051),
+        gz=True,
+    )
+    with pytest.raises(DataError, match="holds images of 756 pixels, not 784"):
+        load_mnist(tmp_path)

@@ -1,6 +1,7 @@
 """Tests of the Cornell scale (Gal's chunking) and IMDB loaders on small files."""
 
 import collections
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,35 @@ def test_cornell_errors(tmp_path):
         load_cornell(tmp_path)
 
 
+def test_cornell_needs_exactly_the_four_critics(tmp_path):
+    """A critic's folder gone loaded the other three without a word (the checksums check
+    the files present), and a folder added was read in too."""
+    import shutil
+
+    fx.write_cornell(tmp_path)
+    root = tmp_path / "cornell_scale_v1.0" / "scaledata"
+    shutil.rmtree(root / "Steve+Rhodes")
+    with pytest.raises(DataError, match=r"Cornell critic folder .*Steve\+Rhodes is missing"):
+        load_cornell(tmp_path)
+    fx.write_cornell(tmp_path)
+    (root / "Zed").mkdir()
+    with pytest.raises(DataError, match=r"holds \['Zed'\] besides the data set's critics"):
+        load_cornell(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"test_fraction": 1.5}, "test_fraction must be in (0, 1), got 1.5"),  # split 50/50
+    ({"test_fraction": 1.0}, "test_fraction must be in (0, 1), got 1.0"),  # NaN mean
+    ({"test_fraction": -0.5}, "test_fraction must be in (0, 1)"),  # an empty test set
+    ({"vocab_size": 0}, "vocab_size must be a whole number >= 1, got 0"),  # all unknown
+    ({"chunk_len": 0}, "chunk_len must be a whole number >= 1, got 0"),  # range() arg 3
+    ({"chunk_len": 2.5}, "chunk_len must be a whole number >= 1, got 2.5"),
+])
+def test_cornell_settings_are_checked_before_reading(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        load_cornell(tmp_path, **kwargs)  # no data here: the settings fail first
+
+
 def test_tokenize():
     assert tokenize("A great film.<br /><br />Great acting!") == [
         "a",
@@ -167,6 +197,29 @@ def test_imdb_errors(tmp_path):
     archive.write_bytes(archive.read_bytes()[:100])
     with pytest.raises(DataError, match="is truncated or corrupt"):
         load_imdb(tmp_path, cache=False)
+    for kwargs, message in (({"max_len": 0}, "max_len must be a whole number >= 1, got 0"),
+                            ({"max_len": 2.5}, "max_len must be a whole number >= 1"),
+                            ({"vocab_size": -1}, "vocab_size must be a whole number >= 1")):
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            load_imdb(tmp_path, cache=False, **kwargs)
+
+
+def test_a_damaged_imdb_cache_is_rebuilt(tmp_path, monkeypatch):
+    """A cache file with a bad CRC was a BadZipFile traceback, though the loader means to
+    rebuild a damaged cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fx.write_imdb(tmp_path / "data", archive=True)
+    first = load_imdb(tmp_path / "data", vocab_size=6, max_len=8)
+    (cached,) = (tmp_path / "cache" / "rnnreg_jax" / "imdb").glob("*.npz")
+    blob = bytearray(cached.read_bytes())
+    for i in range(40, 60):
+        blob[i] ^= 0xFF  # inside the first member's compressed bytes
+    cached.write_bytes(bytes(blob))
+    again = load_imdb(tmp_path / "data", vocab_size=6, max_len=8)
+    np.testing.assert_array_equal(again.inputs["train"], first.inputs["train"])
+    cached.write_bytes(bytes(blob[:50]))  # cut short
+    np.testing.assert_array_equal(load_imdb(tmp_path / "data", vocab_size=6,
+                                            max_len=8).inputs["test"], first.inputs["test"])
 
 
 def test_tfds_missing_is_clear(tmp_path):

@@ -252,6 +252,7 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
     ("eval_carry_state", "maybe",
      "config.eval_carry_state must be True or False or None, got 'maybe'."),
     ("carry_state", 1, "config.carry_state must be True or False, got 1."),
+    ("mc_masks", "Pass", "config.mc_masks must be one of ('pass', 'window'), got 'Pass'."),
     ("mc_splits", ("test", 3), "config.mc_splits must be a tuple of split names"),
 ])
 def test_a_field_out_of_range_is_refused_before_anything_runs(tmp_path, field, value, message):
@@ -286,6 +287,8 @@ def test_an_mc_split_the_task_lacks_is_refused_before_anything_runs(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [
+    ({"test_protocol": True}, "Task.test_protocol=True evaluates the 'test' source, and "
+     "Task.evals has none (it has ['valid'])."),  # the protocol was skipped quietly
     ({"kind": "seq2seq"}, "Task.kind must be one of ('lm', 'classification', 'regression'), "
      "got 'seq2seq'."),
     ({"train": None}, "Task.train must be a data source (with iterate(epoch, start_batch) and "
@@ -299,3 +302,122 @@ def test_a_task_of_the_wrong_parts_is_one_sentence(fields, message):
                  evals={"valid": th.LMSource(seed=1)})
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         train.Task(**{**parts, **fields})
+
+
+class _Lying(th.SeqSource):
+    """Promises `steps_per_epoch` batches and yields `yields` of them."""
+
+    def __init__(self, yields, **kwargs):
+        super().__init__(**kwargs)
+        self.yields = yields
+
+    def iterate(self, epoch, start_batch=0):
+        for b, batch in enumerate(super().iterate(epoch, start_batch), start_batch):
+            if b < self.yields:
+                yield batch
+
+
+def train_lib_task(source, evals, kind):
+    """A tiny sequence model's task on `source`, evaluated on `evals`."""
+    return train.Task(model=th.tiny_seq(num_outputs=1 if kind == "regression" else 2),
+                      kind=kind, train=source, evals=evals)
+
+
+def test_a_source_that_yields_fewer_batches_than_it_promised_is_named(tmp_path):
+    """4 of 6 promised batches ended training as if max_steps had stopped it, then ran the
+    final evaluation, on every rerun."""
+    config = train.default_train_config()
+    config.num_epochs = 3
+    task = train_lib_task(_Lying(4, kind="regression", num_batches=6),
+                          {"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)},
+                          "regression")
+    with pytest.raises(ValueError, match=re.escape(
+            "The training source yielded 4 of the 6 batches its steps_per_epoch promised "
+            "for epoch 1 (the steps so far are saved).")):
+        train.train_and_evaluate(task, config, str(tmp_path))
+    assert (tmp_path / "checkpoints" / "4").exists()
+
+
+@pytest.mark.parametrize("part, message", [
+    ("train", "The training source yields no batch (epoch 0)."),
+    ("valid", "The evaluation source 'valid' yields no batch."),  # a TypeError after training
+])
+def test_an_empty_source_is_named_before_training(tmp_path, part, message):
+    empty = _Lying(0, kind="regression", num_batches=2)
+    full = th.SeqSource(kind="regression", num_batches=2)
+    task = train_lib_task(empty if part == "train" else full,
+                          {"valid": empty if part == "valid" else full}, "regression")
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        train.train_and_evaluate(task, train.default_train_config(), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() or not any(
+        (tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("kind, field, shape, message", [
+    ("regression", "targets", (8, 1), r"targets have shape \(8, 1\), but the predictions "
+                                      r"have \(8,\)"),  # broadcast to [B, B]: loss 64
+    ("classification", "weights", (8, 1), r"weights have shape \(8, 1\), but the targets "
+                                          r"have \(8,\)"),  # error 3.0, accuracy -2.0
+])
+def test_batch_fields_of_another_shape_are_refused(tmp_path, kind, field, shape, message):
+    class Reshaped(th.SeqSource):
+        def iterate(self, epoch, start_batch=0):
+            for batch in super().iterate(epoch, start_batch):
+                base = batch.get(field, np.ones(8, np.float32))
+                yield dict(batch, **{field: np.reshape(base, shape)})
+
+    task = train_lib_task(Reshaped(kind=kind, num_batches=2),
+                          {"valid": th.SeqSource(kind=kind, num_batches=1, seed=1)}, kind)
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(task, train.default_train_config(), str(tmp_path))
+
+
+def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
+    """Every epoch counted as one without improvement: the run stopped after `patience`."""
+    config = train.default_train_config()
+    config.early_stop_patience = 2
+    task = train_lib_task(th.SeqSource(kind="regression", num_batches=2), {}, "regression")
+    with pytest.raises(ValueError, match="config.early_stop_patience needs a validation split"):
+        train.train_and_evaluate(task, config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+SMALLER_LAST_BATCH = '''
+import sys
+sys.path.insert(0, "tests")
+import train_helpers as th
+from rnnreg_jax import train
+
+class Ragged(th.SeqSource):  # batches of 8, 8 and a last one of 6
+    def iterate(self, epoch, start_batch=0):
+        for b, batch in enumerate(super().iterate(epoch, start_batch), start_batch):
+            yield {k: v[:6] for k, v in batch.items()} if b == 2 else batch
+
+task = train.Task(model=th.tiny_seq(num_outputs=1), kind="regression",
+                  train=Ragged(kind="regression", num_batches=3),
+                  evals={"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)})
+try:
+    train.train_and_evaluate(task, train.default_train_config(), sys.argv[1])
+except ValueError as err:
+    print("refused:", err)
+'''
+
+
+@pytest.mark.slow  # a subprocess compiling on 4 host devices: ~15-25 s on 2 cores
+def test_a_smaller_last_batch_that_does_not_divide_over_the_devices_is_named(tmp_path):
+    """Only the first batch was checked: on 4 devices a last batch of 6 failed in the
+    sharding (IndivisibleError) part-way through the epoch."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", SMALLER_LAST_BATCH, str(tmp_path / "wd")],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("refused: Training batch 2 of epoch 1 (6) must divide over the 4 devices of "
+            "the data mesh.") in out.stdout, out.stdout + out.stderr[-2000:]

@@ -70,6 +70,7 @@ _CORNELL_AUTHORS = {  # (subj, rating): the two files the loader reads per criti
         "bbbe28efbe998827cfe2737a25d19977091a2deea141461eb8e241ce6f5bc03d",
     ),
 }
+CORNELL_CRITICS = tuple(_CORNELL_AUTHORS)  # the four the data set has, sorted
 _CORNELL = {
     f"scaledata/{a}/{kind}.{a}": sha
     for a, shas in _CORNELL_AUTHORS.items()

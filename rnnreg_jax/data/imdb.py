@@ -15,12 +15,14 @@ import hashlib
 import itertools
 import json
 import logging
+import lzma
 import os
 import queue
 import re
 import tarfile
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -29,7 +31,14 @@ import numpy as np
 
 from rnnreg_jax.data.errors import DataError, corrupt, decode_utf8, missing, read_text
 from rnnreg_jax.data.locate import cache_dir, dataset_dir, sha256_file
-from rnnreg_jax.data.sentiment import OOV, START, SentimentData, top_words, word_ids
+from rnnreg_jax.data.sentiment import (
+    OOV,
+    START,
+    SentimentData,
+    check_sizes,
+    top_words,
+    word_ids,
+)
 
 IMDB_ARCHIVE = "aclImdb_labeled.tar.xz"
 _REVIEW = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
@@ -106,7 +115,7 @@ def _imdb_reviews(folder: Path) -> dict:
                 text = decode_utf8(data, f"{archive}:{name}", what)
                 s, c, i, _ = _REVIEW.search(name).groups()  # type: ignore[union-attr]
                 reviews[s].append((int(c == "pos"), int(i), tokenize(text)))
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as e:
             raise corrupt("IMDB archive", archive, f"is truncated or corrupt ({e})") from None
     elif unpacked.is_dir():
         for s in reviews:
@@ -196,6 +205,7 @@ def load_imdb(
     Returns:
         `SentimentData` with inputs int32 `[N, L]` and labels int32 `[N]`.
     """
+    check_sizes(vocab_size=vocab_size, max_len=max_len)
     params = {"vocab_size": vocab_size, "max_len": max_len, "add_start": add_start, "v": 1}
     arrays: dict | None  # None until read from the cache or built
     if source == "tfds":
@@ -242,8 +252,8 @@ def _load_npz(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # absent or damaged cache: rebuild
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # absent or damaged cache (a bad CRC, a cut file): rebuild
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

@@ -269,8 +269,9 @@ def _unpack(archive: Path, d: Download, staging: Path, url: str) -> None:
                 with src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, _CHUNK)
     except (tarfile.TarError, EOFError, OSError) as e:
+        why = " ".join(str(e).split())  # tarfile lists each method's failure on a line
         raise DataError(
-            f"Archive downloaded from {url} cannot be unpacked ({e}); "
+            f"Archive downloaded from {url} cannot be unpacked ({why}); "
             "run again to retry or place the files yourself and " + FIX + "."
         ) from None
     missing = [dst for src, dst in d.extract if not (staging / dst).exists()]

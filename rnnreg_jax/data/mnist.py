@@ -180,6 +180,12 @@ def load_mnist(
                     f"MNIST files {folder / img_stem} and {folder / lbl_stem} hold "
                     f"{len(images)} images but {len(labels)} labels; {_REFETCH}."
                 )
+            if images.size != len(images) * NUM_PIXELS:  # a header of other sizes
+                raise DataError(
+                    f"MNIST file {folder / img_stem} holds images of "
+                    f"{images.size // max(len(images), 1)} pixels, not {NUM_PIXELS}; "
+                    f"{_REFETCH}."
+                )
             raw[split] = (images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32))
     else:
         raise ValueError(f"unknown source {source!r}")

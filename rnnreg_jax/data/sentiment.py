@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from rnnreg_jax.data import batching
+from rnnreg_jax.data.checksums import CORNELL_CRITICS
 from rnnreg_jax.data.errors import corrupt, missing, read_text
 from rnnreg_jax.data.locate import dataset_dir
 
@@ -166,6 +167,15 @@ class SentimentData:
 # ----------------------------------------------------------------------------- Cornell
 
 
+def check_sizes(**sizes) -> None:
+    """A one-sentence ValueError unless each of `sizes` is a whole number >= 1 (a zero or
+    negative vocabulary made every word unknown; a zero or fractional length failed in
+    numpy or range() without naming the argument)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+
+
 def read_cornell(
     data_dir: str | os.PathLike | None = None, verify: bool = True
 ) -> tuple[list[str], np.ndarray]:
@@ -173,9 +183,17 @@ def read_cornell(
     root = dataset_dir(CORNELL_FOLDER, data_dir, verify=verify) / "scaledata"
     if not root.is_dir():
         raise missing("Cornell folder", root)
-    authors = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not authors:
-        raise missing("Cornell author folder", root / "Dennis+Schwartz")
+    # Exactly the published critics: without one the checksums (of files present) passed
+    # and a third of the reviews went missing unseen; another folder was read in too.
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    absent = [a for a in CORNELL_CRITICS if a not in found]
+    if absent:
+        raise missing("Cornell critic folder", root / absent[0])
+    extra = [a for a in found if a not in CORNELL_CRITICS]
+    if extra:
+        raise corrupt("Cornell folder", root, f"holds {extra} besides the data set's critics "
+                      f"{list(CORNELL_CRITICS)}")
+    authors = list(CORNELL_CRITICS)
     docs: list[str] = []
     ratings: list[float] = []
     for a in authors:
@@ -242,6 +260,9 @@ def load_cornell(
         `SentimentData` with splits "train" and "test": inputs int32 `[N, L]`,
         targets float32 `[N]` normalized by the training mean/std, `doc_ids`.
     """
+    check_sizes(vocab_size=vocab_size, chunk_len=chunk_len)
+    if not 0 < test_fraction < 1:  # NaN too; 1.5 split 50/50 and 1.0 made the mean NaN
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
     docs, ratings = read_cornell(data_dir, verify)
     tokens = [d.lower().split() for d in docs]
     rng = np.random.RandomState(seed)

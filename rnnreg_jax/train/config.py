@@ -149,6 +149,11 @@ def _check(config) -> None:
         if not isinstance(value, bool) and not (value is None and field in _FLAGS_OR_NONE):
             unset = " or None" if field in _FLAGS_OR_NONE else ""
             raise ValueError(f"config.{field} must be True or False{unset}, got {value!r}.")
+    from rnnreg_jax import noise
+
+    if config.mc_masks not in noise.MC_MASKS:  # checked where the evaluator is made, late
+        raise ValueError(f"config.mc_masks must be one of {noise.MC_MASKS}, got "
+                         f"{config.mc_masks!r}.")
     splits = config.mc_splits
     if isinstance(splits, str) or not all(isinstance(s, str) for s in splits):
         raise ValueError(f"config.mc_splits must be a tuple of split names, such as "
@@ -158,11 +163,16 @@ def _check(config) -> None:
 
 
 def check_for_task(config, task, name: str = "config") -> None:
-    """A one-sentence ValueError where `config` asks for MC dropout on an evaluation
-    split `task` lacks (an unknown `mc_splits` entry was ignored, the run ending without
-    the MC pass asked for). Without MC samples the splits are not read."""
+    """A one-sentence ValueError where `config` asks for what `task` lacks: MC dropout on
+    an evaluation split it does not have (an unknown `mc_splits` entry was ignored, the
+    run ending without the MC pass asked for; without MC samples the splits are not
+    read), or early stopping without a validation split."""
     config = with_defaults(config)
     unknown = [s for s in config.mc_splits if s not in task.evals]
     if config.mc_samples and unknown:
         raise ValueError(f"{name}.mc_splits names {unknown}, which this task does not "
                          f"evaluate (its splits: {sorted(task.evals)}).")
+    if config.early_stop_patience and task.validation_split is None:
+        raise ValueError(f"{name}.early_stop_patience needs a validation split, and this "
+                         "task evaluates none (every epoch counted as one without "
+                         "improvement).")

@@ -20,6 +20,7 @@ import time
 from typing import TextIO
 
 import jax
+import numpy as np
 from absl import logging as absl_logging
 from etils import epath
 
@@ -28,6 +29,14 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf
     return value
+
+
+def _is_number(value) -> bool:
+    """A real number, Python's or a numpy or JAX scalar (a user's metric as np.float32
+    failed json.dumps after the whole training)."""
+    return isinstance(value, (int, float, np.number)) or (
+        isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+        and np.issubdtype(value.dtype, np.number))
 
 
 def is_remote(path: str) -> bool:
@@ -124,8 +133,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": int(step), "epoch": int(epoch), "split": split,
-                  **{k: _clean(float(v)) if isinstance(v, (int, float)) else v
-                     for k, v in metrics.items()},
+                  **{k: _clean(float(v)) if _is_number(v) else v for k, v in metrics.items()},
                   "wall_time": time.time()}
         line = json.dumps(record) + "\n"
         if self.remote:
@@ -137,7 +145,7 @@ class MetricsLogger:
             self._file.flush()
         if self._tb is not None:
             for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                if _is_number(v) and math.isfinite(float(v)):
                     self._tb.add(f"{split}/{k}", float(v), int(step))
             self._tb.flush()
 

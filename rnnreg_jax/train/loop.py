@@ -28,7 +28,7 @@ from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
 from rnnreg_jax.train.stopping import RunStop
-from rnnreg_jax.train.task import Task, steps_in_epoch
+from rnnreg_jax.train.task import Task, check_divides, first_training_batch, steps_in_epoch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,14 +44,20 @@ class _Run:
         self.tx = optim.make_optimizer(config)
         self.next_lr = optim.lr_rule(config)
         self.stop_on_nan = bool(config.stop_on_nan)
-        sample = next(iter(task.train.iterate(0)))
-        global_b = sample["inputs"].shape[0] * jax.process_count()
-        if global_b % self.mesh.devices.size:
-            raise ValueError(f"The global training batch ({global_b}) must divide over the "
-                             f"{self.mesh.devices.size} devices of the data mesh.")
+        sample = first_training_batch(task)
+        check_divides(sample, self.mesh.devices.size, "The global training batch")
+        self.batch_rows = sample["inputs"].shape[0]
         self.window = int(np.prod(sample["inputs"].shape[:2])) if task.kind == "lm" else None
         state = steps.init_state(task, config, self.mesh, self.tx, sample)
         self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+        try:  # from here a failure must close orbax's managers (their threads outlive us)
+            self._start(state)
+        except BaseException:
+            self.ckpt.close()
+            raise
+
+    def _start(self, state) -> None:
+        task, config, workdir = self.task, self.config, self.workdir
         restored = self.ckpt.restore_latest(state)
         self.resumed = restored is not None
         self.state = restored if restored is not None else state
@@ -213,6 +219,7 @@ class _Run:
     def train(self) -> None:
         cfg, task = self.config, self.task
         carry_state = task.kind == "lm" and task.carry_state
+        sample_rows = self.batch_rows
         while self.epoch < cfg.num_epochs:
             spe = steps_in_epoch(task.train, self.epoch)
             if cfg.max_steps and self.step >= cfg.max_steps and self.pos < spe:
@@ -225,6 +232,9 @@ class _Run:
                 self.state = self.state.replace(carry=self.zero_carry(self.state.carry))
             if self.pos < spe:
                 for batch in task.train.iterate(self.epoch, self.pos):
+                    if batch["inputs"].shape[0] != sample_rows:  # a smaller last batch
+                        check_divides(batch, self.mesh.devices.size,
+                                      f"Training batch {self.pos} of epoch {self.epoch + 1}")
                     g = mesh_lib.global_batch(self.mesh, batch)
                     self.state, metrics = self.train_step(self.state, g)
                     self.step += 1
@@ -243,6 +253,12 @@ class _Run:
                     if self.stop_rules.in_training(self.step):
                         self.stopped = True
                         break
+                else:  # the source ran out before the steps it promised
+                    self.flush()
+                    self.save()
+                    raise ValueError(f"The training source yielded {self.pos} of the {spe} "
+                                     f"batches its steps_per_epoch promised for epoch "
+                                     f"{self.epoch + 1} (the steps so far are saved).")
             self.flush()
             if self.pos < spe:  # stopped by max_steps, the time limit or SIGTERM mid-epoch
                 self.save()

@@ -22,7 +22,19 @@ Array = jax.Array
 
 def _weights(batch: dict, shape) -> Array:
     w = batch.get("weights")
-    return jnp.ones(shape, jnp.float32) if w is None else w.astype(jnp.float32)
+    if w is None:
+        return jnp.ones(shape, jnp.float32)
+    _same_shape("weights", w.shape, "the targets", shape)
+    return w.astype(jnp.float32)
+
+
+def _same_shape(name: str, shape, what: str, expected) -> None:
+    """A one-sentence ValueError (at trace time: shapes are static) where a batch field
+    has another shape than it pairs with: `[B, 1]` targets against `[B]` predictions
+    broadcast to `[B, B]` and trained on wrong numbers without a word."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"The batch's {name} have shape {tuple(shape)}, but {what} have "
+                         f"{tuple(expected)}.")
 
 
 def token_nll(logits: Array, targets: Array) -> Array:
@@ -66,6 +78,7 @@ def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: b
     """
     if kind == "lm":
         targets = batch["targets"]
+        _same_shape("targets", targets.shape, "the logits' positions", outputs.shape[:-1])
         w = _weights(batch, targets.shape)
         nll = token_nll(outputs, targets) * w
         loss_sum = jnp.sum(nll)
@@ -77,6 +90,7 @@ def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: b
         errors = jnp.sum(misclassified(outputs, targets) * w)
     elif kind == "classification":
         labels = batch["labels"]
+        _same_shape("labels", labels.shape, "the logits' examples", outputs.shape[:-1])
         w = _weights(batch, labels.shape)
         nll = token_nll(outputs, labels) * w
         loss_sum, count = jnp.sum(nll), jnp.sum(w)
@@ -85,6 +99,7 @@ def objective_and_stats(kind: str, outputs: Array, batch: dict, sum_over_time: b
     elif kind == "regression":
         preds = outputs.reshape(outputs.shape[0]).astype(jnp.float32)
         targets = batch["targets"].astype(jnp.float32)
+        _same_shape("targets", targets.shape, "the predictions", preds.shape)
         w = _weights(batch, targets.shape)
         loss_sum, count = jnp.sum(jnp.square(preds - targets) * w), jnp.sum(w)
         objective = loss_sum / jnp.maximum(count, 1.0)

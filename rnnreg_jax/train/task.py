@@ -109,6 +109,9 @@ class Task:
             if not callable(getattr(source, "iterate", None)):
                 raise ValueError(f"Task.evals[{name!r}] must be a data source (with "
                                  f"iterate(epoch, start_batch)), got {source!r}.")
+        if self.test_protocol is True and "test" not in self.evals:  # was skipped quietly
+            raise ValueError("Task.test_protocol=True evaluates the 'test' source, and "
+                             f"Task.evals has none (it has {sorted(self.evals)}).")
 
     @property
     def evaluation_carries_state(self) -> bool:
@@ -123,3 +126,28 @@ class Task:
         if "valid" in self.evals:
             return "valid"
         return next(iter(self.evals), None)
+
+
+def first_training_batch(task: Task) -> dict:
+    """The first batch of epoch 0, or a one-sentence ValueError where the training source
+    yields none (a bare StopIteration), or an evaluation source none (a TypeError after
+    the first epoch's training, which was lost with it)."""
+    sample = next(iter(task.train.iterate(0)), None)
+    if sample is None:
+        raise ValueError("The training source yields no batch (epoch 0).")
+    for name, source in task.evals.items():
+        if next(iter(source.iterate(0)), None) is None:
+            raise ValueError(f"The evaluation source {name!r} yields no batch.")
+    return sample
+
+
+def check_divides(batch: dict, num_devices: int, what: str) -> None:
+    """The train step shards the global batch (every process's rows) over the data
+    mesh's devices: a one-sentence ValueError where they do not divide (`what` names the
+    batch; a smaller last batch failed part-way through an epoch in the sharding)."""
+    import jax
+
+    global_b = batch["inputs"].shape[0] * jax.process_count()
+    if global_b % num_devices:
+        raise ValueError(f"{what} ({global_b}) must divide over the {num_devices} devices "
+                         "of the data mesh.")
