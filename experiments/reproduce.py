@@ -308,16 +308,25 @@ def _main(argv) -> None:
         except (OSError, ValueError) as err:  # missing, unreadable, or not JSON
             _fail(f"cannot read the step-time table {FLAGS.step_times}: "
                   f"{getattr(err, 'strerror', None) or err}.")
+    if table is not None and (FLAGS.plan or FLAGS.calibrate_s == 0):  # before any data
+        unpriced = sorted({s.preset for s in specs} - set(table["presets"]))
+        if unpriced:
+            _fail(f"No step time for preset {unpriced[0]!r} in the step-time table "
+                  f"{FLAGS.step_times}; measure it (--calibrate_s) or add it.")
     if FLAGS.plan:
         if table is None:
             _fail("--plan needs --step_times.")
         groups = ([[plan_lib.Spec.parse(s) for s in FLAGS.runs]] if FLAGS.runs else []) + [
             plan_lib.batch_specs([b]) for b in FLAGS.batches]  # each batch is one call
         for group in groups:
-            make_plan(group, FLAGS.budget_s or 540.0, None, table)
+            _plan_or_fail(group, FLAGS.budget_s or 540.0, None, table)
         return
     if FLAGS.budget_s <= FLAGS.margin_s:
         _fail(f"--budget_s must exceed --margin_s ({FLAGS.margin_s:g} s).")
+    out = Path(FLAGS.out or os.environ.get("OUT") or "runs/bundle")
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):  # found only after the batch
+        _fail(f"--out {out} must be a new or empty folder: the bundle is written there "
+              "after the runs, and files already there would be mixed in or block it.")
     if FLAGS.resume_from:
         try:
             bundle.unpack(Path(FLAGS.resume_from), Path(FLAGS.root))
@@ -329,7 +338,7 @@ def _main(argv) -> None:
     elif table is None:
         _fail("without calibration (--calibrate_s=0) pass --step_times.")
     deadline = start + FLAGS.budget_s - FLAGS.margin_s
-    rows = make_plan(specs, FLAGS.budget_s, timings, table)
+    rows = _plan_or_fail(specs, FLAGS.budget_s, timings, table)
     left = deadline - time.monotonic()
     late = [r for r in rows if r["estimate"]["total"] > left]
     if late and not FLAGS.stop_at_deadline:
@@ -337,8 +346,16 @@ def _main(argv) -> None:
         _fail(f"the plan does not finish: {worst['name']} needs about "
               f"{worst['estimate']['total'] / 60:.1f} min of the {left / 60:.1f} left; give "
               "more --budget_s, fewer runs, or --stop_at_deadline to resume in a later call.")
-    out = Path(FLAGS.out or os.environ.get("OUT") or "runs/bundle")
     run_batch(specs, rows, deadline, out)
+
+
+def _plan_or_fail(specs, budget_s, timings, table) -> list[dict]:
+    """`make_plan`, or one line for what it cannot price (a preset the step-time table
+    lacks, a run spec's override that is no config field): tracebacks before."""
+    try:
+        return make_plan(specs, budget_s, timings, table)
+    except ValueError as err:  # ConfigError is one
+        _fail(str(err).rstrip(".") + ".")
 
 
 def count_on_cpu() -> str | None:

@@ -179,6 +179,9 @@ def load_step_times(path: str | Path) -> dict:
     presets = table.get("presets") if isinstance(table, dict) else None
     if not isinstance(presets, dict):
         raise ValueError("it has no \"presets\" object")
+    for field in ("factor_per_run", "wide_eval_factor"):
+        if field in table:
+            _check_positive(table[field], field)
     for name, entry in presets.items():
         measured = isinstance(entry, dict) and (
             ("in_training_ms" in entry and "runs" in entry)
@@ -186,7 +189,19 @@ def load_step_times(path: str | Path) -> dict:
         if not measured:
             raise ValueError(f"its preset {name!r} has neither in_training_ms with runs nor "
                              "bench_ms with the table's factor_per_run")
+        for field in ("in_training_ms", "runs", "bench_ms"):  # a plan of -5 ms or NaN steps
+            if field in entry:
+                _check_positive(entry[field], f"{field} of preset {name!r}")
+        if not isinstance(entry.get("source"), str):
+            raise ValueError(f"its preset {name!r} does not say where its time comes from "
+                             "(\"source\")")
     return table
+
+
+def _check_positive(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"its {what} is {value!r}, not a number above 0")
 
 
 def table_step_s(table: dict, spec: Spec, side_by_side: int) -> tuple[float, str]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 
@@ -69,11 +70,18 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
     """
     model, variables = _from_nnx(model, variables)
     apply_fn = _apply_fn(model)
+    if isinstance(model, LanguageModel) and not isinstance(variables, Mapping):
+        raise ValueError(f"variables must be the LanguageModel's ({{'params': ...}}), got "
+                         f"{type(variables).__name__}.")
     num_tokens = _count("num_tokens", num_tokens)
     temperature = _temperature(temperature)
     if temperature > 0 and key is None:
         raise ValueError("Sampling at a temperature above 0 needs a PRNG key; pass one, or "
                          "temperature=0 for greedy decoding.")
+    if temperature == 0:
+        key = None  # greedy decoding draws nothing
+    elif not _is_key(key):
+        raise ValueError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}.")
     ids = _first_window(prompt, start_id, batch_size)
     logits_shape = jax.eval_shape(lambda v, x: apply_fn(v, x, carry)[0], variables, ids).shape
     if len(logits_shape) != 3 or logits_shape[:2] != ids.shape:
@@ -122,10 +130,23 @@ def _apply_fn(model) -> ApplyFn:
                              "every step with its first step's.")
         return lambda variables, ids, carry: model.apply(variables, ids, carry,
                                                          deterministic=True)
-    if not callable(model):
-        raise ValueError(f"model must be a LanguageModel or its apply function, got "
-                         f"{type(model).__name__}.")
+    # other modules are callable too, but not as `apply(variables, ids, carry)` (NNX's
+    # checked only if loaded: it does not import at the flax floor)
+    nnx = sys.modules.get("flax.nnx")
+    modules = (flax.linen.Module,) + ((nnx.Module,) if nnx is not None else ())
+    if not callable(model) or isinstance(model, modules):
+        raise ValueError(f"model must be a LanguageModel (linen or NNX) or an apply "
+                         f"function, got {type(model).__name__}.")
     return model
+
+
+def _is_key(key) -> bool:
+    """A typed PRNG key (`jax.random.key`) or a raw one (`jax.random.PRNGKey`)."""
+    if not isinstance(key, jax.Array):
+        return False
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return True
+    return key.dtype == jnp.uint32 and key.shape == (2,)
 
 
 def _count(name: str, value) -> int:

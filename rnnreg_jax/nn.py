@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, rnn
+from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, precision, rnn
 from rnnreg_jax.regularizers.base import NONE, Regularizer, check_regularizer, penalties_of
+from rnnreg_jax.regularizers.checks import check_flag
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -118,11 +119,36 @@ class RecurrentOptions(nn.Module):
 
     def __post_init__(self):
         check_regularizer(self.reg)  # at construction, not deep inside the first call
+        check_switches(self)
+        precision.check_floating(self.param_dtype, "param_dtype")
         super().__post_init__()
 
     def recurrent_options(self) -> dict:
         """The options as keyword arguments of another recurrent module."""
         return {name: getattr(self, name) for name in OPTION_FIELDS}
+
+
+def check_switches(module) -> None:
+    """Each bool attribute of a module dataclass (those whose default is a bool) True or
+    False: the string "False" from a config turned `time_major`, `embed_to_gates` or
+    `tie_embeddings` on without a word."""
+    for field in dataclasses.fields(module):
+        if isinstance(field.default, bool):
+            check_flag(getattr(module, field.name), field.name)
+
+
+def check_input_width(module: nn.Module, inputs) -> None:
+    """The library's one sentence, not Flax's ScopeParamShapeError, for inputs of another
+    width than the first layer's stored `w_x` reads (the NNX twins say the same)."""
+    if jnp.ndim(inputs) < 1 or not module.has_variable("params", "layer_0"):
+        return
+    stored = nn.unbox(module.get_variable("params", "layer_0"))
+    for part in (stored[d] for d in bidirectional.DIRECTIONS) if "forward" in stored else (
+            stored,):
+        w_x: Any = part.get("w_x") if isinstance(part, Mapping) else None
+        if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != inputs.shape[-1]:
+            raise ValueError(f"Layer 0's w_x reads {w_x.shape[0]} features, but its input "
+                             f"(the inputs) has {inputs.shape[-1]}.")
 
 
 def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
@@ -238,6 +264,7 @@ class StackedRNN(RecurrentOptions):
           float32 or wider, see `rnn.unroll`).
         """
         self.reg.check_cell(self.cell)
+        check_input_width(self, inputs)
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             adapt = None
@@ -281,7 +308,8 @@ class StackedRNN(RecurrentOptions):
         kept.check(self.bn_max_steps, self.bn_momentum)
         variables = [self.variable("batch_stats", f"layer_{i}", kept.init, h, self.bn_max_steps)
                      for i, h in enumerate(self.sizes)]
-        use_average = deterministic if use_running_average is None else use_running_average
+        use_average = (deterministic if use_running_average is None
+                       else check_flag(use_running_average, "use_running_average"))
         if use_average:
             return [v.value for v in variables], []
         if self.is_initializing():  # like Flax's BatchNorm: init leaves the averages alone
@@ -378,6 +406,7 @@ class Bidirectional(RecurrentOptions):
         """
         bidirectional.check_merge(self.merge)
         self.reg.check_cell(self.cell)
+        check_input_width(self, inputs)
         params, in_size = [], inputs.shape[-1]
         for index, hidden in enumerate(self.sizes):
             init = lambda key, f=in_size, h=hidden, layer=index: {

@@ -7,7 +7,7 @@
 # overlap, and passes every argument on; the bundle goes to $OUT.
 #
 #   bash scripts/gpu_window.sh --batches=medium --budget_s=540
-#   bash scripts/gpu_window.sh --batches=char --budget_s=540 --resume_from=bundle --stop_at_deadline
+#   bash scripts/gpu_window.sh --batches=pmnist --budget_s=540 --resume_from=bundle --stop_at_deadline
 set -euo pipefail
 SITE=$(mktemp -d)
 WHEELS="${WHEELS:-.whl}"

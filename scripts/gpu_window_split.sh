@@ -25,21 +25,42 @@ progress() {  # the runner's own lines and each run's latest training event
 case "${1:-}" in
   start)
     shift
+    if [[ -f "$STATE/driver.pid" ]] && kill -0 "$(cat "$STATE/driver.pid")" 2>/dev/null; then
+      # a second start deleted the running batch's runs under it
+      echo "gpu_window_split.sh: the batch started earlier (pid $(cat "$STATE/driver.pid")) is" \
+        "still running; run collect, or stop it first." >&2
+      exit 2
+    fi
     rm -rf "$STATE" && mkdir -p "$STATE"
     : >"$STATE/window.log"  # before the batch opens it: the progress below reads it at once
     started=$SECONDS
     setsid bash "$(dirname "$0")/gpu_window.sh" "$@" --root="$STATE/runs" \
       --out="$STATE/bundle" >>"$STATE/window.log" 2>&1 </dev/null &
     driver=$!
+    echo "$driver" >"$STATE/driver.pid"
     while (( SECONDS - started < ${WATCH_S:-570} )) && kill -0 "$driver" 2>/dev/null; do
       sleep 5
     done
     progress
     mkdir -p "$OUT" && cp "$STATE/window.log" "$OUT/"
+    if ! kill -0 "$driver" 2>/dev/null; then  # ended within the call: say how
+      status=0
+      wait "$driver" || status=$?
+      if [[ -f "$STATE/bundle/bundle.json" ]]; then
+        cp "$STATE"/bundle/* "$OUT/"
+      elif (( status != 0 )); then  # a refused flag, say: collect would wait for nothing
+        echo "gpu_window_split.sh: the batch ended with status $status and no bundle." >&2
+        exit "$status"
+      fi
+    fi
     ;;
   collect)
     started=$SECONDS
     until [[ -f "$STATE/bundle/bundle.json" ]] || (( SECONDS - started > ${WAIT_S:-400} )); do
+      if ! kill -0 "$(cat "$STATE/driver.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+        sleep 2  # the driver is gone: its bundle is written before it exits, or never
+        break
+      fi
       sleep 5
     done
     progress
@@ -47,7 +68,8 @@ case "${1:-}" in
     if [[ -f "$STATE/bundle/bundle.json" ]]; then
       cp "$STATE"/bundle/* "$OUT/"
     else
-      echo "gpu_window_split.sh: no bundle in $STATE/bundle after ${WAIT_S:-400} s." >&2
+      echo "gpu_window_split.sh: no bundle in $STATE/bundle (its driver ended, or" \
+        "${WAIT_S:-400} s passed)." >&2
       exit 1
     fi
     ;;

@@ -74,6 +74,10 @@ def test_greedy_equals_an_argmax_loop_over_one_token_windows(cell):
         got, carry = generate(model, variables, None, 6, prompt=prompt, temperature=0)
         assert got.dtype == jnp.int32 and got.shape == (3, 6)
         np.testing.assert_array_equal(np.asarray(got), want)
+        # greedy decoding draws nothing: any key, even a non-key, is ignored (0 failed)
+        for key in (jax.random.key(5), 0):
+            np.testing.assert_array_equal(
+                generate(model, variables, key, 6, prompt=prompt, temperature=0)[0], want)
         _assert_trees_close(carry, want_carry)
         assert len(np.unique(want)) > (4 if cell == "rnn" else 1)  # not a constant token
 
@@ -228,7 +232,15 @@ def _bad_calls():
         (dict(key=None), "Sampling at a temperature above 0 needs a PRNG key"),
         (dict(model=_model(cell="lstm_bn")), "generate feeds one-token windows, in which a "
                                            "cell with per-step statistics (lstm_bn)"),
-        (dict(model=3), "model must be a LanguageModel or its apply function, got int."),
+        (dict(model=3), "model must be a LanguageModel (linen or NNX) or an apply "
+                        "function, got int."),
+        # another module: Flax's CallCompactUnboundModuleError before
+        (dict(model=rj.models.SequenceModel(3, 5, vocab_size=V)),
+         "model must be a LanguageModel (linen or NNX) or an apply function, got "
+         "SequenceModel."),
+        (dict(variables=None), "variables must be the LanguageModel's ({'params': ...}), "
+                               "got NoneType."),  # a TypeError inside Flax before
+        (dict(key=0), "key must be a PRNG key (jax.random.key(seed)), got 0."),
         (dict(model=lambda v, ids, c: (jnp.zeros(ids.shape), c)),
          "The model must return logits [B, T, V]"),
     ], model, ok

@@ -215,3 +215,37 @@ def test_a_users_cell_keeps_running_statistics_as_lstm_bn_does() -> None:
     with pytest.raises(ValueError, match="Running statistics apply to cells that keep them"):
         rnn.unroll("lstm", cells.init_params(jax.random.key(1), "lstm", F, 3), x,
                    cell_stats={"mean": np.zeros(3)})
+
+
+def test_module_switches_param_dtype_and_input_width_are_one_sentence():
+    """The string "False" from a config turned a switch on (time_major ran time-major,
+    embed_to_gates and tie_embeddings changed the model); an integer or misspelt
+    param_dtype failed inside an initializer; `use_running_average="False"` used the
+    running statistics; inputs of another width than the stored w_x were Flax's
+    ScopeParamShapeError."""
+    from rnnreg_jax.models import LanguageModel
+
+    key, x = jax.random.key(0), jnp.ones((2, 3, 4))
+    ids = jnp.zeros((2, 3), jnp.int32)
+    for make, field in ((lambda: StackedRNN(5, time_major="no"), "time_major"),
+                        (lambda: StackedRNN(5, carry_first="no"), "carry_first"),
+                        (lambda: LanguageModel(7, 5, embed_to_gates="False"), "embed_to_gates"),
+                        (lambda: LanguageModel(7, 5, tie_embeddings="False"), "tie_embeddings"),
+                        (lambda: LanguageModel(7, 5, orthogonal_init="False"),
+                         "orthogonal_init")):
+        with pytest.raises(ValueError, match=f"^{field} must be True or False"):
+            make()
+    for dtype in (jnp.int32, "float32x"):
+        with pytest.raises(ValueError, match="^param_dtype must be a floating dtype"):
+            StackedRNN(5, param_dtype=dtype)
+    bn = StackedRNN(5, cell="lstm_bn")
+    variables = bn.init(key, x)
+    with pytest.raises(ValueError, match="^use_running_average must be True or False"):
+        bn.apply(variables, x, deterministic=False, use_running_average="False",
+                 mutable=["batch_stats"])
+    stack = StackedRNN((5, 6))
+    variables = stack.init(key, x)
+    with pytest.raises(ValueError, match=r"^Layer 0's w_x reads 4 features, but its input "
+                                         r"\(the inputs\) has 7\."):
+        stack.apply(variables, jnp.ones((2, 3, 7)))
+    assert LanguageModel(7, 5).init(key, ids)["params"]  # the defaults pass

@@ -425,3 +425,30 @@ def test_the_docs_page_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, str(page), "exec"), {})  # noqa: S102 -- our own docs
+
+
+def test_switches_param_dtype_and_modes_are_one_sentence():
+    """As the linen twins: a word where a switch belongs, an integer param_dtype, and
+    `deterministic` / `use_running_average` given as strings (taken as True), and a bool
+    sample count for mc_samples (an iota error)."""
+    for make, field in ((lambda: rnx.StackedRNN(4, 5, time_major="no", rngs=nnx.Rngs(0)),
+                         "time_major"),
+                        (lambda: rnx.LanguageModel(7, 5, embed_to_gates="False",
+                                                   rngs=nnx.Rngs(0)), "embed_to_gates"),
+                        (lambda: rnx.LanguageModel(7, 5, tie_embeddings="False",
+                                                   rngs=nnx.Rngs(0)), "tie_embeddings"),
+                        (lambda: rnx.LanguageModel(7, 5, orthogonal_init="False",
+                                                   rngs=nnx.Rngs(0)), "orthogonal_init")):
+        with pytest.raises(ValueError, match=f"^{field} must be True or False"):
+            make()
+    with pytest.raises(ValueError, match="^param_dtype must be a floating dtype"):
+        rnx.StackedRNN(4, 5, param_dtype=jnp.int32, rngs=nnx.Rngs(0))
+    stack = rnx.StackedRNN(4, 5, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 3, 4))
+    for kwargs, field in (({"deterministic": "False"}, "deterministic"),
+                          ({"use_running_average": "False"}, "use_running_average")):
+        with pytest.raises(ValueError, match=f"^{field} must be True or False"):
+            stack(x, **kwargs)
+    lm = rnx.LanguageModel(7, 5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_samples must be a positive int, got True"):
+        rnx.mc_samples(lm, jnp.zeros((1, 3), jnp.int32), jax.random.key(0), True)

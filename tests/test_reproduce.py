@@ -1,10 +1,12 @@
 """The GPU-window runner on the CPU: plan refusal, a deadline stop, the bundle and a
 resume from it that ends as an uninterrupted run does."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,17 @@ def test_the_plan_says_which_runs_cannot_resume_in_a_later_window(tmp_path):
     (("--plan", "--step_times={tmp}/bad.json"), "error: cannot read the step-time table "
      "{tmp}/bad.json: its preset 'tiny' has neither in_training_ms with runs nor bench_ms "
      "with the table's factor_per_run."),
+    # a plan of -5 ms steps was printed, a NaN total never counted as late
+    (("--plan", "--step_times={tmp}/negative.json"), "error: cannot read the step-time "
+     "table {tmp}/negative.json: its in_training_ms of preset 'tiny' is -5, not a number "
+     "above 0."),
+    (("--plan", "--step_times={tmp}/other.json"), "error: No step time for preset 'tiny' "
+     "in the step-time table {tmp}/other.json; measure it (--calibrate_s) or add it."),
+    # a bad --out was found after the whole batch had run
+    (("--out={tmp}/bad.json", "--calibrate_s=0", "--budget_s=100"),
+     "error: --out {tmp}/bad.json must be a "
+     "new or empty folder: the bundle is written there after the runs, and files already "
+     "there would be mixed in or block it."),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     """In this process (the flags parsed, then put back): each refusal comes before any
@@ -94,6 +107,9 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     from experiments import reproduce
 
     (tmp_path / "bad.json").write_text(json.dumps({"presets": {"tiny": {"ms": 3}}}))
+    for name, preset, ms in (("negative", "tiny", -5), ("other", "zaremba_small", 3)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"presets": {preset: {
+            "in_training_ms": ms, "runs": 1, "source": "measured"}}}))
     table = ROOT / "results" / "step_times_h200.json"
     args = [a.format(tmp=tmp_path) for a in args]
     if not any(a.startswith("--step_times") for a in args):
@@ -111,7 +127,7 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
 def test_missing_data_is_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", f"--data_dir={tmp_path / 'none'}",
-         "--plan", "--runs=ptb:zaremba_small",
+         "--plan", "--runs=ptb:zaremba_medium",
          f"--step_times={ROOT / 'results' / 'step_times_h200.json'}"],
         capture_output=True, text=True, cwd=ROOT, check=False, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
@@ -254,12 +270,32 @@ def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
                  f"--step_times={ROOT / 'results' / 'step_times_h200.json'}")
     assert start.returncode == 0, start.stderr[-2000:]
     assert (tmp_path / "out1" / "window.log").is_file()
+    again = call("out3", "start", f"--runs=ptb:tiny:a:{FLAGS}")  # it deleted the running one
+    assert again.returncode == 2 and "is still running; run collect" in again.stderr
     collect = call("out2", "collect")
     assert collect.returncode == 0, collect.stderr[-2000:]
     manifest = json.loads((tmp_path / "out2" / bundle.MANIFEST).read_text())
     assert [(r["name"], r["status"]) for r in manifest["runs"]] == [("a", "finished")]
     assert (tmp_path / "out2" / bundle.RUNS_ARCHIVE).is_file()
     assert "started 1 runs" in (tmp_path / "out2" / "window.log").read_text()
+
+
+def test_a_split_batch_that_fails_at_once_says_so_and_collect_does_not_wait(tmp_path):
+    """A refused flag ended the driver at once, yet `start` succeeded and `collect` waited
+    its whole WAIT_S (device time) for a bundle that would never come."""
+    env = {**os.environ, "WINDOW_DIR": str(tmp_path / "state"), "WATCH_S": "60",
+           "WHEELS": str(tmp_path / "no_wheels"), "OUT": str(tmp_path / "out"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    call = functools.partial(subprocess.run, cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+    start = call(["bash", "scripts/gpu_window_split.sh", "start", "--runs=ptb:tiny",
+                  "--budget_s=abc"])
+    assert start.returncode == 2, start.stderr[-2000:]  # the refused flag's status
+    assert "the batch ended with status 2 and no bundle" in start.stderr
+    began = time.monotonic()
+    collect = call(["bash", "scripts/gpu_window_split.sh", "collect"])
+    assert collect.returncode == 1 and "no bundle" in collect.stderr
+    assert time.monotonic() - began < 60  # not WAIT_S (400 s)
 
 
 _MC = "MC dropout: 1000 samples, masks per pass, word-type dropout off, seed 0"

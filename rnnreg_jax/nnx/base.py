@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core.scope import LazyRng
 
-from rnnreg_jax import nn, partitioning
+from rnnreg_jax import nn, partitioning, precision
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
+from rnnreg_jax.regularizers.checks import check_flag
 
 # The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
 # today. An option the linen modules gain later is refused here at any value but its
@@ -89,6 +90,10 @@ def resolve_options(linen_class: type, options: dict) -> dict:
                              "use the linen modules for it.")
     resolved = {name: options.get(name, defaults[name]) for name in SUPPORTED_OPTIONS}
     check_regularizer(resolved["reg"])
+    for name, value in resolved.items():  # as the linen twin checks its own
+        if isinstance(defaults[name], bool):
+            check_flag(value, name)
+    precision.check_floating(resolved["param_dtype"], "param_dtype")
     if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
         resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())
     return resolved
@@ -148,7 +153,12 @@ class RecurrentModule(nnx.Module):
               use_running_average: bool | None) -> tuple[bool, bool]:
         """`(deterministic, use_running_average)` of a call: the call's arguments over the
         attributes; a call's `deterministic` also decides the running statistics unless
-        it gives `use_running_average` (as in the linen modules)."""
+        it gives `use_running_average` (as in the linen modules); each a bool (the string
+        "False" was taken as True)."""
+        if deterministic is not None:
+            check_flag(deterministic, "deterministic")
+        if use_running_average is not None:
+            check_flag(use_running_average, "use_running_average")
         if deterministic is not None:
             average = deterministic if use_running_average is None else use_running_average
             return deterministic, average

@@ -42,7 +42,7 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
     Returns:
       `(outputs [K, ...], carry [K, ...])`; the carry is None for a `SequenceModel`.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
     has_carry = not isinstance(model, SequenceModel)
     if carry is not None and not has_carry:

@@ -24,6 +24,7 @@ from rnnreg_jax.nnx.base import (
     params_only,
 )
 from rnnreg_jax.nnx.stack import StackedRNN, as_param
+from rnnreg_jax.regularizers.checks import check_flag
 
 
 class LanguageModel(RecurrentModule):
@@ -51,6 +52,9 @@ class LanguageModel(RecurrentModule):
                  softmax_bias_init: str = "uniform", deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
+        for name, value in (("tie_embeddings", tie_embeddings),
+                            ("embed_to_gates", embed_to_gates)):
+            check_flag(value, name)  # as the linen twin's fields
         self.vocab_size, self.hidden_sizes = vocab_size, layer_sizes(hidden_sizes)
         self.embed_size, self.tie_embeddings = embed_size, tie_embeddings
         self.embed_to_gates = embed_to_gates
