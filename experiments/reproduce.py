@@ -328,6 +328,7 @@ def _main(argv) -> None:
         _fail(f"--out {out} must be a new or empty folder: the bundle is written there "
               "after the runs, and files already there would be mixed in or block it.")
     if FLAGS.resume_from:
+        _check_resume(Path(FLAGS.resume_from), Path(FLAGS.root), names)
         try:
             bundle.unpack(Path(FLAGS.resume_from), Path(FLAGS.root))
         except (OSError, ValueError) as err:
@@ -347,6 +348,28 @@ def _main(argv) -> None:
               f"{worst['estimate']['total'] / 60:.1f} min of the {left / 60:.1f} left; give "
               "more --budget_s, fewer runs, or --stop_at_deadline to resume in a later call.")
     run_batch(specs, rows, deadline, out)
+
+
+def _check_resume(source: Path, root: Path, names: list[str]) -> None:
+    """Refuse, before unpacking, a bundle whose runs this batch does not name (another
+    batch's: they were unpacked and the batch started from zero beside them) or whose
+    run is behind the same run under `root` (unpacking put its older logs back over the
+    newer ones)."""
+    try:
+        manifest = json.loads((source / bundle.MANIFEST).read_text())
+        bundled = {r["name"]: int(r.get("step", 0)) for r in manifest["runs"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        _fail(f"cannot resume from {source}: its {bundle.MANIFEST} cannot be read ({err}).")
+    strangers = sorted(set(bundled) - set(names))
+    if strangers:
+        _fail(f"the bundle {source} holds {strangers}, which this batch ({names}) does not "
+              "run; resume it with the batch that made it.")
+    for name, step in bundled.items():
+        here = done_steps(root / name)
+        if here > step:
+            _fail(f"{root / name} is at step {here}, past the bundle's {step}: unpacking "
+                  "would put its older logs back; resume from there without --resume_from, "
+                  "or give another --root.")
 
 
 def _plan_or_fail(specs, budget_s, timings, table) -> list[dict]:

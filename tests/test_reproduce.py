@@ -124,6 +124,41 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     assert capsys.readouterr().err.strip().splitlines() == [message.format(tmp=tmp_path)]
 
 
+@pytest.mark.parametrize("runs, ahead, message", [
+    ("ptb:tiny:other", False, "error: the bundle {tmp}/b holds ['a'], which this batch "
+     "(['other']) does not run; resume it with the batch that made it."),
+    ("ptb:tiny:a", True, "error: {tmp}/w/a is at step 10, past the bundle's 5: unpacking "
+     "would put its older logs back; resume from there without --resume_from, or give "
+     "another --root."),
+])
+def test_a_bundle_of_another_batch_or_behind_the_root_is_refused(tmp_path, capsys, runs,
+                                                                  ahead, message):
+    """Another batch's bundle was unpacked and the batch started from zero beside it; a
+    bundle behind the run under --root put older logs over newer ones (before the plan
+    was even checked)."""
+    from experiments import reproduce
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / bundle.MANIFEST).write_text(json.dumps(
+        {"runs": [{"name": "a", "step": 5}], "files": {}, "checkpoint_parts": []}))
+    if ahead:
+        (tmp_path / "w" / "a" / "checkpoints" / "10").mkdir(parents=True)
+        (tmp_path / "w" / "a" / "metrics.jsonl").write_text("newer\n")
+    reproduce.FLAGS(["reproduce", f"--runs={runs}", "--calibrate_s=0", "--budget_s=100",
+                     f"--step_times={ROOT / 'results' / 'step_times_h200.json'}",
+                     f"--resume_from={tmp_path / 'b'}", f"--root={tmp_path / 'w'}",
+                     f"--out={tmp_path / 'out'}"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            reproduce.main(["reproduce"])
+    finally:
+        reproduce.FLAGS.unparse_flags()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message.format(tmp=tmp_path)]
+    if ahead:
+        assert (tmp_path / "w" / "a" / "metrics.jsonl").read_text() == "newer\n"
+
+
 def test_missing_data_is_one_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", f"--data_dir={tmp_path / 'none'}",
