@@ -3,6 +3,7 @@ would otherwise report deep inside a product, a KeyError or a carry type mismatc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,8 @@ def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_ma
         precision.check_floating(dtype, "dtype")
     if isinstance(forget_bias, (str, bytes)) or forget_bias is None:  # arrays may be traced
         raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
+    if isinstance(forget_bias, float) and not math.isfinite(forget_bias):  # NaN logits
+        raise ValueError(f"forget_bias must be finite, got {forget_bias!r}.")
 
 
 def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations: list,

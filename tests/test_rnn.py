@@ -222,6 +222,8 @@ def test_shape_mistakes_are_one_sentence_value_errors() -> None:
     ({"dtype": "flaot16"}, "dtype must be a floating dtype .* got 'flaot16'"),
     ({"forget_bias": "1"}, "forget_bias must be a number, got '1'"),
     ({"unroll": 0}, "unroll must be a whole number >= 1, got 0"),  # was taken
+    ({"unroll": True}, "unroll must be a whole number >= 1, got True"),  # taken as 1
+    ({"forget_bias": float("nan")}, "forget_bias must be finite, got nan"),  # NaN logits
 ])
 def test_settings_of_another_type_are_one_sentence_value_errors(kwargs, message) -> None:
     """An integer or misspelt compute dtype and a string forget bias (they failed in the

@@ -117,7 +117,7 @@ def check_size(value: Any, name: str, least: int = 1) -> int:
     """A whole number of at least `least` (numpy integers too), or a one-line error (a
     negative or float size failed inside XLA, a zero hidden size divided by zero)."""
     try:
-        size = operator.index(value)
+        size = None if isinstance(value, bool) else operator.index(value)  # True is 1
     except TypeError:
         size = None
     if size is None or size < least:
