@@ -104,8 +104,6 @@ def test_the_plan_says_which_runs_cannot_resume_in_a_later_window(tmp_path):
 def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     """In this process (the flags parsed, then put back): each refusal comes before any
     data is read."""
-    from experiments import reproduce
-
     (tmp_path / "bad.json").write_text(json.dumps({"presets": {"tiny": {"ms": 3}}}))
     for name, preset, ms in (("negative", "tiny", -5), ("other", "zaremba_small", 3)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"presets": {preset: {
@@ -114,14 +112,22 @@ def test_bad_flags_are_one_line(tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
     if not any(a.startswith("--step_times") for a in args):
         args.append(f"--step_times={table}")
-    reproduce.FLAGS(["reproduce", "--runs=ptb:tiny", *args])
+    assert _refusal(capsys, ["--runs=ptb:tiny", *args]) == [message.format(tmp=tmp_path)]
+
+
+def _refusal(capsys, args: list[str]) -> list[str]:
+    """The stderr lines of `experiments.reproduce` run in this process with `args` (the
+    flags parsed, then put back), which must end it with status 2."""
+    from experiments import reproduce
+
+    reproduce.FLAGS(["reproduce", *args])
     try:
         with pytest.raises(SystemExit) as exit_:
             reproduce.main(["reproduce"])
     finally:
         reproduce.FLAGS.unparse_flags()
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [message.format(tmp=tmp_path)]
+    return capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.mark.parametrize("runs, ahead, message", [
@@ -136,25 +142,17 @@ def test_a_bundle_of_another_batch_or_behind_the_root_is_refused(tmp_path, capsy
     """Another batch's bundle was unpacked and the batch started from zero beside it; a
     bundle behind the run under --root put older logs over newer ones (before the plan
     was even checked)."""
-    from experiments import reproduce
-
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / bundle.MANIFEST).write_text(json.dumps(
         {"runs": [{"name": "a", "step": 5}], "files": {}, "checkpoint_parts": []}))
     if ahead:
         (tmp_path / "w" / "a" / "checkpoints" / "10").mkdir(parents=True)
         (tmp_path / "w" / "a" / "metrics.jsonl").write_text("newer\n")
-    reproduce.FLAGS(["reproduce", f"--runs={runs}", "--calibrate_s=0", "--budget_s=100",
-                     f"--step_times={ROOT / 'results' / 'step_times_h200.json'}",
-                     f"--resume_from={tmp_path / 'b'}", f"--root={tmp_path / 'w'}",
-                     f"--out={tmp_path / 'out'}"])
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            reproduce.main(["reproduce"])
-    finally:
-        reproduce.FLAGS.unparse_flags()
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [message.format(tmp=tmp_path)]
+    lines = _refusal(capsys, [f"--runs={runs}", "--calibrate_s=0", "--budget_s=100",
+                              f"--step_times={ROOT / 'results' / 'step_times_h200.json'}",
+                              f"--resume_from={tmp_path / 'b'}", f"--root={tmp_path / 'w'}",
+                              f"--out={tmp_path / 'out'}"])
+    assert lines == [message.format(tmp=tmp_path)]
     if ahead:
         assert (tmp_path / "w" / "a" / "metrics.jsonl").read_text() == "newer\n"
 
