@@ -125,8 +125,13 @@ def _run_with_kills(tmp_path, kill_points, hang_step):
     plan.insert(1, ("save", hang_step))
     for kind, point in plan:
         if kind == "batch":
+            fed_before = _lines(progress)
             proc = _start(workdir, "--progress", progress, "--sleep", "0.06")
-            _wait(lambda point=point: _last(progress) >= point, proc)  # global batch index reached
+            # a global batch index this process fed (its resume is logged before any): the
+            # previous one may have run past `point` before its kill, and killing the new
+            # one before it resumed would count no restart
+            _wait(lambda point=point, fed_before=fed_before:
+                  _lines(progress) > fed_before and _last(progress) >= point, proc)
             time.sleep(rng.uniform(0.0, 0.12))  # a random moment within the step
         else:
             proc = _start(workdir, "--progress", progress, "--sleep", "0.06",
