@@ -20,6 +20,25 @@ def test_local_metrics_append_across_a_resume(tmp_path):
     assert events[1]["ppl"] == "inf"  # JSON has no inf: written as a string
 
 
+def test_metrics_keep_integers_and_booleans(tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    logger = run_logging.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False)
+    logger.write("resume", 7, 1, {"batch_in_epoch": 82, "tokens": np.int64(3),
+                                  "count": jnp.asarray(5), "stopped": np.bool_(True),
+                                  "loss": np.float32(0.5), "lr": jnp.asarray(0.25),
+                                  "ppl": np.float32("nan"), "phase": "epoch_end"})
+    logger.close()
+    (event,) = run_logging.read_metrics(str(tmp_path))
+    typed = {k: (type(v).__name__, v) for k, v in event.items() if k != "wall_time"}
+    assert typed == {"step": ("int", 7), "epoch": ("int", 1), "split": ("str", "resume"),
+                     "batch_in_epoch": ("int", 82), "tokens": ("int", 3),
+                     "count": ("int", 5), "stopped": ("bool", True),
+                     "loss": ("float", 0.5), "lr": ("float", 0.25), "ppl": ("str", "nan"),
+                     "phase": ("str", "epoch_end")}
+
+
 def test_remote_workdir_rewrites_the_whole_file(tmp_path, monkeypatch):
     # A gs:// workdir cannot append; simulate one on local disk through epath.
     monkeypatch.setattr(run_logging, "is_remote", lambda path: True)

@@ -31,6 +31,18 @@ def _clean(value):
     return value
 
 
+def _json_value(value):
+    """A metric as JSON holds it: integers stay integers (a step count logged as 82.0
+    read as a float), booleans booleans, other numbers floats (NaN/inf as strings)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) or (
+            isinstance(value, np.ndarray | jax.Array) and value.ndim == 0
+            and np.issubdtype(value.dtype, np.integer)):
+        return int(value)
+    return _clean(float(value)) if _is_number(value) else value
+
+
 def _is_number(value) -> bool:
     """A real number, Python's or a numpy or JAX scalar (a user's metric as np.float32
     failed json.dumps after the whole training)."""
@@ -133,7 +145,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": int(step), "epoch": int(epoch), "split": split,
-                  **{k: _clean(float(v)) if _is_number(v) else v for k, v in metrics.items()},
+                  **{k: _json_value(v) for k, v in metrics.items()},
                   "wall_time": time.time()}
         line = json.dumps(record) + "\n"
         if self.remote:
