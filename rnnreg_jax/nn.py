@@ -353,6 +353,12 @@ class RecurrentLayer(RecurrentOptions):
                                  use_running_average, seq_lengths=seq_lengths)
         return (carries[0], outputs) if self.carry_first else (outputs, carries[0])
 
+    def initial_carry(self, batch_size: int, dtype=jnp.float32) -> cells.Carry:
+        """The layer's zero state, the dict its calls take and return (usable outside
+        `apply`)."""
+        return cells.init_carry(self.cell, batch_size, self.hidden_size, dtype,
+                                output_gate=self.reg.needs_output_gate)
+
 
 class Bidirectional(RecurrentOptions):
     """A stack of bidirectional layers (`rnnreg_jax.bidirectional`): each layer runs one

@@ -14,6 +14,7 @@ from rnnreg_jax.regularizers import (
     NONE,
     Regularizer,
     norm_stabilizer,
+    recurrent_dropout,
     stochastic_depth,
     variational,
     zoneout,
@@ -149,6 +150,20 @@ def test_recurrent_layer_single_carry_and_time_major() -> None:
     close((ys, carry), expected)
     close(np.concatenate([ys1, ys2], axis=1), ys)
     close((np.swapaxes(ys_tm, 0, 1), carry_tm), (ys, carry))
+
+
+def test_recurrent_layer_initial_carry_is_the_state_it_starts_from() -> None:
+    """`initial_carry` is one zero dict of the layer's cell (with the output-gate key that
+    recurrent dropout's output zoneout carries) and gives what a call without one gives."""
+    x = inputs()
+    for module in (RecurrentLayer(5, cell="gru"), RecurrentLayer(5, cell="lstm"),
+                   RecurrentLayer(5, reg=recurrent_dropout(0.3, output_zoneout=True))):
+        variables = init(module, x)
+        zero = module.initial_carry(B)
+        ys, carry = module.apply(variables, x)
+        assert jax.tree.structure(zero) == jax.tree.structure(carry)
+        assert all(a.shape == (B, 5) and not np.any(a) for a in jax.tree.leaves(zero))
+        close(module.apply(variables, x, zero), (ys, carry))
 
 
 def test_int_hidden_size_and_cell_checks() -> None:
