@@ -163,3 +163,6 @@ def test_restore_state_reads_only_a_save_in_progress_stays_and_nothing_is_create
     assert train.restore_state(str(tmp_path / "best"), None) is None
     assert in_progress.is_dir()
     assert not (tmp_path / "best").exists()
+    with pytest.raises(ValueError, match=r"is a run's workdir, not a checkpoint folder: "
+                                         r"pass \S+/checkpoints\."):
+        train.restore_state(str(tmp_path), None)  # read as "no checkpoint" before

@@ -20,6 +20,7 @@ import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def _manager(directory: str, max_to_keep: int | None,
@@ -228,4 +229,17 @@ def restore_state(directory: str, target):
     Read only: a missing folder is not created, and another process's unfinished save is
     left alone."""
     with _manager(directory, None, read_only=True) as manager:
-        return restore_newest(manager, target)
+        restored = restore_newest(manager, target)
+    if restored is None:
+        _refuse_a_workdir(directory)
+    return restored
+
+
+def _refuse_a_workdir(directory: str) -> None:
+    """A run's workdir in place of one of its checkpoint folders read as "no checkpoint"
+    (None), as if the run had saved nothing."""
+    folders = [name for name in ("checkpoints", "best") if (epath.Path(directory) / name).is_dir()]
+    if folders:
+        raise ValueError(f"{directory} is a run's workdir, not a checkpoint folder: pass "
+                         + " or ".join(f"{directory.rstrip('/')}/{name}" for name in folders)
+                         + ".")
