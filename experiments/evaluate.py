@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from experiments import run_record
+
 # Data fields that only shape evaluation (batch sizes of the evaluation streams).
 EVALUATION_DATA_FIELDS = ("data.eval_batch_size", "data.test_batch_size")
 
@@ -42,17 +44,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     added to the code after the run can be overridden)."""
     from experiments.configs.common import train_config
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist; pass the workdir of a run.")
     try:
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)["config"]
-        if not isinstance(stored, dict):
-            raise TypeError(f"its config is a {type(stored).__name__}")
-    except (ValueError, KeyError, TypeError) as err:  # torn by a full disk, or hand-made
-        why = "no 'config' entry" if isinstance(err, KeyError) else err
-        raise ValueError(f"{path} is not a run record ({why}).") from None
+        stored = run_record.read(workdir)["config"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_record.path_of(workdir)} does not exist; pass the "
+                                "workdir of a run.") from None
     train = train_config()
     with train.unlocked():
         for key, value in stored.get("train", {}).items():

@@ -14,14 +14,13 @@ import json
 import logging as py_logging
 import os
 import sys
-import uuid
 from typing import NoReturn
 
 import jax
 from absl import app, logging
 from etils import epath
 
-from experiments import cli, provenance
+from experiments import cli, provenance, run_record
 from experiments.configs.common import check_config, regularization
 from experiments.resume_check import resume_conflict
 
@@ -75,35 +74,13 @@ def _lock(workdir: str) -> None:
 _HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
 
 
-def _write_whole(path: epath.Path, text: str) -> None:
-    """Writes a local file through a temporary one and a rename, so a full disk or a kill
-    leaves the old file or the new one, never a torn one (object stores write whole)."""
-    if "://" in str(path):
-        path.write_text(text)
-        return
-    # Not mkstemp, whose owner-only mode the rename would keep: the file gets the umask's
-    # mode, as the workdir's logs do, for whoever reads them (TensorBoard, the report).
-    tmp = os.path.join(str(path.parent), f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "x") as f:
-            f.write(text)
-        os.replace(tmp, str(path))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_record(workdir: str, task_name: str, config, task) -> None:
     """config.json (the config and what produced the run) and TensorBoard's hparams."""
     from rnnreg_jax.train.logging import write_hparams
 
     record = provenance.provenance()
     config_dict = json.loads(json.dumps(config.to_dict(), default=str))
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    _write_whole(path / "config.json", json.dumps(
-        {"task": task_name, "command": record["command"], "provenance": record,
-         "config": config_dict}, indent=2))
+    run_record.write(workdir, task_name, record["command"], record, config_dict)
     if config.train.get("tensorboard", True):
         metrics = [f"{split}/{name}" for split in task.evals
                    for name in _HPARAM_METRICS.get(task.kind, ())]
@@ -156,7 +133,7 @@ def run(task_name: str, config) -> dict:
     tb_before: set | None = None
     try:
         if jax.process_index() == 0:  # the workdir may be local or a URL (gs://)
-            record = epath.Path(workdir) / "config.json"
+            record = run_record.path_of(workdir)
             previous = record.read_text() if record.exists() else None
             tb_before = set(tb.iterdir()) if tb.exists() else set()
             _write_record(workdir, task_name, config, task)

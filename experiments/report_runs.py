@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
+from experiments import run_record
+
 # Per data set: the title, the metric, the column labels of the splits, log-scale plots.
 CATEGORIES: dict[str, dict] = {
     "ptb_word": dict(
@@ -256,16 +258,9 @@ def find_workdirs(paths: Iterable[str], max_depth: int = 3) -> list[str]:
 def load_run(workdir: str) -> Run:
     """The run in `workdir`; a ValueError naming its config.json if that is not a run
     record (torn by a full disk, or not a JSON object)."""
-    path = os.path.join(workdir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if not isinstance(meta, dict):
-            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
-    except ValueError as err:
-        raise ValueError(f"{path} is not a run record ({err}).") from None
+    meta = run_record.read(workdir)
     return Run(workdir=workdir, task=str(meta.get("task", "")),
-               command=str(meta.get("command", "")), config=meta.get("config") or {},
+               command=str(meta.get("command", "")), config=meta["config"],
                events=read_events(os.path.join(workdir, "metrics.jsonl")),
                provenance=meta.get("provenance") or {})
 

@@ -8,7 +8,7 @@ import json
 
 from etils import epath
 
-from experiments import cli
+from experiments import cli, run_record
 from experiments.configs.common import config_differences
 from experiments.report_commands import RESULT_NEUTRAL
 
@@ -46,14 +46,15 @@ def resume_conflict(workdir, config: dict, task_name: str | None = None) -> str 
     path = epath.Path(workdir)
     checkpoints = path / "checkpoints"
     resumes = checkpoints.exists() and any(checkpoints.iterdir())
-    if not (path / "config.json").exists() or not (resumes or (path / "metrics.jsonl").exists()):
+    logged = (path / "metrics.jsonl").exists()
+    if not run_record.path_of(workdir).exists() or not (resumes or logged):
         return None
     try:
-        record = json.loads((path / "config.json").read_text())
-        stored = record.get("config", {})
-    except (ValueError, AttributeError) as err:
-        return (f"{path / 'config.json'} is not a run record ({err}); restore it, or remove "
-                "it to let the run check the checkpoints against this model.")
+        record = run_record.read(workdir)
+    except run_record.NotARunRecord as err:
+        return (f"{err.path} is not a run record ({err.why}); restore it, or remove it to "
+                "let the run check the checkpoints against this model.")
+    stored = record["config"]
     if task_name and record.get("task") not in (None, task_name):
         return (f"{workdir} holds a {record['task']} run, not a {task_name} one: use a fresh "
                 "--workdir.")

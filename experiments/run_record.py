@@ -1,0 +1,71 @@
+"""A run's record, `workdir/config.json`: the binary (`task`), the command, what produced
+the run (`provenance`) and its config. Written at each start of the run; read by the resume
+check, `experiments.evaluate`, `experiments.generate` and the report, all through `read`,
+so that a torn or hand-made record is the same one sentence wherever it is met.
+
+The workdir may be local or a URL (`gs://bucket/run`, through `etils.epath`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from etils import epath
+
+FILE = "config.json"
+
+
+class NotARunRecord(ValueError):
+    """`path` is not a run record (`why`): torn by a full disk or a kill before writes
+    were atomic, or written by hand."""
+
+    def __init__(self, path, why):
+        self.path, self.why = path, why
+        super().__init__(f"{path} is not a run record ({why}).")
+
+
+def path_of(workdir) -> epath.Path:
+    return epath.Path(workdir) / FILE
+
+
+def write(workdir, task: str, command: str, provenance: dict, config: dict) -> None:
+    """The record of a run of binary `task` with `config` (a JSON-ready dict), whole or
+    not at all: a local file goes through a temporary one and a rename, so a full disk or
+    a kill leaves the old record or the new one (object stores write whole)."""
+    path = path_of(workdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"task": task, "command": command, "provenance": provenance,
+                       "config": config}, indent=2)
+    if "://" in str(path):
+        path.write_text(text)
+        return
+    # Not mkstemp, whose owner-only mode the rename would keep: the file gets the umask's
+    # mode, as the workdir's logs do, for whoever reads them (TensorBoard, the report).
+    tmp = os.path.join(str(path.parent), f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "x") as f:
+            f.write(text)
+        os.replace(tmp, str(path))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read(workdir) -> dict:
+    """The record in `workdir`: a dict whose "config" is a dict. FileNotFoundError where
+    there is none; `NotARunRecord` (a ValueError) where it is not JSON, not an object, or
+    holds no config object."""
+    path = path_of(workdir)
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise NotARunRecord(path, err) from None
+    if not isinstance(record, dict):
+        raise NotARunRecord(path, f"a JSON {type(record).__name__}, not an object")
+    if "config" not in record:
+        raise NotARunRecord(path, "no 'config' entry")
+    if not isinstance(record["config"], dict):
+        raise NotARunRecord(path, f"its config is a {type(record['config']).__name__}")
+    return record
