@@ -9,7 +9,7 @@ import json
 from etils import epath
 
 from experiments import cli, run_record
-from experiments.configs.common import config_differences
+from experiments.configs.common import config_differences, flat_block
 from experiments.report_commands import RESULT_NEUTRAL
 
 # Train fields a resume must keep: the restored optimizer state holds some (the learning
@@ -31,6 +31,12 @@ def _train_differences(stored: dict, current: dict) -> list[tuple]:
     old, new = stored.get("train", {}), current.get("train", {})
     return [("train", field, old[field], new[field]) for field in TRAJECTORY_TRAIN_FIELDS
             if field in old and field in new and old[field] != new[field]]
+
+
+def _dropped(current: dict, section: str, field: str) -> bool:
+    """A data or model field today's config no longer has (the Cornell split fields left
+    IMDB's presets, which never read them): nothing today reads it."""
+    return section in ("data", "model") and field not in flat_block(current.get(section, {}))
 
 
 def resume_conflict(workdir, config: dict, task_name: str | None = None) -> str | None:
@@ -61,7 +67,8 @@ def resume_conflict(workdir, config: dict, task_name: str | None = None) -> str 
     current = json.loads(json.dumps(config, default=str))  # tuples -> lists, as stored
     differences = [d for d in config_differences(stored, current)
                    + _train_differences(stored, current)
-                   if f"{d[0]}.{d[1]}" not in RESULT_NEUTRAL]  # checksums checked or not
+                   if f"{d[0]}.{d[1]}" not in RESULT_NEUTRAL  # checksums checked or not
+                   and not _dropped(current, *d[:2])]
     if not differences:
         return None
     section, field, before, value = differences[0]

@@ -199,8 +199,10 @@ def _pmnist(config, reg, data_dir) -> Task:
 def _sentiment(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
     if d.dataset == "cornell":
+        # Records written before start_token existed put no START.
         data = rdata.load_cornell(data_dir, vocab_size=d.vocab_size, chunk_len=d.seq_len,
-                                  seed=d.split_seed, split=d.split, verify=_verify(d))
+                                  seed=d.split_seed, split=d.split,
+                                  start_token=d.get("start_token", False), verify=_verify(d))
         kind, outputs = "regression", 1
     else:
         data = rdata.load_imdb(data_dir, vocab_size=d.vocab_size, max_len=d.seq_len,

@@ -188,7 +188,7 @@ def test_download_cornell_and_imdb_prefixes(cache, tmp_path, monkeypatch):
         monkeypatch.setenv("RNNREG_DATA_URL", url)
         d = load_cornell()
         i = load_imdb(cache=False)
-    assert d.num_examples("train") + d.num_examples("test") == 24
+    assert d.num_examples("train") + d.num_examples("test") == 28  # 16 reviews, START first
     assert i.num_examples("train") == 4 and i.num_examples("test") == 3
     assert not (cache / "imdb" / "aclImdb" / "train" / "unsup").exists()
     assert leftovers(cache) == []

@@ -68,6 +68,14 @@ def test_cornell():
     assert len(docs) == 5006 and len(d.vocab) == 20000 and d.num_ids == 20003
     assert d.inputs["train"].shape[1] == 200
     assert 0 < d.target_mean < 1 and 0 < d.target_std < 1
+    # Gal's split: 13,249 chunks (START included) in the shuffled reviews' order, cut
+    # 80/20; only the review at the cut has chunks on both sides (3 of them in test)
+    assert (d.num_examples("train"), d.num_examples("test")) == (10599, 2650)
+    assert np.isin(d.doc_ids["test"], d.doc_ids["train"]).sum() == 3
+    # the chunks shuffled instead: 2,356 of 2,646 test chunks beside a training sibling
+    leaky = data.load_cornell(split="chunks", start_token=False)
+    assert (leaky.num_examples("train"), leaky.num_examples("test")) == (10580, 2646)
+    assert np.isin(leaky.doc_ids["test"], leaky.doc_ids["train"]).sum() == 2356
 
 
 def test_imdb(tmp_path, monkeypatch):

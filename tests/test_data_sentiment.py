@@ -18,19 +18,40 @@ except ImportError:
 ONE = {"process_index": 0, "process_count": 1}
 
 
-def expected_cornell(vocab):
-    """(review index, padded chunk, rating) for every chunk, computed independently."""
+def cornell_reviews(vocab):
+    """Every review's ids and rating in file order (authors sorted), computed independently."""
     w2i = {w: i + 3 for i, w in enumerate(vocab)}
-    out, doc = [], 0
+    reviews = []
     for author in sorted(fx.CORNELL_AUTHORS):
         texts, ratings = fx.cornell_docs()[author]
-        for text, rating in zip(texts, ratings, strict=True):
-            ids = [w2i.get(w, OOV) for w in text.lower().split()]
-            for start in range(0, len(ids), 200):
-                piece = ids[start : start + 200]
-                out.append((doc, tuple([PAD] * (200 - len(piece)) + piece), rating))
-            doc += 1
+        reviews += [([w2i.get(w, OOV) for w in text.lower().split()], rating)
+                    for text, rating in zip(texts, ratings, strict=True)]
+    return reviews
+
+
+def expected_cornell(vocab, start_token=True):
+    """(review index, padded chunk, rating) for every chunk in file order."""
+    out = []
+    for doc, (ids, rating) in enumerate(cornell_reviews(vocab)):
+        ids = [START] * start_token + ids
+        for start in range(0, len(ids), 200):
+            piece = ids[start : start + 200]
+            out.append((doc, tuple([PAD] * (200 - len(piece)) + piece), rating))
     return out
+
+
+def gal_split(vocab, seed=0):
+    """Gal's sentiment_lstm_regression.py, step by step: shuffle X and Y after seeding
+    numpy's generator alike, put start_char first, cut each review into 200-id chunks
+    (left-padded, as Keras' pad_sequences), the first int(0.8 n) chunks for training."""
+    X, Y = map(list, zip(*cornell_reviews(vocab), strict=True))
+    np.random.RandomState(seed).shuffle(X)
+    np.random.RandomState(seed).shuffle(Y)
+    X = [[START] + x for x in X]
+    chunks = [(x[i:i + 200], y) for x, y in zip(X, Y, strict=True) for i in range(0, len(x), 200)]
+    padded = [([PAD] * (200 - len(c)) + c, y) for c, y in chunks]
+    cut = int(len(padded) * (1 - 0.2))
+    return padded[:cut], padded[cut:]
 
 
 def test_chunk():
@@ -42,7 +63,9 @@ def test_chunk():
     assert chunk([], 200) == [[]]
 
 
-def test_cornell_chunks_exact(tmp_path):
+def test_cornell_default_split_is_gals_exactly(tmp_path):
+    """The reviews in Gal's shuffled order, START first, chunked, the chunk list cut 80/20:
+    only the review at the cut can have chunks on both sides."""
     fx.write_cornell(tmp_path)
     d = load_cornell(tmp_path)
     assert all(w == w.lower() for w in d.vocab) and d.num_ids == len(d.vocab) + 3
@@ -50,18 +73,16 @@ def test_cornell_chunks_exact(tmp_path):
         w for a in fx.CORNELL_AUTHORS for t in fx.cornell_docs()[a][0] for w in t.lower().split()
     )
     assert d.vocab[0] == counts.most_common(1)[0][0]
-    expected = expected_cornell(d.vocab)
-    assert len(expected) == 24  # 4 authors x (1 + 1 + 3 + 1) chunks
-    assert d.num_examples("train") == int(24 * 0.8) and d.num_examples("test") == 24 - 19
-    got = []
-    for split in ("train", "test"):
-        assert d.inputs[split].shape[1] == 200 and d.inputs[split].dtype == np.int32
-        ratings = d.denormalize(d.targets[split])
-        got += [
-            (int(o), tuple(x.tolist()), round(float(r), 4))
-            for o, x, r in zip(d.doc_ids[split], d.inputs[split], ratings, strict=True)
-        ]
-    assert sorted(got) == sorted((o, x, round(r, 4)) for o, x, r in expected)
+    train, test = gal_split(d.vocab)
+    assert len(train) + len(test) == 28  # 16 reviews, 24 chunks without START: 4 reach 201
+    for split, expected in (("train", train), ("test", test)):
+        assert d.inputs[split].shape == (len(expected), 200) and d.inputs[split].dtype == np.int32
+        np.testing.assert_array_equal(d.inputs[split], [x for x, _ in expected])
+        np.testing.assert_allclose(d.denormalize(d.targets[split]), [y for _, y in expected],
+                                   rtol=1e-6)
+    assert (d.inputs["train"] == START).sum() + (d.inputs["test"] == START).sum() == 16
+    shared = set(d.doc_ids["train"].tolist()) & set(d.doc_ids["test"].tolist())
+    assert len(shared) <= 1
     assert abs(d.targets["train"].mean()) < 1e-5 and abs(d.targets["train"].std() - 1) < 1e-4
     # fixed seed: same split twice, another seed differs
     again = load_cornell(tmp_path)
@@ -70,9 +91,34 @@ def test_cornell_chunks_exact(tmp_path):
     assert not np.array_equal(other.doc_ids["test"], d.doc_ids["test"])
 
 
+@pytest.mark.parametrize("start_token", [True, False])
+def test_cornell_shuffled_chunks_split(tmp_path, start_token):
+    """`split="chunks"` shuffles the chunks themselves: the same chunks as Gal's, most test
+    chunks beside a sibling of their review in training; `start_token=False` puts no START."""
+    fx.write_cornell(tmp_path)
+    d = load_cornell(tmp_path, split="chunks", start_token=start_token)
+    expected = expected_cornell(d.vocab, start_token)
+    assert len(expected) == (28 if start_token else 24)
+    assert d.num_examples("train") == int(len(expected) * 0.8)
+    got = []
+    for split in ("train", "test"):
+        ratings = d.denormalize(d.targets[split])
+        got += [
+            (int(o), tuple(x.tolist()), round(float(r), 4))
+            for o, x, r in zip(d.doc_ids[split], d.inputs[split], ratings, strict=True)
+        ]
+    assert sorted(got) == sorted((o, x, round(r, 4)) for o, x, r in expected)
+    assert ((d.inputs["train"] == START).any() or (d.inputs["test"] == START).any()) == start_token
+    np.testing.assert_array_equal(
+        d.doc_ids["train"], load_cornell(tmp_path, split="chunks",
+                                         start_token=start_token).doc_ids["train"])
+    with pytest.raises(ValueError, match=r"^start_token must be True or False, got 'False'\."):
+        load_cornell(tmp_path, start_token="False")
+
+
 def test_cornell_vocab_limit_maps_to_oov(tmp_path):
     fx.write_cornell(tmp_path)
-    d = load_cornell(tmp_path, vocab_size=5)
+    d = load_cornell(tmp_path, vocab_size=5, start_token=False)
     assert len(d.vocab) == 5 and d.num_ids == 8
     x = d.inputs["train"]
     assert x.max() == 7 and (x == OOV).any() and not (x == START).any()
@@ -83,7 +129,7 @@ def test_cornell_by_document(tmp_path):
     d = load_cornell(tmp_path, split="by_document")
     train, test = set(d.doc_ids["train"].tolist()), set(d.doc_ids["test"].tolist())
     assert not train & test and len(train | test) == 16 and len(train) == int(16 * 0.8)
-    assert d.num_examples("train") + d.num_examples("test") == 24
+    assert d.num_examples("train") + d.num_examples("test") == 28  # START: 4 reach 201
     it = d.batches("train", 4, seed=0, **ONE)
     b = it.get_batch(0, 0)
     assert b["inputs"].shape == (4, 200) and b["targets"].dtype == np.float32
@@ -92,8 +138,8 @@ def test_cornell_by_document(tmp_path):
         with pytest.raises(ValueError, match=r"unknown split 'tset'; expected one of "
                                              r"\('train', 'test'\)"):
             call()  # a typo is named, not a bare KeyError
-    with pytest.raises(ValueError, match=r"^split must be one of \('chunks', 'by_document'\), "
-                                         r"got 'documents'\.$"):
+    with pytest.raises(ValueError, match=r"^split must be one of \('shuffled_reviews', 'chunks', "
+                                         r"'by_document'\), got 'documents'\."):
         load_cornell(tmp_path, split="documents")
 
 def test_cornell_errors(tmp_path):

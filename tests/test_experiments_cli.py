@@ -130,6 +130,32 @@ def test_a_run_recorded_with_the_flat_reg_block_resumes_under_the_same_settings(
         "--config.reg.zoneout.hiddens=0.25, or use a fresh --workdir.")
 
 
+def test_cornell_runs_of_the_chunk_shuffled_split_resume_only_with_it(tmp_path):
+    """A Cornell run recorded before the split followed Gal's (no start_token field, the
+    chunks shuffled) needs those settings to resume; an IMDB record's Cornell-only fields,
+    which today's IMDB presets no longer have, are no conflict."""
+    from experiments.main import resume_conflict
+
+    old = sentiment.variational_lstm().to_dict()
+    old["data"].update(split="chunks", vocab_size=20000)
+    del old["data"]["start_token"]
+    (tmp_path / "cornell").mkdir()
+    (tmp_path / "imdb").mkdir()
+    workdir = _stored_run(tmp_path / "cornell", old)
+    today = sentiment.variational_lstm()
+    assert resume_conflict(workdir, today.to_dict()) == (
+        f"{workdir} holds a run with data.split = chunks, not shuffled_reviews: resume it with "
+        "--config.data.split=chunks, or use a fresh --workdir.")
+    today.data.update(dict(split="chunks", vocab_size=20000, start_token=True))
+    assert "data.start_token = False, not True" in resume_conflict(workdir, today.to_dict())
+    today.data.start_token = False
+    assert resume_conflict(workdir, today.to_dict()) is None
+    imdb = sentiment.imdb_variational().to_dict()
+    assert "split" not in imdb["data"] and "start_token" not in imdb["data"]
+    stored = {**imdb, "data": {**imdb["data"], "split": "chunks", "split_seed": 0}}
+    assert resume_conflict(_stored_run(tmp_path / "imdb", stored), imdb) is None
+
+
 def test_a_torn_record_beside_checkpoints_is_refused_in_one_sentence(tmp_path):
     from experiments.main import resume_conflict
 

@@ -4,7 +4,8 @@ Gal's BayesianRNN scripts (Keras; Sentiment_analysis_code/sentiment_lstm_regress
 and its _naive twin), their default arguments: embedding 128, one LSTM (or GRU) of
 128, dropout 0.5 on the inputs (p_W), the recurrent connections (p_U, one mask per
 gate, Keras' implementation), the dense layer and the embedding (word types), L2
-weight decay 1e-6 on every weight, Adam, batch 128, 200-word chunks, 250 epochs
+weight decay 1e-6 on every weight, Adam, batch 128, 200-word chunks (of the shuffled
+reviews, START first, the chunk list cut 80/20), 250 epochs
 (the GRU and naive-dropout scripts: 1250); test RMSE with the dropout approximation and with
 MC dropout (T = 50 samples). The model is Keras 0.x's, as his fork of Keras defines it
 (docs/FIDELITY.md): hard-sigmoid gates, the GRU's reset before the product and a
@@ -27,10 +28,17 @@ def _config(*, dataset: str, cell: str, row: str, **reg) -> ml_collections.Confi
     config = ml_collections.ConfigDict()
     data = config.data = ml_collections.ConfigDict()
     data.dataset = dataset  # "cornell" (regression) or "imdb" (classification)
-    data.vocab_size = 20000  # most frequent words kept (ids 0 pad, 1 start, 2 OOV)
+    # most frequent words kept (ids 0 pad, 1 start, 2 OOV); Gal's nb_words = 20000 keeps
+    # Keras' ids below 20,000, which start at 4: 19,996 words
+    data.vocab_size = 19996 if dataset == "cornell" else 20000
     data.seq_len = 200  # Cornell: chunk length; IMDB: reviews cut to the last 200 ids
-    data.split = "chunks"  # Cornell: "chunks" (Gal) or "by_document"
-    data.split_seed = 0  # shuffle of the chunks before the 80/20 split
+    if dataset == "cornell":  # IMDB has its own train and test reviews, START first
+        # "shuffled_reviews" (Gal's code: the reviews shuffled, then chunked, the chunk
+        # list cut 80/20), "chunks" (the chunks shuffled: test chunks share reviews with
+        # training) or "by_document" (docs/DATA.md)
+        data.split = "shuffled_reviews"
+        data.split_seed = 0  # the shuffle before the 80/20 split
+        data.start_token = True  # START before each review, as Gal's start_char
     data.batch_size = 128
     data.eval_batch_size = 512
     data.shuffle_seed = 0

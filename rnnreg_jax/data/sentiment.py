@@ -7,12 +7,15 @@ Both use the Keras-style special ids `PAD = 0`, `START = 1`, `OOV = 2`; word
 
 Cornell, as Gal's BayesianRNN `Sentiment_analysis_code` prepares it: the 4
 authors in sorted order, one review per line of `subj.<author>`, its rating in
-`rating.<author>`; lowercase whitespace tokens; the 20,000 most frequent words;
-every review cut into chunks of 200 words (a shorter last chunk, or a short
-review, left-padded with 0), each chunk with its review's rating; chunks
-shuffled with a fixed seed and split 80/20; targets normalized with the
-training chunks' mean and std. `split="by_document"` splits the reviews 80/20
-first (vocabulary from the training reviews), so no review is on both sides.
+`rating.<author>`; lowercase whitespace tokens; the most frequent words; the reviews
+shuffled with a fixed seed, `START` put before each, every review cut into chunks of
+200 ids (a shorter last chunk, or a short review, left-padded with 0), each chunk with
+its review's rating, and the chunk list, in the shuffled reviews' order, split 80/20
+(`split="shuffled_reviews"`: only the review at the cut has chunks on both sides);
+targets normalized with the training chunks' mean and std. `split="chunks"` shuffles
+the chunks themselves before the cut, so most test chunks share their review (and its
+rating) with training chunks; `split="by_document"` splits the reviews 80/20 first
+(vocabulary from the training reviews).
 
 IMDB lives in `imdb.py` and shares the ids and `SentimentData` defined here.
 
@@ -42,7 +45,7 @@ FIRST_WORD_ID = 3
 CORNELL_FOLDER = "cornell_scale_v1.0"
 PADDINGS = ("left", "lengths")  # the authors' left padding; sequence first with lengths
 # How the Cornell reviews split into train and test (`load_cornell`).
-CORNELL_SPLITS = ("chunks", "by_document")
+CORNELL_SPLITS = ("shuffled_reviews", "chunks", "by_document")
 
 
 def top_words(counts: collections.Counter, vocab_size: int) -> tuple[str, ...]:
@@ -224,10 +227,14 @@ def chunk(ids: list[int], chunk_len: int) -> list[list[int]]:
     return [ids[i : i + chunk_len] for i in range(0, max(len(ids), 1), chunk_len)]
 
 
-def _chunks(docs_ids: list[list[int]], ratings: np.ndarray, doc_index: np.ndarray, n: int):
+def _chunks(docs_ids: list[list[int]], ratings: np.ndarray, doc_index: np.ndarray, n: int,
+            start_token: bool = False):
+    """The chunks of the reviews `doc_index`, in that order: left-padded ids `[N, n]`, their
+    reviews' ratings and the reviews' indices (`START` before each review's first word
+    with `start_token`, so it counts in the 200 ids of its first chunk)."""
     pieces, ys, owners = [], [], []
     for d in doc_index:
-        for c in chunk(docs_ids[d], n):
+        for c in chunk([START] * start_token + docs_ids[d], n):
             pieces.append(c)
             ys.append(ratings[d])
             owners.append(d)
@@ -241,19 +248,25 @@ def load_cornell(
     chunk_len: int = 200,
     test_fraction: float = 0.2,
     seed: int = 0,
-    split: Literal["chunks", "by_document"] = "chunks",
+    split: Literal["shuffled_reviews", "chunks", "by_document"] = "shuffled_reviews",
+    start_token: bool = True,
     verify: bool = True,
 ) -> SentimentData:
     """Loads the Cornell scale data as 200-word chunks with normalized ratings.
 
     Args:
         data_dir: data root holding `cornell_scale_v1.0/scaledata/<author>/`.
-        vocab_size: number of words kept (ids 3 .. vocab_size + 2).
-        chunk_len: words per chunk `L`.
-        test_fraction: share of chunks (or reviews) in "test".
-        seed: `np.random.RandomState(seed)` shuffles the chunks (or reviews).
-        split: "chunks" as the original (a review can be on both sides) or
+        vocab_size: number of words kept (ids 3 .. vocab_size + 2); Gal's code keeps
+            the ids below 20,000 of Keras' numbering, 19,996 words.
+        chunk_len: ids per chunk `L`.
+        test_fraction: share of chunks (or reviews, with "by_document") in "test".
+        seed: `np.random.RandomState(seed)` shuffles the reviews (or the chunks, with
+            "chunks"); seed 0 and "shuffled_reviews" give Gal's order of the reviews.
+        split: "shuffled_reviews" (Gal's code: reviews shuffled, then chunked, the chunk
+            list cut at `1 - test_fraction`), "chunks" (the chunks shuffled before the
+            cut: most test chunks have a sibling of their review in training), or
             "by_document" (reviews split first; vocabulary from train reviews).
+        start_token: put `START` before every review before chunking (Gal's code).
         verify: check the files against their published sha256s (data.checksums).
 
     Returns:
@@ -263,34 +276,33 @@ def load_cornell(
     check_sizes(vocab_size=vocab_size, chunk_len=chunk_len)
     if not 0 < test_fraction < 1:  # NaN too; 1.5 split 50/50 and 1.0 made the mean NaN
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+    if split not in CORNELL_SPLITS:
+        raise ValueError(f"split must be one of {CORNELL_SPLITS}, got {split!r}.")
+    if not isinstance(start_token, bool | np.bool_):  # "False" from a config is truthy
+        raise ValueError(f"start_token must be True or False, got {start_token!r}.")
     docs, ratings = read_cornell(data_dir, verify)
     tokens = [d.lower().split() for d in docs]
     rng = np.random.RandomState(seed)
-    if split == "chunks":
-        counts = collections.Counter(t for doc in tokens for t in doc)
-        vocab = top_words(counts, vocab_size)
-        w2i = word_ids(vocab)
-        ids = [encode(t, w2i) for t in tokens]
-        x, y, owner = _chunks(ids, ratings, np.arange(len(docs)), chunk_len)
-        order = rng.permutation(len(x))
-        n_train = int(len(x) * (1 - test_fraction))  # floor, as X[:int(0.8 * N)]
-        parts = {"train": order[:n_train], "test": order[n_train:]}
-        inputs = {k: x[v] for k, v in parts.items()}
-        targets = {k: y[v] for k, v in parts.items()}
-        owners = {k: owner[v] for k, v in parts.items()}
-    elif split == "by_document":
-        order = rng.permutation(len(docs))
+    # Gal's code shuffles the reviews after np.random.seed(seed): the order
+    # RandomState(seed).permutation gives. "chunks" keeps the file order here.
+    reviews = np.arange(len(docs)) if split == "chunks" else rng.permutation(len(docs))
+    if split == "by_document":
         n_train = int(len(docs) * (1 - test_fraction))
-        doc_parts = {"train": order[:n_train], "test": order[n_train:]}
-        counts = collections.Counter(t for d in doc_parts["train"] for t in tokens[d])
-        vocab = top_words(counts, vocab_size)
-        w2i = word_ids(vocab)
-        ids = [encode(t, w2i) for t in tokens]
-        inputs, targets, owners = {}, {}, {}
-        for k, v in doc_parts.items():
-            inputs[k], targets[k], owners[k] = _chunks(ids, ratings, v, chunk_len)
+        parts = {"train": reviews[:n_train], "test": reviews[n_train:]}
+        counts = collections.Counter(t for d in parts["train"] for t in tokens[d])
     else:
-        raise ValueError(f"split must be one of {CORNELL_SPLITS}, got {split!r}.")
+        parts = {"all": reviews}
+        counts = collections.Counter(t for doc in tokens for t in doc)
+    w2i = word_ids(vocab := top_words(counts, vocab_size))
+    ids = [encode(t, w2i) for t in tokens]
+    chunks = {k: _chunks(ids, ratings, v, chunk_len, start_token) for k, v in parts.items()}
+    if split != "by_document":  # the chunk list, in its reviews' order, cut in two
+        x, y, owner = chunks.pop("all")
+        order = rng.permutation(len(x)) if split == "chunks" else np.arange(len(x))
+        n_train = int(len(x) * (1 - test_fraction))  # floor, as X[:int(0.8 * N)]
+        for k, v in (("train", order[:n_train]), ("test", order[n_train:])):
+            chunks[k] = x[v], y[v], owner[v]
+    inputs, targets, owners = ({k: c[i] for k, c in chunks.items()} for i in range(3))
     mean, std = float(targets["train"].mean()), float(targets["train"].std())
     std = std if std > 0 else 1.0
     targets = {k: ((v - mean) / std).astype(np.float32) for k, v in targets.items()}
