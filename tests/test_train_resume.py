@@ -19,6 +19,7 @@ from rnnreg_jax.train.logging import read_metrics
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_resume_script.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20  # 4 epochs of 5 batches
+CKPT_EVERY = 2  # train_resume_script.py's --ckpt_every default
 
 
 def _env(devices: int = 1) -> dict:
@@ -87,7 +88,7 @@ def _check_all_checkpoints_readable(workdir):
         try:
             tree = ocp.StandardCheckpointer().restore(
                 os.path.join(directory, str(step), "default"))
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # its _METADATA gone, or its arrays' files
             assert step == steps[0] and len(steps) > 1, (step, steps)  # a prune cut short
             continue
         assert int(np.asarray(tree["step"])) == step
@@ -114,7 +115,9 @@ def _assert_same(ref_out, out):
 def _run_with_kills(tmp_path, kill_points, hang_step):
     """kill_points: increasing global batch indices at which to SIGKILL (after
     a random delay); the second kill lands inside orbax's commit of checkpoint
-    `hang_step` (an even step after the first kill point)."""
+    `hang_step` (an even step after the first kill point), or of the first save after
+    the newest checkpoint the first kill left where that one is not older."""
+    print(f"kill points {kill_points}, hang in the save of step {hang_step}")  # on failure
     rng = random.Random()
     ref = str(tmp_path / "ref")
     ref_proc = _start(str(tmp_path / "ref_run"), "--out", ref)
@@ -134,6 +137,10 @@ def _run_with_kills(tmp_path, kill_points, hang_step):
                   _lines(progress) > fed_before and _last(progress) >= point, proc)
             time.sleep(rng.uniform(0.0, 0.12))  # a random moment within the step
         else:
+            # the save must be one the restart makes: the process killed before it may have
+            # run on and saved `point` already (a kill lands up to 0.12 s late)
+            newest = log[-1][3][-1] if log and log[-1][3] else 0
+            point = max(point, newest + CKPT_EVERY)
             proc = _start(workdir, "--progress", progress, "--sleep", "0.06",
                           "--hang_in_save_step", str(point))
             marker = os.path.join(workdir, "in_save")
