@@ -8,7 +8,6 @@ JAX starts); float64, so the comparison is tight on any CPU."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_helpers as th
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rnnreg_jax as rj
 from rnnreg_jax import cells, explicit_sharding
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The scripts' shared part; each then makes its `mesh`, which the helpers use.
 HELPERS = """
@@ -246,12 +244,8 @@ print("explicit ok")
 
 
 def run_on_host_devices(script: str, devices: int = 2) -> None:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
-                        f"--xla_force_host_platform_device_count={devices}")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300, check=False)
+    out = subprocess.run([sys.executable, "-c", script], env=th.host_devices_env(devices),
+                         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and "explicit ok" in out.stdout, out.stderr[-3000:]
 
 

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import train_helpers as th
 from jax.sharding import PartitionSpec as P
 
 import rnnreg_jax as rj
@@ -157,9 +158,7 @@ SHARDED = textwrap.dedent("""
 
 @pytest.mark.slow  # a subprocess compiling on 4 host devices: ~20-30 s on 2 cores
 def test_a_model_sharded_by_its_param_axes_runs_on_four_devices():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env = th.host_devices_env(4)
     out = subprocess.run([sys.executable, "-c", SHARDED.format(axes=AXES, rules=RULES,
                                                                 model_axes=MODEL_AXES)],
                          env=env, capture_output=True, text=True, timeout=300, check=False)

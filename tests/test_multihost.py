@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import train_helpers as th
 
 try:
     from tests import data_fixtures as fx
@@ -40,9 +41,7 @@ FLAGS = ["--config=tiny", f"--config.train.max_steps={STEPS}",
          "--config.train.log_every_steps=1", "--config.train.mc_samples=0",
          "--config.train.tensorboard=false"]
 TIMEOUT = 240
-# XLA:CPU aborts a run whose devices do not all reach a collective within 40 s, which a
-# loaded 2-core machine can exceed (seen once, in a 368-step evaluation with 4 devices).
-PATIENT = "--xla_cpu_collective_call_terminate_timeout_seconds=300"
+PATIENT = th.PATIENT
 
 
 def _text(rng: random.Random, words: int) -> str:

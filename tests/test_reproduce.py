@@ -249,7 +249,7 @@ def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
     assert len(files) <= bundle.MAX_FILES
     assert all(f.stat().st_size <= bundle.MAX_FILE_BYTES for f in files)
     # A later call elsewhere resumes from the bundle alone and finishes.
-    second = _reproduce(tmp_path, f"--runs={','.join(specs)}", "--budget_s=500",
+    second = _reproduce(tmp_path, f"--runs={','.join(specs)}", "--budget_s=1500",
                         "--calibrate_s=0", "--resume_from=" + str(tmp_path / "b1"),
                         f"--step_times={ROOT / 'results' / 'step_times_h100.json'}",
                         f"--root={tmp_path / 'w2'}", f"--out={tmp_path / 'b2'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import types
 
 import pytest
 
@@ -26,10 +26,16 @@ def rules():
         r.close()
 
 
-def test_the_time_limit_stops_training_and_is_the_reason(rules):
+def test_the_time_limit_stops_training_and_is_the_reason(rules, monkeypatch):
+    from rnnreg_jax.train import stopping
+
+    now = [1000.0]  # a clock of the test's own: a loaded machine may stall for 50 ms
+    monkeypatch.setattr(stopping, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     r = rules(0.05, 10, 8)
     assert not r.in_training(1)
-    time.sleep(0.06)
+    now[0] += 0.049
+    assert not r.in_training(1)
+    now[0] += 0.002
     assert r.in_training(1)  # one process: at any step, not only log steps
     assert r.reason() == "the time limit (0.05 s)"
 

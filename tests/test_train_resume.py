@@ -17,19 +17,13 @@ import train_helpers as th
 from rnnreg_jax.train.logging import read_metrics
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_resume_script.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20  # 4 epochs of 5 batches
 CKPT_EVERY = 2  # train_resume_script.py's --ckpt_every default
 
 
 def _env(devices: int = 1) -> dict:
-    env = dict(os.environ)
     th.enable_compilation_cache()
-    env["JAX_PLATFORMS"] = "cpu"
-    devices_flag = f"--xla_force_host_platform_device_count={devices}"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {devices_flag}"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return th.host_devices_env(devices)
 
 
 def _start(workdir, *args, devices=1):

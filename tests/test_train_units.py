@@ -407,17 +407,12 @@ except ValueError as err:
 def test_a_smaller_last_batch_that_does_not_divide_over_the_devices_is_named(tmp_path):
     """Only the first batch was checked: on 4 devices a last batch of 6 failed in the
     sharding (IndivisibleError) part-way through the epoch."""
-    import os
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", SMALLER_LAST_BATCH, str(tmp_path / "wd")],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+                         cwd=th.ROOT, env=th.host_devices_env(4), capture_output=True,
+                         text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert ("refused: Training batch 2 of epoch 1 (6) must divide over the 4 devices of "
             "the data mesh.") in out.stdout, out.stdout + out.stderr[-2000:]

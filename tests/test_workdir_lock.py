@@ -113,3 +113,25 @@ def test_two_runs_started_at_once_on_one_workdir_leave_one_clean_run(tmp_path):
                  if json.loads(line)["split"] == "train"]
         assert len(steps) == len(set(steps)) and steps == sorted(steps)
         assert sorted(os.listdir(workdir / "checkpoints")) == ["7", "8"]
+
+
+def test_a_lock_taken_an_instant_ago_is_named_once_its_holder_wrote_it(tmp_path):
+    """The winner of a race writes its line just after taking the lock: the loser read
+    an empty file then ("in use by another process")."""
+    import fcntl
+    import threading
+
+    import pytest
+
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, its line not yet written
+    writer = threading.Timer(0.1, lambda: os.pwrite(fd, b"process 4242 on box", 0))
+    writer.start()
+    try:
+        with pytest.raises(workdir_lock.WorkdirInUseError, match="in use by process 4242 on box;"):
+            workdir_lock.lock_workdir(str(workdir))
+    finally:
+        writer.join()
+        os.close(fd)

@@ -4,10 +4,26 @@ experiment binaries' flags set for a run in the test process."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
 from rnnreg_jax import models, regularizers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA:CPU aborts a run whose devices do not all reach a collective within 40 s, which a
+# loaded 2-core machine can exceed (seen once, in a 368-step evaluation with 4 devices).
+PATIENT = "--xla_cpu_collective_call_terminate_timeout_seconds=300"
+
+
+def host_devices_env(devices: int) -> dict:
+    """The environment of a subprocess on `devices` CPU devices, with this repository on
+    its path and XLA patient with collectives (`PATIENT`)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} {PATIENT} "
+                        f"--xla_force_host_platform_device_count={devices}")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
 
 
 class LMSource:

@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import os
 import socket
+import time
 
 LOCK_NAME = ".lock"
 
@@ -43,16 +44,32 @@ def lock_workdir(workdir: str) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+        holder = _holder(fd) or "another process"
         os.close(fd)
         raise WorkdirInUseError(f"{workdir} is in use by {holder}; wait for that run to end "
                                 "or pass another --workdir.") from None
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (started {started})"
-              .encode(), 0)
+    # One write of a fixed width replaces the previous holder's line whole: a reader never
+    # sees a truncated file or a mix of two lines.
+    line = f"process {os.getpid()} on {socket.gethostname()} (started {started})".encode()
+    os.pwrite(fd, line[:_HOLDER_BYTES].ljust(_HOLDER_BYTES), 0)
+    os.ftruncate(fd, _HOLDER_BYTES)
     _held[key] = fd
     return True
+
+
+_HOLDER_BYTES = 256
+
+
+def _holder(fd: int, wait_s: float = 1.0) -> str:
+    """The holder's line; a lock just taken may not have it yet (a fresh file is empty
+    until its holder writes it, microseconds later), so an empty one is read again."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = os.pread(fd, _HOLDER_BYTES, 0).decode("utf-8", "replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.01)
 
 
 def unlock_workdir(workdir: str) -> None:
