@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    for flag in ("batch", "steps", "hidden", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     x = jax.random.normal(jax.random.key(0), (args.batch, args.steps, args.hidden))
     params = [cells.init_params(jax.random.key(1), "keras_gru", args.hidden, args.hidden)]
     print(f"{jax.devices()[0].device_kind}: B {args.batch}, T {args.steps}, "

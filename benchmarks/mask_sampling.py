@@ -38,6 +38,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=2 * 784 * 100 * 100)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    for flag in ("size", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     key = jax.random.key(0)
     shape = (args.size,)
     ours = jax.jit(lambda k: noise.bernoulli_draw(k, 0.85, shape))

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -131,22 +132,72 @@ def measure_memory(workload: str, contender: str) -> float | None:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def _fail(message: str) -> NoReturn:
+    """End the binary with one line on stderr and exit status 2 (as a bad flag does)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def output_problem(flag: str, path: str) -> str | None:
+    """Why `path` cannot take the results (a directory, a missing or read-only
+    folder), found before the run rather than after it, or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        why = "a directory"
+    elif not os.path.isdir(folder):
+        why = f"its folder {folder} does not exist"
+    elif not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        why = "permission denied"
+    else:
+        return None
+    return f"cannot write --{flag}={path} ({why})."  # as experiments.evaluate says it
+
+
+def flags_problem(workloads: list[str], contenders: list[str], memory: bool,
+                  memory_workloads: list[str], outputs: dict[str, str | None]) -> str | None:
+    """The first thing wrong with the flags, as one sentence, or None."""
+    if not workloads:
+        return f"--workloads is empty; choose from {list(bm.WORKLOADS)}."
+    unknown = [w for w in workloads if w not in bm.WORKLOADS]
+    if unknown:
+        return f"Unknown workloads {unknown}; choose from {list(bm.WORKLOADS)}."
+    if not contenders:
+        return f"--contenders is empty; choose from {list(bm.CONTENDERS)}."
+    unknown = [c for c in contenders if c not in bm.CONTENDERS]
+    if unknown:
+        return f"Unknown contenders {unknown}; choose from {list(bm.CONTENDERS)}."
+    skipped = [c for c in contenders if not bm.applies(c, {})]
+    if len(skipped) == len(contenders):
+        return (f"None of the contenders {skipped} can run here: torch is not installed "
+                "(pip install torch==2.13.0).")
+    unknown = [w for w in memory_workloads if w not in bm.WORKLOADS]
+    if unknown:
+        return f"Unknown memory workloads {unknown}; choose from {list(bm.WORKLOADS)}."
+    if memory and not memory_workloads:
+        return "--memory with an empty --memory_workloads would measure no memory."
+    not_run = [w for w in memory_workloads if w not in workloads]
+    if memory and not_run:
+        return (f"--memory_workloads {not_run} are not among --workloads {workloads}; "
+                "memory is measured only on workloads that run.")
+    for flag, path in outputs.items():
+        problem = output_problem(flag, path) if path else None
+        if problem:
+            return problem
+    return None
+
+
 def main(argv):
     del argv
     child = FLAGS["_memory_child"].value  # an internal flag of the binary's own children
     if child:
         memory_child(child)
         return
-    unknown = [w for w in FLAGS.workloads if w not in bm.WORKLOADS]
-    if unknown:
-        raise app.UsageError(f"Unknown workloads {unknown}; choose from {list(bm.WORKLOADS)}.")
-    unknown = [c for c in FLAGS.contenders if c not in bm.CONTENDERS]
-    if unknown:
-        raise app.UsageError(f"Unknown contenders {unknown}; choose from {list(bm.CONTENDERS)}.")
+    problem = flags_problem(FLAGS.workloads, FLAGS.contenders, FLAGS.memory,
+                            FLAGS.memory_workloads, {"json": FLAGS.json,
+                                                     "markdown": FLAGS.markdown})
+    if problem:  # before anything is built or timed
+        _fail(problem)
     skipped = [c for c in FLAGS.contenders if not bm.applies(c, None)]
-    if len(skipped) == len(FLAGS.contenders):
-        raise app.UsageError(f"None of the contenders {skipped} can run here: torch is not "
-                             "installed (pip install torch==2.13.0).")
     if skipped:  # the peers' ratios would be missing from the tables without a word
         print(f"# skipping {', '.join(skipped)}: torch is not installed here "
               "(pip install torch==2.13.0)", file=sys.stderr)

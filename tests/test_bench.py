@@ -114,17 +114,66 @@ def test_mask_sampling_script_runs_and_reports_a_ratio():
 @pytest.mark.parametrize("contenders, message", [
     ("nope", "Unknown contenders ['nope']"),
     ("torch_lstm", "None of the contenders ['torch_lstm'] can run here"),
+    ("", "--contenders is empty; choose from ['ours_none',"),
 ])
 def test_bench_refuses_contenders_it_cannot_run(contenders, message):
-    """An unknown contender, or only PyTorch peers without torch, is a usage error
-    before anything is timed (it was a ValueError or a ZeroDivisionError)."""
+    """An unknown contender, only PyTorch peers without torch, or none at all is one
+    line and exit status 2 (as a bad flag is) before anything is timed (they were a
+    ValueError or a ZeroDivisionError, and an empty list was blamed on torch)."""
     if message.startswith("None") and bm.torch_version() is not None:
         pytest.skip("torch is installed here")
-    out = subprocess.run([sys.executable, "-m", "experiments.bench",
-                          f"--contenders={contenders}", "--nomemory"],
-                         capture_output=True, text=True, check=False,
-                         cwd=pathlib.Path(__file__).resolve().parents[1])
-    assert out.returncode == 1 and message in out.stderr
+    out = _run_bench(f"--contenders={contenders}", "--nomemory")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+
+
+def _run_bench(*flags):
+    """`experiments.bench` at its smallest, so that a flag it wrongly accepts costs
+    one short run, not the whole benchmark."""
+    return subprocess.run([sys.executable, "-m", "experiments.bench", "--workloads=ptb_small",
+                           "--contenders=ours_none", "--steps=1", "--rounds=1", *flags],
+                          capture_output=True, text=True, check=False,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--memory_workloads=nope", "Unknown memory workloads ['nope']; choose from "
+                                "['ptb_small', 'ptb_medium', 'zoneout_word', 'pmnist']."),
+    ("--json=/nonexistent_dir/b.json",
+     "cannot write --json=/nonexistent_dir/b.json (its folder /nonexistent_dir does not "
+     "exist)."),
+])
+def test_bench_refuses_bad_flags_before_measuring(flag, message):
+    """A memory workload it does not know (measured nothing) or a JSON file in a missing
+    folder (a FileNotFoundError after the whole run, the results lost) is one line and
+    exit status 2 before the machine's matmul rate, the first thing it measures."""
+    out = _run_bench("--memory", "--memory_workloads=ptb_small", flag)
+    assert out.returncode == 2 and out.stderr == f"error: {message}\n" and out.stdout == ""
+
+
+def test_bench_flags_problem_names_each_bad_flag(tmp_path):
+    """Each refusal in one sentence; good flags and absent outputs pass."""
+    ok = dict(workloads=["ptb_small"], contenders=["ours_none"], memory=True,
+              memory_workloads=["ptb_small"], outputs={"json": None, "markdown": None})
+    assert bench.flags_problem(**ok) is None
+    assert bench.flags_problem(**dict(ok, outputs={"json": str(tmp_path / "b.json"),
+                                                   "markdown": str(tmp_path / "b.md")})) is None
+    cases = {
+        "--workloads is empty": dict(workloads=[]),
+        "--contenders is empty": dict(contenders=[]),
+        "Unknown memory workloads ['nope']": dict(memory_workloads=["nope"]),
+        "--memory with an empty --memory_workloads": dict(memory_workloads=[]),
+        "--memory_workloads ['pmnist'] are not among --workloads ['ptb_small']":
+            dict(memory_workloads=["pmnist"]),
+        f"cannot write --json={tmp_path} (a directory).": dict(outputs={"json": str(tmp_path)}),
+        "cannot write --markdown=/nonexistent_dir/b.md (its folder /nonexistent_dir does not "
+        "exist).": dict(outputs={"json": None, "markdown": "/nonexistent_dir/b.md"}),
+    }
+    for message, change in cases.items():
+        problem = bench.flags_problem(**dict(ok, **change))
+        assert problem is not None and problem.startswith(message), (message, problem)
+    # without --memory, a known memory workload that does not run is the default's case
+    assert bench.flags_problem(**dict(ok, memory=False, memory_workloads=["pmnist"])) is None
 
 
 def test_keras_gru_projection_benchmark_checks_the_peer_and_prints_four_ratios(
@@ -140,3 +189,50 @@ def test_keras_gru_projection_benchmark_checks_the_peer_and_prints_four_ratios(
     assert [line.split()[:2] for line in lines] == [
         ["per-gate", "autodiff"], ["per-gate", "fused"], ["shared", "autodiff"],
         ["shared", "fused"]]
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("lm_step_breakdown", ["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    ("mask_sampling", ["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    ("mask_sampling", ["--size", "-5"], "--size must be at least 1, got -5"),
+    ("keras_gru_projection", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    ("keras_gru_projection", ["--batch", "0"], "--batch must be at least 1, got 0"),
+    ("keras_gru_projection", ["--steps", "-1"], "--steps must be at least 1, got -1"),
+    ("keras_gru_projection", ["--hidden", "0"], "--hidden must be at least 1, got 0"),
+])
+def test_benchmark_scripts_refuse_counts_below_one(module, argv, message, monkeypatch, capsys):
+    """A repeat count or size below 1 is argparse's usage error (exit status 2) before
+    anything is built or timed (it was a StatisticsError, `inf ms ... (nanx faster)` or
+    a traceback from a negative shape)."""
+    import importlib
+
+    script = importlib.import_module(f"benchmarks.{module}")
+    monkeypatch.setattr("sys.argv", [module, *argv])
+    with pytest.raises(SystemExit) as done:
+        script.main()
+    assert done.value.code == 2
+    captured = capsys.readouterr()
+    assert f"error: {message}" in captured.err and captured.out == ""
+
+
+def test_lm_step_breakdown_leaves_the_nested_head_matmuls_out_of_the_sum(monkeypatch, capsys):
+    """The head's matmuls are timed again inside "head + cross entropy": added twice, the
+    sum of parts overran the whole step (257.4 against 169.0 ms on PTB small) and the glue
+    came out negative. Run on a tiny language model."""
+    from benchmarks import lm_step_breakdown
+
+    tiny = dict(kind="lm", vocab=11, hidden=4, layers=1, batch=2, steps=3)
+    monkeypatch.setattr(bm, "WORKLOADS", {"tiny": tiny})
+    monkeypatch.setattr("sys.argv", ["lm_step_breakdown", "--workload", "tiny",
+                                     "--repeats", "1"])
+    assert lm_step_breakdown.main() == 0
+    import re
+
+    out = capsys.readouterr().out
+    ms = {name: float(value) for name, value in re.findall(r"^ +(\S.*?) +([\d.]+) ms", out,
+                                                           re.MULTILINE)}
+    parts = ("head + cross entropy", "recurrent stack", "embedding")
+    assert set(ms) == {*parts, "head matmuls only", "sum of parts"}
+    assert ms["sum of parts"] == pytest.approx(sum(ms[p] for p in parts), abs=0.2)
+    nested = [line for line in out.splitlines() if "head matmuls only" in line]
+    assert nested[0].endswith("; within head + cross entropy, not in the sum)")
