@@ -32,9 +32,9 @@ _PTB_NOTES = {
         "1000 samples, each one network over the whole test stream, as in Gal's code). "
         "The papers' validation figures are what their code prints, exp(0.99675 x the "
         "mean loss) on PTB's validation streams (it divides the 105 windows' sum by "
-        "105.34; docs/FIDELITY.md, \"validation average\"): 1.4-1.6% below the per-target "
+        "105.34; docs/FIDELITY.md, \"validation average\"): 1.4-1.5% below the per-target "
         "perplexity in the valid column; printed that way the medium rows would read "
-        "85.4, 80.9 and 81.4."),
+        "85.3, 80.9 and 81.4."),
     "ptb_char": (
         "Ran on an NVIDIA H100, side by side with 14 other runs, and "
         "stopped at that batch's deadline after 10-11 of the presets' up to 2000 epochs "

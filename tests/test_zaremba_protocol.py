@@ -22,8 +22,9 @@ def test_training_carries_the_state_across_windows_and_zeroes_it_each_epoch(tmp_
     """With the learning rate 0 (the weights stay as drawn) and no noise, each logged
     training loss equals that window's loss with the state carried from the windows
     before it in the epoch, from zero at the epoch's start (`fp` and `reset_state`,
-    main.lua lines 141-170): every epoch logs the same losses, and they differ from
-    windows each started from zero."""
+    main.lua lines 141-170; main.lua itself starts each epoch's first window from the last
+    validation pass's state, a deviation docs/FIDELITY.md gives): every epoch logs the
+    same losses, and they differ from windows each started from zero."""
     source = th.LMSource(batch=4, steps=5, num_windows=4)
     model = th.tiny_lm(hidden=8)
     task = train.Task(model=model, kind="lm", train=source, evals={}, carry_state=True)

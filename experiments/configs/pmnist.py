@@ -54,8 +54,9 @@ def baseline():
 
 
 def recurrent_dropout():
-    # zoneout_pmnist.py --igate_drop: c = f c + m (i g), m in {0, 1}, its expectation at
-    # evaluation (the authors' form of recurrent dropout, `eval_scaling`).
+    # The paper's row: c = f c + m (i g), m in {0, 1}, its expectation at evaluation (the
+    # authors' form of recurrent dropout, `eval_scaling`, as in their character-level code;
+    # their pMNIST script's --igate_drop reuses its zoneout mask: docs/FIDELITY.md).
     return _config(row="recurrent dropout 0.15", test_error=0.075, recurrent_dropout=dict(rate=0.15,
                    eval_scaling=True))
 
@@ -70,7 +71,7 @@ def _recurrent_batchnorm(config: ml_collections.ConfigDict) -> ml_collections.Co
     config.model.cell = "lstm_bn"
     # T_max = the sequence length, as Cooijmans et al. (population statistics per pixel step).
     config.model.bn_max_steps = 784
-    # The zoneout authors' pMNIST script (teganmaharaj/zoneout, zoneout/zoneout_pmnist.py)
+    # The zoneout authors' pMNIST script (teganmaharaj/zoneout, zoneout_pmnist.py)
     # moves the population averages by alpha = 1e-2 per minibatch: momentum 0.99 here.
     config.model.bn_momentum = 0.99
     return config

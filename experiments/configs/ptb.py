@@ -144,7 +144,8 @@ def _gal(*, size: str, tie: str, per_gate: bool, paper):
                           paper=paper, reg=reg)
         config.train.weight_decay = 1e-7
         config.train.weight_decay_mode = "step"
-    config.train.mc_samples = 1000 if tie == "sequence" else 0  # Gal: MC dropout, 1000 samples
+    # MC dropout with 1000 samples (his v3 script: 2000 mask sets a token; docs/FIDELITY.md)
+    config.train.mc_samples = 1000 if tie == "sequence" else 0
     # His MC test pass (main_new_dropout_SOTA_v3.lua, run_MC_test): word-type dropout off,
     # every other mask drawn once per sample for the whole test stream.
     config.train.mc_embedding_dropout = False
