@@ -17,8 +17,14 @@ import train_helpers as th
 from rnnreg_jax.train.logging import read_metrics
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_resume_script.py")
-STEPS = 20  # 4 epochs of 5 batches
+STEPS, EPOCH = 20, 5  # 4 epochs of 5 batches
 CKPT_EVERY = 2  # train_resume_script.py's --ckpt_every default
+
+
+def _next_save(step: int) -> int:
+    """The first step after `step` that the script checkpoints (every CKPT_EVERY steps
+    and at each epoch's end)."""
+    return next(s for s in range(step + 1, STEPS + 1) if s % CKPT_EVERY == 0 or s % EPOCH == 0)
 
 
 def _env(devices: int = 1) -> dict:
@@ -134,7 +140,7 @@ def _run_with_kills(tmp_path, kill_points, hang_step):
             # the save must be one the restart makes: the process killed before it may have
             # run on and saved `point` already (a kill lands up to 0.12 s late)
             newest = log[-1][3][-1] if log and log[-1][3] else 0
-            point = max(point, newest + CKPT_EVERY)
+            point = max(point, _next_save(newest))
             proc = _start(workdir, "--progress", progress, "--sleep", "0.06",
                           "--hang_in_save_step", str(point))
             marker = os.path.join(workdir, "in_save")
