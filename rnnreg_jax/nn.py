@@ -121,6 +121,8 @@ class RecurrentOptions(nn.Module):
         check_regularizer(self.reg)  # at construction, not deep inside the first call
         check_switches(self)
         precision.check_floating(self.param_dtype, "param_dtype")
+        if self.dtype is not None:  # "bf16" failed inside numpy, an int blamed the inputs
+            precision.check_floating(self.dtype, "dtype")
         super().__post_init__()
 
     def recurrent_options(self) -> dict:

@@ -238,7 +238,7 @@ def test_module_switches_param_dtype_and_input_width_are_one_sentence():
     param_dtype failed inside an initializer; `use_running_average="False"` used the
     running statistics; inputs of another width than the stored w_x were Flax's
     ScopeParamShapeError."""
-    from rnnreg_jax.models import LanguageModel
+    from rnnreg_jax.models import LanguageModel, SequenceModel
 
     key, x = jax.random.key(0), jnp.ones((2, 3, 4))
     ids = jnp.zeros((2, 3), jnp.int32)
@@ -253,6 +253,9 @@ def test_module_switches_param_dtype_and_input_width_are_one_sentence():
     for dtype in (jnp.int32, "float32x"):
         with pytest.raises(ValueError, match="^param_dtype must be a floating dtype"):
             StackedRNN(5, param_dtype=dtype)
+        for make in (LanguageModel, lambda *a, **k: SequenceModel(*a, vocab_size=7, **k)):
+            with pytest.raises(ValueError, match="^dtype must be a floating dtype"):
+                make(7, 5, dtype=dtype)  # one misspelt failed inside numpy, int32 blamed ids
     bn = StackedRNN(5, cell="lstm_bn")
     variables = bn.init(key, x)
     with pytest.raises(ValueError, match="^use_running_average must be True or False"):

@@ -443,6 +443,9 @@ def test_switches_param_dtype_and_modes_are_one_sentence():
             make()
     with pytest.raises(ValueError, match="^param_dtype must be a floating dtype"):
         rnx.StackedRNN(4, 5, param_dtype=jnp.int32, rngs=nnx.Rngs(0))
+    for dtype in (jnp.int32, "bf16"):
+        with pytest.raises(ValueError, match="^dtype must be a floating dtype"):
+            rnx.LanguageModel(7, 5, dtype=dtype, rngs=nnx.Rngs(0))
     stack = rnx.StackedRNN(4, 5, rngs=nnx.Rngs(0))
     x = jnp.ones((2, 3, 4))
     for kwargs, field in (({"deterministic": "False"}, "deterministic"),

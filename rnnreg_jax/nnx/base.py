@@ -94,6 +94,8 @@ def resolve_options(linen_class: type, options: dict) -> dict:
         if isinstance(defaults[name], bool):
             check_flag(value, name)
     precision.check_floating(resolved["param_dtype"], "param_dtype")
+    if resolved["dtype"] is not None:
+        precision.check_floating(resolved["dtype"], "dtype")
     if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
         resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())
     return resolved
