@@ -55,9 +55,18 @@ case "${1:-}" in
     fi
     ;;
   collect)
+    if [[ ! -f "$STATE/driver.pid" ]]; then  # no batch was started here: nothing to wait for
+      echo "gpu_window_split.sh: no batch was started in $STATE (no driver.pid); run start" \
+        "first." >&2
+      exit 2
+    fi
+    # Read once: a pid of 0 or none would make `kill -0` signal this script's own process
+    # group, which always succeeds, and collect would wait all of WAIT_S for nothing.
+    driver="$(cat "$STATE/driver.pid")"
+    [[ "$driver" =~ ^[1-9][0-9]*$ ]] || driver=""
     started=$SECONDS
     until [[ -f "$STATE/bundle/bundle.json" ]] || (( SECONDS - started > ${WAIT_S:-400} )); do
-      if ! kill -0 "$(cat "$STATE/driver.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+      if [[ -z "$driver" ]] || ! kill -0 "$driver" 2>/dev/null; then
         sleep 2  # the driver is gone: its bundle is written before it exits, or never
         break
       fi

@@ -92,6 +92,8 @@ tpu_vm() {
 }
 
 # `--opt=value` or `--opt value`: sets OPTVAL and SHIFTS (how many words the option used).
+# An empty value is refused: gcloud would get `--zone=` and the like (or the default
+# chosen silently), never what was meant.
 take_value() {
   local opt="$1" word="$2" next="${3-}" has_next="$4"
   if [[ "$word" == "$opt="* ]]; then
@@ -101,6 +103,7 @@ take_value() {
   else
     die "$opt needs a value."
   fi
+  [[ -n "$OPTVAL" ]] || die "$opt needs a value, got an empty one."
 }
 
 parse_args() {

@@ -76,6 +76,23 @@ def test_flags_override_environment_and_defaults(sandbox):
          "--version=v2-alpha-tpuv5-lite", "--spot", "--zone=us-east5-a", "--project=flagproj"]]
 
 
+VALUE_FLAGS = ["--name", "--zone", "--accelerator-type", "--version", "--project", "--bucket",
+               "--worker"]
+
+
+@pytest.mark.parametrize("form", ["=", " "])
+@pytest.mark.parametrize("flag", VALUE_FLAGS)
+def test_an_empty_value_is_refused_like_a_missing_one(sandbox, flag, form):
+    """`--zone=` went to gcloud as `--zone=` (and `--bucket=` dropped the bucket): every
+    value flag refuses an empty value, one line on stderr, exit 2, nothing run."""
+    run, calls = sandbox
+    words = [f"{flag}="] if form == "=" else [flag, ""]
+    result = run("tpu", "create", *words, env={"TPU_BUCKET": "bk"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"launch.sh tpu: {flag} needs a value, got an empty one.\n"
+    assert calls() == []
+
+
 def test_project_falls_back_to_cloudsdk_core_project(sandbox):
     run, _ = sandbox
     got = dry_lines(run("tpu", "delete", "--dry-run", env={"CLOUDSDK_CORE_PROJECT": "sdk"},

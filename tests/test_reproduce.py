@@ -331,6 +331,24 @@ def test_a_split_batch_that_fails_at_once_says_so_and_collect_does_not_wait(tmp_
     assert time.monotonic() - began < 60  # not WAIT_S (400 s)
 
 
+def test_collect_without_a_started_batch_fails_at_once(tmp_path):
+    """With no driver.pid, collect ran `kill -0 0` (its own process group: it succeeds) and
+    waited all of WAIT_S (device time) before failing on a missing window.log."""
+    (tmp_path / "empty").mkdir()
+    for window in (tmp_path / "nowin", tmp_path / "empty"):
+        env = {**os.environ, "WINDOW_DIR": str(window), "WAIT_S": "30",
+               "OUT": str(tmp_path / "out")}
+        began = time.monotonic()
+        collect = subprocess.run(["bash", "scripts/gpu_window_split.sh", "collect"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=120,
+                                 check=False)
+        assert time.monotonic() - began < 10  # not WAIT_S
+        assert collect.returncode == 2 and collect.stdout == ""
+        lines = collect.stderr.splitlines()
+        assert len(lines) == 1 and str(window) in lines[0] and "run start first" in lines[0]
+        assert not (tmp_path / "out").exists()
+
+
 _MC = "MC dropout: 1000 samples, masks per pass, word-type dropout off, seed 0"
 
 
