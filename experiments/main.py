@@ -51,6 +51,11 @@ def _start_distributed(config) -> None:
     # An explicit coordinator (local multi-process runs) or the `distributed` flag (Cloud
     # TPU, where everything is auto-detected) turns it on.
     enabled = bool(flags.coordinator_address) or bool(config.train.get("distributed", False))
+    given = [f"--{name}" for name in ("num_processes", "process_id")
+             if getattr(flags, name) is not None]
+    if given and not enabled:  # the run went on as one process of one
+        _fail(f"{' and '.join(given)} need --coordinator_address (or "
+              "--config.train.distributed=True, where the coordinator is found).")
     maybe_initialize_distributed(enabled, flags.coordinator_address, flags.num_processes,
                                  flags.process_id)
 
@@ -91,7 +96,7 @@ def run(task_name: str, config) -> dict:
     """Train and evaluate one config; returns the final metrics."""
     from rnnreg_jax.data import DataError
     from rnnreg_jax.tasks import build_task, check_data
-    from rnnreg_jax.train import NonFiniteLossError, train_and_evaluate
+    from rnnreg_jax.train import NonFiniteLossError, StartRefusedError, train_and_evaluate
     from rnnreg_jax.train.checkpoint import (
         CheckpointMismatchError,
         CheckpointWriteError,
@@ -138,9 +143,10 @@ def run(task_name: str, config) -> dict:
             tb_before = set(tb.iterdir()) if tb.exists() else set()
             _write_record(workdir, task_name, config, task)
         return train_and_evaluate(task, config.train, workdir)
-    except CheckpointMismatchError as err:
+    except (CheckpointMismatchError, StartRefusedError) as err:
         # The checkpoints are another run's (a workdir without config.json, so nothing
-        # could refuse it earlier): leave the record and TensorBoard's files as they were.
+        # could refuse it earlier), or the run cannot start (a batch that does not divide
+        # over the devices): leave the record and TensorBoard's files as they were.
         if record is not None:
             if previous is None:
                 record.unlink(missing_ok=True)

@@ -499,3 +499,40 @@ def test_the_tools_help_succeeds_and_a_bad_flag_is_one_line(module):
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: Unknown command line flag 'nosuchflag'"]
+
+
+@pytest.mark.slow  # a binary on 4 host devices: ~20-30 s on 2 cores
+def test_a_run_that_cannot_start_on_the_devices_is_one_line_and_leaves_no_record(tmp_path):
+    """A training batch of 6 on 4 devices raised from inside train_and_evaluate: a
+    traceback, exit status 1, and the workdir kept a config.json of a run that never ran."""
+    import train_helpers as th
+
+    from tests import data_fixtures as fx
+
+    fx.write_repeated_ptb_word(tmp_path / "data")
+    workdir = tmp_path / "wd"
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+         f"--data_dir={tmp_path / 'data'}", "--config.data.batch_size=6",
+         "--config.data.eval_batch_size=2", "--config.train.tensorboard=False"],
+        cwd=th.ROOT, env=th.host_devices_env(4), capture_output=True, text=True,
+        timeout=300, check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if not line.startswith(("I", "W"))]
+    assert errors == ["error: The global training batch (6) must divide over the 4 devices "
+                      "of the data mesh."], out.stderr[-3000:]
+    assert not (workdir / "config.json").exists()
+
+
+def test_process_flags_without_a_coordinator_are_refused(tmp_path):
+    """--num_processes and --process_id without a coordinator were ignored: the run went
+    on as one process of one, each of the intended processes training the whole batch."""
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny", "--num_processes=2",
+         "--process_id=1", f"--workdir={tmp_path / 'wd'}", f"--data_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: --num_processes and --process_id need --coordinator_address (or "
+        "--config.train.distributed=True, where the coordinator is found)."]
+    assert not (tmp_path / "wd").exists()

@@ -416,3 +416,27 @@ def test_a_smaller_last_batch_that_does_not_divide_over_the_devices_is_named(tmp
     assert out.returncode == 0, out.stderr[-3000:]
     assert ("refused: Training batch 2 of epoch 1 (6) must divide over the 4 devices of "
             "the data mesh.") in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_an_eval_batch_shared_by_the_processes_must_divide_over_the_devices(monkeypatch):
+    """Two processes holding 5 rows each of a batch of 10 on 8 devices: `global_batch`
+    replicated it, each process's 5 rows taken for the whole batch, and every metric of
+    the split was silently wrong. A batch every process reads whole is replicated rightly."""
+    import types
+
+    from rnnreg_jax.train.task import check_shared_eval_batches
+
+    def source(whole, share):
+        return types.SimpleNamespace(global_batch_size=whole, local_batch_size=share)
+
+    task = types.SimpleNamespace(evals={"test": source(1, 1), "valid": source(10, 5)})
+    check_shared_eval_batches(task, 8)  # one process: every batch is its own
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match=re.escape(
+            "The evaluation source 'valid''s global batch (10, 5 rows a process) must divide "
+            "over the 8 devices of the data mesh")):
+        check_shared_eval_batches(task, 8)
+    task.evals["valid"] = source(16, 8)
+    check_shared_eval_batches(task, 8)
+    task.evals["custom"] = object()  # a source of the user's own, without the sizes
+    check_shared_eval_batches(task, 8)

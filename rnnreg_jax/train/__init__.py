@@ -23,7 +23,7 @@ from rnnreg_jax.train.checkpoint import (
 )
 from rnnreg_jax.train.config import default_train_config, with_defaults
 from rnnreg_jax.train.evaluator import Evaluator
-from rnnreg_jax.train.loop import NonFiniteLossError, train_and_evaluate
+from rnnreg_jax.train.loop import NonFiniteLossError, StartRefusedError, train_and_evaluate
 from rnnreg_jax.train.mesh import global_batch, make_mesh, maybe_initialize_distributed
 from rnnreg_jax.train.optim import make_optimizer, next_learning_rate
 from rnnreg_jax.train.state import TrainState
@@ -32,7 +32,7 @@ from rnnreg_jax.train.task import DataSource, Task
 
 __all__ = [
     "CheckpointMismatchError", "CheckpointWriteError", "Checkpointer", "DataSource",
-    "Evaluator", "NonFiniteLossError", "Task", "TrainState",
+    "Evaluator", "NonFiniteLossError", "StartRefusedError", "Task", "TrainState",
     "default_train_config", "global_batch", "init_state", "make_mesh", "make_optimizer",
     "make_train_step", "maybe_initialize_distributed", "next_learning_rate", "restore_state",
     "state_shardings", "train_and_evaluate", "with_defaults",

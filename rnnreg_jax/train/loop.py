@@ -28,11 +28,23 @@ from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
 from rnnreg_jax.train.stopping import RunStop
-from rnnreg_jax.train.task import Task, check_divides, first_training_batch, steps_in_epoch
+from rnnreg_jax.train.task import (
+    Task,
+    check_divides,
+    check_shared_eval_batches,
+    first_training_batch,
+    steps_in_epoch,
+)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class StartRefusedError(ValueError):
+    """The task and config cannot start (a batch that does not divide over the devices, a
+    source that yields nothing, a `param_axes` name no layer has, ...): one sentence,
+    raised before any step, the first problem chained as its cause."""
 
 
 class _Run:
@@ -46,6 +58,7 @@ class _Run:
         self.stop_on_nan = bool(config.stop_on_nan)
         sample = first_training_batch(task)
         check_divides(sample, self.mesh.devices.size, "The global training batch")
+        check_shared_eval_batches(task, self.mesh.devices.size)
         self.batch_rows = sample["inputs"].shape[0]
         self.window = int(np.prod(sample["inputs"].shape[:2])) if task.kind == "lm" else None
         state = steps.init_state(task, config, self.mesh, self.tx, sample)
@@ -400,13 +413,20 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
 
     Raises:
       NonFiniteLossError: the training loss became NaN/inf (`stop_on_nan`).
+      StartRefusedError: the task and config cannot start (nothing was trained).
+      CheckpointMismatchError: the workdir's checkpoints are of another model.
     """
     config = with_defaults(config)
     check_config(config)
     check_for_task(config, task)
     mesh_lib.maybe_initialize_distributed(config.distributed)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
-    run = _Run(task, config, workdir)
+    try:
+        run = _Run(task, config, workdir)
+    except ckpt_lib.CheckpointMismatchError:
+        raise
+    except ValueError as err:
+        raise StartRefusedError(str(err)) from err
     try:
         if run.resumed:
             run.repair_best()

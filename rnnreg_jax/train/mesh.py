@@ -73,7 +73,8 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
     With one process this is a `device_put`. With several, every host passes
     its own `[B / num_hosts, ...]` share. A batch that cannot be split over
     the devices (batch 1) is replicated, and every host must then pass the
-    same full batch.
+    same full batch (`train_and_evaluate` refuses evaluation sources that split
+    such a batch over the hosts: `task.check_shared_eval_batches`).
     """
     nproc = jax.process_count()
     first = next(iter(local.values()))

@@ -141,6 +141,26 @@ def first_training_batch(task: Task) -> dict:
     return sample
 
 
+def check_shared_eval_batches(task: Task, num_devices: int) -> None:
+    """With several processes, an evaluation source whose processes each hold a share of
+    the batch (its `global_batch_size` above its `local_batch_size`) must divide over the
+    devices: `mesh.global_batch` replicates a batch that does not, taking one process's
+    share for the whole batch, and every metric of that split came out silently wrong.
+    A source every process reads whole (the batch-1 test streams) is replicated rightly."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    for name, source in task.evals.items():
+        whole = getattr(source, "global_batch_size", None)
+        share = getattr(source, "local_batch_size", None)
+        if whole is not None and share is not None and whole != share and whole % num_devices:
+            raise ValueError(f"The evaluation source {name!r}'s global batch ({whole}, "
+                             f"{share} rows a process) must divide over the {num_devices} "
+                             "devices of the data mesh (a batch that cannot is replicated, "
+                             "which needs every process to read it whole).")
+
+
 def check_divides(batch: dict, num_devices: int, what: str) -> None:
     """The train step shards the global batch (every process's rows) over the data
     mesh's devices: a one-sentence ValueError where they do not divide (`what` names the
