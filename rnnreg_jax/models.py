@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import meta
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
@@ -142,6 +143,39 @@ def uniform_init(scale: float | None):
     return init
 
 
+def _perturbed(value, new):
+    """`new` in the place of `value`, boxed as it is (`param_axes`' metadata kept)."""
+    return value.replace_boxed(new) if isinstance(value, meta.AxisMetadata) else new
+
+
+def _dense(reg, key: jax.Array | None):
+    """`nn.Dense`, or where `key` is given (training, with `reg.model_noise`) one whose
+    kernel is the regularizer's "output" array of this window (`model_weights`): the
+    same parameters, read through the transform."""
+    if key is None:
+        return nn.Dense
+
+    def transform(variables):
+        params = dict(variables["params"])
+        kernel = meta.unbox(params["kernel"])
+        noisy = reg.model_weights({"output": kernel}, key, False)["output"]
+        params["kernel"] = _perturbed(params["kernel"], noisy)
+        return {**variables, "params": params}
+
+    return nn.map_variables(nn.Dense, "params", trans_in_fn=transform, init=True)
+
+
+def _model_noise_key(module, reg, deterministic: bool) -> jax.Array | None:
+    """The key of the model's own weight transforms in a training window, else None
+    (drawn only with `reg.model_noise`, so no other draw moves)."""
+    return dropout_key(module) if not deterministic and reg.model_noise else None
+
+
+def _embedding_table(reg, table: jax.Array, key: jax.Array | None) -> jax.Array:
+    return table if key is None else reg.model_weights({"embedding": table}, key,
+                                                       False)["embedding"]
+
+
 class LanguageModel(RecurrentOptions):
     """Embedding -> (embedding dropout) -> stacked RNN -> softmax logits.
 
@@ -215,7 +249,9 @@ class LanguageModel(RecurrentOptions):
         embed = nn.Embed(self.vocab_size, embed_size,
                          embedding_init=boxed(weights, "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-        x = look_up(embed.embedding, ids, self.dtype)
+        weights_key = _model_noise_key(self, self.reg, deterministic)
+        table = _embedding_table(self.reg, embed.embedding, weights_key)
+        x = look_up(table, ids, self.dtype)
         key = None
         if not deterministic and self.reg.embedding_noise:
             key = dropout_key(self)
@@ -234,12 +270,15 @@ class LanguageModel(RecurrentOptions):
                                  f"embed_size ({y.shape[-1]} != {embed_size}).")
             bias = self.param("softmax_bias", boxed(bias, "softmax_bias"),
                               (self.vocab_size,), self.param_dtype)
-            logits = embed.attend(y) + precision.cast(bias, self.dtype)
+            # the perturbed table where the window has one (the same array, tied)
+            scores = (embed.attend(y) if weights_key is None
+                      else y @ precision.cast(table, self.dtype).T)
+            logits = scores + precision.cast(bias, self.dtype)
         else:
-            logits = nn.Dense(self.vocab_size, kernel_init=boxed(weights, "softmax/kernel"),
-                              bias_init=boxed(bias, "softmax/bias"),
-                              dtype=self.dtype, param_dtype=self.param_dtype,
-                              name="softmax")(y)
+            dense = _dense(self.reg, weights_key)
+            logits = dense(self.vocab_size, kernel_init=boxed(weights, "softmax/kernel"),
+                           bias_init=boxed(bias, "softmax/bias"),
+                           dtype=self.dtype, param_dtype=self.param_dtype, name="softmax")(y)
         return logits, carry
 
 
@@ -281,6 +320,7 @@ class SequenceModel(RecurrentOptions):
         instead of `y[:, -1]`."""
         check_sequence_inputs(inputs, token_ids=self.vocab_size is not None)
         cells.check_size(self.num_outputs, "num_outputs")
+        weights_key = _model_noise_key(self, self.reg, deterministic)
         x = inputs
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, sequence_model_arrays(self.vocab_size))
@@ -293,7 +333,8 @@ class SequenceModel(RecurrentOptions):
                                                               self.orthogonal_init),
                                                   "embed/embedding"),
                              dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-            x = look_up(embed.embedding, x, self.dtype)
+            x = look_up(_embedding_table(self.reg, embed.embedding, weights_key), x,
+                        self.dtype)
             key = None
             if not deterministic and self.reg.embedding_noise:
                 key = dropout_key(self)
@@ -307,5 +348,6 @@ class SequenceModel(RecurrentOptions):
         head = head_initializers(self.head_init, self.orthogonal_init)
         head = dict(kernel_init=boxed(head["kernel_init"], "head/kernel"),
                     bias_init=boxed(head["bias_init"], "head/bias"))
-        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="head", **head)(lengths.last_valid(y, seq_lengths))
+        dense = _dense(self.reg, weights_key)
+        return dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="head", **head)(lengths.last_valid(y, seq_lengths))

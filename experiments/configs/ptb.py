@@ -272,7 +272,10 @@ def baseline():
 
 
 def weight_noise():
-    return _zoneout_word(row="weight noise 0.075", paper_valid=172.0, weight_noise=dict(std=0.075))
+    # on every weight matrix, as the authors' apply_noise on Blocks' WEIGHT role
+    # (zoneout_word_ptb.py lines 438-441): the input map, W_h and the softmax
+    return _zoneout_word(row="weight noise 0.075", paper_valid=172.0,
+                         weight_noise=dict(std=0.075, scope="all"))
 
 
 # --- Krueger et al. 2016 (zoneout), character level -------------------------------
@@ -328,7 +331,8 @@ def stochastic_depth_char():
 
 
 def weight_noise_char():
-    return _zoneout_char(row="weight noise 0.075", weight_noise=dict(std=0.075))
+    # every weight matrix, as at word level (zoneout_char_ptb.py lines 329-334)
+    return _zoneout_char(row="weight noise 0.075", weight_noise=dict(std=0.075, scope="all"))
 
 
 def norm_stabilizer_char():

@@ -27,6 +27,15 @@ from rnnreg_jax.nnx.stack import StackedRNN, as_param
 from rnnreg_jax.regularizers.checks import check_flag
 
 
+def refuse_model_noise(reg) -> None:
+    """The NNX task models do not yet call `model_weights` (weight noise on the embedding
+    and the output layer, `weight_noise(..., scope="all")`): refused, not left out."""
+    if reg.model_noise:
+        raise ValueError("A regularizer of the model's own weights (weight_noise with "
+                         "scope='all') is not in rnnreg_jax.nnx's task models yet; use the "
+                         "linen models for it.")
+
+
 class LanguageModel(RecurrentModule):
     """Embedding -> (embedding dropout) -> stacked RNN -> softmax logits (the NNX twin
     of `rnnreg_jax.models.LanguageModel`, which documents the options).
@@ -52,6 +61,7 @@ class LanguageModel(RecurrentModule):
                  softmax_bias_init: str = "uniform", deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
+        refuse_model_noise(self.reg)
         for name, value in (("tie_embeddings", tie_embeddings),
                             ("embed_to_gates", embed_to_gates)):
             check_flag(value, name)  # as the linen twin's fields
@@ -155,6 +165,7 @@ class SequenceModel(RecurrentModule):
                  deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
+        refuse_model_noise(self.reg)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("A SequenceModel takes token ids (vocab_size) or float inputs "
                              "(input_size, their width F): exactly one of the two.")

@@ -20,6 +20,10 @@ Hooks (when the stack calls them: what they return):
   per-gate `recurrent` mask is a `cells.PerGate`.
 * `output_mask(key, shape, deterministic)` (per window): a mask of the last layer's
   output, or None.
+* `model_weights(arrays, key, deterministic)` (per window, in the task models): the
+  model's own weight matrices as the window uses them, `{"embedding": ..., "output":
+  ...}` (the embedding or input map, and the softmax's or head's kernel), each that
+  the model has (Krueger et al.'s weight noise on every weight).
 * `embedding_mask(key, ids, vocab_size, deterministic, dtype)` (per window):
   multipliers `[B, T, 1]` of the embedded tokens (or anything that broadcasts against
   `[B, T, E]`: classic dropout's evaluation returns a scalar), or None.
@@ -106,6 +110,12 @@ class Regularizer:
         return self._overrides("embedding_mask")
 
     @property
+    def model_noise(self) -> bool:
+        """Whether training transforms the model's own weights (`model_weights`), so
+        the model needs a key."""
+        return self._overrides("model_weights")
+
+    @property
     def has_penalty(self) -> bool:
         """Whether training adds loss terms (by default: whether it has `penalties`)."""
         return self._overrides("penalties")
@@ -126,6 +136,10 @@ class Regularizer:
                 ) -> dict:
         del key, layer, deterministic
         return params
+
+    def model_weights(self, arrays: dict, key: Array | None, deterministic: bool) -> dict:
+        del key, deterministic
+        return arrays
 
     def input_mask(self, key: Array | None, shape: LayerShape, deterministic: bool):
         del key, shape, deterministic
@@ -229,6 +243,10 @@ class Family(Regularizer):
         return self.active and super().embedding_noise
 
     @property
+    def model_noise(self) -> bool:
+        return self.active and super().model_noise
+
+    @property
     def has_penalty(self) -> bool:
         return self.active and super().has_penalty
 
@@ -255,6 +273,10 @@ class Chain(Regularizer):
         return any(p.embedding_noise for p in self.members)
 
     @property
+    def model_noise(self) -> bool:
+        return any(p.model_noise for p in self.members)
+
+    @property
     def has_penalty(self) -> bool:
         return any(p.has_penalty for p in self.members)
 
@@ -276,6 +298,11 @@ class Chain(Regularizer):
         for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):  # a stable sort
             params = p.weights(params, key, layer, deterministic)
         return params
+
+    def model_weights(self, arrays, key, deterministic):
+        for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):
+            arrays = p.model_weights(arrays, key, deterministic)
+        return arrays
 
     def _first(self, hook: str, *args):
         for p in self.members:

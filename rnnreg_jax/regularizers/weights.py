@@ -1,5 +1,6 @@
-"""Noise on the recurrent weights: AWD-LSTM's weight drop (DropConnect on W_h) and
-Krueger et al.'s weight-noise baseline, one draw per layer and window (minibatch)."""
+"""Noise on the weights: AWD-LSTM's weight drop (DropConnect on W_h) and Krueger et al.'s
+weight-noise baseline (on W_h, or on every weight matrix as the zoneout authors' code
+adds it), one draw per weight and window (minibatch)."""
 
 from __future__ import annotations
 
@@ -58,25 +59,52 @@ class WeightDrop(Family):
         return dict(params, w_h=drop_connect(key, params["w_h"], self.rate))
 
 
+WEIGHT_NOISE_SCOPES = ("recurrent", "all")
+# The model arrays `model_weights` is given, in a fixed order that names their keys.
+MODEL_ARRAYS = ("embedding", "output")
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightNoise(Family):
-    """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, one draw per layer and window;
-    evaluation uses W_h."""
+    """`W + std * eps`, `eps ~ N(0, 1)` of W's shape, one draw per weight and window, on
+    W_h (`scope="recurrent"`) or on every weight matrix (`"all"`: each layer's W_x and
+    W_h and, in the task models, the embedding and the softmax or head kernel; biases
+    and normalization gains stay); evaluation uses W."""
 
+    QUALIFIERS: ClassVar[tuple[str, ...]] = ("scope",)
     std: float = 0.0
+    scope: str = "recurrent"
 
     def __post_init__(self):
         object.__setattr__(self, "std", check_non_negative(self.std, "weight_noise"))
+        if self.scope not in WEIGHT_NOISE_SCOPES:
+            raise ValueError(f"weight_noise scope must be one of {WEIGHT_NOISE_SCOPES}, got "
+                             f"{self.scope!r}.")
 
     @property
     def active(self):
         return self.std > 0
 
+    @property
+    def model_noise(self):
+        return self.active and self.scope == "all"
+
     def weights(self, params, key, layer, deterministic):
         if deterministic or not self.active:
             return params
         key = noise.site_key(need_key(key, "weight noise"), "weight_noise", layer)
-        return dict(params, w_h=gaussian_noise(key, params["w_h"], self.std))
+        out = dict(params, w_h=gaussian_noise(key, params["w_h"], self.std))
+        if self.scope == "all" and "w_x" in params:  # a stack fed gate inputs has none
+            out["w_x"] = gaussian_noise(jax.random.fold_in(key, 1), params["w_x"], self.std)
+        return out
+
+    def model_weights(self, arrays, key, deterministic):
+        if deterministic or not self.model_noise:
+            return arrays
+        key = noise.site_key(need_key(key, "weight noise"), "weight_noise")
+        return {name: gaussian_noise(jax.random.fold_in(key, MODEL_ARRAYS.index(name)), w,
+                                     self.std) for name, w in arrays.items()}
+
 
 
 def weight_drop(rate: float) -> Regularizer:
@@ -90,7 +118,13 @@ def weight_drop(rate: float) -> Regularizer:
     return compose(WeightDrop(rate))
 
 
-def weight_noise(std: float) -> Regularizer:
-    """`W_h + std * eps`, `eps ~ N(0, 1)` of W_h's shape, once per minibatch (per
-    `unroll` call) and layer; evaluation uses `W_h`."""
-    return compose(WeightNoise(std))
+def weight_noise(std: float, scope: str = "recurrent") -> Regularizer:
+    """`W + std * eps`, `eps ~ N(0, 1)` of W's shape, once per minibatch (per `unroll`
+    call) and weight; evaluation uses `W`.
+
+    `scope="recurrent"`: W_h of every layer. `"all"`: every weight matrix, as the
+    zoneout authors' code adds Graves' noise to every parameter in Blocks' WEIGHT role:
+    each layer's W_x and W_h, and in `LanguageModel` / `SequenceModel` the embedding (or
+    input map) and the softmax or head kernel (`model_weights`); biases stay.
+    """
+    return compose(WeightNoise(std, scope))
