@@ -106,7 +106,6 @@ class WeightNoise(Family):
                                      self.std) for name, w in arrays.items()}
 
 
-
 def weight_drop(rate: float) -> Regularizer:
     """Merity et al. 2017 (AWD-LSTM): DropConnect on the recurrent weights.
 
