@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.core import meta
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
@@ -143,26 +142,37 @@ def uniform_init(scale: float | None):
     return init
 
 
-def _perturbed(value, new):
-    """`new` in the place of `value`, boxed as it is (`param_axes`' metadata kept)."""
-    return value.replace_boxed(new) if isinstance(value, meta.AxisMetadata) else new
+class _NoisyDense(nn.Module):
+    """`nn.Dense`'s parameters (the same names, shapes and initializers), read in a
+    training window through the regularizer's "output" transform (`model_weights`): the
+    output layer under weight noise on every weight."""
+
+    features: int
+    reg: Any
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, key: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        kernel = self.reg.model_weights({"output": kernel}, key, False)["output"]
+        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return inputs @ kernel + bias
 
 
-def _dense(reg, key: jax.Array | None):
-    """`nn.Dense`, or where `key` is given (training, with `reg.model_noise`) one whose
-    kernel is the regularizer's "output" array of this window (`model_weights`): the
-    same parameters, read through the transform."""
+def _output_layer(reg, key: jax.Array | None, features: int, name: str, **dense):
+    """The output layer (`nn.Dense(features, name=name, **dense)`) as a function of its
+    input: where `key` is given (training, with `reg.model_noise`) it reads its kernel
+    through the regularizer's transform."""
     if key is None:
-        return nn.Dense
-
-    def transform(variables):
-        params = dict(variables["params"])
-        kernel = meta.unbox(params["kernel"])
-        noisy = reg.model_weights({"output": kernel}, key, False)["output"]
-        params["kernel"] = _perturbed(params["kernel"], noisy)
-        return {**variables, "params": params}
-
-    return nn.map_variables(nn.Dense, "params", trans_in_fn=transform, init=True)
+        return nn.Dense(features, name=name, **dense)
+    layer = _NoisyDense(features, reg, dense.pop("kernel_init", nn.initializers.lecun_normal()),
+                        dense.pop("bias_init", nn.initializers.zeros), name=name, **dense)
+    return lambda x: layer(x, key)
 
 
 def _model_noise_key(module, reg, deterministic: bool) -> jax.Array | None:
@@ -275,10 +285,10 @@ class LanguageModel(RecurrentOptions):
                       else y @ precision.cast(table, self.dtype).T)
             logits = scores + precision.cast(bias, self.dtype)
         else:
-            dense = _dense(self.reg, weights_key)
-            logits = dense(self.vocab_size, kernel_init=boxed(weights, "softmax/kernel"),
-                           bias_init=boxed(bias, "softmax/bias"),
-                           dtype=self.dtype, param_dtype=self.param_dtype, name="softmax")(y)
+            logits = _output_layer(self.reg, weights_key, self.vocab_size, "softmax",
+                                   kernel_init=boxed(weights, "softmax/kernel"),
+                                   bias_init=boxed(bias, "softmax/bias"),
+                                   dtype=self.dtype, param_dtype=self.param_dtype)(y)
         return logits, carry
 
 
@@ -348,6 +358,6 @@ class SequenceModel(RecurrentOptions):
         head = head_initializers(self.head_init, self.orthogonal_init)
         head = dict(kernel_init=boxed(head["kernel_init"], "head/kernel"),
                     bias_init=boxed(head["bias_init"], "head/bias"))
-        dense = _dense(self.reg, weights_key)
-        return dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="head", **head)(lengths.last_valid(y, seq_lengths))
+        head_layer = _output_layer(self.reg, weights_key, self.num_outputs, "head",
+                                   dtype=self.dtype, param_dtype=self.param_dtype, **head)
+        return head_layer(lengths.last_valid(y, seq_lengths))

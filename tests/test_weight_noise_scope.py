@@ -87,6 +87,11 @@ def test_the_language_model_reads_its_embedding_and_softmax_through_the_hook(tie
         params["softmax"] = dict(params["softmax"], kernel=params["softmax"]["kernel"] + 1.0)
     want, _ = plain.apply({"params": params}, ids)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # as the training step calls it, with collections to fill (Flax's map_variables,
+    # tried first, saw no params then)
+    (got, _), _ = shifted.apply(variables, ids, deterministic=False, rngs=rngs,
+                                mutable=["penalties", "batch_stats"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     evaluated, _ = shifted.apply(variables, ids)  # evaluation: the stored weights
     np.testing.assert_allclose(evaluated, plain.apply(variables, ids)[0], rtol=1e-6)
 
@@ -96,7 +101,8 @@ def test_the_sequence_model_reads_its_embedding_and_head_through_the_hook():
     shifted = SequenceModel(2, 5, vocab_size=7, embed_size=4, reg=rj.compose(_Shift()))
     plain = SequenceModel(2, 5, vocab_size=7, embed_size=4)
     variables = plain.init(jax.random.key(0), ids)
-    got = shifted.apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    got, _ = shifted.apply(variables, ids, deterministic=False,
+                           rngs={"dropout": jax.random.key(1)}, mutable=["penalties"])
     params = dict(variables["params"])
     params["embed"] = {"embedding": 2.0 * params["embed"]["embedding"]}
     params["head"] = dict(params["head"], kernel=params["head"]["kernel"] + 1.0)
