@@ -197,7 +197,7 @@ def main(argv):
                                                      "markdown": FLAGS.markdown})
     if problem:  # before anything is built or timed
         _fail(problem)
-    skipped = [c for c in FLAGS.contenders if not bm.applies(c, None)]
+    skipped = [c for c in FLAGS.contenders if not bm.applies(c, {})]
     if skipped:  # the peers' ratios would be missing from the tables without a word
         print(f"# skipping {', '.join(skipped)}: torch is not installed here "
               "(pip install torch==2.13.0)", file=sys.stderr)

@@ -120,9 +120,7 @@ class RecurrentOptions(nn.Module):
     def __post_init__(self):
         check_regularizer(self.reg)  # at construction, not deep inside the first call
         check_switches(self)
-        precision.check_floating(self.param_dtype, "param_dtype")
-        if self.dtype is not None:  # "bf16" failed inside numpy, an int blamed the inputs
-            precision.check_floating(self.dtype, "dtype")
+        precision.check_module_dtypes(self.param_dtype, self.dtype)
         super().__post_init__()
 
     def recurrent_options(self) -> dict:

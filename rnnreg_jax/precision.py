@@ -54,6 +54,14 @@ def check_floating(dtype: Any, name: str) -> Any:
     return checked
 
 
+def check_module_dtypes(param_dtype: Any, dtype: Any) -> None:
+    """A module's storage and compute dtypes (`dtype` None: no cast), each floating, or
+    `check_floating`'s one sentence naming it (linen and NNX modules alike)."""
+    check_floating(param_dtype, "param_dtype")
+    if dtype is not None:  # "bf16" failed inside numpy, an int blamed the inputs
+        check_floating(dtype, "dtype")
+
+
 def at_least_float32(dtype: Any) -> Any:
     """`dtype` widened to float32 if narrower (bfloat16, float16 -> float32; float32 and
     float64 stay)."""

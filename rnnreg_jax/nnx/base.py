@@ -93,9 +93,7 @@ def resolve_options(linen_class: type, options: dict) -> dict:
     for name, value in resolved.items():  # as the linen twin checks its own
         if isinstance(defaults[name], bool):
             check_flag(value, name)
-    precision.check_floating(resolved["param_dtype"], "param_dtype")
-    if resolved["dtype"] is not None:
-        precision.check_floating(resolved["dtype"], "dtype")
+    precision.check_module_dtypes(resolved["param_dtype"], resolved["dtype"])
     if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
         resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())
     return resolved

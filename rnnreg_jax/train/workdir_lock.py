@@ -17,6 +17,7 @@ import socket
 import time
 
 LOCK_NAME = ".lock"
+_HOLDER_BYTES = 256  # the holder's line, padded: written whole in one write
 
 
 class WorkdirInUseError(RuntimeError):
@@ -56,9 +57,6 @@ def lock_workdir(workdir: str) -> bool:
     os.ftruncate(fd, _HOLDER_BYTES)
     _held[key] = fd
     return True
-
-
-_HOLDER_BYTES = 256
 
 
 def _holder(fd: int, wait_s: float = 1.0) -> str:
