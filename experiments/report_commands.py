@@ -10,11 +10,11 @@ import shlex
 from experiments.cli import override_text
 from experiments.report_runs import Run
 
-# Settings that never change a run's numbers: when it stops and resumes (a resumed run is
-# bit-identical to an uninterrupted one) and whether the data's checksums were checked.
-# A command shows none of them (a time limit copied to a slower machine would stop its
-# run early) and a rebuild never asks for them.
-RESULT_NEUTRAL = ("train.time_limit_s", "data.verify_checksums")
+# Settings that never change a run's numbers: when it stops, saves and resumes (a resumed
+# run is bit-identical to an uninterrupted one) and whether the data's checksums were
+# checked. A command shows none of them (a time limit copied to a slower machine would
+# stop its run early) and a rebuild never asks for them.
+RESULT_NEUTRAL = ("train.time_limit_s", "train.checkpoint_every_s", "data.verify_checksums")
 
 
 def _neutral(arg: str) -> bool:

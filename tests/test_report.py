@@ -113,7 +113,8 @@ def test_copy_paste_command():
     # a time limit (experiments.reproduce adds one) would stop a slower machine's run early
     assert (report.copy_paste_command(
         "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z "
-        "--config.train.time_limit_s=671 --config.data.verify_checksums=False", "ptb")
+        "--config.train.time_limit_s=671 --config.data.verify_checksums=False "
+        "--config.train.checkpoint_every_s=60", "ptb")
         == "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z")
 
 
@@ -415,6 +416,7 @@ def test_rebuild_flags_leave_out_removed_neutral_and_unused_mc_fields():
     config["preset"] = "zaremba_small"
     config["train"]["eval_batch_size"] = 0  # a field since removed: no command can set it
     config["train"]["time_limit_s"] = 671.0  # when it stopped: never changes the numbers
+    config["train"]["checkpoint_every_s"] = 60.0  # nor how often it saved
     del config["data"]["verify_checksums"]  # a switch added later, result-neutral
     del config["train"]["mc_embedding_dropout"]  # MC settings of a run without MC
     config["model"]["forget_bias"] = 1.0

@@ -63,6 +63,8 @@ def default_train_config() -> ml_collections.ConfigDict:
                                   # stream); "window": redrawn every window / batch.
     # Checkpoints (workdir/checkpoints and workdir/best).
     c.checkpoint_every_steps = 0  # also save every N steps (0 = only at epoch ends).
+    c.checkpoint_every_s = 600.0  # also save this many seconds after the last save (0 =
+                                  # never): what a run killed without warning loses.
     c.keep_checkpoints = 3        # latest checkpoints kept; the best is kept apart.
     # Logs (workdir/metrics.jsonl, workdir/tb, console).
     c.log_every_steps = 100       # training-metrics event + NaN check every N steps.
@@ -105,7 +107,7 @@ _WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "deca
           "early_stop_patience": 0, "mc_samples": 0, "mc_chunk": 0,
           "checkpoint_every_steps": 0, "keep_checkpoints": 1, "log_every_steps": 0}
 # Number fields: finite and >= 0, or > 0 for the divisors.
-_AT_LEAST_ZERO = ("time_limit_s", "lr_window_reference")
+_AT_LEAST_ZERO = ("time_limit_s", "checkpoint_every_s", "lr_window_reference")
 _ABOVE_ZERO = ("decay_factor", "plateau_factor")
 # Switches (and those the experiment presets add; None where a switch may be unset): a
 # word where a bool belongs, "maybe" from a command line, was taken as True.

@@ -27,6 +27,7 @@ from rnnreg_jax.train.evaluation import (
 from rnnreg_jax.train.evaluator import Evaluator, PassStopped
 from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
 from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
+from rnnreg_jax.train.save_clock import SaveClock
 from rnnreg_jax.train.stopping import RunStop
 from rnnreg_jax.train.task import (
     Task,
@@ -100,6 +101,7 @@ class _Run:
         self.t_last, self.step_last = time.time(), self.step
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
         self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps)
+        self.save_clock = SaveClock(config.checkpoint_every_s, config.log_every_steps)
 
     def _ntasgd_switch(self) -> AveragingSwitch:
         """NT-ASGD's host side; a resumed run's trigger hears the validation history it
@@ -151,18 +153,12 @@ class _Run:
                 self._non_finite(value, first_step + i)
                 return
         self.pending = []
-        totals = {k: sum(float(m[k]) for m in fetched) for k in ("loss_sum", "count", "errors")}
-        metrics = losses.summarize(self.task.kind, totals, self.task.target_scale)
-        if self.task.kind == "classification" or self.task.kind == "regression":
-            metrics.pop("accuracy", None)
-        metrics["objective"] = sum(float(m["objective"]) for m in fetched) / len(fetched)
-        metrics["penalty"] = sum(float(m["penalty"]) for m in fetched) / len(fetched)
-        metrics["grad_norm"] = sum(float(m["grad_norm"]) for m in fetched) / len(fetched)
+        metrics = losses.summarize_steps(self.task.kind, fetched, self.task.target_scale)
         metrics["lr"] = self.lr
         now = time.time()
         dt = max(now - self.t_last, 1e-9)
         unit = "tokens" if self.task.kind == "lm" else "examples"
-        rate = totals["count"] / dt
+        rate = metrics.pop("count") / dt
         steps_per_s = (self.step - self.step_last) / dt
         metrics[f"{unit}_per_sec"] = rate
         metrics["steps_per_sec"] = steps_per_s
@@ -208,6 +204,7 @@ class _Run:
             self.ckpt.save_best(self.state, self.step)
         self.ckpt.save(self.state, self.step)
         self.last_saved = self.step
+        self.save_clock.saved()
 
     def repair_best(self) -> None:
         """A resumed epoch-end checkpoint that improved on the validation metric
@@ -256,8 +253,7 @@ class _Run:
                     steps.throttle(self.mesh, self.step, metrics)
                     if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
                         self.flush()
-                    if (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
-                            and self.pos < spe):
+                    if self.pos < spe and self._save_due():
                         self.save()
                     if cfg.max_steps and self.step >= cfg.max_steps:
                         break
@@ -288,6 +284,14 @@ class _Run:
                 self.stopped = True
                 self._announce_stop()
                 return
+
+    def _save_due(self) -> bool:
+        """A mid-epoch save after this step: every `checkpoint_every_steps` steps, and
+        `checkpoint_every_s` seconds after the last save (the same answer on every
+        process: the step rule needs none, the clock's is a collective all make)."""
+        every = self.config.checkpoint_every_steps
+        by_steps = bool(every) and self.step % every == 0
+        return self.save_clock.due(self.step) or by_steps
 
     def _announce_stop(self, during: str | None = None) -> None:
         """The `stopped` event (`during`: "validation" where the epoch was saved before

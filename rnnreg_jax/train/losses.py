@@ -175,6 +175,19 @@ def summarize(kind: str, stats: dict, target_scale: float = 1.0) -> dict[str, fl
     return out
 
 
+def summarize_steps(kind: str, fetched: list[dict], target_scale: float = 1.0) -> dict:
+    """The training event of some steps' fetched metrics: the task's metrics over all
+    their tokens or examples (accuracy left out where it repeats the error: regression
+    has none), and the mean objective, penalty and gradient norm of a step."""
+    totals = {k: sum(float(m[k]) for m in fetched) for k in ("loss_sum", "count", "errors")}
+    metrics = summarize(kind, totals, target_scale)
+    metrics.pop("accuracy", None)
+    for key in ("objective", "penalty", "grad_norm"):
+        metrics[key] = sum(float(m[key]) for m in fetched) / len(fetched)
+    metrics["count"] = totals["count"]
+    return metrics
+
+
 def task_metric(kind: str) -> str:
     """The metric (lower is better) that drives LR rules and the best checkpoint."""
     return {"lm": "loss", "classification": "error", "regression": "rmse"}[kind]
