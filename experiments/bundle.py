@@ -14,7 +14,8 @@ A GPU machine returns at most `MAX_FILES` files of at most `MAX_FILE_BYTES` each
   inside the call's working tree, whose limit (64 MiB) it shares with the repository
   and the data: 30-45 MB of checkpoints resume (docs/RESULTS_HOWTO.md).
 
-`unpack` restores a bundle into a runs folder; `experiments.report` reads a bundle
+`unpack` restores a bundle into a runs folder; `read_manifest` reads and checks the
+manifest for it and for `experiments.reproduce`; `experiments.report` reads a bundle
 folder as it reads workdirs.
 """
 
@@ -158,13 +159,82 @@ def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
     tar.extractall(dest, filter="data")  # no absolute paths, no escapes, no devices
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    """The manifest of the bundle in `bundle_dir`, checked to hold what `unpack` and
+    `experiments.reproduce` read from it, typed as `pack` writes it (a bundle may come
+    back truncated or be edited by hand).
+
+    Raises:
+        ValueError: one sentence naming the file and what is wrong with it.
+    """
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        where = "it has no " + MANIFEST if Path(bundle_dir).is_dir() else "no such folder"
+        raise ValueError(f"{bundle_dir} is not a bundle: {where}.")
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as err:
+        raise ValueError(f"Bundle manifest {path} cannot be read ({err.strerror}).") from err
+    except ValueError as err:  # not JSON, or bytes that are not UTF-8
+        raise ValueError(f"Bundle manifest {path} is not valid JSON ({err}).") from err
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"Bundle manifest {path} {problem}.")
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What keeps `manifest` from being read as `pack` writes it, or None."""
+    if not isinstance(manifest, dict):
+        return f"holds {_JSON_KINDS.get(type(manifest), 'a value')}, not an object"
+    for key, kind in (("runs", list), ("files", dict), ("checkpoint_parts", list)):
+        if key not in manifest:
+            return f"lacks the key {key!r}"
+        if not isinstance(manifest[key], kind):
+            return (f"has {key!r} as {_JSON_KINDS.get(type(manifest[key]), 'a value')}, "
+                    f"not {_JSON_KINDS[kind]}")
+    names: set[str] = set()
+    for i, run in enumerate(manifest["runs"]):
+        if not isinstance(run, dict):
+            return f"has run {i} as {_JSON_KINDS.get(type(run), 'a value')}, not an object"
+        if "name" not in run:
+            return f"has run {i} without a name"
+        name, step = run["name"], run.get("step", 0)
+        if not isinstance(name, str) or not name:
+            return f"has run {i} named {json.dumps(name)}, not a non-empty string"
+        if name in names:
+            return f"lists run {name!r} twice"
+        names.add(name)
+        if type(step) is not int or step < 0:  # bool is an int; a step is not
+            return f"has run {name!r} at step {json.dumps(step)}, not a whole number >= 0"
+    for name, meta in manifest["files"].items():
+        # unpack reads each listed file from the bundle folder: no other path.
+        if name in ("", ".", "..") or Path(name).name != name:
+            return f"lists the file {name!r}, which is no file name in the bundle folder"
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            return f"has no sha256 string for the file {name!r}"
+    # Every file unpack opens must be listed, so that its sha256 is checked first.
+    if RUNS_ARCHIVE not in manifest["files"]:
+        return f"does not list {RUNS_ARCHIVE} among its files"
+    for part in manifest["checkpoint_parts"]:
+        if not isinstance(part, str) or part not in manifest["files"]:
+            return (f"names the checkpoint part {json.dumps(part)}, which it does not list "
+                    "among its files")
+    return None
+
+
 def unpack(bundle: Path, root: Path) -> dict:
     """Restores a bundle's logs and checkpoints under `root/<name>`; returns the manifest.
 
     Raises:
-        ValueError: a file is missing or its sha256 differs from the manifest's.
+        ValueError: the manifest is missing or malformed (`read_manifest`), or a file is
+            missing or its sha256 differs from the manifest's.
     """
-    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest = read_manifest(bundle)
     for name, meta in manifest["files"].items():
         path = bundle / name
         if not path.is_file() or sha256_file(path) != meta["sha256"]:

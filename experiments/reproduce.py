@@ -351,15 +351,15 @@ def _main(argv) -> None:
 
 
 def _check_resume(source: Path, root: Path, names: list[str]) -> None:
-    """Refuse, before unpacking, a bundle whose runs this batch does not name (another
-    batch's: they were unpacked and the batch started from zero beside them) or whose
-    run is behind the same run under `root` (unpacking put its older logs back over the
-    newer ones)."""
+    """Refuse, before unpacking, a bundle whose manifest is malformed, whose runs this batch
+    does not name (another batch's: they were unpacked and the batch started from zero
+    beside them) or whose run is behind the same run under `root` (unpacking put its
+    older logs back over the newer ones)."""
     try:
-        manifest = json.loads((source / bundle.MANIFEST).read_text())
-        bundled = {r["name"]: int(r.get("step", 0)) for r in manifest["runs"]}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        _fail(f"cannot resume from {source}: its {bundle.MANIFEST} cannot be read ({err}).")
+        manifest = bundle.read_manifest(source)
+    except ValueError as err:
+        _fail(f"cannot resume from {source}: {err}")
+    bundled = {r["name"]: r.get("step", 0) for r in manifest["runs"]}
     strangers = sorted(set(bundled) - set(names))
     if strangers:
         _fail(f"the bundle {source} holds {strangers}, which this batch ({names}) does not "

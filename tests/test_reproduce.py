@@ -144,7 +144,8 @@ def test_a_bundle_of_another_batch_or_behind_the_root_is_refused(tmp_path, capsy
     was even checked)."""
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / bundle.MANIFEST).write_text(json.dumps(
-        {"runs": [{"name": "a", "step": 5}], "files": {}, "checkpoint_parts": []}))
+        {"runs": [{"name": "a", "step": 5}], "checkpoint_parts": [],
+         "files": {bundle.RUNS_ARCHIVE: {"bytes": 0, "sha256": "0" * 64}}}))
     if ahead:
         (tmp_path / "w" / "a" / "checkpoints" / "10").mkdir(parents=True)
         (tmp_path / "w" / "a" / "metrics.jsonl").write_text("newer\n")
