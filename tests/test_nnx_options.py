@@ -28,6 +28,7 @@ AXES = {"w_x": ("embed", "gates"), "w_h": ("hidden", "gates"), "b": ("gates",)}
 LM_REG = (rj.variational(input=0.2, recurrent=0.2, output=0.3, embedding=0.2)
           + rj.weight_drop(0.3) + rj.activation_regularization(1.0)
           + rj.temporal_activation_regularization(1.0))
+ALL_NOISE = rj.weight_noise(0.3, "all")
 
 
 def ids():
@@ -65,6 +66,12 @@ CASES = {
     "sequence_ids_padded": (models.SequenceModel(3, (4,), vocab_size=V, embed_size=5,
                                                  reg=LM_REG, dtype=BF16), ids,
                             {"seq_lengths": LENGTHS}),
+    # weight noise on the embedding and the softmax / head kernel (`model_weights`)
+    "lm_weight_noise_all": (models.LanguageModel(V, (5,), reg=LM_REG + ALL_NOISE, dtype=BF16,
+                                                 param_dtype=BF16), ids, {}),
+    "sequence_weight_noise_all": (models.SequenceModel(3, (4,), vocab_size=V, embed_size=5,
+                                                       reg=LM_REG + ALL_NOISE, dtype=BF16),
+                                  ids, {}),
     "stack_gru": (linen_nn.StackedRNN((4,), cell="gru", dtype=BF16, param_dtype=BF16,
                                       reg=rj.variational(input=0.2, recurrent=0.3)
                                       + rj.norm_stabilizer(1.0)), floats, {}),

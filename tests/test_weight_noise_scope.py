@@ -123,16 +123,6 @@ def test_without_model_noise_nothing_moves():
         with_noise.apply(variables, ids, deterministic=False, rngs=rngs)[0], out)
 
 
-def test_nnx_task_models_refuse_it_in_one_sentence():
-    from flax import nnx
-
-    from rnnreg_jax import nnx as rnx
-
-    with pytest.raises(ValueError, match="not in rnnreg_jax.nnx's task models yet"):
-        rnx.LanguageModel(7, 5, reg=regularizers.weight_noise(0.1, "all"), rngs=nnx.Rngs(0))
-    rnx.LanguageModel(7, 5, reg=regularizers.weight_noise(0.1), rngs=nnx.Rngs(0))
-
-
 def test_the_weight_noise_presets_put_it_on_every_weight():
     from experiments.configs import ptb
     from experiments.configs.common import regularization

@@ -36,11 +36,12 @@ NO_STREAM = ("Training mode (deterministic=False) with noise regularizers needs 
              "rngs=key, or call .eval().")
 
 
-def linen_key(key: jax.Array, *path: str) -> jax.Array:
+def linen_key(key: jax.Array, *path: str, draw: int = 1) -> jax.Array:
     """The key a linen module at `path` (its names from the root, `()` for the root)
-    gets from its first `make_rng("dropout")` under `apply(..., rngs={"dropout": key})`.
+    gets from its `draw`-th `make_rng("dropout")` (1: the first) under
+    `apply(..., rngs={"dropout": key})`.
     """
-    return LazyRng.create(key, *path, 1).as_jax_rng()
+    return LazyRng.create(key, *path, draw).as_jax_rng()
 
 
 def get_value(variable: nnx.Variable) -> Any:

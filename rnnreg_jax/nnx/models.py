@@ -2,7 +2,8 @@
 
 Their `nnx.Param` states are the linen models' `params` trees path for path (`embed`,
 `rnn/layer_<l>`, `softmax` or `softmax_bias`, `head`), and each draws its noise keys from
-one key per call as the linen model does from `rngs={"dropout": key}`.
+one key per call as the linen model does from `rngs={"dropout": key}`, the key of the
+regularizer's transform of the embedding and output kernel (`model_weights`) included.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen
 import jax
 from flax import nnx
 
@@ -25,15 +27,6 @@ from rnnreg_jax.nnx.base import (
 )
 from rnnreg_jax.nnx.stack import StackedRNN, as_param
 from rnnreg_jax.regularizers.checks import check_flag
-
-
-def refuse_model_noise(reg) -> None:
-    """The NNX task models do not yet call `model_weights` (weight noise on the embedding
-    and the output layer, `weight_noise(..., scope="all")`): refused, not left out."""
-    if reg.model_noise:
-        raise ValueError("A regularizer of the model's own weights (weight_noise with "
-                         "scope='all') is not in rnnreg_jax.nnx's task models yet; use the "
-                         "linen models for it.")
 
 
 class LanguageModel(RecurrentModule):
@@ -61,7 +54,6 @@ class LanguageModel(RecurrentModule):
                  softmax_bias_init: str = "uniform", deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
-        refuse_model_noise(self.reg)
         for name, value in (("tie_embeddings", tie_embeddings),
                             ("embed_to_gates", embed_to_gates)):
             check_flag(value, name)  # as the linen twin's fields
@@ -116,14 +108,21 @@ class LanguageModel(RecurrentModule):
         """
         models.check_rank("LanguageModel takes int ids [B, T]", ids, 2)
         deterministic, average = self.modes(deterministic, use_running_average)
-        key = self.call_key(rngs, not deterministic and self.reg.has_noise)
-        x = embed_with_dropout(self.embed, ids, self.reg, key, deterministic)
+        noisy = self.reg.has_noise or self.reg.model_noise
+        key = self.call_key(rngs, not deterministic and noisy)
+        weights_key = model_weights_key(key, self.reg)
+        table = model_table(self.embed, self.reg, weights_key)
+        x = embed_with_dropout(self.embed, ids, self.reg, key, deterministic, table,
+                               weights_key)
         y, carry = self.rnn.run(x, carry, deterministic, average, stack_key(key, self.reg),
                                 seq_lengths)
         if self.tie_embeddings:
-            logits = self.embed.attend(y) + precision.cast(self.softmax_bias[...], self.dtype)
+            # the perturbed table where the window has one (the same array, tied), as linen
+            scores = (self.embed.attend(y) if weights_key is None
+                      else y @ precision.cast(table, self.dtype).T)
+            logits = scores + precision.cast(self.softmax_bias[...], self.dtype)
         else:
-            logits = self.softmax(y)
+            logits = output_layer(self.softmax, y, self.reg, weights_key)
         return logits, carry
 
     def linen_module(self) -> models.LanguageModel:
@@ -165,7 +164,6 @@ class SequenceModel(RecurrentModule):
                  deterministic: bool = False,
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
-        refuse_model_noise(self.reg)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("A SequenceModel takes token ids (vocab_size) or float inputs "
                              "(input_size, their width F): exactly one of the two.")
@@ -201,14 +199,19 @@ class SequenceModel(RecurrentModule):
         example's last valid output `y[b, L_b - 1]` instead of `y[:, -1]`."""
         models.check_sequence_inputs(inputs, token_ids=self.embed is not None)
         deterministic, average = self.modes(deterministic, use_running_average)
-        noisy = self.reg.stack_noise or (self.embed is not None and self.reg.embedding_noise)
+        noisy = (self.reg.stack_noise or self.reg.model_noise
+                 or (self.embed is not None and self.reg.embedding_noise))
         key = self.call_key(rngs, not deterministic and noisy)
+        weights_key = model_weights_key(key, self.reg)
         x = inputs
         if self.embed is not None:
-            x = embed_with_dropout(self.embed, inputs, self.reg, key, deterministic)
+            x = embed_with_dropout(self.embed, inputs, self.reg, key, deterministic,
+                                   model_table(self.embed, self.reg, weights_key),
+                                   weights_key)
         y, _ = self.rnn.run(x, None, deterministic, average, stack_key(key, self.reg),
                             seq_lengths)
-        return self.head(lengths.last_valid(y, seq_lengths))
+        return output_layer(self.head, lengths.last_valid(y, seq_lengths), self.reg,
+                            weights_key)
 
     def linen_module(self) -> models.SequenceModel:
         return models.SequenceModel(self.num_outputs, self.hidden_sizes, self.vocab_size,
@@ -254,12 +257,45 @@ def embedding(vocab_size: int, width: int, init, dtype: Any, param_dtype: Any,
     return embed
 
 
+def model_weights_key(key: jax.Array | None, reg) -> jax.Array | None:
+    """The key of the regularizer's transform of the model's own weights in a training
+    call (`key` given), else None: linen's first root `make_rng("dropout")`, taken only
+    with `reg.model_noise`, as linen's `_model_noise_key` (so no other draw moves)."""
+    return linen_key(key) if key is not None and reg.model_noise else None
+
+
+def model_table(embed: nnx.Embed, reg, weights_key: jax.Array | None) -> jax.Array:
+    """The embedding table a call reads: the stored one, or in a training call with
+    model noise the regularizer's transform of it (`model_weights`, "embedding")."""
+    table = embed.embedding[...]
+    if weights_key is None:
+        return table
+    return reg.model_weights({"embedding": table}, weights_key, False)["embedding"]
+
+
+def output_layer(layer: nnx.Linear, x: jax.Array, reg,
+                 weights_key: jax.Array | None) -> jax.Array:
+    """The softmax or head layer on `x`; with `weights_key` its kernel read through the
+    regularizer's transform (`model_weights`, "output"), the bias as it is, computed as
+    linen's `_NoisyDense` computes it (same promotion and product, so the same bits)."""
+    if weights_key is None:
+        return layer(x)
+    kernel = reg.model_weights({"output": layer.kernel[...]}, weights_key, False)["output"]
+    bias = None if layer.bias is None else layer.bias[...]
+    x, kernel, bias = flax.linen.dtypes.promote_dtype(x, kernel, bias, dtype=layer.dtype)
+    return x @ kernel if bias is None else x @ kernel + bias
+
+
 def embed_with_dropout(embed: nnx.Embed, ids: jax.Array, reg, key: jax.Array | None,
-                       deterministic: bool) -> jax.Array:
-    """The embedded ids with the regularizer's word-type dropout (the model's own key:
-    linen's root `make_rng("dropout")`)."""
-    x = models.look_up(embed.embedding[...], ids, embed.dtype)
-    site_key = linen_key(key) if key is not None and reg.embedding_noise else None
+                       deterministic: bool, table: jax.Array,
+                       weights_key: jax.Array | None) -> jax.Array:
+    """The ids looked up in `table` (`model_table`) with the regularizer's word-type
+    dropout (the model's own key: linen's root `make_rng("dropout")`, its second draw
+    when the first was `weights_key`)."""
+    x = models.look_up(table, ids, embed.dtype)
+    site_key = None
+    if key is not None and reg.embedding_noise:
+        site_key = linen_key(key, draw=1 if weights_key is None else 2)
     mask = noise.embedding_mask(reg, site_key, ids, embed.num_embeddings, deterministic,
                                 precision.mask_dtype(x.dtype))
     return x if mask is None else x * mask
