@@ -15,7 +15,8 @@
    `--stop_at_deadline`.
 3. Starts every run (CUDA MPS is started by scripts/gpu_window.sh where present)
    with `train.time_limit_s` set to the deadline: a run still training then saves a
-   checkpoint and stops; one still evaluating gets SIGTERM, then SIGKILL.
+   checkpoint and stops; one still evaluating gets SIGTERM, then SIGKILL. SIGTERM or
+   Ctrl-C to this driver stops the runs the same way at once.
 4. Writes the bring-back bundle (experiments/bundle.py) to `--out`.
 
 `--plan` stops after step 2 without running anything (step times from the table).
@@ -39,8 +40,10 @@ from absl import app, flags
 
 from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
 from experiments import reproduce_plan as plan_lib
+from experiments import reproduce_procs as procs_lib
 from experiments.flag_parsing import parse_flags
 from rnnreg_jax.data.errors import DataError
+from rnnreg_jax.train.termination import TerminationFlag
 
 flags.DEFINE_list("runs", [], "Run specs task:preset[:name][:--flag;--flag...].")
 flags.DEFINE_list("batches", [], f"Named batches: {', '.join(plan_lib.BATCHES)}.")
@@ -54,9 +57,6 @@ flags.DEFINE_string("out", None, "Bundle folder (default $OUT, else runs/bundle)
 flags.DEFINE_string("resume_from", None, "A bundle folder to resume the runs from.")
 flags.DEFINE_float("margin_s", 45.0, "Seconds kept at the end for saves, stops and the bundle.")
 FLAGS = flags.FLAGS
-
-_POLL_S = 2.0
-
 
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
@@ -130,39 +130,7 @@ def _child_env() -> dict:
 
 
 def _start(spec, workdir: Path, extra: list[str]) -> subprocess.Popen:
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / "console.log", "a")  # noqa: SIM115 - closed with the process
-    out = open(workdir.parent / f".{workdir.name}.stdout", "w")  # noqa: SIM115
-    proc = subprocess.Popen(_command(spec, workdir, extra), stdout=out, stderr=log,
-                            env=_child_env(), start_new_session=True)
-    proc.files = (log, out)  # type: ignore[attr-defined]
-    return proc
-
-
-def _wait_all(procs: dict, deadline: float, grace_s: float = 15.0) -> dict[str, int]:
-    """Waits for the processes; past `deadline` SIGTERM, past it + grace SIGKILL."""
-    codes: dict[str, int] = {}
-    termed = False
-    while len(codes) < len(procs):
-        for name, proc in procs.items():
-            if name not in codes and proc.poll() is not None:
-                codes[name] = proc.returncode
-        now = time.monotonic()
-        if now >= deadline and not termed:
-            for name, proc in procs.items():
-                if name not in codes:
-                    proc.send_signal(signal.SIGTERM)
-            termed = True
-        if now >= deadline + grace_s:
-            for name, proc in procs.items():
-                if name not in codes:
-                    proc.kill()
-                    codes[name] = proc.wait()
-        time.sleep(0.2 if termed else _POLL_S)
-    for proc in procs.values():
-        for f in proc.files:
-            f.close()
-    return codes
+    return procs_lib.start(_command(spec, workdir, extra), workdir, _child_env())
 
 
 def calibrate(specs, seconds: float) -> dict[str, dict]:
@@ -172,14 +140,14 @@ def calibrate(specs, seconds: float) -> dict[str, dict]:
     shutil.rmtree(scratch, ignore_errors=True)
     extra = [f"--config.train.time_limit_s={phase_s:g}", "--config.train.log_every_steps=10",
              "--config.train.checkpoint_every_steps=0", "--config.train.tensorboard=False",
-             "--config.train.max_steps=0"]
+             "--config.train.max_steps=0", "--config.train.checkpoint_every_s=0"]
     out: dict[str, dict] = {s.name: {} for s in specs}
     phases = [[s] for s in specs] + ([list(specs)] if len(specs) > 1 else [])
     for group in phases:
         kind = "alone" if len(group) == 1 else "together"
         started = time.time()
         procs = {s.name: _start(s, scratch / f"{s.name}-{kind}", extra) for s in group}
-        _wait_all(procs, time.monotonic() + phase_s + 120)
+        procs_lib.wait_all(procs, time.monotonic() + phase_s + 120)
         for s in group:
             workdir = scratch / f"{s.name}-{kind}"
             out[s.name][kind] = measured_step_s(workdir)
@@ -236,7 +204,18 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     procs = {s.name: _start(s, root / s.name, extra) for s in specs}
     print(f"started {len(procs)} runs; training stops at the latest in {limit:.0f} s",
           flush=True)
-    codes = _wait_all(procs, deadline + FLAGS.margin_s / 3)
+    # SIGTERM or Ctrl-C to the driver (a call's own time limit, say) stops the runs as the
+    # deadline would and still writes the bundle: killed at once it left them running
+    # without it, and what they had trained never came back.
+    told = TerminationFlag()
+    try:
+        codes = procs_lib.wait_all(procs, deadline + FLAGS.margin_s / 3,
+                                   stop_now=lambda: told.set)
+    finally:
+        told.restore()
+    if told.set:
+        print(f"{told.name}: the runs were stopped now, before the deadline; writing the "
+              "bundle.", flush=True)
     runs = []
     for spec in specs:
         workdir = root / spec.name

@@ -3,8 +3,10 @@
 # within the window: `start` launches scripts/gpu_window.sh in a session of its own
 # (setsid), so it outlives the call, and watches it for WATCH_S seconds (default 570; it
 # returns sooner if the batch ends); `collect`, the next call on the still-warm machine,
-# waits up to WAIT_S seconds (default 400) for the bundle and copies it to $OUT. Give
-# `start` a --budget_s of the first call's seconds plus what the window has left after it.
+# waits up to WAIT_S seconds (default 400) for the bundle and copies it to $OUT; a batch
+# still running then gets SIGTERM, which stops its runs with their checkpoints and writes
+# the bundle, awaited STOP_WAIT_S more seconds (default 90). Give `start` a --budget_s of
+# the first call's seconds plus what the window has left after it.
 #
 #   bash scripts/gpu_window_split.sh start --runs=ptb:zaremba_large --budget_s=780 \
 #       --calibrate_s=0 --step_times=results/step_times_h200.json --stop_at_deadline
@@ -64,21 +66,29 @@ case "${1:-}" in
     # group, which always succeeds, and collect would wait all of WAIT_S for nothing.
     driver="$(cat "$STATE/driver.pid")"
     [[ "$driver" =~ ^[1-9][0-9]*$ ]] || driver=""
+    # The driver writes the bundle's manifest last and then exits: its exit, not the
+    # manifest's appearance (which may be half written), says the bundle is whole.
+    running() { [[ -n "$driver" ]] && kill -0 "$driver" 2>/dev/null; }
     started=$SECONDS
-    until [[ -f "$STATE/bundle/bundle.json" ]] || (( SECONDS - started > ${WAIT_S:-400} )); do
-      if [[ -z "$driver" ]] || ! kill -0 "$driver" 2>/dev/null; then
-        sleep 2  # the driver is gone: its bundle is written before it exits, or never
-        break
-      fi
-      sleep 5
+    while running && (( SECONDS - started <= ${WAIT_S:-400} )); do
+      sleep 2
     done
+    if running; then  # past WAIT_S: what the runs trained comes back only in a bundle
+      echo "gpu_window_split.sh: the batch still runs after ${WAIT_S:-400} s; stopping it" \
+        "(SIGTERM) for its bundle." >&2
+      kill -TERM "$driver" 2>/dev/null || true
+      stopped=$SECONDS
+      while running && (( SECONDS - stopped < ${STOP_WAIT_S:-90} )); do
+        sleep 2
+      done
+    fi
     progress
     mkdir -p "$OUT" && cp "$STATE/window.log" "$OUT/"
     if [[ -f "$STATE/bundle/bundle.json" ]]; then
       cp "$STATE"/bundle/* "$OUT/"
     else
       echo "gpu_window_split.sh: no bundle in $STATE/bundle (its driver ended, or" \
-        "${WAIT_S:-400} s passed)." >&2
+        "${WAIT_S:-400} s passed and it did not stop in ${STOP_WAIT_S:-90} s)." >&2
       exit 1
     fi
     ;;

@@ -4,6 +4,7 @@ resume from it that ends as an uninterrupted run does."""
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -272,6 +273,34 @@ def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
             assert resumed[key] == uninterrupted[key], key
 
 
+def test_sigterm_to_the_driver_stops_the_runs_and_still_writes_the_bundle(tmp_path):
+    """Killed by a call's time limit, the driver left its runs training without it (they
+    are in sessions of their own) and wrote no bundle: nothing came back."""
+    data = tmp_path / "data"
+    fx.write_repeated_ptb_word(data)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as sink:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "experiments.reproduce", f"--data_dir={data}",
+             f"--runs=ptb:tiny:a:{FLAGS};--config.train.num_epochs=1000", "--budget_s=900",
+             "--calibrate_s=0", "--stop_at_deadline", f"--root={tmp_path / 'w'}",
+             f"--step_times={ROOT / 'results' / 'step_times_h100.json'}",
+             f"--out={tmp_path / 'b'}"], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+    checkpoints = tmp_path / "w" / "a" / "checkpoints"
+    began = time.monotonic()
+    while not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        assert driver.poll() is None and time.monotonic() - began < 300, log.read_text()
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=120) == 0, log.read_text()[-3000:]
+    said = log.read_text()
+    assert "SIGTERM: the runs were stopped now, before the deadline" in said
+    manifest = bundle.read_manifest(tmp_path / "b")
+    [run] = manifest["runs"]
+    assert run["status"] == "stopped" and run["step"] >= 5 and run["checkpoint_carried"]
+    assert '"reason": "SIGTERM"' in (tmp_path / "w" / "a" / "metrics.jsonl").read_text()
+
+
 def test_the_report_reads_a_bundle_as_it_reads_workdirs(tmp_path):
     from experiments import report_runs
 
@@ -312,6 +341,36 @@ def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
     assert [(r["name"], r["status"]) for r in manifest["runs"]] == [("a", "finished")]
     assert (tmp_path / "out2" / bundle.RUNS_ARCHIVE).is_file()
     assert "started 1 runs" in (tmp_path / "out2" / "window.log").read_text()
+
+
+def test_collect_stops_a_batch_still_running_after_its_wait_and_brings_its_bundle(tmp_path):
+    """A batch that overran its plan came back with nothing: collect gave up at WAIT_S and
+    the call ended with the runs' training stranded on the machine."""
+    data = tmp_path / "data"
+    fx.write_repeated_ptb_word(data)
+    env = {**os.environ, "WINDOW_DIR": str(tmp_path / "state"), "WATCH_S": "0",
+           "WAIT_S": "0", "STOP_WAIT_S": "120", "WHEELS": str(tmp_path / "no_wheels"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def call(out, *args):
+        return subprocess.run(["bash", "scripts/gpu_window_split.sh", *args], cwd=ROOT,
+                              env={**env, "OUT": str(tmp_path / out)}, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    start = call("out1", "start", f"--runs=ptb:tiny:a:{FLAGS};--config.train.num_epochs=1000",
+                 "--budget_s=900", "--calibrate_s=0", "--stop_at_deadline",
+                 f"--data_dir={data}", f"--step_times={ROOT / 'results' / 'step_times_h200.json'}")
+    assert start.returncode == 0, start.stderr[-2000:]
+    checkpoints = tmp_path / "state" / "runs" / "a" / "checkpoints"
+    began = time.monotonic()
+    while not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        assert time.monotonic() - began < 240, (tmp_path / "state" / "window.log").read_text()
+        time.sleep(0.5)
+    collect = call("out2", "collect")
+    assert collect.returncode == 0, collect.stderr[-2000:]
+    assert "stopping it (SIGTERM) for its bundle" in collect.stderr
+    [run] = bundle.read_manifest(tmp_path / "out2")["runs"]
+    assert run["status"] == "stopped" and run["step"] >= 5 and run["checkpoint_carried"]
 
 
 def test_a_split_batch_that_fails_at_once_says_so_and_collect_does_not_wait(tmp_path):
