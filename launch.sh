@@ -19,10 +19,11 @@
 # newest releases they allow) instead of the lock, e.g. on a platform the lock does not cover
 # (it pins CPython 3.11 wheels for x86-64 Linux; scripts/lock.sh regenerates it).
 # multihost: DEVICES_PER_PROCESS (default 2 CPU devices each), MULTIHOST_PORT (default: a
-# free port), JAX_PLATFORMS (default cpu), DRY_RUN=1 or --dry-run (first, before N): print
-# one command per process and run nothing. Process 0 writes to this terminal, process i to
-# <workdir>/process_<i>.log; the exit status is the first failing process's (the others
-# are then stopped), else 0.
+# free port; if another program takes it before the coordinator binds it, all start again
+# on a new one, 3 tries in all), JAX_PLATFORMS (default cpu), DRY_RUN=1 or --dry-run (first,
+# before N): print one command per process and run nothing. Process 0 writes to this
+# terminal, process i to <workdir>/process_<i>.log; the exit status is the first failing
+# process's (the others are then stopped), else 0.
 set -euo pipefail
 
 # Bash only up to the dispatch (no dirname): `tpu` must give its own errors on any PATH.
@@ -90,9 +91,26 @@ flag_value() {
   done
 }
 
-# A free TCP port on 127.0.0.1 (the kernel's pick), for the jax.distributed coordinator.
+# A free TCP port (the kernel's pick), for the jax.distributed coordinator. Probed on every
+# address, not 127.0.0.1 alone: the coordinator listens on all of them (gRPC binds [::]:PORT).
 free_port() {
-  "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$1" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+}
+
+# Whether process 0's stderr, file $1, says that its coordinator could not bind port $2.
+# gRPC logs "Failed to add port to server: ... '[::]:PORT'"; then jax.distributed.initialize
+# raises JaxRuntimeError "UNKNOWN: Failed to start RPC server" (exit status 1) or, as often
+# (jax 0.10), the process dies of SIGSEGV (139). Either way it has not yet read data nor
+# touched the workdir (experiments/main.py starts jax.distributed first): starting over is safe.
+bind_failed() {
+  grep -qE "Failed to add port to server.*:$2([^0-9]|\$)|Failed to start RPC server" "$1"
+}
+
+# Wait (5 s at most) for tee, pid $1, to copy the last of process 0's stderr: it ends when
+# that closes, unless a child of process 0 still holds it. Always succeeds.
+tee_done() {
+  local i=0
+  while ((i++ < 50)) && kill -0 "$1" 2>/dev/null; do sleep 0.1; done
 }
 
 # ./launch.sh multihost N <experiment> [flags]: N local processes through jax.distributed.
@@ -142,6 +160,15 @@ multihost() {
   fi
   mkdir -p "$workdir"
   echo "launch.sh: $n processes x $per devices, coordinator 127.0.0.1:$port, workdir $workdir" >&2
+  # The probe lets go of the port before process 0's coordinator binds it, so another
+  # program can take it in between: then all start again on a new port. A port the user
+  # chose is theirs to fix.
+  local tries=3
+  [[ -z "${MULTIHOST_PORT:-}" ]] || tries=1
+  # Process 0's stderr reaches this terminal through tee, which keeps a copy here: the
+  # only place a failed bind shows. Global: the EXIT trap runs after this function returns.
+  _mh_tmp="$(mktemp -d "${TMPDIR:-/tmp}/rnnreg_multihost.XXXXXX")"
+  trap 'rm -rf "$_mh_tmp"' EXIT
   # Stop every process that is still running (on a failure, Ctrl-C or kill).
   stop_all() {
     local pid
@@ -151,38 +178,62 @@ multihost() {
   }
   trap 'stop_all; exit 130' INT
   trap 'stop_all; exit 143' TERM
-  for ((i = 0; i < n; i++)); do
-    argv=("$python" -m "experiments.$exp" ${flags[@]+"${flags[@]}"}
-          "--coordinator_address=127.0.0.1:$port" "--num_processes=$n" "--process_id=$i")
-    if ((i == 0)); then
-      XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" &
-    else
-      log="$workdir/process_$i.log"
-      echo "launch.sh: process $i logs to $log" >&2
-      XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" > "$log" 2>&1 &
-    fi
-    pids+=("$!")
-  done
-  # Wait for all; the first failure stops the others (they would wait for it forever).
-  # Polling, not `wait -n -p` (bash 5.1): bash reaps each child when it exits and keeps
-  # its status for `wait PID`.
-  local status=0 rc left="$n"
-  while ((left > 0)); do
-    for i in "${!pids[@]}"; do
-      if [[ -z "${pids[$i]}" ]] || kill -0 "${pids[$i]}" 2>/dev/null; then
-        continue  # reaped already, or still running
+  local attempt status rc left retry fifo err tee_pid old
+  for ((attempt = 1; ; attempt++)); do
+    fifo="$_mh_tmp/stderr_0.$attempt" err="$_mh_tmp/process_0.$attempt.log"
+    mkfifo "$fifo"
+    # -i: Ctrl-C must not end tee before process 0 has logged how it stopped.
+    tee -i "$err" < "$fifo" >&2 &
+    tee_pid=$!
+    pids=()
+    for ((i = 0; i < n; i++)); do
+      argv=("$python" -m "experiments.$exp" ${flags[@]+"${flags[@]}"}
+            "--coordinator_address=127.0.0.1:$port" "--num_processes=$n" "--process_id=$i")
+      if ((i == 0)); then
+        XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" 2> "$fifo" &
+      else
+        log="$workdir/process_$i.log"
+        ((attempt > 1)) || echo "launch.sh: process $i logs to $log" >&2
+        XLA_FLAGS="$xla" JAX_PLATFORMS="$platforms" "${argv[@]}" > "$log" 2>&1 &
       fi
-      rc=0
-      wait "${pids[$i]}" || rc=$?
-      pids[i]=""
-      left=$((left - 1))
-      if ((rc != 0 && status == 0)); then
-        echo "launch.sh: process $i exited with status $rc; stopping the others." >&2
-        status=$rc
-        stop_all
-      fi
+      pids+=("$!")
     done
-    ((left == 0)) || sleep 0.5
+    # Wait for all; the first failure stops the others (they would wait for it forever).
+    # Polling, not `wait -n -p` (bash 5.1): bash reaps each child when it exits and keeps
+    # its status for `wait PID`.
+    status=0 retry=0 left="$n"
+    while ((left > 0)); do
+      for i in "${!pids[@]}"; do
+        if [[ -z "${pids[$i]}" ]] || kill -0 "${pids[$i]}" 2>/dev/null; then
+          continue  # reaped already, or still running
+        fi
+        rc=0
+        wait "${pids[$i]}" || rc=$?
+        pids[i]=""
+        left=$((left - 1))
+        if ((rc != 0 && status == 0)); then
+          status=$rc
+          if ((i == 0)) && tee_done "$tee_pid" && bind_failed "$err" "$port"; then
+            if ((attempt < tries)); then
+              retry=1
+            elif [[ -n "${MULTIHOST_PORT:-}" ]]; then
+              echo "launch.sh: the coordinator could not bind MULTIHOST_PORT=$port (another program is likely using it); stopping the others." >&2
+            else
+              echo "launch.sh: the coordinator could not bind any of the $tries ports tried (the last $port); stopping the others." >&2
+            fi
+          else
+            echo "launch.sh: process $i exited with status $rc; stopping the others." >&2
+          fi
+          stop_all
+        fi
+      done
+      ((left == 0)) || sleep 0.5
+    done
+    tee_done "$tee_pid"
+    ((retry)) || break
+    old="$port"
+    port="$(free_port "$python")"
+    echo "launch.sh: port $old was taken before the coordinator could bind it; starting all $n processes again on port $port (try $((attempt + 1)) of $tries)." >&2
   done
   trap - INT TERM
   return "$status"

@@ -31,38 +31,65 @@ EVERY = EVAL_CHECK_BATCHES
 FINAL_MC = "final evaluation, test with MC dropout (2 samples)"
 
 
+# What process 0 logs when its coordinator could not bind the port (launch.sh's
+# bind_failed: gRPC's line names the port; jax then raises or the process dies of SIGSEGV).
+BIND_FAILED = ("Failed to add port to server", "Failed to start RPC server")
+TRIES = 3
+
+
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # every address: the coordinator listens on all of them
         return s.getsockname()[1]
 
 
-def run(workdir: Path, name: str, sigterm_at: str = "") -> list[dict]:
-    """Both processes of one run; each one's record (the script's --out)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=PATIENT)
+def _start(workdir: Path, name: str, sigterm_at: str, env: dict) -> tuple[list, list, list]:
+    """Both processes on a fresh port: (processes, their --out files, their log files)."""
     port = _free_port()
-    procs, outs = [], []
+    procs, outs, logs = [], [], []
     for i in range(2):
         out = workdir.parent / f"{workdir.name}_{name}_{i}.json"
+        log = workdir.parent / f"{workdir.name}_{name}_{i}.log"
         argv = [sys.executable, str(SCRIPT), str(workdir), f"--port={port}",
                 f"--process_id={i}", "--num_processes=2", f"--out={out}"]
         if sigterm_at:
             argv.append(f"--sigterm_at={sigterm_at}")
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        with open(log, "w") as f:  # a file, not a pipe: nothing must drain it while we wait
+            procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=f,
+                                          stderr=subprocess.STDOUT))
         outs.append(out)
-    logs = []
-    try:
-        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
+        logs.append(log)
+    return procs, outs, logs
+
+
+def run(workdir: Path, name: str, sigterm_at: str = "") -> list[dict]:
+    """Both processes of one run; each one's record (the script's --out). Started again on
+    a new port when another program took the one picked before process 0 could bind it."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=PATIENT)
+    for attempt in range(1, TRIES + 1):
+        procs, outs, logs = _start(workdir, name, sigterm_at, env)
+        try:
+            procs[0].wait(timeout=TIMEOUT)
+            first = logs[0].read_text()
+            if (procs[0].returncode != 0 and attempt < TRIES
+                    and any(m in first for m in BIND_FAILED)):
+                print(f"port taken before process 0 could bind it; try {attempt + 1}",
+                      file=sys.stderr)
+                continue  # process 1, waiting for a coordinator, is killed below
+            if procs[0].returncode == 0:  # else process 1 may wait for it for minutes
+                procs[1].wait(timeout=TIMEOUT)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        break
+    texts = [log.read_text() for log in logs]
+    for p, text in zip(procs, texts, strict=True):
+        assert p.returncode == 0, text[-4000:]
     records = [json.loads(out.read_text()) for out in outs]
-    for record, log in zip(records, logs, strict=True):
-        record["log"] = log
+    for record, text in zip(records, texts, strict=True):
+        record["log"] = text
     return records
 
 
