@@ -210,6 +210,7 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     told = TerminationFlag()
     try:
         codes = procs_lib.wait_all(procs, deadline + FLAGS.margin_s / 3,
+                                   grace_s=min(15.0, FLAGS.margin_s / 3),
                                    stop_now=lambda: told.set)
     finally:
         told.restore()

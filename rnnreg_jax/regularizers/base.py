@@ -37,8 +37,9 @@ Hooks (when the stack calls them: what they return):
 `shape` is a `LayerShape` (the layer index, cell, B, T, F, H, gates and dtype; the
 output mask's has the last layer's width as both F and H). A hook that writes a site
 names it in `sites()`: `compose` refuses two writers of one site, since the second
-would silently replace the first. `weights` hooks are transforms, not writers: they
-run in composition order, each on the previous one's result.
+would silently replace the first. `weights` and `model_weights` hooks are transforms,
+not writers: they run in `Regularizer.WEIGHTS_ORDER` (weight drop before weight noise,
+whatever the order composed), each on the previous one's result.
 """
 
 from __future__ import annotations
