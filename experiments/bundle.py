@@ -28,6 +28,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -241,12 +242,17 @@ def unpack(bundle: Path, root: Path) -> dict:
             raise ValueError(f"Bundle file {path} is missing or differs from its manifest; "
                              "bring the bundle back again.")
     root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(bundle / RUNS_ARCHIVE, "r:gz") as tar:
-        _safe_extract(tar, root)
-    if manifest["checkpoint_parts"]:
-        data = b"".join((bundle / p).read_bytes() for p in manifest["checkpoint_parts"])
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+    # The hashes matched, so a broken archive was packed so or edited with its hash.
+    try:
+        with tarfile.open(bundle / RUNS_ARCHIVE, "r:gz") as tar:
             _safe_extract(tar, root)
+        if manifest["checkpoint_parts"]:
+            data = b"".join((bundle / p).read_bytes() for p in manifest["checkpoint_parts"])
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                _safe_extract(tar, root)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise ValueError(f"Bundle {bundle} holds an archive that cannot be extracted "
+                         f"({err or type(err).__name__}).") from err
     return manifest
 
 

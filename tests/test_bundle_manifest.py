@@ -192,3 +192,19 @@ def test_the_binary_refuses_a_truncated_bundle_without_a_traceback(packed, tmp_p
     assert len(lines) == 1 and lines[0].startswith(
         f"error: cannot resume from {out}: Bundle manifest {out / bundle.MANIFEST} is not "
         "valid JSON"), lines
+
+
+@pytest.mark.parametrize("archive", ["runs", "checkpoints"])
+def test_an_archive_that_matches_its_hash_but_is_broken_is_one_sentence(packed, tmp_path,
+                                                                         archive):
+    """Packed so, or edited together with its hash: the sha256 check passes and tarfile's
+    or gzip's error was a traceback."""
+    out, _ = packed
+    name = bundle.RUNS_ARCHIVE if archive == "runs" else f"{bundle.CHECKPOINT_PREFIX}00"
+    data = (out / name).read_bytes()
+    (out / name).write_bytes(data[: len(data) // 2])  # a gzip stream cut in the middle
+    manifest = json.loads((out / bundle.MANIFEST).read_text())
+    manifest["files"][name]["sha256"] = bundle.sha256_file(out / name)
+    (out / bundle.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"holds an archive that cannot be extracted \(.+\)\.$"):
+        bundle.unpack(out, tmp_path / "restored")
