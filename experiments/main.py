@@ -83,7 +83,13 @@ def _write_record(workdir: str, task_name: str, config, task) -> None:
     """config.json (the config and what produced the run) and TensorBoard's hparams."""
     from rnnreg_jax.train.logging import write_hparams
 
-    record = provenance.provenance()
+    previous = None
+    if run_record.continues(workdir):  # a resume: keep the earlier starts' commits and devices
+        try:
+            previous = run_record.read(workdir).get("provenance")
+        except (FileNotFoundError, run_record.NotARunRecord):
+            previous = None
+    record = provenance.with_earlier_starts(provenance.provenance(), previous)
     config_dict = json.loads(json.dumps(config.to_dict(), default=str))
     run_record.write(workdir, task_name, record["command"], record, config_dict)
     if config.train.get("tensorboard", True):

@@ -123,6 +123,23 @@ def provenance(argv: Sequence[str] | None = None) -> dict:
             **device_info(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+# What the report shows of each earlier start of a resumed run: its commit and device.
+START_KEYS = ("commit", "dirty", "backend", "device_kind", "device_count", "host_cpu",
+              "host_cpu_count")
+
+
+def with_earlier_starts(record: dict, previous: dict | None) -> dict:
+    """This start's provenance `record` with `earlier_starts`: the commit and device of
+    every earlier start of the same run, oldest first, taken from `previous`, the
+    provenance its record held (None for a new run). config.json is rewritten at each
+    start, and without them a resumed run named only the last start's commit and device."""
+    if not isinstance(previous, dict):
+        return record
+    earlier = [s for s in previous.get("earlier_starts") or [] if isinstance(s, dict)]
+    last = {k: previous[k] for k in START_KEYS if k in previous}
+    return {**record, "earlier_starts": earlier + ([last] if last else [])}
+
+
 def device_label(record: dict) -> str:
     """A short device name for reports: the accelerator's kind, or the host CPU for CPU
     runs (`device_count` x when more than one)."""

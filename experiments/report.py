@@ -123,14 +123,38 @@ def status(run: Run) -> str:
     return f"{text} **unfinished** ({where})"
 
 
-def commit_cell(record: dict) -> str:
-    """The run's commit, short: `+dirty` when the tree had changes, `~` when inferred
-    (runs from before provenance was recorded), – when unknown."""
+def _commit_text(record: dict) -> str:
     commit = record.get("commit")
     if not commit:
+        return ""
+    return commit[:7] + ("+dirty" if record.get("dirty") else "")
+
+
+def _with_earlier(last: str, record: dict, describe) -> str:
+    """`last` (of the run's last start), then what `describe` says of its earlier starts
+    where that differs, oldest first."""
+    earlier: list[str] = []
+    for start in record.get("earlier_starts") or []:
+        text = describe(start) if isinstance(start, dict) else ""
+        if text and text != last and text not in earlier:
+            earlier.append(text)
+    return f"{last} (earlier {', '.join(earlier)})" if earlier else last
+
+
+def commit_cell(record: dict) -> str:
+    """The run's commit, short: `+dirty` when the tree had changes, `~` when inferred
+    (runs from before provenance was recorded), – when unknown; a resumed run's earlier
+    starts' commits follow where they differ."""
+    text = _commit_text(record)
+    if not text:
         return "–"
-    text = commit[:7] + ("+dirty" if record.get("dirty") else "")
-    return f"~{text}" if record.get("inferred") else text
+    return _with_earlier(f"~{text}" if record.get("inferred") else text, record, _commit_text)
+
+
+def device_cell(record: dict) -> str:
+    """The run's device (`provenance.device_label`), its earlier starts' after it where
+    they differ; – when unknown."""
+    return _escape(_with_earlier(device_label(record), record, device_label)) or "–"
 
 
 def _escape(text: str) -> str:
@@ -166,7 +190,7 @@ def category_table(runs: Sequence[Run], dataset: str) -> list[str]:
                 paper = _float(run.paper.get(split))
                 row += [fmt_value(paper, metric), fmt_gap(relative_gap(value, paper))]
         row.append(status(run))
-        row += [commit_cell(run.provenance), _escape(device_label(run.provenance)) or "–"]
+        row += [commit_cell(run.provenance), device_cell(run.provenance)]
         cell = f"`{_escape(copy_paste_command(run.command, run.task))}`"
         changed = flags_since_changed(run)
         if changed:
@@ -241,7 +265,9 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
              "`metrics.jsonl`; do not edit by hand. Gap = (ours - paper) / paper: every "
              "metric is lower-is-better, so a positive gap is worse than the paper. "
              "Unfinished runs show their latest validation number and its epoch. Commit "
-             "and device are the run's own record; a commit marked `~` is inferred (the "
+             "and device are the run's own record: its last start's, then those of its "
+             "earlier starts where they differ (runs recorded before the record kept them "
+             "show the last start's only); a commit marked `~` is inferred (the "
              "newest commit before the run's first event, for runs from before runs "
              "recorded it), `+dirty` means the tree had uncommitted changes. Commands "
              "run from the repository root.", ""]

@@ -49,11 +49,9 @@ def resume_conflict(workdir, config: dict, task_name: str | None = None) -> str 
     this a changed preset would continue another model's weights, or append another
     run's events to the log, and overwrite its `config.json`.
     """
-    path = epath.Path(workdir)
-    checkpoints = path / "checkpoints"
+    checkpoints = epath.Path(workdir) / "checkpoints"
     resumes = checkpoints.exists() and any(checkpoints.iterdir())
-    logged = (path / "metrics.jsonl").exists()
-    if not run_record.path_of(workdir).exists() or not (resumes or logged):
+    if not run_record.path_of(workdir).exists() or not run_record.continues(workdir):
         return None
     try:
         record = run_record.read(workdir)

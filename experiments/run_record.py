@@ -30,6 +30,15 @@ def path_of(workdir) -> epath.Path:
     return epath.Path(workdir) / FILE
 
 
+def continues(workdir) -> bool:
+    """Whether a start in `workdir` continues a run there: one that left a checkpoint, or
+    the log of one killed before its first (a record alone is no run: a refused start's)."""
+    path = epath.Path(workdir)
+    checkpoints = path / "checkpoints"
+    return ((checkpoints.exists() and any(checkpoints.iterdir()))
+            or (path / "metrics.jsonl").exists())
+
+
 def write(workdir, task: str, command: str, provenance: dict, config: dict) -> None:
     """The record of a run of binary `task` with `config` (a JSON-ready dict), whole or
     not at all: a local file goes through a temporary one and a rename, so a full disk or

@@ -142,6 +142,75 @@ def test_report_shows_commit_and_device_per_row(tiny_run):
     assert report.commit_cell({}) == "–"
 
 
+def _resume(workdir, max_steps):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+         f"--data_dir={workdir.parent / 'data'}", f"--config.train.max_steps={max_steps}",
+         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
+         "--config.train.mc_samples=0"],
+        capture_output=True, text=True, check=False, cwd=REPO)
+
+
+def test_a_resumed_run_keeps_its_earlier_starts_commit_and_device(tiny_run, tmp_path):
+    """config.json is rewritten at each start: a run resumed on another machine or commit
+    named only the last one in the report."""
+    import shutil
+
+    from experiments import report
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(tiny_run, workdir)
+    shutil.copytree(tiny_run.parent / "data", tmp_path / "data")
+    meta = json.loads((workdir / "config.json").read_text())
+    assert "earlier_starts" not in meta["provenance"]  # a new run has none
+    meta["provenance"].update(commit="f" * 40, dirty=False, backend="cpu", host_cpu="Old CPU",
+                              host_cpu_count=8)  # as if it started elsewhere
+    (workdir / "config.json").write_text(json.dumps(meta))
+    out = _resume(workdir, 4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resumed from step 2" in out.stderr
+    record = json.loads((workdir / "config.json").read_text())["provenance"]
+    [earlier] = record["earlier_starts"]
+    assert earlier["commit"] == "f" * 40 and earlier["host_cpu"] == "Old CPU"
+    assert set(earlier) <= set(provenance.START_KEYS)
+    out = _resume(workdir, 6)  # a third start: both earlier ones, oldest first
+    assert out.returncode == 0, out.stderr[-3000:]
+    starts = json.loads((workdir / "config.json").read_text())["provenance"]["earlier_starts"]
+    assert [s["commit"] for s in starts] == ["f" * 40, record["commit"]]
+    cells = report.category_table([report.load_run(str(workdir))], "ptb_word")[2]
+    if record["commit"]:  # the second start's commit, dirty or not, equals the third's
+        last = report.commit_cell({"commit": record["commit"], "dirty": record["dirty"]})
+        assert f"| {last} (earlier fffffff) |" in cells
+    assert f"{provenance.device_label(record)} (earlier Old CPU (8 cores))" in cells
+
+
+def test_a_record_without_a_run_beside_it_gives_no_earlier_starts(tmp_path):
+    """A refused start's record, with no checkpoint and no log, is no earlier start."""
+    fx.write_repeated_ptb_word(tmp_path / "data")
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(
+        {"task": "ptb", "config": {}, "provenance": {"commit": "f" * 40}}))
+    out = _resume(workdir, 1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "earlier_starts" not in json.loads((workdir / "config.json").read_text())[
+        "provenance"]
+
+
+def test_commit_and_device_cells_name_differing_earlier_starts_once():
+    from experiments import report
+
+    gpu = {"backend": "gpu", "device_kind": "NVIDIA H200", "device_count": 1}
+    cpu = {"backend": "cpu", "host_cpu": "AMD EPYC", "host_cpu_count": 2}
+    record = {"commit": "1" * 40, **cpu, "earlier_starts": [
+        {"commit": "2" * 40, **gpu}, {"commit": "1" * 40, **cpu}, {"commit": "2" * 40, **gpu},
+        "not a start"]}
+    assert report.commit_cell(record) == "1111111 (earlier 2222222)"
+    assert report.device_cell(record) == "AMD EPYC (2 cores) (earlier NVIDIA H200)"
+    assert report.commit_cell({"commit": "1" * 40}) == "1111111"
+    assert report.device_cell({}) == "–"
+
+
 def test_test_batch_size_shapes_the_carried_state_test_pass(tmp_path):
     from experiments.configs import ptb
     from experiments.configs.common import regularization
