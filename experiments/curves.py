@@ -16,18 +16,30 @@ from collections.abc import Sequence
 from experiments.report_runs import Run, find_workdirs, fmt_value, load_runs
 
 
+def run_names(runs: Sequence[Run]) -> list[str]:
+    """Each run's row name: its folder's name, or its path where another run's folder
+    has the same name (`a/wd` and `b/wd` were two rows named `wd`); with the metric
+    where the runs do not share one (a perplexity and a bpc were unlabeled numbers in
+    one column)."""
+    bases = [os.path.basename(os.path.normpath(run.workdir)) for run in runs]
+    names = [os.path.normpath(run.workdir) if bases.count(base) > 1 else base
+             for run, base in zip(runs, bases, strict=True)]
+    if len({run.metric for run in runs}) > 1:
+        names = [f"{name} ({run.metric})" for name, run in zip(names, runs, strict=True)]
+    return names
+
+
 def table(runs: Sequence[Run], split: str, epochs: Sequence[int]) -> list[str]:
     """One line per run: its name, then its `split` metric after each of `epochs` ("–"
     where it has no evaluation then), then its lowest value and that epoch."""
     lines = ["run".ljust(48) + "".join(f"{'epoch ' + str(e):>12}" for e in epochs)
              + f"{'lowest (epoch)':>20}"]
-    for run in runs:
-        workdir = run.workdir
+    for run, name in zip(runs, run_names(runs), strict=True):
         curve = dict(run.epoch_curve(split))
         cells = "".join(f"{fmt_value(curve.get(e), run.metric):>12}" for e in epochs)
         best = min(curve.items(), key=lambda item: item[1]) if curve else None
         lowest = f"{fmt_value(best[1], run.metric)} ({best[0]})" if best else "–"
-        lines.append(os.path.basename(workdir.rstrip("/")).ljust(48) + cells + f"{lowest:>20}")
+        lines.append(name.ljust(48) + cells + f"{lowest:>20}")
     return lines
 
 
@@ -53,10 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     runs = load_runs(workdirs)
+    if not runs:  # an empty folder, or only unreadable records: an empty table before
+        print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
+              "config.json).", file=sys.stderr)
+        return 2
     # A typo'd split would print a table of dashes, as if no run had been evaluated.
     splits = sorted({e["split"] for run in runs for e in run.events
                      if e.get("phase") == "epoch_end" and "split" in e})
-    if splits and args.split not in splits:
+    if not splits:  # no run evaluated at any epoch end: a table of dashes alone before
+        print(f"error: None of the runs ({', '.join(run_names(runs))}) has an epoch-end "
+              "evaluation yet.", file=sys.stderr)
+        return 2
+    if args.split not in splits:
         print(f"error: None of the runs has epoch-end evaluations of split {args.split!r}; "
               f"they have: {', '.join(splits)}.", file=sys.stderr)
         return 2

@@ -8,11 +8,12 @@ Reads `DIR/config.json` and the newest checkpoint under `DIR/best` or
 `DIR/checkpoints`: by default the model the run reports (`default_checkpoint`:
 the best validation one where the run's config selects it, by early stopping or
 `train.report_best`, else the latest, as Zaremba's and Gal's scripts test the
-final model), rebuilds the task with the `--config.<field>=VALUE` overrides (the training
-binaries' syntax; `--set FIELD=VALUE` is its older spelling), and prints every
-evaluation split's metrics (plus MC dropout where `train.mc_samples` and
-`train.mc_splits` ask for it). Nothing in DIR is written: use it to compare
-evaluation protocols (state carried or not, MC samples) on a trained model.
+final model; NT-ASGD's averaged weights once its run averages), rebuilds the task with the
+`--config.<field>=VALUE` overrides (the training binaries' syntax; `--set FIELD=VALUE`
+is its older spelling), and prints every evaluation split's metrics (plus MC dropout
+where `train.mc_samples` and `train.mc_splits` ask for it). Nothing in DIR is written:
+use it to compare evaluation protocols (state carried or not, MC samples) on a trained
+model.
 Model, data and regularization overrides would evaluate another model than
 the one trained and are refused, except the evaluation batch sizes.
 
@@ -42,6 +43,7 @@ EVALUATION_DATA_FIELDS = ("data.eval_batch_size", "data.test_batch_size")
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's config, its train block completed with today's defaults (so fields
     added to the code after the run can be overridden)."""
+    from experiments.cli import REQUIRED_BLOCKS
     from experiments.configs.common import train_config
 
     try:
@@ -49,6 +51,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{run_record.path_of(workdir)} does not exist; pass the "
                                 "workdir of a run.") from None
+    # A hand-made or foreign record: one sentence here, not an AttributeError where a
+    # block is first read.
+    for block in REQUIRED_BLOCKS:
+        if not isinstance(stored.get(block), dict):
+            why = (f"its config has no {block!r} block" if block not in stored else
+                   f"its config's {block!r} is not a JSON object")
+            raise run_record.NotARunRecord(run_record.path_of(workdir), why)
+    if not isinstance(stored["data"].get("dataset"), str):
+        raise run_record.NotARunRecord(run_record.path_of(workdir),
+                                       "its config's data block names no dataset")
     train = train_config()
     with train.unlocked():
         for key, value in stored.get("train", {}).items():
@@ -80,6 +92,68 @@ def restore_checkpoint(workdir: str, checkpoint: str, fall_back: bool) -> tuple[
     if state is None:
         raise FileNotFoundError(f"No checkpoint under {os.path.join(workdir, folder)}.")
     return state, checkpoint
+
+
+def reported_params(state: dict):
+    """The weights a run's evaluations read, from a restored (raw) state: NT-ASGD's
+    running average once averaging is on and has seen an update, as the training loop's
+    final evaluation reads them (`ntasgd.averaged_params`), else the parameters."""
+    from rnnreg_jax.train import ntasgd
+
+    found: list[dict] = []
+
+    def walk(node):  # the raw tree holds the optimizer's NTASGDState as a dict
+        if isinstance(node, dict):
+            if {"averaging", "avg_params", "count"} <= node.keys():
+                found.append(node)
+                return
+            node = list(node.values())
+        if isinstance(node, list | tuple):
+            for child in node:
+                walk(child)
+
+    walk(state.get("opt_state"))
+    if len(found) != 1:
+        return state["params"]
+    node = found[0]
+    return ntasgd.averaged_params(
+        ntasgd.NTASGDState(node["averaging"], node["avg_params"], node["count"]),
+        state["params"])
+
+
+def check_fits(model, inputs, language_model: bool, params, where: str) -> None:
+    """A one-sentence ValueError where `params` (read from `where`, a checkpoint) are not
+    the arrays of `model` over `inputs` (one batch; its shape past the batch axis
+    matters): checkpoints of another run, or a data folder of another vocabulary (which
+    sets the embedding's and the softmax's size), made a Flax traceback."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x = np.asarray(inputs)
+    x1 = jnp.zeros((1, *x.shape[1:]), x.dtype)
+    args = (x1, None) if language_model else (x1,)
+    wanted = jax.eval_shape(
+        lambda key: model.init({"params": key}, *args, deterministic=True)["params"],
+        jax.random.PRNGKey(0))
+
+    def shapes(tree) -> dict[str, tuple[int, ...]]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+                tuple(np.shape(leaf)) for path, leaf in leaves}
+
+    have, want = shapes(params), shapes(wanted)
+    for path in sorted(have.keys() | want.keys()):
+        if have.get(path) != want.get(path):
+            if path not in have:
+                diff = f"it lacks {path}"
+            elif path not in want:
+                diff = f"it holds {path}, which this model lacks"
+            else:
+                diff = f"{path} is {list(have[path])} there but {list(want[path])} here"
+            raise ValueError(f"{where} does not fit the model that config.json describes "
+                             f"over this data ({diff}): the checkpoints of another run, or a "
+                             "--data_dir with another vocabulary.")
 
 
 def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str | None = None,
@@ -119,6 +193,11 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     if batch_mean_ppl and task.kind != "lm":
         raise ValueError(f"--batch_mean_ppl applies to language models; {workdir} holds a "
                          f"{task.kind} run.")
+    params = reported_params(state)
+    batch = next((b for source in task.evals.values() for b in source.iterate(0)), None)
+    if batch is not None:  # the model's input shape, past the batch axis
+        check_fits(task.model, batch["inputs"], task.kind == "lm", params,
+                   f"The {checkpoint} checkpoint in {workdir}")
     evaluator = Evaluator.from_config(task, mesh_lib.make_mesh(), config.train)
     # a long pass (MC dropout over a whole test stream) says how it goes, on stderr
     evaluator.progress = lambda message: print(message, file=sys.stderr, flush=True)
@@ -126,10 +205,14 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     batch_ppls: dict[str, list[float]] = {}
 
     def collect(split, metrics):
-        batch_ppls.setdefault(split, []).append(math.exp(metrics["loss"]))
+        try:
+            ppl = math.exp(metrics["loss"])
+        except OverflowError:  # a batch loss past 709.78 nats (a traceback before)
+            ppl = math.inf
+        batch_ppls.setdefault(split, []).append(ppl)
 
     # The training loop's own final evaluation: same splits, protocol and MC keys.
-    out = evaluate_all(task, evaluator, state["params"], state.get("model_state") or {},
+    out = evaluate_all(task, evaluator, params, state.get("model_state") or {},
                        config.train,
                        on_batch=collect if batch_mean_ppl else None)
     for split, ppls in batch_ppls.items():
@@ -195,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{' with ' + ' '.join('--config.' + o for o in overrides) if overrides else ''}")
     for split, metrics in results.items():
         if split != "checkpoint":
-            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                             if isinstance(v, float) and math.isfinite(v))
+            # "ppl inf" as the run's own log shows it (a perplexity past 1e308 vanished)
+            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {split}: {shown}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -30,7 +30,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from experiments.evaluate import default_checkpoint, load_config, restore_checkpoint
+from experiments.evaluate import (
+    check_fits,
+    default_checkpoint,
+    load_config,
+    reported_params,
+    restore_checkpoint,
+)
 
 LANGUAGE_MODEL_DATASETS = ("ptb_word", "ptb_char")
 
@@ -106,13 +112,19 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     for flag, value in (("--num_samples", num_samples), ("--length", length)):
         if value < 1:  # --length: generate's own message named num_tokens
             raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if not 0 <= seed < 2 ** 32:  # jax.random.key: an OverflowError past int64, and seeds
+        # that differ by 2**32 draw the same text
+        raise ValueError(f"--seed must be a whole number in [0, 2**32), got {seed}.")
     explicit = checkpoint is not None
     state, checkpoint = restore_checkpoint(workdir, checkpoint or default_checkpoint(config),
                                            fall_back=not explicit)
     corpus = text_corpus(config.data, data_dir)
     prompt_ids, unknown = encode_prompt(corpus, prompt)
     model = language_model(config.model, regularization(config.reg), corpus.vocab_size)
-    variables = {"params": state["params"], **(state.get("model_state") or {})}
+    params = reported_params(state)  # NT-ASGD's average, as the run's evaluations read
+    check_fits(model, np.zeros((1, 1), np.int32), True, params,
+               f"The {checkpoint} checkpoint in {workdir}")
+    variables = {"params": params, **(state.get("model_state") or {})}
     prompt_array: np.ndarray | None = None
     start_id: int | None = None
     rows: int | None = None
@@ -147,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top_k", type=int, default=None,
                         help="sample among the k most likely tokens only")
     parser.add_argument("--num_samples", type=int, default=1, help="texts to generate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws, in [0, 2**32)")
     parser.add_argument("--data_dir", default=None,
                         help="data folder (default: $RNNREG_DATA_DIR, then the cache)")
     args = parser.parse_args(argv)

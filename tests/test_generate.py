@@ -377,6 +377,11 @@ def test_the_binary_prints_the_prompt_and_its_continuation(ptb_run, capsys):
     (["--temperature=-1"], "temperature must be finite and >= 0, got -1.0."),
     (["--num_samples=0"], "--num_samples must be at least 1, got 0."),
     (["--checkpoint=best"], "No checkpoint under"),
+    # an OverflowError traceback past int64; seeds 2**32 apart drew the same text
+    (["--seed=99999999999999999999"], "--seed must be a whole number in [0, 2**32), got "
+                                      "99999999999999999999."),
+    (["--seed=4294967296"], "--seed must be a whole number in [0, 2**32), got 4294967296."),
+    (["--seed=-1"], "--seed must be a whole number in [0, 2**32), got -1."),
 ])
 def test_the_binary_refuses_bad_requests_in_one_line(ptb_run, capsys, extra, message):
     workdir, data_dir = ptb_run
