@@ -241,6 +241,9 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
 @pytest.mark.parametrize("field, value, message", [
     ("mc_samples", -2, "config.mc_samples must be a whole number >= 0, got -2."),
     ("keep_checkpoints", 0, "config.keep_checkpoints must be a whole number >= 1, got 0."),
+    # jax.random.PRNGKey(2**32) is PRNGKey(0): the run would repeat seed 0's
+    ("seed", 2 ** 32, "config.seed must be below 2**32, got 4294967296."),
+    ("seed", 2 ** 70, "config.seed must be below 2**32"),
     ("max_steps", True, "config.max_steps must be a whole number >= 0, got True."),
     ("time_limit_s", -5.0, "config.time_limit_s must be a finite number >= 0, got -5.0."),
     ("time_limit_s", float("inf"), "config.time_limit_s must be a finite number >= 0"),

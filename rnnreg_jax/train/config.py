@@ -106,6 +106,7 @@ def is_finite_number(value, least: float, most: float = math.inf) -> bool:
 _WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "decay_after": 0,
           "early_stop_patience": 0, "mc_samples": 0, "mc_chunk": 0,
           "checkpoint_every_steps": 0, "keep_checkpoints": 1, "log_every_steps": 0}
+SEED_LIMIT = 2 ** 32
 # Number fields: finite and >= 0, or > 0 for the divisors.
 _AT_LEAST_ZERO = ("time_limit_s", "checkpoint_every_s", "lr_window_reference")
 _ABOVE_ZERO = ("decay_factor", "plateau_factor")
@@ -140,6 +141,9 @@ def _check(config) -> None:
         if not is_whole(value, least):
             raise ValueError(f"config.{field} must be a whole number >= {least}, got "
                              f"{value!r}.")
+    if config.seed >= SEED_LIMIT:  # past int64 jax.random.key overflows; past 2**32 the
+        # seeds repeat (seed and seed + 2**32 draw the same run)
+        raise ValueError(f"config.seed must be below 2**32, got {config.seed}.")
     for field in _AT_LEAST_ZERO + _ABOVE_ZERO:
         value = config[field]
         if not is_finite_number(value, 0.0) or (field in _ABOVE_ZERO and value == 0):
