@@ -282,8 +282,8 @@ def fmt_value(value: float | None, metric: str) -> str:
         return "–"
     if not math.isfinite(value):
         return str(value)
-    if metric == "ppl":
-        return f"{value:.1f}"
+    if metric == "ppl":  # a diverged run's 5e85 in 86 digits ran a table's columns together
+        return f"{value:.1f}" if value < 1e6 else f"{value:.3g}"
     if metric == "bpc":
         return f"{value:.3f}"
     if metric == "error":

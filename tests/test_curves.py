@@ -61,3 +61,11 @@ def test_no_run_or_no_evaluation_is_one_line(tmp_path, capsys):
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err == "error: None of the runs (fresh, new) has an epoch-end evaluation yet.\n"
+
+
+def test_a_diverged_perplexity_keeps_to_its_column():
+    from experiments.report_runs import fmt_value
+
+    assert fmt_value(82.94, "ppl") == "82.9"
+    assert fmt_value(5e85, "ppl") == "5e+85"  # 86 digits ran the table's columns together
+    assert fmt_value(float("inf"), "ppl") == "inf" and fmt_value(None, "ppl") == "–"
