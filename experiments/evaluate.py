@@ -281,9 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # "ppl inf" as the run's own log shows it (a perplexity past 1e308 vanished)
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {split}: {shown}")
-    if args.json:
+    if args.json:  # strict JSON, as metrics.jsonl: a non-finite value as its text ("inf")
+        clean = {split: {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+                         for k, v in metrics.items()} if isinstance(metrics, dict) else metrics
+                 for split, metrics in results.items()}
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+            json.dump(clean, f, indent=1, allow_nan=False)
     return 0
 
 

@@ -161,16 +161,21 @@ def diverged_run(tmp_path_factory):
     return str(workdir), str(data_dir), final
 
 
-def test_a_perplexity_past_float_range_shows_as_inf(diverged_run, capsys):
+def test_a_perplexity_past_float_range_shows_as_inf(diverged_run, capsys, tmp_path):
     """`--batch_mean_ppl` ended in math.exp's OverflowError traceback on a batch loss
     past 709.78 nats, and the printed line left an infinite perplexity out (the run's
     own log shows `ppl inf`)."""
     workdir, data_dir, final = diverged_run
     assert final["valid/loss"] > 710  # what the test is about
+    out = tmp_path / "eval.json"
     assert evaluate.main([f"--workdir={workdir}", f"--data_dir={data_dir}",
-                          "--batch_mean_ppl"]) == 0
+                          "--batch_mean_ppl", f"--json={out}"]) == 0
     lines = capsys.readouterr().out.splitlines()
     valid = next(line.split() for line in lines if line.startswith("  valid:"))
     shown = dict(zip(valid[1::2], valid[2::2], strict=True))
     assert shown["ppl"] == "inf" and shown["ppl_batch_mean"] == "inf"
     assert float(shown["loss"]) == pytest.approx(final["valid/loss"], rel=1e-3)
+    # strict JSON (json.dumps wrote the token Infinity, which strict readers refuse), the
+    # non-finite value as its text, as metrics.jsonl holds it
+    written = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert written["valid"]["ppl"] == "inf" and written["valid"]["loss"] > 710
