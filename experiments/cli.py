@@ -58,6 +58,11 @@ def _convert(text: str, current):
         except (ValueError, SyntaxError):
             if current is None:
                 return text
+            if isinstance(current, tuple | list) and current and all(
+                    isinstance(v, str) for v in current):
+                words = _bare_words(text)  # a list of names: mc_splits=valid,test
+                if words:
+                    return words
             raise ConfigError(f"Cannot parse {text!r} as {type(current).__name__}.") from None
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
@@ -65,6 +70,18 @@ def _convert(text: str, current):
             value = tuple(value) if isinstance(value, list) else (value,)
         return value
     return text
+
+
+def _bare_words(text: str) -> tuple[str, ...] | None:
+    """`valid,test`, `(valid,)` or `[valid, test]` as names, the way `override_text`
+    writes a stored list back; None where a name would be empty."""
+    inner = text.strip()
+    if inner[:1] in "([" and inner[-1:] in ")]":
+        inner = inner[1:-1]
+    words = [w.strip() for w in inner.split(",")]
+    if len(words) > 1 and words[-1] == "":  # "(valid,)": a one-name tuple
+        words.pop()
+    return tuple(words) if all(words) else None
 
 
 def override_text(value) -> str:

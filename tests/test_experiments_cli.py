@@ -50,6 +50,28 @@ def test_bad_configs_are_one_sentence(argv, message):
         cli.split_config_args(argv, ptb.PRESETS)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("valid", ("valid",)), ("valid,test", ("valid", "test")), ("valid, test", ("valid", "test")),
+    ("('valid',)", ("valid",)), ("['test']", ("test",)),
+    # as override_text writes a stored list back in a rebuild command
+    (cli.override_text(["valid", "test"]), ("valid", "test")),
+    (cli.override_text(["valid"]), ("valid",)),
+])
+def test_a_list_of_names_takes_bare_words(text, expected):
+    """`--config.train.mc_splits=valid` was "Cannot parse 'valid' as tuple"."""
+    config, _ = cli.split_config_args(
+        ["prog", "--config=zaremba_small", f"--config.train.mc_splits={text}"], ptb.PRESETS)
+    assert tuple(config.train.mc_splits) == expected
+
+
+@pytest.mark.parametrize("field, text", [("model.hidden_sizes", "big"),
+                                         ("train.mc_splits", "valid,,test")])
+def test_other_lists_still_refuse_words(field, text):
+    with pytest.raises(cli.ConfigError, match=f"Cannot parse '{text}' as tuple"):
+        cli.split_config_args(["prog", "--config=zaremba_small", f"--config.{field}={text}"],
+                              ptb.PRESETS)
+
+
 def test_binary_reports_unknown_preset_in_one_line():
     out = subprocess.run([sys.executable, "-m", "experiments.ptb", "--config=nope"],
                          capture_output=True, text=True, check=False)
