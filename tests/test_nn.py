@@ -126,7 +126,7 @@ def test_norm_stabilizer_sows_a_positive_penalty() -> None:
     ((ys, _), state), ((ys_eval, _), state_eval) = run(variables)
     (penalty,) = state["penalties"]["norm_stabilizer"]
     assert penalty.shape == () and float(penalty) > 0
-    np.testing.assert_allclose(ys, ys_eval, rtol=1e-6)
+    close(ys, ys_eval)  # the penalty leaves the outputs alone (two scans: float32 rounding)
     assert not state_eval.get("penalties")
 
 
