@@ -260,17 +260,23 @@ def test_lstm_bn_running_statistics_update_in_training_and_serve_evaluation():
                               served)  # the noise-free reg: training with the averages
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied", "embed_to_gates"])
-def test_language_model_matches_linen(kind):
+def assert_language_model_same_as_linen(kind: str, reg, embed_to_gates_reg) -> None:
+    """The NNX language model (`kind`: untied, tied or embed_to_gates, which takes
+    `embed_to_gates_reg`: no input mask on gate pre-activations) against linen's."""
     options = dict(tie_embeddings=kind == "tied", embed_to_gates=kind == "embed_to_gates")
-    reg = LM_REG
-    if kind == "embed_to_gates":  # no input mask on gate pre-activations: the zoneout model's
-        reg = (rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2)
-               + rj.temporal_activation_regularization(1.0))
+    if kind == "embed_to_gates":
+        reg = embed_to_gates_reg
     linen = models.LanguageModel(V, (5, 5), reg=reg, **options)
     variables = linen.init(jax.random.key(0), ids())
     carry = jax.tree.map(lambda a: a - 0.2, linen_nn.StackedRNN((5, 5)).initial_carry(B))
     assert_same_as_linen(linen, variables, (ids(), carry), rnx.LanguageModel)
+
+
+@pytest.mark.parametrize("kind", ["untied", "tied", "embed_to_gates"])
+def test_language_model_matches_linen(kind):
+    assert_language_model_same_as_linen(  # embed_to_gates: the zoneout model's regularizer
+        kind, LM_REG, rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2)
+        + rj.temporal_activation_regularization(1.0))
 
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])

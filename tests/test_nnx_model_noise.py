@@ -18,11 +18,21 @@ import numerics as nm
 import numpy as np
 import pytest
 from flax import nnx
-from test_nnx import KEY, LENGTHS, B, F, T, V, assert_same_as_linen, floats, ids
+from test_nnx import (
+    KEY,
+    LENGTHS,
+    B,
+    F,
+    T,
+    V,
+    assert_language_model_same_as_linen,
+    assert_same_as_linen,
+    floats,
+    ids,
+)
 
 import rnnreg_jax as rj
 from rnnreg_jax import models, regularizers
-from rnnreg_jax import nn as linen_nn
 from rnnreg_jax import nnx as rnx
 from rnnreg_jax.regularizers.weights import WeightNoise
 
@@ -58,14 +68,8 @@ def with_params(model, params: dict):
 
 @pytest.mark.parametrize("kind", ["untied", "tied", "embed_to_gates"])
 def test_language_model_with_model_noise_matches_linen(kind):
-    options = dict(tie_embeddings=kind == "tied", embed_to_gates=kind == "embed_to_gates")
-    reg = LM_REG
-    if kind == "embed_to_gates":  # the embedding is the first layer's input map
-        reg = rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2) + ALL
-    linen = models.LanguageModel(V, (5, 5), reg=reg, **options)
-    variables = linen.init(jax.random.key(0), ids())
-    carry = jax.tree.map(lambda a: a - 0.2, linen_nn.StackedRNN((5, 5)).initial_carry(B))
-    assert_same_as_linen(linen, variables, (ids(), carry), rnx.LanguageModel)
+    assert_language_model_same_as_linen(  # embed_to_gates: the embedding is W_x
+        kind, LM_REG, rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2) + ALL)
 
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
