@@ -13,10 +13,9 @@ import pytest
 
 from experiments import evaluate
 from experiments import generate as generate_binary
-from experiments.configs import ptb as ptb_configs
 from rnnreg_jax.train import checkpoint as ckpt_lib
 from tests import data_fixtures as fx
-from tests.train_helpers import binary_flags
+from tests.train_helpers import run_tiny_ptb
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,6 @@ def ntasgd_run(tmp_path_factory):
     backwards: the better it learns the training order, the worse validation gets (4.00,
     4.03, 4.07 here), so averaging starts (trigger n = 1) at epoch 3 and averages the
     last two: (workdir, data dir, the run's final metrics)."""
-    from experiments.main import run
 
     root = tmp_path_factory.mktemp("ntasgd")
     data_dir, workdir = root / "data", root / "wd"
@@ -33,15 +31,8 @@ def ntasgd_run(tmp_path_factory):
     forward, backward = (" " + " ".join(w) + " \n" for w in (words, words[::-1]))
     fx.write_ptb_word(data_dir, {"train": forward * 20, "valid": backward * 4,
                                  "test": backward * 4})
-    config = ptb_configs.tiny()
-    with config.unlocked():
-        config.preset = "tiny"
-        config.data.batch_size = config.data.eval_batch_size = 2
-        config.train.update(max_steps=0, num_epochs=5, optimizer="ntasgd", ntasgd_nonmono=1,
-                            learning_rate=3.0, lr_schedule="constant", mc_samples=0,
-                            tensorboard=False)
-    with binary_flags(workdir, data_dir):
-        final = run("ptb", config)
+    final = run_tiny_ptb(workdir, data_dir, max_steps=0, num_epochs=5, optimizer="ntasgd",
+                         ntasgd_nonmono=1, learning_rate=3.0, lr_schedule="constant")
     return str(workdir), str(data_dir), final
 
 
@@ -145,19 +136,12 @@ def diverged_run(tmp_path_factory):
     """One epoch of `tiny` at learning rate 100 without clipping: weights still finite,
     losses in the thousands of nats (perplexity past float range): (workdir, data dir,
     the run's final metrics)."""
-    from experiments.main import run
 
     root = tmp_path_factory.mktemp("diverged")
     data_dir, workdir = root / "data", root / "wd"
     fx.write_repeated_ptb_word(data_dir)
-    config = ptb_configs.tiny()
-    with config.unlocked():
-        config.preset = "tiny"
-        config.data.batch_size = config.data.eval_batch_size = 2
-        config.train.update(max_steps=0, num_epochs=1, learning_rate=100.0, clip_norm=0.0,
-                            mc_samples=0, tensorboard=False)
-    with binary_flags(workdir, data_dir):
-        final = run("ptb", config)
+    final = run_tiny_ptb(workdir, data_dir, max_steps=0, num_epochs=1, learning_rate=100.0,
+                         clip_norm=0.0)
     return str(workdir), str(data_dir), final
 
 

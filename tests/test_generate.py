@@ -14,14 +14,13 @@ import pytest
 
 import rnnreg_jax as rj
 from experiments import generate as generate_binary
-from experiments.configs import ptb as ptb_configs
 from experiments.configs import sentiment as sentiment_configs
 from rnnreg_jax.data import TextCorpus
 from rnnreg_jax.generate import generate
 from rnnreg_jax.models import LanguageModel
 from tests import data_fixtures as fx
 from tests.numerics import F64_RTOL, as_f64, x64
-from tests.train_helpers import binary_flags
+from tests.train_helpers import run_tiny_ptb
 
 V = 7
 PROMPT = np.array([[1, 2, 3], [4, 5, 6], [0, 0, 1]], np.int32)  # [B=3, P=3]
@@ -313,21 +312,10 @@ def test_prompts_in_the_real_ptb_vocabularies():
 @pytest.fixture(scope="module")
 def ptb_run(tmp_path_factory):
     """The ptb binary's `tiny` preset at toy size, trained one step: (workdir, data dir)."""
-    from experiments.main import run
-
     root = tmp_path_factory.mktemp("generate")
     data_dir, workdir = root / "data", root / "wd"
     fx.write_repeated_ptb_word(data_dir)
-    config = ptb_configs.tiny()
-    with config.unlocked():
-        config.preset = "tiny"
-        config.model.hidden_sizes = (8, 8)
-        config.data.batch_size = config.data.eval_batch_size = 2
-        config.train.max_steps = 1
-        config.train.mc_samples = 0
-        config.train.tensorboard = False
-    with binary_flags(workdir, data_dir):
-        run("ptb", config)
+    run_tiny_ptb(workdir, data_dir, hidden_sizes=(8, 8), max_steps=1)
     return str(workdir), str(data_dir)
 
 

@@ -123,3 +123,20 @@ def binary_flags(workdir, data_dir):
                 cli.FLAGS[k].value = v
         else:
             cli.FLAGS.unparse_flags()
+
+
+def run_tiny_ptb(workdir, data_dir, hidden_sizes=None, **train) -> dict:
+    """The ptb binary's `tiny` preset run in-process at batch 2, without MC dropout or
+    TensorBoard, with these `train` fields (and `hidden_sizes`): its final metrics."""
+    from experiments.configs import ptb as ptb_configs
+    from experiments.main import run
+
+    config = ptb_configs.tiny()
+    with config.unlocked():
+        config.preset = "tiny"
+        config.data.batch_size = config.data.eval_batch_size = 2
+        if hidden_sizes is not None:
+            config.model.hidden_sizes = hidden_sizes
+        config.train.update(mc_samples=0, tensorboard=False, **train)
+    with binary_flags(workdir, data_dir):
+        return run("ptb", config)
