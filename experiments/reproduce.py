@@ -58,6 +58,7 @@ flags.DEFINE_string("resume_from", None, "A bundle folder to resume the runs fro
 flags.DEFINE_float("margin_s", 45.0, "Seconds kept at the end for saves, stops and the bundle.")
 FLAGS = flags.FLAGS
 
+
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -210,7 +211,7 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     told = TerminationFlag()
     try:
         codes = procs_lib.wait_all(procs, deadline + FLAGS.margin_s / 3,
-                                   grace_s=min(15.0, FLAGS.margin_s / 3),
+                                   grace_s=min(15.0, max(5.0, FLAGS.margin_s / 3)),
                                    stop_now=lambda: told.set)
     finally:
         told.restore()
