@@ -39,6 +39,12 @@ def lowest(run: str, metric: str = "rmse", split: str = "test") -> tuple[float, 
     return min(curve)
 
 
+def epochs(run: str) -> int:
+    """How many epochs the run evaluated (its last epoch-end evaluation's, 1-based)."""
+    return max(e["epoch"] + 1 for e in _events(run)
+               if e.get("split") == "test" and e.get("phase") == "epoch_end")
+
+
 def _text(task: str) -> str:
     return " ".join(NOTES[task].values())
 
@@ -47,6 +53,7 @@ KERAS = "sentiment_variational_lstm_keras_250ep"
 NO_DROP = "sentiment_no_dropout_keras_250ep"
 NAIVE = "sentiment_naive_dropout_keras_250ep"
 GAL_SPLIT = "sentiment_variational_lstm_keras_gal_split"
+GAL_NO_DROP = "sentiment_no_dropout_keras_gal_split"
 TORCH = ("sentiment_variational_lstm_250ep", "sentiment_variational_lstm_250ep_seed1")
 
 # (task, what the note must say, the number as the runs give it)
@@ -61,8 +68,15 @@ FACTS = [
     *[("sentiment", f"{at_epoch(NAIVE, n):.4f}", n) for n in (25, 100, 220, 250)],
     ("sentiment", f"MC {final(NAIVE, 'test_mc', 'rmse'):.4f}", "naive MC"),
     *[("sentiment", f"{n}: {at_epoch(GAL_SPLIT, n):.4f} against {at_epoch(KERAS, n):.4f}", n)
-      for n in (15, 30)],
+      for n in (15, 30, 50, 90)],
     ("sentiment", f"epoch 5: {at_epoch(GAL_SPLIT, 5):.4f} against {at_epoch(KERAS, 5):.4f}", 5),
+    ("sentiment", f"after {epochs(GAL_SPLIT)} of its 250 epochs", "Gal split epochs"),
+    ("sentiment", f"`no_dropout`, after {epochs(GAL_NO_DROP)}, is", "no dropout Gal epochs"),
+    ("sentiment", f"lowest {lowest(GAL_NO_DROP)[0]:.4f} at epoch {lowest(GAL_NO_DROP)[1]}, "
+                  f"against {lowest(NO_DROP)[0]:.4f} at epoch {lowest(NO_DROP)[1]}",
+     "no dropout lows"),
+    ("sentiment", f"{epochs(GAL_NO_DROP)}: {at_epoch(GAL_NO_DROP, epochs(GAL_NO_DROP)):.4f} "
+                  f"against {at_epoch(GAL_SPLIT, epochs(GAL_NO_DROP)):.4f}", "both at the end"),
     ("ptb", f"Zaremba ({final('zaremba_medium', 'test', 'ppl'):.1f})", "Zaremba medium"),
     ("ptb", f"variational ({final('variational_medium', 'test', 'ppl'):.1f} tied, "
             f"{final('variational_medium_untied', 'test', 'ppl'):.1f} untied)", "Gal medium"),
