@@ -177,8 +177,8 @@ def summarize(kind: str, stats: dict, target_scale: float = 1.0) -> dict[str, fl
 
 def summarize_steps(kind: str, fetched: list[dict], target_scale: float = 1.0) -> dict:
     """The training event of some steps' fetched metrics: the task's metrics over all
-    their tokens or examples (accuracy left out where it repeats the error: regression
-    has none), and the mean objective, penalty and gradient norm of a step."""
+    their tokens or examples (accuracy left out: the error says it), the mean objective,
+    penalty and gradient norm of a step, and `count`, the tokens or examples."""
     totals = {k: sum(float(m[k]) for m in fetched) for k in ("loss_sum", "count", "errors")}
     metrics = summarize(kind, totals, target_scale)
     metrics.pop("accuracy", None)
