@@ -159,9 +159,17 @@ class _NoisyDense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        kernel = self.reg.model_weights({"output": kernel}, key, False)["output"]
-        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        return inputs @ kernel + bias
+        return noisy_dense(self.reg, key, inputs, kernel, bias, self.dtype)
+
+
+def noisy_dense(reg, key: jax.Array, inputs: jax.Array, kernel: jax.Array,
+                bias: jax.Array | None, dtype: Any) -> jax.Array:
+    """`inputs @ kernel + bias` as `nn.Dense` computes it (its dtype promotion), the
+    kernel read through the regularizer's "output" transform (`model_weights`) with
+    `key`: the output layer of a training window under model noise, linen's and NNX's."""
+    kernel = reg.model_weights({"output": kernel}, key, False)["output"]
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=dtype)
+    return inputs @ kernel if bias is None else inputs @ kernel + bias
 
 
 def _output_layer(reg, key: jax.Array | None, features: int, name: str, **dense):
@@ -181,7 +189,9 @@ def _model_noise_key(module, reg, deterministic: bool) -> jax.Array | None:
     return dropout_key(module) if not deterministic and reg.model_noise else None
 
 
-def _embedding_table(reg, table: jax.Array, key: jax.Array | None) -> jax.Array:
+def embedding_table(reg, table: jax.Array, key: jax.Array | None) -> jax.Array:
+    """The embedding table a window reads: `table`, or where `key` is given (training,
+    with `reg.model_noise`) the regularizer's "embedding" transform of it."""
     return table if key is None else reg.model_weights({"embedding": table}, key,
                                                        False)["embedding"]
 
@@ -260,7 +270,7 @@ class LanguageModel(RecurrentOptions):
                          embedding_init=boxed(weights, "embed/embedding"),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
         weights_key = _model_noise_key(self, self.reg, deterministic)
-        table = _embedding_table(self.reg, embed.embedding, weights_key)
+        table = embedding_table(self.reg, embed.embedding, weights_key)
         x = look_up(table, ids, self.dtype)
         key = None
         if not deterministic and self.reg.embedding_noise:
@@ -343,7 +353,7 @@ class SequenceModel(RecurrentOptions):
                                                               self.orthogonal_init),
                                                   "embed/embedding"),
                              dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-            x = look_up(_embedding_table(self.reg, embed.embedding, weights_key), x,
+            x = look_up(embedding_table(self.reg, embed.embedding, weights_key), x,
                         self.dtype)
             key = None
             if not deterministic and self.reg.embedding_noise:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen
 import jax
 from flax import nnx
 
@@ -111,7 +110,7 @@ class LanguageModel(RecurrentModule):
         noisy = self.reg.has_noise or self.reg.model_noise
         key = self.call_key(rngs, not deterministic and noisy)
         weights_key = model_weights_key(key, self.reg)
-        table = model_table(self.embed, self.reg, weights_key)
+        table = models.embedding_table(self.reg, self.embed.embedding[...], weights_key)
         x = embed_with_dropout(self.embed, ids, self.reg, key, deterministic, table,
                                weights_key)
         y, carry = self.rnn.run(x, carry, deterministic, average, stack_key(key, self.reg),
@@ -206,7 +205,8 @@ class SequenceModel(RecurrentModule):
         x = inputs
         if self.embed is not None:
             x = embed_with_dropout(self.embed, inputs, self.reg, key, deterministic,
-                                   model_table(self.embed, self.reg, weights_key),
+                                   models.embedding_table(
+                                       self.reg, self.embed.embedding[...], weights_key),
                                    weights_key)
         y, _ = self.rnn.run(x, None, deterministic, average, stack_key(key, self.reg),
                             seq_lengths)
@@ -264,32 +264,21 @@ def model_weights_key(key: jax.Array | None, reg) -> jax.Array | None:
     return linen_key(key) if key is not None and reg.model_noise else None
 
 
-def model_table(embed: nnx.Embed, reg, weights_key: jax.Array | None) -> jax.Array:
-    """The embedding table a call reads: the stored one, or in a training call with
-    model noise the regularizer's transform of it (`model_weights`, "embedding")."""
-    table = embed.embedding[...]
-    if weights_key is None:
-        return table
-    return reg.model_weights({"embedding": table}, weights_key, False)["embedding"]
-
-
 def output_layer(layer: nnx.Linear, x: jax.Array, reg,
                  weights_key: jax.Array | None) -> jax.Array:
     """The softmax or head layer on `x`; with `weights_key` its kernel read through the
-    regularizer's transform (`model_weights`, "output"), the bias as it is, computed as
-    linen's `_NoisyDense` computes it (same promotion and product, so the same bits)."""
+    regularizer's transform (`model_weights`, "output"), the bias as it is, by linen's
+    own `models.noisy_dense` (so the same bits)."""
     if weights_key is None:
         return layer(x)
-    kernel = reg.model_weights({"output": layer.kernel[...]}, weights_key, False)["output"]
     bias = None if layer.bias is None else layer.bias[...]
-    x, kernel, bias = flax.linen.dtypes.promote_dtype(x, kernel, bias, dtype=layer.dtype)
-    return x @ kernel if bias is None else x @ kernel + bias
+    return models.noisy_dense(reg, weights_key, x, layer.kernel[...], bias, layer.dtype)
 
 
 def embed_with_dropout(embed: nnx.Embed, ids: jax.Array, reg, key: jax.Array | None,
                        deterministic: bool, table: jax.Array,
                        weights_key: jax.Array | None) -> jax.Array:
-    """The ids looked up in `table` (`model_table`) with the regularizer's word-type
+    """The ids looked up in `table` (`models.embedding_table`) with the regularizer's word-type
     dropout (the model's own key: linen's root `make_rng("dropout")`, its second draw
     when the first was `weights_key`)."""
     x = models.look_up(table, ids, embed.dtype)
