@@ -130,30 +130,19 @@ def check_fits(model, inputs, language_model: bool, params, where: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from rnnreg_jax.train.checkpoint import tree_difference
+
     x = np.asarray(inputs)
     x1 = jnp.zeros((1, *x.shape[1:]), x.dtype)
     args = (x1, None) if language_model else (x1,)
     wanted = jax.eval_shape(
         lambda key: model.init({"params": key}, *args, deterministic=True)["params"],
         jax.random.PRNGKey(0))
-
-    def shapes(tree) -> dict[str, tuple[int, ...]]:
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
-                tuple(np.shape(leaf)) for path, leaf in leaves}
-
-    have, want = shapes(params), shapes(wanted)
-    for path in sorted(have.keys() | want.keys()):
-        if have.get(path) != want.get(path):
-            if path not in have:
-                diff = f"it lacks {path}"
-            elif path not in want:
-                diff = f"it holds {path}, which this model lacks"
-            else:
-                diff = f"{path} is {list(have[path])} there but {list(want[path])} here"
-            raise ValueError(f"{where} does not fit the model that config.json describes "
-                             f"over this data ({diff}): the checkpoints of another run, or a "
-                             "--data_dir with another vocabulary.")
+    diff = tree_difference(params, wanted)  # the training engine's own comparison
+    if diff:
+        raise ValueError(f"{where} does not fit the model that config.json describes "
+                         f"over this data ({diff}): the checkpoints of another run, or a "
+                         "--data_dir with another vocabulary.")
 
 
 def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: str | None = None,

@@ -101,13 +101,15 @@ def test_checkpoints_of_another_model_or_vocabulary_are_one_line(ntasgd_run, tmp
     assert main([f"--workdir={copy}", f"--data_dir={data_dir}"]) == 2
     assert _one_error_line(capsys) == (
         f"error: The latest checkpoint in {copy} does not fit the model that config.json "
-        "describes over this data (rnn/layer_0/b is [64] there but [32] here): the "
+        "describes over this data (rnn/layer_0/b is float32[64] there but float32[32] in "
+        "this model): the "
         "checkpoints of another run, or a --data_dir with another vocabulary.")
     line = " " + " ".join(f"v{i}" for i in range(30)) + " \n"
     other = fx.write_ptb_word(tmp_path / "other", {"train": line * 20, "valid": line * 4,
                                                    "test": line * 4}).parent
     assert main([f"--workdir={workdir}", f"--data_dir={other}"]) == 2
-    assert "(embed/embedding is [21, 16] there but [31, 16] here)" in _one_error_line(capsys)
+    assert ("(embed/embedding is float32[21, 16] there but float32[31, 16] in this model)"
+            in _one_error_line(capsys))
 
 
 @pytest.mark.parametrize("tool", ["evaluate", "generate"])

@@ -189,8 +189,15 @@ def shape_mismatch(manager: ocp.CheckpointManager, step: int, target) -> str | N
     Read from the step's metadata alone: restoring arrays of the wrong shape fails
     inside orbax's reader threads, which then print tracebacks after the error.
     """
-    stored = _leaf_specs(getattr(manager.item_metadata(step), "tree", None) or {})
-    wanted = _leaf_specs(abstract(target))
+    return tree_difference(getattr(manager.item_metadata(step), "tree", None) or {},
+                           abstract(target))
+
+
+def tree_difference(stored, wanted) -> str | None:
+    """The first difference in array paths, shapes or dtypes between the trees `stored`
+    (a checkpoint's arrays, or their metadata) and `wanted` (a model's, or their
+    `jax.ShapeDtypeStruct`s), in one clause, or None."""
+    stored, wanted = _leaf_specs(stored), _leaf_specs(wanted)
     for path in sorted(wanted.keys() | stored.keys()):
         have, want = stored.get(path), wanted.get(path)
         if have != want:
