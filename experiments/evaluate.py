@@ -100,25 +100,10 @@ def reported_params(state: dict):
     final evaluation reads them (`ntasgd.averaged_params`), else the parameters."""
     from rnnreg_jax.train import ntasgd
 
-    found: list[dict] = []
-
-    def walk(node):  # the raw tree holds the optimizer's NTASGDState as a dict
-        if isinstance(node, dict):
-            if {"averaging", "avg_params", "count"} <= node.keys():
-                found.append(node)
-                return
-            node = list(node.values())
-        if isinstance(node, list | tuple):
-            for child in node:
-                walk(child)
-
-    walk(state.get("opt_state"))
-    if len(found) != 1:
+    opt_state = ntasgd.typed_states(state.get("opt_state"))
+    if not ntasgd.uses_ntasgd(opt_state):
         return state["params"]
-    node = found[0]
-    return ntasgd.averaged_params(
-        ntasgd.NTASGDState(node["averaging"], node["avg_params"], node["count"]),
-        state["params"])
+    return ntasgd.averaged_params(opt_state, state["params"])
 
 
 def check_fits(model, inputs, language_model: bool, params, where: str) -> None:

@@ -128,6 +128,21 @@ def is_averaging(opt_state) -> jax.Array:
     return _the_state(opt_state).averaging
 
 
+def typed_states(raw_opt_state):
+    """An optimizer state restored without a target (orbax gives its NamedTuples back as
+    dicts) with its ntasgd states typed again, so that `averaged_params` finds them."""
+    def is_raw(node) -> bool:
+        return isinstance(node, dict) and set(node) == set(NTASGDState._fields)
+
+    return jax.tree.map(lambda n: NTASGDState(**n) if is_raw(n) else n, raw_opt_state,
+                        is_leaf=is_raw)
+
+
+def uses_ntasgd(opt_state) -> bool:
+    """Whether `opt_state` holds an ntasgd state (exactly one, as `ntasgd` makes)."""
+    return len(_states(opt_state)) == 1
+
+
 def averaged_params(opt_state, params):
     """The parameters to evaluate: the running average once averaging is on
     (and has seen at least one update), else `params`. Works under `jax.jit`."""
