@@ -79,17 +79,19 @@ def _lock(workdir: str) -> None:
 _HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
 
 
-def _write_record(workdir: str, task_name: str, config, task) -> None:
-    """config.json (the config and what produced the run) and TensorBoard's hparams."""
+def _write_record(workdir: str, task_name: str, config, task, previous: str | None) -> None:
+    """config.json (the config and what produced the run) and TensorBoard's hparams;
+    `previous`: the text of the record the workdir held, or None."""
     from rnnreg_jax.train.logging import write_hparams
 
-    previous = None
-    if run_record.continues(workdir):  # a resume: keep the earlier starts' commits and devices
+    earlier = None
+    # a resume: keep the earlier starts' commits and devices
+    if previous is not None and run_record.continues(workdir):
         try:
-            previous = run_record.read(workdir).get("provenance")
-        except (FileNotFoundError, run_record.NotARunRecord):
-            previous = None
-    record = provenance.with_earlier_starts(provenance.provenance(), previous)
+            earlier = run_record.parse(previous, run_record.path_of(workdir)).get("provenance")
+        except run_record.NotARunRecord:
+            earlier = None
+    record = provenance.with_earlier_starts(provenance.provenance(), earlier)
     config_dict = json.loads(json.dumps(config.to_dict(), default=str))
     run_record.write(workdir, task_name, record["command"], record, config_dict)
     if config.train.get("tensorboard", True):
@@ -147,7 +149,7 @@ def run(task_name: str, config) -> dict:
             record = run_record.path_of(workdir)
             previous = record.read_text() if record.exists() else None
             tb_before = set(tb.iterdir()) if tb.exists() else set()
-            _write_record(workdir, task_name, config, task)
+            _write_record(workdir, task_name, config, task, previous)
         return train_and_evaluate(task, config.train, workdir)
     except (CheckpointMismatchError, StartRefusedError) as err:
         # The checkpoints are another run's (a workdir without config.json, so nothing

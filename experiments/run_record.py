@@ -68,8 +68,17 @@ def read(workdir) -> dict:
     holds no config object."""
     path = path_of(workdir)
     try:
-        record = json.loads(path.read_text())
-    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        text = path.read_text()
+    except UnicodeDecodeError as err:  # bytes that are not UTF-8
+        raise NotARunRecord(path, err) from None
+    return parse(text, path)
+
+
+def parse(text: str, path) -> dict:
+    """`read`'s checks on the `text` of the record at `path` (read already)."""
+    try:
+        record = json.loads(text)
+    except ValueError as err:  # JSONDecodeError
         raise NotARunRecord(path, err) from None
     if not isinstance(record, dict):
         raise NotARunRecord(path, f"a JSON {type(record).__name__}, not an object")

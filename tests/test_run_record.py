@@ -30,6 +30,12 @@ def test_anything_else_is_one_sentence_naming_the_file(tmp_path, text, why):
     assert isinstance(info.value, ValueError)
 
 
+def test_bytes_that_are_not_utf8_are_one_sentence(tmp_path):
+    (tmp_path / "config.json").write_bytes(b'{"config": {}, "task": "\xff"}')
+    with pytest.raises(run_record.NotARunRecord, match="can't decode byte 0xff"):
+        run_record.read(tmp_path)
+
+
 def test_no_record_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         run_record.read(tmp_path)
