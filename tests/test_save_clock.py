@@ -120,10 +120,3 @@ def test_a_run_killed_mid_epoch_resumes_from_its_timed_save_to_the_same_numbers(
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
 
-
-def test_the_interval_is_checked_like_the_other_numbers():
-    c = train.default_train_config()
-    c.checkpoint_every_s = -1.0
-    with pytest.raises(ValueError, match=r"config.checkpoint_every_s must be a finite "
-                                         r"number >= 0, got -1.0."):
-        train.config.check(c)

@@ -247,6 +247,8 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
     ("max_steps", True, "config.max_steps must be a whole number >= 0, got True."),
     ("time_limit_s", -5.0, "config.time_limit_s must be a finite number >= 0, got -5.0."),
     ("time_limit_s", float("inf"), "config.time_limit_s must be a finite number >= 0"),
+    ("checkpoint_every_s", -1.0, "config.checkpoint_every_s must be a finite number >= 0, "
+                                 "got -1.0."),
     ("decay_factor", 0.0, "config.decay_factor must be a finite number > 0, got 0.0."),
     ("learning_rate", -1.0, "config.learning_rate must be a finite number >= 0"),
     ("lr_schedule", "cosine", "config.lr_schedule must be one of"),
