@@ -58,19 +58,24 @@ def _tb_records(path):
     return out
 
 
+def _run_tiny(workdir, max_steps, env=None):
+    """`experiments.ptb --config=tiny` through the binary on the data beside `workdir`,
+    for `max_steps` steps in all (a workdir with a checkpoint resumes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
+         f"--data_dir={workdir.parent / 'data'}", f"--config.train.max_steps={max_steps}",
+         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
+         "--config.train.mc_samples=0"],
+        capture_output=True, text=True, check=False, cwd=REPO, env=env)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """`experiments.ptb --config=tiny` through the binary, as a user runs it."""
     root = tmp_path_factory.mktemp("prov")
     fx.write_repeated_ptb_word(root / "data")
     workdir = root / "wd"
-    env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false")
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
-         f"--data_dir={root / 'data'}", "--config.train.max_steps=2",
-         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
-         "--config.train.mc_samples=0"],
-        capture_output=True, text=True, check=False, cwd=REPO, env=env)
+    out = _run_tiny(workdir, 2, dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false"))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
 
@@ -142,15 +147,6 @@ def test_report_shows_commit_and_device_per_row(tiny_run):
     assert report.commit_cell({}) == "–"
 
 
-def _resume(workdir, max_steps):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.ptb", "--config=tiny", f"--workdir={workdir}",
-         f"--data_dir={workdir.parent / 'data'}", f"--config.train.max_steps={max_steps}",
-         "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
-         "--config.train.mc_samples=0"],
-        capture_output=True, text=True, check=False, cwd=REPO)
-
-
 def test_a_resumed_run_keeps_its_earlier_starts_commit_and_device(tiny_run, tmp_path):
     """config.json is rewritten at each start: a run resumed on another machine or commit
     named only the last one in the report."""
@@ -166,14 +162,14 @@ def test_a_resumed_run_keeps_its_earlier_starts_commit_and_device(tiny_run, tmp_
     meta["provenance"].update(commit="f" * 40, dirty=False, backend="cpu", host_cpu="Old CPU",
                               host_cpu_count=8)  # as if it started elsewhere
     (workdir / "config.json").write_text(json.dumps(meta))
-    out = _resume(workdir, 4)
+    out = _run_tiny(workdir, 4)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Resumed from step 2" in out.stderr
     record = json.loads((workdir / "config.json").read_text())["provenance"]
     [earlier] = record["earlier_starts"]
     assert earlier["commit"] == "f" * 40 and earlier["host_cpu"] == "Old CPU"
     assert set(earlier) <= set(provenance.START_KEYS)
-    out = _resume(workdir, 6)  # a third start: both earlier ones, oldest first
+    out = _run_tiny(workdir, 6)  # a third start: both earlier ones, oldest first
     assert out.returncode == 0, out.stderr[-3000:]
     starts = json.loads((workdir / "config.json").read_text())["provenance"]["earlier_starts"]
     assert [s["commit"] for s in starts] == ["f" * 40, record["commit"]]
@@ -191,7 +187,7 @@ def test_a_record_without_a_run_beside_it_gives_no_earlier_starts(tmp_path):
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(
         {"task": "ptb", "config": {}, "provenance": {"commit": "f" * 40}}))
-    out = _resume(workdir, 1)
+    out = _run_tiny(workdir, 1)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "earlier_starts" not in json.loads((workdir / "config.json").read_text())[
         "provenance"]
