@@ -142,6 +142,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     from experiments import cli
     from experiments.configs.common import check_config, regularization
     from rnnreg_jax.tasks import build_task
+    from rnnreg_jax.train import losses
     from rnnreg_jax.train import mesh as mesh_lib
     from rnnreg_jax.train.config import check_for_task
     from rnnreg_jax.train.evaluation import evaluate_all
@@ -179,11 +180,7 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
     batch_ppls: dict[str, list[float]] = {}
 
     def collect(split, metrics):
-        try:
-            ppl = math.exp(metrics["loss"])
-        except OverflowError:  # a batch loss past 709.78 nats (a traceback before)
-            ppl = math.inf
-        batch_ppls.setdefault(split, []).append(ppl)
+        batch_ppls.setdefault(split, []).append(losses.perplexity(metrics["loss"]))
 
     # The training loop's own final evaluation: same splits, protocol and MC keys.
     out = evaluate_all(task, evaluator, params, state.get("model_state") or {},

@@ -9,7 +9,8 @@ the model the run reports), rebuilds its model, and prints `--num_samples` texts
 the prompt and `--length` tokens after it (`rnnreg_jax.generate`), under a line
 `== sample K ==`. `--temperature=0` decodes greedily (the most likely token at every
 step); above 0 it samples, sharper below 1 and flatter above; `--top_k` samples among the
-k most likely tokens only. `--seed` fixes the draws: the same seed prints the same text.
+k most likely tokens only (greedy decoding takes the first of them anyway). `--seed`
+fixes the draws: the same seed prints the same text.
 
 The prompt is read with the corpus's own conventions. Word level (`ptb_word`): words
 split on whitespace, a line break as `<eos>`; a word outside the vocabulary reads as
@@ -173,9 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out["unknown"]:
         print("note: not in the vocabulary, read as <unk>: "
               f"{', '.join(map(repr, dict.fromkeys(out['unknown'])))}.", file=sys.stderr)
+    if args.top_k is not None and args.temperature == 0:
+        print("note: --top_k does nothing at --temperature=0, which takes the most likely "
+              "token at every step.", file=sys.stderr)
     where = out["checkpoint"]
+    top_k = "" if args.top_k is None else f", top_k {args.top_k}"
     print(f"{args.workdir} ({where['name']} checkpoint: epoch {where['epoch']}, "
-          f"step {where['step']}); temperature {args.temperature:g}, seed {args.seed}")
+          f"step {where['step']}); temperature {args.temperature:g}{top_k}, seed {args.seed}")
     for k, text in enumerate(out["samples"], 1):
         print(f"== sample {k} ==")
         print(text)

@@ -32,7 +32,7 @@ _PTB_NOTES = {
         "1000 samples, each one network over the whole test stream, as in Gal's code). "
         "The papers' validation figures are what their code prints, exp(0.99675 x the "
         "mean loss) on PTB's validation streams (it divides the 105 windows' sum by "
-        "105.34; docs/FIDELITY.md, \"validation average\"): 1.4-1.5% below the per-target "
+        "105.34; docs/FIDELITY.md, \"validation average\"): 1.4% below the per-target "
         "perplexity in the valid column; printed that way the medium rows would read "
         "85.3, 80.9 and 81.4."),
     "ptb_char": (
@@ -69,9 +69,9 @@ _PTB_NOTES = {
         "the repository, so this is unconfirmed). Measured on our 14-epoch checkpoints "
         "(results/evaluations/zoneout_word_eval_protocols): one random mask sample adds "
         "20% (zoneout) and 16% (recurrent dropout) to validation perplexity, the batch "
-        "mean 1.2%, which would put our 102.4 and 106.1 near 124, past the paper's; the "
-        "baseline's gap is left to training. Carrying the state in training, as that "
-        "code does, changed nothing here (baseline / recurrent dropout / zoneout 120.9 / "
+        "mean 1.2% and 1.3%, which would put our 102.4 and 106.1 near 125 and 124, past the "
+        "paper's; the baseline's gap is left to training. Carrying the state in training, "
+        "as that code does, changed nothing here (baseline / recurrent dropout / zoneout 120.9 / "
         "105.7 / 101.6); its +1 forget-gate offset blew zoneout up again (572.8)."),
     _AWD_VS_VARIATIONAL: (
         "Both recipes on the same 2x400 LSTM for the same 3 epochs (a CPU budget). AWD-LSTM's "

@@ -356,6 +356,15 @@ def test_the_binary_prints_the_prompt_and_its_continuation(ptb_run, capsys):
                                  "--length=4", "--temperature=0", "--num_samples=2"]) == 0
     greedy = _samples(capsys.readouterr().out)
     assert greedy[0] == greedy[1] and len(greedy[0]) == 4
+    # top_k is named in the header; at temperature 0 it changes nothing, and says so.
+    assert generate_binary.main([f"--workdir={workdir}", f"--data_dir={data_dir}",
+                                 "--length=4", "--temperature=0", "--num_samples=2",
+                                 "--top_k=3"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.splitlines()[0].endswith("temperature 0, top_k 3, seed 0")
+    assert _samples(shown.out) == greedy
+    assert shown.err.strip() == ("note: --top_k does nothing at --temperature=0, which takes "
+                                 "the most likely token at every step.")
 
 
 @pytest.mark.parametrize("extra,message", [

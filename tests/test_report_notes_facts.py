@@ -1,21 +1,27 @@
 """The numbers the report's notes (experiments/report_notes.py) quote from committed runs
 are those runs' numbers: a record replaced by a longer or rerun one fails here until its
 note is brought up to date, instead of RESULTS.md printing a stale sentence beside
-fresh tables."""
+fresh tables. Numbers with no committed record behind them (paper figures, timings,
+runs kept elsewhere) are not checked here."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 
-from experiments.report_notes import NOTES
+from experiments.report_notes import GROUPS, NOTES
 from rnnreg_jax.train.logging import read_metrics
 
-RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+RUNS = RESULTS / "runs"
 
 
 def _events(run: str) -> list[dict]:
+    """A run's events; `run` is a folder under results/runs, or under results/evaluations
+    as "../evaluations/<folder>"."""
     return read_metrics(str(RUNS / run))
 
 
@@ -39,14 +45,61 @@ def lowest(run: str, metric: str = "rmse", split: str = "test") -> tuple[float, 
     return min(curve)
 
 
-def epochs(run: str) -> int:
+def epochs(run: str, split: str = "test") -> int:
     """How many epochs the run evaluated (its last epoch-end evaluation's, 1-based)."""
     return max(e["epoch"] + 1 for e in _events(run)
-               if e.get("split") == "test" and e.get("phase") == "epoch_end")
+               if e.get("split") == split and e.get("phase") == "epoch_end")
 
 
-def _text(task: str) -> str:
-    return " ".join(NOTES[task].values())
+def last_logged(run: str, epoch: int, metric: str) -> float:
+    """The last training log's `metric` in (1-based) `epoch` (dropout on, running mean)."""
+    return [e[metric] for e in _events(run)
+            if e.get("split") == "train" and e["epoch"] + 1 == epoch][-1]
+
+
+def config(run: str, key: str):
+    """The run's recorded config value at a dotted `key` ("train.mc_samples")."""
+    value = json.loads((RUNS / run / "config.json").read_text())["config"]
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def evaluation(name: str, *keys: str):
+    """A value of an evaluate JSON under results/evaluations ("valid", "ppl")."""
+    value = json.loads((RESULTS / "evaluations" / name).read_text())
+    for key in keys:
+        value = value[key]
+    return value
+
+
+def span(values, spec: str = "") -> str:
+    """Values as a note gives a range: "3-28" from their extremes, or "3" when both
+    extremes print alike."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def within(value: float, digits: int = 0) -> str:
+    """A bound a note states as "within X": `value` rounded up to `digits`."""
+    return f"{math.ceil(value * 10 ** digits) / 10 ** digits:.{digits}f}"
+
+
+def pct(fraction: float, digits: int = 1) -> str:
+    return f"{100 * fraction:.{digits}f}%"
+
+
+_ONE_NOTE = {"ptb_word": ("ptb", "ptb_word"), "ptb_char": ("ptb", "ptb_char"),
+             "zoneout_word": ("ptb", GROUPS["ptb"]["zoneout"]),
+             "awd": ("ptb", GROUPS["ptb"]["awd_small"]), "imdb": ("sentiment", "imdb")}
+
+
+def _text(where: str) -> str:
+    """One note (a key of _ONE_NOTE) or all of a task's notes ("sentiment")."""
+    if where in _ONE_NOTE:
+        task, note = _ONE_NOTE[where]
+        return NOTES[task][note]
+    return " ".join(NOTES[where].values())
 
 
 KERAS = "sentiment_variational_lstm_keras_250ep"
@@ -77,21 +130,183 @@ FACTS = [
      "no dropout lows"),
     ("sentiment", f"{epochs(GAL_NO_DROP)}: {at_epoch(GAL_NO_DROP, epochs(GAL_NO_DROP)):.4f} "
                   f"against {at_epoch(GAL_SPLIT, epochs(GAL_NO_DROP)):.4f}", "both at the end"),
-    ("ptb", f"Zaremba ({final('zaremba_medium', 'test', 'ppl'):.1f})", "Zaremba medium"),
-    ("ptb", f"variational ({final('variational_medium', 'test', 'ppl'):.1f} tied, "
-            f"{final('variational_medium_untied', 'test', 'ppl'):.1f} untied)", "Gal medium"),
-    ("ptb", f"({final('variational_medium', 'test_mc', 'ppl'):.1f}, "
-            f"{final('variational_medium_untied', 'test_mc', 'ppl'):.1f};", "Gal medium MC"),
-    ("ptb", f"({final('zoneout_word_zoneout', 'valid', 'ppl'):.1f} / "
-            f"{final('zoneout_word_zoneout_seed1', 'valid', 'ppl'):.1f} < "
-            f"{final('zoneout_word_recurrent_dropout', 'valid', 'ppl'):.1f} / "
-            f"{final('zoneout_word_recurrent_dropout_seed1', 'valid', 'ppl'):.1f} < "
-            f"{final('zoneout_word_baseline', 'valid', 'ppl'):.1f} / "
-            f"{final('zoneout_word_baseline_seed1', 'valid', 'ppl'):.1f})", "zoneout order"),
 ]
 
+
+# ptb_word: the small rows run twice, the medium rows against the paper and as Lua prints
+TWINS = ("zaremba_small_2bias", "zaremba_small_xeon")
+MEDIUM = ("zaremba_medium", "variational_medium", "variational_medium_untied")
+# Zaremba's and Gal's run_valid divide the sum of PTB's 105 whole validation windows
+# (T 35 over 20 streams of 73,760 / 20 tokens) by (3688 - 1) / 35, not by 105
+LUA_WINDOWS = (73_760 // 20 - 1) / 35
+LUA_SHARE = 105 / LUA_WINDOWS
+
+
+def lua_printed(run: str) -> float:
+    """The validation perplexity the papers' code would print for the run."""
+    return final(run, "valid", "ppl") ** LUA_SHARE
+
+
+PTB_WORD = [
+    (f"both end at {span([final(r, 'test', 'ppl') for r in TWINS], '.1f')} test", "twins"),
+    ("within {}% of the paper's".format(within(100 * max(  # every test split it gives
+        abs(final(r, s, "ppl") / config(r, "paper." + s) - 1)
+        for r in MEDIUM for s in ("test", "test_mc") if config(r, "paper." + s)))), "vs paper"),
+    (f"Zaremba ({final('zaremba_medium', 'test', 'ppl'):.1f})", "Zaremba medium"),
+    (f"variational ({final('variational_medium', 'test', 'ppl'):.1f} tied, "
+     f"{final('variational_medium_untied', 'test', 'ppl'):.1f} untied)", "Gal medium"),
+    (f"({final('variational_medium', 'test_mc', 'ppl'):.1f}, "
+     f"{final('variational_medium_untied', 'test_mc', 'ppl'):.1f};", "Gal medium MC"),
+    (f"{span([config(r, 'train.mc_samples') for r in MEDIUM[1:]])} samples", "MC samples"),
+    (f"exp({LUA_SHARE:.5f} x the mean loss)", "Lua share (PTB's size)"),
+    (f"divides the 105 windows' sum by {LUA_WINDOWS:.2f}", "Lua windows (PTB's size)"),
+    (f"{span([100 * (1 - lua_printed(r) / final(r, 'valid', 'ppl')) for r in MEDIUM], '.1f')}"
+     "% below the per-target perplexity", "Lua printing"),
+    ("would read {:.1f}, {:.1f} and {:.1f}".format(*map(lua_printed, MEDIUM)), "as Lua prints"),
+]
+
+CHAR = ("baseline_char", "recurrent_dropout_char", "zoneout_char")
+PTB_CHAR = [
+    (f"after {span([epochs(r, 'valid') for r in CHAR])} of the presets' up to "
+     f"{span([config(r, 'train.num_epochs') for r in CHAR])} epochs", "epochs"),
+    (f"early after {span([config(r, 'train.early_stop_patience') for r in CHAR])} without",
+     "patience"),
+    (f"a {span([config(r, 'model.embed_size') for r in CHAR])}-wide embedding", "embedding"),
+]
+
+# Krueger et al.'s Table 2: every row, the CPU's first epochs, the authors' evaluation
+ZONEOUT_ROWS = sorted(path.name for path in RUNS.glob("zoneout_word_*"))
+CPU_ZONEOUT = "../evaluations/cpu_vs_h100/cpu_zoneout_3ep"
+EVALUATED = ("zoneout", "recurrent_dropout")
+
+
+def eval_ratio(row: str, split: str, metric: str) -> float:
+    """`metric` of `split` over the deterministic validation perplexity of a checkpoint."""
+    name = f"zoneout_word_eval_protocols/eval_{row}.json"
+    return evaluation(name, split, metric) / evaluation(name, "valid", "ppl")
+
+
+def authors_estimate(row: str) -> float:
+    """The row's validation perplexity with one mask sample and the batch mean on top."""
+    return (final(f"zoneout_word_{row}", "valid", "ppl") * eval_ratio(row, "valid_mc", "ppl")
+            * eval_ratio(row, "valid", "ppl_batch_mean"))
+
+
+ZONEOUT_WORD = [
+    (f"The first {epochs(CPU_ZONEOUT, 'valid')} epochs of `zoneout`", "CPU epochs"),
+    ("match the H100's within {}%".format(within(100 * max(
+        abs(at_epoch(CPU_ZONEOUT, n, "ppl", "valid")
+            / at_epoch("zoneout_word_zoneout", n, "ppl", "valid") - 1)
+        for n in range(1, epochs(CPU_ZONEOUT, "valid") + 1)), 1)), "CPU vs H100"),
+    ("({:.1f} / {:.1f} < {:.1f} / {:.1f} < {:.1f} / {:.1f})".format(*[
+        final(f"zoneout_word_{row}{seed}", "valid", "ppl")
+        for row in ("zoneout", "recurrent_dropout", "baseline") for seed in ("", "_seed1")]),
+     "zoneout order"),
+    ("every row is {}% better than the paper".format(span(
+        [100 * (1 - final(r, "valid", "ppl") / config(r, "paper.valid")) for r in ZONEOUT_ROWS],
+        ".0f")), "rows vs paper"),
+    ("our {}-epoch checkpoints".format(span(
+        [evaluation(f"zoneout_word_eval_protocols/eval_{row}.json", "checkpoint", "epoch")
+         for row in EVALUATED])), "checkpoints"),
+    ("adds {} (zoneout) and {} (recurrent dropout)".format(
+        *[pct(eval_ratio(row, "valid_mc", "ppl") - 1, 0) for row in EVALUATED]), "one mask"),
+    ("the batch mean {} and {}".format(
+        *[pct(eval_ratio(row, "valid", "ppl_batch_mean") - 1) for row in EVALUATED]),
+     "batch mean"),
+    ("our {:.1f} and {:.1f} near {:.0f} and {:.0f}".format(
+        *[final(f"zoneout_word_{row}", "valid", "ppl") for row in EVALUATED],
+        *map(authors_estimate, EVALUATED)), "the authors' evaluation"),
+]
+
+# AWD-LSTM's recipe then (awd_small) and now against Gal's on the same 2x400 LSTM
+AWD_THEN, AWD_NOW, GAL_SMALL = "awd_small", "awd_small_variable_windows", "variational_small"
+AWD_DROPOUTS = ("variational.input", "dropout.rate", "variational.output",
+                "variational.embedding")
+AWD = [
+    (f"for the same {span([epochs(r, 'valid') for r in (AWD_THEN, AWD_NOW, GAL_SMALL)])} "
+     "epochs", "epochs"),
+    (f"(weight drop {config(AWD_NOW, 'reg.weight_drop.rate'):g}, dropouts "
+     + "/".join(f"{config(AWD_NOW, 'reg.' + key):g}" for key in AWD_DROPOUTS)
+     + f", AR/TAR, lr {config(AWD_NOW, 'train.learning_rate'):g}, "
+       f"T {config(AWD_NOW, 'data.seq_len')}, batch {config(AWD_NOW, 'data.batch_size')})",
+     "recipe"),
+    (f"Gal's (lr {config(GAL_SMALL, 'train.learning_rate'):g}, "
+     f"T {config(GAL_SMALL, 'data.seq_len')})", "Gal's recipe"),
+    (f"before {config(AWD_NOW, 'train.ntasgd_nonmono')} evaluations", "NT-ASGD"),
+    (f"fixed windows of {config(AWD_THEN, 'data.seq_len')}, "
+     f"U(+-{config(AWD_THEN, 'model.init_scale'):g})", "then"),
+    ("{:.1f} / {:.1f} against {:.1f} / {:.1f} after {} epochs".format(
+        *[final(run, split, "ppl") for run in (AWD_NOW, AWD_THEN) for split in ("valid", "test")],
+        epochs(AWD_NOW, "valid")), "now vs then"),
+    ("gives the {}%".format(span([100 * (1 - final(AWD_NOW, s, "ppl") / final(AWD_THEN, s, "ppl"))
+                                  for s in ("valid", "test")], ".0f")), "the gain"),
+]
+
+# pMNIST: the old init's 12 epochs, today's presets on the H100 and the CPU
+OLD_INIT = ("pmnist_baseline", "pmnist_zoneout")
+NEW_INIT = ("pmnist_baseline_orthogonal", "pmnist_zoneout_orthogonal")
+ON_CPU = ("pmnist_baseline_cpu", "pmnist_zoneout_cpu")
+
+
+def valid_error(run: str, epoch: int | None = None) -> str:
+    """Validation error after `epoch` (the run's last by default), as a percentage."""
+    return pct(at_epoch(run, epoch or epochs(run, "valid"), "error", "valid"))
+
+
+N_NEW = epochs(NEW_INIT[0], "valid")
+PMNIST = [
+    (f"`baseline` and `zoneout` ran {span([epochs(r, 'valid') for r in OLD_INIT])} epochs",
+     "old init epochs"),
+    (f"`batchnorm` ran {epochs('pmnist_batchnorm', 'valid')} on", "batchnorm epochs"),
+    ("after {} epochs, validation error {} (baseline) and {} (zoneout) against {} and {} "
+     "after {} epochs with the old init, which reached {} and {} only after {}".format(
+         span([epochs(r, "valid") for r in NEW_INIT]),
+         *[valid_error(r, N_NEW) for r in (*NEW_INIT, *OLD_INIT)], N_NEW,
+         *map(valid_error, OLD_INIT), span([epochs(r, "valid") for r in OLD_INIT])),
+     "init"),
+    (f"The {span([epochs(r, 'valid') for r in ON_CPU])}-epoch rows", "CPU epochs"),
+    ("validation error {} / {} (baseline) and {} / {} (zoneout) after epochs 1 / 2, against "
+     "the H100 runs' {} / {} and {} / {}".format(
+         *[valid_error(r, n) for r in (*ON_CPU, *NEW_INIT) for n in (1, 2)]), "CPU vs H100"),
+]
+
+# IMDB: test error after every epoch, with and without variational dropout
+IMDB_NO, IMDB_VAR = "imdb_baseline_15ep", "imdb_variational_15ep"
+IMDB_RATES = ("embedding", "input", "recurrent", "output")
+(NO_LOW, NO_LOW_AT), (VAR_LOW, VAR_LOW_AT) = lowest(IMDB_NO, "error"), lowest(IMDB_VAR, "error")
+E_NO, E_VAR = epochs(IMDB_NO), epochs(IMDB_VAR)
+IMDB = [
+    ("embedding and LSTM {}".format(span(
+        [config(IMDB_VAR, "model.embed_size"), *config(IMDB_VAR, "model.hidden_sizes")])), "sizes"),
+    (f"batch {config(IMDB_VAR, 'data.batch_size')})", "batch"),
+    (f"last {config(IMDB_VAR, 'data.seq_len')} word ids of the "
+     f"{config(IMDB_VAR, 'data.vocab_size'):,} most frequent", "data"),
+    (f"{span([E_NO, E_VAR])} epochs each", "epochs"),
+    (f"best after its {({1: 'first'}).get(NO_LOW_AT, NO_LOW_AT)} epoch ({pct(NO_LOW, 2)})",
+     "no dropout low"),
+    (f"training error {pct(last_logged(IMDB_NO, E_NO, 'error'))} at epoch {E_NO}, "
+     f"test {pct(at_epoch(IMDB_NO, E_NO, 'error'), 2)})", "no dropout end"),
+    (f"({span([config(IMDB_VAR, 'reg.variational.' + k) for k in IMDB_RATES], 'g')} on the "
+     "word types", "rates"),
+    (f"({pct(last_logged(IMDB_VAR, E_VAR, 'error'))} with the dropout on, at epoch {E_VAR})",
+     "variational training"),
+    (f"{pct(VAR_LOW, 2)} at its best (epoch {VAR_LOW_AT}), "
+     f"{pct(at_epoch(IMDB_VAR, E_VAR, 'error'), 2)} at {E_VAR}", "variational"),
+    (f"MC dropout ({config(IMDB_VAR, 'train.mc_samples')} samples)", "MC samples"),
+    (f"approximation here ({pct(final(IMDB_VAR, 'test_mc', 'error'), 2)})", "MC"),
+]
+
+# (note, what it must say, the number as the runs give it)
+FACTS += [(note, said, what) for note, facts in {
+    "ptb_word": PTB_WORD, "ptb_char": PTB_CHAR, "zoneout_word": ZONEOUT_WORD, "awd": AWD,
+    "pmnist": PMNIST, "imdb": IMDB}.items() for said, what in facts]
 
 @pytest.mark.parametrize(("task", "said", "what"), FACTS,
                          ids=[f"{t}-{w}-{s}" for t, s, w in FACTS])
 def test_the_notes_quote_the_committed_runs(task, said, what):
     assert said in _text(task), f"the {task} notes should say {said!r} ({what})"
+
+
+def test_the_char_runs_stopped_before_their_final_evaluation():
+    assert "there is no final evaluation and no test number" in _text("ptb_char")
+    assert not [e for run in CHAR for e in _events(run) if e.get("phase") == "final"]

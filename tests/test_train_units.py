@@ -147,6 +147,15 @@ def test_lm_losses_and_metrics():
     assert m["error"] == 0.0
 
 
+def test_perplexity_is_inf_past_float_range_and_nan_for_nan():
+    assert losses.perplexity(700.0) == pytest.approx(math.exp(700.0))  # finite, ~1e304
+    assert losses.perplexity(710.0) == math.inf  # math.exp raises OverflowError here
+    assert losses.perplexity(-math.inf) == 0.0
+    assert math.isnan(losses.perplexity(math.nan))  # not inf: a nan loss is no big loss
+    stats = {"loss_sum": np.float32(math.nan), "count": 1.0, "errors": 0.0}
+    assert math.isnan(losses.summarize("lm", stats)["ppl"])
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_misclassified_is_argmax_against_the_target(dtype):
     """The LM error from the target logit against the row max equals argmax != target."""

@@ -158,13 +158,21 @@ def mc_stats(kind: str, summary: Array, batch: dict, num_samples: int) -> dict:
     return {"loss_sum": jnp.sum(nll * w), "count": jnp.sum(w), "errors": errors}
 
 
+def perplexity(loss: float) -> float:
+    """exp(mean nats): inf past float range (a loss above about 709.78), nan for nan."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def summarize(kind: str, stats: dict, target_scale: float = 1.0) -> dict[str, float]:
     """Reported metrics from accumulated sums (host floats)."""
     count = max(float(stats["count"]), 1e-12)
     loss = float(stats["loss_sum"]) / count
     out = {"loss": loss}
     if kind == "lm":
-        out["ppl"] = math.exp(loss) if loss < 700 else math.inf
+        out["ppl"] = perplexity(loss)
         out["bpc"] = loss / math.log(2.0)
         out["error"] = float(stats["errors"]) / count
     elif kind == "classification":
