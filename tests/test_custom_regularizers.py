@@ -29,10 +29,11 @@ def page():
 
 
 def test_each_example_is_short():
-    # DropConnect, the Bayesian weights and the peephole cell, each in ~40 lines of code
+    # DropConnect, the step noise, the Bayesian weights and the peephole cell, each in
+    # ~40 lines of code
     sizes = [sum(1 for line in b.splitlines() if line.strip() and not line.startswith(
-        ("import", "from", "    \"\"\""))) for b in BLOCKS[:3]]
-    assert len(BLOCKS) == 4 and all(size <= 40 for size in sizes), sizes
+        ("import", "from", "    \"\"\""))) for b in BLOCKS[:4]]
+    assert len(BLOCKS) == 5 and all(size <= 40 for size in sizes), sizes
 
 
 def _params(cell, rng, sizes=(3, 6, 5)):
@@ -70,11 +71,33 @@ def test_dropconnect_masks_w_x_only_in_training_and_composes(page):
     assert not np.allclose(train(reg), train(zoneout_only))
 
 
+def test_gaussian_step_noise_is_one_draw_a_sequence_and_composes(page):
+    noisy, gaussian = page["noisy"], page["GaussianRecurrentNoise"]
+    zoneout_only = rj.zoneout(cells=0.5, hiddens=0.05)
+    params = _params("lstm", 0)
+    x = jax.random.normal(jax.random.key(2), (4, 7, 3))
+
+    def run(reg, deterministic=False):
+        return rnn.unroll("lstm", params, x, reg=reg, key=jax.random.key(3),
+                          deterministic=deterministic)[0]
+
+    np.testing.assert_array_equal(run(noisy, True), run(zoneout_only, True))
+    assert not np.allclose(run(noisy), run(zoneout_only))
+    # it draws from its own key: at sigma 0 zoneout's masks are what they were alone
+    np.testing.assert_array_equal(run(zoneout_only + gaussian(0.0)), run(zoneout_only))
+    shape = rj.regularizers.LayerShape(0, "lstm", 4, 7, 3, 6, 4, jnp.float32)
+    tied, per_step = gaussian(0.5).step_noise(jax.random.key(1), shape, False)
+    assert per_step == {} and tied["recurrent"].shape == (4, 6)
+    assert abs(float(jnp.std(tied["recurrent"])) - 0.5) < 0.25  # 24 draws of 1 + 0.5 eps
+    with pytest.raises(ValueError, match="site 'recurrent' is written by both"):
+        gaussian() + rj.variational(recurrent=0.2)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_lstm"])
 def test_both_backward_passes_agree_with_every_example(page, cell):
     zoneout = rj.zoneout(hiddens=0.1) if cell == "gru" else rj.zoneout(cells=0.3, hiddens=0.1)
     reg = (page["InputDropConnect"](0.3) + zoneout + page["BayesianRecurrentWeights"]()
-           + rj.recurrent_dropout(0.2))
+           + rj.recurrent_dropout(0.2) + page["GaussianRecurrentNoise"](0.3))
     with nm.x64():
         x = jax.random.normal(jax.random.key(2), (4, 7, 3), jnp.float64)
         params = [dict(p, w_h_log_std=jnp.full_like(p["w_h"], -3.0))

@@ -9,7 +9,7 @@ import pytest
 import rnnreg_jax as rj
 from experiments import cli
 from experiments.configs import pmnist, ptb, sentiment
-from experiments.configs.common import regularization
+from experiments.configs.common import REG_CATALOG, regularization
 
 ALL_PRESETS = [(mod, name) for mod in (ptb, pmnist, sentiment) for name in mod.PRESETS]
 
@@ -454,6 +454,38 @@ def test_the_binary_reports_a_bad_config_file_in_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"error: Config file '{tmp_path / 'none.py'}' does not exist."]
+
+
+def test_a_reg_block_the_catalog_lacks_is_refused_before_anything_is_written(tmp_path):
+    """A misspelt or unknown sub-block of a config file's reg block trained without it,
+    silently, while config.json recorded the block."""
+    path = tmp_path / "mine.py"
+    path.write_text("import ml_collections\nfrom experiments.configs import ptb\n"
+                    "def get_config():\n    config = ptb.tiny()\n"
+                    "    config.reg.zonout = ml_collections.ConfigDict({'cells': 0.5})\n"
+                    "    return config\n")
+    workdir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "experiments.ptb", f"--config={path}",
+                          f"--workdir={workdir}", f"--data_dir={tmp_path}"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: Unknown regularizer 'zonout' in the reg block; choose from "
+        f"{', '.join(REG_CATALOG)}.")
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("reg,message", [
+    ({"zonout": {"cells": 0.5}}, "Unknown regularizer 'zonout' in the reg block"),
+    ({"zoneout": {"cellz": 0.5}}, "zoneout has no argument 'cellz'; its arguments: cells, "),
+    ({"zoneout": 0.5}, "reg.zoneout must be a block of zoneout's arguments (cells, "),
+])
+def test_regularization_refuses_what_no_constructor_takes(reg, message):
+    with pytest.raises(ValueError) as err:
+        regularization(reg)
+    assert str(err.value).startswith(message)
+    # the flat blocks of older records still read as the keyed ones they stand for
+    assert regularization({"recurrent": 0.2}).find(rj.regularizers.Dropout).recurrent.rate == 0.2
 
 
 def test_the_older_flat_reg_flags_set_what_they_stand_for_today():

@@ -87,16 +87,29 @@ def reg_config(**blocks: dict) -> ml_collections.ConfigDict:
     defaults, updated from `blocks` (`zoneout=dict(hiddens=0.25)`); every rate is a drop
     probability, 0 = off."""
     reg = ml_collections.ConfigDict({name: _arguments(name) for name in REG_CATALOG})
+    check_reg_names(blocks)
     for name, fields in blocks.items():
-        if name not in reg:
-            raise ValueError(f"Unknown regularizer {name!r} in the reg block; choose from "
-                             f"{', '.join(REG_CATALOG)}.")
         for field, value in fields.items():
-            if field not in reg[name]:
-                raise ValueError(f"{name} has no argument {field!r}; its arguments: "
-                                 f"{', '.join(reg[name])}.")
             reg[name][field] = value
     return reg
+
+
+def check_reg_names(blocks: dict) -> None:
+    """ValueError (one sentence) for a sub-block `REG_CATALOG` does not have or an
+    argument its constructor does not take: a typo there would otherwise train without
+    it, silently, while the run's record kept the block."""
+    for name, fields in blocks.items():
+        if name not in REG_CATALOG:
+            raise ValueError(f"Unknown regularizer {name!r} in the reg block; choose from "
+                             f"{', '.join(REG_CATALOG)}.")
+        arguments = _arguments(name)
+        if not isinstance(fields, dict):
+            raise ValueError(f"reg.{name} must be a block of {name}'s arguments "
+                             f"({', '.join(arguments)}), got {fields!r}.")
+        for field in fields:
+            if field not in arguments:
+                raise ValueError(f"{name} has no argument {field!r}; its arguments: "
+                                 f"{', '.join(arguments)}.")
 
 
 def migrate_reg(reg: dict) -> dict:
@@ -119,6 +132,7 @@ def regularization(reg) -> rj.Regularizer:
         reg = {name: {k: reg[name][k] for k in reg[name].keys()} if isinstance(
             reg[name], ml_collections.ConfigDict) else reg[name] for name in reg.keys()}
     reg = migrate_reg(reg)
+    check_reg_names(reg)
     return rj.compose(*(getattr(rj.regularizers, name)(**reg[name])
                         for name in REG_CATALOG if name in reg))
 
