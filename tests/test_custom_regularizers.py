@@ -150,3 +150,57 @@ def test_two_writers_of_one_site_are_refused_in_one_line(page):
         page["BayesianRecurrentWeights"]() + twin
     with pytest.raises(ValueError, match="built-in noise site"):
         rj.noise.named_site_key(jax.random.key(0), "recurrent")
+
+
+def _returning(noise_fn):
+    """A regularizer whose step_noise returns `noise_fn(B, T, H)` in training."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Returns(rj.regularizers.Regularizer):
+        def step_noise(self, key, shape, deterministic):
+            return noise_fn(shape.batch, shape.steps, shape.hidden_size)
+
+    return Returns()
+
+
+@pytest.mark.parametrize("noise_fn,message", [
+    (lambda b, t, h: None, "Returns.step_noise must return (tied, per_step), two dicts of "
+                           "cells.StepNoise fields; got NoneType None."),
+    (lambda b, t, h: {"recurrent": jnp.ones((b, h))}, "Returns.step_noise must return "
+                                                      "(tied, per_step), two dicts of"),
+    (lambda b, t, h: ({"recurent": jnp.ones((b, h))}, {}), "Returns.step_noise must return "
+     "(tied, per_step), two dicts of cells.StepNoise fields; 'recurent' is none of"),
+    (lambda b, t, h: ({"recurrent": jnp.ones((b + 1, h))}, {}),
+     "Returns's tied step noise 'recurrent' has shape (5, 6); layer 0 needs one that "
+     "broadcasts to (4, 6)."),
+    (lambda b, t, h: ({}, {"zone_h": jnp.ones((b, h))}),
+     "Returns's per-step step noise 'zone_h' has shape (4, 6); layer 0 needs one that "
+     "broadcasts to (7, 4, 6)."),
+    (lambda b, t, h: ({"recurrent": cells.PerGate(jnp.ones((3, b, h)))}, {}),
+     "Returns's tied step noise 'recurrent' has shape (3, 4, 6); layer 0 needs one that "
+     "broadcasts to (4, 4, 6)."),
+])
+def test_a_step_noise_hooks_mistake_is_one_sentence(noise_fn, message):
+    """A user's hook with the wrong structure or shapes failed inside the scan (an
+    unpacking TypeError, a broadcasting error naming no site)."""
+    params = _params("lstm", 0)
+    x = jax.random.normal(jax.random.key(2), (4, 7, 3))
+    for reg in (_returning(noise_fn), rj.zoneout(hiddens=0.1) + _returning(noise_fn)):
+        with pytest.raises(ValueError) as err:  # alone and composed: the hook is named
+            rnn.unroll("lstm", params, x, reg=reg, key=jax.random.key(3), deterministic=False)
+        assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("noise_fn", [
+    lambda b, t, h: ({"recurrent": cells.PerGate(jnp.ones((4, b, h))), "depth":
+                      jnp.ones((b, 1)), "zone_c": 0.5}, {"zone_h": jnp.ones((t, b, h))}),
+    lambda b, t, h: ({}, {"recurrent": cells.PerGate(jnp.ones((t, 4, b, h))),
+                          "depth": jnp.ones((t, b, 1))}),
+])
+def test_step_noise_of_every_documented_shape_runs(noise_fn):
+    params = _params("lstm", 0)
+    x = jax.random.normal(jax.random.key(2), (4, 7, 3))
+    ys, _ = rnn.unroll("lstm", params, x, reg=_returning(noise_fn), key=jax.random.key(3),
+                       deterministic=False)
+    assert ys.shape == (4, 7, 5) and np.all(np.isfinite(ys))

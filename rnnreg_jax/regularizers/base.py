@@ -322,9 +322,11 @@ class Chain(Regularizer):
         return self._first("embedding_mask", key, ids, vocab_size, deterministic, dtype)
 
     def step_noise(self, key, shape, deterministic):
+        from rnnreg_jax.regularizers.checks import check_step_noise
+
         tied, per_step = {}, {}
         for p in self.members:
-            t, s = p.step_noise(key, shape, deterministic)
+            t, s = check_step_noise(p.step_noise(key, shape, deterministic), shape, p)
             tied.update(t)
             per_step.update(s)
         return tied, per_step

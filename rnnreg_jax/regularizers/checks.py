@@ -1,12 +1,20 @@
-"""The argument checks of the regularizers' constructors: each turns a bad setting (a
-string from a config, NaN, a rate out of range) into one ValueError sentence naming it,
-at construction, rather than a wrong mask or an error deep inside a traced step."""
+"""The checks of the regularizers: each turns a bad setting of a constructor (a string
+from a config, NaN, a rate out of range) into one ValueError sentence naming it, at
+construction, and a `step_noise` hook's result that breaks its contract (two dicts of
+`cells.StepNoise` fields, tied arrays broadcasting to `[B, H]`, per-step ones to
+`[T, B, H]`, `[G, ...]` inside for a `cells.PerGate`) into one naming the regularizer,
+rather than a wrong mask or an error deep inside a traced step."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from rnnreg_jax.noise import PROBABILITY_BITS, quantize_probability
+
+if TYPE_CHECKING:
+    from rnnreg_jax.regularizers.base import LayerShape, Regularizer
 
 TIES = ("sequence", "step")
 
@@ -64,3 +72,43 @@ def check_non_negative(value: float, name: str) -> float:
     if not 0 <= value < float("inf"):  # also rejects NaN
         raise ValueError(f"{name} must be finite and non-negative, got {value}.")
     return value
+
+
+def check_step_noise(noise, shape: LayerShape, owner: Regularizer) -> tuple[dict, dict]:
+    """A `step_noise` hook's `(tied, per_step)`, or a one-sentence ValueError naming what
+    is wrong with it (a regularizer of one's own otherwise failed deep in the scan, with
+    a broadcasting or unpacking error). Shapes only: nothing runs."""
+    from rnnreg_jax import cells
+
+    what = (f"{type(owner).__name__}.step_noise must return (tied, per_step), two dicts "
+            "of cells.StepNoise fields")
+    if not (isinstance(noise, tuple) and len(noise) == 2
+            and all(isinstance(part, dict) for part in noise)):
+        raise ValueError(f"{what}; got {type(noise).__name__} {noise!r:.80}.")
+    lead = {"tied": (), "per-step": (shape.steps,)}
+    for (kind, steps), part in zip(lead.items(), noise, strict=True):
+        for name, value in part.items():
+            if name not in cells.StepNoise._fields:
+                raise ValueError(f"{what}; {name!r} is none of {cells.StepNoise._fields}.")
+            per_gate = cells.is_per_gate(value)
+            array = value.masks if per_gate else value
+            if array is None or not hasattr(array, "shape"):
+                continue  # off, or a scalar coefficient (an evaluation's expectation)
+            gates = (shape.num_gates,) if per_gate else ()
+            want = (*steps, *gates, shape.batch, shape.hidden_size)
+            # a tied array may drop leading axes ([H], a scalar array); a per-step or
+            # per-gate one has them all, for the scan and the gates to slice
+            fewer = not steps and not per_gate and len(array.shape) < len(want)
+            if not ((len(array.shape) == len(want) or fewer)
+                    and _broadcasts_to(array.shape, want)):
+                raise ValueError(f"{type(owner).__name__}'s {kind} step noise {name!r} has "
+                                 f"shape {array.shape}; layer {shape.layer} needs one that "
+                                 f"broadcasts to {want}.")
+    return noise
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
