@@ -167,7 +167,7 @@ def layer_noise(
       deterministic: evaluation mode, every noise replaced by its expectation.
     """
     from rnnreg_jax.regularizers.base import LayerShape
-    from rnnreg_jax.regularizers.checks import check_step_noise
+    from rnnreg_jax.regularizers.checks import check_input_mask, check_step_noise
 
     reg.check_cell(cell)
     if not deterministic and not reg.stack_noise:
@@ -177,7 +177,7 @@ def layer_noise(
                          "pass one, or deterministic=True for evaluation.")
     num_gates = cells.num_gates(cell)
     shape = LayerShape(layer, cell, batch, steps, input_size, hidden_size, num_gates, dtype)
-    masked = reg.input_mask(key, shape, deterministic)
+    masked = check_input_mask(reg.input_mask(key, shape, deterministic), shape, reg)
     tied, per_step = check_step_noise(reg.step_noise(key, shape, deterministic), shape, reg)
     mask, per_gate = masked if masked is not None else (None, False)
     return LayerNoise(input=mask, input_per_gate=per_gate,

@@ -204,3 +204,40 @@ def test_step_noise_of_every_documented_shape_runs(noise_fn):
     ys, _ = rnn.unroll("lstm", params, x, reg=_returning(noise_fn), key=jax.random.key(3),
                        deterministic=False)
     assert ys.shape == (4, 7, 5) and np.all(np.isfinite(ys))
+
+
+def _input_mask_returning(masked_fn):
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Masks(rj.regularizers.Regularizer):
+        def input_mask(self, key, shape, deterministic):
+            return masked_fn(shape.batch, shape.steps, shape.input_size)
+
+    return Masks()
+
+
+@pytest.mark.parametrize("masked_fn,message", [
+    # a bare [B, F] mask of B = 2 was unpacked into a mask and a "per_gate" row
+    (lambda b, t, f: jnp.ones((2, f)), "Masks.input_mask must return None or (mask, "
+                                       "per_gate) with per_gate a bool; got "),
+    (lambda b, t, f: (jnp.ones((b, f + 1)), False),
+     "Masks's input mask has shape (2, 4); layer 0 needs one that broadcasts to (2, 3) or "
+     "(7, 2, 3)."),
+    (lambda b, t, f: (jnp.ones((b, f)), True),
+     "Masks's input mask has shape (2, 3); layer 0 needs one that broadcasts to (4, 2, 3) "
+     "or (7, 4, 2, 3)."),
+])
+def test_an_input_mask_hooks_mistake_is_one_sentence(masked_fn, message):
+    params = _params("lstm", 0)
+    x = jax.random.normal(jax.random.key(2), (2, 7, 3))
+    for reg in (_input_mask_returning(masked_fn),
+                rj.zoneout(hiddens=0.1) + _input_mask_returning(masked_fn)):
+        with pytest.raises(ValueError) as err:
+            rnn.unroll("lstm", params, x, reg=reg, key=jax.random.key(3), deterministic=False)
+        assert str(err.value).startswith(message)
+    for good in (lambda b, t, f: (jnp.ones((t, b, f)), False),
+                 lambda b, t, f: (jnp.ones((4, b, f)), True), lambda b, t, f: (0.5, False)):
+        ys, _ = rnn.unroll("lstm", params, x, reg=_input_mask_returning(good),
+                           key=jax.random.key(3), deterministic=False)
+        assert np.all(np.isfinite(ys))

@@ -313,7 +313,13 @@ class Chain(Regularizer):
         return None
 
     def input_mask(self, key, shape, deterministic):
-        return self._first("input_mask", key, shape, deterministic)
+        from rnnreg_jax.regularizers.checks import check_input_mask
+
+        for p in self.members:  # each checked, so that a mistake names its regularizer
+            out = check_input_mask(p.input_mask(key, shape, deterministic), shape, p)
+            if out is not None:
+                return out
+        return None
 
     def output_mask(self, key, shape, deterministic):
         return self._first("output_mask", key, shape, deterministic)

@@ -112,3 +112,29 @@ def _broadcasts_to(shape: tuple, target: tuple) -> bool:
         return np.broadcast_shapes(shape, target) == target
     except ValueError:
         return False
+
+
+def check_input_mask(masked, shape: LayerShape, owner: Regularizer):
+    """An `input_mask` hook's result: None, or `(mask, per_gate)` with `per_gate` a bool
+    and the mask broadcasting to `[B, F]` or `[T, B, F]`, a gate axis `G` before `B`
+    when per gate; else a one-sentence ValueError naming the regularizer (a bare mask
+    was unpacked along its first axis)."""
+    name = type(owner).__name__
+    if masked is None:
+        return None
+    if not (isinstance(masked, tuple) and len(masked) == 2 and isinstance(masked[1], bool)):
+        raise ValueError(f"{name}.input_mask must return None or (mask, per_gate) with "
+                         f"per_gate a bool; got {type(masked).__name__} {masked!r:.80}.")
+    mask, per_gate = masked
+    if not hasattr(mask, "shape"):
+        return masked  # a scalar: an evaluation's scale
+    gates = (shape.num_gates,) if per_gate else ()
+    wants = [(*gates, shape.batch, shape.input_size),
+             (shape.steps, *gates, shape.batch, shape.input_size)]
+    fits = any(len(mask.shape) == len(want) and _broadcasts_to(mask.shape, want)
+               for want in wants)
+    if not (fits or (not per_gate and len(mask.shape) < 2
+                     and _broadcasts_to(mask.shape, wants[0]))):
+        raise ValueError(f"{name}'s input mask has shape {mask.shape}; layer {shape.layer} "
+                         f"needs one that broadcasts to {wants[0]} or {wants[1]}.")
+    return masked
