@@ -184,7 +184,6 @@ def layer_noise(
                       tied=cells.StepNoise(**tied), per_step=cells.StepNoise(**per_step))
 
 
-
 def _parts_of(reg, family_name: str):
     from rnnreg_jax import regularizers
 

@@ -1,9 +1,10 @@
 """The checks of the regularizers: each turns a bad setting of a constructor (a string
 from a config, NaN, a rate out of range) into one ValueError sentence naming it, at
-construction, and a `step_noise` hook's result that breaks its contract (two dicts of
-`cells.StepNoise` fields, tied arrays broadcasting to `[B, H]`, per-step ones to
-`[T, B, H]`, `[G, ...]` inside for a `cells.PerGate`) into one naming the regularizer,
-rather than a wrong mask or an error deep inside a traced step."""
+construction, and an `input_mask` or `step_noise` hook's result that breaks its
+contract (`step_noise`: two dicts of `cells.StepNoise` fields, tied arrays broadcasting
+to `[B, H]`, per-step ones to `[T, B, H]`, a gate axis inside for a `cells.PerGate`)
+into one naming the regularizer, rather than a wrong mask or an error deep inside a
+traced step."""
 
 from __future__ import annotations
 
