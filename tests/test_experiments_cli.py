@@ -300,6 +300,7 @@ def test_a_diverging_run_ends_in_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_a_refused_command_leaves_the_workdir_as_it_was(tmp_path):
     """Another model's checkpoints: refused with config.json there (before training) and
     without it (by the engine); either way config.json and the TensorBoard files are as
@@ -429,6 +430,7 @@ def _tiny_run(tmp_path, workdir, config, *extra):
     return json.loads((workdir / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_binary_records_the_same_config_from_a_file_or_a_name(tmp_path):
     """`--config=experiments/configs/ptb.py:tiny` and `--config=tiny` write the same
     config.json (all but the command line in its provenance), and a config file outside

@@ -29,6 +29,7 @@ def test_fused_gradients_equal_autodiff(cell, reg_name, deterministic):
                                      params, x, carry)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reg_name", ["variational_per_gate", "naive_per_gate"])
 def test_accelerator_weight_layout_gives_the_same_gradients(monkeypatch, reg_name):
     """Per-gate masks with W_h gate-major (the layout `cells.per_gate_weights` picks on

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from experiments import bundle
 from tests import data_fixtures as fx
 from tests.test_reproduce import FLAGS, ROOT
@@ -44,6 +46,7 @@ def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
     assert "started 1 runs" in (tmp_path / "out2" / "window.log").read_text()
 
 
+@pytest.mark.slow
 def test_collect_stops_a_batch_still_running_after_its_wait_and_brings_its_bundle(tmp_path):
     """A batch that overran its plan came back with nothing: collect gave up at WAIT_S and
     the call ended with the runs' training stranded on the machine."""

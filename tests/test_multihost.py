@@ -157,6 +157,7 @@ VARIABLE = ["--config.data.batching=variable", "--config.train.lr_window_referen
             "--config.data.window_bucket=5", f"--config.train.max_steps={VARIABLE_STEPS}"]
 
 
+@pytest.mark.slow
 def test_two_processes_cut_the_same_variable_windows(tmp_path, data_dir, venv, runs):
     single = run_single(tmp_path / "1x4", data_dir, *VARIABLE)
     assert single.returncode == 0, single.stderr[-4000:]

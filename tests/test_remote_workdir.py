@@ -43,6 +43,7 @@ def _run(root, data, server, *extra):
         capture_output=True, text=True, check=False, env=env, timeout=180)
 
 
+@pytest.mark.slow
 def test_a_run_trains_checkpoints_and_resumes_in_a_gs_workdir(tmp_path):
     data, root = tmp_path / "data", tmp_path / "store"
     fx.write_repeated_ptb_word(data)

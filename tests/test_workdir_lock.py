@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from rnnreg_jax.train import workdir_lock
 
 HOLD = """import sys, time
@@ -83,6 +85,7 @@ def test_an_unusable_workdir_is_one_line(tmp_path):
     assert a_file.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_on_one_workdir_leave_one_clean_run(tmp_path):
     """Without the lock, two such runs crashed inside orbax, logged steps twice and left
     orphan checkpoints. Now one trains, the other is refused in one line; twice over."""
@@ -120,8 +123,6 @@ def test_a_lock_taken_an_instant_ago_is_named_once_its_holder_wrote_it(tmp_path)
     an empty file then ("in use by another process")."""
     import fcntl
     import threading
-
-    import pytest
 
     workdir = tmp_path / "wd"
     workdir.mkdir()
