@@ -152,16 +152,22 @@ def test_two_writers_of_one_site_are_refused_in_one_line(page):
         rj.noise.named_site_key(jax.random.key(0), "recurrent")
 
 
-def _returning(noise_fn):
-    """A regularizer whose step_noise returns `noise_fn(B, T, H)` in training."""
+def _regularizer_whose(hook: str, returns, name: str):
+    """A regularizer `name` whose `hook` ("step_noise" or "input_mask") returns
+    `returns(B, T, size)` in training, size H or F."""
     import dataclasses
 
-    @dataclasses.dataclass(frozen=True)
-    class Returns(rj.regularizers.Regularizer):
-        def step_noise(self, key, shape, deterministic):
-            return noise_fn(shape.batch, shape.steps, shape.hidden_size)
+    size = "input_size" if hook == "input_mask" else "hidden_size"
 
-    return Returns()
+    def method(self, key, shape, deterministic):
+        return returns(shape.batch, shape.steps, getattr(shape, size))
+
+    return dataclasses.dataclass(frozen=True)(
+        type(name, (rj.regularizers.Regularizer,), {hook: method}))()
+
+
+def _returning(noise_fn):
+    return _regularizer_whose("step_noise", noise_fn, "Returns")
 
 
 @pytest.mark.parametrize("noise_fn,message", [
@@ -207,14 +213,7 @@ def test_step_noise_of_every_documented_shape_runs(noise_fn):
 
 
 def _input_mask_returning(masked_fn):
-    import dataclasses
-
-    @dataclasses.dataclass(frozen=True)
-    class Masks(rj.regularizers.Regularizer):
-        def input_mask(self, key, shape, deterministic):
-            return masked_fn(shape.batch, shape.steps, shape.input_size)
-
-    return Masks()
+    return _regularizer_whose("input_mask", masked_fn, "Masks")
 
 
 @pytest.mark.parametrize("masked_fn,message", [

@@ -6,6 +6,7 @@ runs kept elsewhere) are not checked here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -19,9 +20,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUNS = RESULTS / "runs"
 
 
+@functools.cache  # the facts read each file dozens of times, at collection
 def _events(run: str) -> list[dict]:
-    """A run's events; `run` is a folder under results/runs, or under results/evaluations
-    as "../evaluations/<folder>"."""
+    """A run's events (read only); `run` is a folder under results/runs, or under
+    results/evaluations as "../evaluations/<folder>"."""
     return read_metrics(str(RUNS / run))
 
 
@@ -57,20 +59,25 @@ def last_logged(run: str, epoch: int, metric: str) -> float:
             if e.get("split") == "train" and e["epoch"] + 1 == epoch][-1]
 
 
+@functools.cache
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _at(value, keys):
+    for key in keys:
+        value = value[key]
+    return value
+
+
 def config(run: str, key: str):
     """The run's recorded config value at a dotted `key` ("train.mc_samples")."""
-    value = json.loads((RUNS / run / "config.json").read_text())["config"]
-    for part in key.split("."):
-        value = value[part]
-    return value
+    return _at(_json(RUNS / run / "config.json")["config"], key.split("."))
 
 
 def evaluation(name: str, *keys: str):
     """A value of an evaluate JSON under results/evaluations ("valid", "ppl")."""
-    value = json.loads((RESULTS / "evaluations" / name).read_text())
-    for key in keys:
-        value = value[key]
-    return value
+    return _at(_json(RESULTS / "evaluations" / name), keys)
 
 
 def span(values, spec: str = "") -> str:

@@ -305,9 +305,13 @@ class Chain(Regularizer):
             arrays = p.model_weights(arrays, key, deterministic)
         return arrays
 
-    def _first(self, hook: str, *args):
+    def _first(self, hook: str, *args, check=None):
+        """The first member's non-None result of `hook`; `check(out, member)` sees each
+        member's result first, so that a mistake names its regularizer."""
         for p in self.members:
             out = getattr(p, hook)(*args)
+            if check is not None:
+                out = check(out, p)
             if out is not None:
                 return out
         return None
@@ -315,11 +319,8 @@ class Chain(Regularizer):
     def input_mask(self, key, shape, deterministic):
         from rnnreg_jax.regularizers.checks import check_input_mask
 
-        for p in self.members:  # each checked, so that a mistake names its regularizer
-            out = check_input_mask(p.input_mask(key, shape, deterministic), shape, p)
-            if out is not None:
-                return out
-        return None
+        return self._first("input_mask", key, shape, deterministic,
+                           check=lambda out, p: check_input_mask(out, shape, p))
 
     def output_mask(self, key, shape, deterministic):
         return self._first("output_mask", key, shape, deterministic)
