@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-from etils import epath
-
 from experiments import cli, run_record
 from experiments.configs.common import config_differences, flat_block
 from experiments.report_commands import RESULT_NEUTRAL
@@ -49,9 +47,10 @@ def resume_conflict(workdir, config: dict, task_name: str | None = None) -> str 
     this a changed preset would continue another model's weights, or append another
     run's events to the log, and overwrite its `config.json`.
     """
-    checkpoints = epath.Path(workdir) / "checkpoints"
-    resumes = checkpoints.exists() and any(checkpoints.iterdir())
-    if not run_record.path_of(workdir).exists() or not run_record.continues(workdir):
+    if not run_record.path_of(workdir).exists():
+        return None
+    resumes = run_record.has_checkpoint(workdir)
+    if not run_record.continues(workdir, resumes):
         return None
     try:
         record = run_record.read(workdir)

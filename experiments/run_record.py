@@ -30,13 +30,20 @@ def path_of(workdir) -> epath.Path:
     return epath.Path(workdir) / FILE
 
 
-def continues(workdir) -> bool:
+def has_checkpoint(workdir) -> bool:
+    """Whether `workdir` holds a checkpoint (one listing of its folder)."""
+    checkpoints = epath.Path(workdir) / "checkpoints"
+    return checkpoints.exists() and any(checkpoints.iterdir())
+
+
+def continues(workdir, checkpointed: bool | None = None) -> bool:
     """Whether a start in `workdir` continues a run there: one that left a checkpoint, or
-    the log of one killed before its first (a record alone is no run: a refused start's)."""
-    path = epath.Path(workdir)
-    checkpoints = path / "checkpoints"
-    return ((checkpoints.exists() and any(checkpoints.iterdir()))
-            or (path / "metrics.jsonl").exists())
+    the log of one killed before its first (a record alone is no run: a refused start's).
+    `checkpointed`: `has_checkpoint(workdir)` when the caller has it already (a listing
+    of an object store is a request)."""
+    if checkpointed is None:
+        checkpointed = has_checkpoint(workdir)
+    return checkpointed or (epath.Path(workdir) / "metrics.jsonl").exists()
 
 
 def write(workdir, task: str, command: str, provenance: dict, config: dict) -> None:

@@ -118,6 +118,22 @@ def test_resuming_with_another_model_config_is_refused_in_one_sentence(tmp_path)
     assert resume_conflict(workdir, longer.to_dict()) is None
 
 
+def test_resume_check_lists_the_checkpoints_once(tmp_path, monkeypatch):
+    """A listing of a gs:// workdir is a request: the check made two of the same folder."""
+    from experiments import run_record
+    from experiments.main import resume_conflict
+
+    workdir = _stored_run(tmp_path, ptb.baseline().to_dict())
+    listed = []
+    listing = run_record.has_checkpoint
+    monkeypatch.setattr(run_record, "has_checkpoint",
+                        lambda path: listed.append(path) or listing(path))
+    assert resume_conflict(workdir, ptb.baseline().to_dict()) is None
+    assert len(listed) == 1
+    assert resume_conflict(tmp_path / "fresh", ptb.baseline().to_dict()) is None
+    assert len(listed) == 1  # no record there: nothing to list
+
+
 def test_a_field_added_to_the_code_later_counts_as_its_default(tmp_path):
     from experiments.main import resume_conflict
 
