@@ -30,7 +30,7 @@ def axes_of(x: Any, axis: int) -> Any:
     """The mesh axes `x`'s dimension `axis` is sharded over in its type (explicit axes),
     None when it is not (no mesh, Auto axes, or replicated)."""
     spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-    if spec is None or len(spec) <= axis:
+    if spec is None or not 0 <= axis < len(spec):  # a 0-d parameter has no axis -1
         return None
     return spec[axis]
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
 from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
+from rnnreg_jax.regularizers.checks import check_weights
 
 
 def weight_init(scale: float | None, orthogonal: bool = False):
@@ -167,7 +168,9 @@ def noisy_dense(reg, key: jax.Array, inputs: jax.Array, kernel: jax.Array,
     """`inputs @ kernel + bias` as `nn.Dense` computes it (its dtype promotion), the
     kernel read through the regularizer's "output" transform (`model_weights`) with
     `key`: the output layer of a training window under model noise, linen's and NNX's."""
-    kernel = reg.model_weights({"output": kernel}, key, False)["output"]
+    arrays = {"output": kernel}
+    kernel = check_weights(reg.model_weights(arrays, key, False), arrays, reg,
+                           "model_weights")["output"]
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=dtype)
     return inputs @ kernel if bias is None else inputs @ kernel + bias
 
@@ -192,8 +195,11 @@ def _model_noise_key(module, reg, deterministic: bool) -> jax.Array | None:
 def embedding_table(reg, table: jax.Array, key: jax.Array | None) -> jax.Array:
     """The embedding table a window reads: `table`, or where `key` is given (training,
     with `reg.model_noise`) the regularizer's "embedding" transform of it."""
-    return table if key is None else reg.model_weights({"embedding": table}, key,
-                                                       False)["embedding"]
+    if key is None:
+        return table
+    arrays = {"embedding": table}
+    return check_weights(reg.model_weights(arrays, key, False), arrays, reg,
+                         "model_weights")["embedding"]
 
 
 class LanguageModel(RecurrentOptions):

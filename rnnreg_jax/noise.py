@@ -205,15 +205,19 @@ def output_mask(reg, key: Array | None, batch: int, steps: int, features: int,
                 deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
     """Mask for the last layer's output, `[B, F]` or `[T, B, F]` (time-major), or None."""
     from rnnreg_jax.regularizers.base import LayerShape
+    from rnnreg_jax.regularizers.checks import check_output_mask
 
     shape = LayerShape(-1, None, batch, steps, features, features, 1, dtype)
-    return reg.output_mask(key, shape, deterministic)
+    return check_output_mask(reg.output_mask(key, shape, deterministic), shape, reg)
 
 
 def embedding_mask(reg, key: Array | None, ids: Array, vocab_size: int,
                    deterministic: bool, dtype: Any = jnp.float32) -> Array | None:
     """Gal's embedding dropout multipliers `[B, T, 1]` for token ids `[B, T]`, or None."""
-    return reg.embedding_mask(key, ids, vocab_size, deterministic, dtype)
+    from rnnreg_jax.regularizers.checks import check_embedding_mask
+
+    return check_embedding_mask(reg.embedding_mask(key, ids, vocab_size, deterministic, dtype),
+                                ids, reg)
 
 
 # When the masks of an MC sample are drawn: once for the whole pass (Gal's PTB code: a

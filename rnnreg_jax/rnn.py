@@ -32,6 +32,7 @@ from rnnreg_jax import (
     unroll_checks,
 )
 from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
+from rnnreg_jax.regularizers.checks import check_output_mask, check_weights
 
 Array = jax.Array
 
@@ -198,7 +199,8 @@ def regularized_layer(
         carry = dict(carry, o=jnp.zeros_like(carry["h"]))
     ln = noise.layer_noise(reg, key, index, cell, xs.shape[1], xs.shape[0], xs.shape[-1],
                            params["w_h"].shape[0], deterministic, masks_dtype)
-    params = reg.weights(params, key, index, deterministic)  # weight drop, weight noise, ...
+    # weight drop, weight noise, ...: the transforms keep every array and its shape
+    params = check_weights(reg.weights(params, key, index, deterministic), params, reg)
     if dtype is not None:  # W_h is cast by scan_layer
         params = dict(precision.cast_floating(params, dtype), w_h=params["w_h"])
     return scan_layer(cell, params, xs, carry, ln, unroll, implementation, population,
@@ -210,8 +212,8 @@ def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int,
     """The last layer's time-major outputs `[T, B, W]` through `reg`'s output site
     (dropout on the stack's output), in the compute `dtype` (None: as they are)."""
     steps, batch, width = x.shape
-    mask = reg.output_mask(key, LayerShape(num_layers - 1, cell, batch, steps, width, width,
-                                           1, masks_dtype), deterministic)
+    shape = LayerShape(num_layers - 1, cell, batch, steps, width, width, 1, masks_dtype)
+    mask = check_output_mask(reg.output_mask(key, shape, deterministic), shape, reg)
     if mask is not None:
         x = x * mask
     return precision.cast(x, dtype)

@@ -12,14 +12,14 @@ Hooks (when the stack calls them: what they return):
   layer, a learned noise scale say.
 * `weights(params, key, layer, deterministic)` (per layer and window): the layer's
   parameters as the window uses them (weight drop, weight noise, DropConnect on any
-  weight).
+  weight): the dict it was given, every array in its shape, entries may be added.
 * `input_mask(key, shape, deterministic)` (per layer and window): `(mask, per_gate)`
   for the layer's input, or None.
 * `step_noise(key, shape, deterministic)` (per layer and window): `(tied, per_step)`,
   dicts of `cells.StepNoise` fields reused every step or scanned (time first); a
   per-gate `recurrent` mask is a `cells.PerGate`.
 * `output_mask(key, shape, deterministic)` (per window): a mask of the last layer's
-  output, or None.
+  output (`[B, W]` or time-major `[T, B, W]`), or None.
 * `model_weights(arrays, key, deterministic)` (per window, in the task models): the
   model's own weight matrices as the window uses them, `{"embedding": ..., "output":
   ...}` (the embedding or input map, and the softmax's or head's kernel), each that
@@ -39,7 +39,9 @@ output mask's has the last layer's width as both F and H). A hook that writes a 
 names it in `sites()`: `compose` refuses two writers of one site, since the second
 would silently replace the first. `weights` and `model_weights` hooks are transforms,
 not writers: they run in `Regularizer.WEIGHTS_ORDER` (weight drop before weight noise,
-whatever the order composed), each on the previous one's result.
+whatever the order composed), each on the previous one's result. A result that breaks
+its hook's contract is refused in one ValueError naming the regularizer
+(`regularizers.checks`).
 """
 
 from __future__ import annotations
@@ -296,13 +298,18 @@ class Chain(Regularizer):
         return extra
 
     def weights(self, params, key, layer, deterministic):
+        from rnnreg_jax.regularizers.checks import check_weights
+
         for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):  # a stable sort
-            params = p.weights(params, key, layer, deterministic)
+            params = check_weights(p.weights(params, key, layer, deterministic), params, p)
         return params
 
     def model_weights(self, arrays, key, deterministic):
+        from rnnreg_jax.regularizers.checks import check_weights
+
         for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):
-            arrays = p.model_weights(arrays, key, deterministic)
+            arrays = check_weights(p.model_weights(arrays, key, deterministic), arrays, p,
+                                   "model_weights")
         return arrays
 
     def _first(self, hook: str, *args, check=None):
@@ -323,10 +330,16 @@ class Chain(Regularizer):
                            check=lambda out, p: check_input_mask(out, shape, p))
 
     def output_mask(self, key, shape, deterministic):
-        return self._first("output_mask", key, shape, deterministic)
+        from rnnreg_jax.regularizers.checks import check_output_mask
+
+        return self._first("output_mask", key, shape, deterministic,
+                           check=lambda out, p: check_output_mask(out, shape, p))
 
     def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
-        return self._first("embedding_mask", key, ids, vocab_size, deterministic, dtype)
+        from rnnreg_jax.regularizers.checks import check_embedding_mask
+
+        return self._first("embedding_mask", key, ids, vocab_size, deterministic, dtype,
+                           check=lambda out, p: check_embedding_mask(out, ids, p))
 
     def step_noise(self, key, shape, deterministic):
         from rnnreg_jax.regularizers.checks import check_step_noise
@@ -348,16 +361,20 @@ class Chain(Regularizer):
 def penalties_of(reg: Regularizer, params: list, hiddens: list, outputs: Array,
                  time_axis: int, seq_lengths: Array | None = None) -> dict[str, Array]:
     """`reg`'s loss terms: its `penalties` hook, given `seq_lengths` only when there are
-    lengths, so a hook written without that argument still serves every batch without."""
+    lengths, so a hook written without that argument still serves every batch without;
+    a result that is no dict of scalars is a one-sentence ValueError naming `reg`."""
+    from rnnreg_jax.regularizers.checks import check_penalties
+
     if seq_lengths is None:
-        return reg.penalties(params, hiddens, outputs, time_axis)
+        return check_penalties(reg.penalties(params, hiddens, outputs, time_axis), reg)
     parameters = inspect.signature(reg.penalties).parameters
     if "seq_lengths" not in parameters and not any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(f"{type(reg).__name__}.penalties takes no seq_lengths, so it "
                          "cannot count only each example's valid steps; add a "
                          "seq_lengths=None argument to use it with lengths.")
-    return reg.penalties(params, hiddens, outputs, time_axis, seq_lengths=seq_lengths)
+    return check_penalties(reg.penalties(params, hiddens, outputs, time_axis,
+                                         seq_lengths=seq_lengths), reg)
 
 
 NONE = Chain()

@@ -1,15 +1,17 @@
 """The checks of the regularizers: each turns a bad setting of a constructor (a string
 from a config, NaN, a rate out of range) into one ValueError sentence naming it, at
-construction, and an `input_mask` or `step_noise` hook's result that breaks its
-contract (`step_noise`: two dicts of `cells.StepNoise` fields, tied arrays broadcasting
-to `[B, H]`, per-step ones to `[T, B, H]`, a gate axis inside for a `cells.PerGate`)
-into one naming the regularizer, rather than a wrong mask or an error deep inside a
-traced step."""
+construction, and a hook's result that breaks its contract (`regularizers.base`: masks
+that do not broadcast to their site, `step_noise` that is not two dicts of
+`cells.StepNoise` fields, weights that lose a parameter or change its shape, a penalty
+that is no scalar) into one naming the regularizer, rather than a wrong mask or an
+error deep inside a traced step. Shapes only, at trace time: nothing runs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 
 from rnnreg_jax.noise import PROBABILITY_BITS, quantize_probability
@@ -127,15 +129,99 @@ def check_input_mask(masked, shape: LayerShape, owner: Regularizer):
         raise ValueError(f"{name}.input_mask must return None or (mask, per_gate) with "
                          f"per_gate a bool; got {type(masked).__name__} {masked!r:.80}.")
     mask, per_gate = masked
-    if not hasattr(mask, "shape"):
-        return masked  # a scalar: an evaluation's scale
     gates = (shape.num_gates,) if per_gate else ()
-    wants = [(*gates, shape.batch, shape.input_size),
-             (shape.steps, *gates, shape.batch, shape.input_size)]
+    _check_mask(mask, (*gates, shape.batch, shape.input_size), shape.steps,
+                short=not per_gate, what=f"{name}'s input mask", layer=shape.layer)
+    return masked
+
+
+def check_output_mask(mask, shape: LayerShape, owner: Regularizer):
+    """An `output_mask` hook's result: None, a scalar, or a mask broadcasting to `[B, W]`
+    or `[T, B, W]` (W the last layer's width); else a one-sentence ValueError."""
+    if mask is not None:
+        _check_mask(mask, (shape.batch, shape.hidden_size), shape.steps, short=True,
+                    what=f"{type(owner).__name__}'s output mask", layer=None)
+    return mask
+
+
+def _check_mask(mask, tied: tuple, steps: int, short: bool, what: str, layer) -> None:
+    """`mask` (unless a scalar) must have `tied`'s rank and broadcast to it, or one more
+    axis of `steps` in front (a mask per step); with `short`, fewer axes that broadcast
+    to `tied` do too (a `[F]` mask, say)."""
+    if not hasattr(mask, "shape"):
+        return  # a Python scalar: an evaluation's scale
+    wants = [tied, (steps, *tied)]
     fits = any(len(mask.shape) == len(want) and _broadcasts_to(mask.shape, want)
                for want in wants)
-    if not (fits or (not per_gate and len(mask.shape) < 2
-                     and _broadcasts_to(mask.shape, wants[0]))):
-        raise ValueError(f"{name}'s input mask has shape {mask.shape}; layer {shape.layer} "
-                         f"needs one that broadcasts to {wants[0]} or {wants[1]}.")
-    return masked
+    if not (fits or (short and len(mask.shape) < len(tied)
+                     and _broadcasts_to(mask.shape, tied))):
+        where = "the stack's output" if layer is None else f"layer {layer}"
+        raise ValueError(f"{what} has shape {mask.shape}; {where} needs one that "
+                         f"broadcasts to {wants[0]} or {wants[1]}.")
+
+
+def check_embedding_mask(mask, ids, owner: Regularizer):
+    """An `embedding_mask` hook's result: None, a scalar, or multipliers that broadcast
+    against the embedded tokens `[B, T, E]` (`[B, T, 1]`, one per token); else a
+    one-sentence ValueError naming the regularizer."""
+    if mask is None or not hasattr(mask, "shape"):
+        return mask
+    batch, steps = ids.shape[:2]
+    # E is the model's, not known here: the last axis may be anything, the others
+    # must line up with the tokens
+    lead = mask.shape[:-1]
+    if not (len(mask.shape) <= 3
+            and _broadcasts_to(lead, (batch, steps)[2 - len(lead):])):
+        raise ValueError(f"{type(owner).__name__}'s embedding mask has shape {mask.shape}; "
+                         f"tokens of shape {tuple(ids.shape)} need one that broadcasts "
+                         f"to ({batch}, {steps}, 1) or ({batch}, {steps}, E).")
+    return mask
+
+
+def check_weights(out, given: Mapping, owner: Regularizer, hook: str = "weights"):
+    """A `weights` or `model_weights` hook's result: a dict holding every array it was
+    given, each in its shape (a transform, such as weight drop or noise, may change the
+    values and add entries, never drop one or reshape it); else a one-sentence
+    ValueError naming the regularizer."""
+    name = type(owner).__name__
+    if not isinstance(out, Mapping):
+        raise ValueError(f"{name}.{hook} must return the dict of arrays it was given, "
+                         f"transformed; got {type(out).__name__} {out!r:.80}.")
+    missing = sorted(key for key in given if key not in out)
+    if missing:
+        raise ValueError(f"{name}.{hook} dropped {missing} from the arrays it was given "
+                         f"({sorted(given)}); return them all, as dict(params, w_h=...) "
+                         "does.")
+    for key, value in given.items():
+        before, after = _shapes(value), _shapes(out[key])
+        if before != after:
+            raise ValueError(f"{name}.{hook} changed {key!r} from shape "
+                             f"{_one(before)} to {_one(after)}; a weight transform keeps "
+                             "each array's shape.")
+    return out
+
+
+def _shapes(tree) -> list:
+    return [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(tree)]
+
+
+def _one(shapes: list):
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def check_penalties(terms, owner: Regularizer) -> dict:
+    """A `penalties` hook's result: a dict of named scalar loss terms; else a
+    one-sentence ValueError naming the regularizer (a term per example broadcast the
+    loss to a vector, and the gradient failed far from the hook)."""
+    name = type(owner).__name__
+    if not (isinstance(terms, Mapping) and all(isinstance(k, str) for k in terms)):
+        raise ValueError(f"{name}.penalties must return a dict of named scalar loss terms, "
+                         f"{{name: scalar}}; got {type(terms).__name__} {terms!r:.80}.")
+    for key, value in terms.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (numeric or hasattr(value, "dtype")) or np.ndim(value) != 0:
+            shape = f"shape {tuple(np.shape(value))}" if hasattr(value, "shape") else \
+                f"a {type(value).__name__}"
+            raise ValueError(f"{name}'s penalty {key!r} is {shape}; a loss term must be a "
+                             "scalar (sum or average it).")
+    return dict(terms)
