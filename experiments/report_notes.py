@@ -43,9 +43,10 @@ _PTB_NOTES = {
         "points), so "
         "there is no final evaluation and no test number: early learning only. The paper "
         "numbers beside the other rows are not in these presets. The authors' committed "
-        "zoneout run (docs/FIDELITY.md) logged a validation BPC of 1.733 after epoch 1 and "
-        "1.438 after 10, and its lowest, 1.364, at epoch 107 of 110: `zoneout_char` is "
-        "1.3% above that curve after epoch 1 (1.756) and 4.3% after 10 (1.500)."),
+        "zoneout run (docs/FIDELITY.md; dash-dot in the plot) logged a validation BPC of "
+        "1.733 after epoch 1 and 1.438 after 10, and its lowest, 1.364, at epoch 107 of "
+        "110: `zoneout_char` is 1.3% above that curve after epoch 1 (1.756) and 4.3% "
+        "after 10 (1.500)."),
     _ZONEOUT_WORD: (
         "Ran on an NVIDIA H100 (jax 0.11.2, up to 15 runs side by side; the commands "
         "show `--config.model.embed_to_gates=True`, the presets' default now) under "

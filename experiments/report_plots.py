@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from experiments import reference_curves
+from experiments.reference_curves import ReferenceCurve
 from experiments.report_runs import CATEGORIES, Run, _float, fmt_value
 
 
@@ -28,10 +30,11 @@ def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
     return [(title, group) for title, group in ((TODAY, today), (EARLIER, earlier)) if group]
 
 
-def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | None = None
-                  ) -> str | None:
+def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | None = None,
+                  references: Sequence[ReferenceCurve] | None = None) -> str | None:
     """Learning curves of one data set as a PNG, one panel per `panels` group; None if no
-    run has a point to plot."""
+    run has a point to plot. `references` (default: the data set's in
+    `reference_curves`) are drawn in each panel holding a run of their preset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,9 +47,13 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
     groups = panels(runs)
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 4.8 * len(groups)), squeeze=False,
                              sharex=True, sharey=True)
+    if references is None:
+        references = reference_curves.load(dataset)
     val_names: set[str] = set()
+    drawn = False
     labels = _labels(runs)  # over every panel: a preset in both is told apart in both
     for ax, (panel, group) in zip(axes[:, 0], groups, strict=True):
+        drawn |= _plot_references(ax, group, references)
         val_names |= _plot_runs(ax, group, cat, labels)
         if len(groups) > 1 or panel == EARLIER:  # one panel of today's: the plain figure
             ax.set_title(panel, fontsize=9)
@@ -56,7 +63,8 @@ def plot_category(runs: Sequence[Run], dataset: str, path: str, title: str | Non
             axes[0, 0].set_ylim(top=3 * max(papers))
     axes[-1, 0].set_xlabel("epoch")
     fig.suptitle(f"{title or cat.get('title', dataset)}\n"
-                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed)",
+                 f"({' / '.join(sorted(val_names))} solid, train dotted, paper dashed"
+                 f"{', authors dash-dot' if drawn else ''})",
                  fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -98,6 +106,27 @@ def _plot_runs(ax, runs: Sequence[Run], cat: dict, labels: dict[int, str]) -> se
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return val_names
+
+
+def _plot_references(ax, runs: Sequence[Run], references: Sequence[ReferenceCurve]
+                     ) -> bool:
+    """Each reference curve of a preset among `runs` (grey, dash-dot), up to the last
+    epoch those runs reached, so that a short run is not squeezed against a long curve;
+    whether any was drawn. Drawn first: the legend lists it above the runs."""
+    drawn = False
+    for ref in references:
+        last = max((e for r in runs if (r.preset, r.metric, r.validation_split)
+                    == (ref.preset, ref.metric, ref.split)
+                    for e, _ in r.epoch_curve() or ()), default=0)
+        points = ref.until(last)
+        if not points:
+            continue
+        shown = "" if points == ref.curve else f"first {len(points)} of "
+        ax.plot([e for e, _ in points], [v for _, v in points], "-.", color="0.35",
+                linewidth=1.2, label=f"{ref.label} ({shown}{len(ref.curve)} epochs "
+                                     "logged)")
+        drawn = True
+    return drawn
 
 
 def _labels(runs: Sequence[Run]) -> dict[int, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import reference_curves
 from experiments.report_notes import GROUPS, NOTES
 from rnnreg_jax.train.logging import read_metrics
 
@@ -193,18 +194,21 @@ PTB_WORD = [
 ]
 
 CHAR = ("baseline_char", "recurrent_dropout_char", "zoneout_char")
-# dev_bpr of teganmaharaj/zoneout's drop_prob_cells=0.5_drop_prob_states=0.95.4/log.txt
-# (07a3ef2) after these epochs: the authors' run, a paper-like figure, not a record here
-AUTHORS_CHAR = {1: 1.733314, 10: 1.437620}
+# the authors' zoneout char run as its log has it (results/reference), not a record here
+(AUTHORS_CHAR,) = reference_curves.load("ptb_char")
+LOWEST = AUTHORS_CHAR.lowest()
 
 
 def over_authors(epoch: int) -> tuple[str, str]:
     """How far `zoneout_char` lies above the authors' curve after `epoch`, and its BPC."""
     ours = at_epoch("zoneout_char", epoch, "bpc", "valid")
-    return pct(ours / AUTHORS_CHAR[epoch] - 1), f"{ours:.3f}"
+    return pct(ours / AUTHORS_CHAR.at(epoch) - 1), f"{ours:.3f}"
 
 
 PTB_CHAR = [
+    (f"logged a validation BPC of {AUTHORS_CHAR.at(1):.3f} after epoch 1 and "
+     f"{AUTHORS_CHAR.at(10):.3f} after 10, and its lowest, {LOWEST[1]:.3f}, at epoch "
+     f"{LOWEST[0]} of {len(AUTHORS_CHAR.curve)}", "authors' curve"),
     ("`zoneout_char` is {} above that curve after epoch 1 ({}) and {} after 10 ({})".format(
         *over_authors(1), *over_authors(10)), "vs authors"),
     (f"after {span([epochs(r, 'valid') for r in CHAR])} of the presets' up to "
