@@ -229,7 +229,6 @@ class _Run:
     def train(self) -> None:
         cfg, task = self.config, self.task
         carry_state = task.kind == "lm" and task.carry_state
-        sample_rows = self.batch_rows
         while self.epoch < cfg.num_epochs:
             spe = steps_in_epoch(task.train, self.epoch)
             if cfg.max_steps and self.step >= cfg.max_steps and self.pos < spe:
@@ -241,33 +240,7 @@ class _Run:
             if self.pos == 0 and carry_state:
                 self.state = self.state.replace(carry=self.zero_carry(self.state.carry))
             if self.pos < spe:
-                for batch in task.train.iterate(self.epoch, self.pos):
-                    if batch["inputs"].shape[0] != sample_rows:  # a smaller last batch
-                        check_divides(batch, self.mesh.devices.size,
-                                      f"Training batch {self.pos} of epoch {self.epoch + 1}")
-                    g = mesh_lib.global_batch(self.mesh, batch)
-                    self.state, metrics = self.train_step(self.state, g)
-                    self.step += 1
-                    self.pos += 1
-                    self.pending.append(metrics)
-                    steps.throttle(self.mesh, self.step, metrics)
-                    if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
-                        self.flush()
-                    if self.pos < spe and self._save_due():
-                        self.save()
-                    if cfg.max_steps and self.step >= cfg.max_steps:
-                        break
-                    if self.pos >= spe:
-                        break
-                    if self.stop_rules.in_training(self.step):
-                        self.stopped = True
-                        break
-                else:  # the source ran out before the steps it promised
-                    self.flush()
-                    self.save()
-                    raise ValueError(f"The training source yielded {self.pos} of the {spe} "
-                                     f"batches its steps_per_epoch promised for epoch "
-                                     f"{self.epoch + 1} (the steps so far are saved).")
+                self._train_batches(spe)
             self.flush()
             if self.pos < spe:  # stopped by max_steps, the time limit or SIGTERM mid-epoch
                 self.save()
@@ -284,6 +257,36 @@ class _Run:
                 self.stopped = True
                 self._announce_stop()
                 return
+
+    def _train_batches(self, spe: int) -> None:
+        """The epoch's steps from batch `pos` on, until its last (`spe`), `max_steps`, or
+        a stop rule (then `stopped`); mid-epoch saves as they fall due."""
+        cfg = self.config
+        for batch in self.task.train.iterate(self.epoch, self.pos):
+            if batch["inputs"].shape[0] != self.batch_rows:  # a smaller last batch
+                check_divides(batch, self.mesh.devices.size,
+                              f"Training batch {self.pos} of epoch {self.epoch + 1}")
+            g = mesh_lib.global_batch(self.mesh, batch)
+            self.state, metrics = self.train_step(self.state, g)
+            self.step += 1
+            self.pos += 1
+            self.pending.append(metrics)
+            steps.throttle(self.mesh, self.step, metrics)
+            if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
+                self.flush()
+            if self.pos < spe and self._save_due():
+                self.save()
+            if (cfg.max_steps and self.step >= cfg.max_steps) or self.pos >= spe:
+                return
+            if self.stop_rules.in_training(self.step):
+                self.stopped = True
+                return
+        # the source ran out before the steps it promised
+        self.flush()
+        self.save()
+        raise ValueError(f"The training source yielded {self.pos} of the {spe} batches its "
+                         f"steps_per_epoch promised for epoch {self.epoch + 1} (the steps so "
+                         "far are saved).")
 
     def _save_due(self) -> bool:
         """A mid-epoch save after this step: every `checkpoint_every_steps` steps, and
