@@ -117,8 +117,8 @@ def test_an_input_mask_hooks_mistake_is_one_sentence(masked_fn, message):
     (lambda b, t, w: jnp.ones((b, t, w)), "Outputs's output mask has shape (4, 7, 5)"),
 ])
 def test_an_output_mask_hooks_mistake_is_one_sentence(mask_fn, message):
-    """A batch-major `[B, T, W]` mask broadcast silently when B == T; a wrong width failed
-    in the product with no name."""
+    """A batch-major `[B, T, W]` mask or a wrong width failed in the product, naming
+    nothing (where B == T a batch-major mask has the right shape: no check can tell)."""
     _refused_alone_and_composed(_regularizer_whose("output_mask", mask_fn, "Outputs"),
                                 message)
     for good in (lambda b, t, w: jnp.ones((t, b, w)), lambda b, t, w: jnp.full((w,), 0.5),
