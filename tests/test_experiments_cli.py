@@ -306,7 +306,8 @@ def test_a_diverging_run_ends_in_one_line(tmp_path):
         [sys.executable, "-m", "experiments.ptb", "--config=tiny",
          f"--workdir={tmp_path / 'wd'}", f"--data_dir={tmp_path / 'data'}",
          "--config.data.batch_size=2", "--config.data.eval_batch_size=2",
-         "--config.train.learning_rate=1e39", "--config.train.clip_norm=0.0",
+         "--config.train.learning_rate=1e20", "--config.train.weight_decay=1e20",
+         "--config.train.clip_norm=0.0",
          "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1"],
         capture_output=True, text=True, check=False)
     assert out.returncode == 2, out.stderr[-2000:]

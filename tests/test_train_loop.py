@@ -69,14 +69,16 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_non_finite_state_is_never_saved_though_its_loss_was_finite(tmp_path):
-    """At lr 1e39 the first update makes the parameters inf/NaN while the loss logged
-    for that step (computed before the update) is finite: the save after step 1 must see
-    the state, not the loss, and keep nothing."""
+    """At lr 1e20 with a weight decay of 1e20 the first update (lr * decay * w, past
+    float32's range) makes the parameters inf/NaN while the loss logged for that step
+    (computed before the update) is finite: the save after step 1 must see the state,
+    not the loss, and keep nothing."""
     task = train.Task(model=th.tiny_seq(num_outputs=1), kind="regression",
                       train=th.SeqSource(kind="regression", num_batches=5),
                       evals={"valid": th.SeqSource(kind="regression", num_batches=1, seed=1)})
     c = train.default_train_config()
-    c.num_epochs, c.optimizer, c.learning_rate, c.clip_norm = 1, "sgd", 1e39, 0.0
+    c.num_epochs, c.optimizer, c.learning_rate, c.clip_norm = 1, "sgd", 1e20, 0.0
+    c.weight_decay = 1e20
     c.log_every_steps, c.checkpoint_every_steps = 1, 1
     with pytest.raises(train.NonFiniteLossError,
                        match=r"parameters or optimizer state became non-finite by step 1 "

@@ -260,6 +260,10 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
                                  "got -1.0."),
     ("decay_factor", 0.0, "config.decay_factor must be a finite number > 0, got 0.0."),
     ("learning_rate", -1.0, "config.learning_rate must be a finite number >= 0"),
+    # float32's range: the optimizer state held inf, every parameter inf after a step
+    ("learning_rate", 1e39, "config.learning_rate must be at most 3.403e+38 (the optimizer "
+                            "holds it in float32), got 1e+39."),
+    ("clip_norm", 1e39, "config.clip_norm must be at most 3.403e+38"),
     ("lr_schedule", "cosine", "config.lr_schedule must be one of"),
     # words where a switch belongs were taken as True (a field whose default is None
     # takes any type, one the defaults lack too)

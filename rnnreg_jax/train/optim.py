@@ -20,6 +20,7 @@ import math
 import numbers
 from collections.abc import Callable
 
+import numpy as np
 import optax
 
 from rnnreg_jax.train import ntasgd as ntasgd_lib
@@ -29,15 +30,22 @@ WEIGHT_DECAY_MODES = ("gradient", "step")
 LR_SCHEDULES = ("constant", "zaremba", "plateau")
 
 
+# The optimizer's settings live in its float32 state: a larger one was inf there (a
+# learning rate of 1e39 made every parameter inf at the first step, with a warning only).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_setting(value, name: str, below_one: bool = False) -> None:
-    """A one-sentence ValueError unless `value` is a finite number >= 0 (and < 1 with
-    `below_one`): a negative weight decay or clip norm was silently off, a string
-    failed inside optax."""
+    """A one-sentence ValueError unless `value` is a number >= 0 that float32 holds
+    (and < 1 with `below_one`): a negative weight decay or clip norm was silently off, a
+    string failed inside optax."""
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    bound = 1.0 if below_one else math.inf
-    if not (number and 0 <= value < bound):
+    if not (number and 0 <= value < (1.0 if below_one else math.inf)):
         interval = "in [0, 1)" if below_one else "a finite number >= 0"
         raise ValueError(f"{name} must be {interval}, got {value!r}.")
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{name} must be at most {FLOAT32_MAX:.4g} (the optimizer holds it "
+                         f"in float32), got {value!r}.")
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
