@@ -69,9 +69,11 @@ def test_constructors_set_only_their_fields_and_compose():
     (lambda: rj.weight_drop(1.0), r"Weight drop rate must be a probability in \[0, 1\), got 1.0"),
     (lambda: rj.weight_drop(-0.1), r"Weight drop rate .* got -0.1"),
     (lambda: rj.activation_regularization(-1.0),
-     "activation_reg must be finite and non-negative, got -1.0"),
+     "activation_reg must be finite and non-negative, at most .* got -1.0"),
     (lambda: rj.temporal_activation_regularization(float("nan")),
-     "temporal_activation_reg must be finite and non-negative, got nan")])
+     "temporal_activation_reg must be finite and non-negative, at most 3.403e"),
+    (lambda: rj.weight_noise(1e39), r"weight_noise must be finite and non-negative, at "
+                                    r"most 3.403e\+38 \(it is applied in float32\), got 1e\+39")])
 def test_invalid_values_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -69,11 +69,16 @@ def check_tie(tie: str, name: str = "tie") -> str:
     return tie
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_non_negative(value: float, name: str) -> float:
-    """A finite, non-negative weight (a penalty's, weight noise's std), as a float."""
+    """A finite, non-negative weight (a penalty's, weight noise's std), as a float; at
+    most float32's largest, where it is applied (past it, every loss or weight was inf)."""
     value = check_number(value, name)
-    if not 0 <= value < float("inf"):  # also rejects NaN
-        raise ValueError(f"{name} must be finite and non-negative, got {value}.")
+    if not 0 <= value <= FLOAT32_MAX:  # also rejects NaN
+        raise ValueError(f"{name} must be finite and non-negative, at most "
+                         f"{FLOAT32_MAX:.4g} (it is applied in float32), got {value}.")
     return value
 
 

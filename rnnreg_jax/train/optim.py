@@ -20,9 +20,9 @@ import math
 import numbers
 from collections.abc import Callable
 
-import numpy as np
 import optax
 
+from rnnreg_jax.regularizers.checks import FLOAT32_MAX
 from rnnreg_jax.train import ntasgd as ntasgd_lib
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
@@ -32,7 +32,6 @@ LR_SCHEDULES = ("constant", "zaremba", "plateau")
 
 # The optimizer's settings live in its float32 state: a larger one was inf there (a
 # learning rate of 1e39 made every parameter inf at the first step, with a warning only).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_setting(value, name: str, below_one: bool = False) -> None:
