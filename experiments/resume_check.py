@@ -19,7 +19,7 @@ TRAJECTORY_TRAIN_FIELDS = (
     "seed", "optimizer", "learning_rate", "momentum", "rmsprop_decay", "ntasgd_nonmono",
     "clip_norm", "clip_update", "weight_decay", "weight_decay_mode", "lr_window_reference",
     "lr_schedule", "decay_after", "decay_factor", "plateau_factor", "early_stop_patience",
-    "loss_sum_over_time",
+    "loss_sum_over_time", "carry_state",
 )
 
 

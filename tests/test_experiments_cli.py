@@ -245,6 +245,9 @@ def test_a_resume_keeps_the_training_trajectory_settings(tmp_path):
     other.train.optimizer = "adam"
     assert "train.optimizer = momentum, not adam" in resume_conflict(workdir,
                                                                         other.to_dict())
+    carried = ptb.zoneout()  # the state carried across batches shaped the steps taken
+    carried.train.carry_state = not carried.train.carry_state
+    assert "train.carry_state = " in resume_conflict(workdir, carried.to_dict())
     allowed = ptb.zoneout()
     allowed.train.num_epochs = 3
     allowed.train.log_every_steps = 7
