@@ -134,11 +134,11 @@ def _embedding_masker(returns):
     return _regularizer_with("Embeds", embedding_mask=embedding_mask)
 
 
-def _language_model_logits(reg):
+def _language_model_logits(reg, deterministic=False):
     ids = jnp.tile(jnp.arange(T, dtype=jnp.int32) % 5, (B, 1))
     model = models.LanguageModel(vocab_size=5, hidden_sizes=(H,), init_scale=0.1, reg=reg)
     variables = model.init(jax.random.key(0), ids)
-    logits, _ = model.apply(variables, ids, deterministic=False,
+    logits, _ = model.apply(variables, ids, deterministic=deterministic,
                             rngs={"dropout": jax.random.key(5)})
     return logits
 
@@ -225,3 +225,8 @@ def test_the_built_ins_pass_every_check():
            + rj.embedding_dropout(0.1) + rj.weight_drop(0.2) + rj.weight_noise(0.01, scope="all")
            + rj.activation_regularization(1.0) + rj.norm_stabilizer(1.0))
     assert np.all(np.isfinite(_language_model_logits(reg)))
+    # evaluation's expectations: scalar scales where eval_scaling asks for them
+    scaled = (rj.variational(input=0.2, recurrent=0.2, output=0.2, eval_scaling=True)
+              + rj.embedding_dropout(0.1, eval_scaling=True) + rj.zoneout(hiddens=0.1))
+    for deterministic in (False, True):
+        assert np.all(np.isfinite(_language_model_logits(scaled, deterministic)))
