@@ -62,7 +62,11 @@ def read(path: str) -> ReferenceCurve:
         record, dict) else list(FIELDS)
     if missing:
         raise ValueError(f"Reference curve {path} lacks {missing}.")
-    curve = tuple((int(epoch), float(value)) for epoch, value in record["curve"])
+    try:
+        curve = tuple((int(epoch), float(value)) for epoch, value in record["curve"])
+    except (TypeError, ValueError):
+        raise ValueError(f"Reference curve {path}: its curve must be [epoch, value] pairs, "
+                         f"got {str(record['curve'])[:60]}.") from None
     epochs = [epoch for epoch, _ in curve]
     if not curve or epochs != sorted(set(epochs)) or epochs[0] < 1:
         raise ValueError(f"Reference curve {path}: its epochs must rise from 1 or later, "

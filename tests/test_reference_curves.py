@@ -43,6 +43,8 @@ def test_the_zoneout_char_record_holds_what_the_docs_quote():
           curve=[[2, 1.0], [1, 2.0]]), "its epochs must rise from 1 or later, each once"),
     (dict(label="x", dataset="d", preset="p", split="valid", metric="bpc", source={},
           curve=[]), "its epochs must rise"),
+    (dict(label="x", dataset="d", preset="p", split="valid", metric="bpc", source={},
+          curve=[[1], [2, "x"]]), "its curve must be [epoch, value] pairs, got [[1], [2,"),
 ])
 def test_a_malformed_record_is_one_sentence(tmp_path, record, message):
     path = tmp_path / "bad.json"
