@@ -147,6 +147,7 @@ FACTS = [
                   f"against {at_epoch(GAL_SPLIT, epochs(GAL_NO_DROP)):.4f}", "both at the end"),
     ("sentiment", f"`naive_dropout` (asked for 250 epochs), after {epochs(GAL_NAIVE)}, bottoms",
      "naive Gal epochs"),
+    ("sentiment", f"split ({at_epoch(GAL_NAIVE, 5):.4f} at epoch 5)", "naive at 5"),
     ("sentiment", f"(lowest {lowest(GAL_NAIVE)[0]:.4f} at epoch {lowest(GAL_NAIVE)[1]}, against "
                   f"{lowest(NAIVE)[0]:.4f} at epoch {lowest(NAIVE)[1]})", "naive lows"),
     ("sentiment", f"({at_epoch(GAL_NAIVE, 50):.4f} at 50), "
