@@ -17,6 +17,7 @@ from tests import data_fixtures as fx
 from tests.test_reproduce import FLAGS, ROOT
 
 
+@pytest.mark.slow
 def test_a_batch_split_over_two_calls_comes_back_whole(tmp_path):
     """scripts/gpu_window_split.sh: `start` leaves the batch running past its own end
     (setsid), `collect` waits for the bundle and copies it to $OUT."""

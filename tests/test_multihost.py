@@ -9,6 +9,9 @@ orbax checkpoint from both processes into the one workdir, and a rerun with
 more steps must resume from it. The same pair with AWD-LSTM's windows of drawn lengths
 (`data.batching="variable"`) must agree too: every process cuts the same windows.
 
+Every test here is marked slow (CI runs them; tests/test_launch_local.py keeps one
+jax.distributed start in the default suite).
+
 launch.sh runs with a stand-in VENV (a `python` that execs this interpreter,
 and an install stamp newer than pyproject.toml), so it never pip-installs.
 """
@@ -123,6 +126,7 @@ def runs(tmp_path_factory, data_dir, venv) -> dict:
     return {"1x4": tmp / "1x4", "2x2": tmp / "2x2", "multi": multi}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(runs):
     single, multi = events(runs["1x4"], "train"), events(runs["2x2"], "train")
     assert [e["step"] for e in single] == list(range(1, STEPS + 1))
@@ -138,6 +142,7 @@ def test_two_processes_match_one_process(runs):
         assert_close(a["loss"], b["loss"], f"final {split} loss")
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_workdir(runs):
     workdir, out = runs["2x2"], runs["multi"]
     assert "launch.sh: 2 processes x 2 devices, coordinator 127.0.0.1:" in out.stderr

@@ -162,6 +162,7 @@ def _events(workdir):
     return read_metrics(str(workdir))
 
 
+@pytest.mark.slow
 def test_full_size_awd_preset_runs_two_steps(tmp_path):
     """`awd` at its published size (3 layers 1150/1150/400, batch 40, windows drawn
     around 70, tied embeddings, NT-ASGD): only the data is toy, a 30-word text whose 40
