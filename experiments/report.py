@@ -30,7 +30,13 @@ from collections.abc import Sequence
 # Reading workdirs, the command column and the plots live in their own modules; their
 # public names are re-exported here for notebooks and tests.
 from experiments.provenance import device_label
-from experiments.report_commands import copy_paste_command, flags_since_changed  # noqa: F401
+from experiments.report_commands import (  # noqa: F401
+    copy_paste_command,
+    flags_since_changed,
+    own_workdir_note,
+    shared_workdirs,
+    workdir_of,
+)
 from experiments.report_plots import _slug, plot_category
 from experiments.report_runs import (  # noqa: F401
     CATEGORIES,
@@ -161,8 +167,14 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def category_table(runs: Sequence[Run], dataset: str) -> list[str]:
-    """Markdown lines of the table of one data set."""
+def category_table(runs: Sequence[Run], dataset: str,
+                   report_runs: Sequence[Run] | None = None) -> list[str]:
+    """Markdown lines of the table of one data set. A command whose workdir another
+    command of `report_runs` (the whole report's runs; default `runs`) names too says
+    so: run after that one, it would resume it."""
+    everyone = list(report_runs if report_runs is not None else runs)
+    shared = shared_workdirs(everyone)
+    taken = frozenset(w for w in map(lambda r: workdir_of(r.command), everyone) if w)
     cat = CATEGORIES.get(dataset, dict(metric="loss", splits={s: s for s in SPLITS}))
     metric = cat["metric"]
     numbers = {id(r): run_numbers(r) for r in runs}
@@ -193,8 +205,10 @@ def category_table(runs: Sequence[Run], dataset: str) -> list[str]:
         row += [commit_cell(run.provenance), device_cell(run.provenance)]
         cell = f"`{_escape(copy_paste_command(run.command, run.task))}`"
         changed = flags_since_changed(run)
-        if changed:
-            cell += f" (to rebuild it today, add `{_escape(' '.join(changed))}`)"
+        notes = [f"to rebuild it today, add `{_escape(' '.join(changed))}`"] if changed else []
+        notes += [_escape(n) for n in [own_workdir_note(run, shared, taken)] if n]
+        if notes:
+            cell += f" ({'; '.join(notes)})"
         row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -287,7 +301,7 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
         note = notes.get(group_name) if group_name else notes.get(dataset, notes.get(""))
         lines += [note, ""] if note else []
         lines += _protocol_notes(group)
-        lines += category_table(group, dataset)
+        lines += category_table(group, dataset, report_runs=runs)
         lines.append("")
         sources = [(r.preset, r.paper.get("source")) for r in group if r.paper.get("source")]
         if sources:

@@ -109,3 +109,43 @@ def flags_since_changed(run: Run) -> list[str]:
     return [f"--config.{section}.{field}={override_text(before)}"
             for section, field, before, now in config_differences(run.config, current, sections)
             if f"--config.{section}.{field}" not in given and counts(section, field, now)]
+
+
+def workdir_of(command: str) -> str | None:
+    """The `--workdir` a recorded command names (its last one, as absl reads it)."""
+    args = command_args(command)
+    found = None
+    for i, arg in enumerate(args):
+        if arg.startswith("--workdir="):
+            found = arg.split("=", 1)[1]
+        elif arg == "--workdir" and i + 1 < len(args):
+            found = args[i + 1]
+    return os.path.normpath(found) if found else None
+
+
+def shared_workdirs(runs: list[Run]) -> frozenset[str]:
+    """Workdirs that more than one run's command names: run one after the other, the
+    second command would resume the first run instead of starting its own."""
+    seen: dict[str, int] = {}
+    for run in runs:
+        workdir = workdir_of(run.command)
+        if workdir:
+            seen[workdir] = seen.get(workdir, 0) + 1
+    return frozenset(w for w, count in seen.items() if count > 1)
+
+
+def own_workdir_note(run: Run, shared: frozenset[str], taken: frozenset[str]) -> str:
+    """For a run whose command's workdir another row's command names too: the words
+    that say so and a workdir of its own, named after the run's record folder (none
+    where that is the shared one: the others move; a generic word where another command
+    names it); empty otherwise."""
+    workdir = workdir_of(run.command)
+    if workdir not in shared:
+        return ""
+    own = os.path.normpath(os.path.join(os.path.dirname(workdir) or ".",
+                                        os.path.basename(run.workdir.rstrip("/"))))
+    if own == workdir:
+        return ""
+    if own in taken:
+        return "another row's command names this workdir too: give it one of its own"
+    return f"another row's command names this workdir too: give it its own, `--workdir={own}`"

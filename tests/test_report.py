@@ -118,6 +118,40 @@ def test_copy_paste_command():
         == "python -m experiments.ptb --config=zaremba_medium --workdir=runs/z")
 
 
+def test_workdir_of_reads_the_last_workdir_flag_either_way():
+    assert report.workdir_of("ptb.py --config=tiny --workdir=runs/a/") == "runs/a"
+    assert report.workdir_of("ptb.py --workdir runs/a --workdir=runs/b") == "runs/b"
+    assert report.workdir_of("ptb.py --config=tiny") is None
+
+
+def test_rows_whose_commands_share_a_workdir_are_told_to_take_their_own(tmp_path):
+    """Two rows' commands naming one workdir (in different sections): run one after the
+    other, the second would resume the first. Each row whose record folder is not that
+    workdir's name gets one of its own; a third row with its own workdir gets no note."""
+    runs = tmp_path / "runs"
+    for name in ("zaremba_small", "zaremba_small_xeon"):
+        write_run(runs, name, "ptb", "zaremba_small", "ptb_word", "ppl", 1, [200.0],
+                  {"valid": 190.0, "test": 180.0}, _paper("Zaremba"))
+    write_run(runs, "pm_baseline", "pmnist", "baseline", "pmnist", "error", 1, [0.3],
+              {"valid": 0.2, "test": 0.2}, _paper("Krueger"))
+    for name in ("zaremba_small_xeon", "pm_baseline"):  # as if both ran in runs/zaremba_small
+        config = tmp_path / "runs" / name / "config.json"
+        config.write_text(config.read_text().replace(f"runs/{name}", "runs/zaremba_small"))
+    text = report.build_report([str(runs)], str(tmp_path / "R.md"), None)
+
+    commands = [line.strip("| ").split(" | ")[-1] for line in text.splitlines()
+                if line.startswith("| `")]
+    note = "another row's command names this workdir too: give it its own"
+    assert len(commands) == 3 and sum(note in c for c in commands) == 2
+    assert any(f"{note}, `--workdir=runs/zaremba_small_xeon`" in c for c in commands)
+    assert any(f"{note}, `--workdir=runs/pm_baseline`" in c for c in commands)
+    # alone in its report (the other rows not read), a row says nothing
+    alone = report.build_report([str(runs / "pm_baseline")], str(tmp_path / "A.md"), None)
+    assert "another row's command" not in alone
+    assert report.shared_workdirs(report.load_runs(report.find_workdirs([str(runs)]))) == {
+        "runs/zaremba_small"}
+
+
 def test_finished_word_lm_row_has_ours_paper_gap_epochs_command(built):
     _, text = built
     assert "## Penn Treebank, word level" in text
