@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells
 from rnnreg_jax.models import LanguageModel, check_token_ids
+from rnnreg_jax.regularizers.checks import check_key
 
 # `apply(variables, ids [B, T], carry or None) -> (logits [B, T, V], carry)`, in evaluation mode.
 ApplyFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
@@ -80,8 +81,8 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
                          "temperature=0 for greedy decoding.")
     if temperature == 0:
         key = None  # greedy decoding draws nothing
-    elif not _is_key(key):
-        raise ValueError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}.")
+    else:
+        check_key(key)
     ids = _first_window(prompt, start_id, batch_size)
     logits_shape = jax.eval_shape(lambda v, x: apply_fn(v, x, carry)[0], variables, ids).shape
     if len(logits_shape) != 3 or logits_shape[:2] != ids.shape:
@@ -138,15 +139,6 @@ def _apply_fn(model) -> ApplyFn:
         raise ValueError(f"model must be a LanguageModel (linen or NNX) or an apply "
                          f"function, got {type(model).__name__}.")
     return model
-
-
-def _is_key(key) -> bool:
-    """A typed PRNG key (`jax.random.key`) or a raw one (`jax.random.PRNGKey`)."""
-    if not isinstance(key, jax.Array):
-        return False
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return True
-    return key.dtype == jnp.uint32 and key.shape == (2,)
 
 
 def _count(name: str, value) -> int:

@@ -239,7 +239,9 @@ def _bad_calls():
          "SequenceModel."),
         (dict(variables=None), "variables must be the LanguageModel's ({'params': ...}), "
                                "got NoneType."),  # a TypeError inside Flax before
-        (dict(key=0), "key must be a PRNG key (jax.random.key(seed)), got 0."),
+        (dict(key=0), "key must be one PRNG key (jax.random.key(seed), or "
+                      "jax.random.PRNGKey(seed)), got 0."),
+        (dict(key=jax.random.split(jax.random.key(0))), "key must be one PRNG key"),
         (dict(model=lambda v, ids, c: (jnp.zeros(ids.shape), c)),
          "The model must return logits [B, T, V]"),
     ], model, ok
