@@ -135,7 +135,8 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
         start_id, rows = corpus.symbol_to_id[start_symbol(corpus)], num_samples
     tokens, _ = generate(model, variables, jax.random.key(seed), length,
                          prompt=prompt_array, start_id=start_id, batch_size=rows,
-                         temperature=temperature, top_k=top_k)
+                         temperature=temperature,
+                         top_k=None if temperature == 0 else top_k)  # main notes it
     ids = np.asarray(tokens)
     samples = [decode(corpus, prompt_ids + row.tolist()) for row in ids]
     return {"samples": samples, "ids": ids, "unknown": unknown,

@@ -83,6 +83,9 @@ def reverse_padded(x: Array, lengths: Array | None, time_axis: int = 1) -> Array
     if time_axis not in (0, 1):
         raise ValueError(f"time_axis must be 0 or 1 (the batch being the other), got "
                          f"{time_axis}.")
+    if jnp.ndim(x) < 2:  # else an IndexError reading the batch
+        raise ValueError(f"x must be [B, T, ...] (or [T, B, ...] with time_axis=0), got "
+                         f"shape {jnp.shape(x)}.")
     if lengths is None:
         return jnp.flip(x, time_axis)
     steps, batch = x.shape[time_axis], x.shape[1 - time_axis]
@@ -99,8 +102,10 @@ def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[i
                 merge: str = "concat", **kwargs) -> list[dict]:
     """A bidirectional stack's parameters, bottom first (`cells.init_params` per layer and
     direction, `kwargs` passed on: init_scale, dtype, recurrent_bias, orthogonal)."""
+    from rnnreg_jax.nn import layer_sizes  # here: nn imports this module
+
     check_merge(merge)
-    sizes = (hidden_sizes,) if isinstance(hidden_sizes, int) else tuple(hidden_sizes)
+    sizes = layer_sizes(hidden_sizes)  # the linen stacks' reading: an int is one layer
     layers, width = [], input_size
     for index, hidden in enumerate(sizes):
         keys = jax.random.split(jax.random.fold_in(key, index))
@@ -217,7 +222,7 @@ def unroll_bidirectional(
     layers = _check_params(params)
     unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
                                   unroll, caller="unroll_bidirectional",
-                                  deterministic=deterministic)
+                                  deterministic=deterministic, key=key)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     lengths = None if seq_lengths is None else varlen.check(seq_lengths, batch, steps)

@@ -60,7 +60,8 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
       batch_size: rows B without a prompt (default 1); with a prompt its own B.
       temperature: 0 picks the most likely token (greedy); above 0 samples
         `softmax(logits / temperature)`: below 1 sharper, above 1 flatter.
-      top_k: sampling only: draw among the k most likely tokens alone, renormalized.
+      top_k: sampling only: draw among the k most likely tokens alone, renormalized
+        (None at temperature 0, which takes the most likely).
       carry: the state the prompt starts from (e.g. the carry a previous call returned);
         None: zeros.
 
@@ -71,11 +72,14 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
     """
     model, variables = _from_nnx(model, variables)
     apply_fn = _apply_fn(model)
-    if isinstance(model, LanguageModel) and not isinstance(variables, Mapping):
-        raise ValueError(f"variables must be the LanguageModel's ({{'params': ...}}), got "
-                         f"{type(variables).__name__}.")
+    if isinstance(model, LanguageModel):
+        _check_variables(variables)
     num_tokens = _count("num_tokens", num_tokens)
     temperature = _temperature(temperature)
+    if temperature == 0 and top_k is not None:  # greedy decoding would ignore it
+        raise ValueError(f"top_k applies to sampling only, and temperature=0 decodes "
+                         f"greedily; pass top_k=None or a temperature above 0, got "
+                         f"top_k={top_k!r}.")
     if temperature > 0 and key is None:
         raise ValueError("Sampling at a temperature above 0 needs a PRNG key; pass one, or "
                          "temperature=0 for greedy decoding.")
@@ -119,6 +123,18 @@ def _from_nnx(model, variables) -> tuple[Any, Any]:
         raise ValueError("An NNX LanguageModel holds its own weights; pass variables=None "
                          "with it.")
     return model.to_linen()
+
+
+def _check_variables(variables) -> None:
+    """A LanguageModel's variables: a mapping holding "params" (the params alone were
+    Flax's ScopeCollectionNotFound, a non-mapping a TypeError inside Flax)."""
+    what = "variables must be the LanguageModel's ({'params': ...}), got"
+    if not isinstance(variables, Mapping):
+        raise ValueError(f"{what} {type(variables).__name__}.")
+    if "params" not in variables:
+        raise ValueError(f"{what} a {type(variables).__name__} with keys "
+                         f"{sorted(map(str, variables))} and no 'params' (wrap the params "
+                         "alone as {'params': params}).")
 
 
 def _apply_fn(model) -> ApplyFn:

@@ -76,6 +76,24 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
 
 
+def embedding_width(cell: Any, sizes: tuple[int, ...], embed_size: Any,
+                    embed_to_gates: bool) -> int:
+    """A language model's embedding width: `embed_size` (None: the first hidden size H),
+    or with `embed_to_gates` the first layer's gates, G*H. There an `embed_size` other
+    than G*H or H is refused rather than ignored; H is let through as the default that
+    configs spell out (the presets set `embed_size` to the hidden size)."""
+    first = sizes[0]
+    width = first if embed_size is None else cells.check_size(embed_size, "embed_size")
+    if not embed_to_gates:
+        return width
+    gates = cells.num_gates(cell) * first
+    if width not in (first, gates):
+        raise ValueError(f"embed_to_gates makes the embedding the first layer's gates, "
+                         f"{gates} wide, so embed_size must be None, {first} (its default, "
+                         f"the first hidden size) or {gates}, got {embed_size!r}.")
+    return gates
+
+
 def check_rank(expected: str, inputs: jax.Array, ndim: int) -> None:
     """A ValueError "`expected`, got shape S." unless `inputs` has `ndim` axes."""
     if jnp.ndim(inputs) != ndim:
@@ -208,7 +226,9 @@ class LanguageModel(RecurrentOptions):
     Attributes:
       vocab_size: V.
       hidden_sizes: recurrent widths, bottom first (an int for one layer).
-      embed_size: E (defaults to the first hidden size, as in Zaremba).
+      embed_size: E (defaults to the first hidden size, as in Zaremba); with
+        `embed_to_gates` the width is G*H, and `embed_size` must be None, the first
+        hidden size or G*H (`embedding_width`).
       tie_embeddings: use the embedding matrix as the softmax weights
         (needs last hidden size == embed size).
       embed_to_gates: the embedding holds the first layer's gate
@@ -262,10 +282,7 @@ class LanguageModel(RecurrentOptions):
         check_rank("LanguageModel takes int ids [B, T]", ids, 2)
         cells.check_size(self.vocab_size, "vocab_size")
         sizes = layer_sizes(self.hidden_sizes)
-        embed_size = (sizes[0] if self.embed_size is None
-                      else cells.check_size(self.embed_size, "embed_size"))
-        if self.embed_to_gates:
-            embed_size = cells.num_gates(self.cell) * sizes[0]
+        embed_size = embedding_width(self.cell, sizes, self.embed_size, self.embed_to_gates)
         ortho = self.orthogonal_init
         weights, bias = output_initializers(self.init_scale, self.embed_init_scale,
                                             self.softmax_bias_init, ortho)
@@ -308,6 +325,11 @@ class LanguageModel(RecurrentOptions):
         return logits, carry
 
 
+def sequence_embedding_scale(init_scale: float | None) -> float:
+    """A sequence model's embedding scale: `init_scale` (0 too), None: 0.05 (Keras')."""
+    return 0.05 if init_scale is None else init_scale
+
+
 class SequenceModel(RecurrentOptions):
     """(Embedding ->) stacked RNN -> last output -> dense head.
 
@@ -322,7 +344,7 @@ class SequenceModel(RecurrentOptions):
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E; the embedding is uniform in [-init_scale, init_scale], or in
         [-0.05, 0.05] (Keras' `uniform`) with `init_scale=None` (orthogonal under
-        `orthogonal_init`).
+        `orthogonal_init`); `init_scale=0` draws it zero.
       head_init: "lecun_normal" (Flax's default, or orthogonal under `orthogonal_init`) or
         "glorot_uniform" (`head_initializers`).
       and the keyword-only `nn.RecurrentOptions`.
@@ -354,9 +376,9 @@ class SequenceModel(RecurrentOptions):
         if self.vocab_size is not None:
             cells.check_size(self.vocab_size, "vocab_size")
             cells.check_size(self.embed_size, "embed_size")
+            scale = sequence_embedding_scale(self.init_scale)
             embed = nn.Embed(self.vocab_size, self.embed_size,
-                             embedding_init=boxed(weight_init(self.init_scale or 0.05,
-                                                              self.orthogonal_init),
+                             embedding_init=boxed(weight_init(scale, self.orthogonal_init),
                                                   "embed/embedding"),
                              dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
             x = look_up(embedding_table(self.reg, embed.embedding, weights_key), x,

@@ -31,8 +31,8 @@ from rnnreg_jax import (
     precision,
     unroll_checks,
 )
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer
-from rnnreg_jax.regularizers.checks import check_output_mask, check_weights
+from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, check_regularizer
+from rnnreg_jax.regularizers.checks import check_flag, check_output_mask, check_weights
 
 Array = jax.Array
 
@@ -114,7 +114,8 @@ def scan_layer(
       `(ys [T, B, H], final carry)`; for a cell with a per-step auxiliary output
       (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
-    unroll_checks.check_layer_call(cell, params, xs, carry)
+    unroll_checks.check_layer_call(cell, params, xs, carry, layer_noise, unroll, dtype,
+                                   forget_bias)
     explicit_sharding.check_carry(carry, xs)
     explicit_sharding.check_weights(params, xs, carry)
     if population is not None and cells.statistics_of(cell) is None:
@@ -222,6 +223,9 @@ def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int,
 def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
     if isinstance(params, Mapping):  # one layer (a dict, a FrozenDict)
         return [params], True
+    if not isinstance(params, Sequence):
+        raise ValueError(f"params must be one layer's (a dict) or a list of them, bottom "
+                         f"first, got {type(params).__name__}.")
     return list(params), False
 
 
@@ -229,6 +233,13 @@ def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batc
                   reg: Regularizer = NONE, dtype: Any = jnp.float32):
     """Zero state for one layer (a dict) or a stack (a list of dicts)."""
     layers, single = _as_list(params)
+    check_regularizer(reg)
+    for index, p in enumerate(layers):
+        if not (isinstance(p, Mapping) and "w_h" in p):
+            what = "a dict without w_h" if isinstance(p, Mapping) else f"of type {type(p).__name__}"
+            raise ValueError(f"initial_carry takes one layer's params (a dict with w_h "
+                             f"[H, G*H]) or a list of them; layer {index} is {what}.")
+        cells.check_w_h(p["w_h"], index)
     carries = [cells.init_carry(cell, batch_size, p["w_h"].shape[0], dtype,
                                 output_gate=reg.needs_output_gate) for p in layers]
     return carries[0] if single else carries
@@ -314,7 +325,9 @@ def unroll(
     """
     layers, single = _as_list(params)
     unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
-                                  unroll, deterministic=deterministic)
+                                  unroll, deterministic=deterministic, key=key)
+    check_flag(return_hiddens, "return_hiddens")
+    check_flag(return_cell_stats, "return_cell_stats")
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
     masks_in = precision.mask_dtype(x.dtype)
@@ -322,6 +335,9 @@ def unroll(
         carries = _as_list(initial_carry(cell, layers, batch, reg,
                                          precision.carry_dtype(x.dtype, dtype)))[0]
         carries = explicit_sharding.shard_like_batch(carries, x)  # explicit meshes only
+    elif not single and isinstance(carry, Mapping):  # one layer's carry for a stack
+        raise ValueError(f"A stack of {len(layers)} layers takes a list of carries, one dict "
+                         f"per layer, got one dict (of {sorted(carry)}).")
     else:
         carries = [carry] if single else list(carry)
     populations: list[Any] = [None] * len(layers) if cell_stats is None else (

@@ -106,6 +106,11 @@ def _language_model(config, reg, data_dir) -> Task:
         train = corpus.batches("train", d.batch_size, d.seq_len, mode=d.batching,
                                seed=d.shuffle_seed, window_options=draws)
     elif d.batching in ("shuffled", "overlapping"):
+        if carry:  # each window follows no other: the carried state would be another's
+            raise ValueError(f"train.carry_state carries the state from a window to the "
+                             f"next of its stream, but data.batching={d.batching} draws "
+                             f"windows in random order; use contiguous or variable "
+                             f"batching, or set train.carry_state=False.")
         train = corpus.batches("train", d.batch_size, d.seq_len, mode="shuffled",
                                stride=d.stride, seed=d.shuffle_seed, random_offset=augment)
     else:
@@ -193,7 +198,8 @@ def _pmnist(config, reg, data_dir) -> Task:
              if mnist.num_examples(split) > 0}
     model = SequenceModel(num_outputs=10, hidden_sizes=tuple(m.hidden_sizes),
                           **recurrent_options(m, reg))
-    return Task(model=model, kind="classification", train=train, evals=evals)
+    return Task(model=model, kind="classification", train=train, evals=evals,
+                **_stateful(config))
 
 
 def _sentiment(config, reg, data_dir) -> Task:
@@ -220,4 +226,12 @@ def _sentiment(config, reg, data_dir) -> Task:
                           vocab_size=data.num_ids, embed_size=m.embed_size,
                           head_init=m.get("head_init", "lecun_normal"), **recurrent_options(m, reg))
     return Task(model=model, kind=kind, train=train, evals=evals,
-                target_scale=data.target_std if kind == "regression" else 1.0)
+                target_scale=data.target_std if kind == "regression" else 1.0,
+                **_stateful(config))
+
+
+def _stateful(config) -> dict:
+    """The carry settings a classifier's config asks for, for `Task` to refuse (they
+    were recorded and ignored)."""
+    return dict(carry_state=bool(config.train.get("carry_state", False)),
+                eval_carry_state=config.train.get("eval_carry_state"))

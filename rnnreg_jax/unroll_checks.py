@@ -9,10 +9,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnreg_jax import cells, explicit_sharding, precision
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
-from rnnreg_jax.regularizers.checks import check_flag
+from rnnreg_jax.regularizers.checks import check_flag, check_key
 
 Array = jax.Array
 
@@ -47,12 +48,15 @@ def refuse_batch_statistics(cell, population) -> None:
 
 def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_major: bool,
                     dtype: Any, forget_bias, unroll: int = 1, caller: str = "unroll",
-                    deterministic: Any = True) -> None:
+                    deterministic: Any = True, key: Any = None) -> None:
     """`unroll`'s (or `caller`'s) one-sentence errors for a bad cell, regularizer, empty
-    stack, inputs of another rank or an integer dtype, a bad compute dtype, a string
-    `forget_bias`, a scan unroll factor below 1 or a `deterministic` that is not a bool
-    (the string "False" would mean evaluation)."""
+    stack, inputs of another rank or an integer dtype, a bad compute dtype or
+    `forget_bias`, a scan unroll factor below 1, a `deterministic` or `time_major` that
+    is not a bool (the string "False" would mean evaluation, or read the batch as time)
+    and a key that is not one PRNG key."""
     check_flag(deterministic, "deterministic")
+    check_flag(time_major, "time_major")
+    check_key(key)
     cells.check_cell_type(cell)
     cells.check_size(unroll, "unroll")
     check_regularizer(reg)
@@ -65,10 +69,31 @@ def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_ma
     precision.check_floating(jnp.result_type(inputs), "The inputs' dtype")
     if dtype is not None:
         precision.check_floating(dtype, "dtype")
-    if isinstance(forget_bias, (str, bytes)) or forget_bias is None:  # arrays may be traced
+    check_forget_bias(forget_bias)
+
+
+def check_forget_bias(forget_bias: Any) -> None:
+    """One finite number known when the step is built (a Python or numpy scalar, or a
+    concrete 0-d array): a string failed inside JAX, NaN made every output NaN, an array
+    of gate offsets or a traced one (jit's argument) failed in a truth test."""
+    if isinstance(forget_bias, (str, bytes, bool)) or forget_bias is None:
         raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
-    if isinstance(forget_bias, float) and not math.isfinite(forget_bias):  # NaN logits
-        raise ValueError(f"forget_bias must be finite, got {forget_bias!r}.")
+    try:
+        shape = np.shape(forget_bias)
+    except Exception:  # noqa: BLE001 -- not array-like at all
+        shape = None
+    if shape != ():
+        raise ValueError(f"forget_bias must be one number, got "
+                         f"{f'shape {shape}' if shape is not None else repr(forget_bias)}.")
+    try:
+        value = float(forget_bias)
+    except jax.errors.ConcretizationTypeError:
+        raise ValueError("forget_bias must be a number known outside jit (a static "
+                         "setting), got a traced array.") from None
+    except TypeError:
+        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"forget_bias must be finite, got {value!r}.")
 
 
 def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations: list,
@@ -81,21 +106,28 @@ def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations
         raise ValueError(f"Got {len(populations)} cell_stats for {len(layers)} layers.")
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         cells.check_layer(cell, p, c, index, reg.needs_output_gate)
-    check_shapes(layers, carries, x, time_major)
+    check_shapes(cell, layers, carries, x, time_major)
 
 
-def check_shapes(layers: list, carries: list, x: Array, time_major: bool) -> None:
+def check_shapes(cell, layers: list, carries: list, x: Array, time_major: bool) -> None:
     """One-sentence errors for the shape mistakes XLA would report as a failed product:
-    inputs of another rank, a layer whose `w_x` does not take the width it is fed, a
-    carry of another batch size or width (`x` is time-major here)."""
+    inputs of another rank, a layer whose `w_x` does not take the width it is fed (or
+    without `w_x`, fed its gates' pre-activations, of another width), a carry of another
+    batch size or width (`x` is time-major here)."""
     layout = "[T, B, F]" if time_major else "[B, T, F]"
     width, source = x.shape[-1], "the inputs"
+    record = cells.the_record(cell)
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
         w_x = p.get("w_x") if isinstance(p, Mapping) else None
         if w_x is not None and getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != width:
             raise ValueError(f"Layer {index}'s w_x reads {w_x.shape[0]} features, but its input "
                              f"({source}) has {width}.")
         known = isinstance(p, Mapping) and getattr(p.get("w_h"), "ndim", 0) == 2
+        if known and w_x is None and record.project is None and (
+                width != p["w_h"].shape[1]):
+            raise ValueError(f"Layer {index} has no w_x, so it takes its gates' "
+                             f"pre-activations ({p['w_h'].shape[1]} wide), but its input "
+                             f"({source}) has {width} features.")
         check_carry(c, index, x.shape[1], p["w_h"].shape[0] if known else None, layout)
         if not known:
             return  # a layout this check does not know: leave the rest to the cells
@@ -123,15 +155,28 @@ def check_carry(carry: Any, index: int | str, batch: int, hidden: int | None,
                                  f"The dtype of layer {index}'s carry[{name!r}]")
 
 
-def check_layer_call(cell, params: Any, xs: Array, carry: Any) -> None:
+def check_layer_call(cell, params: Any, xs: Array, carry: Any, layer_noise: Any = None,
+                     unroll: Any = 1, dtype: Any = None, forget_bias: Any = 0.0) -> None:
     """`rnn.scan_layer`'s one-sentence errors: a bad cell, inputs that are not `[T, B, F]`
     floating (a `[T, F]` sequence broadcast over the carry's batch), params or a carry
-    that do not fit the cell or the inputs."""
+    that do not fit the cell or the inputs, noise that is not a `noise.LayerNoise` (a
+    regularizer there failed on a missing attribute), a scan unroll factor below 1, a
+    compute dtype that is not floating (an integer one cast `W_h` and ran) and a bad
+    `forget_bias`."""
+    from rnnreg_jax import noise
+
     cells.check_cell_type(cell)
+    if layer_noise is not None and not isinstance(layer_noise, noise.LayerNoise):
+        raise ValueError(f"layer_noise must be a noise.LayerNoise (noise.layer_noise makes "
+                         f"one from a regularizer), got a {type(layer_noise).__name__}.")
+    cells.check_size(unroll, "unroll")
+    if dtype is not None:
+        precision.check_floating(dtype, "dtype")
+    check_forget_bias(forget_bias)
     if jnp.ndim(xs) != 3:
         raise ValueError(f"The inputs of scan_layer must be [T, B, F], got shape "
                          f"{jnp.shape(xs)}.")
     precision.check_floating(jnp.result_type(xs), "The inputs' dtype")
     output_gate = isinstance(carry, Mapping) and "o" in carry  # as the layer's noise says
     cells.check_layer(cell, params, carry, 0, output_gate)
-    check_shapes([params], [carry], xs, time_major=True)
+    check_shapes(cell, [params], [carry], xs, time_major=True)

@@ -222,6 +222,10 @@ def _bad_calls():
                                   f"[0, {V}), got ids from -1 to {PROMPT.max() - 1}."),
         (dict(top_k=0), "top_k must be an integer >= 1, got 0."),
         (dict(top_k=V + 1), f"top_k must be in [1, vocab_size] = [1, {V}], got {V + 1}."),
+        # greedy decoding ignored top_k without a word before
+        (dict(top_k=2, temperature=0), "top_k applies to sampling only, and temperature=0 "
+                                       "decodes greedily; pass top_k=None or a temperature "
+                                       "above 0, got top_k=2."),
         (dict(prompt=None), "Pass a prompt, or a start_id to start from without one."),
         (dict(start_id=1), "Pass either a prompt or a start_id, not both"),
         (dict(prompt=None, start_id=V), "Token ids of start_id must lie in [0, vocab_size)"),
@@ -239,6 +243,11 @@ def _bad_calls():
          "SequenceModel."),
         (dict(variables=None), "variables must be the LanguageModel's ({'params': ...}), "
                                "got NoneType."),  # a TypeError inside Flax before
+        # the params alone: Flax's ScopeCollectionNotFound before
+        (dict(variables=_variables(model)["params"]),
+         "variables must be the LanguageModel's ({'params': ...}), got a dict with keys "
+         "['embed', 'rnn', 'softmax'] and no 'params' (wrap the params alone as "
+         "{'params': params})."),
         (dict(key=0), "key must be one PRNG key (jax.random.key(seed), or "
                       "jax.random.PRNGKey(seed)), got 0."),
         (dict(key=jax.random.split(jax.random.key(0))), "key must be one PRNG key"),

@@ -459,5 +459,5 @@ def test_switches_param_dtype_and_modes_are_one_sentence():
         with pytest.raises(ValueError, match=f"^{field} must be True or False"):
             stack(x, **kwargs)
     lm = rnx.LanguageModel(7, 5, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="num_samples must be a positive int, got True"):
+    with pytest.raises(ValueError, match="num_samples must be a whole number >= 1, got True"):
         rnx.mc_samples(lm, jnp.zeros((1, 3), jnp.int32), jax.random.key(0), True)

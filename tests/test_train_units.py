@@ -258,7 +258,8 @@ def test_every_error_docs_training_names_is_rnnreg_jax_train_s():
     ("time_limit_s", float("inf"), "config.time_limit_s must be a finite number >= 0"),
     ("checkpoint_every_s", -1.0, "config.checkpoint_every_s must be a finite number >= 0, "
                                  "got -1.0."),
-    ("decay_factor", 0.0, "config.decay_factor must be a finite number > 0, got 0.0."),
+    ("decay_factor", 0.0, "config.decay_factor must be a finite number >= 1 (the learning "
+                          "rate is divided by it), got 0.0."),
     ("learning_rate", -1.0, "config.learning_rate must be a finite number >= 0"),
     # float32's range: the optimizer state held inf, every parameter inf after a step
     ("learning_rate", 1e39, "config.learning_rate must be at most 3.403e+38 (the optimizer "
@@ -396,6 +397,30 @@ def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
     config.early_stop_patience = 2
     task = train_lib_task(th.SeqSource(kind="regression", num_batches=2), {}, "regression")
     with pytest.raises(ValueError, match="config.early_stop_patience needs a validation split"):
+        train.train_and_evaluate(task, config, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("early_stop_patience", 2, "early_stop_patience"),
+    ("lr_schedule", "plateau", "lr_schedule='plateau'"),
+    ("optimizer", "ntasgd", "optimizer='ntasgd'"),
+    ("report_best", True, "report_best"),
+])
+def test_choosing_on_the_test_split_is_refused(tmp_path, setting, value, named):
+    """A task whose only evaluation split is "test" (pMNIST with validation_size=0):
+    early stopping, the plateau rule, NT-ASGD's trigger and the best epoch's report
+    decided on the test set, silently."""
+    config = train.default_train_config()
+    with config.unlocked():
+        config[setting] = value
+    task = train_lib_task(th.SeqSource(kind="regression", num_batches=2),
+                          {"test": th.SeqSource(kind="regression", num_batches=1)},
+                          "regression")
+    with pytest.raises(ValueError, match=rf"config.{re.escape(named)} decides on the "
+                                         r"validation metric, and this task's only "
+                                         r"evaluation split is 'test'"):
         train.train_and_evaluate(task, config, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 

@@ -159,6 +159,10 @@ class Cell:
     projected_gates: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.num_gates, bool) or not isinstance(self.num_gates, int) or (
+                self.num_gates < 1):
+            raise ValueError(f"Cell {self.name!r}: num_gates must be a whole number >= 1, "
+                             f"got {self.num_gates!r}.")
         if self.projected_gates is not None and not 1 <= self.projected_gates < self.num_gates:
             raise ValueError(f"Cell {self.name!r}: projected_gates must be in [1, "
                              f"{self.num_gates - 1}] (below num_gates) or None; got "

@@ -11,7 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rnnreg_jax import precision
 from rnnreg_jax.cells.base import (
+    ALL_CELL_TYPES,
     LSTM_TYPES,
     RECURRENT_BIAS_CELLS,
     Array,
@@ -65,6 +67,7 @@ def init_params(
     input_size, hidden_size = (check_size(input_size, "input_size", 0),
                                check_size(hidden_size, "hidden_size", 1))
     scale = default_init_scale(hidden_size) if init_scale is None else check_scale(init_scale)
+    dtype = precision.check_floating(dtype, "dtype")
     if record.init_params is not None:
         if recurrent_bias or orthogonal:
             raise ValueError(f"recurrent_bias and orthogonal apply to the default draw, not "
@@ -147,11 +150,7 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
         if missing:
             raise ValueError(f"Layer {index}'s params lack {missing}, which a {record.name} "
                              f"cell reads (they hold {sorted(params)}).")
-        shape: tuple[int, ...] = getattr(params["w_h"], "shape", ())
-        if len(shape) == 2 and shape[1] != record.num_gates * shape[0]:
-            raise ValueError(f"Layer {index}'s w_h has shape {tuple(shape)}, but a "
-                             f"{record.name} cell of {shape[0]} units needs "
-                             f"{(shape[0], record.num_gates * shape[0])}.")
+        _check_param_shapes(record, params, index)
     if not isinstance(carry, Mapping):
         raise ValueError(f"Layer {index}'s carry must be a dict of arrays (as "
                          f"rnnreg_jax.initial_carry makes), got a {type(carry).__name__}.")
@@ -169,6 +168,48 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
                          f"does not keep{why}; rnnreg_jax.initial_carry makes one.")
 
 
+
+def check_w_h(w_h: Any, index: int) -> tuple[int, ...]:
+    """Layer `index`'s `w_h` shape if it is 2-d (`[H, G*H]`), else a one-sentence error."""
+    shape = tuple(getattr(w_h, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"Layer {index}'s w_h must be [H, G*H], got "
+                         f"{f'shape {shape}' if hasattr(w_h, 'shape') else type(w_h).__name__}.")
+    return shape
+
+
+def _check_param_shapes(record, params: Mapping, index: int) -> None:
+    """`w_h` `[H, G*H]`, and the layout's other arrays for those H units: `w_x`
+    `[F, G*H]`, the biases `[G*H]`, the default draw's extra parameters (normalization
+    gains) as it draws them; each floating. A wrong one failed in a broadcast or product
+    deep in the step. A user's cell with its own projection or draw lays out the rest
+    itself."""
+    if not hasattr(params["w_h"], "shape"):
+        return  # not an array: a layout this check does not know
+    shape = check_w_h(params["w_h"], index)
+    if shape[1] != record.num_gates * shape[0]:
+        raise ValueError(f"Layer {index}'s w_h has shape {shape}, but a {record.name} cell "
+                         f"of {shape[0]} units needs {(shape[0], record.num_gates * shape[0])}.")
+    width, expected = shape[1], {}
+    if record.project is None or record.name in ALL_CELL_TYPES:
+        expected = {"b": (width,), "b_h": (width,)}
+        w_x = params.get("w_x")
+        w_x_shape = tuple(getattr(w_x, "shape", (None, width)))
+        if len(w_x_shape) != 2 or w_x_shape[1] != width:
+            raise ValueError(f"Layer {index}'s w_x has shape {w_x_shape}, but a "
+                             f"{record.name} layer of {shape[0]} units needs [F, {width}].")
+    if record.extra_params is not None and record.init_params is None:
+        drawn = jax.eval_shape(lambda: record.extra_params(shape[0], jnp.float32))
+        expected.update({name: tuple(a.shape) for name, a in drawn.items()})
+    for name, want in expected.items():
+        got = getattr(params.get(name), "shape", None)
+        if got is not None and tuple(got) != want:
+            raise ValueError(f"Layer {index}'s {name} has shape {tuple(got)}, but a "
+                             f"{record.name} layer of {shape[0]} units needs {want}.")
+    for name, value in params.items():
+        if hasattr(value, "dtype"):
+            precision.check_floating(value.dtype, f"The dtype of layer {index}'s {name}")
+
 def init_carry(
     cell: str, batch_size: int, hidden_size: int, dtype: Any = jnp.float32,
     output_gate: bool = False,
@@ -179,6 +220,9 @@ def init_carry(
     zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
     """
     batch_size = check_size(batch_size, "batch_size", 0)
+    hidden_size = check_size(hidden_size, "hidden_size", 1)
+    if dtype is not None:  # None: jnp.zeros' default
+        dtype = precision.check_floating(dtype, "dtype")
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
     carry = {"h": zeros}
     if has_memory(cell):

@@ -22,7 +22,7 @@ from flax.core.scope import LazyRng
 
 from rnnreg_jax import nn, partitioning, precision
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
-from rnnreg_jax.regularizers.checks import check_flag
+from rnnreg_jax.regularizers.checks import check_flag, check_key
 
 # The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
 # today. An option the linen modules gain later is refused here at any value but its
@@ -143,8 +143,10 @@ class RecurrentModule(nnx.Module):
                      use_running_average: bool | None) -> None:
         for name, value in resolve_options(self.LINEN, options).items():
             setattr(self, name, value)
-        self.deterministic = deterministic
-        self.use_running_average = use_running_average
+        # checked here, as a call's are (`modes`): the string "False" was taken as True
+        self.deterministic = check_flag(deterministic, "deterministic")
+        self.use_running_average = (None if use_running_average is None else
+                                    check_flag(use_running_average, "use_running_average"))
 
     def recurrent_options(self) -> dict:
         """The recurrent options as keyword arguments (of a child, or of the linen twin)."""
@@ -184,6 +186,7 @@ class RecurrentModule(nnx.Module):
         if isinstance(source, nnx.RngStream):
             return source()
         if isinstance(source, jax.Array):
+            check_key(source, "rngs")  # an int array failed inside jax.random's draws
             return source
         raise ValueError(f"rngs must be an nnx.Rngs, an nnx.RngStream or a PRNG key, got "
                          f"{type(source).__name__}.")

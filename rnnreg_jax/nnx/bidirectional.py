@@ -21,6 +21,7 @@ from flax import nnx
 from rnnreg_jax import bidirectional, cells, nn, partitioning
 from rnnreg_jax.nnx.base import RecurrentModule, dropout_stream, linen_key, linen_options
 from rnnreg_jax.nnx.stack import LayerParams
+from rnnreg_jax.regularizers.checks import check_flag
 
 
 class DirectionPair(nnx.Module):
@@ -61,7 +62,10 @@ class Bidirectional(RecurrentModule):
         bidirectional.check_merge(merge)
         bidirectional.check_cell(self.cell)
         self.input_size, self.hidden_sizes = input_size, nn.layer_sizes(hidden_sizes)
-        self.merge, self.time_major, self.carry_first = merge, time_major, carry_first
+        self.merge = merge
+        # as the StackedRNN's linen twin checks them: the string "no" was taken as True
+        self.time_major = check_flag(time_major, "time_major")
+        self.carry_first = check_flag(carry_first, "carry_first")
         self.rngs = dropout_stream(rngs)
         self.reg.check_cell(self.cell)
         in_size = input_size

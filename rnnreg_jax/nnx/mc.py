@@ -15,8 +15,9 @@ from typing import Any
 import jax
 from flax import nnx
 
-from rnnreg_jax import noise
+from rnnreg_jax import cells, noise
 from rnnreg_jax.nnx.models import SequenceModel
+from rnnreg_jax.regularizers.checks import check_flag, check_key
 from rnnreg_jax.regularizers.embedding import embedding_at_evaluation
 
 
@@ -42,8 +43,12 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
     Returns:
       `(outputs [K, ...], carry [K, ...])`; the carry is None for a `SequenceModel`.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+    num_samples = cells.check_size(num_samples, "num_samples")  # numpy integers too
+    if key is None:  # check_key lets None through; the samples need a key
+        raise ValueError("key must be one PRNG key (jax.random.key(seed), or "
+                         "jax.random.PRNGKey(seed)), got None.")
+    check_key(key)
+    check_flag(embedding_dropout, "embedding_dropout")
     has_carry = not isinstance(model, SequenceModel)
     if carry is not None and not has_carry:
         raise ValueError("A SequenceModel carries no state between calls; pass carry=None.")

@@ -61,10 +61,8 @@ class LanguageModel(RecurrentModule):
         self.embed_to_gates = embed_to_gates
         self.embed_init_scale, self.softmax_bias_init = embed_init_scale, softmax_bias_init
         self.rngs = dropout_stream(rngs)
-        width = (self.hidden_sizes[0] if embed_size is None
-                 else cells.check_size(embed_size, "embed_size"))
-        if embed_to_gates:
-            width = cells.num_gates(self.cell) * self.hidden_sizes[0]
+        width = models.embedding_width(self.cell, self.hidden_sizes, embed_size,
+                                       embed_to_gates)
         if tie_embeddings and self.hidden_sizes[-1] != width:
             raise ValueError("tie_embeddings needs the last hidden size to equal "
                              f"embed_size ({self.hidden_sizes[-1]} != {width}).")
@@ -178,8 +176,8 @@ class SequenceModel(RecurrentModule):
         partitioning.check_model_names(own, models.sequence_model_arrays(vocab_size))
         self.embed = nnx.data(None)
         if vocab_size is not None:
-            self.embed = embedding(vocab_size, embed_size,
-                                   models.weight_init(self.init_scale or 0.05, ortho),
+            scale = models.sequence_embedding_scale(self.init_scale)
+            self.embed = embedding(vocab_size, embed_size, models.weight_init(scale, ortho),
                                    self.dtype, self.param_dtype, rngs)
         self.rnn = StackedRNN(input_size or embed_size, self.hidden_sizes,
                               deterministic=deterministic,

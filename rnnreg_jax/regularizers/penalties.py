@@ -14,9 +14,11 @@ a batch's term is that of its examples' valid steps pooled, whatever the padding
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnreg_jax import lengths, precision
 from rnnreg_jax.regularizers.base import (
@@ -27,6 +29,41 @@ from rnnreg_jax.regularizers.base import (
 from rnnreg_jax.regularizers.checks import check_non_negative
 
 Array = jax.Array
+
+
+def _check_arguments(hiddens: Array, weight: Any, names: tuple[str, str], time_axis: Any,
+                     seq_lengths: Array | None) -> Array | None:
+    """One-sentence errors for a penalty's arguments (`names`: the weight's and the
+    hiddens' argument names), else `seq_lengths` checked by `lengths.check`. Shapes,
+    dtypes and concrete values only, so the penalties stay jit-compatible."""
+    weight_name, hiddens_name = names
+    _check_weight(weight, weight_name)
+    if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)) \
+            or time_axis not in (0, 1):
+        raise ValueError(f"time_axis must be 0 or 1 (the batch being the other), got "
+                         f"{time_axis!r}.")
+    shape = jnp.shape(hiddens)
+    if len(shape) != 3:
+        raise ValueError(f"{hiddens_name} must be [B, T, H] (or [T, B, H] with "
+                         f"time_axis=0), got shape {shape}.")
+    if seq_lengths is None:
+        return None
+    return lengths.check(seq_lengths, shape[1 - time_axis], shape[time_axis])
+
+
+def _check_weight(weight: Any, name: str) -> None:
+    """A non-negative weight; a jax array (a scheduled or learned coefficient, maybe
+    traced) must be a real scalar, its value checked only where it is concrete."""
+    if isinstance(weight, jax.Array):
+        if weight.ndim != 0 or not (jnp.issubdtype(weight.dtype, jnp.floating)
+                                    or jnp.issubdtype(weight.dtype, jnp.integer)):
+            raise ValueError(f"{name} must be a real scalar, got an array of shape "
+                             f"{tuple(weight.shape)} and dtype {weight.dtype}.")
+        weight = lengths.concrete_values(weight)
+        if weight is None:
+            return  # traced: its value is unknown here
+        weight = weight.item()
+    check_non_negative(weight, name)
 
 
 def _valid_mean(values: Array, seq_lengths: Array, time_axis: int, first: int = 0) -> Array:
@@ -52,14 +89,16 @@ def norm_stabilizer_penalty(hiddens: Array, beta: float, time_axis: int = 1,
 
     Args:
       hiddens: hidden states `[B, T, H]` (or time-major with `time_axis=0`).
-      beta: penalty weight.
-      time_axis: the time axis of `hiddens`.
+      beta: penalty weight, >= 0 (a number, or a scalar jax array: a scheduled or
+        learned coefficient, whose value is checked only where it is concrete).
+      time_axis: the time axis of `hiddens`, 0 or 1.
       seq_lengths: int `[B]`: the mean runs over the pairs of steps within each
         example's length (`L_b - 1` terms each) instead.
 
     Returns:
       A scalar.
     """
+    seq_lengths = _check_arguments(hiddens, beta, ("beta", "hiddens"), time_axis, seq_lengths)
     hiddens = _wide(hiddens)
     squares = jnp.sum(jnp.square(hiddens), axis=-1)
     nonzero = squares > 0
@@ -77,8 +116,10 @@ def activation_penalty(outputs: Array, alpha: float, time_axis: int = 1,
     Merity et al. apply it to the *dropped* output of the last layer (the
     tensor the softmax sees in training); the mean runs over every element (with
     `seq_lengths`, int `[B]`, over each example's valid steps; `time_axis`: the time
-    axis of `outputs`).
+    axis of `outputs`, 0 or 1). `alpha` >= 0, as `beta` of `norm_stabilizer_penalty`.
     """
+    seq_lengths = _check_arguments(outputs, alpha, ("alpha", "outputs"), time_axis,
+                                   seq_lengths)
     if seq_lengths is not None:
         return alpha * _valid_mean(jnp.square(_wide(outputs)), seq_lengths, time_axis)
     return alpha * _mean_or_zero(jnp.square(_wide(outputs)))
@@ -94,11 +135,13 @@ def temporal_activation_penalty(hiddens: Array, beta: float, time_axis: int = 1,
 
     Args:
       hiddens: `[B, T, H]` (or time-major with `time_axis=0`).
-      beta: penalty weight.
-      time_axis: the time axis of `hiddens`.
+      beta: penalty weight, >= 0 (a number, or a scalar jax array: a scheduled or
+        learned coefficient, whose value is checked only where it is concrete).
+      time_axis: the time axis of `hiddens`, 0 or 1.
       seq_lengths: int `[B]`: the mean runs over the pairs of steps within each
         example's length instead.
     """
+    seq_lengths = _check_arguments(hiddens, beta, ("beta", "hiddens"), time_axis, seq_lengths)
     diffs = jnp.diff(_wide(hiddens), axis=time_axis)
     if seq_lengths is not None:
         return beta * _valid_mean(jnp.square(diffs), seq_lengths, time_axis, first=1)

@@ -3,6 +3,7 @@ check that refuses a bad value before anything runs."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 
@@ -39,8 +40,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     # Epoch-level learning-rate rules, applied after each epoch's validation.
     c.lr_schedule = "constant"    # "constant" | "zaremba" | "plateau".
     c.decay_after = 4             # zaremba: if epoch (1-based) > decay_after: lr /= decay_factor.
-    c.decay_factor = 2.0          # zaremba divisor.
-    c.plateau_factor = 1.5        # plateau: lr /= plateau_factor after an epoch whose
+    c.decay_factor = 2.0          # zaremba divisor (>= 1).
+    c.plateau_factor = 1.5        # plateau: lr /= plateau_factor (>= 1) after an epoch whose
                                   # validation metric did not improve (zoneout paper).
     c.early_stop_patience = 0     # stop after this many epochs in a row without validation
                                   # improvement (0 = never; the zoneout presets' rule).
@@ -78,12 +79,35 @@ def default_train_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields the experiment binaries add to the train block (`EXTRA_TRAIN_FIELDS` of
+# experiments/configs/common.py) and the engine or `tasks.build_task` reads when present.
+EXPERIMENT_FIELDS = ("carry_state", "eval_carry_state", "report_best")
+
+
+def known_fields() -> tuple[str, ...]:
+    """Every field a training config may hold: the defaults' and `EXPERIMENT_FIELDS`."""
+    return tuple(default_train_config().keys()) + EXPERIMENT_FIELDS
+
+
+def _check_mapping(config, name: str = "config") -> None:
+    if config is not None and not hasattr(config, "items"):  # else an AttributeError
+        raise ValueError(f"{name} must be a ConfigDict or dict of training settings, got "
+                         f"{type(config).__name__}.")
+
+
 def with_defaults(config) -> ml_collections.ConfigDict:
     """`config` on top of the defaults (missing fields take default values)."""
+    _check_mapping(config)
     merged = default_train_config()
     for key, value in (config.items() if config is not None else []):
         if key in merged:
-            merged[key] = value
+            try:
+                merged[key] = value
+            except TypeError:  # another type than the default's ("False" for a bool):
+                # kept as given, for `check`'s one-sentence message on that field
+                with merged.unlocked():
+                    del merged[key]
+                    merged[key] = value
         else:
             with merged.unlocked():
                 merged[key] = value
@@ -107,9 +131,8 @@ _WHOLE = {"seed": 0, "num_epochs": 0, "max_steps": 0, "ntasgd_nonmono": 1, "deca
           "early_stop_patience": 0, "mc_samples": 0, "mc_chunk": 0,
           "checkpoint_every_steps": 0, "keep_checkpoints": 1, "log_every_steps": 0}
 SEED_LIMIT = 2 ** 32
-# Number fields: finite and >= 0, or > 0 for the divisors.
+# Number fields: finite and >= 0 (the LR rules' divisors: `optim.check_lr_factor`).
 _AT_LEAST_ZERO = ("time_limit_s", "checkpoint_every_s", "lr_window_reference")
-_ABOVE_ZERO = ("decay_factor", "plateau_factor")
 # Switches (and those the experiment presets add; None where a switch may be unset): a
 # word where a bool belongs, "maybe" from a command line, was taken as True.
 _FLAGS = ("clip_update", "loss_sum_over_time", "mc_embedding_dropout", "tensorboard",
@@ -123,7 +146,11 @@ def check(config, name: str = "config") -> None:
     is first read (a negative `mc_samples` failed inside JAX after the whole training).
     The optimizer's own settings and the LR rule are checked by building them
     (`optim.make_optimizer`, `optim.lr_rule`). `name`: what the message calls the
-    config (the experiment binaries': "config.train")."""
+    config (the experiment binaries': "config.train"). A field no training config
+    holds (`known_fields`) is refused too: a misspelt one was kept beside the default
+    it meant to set, and the run trained with the default."""
+    _check_mapping(config, name)
+    check_names(config if config is not None else {}, name)
     try:
         _check(with_defaults(config))
     except ValueError as err:
@@ -131,6 +158,21 @@ def check(config, name: str = "config") -> None:
         if name != "config" and message.startswith("config."):
             message = name + message[len("config"):]
         raise ValueError(message) from None
+
+
+def check_names(config, name: str = "config") -> None:
+    """A one-sentence ValueError naming the first field of `config` that is no training
+    setting, with the closest setting's name where one is close."""
+    known = known_fields()
+    for key in config.keys():
+        if key in known:
+            continue
+        where = "" if name == "config" else f" in {name}"
+        near = difflib.get_close_matches(str(key), known, n=1)
+        hint = (f"did you mean {near[0]!r}?" if near else
+                "the settings are default_train_config()'s fields and "
+                f"{', '.join(EXPERIMENT_FIELDS)}.")
+        raise ValueError(f"Unknown training setting {key!r}{where}; {hint}")
 
 
 def _check(config) -> None:
@@ -144,12 +186,12 @@ def _check(config) -> None:
     if config.seed >= SEED_LIMIT:  # past int64 jax.random.key overflows; past 2**32 the
         # seeds repeat (seed and seed + 2**32 draw the same run)
         raise ValueError(f"config.seed must be below 2**32, got {config.seed}.")
-    for field in _AT_LEAST_ZERO + _ABOVE_ZERO:
+    for field in _AT_LEAST_ZERO:
         value = config[field]
-        if not is_finite_number(value, 0.0) or (field in _ABOVE_ZERO and value == 0):
-            bound = "> 0" if field in _ABOVE_ZERO else ">= 0"
-            raise ValueError(f"config.{field} must be a finite number {bound}, got "
-                             f"{value!r}.")
+        if not is_finite_number(value, 0.0):
+            raise ValueError(f"config.{field} must be a finite number >= 0, got {value!r}.")
+    for field in ("decay_factor", "plateau_factor"):  # whichever rule is on
+        optim.check_lr_factor(config[field], f"config.{field}")
     for field in _FLAGS + _FLAGS_OR_NONE:
         value = config.get(field, False)
         if not isinstance(value, bool) and not (value is None and field in _FLAGS_OR_NONE):
@@ -182,3 +224,14 @@ def check_for_task(config, task, name: str = "config") -> None:
         raise ValueError(f"{name}.early_stop_patience needs a validation split, and this "
                          "task evaluates none (every epoch counted as one without "
                          "improvement).")
+    if task.validation_split == "test":  # the fallback of a task without "valid"
+        chooser = next((setting for setting, on in (
+            ("early_stop_patience", config.early_stop_patience),
+            ("lr_schedule='plateau'", config.lr_schedule == "plateau"),
+            ("optimizer='ntasgd'", config.optimizer == "ntasgd"),
+            ("report_best", config.get("report_best"))) if on), None)
+        if chooser:
+            raise ValueError(f"{name}.{chooser} decides on the validation metric, and this "
+                             "task's only evaluation split is 'test': it would select on "
+                             "the test set; give the task a validation split or turn it "
+                             "off.")

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 import optax
 
-from rnnreg_jax.regularizers.checks import FLOAT32_MAX
+from rnnreg_jax.regularizers.checks import FLOAT32_MAX, check_flag
 from rnnreg_jax.train import ntasgd as ntasgd_lib
+from rnnreg_jax.train.config import is_finite_number, is_whole
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 WEIGHT_DECAY_MODES = ("gradient", "step")
@@ -47,6 +48,15 @@ def check_setting(value, name: str, below_one: bool = False) -> None:
                          f"in float32), got {value!r}.")
 
 
+def check_lr_factor(value, name: str) -> None:
+    """A one-sentence ValueError unless `value` is a finite number >= 1: the LR rules
+    divide the rate by it, so 0 divided by zero, a negative one made the rate negative
+    and one below 1 made it grow."""
+    if not is_finite_number(value, 1.0):
+        raise ValueError(f"{name} must be a finite number >= 1 (the learning rate is divided "
+                         f"by it), got {value!r}.")
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     """The optax chain described by `config` (see `default_train_config`)."""
     name = config.optimizer
@@ -66,7 +76,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
                          f"{decay_mode!r}.")
     decay = config.weight_decay and config.weight_decay > 0
     clip = config.clip_norm and config.clip_norm > 0
-    clip_update = bool(config.get("clip_update", False))
+    # bool("False") is True: a word from a config switched the clip onto the step
+    clip_update = check_flag(config.get("clip_update", False), "config.clip_update")
 
     def chain(learning_rate):
         parts = []
@@ -105,14 +116,22 @@ def lr_rule(config) -> Callable[[int, float, bool], float]:
       1..5 train at the initial lr, epoch 6 at lr / decay_factor, ...
     - "plateau": `lr /= plateau_factor` after an epoch whose validation metric
       did not improve on the best so far (the zoneout paper).
+
+    A factor below 1 (the rate would grow), not finite or not a number is a
+    one-sentence ValueError.
     """
     rule = config.lr_schedule
     if rule == "constant":
         return lambda epoch, lr, improved: lr
     if rule == "zaremba":
+        if not is_whole(config.decay_after, 0):  # int() cut 4.5 to 4, took "4"
+            raise ValueError(f"config.decay_after must be a whole number >= 0, got "
+                             f"{config.decay_after!r}.")
+        check_lr_factor(config.decay_factor, "config.decay_factor")
         after, factor = int(config.decay_after), float(config.decay_factor)
         return lambda epoch, lr, improved: lr / factor if epoch > after else lr
     if rule == "plateau":
+        check_lr_factor(config.plateau_factor, "config.plateau_factor")
         factor = float(config.plateau_factor)
         return lambda epoch, lr, improved: lr if improved else lr / factor
     raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}, got {rule!r}.")

@@ -96,7 +96,8 @@ class Task:
         if self.kind not in KINDS:
             raise ValueError(f"Task.kind must be one of {KINDS}, got {self.kind!r}.")
         if (self.carry_state or self.eval_carry_state) and self.kind != "lm":
-            raise ValueError("carry_state applies to language models (kind='lm') only.")
+            raise ValueError("carry_state and eval_carry_state apply to language models "
+                             "(kind='lm') only: a classifier's sequences are independent.")
         # A source is duck-typed (the module docstring); one without `iterate` failed at
         # the first batch with an AttributeError, a list of evals at its first name.
         if not _is_source(self.train):
