@@ -117,11 +117,17 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
             if not isinstance(node, ml_collections.ConfigDict):
                 raise ConfigError(f"Config field '{'.'.join(parts[:depth + 1])}' has no "
                                   "sub-fields.")
+    if isinstance(node[parts[-1]], ml_collections.ConfigDict):  # ml_collections' cast error
+        raise ConfigError(f"Config field '{dotted}' is a block of fields "
+                          f"({', '.join(sorted(node[parts[-1]].keys()))}); set one of them: "
+                          f"--config.{dotted}.FIELD=VALUE.")
     try:
         with node.unlocked():
             node[parts[-1]] = _convert(text, node[parts[-1]])
-    except (TypeError, ValueError) as err:
+    except ConfigError as err:
         raise ConfigError(f"Bad value for config field '{dotted}': {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"Bad value for config field '{dotted}': {_one_line(err)}.") from None
 
 
 def _one_line(err: Exception) -> str:
@@ -193,6 +199,16 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, str]:
     return config, name
 
 
+def _space_value(flag: str, value: str | None, placeholder: str) -> str:
+    """The value of `flag` given as the next argument (`--config.x VALUE`): a flag there,
+    or none, is refused; taken as the value, `--config.paper.source --workdir=W` recorded
+    `--workdir=W` as the source and trained in the default workdir. A value that starts
+    with `--` goes after `=`."""
+    if value is None or value.startswith("--"):
+        raise ConfigError(f"{flag} needs a value ({flag}={placeholder}).")
+    return value
+
+
 def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections.ConfigDict,
                                                                  list[str]]:
     """Build the config from `--config=NAME` and `--config.x=v`; return the rest of argv."""
@@ -202,10 +218,11 @@ def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections
         if arg.startswith("--config."):
             key, sep, value = arg[len("--config."):].partition("=")
             if not sep:
-                value = next(args, "")
+                value = _space_value(arg, next(args, None), "VALUE")
             overrides.append((key, value))
         elif arg == "--config" or arg.startswith("--config="):
-            name = arg.partition("=")[2] if "=" in arg else next(args, "")
+            name = (arg.partition("=")[2] if "=" in arg
+                    else _space_value(arg, next(args, None), "NAME"))
         else:
             rest.append(arg)
     if name is None:

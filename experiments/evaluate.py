@@ -51,6 +51,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{run_record.path_of(workdir)} does not exist; pass the "
                                 "workdir of a run.") from None
+    except run_record.NotARunFolder:
+        raise ValueError(f"--workdir={workdir} is a file, not a run's folder.") from None
     # A hand-made or foreign record: one sentence here, not an AttributeError where a
     # block is first read.
     for block in REQUIRED_BLOCKS:

@@ -368,11 +368,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plots and os.path.exists(plots) and not os.path.isdir(plots):
         print(f"error: --plots={plots} is a file, not a folder.", file=sys.stderr)
         return 2
-    try:
-        intro = None
-        if args.intro:
+    intro = None
+    if args.intro:  # before the runs are read: a report without it is not the one asked for
+        try:
             with open(args.intro, encoding="utf-8") as f:
                 intro = f.read()
+        except FileNotFoundError:
+            print(f"error: --intro={args.intro}: no such file.", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError:
+            print(f"error: --intro={args.intro} is not UTF-8 text.", file=sys.stderr)
+            return 2
+        except OSError as err:  # a folder, permissions
+            print(f"error: cannot read --intro={args.intro} ({err.strerror or err}).",
+                  file=sys.stderr)
+            return 2
+    try:
+        # No run to report (an empty folder, a typo'd one holding other files, only torn
+        # records) wrote a report saying "No runs found." over --out (RESULTS.md by
+        # default) and exited 0, as `experiments.curves` refuses it.
+        from experiments import run_record
+
+        workdirs = find_workdirs(dirs)
+        readable = 0
+        for workdir in workdirs:
+            try:
+                run_record.read(workdir)
+                readable += 1
+            except (ValueError, OSError):
+                pass
+        if not readable:
+            load_runs(workdirs)  # names each unreadable record on stderr
+            print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
+                  "config.json); nothing written.", file=sys.stderr)
+            return 2
         build_report(dirs, args.out, plots or None, intro=intro)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,7 +17,15 @@
    with `train.time_limit_s` set to the deadline: a run still training then saves a
    checkpoint and stops; one still evaluating gets SIGTERM, then SIGKILL. SIGTERM or
    Ctrl-C to this driver stops the runs the same way at once.
-4. Writes the bring-back bundle (experiments/bundle.py) to `--out`.
+4. Writes the bring-back bundle (experiments/bundle.py) to `--out`. A run that failed
+   (a non-zero exit the driver did not cause) has the last lines of its console.log
+   repeated on stderr, and the driver, once the bundle is written, ends with exit status 1
+   (`RUN_FAILED`) and one `error:` line naming the failed runs; 0 when every run finished
+   or was stopped. Bad input (a flag, a run spec whose config the binaries' checks
+   refuse, a plan that does not finish) is refused before anything runs: one line, 2.
+
+`--runs` takes run specs separated by commas; a comma inside (), [] or {} stays in its
+spec: `--runs=ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b`.
 
 `--plan` stops after step 2 without running anything (step times from the table).
 """
@@ -45,7 +53,23 @@ from experiments.flag_parsing import parse_flags
 from rnnreg_jax.data.errors import DataError
 from rnnreg_jax.train.termination import TerminationFlag
 
-flags.DEFINE_list("runs", [], "Run specs task:preset[:name][:--flag;--flag...].")
+
+class _RunsParser(flags.ListParser):
+    """`--runs`: run specs split at commas outside brackets (`plan_lib.split_runs`), so
+    that a tuple override (`--config.model.hidden_sizes=(8,8)`) stays in its spec; absl's
+    list flag split it there and refused the spec `8)`."""
+
+    def parse(self, argument):
+        if isinstance(argument, list):
+            return argument
+        return plan_lib.split_runs(argument)
+
+
+flags.DEFINE(_RunsParser(), "runs", [],
+             "Run specs task:preset[:name][:--flag;--flag...], separated by commas; a comma "
+             "inside (), [] or {} stays in its spec: "
+             "ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b.",
+             serializer=flags.CsvListSerializer(","))
 flags.DEFINE_list("batches", [], f"Named batches: {', '.join(plan_lib.BATCHES)}.")
 flags.DEFINE_float("budget_s", 0.0, "Seconds this call may take in all, bundle included.")
 flags.DEFINE_float("calibrate_s", 60.0, "Seconds of calibration (0: use --step_times).")
@@ -59,9 +83,23 @@ flags.DEFINE_float("margin_s", 45.0, "Seconds kept at the end for saves, stops a
 FLAGS = flags.FLAGS
 
 
+RUN_FAILED = 1  # the exit status of a batch that ran, and wrote its bundle, with a run failed
+STOPPED_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)  # finished, or stopped by the driver
+CONSOLE_LINES = 5  # the lines of a failed run's console.log the driver repeats
+
+
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def console_tail(workdir: Path, lines: int = CONSOLE_LINES) -> list[str]:
+    """The last `lines` non-empty lines of a run's console.log (its stderr): why it failed."""
+    try:
+        text = (workdir / "console.log").read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 def done_steps(workdir: Path) -> int:
@@ -148,10 +186,17 @@ def calibrate(specs, seconds: float) -> dict[str, dict]:
         kind = "alone" if len(group) == 1 else "together"
         started = time.time()
         procs = {s.name: _start(s, scratch / f"{s.name}-{kind}", extra) for s in group}
-        procs_lib.wait_all(procs, time.monotonic() + phase_s + 120)
+        codes = procs_lib.wait_all(procs, time.monotonic() + phase_s + 120)
         for s in group:
             workdir = scratch / f"{s.name}-{kind}"
             out[s.name][kind] = measured_step_s(workdir)
+            if out[s.name][kind] is None and codes[s.name] not in STOPPED_CODES:
+                # it failed (out of memory, say): "measured no steps" hid why
+                tail = console_tail(workdir, 1)
+                shutil.rmtree(scratch, ignore_errors=True)
+                _fail(f"run {s.name} failed in calibration (exit {codes[s.name]})"
+                      + (f"; its console.log ends: {tail[0].strip().rstrip('.')}."
+                         if tail else ", with an empty console.log."))
             events = train_events(workdir)
             if kind == "alone" and events:
                 out[s.name]["startup_s"] = events[0]["wall_time"] - started
@@ -167,10 +212,13 @@ def _ms(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds * 1000:.2f}"
 
 
-def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None) -> list[dict]:
+def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None,
+              works: dict[str, plan_lib.Work] | None = None) -> list[dict]:
+    """The plan's rows, printed; `works`: each run's `count_work` by name, where counted
+    already."""
     rows = []
     for spec in specs:
-        work = plan_lib.count_work(spec, FLAGS.data_dir)
+        work = (works or {}).get(spec.name) or plan_lib.count_work(spec, FLAGS.data_dir)
         workdir = Path(FLAGS.root) / spec.name
         done = done_steps(workdir)
         startup = plan_lib.STARTUP_S
@@ -229,12 +277,15 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
         except (OSError, ValueError):
             pass
         code = codes[spec.name]
-        status = ("failed" if code not in (0, -signal.SIGTERM, -signal.SIGKILL)
+        status = ("failed" if code not in STOPPED_CODES
                   else "stopped" if code != 0 or final.get("stopped") else "finished")
         runs.append({"name": spec.name, "task": spec.task, "preset": spec.preset,
                      "flags": list(spec.flags), "status": status, "exit_code": code,
                      "step": done_steps(workdir)})
         print(f"{spec.name}: {status} (exit {code}), step {runs[-1]['step']}", flush=True)
+        if status == "failed":  # the reason is in its console.log: say it here
+            for line in console_tail(workdir):
+                print(f"{spec.name} console: {line}", file=sys.stderr, flush=True)
     manifest = bundle.pack(root, runs, out)
     carried = [r["name"] for r in manifest["runs"] if r["checkpoint_carried"]]
     print(f"bundle {out}: {len(manifest['files']) + 1} files; checkpoints carried for "
@@ -282,6 +333,11 @@ def _main(argv) -> None:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         _fail(f"two runs share a name in {names}; name them (task:preset:name).")
+    for spec in specs:  # the binaries' own checks, before anything is planned or runs
+        try:
+            spec.checked_config()
+        except ValueError as err:
+            _fail(str(err))
     table = None
     if FLAGS.step_times:
         try:
@@ -299,6 +355,7 @@ def _main(argv) -> None:
             _fail("--plan needs --step_times.")
         groups = ([[plan_lib.Spec.parse(s) for s in FLAGS.runs]] if FLAGS.runs else []) + [
             plan_lib.batch_specs([b]) for b in FLAGS.batches]  # each batch is one call
+        _check_workdirs(specs, Path(FLAGS.root))
         for group in groups:
             _plan_or_fail(group, FLAGS.budget_s or 540.0, None, table)
         return
@@ -308,19 +365,23 @@ def _main(argv) -> None:
     if out.is_file() or (out.is_dir() and any(out.iterdir())):  # found only after the batch
         _fail(f"--out {out} must be a new or empty folder: the bundle is written there "
               "after the runs, and files already there would be mixed in or block it.")
+    if FLAGS.calibrate_s == 0 and table is None:
+        _fail("without calibration (--calibrate_s=0) pass --step_times.")
     if FLAGS.resume_from:
         _check_resume(Path(FLAGS.resume_from), Path(FLAGS.root), names)
         try:
             bundle.unpack(Path(FLAGS.resume_from), Path(FLAGS.root))
         except (OSError, ValueError) as err:
             _fail(f"cannot resume from {FLAGS.resume_from}: {err}")
+    _check_workdirs(specs, Path(FLAGS.root))
+    # Counted before calibration: a run spec the task refuses (an MC split it does not
+    # evaluate) or data that cannot be read ends the batch before anything runs.
+    works = {spec.name: _count_or_fail(spec) for spec in specs}
     timings = None
     if FLAGS.calibrate_s > 0:
         timings = calibrate(specs, FLAGS.calibrate_s)
-    elif table is None:
-        _fail("without calibration (--calibrate_s=0) pass --step_times.")
     deadline = start + FLAGS.budget_s - FLAGS.margin_s
-    rows = _plan_or_fail(specs, FLAGS.budget_s, timings, table)
+    rows = _plan_or_fail(specs, FLAGS.budget_s, timings, table, works)
     left = deadline - time.monotonic()
     late = [r for r in rows if r["estimate"]["total"] > left]
     if late and not FLAGS.stop_at_deadline:
@@ -328,7 +389,33 @@ def _main(argv) -> None:
         _fail(f"the plan does not finish: {worst['name']} needs about "
               f"{worst['estimate']['total'] / 60:.1f} min of the {left / 60:.1f} left; give "
               "more --budget_s, fewer runs, or --stop_at_deadline to resume in a later call.")
-    run_batch(specs, rows, deadline, out)
+    manifest = run_batch(specs, rows, deadline, out)
+    failed = [r for r in manifest["runs"] if r["status"] == "failed"]
+    if failed:  # the bundle is written: a status that says so, after it
+        which = "; ".join(f"{r['name']}, exit {r['exit_code']}" for r in failed)
+        print(f"error: {len(failed)} of {len(manifest['runs'])} runs failed ({which}); the "
+              f"bundle {out} holds what the batch did, with each run's console.log.",
+              file=sys.stderr, flush=True)
+        sys.exit(RUN_FAILED)
+
+
+def _check_workdirs(specs, root: Path) -> None:
+    """Refuse, before anything runs, a run whose workdir under `root` holds another run
+    (another task, model, data or trajectory): its binary refuses it at once, as
+    `experiments.resume_check.resume_conflict` says."""
+    from experiments.resume_check import resume_conflict
+
+    for spec in specs:
+        conflict = resume_conflict(str(root / spec.name), spec.config().to_dict(), spec.task)
+        if conflict:
+            _fail(f"run {spec.name}: {conflict.rstrip('.')}.")
+
+
+def _count_or_fail(spec) -> plan_lib.Work:
+    try:
+        return plan_lib.count_work(spec, FLAGS.data_dir)
+    except ValueError as err:  # the checks of the config against its task
+        _fail(str(err).rstrip(".") + ".")
 
 
 def _check_resume(source: Path, root: Path, names: list[str]) -> None:
@@ -353,11 +440,11 @@ def _check_resume(source: Path, root: Path, names: list[str]) -> None:
                   "or give another --root.")
 
 
-def _plan_or_fail(specs, budget_s, timings, table) -> list[dict]:
+def _plan_or_fail(specs, budget_s, timings, table, works=None) -> list[dict]:
     """`make_plan`, or one line for what it cannot price (a preset the step-time table
     lacks, a run spec's override that is no config field): tracebacks before."""
     try:
-        return make_plan(specs, budget_s, timings, table)
+        return make_plan(specs, budget_s, timings, table, works)
     except ValueError as err:  # ConfigError is one
         _fail(str(err).rstrip(".") + ".")
 

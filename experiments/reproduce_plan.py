@@ -61,9 +61,109 @@ class Spec:
         presets = importlib.import_module(f"experiments.configs.{self.task}").PRESETS
         config, rest = cli.split_config_args(["reproduce", *self.argv()], presets)
         if len(rest) > 1:
-            raise ValueError(f"Run spec {self.name}: only --config flags are allowed, got "
+            raise ValueError(f"run {self.name}: a run spec takes only --config flags, got "
                              f"{rest[1:]}.")
         return config
+
+    def checked_config(self):
+        """`config()` passed through every check the binary makes of it before anything
+        runs (`experiments.configs.common.check_config` and the reg block's
+        regularizers): a bad override (`--config.train.num_epochs=-3`) was planned as 0
+        steps and started, to fail in the run's console.log. ValueError, one sentence
+        that names the run: `run NAME: config.train.num_epochs must be ...`."""
+        from experiments.configs.common import check_config, regularization
+
+        try:
+            config = self.config()
+        except ValueError as err:  # cli.ConfigError: an unknown field or a bad value
+            message = str(err)
+            raise (err if message.startswith(f"run {self.name}: ")
+                   else self.error(err)) from None
+        try:
+            check_config(config)
+        except ValueError as err:
+            raise self.error(err, _blocks(config)) from None
+        try:
+            regularization(config.reg)
+        except ValueError as err:
+            raise self.error(err, prefix=_reg_block_at_fault(config.reg)) from None
+        return config
+
+    def error(self, err: Exception, blocks: Collection[str] = (),
+              prefix: str = "") -> ValueError:
+        """`err` as one sentence that names this run. A library check's field named
+        without its block (`config.learning_rate`: the train block's check speaks of
+        the block alone) gets the block's name where `blocks` (the config's top-level
+        fields) lack it; `prefix` names the field at fault where the message does not
+        (`config.reg.dropout: `)."""
+        message = " ".join(str(err).split()).rstrip(".")
+        if blocks and message.startswith("config."):
+            head = message[len("config."):].split(".", 1)[0].split(" ", 1)[0]
+            if head not in blocks:
+                message = "config.train." + message[len("config."):]
+        return ValueError(f"run {self.name}: {prefix}{message}.")
+
+
+def _blocks(config) -> tuple[str, ...]:
+    return tuple(config.keys())
+
+
+def _reg_block_at_fault(reg) -> str:
+    """`config.reg.NAME: ` for the first block of `reg` whose regularizer refuses its
+    arguments on its own, else `config.reg: `."""
+    from experiments.configs.common import regularization
+
+    for name in reg.keys():
+        block = reg[name]
+        if not hasattr(block, "keys"):
+            continue
+        try:
+            regularization({name: {k: block[k] for k in block.keys()}})
+        except ValueError:
+            return f"config.reg.{name}: "
+    return "config.reg: "
+
+
+def split_runs(text: str) -> list[str]:
+    """The run specs of `--runs`: separated by commas, except those inside (), [] or {}
+    (a tuple override, `--config.model.hidden_sizes=(8,8)`) or inside a spec quoted in
+    double quotes (CSV quoting, which absl's list flags read), each stripped of spaces
+    around it, as absl's list flags split them. ValueError where a bracket or a quote
+    is not closed."""
+    if not text:
+        return []
+    pieces: list[str] = []
+    field: list[str] = []
+    depth, quoted, i = 0, False, 0
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            if char == '"' and text[i + 1:i + 2] == '"':  # CSV's escaped quote
+                field.append(char)
+                i += 1
+            elif char == '"':
+                quoted = False
+            else:
+                field.append(char)
+        elif char == '"' and not "".join(field).strip():
+            quoted, field = True, []
+        elif char == "," and depth == 0:
+            pieces.append("".join(field).strip())
+            field = []
+        else:
+            if char in "([{":
+                depth += 1
+            elif char in ")]}" and depth:
+                depth -= 1
+            field.append(char)
+        i += 1
+    last = "".join(field).strip()
+    if quoted:
+        raise ValueError(f"the run spec {last!r} opens a double quote it does not close.")
+    if depth:
+        raise ValueError(f"the run spec {last!r} opens a bracket it does not close.")
+    pieces.append(last)
+    return pieces
 
 
 _MC = "--config.train.mc_samples=1000"
@@ -113,15 +213,19 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     """Builds the run's task (loads its data) and counts its steps and eval windows."""
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
-    from rnnreg_jax.train.config import with_defaults
+    from rnnreg_jax.train.config import check_for_task, with_defaults
     from rnnreg_jax.train.evaluation import final_passes
     from rnnreg_jax.train.evaluator import mc_draws_noise, without_embedding_dropout
     from rnnreg_jax.train.optim import make_optimizer
     from rnnreg_jax.train.steps import checkpoint_bytes
     from rnnreg_jax.train.task import steps_in_epoch
 
-    config = spec.config()
+    config = spec.checked_config()
     task = build_task(config, regularization(config.reg), data_dir)
+    try:  # what the task lacks (an MC split it does not evaluate), as the binary checks
+        check_for_task(config.train, task, "config.train")
+    except ValueError as err:
+        raise spec.error(err, _blocks(config)) from None
     train = with_defaults(config.train)
     spe = task.train.steps_per_epoch  # nominal where epochs differ (variable windows)
     total = sum(steps_in_epoch(task.train, e) for e in range(train.num_epochs))

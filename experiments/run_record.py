@@ -8,6 +8,7 @@ The workdir may be local or a URL (`gs://bucket/run`, through `etils.epath`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -15,6 +16,14 @@ import uuid
 from etils import epath
 
 FILE = "config.json"
+
+
+class NotARunFolder(ValueError):
+    """`workdir` is a file, not a folder that could hold a run."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        super().__init__(f"{workdir} is a file, not a run's folder.")
 
 
 class NotARunRecord(ValueError):
@@ -71,13 +80,20 @@ def write(workdir, task: str, command: str, provenance: dict, config: dict) -> N
 
 def read(workdir) -> dict:
     """The record in `workdir`: a dict whose "config" is a dict. FileNotFoundError where
-    there is none; `NotARunRecord` (a ValueError) where it is not JSON, not an object, or
-    holds no config object."""
+    there is none (a path through a file included); `NotARunFolder` (a ValueError) where
+    `workdir` is a file; `NotARunRecord` (a ValueError) where the record is a folder, not
+    JSON, not an object, or holds no config object."""
     path = path_of(workdir)
     try:
         text = path.read_text()
     except UnicodeDecodeError as err:  # bytes that are not UTF-8
         raise NotARunRecord(path, err) from None
+    except IsADirectoryError:
+        raise NotARunRecord(path, "a folder, not a file") from None
+    except NotADirectoryError:  # workdir, or a folder above it, is a file
+        if epath.Path(workdir).is_file():
+            raise NotARunFolder(workdir) from None
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path)) from None
     return parse(text, path)
 
 

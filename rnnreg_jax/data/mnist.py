@@ -27,6 +27,7 @@ VALIDATION_SIZE = 5000
 IMAGE_MAGIC = 2051  # 0x00000803: uint8, 3 dims
 LABEL_MAGIC = 2049  # 0x00000801: uint8, 1 dim
 NUM_PIXELS = 784
+NUM_CLASSES = 10
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -67,9 +68,20 @@ def parse_idx(data: bytes, path: object, magic: int, what: str = "MNIST file") -
 
 
 def read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
-    """Reads `<folder>/<stem>.gz` (or the uncompressed `<stem>`) and parses it."""
+    """Reads `<folder>/<stem>.gz` (or the uncompressed `<stem>`) and parses it; labels
+    (`LABEL_MAGIC`) must be digits 0..9.
+
+    Raises:
+        DataError: missing or corrupt file, or a label outside 0..9 (a file of another
+            data set or a damaged one: with the checksums off it trained to a NaN loss).
+    """
     path = find_file(folder, [stem + ".gz", stem], "MNIST file")
-    return parse_idx(read_bytes(path, "MNIST file"), path, magic)
+    array = parse_idx(read_bytes(path, "MNIST file"), path, magic)
+    if magic == LABEL_MAGIC and array.size and int(array.max()) >= NUM_CLASSES:
+        where = int(np.argmax(array >= NUM_CLASSES))
+        raise corrupt("MNIST file", path, f"holds label {int(array.flat[where])} at index "
+                      f"{where}, where MNIST's labels are the digits 0 to {NUM_CLASSES - 1}")
+    return array
 
 
 def permutation(seed: int = PERMUTATION_SEED) -> np.ndarray:
@@ -163,7 +175,10 @@ def load_mnist(
         verify: check the idx files against their published sha256s (data.checksums).
 
     Raises:
-        DataError: missing or corrupt files, or inconsistent image/label counts.
+        DataError: missing or corrupt files, labels outside 0..9, or inconsistent
+            image/label counts.
+        ValueError: `validation_size` not below the number of training images (the
+            message names it `config.data.validation_size`, as the binaries set it).
     """
     if source == "tfds":
         from rnnreg_jax.data import tfds_source
@@ -191,8 +206,9 @@ def load_mnist(
         raise ValueError(f"unknown source {source!r}")
     train_x, train_y = raw["train"]
     n = len(train_x)
-    if not 0 <= validation_size < n:
-        raise ValueError(f"validation_size {validation_size} not in [0, {n})")
+    if not 0 <= validation_size < n:  # named as the binaries' flag sets it
+        raise ValueError(f"config.data.validation_size must be in [0, {n}) ({n} training "
+                         f"images), got {validation_size}.")
     if validation == "last":
         order = np.arange(n)
     elif validation == "shuffle":

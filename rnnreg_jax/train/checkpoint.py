@@ -7,16 +7,20 @@ Pruning is not atomic: orbax deletes the oldest step in place after writing a ne
 one, so a process killed inside that deletion leaves the oldest step listed and
 half deleted; the next prune removes it. Restore takes the newest step that
 actually restores, falling back to older ones with a warning if the newest is
-unreadable, so it never reaches that step while a newer one restores.
+unreadable, so it never reaches that step while a newer one restores. Where no step
+restores, the error tells damaged checkpoints (`CheckpointUnreadableError`: files
+missing, truncated or garbled) from another model's (`CheckpointMismatchError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
 import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -138,36 +142,136 @@ def abstract(state):
 
 
 _OTHER_MODEL = "another model's state"
+# Orbax's words for a restore target shaped unlike the stored tree: a mismatch, not damage.
+_ORBAX_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape")
 
 
 class CheckpointMismatchError(ValueError):
-    """Checkpoints exist but none restores into the current state's structure."""
+    """Checkpoints exist but none restores into the current state's structure (or, the
+    subclass `CheckpointUnreadableError`, none can be read at all)."""
+
+
+class CheckpointUnreadableError(CheckpointMismatchError):
+    """Checkpoints exist but none can be read: files missing, truncated or garbled (a disk
+    that failed, a copy cut short, a hand edit), not another model's state. A subclass of
+    `CheckpointMismatchError`, so that whoever refuses to start over on top of another
+    run's checkpoints refuses these too."""
+
+
+def _is_mismatch(err: BaseException) -> bool:
+    """Whether a failed restore says the step holds another model's state (its tree or
+    shapes differ from the target's), rather than that its files could not be read. Only
+    a step whose stored tree could be read can be found to differ, so anything else (a
+    missing or truncated file, metadata that does not parse) is damage."""
+    text = str(err)
+    return text.startswith(_OTHER_MODEL) or any(words in text for words in _ORBAX_MISMATCH)
+
+
+def _short_reason(err: BaseException, limit: int = 150) -> str:
+    """Why a restore failed, in at most `limit` characters of one line (the error's
+    first): TensorStore's own words where orbax wrapped them (its message then ends in a
+    kilobyte-long spec), without the spec, the status code or the database path the
+    message names anyway."""
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and all(link is not e for e in chain):
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    statuses = [e for e in chain if re.match(r"[A-Z_]{4,}: ", str(e))]
+    err = statuses[0] if statuses else chain[0]
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    text = text.split(" [tensorstore_spec=")[0].split(" See full TensorStore details")[0]
+    text = re.sub(r"^[A-Z_]{4,}: ", "", " ".join(text.split()))
+    text = re.sub(r' in OCDBT database at [^"]*"[^"]*"', "", text)
+    if isinstance(err, json.JSONDecodeError):
+        text = f"a metadata file is not JSON: {text}"
+    elif not text:
+        text = type(err).__name__
+    text = text.rstrip(".")  # the error's sentence goes on after it
+    if len(text) > limit:
+        sentence = text.find(". ")
+        text = text[:sentence + 1] if 0 < sentence < limit else text[:limit - 3] + "..."
+    return text
+
+
+def _late_read(unraisable) -> bool:
+    """Whether an unraisable exception is a TensorStore read ending after orbax closed the
+    event loop of a failed restore (asyncio's `call_soon_threadsafe` on a closed loop)."""
+    if unraisable.object is not None or not isinstance(unraisable.exc_value, RuntimeError):
+        return False
+    if str(unraisable.exc_value) != "Event loop is closed":
+        return False
+    tb, names = unraisable.exc_traceback, set()
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "call_soon_threadsafe" in names
+
+
+def _drop_late_reads() -> None:
+    """Keeps quiet the reads of a step's other arrays that end after one failed (a
+    damaged checkpoint): orbax has closed the restore's event loop by then, and each
+    printed a traceback ("Event loop is closed", through `sys.unraisablehook`) around the
+    one-line error, or the warning of a fallback to an older step. Other unraisable
+    exceptions reach the hook that was there."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_late_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _late_read(unraisable):
+            previous(unraisable)
+
+    hook.drops_late_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def restore_newest(manager: ocp.CheckpointManager, target):
     """Restore the newest step that restores; None if there are no steps.
 
-    Raises `CheckpointMismatchError` when there are steps and none restores
-    (usually a workdir written by a different model or config): starting
-    over there would silently replace that run's checkpoints.
+    A step that fails (a torn one: a prune cut short, a damaged disk) is skipped, with a
+    warning, for the next older one. Where every step fails:
+    `CheckpointUnreadableError` when none could be read (corrupt or incomplete files),
+    else `CheckpointMismatchError` (usually a workdir written by a different model or
+    config). Either way starting over there would silently replace that run's
+    checkpoints.
     """
     manager.reload()
     steps = sorted(manager.all_steps(), reverse=True)
-    reason = ""
-    for step in steps:
+    if steps:  # before a restore: a failed one's late reads may end before it raises
+        _drop_late_reads()
+    failures: list[tuple[int, str, bool]] = []  # (step, reason, another model's state)
+    for i, step in enumerate(steps):
         try:
             return _restore(manager, step, target)
         except Exception as err:  # noqa: BLE001 - an unreadable step: try an older one
-            reason = " ".join(str(err).split())
-            logging.warning("Checkpoint step %d in %s is unreadable (%s); trying an older one.",
-                            step, manager.directory, reason)
-    if steps:
-        cause = f" (step {steps[-1]}: {reason})" if reason.startswith(_OTHER_MODEL) else ""
-        raise CheckpointMismatchError(
-            f"None of the checkpoints in {manager.directory} (steps {steps}) restores into "
-            f"this model{cause}, probably written with another config; use a fresh --workdir "
-            "or move them away.")
-    return None
+            mismatch, reason = _is_mismatch(err), _short_reason(err)
+            failures.append((step, reason, mismatch))
+            if i + 1 < len(steps):  # the last one's reason goes into the error
+                logging.warning("Checkpoint step %d in %s %s (%s); trying step %d.", step,
+                                manager.directory, "does not restore into this model"
+                                if mismatch else "is unreadable", reason, steps[i + 1])
+    if not steps:
+        return None
+    mismatches = [f for f in failures if f[2]]
+    if not mismatches:
+        step, reason, _ = failures[-1]
+        if len(steps) == 1:
+            raise CheckpointUnreadableError(
+                f"The checkpoint in {manager.directory} (step {step}) is unreadable (corrupt "
+                f"or incomplete: {reason}); restore it from a copy, or move it away to start "
+                "the run over.")
+        raise CheckpointUnreadableError(
+            f"The checkpoints in {manager.directory} (steps {steps}) are unreadable (corrupt "
+            f"or incomplete; step {step}: {reason}); restore them from a copy, or move them "
+            "away to start the run over.")
+    step, reason, _ = mismatches[-1]
+    cause = f" (step {step}: {reason})" if reason.startswith(_OTHER_MODEL) else ""
+    raise CheckpointMismatchError(
+        f"None of the checkpoints in {manager.directory} (steps {steps}) restores into "
+        f"this model{cause}, probably written with another config; use a fresh --workdir "
+        "or move them away.")
 
 
 def _leaf_specs(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
@@ -185,12 +289,15 @@ def _leaf_specs(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
 
 def shape_mismatch(manager: ocp.CheckpointManager, step: int, target) -> str | None:
     """The first difference between a step's stored arrays and `target`'s, or None.
+    FileNotFoundError where the step has no array metadata (its `_METADATA` is gone).
 
     Read from the step's metadata alone: restoring arrays of the wrong shape fails
     inside orbax's reader threads, which then print tracebacks after the error.
     """
-    return tree_difference(getattr(manager.item_metadata(step), "tree", None) or {},
-                           abstract(target))
+    stored = getattr(manager.item_metadata(step), "tree", None)
+    if stored is None:  # orbax reads a step without its _METADATA as no metadata
+        raise FileNotFoundError("its array metadata (_METADATA) is missing")
+    return tree_difference(stored, abstract(target))
 
 
 def tree_difference(stored, wanted) -> str | None:
