@@ -32,7 +32,8 @@ from rnnreg_jax.train.steps import init_state, make_train_step, state_shardings
 from rnnreg_jax.train.task import DataSource, Task
 
 __all__ = [
-    "CheckpointMismatchError", "CheckpointUnreadableError", "CheckpointWriteError", "Checkpointer", "DataSource",
+    "CheckpointMismatchError", "CheckpointUnreadableError", "CheckpointWriteError",
+    "Checkpointer", "DataSource",
     "Evaluator", "NonFiniteLossError", "StartRefusedError", "Task", "TrainState",
     "default_train_config", "global_batch", "init_state", "make_mesh", "make_optimizer",
     "make_train_step", "maybe_initialize_distributed", "next_learning_rate", "restore_state",
