@@ -32,7 +32,6 @@ spec: `--runs=ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b`.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -50,6 +49,15 @@ from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as f
 from experiments import reproduce_plan as plan_lib
 from experiments import reproduce_procs as procs_lib
 from experiments.flag_parsing import parse_flags
+from experiments.reproduce_workdirs import (  # noqa: F401 -- re-exported
+    console_tail,
+    done_steps,
+    measured_step_s,
+    read_events,
+    recorded_passes,
+    train_events,
+    validation_pending,
+)
 from rnnreg_jax.data.errors import DataError
 from rnnreg_jax.train.termination import TerminationFlag
 
@@ -85,65 +93,11 @@ FLAGS = flags.FLAGS
 
 RUN_FAILED = 1  # the exit status of a batch that ran, and wrote its bundle, with a run failed
 STOPPED_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)  # finished, or stopped by the driver
-CONSOLE_LINES = 5  # the lines of a failed run's console.log the driver repeats
 
 
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def console_tail(workdir: Path, lines: int = CONSOLE_LINES) -> list[str]:
-    """The last `lines` non-empty lines of a run's console.log (its stderr): why it failed."""
-    try:
-        text = (workdir / "console.log").read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
-
-
-def done_steps(workdir: Path) -> int:
-    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-    return max(steps, default=0)
-
-
-def _events(workdir: Path) -> list[dict]:
-    from rnnreg_jax.train.logging import read_metrics  # skips a line being written
-
-    return read_metrics(str(workdir))
-
-
-def train_events(workdir: Path) -> list[dict]:
-    return [e for e in _events(workdir)
-            if e.get("split") == "train" and "wall_time" in e and "phase" not in e]
-
-
-def recorded_passes(events: list[dict], work: plan_lib.Work, done: int) -> set[str]:
-    """The final passes a run that finished training has recorded (in its metrics.jsonl
-    `events`) for its last step with today's settings: the engine runs only the others
-    (docs/TRAINING.md, Evaluation)."""
-    from rnnreg_jax.train.evaluation import recorded_passes as recorded
-
-    if done < work.total_steps:
-        return set()
-    return set(recorded(events, list(work.final_passes), done))
-
-
-def validation_pending(events: list[dict], done: int) -> bool:
-    """Whether the checkpoint of step `done` ends an epoch saved before its validation
-    (SIGTERM in it; a `stopped` event among `events` says so): every resume from it
-    validates that epoch first."""
-    return any(e.get("split") == "stopped" and e.get("step") == done
-               and e.get("during") == "validation" for e in events)
-
-
-def measured_step_s(workdir: Path) -> float | None:
-    """Median seconds per step between consecutive training events (epoch-end
-    evaluations fall in at most a few intervals; the median skips them)."""
-    events = train_events(workdir)
-    rates = sorted((b["wall_time"] - a["wall_time"]) / (b["step"] - a["step"])
-                   for a, b in itertools.pairwise(events) if b["step"] > a["step"])
-    return rates[len(rates) // 2] if rates else None
 
 
 def _command(spec: plan_lib.Spec, workdir: Path, extra: list[str]) -> list[str]:
@@ -233,7 +187,7 @@ def make_plan(specs, budget_s: float, timings: dict | None, table: dict | None,
             assert table is not None  # main refuses no calibration without --step_times
             step_s, _ = plan_lib.table_step_s(table, spec, len(specs))
         wide = (table or {}).get("wide_eval_factor", 1.0)
-        events = _events(workdir)  # read once for both questions
+        events = read_events(workdir)  # read once for both questions
         estimate = plan_lib.estimate_s(work, step_s, done, startup, wide,
                                        recorded_passes(events, work, done),
                                        validation_pending(events, done))
