@@ -129,6 +129,7 @@ def test_a_failed_run_of_a_batch_is_said_and_ends_the_driver_with_status_1(
     assert run["status"] == "failed" and run["exit_code"] == 3
 
 
+@pytest.mark.slow  # two real window-script calls, as tests/test_gpu_window_split.py's
 def test_the_window_scripts_bring_back_the_bundle_of_a_batch_with_a_failed_run(tmp_path):
     """The real binary fails at once (the runs get the caller's JAX_PLATFORMS, here one
     that does not exist; the driver counts on the CPU): one call (gpu_window.sh) ends
