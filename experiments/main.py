@@ -100,6 +100,22 @@ def _write_record(workdir: str, task_name: str, config, task, previous: str | No
         write_hparams(workdir, provenance.hparams(config_dict, record), metrics)
 
 
+# Each binary's data sets: another's config (`--config=experiments/configs/pmnist.py:tiny`
+# given to experiments.ptb) trained that task under this one's name and default workdir.
+TASK_DATASETS = {"ptb": ("ptb_word", "ptb_char"), "pmnist": ("pmnist",),
+                 "sentiment": ("cornell", "imdb")}
+
+
+def check_task_dataset(task_name: str, dataset: str) -> None:
+    """A one-sentence ValueError where `dataset` is not one of `task_name`'s."""
+    allowed = TASK_DATASETS.get(task_name)
+    if allowed is not None and dataset not in allowed:
+        owner = next((t for t, sets in TASK_DATASETS.items() if dataset in sets), None)
+        hint = f"; run it with python -m experiments.{owner}" if owner else ""
+        raise ValueError(f"config.data.dataset={dataset!r} is not experiments.{task_name}'s "
+                         f"(it trains {', '.join(allowed)}){hint}.")
+
+
 def run(task_name: str, config) -> dict:
     """Train and evaluate one config; returns the final metrics."""
     from rnnreg_jax.data import DataError
@@ -117,6 +133,7 @@ def run(task_name: str, config) -> dict:
     workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
     try:  # the config and the data's checksums first: then a refusal changes no workdir
         check_config(config)
+        check_task_dataset(task_name, config.data.dataset)
         reg = regularization(config.reg)
         check_data(config, cli.FLAGS.data_dir)
     except (ValueError, DataError) as err:

@@ -612,3 +612,23 @@ def test_process_flags_without_a_coordinator_are_refused(tmp_path):
         "error: --num_processes and --process_id need --coordinator_address (or "
         "--config.train.distributed=True, where the coordinator is found)."]
     assert not (tmp_path / "wd").exists()
+
+
+def test_another_tasks_config_file_is_refused(tmp_path):
+    """pMNIST's config given to the PTB binary trained pMNIST under PTB's name and
+    default workdir; now one line, nothing written."""
+    from experiments import main
+
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ptb", "--config=experiments/configs/pmnist.py:tiny",
+         f"--workdir={tmp_path / 'w'}", f"--data_dir={tmp_path}"],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: config.data.dataset='pmnist' is not experiments.ptb's (it trains ptb_word, "
+        "ptb_char); run it with python -m experiments.pmnist.")
+    assert not (tmp_path / "w").exists()
+    main.check_task_dataset("sentiment", "imdb")  # each binary's own pass
+    with pytest.raises(ValueError, match=r"is not experiments.pmnist's \(it trains pmnist\); "
+                                         r"run it with python -m experiments.sentiment\.$"):
+        main.check_task_dataset("pmnist", "cornell")

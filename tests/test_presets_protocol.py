@@ -204,6 +204,7 @@ def test_every_preset_names_options_the_binaries_accept():
     ("model.embed_size", 2.0, "a whole number >= 1; got 2.0."),
     ("data.window_short_prob", -0.1, "a finite number in [0, 1]; got -0.1."),
     ("data.validation_size", -1, "a whole number >= 0; got -1."),
+    ("model.forget_bias", float("nan"), "a finite number; got nan."),  # said ">= -inf"
 ])
 def test_a_value_out_of_range_is_one_sentence(dotted, value, expected):
     from experiments.configs.common import check_ranges

@@ -180,8 +180,10 @@ def _whole(least: int):
 def _finite(least: float, most: float = math.inf, none_ok: bool = False):
     def ok(value):
         return none_ok if value is None else is_finite_number(value, least, most)
-    bound = f"in [{least:g}, {most:g}]" if math.isfinite(most) else f">= {least:g}"
-    return ok, f"a finite number {bound}" + (" or None" if none_ok else "")
+    bound = (f" in [{least:g}, {most:g}]" if math.isfinite(most) and math.isfinite(least)
+             else f" >= {least:g}" if math.isfinite(least)
+             else f" <= {most:g}" if math.isfinite(most) else "")  # no bound said: any
+    return ok, f"a finite number{bound}" + (" or None" if none_ok else "")
 
 
 def _widths(value) -> bool:
