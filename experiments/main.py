@@ -70,8 +70,10 @@ def _lock(workdir: str) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
-        print(f"error: cannot use {workdir} as the workdir: {err.strerror or err}.",
-              file=sys.stderr)
+        # a file there made os.makedirs say only "File exists"
+        why = ("it is a file, not a folder" if os.path.isfile(workdir)
+               else err.strerror or str(err))
+        print(f"error: cannot use {workdir} as the workdir: {why}.", file=sys.stderr)
         sys.exit(2)
 
 

@@ -82,6 +82,8 @@ def test_an_unusable_workdir_is_one_line(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert lines == [lines[0]] and lines[0].startswith(
             f"error: cannot use {workdir} as the workdir: "), out.stderr
+        if workdir == a_file:  # os.makedirs said "File exists"
+            assert lines[0].endswith(": it is a file, not a folder."), lines
     assert a_file.read_text() == "not a folder"
 
 
