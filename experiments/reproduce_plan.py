@@ -84,44 +84,26 @@ class Spec:
         except ValueError as err:
             raise self.error(err, _blocks(config)) from None
         try:
-            regularization(config.reg)
+            regularization(config.reg)  # its errors name the block (config.reg.NAME: ...)
         except ValueError as err:
-            raise self.error(err, prefix=_reg_block_at_fault(config.reg)) from None
+            raise self.error(err) from None
         return config
 
-    def error(self, err: Exception, blocks: Collection[str] = (),
-              prefix: str = "") -> ValueError:
+    def error(self, err: Exception, blocks: Collection[str] = ()) -> ValueError:
         """`err` as one sentence that names this run. A library check's field named
         without its block (`config.learning_rate`: the train block's check speaks of
         the block alone) gets the block's name where `blocks` (the config's top-level
-        fields) lack it; `prefix` names the field at fault where the message does not
-        (`config.reg.dropout: `)."""
+        fields) lack it."""
         message = " ".join(str(err).split()).rstrip(".")
         if blocks and message.startswith("config."):
             head = message[len("config."):].split(".", 1)[0].split(" ", 1)[0]
             if head not in blocks:
                 message = "config.train." + message[len("config."):]
-        return ValueError(f"run {self.name}: {prefix}{message}.")
+        return ValueError(f"run {self.name}: {message}.")
 
 
 def _blocks(config) -> tuple[str, ...]:
     return tuple(config.keys())
-
-
-def _reg_block_at_fault(reg) -> str:
-    """`config.reg.NAME: ` for the first block of `reg` whose regularizer refuses its
-    arguments on its own, else `config.reg: `."""
-    from experiments.configs.common import regularization
-
-    for name in reg.keys():
-        block = reg[name]
-        if not hasattr(block, "keys"):
-            continue
-        try:
-            regularization({name: {k: block[k] for k in block.keys()}})
-        except ValueError:
-            return f"config.reg.{name}: "
-    return "config.reg: "
 
 
 def split_runs(text: str) -> list[str]:

@@ -230,3 +230,11 @@ def test_presets_without_noise_ask_for_no_mc_dropout():
             noiseless.append(name)
             assert config.train.mc_samples == 0, f"{task}:{name}"
     assert {"no_dropout", "imdb_baseline", "zaremba_small"} <= set(noiseless), noiseless
+
+
+def test_a_regularizers_refusal_names_its_reg_block():
+    """The constructor's sentence names its field (`tie`), not where it is set."""
+    from experiments.configs.common import regularization
+
+    with pytest.raises(ValueError, match=r"^config.reg.zoneout: Zoneout's tie must be one of "):
+        regularization({"zoneout": {"cells": 0.1, "tie": "steps"}})

@@ -133,8 +133,13 @@ def regularization(reg) -> rj.Regularizer:
             reg[name], ml_collections.ConfigDict) else reg[name] for name in reg.keys()}
     reg = migrate_reg(reg)
     check_reg_names(reg)
-    return rj.compose(*(getattr(rj.regularizers, name)(**reg[name])
-                        for name in REG_CATALOG if name in reg))
+    members = []
+    for name in (n for n in REG_CATALOG if n in reg):
+        try:
+            members.append(getattr(rj.regularizers, name)(**reg[name]))
+        except ValueError as err:  # the constructor's sentence names a field, not its block
+            raise ValueError(f"config.reg.{name}: {err}") from None
+    return rj.compose(*members)
 
 
 def choices() -> dict[str, tuple[str, ...]]:
