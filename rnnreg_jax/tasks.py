@@ -205,6 +205,9 @@ def _pmnist(config, reg, data_dir) -> Task:
 def _sentiment(config, reg, data_dir) -> Task:
     d, m = config.data, config.model
     if d.dataset == "cornell":
+        if d.get("source", "files") != "files":  # it was ignored: TFDS has no Cornell data
+            raise ValueError(f"data.source={d.source} applies to IMDB; the Cornell scale "
+                             "data is read from files (data.source=files).")
         # Records written before start_token existed put no START.
         data = rdata.load_cornell(data_dir, vocab_size=d.vocab_size, chunk_len=d.seq_len,
                                   seed=d.split_seed, split=d.split,

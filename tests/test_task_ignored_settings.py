@@ -1,6 +1,7 @@
-"""`tasks.build_task` refuses carried state where it means nothing: over windows drawn
+"""`tasks.build_task` refuses settings it would ignore: carried state over windows drawn
 in random order (each would start from another window's state) and for the classifiers
-(pMNIST, sentiment), whose configs recorded the setting and ran without it."""
+(pMNIST, sentiment), whose configs recorded the setting and ran without it, and Cornell
+from TFDS."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ def test_carried_state_for_a_classifier_is_refused(tmp_path, preset, write, fiel
     with config.unlocked():
         config.train[field] = False
     assert not _build(config, tmp_path).carry_state
+
+
+def test_cornell_from_tfds_is_refused(tmp_path):
+    """TFDS has no Cornell scale data: the setting was recorded and the files read."""
+    fx.write_cornell(tmp_path)
+    config = sentiment.tiny()
+    config.data.source = "tfds"
+    with pytest.raises(ValueError, match=r"^data.source=tfds applies to IMDB; the Cornell "
+                                         r"scale data is read from files"):
+        _build(config, tmp_path)
