@@ -1,6 +1,6 @@
-"""One-sentence errors for bad arguments of the public functions an audit found
-unchecked (penalties, bidirectional helpers, the NNX modules and MC dropout, the task
-models), and the silent misreadings they replace. `generate`'s cases are in
+"""One-sentence errors for bad arguments of public functions (penalties, bidirectional
+helpers, the NNX modules and MC dropout, the task models), and the silent misreadings
+they replace. `generate`'s cases are in
 tests/test_generate.py's table (`_bad_calls`)."""
 
 from __future__ import annotations
