@@ -42,9 +42,11 @@ EVALUATION_DATA_FIELDS = ("data.eval_batch_size", "data.test_batch_size")
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's config, its train block completed with today's defaults (so fields
-    added to the code after the run can be overridden)."""
+    added to the code after the run can be overridden) and without the fields retired
+    since."""
     from experiments.cli import REQUIRED_BLOCKS
     from experiments.configs.common import train_config
+    from rnnreg_jax.train.config import known_fields
 
     try:
         stored = run_record.read(workdir)["config"]
@@ -63,10 +65,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not isinstance(stored["data"].get("dataset"), str):
         raise run_record.NotARunRecord(run_record.path_of(workdir),
                                        "its config's data block names no dataset")
-    train = train_config()
+    # A field the code has since retired (train.eval_batch_size, now the data block's) is
+    # read by nothing, and the training config's check would refuse it.
+    train, known = train_config(), set(known_fields())
     with train.unlocked():
         for key, value in stored.get("train", {}).items():
-            train[key] = value
+            if key in known:
+                train[key] = value
     stored["train"] = train.to_dict()
     return ml_collections.ConfigDict(stored)
 

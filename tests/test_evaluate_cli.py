@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -165,3 +166,17 @@ def test_a_perplexity_past_float_range_shows_as_inf(diverged_run, capsys, tmp_pa
     # non-finite value as its text, as metrics.jsonl holds it
     written = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert written["valid"]["ppl"] == "inf" and written["valid"]["loss"] > 710
+
+
+def test_a_record_with_a_retired_training_field_loads_and_passes_the_checks(tmp_path):
+    """Runs recorded before train.eval_batch_size moved to the data block hold it; the
+    training config's check refuses unknown fields, so re-evaluating them failed."""
+    from experiments.configs.common import check_config
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "results" / "runs" / "awd_small" / "config.json", tmp_path)
+    assert "eval_batch_size" in json.loads((tmp_path / "config.json").read_text())[
+        "config"]["train"]
+    config = evaluate.load_config(str(tmp_path))
+    assert "eval_batch_size" not in config.train
+    check_config(config)
