@@ -91,7 +91,9 @@ def read(workdir) -> dict:
     except IsADirectoryError:
         raise NotARunRecord(path, "a folder, not a file") from None
     except NotADirectoryError:  # workdir, or a folder above it, is a file
-        if epath.Path(workdir).is_file():
+        # (etils' is_file at the floor of its range said True for a path through a file)
+        local = "://" not in str(workdir)
+        if os.path.isfile(workdir) if local else epath.Path(workdir).is_file():
             raise NotARunFolder(workdir) from None
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path)) from None
     return parse(text, path)

@@ -36,9 +36,9 @@ if [[ $# -eq 0 ]]; then
   # flax (nn, models), optax and orbax (training, checkpoints, resume; the learning rate
   # a step hands optax's inject_hyperparams through its state: variable windows),
   # tensorboardX and etils (logs, workdirs), absl and ml_collections (the binaries' flags
-  # and configs).
+  # and configs); the checkpoint errors, which read orbax's own words for a mismatch.
   set -- -q tests/test_nn.py tests/test_models.py tests/test_train_units.py \
     tests/test_train_logging.py tests/test_train_resume.py tests/test_experiments_cli.py \
-    tests/test_variable_windows.py
+    tests/test_variable_windows.py tests/test_cli_input_checks.py
 fi
 "$work/venv/bin/python" -m pytest -p no:cacheprovider "$@"  # not exec: the trap cleans up
