@@ -251,6 +251,10 @@ def sort_runs(runs: Sequence[Run]) -> list[Run]:
 
 # --- the report ---------------------------------------------------------------------------
 
+class NoRunsError(ValueError):
+    """`build_report` found no readable run: nothing is written."""
+
+
 def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
                  intro: str | None = None) -> str:
     """Write the report to `out` (and PNGs under `plots`); returns its text.
@@ -263,6 +267,8 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
     """
     workdirs = find_workdirs(run_dirs)
     runs = sort_runs(load_runs(workdirs))
+    if not runs:  # an empty folder, only torn records: a report saying so replaced `out`
+        raise NoRunsError(f"No run under {', '.join(map(str, run_dirs))}.")
     with_notes = not intro and bool(workdirs) and all(map(_is_committed_run, workdirs))
     # Sections: one per data set, plus one per report group of the task's presets
     # (comparisons beyond the papers, e.g. AWD-LSTM's recipe against variational dropout).
@@ -287,8 +293,6 @@ def build_report(run_dirs: Sequence[str], out: str, plots: str | None,
              "run from the repository root.", ""]
     if intro:
         lines += [intro.strip(), ""]
-    if not runs:
-        lines += ["No runs found.", ""]
     for dataset, group_name in order:
         group = by_section[(dataset, group_name)]
         cat = dict(CATEGORIES.get(dataset, {"title": dataset}))
@@ -384,25 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
-        # No run to report (an empty folder, a typo'd one holding other files, only torn
-        # records) wrote a report saying "No runs found." over --out (RESULTS.md by
-        # default) and exited 0, as `experiments.curves` refuses it.
-        from experiments import run_record
-
-        workdirs = find_workdirs(dirs)
-        readable = 0
-        for workdir in workdirs:
-            try:
-                run_record.read(workdir)
-                readable += 1
-            except (ValueError, OSError):
-                pass
-        if not readable:
-            load_runs(workdirs)  # names each unreadable record on stderr
-            print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
-                  "config.json); nothing written.", file=sys.stderr)
-            return 2
         build_report(dirs, args.out, plots or None, intro=intro)
+    except NoRunsError:  # as `experiments.curves` refuses it
+        print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
+              "config.json); nothing written.", file=sys.stderr)
+        return 2
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
