@@ -61,6 +61,7 @@ from rnnreg_jax.cells.base import (
     StepNoise,
     cell_name,
     check_cell_type,
+    check_size,
     has_memory,
     maybe_scale,
     merge_noise,
@@ -105,7 +106,6 @@ from rnnreg_jax.cells.lstm_ln import LSTM_LN, layer_norm, lstm_ln_step, lstm_ln_
 from rnnreg_jax.cells.params import (
     check_layer,
     check_scale,
-    check_size,
     check_w_h,
     default_init_scale,
     init_carry,

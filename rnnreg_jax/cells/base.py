@@ -4,6 +4,7 @@ registry (users' cells), and the mixing helpers the steps' noise sites use."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -159,14 +160,23 @@ class Cell:
     projected_gates: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.num_gates, bool) or not isinstance(self.num_gates, int) or (
-                self.num_gates < 1):
-            raise ValueError(f"Cell {self.name!r}: num_gates must be a whole number >= 1, "
-                             f"got {self.num_gates!r}.")
+        check_size(self.num_gates, f"Cell {self.name!r}: num_gates")
         if self.projected_gates is not None and not 1 <= self.projected_gates < self.num_gates:
             raise ValueError(f"Cell {self.name!r}: projected_gates must be in [1, "
                              f"{self.num_gates - 1}] (below num_gates) or None; got "
                              f"{self.projected_gates}.")
+
+
+def check_size(value: Any, name: str, least: int = 1) -> int:
+    """A whole number of at least `least` (numpy integers too), or a one-line error (a
+    negative or float size failed inside XLA, a zero hidden size divided by zero)."""
+    try:
+        size = None if isinstance(value, bool) else operator.index(value)  # True is 1
+    except TypeError:
+        size = None
+    if size is None or size < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}.")
+    return size
 
 
 REGISTRY: dict[str, Cell] = {}  # users' records by name

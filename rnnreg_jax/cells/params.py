@@ -4,7 +4,6 @@ cell records."""
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from rnnreg_jax.cells.base import (
     Array,
     Carry,
     Params,
+    check_size,
     has_memory,
     the_record,
 )
@@ -116,18 +116,6 @@ def check_scale(init_scale: Any, name: str = "init_scale") -> float:
     return scale
 
 
-def check_size(value: Any, name: str, least: int = 1) -> int:
-    """A whole number of at least `least` (numpy integers too), or a one-line error (a
-    negative or float size failed inside XLA, a zero hidden size divided by zero)."""
-    try:
-        size = None if isinstance(value, bool) else operator.index(value)  # True is 1
-    except TypeError:
-        size = None
-    if size is None or size < least:
-        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}.")
-    return size
-
-
 def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
                 output_gate: bool = False) -> None:
     """One-sentence errors for a layer's parameters or state that do not fit `cell`
@@ -166,7 +154,6 @@ def check_layer(cell: Any, params: Any, carry: Any, index: int = 0,
         why = " ('o' is kept with output zoneout only)" if "o" in extra else ""
         raise ValueError(f"Layer {index}'s carry holds {extra}, which a {record.name} layer "
                          f"does not keep{why}; rnnreg_jax.initial_carry makes one.")
-
 
 
 def check_w_h(w_h: Any, index: int) -> tuple[int, ...]:
@@ -209,6 +196,7 @@ def _check_param_shapes(record, params: Mapping, index: int) -> None:
     for name, value in params.items():
         if hasattr(value, "dtype"):
             precision.check_floating(value.dtype, f"The dtype of layer {index}'s {name}")
+
 
 def init_carry(
     cell: str, batch_size: int, hidden_size: int, dtype: Any = jnp.float32,

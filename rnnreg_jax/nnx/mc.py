@@ -44,10 +44,7 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
       `(outputs [K, ...], carry [K, ...])`; the carry is None for a `SequenceModel`.
     """
     num_samples = cells.check_size(num_samples, "num_samples")  # numpy integers too
-    if key is None:  # check_key lets None through; the samples need a key
-        raise ValueError("key must be one PRNG key (jax.random.key(seed), or "
-                         "jax.random.PRNGKey(seed)), got None.")
-    check_key(key)
+    check_key(key, required=True)
     check_flag(embedding_dropout, "embedding_dropout")
     has_carry = not isinstance(model, SequenceModel)
     if carry is not None and not has_carry:

@@ -62,7 +62,6 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
-
 def is_key(key: Any) -> bool:
     """Whether `key` is one PRNG key: typed (`jax.random.key`) or raw
     (`jax.random.PRNGKey`, uint32 `[2]`), traced or not."""
@@ -73,15 +72,17 @@ def is_key(key: Any) -> bool:
     return key.dtype == np.uint32 and key.shape == (2,)
 
 
-def check_key(key: Any, name: str = "key") -> None:
-    """None or one PRNG key, or a one-sentence ValueError naming `name` (an int, a float
-    array or a batch of split keys otherwise failed inside jax.random's draws)."""
-    if key is not None and not is_key(key):
+def check_key(key: Any, name: str = "key", required: bool = False) -> None:
+    """One PRNG key (or None, unless `required`), or a one-sentence ValueError naming
+    `name` (an int, a float array or a batch of split keys otherwise failed inside
+    jax.random's draws)."""
+    if (key is not None or required) and not is_key(key):
         shape = getattr(key, "shape", None)
         got = (f"an array of shape {tuple(shape)} and dtype {key.dtype}" if shape is not None
                else repr(key))
         raise ValueError(f"{name} must be one PRNG key (jax.random.key(seed), or "
                          f"jax.random.PRNGKey(seed)), got {got}.")
+
 
 def check_tie(tie: str, name: str = "tie") -> str:
     """`tie` must be "sequence" (one mask per window) or "step" (fresh each step)."""
