@@ -21,7 +21,7 @@ from absl import app, logging
 from etils import epath
 
 from experiments import cli, provenance, run_record
-from experiments.configs.common import check_config, regularization
+from experiments.configs.common import TASK_DATASETS, check_config, regularization
 from experiments.resume_check import resume_conflict
 
 
@@ -102,14 +102,10 @@ def _write_record(workdir: str, task_name: str, config, task, previous: str | No
         write_hparams(workdir, provenance.hparams(config_dict, record), metrics)
 
 
-# Each binary's data sets: another's config (`--config=experiments/configs/pmnist.py:tiny`
-# given to experiments.ptb) trained that task under this one's name and default workdir.
-TASK_DATASETS = {"ptb": ("ptb_word", "ptb_char"), "pmnist": ("pmnist",),
-                 "sentiment": ("cornell", "imdb")}
-
-
 def check_task_dataset(task_name: str, dataset: str) -> None:
-    """A one-sentence ValueError where `dataset` is not one of `task_name`'s."""
+    """A one-sentence ValueError where `dataset` is not one of `task_name`'s: another
+    task's config (`--config=experiments/configs/pmnist.py:tiny` given to experiments.ptb)
+    trained that task under this one's name and default workdir."""
     allowed = TASK_DATASETS.get(task_name)
     if allowed is not None and dataset not in allowed:
         owner = next((t for t, sets in TASK_DATASETS.items() if dataset in sets), None)

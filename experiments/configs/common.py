@@ -142,6 +142,11 @@ def regularization(reg) -> rj.Regularizer:
     return rj.compose(*members)
 
 
+# Each experiment binary's data sets (experiments/<task>.py).
+TASK_DATASETS = {"ptb": ("ptb_word", "ptb_char"), "pmnist": ("pmnist",),
+                 "sentiment": ("cornell", "imdb")}
+
+
 def choices() -> dict[str, tuple[str, ...]]:
     """The fields that name one of a fixed set of options, and the options (the
     library's own tables where it has them)."""
@@ -156,7 +161,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.optimizer": optim.OPTIMIZERS,
         "train.lr_schedule": optim.LR_SCHEDULES,
         "train.mc_masks": noise.MC_MASKS,
-        "data.dataset": ("ptb_word", "ptb_char", "pmnist", "cornell", "imdb"),
+        "data.dataset": tuple(d for sets in TASK_DATASETS.values() for d in sets),
         "data.batching": tasks.LM_BATCHINGS,
         "data.eval_tail": tasks.EVAL_TAILS,
         "data.source": ("files", "tfds"),
