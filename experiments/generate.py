@@ -20,13 +20,15 @@ one symbol, a space the word separator `_`, a line break `<eol>`; a character ou
 vocabulary is an error. Without a prompt (or with an empty one) the text starts after
 the line-end symbol (`<eos>`, `<eol>`), as a sentence starts in the corpus; that symbol
 is not printed. The output decodes the same way back: words joined by spaces, `_` as a
-space, `<eos>` and `<eol>` as line breaks. Nothing in DIR is written.
+space, `<eos>` and `<eol>` as line breaks. Nothing in DIR is written. A text longer than
+1000 tokens reports its progress on stderr after every 1000.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +42,7 @@ from experiments.evaluate import (
 )
 
 LANGUAGE_MODEL_DATASETS = ("ptb_word", "ptb_char")
+PROGRESS_EVERY = 1000  # tokens between progress lines of a long text
 
 
 def encode_prompt(corpus, text: str) -> tuple[list[int], list[str]]:
@@ -94,11 +97,12 @@ def start_symbol(corpus) -> str:
 def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
                      temperature: float = 1.0, num_samples: int = 1, seed: int = 0,
                      top_k: int | None = None, checkpoint: str | None = None,
-                     data_dir: str | None = None) -> dict:
+                     data_dir: str | None = None, on_progress=None) -> dict:
     """`num_samples` texts from the run's checkpoint: {"samples": [prompt + continuation],
     "ids": int [num_samples, length] (the tokens generated), "unknown": the prompt's
     words read as `<unk>`, "checkpoint": {"name", "epoch", "step"}}. `checkpoint` None:
-    the run's own (`default_checkpoint`)."""
+    the run's own (`default_checkpoint`). `on_progress(done, length)`, if given, hears
+    of every `PROGRESS_EVERY` tokens as they are drawn."""
     import jax
 
     from experiments.configs.common import regularization
@@ -136,12 +140,28 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     tokens, _ = generate(model, variables, jax.random.key(seed), length,
                          prompt=prompt_array, start_id=start_id, batch_size=rows,
                          temperature=temperature,
-                         top_k=None if temperature == 0 else top_k)  # main notes it
+                         top_k=None if temperature == 0 else top_k,  # main notes it
+                         on_progress=on_progress, progress_every=PROGRESS_EVERY)
     ids = np.asarray(tokens)
     samples = [decode(corpus, prompt_ids + row.tolist()) for row in ids]
     return {"samples": samples, "ids": ids, "unknown": unknown,
             "checkpoint": {"name": checkpoint, "epoch": int(state["epoch"]),
                            "step": int(state["step"])}}
+
+
+def _progress_printer(length: int):
+    """None for a short text; else a function printing `generated D/N tokens (R tokens/s)`
+    on stderr (the rate counts the steps since the start, compilation included)."""
+    if length <= PROGRESS_EVERY:
+        return None
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        print(f"generated {done}/{total} tokens ({rate:,.0f} tokens/s)", file=sys.stderr,
+              flush=True)
+
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = generate_workdir(args.workdir, args.prompt, args.length, args.temperature,
                                args.num_samples, args.seed, args.top_k, args.checkpoint,
-                               args.data_dir)
+                               args.data_dir, on_progress=_progress_printer(args.length))
     except (ValueError, FileNotFoundError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,10 +13,16 @@ tokens of N drawn with one key are the M tokens drawn with it alone.
 `num_tokens`, `temperature` and `top_k` shape the computation: under `jax.jit` pass them
 as static arguments (or close over them). The prompt's ids are checked against the
 vocabulary where they are concrete; under jit only its rank and dtype are.
+
+A long text can report its progress: with `on_progress`, the tokens are drawn in chunks of
+`progress_every` steps (one jitted scan each, outside jit only), and `on_progress(done,
+num_tokens)` is called as each chunk is ready. The steps, their keys and so the text are
+those of one scan.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -39,7 +45,8 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
              num_tokens: int, *, prompt: jax.typing.ArrayLike | None = None,
              start_id: int | None = None, batch_size: int | None = None,
              temperature: float = 1.0, top_k: int | None = None,
-             carry=None) -> tuple[jax.Array, Any]:
+             carry=None, on_progress: Callable[[int, int], None] | None = None,
+             progress_every: int = 1000) -> tuple[jax.Array, Any]:
     """`num_tokens` new tokens after a prompt (or a start token), and the state after them.
 
     Args:
@@ -64,6 +71,9 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
         (None at temperature 0, which takes the most likely).
       carry: the state the prompt starts from (e.g. the carry a previous call returned);
         None: zeros.
+      on_progress: None, or `on_progress(done, num_tokens)`, called (outside jit) after
+        every `progress_every` tokens and after the last, once they are computed.
+      progress_every: tokens per chunk when `on_progress` is given (>= 1).
 
     Returns:
       `(ids, carry)`: int32 ids `[B, N]`, and the carry after the model has read the
@@ -100,17 +110,46 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
             raise ValueError(f"top_k must be in [1, vocab_size] = [1, {vocab_size}], got "
                              f"{top_k}.")
     pick = _picker(temperature, top_k)
+    if on_progress is not None and not callable(on_progress):
+        raise ValueError(f"on_progress must be a function (done, total), got "
+                         f"{type(on_progress).__name__}.")
+    every = _count("progress_every", progress_every)
 
     logits, carry = apply_fn(variables, ids, carry)
 
-    def step(state, index):
+    def step(variables, state, index):
         last_logits, carry = state
         token = pick(last_logits, None if key is None else jax.random.fold_in(key, index))
         logits, carry = apply_fn(variables, token[:, None], carry)
         return (logits[:, -1], carry), token
 
-    (_, carry), tokens = jax.lax.scan(step, (logits[:, -1], carry), jnp.arange(num_tokens))
-    return tokens.T, carry
+    def run(variables, state, indices):
+        return jax.lax.scan(functools.partial(step, variables), state, indices)
+
+    state = (logits[:, -1], carry)
+    if on_progress is None:
+        (_, carry), tokens = run(variables, state, jnp.arange(num_tokens))
+        return tokens.T, carry
+    return _run_in_chunks(run, variables, state, num_tokens, every, on_progress)
+
+
+def _run_in_chunks(run, variables, state, num_tokens: int, every: int,
+                   on_progress: Callable[[int, int], None]) -> tuple[jax.Array, Any]:
+    """`run` over steps [0, num_tokens) as chunks of `every` steps, each computed before
+    `on_progress` hears of it: the same steps and keys as one scan over them all."""
+    if isinstance(state[0], jax.core.Tracer):  # under jit nothing is computed until it returns
+        raise ValueError("on_progress reports chunks as they are computed, which under "
+                         "jax.jit happens only when the whole call returns; call generate "
+                         "outside jit with it.")
+    run_chunk = jax.jit(run)  # the variables are arguments, not constants baked into it
+    chunks = []
+    for start in range(0, num_tokens, every):
+        stop = min(start + every, num_tokens)
+        state, chunk = jax.block_until_ready(run_chunk(variables, state,
+                                                       jnp.arange(start, stop)))
+        chunks.append(chunk)
+        on_progress(stop, num_tokens)
+    return jnp.concatenate(chunks).T, state[1]
 
 
 def _from_nnx(model, variables) -> tuple[Any, Any]:

@@ -198,6 +198,38 @@ def test_one_step_frequencies_follow_the_tempered_softmax(temperature, top_k):
     assert not _frequencies_fit(counts, other, n)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_text_drawn_in_chunks_with_progress_is_the_text_of_one_scan(temperature):
+    model = _model()
+    with x64():
+        variables = as_f64(_variables(model))
+        prompt = jnp.asarray(PROMPT)
+        key = jax.random.key(4)
+        want, want_carry = generate(model, variables, key, 7, prompt=prompt,
+                                    temperature=temperature)
+        heard = []
+        got, carry = generate(model, variables, key, 7, prompt=prompt, temperature=temperature,
+                              on_progress=lambda done, total: heard.append((done, total)),
+                              progress_every=3)
+        assert heard == [(3, 7), (6, 7), (7, 7)]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        _assert_trees_close(carry, want_carry)
+        assert len(np.unique(np.asarray(want))) > 1  # chunks of a constant text prove little
+
+
+def test_progress_under_jit_is_refused_in_one_sentence():
+    model = _model()
+    variables = _variables(model)
+    jitted = jax.jit(functools.partial(generate, model, num_tokens=4, temperature=0,
+                                       on_progress=print))
+    with pytest.raises(ValueError) as err:
+        jitted(variables, None, prompt=PROMPT)
+    # (JAX appends a note on its filtered frames below the sentence)
+    assert str(err.value).splitlines()[0] == (
+        "on_progress reports chunks as they are computed, which under jax.jit happens only "
+        "when the whole call returns; call generate outside jit with it.")
+
+
 def _bad_calls():
     model = _model()
     ok = dict(prompt=PROMPT)
@@ -253,6 +285,9 @@ def _bad_calls():
         (dict(key=jax.random.split(jax.random.key(0))), "key must be one PRNG key"),
         (dict(model=lambda v, ids, c: (jnp.zeros(ids.shape), c)),
          "The model must return logits [B, T, V]"),
+        (dict(on_progress=3), "on_progress must be a function (done, total), got int."),
+        (dict(on_progress=print, progress_every=0),
+         "progress_every must be an integer >= 1, got 0."),
     ], model, ok
 
 
@@ -376,6 +411,22 @@ def test_the_binary_prints_the_prompt_and_its_continuation(ptb_run, capsys):
     assert _samples(shown.out) == greedy
     assert shown.err.strip() == ("note: --top_k does nothing at --temperature=0, which takes "
                                  "the most likely token at every step.")
+
+
+def test_the_binary_reports_the_progress_of_a_long_text(ptb_run, capsys, monkeypatch):
+    workdir, data_dir = ptb_run
+    args = [f"--workdir={workdir}", f"--data_dir={data_dir}", "--length=9", "--seed=2"]
+    assert generate_binary.main(args) == 0
+    whole = capsys.readouterr()
+    assert "generated" not in whole.err  # a short text says nothing
+    monkeypatch.setattr(generate_binary, "PROGRESS_EVERY", 4)
+    assert generate_binary.main(args) == 0
+    chunked = capsys.readouterr()
+    assert chunked.out == whole.out  # the same text, drawn in chunks
+    lines = chunked.err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "generated 4/9 tokens", "generated 8/9 tokens", "generated 9/9 tokens"]
+    assert all(line.endswith(" tokens/s)") for line in lines)
 
 
 @pytest.mark.parametrize("extra,message", [
