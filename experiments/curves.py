@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from experiments.report_runs import Run, find_workdirs, fmt_value, load_runs
+from experiments.report_runs import Run, find_workdirs, fmt_value, load_runs, no_runs_sentence
 
 
 def run_names(runs: Sequence[Run]) -> list[str]:
@@ -66,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     runs = load_runs(workdirs)
     if not runs:  # an empty folder, or only unreadable records: an empty table before
-        print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
-              "config.json).", file=sys.stderr)
+        print(f"error: {no_runs_sentence(args.runs)}.", file=sys.stderr)
         return 2
     # A typo'd split would print a table of dashes, as if no run had been evaluated.
     splits = sorted({e["split"] for run in runs for e in run.events

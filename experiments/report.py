@@ -47,6 +47,7 @@ from experiments.report_runs import (  # noqa: F401
     fmt_value,
     load_run,
     load_runs,
+    no_runs_sentence,
     read_events,
 )
 
@@ -390,8 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         build_report(dirs, args.out, plots or None, intro=intro)
     except NoRunsError:  # as `experiments.curves` refuses it
-        print(f"error: No run under --runs={args.runs} (a run is a folder with a readable "
-              "config.json); nothing written.", file=sys.stderr)
+        print(f"error: {no_runs_sentence(args.runs)}; nothing written.", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -277,6 +277,12 @@ def load_runs(workdirs: Sequence[str]) -> list[Run]:
     return runs
 
 
+def no_runs_sentence(runs_flag: str) -> str:
+    """What `experiments.report` and `experiments.curves` say when `--runs` holds no run."""
+    return (f"No run under --runs={runs_flag} (a run is a folder with a readable "
+            "config.json)")
+
+
 def fmt_value(value: float | None, metric: str) -> str:
     if value is None:
         return "–"
