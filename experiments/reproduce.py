@@ -22,7 +22,9 @@
    repeated on stderr, and the driver, once the bundle is written, ends with exit status 1
    (`RUN_FAILED`) and one `error:` line naming the failed runs; 0 when every run finished
    or was stopped. Bad input (a flag, a run spec whose config the binaries' checks
-   refuse, a plan that does not finish) is refused before anything runs: one line, 2.
+   refuse, data a run cannot read, a plan that does not finish) is refused before
+   anything runs: one line, 2; one about a run's config or data names the run
+   (`error: run NAME: ...`).
 
 `--runs` takes run specs separated by commas; a comma inside (), [] or {} stays in its
 spec: `--runs=ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b`.
@@ -263,7 +265,7 @@ def main(argv) -> None:
     try:
         _main(argv)
     except DataError as err:  # the data sets the plan counts steps in: missing or unreadable
-        _fail(str(err))
+        _fail(str(err))  # `count_work` names the run: "run NAME: PTB folder ... is missing"
 
 
 def _main(argv) -> None:
@@ -368,7 +370,7 @@ def _check_workdirs(specs, root: Path) -> None:
 def _count_or_fail(spec) -> plan_lib.Work:
     try:
         return plan_lib.count_work(spec, FLAGS.data_dir)
-    except ValueError as err:  # the checks of the config against its task
+    except ValueError as err:  # the config against its task and data, naming the run
         _fail(str(err).rstrip(".") + ".")
 
 

@@ -192,7 +192,27 @@ class Work:
 
 
 def count_work(spec: Spec, data_dir: str | None = None) -> Work:
-    """Builds the run's task (loads its data) and counts its steps and eval windows."""
+    """Builds the run's task (loads its data) and counts its steps and eval windows.
+
+    Every refusal is one sentence that names the run (`run NAME: ...`): ValueError for
+    its config (`Spec.checked_config`), what its task lacks (an MC split it does not
+    evaluate) or a data set's own check of the config (a validation split of the whole
+    training set); `rnnreg_jax.data.DataError`, still a DataError, for data that is
+    missing, unreadable or too small for the batch: a batch's refusal says which of its
+    runs (and so data sets) it came from.
+    """
+    from rnnreg_jax.data.errors import DataError
+
+    config = spec.checked_config()
+    try:
+        return _count_work(spec, config, data_dir)
+    except DataError as err:
+        raise DataError(str(spec.error(err))) from None
+    except ValueError as err:
+        raise spec.error(err, _blocks(config)) from None
+
+
+def _count_work(spec: Spec, config, data_dir: str | None) -> Work:
     from experiments.configs.common import regularization
     from rnnreg_jax.tasks import build_task
     from rnnreg_jax.train.config import check_for_task, with_defaults
@@ -202,12 +222,9 @@ def count_work(spec: Spec, data_dir: str | None = None) -> Work:
     from rnnreg_jax.train.steps import checkpoint_bytes
     from rnnreg_jax.train.task import steps_in_epoch
 
-    config = spec.checked_config()
     task = build_task(config, regularization(config.reg), data_dir)
-    try:  # what the task lacks (an MC split it does not evaluate), as the binary checks
-        check_for_task(config.train, task, "config.train")
-    except ValueError as err:
-        raise spec.error(err, _blocks(config)) from None
+    # what the task lacks (an MC split it does not evaluate), as the binary checks
+    check_for_task(config.train, task, "config.train")
     train = with_defaults(config.train)
     spe = task.train.steps_per_epoch  # nominal where epochs differ (variable windows)
     total = sum(steps_in_epoch(task.train, e) for e in range(train.num_epochs))

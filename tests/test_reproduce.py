@@ -166,8 +166,8 @@ def test_missing_data_is_one_line(tmp_path):
         capture_output=True, text=True, cwd=ROOT, check=False, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == [
-        f"error: PTB folder {tmp_path / 'none' / 'ptb_word'} is missing; pass --data_dir or "
-        "set RNNREG_DATA_DIR to a folder laid out as in docs/DATA.md."]
+        f"error: run zaremba_medium: PTB folder {tmp_path / 'none' / 'ptb_word'} is missing; "
+        "pass --data_dir or set RNNREG_DATA_DIR to a folder laid out as in docs/DATA.md."]
 
 
 def test_the_runner_keeps_itself_off_the_device():

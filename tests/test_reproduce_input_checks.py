@@ -80,6 +80,49 @@ def test_an_mc_split_the_task_lacks_is_refused_before_calibration(tmp_path, caps
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("case", ["missing", "too_small"])
+@pytest.mark.parametrize("plan", [True, False])
+def test_data_a_run_cannot_use_is_refused_naming_the_run(tmp_path, capsys, case, plan):
+    """Counting a run's work reads its data: a missing data set (DataError) and a data
+    set's own check (ValueError) said neither run nor data set of the batch, as in
+    `error: MNIST folder .../mnist is missing; pass --data_dir ...`."""
+    data = tmp_path / "data"
+    fx.write_repeated_ptb_word(data)  # the ptb run's data is there
+    if case == "missing":  # no mnist folder
+        override, message = "", (f"MNIST folder {data / 'mnist'} is missing; pass "
+                                 "--data_dir or set RNNREG_DATA_DIR to a folder laid out as "
+                                 "in docs/DATA.md.")
+    else:
+        fx.write_mnist(data, n_train=40)
+        override, message = ":--config.data.validation_size=40", (
+            "config.data.validation_size must be in [0, 40) (40 training images), got 40.")
+    args = ([f"--step_times={STEP_TIMES}", "--plan"] if plan else
+            ["--calibrate_s=0", "--budget_s=100", f"--step_times={STEP_TIMES}",
+             f"--out={tmp_path / 'out'}"])
+    lines = _refusal(capsys, [f"--runs=ptb:tiny:ok:{FLAGS},pmnist:tiny:p1{override}",
+                              f"--root={tmp_path / 'w'}", f"--data_dir={data}", *args])
+    assert lines == [f"error: run p1: {message}"]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
+
+def test_count_work_names_the_run_and_keeps_the_errors_type(tmp_path):
+    """A DataError stays one (the driver's and a caller's `except DataError`), a data
+    set's ValueError stays a ValueError; both now say which run."""
+    from rnnreg_jax.data import DataError
+
+    with pytest.raises(DataError) as data_err:
+        plan_lib.count_work(plan_lib.Spec.parse("ptb:tiny:t1"), str(tmp_path / "empty"))
+    assert str(data_err.value) == (
+        f"run t1: PTB folder {tmp_path / 'empty' / 'ptb_word'} is missing; pass --data_dir "
+        "or set RNNREG_DATA_DIR to a folder laid out as in docs/DATA.md.")
+    fx.write_mnist(tmp_path / "data", n_train=40)
+    with pytest.raises(ValueError) as value_err:
+        plan_lib.count_work(plan_lib.Spec.parse("pmnist:tiny:p2:--config.data.validation_size=40"),
+                            str(tmp_path / "data"))
+    assert str(value_err.value) == ("run p2: config.data.validation_size must be in [0, 40) "
+                                    "(40 training images), got 40.")
+
+
 def test_a_calibration_run_that_fails_says_why(tmp_path, capsys, monkeypatch):
     """It said "calibration measured no steps of a; give it more --calibrate_s", whatever
     ended the run."""

@@ -155,3 +155,55 @@ def test_lr_rule_refuses_a_decay_after_that_is_not_whole(value):
     with pytest.raises(ValueError) as err:
         optim.lr_rule(_rule(lr_schedule="zaremba", decay_after=value))
     assert str(err.value) == f"config.decay_after must be a whole number >= 0, got {value!r}."
+
+
+# --- a plain mapping for the optimizer and the LR rules -------------------------------------
+
+def test_a_dict_of_training_settings_makes_the_optimizer_of_the_equal_configdict():
+    """A dict failed inside: `AttributeError: 'dict' object has no attribute 'optimizer'`."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    fields = {"optimizer": "adam", "learning_rate": 0.01, "clip_norm": 1.0,
+              "weight_decay": 0.1, "weight_decay_mode": "step", "clip_update": True}
+    config = train.default_train_config()
+    config.update(fields)
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5])}
+    grads = {"w": jnp.array([4.0, 0.0, -1.0]), "b": jnp.array([2.0])}
+    updates = []
+    for given in (config, config.to_dict(), fields):  # whole, or the defaults filled in
+        tx = optim.make_optimizer(given)
+        state = tx.init(params)
+        for _ in range(2):
+            step, state = tx.update(grads, state, params)
+        updates.append(step)
+    for step in updates[1:]:
+        for key in params:
+            np.testing.assert_array_equal(step[key], updates[0][key])
+    # the field checks apply to a dict as to a ConfigDict
+    with pytest.raises(ValueError) as err:
+        optim.make_optimizer({**fields, "learning_rate": -1.0})
+    assert str(err.value) == "config.learning_rate must be a finite number >= 0, got -1.0."
+
+
+def test_a_dict_of_training_settings_drives_the_lr_rules():
+    rule = {"lr_schedule": "zaremba", "decay_after": 1, "decay_factor": 2.0}
+    assert train.next_learning_rate(rule, 2, 1.0, True) == 0.5
+    assert optim.lr_rule(rule)(1, 1.0, True) == 1.0
+    assert optim.lr_rule({})(5, 0.3, False) == 0.3  # the default rule: constant
+    with pytest.raises(ValueError) as err:
+        optim.lr_rule({"lr_schedule": "plateau", "plateau_factor": 0.5})
+    assert str(err.value) == ("config.plateau_factor must be a finite number >= 1 (the "
+                              "learning rate is divided by it), got 0.5.")
+
+
+@pytest.mark.parametrize("value", ["adam", None, [("optimizer", "adam")], 3])
+def test_the_optimizer_and_lr_rules_refuse_what_is_no_mapping(value):
+    """An AttributeError inside before (`'str' object has no attribute 'optimizer'`)."""
+    message = ("config must be a ConfigDict or other mapping of training settings (such as "
+               f"config.train), got {type(value).__name__}.")
+    for call in (optim.make_optimizer, optim.lr_rule,
+                 lambda c: train.next_learning_rate(c, 1, 1.0, True)):
+        with pytest.raises(ValueError) as err:
+            call(value)
+        assert str(err.value) == message

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import ml_collections
 import optax
 
 from rnnreg_jax.regularizers.checks import FLOAT32_MAX, check_flag
 from rnnreg_jax.train import ntasgd as ntasgd_lib
-from rnnreg_jax.train.config import is_finite_number, is_whole
+from rnnreg_jax.train.config import is_finite_number, is_whole, with_defaults
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 WEIGHT_DECAY_MODES = ("gradient", "step")
@@ -57,8 +58,26 @@ def check_lr_factor(value, name: str) -> None:
                          f"by it), got {value!r}.")
 
 
+def _settings(config) -> ml_collections.ConfigDict:
+    """`config` (a ConfigDict such as `config.train`, or any other mapping of training
+    settings: a plain dict) as a ConfigDict on top of `default_train_config()`
+    (`config.with_defaults`: a field it lacks takes its default), so that the fields
+    are read and checked the same way whatever the mapping. Anything else (None, a
+    string, a list of pairs) is a one-sentence ValueError naming the type expected."""
+    if not isinstance(config, ml_collections.ConfigDict | Mapping):
+        raise ValueError(f"config must be a ConfigDict or other mapping of training "
+                         f"settings (such as config.train), got {type(config).__name__}.")
+    return with_defaults(config)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-    """The optax chain described by `config` (see `default_train_config`)."""
+    """The optax chain described by `config` (see `default_train_config`).
+
+    `config`: a ConfigDict (`config.train`) or any mapping of its fields (a dict gives
+    the optimizer of the equal ConfigDict); fields it lacks take their defaults.
+    Anything else, or a setting out of range, is a one-sentence ValueError.
+    """
+    config = _settings(config)
     name = config.optimizer
     if name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {name!r}.")
@@ -117,9 +136,11 @@ def lr_rule(config) -> Callable[[int, float, bool], float]:
     - "plateau": `lr /= plateau_factor` after an epoch whose validation metric
       did not improve on the best so far (the zoneout paper).
 
-    A factor below 1 (the rate would grow), not finite or not a number is a
-    one-sentence ValueError.
+    `config`: a ConfigDict (`config.train`) or any mapping of its fields, fields it
+    lacks taking their defaults. Anything else, an unknown schedule or a factor below
+    1 (the rate would grow), not finite or not a number is a one-sentence ValueError.
     """
+    config = _settings(config)
     rule = config.lr_schedule
     if rule == "constant":
         return lambda epoch, lr, improved: lr
@@ -138,7 +159,8 @@ def lr_rule(config) -> Callable[[int, float, bool], float]:
 
 
 def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
-    """The learning rate after epoch `epoch` (1-based): `lr_rule(config)` applied once."""
+    """The learning rate after epoch `epoch` (1-based): `lr_rule(config)` applied once
+    (`config`: a ConfigDict or any mapping of training settings, as `lr_rule` takes)."""
     return lr_rule(config)(epoch, lr, improved)
 
 
