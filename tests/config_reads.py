@@ -22,7 +22,8 @@ _BULK_METHODS = ("to_dict", "items", "iteritems", "values", "__repr__", "__str__
                  "copy_and_resolve_references", "to_json", "to_json_best_effort",
                  "__deepcopy__")
 # Modules that import `with_defaults` by name.
-_WITH_DEFAULTS_USERS = ("rnnreg_jax.train.loop", "rnnreg_jax.train.evaluation")
+_WITH_DEFAULTS_USERS = ("rnnreg_jax.train.loop", "rnnreg_jax.train.evaluation",
+                        "rnnreg_jax.train.optim")
 
 
 def leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
