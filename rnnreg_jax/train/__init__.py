@@ -12,7 +12,9 @@ Modules: `task` (Task, DataSource), `config`, `state` (TrainState), `optim`
 (jitted steps), `evaluator` (Evaluator, MC dropout), `evaluation` (the final evaluation),
 `checkpoint` (orbax), `logging`, `termination` (SIGTERM), `stopping` (when a run
 stops early, agreed by every process), `ntasgd` (the optax transform), `ntasgd_switch`
-(the loop's side of it), `workdir_lock`, `loop`. See docs/TRAINING.md.
+(the loop's side of it), `workdir_lock`, `loop` (the epoch loop) with `step_metrics`,
+`non_finite`, `run_saves` (its checkpoints) and `final_eval` (its final evaluation).
+See docs/TRAINING.md.
 """
 
 from rnnreg_jax.train.checkpoint import (

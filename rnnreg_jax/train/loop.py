@@ -1,10 +1,9 @@
-"""`train_and_evaluate`: the epoch loop, resume, LR rules, logs, final evaluation."""
+"""`train_and_evaluate`: the epoch loop, resume, LR rules and early stopping, stopping
+before the end; the final evaluation (`final_eval`), checkpoints (`run_saves`), the
+steps' metrics (`step_metrics`) and a non-finite loss (`non_finite`) have their own
+modules."""
 
 from __future__ import annotations
-
-import math
-import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +16,14 @@ from rnnreg_jax.train import losses, optim, steps
 from rnnreg_jax.train import mesh as mesh_lib
 from rnnreg_jax.train.config import check as check_config
 from rnnreg_jax.train.config import check_for_task, with_defaults
-from rnnreg_jax.train.evaluation import (
-    evaluate_all,
-    final_passes,
-    flat_results,
-    recorded_passes,
-    validation_history,
-)
+from rnnreg_jax.train.evaluation import flat_results, validation_history
 from rnnreg_jax.train.evaluator import Evaluator, PassStopped
-from rnnreg_jax.train.logging import MetricsLogger, progress_line, read_metrics
+from rnnreg_jax.train.final_eval import FinalEvaluation
+from rnnreg_jax.train.logging import MetricsLogger, read_metrics
+from rnnreg_jax.train.non_finite import NonFiniteLossError, NonFiniteStop
 from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
-from rnnreg_jax.train.save_clock import SaveClock
+from rnnreg_jax.train.run_saves import RunSaves
+from rnnreg_jax.train.step_metrics import StepMetrics, total_steps
 from rnnreg_jax.train.stopping import RunStop
 from rnnreg_jax.train.task import (
     Task,
@@ -37,9 +33,7 @@ from rnnreg_jax.train.task import (
     steps_in_epoch,
 )
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+__all__ = ["NonFiniteLossError", "StartRefusedError", "train_and_evaluate"]
 
 
 class StartRefusedError(ValueError):
@@ -91,17 +85,12 @@ class _Run:
         self.best = float(self.state.best_metric)
         self.bad_epochs = int(self.state.bad_epochs)
         self.ntasgd = self._ntasgd_switch() if config.optimizer == "ntasgd" else None
-        self.state_is_finite = jax.jit(steps.all_finite)
-        self.pending: list = []
-        self.last_saved = self.step if self.resumed else None
-        self.last_train: dict = {}
-        self.total_steps = sum(steps_in_epoch(task.train, e) for e in range(config.num_epochs))
-        if config.max_steps:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        self.t_last, self.step_last = time.time(), self.step
+        self.non_finite = NonFiniteStop(self.logger, workdir, self.stop_on_nan)
+        self.metrics = StepMetrics(task, self.logger, total_steps(task, config), self.step)
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
         self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps)
-        self.save_clock = SaveClock(config.checkpoint_every_s, config.log_every_steps)
+        self.saves = RunSaves(self.ckpt, config, self.logger, self.non_finite,
+                              last_saved=self.step if self.resumed else None)
 
     def _ntasgd_switch(self) -> AveragingSwitch:
         """NT-ASGD's host side; a resumed run's trigger hears the validation history it
@@ -123,107 +112,19 @@ class _Run:
             return state.params
         return self.ntasgd.eval_params(state)
 
-    def final_state(self):
-        """The state the final evaluation reads. With early stopping on, or
-        `report_best` (a config field the experiments add; absent: False), the best
-        validation checkpoint: early stopping selects that model, and the papers
-        that use it (zoneout) report its numbers; the last epoch's model is up to
-        `early_stop_patience` epochs past it. Otherwise the current state."""
-        best_model = self.config.early_stop_patience or self.config.get("report_best", False)
-        if not best_model or self.task.validation_split is None:
-            return self.state
-        best = self.ckpt.restore_best(self.state)
-        if best is None:
-            return self.state
-        self.logger.console(f"Final evaluation on the best validation checkpoint "
-                            f"(epoch {int(best.epoch)}, step {int(best.step)}).")
-        return best
-
-    # -- training metrics, NaN check -------------------------------------------------------
     def flush(self) -> None:
-        """Fetch pending step metrics, raise on a non-finite loss, log an event."""
-        if not self.pending:
-            return
-        fetched = jax.device_get(self.pending)
-        first_step = self.step - len(fetched) + 1
-        for i, m in enumerate(fetched):
-            value = float(m["objective"])
-            if not math.isfinite(value):
-                self.pending = []
-                self._non_finite(value, first_step + i)
-                return
-        self.pending = []
-        metrics = losses.summarize_steps(self.task.kind, fetched, self.task.target_scale)
-        metrics["lr"] = self.lr
-        now = time.time()
-        dt = max(now - self.t_last, 1e-9)
-        unit = "tokens" if self.task.kind == "lm" else "examples"
-        rate = metrics.pop("count") / dt
-        steps_per_s = (self.step - self.step_last) / dt
-        metrics[f"{unit}_per_sec"] = rate
-        metrics["steps_per_sec"] = steps_per_s
-        self.t_last, self.step_last = now, self.step
-        self.last_train = metrics
-        self.logger.write("train", self.step, self.epoch, metrics)
-        eta = (self.total_steps - self.step) / steps_per_s if steps_per_s > 0 else math.inf
-        self.logger.console(progress_line(self.epoch, self.step, self.total_steps, metrics,
-                                          rate, unit, eta))
-
-    def _kept(self) -> str:
-        if self.last_saved is None:
-            return "no checkpoint had been saved yet"
-        return (f"the last good checkpoint (step {self.last_saved}) is kept in "
-                f"{os.path.join(self.workdir, 'checkpoints')}")
-
-    def _non_finite(self, value: float, step: int) -> None:
-        message = (f"The training loss became {value} at step {step} (epoch {self.epoch + 1}); "
-                   f"the run stopped and {self._kept()}.")
-        self._stop(message, {"objective": value, "error_message": message}, step)
-
-    def _stop(self, message: str, event: dict, step: int | None = None) -> None:
-        """Log why the run cannot go on; raise (`stop_on_nan`) or save nothing more."""
-        self.logger.write("train", self.step if step is None else step, self.epoch, event)
-        if self.stop_on_nan:
-            raise NonFiniteLossError(message)
-        self.logger.console("WARNING: " + message)
-        self.skip_saves = True
-
-    skip_saves = False
+        """Fetch and log the pending step metrics; a non-finite loss among them goes to
+        `NonFiniteStop` (which raises, or halts the saves)."""
+        non_finite = self.metrics.flush(self.step, self.epoch, self.lr)
+        if non_finite is not None:
+            value, step = non_finite
+            self.non_finite.loss(value, step, self.epoch, self.saves.last_saved)
 
     def save(self, best: bool = False) -> None:
-        """Checkpoint the state; `best`: also as the best one, written first. A kill
-        between the two writes then leaves best/ at this step and the latest checkpoint
-        one epoch back, whose resumed run ends the epoch in the same state again."""
-        self.flush()  # never save a non-finite state: the loss lags the update by a step,
-        if self.skip_saves:  # so the state itself is checked too
-            return
-        if not bool(self.state_is_finite(self.state.params, self.state.opt_state)):
-            self._non_finite_state()
-            return
-        if best:
-            self.ckpt.save_best(self.state, self.step)
-        self.ckpt.save(self.state, self.step)
-        self.last_saved = self.step
-        self.save_clock.saved()
-
-    def repair_best(self) -> None:
-        """A resumed epoch-end checkpoint that improved on the validation metric
-        (`bad_epochs` 0) is the best state: write it to best/ if a kill between the two
-        epoch-end writes of an earlier version of this engine (latest first) lost it."""
-        s = self.state
-        if (self.task.validation_split is None or int(s.batch_in_epoch) != 0
-                or int(s.epoch) == 0 or int(s.bad_epochs) != 0):
-            return
-        if max(self.ckpt.best.all_steps(), default=-1) >= self.step:
-            return
-        self.ckpt.save_best(s, self.step)
-        self.logger.console(f"Wrote best/{self.step}: the checkpoint of step {self.step} is "
-                            "the best validation one and best/ lacked it.")
-
-    def _non_finite_state(self) -> None:
-        message = (f"The parameters or optimizer state became non-finite by step {self.step} "
-                   f"(epoch {self.epoch + 1}); the run stopped and {self._kept()}.")
-        self._stop(message, {"error_message": message})
+        """Checkpoint the state (`RunSaves.save`; `best`: also as the best one). The
+        pending metrics are fetched first: a non-finite loss among them halts the saves."""
+        self.flush()
+        self.saves.save(self.state, self.step, self.epoch, best)
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
@@ -270,11 +171,11 @@ class _Run:
             self.state, metrics = self.train_step(self.state, g)
             self.step += 1
             self.pos += 1
-            self.pending.append(metrics)
+            self.metrics.add(metrics)
             steps.throttle(self.mesh, self.step, metrics)
             if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
                 self.flush()
-            if self.pos < spe and self._save_due():
+            if self.pos < spe and self.saves.due(self.step):
                 self.save()
             if (cfg.max_steps and self.step >= cfg.max_steps) or self.pos >= spe:
                 return
@@ -287,14 +188,6 @@ class _Run:
         raise ValueError(f"The training source yielded {self.pos} of the {spe} batches its "
                          f"steps_per_epoch promised for epoch {self.epoch + 1} (the steps so "
                          "far are saved).")
-
-    def _save_due(self) -> bool:
-        """A mid-epoch save after this step: every `checkpoint_every_steps` steps, and
-        `checkpoint_every_s` seconds after the last save (the same answer on every
-        process: the step rule needs none, the clock's is a collective all make)."""
-        every = self.config.checkpoint_every_steps
-        by_steps = bool(every) and self.step % every == 0
-        return self.save_clock.due(self.step) or by_steps
 
     def _announce_stop(self, during: str | None = None) -> None:
         """The `stopped` event (`during`: "validation" where the epoch was saved before
@@ -346,46 +239,19 @@ class _Run:
         return True
 
     def final_eval(self) -> dict | None:
-        """The final evaluation, each pass recorded as it ends; passes recorded before
-        for this step and model (a run that died or got SIGTERM mid-way, resumed) are
-        not run again (process 0 reads them and tells the others: every process must
-        run the same passes). SIGTERM ends it part-way (`RunStop.passes_stop_on_sigterm`);
-        then None, the passes done recorded."""
-        state = self.final_state()
-        eval_epoch = int(state.epoch)
-        passes = final_passes(self.task, self.config)
-        signatures = {p.name: p.signature for p in passes}
-        done = {}
-        if self.resumed:
-            done = mesh_lib.from_first_process(lambda: recorded_passes(
-                read_metrics(self.workdir), passes, self.step, eval_epoch))
-        for name, metrics in done.items():
-            self._show(name, metrics, " (recorded before)")
-
-        def record(name, metrics):
-            event = dict(metrics, phase="final", eval_epoch=eval_epoch)
-            if signatures[name] is not None:
-                event["evaluated_as"] = signatures[name]
-            self.logger.write(name, self.step, self.epoch, event)
-            self._show(name, metrics)
-
-        with self.stop_rules.passes_stop_on_sigterm(self.evaluator):
-            results = evaluate_all(self.task, self.evaluator, self.eval_params(state),
-                                   state.model_state, self.config, done=done,
-                                   on_result=record, should_stop=self.stop_rules.between_passes)
-        if len(results) < len(passes):
+        """The final evaluation (`FinalEvaluation`): the final metrics, or None where
+        SIGTERM ended it part-way (the passes done recorded; the run `stopped`)."""
+        final = FinalEvaluation(self.task, self.config, self.workdir, self.logger,
+                                self.evaluator, self.stop_rules, self.eval_params)
+        state = final.state_to_evaluate(self.state, self.ckpt)
+        results = final.run(state, self.step, self.epoch, self.resumed)
+        if results is None:
             self.stopped = True
             self._announce_stop()
             return None
-        return {"step": self.step, "epoch": self.epoch, "eval_epoch": eval_epoch,
-                **{f"train/{k}": v for k, v in self.last_train.items()},
+        return {"step": self.step, "epoch": self.epoch, "eval_epoch": int(state.epoch),
+                **{f"train/{k}": v for k, v in self.metrics.last.items()},
                 **flat_results(results)}
-
-    def _show(self, name, metrics, note=""):
-        # a recorded non-finite value comes back from metrics.jsonl as the text "inf"
-        shown = " ".join(f"{k} {v:.4g}" if isinstance(v, int | float) else f"{k} {v}"
-                         for k, v in metrics.items())
-        self.logger.console(f"final {name}: {shown}{note}")
 
     def close(self) -> None:
         self.stop_rules.close()
@@ -436,7 +302,7 @@ def train_and_evaluate(task: Task, config, workdir: str) -> dict:
         raise StartRefusedError(str(err)) from err
     try:
         if run.resumed:
-            run.repair_best()
+            run.saves.repair_best(run.state, run.step, task.validation_split is not None)
             run.logger.write("resume", run.step, run.epoch, {"batch_in_epoch": run.pos})
             run.logger.console(f"Resumed from step {run.step} (epoch {run.epoch + 1}, "
                                f"batch {run.pos}) in {workdir}.")
