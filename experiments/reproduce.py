@@ -34,23 +34,37 @@ spec: `--runs=ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b`.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 from absl import app, flags
 
-from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
+from experiments import bundle
+from experiments import reproduce_input as input_lib
 from experiments import reproduce_plan as plan_lib
 from experiments import reproduce_procs as procs_lib
 from experiments.flag_parsing import parse_flags
+from experiments.reproduce_input import (
+    FLAGS,
+    check_flags,
+    check_workdirs,
+    checked_out,
+    read_specs,
+    read_step_times,
+)
+from experiments.reproduce_input import check_resume as _check_resume  # tests call it here
+from experiments.reproduce_input import fail as _fail
+from experiments.reproduce_outcome import (  # noqa: F401 -- RUN_FAILED, stranded: re-exported
+    RUN_FAILED,
+    ended_run,
+    exit_if_a_run_failed,
+    stranded,
+    write_bundle,
+)
 from experiments.reproduce_workdirs import (  # noqa: F401 -- re-exported
     console_tail,
     done_steps,
@@ -63,43 +77,11 @@ from experiments.reproduce_workdirs import (  # noqa: F401 -- re-exported
 from rnnreg_jax.data.errors import DataError
 from rnnreg_jax.train.termination import TerminationFlag
 
-
-class _RunsParser(flags.ListParser):
-    """`--runs`: run specs split at commas outside brackets (`plan_lib.split_runs`), so
-    that a tuple override (`--config.model.hidden_sizes=(8,8)`) stays in its spec; absl's
-    list flag split it there and refused the spec `8)`."""
-
-    def parse(self, argument):
-        if isinstance(argument, list):
-            return argument
-        return plan_lib.split_runs(argument)
-
-
-flags.DEFINE(_RunsParser(), "runs", [],
-             "Run specs task:preset[:name][:--flag;--flag...], separated by commas; a comma "
-             "inside (), [] or {} stays in its spec: "
-             "ptb:tiny:a:--config.model.hidden_sizes=(8,8),ptb:tiny:b.",
-             serializer=flags.CsvListSerializer(","))
-flags.DEFINE_list("batches", [], f"Named batches: {', '.join(plan_lib.BATCHES)}.")
-flags.DEFINE_float("budget_s", 0.0, "Seconds this call may take in all, bundle included.")
-flags.DEFINE_float("calibrate_s", 60.0, "Seconds of calibration (0: use --step_times).")
-flags.DEFINE_string("step_times", None, "Step-time table (JSON) for --plan or no calibration.")
-flags.DEFINE_bool("plan", False, "Print the plan from --step_times and exit.")
-flags.DEFINE_bool("stop_at_deadline", False, "Run a plan that does not finish in the budget.")
-flags.DEFINE_string("root", "runs/reproduce", "Folder of the runs' workdirs.")
-flags.DEFINE_string("out", None, "Bundle folder (default $OUT, else runs/bundle).")
-flags.DEFINE_string("resume_from", None, "A bundle folder to resume the runs from.")
-flags.DEFINE_float("margin_s", 45.0, "Seconds kept at the end for saves, stops and the bundle.")
-FLAGS = flags.FLAGS
-
-
-RUN_FAILED = 1  # the exit status of a batch that ran, and wrote its bundle, with a run failed
-STOPPED_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)  # finished, or stopped by the driver
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+# This module is the driver; its flags and the refusals of bad input are reproduce_input, the
+# plan's arithmetic reproduce_plan, the run processes reproduce_procs, what a run's workdir
+# says reproduce_workdirs, and what the batch came to (the bundle, the exit status)
+# reproduce_outcome.
+flags.adopt_module_key_flags(input_lib)  # --help lists them as this binary's own
 
 
 def _command(spec: plan_lib.Spec, workdir: Path, extra: list[str]) -> list[str]:
@@ -146,7 +128,7 @@ def calibrate(specs, seconds: float) -> dict[str, dict]:
         for s in group:
             workdir = scratch / f"{s.name}-{kind}"
             out[s.name][kind] = measured_step_s(workdir)
-            if out[s.name][kind] is None and codes[s.name] not in STOPPED_CODES:
+            if out[s.name][kind] is None and codes[s.name] not in procs_lib.STOPPED_CODES:
                 # it failed (out of memory, say): "measured no steps" hid why
                 tail = console_tail(workdir, 1)
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -209,6 +191,13 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     procs = {s.name: _start(s, root / s.name, extra) for s in specs}
     print(f"started {len(procs)} runs; training stops at the latest in {limit:.0f} s",
           flush=True)
+    codes = _wait_or_stop(procs, deadline)
+    runs = [ended_run(spec, root, codes[spec.name]) for spec in specs]
+    return write_bundle(root, runs, out)
+
+
+def _wait_or_stop(procs: dict, deadline: float) -> dict[str, int]:
+    """The runs' exit codes, once they end or are stopped at the deadline."""
     # SIGTERM or Ctrl-C to the driver (a call's own time limit, say) stops the runs as the
     # deadline would and still writes the bundle: killed at once it left them running
     # without it, and what they had trained never came back.
@@ -222,43 +211,7 @@ def run_batch(specs, rows, deadline: float, out: Path) -> dict:
     if told.set:
         print(f"{told.name}: the runs were stopped now, before the deadline; writing the "
               "bundle.", flush=True)
-    runs = []
-    for spec in specs:
-        workdir = root / spec.name
-        stdout = root / f".{spec.name}.stdout"
-        final = {}
-        try:
-            final = json.loads(stdout.read_text())
-            (workdir / "final.json").write_text(json.dumps(final, indent=1))
-        except (OSError, ValueError):
-            pass
-        code = codes[spec.name]
-        status = ("failed" if code not in STOPPED_CODES
-                  else "stopped" if code != 0 or final.get("stopped") else "finished")
-        runs.append({"name": spec.name, "task": spec.task, "preset": spec.preset,
-                     "flags": list(spec.flags), "status": status, "exit_code": code,
-                     "step": done_steps(workdir)})
-        print(f"{spec.name}: {status} (exit {code}), step {runs[-1]['step']}", flush=True)
-        if status == "failed":  # the reason is in its console.log: say it here
-            for line in console_tail(workdir):
-                print(f"{spec.name} console: {line}", file=sys.stderr, flush=True)
-    manifest = bundle.pack(root, runs, out)
-    carried = [r["name"] for r in manifest["runs"] if r["checkpoint_carried"]]
-    print(f"bundle {out}: {len(manifest['files']) + 1} files; checkpoints carried for "
-          f"{', '.join(carried) or 'no run'}", flush=True)
-    for line in stranded(manifest):
-        print(line, flush=True)
-    return manifest
-
-
-def stranded(manifest: dict) -> list[str]:
-    """One line per run with work left whose checkpoints did not travel."""
-    budget = manifest["checkpoint_budget"]
-    return [f"{r['name']}: its checkpoints ({r['checkpoint_bytes'] / 1e6:.1f} MB, the newest "
-            f"and the best) did not travel (the bundle's room for checkpoints: "
-            f"{budget / 1e6:.1f} MB): it cannot resume in a later window."
-            for r in manifest["runs"] if r["status"] != "finished"
-            and not r["checkpoint_carried"] and r["checkpoint_bytes"]]
+    return codes
 
 
 def main(argv) -> None:
@@ -269,102 +222,59 @@ def main(argv) -> None:
 
 
 def _main(argv) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}.")
-    for name in ("budget_s", "calibrate_s", "margin_s"):
-        value = FLAGS[name].value
-        assert value is not None  # DEFINE_float with a default
-        if not (math.isfinite(value) and value >= 0):
-            _fail(f"--{name} must be a finite number of seconds >= 0, got {value:g}.")
-    if FLAGS.plan and FLAGS.resume_from:
-        _fail("--plan reads the runs under --root and writes nothing; run with "
-              "--resume_from (without --plan) to unpack the bundle.")
+    check_flags(argv)
     start = time.monotonic()
-    try:
-        specs = [plan_lib.Spec.parse(s) for s in FLAGS.runs] + plan_lib.batch_specs(FLAGS.batches)
-    except ValueError as err:
-        _fail(str(err))
-    if not specs:
-        _fail("pass --runs or --batches.")
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        _fail(f"two runs share a name in {names}; name them (task:preset:name).")
-    for spec in specs:  # the binaries' own checks, before anything is planned or runs
-        try:
-            spec.checked_config()
-        except ValueError as err:
-            _fail(str(err))
-    table = None
-    if FLAGS.step_times:
-        try:
-            table = plan_lib.load_step_times(FLAGS.step_times)
-        except (OSError, ValueError) as err:  # missing, unreadable, or not JSON
-            _fail(f"cannot read the step-time table {FLAGS.step_times}: "
-                  f"{getattr(err, 'strerror', None) or err}.")
-    if table is not None and (FLAGS.plan or FLAGS.calibrate_s == 0):  # before any data
-        unpriced = sorted({s.preset for s in specs} - set(table["presets"]))
-        if unpriced:
-            _fail(f"No step time for preset {unpriced[0]!r} in the step-time table "
-                  f"{FLAGS.step_times}; measure it (--calibrate_s) or add it.")
+    specs = read_specs()
+    table = read_step_times(specs)
     if FLAGS.plan:
-        if table is None:
-            _fail("--plan needs --step_times.")
-        groups = ([[plan_lib.Spec.parse(s) for s in FLAGS.runs]] if FLAGS.runs else []) + [
-            plan_lib.batch_specs([b]) for b in FLAGS.batches]  # each batch is one call
-        _check_workdirs(specs, Path(FLAGS.root))
-        for group in groups:
-            _plan_or_fail(group, FLAGS.budget_s or 540.0, None, table)
+        _print_plans(specs, table)
         return
-    if FLAGS.budget_s <= FLAGS.margin_s:
-        _fail(f"--budget_s must exceed --margin_s ({FLAGS.margin_s:g} s).")
-    out = Path(FLAGS.out or os.environ.get("OUT") or "runs/bundle")
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):  # found only after the batch
-        _fail(f"--out {out} must be a new or empty folder: the bundle is written there "
-              "after the runs, and files already there would be mixed in or block it.")
-    if FLAGS.calibrate_s == 0 and table is None:
-        _fail("without calibration (--calibrate_s=0) pass --step_times.")
+    out = checked_out(table)
     if FLAGS.resume_from:
-        _check_resume(Path(FLAGS.resume_from), Path(FLAGS.root), names)
-        try:
-            bundle.unpack(Path(FLAGS.resume_from), Path(FLAGS.root))
-        except (OSError, ValueError) as err:
-            _fail(f"cannot resume from {FLAGS.resume_from}: {err}")
-    _check_workdirs(specs, Path(FLAGS.root))
+        _unpack_resumed([s.name for s in specs])
+    check_workdirs(specs, Path(FLAGS.root))
     # Counted before calibration: a run spec the task refuses (an MC split it does not
     # evaluate) or data that cannot be read ends the batch before anything runs.
     works = {spec.name: _count_or_fail(spec) for spec in specs}
-    timings = None
-    if FLAGS.calibrate_s > 0:
-        timings = calibrate(specs, FLAGS.calibrate_s)
+    timings = calibrate(specs, FLAGS.calibrate_s) if FLAGS.calibrate_s > 0 else None
     deadline = start + FLAGS.budget_s - FLAGS.margin_s
     rows = _plan_or_fail(specs, FLAGS.budget_s, timings, table, works)
-    left = deadline - time.monotonic()
-    late = [r for r in rows if r["estimate"]["total"] > left]
+    _refuse_a_late_plan(rows, deadline - time.monotonic())
+    manifest = run_batch(specs, rows, deadline, out)
+    exit_if_a_run_failed(manifest, out)
+
+
+def _print_plans(specs, table: dict | None) -> None:
+    """`--plan`: the plan of each call (the `--runs` together, each batch on its own)
+    from the step-time table; nothing runs."""
+    if table is None:
+        _fail("--plan needs --step_times.")
+    groups = ([[plan_lib.Spec.parse(s) for s in FLAGS.runs]] if FLAGS.runs else []) + [
+        plan_lib.batch_specs([b]) for b in FLAGS.batches]  # each batch is one call
+    check_workdirs(specs, Path(FLAGS.root))
+    for group in groups:
+        _plan_or_fail(group, FLAGS.budget_s or 540.0, None, table)
+
+
+def _unpack_resumed(names: list[str]) -> None:
+    """The `--resume_from` bundle unpacked under `--root`, once `check_resume` lets it."""
+    source, root = Path(FLAGS.resume_from), Path(FLAGS.root)
+    _check_resume(source, root, names)
+    try:
+        bundle.unpack(source, root)
+    except (OSError, ValueError) as err:
+        _fail(f"cannot resume from {FLAGS.resume_from}: {err}")
+
+
+def _refuse_a_late_plan(rows: list[dict], left_s: float) -> None:
+    """Refuse a plan with a run that needs more than the `left_s` seconds left, unless
+    `--stop_at_deadline`."""
+    late = [r for r in rows if r["estimate"]["total"] > left_s]
     if late and not FLAGS.stop_at_deadline:
         worst = max(late, key=lambda r: r["estimate"]["total"])
         _fail(f"the plan does not finish: {worst['name']} needs about "
-              f"{worst['estimate']['total'] / 60:.1f} min of the {left / 60:.1f} left; give "
+              f"{worst['estimate']['total'] / 60:.1f} min of the {left_s / 60:.1f} left; give "
               "more --budget_s, fewer runs, or --stop_at_deadline to resume in a later call.")
-    manifest = run_batch(specs, rows, deadline, out)
-    failed = [r for r in manifest["runs"] if r["status"] == "failed"]
-    if failed:  # the bundle is written: a status that says so, after it
-        which = "; ".join(f"{r['name']}, exit {r['exit_code']}" for r in failed)
-        print(f"error: {len(failed)} of {len(manifest['runs'])} runs failed ({which}); the "
-              f"bundle {out} holds what the batch did, with each run's console.log.",
-              file=sys.stderr, flush=True)
-        sys.exit(RUN_FAILED)
-
-
-def _check_workdirs(specs, root: Path) -> None:
-    """Refuse, before anything runs, a run whose workdir under `root` holds another run
-    (another task, model, data or trajectory): its binary refuses it at once, as
-    `experiments.resume_check.resume_conflict` says."""
-    from experiments.resume_check import resume_conflict
-
-    for spec in specs:
-        conflict = resume_conflict(str(root / spec.name), spec.config().to_dict(), spec.task)
-        if conflict:
-            _fail(f"run {spec.name}: {conflict.rstrip('.')}.")
 
 
 def _count_or_fail(spec) -> plan_lib.Work:
@@ -372,28 +282,6 @@ def _count_or_fail(spec) -> plan_lib.Work:
         return plan_lib.count_work(spec, FLAGS.data_dir)
     except ValueError as err:  # the config against its task and data, naming the run
         _fail(str(err).rstrip(".") + ".")
-
-
-def _check_resume(source: Path, root: Path, names: list[str]) -> None:
-    """Refuse, before unpacking, a bundle whose manifest is malformed, whose runs this batch
-    does not name (another batch's: they were unpacked and the batch started from zero
-    beside them) or whose run is behind the same run under `root` (unpacking put its
-    older logs back over the newer ones)."""
-    try:
-        manifest = bundle.read_manifest(source)
-    except ValueError as err:
-        _fail(f"cannot resume from {source}: {err}")
-    bundled = {r["name"]: r.get("step", 0) for r in manifest["runs"]}
-    strangers = sorted(set(bundled) - set(names))
-    if strangers:
-        _fail(f"the bundle {source} holds {strangers}, which this batch ({names}) does not "
-              "run; resume it with the batch that made it.")
-    for name, step in bundled.items():
-        here = done_steps(root / name)
-        if here > step:
-            _fail(f"{root / name} is at step {here}, past the bundle's {step}: unpacking "
-                  "would put its older logs back; resume from there without --resume_from, "
-                  "or give another --root.")
 
 
 def _plan_or_fail(specs, budget_s, timings, table, works=None) -> list[dict]:

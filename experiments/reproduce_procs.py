@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 POLL_S = 2.0
+STOPPED_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)  # finished, or stopped by `wait_all`
 
 
 def start(command: list[str], workdir: Path, env: dict) -> subprocess.Popen:

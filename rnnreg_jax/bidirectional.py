@@ -48,7 +48,8 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, precision, rnn, unroll_checks
 from rnnreg_jax import lengths as varlen
-from rnnreg_jax.regularizers.base import NONE, Regularizer, penalties_of
+from rnnreg_jax.regularizers.base import Regularizer, penalties_of
+from rnnreg_jax.regularizers.chain import NONE
 
 Array = jax.Array
 

@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, precision, rnn
-from rnnreg_jax.regularizers.base import NONE, Regularizer, check_regularizer, penalties_of
+from rnnreg_jax.regularizers.base import Regularizer, check_regularizer, penalties_of
+from rnnreg_jax.regularizers.chain import NONE
 from rnnreg_jax.regularizers.checks import check_flag
 
 

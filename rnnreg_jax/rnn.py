@@ -31,7 +31,8 @@ from rnnreg_jax import (
     precision,
     unroll_checks,
 )
-from rnnreg_jax.regularizers.base import NONE, LayerShape, Regularizer, check_regularizer
+from rnnreg_jax.regularizers.base import LayerShape, Regularizer, check_regularizer
+from rnnreg_jax.regularizers.chain import NONE
 from rnnreg_jax.regularizers.checks import check_flag, check_output_mask, check_weights
 
 Array = jax.Array

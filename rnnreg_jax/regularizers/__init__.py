@@ -1,4 +1,5 @@
-"""Regularizers: frozen records of pure hooks (`base.Regularizer`), one family per file.
+"""Regularizers: frozen records of pure hooks (`base.Regularizer`), one family per file,
+composed by `chain.compose`.
 
 A regularizer never touches parameters or samples anything until the stack calls its
 hooks with explicit keys; `compose(a, b, ...)` (or `a + b`) puts them together like
@@ -35,15 +36,8 @@ identity (inverted scaling), or multiplies by the keep probability with `eval_sc
 their rates.
 """
 
-from rnnreg_jax.regularizers.base import (
-    NONE,
-    Chain,
-    LayerShape,
-    Regularizer,
-    check_regularizer,
-    compose,
-    without,
-)
+from rnnreg_jax.regularizers.base import LayerShape, Regularizer, check_regularizer
+from rnnreg_jax.regularizers.chain import NONE, Chain, compose, without
 from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
 from rnnreg_jax.regularizers.dropout import (
     Dropout,

@@ -1,4 +1,5 @@
-"""The regularizer protocol: a frozen record of optional pure hooks, and `compose`.
+"""The regularizer protocol: a frozen record of optional pure hooks (`Regularizer`),
+the built-in families' record (`Family`), and how a hook's caller calls `penalties`.
 
 A regularizer is a frozen dataclass (hashable, so a model holding one stays a static
 `jit` argument) whose hooks the stack calls at fixed places; each hook it does not
@@ -42,6 +43,8 @@ not writers: they run in `Regularizer.WEIGHTS_ORDER` (weight drop before weight 
 whatever the order composed), each on the previous one's result. A result that breaks
 its hook's contract is refused in one ValueError naming the regularizer
 (`regularizers.checks`).
+
+Composition (`compose`, `Chain`, `NONE`, `without`) is `regularizers.chain`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ import jax
 
 Array = jax.Array
 FamilyT = TypeVar("FamilyT", bound="Regularizer")
+
+
 def has_memory(cell: Any) -> bool:
     """Whether a cell (its name, or a cell record) keeps a memory cell `c`."""
     from rnnreg_jax import cells
@@ -171,10 +176,14 @@ class Regularizer:
         return None
 
     def __add__(self, other: Regularizer) -> Regularizer:
+        from rnnreg_jax.regularizers.chain import compose  # chain imports this module
+
         return compose(self, other)
 
     def __radd__(self, other: Any) -> Regularizer:
         """`sum(regs)` starts from 0: `0 + reg` is `reg`."""
+        from rnnreg_jax.regularizers.chain import compose  # chain imports this module
+
         if isinstance(other, int) and not isinstance(other, bool) and other == 0:
             return compose(self)
         return NotImplemented
@@ -254,110 +263,6 @@ class Family(Regularizer):
         return self.active and super().has_penalty
 
 
-@dataclasses.dataclass(frozen=True)
-class Chain(Regularizer):
-    """Regularizers applied together (`compose`); every hook runs each part's."""
-
-    members: tuple[Regularizer, ...] = ()
-
-    @property
-    def parts(self) -> tuple[Regularizer, ...]:
-        return self.members
-
-    def sites(self) -> frozenset[str]:
-        return frozenset().union(*(p.sites() for p in self.members))
-
-    @property
-    def stack_noise(self) -> bool:
-        return any(p.stack_noise for p in self.members)
-
-    @property
-    def embedding_noise(self) -> bool:
-        return any(p.embedding_noise for p in self.members)
-
-    @property
-    def model_noise(self) -> bool:
-        return any(p.model_noise for p in self.members)
-
-    @property
-    def has_penalty(self) -> bool:
-        return any(p.has_penalty for p in self.members)
-
-    @property
-    def needs_output_gate(self) -> bool:
-        return any(p.needs_output_gate for p in self.members)
-
-    def check_cell(self, cell: Any) -> None:
-        for p in self.members:
-            p.check_cell(cell)
-
-    def init_params(self, key, layer, params):
-        extra = {}
-        for index, p in enumerate(self.members):
-            extra.update(p.init_params(jax.random.fold_in(key, index), layer, params))
-        return extra
-
-    def weights(self, params, key, layer, deterministic):
-        from rnnreg_jax.regularizers.checks import check_weights
-
-        for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):  # a stable sort
-            params = check_weights(p.weights(params, key, layer, deterministic), params, p)
-        return params
-
-    def model_weights(self, arrays, key, deterministic):
-        from rnnreg_jax.regularizers.checks import check_weights
-
-        for p in sorted(self.members, key=lambda p: p.WEIGHTS_ORDER):
-            arrays = check_weights(p.model_weights(arrays, key, deterministic), arrays, p,
-                                   "model_weights")
-        return arrays
-
-    def _first(self, hook: str, *args, check=None):
-        """The first member's non-None result of `hook`; `check(out, member)` sees each
-        member's result first, so that a mistake names its regularizer."""
-        for p in self.members:
-            out = getattr(p, hook)(*args)
-            if check is not None:
-                out = check(out, p)
-            if out is not None:
-                return out
-        return None
-
-    def input_mask(self, key, shape, deterministic):
-        from rnnreg_jax.regularizers.checks import check_input_mask
-
-        return self._first("input_mask", key, shape, deterministic,
-                           check=lambda out, p: check_input_mask(out, shape, p))
-
-    def output_mask(self, key, shape, deterministic):
-        from rnnreg_jax.regularizers.checks import check_output_mask
-
-        return self._first("output_mask", key, shape, deterministic,
-                           check=lambda out, p: check_output_mask(out, shape, p))
-
-    def embedding_mask(self, key, ids, vocab_size, deterministic, dtype):
-        from rnnreg_jax.regularizers.checks import check_embedding_mask
-
-        return self._first("embedding_mask", key, ids, vocab_size, deterministic, dtype,
-                           check=lambda out, p: check_embedding_mask(out, ids, p))
-
-    def step_noise(self, key, shape, deterministic):
-        from rnnreg_jax.regularizers.checks import check_step_noise
-
-        tied, per_step = {}, {}
-        for p in self.members:
-            t, s = check_step_noise(p.step_noise(key, shape, deterministic), shape, p)
-            tied.update(t)
-            per_step.update(s)
-        return tied, per_step
-
-    def penalties(self, params, hiddens, outputs, time_axis, seq_lengths=None):
-        out = {}
-        for p in self.members:
-            out.update(penalties_of(p, params, hiddens, outputs, time_axis, seq_lengths))
-        return out
-
-
 def penalties_of(reg: Regularizer, params: list, hiddens: list, outputs: Array,
                  time_axis: int, seq_lengths: Array | None = None) -> dict[str, Array]:
     """`reg`'s loss terms: its `penalties` hook, given `seq_lengths` only when there are
@@ -377,9 +282,6 @@ def penalties_of(reg: Regularizer, params: list, hiddens: list, outputs: Array,
                                          seq_lengths=seq_lengths), reg)
 
 
-NONE = Chain()
-
-
 def check_regularizer(reg: Any) -> Regularizer:
     """`reg`, or a one-sentence ValueError if it is not a `Regularizer` (None, a number,
     a constructor not called)."""
@@ -388,39 +290,3 @@ def check_regularizer(reg: Any) -> Regularizer:
         raise ValueError("reg must be a regularizer, such as rnnreg_jax.zaremba(0.5) or "
                          f"rnnreg_jax.NONE for none; got {reg!r}{hint}.")
     return reg
-
-
-def compose(*regs: Regularizer) -> Regularizer:
-    """Regularizers together, like `optax.chain`; `a + b` is `compose(a, b)`.
-
-    Settings of one family merge into one record (`variational(input=...) +
-    dropout("hidden", ...)`, a field set twice to different values is an error); parts
-    of different families that write the same site are refused in one line.
-    """
-    parts: list[Regularizer] = []
-    for reg in regs:
-        for part in check_regularizer(reg).parts:
-            for index, earlier in enumerate(parts):
-                merged = earlier.merge(part) if type(earlier) is type(part) else None
-                if merged is not None:
-                    parts[index] = merged
-                    break
-            else:
-                parts.append(part)
-    parts = [p for p in parts if p.active]
-    seen: dict[str, Regularizer] = {}
-    for part in parts:
-        for site in sorted(part.sites()):
-            if site in seen:
-                raise ValueError(f"Cannot compose: site {site!r} is written by both "
-                                 f"{seen[site]!r} and {part!r}.")
-            seen[site] = part
-    if not parts:
-        return NONE
-    return parts[0] if len(parts) == 1 else Chain(tuple(parts))
-
-
-def without(reg: Regularizer, family: type) -> Regularizer:
-    """`reg` without its parts of type `family` (MC evaluation without embedding
-    dropout, say)."""
-    return compose(*(p for p in reg.parts if not isinstance(p, family)))

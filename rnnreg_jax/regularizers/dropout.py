@@ -20,14 +20,8 @@ from typing import TypeGuard
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, noise
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    cell_name,
-    compose,
-    has_memory,
-    need_key,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer, cell_name, has_memory, need_key
+from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
 
 SITES = ("input", "hidden", "recurrent", "cell", "output")

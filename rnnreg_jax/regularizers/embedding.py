@@ -9,13 +9,8 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from rnnreg_jax import noise
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    compose,
-    need_key,
-    without,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer, need_key
+from rnnreg_jax.regularizers.chain import compose, without
 from rnnreg_jax.regularizers.checks import check_flag, check_rate
 
 # How many sequences share a word type's mask: "sequence", each its own (Gal's); "batch",

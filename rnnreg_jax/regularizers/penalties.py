@@ -21,11 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnreg_jax import lengths, precision
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    compose,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer
+from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_non_negative
 
 Array = jax.Array

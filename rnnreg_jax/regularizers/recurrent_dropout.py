@@ -6,14 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from rnnreg_jax import noise
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    cell_name,
-    compose,
-    has_memory,
-    need_key,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer, cell_name, has_memory, need_key
+from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
 from rnnreg_jax.regularizers.dropout import MaskSpec, _mask
 

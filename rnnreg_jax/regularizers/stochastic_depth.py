@@ -5,12 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from rnnreg_jax import noise
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    compose,
-    need_key,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer, need_key
+from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_rate
 
 

@@ -10,12 +10,8 @@ from typing import ClassVar
 import jax
 
 from rnnreg_jax import noise
-from rnnreg_jax.regularizers.base import (
-    Family,
-    Regularizer,
-    compose,
-    need_key,
-)
+from rnnreg_jax.regularizers.base import Family, Regularizer, need_key
+from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_non_negative, check_rate
 
 Array = jax.Array
