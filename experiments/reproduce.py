@@ -286,7 +286,7 @@ def _count_or_fail(spec) -> plan_lib.Work:
 
 def _plan_or_fail(specs, budget_s, timings, table, works=None) -> list[dict]:
     """`make_plan`, or one line for what it cannot price (a preset the step-time table
-    lacks, a run spec's override that is no config field): tracebacks before."""
+    lacks, a run spec's override that is no config field), not a traceback."""
     try:
         return make_plan(specs, budget_s, timings, table, works)
     except ValueError as err:  # ConfigError is one
