@@ -1,8 +1,10 @@
 """The benchmark's bookkeeping (timing medians, ratio tables), without timing anything real."""
 
+import functools
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -10,37 +12,28 @@ from experiments import bench
 from experiments import bench_models as bm
 
 
-def test_time_contenders_takes_medians_of_interleaved_rotated_rounds():
+def test_time_contenders_takes_medians_of_interleaved_rotated_rounds(monkeypatch):
     """Every round runs every contender, starting one further along each time, with an
-    untimed step at each switch: n + 1 calls per contender per round, n timed."""
-    import itertools
-    import time
-
+    untimed step at each switch: n + 1 calls per contender per round, n timed. A fake
+    clock that only the steps advance makes the timings exact (no real clock's load)."""
+    now = [0.0]
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    # Each contender's k-th call takes costs[k] seconds; calls 0, 3 and 6 are the
+    # switches, whose 1000 s a timed switch would put in the median.
+    costs = {"a": [1000, 1, 7, 1000, 2, 9, 1000, 3, 50],  # timed: median 5, mean 12
+             "b": [1000, 4, 4, 1000, 1, 1, 1000, 1, 4],  # timed: median 2.5
+             "c": [1000, 6, 6, 1000, 6, 6, 1000, 6, 6]}
     calls = []
-    clock = itertools.count()
 
     def step(name):
+        now[0] += costs[name][calls.count(name)]
         calls.append(name)
-        next(clock)
 
-    steps = {"a": lambda: step("a"), "b": lambda: step("b"), "c": lambda: step("c")}
+    steps = {name: functools.partial(step, name) for name in costs}
     seconds = bench.time_contenders(steps, n=2, rounds=3)
     assert calls == (["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3
                      + ["c"] * 3 + ["a"] * 3 + ["b"] * 3)
-    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
-    # the untimed switch step: a contender slow only right after a switch times as fast
-    first = {"slow": True}
-
-    def after_switch():
-        if first["slow"]:
-            time.sleep(0.05)
-        first["slow"] = False
-
-    def other():
-        first["slow"] = True
-
-    timed = bench.time_contenders({"x": after_switch, "y": other}, n=1, rounds=2)
-    assert timed["x"] < 0.02
+    assert seconds == {"a": 5.0, "b": 2.5, "c": 6.0}
 
 
 def test_markdown_ratios():

@@ -121,8 +121,14 @@ def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: 
     """A `[(T,) G, B, F]` mask equals masking x separately for each gate block, in
     either backend's weight layout (G dots on CPU, one gate-batched dot elsewhere)."""
     real = cells.per_gate_weights
-    monkeypatch.setattr(cells.layout, "per_gate_weights",  # where project_inputs finds it
-                        lambda w, g, **_: real(w, g, backend=backend))
+    layouts = []  # each call's result: without a call the CPU layout would be checked twice
+
+    def laid_out(w, g, **_):
+        layouts.append(real(w, g, backend=backend))
+        return layouts[-1]
+
+    # where project_inputs finds it
+    monkeypatch.setattr(cells.layout, "per_gate_weights", laid_out)
     gates = cells.NUM_GATES[cell]
     p = np_params(5, cell)
     x = rand(6, T, B, F)
@@ -133,6 +139,9 @@ def test_project_inputs_per_gate_mask_by_hand(monkeypatch, cell: str, per_step: 
     blocks = [(x * gate_mask(g)) @ p["w_x"][:, g * H:(g + 1) * H] + p["b"][g * H:(g + 1) * H]
               for g in range(gates)]
     nm.assert_close_f32(out, np.concatenate(blocks, -1))
+    # one call: G [F, H] blocks on CPU, one gate-major [G, F, H] array elsewhere
+    assert [(isinstance(w, tuple), np.shape(w)) for w in layouts] == [
+        (backend == "cpu", (gates, F, H))]
     # The same mask for every gate reduces to the shared mask.
     same = np.broadcast_to(np.expand_dims(gate_mask(0), 1 if per_step else 0), mask.shape)
     nm.assert_close_f32(cells.project_inputs(p, x, same, per_gate=True),

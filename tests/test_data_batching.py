@@ -20,7 +20,7 @@ def test_host_rows_partition_and_errors():
     assert [host_rows(8, i, 4) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
     with pytest.raises(DataError, match="not a positive multiple"):
         host_rows(10, 0, 4)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"^Process index 4 is not in \[0, 4\)\.$"):
         host_rows(8, 4, 4)
     assert host_rows(6) == (0, 6)  # defaults from jax: one process here
 
@@ -96,6 +96,8 @@ class ShuffledWindowsTest(parameterized.TestCase):
             np.testing.assert_array_equal(batch["targets"], batch["inputs"] + 1)
             self.assertTrue(np.all(batch["inputs"][:, 0] % s == 0))
             seen.extend(batch["inputs"][:, 0] // s)
+        # every full batch of 4 windows, the incomplete last one dropped
+        self.assertLen(seen, it.num_windows // 4 * 4)
         self.assertLen(set(seen), len(seen))  # each window at most once per epoch
 
     def test_non_overlapping_default_predicts_each_token_once(self):

@@ -56,10 +56,21 @@ def test_python_fences_are_the_known_ones():
     assert sum(len(python_blocks(page, (RUN, NEEDS_DATA))) for page in PAGES) >= 8
 
 
-@pytest.mark.parametrize("page", PAGES, ids=name)
+# The pages with ```py fragments, listed so that a page losing its fragments (or their
+# fence changing) fails rather than dropping out of the compile check.
+FRAGMENT_PAGES = ["README.md", "docs/NNX.md", "docs/TRAINING.md"]
+
+
+def test_every_page_with_fragments_is_listed():
+    assert [name(page) for page in PAGES if python_blocks(page, (FRAGMENT,))] == FRAGMENT_PAGES
+
+
+@pytest.mark.parametrize("page", FRAGMENT_PAGES, ids=str)
 def test_fragments_compile(page):
-    for _, code, line in python_blocks(page, (FRAGMENT,)):
-        compile(code, f"{name(page)}:{line}", "exec")
+    fragments = python_blocks(REPO / page, (FRAGMENT,))
+    assert fragments, f"{page} has no ```py fragment"
+    for _, code, line in fragments:
+        compile(code, f"{page}:{line}", "exec")
 
 
 @pytest.mark.parametrize("page", list(RUN_ELSEWHERE), ids=str)

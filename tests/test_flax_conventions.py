@@ -108,6 +108,7 @@ SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
     import rnnreg_jax as rj
     from rnnreg_jax.nn import StackedRNN
+    from tests.numerics import assert_trees_close_f32  # the repository is on the path
     AXES = {axes!r}
     RULES = {rules!r}
     assert jax.device_count() == 4
@@ -128,8 +129,7 @@ SHARDED = textwrap.dedent("""
 
     got = jax.jit(jax.value_and_grad(loss))(sharded)
     want = jax.value_and_grad(loss)(params)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert_trees_close_f32(got, want)  # each leaf to its magnitude; the trees must match
 
     # a language model whose embedding and softmax are sharded over the vocabulary
     from rnnreg_jax.models import LanguageModel
@@ -150,8 +150,7 @@ SHARDED = textwrap.dedent("""
 
     got = jax.jit(jax.value_and_grad(lm_loss))(lm_sharded)
     want = jax.value_and_grad(lm_loss)(lm_params)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert_trees_close_f32(got, want)
     print("sharded ok")
 """)
 

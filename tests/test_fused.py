@@ -46,12 +46,22 @@ def test_accelerator_weight_layout_gives_the_same_gradients(monkeypatch, reg_nam
 
     blocks = {impl: run(impl) for impl in ("fused", "autodiff")}
     real = cells.per_gate_weights
-    gate_major = lambda w, g, backend=None: real(w, g, backend="gpu")  # noqa: E731
-    monkeypatch.setattr(cells, "per_gate_weights", gate_major)  # the scans' W_h
-    monkeypatch.setattr(cells.layout, "per_gate_weights", gate_major)  # the input products'
+    calls = {"scans": 0, "inputs": 0}  # without calls, the CPU layout is compared with itself
+
+    def gate_major(where):
+        def laid_out(w, g, backend=None):
+            calls[where] += 1
+            return real(w, g, backend="gpu")
+        return laid_out
+
+    monkeypatch.setattr(cells, "per_gate_weights", gate_major("scans"))  # the scans' W_h
+    # the input products'
+    monkeypatch.setattr(cells.layout, "per_gate_weights", gate_major("inputs"))
     for impl in ("fused", "autodiff"):
+        calls.update(scans=0, inputs=0)
         stacked = run(impl)
-        assert isinstance(cells.per_gate_weights(jnp.ones((2, 8)), 4), jax.Array)
+        # W_h for the scans and W_x for the per-gate input masks were laid out by it
+        assert calls["scans"] and calls["inputs"], (impl, calls)
         nm.assert_trees_close_f32(stacked, blocks[impl])
 
 

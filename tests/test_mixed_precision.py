@@ -118,9 +118,10 @@ def test_dropout_masks_are_float32_so_their_scale_is_exact():
 
 def test_both_implementations_agree_in_bf16():
     """The fused backward pass and scan autodiff compute the same bfloat16 step: outputs
-    equal, gradients within bfloat16's rounding (2^-8 relative, of the largest)."""
+    and gradients agree to 2^-6 of their largest magnitude, 4 units of bfloat16's 2^-8
+    roundoff (the two forward scans are separate code, which XLA may round differently)."""
     x = inputs()
-    grads = {}
+    ys, grads = {}, {}
     for implementation in ("fused", "autodiff"):
         layer = StackedRNN((H,), reg=REG, implementation=implementation, dtype=BF16)
         variables = layer.init(jax.random.key(0), x)
@@ -128,13 +129,15 @@ def test_both_implementations_agree_in_bf16():
         def loss(params, layer=layer):
             ys, _ = layer.apply({"params": params}, x, deterministic=False,
                                 rngs={"dropout": jax.random.key(1)})
-            return jnp.sum(ys.astype(jnp.float32) * jnp.arange(H))
+            return jnp.sum(ys.astype(jnp.float32) * jnp.arange(H)), ys
 
-        grads[implementation] = jax.grad(loss)(variables["params"])
-    for a, b in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["autodiff"]),
-                    strict=True):
-        scale = float(jnp.max(jnp.abs(a)))
-        np.testing.assert_allclose(a, b, rtol=0, atol=2 ** -6 * scale)
+        grads[implementation], ys[implementation] = jax.grad(loss, has_aux=True)(
+            variables["params"])
+    assert ys["fused"].dtype == BF16
+    for a, b in zip([ys["fused"], *jax.tree.leaves(grads["fused"])],
+                    [ys["autodiff"], *jax.tree.leaves(grads["autodiff"])], strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2 ** -6 * float(np.max(np.abs(b))))
 
 
 # bf16 training of a tiny LM against float32 (same init, same masks).

@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numerics as nm
 import numpy as np
 import pytest
 
@@ -42,10 +43,24 @@ def _params():
             for f, h in ((F, H), (H, W))]
 
 
-def _unroll(reg, batch=B):
+def _unroll(reg, batch=B, params=None):
     x = jax.random.normal(jax.random.key(2), (batch, T, F))
-    return rnn.unroll("lstm", _params(), x, reg=reg, key=jax.random.key(3),
-                      deterministic=False)
+    return rnn.unroll("lstm", _params() if params is None else params, x, reg=reg,
+                      key=jax.random.key(3), deterministic=False)
+
+
+# One multiplier per LSTM gate block (i, f, g, o), powers of 2 so that scaling the
+# operand or the weights rounds alike.
+GATE_SCALES = jnp.array([1.0, 0.5, 2.0, 0.25])
+
+
+def _unroll_gate_scaled(name, scales, batch=B):
+    """`_unroll` without a regularizer, each layer's `name` ("w_x" or "w_h", `[F or H, 4H]`,
+    its gate blocks side by side) scaled block by block by `scales`: what a mask constant
+    over the batch and the units does to the product it masks, `(v * m) W = v (m W)`."""
+    params = [dict(p, **{name: p[name] * jnp.repeat(scales, p[name].shape[1] // 4)})
+              for p in _params()]
+    return _unroll(rj.NONE, batch, params)
 
 
 def _refused_alone_and_composed(reg, message, run=_unroll):
@@ -79,15 +94,28 @@ def test_a_step_noise_hooks_mistake_is_one_sentence(noise_fn, message):
                                 message)
 
 
-@pytest.mark.parametrize("noise_fn", [
-    lambda b, t, h: ({"recurrent": cells.PerGate(jnp.ones((4, b, h))), "depth":
-                      jnp.ones((b, 1)), "zone_c": 0.5}, {"zone_h": jnp.ones((t, b, h))}),
-    lambda b, t, h: ({}, {"recurrent": cells.PerGate(jnp.ones((t, 4, b, h))),
-                          "depth": jnp.ones((t, b, 1))}),
+@pytest.mark.parametrize("noise_fn,gate_scales", [
+    # depth 1 keeps every layer's previous state, the zero initial one: ys exactly 0
+    (lambda b, t, h: ({"recurrent": cells.PerGate(jnp.ones((4, b, h))), "depth":
+                       jnp.ones((b, 1)), "zone_c": 0.5}, {"zone_h": jnp.ones((t, b, h))}),
+     None),
+    (lambda b, t, h: ({}, {"recurrent": cells.PerGate(jnp.ones((t, 4, b, h))),
+                           "depth": jnp.ones((t, b, 1))}), None),
+    # a per-gate recurrent mask, tied or per step (depth 0: no layer keeps its state):
+    # W_h's gate blocks scaled
+    (lambda b, t, h: ({"recurrent": cells.PerGate(
+        GATE_SCALES[:, None, None] * jnp.ones((4, b, h)))}, {}), GATE_SCALES),
+    (lambda b, t, h: ({}, {"recurrent": cells.PerGate(
+        GATE_SCALES[None, :, None, None] * jnp.ones((t, 4, b, h))),
+                           "depth": jnp.zeros((t, b, 1))}), GATE_SCALES),
 ])
-def test_step_noise_of_every_documented_shape_runs(noise_fn):
+def test_step_noise_of_every_documented_shape_runs(noise_fn, gate_scales):
     ys, _ = _unroll(_regularizer_whose("step_noise", noise_fn, "Returns"))
-    assert ys.shape == (B, T, W) and np.all(np.isfinite(ys))
+    assert ys.shape == (B, T, W)
+    if gate_scales is None:
+        np.testing.assert_array_equal(ys, 0.0)
+    else:
+        nm.assert_close_f32(ys, _unroll_gate_scaled("w_h", gate_scales)[0])
 
 
 @pytest.mark.parametrize("masked_fn,message", [
@@ -104,10 +132,16 @@ def test_step_noise_of_every_documented_shape_runs(noise_fn):
 def test_an_input_mask_hooks_mistake_is_one_sentence(masked_fn, message):
     masks = _regularizer_whose("input_mask", masked_fn, "Masks")
     _refused_alone_and_composed(masks, message, run=lambda reg: _unroll(reg, batch=2))
-    for good in (lambda b, t, f: (jnp.ones((t, b, f)), False),
-                 lambda b, t, f: (jnp.ones((4, b, f)), True), lambda b, t, f: (0.5, False)):
+    # Every layer's input is masked: its W_x's gate blocks scaled by the mask's constants.
+    ones, half = jnp.ones(4), jnp.full(4, 0.5)
+    for good, gate_scales in (
+            (lambda b, t, f: (jnp.ones((t, b, f)), False), ones),
+            (lambda b, t, f: (jnp.ones((4, b, f)), True), ones),
+            (lambda b, t, f: (0.5, False), half),
+            (lambda b, t, f: (GATE_SCALES[:, None, None] * jnp.ones((4, b, f)), True),
+             GATE_SCALES)):
         ys, _ = _unroll(_regularizer_whose("input_mask", good, "Masks"), batch=2)
-        assert np.all(np.isfinite(ys))
+        nm.assert_close_f32(ys, _unroll_gate_scaled("w_x", gate_scales, batch=2)[0])
 
 
 @pytest.mark.parametrize("mask_fn,message", [

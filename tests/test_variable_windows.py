@@ -4,6 +4,8 @@ the training loop, and each step's learning rate scaled by its window's length."
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -142,8 +144,9 @@ def test_hosts_read_their_rows_of_the_same_windows_and_resume_mid_epoch():
     tail = list(whole.iterate(1, start_batch=4))
     for got, index in zip(tail, range(4, whole.steps_in_epoch(1)), strict=True):
         np.testing.assert_array_equal(got["targets"], whole.get_batch(1, index)["targets"])
-    with pytest.raises(IndexError):
-        whole.get_batch(0, whole.steps_in_epoch(0))
+    end = whole.steps_in_epoch(0)
+    with pytest.raises(IndexError, match=re.escape(f"batch {end} not in [0, {end}) of epoch 0")):
+        whole.get_batch(0, end)
 
 
 def test_the_corpus_gives_variable_windows_and_rejects_their_settings_elsewhere():
