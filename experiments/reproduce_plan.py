@@ -220,16 +220,14 @@ def _count_work(spec: Spec, config, data_dir: str | None) -> Work:
     from rnnreg_jax.train.evaluator import mc_draws_noise, without_embedding_dropout
     from rnnreg_jax.train.optim import make_optimizer
     from rnnreg_jax.train.steps import checkpoint_bytes
-    from rnnreg_jax.train.task import steps_in_epoch
+    from rnnreg_jax.train.task import total_steps
 
     task = build_task(config, regularization(config.reg), data_dir)
     # what the task lacks (an MC split it does not evaluate), as the binary checks
     check_for_task(config.train, task, "config.train")
     train = with_defaults(config.train)
     spe = task.train.steps_per_epoch  # nominal where epochs differ (variable windows)
-    total = sum(steps_in_epoch(task.train, e) for e in range(train.num_epochs))
-    if train.max_steps:
-        total = min(total, train.max_steps)
+    total = total_steps(task, train)
     sample = next(iter(task.train.iterate(0)))
     rows = sample["inputs"].shape[0]
     windows = {}

@@ -23,7 +23,7 @@ from rnnreg_jax.train.logging import MetricsLogger, read_metrics
 from rnnreg_jax.train.non_finite import NonFiniteLossError, NonFiniteStop
 from rnnreg_jax.train.ntasgd_switch import AveragingSwitch
 from rnnreg_jax.train.run_saves import RunSaves
-from rnnreg_jax.train.step_metrics import StepMetrics, total_steps
+from rnnreg_jax.train.step_metrics import StepMetrics
 from rnnreg_jax.train.stopping import RunStop
 from rnnreg_jax.train.task import (
     Task,
@@ -31,6 +31,7 @@ from rnnreg_jax.train.task import (
     check_shared_eval_batches,
     first_training_batch,
     steps_in_epoch,
+    total_steps,
 )
 
 __all__ = ["NonFiniteLossError", "StartRefusedError", "train_and_evaluate"]

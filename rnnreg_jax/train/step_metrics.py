@@ -12,15 +12,7 @@ import jax
 
 from rnnreg_jax.train import losses
 from rnnreg_jax.train.logging import MetricsLogger, progress_line
-from rnnreg_jax.train.task import Task, steps_in_epoch
-
-
-def total_steps(task: Task, config) -> int:
-    """The steps the run makes in all (`num_epochs`, capped by `max_steps`)."""
-    total = sum(steps_in_epoch(task.train, e) for e in range(config.num_epochs))
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    return total
+from rnnreg_jax.train.task import Task
 
 
 class StepMetrics:

@@ -53,6 +53,15 @@ def steps_in_epoch(source: DataSource, epoch: int) -> int:
     return int(count(epoch)) if callable(count) else int(source.steps_per_epoch)
 
 
+def total_steps(task: Task, config) -> int:
+    """The steps a run of `task` makes in all under the train `config` (`num_epochs`,
+    capped by `max_steps`)."""
+    total = sum(steps_in_epoch(task.train, e) for e in range(config.num_epochs))
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    return total
+
+
 @dataclasses.dataclass
 class Task:
     """A training task.
