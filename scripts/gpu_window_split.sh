@@ -5,8 +5,9 @@
 # returns sooner if the batch ends); `collect`, the next call on the still-warm machine,
 # waits up to WAIT_S seconds (default 400) for the bundle and copies it to $OUT; a batch
 # still running then gets SIGTERM, which stops its runs with their checkpoints and writes
-# the bundle, awaited STOP_WAIT_S more seconds (default 90). Give `start` a --budget_s of
-# the first call's seconds plus what the window has left after it.
+# the bundle, awaited STOP_WAIT_S more seconds (default 90). Either exits 1 where a run
+# failed (the bundle still comes back). Give `start` a --budget_s of the first call's
+# seconds plus what the window has left after it.
 #
 #   bash scripts/gpu_window_split.sh start --runs=ptb:zaremba_large --budget_s=780 \
 #       --calibrate_s=0 --step_times=results/step_times_h200.json --stop_at_deadline
@@ -50,6 +51,7 @@ case "${1:-}" in
       wait "$driver" || status=$?
       if [[ -f "$STATE/bundle/bundle.json" ]]; then
         cp "$STATE"/bundle/* "$OUT/"
+        exit "$status"  # 1 where a run failed: the bundle came back, and so does that
       elif (( status != 0 )); then  # a refused flag, say: collect would wait for nothing
         echo "gpu_window_split.sh: the batch ended with status $status and no bundle." >&2
         exit "$status"
@@ -86,6 +88,16 @@ case "${1:-}" in
     mkdir -p "$OUT" && cp "$STATE/window.log" "$OUT/"
     if [[ -f "$STATE/bundle/bundle.json" ]]; then
       cp "$STATE"/bundle/* "$OUT/"
+      # The driver is not this shell's child, so its exit status is not ours to read: the
+      # manifest's statuses say what it would have (experiments/reproduce_outcome.py).
+      failed=$(python3 -c 'import json, sys
+print(" ".join(r["name"] for r in json.load(open(sys.argv[1]))["runs"]
+               if r["status"] == "failed"))' "$STATE/bundle/bundle.json")
+      if [[ -n "$failed" ]]; then
+        echo "gpu_window_split.sh: the bundle came back with runs failed: $failed (each" \
+          "run's console.log is in runs.tar.gz)." >&2
+        exit 1
+      fi
     else
       echo "gpu_window_split.sh: no bundle in $STATE/bundle (its driver ended, or" \
         "${WAIT_S:-400} s passed and it did not stop in ${STOP_WAIT_S:-90} s)." >&2

@@ -177,7 +177,9 @@ def test_the_window_scripts_bring_back_the_bundle_of_a_batch_with_a_failed_run(t
     """The real binary fails at once (the runs get the caller's JAX_PLATFORMS, here one
     that does not exist; the driver counts on the CPU): one call (gpu_window.sh) ends
     with status 1 and the bundle in $OUT; the split runner's `start` copies the bundle,
-    and its window.log and progress say why."""
+    its window.log and progress say why, and it ends with status 1 (it ended with 0); so
+    does `collect`, which reads the failure from the manifest (the driver is not its
+    child)."""
     data = tmp_path / "data"
     fx.write_repeated_ptb_word(data)
     env = {**os.environ, "WINDOW_DIR": str(tmp_path / "state"), "WATCH_S": "240",
@@ -202,12 +204,21 @@ def test_the_window_scripts_bring_back_the_bundle_of_a_batch_with_a_failed_run(t
     start = subprocess.run(["bash", "scripts/gpu_window_split.sh", "start", *args], cwd=ROOT,
                            env={**env, "OUT": str(tmp_path / "out2")}, capture_output=True,
                            text=True, timeout=300, check=False)
-    assert start.returncode == 0, start.stderr[-3000:]
+    assert start.returncode == 1, start.stderr[-3000:]
     [run] = bundle.read_manifest(tmp_path / "out2")["runs"]
     assert run["status"] == "failed"
     log = (tmp_path / "out2" / "window.log").read_text()
     assert "error: 1 of 1 runs failed (a, exit 1)" in log and "a console: " in log
     assert "error: 1 of 1 runs failed (a, exit 1)" in start.stdout  # its progress lines
+
+    collect = subprocess.run(["bash", "scripts/gpu_window_split.sh", "collect"], cwd=ROOT,
+                             env={**env, "OUT": str(tmp_path / "out3")}, capture_output=True,
+                             text=True, timeout=120, check=False)
+    assert collect.returncode == 1, collect.stderr[-3000:]
+    assert collect.stderr.strip().splitlines()[-1] == (
+        "gpu_window_split.sh: the bundle came back with runs failed: a (each run's "
+        "console.log is in runs.tar.gz).")
+    assert bundle.read_manifest(tmp_path / "out3")["runs"][0]["status"] == "failed"
 
 
 # 2. A tuple override inside a run spec.
