@@ -75,21 +75,11 @@ setup() {
   fi
 }
 
-# shellcheck source=scripts/quote.sh
-source "$ROOT/scripts/quote.sh"
+# shellcheck source=scripts/launch_common.sh
+source "$ROOT/scripts/launch_common.sh"
 
 check_experiment() {
   is_experiment "$ROOT" "$1" || die "unknown experiment '$1'; choose one of: $(experiment_names "$ROOT")."
-}
-
-# The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
-flag_value() {
-  local flag="$1" prev="" arg; shift
-  for arg in "$@"; do
-    [[ "$prev" == "$flag" ]] && { echo "$arg"; return; }
-    [[ "$arg" == "$flag="* ]] && { echo "${arg#"$flag"=}"; return; }
-    prev="$arg"
-  done
 }
 
 # A free TCP port (the kernel's pick), for the jax.distributed coordinator. Probed on every

@@ -67,8 +67,8 @@ usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
 
-# shellcheck source=scripts/quote.sh
-source "$ROOT/scripts/quote.sh"
+# shellcheck source=scripts/launch_common.sh
+source "$ROOT/scripts/launch_common.sh"
 
 # One command: printed shell-quoted (pasteable) in a dry run, else echoed to stderr and run.
 run_cmd() {
@@ -221,16 +221,6 @@ cmd_setup() {
   fi
 }
 
-# The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
-value_of() {
-  local flag="$1" prev="" arg; shift
-  for arg in "$@"; do
-    [[ "$prev" == "$flag" ]] && { echo "$arg"; return; }
-    [[ "$arg" == "$flag="* ]] && { echo "${arg#"$flag"=}"; return; }
-    prev="$arg"
-  done
-}
-
 has_flag() {
   local flag="$1"; shift
   local arg
@@ -247,7 +237,7 @@ cmd_run() {
   is_experiment "$ROOT" "$exp" \
     || die "unknown experiment '$exp'; choose one of: $(experiment_names "$ROOT")."
   local preset
-  preset="$(preset_name "$(value_of --config ${flags[@]+"${flags[@]}"})")"
+  preset="$(preset_name "$(flag_value --config ${flags[@]+"${flags[@]}"})")"
   [[ -n "$preset" ]] || die "tpu run needs --config=PRESET (it names the workdir), e.g. ./launch.sh tpu run $exp --config=NAME."
 
   # Every host joins one jax.distributed job; the mesh then spans all chips of the slice.
@@ -261,7 +251,7 @@ cmd_run() {
   # preemption, or to train longer) resumes from its latest checkpoint. Multi-host
   # checkpoints need storage all workers share, hence the bucket.
   local workdir
-  workdir="$(value_of --workdir ${flags[@]+"${flags[@]}"})"
+  workdir="$(flag_value --workdir ${flags[@]+"${flags[@]}"})"
   if ! has_flag --workdir ${flags[@]+"${flags[@]}"}; then
     if [[ -n "$BUCKET" ]]; then
       workdir="gs://$BUCKET/$NAME/$exp-$preset"

@@ -77,7 +77,7 @@ def root(tmp_path_factory) -> Path:
     shutil.copy2(REPO / "launch.sh", root / "launch.sh")
     (root / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "tpu.sh", root / "scripts" / "tpu.sh")
-    shutil.copy2(REPO / "scripts" / "quote.sh", root / "scripts" / "quote.sh")
+    shutil.copy2(REPO / "scripts" / "launch_common.sh", root / "scripts" / "launch_common.sh")
     shutil.copy2(REPO / "scripts" / "tpu_worker.sh", root / "scripts" / "tpu_worker.sh")
     (root / "experiments").mkdir()
     (root / "experiments" / "ptb.py").write_text("if __name__ == '__main__':\n    print('stub')\n")

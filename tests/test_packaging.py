@@ -164,7 +164,7 @@ def setup_sandbox(tmp_path):
     root = tmp_path / "repo"
     (root / "scripts").mkdir(parents=True)
     shutil.copy2(REPO / "launch.sh", root / "launch.sh")
-    shutil.copy2(REPO / "scripts" / "quote.sh", root / "scripts" / "quote.sh")
+    shutil.copy2(REPO / "scripts" / "launch_common.sh", root / "scripts" / "launch_common.sh")
     (root / "pyproject.toml").write_text("[project]\nname = 'stub'\n")
     (root / "requirements-lock.txt").write_text("stub==1.0 --hash=sha256:" + "0" * 64 + "\n")
     bin_dir = tmp_path / "venv" / "bin"

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by launch.sh and scripts/tpu.sh: shell-quoting for printed commands, the run
-# name of a --config value, and the names of the experiment binaries.
+# Sourced by launch.sh and scripts/tpu.sh, what both read of a command line: shell-quoting
+# for printed commands, a flag's value, the run name of a --config value, and the names of
+# the experiment binaries.
 
 # One word for a POSIX shell: bare when safe, else in single quotes (like Python's shlex.quote).
 quote() {
@@ -10,6 +11,16 @@ quote() {
   else
     printf "'%s'" "${1//$squote/$escaped}"
   fi
+}
+
+# The value of flag $1 (--flag=V or --flag V) among the rest of the arguments, or "".
+flag_value() {
+  local flag="$1" prev="" arg; shift
+  for arg in "$@"; do
+    [[ "$prev" == "$flag" ]] && { echo "$arg"; return; }
+    [[ "$arg" == "$flag="* ]] && { echo "${arg#"$flag"=}"; return; }
+    prev="$arg"
+  done
 }
 
 # The preset a --config value names, as experiments/cli.py records it: NAME, or
