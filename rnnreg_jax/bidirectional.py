@@ -50,6 +50,7 @@ from rnnreg_jax import cells, explicit_sharding, precision, rnn, unroll_checks
 from rnnreg_jax import lengths as varlen
 from rnnreg_jax.regularizers.base import Regularizer, penalties_of
 from rnnreg_jax.regularizers.chain import NONE
+from rnnreg_jax.regularizers.checks import check_flag, check_key
 
 Array = jax.Array
 
@@ -84,6 +85,8 @@ def reverse_padded(x: Array, lengths: Array | None, time_axis: int = 1) -> Array
     if time_axis not in (0, 1):
         raise ValueError(f"time_axis must be 0 or 1 (the batch being the other), got "
                          f"{time_axis}.")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # a list failed in jnp.flip
+        raise ValueError(f"x must be an array (jax or numpy), got a {type(x).__name__}.")
     if jnp.ndim(x) < 2:  # else an IndexError reading the batch
         raise ValueError(f"x must be [B, T, ...] (or [T, B, ...] with time_axis=0), got "
                          f"shape {jnp.shape(x)}.")
@@ -106,6 +109,7 @@ def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[i
     from rnnreg_jax.nn import layer_sizes  # here: nn imports this module
 
     check_merge(merge)
+    check_key(key, "key", required=True)  # fold_in failed on None or split keys
     sizes = layer_sizes(hidden_sizes)  # the linen stacks' reading: an int is one layer
     layers, width = [], input_size
     for index, hidden in enumerate(sizes):
@@ -136,9 +140,7 @@ def initial_carry(cell: Any, params: Sequence[dict], batch_size: int, reg: Regul
 
 
 def _check_params(params: Any) -> list[dict]:
-    if isinstance(params, Mapping):
-        params = [params]
-    layers = list(params)
+    layers = unroll_checks.as_layers(params)[0]  # None or a number: rnn.unroll's message
     if not layers:
         raise ValueError("A bidirectional stack needs at least one layer of params.")
     for index, layer in enumerate(layers):
@@ -220,6 +222,7 @@ def unroll_bidirectional(
     """
     check_cell(cell)
     check_merge(merge)
+    check_flag(return_hiddens, "return_hiddens")
     layers = _check_params(params)
     unroll_checks.check_arguments(cell, reg, layers, inputs, time_major, dtype, forget_bias,
                                   unroll, caller="unroll_bidirectional",

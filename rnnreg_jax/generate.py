@@ -98,7 +98,7 @@ def generate(model: LanguageModel | ApplyFn, variables, key: jax.Array | None,
     else:
         check_key(key)
     ids = _first_window(prompt, start_id, batch_size)
-    logits_shape = jax.eval_shape(lambda v, x: apply_fn(v, x, carry)[0], variables, ids).shape
+    logits_shape = _logits_shape(apply_fn, variables, ids, carry)
     if len(logits_shape) != 3 or logits_shape[:2] != ids.shape:
         raise ValueError(f"The model must return logits [B, T, V] = {ids.shape + ('V',)}, "
                          f"got shape {logits_shape}.")
@@ -186,6 +186,10 @@ def _apply_fn(model) -> ApplyFn:
                              "every step with its first step's.")
         return lambda variables, ids, carry: model.apply(variables, ids, carry,
                                                          deterministic=True)
+    if isinstance(model, type):  # a class is callable: it was built from the variables
+        raise ValueError(f"model must be a LanguageModel instance (linen or NNX) or an apply "
+                         f"function, got the class {model.__name__} itself; construct one, "
+                         f"as {model.__name__}(...).")
     # other modules are callable too, but not as `apply(variables, ids, carry)` (NNX's
     # checked only if loaded: it does not import at the flax floor)
     nnx = sys.modules.get("flax.nnx")
@@ -194,6 +198,20 @@ def _apply_fn(model) -> ApplyFn:
         raise ValueError(f"model must be a LanguageModel (linen or NNX) or an apply "
                          f"function, got {type(model).__name__}.")
     return model
+
+
+def _logits_shape(apply_fn: ApplyFn, variables, ids: jax.Array, carry) -> tuple:
+    """The shape of the logits `apply_fn` returns for `ids` (nothing runs), after checking
+    that it returns a pair `(logits, carry)` (bare logits were indexed along their batch)."""
+    out = jax.eval_shape(lambda v, x: apply_fn(v, x, carry), variables, ids)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2
+            and hasattr(out[0], "shape")):
+        got = (f"an array of shape {tuple(out.shape)}" if hasattr(out, "shape")
+               else f"a {type(out).__name__}" + (f" of {len(out)} items"
+                                                  if isinstance(out, (tuple, list)) else ""))
+        raise ValueError(f"The model (apply function) must return a pair (logits [B, T, V], "
+                         f"carry), got {got}.")
+    return tuple(out[0].shape)
 
 
 def _count(name: str, value) -> int:

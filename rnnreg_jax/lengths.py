@@ -34,14 +34,20 @@ def concrete_values(value) -> np.ndarray | None:
         return None
 
 
-def check(seq_lengths, batch: int, steps: int) -> Array:
+def check(seq_lengths, batch: int | None, steps: int) -> Array:
     """`seq_lengths` as an int array `[B]`, after checking its dtype, shape and (when
-    concrete) that every length is in `[1, T]`; a one-sentence ValueError otherwise."""
-    lengths = jnp.asarray(seq_lengths)
+    concrete) that every length is in `[1, T]`; a one-sentence ValueError otherwise.
+    `batch` None: any B (one axis)."""
+    want = "[B]" if batch is None else f"[B] = ({batch},)"
+    try:  # None, a string or a ragged list failed inside jnp.asarray
+        lengths = jnp.asarray(seq_lengths)
+    except (TypeError, ValueError):
+        raise ValueError(f"seq_lengths must be an integer array of shape {want}, got "
+                         f"{seq_lengths!r:.80}.") from None
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ValueError(f"seq_lengths must be integers, got dtype {lengths.dtype}.")
-    if lengths.shape != (batch,):
-        raise ValueError(f"seq_lengths must have shape [B] = ({batch},), got "
+    if lengths.ndim != 1 or (batch is not None and lengths.shape != (batch,)):
+        raise ValueError(f"seq_lengths must have shape {want}, got "
                          f"{tuple(lengths.shape)}.")
     values = concrete_values(seq_lengths)
     if values is not None and values.size and (values.min() < 1 or values.max() > steps):
@@ -55,9 +61,29 @@ def valid_steps(seq_lengths: Array, steps: int) -> Array:
     return jnp.arange(steps)[:, None] < seq_lengths[None, :]
 
 
+def check_time_axis(time_axis) -> int:
+    """`time_axis` as an int, or a one-sentence ValueError unless it is 0 or 1 (the batch
+    being the other; 2 read another axis as time)."""
+    if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)) \
+            or time_axis not in (0, 1):
+        raise ValueError(f"time_axis must be 0 or 1 (the batch being the other), got "
+                         f"{time_axis!r}.")
+    return int(time_axis)
+
+
+def check_steps(steps, least: int = 0) -> int:
+    """`steps` (T) as an int, or a one-sentence ValueError unless it is a whole number of
+    at least `least` (a negative T gave an empty mask)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < least:
+        raise ValueError(f"steps must be a whole number >= {least}, got {steps!r}.")
+    return int(steps)
+
+
 def valid_mask(seq_lengths: Array, steps: int, time_axis: int = 1) -> Array:
-    """`valid_steps` with time on `time_axis`: `[B, T]` (1) or `[T, B]` (0)."""
-    valid = valid_steps(seq_lengths, steps)
+    """`valid_steps` with time on `time_axis`: `[B, T]` (1) or `[T, B]` (0); the lengths
+    are checked as by `check` (their values where concrete)."""
+    steps, time_axis = check_steps(steps), check_time_axis(time_axis)
+    valid = valid_steps(check(seq_lengths, None, steps), steps)
     return valid if time_axis == 0 else valid.T
 
 
@@ -88,12 +114,18 @@ def mask_rows(valid_t: Array, tree, keep: bool = True):
 
 def last_valid(ys: Array, seq_lengths: Array | None, time_axis: int = 1) -> Array:
     """Each example's output at its last valid step, `ys[b, L_b - 1]` (`ys[:, -1]`
-    without lengths): `[B, T, ...]` (or time-major) -> `[B, ...]`. Under `jit` a length
-    out of `[1, T]` reads the nearest step."""
+    without lengths): `[B, T, ...]` (or time-major) -> `[B, ...]`. The lengths are
+    checked as by `check`; under `jit` a length out of `[1, T]` reads the nearest step."""
+    time_axis = check_time_axis(time_axis)
+    shape = np.shape(ys)
+    if len(shape) < 2 or shape[time_axis] < 1:
+        raise ValueError(f"ys must be [B, T, ...] (or [T, B, ...] with time_axis=0) with at "
+                         f"least one step, got shape {shape}.")
     if seq_lengths is None:
         return ys[:, -1] if time_axis == 1 else ys[-1]
-    steps = ys.shape[time_axis]
-    index = jnp.clip(jnp.asarray(seq_lengths) - 1, 0, steps - 1)
+    steps = shape[time_axis]
+    seq_lengths = check(seq_lengths, shape[1 - time_axis], steps)
+    index = jnp.clip(seq_lengths - 1, 0, steps - 1)
     y = ys if time_axis == 1 else jnp.swapaxes(ys, 0, 1)
     return y[jnp.arange(y.shape[0]), index]
 
@@ -105,6 +137,7 @@ def from_mask(mask, time_axis: int = 1) -> np.ndarray:
     A mask is turned into lengths on the host, before `jit`; a mask whose True steps are
     not a prefix (padding before or inside a sequence) is refused, since the recurrence
     reads an example's valid steps first."""
+    time_axis = check_time_axis(time_axis)
     values = concrete_values(mask)
     if values is None:
         raise ValueError("from_mask needs a concrete mask; convert it to seq_lengths "

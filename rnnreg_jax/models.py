@@ -23,7 +23,14 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
-from rnnreg_jax.nn import RecurrentOptions, StackedRNN, dropout_key, layer_sizes, option
+from rnnreg_jax.nn import (
+    RecurrentOptions,
+    StackedRNN,
+    check_modes,
+    dropout_key,
+    layer_sizes,
+    option,
+)
 from rnnreg_jax.regularizers.checks import check_weights
 
 
@@ -102,11 +109,15 @@ def check_rank(expected: str, inputs: jax.Array, ndim: int) -> None:
 
 def check_sequence_inputs(inputs: jax.Array, token_ids: bool) -> None:
     """`SequenceModel`'s inputs (linen and NNX): int ids `[B, T]` with a vocabulary,
-    float features `[B, T, F]` without."""
+    float features `[B, T, F]` without, of at least one step (the head reads the last
+    output; T = 0 failed in an index)."""
     if token_ids:
         check_rank("SequenceModel with vocab_size takes int ids [B, T]", inputs, 2)
     else:
         check_rank("SequenceModel without vocab_size takes float inputs [B, T, F]", inputs, 3)
+    if jnp.shape(inputs)[1] == 0:
+        raise ValueError(f"SequenceModel's inputs must have at least one step (T >= 1), "
+                         f"whose last output the head reads; got shape {jnp.shape(inputs)}.")
 
 
 def check_token_ids(ids: jax.Array, vocab_size: int, of: str = "") -> None:
@@ -280,6 +291,7 @@ class LanguageModel(RecurrentOptions):
           `(logits [B, T, V], carry)`.
         """
         check_rank("LanguageModel takes int ids [B, T]", ids, 2)
+        deterministic = check_modes(deterministic, use_running_average)
         cells.check_size(self.vocab_size, "vocab_size")
         sizes = layer_sizes(self.hidden_sizes)
         embed_size = embedding_width(self.cell, sizes, self.embed_size, self.embed_to_gates)
@@ -367,6 +379,7 @@ class SequenceModel(RecurrentOptions):
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
         check_sequence_inputs(inputs, token_ids=self.vocab_size is not None)
+        deterministic = check_modes(deterministic, use_running_average)
         cells.check_size(self.num_outputs, "num_outputs")
         weights_key = _model_noise_key(self, self.reg, deterministic)
         x = inputs

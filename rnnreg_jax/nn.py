@@ -138,6 +138,14 @@ def check_switches(module) -> None:
             check_flag(getattr(module, field.name), field.name)
 
 
+def check_modes(deterministic: Any, use_running_average: Any = None) -> bool:
+    """A call's `deterministic` as a bool, and its `use_running_average` (None or a bool),
+    checked before anything reads them, each in one line (the linen modules' calls)."""
+    if use_running_average is not None:
+        check_flag(use_running_average, "use_running_average")
+    return check_flag(deterministic, "deterministic")
+
+
 def check_input_width(module: nn.Module, inputs) -> None:
     """The library's one sentence, not Flax's ScopeParamShapeError, for inputs of another
     width than the first layer's stored `w_x` reads (the NNX twins say the same)."""
@@ -264,6 +272,7 @@ class StackedRNN(RecurrentOptions):
           The outputs are in `dtype` when it is set; the carry keeps its dtypes (zeros:
           float32 or wider, see `rnn.unroll`).
         """
+        deterministic = check_modes(deterministic, use_running_average)
         self.reg.check_cell(self.cell)
         check_input_width(self, inputs)
         params, in_size = [], inputs.shape[-1]
@@ -411,6 +420,7 @@ class Bidirectional(RecurrentOptions):
           `(carry, outputs)` with `carry_first`. Outputs in `dtype` when it is set, the
           carry in its dtypes (zeros: float32 or wider, see `rnn.unroll`).
         """
+        deterministic = check_modes(deterministic)
         bidirectional.check_merge(self.merge)
         self.reg.check_cell(self.cell)
         check_input_width(self, inputs)

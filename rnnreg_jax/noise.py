@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnreg_jax import cells
 
@@ -109,8 +110,31 @@ def _bernoulli_flat(key: Array, p: float, size: int) -> Array:
     return halves.reshape(-1)[:size] < threshold
 
 
+def check_probability(p: Any, name: str = "p") -> float:
+    """`p` as a float, or a one-sentence ValueError naming `name` unless it is a real number
+    in [0, 1] (a p above 1 was drawn as 1, a negative one overflowed the threshold)."""
+    from rnnreg_jax.regularizers.checks import check_number  # checks imports this module
+
+    value = check_number(p, name)
+    if not 0.0 <= value <= 1.0:  # also NaN
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}.")
+    return value
+
+
+def check_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
+    """`shape` as a tuple of ints, or a one-sentence ValueError unless it is a sequence of
+    whole numbers >= 0 (a negative size failed inside XLA)."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list)) else None
+    if dims is None or any(isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                           or d < 0 for d in dims):
+        raise ValueError(f"{name} must be a tuple of whole numbers >= 0, got {shape!r:.80}.")
+    return tuple(int(d) for d in dims)
+
+
 def bernoulli_draw(key: Array, p: float, shape: tuple[int, ...]) -> Array:
-    """Booleans of `shape`, each True with probability `quantize_probability(p)`."""
+    """Booleans of `shape`, each True with probability `quantize_probability(p)` (`p` a
+    number in [0, 1])."""
+    p, shape = check_probability(p), check_shape(shape)
     return _bernoulli_flat(key, p, math.prod(shape)).reshape(shape)
 
 
@@ -122,6 +146,11 @@ def bernoulli(key: Array, p: float, shape: tuple[int, ...], tie: str, steps: int
     draws from `jax.random.split(key, steps)`, stacked to `[steps, *shape]`.
     The probability is `quantize_probability(p)` (see `PROBABILITY_BITS`).
     """
+    from rnnreg_jax.regularizers.checks import check_tie  # checks imports this module
+
+    p, shape = check_probability(p), check_shape(shape)
+    if check_tie(tie) == "step":
+        steps = cells.check_size(steps, "steps", least=0)
     if tie == "sequence":
         return bernoulli_draw(key, p, shape).astype(dtype)
     keys = jax.random.split(key, steps)
@@ -143,6 +172,15 @@ def dropout_mask(key: Array, spec, shape: tuple[int, ...], steps: int,
       mask's own axes when `spec.per_gate`: `[G, *shape]`, `[T, G, *shape]` per step
       (one layout for every per-step mask: time first, as the scan slices it).
     """
+    from rnnreg_jax.regularizers.checks import check_rate  # checks imports this module
+
+    if not all(hasattr(spec, field) for field in ("rate", "tie", "per_gate")):
+        raise ValueError("spec must be a regularizers.MaskSpec (its rate, tie and "
+                         f"per_gate), such as MaskSpec(0.5, 'step'), got {spec!r:.80}.")
+    check_rate(spec.rate, "spec's")
+    shape = check_shape(shape)
+    if spec.per_gate:
+        num_gates = cells.check_size(num_gates, "num_gates")
     full = (num_gates, *shape) if spec.per_gate else shape
     keep = bernoulli(key, 1.0 - spec.rate, full, spec.tie, steps, dtype)
     if getattr(spec, "eval_scaling", False):
@@ -166,10 +204,16 @@ def layer_noise(
       input_size, hidden_size: F and H of this layer.
       deterministic: evaluation mode, every noise replaced by its expectation.
     """
-    from rnnreg_jax.regularizers.base import LayerShape
-    from rnnreg_jax.regularizers.checks import check_input_mask, check_step_noise
+    from rnnreg_jax.regularizers.base import LayerShape, check_regularizer
+    from rnnreg_jax.regularizers.checks import check_flag, check_input_mask, check_step_noise
 
-    reg.check_cell(cell)
+    check_regularizer(reg).check_cell(cell)
+    layer = cells.check_size(layer, "layer", least=0)
+    batch, steps, input_size, hidden_size = (
+        cells.check_size(value, name, least=0) for value, name in (
+            (batch, "batch"), (steps, "steps"), (input_size, "input_size"),
+            (hidden_size, "hidden_size")))
+    deterministic = check_flag(deterministic, "deterministic")
     if not deterministic and not reg.stack_noise:
         return LayerNoise()
     if not deterministic and key is None:
@@ -235,7 +279,30 @@ def mc_sample_keys(key: Array, window, first, count: int, masks: str = "pass") -
     Returns:
       `[count, *key.shape]`.
     """
+    from rnnreg_jax.regularizers.checks import check_key  # checks imports this module
+
     if masks not in MC_MASKS:
         raise ValueError(f"masks must be one of {MC_MASKS}; got {masks!r}.")
+    check_key(key, required=True)
+    if masks == "window":  # "pass" reads no window
+        _check_index(window, "window")
+    _check_index(first, "first")
+    count = cells.check_size(count, "count")
     base = key if masks == "pass" else jax.random.fold_in(key, window)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(first + jnp.arange(count))
+
+
+def _check_index(value: Any, name: str) -> None:
+    """A sample or window index: an int or an integer scalar array (maybe traced: its
+    value is checked where concrete), >= 0; else a one-sentence ValueError naming it
+    (fold_in failed on a float or a negative one)."""
+    from rnnreg_jax.lengths import concrete_values
+
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not integer and not (hasattr(value, "dtype") and np.ndim(value) == 0
+                            and jnp.issubdtype(value.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be a whole number >= 0 (an int or an integer scalar "
+                         f"array), got {value!r:.80}.")
+    values = concrete_values(value)
+    if values is not None and values < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {values}.")

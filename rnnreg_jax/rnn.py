@@ -116,7 +116,7 @@ def scan_layer(
       (`cells.has_aux_output`) the ys are the pair `(ys [T, B, H], aux [T, ...])`.
     """
     unroll_checks.check_layer_call(cell, params, xs, carry, layer_noise, unroll, dtype,
-                                   forget_bias)
+                                   forget_bias, population)
     explicit_sharding.check_carry(carry, xs)
     explicit_sharding.check_weights(params, xs, carry)
     if population is not None and cells.statistics_of(cell) is None:
@@ -222,12 +222,7 @@ def stack_output(reg: Regularizer, key: Array | None, x: Array, num_layers: int,
 
 
 def _as_list(params: cells.Params | Sequence[cells.Params]) -> tuple[list, bool]:
-    if isinstance(params, Mapping):  # one layer (a dict, a FrozenDict)
-        return [params], True
-    if not isinstance(params, Sequence):
-        raise ValueError(f"params must be one layer's (a dict) or a list of them, bottom "
-                         f"first, got {type(params).__name__}.")
-    return list(params), False
+    return unroll_checks.as_layers(params)
 
 
 def initial_carry(cell: str, params: cells.Params | Sequence[cells.Params], batch_size: int,
@@ -341,8 +336,7 @@ def unroll(
                          f"per layer, got one dict (of {sorted(carry)}).")
     else:
         carries = [carry] if single else list(carry)
-    populations: list[Any] = [None] * len(layers) if cell_stats is None else (
-        [cell_stats] if single else list(cell_stats))
+    populations: list[Any] = unroll_checks.as_populations(cell_stats, len(layers), single)
     unroll_checks.check_stack(cell, reg, layers, carries, populations, x, time_major)
     if not deterministic and key is None and reg.stack_noise:
         raise ValueError("A PRNG key is required in training mode (deterministic=False) "

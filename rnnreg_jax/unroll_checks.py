@@ -3,15 +3,14 @@ would otherwise report deep inside a product, a KeyError or a carry type mismatc
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnreg_jax import cells, explicit_sharding, precision
+from rnnreg_jax.cells import check_forget_bias  # here too: unroll's checks, one place
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
 from rnnreg_jax.regularizers.checks import check_flag, check_key
 
@@ -62,50 +61,80 @@ def check_arguments(cell, reg: Regularizer, layers: list, inputs: Array, time_ma
     check_regularizer(reg)
     if not layers:
         raise ValueError(f"{caller} needs the params of at least one layer, got none.")
-    if jnp.ndim(inputs) != 3:
-        raise ValueError(f"The inputs of {caller} must be "
-                         f"{'[T, B, F]' if time_major else '[B, T, F]'}, got shape "
-                         f"{jnp.shape(inputs)}.")
+    check_inputs(inputs, caller, "[T, B, F]" if time_major else "[B, T, F]")
     precision.check_floating(jnp.result_type(inputs), "The inputs' dtype")
     if dtype is not None:
         precision.check_floating(dtype, "dtype")
     check_forget_bias(forget_bias)
 
 
-def check_forget_bias(forget_bias: Any) -> None:
-    """One finite number known when the step is built (a Python or numpy scalar, or a
-    concrete 0-d array): a string failed inside JAX, NaN made every output NaN, an array
-    of gate offsets or a traced one (jit's argument) failed in a truth test."""
-    if isinstance(forget_bias, (str, bytes, bool)) or forget_bias is None:
-        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
-    try:
-        shape = np.shape(forget_bias)
-    except Exception:  # noqa: BLE001 -- not array-like at all
-        shape = None
-    if shape != ():
-        raise ValueError(f"forget_bias must be one number, got "
-                         f"{f'shape {shape}' if shape is not None else repr(forget_bias)}.")
-    try:
-        value = float(forget_bias)
-    except jax.errors.ConcretizationTypeError:
-        raise ValueError("forget_bias must be a number known outside jit (a static "
-                         "setting), got a traced array.") from None
-    except TypeError:
-        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.") from None
-    if not math.isfinite(value):
-        raise ValueError(f"forget_bias must be finite, got {value!r}.")
+def check_inputs(inputs: Any, caller: str, layout: str) -> None:
+    """The inputs of `caller` an array (jax or numpy, traced or not) of rank 3 in
+    `layout`; a list failed in JAX's dtype inference, None or a str read as shape ()."""
+    if not (hasattr(inputs, "shape") and hasattr(inputs, "dtype")):
+        raise ValueError(f"The inputs of {caller} must be an array (jax or numpy) {layout}, "
+                         f"got a {type(inputs).__name__}.")
+    if jnp.ndim(inputs) != 3:
+        raise ValueError(f"The inputs of {caller} must be {layout}, got shape "
+                         f"{jnp.shape(inputs)}.")
+
+
+def as_layers(params: Any) -> tuple[list, bool]:
+    """`(the layers' params, whether one layer's dict was given)` of a stack given as one
+    layer's params (a dict, a FrozenDict) or a list of them; a one-sentence error for
+    anything else (None, a number: a TypeError iterating it)."""
+    if isinstance(params, Mapping):  # one layer (a dict, a FrozenDict)
+        return [params], True
+    if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+        raise ValueError(f"params must be one layer's (a dict) or a list of them, bottom "
+                         f"first, got {type(params).__name__}.")
+    return list(params), False
+
+
+def as_populations(cell_stats: Any, num_layers: int, single: bool) -> list:
+    """`unroll`'s `cell_stats` as one entry per layer (None: the window's statistics):
+    one layer's pytree, or for a stack a list of them; a dict or a str given for a stack
+    (read as its keys or characters, then a TypeError) is named instead."""
+    if cell_stats is None:
+        return [None] * num_layers
+    if single:
+        return [cell_stats]
+    if isinstance(cell_stats, Mapping):
+        raise ValueError(f"A stack of {num_layers} layers takes a list of cell_stats, one per "
+                         f"layer, got one dict (of {sorted(cell_stats)}).")
+    if isinstance(cell_stats, (str, bytes)) or not isinstance(cell_stats, Sequence):
+        raise ValueError(f"cell_stats must be a list of {num_layers} layers' running "
+                         f"statistics (or None), got a {type(cell_stats).__name__}.")
+    return list(cell_stats)
+
+
+def check_population(cell, population: Any, params: Any, name: str) -> None:
+    """A layer's running statistics (`name` in the messages) as its cell's
+    `CellStatistics.validate` takes them (the batch-normalized LSTM: every statistic,
+    each `[T_max, 4H]` or `[T_max, H]`); None (the window's own) and cells without a
+    validator pass. A missing statistic was a KeyError, a string a TypeError."""
+    statistics = cells.statistics_of(cell)
+    if population is None or statistics is None or statistics.validate is None:
+        return  # a cell without statistics refuses any in scan_layer
+    w_h: Any = params.get("w_h") if isinstance(params, Mapping) else None
+    statistics.validate(population, w_h.shape[0] if getattr(w_h, "ndim", 0) == 2 else None,
+                        name)
 
 
 def check_stack(cell, reg: Regularizer, layers: list, carries: list, populations: list,
                 x: Array, time_major: bool) -> None:
-    """One carry and one `cell_stats` per layer, each layer's params and carry fit for
-    the cell, and their shapes for the inputs (`x`: time-major)."""
+    """One carry and one `cell_stats` per layer, each layer's params, carry and running
+    statistics fit for the cell, and their shapes for the inputs (`x`: time-major)."""
     if len(carries) != len(layers):
         raise ValueError(f"Got {len(carries)} carries for {len(layers)} layers.")
     if len(populations) != len(layers):
         raise ValueError(f"Got {len(populations)} cell_stats for {len(layers)} layers.")
     for index, (p, c) in enumerate(zip(layers, carries, strict=True)):
+        if not isinstance(p, Mapping):  # a nested list failed on a missing attribute
+            raise ValueError(f"Layer {index}'s params must be a dict of arrays (as "
+                             f"cells.init_params makes), got a {type(p).__name__}.")
         cells.check_layer(cell, p, c, index, reg.needs_output_gate)
+        check_population(cell, populations[index], p, f"Layer {index}'s cell_stats")
     check_shapes(cell, layers, carries, x, time_major)
 
 
@@ -141,6 +170,10 @@ def check_carry(carry: Any, index: int | str, batch: int, hidden: int | None,
     in the scan's carry check, an integer carry silently held zeros. `index` names the
     layer in the messages."""
     for name, leaf in carry.items():
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):  # nested lists: a
+            # TypeError in JAX's dtype inference
+            raise ValueError(f"Layer {index}'s carry[{name!r}] must be an array [B, H] (jax "
+                             f"or numpy), got a {type(leaf).__name__}.")
         shape = tuple(jnp.shape(leaf))
         if len(shape) != 2:
             raise ValueError(f"Layer {index}'s carry[{name!r}] must be [B, H], got shape "
@@ -155,28 +188,34 @@ def check_carry(carry: Any, index: int | str, batch: int, hidden: int | None,
                                  f"The dtype of layer {index}'s carry[{name!r}]")
 
 
-def check_layer_call(cell, params: Any, xs: Array, carry: Any, layer_noise: Any = None,
-                     unroll: Any = 1, dtype: Any = None, forget_bias: Any = 0.0) -> None:
-    """`rnn.scan_layer`'s one-sentence errors: a bad cell, inputs that are not `[T, B, F]`
-    floating (a `[T, F]` sequence broadcast over the carry's batch), params or a carry
-    that do not fit the cell or the inputs, noise that is not a `noise.LayerNoise` (a
-    regularizer there failed on a missing attribute), a scan unroll factor below 1, a
-    compute dtype that is not floating (an integer one cast `W_h` and ran) and a bad
-    `forget_bias`."""
+def check_layer_call(cell, params: Any, xs: Array, carry: Any, layer_noise: Any,
+                     unroll: Any = 1, dtype: Any = None, forget_bias: Any = 0.0,
+                     population: Any = None) -> None:
+    """`rnn.scan_layer`'s one-sentence errors: a bad cell, inputs that are not a
+    `[T, B, F]` floating array (a `[T, F]` sequence broadcast over the carry's batch, a
+    list failed in JAX's dtype inference), params that are not one layer's dict (a
+    stack's list failed on a missing attribute) or a carry that do not fit the cell or
+    the inputs, noise that is not a `noise.LayerNoise` (a regularizer or None there
+    failed on a missing attribute), a scan unroll factor below 1, a compute dtype that
+    is not floating (an integer one cast `W_h` and ran), a bad `forget_bias` and running
+    statistics (`population`) that do not fit the cell."""
     from rnnreg_jax import noise
 
     cells.check_cell_type(cell)
-    if layer_noise is not None and not isinstance(layer_noise, noise.LayerNoise):
+    if not isinstance(params, Mapping):
+        raise ValueError(f"scan_layer takes one layer's params (a dict), got a "
+                         f"{type(params).__name__}; unroll runs a stack (a list of them).")
+    if not isinstance(layer_noise, noise.LayerNoise):
+        none = "; noise.LayerNoise() is no noise" if layer_noise is None else ""
         raise ValueError(f"layer_noise must be a noise.LayerNoise (noise.layer_noise makes "
-                         f"one from a regularizer), got a {type(layer_noise).__name__}.")
+                         f"one from a regularizer), got a {type(layer_noise).__name__}{none}.")
     cells.check_size(unroll, "unroll")
     if dtype is not None:
         precision.check_floating(dtype, "dtype")
     check_forget_bias(forget_bias)
-    if jnp.ndim(xs) != 3:
-        raise ValueError(f"The inputs of scan_layer must be [T, B, F], got shape "
-                         f"{jnp.shape(xs)}.")
+    check_inputs(xs, "scan_layer", "[T, B, F]")
     precision.check_floating(jnp.result_type(xs), "The inputs' dtype")
     output_gate = isinstance(carry, Mapping) and "o" in carry  # as the layer's noise says
     cells.check_layer(cell, params, carry, 0, output_gate)
+    check_population(cell, population, params, "population")
     check_shapes(cell, [params], [carry], xs, time_major=True)

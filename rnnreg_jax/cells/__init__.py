@@ -62,6 +62,7 @@ from rnnreg_jax.cells.base import (
     cell_name,
     check_cell_type,
     check_size,
+    check_step,
     has_memory,
     maybe_scale,
     merge_noise,
@@ -104,6 +105,7 @@ from rnnreg_jax.cells.lstm import LSTM, lstm_gates, lstm_step, lstm_update
 from rnnreg_jax.cells.lstm_bn import LSTM_BN, lstm_bn_step, lstm_bn_update
 from rnnreg_jax.cells.lstm_ln import LSTM_LN, layer_norm, lstm_ln_step, lstm_ln_update
 from rnnreg_jax.cells.params import (
+    check_forget_bias,
     check_layer,
     check_scale,
     check_w_h,
@@ -169,8 +171,8 @@ __all__ = [
     "statistics_of",
     "EXTRA_CELL_TYPES", "LN_EPSILON", "LSTM_TYPES", "NUM_GATES",
     "RECURRENT_BIAS_CELLS", "REGISTRY", "STEPS", "UPDATES", "UPDATE_PARAMS", "Array", "Carry",
-    "Cell", "Params", "StepNoise", "check_cell_type", "check_layer", "check_scale",
-    "check_size", "check_w_h",
+    "Cell", "Params", "StepNoise", "check_cell_type", "check_forget_bias", "check_layer",
+    "check_scale", "check_size", "check_step", "check_w_h",
     "default_init_scale",
     "gate_blocks", "gate_major", "get_step", "is_per_gate", "leading_gates", "leading_projection",
     "get_update",

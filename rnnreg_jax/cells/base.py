@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -96,11 +96,15 @@ class CellStatistics:
       update: `(stats, window_stats, momentum) -> stats`: fold one training window's
         per-step statistics (the cell's per-step auxiliary output) into them.
       check: `(max_steps, momentum) -> None`: raise ValueError on bad options.
+      validate: `(stats, hidden_size, name) -> None`: raise a one-sentence ValueError
+        (naming the argument as `name`) for one layer's statistics that do not fit its
+        `hidden_size` units (None: unknown); None: given statistics are not checked.
     """
 
     init: Callable
     update: Callable
     check: Callable
+    validate: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +255,55 @@ def mix(keep_coef: Any, previous: Array, new: Array) -> Array:
 def maybe_scale(mask: Any, value: Array) -> Array:
     """`value * mask`, or `value` when the mask is None (the site is off)."""
     return value if mask is None else value * mask
+
+
+def check_step(step: str, params: Any, carry: Any, xw_t: Any, noise: Any, gates: int,
+               memory: bool = False, reads: tuple[str, ...] = ()) -> None:
+    """A built-in step's one-sentence errors (`step` names it), in Python on static shapes
+    and types at trace time, so the compiled step is the same with them: `noise` that is
+    not a `StepNoise` (an AttributeError), params without `w_h` or what the update
+    `reads` (a KeyError), a carry that is not a dict with `h` (and `c` when `memory`),
+    and a projection `xw_t` that is not `[..., gates * H]` over the carry's `[..., H]`
+    (a batch of 1 on either side broadcast silently; another width failed in an add or
+    a split)."""
+    if not isinstance(noise, StepNoise):
+        raise ValueError(f"noise must be a cells.StepNoise, got a {type(noise).__name__}.")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be one layer's dict of arrays, got a "
+                         f"{type(params).__name__}.")
+    missing = [name for name in ("w_h", *reads) if name not in params]
+    if missing:
+        raise ValueError(f"params lack {missing}, which {step} reads (they hold "
+                         f"{sorted(params)}).")
+    if not isinstance(carry, Mapping):
+        raise ValueError(f"carry must be a dict of arrays (as cells.init_carry makes), got a "
+                         f"{type(carry).__name__}.")
+    missing = [name for name in (("h", "c") if memory else ("h",)) if name not in carry]
+    if missing:
+        raise ValueError(f"carry lacks {missing}, which {step} reads (it holds "
+                         f"{sorted(carry)}); cells.init_carry makes one.")
+    h = carry["h"]
+    h_shape = tuple(getattr(h, "shape", ()))
+    if not h_shape:
+        got = "shape ()" if hasattr(h, "shape") else f"a {type(h).__name__}"
+        raise ValueError(f"carry['h'] must be an array [B, H], got {got}.")
+    for name in ("c", "o") if memory else ():
+        shape = tuple(getattr(carry.get(name), "shape", h_shape))  # "o": output zoneout's
+        if shape != h_shape:
+            raise ValueError(f"carry[{name!r}] has shape {shape}, but carry['h'] has "
+                             f"{h_shape}.")
+    hidden = h_shape[-1]
+    w_h = params["w_h"]
+    if getattr(w_h, "ndim", 0) == 2 and w_h.shape[0] != hidden:
+        raise ValueError(f"params['w_h'] has shape {tuple(w_h.shape)}, but the carry's h has "
+                         f"{hidden} units ({step} takes w_h [H, G*H]).")
+    want = (*h_shape[:-1], gates * hidden)
+    xw_shape = getattr(xw_t, "shape", None)
+    if xw_shape is None or tuple(xw_shape) != want:
+        what = (f"shape {tuple(xw_shape)}" if xw_shape is not None
+                else f"a {type(xw_t).__name__}")
+        raise ValueError(f"xw_t has {what}, but the carry's h has shape {h_shape}: {step} "
+                         f"takes {want} ({gates} gate blocks of {hidden} units).")
 
 
 def reject_lstm_only(noise: StepNoise, cell: str) -> None:

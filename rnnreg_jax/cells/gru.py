@@ -10,6 +10,7 @@ from rnnreg_jax.cells.base import (
     Cell,
     Params,
     StepNoise,
+    check_step,
     maybe_scale,
     mix,
     reject_lstm_only,
@@ -26,6 +27,7 @@ def gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepN
       h~ = (1 - z) n + z h_{t-1}
       h_t = d_h h_{t-1} + (1 - d_h) h~, then stochastic depth likewise.
     """
+    check_step("gru_step", params, carry, xw_t, noise, 3, reads=("b_h",))
     reject_lstm_only(noise, "gru")
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return gru_update(params, carry, xw_t, rec_t, noise)

@@ -29,6 +29,7 @@ from rnnreg_jax.cells.base import (
     Cell,
     Params,
     StepNoise,
+    check_step,
     maybe_scale,
     mix,
     reject_lstm_only,
@@ -54,6 +55,7 @@ def hard_sigmoid(x: Array) -> Array:
 def keras_lstm_step(params: Params, carry: Carry, xw_t: Array,
                     noise: StepNoise = StepNoise()):
     """One Keras 0.x LSTM step: `lstm_step` with hard-sigmoid gates i, f, o."""
+    check_step("keras_lstm_step", params, carry, xw_t, noise, 4, memory=True)
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return keras_lstm_update(params, carry, xw_t, rec_t, noise)
 
@@ -70,6 +72,7 @@ def keras_gru_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise =
     """One Keras 0.x GRU step (reset before the product, sigmoid candidate; module
     docstring), then Semeniuta update dropout on n, zoneout of h and stochastic depth
     as in `gru_step`."""
+    check_step("keras_gru_step", params, carry, xw_t, noise, 3)
     reject_lstm_only(noise, "keras_gru")
     rec_t, u_n = leading_projection(carry["h"], params["w_h"], noise.recurrent,
                                     PROJECTED_GATES)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from rnnreg_jax import explicit_sharding, precision
-from rnnreg_jax.cells.base import Array, Params, StepNoise
+from rnnreg_jax.cells.base import Array, Params, StepNoise, check_size
 
 
 def project_inputs(
@@ -60,8 +60,23 @@ def project_inputs(
     return per_gate_product(x, input_mask, per_gate_weights(w_x, input_mask.shape[0])) + b
 
 
+def check_gate_width(w: Array, num_gates: int) -> int:
+    """`num_gates` (a whole number >= 1) if it splits `w: [F, G*H]`'s columns into equal
+    gate blocks, else a one-sentence error (a block width rounded down dropped the
+    last columns; 0 gates divided by zero). Static shapes only: nothing runs."""
+    num_gates = check_size(num_gates, "num_gates")
+    shape = tuple(getattr(w, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"w must be [F, G*H], got shape {shape}.")
+    if shape[1] % num_gates:
+        raise ValueError(f"w's {shape[1]} columns must split into num_gates={num_gates} "
+                         f"equal gate blocks ([F, G*H]), got shape {shape}.")
+    return num_gates
+
+
 def gate_blocks(w: Array, num_gates: int) -> tuple[Array, ...]:
     """`[F, G*H]` -> G arrays `[F, H]`: one weight block per gate."""
+    num_gates = check_gate_width(w, num_gates)
     width = w.shape[1] // num_gates
     return tuple(w[:, g * width:(g + 1) * width] for g in range(num_gates))
 
@@ -69,6 +84,7 @@ def gate_blocks(w: Array, num_gates: int) -> tuple[Array, ...]:
 def gate_major(w: Array, num_gates: int) -> Array:
     """`[F, G*H] -> [G, F, H]`: the gate blocks stacked, gate axis leading (a batched
     dot's batch axis must lead for XLA to run it without transposing copies)."""
+    num_gates = check_gate_width(w, num_gates)
     return jnp.transpose(w.reshape(w.shape[0], num_gates, -1), (1, 0, 2))
 
 

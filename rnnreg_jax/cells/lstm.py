@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import Carry, Cell, Params, StepNoise, maybe_scale, mix
+from rnnreg_jax.cells.base import Carry, Cell, Params, StepNoise, check_step, maybe_scale, mix
 from rnnreg_jax.cells.layout import Array, recurrent_projection
 
 
@@ -26,6 +26,7 @@ def lstm_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = Step
     Returns:
       `(carry, h_t)`.
     """
+    check_step("lstm_step", params, carry, xw_t, noise, 4, memory=True)
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return lstm_update(params, carry, xw_t, rec_t, noise)
 

@@ -36,6 +36,7 @@ the batch statistics are exact there too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -49,6 +50,7 @@ from rnnreg_jax.cells.base import (
     CellStatistics,
     Params,
     StepNoise,
+    check_step,
 )
 from rnnreg_jax.cells.layout import project_inputs, recurrent_projection
 from rnnreg_jax.cells.lstm import lstm_gates
@@ -204,6 +206,11 @@ def project(params: Params, x: Array, input_mask: Array | None = None,
 def lstm_bn_step(params: Params, carry: Carry, xw_t: dict,
                  noise: StepNoise = StepNoise()):
     """One BN-LSTM step from `xw_t = project(...)` at step t; see `lstm_bn_update`."""
+    if not (isinstance(xw_t, Mapping) and "x" in xw_t and isinstance(xw_t.get("stats"), Mapping)):
+        raise ValueError(f"xw_t must be the dict {{'x', 'stats'}} cells.project makes for "
+                         f"lstm_bn (one step of it), got a {type(xw_t).__name__}.")
+    check_step("lstm_bn_step", params, carry, xw_t["x"], noise, NUM_GATES["lstm_bn"],
+               memory=True, reads=LSTM_BN.update_params)
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return lstm_bn_update(params, carry, xw_t, rec_t, noise)
 
@@ -236,6 +243,46 @@ def lstm_bn_update(params: Params, carry: Carry, xw_t: dict, rec_t: Array,
     return new_carry, (h_t, stats)
 
 
+def check_population(population: Any, hidden_size: int | None,
+                     name: str = "population") -> None:
+    """A layer's population statistics (`name` for the messages) as `project` reads them:
+    a dict of every `STAT_NAMES` array, `[T_max, 4H]` (x, h) or `[T_max, H]` (c), with
+    `weight: [T_max]` when they are running averages (`init_population`); else a
+    one-sentence error (a missing one was a KeyError, a string a TypeError, another
+    width a broadcasting error, fewer rows in one array a silently clamped index).
+    `hidden_size` None: widths not checked. Static shapes only: nothing runs."""
+    if not isinstance(population, Mapping):
+        raise ValueError(f"{name} must be a dict of lstm_bn's running statistics "
+                         f"({', '.join(STAT_NAMES)} and optionally {WEIGHT}, as "
+                         f"init_population makes them), got a {type(population).__name__}.")
+    missing = [stat for stat in STAT_NAMES if stat not in population]
+    if missing:
+        raise ValueError(f"{name} must also hold {missing}, which lstm_bn normalizes with "
+                         f"(given only {sorted(population)}); init_population makes them all.")
+    rows = None
+    for stat in STAT_NAMES + ((WEIGHT,) if WEIGHT in population else ()):
+        shape = getattr(population[stat], "shape", None)
+        if stat == WEIGHT:
+            want = "[T_max]"
+            ok = shape is not None and len(shape) == 1
+        else:
+            width = None if hidden_size is None else (
+                hidden_size * (1 if stat.startswith("c") else NUM_GATES["lstm_bn"]))
+            want = f"[T_max, {'W' if width is None else width}]"
+            ok = shape is not None and len(shape) == 2 and width in (None, shape[1])
+        units = "" if hidden_size is None else f" for {hidden_size} units"
+        if not ok:
+            got = (f"shape {tuple(shape)}" if shape is not None
+                   else f"a {type(population[stat]).__name__}")
+            raise ValueError(f"{name}[{stat!r}] must be {want}{units}, got {got}.")
+        assert shape is not None  # ok says so
+        if rows is None:
+            rows = shape[0]
+        elif shape[0] != rows:
+            raise ValueError(f"{name}[{stat!r}] has {shape[0]} rows (steps), but "
+                             f"{name}['x_mean'] has {rows}; every statistic has T_max rows.")
+
+
 def _check(max_steps: Any, momentum: float) -> None:
     check_max_steps(max_steps)
     check_momentum(momentum)
@@ -246,7 +293,8 @@ def _init(hidden_size: int, max_steps: int, dtype: Any = jnp.float32) -> Stats:
 
 
 # The population statistics, as every model keeps a cell's running statistics.
-STATISTICS = CellStatistics(init=_init, update=update_population, check=_check)
+STATISTICS = CellStatistics(init=_init, update=update_population, check=_check,
+                            validate=check_population)
 
 
 LSTM_BN = Cell(name="lstm_bn", num_gates=4, update=lstm_bn_update, has_memory=True,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnreg_jax.cells.base import LN_EPSILON, NUM_GATES, Carry, Cell, Params, StepNoise
+from rnnreg_jax.cells.base import (
+    LN_EPSILON,
+    NUM_GATES,
+    Carry,
+    Cell,
+    Params,
+    StepNoise,
+    check_size,
+    check_step,
+)
 from rnnreg_jax.cells.layout import Array, project_inputs, recurrent_projection
 from rnnreg_jax.cells.lstm import lstm_gates
 
@@ -18,7 +27,11 @@ def layer_norm(x: Array, gain: Array, bias: Array, groups: int = 1) -> Array:
     units, `(x - mean) / sqrt(var + LN_EPSILON)`, then scaled and shifted
     unit by unit: `* gain + bias` (gain and bias `[G*H]`).
     """
+    groups = check_size(groups, "groups")
     shape = x.shape
+    if not shape or shape[-1] % groups:  # a block width rounded down failed in reshape
+        raise ValueError(f"layer_norm's groups={groups} must divide x's last axis "
+                         f"({shape[-1] if shape else 0} wide; x has shape {tuple(shape)}).")
     blocks = x.reshape(*shape[:-1], groups, shape[-1] // groups)
     mean = jnp.mean(blocks, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(blocks - mean), axis=-1, keepdims=True)
@@ -41,6 +54,8 @@ def lstm_ln_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = S
     `lstm_step` (the rnnDrop mask on c~ before its normalization; zoneout and
     stochastic depth on the un-normalized `c`).
     """
+    check_step("lstm_ln_step", params, carry, xw_t, noise, 4, memory=True,
+               reads=LSTM_LN.update_params)
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return lstm_ln_update(params, carry, xw_t, rec_t, noise)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnreg_jax import precision
 from rnnreg_jax.cells.base import (
@@ -27,6 +28,7 @@ from rnnreg_jax.cells.layout import project_inputs
 
 def default_init_scale(hidden_size: int) -> float:
     """PyTorch's default: uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    hidden_size = check_size(hidden_size, "hidden_size")  # 0 divided by zero, -4 was complex
     return 1.0 / float(hidden_size) ** 0.5
 
 
@@ -63,9 +65,14 @@ def init_params(
       `w_x` and `w_h` orthogonal (orthonormal rows, `[F, G*H]` and `[H, G*H]`,
       `jax.nn.initializers.orthogonal`), biases zero; `init_scale` is unused.
     """
+    from rnnreg_jax.regularizers.checks import check_flag, check_key  # they import cells
+
     record = the_record(cell)
+    check_key(key, "key", required=True)  # None, an int or split keys failed in jax.random
     input_size, hidden_size = (check_size(input_size, "input_size", 0),
                                check_size(hidden_size, "hidden_size", 1))
+    recurrent_bias = check_flag(recurrent_bias, "recurrent_bias")  # "y" switched it on
+    orthogonal = check_flag(orthogonal, "orthogonal")
     scale = default_init_scale(hidden_size) if init_scale is None else check_scale(init_scale)
     dtype = precision.check_floating(dtype, "dtype")
     if record.init_params is not None:
@@ -207,8 +214,11 @@ def init_carry(
     `output_gate=True` adds `"o"`, the previous output gate, which output
     zoneout needs (an LSTM with o_{-1} = 0 is consistent with h_{-1} = 0).
     """
+    from rnnreg_jax.regularizers.checks import check_flag  # it imports cells
+
     batch_size = check_size(batch_size, "batch_size", 0)
     hidden_size = check_size(hidden_size, "hidden_size", 1)
+    output_gate = check_flag(output_gate, "output_gate")
     if dtype is not None:  # None: jnp.zeros' default
         dtype = precision.check_floating(dtype, "dtype")
     zeros = jnp.zeros((batch_size, hidden_size), dtype)
@@ -234,6 +244,7 @@ def project(cell: str, params: Params, x: Array, input_mask: Array | None = None
     if forget_bias:
         params = with_forget_bias(cell, params, forget_bias)
     record = the_record(cell)
+    _check_projection(record, params, x, input_mask, per_gate)
     if record.project is not None:
         return record.project(params, x, input_mask, per_gate, population)
     if record.recurrent_bias and "b_h" in params:  # the second bias simply adds
@@ -251,5 +262,69 @@ def with_forget_bias(cell: str, params: Params, forget_bias: float) -> Params:
     """
     if not has_memory(cell):
         raise ValueError(f"forget_bias applies to LSTM cells {LSTM_TYPES}, not {cell!r}.")
+    check_forget_bias(forget_bias)  # NaN made every output NaN
     hidden = params["w_h"].shape[0]
     return dict(params, b=params["b"].at[hidden:2 * hidden].add(forget_bias))
+
+
+def check_forget_bias(forget_bias: Any) -> None:
+    """One finite number known when the step is built (a Python or numpy scalar, or a
+    concrete 0-d array): a string failed inside JAX, NaN made every output NaN, an array
+    of gate offsets or a traced one (jit's argument) failed in a truth test."""
+    if isinstance(forget_bias, (str, bytes, bool)) or forget_bias is None:
+        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.")
+    try:
+        shape = np.shape(forget_bias)
+    except Exception:  # noqa: BLE001 -- not array-like at all
+        shape = None
+    if shape != ():
+        raise ValueError(f"forget_bias must be one number, got "
+                         f"{f'shape {shape}' if shape is not None else repr(forget_bias)}.")
+    try:
+        value = float(forget_bias)
+    except jax.errors.ConcretizationTypeError:
+        raise ValueError("forget_bias must be a number known outside jit (a static "
+                         "setting), got a traced array.") from None
+    except TypeError:
+        raise ValueError(f"forget_bias must be a number, got {forget_bias!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"forget_bias must be finite, got {value!r}.")
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
+
+
+def _check_projection(record, params: Any, x: Any, input_mask: Any, per_gate: bool) -> None:
+    """`project`'s one-sentence errors, on static shapes: inputs of another width than
+    `w_x` reads (a dot_general error), and for the built-in projections an input mask
+    that does not broadcast to the inputs (`[B, F]` tied, `[T, B, F]` per step; a mask
+    with more axes silently broadcast the projection up) or, per gate, has not the
+    cell's G slices in front (`[G, B, F]`, `[T, G, B, F]`)."""
+    shape = tuple(getattr(x, "shape", ()))
+    if not shape:
+        raise ValueError(f"x must be an array [T, B, F] (jax or numpy), got "
+                         f"{'shape ()' if hasattr(x, 'shape') else f'a {type(x).__name__}'}.")
+    w_x: Any = params.get("w_x") if isinstance(params, Mapping) else None
+    if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != shape[-1]:
+        raise ValueError(f"x has {shape[-1]} features (shape {shape}), but w_x reads "
+                         f"{w_x.shape[0]} (its shape is {tuple(w_x.shape)}, [F, G*H]).")
+    mask = getattr(input_mask, "shape", None)
+    if mask is None or w_x is None or not (record.project is None
+                                           or record.name in ALL_CELL_TYPES):
+        return  # none, a scalar, or a layout the cell's own projection reads
+    mask = tuple(mask)
+    if not per_gate:
+        if len(mask) > len(shape) or not _broadcasts_to(mask, shape):
+            raise ValueError(f"input_mask has shape {mask}; x of shape {shape} needs one "
+                             f"that broadcasts to it ([B, F] tied, [T, B, F] per step).")
+        return
+    if len(mask) == len(shape) + 1:  # per step, [T, G, B, F]: project_inputs swaps them
+        mask = (mask[1], mask[0], *mask[2:])
+    if not mask or mask[0] != record.num_gates or not _broadcasts_to(mask[1:], shape):
+        raise ValueError(f"input_mask has shape {tuple(input_mask.shape)}; x of shape {shape} "
+                         f"needs {record.num_gates} gate slices in front of a mask that "
+                         f"broadcasts to it, per gate ([G, B, F] tied, [T, G, B, F] per step).")

@@ -9,6 +9,7 @@ from rnnreg_jax.cells.base import (
     Cell,
     Params,
     StepNoise,
+    check_step,
     maybe_scale,
     mix,
     reject_lstm_only,
@@ -18,6 +19,7 @@ from rnnreg_jax.cells.layout import Array, recurrent_projection
 
 def rnn_step(params: Params, carry: Carry, xw_t: Array, noise: StepNoise = StepNoise()):
     """One tanh-RNN step: `h~ = tanh(xw_t + (h_{t-1} * m_h) W_h) * m_u`, then zoneout/depth."""
+    check_step("rnn_step", params, carry, xw_t, noise, 1)
     reject_lstm_only(noise, "rnn")
     rec_t = recurrent_projection(carry["h"], params["w_h"], noise.recurrent)
     return rnn_update(params, carry, xw_t, rec_t, noise)

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from rnnreg_jax.data.arguments import check_switch, check_tokens, check_whole
 from rnnreg_jax.data.errors import DataError
+from rnnreg_jax.shown import shown
 
 Batch = dict[str, np.ndarray]
-
-
 def of_split(by_split: Mapping[str, np.ndarray], split: str) -> np.ndarray:
     """`by_split[split]`, or a ValueError naming the splits there are (as PTB's)."""
     if split not in by_split:
@@ -64,8 +64,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """Returns the shuffling order of epoch `epoch`: int64 `[n]`.
 
     Seeded by `(seed, epoch)` with the legacy `RandomState`, whose stream numpy
-    keeps fixed across versions, so resumed runs see the same order.
+    keeps fixed across versions, so resumed runs see the same order. `n` is a whole
+    number >= 0 and `seed`, `epoch` whole numbers (taken modulo 2**32), else a
+    one-sentence ValueError (2.5 failed in numpy, -1 gave an empty order).
     """
+    n = check_whole(n, "n", 0)
+    # as Python ints: a numpy int32 seed overflowed in `seed % 2**32`
+    seed, epoch = check_whole(seed, "seed"), check_whole(epoch, "epoch")
     rng = np.random.RandomState([seed % 2**32, epoch % 2**32])
     return rng.permutation(n)
 
@@ -144,9 +149,12 @@ class ContiguousStreams(BatchSource):
         process_index: int | None = None,
         process_count: int | None = None,
     ):
-        tokens = np.asarray(tokens)
-        length = len(tokens) // batch_size if batch_size > 0 else 0
-        if seq_len < 1 or length < 2:
+        tokens = check_tokens(tokens)
+        check_whole(batch_size, "batch_size", 1)
+        check_whole(seq_len, "seq_len", 1)
+        check_switch(pad_last, "pad_last")
+        length = len(tokens) // batch_size
+        if length < 2:
             raise DataError(
                 f"{len(tokens)} tokens cannot make {batch_size} streams of windows of "
                 f"{seq_len}; use a smaller batch size or sequence length."
@@ -229,11 +237,16 @@ class ShuffledWindows(BatchSource):
         process_index: int | None = None,
         process_count: int | None = None,
     ):
-        self.tokens = np.asarray(tokens)
+        self.tokens = check_tokens(tokens)
+        check_whole(batch_size, "batch_size", 1)
+        check_whole(seq_len, "seq_len", 1)
+        if stride is not None:
+            check_whole(stride, "stride", 1)
+        check_switch(shuffle, "shuffle")
+        check_switch(random_offset, "random_offset")
+        check_whole(seed, "seed")
         self.seq_len = seq_len
         self.stride = seq_len if stride is None else stride
-        if seq_len < 1 or self.stride < 1:
-            raise DataError(f"Sequence length {seq_len} and stride {self.stride} must be >= 1.")
         self.random_offset = random_offset
         room = self.stride - 1 if random_offset else 0  # the largest shift
         self.num_windows = max(0, (len(self.tokens) - 1 - room - seq_len) // self.stride + 1)
@@ -296,11 +309,29 @@ class ArrayBatches(BatchSource):
         process_index: int | None = None,
         process_count: int | None = None,
     ):
+        if not isinstance(arrays, Mapping):
+            raise ValueError(f"arrays must be a mapping of names to arrays (a dict), got "
+                             f"{type(arrays).__name__}.")
+        if not arrays:
+            raise ValueError("arrays must hold at least one array, got an empty mapping.")
+        for key, a in arrays.items():
+            if len(getattr(a, "shape", ())) < 1:  # a list failed only in get_batch
+                got = "a 0-d array" if hasattr(a, "shape") else type(a).__name__
+                raise ValueError(f"arrays[{key!r}] must be an array with the example axis "
+                                 f"first, got {got}.")
+        check_whole(batch_size, "batch_size", 1)
+        check_switch(shuffle, "shuffle")
+        check_whole(seed, "seed")
+        check_switch(drop_remainder, "drop_remainder")
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be a function of a batch or None, got "
+                             f"{shown(transform)}.")
         self.arrays = dict(arrays)
-        sizes = {len(a) for a in self.arrays.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"arrays have different lengths {sorted(sizes)}")
-        self.num_examples = sizes.pop()
+        lengths = {key: len(a) for key, a in self.arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays must all hold the same number of examples (their first "
+                             f"axis), got {shown(lengths)}.")
+        self.num_examples = next(iter(lengths.values()))
         self.lo, self.hi = host_rows(batch_size, process_index, process_count)
         self.global_batch_size = batch_size
         self.local_batch_size = self.hi - self.lo

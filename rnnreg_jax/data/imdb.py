@@ -29,8 +29,9 @@ from typing import Literal
 
 import numpy as np
 
+from rnnreg_jax.data.arguments import check_choice, check_switch
 from rnnreg_jax.data.errors import DataError, corrupt, decode_utf8, missing, read_text
-from rnnreg_jax.data.locate import cache_dir, dataset_dir, sha256_file
+from rnnreg_jax.data.locate import cache_dir, check_data_dir, dataset_dir, sha256_file
 from rnnreg_jax.data.sentiment import (
     OOV,
     START,
@@ -41,6 +42,7 @@ from rnnreg_jax.data.sentiment import (
 )
 
 IMDB_ARCHIVE = "aclImdb_labeled.tar.xz"
+SOURCES = ("files", "tfds")
 _REVIEW = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 _WORD = re.compile(r"[^\W_]+")  # runs of Unicode letters/digits
 
@@ -205,7 +207,12 @@ def load_imdb(
     Returns:
         `SentimentData` with inputs int32 `[N, L]` and labels int32 `[N]`.
     """
+    check_data_dir(data_dir)
     check_sizes(vocab_size=vocab_size, max_len=max_len)
+    check_switch(add_start, "add_start")  # "no" from a config put START in
+    check_switch(cache, "cache")
+    check_choice(source, "source", SOURCES)
+    check_switch(verify, "verify")
     params = {"vocab_size": vocab_size, "max_len": max_len, "add_start": add_start, "v": 1}
     arrays: dict | None  # None until read from the cache or built
     if source == "tfds":
@@ -216,7 +223,7 @@ def load_imdb(
             for s, items in tfds_source.imdb_reviews(data_dir).items()
         }
         arrays = _build_imdb(reviews, vocab_size, max_len, add_start)
-    elif source == "files":
+    else:  # "files"
         folder = dataset_dir("imdb", data_dir, verify=verify)
         if not folder.is_dir():
             raise missing("IMDB folder", folder)
@@ -238,8 +245,6 @@ def load_imdb(
             arrays = _build_imdb(reviews, vocab_size, max_len, add_start)
             if key_path is not None:
                 _save_npz(key_path, arrays)
-    else:
-        raise ValueError(f"unknown source {source!r}")
     return SentimentData(
         inputs={s: arrays[f"{s}_inputs"] for s in ("train", "test")},
         targets={s: arrays[f"{s}_labels"] for s in ("train", "test")},

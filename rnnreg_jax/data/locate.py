@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rnnreg_jax.data.arguments import check_switch
 from rnnreg_jax.data.checksums import PUBLISHED, checks_skipped, verify_folder
 from rnnreg_jax.data.errors import FIX, DataError
 
@@ -140,8 +141,17 @@ def cache_dir() -> Path:
     return Path(base) / "rnnreg_jax"
 
 
+def check_data_dir(data_dir: object) -> None:
+    """A one-sentence ValueError unless `data_dir` is a folder path (a str or
+    `os.PathLike`) or None (a number failed inside pathlib or TFDS)."""
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise ValueError(f"data_dir must be a folder path (a str or os.PathLike) or None, "
+                         f"got {type(data_dir).__name__}.")
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Returns the data root: `data_dir`, else `$RNNREG_DATA_DIR`, else `cache_dir()`."""
+    check_data_dir(data_dir)
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     return Path(chosen).expanduser() if chosen else cache_dir()
 
@@ -167,7 +177,10 @@ def dataset_dir(
 
     Raises:
         DataError: a download failed, or a file differs from the published one.
+        ValueError: `data_dir` is no path, or `download` or `verify` no bool.
     """
+    check_switch(download, "download")
+    check_switch(verify, "verify")  # "no" from a config checked the files
     explicit = bool(data_dir or os.environ.get(DATA_DIR_ENV))
     root = resolve_data_dir(data_dir)
     path = root / folder

@@ -19,8 +19,9 @@ from typing import Literal
 import numpy as np
 
 from rnnreg_jax.data import batching
+from rnnreg_jax.data.arguments import SEED_LIMIT, check_choice, check_switch, check_whole
 from rnnreg_jax.data.errors import DataError, corrupt, find_file, read_bytes
-from rnnreg_jax.data.locate import dataset_dir
+from rnnreg_jax.data.locate import check_data_dir, dataset_dir
 
 PERMUTATION_SEED = 0
 VALIDATION_SIZE = 5000
@@ -28,6 +29,8 @@ IMAGE_MAGIC = 2051  # 0x00000803: uint8, 3 dims
 LABEL_MAGIC = 2049  # 0x00000801: uint8, 1 dim
 NUM_PIXELS = 784
 NUM_CLASSES = 10
+SOURCES = ("files", "tfds")
+VALIDATIONS = ("last", "shuffle")
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -85,7 +88,9 @@ def read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
 
 
 def permutation(seed: int = PERMUTATION_SEED) -> np.ndarray:
-    """Returns the fixed pixel order of permuted MNIST: int64 `[784]`."""
+    """Returns the fixed pixel order of permuted MNIST: int64 `[784]` (`seed`: a whole
+    number in [0, 2**32), else a one-sentence ValueError)."""
+    check_whole(seed, "seed", 0, SEED_LIMIT)
     return np.random.RandomState(seed).permutation(NUM_PIXELS)
 
 
@@ -177,14 +182,25 @@ def load_mnist(
     Raises:
         DataError: missing or corrupt files, labels outside 0..9, or inconsistent
             image/label counts.
-        ValueError: `validation_size` not below the number of training images (the
-            message names it `config.data.validation_size`, as the binaries set it).
+        ValueError: `validation_size` not a whole number in [0, N), N the training
+            images (the message names it `config.data.validation_size`, as the
+            binaries set it), or another argument of the wrong type or out of range.
     """
+    check_data_dir(data_dir)
+    check_switch(permuted, "permuted")
+    check_whole(permutation_seed, "permutation_seed", 0, SEED_LIMIT)
+    # named as the binaries' flag sets it, as the range check below (which needs the
+    # training images): 2.5 or None failed in a comparison or a slice, True was 1
+    check_whole(validation_size, "config.data.validation_size")
+    check_choice(validation, "validation", VALIDATIONS)
+    check_whole(validation_seed, "validation_seed", 0, SEED_LIMIT)
+    check_choice(source, "source", SOURCES)
+    check_switch(verify, "verify")
     if source == "tfds":
         from rnnreg_jax.data import tfds_source
 
         raw = tfds_source.mnist_arrays(data_dir)
-    elif source == "files":
+    else:  # "files"
         folder = dataset_dir("mnist", data_dir, verify=verify)
         raw = {}
         for split, (img_stem, lbl_stem) in FILES.items():
@@ -202,8 +218,6 @@ def load_mnist(
                     f"{_REFETCH}."
                 )
             raw[split] = (images.reshape(len(images), NUM_PIXELS), labels.astype(np.int32))
-    else:
-        raise ValueError(f"unknown source {source!r}")
     train_x, train_y = raw["train"]
     n = len(train_x)
     if not 0 <= validation_size < n:  # named as the binaries' flag sets it
@@ -211,10 +225,8 @@ def load_mnist(
                          f"images), got {validation_size}.")
     if validation == "last":
         order = np.arange(n)
-    elif validation == "shuffle":
+    else:  # "shuffle"
         order = np.random.RandomState(validation_seed).permutation(n)
-    else:
-        raise ValueError(f"unknown validation {validation!r}")
     keep, held = np.sort(order[: n - validation_size]), np.sort(order[n - validation_size :])
     return MNIST(
         images={"train": train_x[keep], "valid": train_x[held], "test": raw["test"][0]},

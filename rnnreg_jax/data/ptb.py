@@ -18,14 +18,15 @@ import collections
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-from rnnreg_jax.data import batching
+from rnnreg_jax.data import arguments, batching
 from rnnreg_jax.data.errors import DataError, corrupt, find_file, read_text
 from rnnreg_jax.data.locate import dataset_dir
 from rnnreg_jax.data.variable_windows import VariableLengthStreams
+from rnnreg_jax.shown import shown
 
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
@@ -33,6 +34,8 @@ EOL = "<eol>"
 UNK = "<unk>"
 VocabOrder = Literal["first_appearance", "frequency"]
 Mode = Literal["contiguous", "variable", "shuffled", "eval"]
+VOCAB_ORDERS: tuple[str, ...] = get_args(VocabOrder)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,6 +113,7 @@ class TextCorpus:
             A `BatchSource` yielding `{"inputs": int32[B/P, T], "targets": int32[B/P, T]}`.
         """
         tokens = self.split(split)
+        arguments.check_choice(mode, "mode", MODES)
         if window_options and mode != "variable":
             raise ValueError(f"window_options applies to mode 'variable', not {mode!r}.")
         if pad_last and mode != "contiguous":
@@ -140,9 +144,7 @@ class TextCorpus:
             return VariableLengthStreams(tokens, batch_size, seq_len, seed=seed,
                                          **(window_options or {}), process_index=process_index,
                                          process_count=process_count)
-        if mode == "eval":
-            return batching.eval_stream(tokens, seq_len)
-        raise ValueError(f"unknown mode {mode!r}")
+        return batching.eval_stream(tokens, seq_len)  # mode "eval"
 
 
 def build_vocab(tokens: list[str], order: VocabOrder = "first_appearance") -> tuple[str, ...]:
@@ -152,7 +154,8 @@ def build_vocab(tokens: list[str], order: VocabOrder = "first_appearance") -> tu
     if order == "frequency":
         counts = collections.Counter(tokens)
         return tuple(sorted(counts, key=lambda w: (-counts[w], w)))
-    raise ValueError(f"unknown vocab order {order!r}")
+    raise ValueError(f"vocab_order must be one of {VOCAB_ORDERS}, got "
+                     f"{shown(order)}.")
 
 
 def to_ids(tokens: list[str], symbol_to_id: dict[str, int], path: object, what: str) -> np.ndarray:
@@ -185,6 +188,7 @@ def _load(
     vocab_order: VocabOrder,
     verify: bool,
 ) -> TextCorpus:
+    arguments.check_choice(vocab_order, "vocab_order", VOCAB_ORDERS)  # before any file is read
     folder = dataset_dir(folder_name, data_dir, verify=verify)
     what = "PTB file"
     toks = {}

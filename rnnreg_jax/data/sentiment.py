@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from rnnreg_jax.data import batching
+from rnnreg_jax.data import arguments, batching
 from rnnreg_jax.data.checksums import CORNELL_CRITICS
 from rnnreg_jax.data.errors import corrupt, missing, read_text
 from rnnreg_jax.data.locate import dataset_dir
@@ -280,6 +280,8 @@ def load_cornell(
         raise ValueError(f"split must be one of {CORNELL_SPLITS}, got {split!r}.")
     if not isinstance(start_token, bool | np.bool_):  # "False" from a config is truthy
         raise ValueError(f"start_token must be True or False, got {start_token!r}.")
+    # RandomState's own error named no argument
+    arguments.check_whole(seed, "seed", 0, arguments.SEED_LIMIT)
     docs, ratings = read_cornell(data_dir, verify)
     tokens = [d.lower().split() for d in docs]
     rng = np.random.RandomState(seed)

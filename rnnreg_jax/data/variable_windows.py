@@ -29,6 +29,7 @@ import numbers
 
 import numpy as np
 
+from rnnreg_jax.data.arguments import check_tokens, check_whole
 from rnnreg_jax.data.batching import Batch, BatchSource, host_rows
 from rnnreg_jax.data.errors import DataError
 
@@ -112,8 +113,11 @@ class VariableLengthStreams(BatchSource):
                  process_count: int | None = None):
         _check(bucket, "bucket", "an integer >= 1", lambda v: float(v).is_integer() and v >= 1)
         self.bucket = int(bucket)
-        tokens = np.asarray(tokens)
-        length = len(tokens) // batch_size if batch_size > 0 else 0
+        tokens = check_tokens(tokens)
+        # a batch size of 2.0 failed in a reshape, 0 was a stream "too short"
+        check_whole(batch_size, "batch_size", 1)
+        check_whole(seed, "seed")
+        length = len(tokens) // batch_size
         if length < 3:
             raise DataError(f"{len(tokens)} tokens cannot make {batch_size} streams of at "
                             "least 3 tokens; use a smaller batch size.")

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core.scope import LazyRng
 
-from rnnreg_jax import nn, partitioning, precision
+from rnnreg_jax import cells, nn, partitioning, precision, rnn
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
 from rnnreg_jax.regularizers.checks import check_flag, check_key
+from rnnreg_jax.shown import shown
+from rnnreg_jax.unroll_checks import check_forget_bias
 
 # The recurrent options (`nn.OPTION_FIELDS`) the NNX modules implement: all of them
 # today. An option the linen modules gain later is refused here at any value but its
@@ -41,6 +43,12 @@ def linen_key(key: jax.Array, *path: str, draw: int = 1) -> jax.Array:
     gets from its `draw`-th `make_rng("dropout")` (1: the first) under
     `apply(..., rngs={"dropout": key})`.
     """
+    check_key(key, required=True)  # None or an int array failed inside jax
+    for name in path:
+        if not isinstance(name, str):
+            raise ValueError(f"Each name of the path must be a module name (a str), got "
+                             f"{shown(name)}.")
+    cells.check_size(draw, "draw")  # 1: the first make_rng; 0 named no draw at all
     return LazyRng.create(key, *path, draw).as_jax_rng()
 
 
@@ -94,6 +102,12 @@ def resolve_options(linen_class: type, options: dict) -> dict:
     for name, value in resolved.items():  # as the linen twin checks its own
         if isinstance(defaults[name], bool):
             check_flag(value, name)
+    # at construction: the linen twin refuses them at init, here they waited for a call
+    if resolved["implementation"] not in rnn.IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {rnn.IMPLEMENTATIONS}, got "
+                         f"{shown(resolved['implementation'])}.")
+    cells.check_size(resolved["unroll"], "unroll")
+    check_forget_bias(resolved["forget_bias"])
     precision.check_module_dtypes(resolved["param_dtype"], resolved["dtype"])
     if resolved["param_axes"] is not None:  # hashable, as a module's static attribute
         resolved["param_axes"] = tuple(partitioning.axes_of(resolved["param_axes"]).items())

@@ -19,6 +19,16 @@ class Chain(Regularizer):
 
     members: tuple[Regularizer, ...] = ()
 
+    def __post_init__(self):
+        members, what = self.members, "Chain.members must be a tuple of regularizers " \
+            "(compose(a, b) builds one)"
+        if not isinstance(members, (tuple, list)):
+            raise ValueError(f"{what}, got {members!r:.80}.")
+        bad = [p for p in members if not isinstance(p, Regularizer)]
+        if bad:
+            raise ValueError(f"{what}, got {bad[0]!r:.80} among them.")
+        object.__setattr__(self, "members", tuple(members))  # a list: hashable as a tuple
+
     @property
     def parts(self) -> tuple[Regularizer, ...]:
         return self.members
@@ -150,7 +160,14 @@ def compose(*regs: Regularizer) -> Regularizer:
     return parts[0] if len(parts) == 1 else Chain(tuple(parts))
 
 
-def without(reg: Regularizer, family: type) -> Regularizer:
-    """`reg` without its parts of type `family` (MC evaluation without embedding
-    dropout, say)."""
+def without(reg: Regularizer, family: type | tuple[type, ...]) -> Regularizer:
+    """`reg` without its parts of type `family` (a regularizer class, or a tuple of them:
+    MC evaluation without embedding dropout, say)."""
+    check_regularizer(reg)
+    families = family if isinstance(family, tuple) else (family,)
+    if not families or not all(isinstance(f, type) and issubclass(f, Regularizer)
+                               for f in families):
+        raise ValueError(f"family must be a regularizer class (such as "
+                         f"rnnreg_jax.regularizers.EmbeddingDropout) or a tuple of them, "
+                         f"got {family!r:.80}.")
     return compose(*(p for p in reg.parts if not isinstance(p, family)))

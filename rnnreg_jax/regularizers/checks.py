@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from rnnreg_jax.noise import PROBABILITY_BITS, quantize_probability
+from rnnreg_jax.shown import shown
 
 if TYPE_CHECKING:
     from rnnreg_jax.regularizers.base import LayerShape, Regularizer
@@ -56,9 +57,15 @@ def check_rate(rate: float, name: str, allow_one: bool = False) -> float:
 
 def check_flag(value: Any, name: str) -> bool:
     """`value` as a bool, or a one-sentence ValueError naming `name` if it is not one (the
-    string "False" from a config would switch the option on)."""
-    if isinstance(value, (str, bytes)) or value is None or value not in (True, False):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    string "False" from a config would switch the option on), echoing it in one line
+    (`shown`: a carry passed where `deterministic` belongs printed every state)."""
+    try:
+        is_bool = not isinstance(value, (str, bytes)) and value is not None and (
+            value in (True, False))
+    except ValueError:  # an array's ambiguous truth value
+        is_bool = False
+    if not is_bool:
+        raise ValueError(f"{name} must be True or False, got {shown(value)}.")
     return bool(value)
 
 

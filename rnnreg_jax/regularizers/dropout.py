@@ -58,6 +58,15 @@ class MaskSpec:
         return self.rate > 0.0
 
 
+def check_spec(spec, field: str, make: str) -> None:
+    """`spec` (the value of field `field`) must be a `MaskSpec` or None; else a
+    one-sentence ValueError naming the field and `make`, the factory that builds it (a
+    bare rate failed at the first unroll)."""
+    if spec is not None and not isinstance(spec, MaskSpec):
+        raise ValueError(f"{field} must be a MaskSpec or None (MaskSpec(rate, tie), or "
+                         f"build it with {make}), got {spec!r:.80}.")
+
+
 def _on(spec: MaskSpec | None) -> TypeGuard[MaskSpec]:
     return spec is not None and spec.active
 
@@ -82,6 +91,9 @@ class Dropout(Family):
     output: MaskSpec | None = None
 
     def __post_init__(self):
+        for site in SITES:
+            check_spec(getattr(self, site), f"Dropout.{site}",
+                       f"rnnreg_jax.dropout({site!r}, rate)")
         for site in ("cell", "output"):
             spec = getattr(self, site)
             if spec is not None and spec.per_gate:

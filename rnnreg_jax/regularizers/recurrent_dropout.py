@@ -9,7 +9,7 @@ from rnnreg_jax import noise
 from rnnreg_jax.regularizers.base import Family, Regularizer, cell_name, has_memory, need_key
 from rnnreg_jax.regularizers.chain import compose
 from rnnreg_jax.regularizers.checks import check_flag, check_rate, check_tie
-from rnnreg_jax.regularizers.dropout import MaskSpec, _mask
+from rnnreg_jax.regularizers.dropout import MaskSpec, _mask, check_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class RecurrentDropout(Family):
     output_zoneout: bool = False
 
     def __post_init__(self):
+        check_spec(self.update, "RecurrentDropout.update", "rnnreg_jax.recurrent_dropout(rate)")
         for flag in ("eval_scaling", "output_zoneout"):
             object.__setattr__(self, flag, check_flag(getattr(self, flag), flag))
         if self.output_zoneout and self.update is None:

@@ -8,27 +8,68 @@ import dataclasses
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from rnnreg_jax import noise
+from rnnreg_jax import lengths, noise
 from rnnreg_jax.regularizers.base import Family, Regularizer, need_key
 from rnnreg_jax.regularizers.chain import compose
-from rnnreg_jax.regularizers.checks import check_non_negative, check_rate
+from rnnreg_jax.regularizers.checks import FLOAT32_MAX, check_non_negative, check_rate
 
 Array = jax.Array
 
 
+def _check_weight(w, caller: str, floating: bool = False) -> None:
+    """`w` must be an array (a list failed on `w.shape`), with `floating` of a float dtype
+    (`jax.random.normal` draws no integers)."""
+    dtype = getattr(w, "dtype", None)
+    if not hasattr(w, "shape") or dtype is None:
+        raise ValueError(f"{caller}'s w must be an array, got {w!r:.80}.")
+    if floating and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{caller}'s w must be a floating-point array, got dtype {dtype}.")
+
+
 def drop_connect(key: Array, w: Array, rate: float) -> Array:
     """`w * keep / q`, `keep ~ Bernoulli(q)` of w's shape, q = 1 - rate quantized
-    (`noise.quantize_probability`): DropConnect on any weight."""
+    (`noise.quantize_probability`): DropConnect on any weight; `rate` a drop probability
+    in [0, 1), as `weight_drop`'s."""
+    _check_weight(w, "drop_connect")
+    rate = check_rate(rate, "drop_connect")
     q = noise.quantize_probability(1.0 - rate)
     keep = noise.bernoulli_draw(key, q, w.shape)
     return w * (keep.astype(w.dtype) / q)
 
 
 def gaussian_noise(key: Array, w: Array, std: Array | float) -> Array:
-    """`w + std * eps`, `eps ~ N(0, 1)` of w's shape (`std` a scalar or w's shape)."""
+    """`w + std * eps`, `eps ~ N(0, 1)` of w's shape (`std` a scalar or w's shape, finite
+    and >= 0: a number, or an array whose values are checked where concrete)."""
+    _check_weight(w, "gaussian_noise", floating=True)
+    _check_std(std, w.shape)
     eps = noise.flat_draw(lambda k, s: jax.random.normal(k, s, w.dtype), key, w.shape)
     return w + std * eps
+
+
+def _check_std(std, shape: tuple) -> None:
+    """`gaussian_noise`'s std: a number, or an array broadcasting to the weight's `shape`
+    (maybe traced: its values checked where concrete), finite and >= 0."""
+    if not hasattr(std, "shape"):
+        check_non_negative(std, "gaussian_noise std")
+        return
+    if not (jnp.issubdtype(std.dtype, jnp.floating) or jnp.issubdtype(std.dtype, jnp.integer)):
+        raise ValueError(f"gaussian_noise std must be real, got dtype {std.dtype}.")
+    try:
+        fits = np.broadcast_shapes(tuple(std.shape), tuple(shape)) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"gaussian_noise std must be a scalar or broadcast to w's shape "
+                         f"{tuple(shape)}, got shape {tuple(std.shape)}.")
+    values = lengths.concrete_values(std)
+    if values is None:
+        return  # traced: its values are unknown here
+    if not np.all((values >= 0) & (values <= FLOAT32_MAX)):  # also NaN
+        raise ValueError(f"gaussian_noise std must be finite and non-negative, got values "
+                         f"from {np.min(values)} to {np.max(values)}.")
 
 
 @dataclasses.dataclass(frozen=True)

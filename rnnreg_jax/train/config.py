@@ -96,12 +96,16 @@ def _check_mapping(config, name: str = "config") -> None:
 
 
 def with_defaults(config) -> ml_collections.ConfigDict:
-    """`config` on top of the defaults (missing fields take default values)."""
+    """`config` on top of the defaults (missing fields take default values). A value of
+    another type than its default's, a bool where a number belongs among them, is kept
+    as given, for `check` to refuse in one sentence."""
     _check_mapping(config)
     merged = default_train_config()
     for key, value in (config.items() if config is not None else []):
         if key in merged:
             try:
+                if isinstance(value, bool) and not isinstance(merged[key], bool):
+                    raise TypeError  # a float field took True as 1.0, silently
                 merged[key] = value
             except TypeError:  # another type than the default's ("False" for a bool):
                 # kept as given, for `check`'s one-sentence message on that field
@@ -164,10 +168,13 @@ def check_names(config, name: str = "config") -> None:
     """A one-sentence ValueError naming the first field of `config` that is no training
     setting, with the closest setting's name where one is close."""
     known = known_fields()
+    where = "" if name == "config" else f" in {name}"
+    if "train" in config.keys():  # the whole experiment config: its train block unread
+        raise ValueError(f"Unknown training setting 'train'{where}; pass the training "
+                         "settings (config.train), not the whole config.")
     for key in config.keys():
         if key in known:
             continue
-        where = "" if name == "config" else f" in {name}"
         near = difflib.get_close_matches(str(key), known, n=1)
         hint = (f"did you mean {near[0]!r}?" if near else
                 "the settings are default_train_config()'s fields and "

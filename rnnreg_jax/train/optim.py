@@ -24,8 +24,9 @@ import ml_collections
 import optax
 
 from rnnreg_jax.regularizers.checks import FLOAT32_MAX, check_flag
+from rnnreg_jax.shown import shown
 from rnnreg_jax.train import ntasgd as ntasgd_lib
-from rnnreg_jax.train.config import is_finite_number, is_whole, with_defaults
+from rnnreg_jax.train.config import check_names, is_finite_number, is_whole, with_defaults
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 WEIGHT_DECAY_MODES = ("gradient", "step")
@@ -63,10 +64,14 @@ def _settings(config) -> ml_collections.ConfigDict:
     settings: a plain dict) as a ConfigDict on top of `default_train_config()`
     (`config.with_defaults`: a field it lacks takes its default), so that the fields
     are read and checked the same way whatever the mapping. Anything else (None, a
-    string, a list of pairs) is a one-sentence ValueError naming the type expected."""
+    string, a list of pairs) is a one-sentence ValueError naming the type expected, and
+    so is a field no training config holds (`config.check_names`, as the training loop
+    refuses it: a misspelt learning rate, or the whole config for `config.train`, gave
+    the default SGD at rate 1.0)."""
     if not isinstance(config, ml_collections.ConfigDict | Mapping):
         raise ValueError(f"config must be a ConfigDict or other mapping of training "
                          f"settings (such as config.train), got {type(config).__name__}.")
+    check_names(config)
     return with_defaults(config)
 
 
@@ -143,19 +148,46 @@ def lr_rule(config) -> Callable[[int, float, bool], float]:
     config = _settings(config)
     rule = config.lr_schedule
     if rule == "constant":
-        return lambda epoch, lr, improved: lr
+        return _checked(lambda epoch, lr, improved: lr)
     if rule == "zaremba":
         if not is_whole(config.decay_after, 0):  # int() cut 4.5 to 4, took "4"
             raise ValueError(f"config.decay_after must be a whole number >= 0, got "
                              f"{config.decay_after!r}.")
         check_lr_factor(config.decay_factor, "config.decay_factor")
         after, factor = int(config.decay_after), float(config.decay_factor)
-        return lambda epoch, lr, improved: lr / factor if epoch > after else lr
+        return _checked(lambda epoch, lr, improved: lr / factor if epoch > after else lr)
     if rule == "plateau":
         check_lr_factor(config.plateau_factor, "config.plateau_factor")
         factor = float(config.plateau_factor)
-        return lambda epoch, lr, improved: lr if improved else lr / factor
+        return _checked(lambda epoch, lr, improved: lr if improved else lr / factor)
     raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}, got {rule!r}.")
+
+
+def _checked(rule: Callable[[int, float, bool], float]) -> Callable[[int, float, bool], float]:
+    """`rule` refusing, in one sentence, an epoch that is not a whole number >= 1, a rate
+    that is not a finite number >= 0 and an `improved` that is not a bool (a string
+    epoch or None rate failed inside the rule with an operator's TypeError, and
+    `improved="no"` counted as an improvement). A few isinstance checks, once an epoch."""
+
+    def apply(epoch, lr, improved):
+        if not is_whole(epoch, 1):
+            raise ValueError(f"epoch must be a whole number >= 1 (epochs count from 1), got "
+                             f"{shown(epoch)}.")
+        if not (is_finite_number(lr, 0.0) or _is_rate_array(lr)):
+            raise ValueError(f"lr must be a finite number >= 0, got {shown(lr)}.")
+        check_flag(improved, "improved")
+        return rule(epoch, lr, improved)
+
+    return apply
+
+
+def _is_rate_array(value) -> bool:
+    """A finite, non-negative 0-d array of floats or integers (the optimizer state's
+    learning rate, say)."""
+    dtype = getattr(value, "dtype", None)
+    return (dtype is not None and getattr(value, "shape", None) == ()
+            and getattr(dtype, "kind", None) in ("f", "i", "u")
+            and is_finite_number(float(value), 0.0))
 
 
 def next_learning_rate(config, epoch: int, lr: float, improved: bool) -> float:
