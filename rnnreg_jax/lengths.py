@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnreg_jax.cells.base import check_size
+
 Array = jax.Array
 
 
@@ -71,18 +73,10 @@ def check_time_axis(time_axis) -> int:
     return int(time_axis)
 
 
-def check_steps(steps, least: int = 0) -> int:
-    """`steps` (T) as an int, or a one-sentence ValueError unless it is a whole number of
-    at least `least` (a negative T gave an empty mask)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < least:
-        raise ValueError(f"steps must be a whole number >= {least}, got {steps!r}.")
-    return int(steps)
-
-
 def valid_mask(seq_lengths: Array, steps: int, time_axis: int = 1) -> Array:
     """`valid_steps` with time on `time_axis`: `[B, T]` (1) or `[T, B]` (0); the lengths
     are checked as by `check` (their values where concrete)."""
-    steps, time_axis = check_steps(steps), check_time_axis(time_axis)
+    steps, time_axis = check_size(steps, "steps", least=0), check_time_axis(time_axis)
     valid = valid_steps(check(seq_lengths, None, steps), steps)
     return valid if time_axis == 0 else valid.T
 
