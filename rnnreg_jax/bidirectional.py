@@ -51,6 +51,7 @@ from rnnreg_jax import lengths as varlen
 from rnnreg_jax.regularizers.base import Regularizer, penalties_of
 from rnnreg_jax.regularizers.chain import NONE
 from rnnreg_jax.regularizers.checks import check_flag, check_key
+from rnnreg_jax.stack_layers import layer_sizes
 
 Array = jax.Array
 
@@ -106,8 +107,6 @@ def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[i
                 merge: str = "concat", **kwargs) -> list[dict]:
     """A bidirectional stack's parameters, bottom first (`cells.init_params` per layer and
     direction, `kwargs` passed on: init_scale, dtype, recurrent_bias, orthogonal)."""
-    from rnnreg_jax.nn import layer_sizes  # here: nn imports this module
-
     check_merge(merge)
     check_key(key, "key", required=True)  # fold_in failed on None or split keys
     sizes = layer_sizes(hidden_sizes)  # the linen stacks' reading: an int is one layer

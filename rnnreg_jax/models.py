@@ -28,10 +28,10 @@ from rnnreg_jax.nn import (
     StackedRNN,
     check_modes,
     dropout_key,
-    layer_sizes,
     option,
 )
 from rnnreg_jax.regularizers.checks import check_weights
+from rnnreg_jax.stack_layers import layer_sizes
 
 
 def weight_init(scale: float | None, orthogonal: bool = False):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -44,6 +44,7 @@ from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, precision,
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer, penalties_of
 from rnnreg_jax.regularizers.chain import NONE
 from rnnreg_jax.regularizers.checks import check_flag
+from rnnreg_jax.stack_layers import layer_init, layer_sizes
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -158,53 +159,6 @@ def check_input_width(module: nn.Module, inputs) -> None:
         if getattr(w_x, "ndim", 0) == 2 and w_x.shape[0] != inputs.shape[-1]:
             raise ValueError(f"Layer 0's w_x reads {w_x.shape[0]} features, but its input "
                              f"(the inputs) has {inputs.shape[-1]}.")
-
-
-def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
-    """The stack's widths, bottom first, from an int (one layer) or a sequence; a
-    one-line error for an empty one or a width that is not a whole number >= 1 (they
-    failed in an index, an embedding or MLIR)."""
-    widths: Iterable[object] = (hidden_sizes,)  # an int, or a value check_size refuses
-    if isinstance(hidden_sizes, Iterable) and not isinstance(hidden_sizes, (str, bytes)):
-        widths = hidden_sizes
-    sizes = tuple(cells.check_size(size, "Each of hidden_sizes") for size in widths)
-    if not sizes:
-        raise ValueError("hidden_sizes must name at least one layer, got none.")
-    return sizes
-
-
-def with_regularizer_params(reg: Regularizer, init, layer: int):
-    """`init` plus the parameters `reg` adds to layer `layer` (a learned noise scale,
-    say), drawn from a key of their own so the cell's draws stay as they are."""
-    def with_extra(key):
-        params = init(key)
-        extra = reg.init_params(jax.random.fold_in(key, 1 << 16), layer, params)
-        clash = sorted(set(extra) & set(params))
-        if clash:
-            raise ValueError(f"The regularizer's parameter {clash[0]!r} is also a "
-                             "parameter of the cell; name it otherwise.")
-        return {**params, **extra}
-
-    return with_extra
-
-
-def layer_init(options, input_size: int, hidden: int, layer: int, adapt=None):
-    """`key -> one layer's parameters` as every stack (linen and NNX, one direction or
-    two) draws them from its recurrent `options` (a module with `cell`, `reg`,
-    `init_scale`, `param_dtype`, `recurrent_bias`, `orthogonal_init`, `param_axes`): the
-    cell's arrays (`cells.init_params`), passed through `adapt` if given (the first layer
-    fed gates' pre-activations), then the regularizer's own (`with_regularizer_params`),
-    boxed by `param_axes`."""
-    def cell_init(key):
-        return cells.init_params(key, options.cell, input_size, hidden, options.init_scale,
-                                 options.param_dtype, options.recurrent_bias,
-                                 options.orthogonal_init)
-
-    init = with_regularizer_params(options.reg, cell_init if adapt is None
-                                   else adapt(cell_init), layer)
-    if options.param_axes is not None:
-        init = partitioning.boxed_init(init, options.param_axes)
-    return init
 
 
 OPTION_FIELDS = ("cell", "reg", "init_scale", "unroll", "implementation", "bn_max_steps",

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnreg_jax import bidirectional, cells, nn, partitioning
+from rnnreg_jax import bidirectional, cells, nn, partitioning, stack_layers
 from rnnreg_jax.nnx.base import RecurrentModule, dropout_stream, linen_key, linen_options
 from rnnreg_jax.nnx.stack import LayerParams
 from rnnreg_jax.regularizers.checks import check_flag
@@ -61,7 +61,7 @@ class Bidirectional(RecurrentModule):
         self._set_options(options, deterministic, None)
         bidirectional.check_merge(merge)
         bidirectional.check_cell(self.cell)
-        self.input_size, self.hidden_sizes = input_size, nn.layer_sizes(hidden_sizes)
+        self.input_size, self.hidden_sizes = input_size, stack_layers.layer_sizes(hidden_sizes)
         self.merge = merge
         # as the StackedRNN's linen twin checks them: the string "no" was taken as True
         self.time_major = check_flag(time_major, "time_major")
@@ -71,7 +71,7 @@ class Bidirectional(RecurrentModule):
         in_size = input_size
         drawn: list[dict] = []
         for index, hidden in enumerate(self.hidden_sizes):
-            pair = {d: nn.layer_init(self, in_size, hidden, index)(rngs["params"]())
+            pair = {d: stack_layers.layer_init(self, in_size, hidden, index)(rngs["params"]())
                     for d in bidirectional.DIRECTIONS}
             drawn.extend(pair.values())
             setattr(self, f"layer_{index}", DirectionPair(pair["forward"], pair["backward"]))

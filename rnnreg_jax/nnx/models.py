@@ -15,7 +15,6 @@ import jax
 from flax import nnx
 
 from rnnreg_jax import cells, lengths, models, noise, partitioning, precision
-from rnnreg_jax.nn import layer_sizes
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -26,6 +25,7 @@ from rnnreg_jax.nnx.base import (
 )
 from rnnreg_jax.nnx.stack import StackedRNN, as_param
 from rnnreg_jax.regularizers.checks import check_flag
+from rnnreg_jax.stack_layers import layer_sizes
 
 
 class LanguageModel(RecurrentModule):

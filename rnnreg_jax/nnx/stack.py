@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnreg_jax import cells, nn, partitioning, rnn
+from rnnreg_jax import cells, nn, partitioning, rnn, stack_layers
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -113,7 +113,7 @@ class StackedRNN(RecurrentModule):
                  use_running_average: bool | None = None, rngs: nnx.Rngs, **options):
         self._set_options(options, deterministic, use_running_average)
         self.input_size = input_size
-        self.hidden_sizes = nn.layer_sizes(hidden_sizes)
+        self.hidden_sizes = stack_layers.layer_sizes(hidden_sizes)
         self.time_major, self.project_first_input = time_major, project_first_input
         self.carry_first = carry_first
         self.rngs = dropout_stream(rngs)
@@ -130,7 +130,8 @@ class StackedRNN(RecurrentModule):
             if index == 0 and not project_first_input:
                 adapt = functools.partial(twin._gates_input_init,  # noqa: SLF001
                                           in_size=in_size, hidden=hidden)
-            drawn.append(nn.layer_init(self, in_size, hidden, index, adapt)(rngs["params"]()))
+            init = stack_layers.layer_init(self, in_size, hidden, index, adapt)
+            drawn.append(init(rngs["params"]()))
             stats = None if kept is None else kept.init(hidden, self.bn_max_steps)
             setattr(self, f"layer_{index}", LayerParams(drawn[-1], stats))
             in_size = hidden
