@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnreg_jax import cells
+from rnnreg_jax.shown import shown
 
 Array = jax.Array
 
@@ -285,24 +286,30 @@ def mc_sample_keys(key: Array, window, first, count: int, masks: str = "pass") -
         raise ValueError(f"masks must be one of {MC_MASKS}; got {masks!r}.")
     check_key(key, required=True)
     if masks == "window":  # "pass" reads no window
-        _check_index(window, "window")
-    _check_index(first, "first")
+        check_index(window, "window")
+    check_index(first, "first")
     count = cells.check_size(count, "count")
     base = key if masks == "pass" else jax.random.fold_in(key, window)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(first + jnp.arange(count))
 
 
-def _check_index(value: Any, name: str) -> None:
-    """A sample or window index: an int or an integer scalar array (maybe traced: its
-    value is checked where concrete), >= 0; else a one-sentence ValueError naming it
-    (fold_in failed on a float or a negative one)."""
+INDEX_LIMIT = 2**32  # fold_in's data is a uint32
+
+
+def check_index(value: Any, name: str) -> None:
+    """A sample or window index for `fold_in`: a whole number in [0, 2^32), an int or an
+    integer scalar array (maybe traced: its value is checked where concrete); else a
+    one-sentence ValueError naming it (fold_in truncated a float, wrapped a negative
+    one around, failed on None or a string)."""
     from rnnreg_jax.lengths import concrete_values
 
     integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not integer and not (hasattr(value, "dtype") and np.ndim(value) == 0
-                            and jnp.issubdtype(value.dtype, jnp.integer)):
-        raise ValueError(f"{name} must be a whole number >= 0 (an int or an integer scalar "
-                         f"array), got {value!r:.80}.")
-    values = concrete_values(value)
-    if values is not None and values < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {values}.")
+    scalar_array = (hasattr(value, "dtype") and np.ndim(value) == 0
+                    and jnp.issubdtype(value.dtype, jnp.integer))
+    fits = integer or scalar_array
+    if fits:
+        concrete = concrete_values(value)
+        fits = concrete is None or 0 <= int(concrete) < INDEX_LIMIT
+    if not fits:
+        raise ValueError(f"{name} must be a whole number in [0, 2^32) (an int or an integer "
+                         f"scalar array: fold_in's data), got {shown(value)}.")

@@ -109,8 +109,8 @@ def test_mc_samples_window_must_be_a_whole_number(window):
     """1.5 was truncated to 1, -1 overflowed uint32, "a" and None failed inside jnp."""
     with pytest.raises(ValueError) as error:
         rnx.mc_samples(_lm(), ids(), KEY, 2, masks="window", window=window)
-    one_sentence(error, f"window must be a whole number in [0, 2^32) (the index of the "
-                        f"window in the pass, for masks='window'), got {window!r}.")
+    one_sentence(error, f"window must be a whole number in [0, 2^32) (an int or an integer "
+                        f"scalar array: fold_in's data), got {window!r}.")
     rnx.mc_samples(_lm(), ids(), KEY, 2, masks="window", window=3)  # fine
 
 

@@ -184,9 +184,15 @@ def _layer_noise(**change):
     (lambda: noise.mc_sample_keys(KEY, 0, 0, 0), "count must be a whole number >= 1, got 0."),
     (lambda: noise.mc_sample_keys(KEY, 0, 0, 1.5), "count must be a whole number >= 1"),
     (lambda: noise.mc_sample_keys(0, 0, 0, 2), "key must be one PRNG key"),
-    (lambda: noise.mc_sample_keys(KEY, 0, -1, 2), "first must be a whole number >= 0, got -1."),
+    (lambda: noise.mc_sample_keys(KEY, 0, -1, 2), "first must be a whole number in [0, 2^32) "
+                                                  "(an int or an integer scalar array: "
+                                                  "fold_in's data), got -1."),
     (lambda: noise.mc_sample_keys(KEY, 0.5, 0, 2, "window"), "window must be a whole number "
-                                                             ">= 0"),
+                                                             "in [0, 2^32)"),
+    (lambda: noise.mc_sample_keys(KEY, 2**32, 0, 2, "window"), "window must be a whole number "
+                                                               "in [0, 2^32)"),
+    (lambda: noise.mc_sample_keys(KEY, 0, jnp.asarray(-2), 2), "first must be a whole number "
+                                                               "in [0, 2^32)"),
 ])
 def test_noise_helpers_check_their_arguments(call, message):
     with pytest.raises(ValueError) as error:

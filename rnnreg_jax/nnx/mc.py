@@ -10,7 +10,6 @@ state, and the prediction averages the samples' probabilities, not their logits.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import flax.linen
@@ -23,7 +22,6 @@ from rnnreg_jax.nnx.models import LanguageModel, SequenceModel
 from rnnreg_jax.nnx.stack import StackedRNN
 from rnnreg_jax.regularizers.checks import check_flag, check_key
 from rnnreg_jax.regularizers.embedding import embedding_at_evaluation
-from rnnreg_jax.shown import shown
 
 MODELS = (LanguageModel, SequenceModel, StackedRNN)
 
@@ -57,7 +55,7 @@ def mc_samples(model: nnx.Module, inputs: jax.Array, key: jax.Array, num_samples
     check_key(key, required=True)
     check_flag(embedding_dropout, "embedding_dropout")
     if masks == "window":  # "pass" reads no window
-        check_window(window)
+        noise.check_index(window, "window")
     has_carry = not isinstance(model, SequenceModel)
     if carry is not None and not has_carry:
         raise ValueError("A SequenceModel carries no state between calls; pass carry=None.")
@@ -107,27 +105,6 @@ def check_model(model: Any) -> None:
     what = (f"the class {model.__name__}" if isinstance(model, type)
             else f"a {type(model).__name__}")
     raise ValueError(f"model must be {names}, got {what}.")
-
-
-WINDOW_LIMIT = 2**32  # fold_in's data is a uint32
-
-
-def check_window(window: Any) -> None:
-    """`masks="window"`'s window index: a whole number in [0, 2^32) (fold_in's uint32
-    data), or a traced integer scalar; a float was truncated, a negative one overflowed,
-    None or a string failed inside jnp."""
-    if isinstance(window, jax.core.Tracer):  # its value is not known: its type is
-        if jnp.ndim(window) == 0 and jnp.issubdtype(window.dtype, jnp.integer):
-            return
-    else:
-        try:
-            index = None if isinstance(window, bool) else operator.index(window)
-        except TypeError:
-            index = None
-        if index is not None and 0 <= index < WINDOW_LIMIT:
-            return
-    raise ValueError(f"window must be a whole number in [0, 2^32) (the index of the window "
-                     f"in the pass, for masks='window'), got {shown(window)}.")
 
 
 def check_stacked_carry(carry: Any, num_samples: int) -> None:
