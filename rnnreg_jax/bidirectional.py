@@ -108,6 +108,7 @@ def init_params(key: Array, cell: Any, input_size: int, hidden_sizes: Sequence[i
     """A bidirectional stack's parameters, bottom first (`cells.init_params` per layer and
     direction, `kwargs` passed on: init_scale, dtype, recurrent_bias, orthogonal)."""
     check_merge(merge)
+    check_cell(cell)  # parameters no bidirectional stack would run ("lstm_bn")
     check_key(key, "key", required=True)  # fold_in failed on None or split keys
     sizes = layer_sizes(hidden_sizes)  # the linen stacks' reading: an int is one layer
     layers, width = [], input_size

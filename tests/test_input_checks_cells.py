@@ -220,6 +220,14 @@ def test_init_params_needs_one_prng_key(key, got):
         bidirectional.init_params(key, "lstm", F, H)
 
 
+def test_bidirectional_init_params_refuses_a_cell_no_bidirectional_stack_runs():
+    """"lstm_bn" parameters were drawn, then refused by every stack at its first call."""
+    with pytest.raises(ValueError, match="Bidirectional stacks take cells without running "
+                                         "statistics or auxiliary outputs, not 'lstm_bn'") as err:
+        bidirectional.init_params(jax.random.key(0), "lstm_bn", F, H)
+    _one_sentence(err)
+
+
 # 9. project: input width, input mask
 @pytest.mark.parametrize("kwargs, message", [
     (dict(x=jnp.ones((T, B, F + 2))),
