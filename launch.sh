@@ -90,9 +90,10 @@ free_port() {
 
 # Whether process 0's stderr, file $1, says that its coordinator could not bind port $2.
 # gRPC logs "Failed to add port to server: ... '[::]:PORT'"; then jax.distributed.initialize
-# raises JaxRuntimeError "UNKNOWN: Failed to start RPC server" (exit status 1) or, as often
-# (jax 0.10), the process dies of SIGSEGV (139). Either way it has not yet read data nor
-# touched the workdir (experiments/main.py starts jax.distributed first): starting over is safe.
+# raises JaxRuntimeError "UNKNOWN: Failed to start RPC server" (experiments/main.py ends
+# with it in one line, exit status 2) or, as often (jax 0.10), the process dies of SIGSEGV
+# (139). Either way it has not yet read data nor touched the workdir (experiments/main.py
+# starts jax.distributed first): starting over is safe.
 bind_failed() {
   grep -qE "Failed to add port to server.*:$2([^0-9]|\$)|Failed to start RPC server" "$1"
 }
@@ -114,7 +115,17 @@ multihost() {
   check_experiment "$exp"
   local per="${DEVICES_PER_PROCESS:-2}"
   [[ "$per" =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_PROCESS must be a positive integer, not '$per'."
-  local flags=("$@")
+  local flags=("$@") arg
+  for arg in ${flags[@]+"${flags[@]}"}; do
+    case "$arg" in
+      # after N it reached the experiment as a flag, and the processes started
+      --dry-run) die "multihost: --dry-run goes first, before N: ./launch.sh multihost --dry-run $n $exp ..." ;;
+      # launch.sh passes its own after the user's; absl kept the last, silently
+      --coordinator_address*|--num_processes*|--process_id*)
+        die "multihost sets --coordinator_address, --num_processes and --process_id itself; leave out '$arg'." ;;
+      --workdir=) die "multihost: --workdir is empty; pass a folder, or leave the flag out for the default runs/${exp}_PRESET." ;;
+    esac
+  done
   local preset workdir
   preset="$(preset_name "$(flag_value --config ${flags[@]+"${flags[@]}"})")"
   workdir="$(flag_value --workdir ${flags[@]+"${flags[@]}"})"
@@ -236,10 +247,13 @@ usage() {
 }
 
 cmd="${1:-}"
-[[ -n "$cmd" ]] || { usage; exit 2; }
+[[ -n "$cmd" ]] || die "a command is needed: setup, test, run, multihost, tpu or help (./launch.sh help)."
 shift
 case "$cmd" in
-  setup) setup ;;
+  setup)
+    [[ $# -eq 0 ]] || die "setup takes no argument, got '$1'."
+    setup
+    ;;
   test)
     setup
     cd "$ROOT"

@@ -110,7 +110,10 @@ def _rss_kb(field: str) -> int:
 
 def memory_child(spec: str) -> None:
     """Subprocess body: peak RSS (MiB) of steady-state training steps."""
-    workload, contender = spec.split(":")
+    workload, _, contender = spec.partition(":")
+    if workload not in bm.WORKLOADS or contender not in bm.CONTENDERS:
+        _fail(f"--_memory_child must be WORKLOAD:CONTENDER (of --workloads and --contenders), "
+              f"got {spec!r}.")
     before = _rss_kb("VmRSS")
     step = bm.build(contender, bm.WORKLOADS[workload])
     for _ in range(3):
@@ -180,6 +183,8 @@ def flags_problem(workloads: list[str], contenders: list[str], memory: bool,
         return (f"--memory_workloads {not_run} are not among --workloads {workloads}; "
                 "memory is measured only on workloads that run.")
     for flag, path in outputs.items():
+        if path == "":  # taken as no file: the results went nowhere
+            return f"--{flag} is empty; pass a file, or leave the flag out for none."
         problem = output_problem(flag, path) if path else None
         if problem:
             return problem
@@ -187,7 +192,8 @@ def flags_problem(workloads: list[str], contenders: list[str], memory: bool,
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:  # ignored before: `bench ptb_small` ran every workload
+        _fail(f"unexpected arguments {argv[1:]}; name workloads with --workloads.")
     child = FLAGS["_memory_child"].value  # an internal flag of the binary's own children
     if child:
         memory_child(child)

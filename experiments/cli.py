@@ -121,13 +121,28 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         raise ConfigError(f"Config field '{dotted}' is a block of fields "
                           f"({', '.join(sorted(node[parts[-1]].keys()))}); set one of them: "
                           f"--config.{dotted}.FIELD=VALUE.")
+    current = node[parts[-1]]
     try:
         with node.unlocked():
-            node[parts[-1]] = _convert(text, node[parts[-1]])
+            node[parts[-1]] = _convert(text, current)
     except ConfigError as err:
         raise ConfigError(f"Bad value for config field '{dotted}': {err}") from None
-    except (TypeError, ValueError) as err:
+    except TypeError:  # ml_collections' two sentences of Python type names
+        raise ConfigError(f"Bad value for config field '{dotted}': expected "
+                          f"{_expected(current)}, got {text!r}.") from None
+    except ValueError as err:
         raise ConfigError(f"Bad value for config field '{dotted}': {_one_line(err)}.") from None
+
+
+def _expected(current) -> str:
+    """What a field of `current`'s type takes, in words."""
+    if isinstance(current, int):
+        return "a whole number"
+    if isinstance(current, float):
+        return "a number"
+    if isinstance(current, tuple | list):
+        return "a tuple such as (8,8)"
+    return f"a {type(current).__name__}"
 
 
 def _one_line(err: Exception) -> str:
@@ -237,6 +252,10 @@ def split_config_args(argv: list[str], presets: Presets) -> tuple[ml_collections
     with config.unlocked():
         config.preset = name
     for key, value in overrides:
+        if key == "preset":  # it renamed the run: its default workdir, its report row and
+            # the preset the report compares its settings with
+            raise ConfigError("config.preset is the name --config gives the run; pick the "
+                              "preset with --config=NAME and the folder with --workdir=DIR.")
         apply_override(config, key, value)
     return config, rest
 

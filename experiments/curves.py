@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from experiments.flag_parsing import ArgumentParser
 from experiments.report_runs import Run, find_workdirs, fmt_value, load_runs, no_runs_sentence
 
 
@@ -44,8 +45,8 @@ def table(runs: Sequence[Run], split: str, epochs: Sequence[int]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.curves", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m experiments.curves", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True,
                         help="comma-separated workdirs or folders of workdirs")
     parser.add_argument("--split", default="test", help="the evaluation split, e.g. valid")

@@ -35,6 +35,12 @@ from collections.abc import Sequence
 import ml_collections
 
 from experiments import run_record
+from experiments.flag_parsing import (
+    DATA_DIR_REMEDY,
+    NO_FILE_REMEDY,
+    ArgumentParser,
+    refuse_empty,
+)
 
 # Data fields that only shape evaluation (batch sizes of the evaluation streams).
 EVALUATION_DATA_FIELDS = ("data.eval_batch_size", "data.test_batch_size")
@@ -201,8 +207,8 @@ def evaluate_workdir(workdir: str, overrides: Sequence[str] = (), checkpoint: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run's workdir")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="default: the one the run reports (best validation where its "
@@ -217,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.epilog = ("--config.FIELD=VALUE  override a train.* field (or the evaluation batch "
                      "sizes), e.g. --config.train.eval_carry_state=True")
     args, rest = parser.parse_known_args(argv)
+    refuse_empty({"workdir": (args.workdir, "pass the workdir of a run"),
+                  "data_dir": (args.data_dir, DATA_DIR_REMEDY),
+                  "json": (args.json, NO_FILE_REMEDY)})
     overrides = list(args.set)
     words = iter(rest)
     for word in words:  # --config.x=v or --config.x v, as the training binaries take them

@@ -1,12 +1,16 @@
-"""absl flag parsing for the command-line tools: a bad flag is one line and exit status 2
-(absl prints its whole usage, or `FATAL Flags parsing error`), and asked-for help is a
-success, status 0 (absl ends it with 1, which stops `set -e` scripts)."""
+"""Flag parsing for the command-line tools: a bad flag is one line and exit status 2
+(absl prints its whole usage, or `FATAL Flags parsing error`, and argparse its usage
+before the error), and asked-for help is a success, status 0 (absl ends it with 1, which
+stops `set -e` scripts)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from absl import flags
+
+from rnnreg_jax.command_line import ArgumentParser  # noqa: F401 - the tools' parser
 
 HELP_FLAGS = frozenset({"--help", "-?", "--helpshort", "--helpfull", "--helpxml"})  # absl's
 
@@ -22,3 +26,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         if HELP_FLAGS.intersection(argv) and done.code == 1:
             sys.exit(0)
         raise
+
+
+def refuse_empty(values: Mapping[str, tuple[str | None, str]]) -> None:
+    """Exit 2 with one line for the first flag given an empty value (`--workdir=$DIR`
+    with DIR unset), which the tools took as left out. `values`: flag name -> (its value,
+    what to pass instead, as words after "empty; ")."""
+    for name, (value, remedy) in values.items():
+        if value == "":
+            print(f"error: --{name} is empty; {remedy}.", file=sys.stderr)
+            sys.exit(2)
+
+
+# `refuse_empty`'s remedies of the flags several tools share.
+DATA_DIR_REMEDY = ("pass the data folder, or leave the flag out for $RNNREG_DATA_DIR, then "
+                   "the download cache")
+NO_FILE_REMEDY = "pass a file, or leave the flag out for none"

@@ -27,6 +27,7 @@ space, `<eos>` and `<eol>` as line breaks. Nothing in DIR is written. A text lon
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from experiments.evaluate import (
     reported_params,
     restore_checkpoint,
 )
+from experiments.flag_parsing import DATA_DIR_REMEDY, ArgumentParser, refuse_empty
 
 LANGUAGE_MODEL_DATASETS = ("ptb_word", "ptb_char")
 PROGRESS_EVERY = 1000  # tokens between progress lines of a long text
@@ -120,6 +122,10 @@ def generate_workdir(workdir: str, prompt: str = "", length: int = 50,
     if not 0 <= seed < 2 ** 32:  # jax.random.key: an OverflowError past int64, and seeds
         # that differ by 2**32 draw the same text
         raise ValueError(f"--seed must be a whole number in [0, 2**32), got {seed}.")
+    if not (math.isfinite(temperature) and temperature >= 0):  # before the checkpoint is read
+        raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}.")
+    if top_k is not None and top_k < 1:  # greedy decoding never read it: let through
+        raise ValueError(f"--top_k must be a whole number >= 1, got {top_k}.")
     explicit = checkpoint is not None
     state, checkpoint = restore_checkpoint(workdir, checkpoint or default_checkpoint(config),
                                            fall_back=not explicit)
@@ -167,8 +173,8 @@ def _progress_printer(length: int):
 def main(argv: Sequence[str] | None = None) -> int:
     from rnnreg_jax.data import DataError
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m experiments.generate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a language-model run's workdir")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="default: the one the run reports (best validation where its "
@@ -185,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data_dir", default=None,
                         help="data folder (default: $RNNREG_DATA_DIR, then the cache)")
     args = parser.parse_args(argv)
+    refuse_empty({"workdir": (args.workdir, "pass the workdir of a language-model run"),
+                  "data_dir": (args.data_dir, DATA_DIR_REMEDY)})
     try:
         out = generate_workdir(args.workdir, args.prompt, args.length, args.temperature,
                                args.num_samples, args.seed, args.top_k, args.checkpoint,

@@ -22,6 +22,7 @@ from etils import epath
 
 from experiments import cli, provenance, run_record
 from experiments.configs.common import TASK_DATASETS, check_config, regularization
+from experiments.flag_parsing import DATA_DIR_REMEDY, refuse_empty
 from experiments.resume_check import resume_conflict
 
 
@@ -56,8 +57,31 @@ def _start_distributed(config) -> None:
     if given and not enabled:  # the run went on as one process of one
         _fail(f"{' and '.join(given)} need --coordinator_address (or "
               "--config.train.distributed=True, where the coordinator is found).")
-    maybe_initialize_distributed(enabled, flags.coordinator_address, flags.num_processes,
-                                 flags.process_id)
+    _check_process_flags(flags.coordinator_address, flags.num_processes, flags.process_id)
+    try:
+        maybe_initialize_distributed(enabled, flags.coordinator_address, flags.num_processes,
+                                     flags.process_id)
+    except (ValueError, RuntimeError) as err:  # a missing count, a port already taken
+        why = " ".join(str(err).split()).rstrip(".")
+        _fail(f"jax.distributed could not start ({why}); check --coordinator_address, "
+              "--num_processes and --process_id.")
+
+
+def _check_process_flags(address: str | None, count: int | None, index: int | None) -> None:
+    """One sentence for the multi-process flags that jax.distributed refuses with a
+    traceback (an IndexError for an address without a port)."""
+    if address:
+        host, _, port = address.rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 2 ** 16):
+            _fail(f"--coordinator_address must be HOST:PORT with a port in 1..65535, got "
+                  f"{address!r}.")
+    if count is not None and count < 1:
+        _fail(f"--num_processes must be at least 1, got {count}.")
+    if index is not None and index < 0:
+        _fail(f"--process_id must be a whole number >= 0, got {index}.")
+    if index is not None and count is not None and index >= count:
+        _fail(f"--process_id must be in [0, {count}) (one per process of --num_processes), "
+              f"got {index}.")
 
 
 def _lock(workdir: str) -> None:
@@ -127,8 +151,12 @@ def run(task_name: str, config) -> dict:
     from rnnreg_jax.train.config import check_for_task
 
     _quiet_orbax()
+    default = os.path.join("runs", f"{task_name}_{config.preset}")
+    refuse_empty({"workdir": (cli.FLAGS.workdir, "pass a folder, or leave the flag out for "
+                                                 f"the default {default}"),
+                  "data_dir": (cli.FLAGS.data_dir, DATA_DIR_REMEDY)})
     _start_distributed(config)
-    workdir = cli.FLAGS.workdir or os.path.join("runs", f"{task_name}_{config.preset}")
+    workdir = cli.FLAGS.workdir or default
     try:  # the config and the data's checksums first: then a refusal changes no workdir
         check_config(config)
         check_task_dataset(task_name, config.data.dataset)

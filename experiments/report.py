@@ -354,8 +354,10 @@ def _protocol_notes(runs: Sequence[Run]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from experiments.flag_parsing import ArgumentParser, refuse_empty
+
+    parser = ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True,
                         help="comma-separated workdirs or folders of workdirs")
     parser.add_argument("--out", default="RESULTS.md")
@@ -367,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(the section notes of experiments/report_notes.py describe "
                              "results/runs and appear only in a report of those runs)")
     args = parser.parse_args(argv)
+    refuse_empty({"out": (args.out, "pass the report's file, or leave the flag out for "
+                                    "RESULTS.md"),
+                  "intro": (args.intro, "pass a markdown file, or leave the flag out for "
+                                        "none")})
     dirs = [d for d in args.runs.split(",") if d]
     plots = (os.path.join(os.path.dirname(args.out), "docs", "results") if args.plots is None
              else args.plots)

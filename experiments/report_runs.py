@@ -53,7 +53,8 @@ def _float(value) -> float | None:
 
 
 def read_events(path: str) -> list[dict]:
-    """The events of a metrics.jsonl; a half-written last line (live run) is skipped."""
+    """The events of a metrics.jsonl; a half-written last line (live run) and lines not
+    of the training loop's form (`_well_formed`) are skipped."""
     events: list[dict] = []
     if not os.path.exists(path):
         return events
@@ -66,9 +67,19 @@ def read_events(path: str) -> list[dict]:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(event, dict):
+            if _well_formed(event):
                 events.append(event)
     return events
+
+
+def _well_formed(event) -> bool:
+    """An event as the training loop writes it: an object whose `split` (where it has
+    one) is a name and whose `epoch` and `step` are whole numbers. Another tool's lines
+    were sorted with the names and counted as epochs: a TypeError."""
+    if not isinstance(event, dict) or not isinstance(event.get("split", ""), str):
+        return False
+    return all(isinstance(event.get(key, 0), int) and not isinstance(event.get(key), bool)
+               for key in ("epoch", "step"))
 
 
 @dataclasses.dataclass

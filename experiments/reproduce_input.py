@@ -16,6 +16,7 @@ from absl import flags
 
 from experiments import bundle, cli  # noqa: F401 - cli defines --data_dir, as for the binaries
 from experiments import reproduce_plan as plan_lib
+from experiments.flag_parsing import DATA_DIR_REMEDY, refuse_empty
 from experiments.reproduce_workdirs import done_steps
 
 
@@ -59,6 +60,19 @@ def check_flags(argv: list[str]) -> None:
     with `--resume_from` (a plan writes nothing, so it would not unpack the bundle)."""
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}.")
+    refuse_empty({"root": (FLAGS.root, "pass a folder, or leave the flag out for "
+                                       "runs/reproduce"),
+                  "out": (FLAGS.out, "pass a new or empty folder, or leave the flag out for "
+                                     "$OUT, else runs/bundle"),
+                  "resume_from": (FLAGS.resume_from, "pass a bundle folder, or leave the "
+                                                     "flag out to resume from --root alone"),
+                  "step_times": (FLAGS.step_times, "pass a step-time table (JSON), or leave "
+                                                   "the flag out to calibrate"),
+                  "data_dir": (FLAGS.data_dir, DATA_DIR_REMEDY)})
+    blocker = file_in_the_way(Path(FLAGS.root))
+    if blocker is not None:  # the runs' start failed on it with a traceback
+        fail(f"--root={FLAGS.root} cannot hold the runs' workdirs: {blocker} is a file, not a "
+             "folder.")
     for name in ("budget_s", "calibrate_s", "margin_s"):
         value = FLAGS[name].value
         assert value is not None  # DEFINE_float with a default
@@ -67,6 +81,15 @@ def check_flags(argv: list[str]) -> None:
     if FLAGS.plan and FLAGS.resume_from:
         fail("--plan reads the runs under --root and writes nothing; run with "
              "--resume_from (without --plan) to unpack the bundle.")
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """`path`, or the nearest of its parents that exists, where that is not a folder (so
+    nothing can be made at `path`); else None."""
+    for place in (path, *path.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
 
 
 def read_specs() -> list[plan_lib.Spec]:
@@ -113,7 +136,8 @@ def checked_out(table: dict | None) -> Path:
     if FLAGS.budget_s <= FLAGS.margin_s:
         fail(f"--budget_s must exceed --margin_s ({FLAGS.margin_s:g} s).")
     out = Path(FLAGS.out or os.environ.get("OUT") or "runs/bundle")
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):  # found only after the batch
+    if file_in_the_way(out.parent) is not None or out.is_file() or (
+            out.is_dir() and any(out.iterdir())):  # found only after the batch
         fail(f"--out {out} must be a new or empty folder: the bundle is written there "
              "after the runs, and files already there would be mixed in or block it.")
     if FLAGS.calibrate_s == 0 and table is None:

@@ -46,6 +46,10 @@ class Spec:
                              f"a task in {', '.join(TASKS)}.")
         task, preset = parts[0], parts[1]
         name = parts[2] if len(parts) > 2 and parts[2] else preset
+        if name in (".", "..") or "/" in name or "\\" in name:  # root / name left the root
+            raise ValueError(f"Run name {name!r} in run spec {text!r} must be one folder name "
+                             "(no '/', not '.' or '..'): it names the run's workdir under "
+                             "--root.")
         flags = tuple(f for f in parts[3].split(";") if f) if len(parts) > 3 else ()
         presets = importlib.import_module(f"experiments.configs.{task}").PRESETS
         if preset not in presets:

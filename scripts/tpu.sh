@@ -390,7 +390,7 @@ main() {
   case "$SUBCMD" in
     create|setup|run|status|stop|logs|ssh|delete) ;;
     help) usage; exit 0 ;;
-    "") usage >&2; exit 2 ;;
+    "") die "a tpu command is needed: create, setup, run, status, stop, logs, ssh or delete (./launch.sh tpu help)." ;;
     *) die "unknown tpu command '$SUBCMD'; use create, setup, run, status, stop, logs, ssh or delete." ;;
   esac
   check_settings

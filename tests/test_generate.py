@@ -433,7 +433,7 @@ def test_the_binary_reports_the_progress_of_a_long_text(ptb_run, capsys, monkeyp
     (["--prompt=w1 zebra"], "The word 'zebra' of the prompt is not in the ptb_word "
                             "vocabulary."),
     (["--length=0"], "--length must be at least 1, got 0."),
-    (["--temperature=-1"], "temperature must be finite and >= 0, got -1.0."),
+    (["--temperature=-1"], "--temperature must be a finite number >= 0, got -1.0."),
     (["--num_samples=0"], "--num_samples must be at least 1, got 0."),
     (["--checkpoint=best"], "No checkpoint under"),
     # an OverflowError traceback past int64; seeds 2**32 apart drew the same text

@@ -152,12 +152,13 @@ def choices() -> dict[str, tuple[str, ...]]:
     library's own tables where it has them)."""
     from rnnreg_jax import cells, noise, tasks
     from rnnreg_jax.data.sentiment import CORNELL_SPLITS, PADDINGS
-    from rnnreg_jax.models import HEAD_INITS
+    from rnnreg_jax.models import HEAD_INITS, SOFTMAX_BIAS_INITS
     from rnnreg_jax.train import optim
 
     return {
         "model.cell": cells.CELL_TYPES + cells.EXTRA_CELL_TYPES,
         "model.head_init": HEAD_INITS,
+        "model.softmax_bias_init": SOFTMAX_BIAS_INITS,
         "train.optimizer": optim.OPTIMIZERS,
         "train.lr_schedule": optim.LR_SCHEDULES,
         "train.mc_masks": noise.MC_MASKS,
@@ -242,12 +243,15 @@ def check_ranges(config) -> None:
 
 def check_config(config) -> None:
     """Every check a binary makes of an experiment config before anything runs: the
-    options (`check_choices`), the model and data numbers (`check_ranges`) and the
-    train block (`rnnreg_jax.train.config.check`); ValueError, one sentence."""
+    options (`check_choices`), the model and data numbers (`check_ranges`), the language
+    model's embedding settings (`combinations.check_language_model`) and the train block
+    (`rnnreg_jax.train.config.check`); ValueError, one sentence."""
+    from experiments.configs.combinations import check_language_model
     from rnnreg_jax.train.config import check
 
     check_choices(config)
     check_ranges(config)
+    check_language_model(config)
     check(config.train, "config.train")
 
 

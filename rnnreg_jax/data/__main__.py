@@ -7,16 +7,17 @@ missing or corrupt, or differs from the published files (data.checksums).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Literal
 
 import numpy as np
 
+from rnnreg_jax.command_line import ArgumentParser
 from rnnreg_jax.data.errors import DataError
 
 DATASETS = ("ptb_word", "ptb_char", "mnist", "cornell", "imdb")
+TFDS_DATASETS = ("mnist", "imdb")  # the others have files only
 
 
 def describe(
@@ -61,7 +62,7 @@ def describe(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rnnreg_jax.data", description=__doc__)
+    parser = ArgumentParser(prog="python -m rnnreg_jax.data", description=__doc__)
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument(
         "--data_dir",
@@ -80,11 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         help="read files that differ from the published ones (no sha256 check)",
     )
     args = parser.parse_args(argv)
+    problem = None
+    if args.source != "files" and args.dataset not in TFDS_DATASETS:  # it read the files
+        problem = (f"--source={args.source} applies to {' and '.join(TFDS_DATASETS)}; "
+                   f"{args.dataset} has files only")
+    elif args.data_dir == "":  # taken as left out: $RNNREG_DATA_DIR or the download cache
+        problem = ("--data_dir is empty; pass the data folder, or leave the flag out for "
+                   "$RNNREG_DATA_DIR, then the download cache")
+    if problem:
+        print(f"error: {problem}.", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         lines = describe(args.dataset, args.data_dir, args.source, not args.skip_checks)
     except DataError as e:
-        print(str(e), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.dataset}:")
     for line in lines:

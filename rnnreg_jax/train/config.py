@@ -221,12 +221,19 @@ def check_for_task(config, task, name: str = "config") -> None:
     """A one-sentence ValueError where `config` asks for what `task` lacks: MC dropout on
     an evaluation split it does not have (an unknown `mc_splits` entry was ignored, the
     run ending without the MC pass asked for; without MC samples the splits are not
-    read), or early stopping without a validation split."""
+    read) or on no split at all, or early stopping without a validation split."""
     config = with_defaults(config)
     unknown = [s for s in config.mc_splits if s not in task.evals]
     if config.mc_samples and unknown:
         raise ValueError(f"{name}.mc_splits names {unknown}, which this task does not "
                          f"evaluate (its splits: {sorted(task.evals)}).")
+    if config.mc_samples and not config.mc_splits and task.test_protocol is not True:
+        # the run ended without the MC pass it asked for (the PTB protocol's test pass
+        # takes MC samples whatever the splits)
+        raise ValueError(f"{name}.mc_samples={config.mc_samples} asks for MC dropout "
+                         f"evaluation, and {name}.mc_splits is empty; name the splits "
+                         f"(such as ('test',); this task's: {sorted(task.evals)}) or set "
+                         "mc_samples=0.")
     if config.early_stop_patience and task.validation_split is None:
         raise ValueError(f"{name}.early_stop_patience needs a validation split, and this "
                          "task evaluates none (every epoch counted as one without "

@@ -39,8 +39,9 @@ __all__ = ["NonFiniteLossError", "StartRefusedError", "train_and_evaluate"]
 
 class StartRefusedError(ValueError):
     """The task and config cannot start (a batch that does not divide over the devices, a
-    source that yields nothing, a `param_axes` name no layer has, ...): one sentence,
-    raised before any step, the first problem chained as its cause."""
+    source that yields nothing, a `param_axes` name no layer has, settings the training
+    step refuses as it is traced, ...): one sentence, raised before any step, the first
+    problem chained as its cause."""
 
 
 class _Run:
@@ -60,18 +61,22 @@ class _Run:
         state = steps.init_state(task, config, self.mesh, self.tx, sample)
         self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
         try:  # from here a failure must close orbax's managers (their threads outlive us)
-            self._start(state)
+            self._start(state, sample)
         except BaseException:
             self.ckpt.close()
             raise
 
-    def _start(self, state) -> None:
+    def _start(self, state, sample: dict) -> None:
         task, config, workdir = self.task, self.config, self.workdir
         restored = self.ckpt.restore_latest(state)
         self.resumed = restored is not None
         self.state = restored if restored is not None else state
         self.shardings = steps.state_shardings(self.state, self.mesh)
         self.train_step = steps.make_train_step(task, config, self.tx, self.mesh, self.shardings)
+        # Settings that clash only in training mode (an input dropout mask on embed_to_gates'
+        # pre-activations, lengths with batch statistics) fail as the step is traced: a
+        # refusal here, before the logs are opened, not a traceback at the first step.
+        self.train_step.trace(self.state, mesh_lib.global_batch(self.mesh, sample))
         self.evaluator = Evaluator.from_config(task, self.mesh, config)
         self.zero_carry = jax.jit(lambda c: jax.tree.map(jnp.zeros_like, c),
                                   out_shardings=self.shardings.carry, donate_argnums=0)

@@ -127,7 +127,7 @@ def state_shardings(state: TrainState, mesh) -> TrainState:
     return shardings.replace(carry=carry)
 
 
-def make_train_step(task, config, tx, mesh, shardings: TrainState) -> Callable:
+def make_train_step(task, config, tx, mesh, shardings: TrainState) -> jax.stages.Wrapped:
     """`train_step(state, batch) -> (state, metrics)`, jitted and donating the state.
 
     Under the data mesh the batch axis is sharded, so the batch statistics of
