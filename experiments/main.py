@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
+import shutil
 import sys
 from typing import NoReturn
 
@@ -101,6 +102,20 @@ def _lock(workdir: str) -> None:
         sys.exit(2)
 
 
+def _forget_new_workdir(workdir: str, fresh: bool) -> None:
+    """After a refused start: a workdir this start made (`fresh`) goes again where it holds
+    only the lock and empty folders (TensorBoard's, the checkpoints'), so that what
+    is left is what was there before; a workdir holding any other file stays."""
+    from rnnreg_jax.train.workdir_lock import LOCK_NAME
+
+    if not fresh or (jax.distributed.is_initialized() and jax.process_index() != 0):
+        return
+    for folder, _, files in os.walk(workdir):
+        if any(folder != workdir or name != LOCK_NAME for name in files):
+            return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 # The scalar tags TensorBoard's HParams view shows beside each run's settings.
 _HPARAM_METRICS = {"lm": ("ppl",), "classification": ("error",), "regression": ("rmse",)}
 
@@ -167,6 +182,7 @@ def run(task_name: str, config) -> dict:
         sys.exit(2)
     # Process 0 only: the other processes of a multi-host run share the workdir. Without
     # jax.distributed this is the only process; asking jax would start the backend first.
+    fresh = "://" not in workdir and not os.path.exists(workdir)
     if not jax.distributed.is_initialized() or jax.process_index() == 0:
         _lock(workdir)
     conflict = resume_conflict(workdir, config.to_dict(), task_name)  # before loading data
@@ -177,8 +193,8 @@ def run(task_name: str, config) -> dict:
         task = build_task(config, reg, cli.FLAGS.data_dir)
         check_for_task(config.train, task, "config.train")
     except (DataError, ValueError) as err:  # data, or settings that do not go together
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _forget_new_workdir(workdir, fresh)
+        _fail(err)
     batch = config.data.batch_size
     logging.info("process %d of %d, %d local devices of %d; global batch %d, per host %d",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -206,6 +222,7 @@ def run(task_name: str, config) -> dict:
         if tb_before is not None and tb.exists():
             for path in set(tb.iterdir()) - tb_before:  # this start's hparams and events
                 path.unlink(missing_ok=True)
+        _forget_new_workdir(workdir, fresh)
         _fail(err)
     except NonFiniteLossError as err:
         _fail(err)
