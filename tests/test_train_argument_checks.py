@@ -50,7 +50,8 @@ def test_a_field_like_no_setting_names_where_the_settings_are():
 
 
 def test_a_config_that_is_not_a_mapping_is_one_sentence():
-    _refused("sgd", "config must be a ConfigDict or dict of training settings, got str.")
+    _refused("sgd", "config must be a ConfigDict or other mapping of training settings "
+             "(such as config.train), got str.")
     with pytest.raises(ValueError, match=r"^config must be a ConfigDict .* got int\.$"):
         train.with_defaults(3)
 

@@ -89,17 +89,21 @@ def known_fields() -> tuple[str, ...]:
     return tuple(default_train_config().keys()) + EXPERIMENT_FIELDS
 
 
-def _check_mapping(config, name: str = "config") -> None:
-    if config is not None and not hasattr(config, "items"):  # else an AttributeError
-        raise ValueError(f"{name} must be a ConfigDict or dict of training settings, got "
-                         f"{type(config).__name__}.")
+def check_mapping(config, name: str = "config", none_ok: bool = True) -> None:
+    """A ConfigDict or other mapping of training settings (None, all defaults, where
+    `none_ok`), else one sentence (an AttributeError inside before): the one check of
+    the loop's config, `with_defaults` and the optimizer's builders."""
+    if (config is None and not none_ok) or (config is not None
+                                            and not hasattr(config, "items")):
+        raise ValueError(f"{name} must be a ConfigDict or other mapping of training "
+                         f"settings (such as config.train), got {type(config).__name__}.")
 
 
 def with_defaults(config) -> ml_collections.ConfigDict:
     """`config` on top of the defaults (missing fields take default values). A value of
     another type than its default's, a bool where a number belongs among them, is kept
     as given, for `check` to refuse in one sentence."""
-    _check_mapping(config)
+    check_mapping(config)
     merged = default_train_config()
     for key, value in (config.items() if config is not None else []):
         if key in merged:
@@ -153,7 +157,7 @@ def check(config, name: str = "config") -> None:
     config (the experiment binaries': "config.train"). A field no training config
     holds (`known_fields`) is refused too: a misspelt one was kept beside the default
     it meant to set, and the run trained with the default."""
-    _check_mapping(config, name)
+    check_mapping(config, name)
     check_names(config if config is not None else {}, name)
     try:
         _check(with_defaults(config))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import ml_collections
 import optax
@@ -26,7 +26,13 @@ import optax
 from rnnreg_jax.regularizers.checks import FLOAT32_MAX, check_flag
 from rnnreg_jax.shown import shown
 from rnnreg_jax.train import ntasgd as ntasgd_lib
-from rnnreg_jax.train.config import check_names, is_finite_number, is_whole, with_defaults
+from rnnreg_jax.train.config import (
+    check_mapping,
+    check_names,
+    is_finite_number,
+    is_whole,
+    with_defaults,
+)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "ntasgd")
 WEIGHT_DECAY_MODES = ("gradient", "step")
@@ -68,9 +74,7 @@ def _settings(config) -> ml_collections.ConfigDict:
     so is a field no training config holds (`config.check_names`, as the training loop
     refuses it: a misspelt learning rate, or the whole config for `config.train`, gave
     the default SGD at rate 1.0)."""
-    if not isinstance(config, ml_collections.ConfigDict | Mapping):
-        raise ValueError(f"config must be a ConfigDict or other mapping of training "
-                         f"settings (such as config.train), got {type(config).__name__}.")
+    check_mapping(config, none_ok=False)
     check_names(config)
     return with_defaults(config)
 
