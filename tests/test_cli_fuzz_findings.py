@@ -4,13 +4,13 @@ anything is read or written."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import types
 
 import launch_sandbox
 import pytest
+import train_helpers as th
 
 from experiments import cli
 from experiments.configs import ptb, sentiment
@@ -28,28 +28,10 @@ def _only_error_line(capsys) -> str:
     return lines[0]
 
 
-@contextlib.contextmanager
-def _binary_flags(*argv: str):
-    """The experiment binaries' own flags parsed from `argv` (for `experiments.main.run`
-    in this process), then put back."""
-    names = ("workdir", "data_dir", "coordinator_address", "num_processes", "process_id")
-    was_parsed = cli.FLAGS.is_parsed()
-    saved = {k: cli.FLAGS[k].value for k in names} if was_parsed else None
-    cli.FLAGS(["test", *argv])
-    try:
-        yield
-    finally:
-        if saved is not None:
-            for k, v in saved.items():
-                cli.FLAGS[k].value = v
-        else:
-            cli.FLAGS.unparse_flags()
-
-
 def _refused_run(capsys, config, *argv: str, task: str = "ptb") -> str:
     from experiments.main import run
 
-    with _binary_flags(*argv), pytest.raises(SystemExit) as done:
+    with th.binary_argv(*argv), pytest.raises(SystemExit) as done:
         run(task, config)
     assert done.value.code == 2
     return _only_error_line(capsys)

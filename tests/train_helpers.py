@@ -105,16 +105,20 @@ def enable_compilation_cache() -> str:
     return path
 
 
+# The experiment binaries' own flags a test may set (`binary_argv` puts them back).
+BINARY_FLAGS = ("workdir", "data_dir", "coordinator_address", "num_processes", "process_id")
+
+
 @contextlib.contextmanager
-def binary_flags(workdir, data_dir):
-    """`--workdir` and `--data_dir` parsed as the experiment binaries read them (for
-    `experiments.main.run` in-process), then restored: to their earlier values if the flags
-    were parsed before, else unparsed."""
+def binary_argv(*argv: str):
+    """`argv` parsed as the experiment binaries' flags (for `experiments.main.run`
+    in-process), then restored: to their earlier values if the flags were parsed before,
+    else unparsed."""
     from experiments import cli
 
     was_parsed = cli.FLAGS.is_parsed()
-    saved = {k: cli.FLAGS[k].value for k in ("workdir", "data_dir")} if was_parsed else None
-    cli.FLAGS(["test", f"--workdir={workdir}", f"--data_dir={data_dir}"])
+    saved = {k: cli.FLAGS[k].value for k in BINARY_FLAGS} if was_parsed else None
+    cli.FLAGS(["test", *argv])
     try:
         yield
     finally:
@@ -123,6 +127,11 @@ def binary_flags(workdir, data_dir):
                 cli.FLAGS[k].value = v
         else:
             cli.FLAGS.unparse_flags()
+
+
+def binary_flags(workdir, data_dir):
+    """`binary_argv` of `--workdir` and `--data_dir`."""
+    return binary_argv(f"--workdir={workdir}", f"--data_dir={data_dir}")
 
 
 def run_tiny_ptb(workdir, data_dir, hidden_sizes=None, **train) -> dict:
