@@ -140,8 +140,8 @@ def _expected(current) -> str:
         return "a whole number"
     if isinstance(current, float):
         return "a number"
-    if isinstance(current, tuple | list):
-        return "a tuple such as (8,8)"
+    if isinstance(current, tuple | list):  # its own value the example (names or sizes)
+        return f"a tuple such as {tuple(current)!r}"
     return f"a {type(current).__name__}"
 
 

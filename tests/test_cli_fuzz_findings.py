@@ -47,7 +47,7 @@ def _tiny(*overrides: str, presets=ptb.PRESETS):
     ("--config.train.num_epochs=1.5", "Bad value for config field 'train.num_epochs': "
      "expected a whole number, got '1.5'."),
     ("--config.model.hidden_sizes=\"(8,8)\"", "Bad value for config field "
-     "'model.hidden_sizes': expected a tuple such as (8,8), got '\"(8,8)\"'."),
+     "'model.hidden_sizes': expected a tuple such as (16, 16), got '\"(8,8)\"'."),
     ("--config.train.learning_rate='0.1'", "Bad value for config field "
      "'train.learning_rate': expected a number, got \"'0.1'\"."),
 ])
