@@ -117,6 +117,18 @@ GAL_SPLIT = "sentiment_variational_lstm_keras_gal_split"
 GAL_NO_DROP = "sentiment_no_dropout_keras_gal_split"
 TORCH = ("sentiment_variational_lstm_250ep", "sentiment_variational_lstm_250ep_seed1")
 GAL_NAIVE = "sentiment_naive_dropout_keras_gal_split"
+GAL_GRU = "sentiment_variational_gru_keras_gal_split"
+CHUNK_GRU = "sentiment_variational_gru_keras_1250ep"
+# The Cornell rows on Gal's split (the note counts them in words)
+GAL_ROWS = [run.name for run in sorted(RUNS.iterdir()) if (run / "config.json").exists()
+            and _json(run / "config.json")["config"]["data"].get("split") == "shuffled_reviews"]
+COUNT_WORDS = {3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def below_count(run: str, other: str) -> int:
+    """At how many of the epochs both ran `run` is below `other`."""
+    last = min(epochs(run), epochs(other))
+    return sum(at_epoch(run, n) < at_epoch(other, n) for n in range(1, last + 1))
 
 
 def below_from(run: str, other: str) -> int:
@@ -201,6 +213,28 @@ FACTS = [
                   f"and MC {final(NAIVE, 'test_mc', 'rmse'):.4f})", "naive ends"),
     ("sentiment", f"(50: {at_epoch(GAL_NAIVE, 50):.4f} against {at_epoch(GAL_SPLIT, 50):.4f})",
      "naive vs variational"),
+    ("sentiment", f"Every row but {COUNT_WORDS[len(GAL_ROWS)]} ran on the split", "Gal rows"),
+    ("sentiment", f"The {COUNT_WORDS[len(GAL_ROWS)]} ran today's presets", "Gal rows, again"),
+    ("sentiment", f"`variational_gru` ran {epochs(GAL_GRU)} of its preset's "
+                  f"{config(CHUNK_GRU, 'train.num_epochs')} epochs"
+     if epochs(GAL_GRU) == config(GAL_GRU, "train.num_epochs")
+     else f"`variational_gru`, after {epochs(GAL_GRU)} of its", "GRU Gal epochs"),
+    ("sentiment", fifth_epochs_band(GAL_GRU, CHUNK_GRU, "the chunk-shuffled GRU"),
+     "GRU Gal vs chunks"),
+    ("sentiment", f"(30: {at_epoch(GAL_GRU, 30):.4f} against {at_epoch(CHUNK_GRU, 30):.4f}; "
+                  f"90: {at_epoch(GAL_GRU, 90):.4f} against {at_epoch(CHUNK_GRU, 90):.4f}; "
+                  f"{epochs(GAL_GRU)}: {at_epoch(GAL_GRU, epochs(GAL_GRU)):.4f} against "
+                  f"{at_epoch(CHUNK_GRU, epochs(GAL_GRU)):.4f})",
+     "GRU Gal vs chunks at 30, 90 and its last"),
+    ("sentiment", f"its training RMSE within {fifth_epochs_train_within(GAL_GRU, CHUNK_GRU)}% "
+                  "of that run's", "GRU Gal training RMSE"),
+    ("sentiment", f"(lowest {lowest(GAL_GRU)[0]:.4f} at epoch {lowest(GAL_GRU)[1]}, against "
+                  f"{lowest(CHUNK_GRU)[0]:.4f} at epoch {lowest(CHUNK_GRU)[1]})", "GRU lows"),
+    *([("sentiment", f"MC {final(GAL_GRU, 'test_mc', 'rmse'):.4f}", "GRU Gal MC")]
+      if epochs(GAL_GRU) == config(GAL_GRU, "train.num_epochs") else []),
+    ("sentiment", f"below the variational LSTM of this split at {below_count(GAL_GRU, GAL_SPLIT)}"
+                  f" of the {min(epochs(GAL_GRU), epochs(GAL_SPLIT))} epochs",
+     "GRU vs LSTM, Gal split"),
 ]
 
 
