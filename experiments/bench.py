@@ -30,7 +30,7 @@ from typing import NoReturn
 from absl import app, flags
 
 from experiments import bench_models as bm
-from experiments.flag_parsing import parse_flags
+from experiments.flag_parsing import NO_FILE_REMEDY, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", list(bm.WORKLOADS), "Workloads to run.")
@@ -184,7 +184,7 @@ def flags_problem(workloads: list[str], contenders: list[str], memory: bool,
                 "memory is measured only on workloads that run.")
     for flag, path in outputs.items():
         if path == "":  # taken as no file: the results went nowhere
-            return f"--{flag} is empty; pass a file, or leave the flag out for none."
+            return f"--{flag} is empty; {NO_FILE_REMEDY}."
         problem = output_problem(flag, path) if path else None
         if problem:
             return problem

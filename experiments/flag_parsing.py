@@ -10,7 +10,11 @@ from collections.abc import Mapping
 
 from absl import flags
 
-from rnnreg_jax.command_line import ArgumentParser  # noqa: F401 - the tools' parser
+from rnnreg_jax.command_line import (  # noqa: F401 - the tools' parser and remedies
+    DATA_DIR_REMEDY,
+    NO_FILE_REMEDY,
+    ArgumentParser,
+)
 
 HELP_FLAGS = frozenset({"--help", "-?", "--helpshort", "--helpfull", "--helpxml"})  # absl's
 
@@ -36,9 +40,3 @@ def refuse_empty(values: Mapping[str, tuple[str | None, str]]) -> None:
         if value == "":
             print(f"error: --{name} is empty; {remedy}.", file=sys.stderr)
             sys.exit(2)
-
-
-# `refuse_empty`'s remedies of the flags several tools share.
-DATA_DIR_REMEDY = ("pass the data folder, or leave the flag out for $RNNREG_DATA_DIR, then "
-                   "the download cache")
-NO_FILE_REMEDY = "pass a file, or leave the flag out for none"

@@ -8,6 +8,12 @@ import argparse
 import sys
 from typing import NoReturn
 
+# What to pass instead of an empty path flag (`--data_dir=` with its variable unset),
+# in the words of the tools that refuse one.
+DATA_DIR_REMEDY = ("pass the data folder, or leave the flag out for $RNNREG_DATA_DIR, then "
+                   "the download cache")
+NO_FILE_REMEDY = "pass a file, or leave the flag out for none"
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose refusal of the command line is one line."""

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from rnnreg_jax.command_line import ArgumentParser
+from rnnreg_jax.command_line import DATA_DIR_REMEDY, ArgumentParser
 from rnnreg_jax.data.errors import DataError
 
 DATASETS = ("ptb_word", "ptb_char", "mnist", "cornell", "imdb")
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = (f"--source={args.source} applies to {' and '.join(TFDS_DATASETS)}; "
                    f"{args.dataset} has files only")
     elif args.data_dir == "":  # taken as left out: $RNNREG_DATA_DIR or the download cache
-        problem = ("--data_dir is empty; pass the data folder, or leave the flag out for "
-                   "$RNNREG_DATA_DIR, then the download cache")
+        problem = f"--data_dir is empty; {DATA_DIR_REMEDY}"
     if problem:
         print(f"error: {problem}.", file=sys.stderr)
         return 2
