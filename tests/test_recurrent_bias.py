@@ -110,7 +110,7 @@ def test_forget_bias_needs_an_lstm(cell):
 
 def test_forget_bias_of_the_presets():
     """The authors' +1 at character level; none at word level, where it made momentum
-    0.99 at lr 1 blow up (experiments/configs/ptb.py, _zoneout_word)."""
+    0.99 at lr 1 blow up (experiments/configs/ptb_zoneout.py, _zoneout_word)."""
     from experiments.configs import ptb
 
     for name in ("zoneout_char", "baseline_char"):
