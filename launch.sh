@@ -272,6 +272,9 @@ case "$cmd" in
     # Its own script: it never touches the local venv (gcloud is all it needs).
     exec "$BASH" "$ROOT/scripts/tpu.sh" "$@"
     ;;
-  -h|--help|help) usage ;;
+  -h|--help|help)
+    [[ $# -eq 0 ]] || die "help takes no argument, got '$1' (./launch.sh tpu help for the TPU commands)."
+    usage
+    ;;
   *) die "unknown command '$cmd'; use setup, test, run, multihost, tpu or help." ;;
 esac

@@ -362,6 +362,8 @@ def test_the_data_cli_refuses_a_source_it_does_not_read_and_prefixes_its_errors(
     (["tpu", "--dry-run"], "launch.sh tpu: a tpu command is needed: create, setup, run,"),
     # ignored: setup ran
     (["setup", "extra"], "launch.sh: setup takes no argument, got 'extra'."),
+    # ignored: the usage was printed with status 0
+    (["help", "extra"], "launch.sh: help takes no argument, got 'extra'"),
     # after N it went to the experiment, and the processes started for real
     (["multihost", "2", "mh", "--config=tiny", "--dry-run"], "--dry-run goes first, before N"),
     # launch.sh's own came after them: absl kept those, silently
