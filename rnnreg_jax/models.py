@@ -72,7 +72,7 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
     bias, Keras 0.x's `Dense` default, which Gal's sentiment code used."""
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
-    if head_init != "lecun_normal" and orthogonal:
+    if head_init_clashes(head_init, orthogonal):
         raise ValueError("orthogonal_init already makes the head orthogonal; leave head_init "
                          "at its default with it.")
     if orthogonal:
@@ -81,6 +81,12 @@ def head_initializers(head_init: str, orthogonal: bool) -> dict:
         return dict(kernel_init=nn.initializers.glorot_uniform(),
                     bias_init=nn.initializers.zeros)
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+
+
+def head_init_clashes(head_init: str, orthogonal: bool) -> bool:
+    """Whether `head_init` asks for a draw that `orthogonal_init` would override (any
+    but the default)."""
+    return bool(orthogonal) and head_init != "lecun_normal"
 
 
 def embedding_width(cell: Any, sizes: tuple[int, ...], embed_size: Any,

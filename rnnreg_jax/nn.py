@@ -44,7 +44,7 @@ from rnnreg_jax import batchnorm, bidirectional, cells, partitioning, precision,
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer, penalties_of
 from rnnreg_jax.regularizers.chain import NONE
 from rnnreg_jax.regularizers.checks import check_flag
-from rnnreg_jax.stack_layers import layer_init, layer_sizes
+from rnnreg_jax.stack_layers import layer_init, layer_sizes, takes_gate_inputs
 
 
 def dropout_key(module: nn.Module) -> jax.Array:
@@ -194,7 +194,7 @@ class StackedRNN(RecurrentOptions):
     def _gates_input_init(self, init, in_size: int, hidden: int):
         """The first layer's init without `w_x`, after checking that the inputs are
         as wide as its gates."""
-        if self.cell not in cells.CELL_TYPES:
+        if not takes_gate_inputs(self.cell):
             raise ValueError(f"project_first_input=False applies to lstm, gru and rnn "
                              f"cells, not {self.cell!r}.")
         width = cells.NUM_GATES[self.cell] * hidden

@@ -1,6 +1,7 @@
 """What every recurrent stack reads of its layers, whether Flax Linen (`rnnreg_jax.nn`),
 NNX (`rnnreg_jax.nnx`) or a bidirectional one's pure parameters
-(`bidirectional.init_params`): its widths (`layer_sizes`) and how one layer's
+(`bidirectional.init_params`): its widths (`layer_sizes`), whether its first layer may
+take the gates' pre-activations as inputs (`takes_gate_inputs`) and how one layer's
 parameters are drawn from the stack's options (`layer_init`), so that a Linen and an
 NNX stack of the same options and key hold the same arrays."""
 
@@ -25,6 +26,12 @@ def layer_sizes(hidden_sizes: Sequence[int] | int) -> tuple[int, ...]:
     if not sizes:
         raise ValueError("hidden_sizes must name at least one layer, got none.")
     return sizes
+
+
+def takes_gate_inputs(cell: object) -> bool:
+    """Whether a stack of `cell` may take its gates' pre-activations as the first layer's
+    inputs (`project_first_input=False`, a language model's `embed_to_gates`)."""
+    return cell in cells.CELL_TYPES
 
 
 def with_regularizer_params(reg: Regularizer, init, layer: int):

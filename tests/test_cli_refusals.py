@@ -162,18 +162,21 @@ def test_settings_that_clash_only_in_training_leave_the_workdir_as_it_was(tmp_pa
 
 @pytest.mark.parametrize("kept", [False, True])
 def test_a_refused_start_takes_away_the_workdir_it_made(tmp_path, capsys, kept):
-    """A setting the model refuses (recurrent_bias on a GRU) left a new workdir behind
-    with its lock and an empty tb/; a workdir that held a file before stays as it was."""
-    fx.write_repeated_ptb_word(tmp_path / "data")
+    """A setting refused only once the run has started (sequence lengths beside
+    lstm_bn's batch statistics, found by the training step's trace) left a new workdir
+    behind with its lock and an empty tb/; a workdir that held a file before stays as it
+    was."""
+    fx.write_cornell(tmp_path / "data")
     workdir = tmp_path / "w"
     if kept:
         workdir.mkdir()
         (workdir / "notes.txt").write_text("mine")
-    config = _tiny("--config.model.cell=gru", "--config.model.recurrent_bias=True",
-                   "--config.data.batch_size=2", "--config.data.eval_batch_size=2")
+    config = _tiny("--config.data.padding=lengths", "--config.model.cell=lstm_bn",
+                   "--config.data.batch_size=2", "--config.train.mc_samples=0",
+                   presets=sentiment.PRESETS)
     line = _refused_run(capsys, config, f"--workdir={workdir}",
-                        f"--data_dir={tmp_path / 'data'}")
-    assert line == "error: recurrent_bias applies to cells ('lstm', 'rnn'), not 'gru'."
+                        f"--data_dir={tmp_path / 'data'}", task="sentiment")
+    assert line.startswith("error: seq_lengths cannot be used with lstm_bn")
     assert workdir.exists() == kept
     if kept:
         assert (workdir / "notes.txt").read_text() == "mine"

@@ -1,22 +1,50 @@
-"""Language-model settings that do not go together, refused in one sentence naming the
-config fields before anything is read or written. The model refuses them too, but later:
-after the workdir was locked and its record written, in the model's own argument names,
-or (an input dropout mask on `embed_to_gates`) only at the first training step."""
+"""Model settings that do not go together, refused in one sentence naming the config
+fields before anything is read or written (`check_model`, in the binaries' config check):
+the language model's embedding settings, options the cell does not take, and regularizers
+that act on an LSTM's cell state under a cell without one. The model refuses them too,
+but later: after the workdir was locked and its record written, in the model's own
+argument names, or (an input dropout mask on `embed_to_gates`) only at the first training
+step. The rules are the library's own (`cells.has_memory`,
+`stack_layers.takes_gate_inputs`, a regularizer's `check_cell`, ...); only the sentences
+are this module's."""
 
 from __future__ import annotations
+
+from rnnreg_jax import cells
+
+
+def check_model(config) -> None:
+    """ValueError (one sentence) where the model block's settings clash with each other,
+    with its cell or with the reg block; the binaries' config check."""
+    if config.get("model") is None:
+        return
+    check_language_model(config)
+    check_cell_options(config.model)
+    check_cell_state_regularizers(config)
+
+
+def _cells_where(predicate) -> str:
+    """The config's cells for which the library's `predicate` holds, for a sentence."""
+    return ", ".join(cell for cell in cells.ALL_CELL_TYPES if predicate(cell))
 
 
 def check_language_model(config) -> None:
     """ValueError (one sentence) where the model block's embedding settings clash with
-    each other or with the reg block; nothing for a model without them (pMNIST,
-    sentiment)."""
+    each other, with the cell or with the reg block; nothing for a model without them
+    (pMNIST, sentiment)."""
     from rnnreg_jax.models import embedding_width
+    from rnnreg_jax.stack_layers import takes_gate_inputs
 
     model = config.get("model")
     if model is None or "tie_embeddings" not in model:
         return
     sizes = tuple(model.hidden_sizes)
     to_gates = bool(model.get("embed_to_gates"))
+    if to_gates and not takes_gate_inputs(model.cell):
+        raise ValueError(f"config.model.embed_to_gates feeds the embedding straight into the "
+                         f"first layer's gates, which config.model.cell={model.cell!r} does "
+                         f"not take; set embed_to_gates=False or config.model.cell to one of "
+                         f"{_cells_where(takes_gate_inputs)}.")
     try:
         width = embedding_width(model.cell, sizes, model.get("embed_size"), to_gates)
     except ValueError as err:  # embed_to_gates with another width: its own sentence
@@ -35,3 +63,72 @@ def check_language_model(config) -> None:
                              "reg block's input dropout off (e.g. "
                              "--config.reg.variational.input=0.0) or set "
                              "embed_to_gates=False.")
+
+
+def check_cell_options(model) -> None:
+    """ValueError (one sentence) where a model option does not apply to the cell, or an
+    option of the cell's running statistics is out of range (those the model block does
+    not set take the model's defaults)."""
+    from rnnreg_jax import batchnorm
+    from rnnreg_jax.cells.params import draws_own_params, takes_recurrent_bias
+    from rnnreg_jax.models import head_init_clashes
+
+    cell = model.cell
+    if model.get("recurrent_bias") and not takes_recurrent_bias(cell):
+        raise ValueError(f"config.model.recurrent_bias adds a second bias to every layer, "
+                         f"which config.model.cell={cell!r} does not take; set "
+                         f"recurrent_bias=False or config.model.cell to one of "
+                         f"{_cells_where(takes_recurrent_bias)}.")
+    if model.get("orthogonal_init") and draws_own_params(cell):
+        raise ValueError(f"config.model.orthogonal_init draws the weights orthogonal, but "
+                         f"config.model.cell={cell!r} draws its own; set orthogonal_init="
+                         f"False or config.model.cell to one of "
+                         f"{_cells_where(lambda c: not draws_own_params(c))}.")
+    if model.get("forget_bias") and not cells.has_memory(cell):
+        raise ValueError(f"config.model.forget_bias offsets an LSTM's forget gate, which "
+                         f"config.model.cell={cell!r} does not have; set forget_bias=0.0 or "
+                         f"config.model.cell to one of {_cells_where(cells.has_memory)}.")
+    if "head_init" in model and head_init_clashes(model.head_init,
+                                                  model.get("orthogonal_init", False)):
+        raise ValueError(f"config.model.orthogonal_init draws the head orthogonal, and "
+                         f"config.model.head_init={model.head_init!r} draws it otherwise; set "
+                         f"head_init='lecun_normal' (the default) or orthogonal_init=False.")
+    kept = cells.statistics_of(cell)
+    if kept is not None:
+        try:
+            kept.check(model.get("bn_max_steps", batchnorm.DEFAULT_MAX_STEPS),
+                       model.get("bn_momentum", batchnorm.DEFAULT_MOMENTUM))
+        except ValueError as err:  # the range in the library's own sentence
+            raise ValueError(f"config.model: {err}") from None
+
+
+# Per reg sub-block: what its setting that needs an LSTM does, and how to turn it off
+# (whether it is on is for the sub-block's regularizer's `check_cell` to say).
+_LSTM_SETTINGS = {
+    "variational": ("config.reg.variational.cell drops units of the cell state",
+                    "config.reg.variational.cell=0.0"),
+    "dropout": ("config.reg.dropout.site='cell' drops units of the cell state",
+                "config.reg.dropout.rate=0.0 (or another site)"),
+    "zoneout": ("config.reg.zoneout.cells zones out units of the cell state",
+                "config.reg.zoneout.cells=0.0"),
+    "recurrent_dropout": ("config.reg.recurrent_dropout.output_zoneout zones out an "
+                          "LSTM's output gate", "output_zoneout=False"),
+}
+
+
+def check_cell_state_regularizers(config) -> None:
+    """ValueError (one sentence) where a reg sub-block acts on an LSTM's cell state and
+    config.model.cell has none."""
+    from experiments.configs.common import regularizers
+
+    cell = config.model.cell
+    for name, member in regularizers(config.reg).items():
+        try:
+            member.check_cell(cell)
+        except ValueError as err:
+            if name not in _LSTM_SETTINGS:  # a sub-block this table lacks
+                raise ValueError(f"config.reg.{name}: {err}") from None
+            what, instead = _LSTM_SETTINGS[name]
+            raise ValueError(f"{what}, which config.model.cell={cell!r} does not have; set "
+                             f"{instead} or config.model.cell to one of "
+                             f"{_cells_where(cells.has_memory)}.") from None

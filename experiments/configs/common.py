@@ -126,20 +126,26 @@ def migrate_reg(reg: dict) -> dict:
     return out
 
 
-def regularization(reg) -> rj.Regularizer:
-    """The regularizer a reg block describes (a flat block of older runs too)."""
+def regularizers(reg) -> dict[str, rj.Regularizer]:
+    """The regularizer of each sub-block of a reg block (a flat block of older runs too),
+    by constructor name in `REG_CATALOG` order."""
     if not isinstance(reg, dict):  # a ConfigDict: read field by field (reads are tracked)
         reg = {name: {k: reg[name][k] for k in reg[name].keys()} if isinstance(
             reg[name], ml_collections.ConfigDict) else reg[name] for name in reg.keys()}
     reg = migrate_reg(reg)
     check_reg_names(reg)
-    members = []
+    members = {}
     for name in (n for n in REG_CATALOG if n in reg):
         try:
-            members.append(getattr(rj.regularizers, name)(**reg[name]))
+            members[name] = getattr(rj.regularizers, name)(**reg[name])
         except ValueError as err:  # the constructor's sentence names a field, not its block
             raise ValueError(f"config.reg.{name}: {err}") from None
-    return rj.compose(*members)
+    return members
+
+
+def regularization(reg) -> rj.Regularizer:
+    """The regularizer a reg block describes (a flat block of older runs too)."""
+    return rj.compose(*regularizers(reg).values())
 
 
 # Each experiment binary's data sets (experiments/<task>.py).
@@ -243,15 +249,16 @@ def check_ranges(config) -> None:
 
 def check_config(config) -> None:
     """Every check a binary makes of an experiment config before anything runs: the
-    options (`check_choices`), the model and data numbers (`check_ranges`), the language
-    model's embedding settings (`combinations.check_language_model`) and the train block
-    (`rnnreg_jax.train.config.check`); ValueError, one sentence."""
-    from experiments.configs.combinations import check_language_model
+    options (`check_choices`), the model and data numbers (`check_ranges`), the model
+    settings that clash with each other, with the cell or with the reg block
+    (`combinations.check_model`) and the train block (`rnnreg_jax.train.config.check`);
+    ValueError, one sentence."""
+    from experiments.configs.combinations import check_model
     from rnnreg_jax.train.config import check
 
     check_choices(config)
     check_ranges(config)
-    check_language_model(config)
+    check_model(config)
     check(config.train, "config.train")
 
 

@@ -75,12 +75,13 @@ def init_params(
     orthogonal = check_flag(orthogonal, "orthogonal")
     scale = default_init_scale(hidden_size) if init_scale is None else check_scale(init_scale)
     dtype = precision.check_floating(dtype, "dtype")
-    if record.init_params is not None:
+    if draws_own_params(record):
         if recurrent_bias or orthogonal:
             raise ValueError(f"recurrent_bias and orthogonal apply to the default draw, not "
                              f"{record.name!r} (its init_params draws its parameters).")
+        assert record.init_params is not None  # draws_own_params said so
         return record.init_params(key, input_size, hidden_size, scale, dtype)
-    if recurrent_bias and not record.recurrent_bias:
+    if recurrent_bias and not takes_recurrent_bias(record):
         raise ValueError(f"recurrent_bias applies to cells {RECURRENT_BIAS_CELLS}, not "
                          f"{cell!r}.")
     width = record.num_gates * hidden_size
@@ -107,6 +108,18 @@ def init_params(
     if record.extra_params is not None:
         params.update(record.extra_params(hidden_size, dtype))
     return params
+
+
+def draws_own_params(cell: Any) -> bool:
+    """Whether a cell's record draws its parameters itself (Keras 0.x's cells), so that
+    `init_params`' `recurrent_bias` and `orthogonal` do not apply to it."""
+    return the_record(cell).init_params is not None
+
+
+def takes_recurrent_bias(cell: Any) -> bool:
+    """Whether `init_params(recurrent_bias=True)` applies to a cell: one that takes the
+    default draw and may carry a second bias (`RECURRENT_BIAS_CELLS`)."""
+    return not draws_own_params(cell) and the_record(cell).recurrent_bias
 
 
 def check_scale(init_scale: Any, name: str = "init_scale") -> float:
