@@ -4,7 +4,8 @@ By default the weights (embedding, recurrent, softmax) are uniform in
 [-init_scale, init_scale], as in Zaremba's and the zoneout authors' code;
 `orthogonal_init` draws them orthogonal with zero biases (the zoneout authors'
 character-level and pMNIST code), cells with their own initialization (Keras 0.x's)
-draw theirs, and `SequenceModel`'s head follows `head_init`.
+draw theirs, and `SequenceModel`'s head follows `head_init` (the models' own arrays:
+`rnnreg_jax.model_init`).
 
 `dtype` and `param_dtype` (`nn.RecurrentOptions`) reach the embedding and dense layers
 too: with `dtype=jnp.bfloat16` the logits are bfloat16, and the training losses take
@@ -23,6 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, lengths, noise, partitioning, precision
+from rnnreg_jax.model_init import (
+    head_initializers,
+    output_initializers,
+    sequence_embedding_scale,
+    weight_init,
+)
 from rnnreg_jax.nn import (
     RecurrentOptions,
     StackedRNN,
@@ -32,61 +39,6 @@ from rnnreg_jax.nn import (
 )
 from rnnreg_jax.regularizers.checks import check_weights
 from rnnreg_jax.stack_layers import layer_sizes
-
-
-def weight_init(scale: float | None, orthogonal: bool = False):
-    """Flax initializer of a weight matrix: orthogonal, or `uniform_init(scale)`."""
-    return nn.initializers.orthogonal() if orthogonal else uniform_init(scale)
-
-
-def bias_init(scale: float | None, orthogonal: bool = False):
-    """Biases: zero beside orthogonal weights (the zoneout authors), else uniform."""
-    return nn.initializers.zeros if orthogonal else uniform_init(scale)
-
-
-SOFTMAX_BIAS_INITS = ("uniform", "zeros")
-
-
-def output_initializers(init_scale: float | None, embed_init_scale: float | None,
-                        softmax_bias_init: str, orthogonal: bool) -> tuple:
-    """A language model's `(embedding and softmax weights, softmax bias)` initializers:
-    `weight_init` at `embed_init_scale` (None: `init_scale`), and the bias drawn as the
-    weights' (`bias_init`) or zero (`softmax_bias_init="zeros"`)."""
-    if softmax_bias_init not in SOFTMAX_BIAS_INITS:
-        raise ValueError(f"softmax_bias_init must be one of {SOFTMAX_BIAS_INITS}, got "
-                         f"{softmax_bias_init!r}.")
-    scale = (init_scale if embed_init_scale is None
-             else cells.check_scale(embed_init_scale, "embed_init_scale"))
-    bias = (nn.initializers.zeros if softmax_bias_init == "zeros"
-            else bias_init(scale, orthogonal))
-    return weight_init(scale, orthogonal), bias
-
-
-HEAD_INITS = ("lecun_normal", "glorot_uniform")
-
-
-def head_initializers(head_init: str, orthogonal: bool) -> dict:
-    """`nn.Dense` initializers of a sequence model's head: `"lecun_normal"`, `nn.Dense`'s own
-    defaults (LeCun normal kernel, zero bias), or orthogonal with zero bias under
-    `orthogonal_init` (the zoneout authors); `"glorot_uniform"`: Glorot uniform with zero
-    bias, Keras 0.x's `Dense` default, which Gal's sentiment code used."""
-    if head_init not in HEAD_INITS:
-        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}.")
-    if head_init_clashes(head_init, orthogonal):
-        raise ValueError("orthogonal_init already makes the head orthogonal; leave head_init "
-                         "at its default with it.")
-    if orthogonal:
-        return dict(kernel_init=nn.initializers.orthogonal(), bias_init=nn.initializers.zeros)
-    if head_init == "glorot_uniform":
-        return dict(kernel_init=nn.initializers.glorot_uniform(),
-                    bias_init=nn.initializers.zeros)
-    return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
-
-
-def head_init_clashes(head_init: str, orthogonal: bool) -> bool:
-    """Whether `head_init` asks for a draw that `orthogonal_init` would override (any
-    but the default)."""
-    return bool(orthogonal) and head_init != "lecun_normal"
 
 
 def embedding_width(cell: Any, sizes: tuple[int, ...], embed_size: Any,
@@ -165,17 +117,6 @@ def language_model_arrays(tie_embeddings: bool) -> tuple[str, ...]:
 def sequence_model_arrays(vocab_size: int | None) -> tuple[str, ...]:
     """The paths of a sequence model's own arrays (`param_axes` may name them)."""
     return ("embed/embedding",) * (vocab_size is not None) + ("head/kernel", "head/bias")
-
-
-def uniform_init(scale: float | None):
-    """Flax initializer: uniform in [-scale, scale] (None: lecun normal)."""
-    if scale is None:
-        return nn.initializers.lecun_normal()
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-
-    return init
 
 
 class _NoisyDense(nn.Module):
@@ -341,11 +282,6 @@ class LanguageModel(RecurrentOptions):
                                    bias_init=boxed(bias, "softmax/bias"),
                                    dtype=self.dtype, param_dtype=self.param_dtype)(y)
         return logits, carry
-
-
-def sequence_embedding_scale(init_scale: float | None) -> float:
-    """A sequence model's embedding scale: `init_scale` (0 too), None: 0.05 (Keras')."""
-    return 0.05 if init_scale is None else init_scale
 
 
 class SequenceModel(RecurrentOptions):

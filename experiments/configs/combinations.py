@@ -71,7 +71,7 @@ def check_cell_options(model) -> None:
     not set take the model's defaults)."""
     from rnnreg_jax import batchnorm
     from rnnreg_jax.cells.params import draws_own_params, takes_recurrent_bias
-    from rnnreg_jax.models import head_init_clashes
+    from rnnreg_jax.model_init import head_init_clashes
 
     cell = model.cell
     if model.get("recurrent_bias") and not takes_recurrent_bias(cell):

@@ -158,7 +158,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     library's own tables where it has them)."""
     from rnnreg_jax import cells, noise, tasks
     from rnnreg_jax.data.sentiment import CORNELL_SPLITS, PADDINGS
-    from rnnreg_jax.models import HEAD_INITS, SOFTMAX_BIAS_INITS
+    from rnnreg_jax.model_init import HEAD_INITS, SOFTMAX_BIAS_INITS
     from rnnreg_jax.train import optim
 
     return {

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from rnnreg_jax import cells, lengths, models, noise, partitioning, precision
+from rnnreg_jax import cells, lengths, model_init, models, noise, partitioning, precision
 from rnnreg_jax.nnx.base import (
     RecurrentModule,
     dropout_stream,
@@ -66,7 +66,7 @@ class LanguageModel(RecurrentModule):
         if tie_embeddings and self.hidden_sizes[-1] != width:
             raise ValueError("tie_embeddings needs the last hidden size to equal "
                              f"embed_size ({self.hidden_sizes[-1]} != {width}).")
-        weights, bias = models.output_initializers(self.init_scale, embed_init_scale,
+        weights, bias = model_init.output_initializers(self.init_scale, embed_init_scale,
                                                    softmax_bias_init, self.orthogonal_init)
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, models.language_model_arrays(tie_embeddings))
@@ -148,7 +148,7 @@ class SequenceModel(RecurrentModule):
       vocab_size: if set, inputs are token ids embedded to `embed_size`.
       embed_size: E.
       input_size: F of float inputs `[B, T, F]` (when `vocab_size` is None).
-      head_init: as linen's (`models.head_initializers`).
+      head_init: as linen's (`model_init.head_initializers`).
       deterministic, use_running_average, rngs, **options: as `LanguageModel` takes them
         (`init_scale` None by default, as in linen).
     """
@@ -176,14 +176,14 @@ class SequenceModel(RecurrentModule):
         partitioning.check_model_names(own, models.sequence_model_arrays(vocab_size))
         self.embed = nnx.data(None)
         if vocab_size is not None:
-            scale = models.sequence_embedding_scale(self.init_scale)
-            self.embed = embedding(vocab_size, embed_size, models.weight_init(scale, ortho),
+            scale = model_init.sequence_embedding_scale(self.init_scale)
+            self.embed = embedding(vocab_size, embed_size, model_init.weight_init(scale, ortho),
                                    self.dtype, self.param_dtype, rngs)
         self.rnn = StackedRNN(input_size or embed_size, self.hidden_sizes,
                               deterministic=deterministic,
                               use_running_average=use_running_average, rngs=params_only(rngs),
                               **dict(self.recurrent_options(), param_axes=stack_axes))
-        head = models.head_initializers(head_init, ortho)
+        head = model_init.head_initializers(head_init, ortho)
         self.head = nnx.Linear(self.hidden_sizes[-1], num_outputs, dtype=self.dtype,
                                param_dtype=self.param_dtype, rngs=rngs, **head)
         name_axes(self, own)
