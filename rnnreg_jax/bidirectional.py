@@ -203,7 +203,7 @@ def unroll_bidirectional(
       merge: "concat" (forward then backward features, PyTorch's) or "sum".
       time_major: layout of `inputs` and outputs.
       unroll: `lax.scan` unroll factor.
-      implementation: "auto", "fused" or "autodiff", see `rnn.scan_layer`.
+      implementation: "auto", "fused", "autodiff" or "pallas", see `rnn.scan_layer`.
       seq_lengths: int `[B]` in `[1, T]`, each example's valid steps (None: all T),
         checked and passed on as by `rnn.unroll`; the backward direction starts at each
         example's last valid step.

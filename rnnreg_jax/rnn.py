@@ -94,9 +94,12 @@ def scan_layer(
         out of the loop, `rnnreg_jax.fused`), "autodiff" (plain scan of the
         step function; supports forward-mode differentiation), "pallas" (one
         persistent Pallas kernel pair for the lstm, gru and rnn cells,
-        `rnnreg_jax.pallas`; interpreted on CPU) or "auto"
-        (fused on GPU/TPU, and on CPU for batches below `AUTO_FUSED_BELOW_BATCH`,
-        else autodiff; all give the same numbers up to float rounding).
+        `rnnreg_jax.pallas`; interpreted on CPU; one sentence refuses what it does
+        not take: seq_lengths, dtype, explicit sharding, a carry or params in another
+        dtype than the layer's, other cells) or "auto" (fused on GPU/TPU, and on CPU
+        for batches below `AUTO_FUSED_BELOW_BATCH`, else autodiff; on a GPU "pallas"
+        where `pallas.auto_prefers_pallas` says so and the kernels take the call,
+        never on CPU; all give the same numbers up to float rounding).
       population: a cell that keeps running statistics (`cells.statistics_of`: the
         batch-normalized LSTM's population): the layer's; None uses the window's own.
       forget_bias: LSTM cells: a constant added to the forget gate's
@@ -129,7 +132,8 @@ def scan_layer(
                                     xs.shape[0])
     chosen = resolve_implementation(implementation, xs.shape[1])
     if implementation == "auto" and pallas.auto_prefers_pallas(
-            cell, params["w_h"].shape[0], xs.shape[0], jax.default_backend()):
+            cell, params["w_h"].shape[0], xs.shape[0], jax.default_backend()) and (
+            unroll_checks.pallas_refusal(params, xs, carry, dtype, seq_lengths) is None):
         chosen = "pallas"  # never, until a GPU run measures AUTO_PALLAS_MIN_STEPS
     fused_pass = chosen != "autodiff"
     in_loop = (not fused_pass and xs.shape[-1] <= IN_LOOP_PROJECTION_MAX_WIDTH
@@ -140,7 +144,7 @@ def scan_layer(
                                           layer_noise.input_per_gate, population=population,
                                           forget_bias=forget_bias)
     if chosen == "pallas":
-        unroll_checks.refuse_for_pallas(params, xs, dtype, seq_lengths)
+        unroll_checks.refuse_for_pallas(params, xs, carry, dtype, seq_lengths)
         return pallas.recurrence(cell, params, xw, carry, layer_noise.tied, layer_noise.per_step)
     if fused_pass:
         if dtype is not None:  # the fused pass sums dW_h in one product

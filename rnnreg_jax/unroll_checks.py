@@ -11,29 +11,46 @@ import jax.numpy as jnp
 
 from rnnreg_jax import cells, explicit_sharding, precision
 from rnnreg_jax.cells import check_forget_bias  # here too: unroll's checks, one place
+from rnnreg_jax.pallas import plan as pallas_plan
 from rnnreg_jax.regularizers.base import Regularizer, check_regularizer
 from rnnreg_jax.regularizers.checks import check_flag, check_key
 
 Array = jax.Array
 
 
-def refuse_for_pallas(params: cells.Params, xs: Array, dtype: Any,
-                      seq_lengths: Array | None) -> None:
-    """One sentence for each option the Pallas kernels do not take."""
+def pallas_refusal(params: cells.Params, xs: Array, carry: cells.Carry, dtype: Any,
+                   seq_lengths: Array | None) -> str | None:
+    """The one sentence saying why the Pallas kernels do not take this layer call, or
+    None when they do (the cell and its hidden size are `pallas.make_plan`'s to check):
+    `implementation="auto"` falls back to the scan where it is not None."""
     if seq_lengths is not None:
-        raise ValueError("Variable lengths (seq_lengths) are not supported by "
-                         "implementation='pallas'; use 'fused' or 'autodiff'.")
+        return ("Variable lengths (seq_lengths) are not supported by "
+                "implementation='pallas'; use 'fused' or 'autodiff'.")
     if dtype is not None:
-        raise ValueError("Mixed precision (dtype=...) is not supported by "
-                         "implementation='pallas'; use 'fused' or 'autodiff'.")
+        return ("Mixed precision (dtype=...) is not supported by "
+                "implementation='pallas'; use 'fused' or 'autodiff'.")
     if explicit_sharding.axes_of(xs, 1) is not None:
-        raise ValueError("Inputs sharded over an explicit mesh axis are not supported "
-                         "by implementation='pallas'; use 'fused' or 'autodiff'.")
+        return ("Inputs sharded over an explicit mesh axis are not supported "
+                "by implementation='pallas'; use 'fused' or 'autodiff'.")
     sharded = [name for name, w in params.items() if explicit_sharding.spec_of(w) is not None]
     if sharded:
-        raise ValueError(f"params[{sharded[0]!r}] is sharded over an explicit mesh axis, "
-                         "which implementation='pallas' does not support; use 'fused' "
-                         "or 'autodiff', or replicate the weights.")
+        return (f"params[{sharded[0]!r}] is sharded over an explicit mesh axis, "
+                "which implementation='pallas' does not support; use 'fused' "
+                "or 'autodiff', or replicate the weights.")
+    # the kernels run the layer in its input projection's dtype (that of the params);
+    # the scan keeps a carry of another dtype in it, casting every step's new state
+    return pallas_plan.dtype_refusal("params['w_h']", params["w_h"].dtype, {
+        **{f"params[{name!r}]": w for name, w in params.items()},
+        **{f"carry[{name!r}]": c for name, c in carry.items()}})
+
+
+def refuse_for_pallas(params: cells.Params, xs: Array, carry: cells.Carry, dtype: Any,
+                      seq_lengths: Array | None) -> None:
+    """A one-sentence ValueError for a layer call the Pallas kernels do not take
+    (`pallas_refusal`)."""
+    reason = pallas_refusal(params, xs, carry, dtype, seq_lengths)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def refuse_batch_statistics(cell, population) -> None:

@@ -23,6 +23,7 @@ of the two wins at pMNIST's shape is for a GPU run to say (scripts/gpu_pallas_ch
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -106,6 +107,19 @@ def check_cell(cell: Any) -> None:
             cells.cell_name(cell) not in KERNEL_CELLS):
         raise ValueError(f"implementation='pallas' covers the {', '.join(KERNEL_CELLS)} "
                          f"cells, not {cells.cell_name(cell)!r}; use 'fused' or 'autodiff'.")
+
+
+def dtype_refusal(reference: str, dtype: Any, arrays: Mapping[str, Any]) -> str | None:
+    """The one sentence refusing the first floating array of `arrays` (named by its key)
+    whose dtype is not `dtype` (that of `reference`), or None."""
+    for name, a in arrays.items():
+        own = getattr(a, "dtype", None)
+        if own is not None and jnp.issubdtype(own, jnp.floating) and (
+                jnp.dtype(own) != jnp.dtype(dtype)):
+            return (f"implementation='pallas' runs a layer in one dtype, but {name} is "
+                    f"{jnp.dtype(own)} and {reference} {jnp.dtype(dtype)}; cast the "
+                    "carry and params alike, or use 'fused' or 'autodiff'.")
+    return None
 
 
 def make_plan(cell: str, hidden: int, batch: int, dtype: Any,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from rnnreg_jax import cells
 from rnnreg_jax.pallas import kernels
 from rnnreg_jax.pallas.gates import ELEMENTWISE_SITES, GATE_CELLS
-from rnnreg_jax.pallas.plan import Plan, check_cell, make_plan
+from rnnreg_jax.pallas.plan import Plan, check_cell, dtype_refusal, make_plan
 
 Array = jax.Array
 
@@ -62,6 +62,14 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
     if set(carry) != set(fields):
         raise ValueError(f"A {plan.cell} carry for implementation='pallas' holds "
                          f"{sorted(fields)}; got {sorted(carry)}.")
+    extra = {name: params[name] for name in cells.update_params(plan.cell)}
+    # one dtype: the kernels' loop carries the state in the projection's dtype (the scan
+    # would keep another carry dtype by casting every new state, and promote W_h's)
+    odd = dtype_refusal("the input projection xw", xw.dtype, {
+        **{f"params[{name!r}]": params[name] for name in ("w_h", *extra)},
+        **{f"carry[{name!r}]": carry[name] for name in sorted(carry)}})
+    if odd is not None:
+        raise ValueError(odd)
     tied = jax.tree.map(jnp.asarray, tied)  # eval-mode scalars become arrays
     for site in ("cell", "output_gate", "zone_c"):
         if site in _present(tied, per_step) and "c" not in fields:
@@ -70,6 +78,8 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
     if "output_gate" in _present(tied, per_step) and "o" not in fields:
         raise ValueError("Output zoneout needs the previous output gate in the carry; "
                          "build it with init_carry(..., output_gate=True).")
+    if steps == 0 or batch == 0:  # nothing to run (a grid or block of size 0 fails)
+        return jnp.zeros((steps, batch, hidden), xw.dtype), dict(carry)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     # An option of jax.config is an attribute set at runtime, unknown to its type (and
@@ -78,7 +88,6 @@ def recurrence(cell: str, params: cells.Params, xw: Array, carry: cells.Carry,
     precision = _PRECISIONS.get(str(matmul_precision).lower())
     if jnp.dtype(xw.dtype) == jnp.float64:
         precision = jax.lax.Precision.HIGHEST
-    extra = {name: params[name] for name in cells.update_params(plan.cell)}
     return _recurrence((plan, fields, bool(interpret), precision), params["w_h"], extra, xw,
                        carry, tied, per_step)
 
