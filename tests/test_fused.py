@@ -127,3 +127,26 @@ def test_narrow_inputs_projected_in_the_loop_equal_the_hoisted_projection(
     seen.clear()
     loss("autodiff", reg + rj.variational(input=0.3))(params, x, carry)
     assert seen[0] == (7, 3, width)  # masked inputs stay hoisted
+
+
+@pytest.mark.parametrize("cell,reg_name", [  # per-gate masks, and one shared mask
+    ("lstm", "all"), ("gru", "variational_shared"), ("rnn", "all")])
+def test_an_empty_window_passes_the_carry_and_its_gradient_through(cell, reg_name):
+    """T = 0: no step runs, so the fused pass gives autodiff's gradients (dW_h zero, the
+    carry's own cotangent); its weight gradient failed to reshape zero rows before."""
+    reg = REGS[reg_name](cell)
+    params = cells.init_params(jax.random.key(0), cell, 4, 5)
+    carry = jax.tree.map(lambda a: a + 0.1, rnn.initial_carry(cell, params, 3, reg))
+    x = jnp.zeros((3, 0, 4))
+
+    def grads(impl):
+        def loss(params, carry):
+            ys, last = rnn.unroll(cell, params, x, carry, reg=reg, key=jax.random.key(1),
+                                  implementation=impl)
+            return jnp.sum(ys) + sum(jnp.sum(v**2) for v in jax.tree.leaves(last))
+
+        return jax.grad(loss, argnums=(0, 1))(params, carry)
+
+    fused, autodiff = grads("fused"), grads("autodiff")
+    nm.assert_trees_close_f32(fused, autodiff)
+    assert not jnp.any(fused[0]["w_h"])

@@ -242,10 +242,10 @@ def recurrent_weight_grad(h_prev: Array, d_recs: Array, tied_mask, step_mask) ->
     if not is_per_gate(mask):
         hm = h_prev if mask is None else h_prev * mask
         hm = precision.operand(hm, d_recs)  # the product in the cotangents' (W_h's) dtype
-        return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, -1)
+        return hm.reshape(rows, hidden).T @ d_recs.reshape(rows, d_recs.shape[-1])
     gate_masks = (mask.masks if tied_mask is not None
                   else jnp.swapaxes(mask.masks, 0, 1))  # [G, (T,) B, H]
-    d_blocks = jnp.split(d_recs.reshape(rows, -1), len(gate_masks), axis=-1)
+    d_blocks = jnp.split(d_recs.reshape(rows, d_recs.shape[-1]), len(gate_masks), axis=-1)
     return jnp.concatenate([precision.operand(h_prev * m, d).reshape(rows, hidden).T @ d
                             for m, d in zip(gate_masks, d_blocks, strict=True)], axis=-1)
 
