@@ -220,7 +220,8 @@ class _Run:
             except PassStopped:
                 return False
             value = metrics[losses.task_metric(task.kind)]
-            improved = optim.improved(value, self.best)
+            as_best = _as_stored(value, self.state.best_metric)
+            improved = optim.improved(as_best, self.best)
             if self.ntasgd is not None:
                 self.state, started = self.ntasgd.after_validation(self.state, value)
                 if started:
@@ -230,11 +231,12 @@ class _Run:
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             self.logger.console(f"epoch {self.epoch + 1} {split}: {shown}")
         if improved:
-            self.best, self.bad_epochs = value, 0
+            self.best, self.bad_epochs = as_best, 0
         else:
             self.bad_epochs += 1
         if split is not None or cfg.lr_schedule != "plateau":  # plateau needs a validation
-            self.lr = self.next_lr(self.epoch + 1, self.lr, improved)
+            self.lr = _as_stored(self.next_lr(self.epoch + 1, self.lr, improved),
+                                 self.state.learning_rate)
         self.epoch += 1
         self.pos = 0
         self.state = self.epoch_end(self.state, self.lr, self.best, self.bad_epochs, self.epoch)
@@ -268,6 +270,12 @@ class _Run:
                 close()
             except Exception as err:  # noqa: BLE001
                 logging.warning("Closing the run's files failed: %s", err)
+
+
+def _as_stored(value: float, stored: jax.Array) -> float:
+    """`value` rounded to the dtype of the state's `stored` copy (float32): the loop
+    decides on what a resumed run reads back from the checkpoint, not on float64."""
+    return float(np.asarray(value, stored.dtype))
 
 
 def train_and_evaluate(task: Task, config, workdir: str) -> dict:
