@@ -87,6 +87,11 @@ def test_a_run_killed_during_mc_keeps_its_deterministic_results_and_resumes_with
     assert passes.final() == ["test with MC dropout"]  # valid and test not run again
     for key in ("valid/loss", "test/loss", "test_mc/loss", "step", "eval_epoch"):
         assert resumed[key] == whole[key], key
+    # the last training log, as the run never killed reports it (no step ran since)
+    timing = ("train/tokens_per_sec", "train/steps_per_sec")
+    assert {k: v for k, v in resumed.items() if k.startswith("train/") and k not in timing} == {
+        k: v for k, v in whole.items() if k.startswith("train/") and k not in timing}
+    assert "train/loss" in resumed
     assert [s for s, _ in _finals(workdir)] == ["valid", "test", "test_mc"]
 
 

@@ -93,6 +93,9 @@ class _Run:
         self.ntasgd = self._ntasgd_switch() if config.optimizer == "ntasgd" else None
         self.non_finite = NonFiniteStop(self.logger, workdir, self.stop_on_nan)
         self.metrics = StepMetrics(task, self.logger, total_steps(task, config), self.step)
+        if self.resumed:
+            self.metrics.last = mesh_lib.from_first_process(
+                lambda: StepMetrics.last_logged(read_metrics(workdir), self.step))
         self.stopped = False  # by the time limit or SIGTERM: saved, final evaluation not (all) run
         self.stop_rules = RunStop(config.time_limit_s, config.log_every_steps)
         self.saves = RunSaves(self.ckpt, config, self.logger, self.non_finite,

@@ -24,7 +24,8 @@ class StepMetrics:
       total_steps: the steps of the whole run, for the progress line's ETA.
       step: the step the run starts at.
 
-    `last`: the summary most recently logged (the final metrics' `train/...` values).
+    `last`: the summary most recently logged (the final metrics' `train/...` values); a
+    resumed run's starts as the last one its log holds up to `step` (`last_logged`).
     """
 
     def __init__(self, task: Task, logger: MetricsLogger, total_steps: int, step: int):
@@ -32,6 +33,19 @@ class StepMetrics:
         self.pending: list = []
         self.last: dict = {}
         self.t_last, self.step_last = time.time(), step
+
+    @staticmethod
+    def last_logged(events: list[dict], step: int) -> dict:
+        """The metrics of the last training log in `events` at or before `step`: what a
+        run resumed there reports as its last one until it logs again (killed during the
+        final evaluation, it runs no step before reporting)."""
+        last: dict = {}
+        for e in events:
+            if (e.get("split") == "train" and "error_message" not in e
+                    and int(e.get("step", step + 1)) <= step):
+                last = {k: v for k, v in e.items()
+                        if k not in ("step", "epoch", "split", "wall_time")}
+        return last
 
     def add(self, metrics) -> None:
         """A step's metrics, as its jitted step returned them (not fetched)."""
