@@ -395,6 +395,8 @@ AWD = [
 OLD_INIT = ("pmnist_baseline", "pmnist_zoneout")
 NEW_INIT = ("pmnist_baseline_orthogonal", "pmnist_zoneout_orthogonal")
 ON_CPU = ("pmnist_baseline_cpu", "pmnist_zoneout_cpu")
+# today's presets toward their 150 epochs on the CPU, resumed across sittings
+LONG = ("pmnist_baseline_150ep", "pmnist_recurrent_dropout_150ep", "pmnist_zoneout_150ep")
 
 
 def valid_error(run: str, epoch: int | None = None) -> str:
@@ -417,6 +419,16 @@ PMNIST = [
     ("validation error {} / {} (baseline) and {} / {} (zoneout) after epochs 1 / 2, against "
      "the H100 runs' {} / {} and {} / {}".format(
          *[valid_error(r, n) for r in (*ON_CPU, *NEW_INIT) for n in (1, 2)]), "CPU vs H100"),
+    ("with {:,} training images held out for validation (the H100 rows' {:,})".format(
+        config(LONG[0], "data.validation_size"), config(NEW_INIT[0], "data.validation_size")),
+     "validation sizes"),
+    ("After 5 epochs their validation error is {} (baseline), {} (recurrent dropout) and {} "
+     "(zoneout)".format(*[valid_error(r, 5) for r in LONG]), "150-epoch rows at 5"),
+    ("baseline's is {} after {} and zoneout's {} after {}".format(
+        valid_error(LONG[0]), epochs(LONG[0], "valid"), valid_error(LONG[2]),
+        epochs(LONG[2], "valid")), "150-epoch rows now"),
+    (f"The {config(LONG[0], 'train.num_epochs')}-epoch rows (`runs/pmnist_*_150ep`)",
+     "150-epoch budget"),
 ]
 
 # IMDB: test error after every epoch, with and without variational dropout
