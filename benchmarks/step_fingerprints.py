@@ -49,8 +49,9 @@ def lowered_step(spec: dict, reg, implementation: str):
     if lm:
         model = LanguageModel(vocab_size=spec["vocab"], hidden_sizes=sizes, reg=reg,
                               init_scale=0.05, implementation=implementation)
-    else:
-        model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes, reg=reg,
+    else:  # pixels: no word types for the contenders' embedding dropout to drop
+        model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes,
+                              reg=rj.regularizers.without(reg, rj.regularizers.EmbeddingDropout),
                               init_scale=0.05, implementation=implementation)
     x, y = (jnp.asarray(a) for a in bm._data(spec))  # noqa: SLF001 -- the bench's own data
     params = model.init(jax.random.key(0), x)["params"]

@@ -17,6 +17,7 @@ import optax
 
 from rnnreg_jax import precision
 from rnnreg_jax.models import LanguageModel, SequenceModel
+from rnnreg_jax.regularizers import EmbeddingDropout, without
 
 WORKLOADS = {
     # PTB small / medium (Zaremba), zoneout word level, pMNIST (zoneout paper).
@@ -136,9 +137,10 @@ def _jax_step(spec: dict, reg, flax_peer: bool, implementation: str = "auto",
     elif lm:
         model = LanguageModel(vocab_size=spec["vocab"], hidden_sizes=sizes, reg=reg,
                               init_scale=0.05, implementation=implementation, dtype=dtype)
-    else:
-        model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes, reg=reg,
-                              init_scale=0.05, implementation=implementation, dtype=dtype)
+    else:  # pixels: no word types for the contenders' embedding dropout to drop
+        model = SequenceModel(num_outputs=spec["classes"], hidden_sizes=sizes,
+                              reg=without(reg, EmbeddingDropout), init_scale=0.05,
+                              implementation=implementation, dtype=dtype)
     x, y = (jnp.asarray(a) for a in _data(spec))
     params = model.init(jax.random.key(0), x)["params"]
     tx = optax.sgd(0.1)

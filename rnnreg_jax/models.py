@@ -78,6 +78,15 @@ def check_sequence_inputs(inputs: jax.Array, token_ids: bool) -> None:
                          f"whose last output the head reads; got shape {jnp.shape(inputs)}.")
 
 
+def check_embedding_noise(reg, vocab_size: int | None) -> None:
+    """`SequenceModel` (linen and NNX) without an embedding refuses a regularizer that
+    drops word types: it would train without that noise, silently."""
+    if vocab_size is None and reg.embedding_noise:
+        raise ValueError("reg drops word types (an embedding mask), but a SequenceModel "
+                         "without vocab_size has no embedding; turn the regularizer's "
+                         "embedding dropout off or give the model a vocab_size.")
+
+
 def check_token_ids(ids: jax.Array, vocab_size: int, of: str = "") -> None:
     """A ValueError unless `ids` are integers, and, where their values are known (outside
     jit and other traces), unless each lies in `[0, vocab_size)`; `of` names them in the
@@ -321,6 +330,7 @@ class SequenceModel(RecurrentOptions):
         `rnn.unroll`); the head reads each example's last valid output `y[b, L_b - 1]`
         instead of `y[:, -1]`."""
         check_sequence_inputs(inputs, token_ids=self.vocab_size is not None)
+        check_embedding_noise(self.reg, self.vocab_size)
         deterministic = check_modes(deterministic, use_running_average)
         cells.check_size(self.num_outputs, "num_outputs")
         weights_key = _model_noise_key(self, self.reg, deterministic)

@@ -95,6 +95,13 @@ CASES = {
         "config.reg.dropout.site='cell' drops units of the cell state, which "
         "config.model.cell='rnn' does not have; set config.reg.dropout.rate=0.0 (or another "
         f"site) or config.model.cell to one of {LSTMS}."),
+    "embedding dropout on pMNIST's pixels": (
+        "pmnist", "zoneout", ["--config.reg.variational.embedding=0.3"],
+        ["--config.reg.variational.embedding=0.0"], {},
+        "config.reg.variational drops word types (its embedding dropout), but this model "
+        "reads features, not words (config.model has no embedding); turn "
+        "config.reg.variational's embedding dropout off (e.g. "
+        "--config.reg.variational.embedding=0.0)."),
 }
 # The model's own refusal of each clash, in its argument names.
 MODEL_REFUSALS = {
@@ -110,6 +117,7 @@ MODEL_REFUSALS = {
     "output zoneout on a gru": "output_zoneout needs an LSTM cell state",
     "variational dropout on the cells of a keras_gru": "cell needs an LSTM cell state",
     "dropout on the cells of an rnn": "cell needs an LSTM cell state",
+    "embedding dropout on pMNIST's pixels": "reg drops word types",
 }
 PRESETS = {"ptb": ptb.PRESETS, "pmnist": pmnist.PRESETS, "sentiment": sentiment.PRESETS}
 
@@ -171,3 +179,16 @@ def test_the_model_refuses_the_clash_too_and_builds_the_neighbour(case):
         _built(config)
     _built(neighbour)
 
+
+
+def test_the_nnx_sequence_model_refuses_embedding_dropout_without_an_embedding():
+    """As the linen model does (above): float inputs have no word types to drop."""
+    from flax import nnx
+
+    import rnnreg_jax as rj
+    from rnnreg_jax.nnx import SequenceModel as NnxSequenceModel
+
+    reg = rj.variational(0.1, 0.1, 0.1, embedding=0.2)
+    with pytest.raises(ValueError, match="^reg drops word types"):
+        NnxSequenceModel(10, (4,), input_size=1, reg=reg, rngs=nnx.Rngs(0))
+    NnxSequenceModel(10, (4,), vocab_size=7, embed_size=3, reg=reg, rngs=nnx.Rngs(0))

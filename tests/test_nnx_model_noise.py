@@ -76,8 +76,9 @@ def test_language_model_with_model_noise_matches_linen(kind):
 @pytest.mark.parametrize("inputs", ["floats", "ids"])
 def test_sequence_model_with_model_noise_matches_linen(inputs, lengths):
     """Token ids: embedding and head perturbed; float inputs: the head only."""
-    reg = rj.variational(input=0.2, recurrent=0.2, output=0.3, embedding=0.3) + ALL
-    vocab = V if inputs == "ids" else None
+    vocab = V if inputs == "ids" else None  # floats: no word types to drop
+    reg = rj.variational(input=0.2, recurrent=0.2, output=0.3,
+                         embedding=0.3 if vocab else 0.0) + ALL
     linen = models.SequenceModel(3, (4,), vocab_size=vocab, embed_size=5, reg=reg)
     x = ids() if inputs == "ids" else floats((B, T, F))
     variables = linen.init(jax.random.key(0), x)

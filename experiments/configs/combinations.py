@@ -1,7 +1,8 @@
 """Model settings that do not go together, refused in one sentence naming the config
 fields before anything is read or written (`check_model`, in the binaries' config check):
-the language model's embedding settings, options the cell does not take, and regularizers
-that act on an LSTM's cell state under a cell without one. The model refuses them too,
+the language model's embedding settings, options the cell does not take, regularizers
+that act on an LSTM's cell state under a cell without one, and embedding dropout on a
+model without an embedding. The model refuses them too,
 but later: after the workdir was locked and its record written, in the model's own
 argument names, or (an input dropout mask on `embed_to_gates`) only at the first training
 step. The rules are the library's own (`cells.has_memory`,
@@ -21,6 +22,7 @@ def check_model(config) -> None:
     check_language_model(config)
     check_cell_options(config.model)
     check_cell_state_regularizers(config)
+    check_embedding_regularizers(config)
 
 
 def _cells_where(predicate) -> str:
@@ -132,3 +134,21 @@ def check_cell_state_regularizers(config) -> None:
             raise ValueError(f"{what}, which config.model.cell={cell!r} does not have; set "
                              f"{instead} or config.model.cell to one of "
                              f"{_cells_where(cells.has_memory)}.") from None
+
+
+def check_embedding_regularizers(config) -> None:
+    """ValueError (one sentence) where a reg sub-block drops word types and the model has
+    no embedding (pMNIST's pixels), which would train without that noise."""
+    from experiments.configs.common import regularizers
+    from rnnreg_jax.models import check_embedding_noise
+
+    if "embed_size" in config.model or "tie_embeddings" in config.model:
+        return  # a model of words
+    for name, member in regularizers(config.reg).items():
+        try:
+            check_embedding_noise(member, None)
+        except ValueError:
+            raise ValueError(f"config.reg.{name} drops word types (its embedding dropout), "
+                             f"but this model reads features, not words (config.model has "
+                             f"no embedding); turn config.reg.{name}'s embedding dropout "
+                             f"off (e.g. --config.reg.{name}.embedding=0.0).") from None

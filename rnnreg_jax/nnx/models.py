@@ -174,6 +174,7 @@ class SequenceModel(RecurrentModule):
         ortho = self.orthogonal_init
         own, stack_axes = partitioning.split_model_axes(self.param_axes)
         partitioning.check_model_names(own, models.sequence_model_arrays(vocab_size))
+        models.check_embedding_noise(self.reg, vocab_size)
         self.embed = nnx.data(None)
         if vocab_size is not None:
             scale = model_init.sequence_embedding_scale(self.init_scale)
