@@ -17,12 +17,15 @@ from rnnreg_jax import cells
 def check_model(config) -> None:
     """ValueError (one sentence) where the model block's settings clash with each other,
     with its cell or with the reg block; the binaries' config check."""
+    from experiments.configs.common import regularizers
+
     if config.get("model") is None:
         return
-    check_language_model(config)
+    members = regularizers(config.reg)  # each reg sub-block's, built once for the checks
+    check_language_model(config, members)
     check_cell_options(config.model)
-    check_cell_state_regularizers(config)
-    check_embedding_regularizers(config)
+    check_cell_state_regularizers(config.model.cell, members)
+    check_embedding_regularizers(config.model, members)
 
 
 def _cells_where(predicate) -> str:
@@ -30,10 +33,10 @@ def _cells_where(predicate) -> str:
     return ", ".join(cell for cell in cells.ALL_CELL_TYPES if predicate(cell))
 
 
-def check_language_model(config) -> None:
+def check_language_model(config, members: dict) -> None:
     """ValueError (one sentence) where the model block's embedding settings clash with
-    each other, with the cell or with the reg block; nothing for a model without them
-    (pMNIST, sentiment)."""
+    each other, with the cell or with the reg block (`members`: its sub-blocks'
+    regularizers); nothing for a model without them (pMNIST, sentiment)."""
     from rnnreg_jax.models import embedding_width
     from rnnreg_jax.stack_layers import takes_gate_inputs
 
@@ -56,15 +59,11 @@ def check_language_model(config) -> None:
                          f"so the embedding's width ({width}) must equal the last of "
                          f"config.model.hidden_sizes {sizes}; set config.model.embed_size="
                          f"{sizes[-1]} or tie_embeddings=False.")
-    if to_gates:
-        from experiments.configs.common import regularization
-
-        if "input" in regularization(config.reg).sites():
-            raise ValueError("config.model.embed_to_gates feeds the embedding straight into "
-                             "the first layer's gates, which take no input dropout; turn the "
-                             "reg block's input dropout off (e.g. "
-                             "--config.reg.variational.input=0.0) or set "
-                             "embed_to_gates=False.")
+    if to_gates and any("input" in member.sites() for member in members.values()):
+        raise ValueError("config.model.embed_to_gates feeds the embedding straight into "
+                         "the first layer's gates, which take no input dropout; turn the "
+                         "reg block's input dropout off (e.g. "
+                         "--config.reg.variational.input=0.0) or set embed_to_gates=False.")
 
 
 def check_cell_options(model) -> None:
@@ -118,13 +117,10 @@ _LSTM_SETTINGS = {
 }
 
 
-def check_cell_state_regularizers(config) -> None:
-    """ValueError (one sentence) where a reg sub-block acts on an LSTM's cell state and
-    config.model.cell has none."""
-    from experiments.configs.common import regularizers
-
-    cell = config.model.cell
-    for name, member in regularizers(config.reg).items():
+def check_cell_state_regularizers(cell, members: dict) -> None:
+    """ValueError (one sentence) where a reg sub-block's regularizer (`members`, by
+    sub-block) acts on an LSTM's cell state and config.model.cell has none."""
+    for name, member in members.items():
         try:
             member.check_cell(cell)
         except ValueError as err:
@@ -136,19 +132,15 @@ def check_cell_state_regularizers(config) -> None:
                              f"{_cells_where(cells.has_memory)}.") from None
 
 
-def check_embedding_regularizers(config) -> None:
-    """ValueError (one sentence) where a reg sub-block drops word types and the model has
-    no embedding (pMNIST's pixels), which would train without that noise."""
-    from experiments.configs.common import regularizers
-    from rnnreg_jax.models import check_embedding_noise
-
-    if "embed_size" in config.model or "tie_embeddings" in config.model:
+def check_embedding_regularizers(model, members: dict) -> None:
+    """ValueError (one sentence) where a reg sub-block's regularizer (`members`) drops
+    word types and the model has no embedding (pMNIST's pixels), which would train
+    without that noise (`models.check_embedding_noise` refuses it when built)."""
+    if "embed_size" in model or "tie_embeddings" in model:
         return  # a model of words
-    for name, member in regularizers(config.reg).items():
-        try:
-            check_embedding_noise(member, None)
-        except ValueError:
+    for name, member in members.items():
+        if member.embedding_noise:
             raise ValueError(f"config.reg.{name} drops word types (its embedding dropout), "
                              f"but this model reads features, not words (config.model has "
                              f"no embedding); turn config.reg.{name}'s embedding dropout "
-                             f"off (e.g. --config.reg.{name}.embedding=0.0).") from None
+                             f"off (e.g. --config.reg.{name}.embedding=0.0).")
