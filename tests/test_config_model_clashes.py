@@ -192,3 +192,28 @@ def test_the_nnx_sequence_model_refuses_embedding_dropout_without_an_embedding()
     with pytest.raises(ValueError, match="^reg drops word types"):
         NnxSequenceModel(10, (4,), input_size=1, reg=reg, rngs=nnx.Rngs(0))
     NnxSequenceModel(10, (4,), vocab_size=7, embed_size=3, reg=reg, rngs=nnx.Rngs(0))
+
+
+def test_running_statistics_settings_under_a_cell_without_them_are_refused(tmp_path, capsys):
+    """The stacks take `bn_*` with every cell and ignore them without running statistics,
+    so the config check alone refuses them: a batchnorm preset with its cell switched
+    would train a plain LSTM beside settings that do nothing."""
+    from experiments.main import run
+
+    workdir = tmp_path / "w"
+    clash = _config("pmnist", "batchnorm", ["--config.model.cell=lstm"], {})
+    with th.binary_argv(f"--workdir={workdir}", f"--data_dir={tmp_path / 'none'}"), \
+            pytest.raises(SystemExit) as done:
+        run("pmnist", clash)
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: config.model.bn_max_steps and bn_momentum set the running statistics that "
+        "config.model.cell='lstm_bn' keeps, and config.model.cell='lstm' keeps none; set "
+        "config.model.cell='lstm_bn' or start from a preset without them (e.g. "
+        "--config=baseline)."]
+    assert not workdir.exists()
+    one = _config("pmnist", "baseline", ["--config.model.cell=lstm_ln"], {"bn_momentum": 0.5})
+    with pytest.raises(ValueError, match=r"^config.model.bn_momentum set the running"):
+        check_config(one)
+    check_config(_config("pmnist", "batchnorm", ["--config.model.bn_momentum=0.5"], {}))
+    check_config(_config("pmnist", "baseline", ["--config.model.cell=lstm_ln"], {}))

@@ -67,7 +67,8 @@ def check_language_model(config, members: dict) -> None:
 
 
 def check_cell_options(model) -> None:
-    """ValueError (one sentence) where a model option does not apply to the cell, or an
+    """ValueError (one sentence) where a model option does not apply to the cell (the
+    running statistics' options under a cell without them, which the model ignores), or an
     option of the cell's running statistics is out of range (those the model block does
     not set take the model's defaults)."""
     from rnnreg_jax import batchnorm
@@ -95,6 +96,14 @@ def check_cell_options(model) -> None:
                          f"config.model.head_init={model.head_init!r} draws it otherwise; set "
                          f"head_init='lecun_normal' (the default) or orthogonal_init=False.")
     kept = cells.statistics_of(cell)
+    statistics_fields = [name for name in ("bn_max_steps", "bn_momentum") if name in model]
+    if kept is None and statistics_fields:  # a batchnorm preset whose cell was switched
+        keeping = " or ".join(f"config.model.cell={c!r}" for c in cells.ALL_CELL_TYPES
+                              if cells.statistics_of(c) is not None)
+        raise ValueError(f"config.model.{' and '.join(statistics_fields)} set the running "
+                         f"statistics that {keeping} keeps, and config.model.cell={cell!r} "
+                         f"keeps none; set {keeping} or start from a preset without them "
+                         f"(e.g. --config=baseline).")
     if kept is not None:
         try:
             kept.check(model.get("bn_max_steps", batchnorm.DEFAULT_MAX_STEPS),
