@@ -152,9 +152,11 @@ def test_eval_mode_uses_the_given_population_and_steps_past_t_max_reuse_the_last
     assert not np.allclose(ys_changed[:, t_max:], ys[:, t_max:], atol=1e-4)
 
 
-@pytest.mark.parametrize("reg", [
-    rj.NONE, rj.variational(0.3, 0.3, 0.3, per_gate=True), rj.zoneout(0.3, 0.2),
-    rj.weight_drop(0.4)], ids=["none", "variational_per_gate", "zoneout", "weight_drop"])
+@pytest.mark.parametrize("reg", [  # zoneout and weight drop are slow
+    rj.NONE, rj.variational(0.3, 0.3, 0.3, per_gate=True),
+    pytest.param(rj.zoneout(0.3, 0.2), marks=pytest.mark.slow, id="zoneout"),
+    pytest.param(rj.weight_drop(0.4), marks=pytest.mark.slow, id="weight_drop")],
+    ids=["none", "variational_per_gate", "zoneout", "weight_drop"])
 def test_fused_gradients_equal_autodiff(reg):
     params = [bn_params(0, F, H), bn_params(1, H, H)]
     x = jnp.asarray(rand(4, B, T, F))

@@ -169,6 +169,7 @@ def test_bench_flags_problem_names_each_bad_flag(tmp_path):
     assert bench.flags_problem(**dict(ok, memory=False, memory_workloads=["pmnist"])) is None
 
 
+@pytest.mark.slow
 def test_keras_gru_projection_benchmark_checks_the_peer_and_prints_four_ratios(
         monkeypatch, capsys):
     """The benchmark's peer computes the same gradients (the script asserts it) and each

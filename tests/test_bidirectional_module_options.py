@@ -33,7 +33,8 @@ def dtypes(tree) -> set[str]:
     return {str(a.dtype) for a in jax.tree.leaves(tree)}
 
 
-@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
+@pytest.mark.parametrize("implementation", [pytest.param("fused", marks=pytest.mark.slow),
+                                            "autodiff"])
 def test_bf16_outputs_float32_carry_and_param_dtypes(implementation: str) -> None:
     """`dtype`: outputs in bfloat16, each direction's carry and the penalties in float32,
     gradients in the parameters' storage dtype (`param_dtype`); each direction is

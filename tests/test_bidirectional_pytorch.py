@@ -100,7 +100,9 @@ def check_against_golden(cell: str, fx: dict, run: str, dtype,
             close(g["b_h"] if "b_h" in g else g["b"], f"grad/bias_hh{s}")
 
 
-GOLDEN = [(cell, layers) for cell in ("lstm", "gru", "rnn") for layers in (1, 2)]
+# One layer by default, two with -m slow (the packed-sequence test runs two layers).
+GOLDEN = [pytest.param(cell, layers, marks=pytest.mark.slow if layers == 2 else ())
+          for cell in ("lstm", "gru", "rnn") for layers in (1, 2)]
 
 
 @pytest.mark.parametrize("cell,num_layers", GOLDEN)
@@ -115,8 +117,10 @@ def test_matches_pytorch_bidirectional(cell: str, num_layers: int) -> None:
         check_against_golden(cell, fx, "full", jnp.float64)
 
 
-@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+# Each cell and each backward pass by default; the other pairs with -m slow.
+@pytest.mark.parametrize("cell,implementation", [
+    pytest.param("lstm", "fused", marks=pytest.mark.slow), ("lstm", "autodiff"),
+    ("gru", "fused"), pytest.param("gru", "autodiff", marks=pytest.mark.slow)])
 def test_packed_sequences_match_pytorch(cell: str, implementation: str) -> None:
     """With `seq_lengths` the backward direction starts at each example's last valid step
     and outputs, final states and every gradient equal PyTorch's packed sequences

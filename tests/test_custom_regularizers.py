@@ -93,7 +93,8 @@ def test_gaussian_step_noise_is_one_draw_a_sequence_and_composes(page):
         gaussian() + rj.variational(recurrent=0.2)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_lstm"])
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+                                  pytest.param("peephole_lstm", marks=pytest.mark.slow)])
 def test_both_backward_passes_agree_with_every_example(page, cell):
     zoneout = rj.zoneout(hiddens=0.1) if cell == "gru" else rj.zoneout(cells=0.3, hiddens=0.1)
     reg = (page["InputDropConnect"](0.3) + zoneout + page["BayesianRecurrentWeights"]()

@@ -162,6 +162,7 @@ def _assert_refused(out: subprocess.CompletedProcess, workdir: Path, path: Path)
     assert not workdir.exists()  # refused before the workdir was made or locked
 
 
+@pytest.mark.slow
 def test_the_binary_refuses_data_that_differs_and_runs_it_when_told(tmp_path):
     data = tmp_path / "data"
     fx.write_repeated_ptb_word(data)  # not the published corpus

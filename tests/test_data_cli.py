@@ -90,7 +90,10 @@ def _missing_file(root):
 
 @pytest.mark.parametrize(
     "make",
-    [_empty_ptb, _latin1_ptb, _bad_magic, _short_idx, _truncated_gzip, _missing_dir, _missing_file],
+    [_empty_ptb, pytest.param(_latin1_ptb, marks=pytest.mark.slow), _bad_magic,
+     pytest.param(_short_idx, marks=pytest.mark.slow),
+     pytest.param(_truncated_gzip, marks=pytest.mark.slow), _missing_dir,
+     pytest.param(_missing_file, marks=pytest.mark.slow)],
 )
 def test_bad_data_exits_2_with_one_sentence(tmp_path, make):
     dataset, expected = make(tmp_path / "data")

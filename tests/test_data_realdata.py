@@ -73,6 +73,7 @@ def test_cornell():
     assert np.isin(leaky.doc_ids["test"], leaky.doc_ids["train"]).sum() == 2356
 
 
+@pytest.mark.slow
 def test_imdb(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measure a real parse, keep no cache
     d = data.load_imdb()

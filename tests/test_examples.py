@@ -196,6 +196,7 @@ def test_ported_weights_give_keras_lstm_outputs(keras_example, options):
     np.testing.assert_allclose(carry["c"], np.asarray(expected[2]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_keras_fit_runs_with_noise_in_training_only(keras_example):
     x, y = keras_example.delayed_copy(16, steps=6)
     model = keras_example.build_model(8, recurrent_dropout=0.4, zoneout_cells=0.3)

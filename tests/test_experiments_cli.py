@@ -276,18 +276,20 @@ def test_another_tasks_workdir_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.train.optimizer=adamw",
-     "error: config.train.optimizer must be one of sgd, momentum, adam, rmsprop, ntasgd; "
-     "got 'adamw'."),
+    pytest.param("--config.train.optimizer=adamw",
+                 "error: config.train.optimizer must be one of sgd, momentum, adam, rmsprop, "
+                 "ntasgd; got 'adamw'.", marks=pytest.mark.slow),
     ("--config.model.cell=lstmm", "error: config.model.cell must be one of lstm, gru, rnn, "
      "lstm_ln, lstm_bn, keras_lstm, keras_gru; got 'lstmm'."),
-    ("--config.train.lr_schedule=cosine", "error: config.train.lr_schedule must be one of "
-     "constant, zaremba, plateau; got 'cosine'."),
+    pytest.param("--config.train.lr_schedule=cosine", "error: config.train.lr_schedule must "
+                 "be one of constant, zaremba, plateau; got 'cosine'.", marks=pytest.mark.slow),
     # refused after the whole training before (inside JAX, at the MC pass)
-    ("--config.train.mc_samples=-2",
-     "error: config.train.mc_samples must be a whole number >= 0, got -2."),
-    ("--config.train.learning_rate=-1",
-     "error: config.train.learning_rate must be a finite number >= 0, got -1.0."),
+    pytest.param("--config.train.mc_samples=-2",
+                 "error: config.train.mc_samples must be a whole number >= 0, got -2.",
+                 marks=pytest.mark.slow),
+    pytest.param("--config.train.learning_rate=-1",
+                 "error: config.train.learning_rate must be a finite number >= 0, got -1.0.",
+                 marks=pytest.mark.slow),
     ("--config.model.hidden_sizes=(16,-4)", "error: config.model.hidden_sizes must be a "
      "non-empty sequence of whole numbers >= 1; got (16, -4)."),
 ])

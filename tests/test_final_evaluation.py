@@ -71,6 +71,7 @@ class _Passes:
                 for label in self.labels if label.startswith("final evaluation")]
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_mc_keeps_its_deterministic_results_and_resumes_with_mc(
         tmp_path, monkeypatch):
     whole = train.train_and_evaluate(_task(), _config(), str(tmp_path / "whole"))

@@ -64,6 +64,7 @@ def _one_error_line(out: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_run_resumes_after(tmp_path, disk):
     filler = _fill(disk, leave_bytes=1_000_000)
     workdir = disk / "wd"

@@ -9,10 +9,10 @@ from regularizer_cases import REGS, stack_loss
 import rnnreg_jax as rj
 from rnnreg_jax import cells, rnn
 
-# The default suite checks one composition that touches every site per cell
-# (training and evaluation); the whole matrix runs with -m slow.
+# The default suite checks one composition that touches every site for the LSTM (training
+# and evaluation) and the GRU; the tanh RNN's and the whole matrix run with -m slow.
 DEFAULT_CASES = [("lstm", "all", False), ("lstm", "all", True), ("gru", "all", False),
-                 ("rnn", "all", False), ("lstm", "variational_shared", False)]
+                 ("lstm", "variational_shared", False)]
 SLOW_CASES = [pytest.param(c, r, d, marks=pytest.mark.slow)
               for c in ("lstm", "gru", "rnn") for r in sorted(REGS) for d in (False, True)]
 
@@ -90,8 +90,11 @@ def test_auto_is_fused_for_small_batches_and_autodiff_from_the_threshold():
     assert "custom_vjp" not in traced(rnn.AUTO_FUSED_BELOW_BATCH)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("width", [1, rnn.IN_LOOP_PROJECTION_MAX_WIDTH])
+# The default suite runs one cell per width; the other cases are slow.
+@pytest.mark.parametrize("width,cell", [
+    (w, c) if (w, c) in {(1, "lstm"), (rnn.IN_LOOP_PROJECTION_MAX_WIDTH, "gru")}
+    else pytest.param(w, c, marks=pytest.mark.slow)
+    for w in (1, rnn.IN_LOOP_PROJECTION_MAX_WIDTH) for c in ("lstm", "gru", "rnn")])
 def test_narrow_inputs_projected_in_the_loop_equal_the_hoisted_projection(
         monkeypatch, cell, width):
     """Autodiff projects a narrow first-layer input inside the scan body (pMNIST's 1-wide

@@ -139,9 +139,9 @@ def test_gru_candidate_mask_shared_or_scalar_is_the_gates_mask():
             nm.assert_trees_close_f64(got, want)
 
 
-# The default suite: every site at once, and the recurrent mask's other forms (per step,
-# shared by the gates); each family alone runs with -m slow.
-DEFAULT = ("all", "all_shared", "naive_per_gate", "naive_shared")
+# The default suite: every site at once, and a recurrent mask per step shared by the
+# gates; the mask's other forms and each family alone run with -m slow.
+DEFAULT = ("all", "naive_shared")
 FUSED_CASES = [pytest.param(cell, name, False,
                              marks=() if name in DEFAULT else pytest.mark.slow)
                for cell in KERAS_CELLS for name in sorted(REGS)]

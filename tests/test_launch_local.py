@@ -188,6 +188,7 @@ def test_multihost_starts_again_on_a_new_port_when_the_picked_one_was_taken(jax_
     assert {j["coordinator"] for j in joined} == {f"127.0.0.1:{port}"}
 
 
+@pytest.mark.slow
 def test_multihost_gives_up_on_a_taken_port_after_three_tries(jax_launch, taken_port):
     (jax_launch.tmp / "taken").write_text(f"{taken_port} {taken_port} {taken_port}")
     result, starts = jax_launch(1)

@@ -48,7 +48,8 @@ def _forbid_sampling(evaluator):
 
 
 @pytest.mark.parametrize("kind", ["lm", "classification", "regression"])
-@pytest.mark.parametrize("reg", [regularizers.NONE, NOISELESS], ids=["none", "penalty"])
+@pytest.mark.parametrize("reg", [pytest.param(regularizers.NONE, id="none"),
+                                 pytest.param(NOISELESS, id="penalty", marks=pytest.mark.slow)])
 def test_noiseless_mc_runs_the_deterministic_pass_once_with_the_samples_numbers(kind, reg):
     task, source, params, mesh = _setup(kind, reg)
     once = Evaluator(task, mesh)

@@ -104,7 +104,7 @@ def _long_window_mc_loss(model, params, source, keys):
     return float(np.mean(-np.log(np.mean(probs, axis=0))))
 
 
-@pytest.mark.parametrize("embedding_dropout", [False, True])
+@pytest.mark.parametrize("embedding_dropout", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_per_pass_masks_make_the_windowed_mc_pass_gals_single_pass(stream, embedding_dropout):
     """Under "pass" the carried-state MC pass over 50 windows equals every sample run over
     the stream in one window; under "window" it does not. Without MC embedding dropout it is

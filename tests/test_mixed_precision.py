@@ -43,8 +43,9 @@ def test_parameters_follow_param_dtype():
     jax.tree.map(np.testing.assert_array_equal, default, mixed)
 
 
-@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell,implementation", [  # gru-fused and lstm-autodiff are slow
+    ("lstm", "fused"), pytest.param("lstm", "autodiff", marks=pytest.mark.slow),
+    pytest.param("gru", "fused", marks=pytest.mark.slow), ("gru", "autodiff")])
 def test_bf16_outputs_float32_state_and_penalties(cell, implementation):
     """Outputs in the compute dtype; the carry (the LSTM's `c`, the GRU's `h`) and the
     penalties in float32, also with bfloat16-stored parameters; gradients reach every

@@ -104,7 +104,8 @@ def assert_same_as_linen(linen_module, variables, args, nnx_class, stats=False, 
                                           err_msg="running statistics")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_bn"])
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+                                  pytest.param("lstm_bn", marks=pytest.mark.slow)])
 def test_stacked_rnn_matches_linen(cell):
     options = dict(cell=cell, reg=STACK_REG)
     if cell == "lstm":
@@ -130,7 +131,8 @@ def test_stacked_rnn_matches_linen_with_lengths():
     assert_same_as_linen(linen, variables, (x,), rnx.StackedRNN, seq_lengths=LENGTHS)
 
 
-@pytest.mark.parametrize("cell,merge", [("lstm", "concat"), ("gru", "sum")])
+@pytest.mark.parametrize("cell,merge", [pytest.param("lstm", "concat", marks=pytest.mark.slow),
+                                        ("gru", "sum")])
 def test_bidirectional_matches_linen(cell, merge):
     """Both directions, a given carry, padded windows and every penalty, as linen's."""
     reg = STACK_REG + rj.zoneout(0.2 if cell == "lstm" else 0.0, 0.1) + (
@@ -272,14 +274,16 @@ def assert_language_model_same_as_linen(kind: str, reg, embed_to_gates_reg) -> N
     assert_same_as_linen(linen, variables, (ids(), carry), rnx.LanguageModel)
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied", "embed_to_gates"])
+@pytest.mark.parametrize("kind", [pytest.param("untied", marks=pytest.mark.slow), "tied",
+                                  pytest.param("embed_to_gates", marks=pytest.mark.slow)])
 def test_language_model_matches_linen(kind):
     assert_language_model_same_as_linen(  # embed_to_gates: the zoneout model's regularizer
         kind, LM_REG, rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2)
         + rj.temporal_activation_regularization(1.0))
 
 
-@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
+@pytest.mark.parametrize("lengths", [pytest.param(None, marks=pytest.mark.slow), LENGTHS],
+                         ids=["full", "padded"])  # full windows are slow
 @pytest.mark.parametrize("inputs", ["floats", "ids"])
 def test_sequence_model_matches_linen(inputs, lengths):
     """Padded: the head reads each example's last valid output, as linen's."""

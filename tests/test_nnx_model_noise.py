@@ -66,14 +66,17 @@ def with_params(model, params: dict):
     return type(model).from_linen(linen.clone(reg=rj.NONE), {"params": params})
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied", "embed_to_gates"])
+@pytest.mark.parametrize("kind", [pytest.param("untied", marks=pytest.mark.slow), "tied",
+                                  pytest.param("embed_to_gates", marks=pytest.mark.slow)])
 def test_language_model_with_model_noise_matches_linen(kind):
     assert_language_model_same_as_linen(  # embed_to_gates: the embedding is W_x
         kind, LM_REG, rj.zoneout(cells=0.3, hiddens=0.2) + rj.embedding_dropout(0.2) + ALL)
 
 
-@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
-@pytest.mark.parametrize("inputs", ["floats", "ids"])
+@pytest.mark.parametrize("inputs,lengths", [  # floats on full windows is slow
+    pytest.param("floats", None, marks=pytest.mark.slow, id="floats-full"),
+    pytest.param("floats", LENGTHS, id="floats-padded"),
+    pytest.param("ids", None, id="ids-full"), pytest.param("ids", LENGTHS, id="ids-padded")])
 def test_sequence_model_with_model_noise_matches_linen(inputs, lengths):
     """Token ids: embedding and head perturbed; float inputs: the head only."""
     vocab = V if inputs == "ids" else None  # floats: no word types to drop

@@ -57,7 +57,7 @@ def assert_bitwise_equal(actual, expected, what):
 
 
 # (linen module, inputs, call keywords): every model, bfloat16 and float32 storage, ids
-# and floats, a padded window.
+# and floats, a padded window. The default suite runs DEFAULT_CASES, the others are slow.
 CASES = {
     "lm_bf16_params": (models.LanguageModel(V, (5,), reg=LM_REG, dtype=BF16,
                                             param_dtype=BF16), ids, {}),
@@ -76,11 +76,13 @@ CASES = {
                                       reg=rj.variational(input=0.2, recurrent=0.3)
                                       + rj.norm_stabilizer(1.0)), floats, {}),
 }
+DEFAULT_CASES = ("lm_tied_f32_params", "lm_weight_noise_all")
 NNX_CLASS = {models.LanguageModel: rnx.LanguageModel, models.SequenceModel: rnx.SequenceModel,
              linen_nn.StackedRNN: rnx.StackedRNN}
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c if c in DEFAULT_CASES else pytest.param(
+    c, marks=pytest.mark.slow) for c in CASES])
 def test_bf16_training_matches_linen_bit_for_bit(case):
     """Outputs in bfloat16, carry and penalties in float32, gradients in the storage
     dtype: all equal to linen's bit for bit, with the same weights and dropout key."""

@@ -101,14 +101,14 @@ ALL_REGS = {**REGS, **PALLAS_REGS}
 
 # Interpret mode compiles slowly (a case compiles the kernels and the scan, in float32
 # and float64, ~5-10 s of CPU without the persistent cache), so the default suite runs a
-# few cases that together put every site in each layout and each cell in training and
-# (but the tanh RNN) in evaluation: recurrent masks per gate tied ("lstm", "all") and per
-# step ("gru", "per_step"), shared tied ("rnn", "tied_classic") and per step (the stack
-# test below), every elementwise site tied, per step and as evaluation's scalar. The
-# whole matrix (every cell x ALL_REGS x training / evaluation) runs with -m slow.
+# few cases that together put each cell in training and (but the tanh RNN) in evaluation:
+# recurrent masks per gate tied ("lstm", "all"), shared tied ("rnn", "tied_classic") and
+# per step (the stack test below), the elementwise sites tied, per step and as
+# evaluation's scalar. Per-gate masks per step ("gru", "per_step", with a shared zoneout
+# mask and weight drop) and the whole matrix (every cell x ALL_REGS x training /
+# evaluation) run with -m slow.
 DEFAULT_CASES = [("lstm", "all", False), ("lstm", "tied_classic", True),
-                 ("gru", "per_step", False), ("gru", "tied_classic", True),
-                 ("rnn", "tied_classic", False)]
+                 ("gru", "tied_classic", True), ("rnn", "tied_classic", False)]
 SLOW_CASES = [pytest.param(c, r, d, marks=pytest.mark.slow)
               for c in plan.KERNEL_CELLS for r in sorted(ALL_REGS) for d in (False, True)
               if (c, r, d) not in DEFAULT_CASES]

@@ -55,6 +55,7 @@ def test_step_limits_for_pmnists_layer_on_hopper():
     assert pallas_sweep.per_sm_rates("NVIDIA H100 80GB HBM3") is pallas_sweep.HOPPER_PER_SM
 
 
+@pytest.mark.slow
 def test_the_sweep_dry_runs_on_the_cpu_and_saves_each_point(tmp_path):
     """`gpu_pallas_check --tiny --sweep_only`'s section in process: each grid point
     measured through both paths (Pallas in interpret mode), saved as it comes, with

@@ -147,6 +147,7 @@ def test_report_shows_commit_and_device_per_row(tiny_run):
     assert report.commit_cell({}) == "–"
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_earlier_starts_commit_and_device(tiny_run, tmp_path):
     """config.json is rewritten at each start: a run resumed on another machine or commit
     named only the last one in the report."""

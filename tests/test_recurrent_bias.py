@@ -30,8 +30,10 @@ def test_other_cells_reject_it(cell):
         cells.init_params(jax.random.key(0), cell, 3, 5, recurrent_bias=True)
 
 
-@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+# Each cell and each backward pass by default; the other pairs with -m slow.
+@pytest.mark.parametrize("cell,implementation", [
+    ("lstm", "fused"), pytest.param("lstm", "autodiff", marks=pytest.mark.slow),
+    pytest.param("rnn", "fused", marks=pytest.mark.slow), ("rnn", "autodiff")])
 def test_same_function_as_one_summed_bias_and_equal_gradients(cell, implementation):
     params = cells.init_params(jax.random.key(1), cell, 4, 6, 0.3, recurrent_bias=True)
     merged = {k: v for k, v in params.items() if k != "b_h"}
@@ -82,8 +84,11 @@ def test_zaremba_and_gal_presets_use_two_biases():
     assert not ptb.zoneout().model.recurrent_bias
 
 
-@pytest.mark.parametrize("implementation", ["fused", "autodiff"])
-@pytest.mark.parametrize("cell", ["lstm", "lstm_ln", "lstm_bn"])
+# The normalized LSTMs' fused pass with -m slow.
+@pytest.mark.parametrize("cell,implementation", [
+    ("lstm", "fused"), ("lstm", "autodiff"),
+    pytest.param("lstm_ln", "fused", marks=pytest.mark.slow), ("lstm_ln", "autodiff"),
+    pytest.param("lstm_bn", "fused", marks=pytest.mark.slow), ("lstm_bn", "autodiff")])
 def test_forget_bias_is_the_forget_block_of_b_shifted(cell, implementation):
     hidden = 6
     params = cells.init_params(jax.random.key(1), cell, 4, hidden, 0.3)

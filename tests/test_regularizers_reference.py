@@ -144,10 +144,17 @@ EVAL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("cell,name,reg,deterministic",
-                         [(*c, False) for c in TRAIN_CASES] + [(*c, True) for c in EVAL_CASES],
-                         ids=[f"{c[0]}-{c[1]}-train" for c in TRAIN_CASES]
-                         + [f"{c[0]}-{c[1]}-eval" for c in EVAL_CASES])
+# These training cases run with -m slow, the others in the default suite.
+SLOW_TRAIN_CASES = {("lstm", "zaremba + zoneout"),
+                    ("lstm", "naive per_gate + semeniuta + output zoneout + shared zoneout"),
+                    ("gru", "per step bundle"), ("rnn", "tied bundle")}
+
+
+@pytest.mark.parametrize("cell,name,reg,deterministic", [
+    pytest.param(*c, False, id=f"{c[0]}-{c[1]}-train",
+                 marks=pytest.mark.slow if c[:2] in SLOW_TRAIN_CASES else ())
+    for c in TRAIN_CASES] + [pytest.param(*c, True, id=f"{c[0]}-{c[1]}-eval")
+                             for c in EVAL_CASES])
 def test_unroll_matches_reference(cell, name, reg, deterministic):
     params = PARAMS[cell]
     key = None if deterministic else KEY

@@ -272,6 +272,7 @@ def test_deadline_stop_bundle_and_resume_end_as_an_uninterrupted_run(tmp_path):
             assert resumed[key] == uninterrupted[key], key
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_driver_stops_the_runs_and_still_writes_the_bundle(tmp_path):
     """Killed by a call's time limit, the driver left its runs training without it (they
     are in sessions of their own) and wrote no bundle: nothing came back."""

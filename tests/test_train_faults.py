@@ -87,7 +87,8 @@ def test_resume_repairs_a_lost_best_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("how", ["time_limit", "sigterm", "sigint"])
+@pytest.mark.parametrize("how", [pytest.param("time_limit", marks=pytest.mark.slow), "sigterm",
+                                 pytest.param("sigint", marks=pytest.mark.slow)])
 def test_a_run_stopped_at_its_deadline_saves_and_resumes_bit_identical(tmp_path, monkeypatch,
                                                                         how):
     """A time limit (or SIGTERM, as a runner's deadline sends it, or a first Ctrl-C)

@@ -83,7 +83,7 @@ def test_mc_with_many_samples_matches_mean_of_separate_passes(setup):
     assert abs(deterministic - mc["loss"]) > 1e-3
 
 
-@pytest.mark.parametrize("masks", ["pass", "window"])
+@pytest.mark.parametrize("masks", ["pass", pytest.param("window", marks=pytest.mark.slow)])
 def test_mc_in_chunks_equals_mc_at_once(setup, masks):
     """Sample k's key depends on k alone, so chunking (and the out-of-memory retry with
     smaller chunks) only changes float rounding, not the masks."""

@@ -167,6 +167,7 @@ def _run_with_kills(tmp_path, kill_points, hang_step):
     return log
 
 
+@pytest.mark.slow
 def test_resume_after_sigkills_is_bit_identical(tmp_path):
     # 3 kills: epoch 1 or 2, inside the commit of checkpoint 8, epoch 3.
     log = _run_with_kills(tmp_path, kill_points=[random.randint(3, 6), random.randint(12, 15)],

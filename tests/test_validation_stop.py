@@ -127,6 +127,7 @@ def test_a_sigterm_in_the_last_validation_still_gives_the_final_evaluation(
     assert resumed["epoch"] == 3 and resumed["eval_epoch"] == whole["eval_epoch"]
 
 
+@pytest.mark.slow
 def test_max_steps_at_an_epoch_end_still_validates_a_stopped_epoch(tmp_path, monkeypatch):
     """`max_steps` reached with the epoch's validation pending runs that validation
     before the final evaluation, as a run never stopped does."""
@@ -143,6 +144,7 @@ def test_max_steps_at_an_epoch_end_still_validates_a_stopped_epoch(tmp_path, mon
     assert resumed["valid/loss"] == whole["valid/loss"] and resumed["eval_epoch"] == 2
 
 
+@pytest.mark.slow
 def test_ntasgd_resumes_with_the_history_of_a_run_never_stopped(tmp_path, monkeypatch):
     """NT-ASGD's trigger reads the validation history back on resume. The epoch whose
     validation SIGTERM stopped is saved before its validation and its epoch-end save is

@@ -233,6 +233,7 @@ def _config(**kw):
     return config
 
 
+@pytest.mark.slow
 def test_epochs_of_different_lengths_train_and_resume_to_the_same_state(tmp_path):
     """Each epoch runs its own number of windows; a run stopped mid-epoch and resumed
     ends where an uninterrupted one does."""
