@@ -154,8 +154,8 @@ def test_eval_mode_uses_the_given_population_and_steps_past_t_max_reuse_the_last
 
 @pytest.mark.parametrize("reg", [  # zoneout and weight drop are slow
     rj.NONE, rj.variational(0.3, 0.3, 0.3, per_gate=True),
-    pytest.param(rj.zoneout(0.3, 0.2), marks=pytest.mark.slow, id="zoneout"),
-    pytest.param(rj.weight_drop(0.4), marks=pytest.mark.slow, id="weight_drop")],
+    pytest.param(rj.zoneout(0.3, 0.2), marks=pytest.mark.slow),
+    pytest.param(rj.weight_drop(0.4), marks=pytest.mark.slow)],
     ids=["none", "variational_per_gate", "zoneout", "weight_drop"])
 def test_fused_gradients_equal_autodiff(reg):
     params = [bn_params(0, F, H), bn_params(1, H, H)]
