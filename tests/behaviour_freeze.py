@@ -3,7 +3,8 @@ changed nothing: outputs, final states, penalties, batch statistics and gradient
 every cell x regularizer pair (through `nn.StackedRNN`, both backward passes) and of a
 tiny model of every experiment preset, in float64 with fixed keys.
 
-    XLA_FLAGS=--xla_backend_optimization_level=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
+    XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false" \
+        JAX_DEFAULT_MATMUL_PRECISION=highest \
         python -m tests.behaviour_freeze        # rewrite tests/fixtures/behaviour.npz
         python -m tests.behaviour_freeze CASE..  # re-record those cases, keep the rest
 
